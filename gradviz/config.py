@@ -1,0 +1,73 @@
+"""Limits and locations, with safe defaults, overridable by environment variables.
+
+| setting            | env var                     | default              |
+|--------------------|-----------------------------|----------------------|
+| cache_dir          | GRADVIZ_CACHE_DIR           | ~/.cache/gradviz     |
+| data_root          | GRADVIZ_DATA_ROOT           | ~/.cache/gradviz/data|
+| allowed_roots      | GRADVIZ_ALLOWED_ROOTS (os.pathsep-separated) | data_root |
+| max_upload_mb      | GRADVIZ_MAX_UPLOAD_MB       | 20                   |
+| max_upload_files   | GRADVIZ_MAX_UPLOAD_FILES    | 64                   |
+| max_pixels         | GRADVIZ_MAX_PIXELS          | 16_000_000           |
+| max_samples_web    | GRADVIZ_MAX_SAMPLES_WEB     | 5000                 |
+| chunk_mib          | GRADVIZ_CHUNK_MIB           | 16                   |
+| cache_max_mb       | GRADVIZ_CACHE_MAX_MB        | 512                  |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("GRADVIZ_CACHE_DIR", Path.home() / ".cache" / "gradviz")).expanduser()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings (read once per call of :func:`settings`)."""
+
+    cache_dir: Path
+    data_root: Path
+    allowed_roots: tuple[Path, ...]
+    max_upload_mb: int = 20
+    max_upload_files: int = 64
+    max_pixels: int = 16_000_000
+    max_samples_web: int = 5000
+    chunk_mib: int = 16
+    cache_max_mb: int = 512
+    extra: dict = field(default_factory=dict)
+
+
+def settings() -> Settings:
+    """Current settings from the environment (cheap; call where needed)."""
+    cache = _default_cache()
+    data_root = Path(os.environ.get("GRADVIZ_DATA_ROOT", cache / "data")).expanduser()
+    roots_env = os.environ.get("GRADVIZ_ALLOWED_ROOTS", "")
+    roots = tuple(Path(p).expanduser() for p in roots_env.split(os.pathsep) if p.strip()) or (data_root,)
+    return Settings(
+        cache_dir=cache,
+        data_root=data_root,
+        allowed_roots=roots,
+        max_upload_mb=_env_int("GRADVIZ_MAX_UPLOAD_MB", 20),
+        max_upload_files=_env_int("GRADVIZ_MAX_UPLOAD_FILES", 64),
+        max_pixels=_env_int("GRADVIZ_MAX_PIXELS", 16_000_000),
+        max_samples_web=_env_int("GRADVIZ_MAX_SAMPLES_WEB", 5000),
+        chunk_mib=_env_int("GRADVIZ_CHUNK_MIB", 16),
+        cache_max_mb=_env_int("GRADVIZ_CACHE_MAX_MB", 512),
+    )
+
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"

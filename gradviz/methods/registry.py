@@ -1,0 +1,158 @@
+"""The one list of uncertainty methods. Pages, CLI and tests read it; nothing hard-codes names.
+
+A method is a function ``fn(batch: ModelOutputs, **params) -> Tensor (B,)`` returning an
+*uncertainty* (higher = more uncertain / more likely OOD), or, when it must be fitted, a
+class with ``fit(model, images, labels)`` and ``score(batch) -> Tensor (B,)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from gradviz.errors import MethodError
+from gradviz.models import GradvizModel
+
+__all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method"]
+
+
+@dataclass
+class ModelOutputs:
+    """One batch seen by a model: inputs, logits, penultimate features, and a memo cache.
+
+    Gradient methods run their own backward passes from ``model`` and ``x``; expensive
+    shared results (e.g. the layerwise gradient table used by all ``grad_*`` scores) are
+    memoised in ``cache`` so they are computed once per batch.
+    """
+
+    model: GradvizModel
+    x: torch.Tensor  # (B, C, H, W) in [0, 1]
+    logits: torch.Tensor  # (B, K)
+    features: torch.Tensor  # (B, D) penultimate (input of the head)
+    cache: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, model: GradvizModel, x: torch.Tensor) -> "ModelOutputs":
+        x = x.to(model.device)
+        logits, features = model.logits_and_features(x)
+        return cls(model, x, logits, features)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        if "probs" not in self.cache:
+            self.cache["probs"] = self.logits.softmax(-1)
+        return self.cache["probs"]
+
+    @property
+    def prediction(self) -> torch.Tensor:
+        return self.logits.argmax(-1)
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per batch and key."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+
+@dataclass
+class MethodInfo:
+    """A registry row: the callable plus what a person needs to read its score."""
+
+    name: str
+    impl: Callable | type
+    title: str
+    paper: str
+    year: int
+    formula: str  # LaTeX
+    kind: str  # "output" | "feature" | "gradient" | "input-gradient"
+    needs_fit: bool = False
+    defaults: dict = field(default_factory=dict)
+    summary: str = ""
+
+    def create(self, **params) -> "MethodRunner":
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise MethodError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(self.defaults)}")
+        return MethodRunner(self, {**self.defaults, **params})
+
+
+@dataclass
+class MethodRunner:
+    """A method with its parameters fixed; fitted methods hold their fitted state here."""
+
+    info: MethodInfo
+    params: dict
+    state: Any = None
+
+    def fit(self, model: GradvizModel, images: torch.Tensor, labels: Any) -> "MethodRunner":
+        if self.info.needs_fit:
+            self.state = self.info.impl(**self.params).fit(model, images, labels)
+        return self
+
+    def score(self, batch: ModelOutputs) -> torch.Tensor:
+        if self.info.needs_fit:
+            if self.state is None:
+                raise MethodError(f"{self.info.name} must be fitted on ID training data first")
+            out = self.state.score(batch)
+        else:
+            out = self.info.impl(batch, **self.params)
+        return out.detach().float().reshape(-1).cpu()
+
+
+REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register(name: str, *, title: str, paper: str, year: int, formula: str, kind: str, summary: str = ""):
+    """Decorator adding a method function or fitted class to the registry under ``name``."""
+
+    def deco(impl):
+        target = impl.__init__ if inspect.isclass(impl) else impl
+        sig = inspect.signature(target)
+        defaults = {
+            k: p.default for k, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty and k not in ("self",)
+        }
+        REGISTRY[name] = MethodInfo(
+            name, impl, title, paper, year, formula, kind, needs_fit=inspect.isclass(impl),
+            defaults=defaults, summary=summary or (inspect.getdoc(impl) or "").split("\n")[0],
+        )
+        return impl
+
+    return deco
+
+
+def _ensure_registered() -> None:
+    import gradviz.methods  # noqa: F401  (imports every method module)
+
+
+def list_methods() -> list[MethodInfo]:
+    """Every registered method, in registration order."""
+    _ensure_registered()
+    return list(REGISTRY.values())
+
+
+def get_method(name: str) -> MethodInfo:
+    _ensure_registered()
+    if name not in REGISTRY:
+        raise MethodError(f"unknown method {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def resolve_methods(names: str | list[str] | None) -> list[MethodInfo]:
+    """``"all"``/None -> every method; otherwise a comma string or list of names (validated)."""
+    _ensure_registered()
+    if names is None or names == "all" or names == ["all"]:
+        return list(REGISTRY.values())
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        raise MethodError("no method chosen")
+    return [get_method(n) for n in names]
+
+
+def run_method(name: str, batch: ModelOutputs, **params) -> torch.Tensor:
+    """Score one batch with an unfitted method (convenience for notebooks and tests)."""
+    return get_method(name).create(**params).score(batch)

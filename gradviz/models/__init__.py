@@ -1,0 +1,151 @@
+"""Models by name: the bundled ``mnist-cnn`` and torchvision architectures.
+
+Every model is wrapped in a :class:`GradvizModel`: it takes images in [0, 1] of the card's
+input size, normalises them itself, and exposes the penultimate features and the last
+linear layer (the "head") that the closed-form methods need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from gradviz.config import ASSETS
+from gradviz.errors import ModelError
+from gradviz.models.card import ModelCard
+from gradviz.models.weights import load_state_dict_file
+
+__all__ = ["GradvizModel", "ModelCard", "load_model", "list_models", "register_model", "MODEL_REGISTRY"]
+
+
+class GradvizModel(nn.Module):
+    """A classifier plus its card: ``forward(x)`` takes (B, C, H, W) images in [0, 1].
+
+    The object may be shared between sessions and threads (``st.cache_resource``), so it is
+    kept in ``eval()`` mode, never holds hooks or ``.grad`` outside a ``with`` block, and
+    ``lock`` serialises passes that register hooks on it.
+    """
+
+    def __init__(self, net: nn.Module, card: ModelCard) -> None:
+        super().__init__()
+        self.net = net
+        self.card = card
+        c = card.channels
+        self.register_buffer("mean", torch.tensor(card.mean, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(card.std, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        self.lock = threading.RLock()
+        self.head = _last_linear(net)
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self.digest = state_digest(net)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [0, 1] -> (B, K)
+        return self.net(self.normalize(x))
+
+    @contextmanager
+    def capture_features(self) -> Iterator[dict]:
+        """Within the block, every forward stores the head's input (B, D) in ``out["h"]``."""
+        store: dict = {}
+
+        def pre_hook(_module, args):
+            store["h"] = args[0].flatten(1)
+
+        with self.lock:
+            handle = self.head.register_forward_pre_hook(pre_hook)
+            try:
+                yield store
+            finally:
+                handle.remove()
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, K), penultimate features (B, D)) in one no-grad forward."""
+        with torch.no_grad(), self.capture_features() as store:
+            logits = self(x)
+        return logits, store["h"]
+
+
+def _last_linear(net: nn.Module) -> nn.Linear:
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ModelError("the model has no final nn.Linear layer; gradviz needs one (the classifier head)")
+    return linears[-1]
+
+
+def state_digest(net: nn.Module) -> str:
+    """Short sha256 of the parameters and buffers: the model's identity in cache keys."""
+    h = hashlib.sha256()
+    for name, t in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class ModelEntry:
+    """A registry row: name, one-line description, and a builder ``(weights, device) -> model``."""
+
+    name: str
+    description: str
+    build: Callable[..., GradvizModel]
+    offline: bool
+
+
+MODEL_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str, offline: bool = False):
+    """Decorator: add a builder ``fn(weights: str | None) -> GradvizModel`` under ``name``."""
+
+    def deco(fn: Callable[..., GradvizModel]):
+        MODEL_REGISTRY[name] = ModelEntry(name, description, fn, offline)
+        return fn
+
+    return deco
+
+
+def list_models() -> list[ModelEntry]:
+    """Registered models (bundled first)."""
+    return list(MODEL_REGISTRY.values())
+
+
+def load_model(name: str = "mnist-cnn", weights: str | Path | None = None, device: str | torch.device = "cpu") -> GradvizModel:
+    """Build the model ``name`` (see :func:`list_models`), optionally with a weights file.
+
+    ``name`` may also be ``torchvision:<arch>`` for any torchvision classification model.
+    Weights files are read without unpickling code (safetensors or ``weights_only=True``).
+    """
+    from gradviz.models import zoo  # noqa: F401  (registers the builders)
+
+    if name.startswith("torchvision:"):
+        model = zoo.torchvision_model(name.split(":", 1)[1], weights)
+    elif name in MODEL_REGISTRY:
+        model = MODEL_REGISTRY[name].build(weights)
+    else:
+        known = ", ".join(MODEL_REGISTRY) + ", torchvision:<arch>"
+        raise ModelError(f"unknown model {name!r}; known: {known}")
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise ModelError(f"cannot move the model to {device!r}: {exc}") from None
+    model.eval()
+    return model
+
+
+BUNDLED_WEIGHTS = ASSETS / "mnist_cnn.safetensors"
+BUNDLED_CARD = ASSETS / "mnist_cnn.json"

