@@ -1,0 +1,233 @@
+"""Command line: ``python -m gradviz {train,score,layers,meta,list}``.
+
+Every user error ends with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gradviz.errors import GradvizError
+
+
+def _tqdm_progress():
+    from tqdm.auto import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(done: int, total: int, label: str) -> None:
+        bar = bars.get(label)
+        if bar is None:
+            bar = bars[label] = tqdm(total=total, desc=label, unit="batch", leave=False, file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return progress
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="mnist-cnn", help="mnist-cnn or torchvision:<arch> (default: mnist-cnn)")
+    p.add_argument("--weights", default=None, help="weights file (.safetensors or a weights-only state dict)")
+    p.add_argument("--id", default="mnist", help="in-distribution dataset spec (default: mnist)")
+    p.add_argument("--ood", action="append", default=None, help="OOD dataset spec; repeat for several")
+    p.add_argument("--limit", type=int, default=None, help="at most N samples per dataset")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--cache", default=None, help="results cache folder (default: ~/.cache/gradviz/results); 'none' disables")
+    p.add_argument("--config", default=None, help="run configuration JSON (as exported by the dashboard)")
+
+
+def _config(args) -> "RunConfig":
+    from gradviz.scoring import RunConfig
+
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise GradvizError(f"config file not found: {path}")
+        return RunConfig.from_json(path.read_text())
+    return RunConfig(
+        model=args.model, weights=args.weights, id=args.id, ood=args.ood or [],
+        methods=getattr(args, "methods", "all"), limit=args.limit, seed=args.seed, device=args.device,
+        batch_size=args.batch_size,
+    )
+
+
+def _store(args):
+    from gradviz.store import ResultStore
+
+    if args.cache and args.cache.lower() == "none":
+        return None
+    return ResultStore(args.cache) if args.cache else ResultStore()
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GradvizError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
+
+
+def cmd_score(args) -> int:
+    from gradviz.scoring import run
+
+    cfg = _config(args)
+    _check_device(cfg.device)
+    if args.shard:
+        from gradviz.distributed import run_sharded
+
+        result = run_sharded(cfg, store=_store(args), progress=_tqdm_progress())
+        if result is None:  # non-zero ranks write nothing
+            return 0
+    else:
+        result = run(cfg, progress=_tqdm_progress(), store=_store(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.scores.to_csv(out / "scores.csv", index=False)
+    result.metrics.to_csv(out / "metrics.csv", index=False)
+    (out / "config.json").write_text(cfg.to_json())
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if len(result.metrics):
+        with_cols = [c for c in ["ood", "method", "auroc", "fpr95", "aupr_in", "aupr_out"] if c in result.metrics]
+        print(result.metrics[with_cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    acc = result.scores.loc[result.scores["role"] == "id", "correct"].astype("float").mean()
+    print(f"\nID accuracy: {acc:.4f}   wrote {out / 'scores.csv'}, {out / 'metrics.csv'}")
+    return 0
+
+
+def cmd_layers(args) -> int:
+    from gradviz.data import load_dataset
+    from gradviz.models import load_model
+    from gradviz.scoring import layer_table
+
+    _check_device(args.device)
+    model = load_model(args.model, args.weights, args.device)
+    frames = []
+    for spec in [args.id] + (args.ood or []):
+        data = load_dataset(spec, model.card, limit=args.limit, seed=args.seed)
+        frames.append(layer_table(model, data, loss=args.loss, batch_size=args.batch_size,
+                                  store=_store(args), progress=_tqdm_progress()))
+    import pandas as pd
+
+    table = pd.concat(frames)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    flat = table.copy()
+    flat.columns = [f"{layer}/{stat}" for layer, stat in flat.columns]
+    flat.reset_index().to_csv(out / "layers.csv", index=False)
+    summary = table.groupby(level="dataset").median().T.unstack("stat") if len(table) else table
+    print(f"{len(table)} samples × {table.shape[1]} (layer, statistic) columns -> {out / 'layers.csv'}")
+    print(summary.xs("l2", axis=1, level="stat").to_string(float_format=lambda v: f"{v:.4g}") if "l2" in table.columns.get_level_values("stat") else "")
+    return 0
+
+
+def cmd_meta(args) -> int:
+    import pandas as pd
+
+    from gradviz.meta import meta_report
+    from gradviz.scoring import layer_table, run
+
+    cfg = _config(args)
+    cfg.methods = ["entropy", "msp"]
+    _check_device(cfg.device)
+    from gradviz.models import load_model
+    from gradviz.data import load_dataset
+
+    model = load_model(cfg.model, cfg.weights, cfg.device)
+    store = _store(args)
+    result = run(cfg, progress=_tqdm_progress(), store=store, model=model)
+    layers = []
+    for spec in [cfg.id] + cfg.ood:
+        data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
+        layers.append(layer_table(model, data, batch_size=cfg.batch_size, store=store, progress=_tqdm_progress()))
+    table = pd.concat(layers)
+    table.columns = [f"{layer}/{stat}" for layer, stat in table.columns]
+    table = table.reset_index(drop=True)
+    table = pd.concat([result.scores.reset_index(drop=True), table], axis=1)
+    report = meta_report(table, task=args.task, known_ood=args.known or None, model=args.classifier, seed=cfg.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report.results.to_csv(out / "meta.csv", index=False)
+    print(report.results.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from gradviz.data import list_datasets
+    from gradviz.methods import list_methods
+    from gradviz.models import list_models
+    from gradviz.models import zoo  # noqa: F401
+
+    print("models:")
+    for m in list_models():
+        print(f"  {m.name:24s} {m.description}")
+    print("  torchvision:<arch>       any torchvision classifier (ImageNet weights downloaded, or --weights FILE)")
+    print("datasets:")
+    for d in list_datasets():
+        print(f"  {d.example:24s} {d.description}")
+    print("methods (uncertainty, higher = more uncertain):")
+    for m in list_methods():
+        print(f"  {m.name:24s} {m.title} — {m.paper}")
+    return 0
+
+
+def cmd_train(argv: list[str]) -> int:
+    from gradviz.models.train import main as train_main
+
+    return train_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gradviz", description="Gradient-based uncertainty for image classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="reproduce the bundled mnist-cnn weights (options: --epochs --seed --out)", add_help=False)
+    p = sub.add_parser("score", help="score ID and OOD sets with uncertainty methods; writes scores.csv, metrics.csv")
+    _add_common(p)
+    p.add_argument("--methods", default="all", help="comma-separated method names or 'all'")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--shard", action="store_true", help="split datasets over torchrun processes (torch.distributed)")
+    p.set_defaults(func=cmd_score)
+    p = sub.add_parser("layers", help="layerwise gradient metrics table (Oberdiek et al. 2018)")
+    _add_common(p)
+    p.add_argument("--loss", default="nll_pred", help="nll_pred | confounding_sigmoid | confounding_softmax")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_layers)
+    p = sub.add_parser("meta", help="meta classifier report (correct-vs-incorrect or ID-vs-OOD)")
+    _add_common(p)
+    p.add_argument("--task", choices=["correct", "ood"], default="correct")
+    p.add_argument("--known", action="append", default=None, help="OOD set seen in training (known unknowns)")
+    p.add_argument("--classifier", choices=["logistic", "boosting", "mlp"], default="logistic")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_meta)
+    p = sub.add_parser("list", help="list models, datasets and methods")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        try:
+            return cmd_train(argv[1:])
+        except GradvizError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GradvizError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
