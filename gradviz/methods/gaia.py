@@ -1,0 +1,173 @@
+"""GAIA — Chen et al., "GAIA: Delving into Gradient-based Attribution Abnormality for
+Out-of-distribution Detection", NeurIPS 2023.
+
+Both variants read *feature-map* gradients at hooked layers (BatchNorm outputs), one batched
+backward each; in eval mode samples do not interact, so every per-sample map gradient is exact.
+
+GAIA-Z (zero-deflation): backpropagate s = Σ_b max_c z_{b,c}. At each hooked map A^l take
+G = ∂s/∂A^l and per channel the fraction of non-zero entries r_k = mean_{h,w} 1[G_{k,h,w} ≠ 0].
+Concatenate the channels of every hooked layer; uncertainty = mean_k r_k² (OOD inputs
+"deflate" the zeros that ReLU masks leave in ID gradients).
+
+GAIA-A (channel-wise average abnormality): inner part a_k = mean_{h,w} ∂L_in/∂A^l_{k,h,w} with
+L_in = Σ_b Σ_d h_{b,d} (sum of the pooled penultimate features, the head's input). Output
+part o = sqrt(mean_d |ḡ_d|) with ḡ the spatially averaged gradient of Σ_c log p_c at the last
+feature map, in closed form ḡ = Wᵀ(1 − C·p)/(H·W) (W the head's weight, global average
+pooling assumed). Uncertainty = mean_k (|a_k| / o)² over the hooked channels.
+
+Hooked layers (``layers``): ``"all"`` = every BatchNorm layer (GAIA-Z default), ``"auto"`` =
+the BatchNorm layers whose output spatial size is one of the last two distinct sizes seen
+among BatchNorm outputs in forward order — the last two "stages" of a ResNet (GAIA-A
+default) — or a comma-separated list of module names (as in ``model.net.named_modules()``).
+A module called several times in one forward keeps its last output. H·W of the last feature
+map is taken from the spatial size of the last BatchNorm output in forward order (the final
+feature map in ResNets); for models without BatchNorm pass ``layers`` and GAIA-A uses the last
+hooked map's size, which must then be the final feature map.
+
+In-place operations: stock torchvision ResNets apply ``ReLU(inplace=True)`` and
+``out += identity`` directly to BN outputs, which would turn the captured tensor into the
+ReLU/sum output (a different gradient). The forward hook therefore returns ``out.clone()``:
+the clone replaces the module's output, the in-place ops modify the clone, and the captured
+tensor stays the true BN output with the true gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gradviz.errors import MethodError
+from gradviz.methods.registry import ModelOutputs, register
+from gradviz.models import GradvizModel
+
+__all__ = ["gaia_z", "gaia_a", "gaia_abnormality_map", "hooked_maps"]
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _resolve_layers(model: GradvizModel, layers) -> tuple[list[tuple[str, nn.Module]], str]:
+    """Modules to hook and the selection rule ("all" | "auto" | "names")."""
+    named = [(n, m) for n, m in model.net.named_modules() if n]
+    if layers is None or layers in ("all", "auto"):
+        bns = [(n, m) for n, m in named if isinstance(m, _BN)]
+        if not bns:
+            raise MethodError("GAIA hooks BatchNorm outputs, but this model has no BatchNorm layer; "
+                              "pass layers='name1,name2' (see model.net.named_modules())")
+        return bns, layers or "all"
+    names = [s.strip().removeprefix("net.") for s in (layers.split(",") if isinstance(layers, str) else layers)]
+    names = [n for n in names if n]
+    lookup = dict(named)
+    unknown = [n for n in names if n not in lookup]
+    if unknown or not names:
+        raise MethodError(f"GAIA: unknown layer(s) {unknown or names}; e.g. {', '.join(list(lookup)[:6])}")
+    return [(n, lookup[n]) for n in names], "names"
+
+
+def hooked_maps(model: GradvizModel, x: torch.Tensor, layers=None):
+    """One forward with hooks: (logits (B, K), {name: map (B, C, H, W)} in forward order, head input h (B, D)).
+
+    The maps and ``h`` are part of the autograd graph (for ``torch.autograd.grad``). Hooks are
+    registered under ``model.lock`` and removed before returning.
+    """
+    modules, rule = _resolve_layers(model, layers)
+    maps: dict[str, torch.Tensor] = {}
+    store: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(_module, _inputs, out):
+            if not isinstance(out, torch.Tensor) or out.dim() != 4:
+                raise MethodError(f"GAIA: layer {name!r} does not output a (B, C, H, W) feature map")
+            maps.pop(name, None)  # keep forward order of the last call
+            maps[name] = out
+            return out.clone()  # in-place ops downstream hit the clone, not the captured map
+        return hook
+
+    def head_hook(_module, args):
+        store["h"] = args[0]
+
+    x_in = x.detach().clone().requires_grad_(True)  # ensures a graph even if parameters were frozen
+    with model.lock:
+        handles = []
+        try:
+            for name, module in modules:
+                handles.append(module.register_forward_hook(make_hook(name)))
+            handles.append(model.head.register_forward_pre_hook(head_hook))
+            with torch.enable_grad():
+                logits = model(x_in)
+        finally:
+            for handle in handles:
+                handle.remove()
+    if rule == "auto":
+        sizes = []
+        for m in maps.values():
+            if tuple(m.shape[-2:]) not in sizes:
+                sizes.append(tuple(m.shape[-2:]))
+        keep = set(sizes[-2:])
+        last_hw = next(reversed(maps.values())).shape[-2:]
+        maps = {n: m for n, m in maps.items() if tuple(m.shape[-2:]) in keep}
+    else:
+        last_hw = next(reversed(maps.values())).shape[-2:] if maps else None
+    if not maps:
+        raise MethodError("GAIA: no hooked layer ran in the forward pass")
+    store["last_hw"] = last_hw
+    return logits, maps, store
+
+
+def _grads(out: torch.Tensor, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    tensors = list(maps.values())
+    grads = torch.autograd.grad(out, tensors, allow_unused=True)
+    return {n: (torch.zeros_like(t) if g is None else g) for (n, t), g in zip(maps.items(), grads)}
+
+
+def gaia_z_channels(model: GradvizModel, x: torch.Tensor, layers=None) -> dict[str, torch.Tensor]:
+    """GAIA-Z per-channel fraction of non-zero gradient entries r_k, {layer: (B, channels)}."""
+    logits, maps, _ = hooked_maps(model, x, layers)
+    grads = _grads(logits.amax(-1).sum(), maps)  # s = Σ_b max_c z_bc
+    return {n: (g != 0).float().mean(dim=(-2, -1)).detach() for n, g in grads.items()}
+
+
+def gaia_a_channels(model: GradvizModel, x: torch.Tensor, layers="auto") -> dict[str, torch.Tensor]:
+    """GAIA-A per-channel normalised average gradient a_k / o, {layer: (B, channels)}."""
+    logits, maps, store = hooked_maps(model, x, layers)
+    h = store["h"]  # (B, D) head input
+    grads = _grads(h.sum(), maps)  # L_in = Σ_b Σ_d h_bd
+    with torch.no_grad():
+        p = logits.softmax(-1)  # (B, K)
+        hw = float(store["last_hw"][0] * store["last_hw"][1])
+        g_bar = (1.0 - p.shape[-1] * p) @ model.head.weight / hw  # (B, D) = Wᵀ(1 − C p)/(HW)
+        o = g_bar.abs().mean(-1).sqrt().clamp_min(1e-12)  # (B,)
+        return {n: (g.mean(dim=(-2, -1)) / o[:, None]).detach() for n, g in grads.items()}
+
+
+def gaia_abnormality_map(model: GradvizModel, x: torch.Tensor, variant: str = "z", layers=None) -> dict[str, torch.Tensor]:
+    """Per-layer, per-channel abnormality {layer: (B, channels)}: r_k (``variant="z"``) or a_k/o (``"a"``).
+
+    The uncertainty is the mean of the squares over all concatenated channels (GAIA-Z/-A).
+    """
+    if variant == "z":
+        return gaia_z_channels(model, x, layers if layers is not None else "all")
+    if variant == "a":
+        return gaia_a_channels(model, x, layers if layers is not None else "auto")
+    raise MethodError(f"GAIA variant must be 'z' or 'a', got {variant!r}")
+
+
+def _mean_square(channels: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat(list(channels.values()), dim=1).pow(2).mean(1)  # (B,)
+
+
+@register("gaia_z", title="GAIA-Z (zero deflation)", paper="Chen et al., NeurIPS 2023", year=2023,
+          formula=r"u(x) = \tfrac{1}{K}\sum_k r_k^2,\; r_k = \tfrac{1}{HW}\sum_{h,w} "
+                  r"\mathbb{1}\!\left[\tfrac{\partial \max_c z_c}{\partial A_{k,h,w}} \neq 0\right]",
+          kind="gradient")
+def gaia_z(batch: ModelOutputs, layers: str = "all") -> torch.Tensor:
+    """GAIA-Z: mean squared fraction of non-zero feature-map gradient entries per channel."""
+    return _mean_square(gaia_z_channels(batch.model, batch.x, layers))
+
+
+@register("gaia_a", title="GAIA-A (channel-wise average abnormality)", paper="Chen et al., NeurIPS 2023", year=2023,
+          formula=r"u(x) = \tfrac{1}{K}\sum_k \big(|a_k|/o\big)^2,\; a_k = \overline{\partial \textstyle\sum_d h_d/\partial A_k},\; "
+                  r"o = \sqrt{\overline{|W^\top(1 - C p)|}/(HW)}",
+          kind="gradient")
+def gaia_a(batch: ModelOutputs, layers: str = "auto") -> torch.Tensor:
+    """GAIA-A: mean squared channel-average gradient of the pooled features, scaled by the output part."""
+    return _mean_square(gaia_a_channels(batch.model, batch.x, layers))
