@@ -193,8 +193,12 @@ def invalid_rows(scores: pd.DataFrame, methods: list[str]) -> list[str]:
 
 
 def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | None = None,
-        model: GradvizModel | None = None) -> ScoreResult:
-    """Load model and datasets, score every set with every method, and compute the metrics."""
+        model: GradvizModel | None = None, datasets: dict[str, ImageSet] | None = None) -> ScoreResult:
+    """Load model and datasets, score every set with every method, and compute the metrics.
+
+    ``datasets`` maps specs to already-loaded sets (e.g. uploaded images, ``upload:<name>``);
+    other specs are loaded with :func:`gradviz.data.load_dataset`.
+    """
     from gradviz.metrics import metrics_table
 
     infos = resolve_methods(cfg.methods)
@@ -204,7 +208,10 @@ def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | N
         model = load_model(cfg.model, cfg.weights, cfg.device)
     frames = []
     for role, spec in [("id", cfg.id)] + [("ood", s) for s in cfg.ood]:
-        data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
+        if datasets and spec in datasets:
+            data = datasets[spec]
+        else:
+            data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
         frames.append(score_dataset(model, data, role, infos, params=cfg.params, fit_set=cfg.fit_set,
                                     seed=cfg.seed, batch_size=cfg.batch_size, store=store, progress=progress))
     scores = pd.concat(frames, ignore_index=True)

@@ -1,0 +1,233 @@
+"""Plotly figure builders shared by the pages and the exports: data in, ``go.Figure`` out.
+
+Colours are fixed per dataset everywhere (ID blue; each OOD set its own colour), and
+per method, so a set or a method looks the same on every page and in every export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+ID_COLOR = "#1f77b4"
+OOD_PALETTE = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+_KNOWN = {"letters": "#ff7f0e", "noise-uniform": "#d62728", "noise-gaussian": "#9467bd"}
+METHOD_PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6",
+                  "#9d755d", "#bab0ac", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#a6761d"]
+WEBGL_THRESHOLD = 1000
+LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=45), legend=dict(orientation="h", y=-0.2))
+
+
+def dataset_color(spec: str, role: str = "ood") -> str:
+    """The colour of a dataset on every page: ID blue, known OOD sets fixed, others hashed."""
+    if role == "id":
+        return ID_COLOR
+    if spec in _KNOWN:
+        return _KNOWN[spec]
+    h = int(hashlib.md5(spec.encode()).hexdigest(), 16)
+    return OOD_PALETTE[h % len(OOD_PALETTE)]
+
+
+def method_color(name: str, order: list[str] | None = None) -> str:
+    """A method's colour (by its position in ``order`` — the registry order — else hashed)."""
+    if order and name in order:
+        return METHOD_PALETTE[order.index(name) % len(METHOD_PALETTE)]
+    return METHOD_PALETTE[int(hashlib.md5(name.encode()).hexdigest(), 16) % len(METHOD_PALETTE)]
+
+
+def _finite(a) -> np.ndarray:
+    a = np.asarray(a, dtype=float)
+    return a[np.isfinite(a)]
+
+
+def score_histogram(scores: pd.DataFrame, method: str, title: str | None = None, nbins: int = 50) -> go.Figure:
+    """Overlaid score densities of every dataset in ``scores`` (shared bins, density, opacity .55).
+
+    Each bar's ``customdata`` is unused; use :func:`score_strip` for per-sample selection.
+    """
+    vals = _finite(scores[method])
+    fig = go.Figure()
+    if len(vals) == 0:
+        return fig.update_layout(title=f"{method}: no finite scores", **LAYOUT)
+    lo, hi = float(vals.min()), float(vals.max())
+    size = (hi - lo) / nbins if hi > lo else 1.0
+    for (spec, role), part in scores.groupby(["dataset", "role"], sort=False):
+        fig.add_trace(go.Histogram(
+            x=part[method], name=f"{spec} ({role.upper()})", histnorm="probability density", opacity=0.55,
+            marker_color=dataset_color(spec, role), xbins=dict(start=lo, end=hi + size, size=size),
+            hovertemplate=f"{spec}<br>{method}=%{{x}}<br>density=%{{y:.3g}}<extra></extra>",
+        ))
+    fig.update_layout(barmode="overlay", title=title or f"{method}: uncertainty by dataset (higher = more uncertain)",
+                      xaxis_title=f"{method} uncertainty", yaxis_title="density", **LAYOUT)
+    return fig
+
+
+def score_strip(scores: pd.DataFrame, method: str, threshold: float | None = None) -> go.Figure:
+    """One point per sample (x = score, y = dataset, jittered); selectable, ``customdata`` = row id.
+
+    ``customdata`` holds [row, dataset, index, label, prediction] so a selection maps back to rows.
+    """
+    fig = go.Figure()
+    rng = np.random.default_rng(0)
+    order = list(dict.fromkeys(scores["dataset"]))
+    big = len(scores) > WEBGL_THRESHOLD
+    Scatter = go.Scattergl if big else go.Scatter
+    for (spec, role), part in scores.groupby(["dataset", "role"], sort=False):
+        y = order.index(spec) + rng.uniform(-0.3, 0.3, len(part))
+        custom = np.stack([part.index.to_numpy(), part["dataset"], part["index"], part["label"], part["prediction"]], axis=1)
+        fig.add_trace(Scatter(
+            x=part[method], y=y, mode="markers", name=f"{spec} ({role.upper()})", customdata=custom,
+            marker=dict(color=dataset_color(spec, role), size=5, opacity=0.6),
+            hovertemplate="%{customdata[1]} #%{customdata[2]}<br>label %{customdata[3]}, predicted %{customdata[4]}"
+                          f"<br>{method}=%{{x:.4g}}<extra></extra>",
+        ))
+    if threshold is not None:
+        fig.add_vline(x=threshold, line_dash="dash", line_color="black", annotation_text="threshold")
+    fig.update_layout(title=f"{method}: every sample (select points to inspect them)", xaxis_title=f"{method} uncertainty",
+                      yaxis=dict(tickvals=list(range(len(order))), ticktext=order), dragmode="select", **LAYOUT)
+    return fig
+
+
+def roc_figure(scores: pd.DataFrame, methods: list[str], ood: str, order: list[str] | None = None) -> go.Figure:
+    """ROC curves of ID (positive, accepted) vs one OOD set for each method; AUROC in the legend,
+    a marker where 95 % of ID is accepted (its x is FPR95)."""
+    from gradviz.metrics import roc_curve_points, summary
+
+    id_part = scores[scores["role"] == "id"]
+    ood_part = scores[scores["dataset"] == ood]
+    fig = go.Figure()
+    for m in methods:
+        pts = roc_curve_points(id_part[m], ood_part[m])
+        s = summary(id_part[m], ood_part[m])
+        color = method_color(m, order or methods)
+        fig.add_trace(go.Scatter(x=pts["fpr"], y=pts["tpr"], mode="lines", name=f"{m} (AUROC {s['auroc']:.3f})",
+                                 line=dict(color=color), hovertemplate=f"{m}<br>FPR %{{x:.3f}}<br>TPR %{{y:.3f}}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=[s["fpr95"]], y=[0.95], mode="markers", marker=dict(color=color, size=9, symbol="x"),
+                                 showlegend=False, hovertemplate=f"{m}: FPR95 %{{x:.3f}}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False, hoverinfo="skip"))
+    fig.update_layout(title=f"ROC: {scores['dataset'][scores['role'] == 'id'].iloc[0] if len(id_part) else 'ID'} vs {ood}",
+                      xaxis_title=f"FPR (fraction of {ood} accepted)", yaxis_title="TPR (fraction of ID accepted)", **LAYOUT)
+    return fig
+
+
+def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str = "in", order: list[str] | None = None) -> go.Figure:
+    """Precision-recall curves with ID (``positive="in"``) or OOD (``"out"``) as the positive class."""
+    from gradviz.metrics import pr_curve_points, summary
+
+    id_part = scores[scores["role"] == "id"]
+    ood_part = scores[scores["dataset"] == ood]
+    fig = go.Figure()
+    for m in methods:
+        pts = pr_curve_points(id_part[m], ood_part[m], positive=positive)
+        s = summary(id_part[m], ood_part[m])
+        key = "aupr_in" if positive == "in" else "aupr_out"
+        fig.add_trace(go.Scatter(x=pts["recall"], y=pts["precision"], mode="lines", name=f"{m} ({key.upper()} {s[key]:.3f})",
+                                 line=dict(color=method_color(m, order or methods))))
+    fig.update_layout(title=f"Precision-recall ({'ID' if positive == 'in' else 'OOD'} positive): vs {ood}",
+                      xaxis_title="recall", yaxis_title="precision", yaxis_range=[0, 1.02], **LAYOUT)
+    return fig
+
+
+def metric_bars(metrics: pd.DataFrame, metric: str = "auroc") -> go.Figure:
+    """Grouped bars: ``metric`` per method, one group colour per OOD set."""
+    fig = go.Figure()
+    for ood, part in metrics.groupby("ood", sort=False):
+        fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=ood, marker_color=dataset_color(ood)))
+    fig.update_layout(barmode="group", title=f"{metric.upper()} per method and OOD set", yaxis_title=metric, **LAYOUT)
+    return fig
+
+
+def probability_bars(probs: np.ndarray, class_names: list[str], top: int = 10) -> go.Figure:
+    """Class probabilities of one sample, largest first (at most ``top`` bars)."""
+    probs = np.asarray(probs, dtype=float)
+    order = np.argsort(-probs)[:top]
+    fig = go.Figure(go.Bar(x=[class_names[i] for i in order], y=probs[order], marker_color=ID_COLOR,
+                           hovertemplate="class %{x}: p=%{y:.4f}<extra></extra>"))
+    fig.update_layout(title="Class probabilities", yaxis_range=[0, 1], yaxis_title="softmax probability",
+                      xaxis_type="category", height=300, **LAYOUT)
+    return fig
+
+
+def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = None, log: bool = True) -> go.Figure:
+    """Per-layer gradient statistic: a median line and a 5–95 % band per dataset, plus one sample.
+
+    ``bands``: rows (dataset, role, layer, q05, q50, q95) in layer order (see :func:`gradviz.layers.layer_bands`).
+    """
+    fig = go.Figure()
+    layers = list(dict.fromkeys(bands["layer"]))
+    for (spec, role), part in bands.groupby(["dataset", "role"], sort=False):
+        color = dataset_color(spec, role)
+        fig.add_trace(go.Scatter(x=list(part["layer"]) + list(part["layer"])[::-1], y=list(part["q95"]) + list(part["q05"])[::-1],
+                                 fill="toself", fillcolor=color, opacity=0.18, line=dict(width=0), hoverinfo="skip",
+                                 showlegend=False, legendgroup=spec))
+        fig.add_trace(go.Scatter(x=part["layer"], y=part["q50"], mode="lines+markers", name=f"{spec} median (5–95 %)",
+                                 line=dict(color=color), legendgroup=spec))
+    if sample is not None:
+        fig.add_trace(go.Scatter(x=layers, y=[sample.get(l, np.nan) for l in layers], mode="lines+markers", name="this sample",
+                                 line=dict(color="black", width=3)))
+    fig.update_layout(title=f"Per-layer gradient {stat}", xaxis_title="layer (input → output)", yaxis_title=stat,
+                      yaxis_type="log" if log else "linear", **LAYOUT)
+    return fig
+
+
+def heatmap(values: pd.DataFrame, title: str, colorscale: str = "RdBu_r", zmid: float | None = 0.5,
+            zlabel: str = "AUROC", fmt: str = ".2f") -> go.Figure:
+    """Annotated heat map of a (rows × columns) table, e.g. layer × statistic AUROC."""
+    fig = go.Figure(go.Heatmap(z=values.to_numpy(dtype=float), x=[str(c) for c in values.columns], y=[str(i) for i in values.index],
+                               colorscale=colorscale, zmid=zmid, colorbar=dict(title=zlabel),
+                               texttemplate=f"%{{z:{fmt}}}" if values.size <= 400 else None,
+                               hovertemplate="%{y} / %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, **{**LAYOUT, "legend": {}}, height=max(300, 28 * len(values) + 120))
+    return fig
+
+
+def severity_curve(table: pd.DataFrame, corruption: str, metric: str = "auroc", order: list[str] | None = None) -> go.Figure:
+    """``metric`` vs corruption severity, one line per method. ``table``: rows (method, severity, metric)."""
+    fig = go.Figure()
+    methods = list(dict.fromkeys(table["method"]))
+    for m in methods:
+        part = table[table["method"] == m].sort_values("severity")
+        fig.add_trace(go.Scatter(x=part["severity"], y=part[metric], mode="lines+markers", name=m,
+                                 line=dict(color=method_color(m, order or methods))))
+    fig.update_layout(title=f"{metric.upper()} vs severity: {corruption} (clean ID vs corrupted)",
+                      xaxis=dict(title="severity", dtick=1), yaxis_title=metric, **LAYOUT)
+    return fig
+
+
+def importance_bars(importances: pd.DataFrame, top: int = 20) -> go.Figure:
+    """Horizontal bars of the ``top`` feature importances (columns feature, importance)."""
+    part = importances.sort_values("importance", ascending=False).head(top)[::-1]
+    fig = go.Figure(go.Bar(x=part["importance"], y=part["feature"], orientation="h", marker_color=ID_COLOR))
+    fig.update_layout(title="Feature importance", height=max(300, 22 * len(part) + 100), **LAYOUT)
+    return fig
+
+
+def curves_figure(curves: dict[str, pd.DataFrame], title: str, x: str = "fpr", y: str = "tpr") -> go.Figure:
+    """Several named curves (e.g. meta-classifier ROC per feature set) on one chart."""
+    fig = go.Figure()
+    for i, (name, pts) in enumerate(curves.items()):
+        fig.add_trace(go.Scatter(x=pts[x], y=pts[y], mode="lines", name=name, line=dict(color=METHOD_PALETTE[i % len(METHOD_PALETTE)])))
+    if x == "fpr":
+        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False))
+    fig.update_layout(title=title, xaxis_title=x.upper(), yaxis_title=y.upper(), **LAYOUT)
+    return fig
+
+
+def image_row(images: list[np.ndarray], titles: list[str]) -> go.Figure:
+    """Images side by side (uint8 (H, W, 3) arrays), e.g. one corruption at severities 1–5."""
+    fig = make_subplots(rows=1, cols=len(images), subplot_titles=titles, horizontal_spacing=0.02)
+    for i, img in enumerate(images):
+        fig.add_trace(go.Image(z=img), row=1, col=i + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), height=220)
+    return fig
+
+
+def to_html(fig: go.Figure) -> str:
+    """Self-contained HTML of a figure (plotly.js inlined: opens offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)

@@ -1,0 +1,131 @@
+"""Cached access to models, datasets and results for the pages.
+
+Models are shared across sessions (``st.cache_resource``; the model object is read-only
+and locks its own hooked passes). Results are deterministic functions of the run config
+(plus upload digests), so they are memoised in a bounded in-process LRU and on disk in the
+results store; the progress bar lives outside any cached function.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import streamlit as st
+
+from gradviz.data import ImageSet, load_dataset
+from gradviz.errors import GradvizError
+from gradviz.models import GradvizModel, load_model
+from gradviz.scoring import RunConfig, ScoreResult, images_digest, layer_table, run
+from gradviz.store import ResultStore, cache_key
+
+
+@st.cache_resource(show_spinner="Loading model…")
+def get_model(name: str, weights: str | None = None) -> GradvizModel:
+    """The model ``name`` (one shared instance per name and weights file)."""
+    return load_model(name, weights)
+
+
+@st.cache_resource
+def get_store() -> ResultStore:
+    return ResultStore()
+
+
+@st.cache_resource(show_spinner="Loading dataset…", max_entries=32)
+def get_dataset(model_name: str, weights: str | None, spec: str, limit: int | None, seed: int) -> ImageSet:
+    """A dataset adapted to the model's input (shared, treat as read-only)."""
+    model = get_model(model_name, weights)
+    return load_dataset(spec, model.card, limit=limit, seed=seed)
+
+
+class _Memo:
+    """A small thread-safe LRU of finished results (deterministic values; safe to share)."""
+
+    def __init__(self, size: int = 24) -> None:
+        self.size = size
+        self.items: OrderedDict[str, object] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: str):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        return None
+
+    def put(self, key: str, value) -> None:
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+@st.cache_resource
+def _memo() -> _Memo:
+    return _Memo()
+
+
+def _progress_bar(text: str) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
+    bar = st.progress(0.0, text=text)
+
+    def update(done: int, total: int, label: str) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} — {label}: {done}/{total} batches")
+
+    return update, bar.empty
+
+
+def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> ScoreResult:
+    """Scores + metrics for ``cfg``, computed once per choice (progress bar on first run)."""
+    uploads = {k: v for k, v in (uploads or {}).items() if k in cfg.ood or k == cfg.id}
+    key = cache_key(cfg=cfg.to_json(), uploads={k: images_digest(v.images) for k, v in uploads.items()})
+    hit = _memo().get(key)
+    if hit is not None:
+        return hit
+    update, done = _progress_bar("Scoring samples")
+    model = get_model(cfg.model, cfg.weights)
+    datasets = {**uploads}
+    for spec in [cfg.id, *cfg.ood]:
+        if spec not in datasets:
+            datasets[spec] = get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
+    result = run(cfg, progress=update, store=get_store(), model=model, datasets=datasets)
+    done()
+    _memo().put(key, result)
+    return result
+
+
+def get_layer_table(cfg: RunConfig, specs: list[str], uploads: dict[str, ImageSet] | None = None,
+                    loss: str = "nll_pred") -> pd.DataFrame:
+    """Layerwise gradient table (rows (dataset, index), columns (layer, stat)) for ``specs``."""
+    uploads = uploads or {}
+    key = cache_key(kind="layers", cfg=cfg.to_json(), specs=specs, loss=loss,
+                    uploads={k: images_digest(v.images) for k, v in uploads.items() if k in specs})
+    hit = _memo().get(key)
+    if hit is not None:
+        return hit
+    update, done = _progress_bar("Layerwise gradients")
+    model = get_model(cfg.model, cfg.weights)
+    frames = []
+    for spec in specs:
+        data = uploads.get(spec) or get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
+        frames.append(layer_table(model, data, loss=loss, batch_size=cfg.batch_size, store=get_store(), progress=update))
+    done()
+    table = pd.concat(frames)
+    _memo().put(key, table)
+    return table
+
+
+def show_error(exc: Exception, hint: str = "") -> None:
+    """Show a user error with a next step and stop the page (bugs are re-raised)."""
+    if not isinstance(exc, GradvizError):
+        raise exc
+    st.error(f"{exc}" + (f"\n\n{hint}" if hint else ""))
+    st.stop()
+
+
+def asset_path(name: str) -> Path:
+    from gradviz.config import ASSETS
+
+    return ASSETS / name

@@ -1,0 +1,72 @@
+"""The shared sidebar: model, ID set, OOD sets, methods, samples, seed -> ``st.session_state.gv_config``."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from gradviz.config import settings
+from gradviz.data.corruptions import list_corruptions
+from gradviz.methods import list_methods
+from gradviz.models import list_models
+from gradviz.models import zoo  # noqa: F401  (registers the bundled model)
+from gradviz.scoring import RunConfig
+
+BUILTIN_SETS = ["mnist", "mnist:train", "letters", "noise-uniform", "noise-gaussian"]
+DEFAULT_OOD = ["letters", "noise-uniform", "corrupt:gaussian_noise:5"]
+TORCHVISION_SETS = ["MNIST", "FashionMNIST", "KMNIST", "EMNIST", "CIFAR10", "CIFAR100", "SVHN", "Omniglot"]
+
+
+def dataset_options() -> list[str]:
+    """Specs offered in the pickers: built-ins, every corruption at severity 3 and 5, torchvision."""
+    corr = [f"corrupt:{c}:{s}" for c in list_corruptions() for s in (3, 5)]
+    return BUILTIN_SETS + corr + [f"torchvision:{n}" for n in TORCHVISION_SETS]
+
+
+def current_config() -> RunConfig:
+    """The run configuration chosen in the sidebar (defaults before the sidebar has run)."""
+    return st.session_state.get("gv_config") or RunConfig()
+
+
+def render_sidebar() -> RunConfig:
+    """Draw the control panel and store the resulting config in session state."""
+    cfg_default = RunConfig()
+    sb = st.sidebar
+    sb.header("Controls")
+    names = [m.name for m in list_models()]
+    model = sb.selectbox("Model", names, index=0, key="gv_model",
+                         help="The bundled model works offline. torchvision models: use 'Other model' below.")
+    with sb.expander("Other model (torchvision)"):
+        arch = st.text_input("torchvision architecture", value="", key="gv_arch", placeholder="e.g. resnet18",
+                             help="Downloads ImageNet weights when online.")
+    if arch.strip():
+        model = f"torchvision:{arch.strip()}"
+    options = dataset_options()
+    id_spec = sb.selectbox("In-distribution (ID) set", options, index=0, key="gv_id")
+    ood = sb.multiselect("OOD sets", [o for o in options if o != id_spec], default=[o for o in DEFAULT_OOD if o != id_spec],
+                         key="gv_ood", help="Corruptions use the ID test images. Add a folder or torchvision set below.")
+    with sb.expander("Add a dataset by name"):
+        extra = st.text_input("spec", key="gv_extra", placeholder="folder:mydata/cats  or  corrupt:fog:2",
+                              help=f"folder: paths must lie under {', '.join(str(r) for r in settings().allowed_roots)}")
+    if extra.strip() and extra.strip() not in ood:
+        ood = [*ood, extra.strip()]
+    all_methods = [m.name for m in list_methods()]
+    methods = sb.multiselect("Methods", all_methods, default=all_methods, key="gv_methods")
+    limit = sb.slider("Samples per set", 100, settings().max_samples_web, cfg_default.limit or 1000, step=100, key="gv_limit")
+    seed = int(sb.number_input("Seed", 0, 10_000, 0, key="gv_seed"))
+    params: dict[str, dict] = {}
+    with sb.expander("Method parameters"):
+        for info in list_methods():
+            if info.name not in methods:
+                continue
+            for pname, default in info.defaults.items():
+                if isinstance(default, bool) or not isinstance(default, (int, float)):
+                    continue
+                value = st.number_input(f"{info.name}: {pname}", value=float(default), key=f"gv_p_{info.name}_{pname}",
+                                        format="%g")
+                if value != float(default):
+                    params.setdefault(info.name, {})[pname] = type(default)(value)
+    sb.caption("Runs locally: your data is not sent anywhere.")
+    cfg = RunConfig(model=model, id=id_spec, ood=ood, methods=methods or all_methods, limit=int(limit), seed=seed,
+                    params=params)
+    st.session_state["gv_config"] = cfg
+    return cfg

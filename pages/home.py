@@ -1,0 +1,40 @@
+"""Home: what gradviz shows, the embedded default's summary, and where to go next."""
+
+import streamlit as st
+
+from gradviz import plots
+from gradviz.ui.cache import get_result, show_error
+from gradviz.ui.sidebar import current_config
+from gradviz.ui.widgets import metrics_dataframe
+
+st.title("gradviz — how uncertain is the classifier?")
+st.markdown(
+    "gradviz backpropagates through an image classifier and turns the **gradients** into per-sample "
+    "**uncertainty scores** (higher = more uncertain). It compares in-distribution images with "
+    "out-of-distribution ones (letters, noise, corruptions, your own uploads) through histograms, ROC curves "
+    "and per-layer gradient profiles, and explains single predictions with attribution maps. "
+    "Everything runs locally on a bundled MNIST model, no network needed."
+)
+cfg = current_config()
+try:
+    result = get_result(cfg)
+except Exception as exc:  # user errors are shown, bugs re-raised by show_error
+    show_error(exc, "Pick another dataset or model in the sidebar.")
+
+st.subheader(f"{cfg.model}: {cfg.id} (ID) vs {', '.join(cfg.ood) or 'no OOD set'}")
+left, right = st.columns([3, 2])
+with left:
+    st.markdown("**Detection metrics** (AUROC ↑, FPR95 ↓; best per column highlighted)")
+    metrics_dataframe(result.metrics)
+with right:
+    method = "gaia_z" if "gaia_z" in result.scores else cfg.method_names()[0]
+    st.plotly_chart(plots.score_histogram(result.scores, method), use_container_width=True)
+
+st.subheader("Where next")
+c1, c2, c3 = st.columns(3)
+c1.page_link("pages/compare.py", label="Compare distributions", icon="📊", help="Histograms, ROC, threshold, gallery")
+c1.page_link("pages/inspect.py", label="Inspect a sample", icon="🔍", help="Upload an image, see its scores and saliency")
+c2.page_link("pages/layers.py", label="Layer profiles", icon="🧱", help="Which layer's gradient separates best")
+c2.page_link("pages/meta.py", label="Meta classifier", icon="🧮", help="Learn to predict errors and OOD from gradients")
+c3.page_link("pages/corruptions.py", label="Corruption lab", icon="🌫️", help="Scores as corruption severity grows")
+c3.page_link("pages/learn.py", label="Learn", icon="🎓", help="Each method explained with its formula")
