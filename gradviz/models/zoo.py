@@ -59,8 +59,7 @@ def torchvision_model(arch: str, weights: str | Path | None = None) -> GradvizMo
         raise ModelError(f"unknown torchvision classification model {arch!r}; e.g. resnet18, mobilenet_v3_small")
     if weights is not None:
         state = load_state_dict_file(weights)
-        head = [k for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
-        num_classes = int(state[head[-1]].shape[0]) if head else 1000
+        num_classes = _num_classes_in(arch, state)
         try:
             net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
         except (TypeError, ValueError) as exc:
@@ -90,6 +89,20 @@ def torchvision_model(arch: str, weights: str | Path | None = None) -> GradvizMo
         mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=list(w.meta["categories"]), weights=str(w),
     )
     return GradvizModel(net, card)
+
+
+def _num_classes_in(arch: str, state: dict[str, torch.Tensor]) -> int:
+    """Rows of the head's weight in ``state``; the head is found on a shape-only (meta) build,
+    since file key order is not module order (safetensors sorts keys by name)."""
+    import torchvision
+
+    with torch.device("meta"):
+        ref = torchvision.models.get_model(arch, weights=None)
+    linears = [name for name, m in ref.named_modules() if isinstance(m, nn.Linear)]
+    for key in (f"{linears[-1]}.weight", f"module.{linears[-1]}.weight") if linears else ():
+        if key in state and state[key].ndim == 2:
+            return int(state[key].shape[0])
+    return 1000
 
 
 def random_model(arch: str = "mnist-cnn", num_classes: int = 10, input_size=(1, 28, 28), seed: int = 0) -> GradvizModel:
