@@ -1,0 +1,85 @@
+"""Scoring pipeline: table layout, caching (no recomputation), config round trip, bad inputs."""
+
+import numpy as np
+import pytest
+
+import gradviz.scoring as scoring
+from gradviz.errors import GradvizError
+from gradviz.models.zoo import random_model
+from gradviz.scoring import RunConfig, run
+from gradviz.store import ResultStore
+
+METHODS = ["msp", "energy", "gradnorm"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model("mnist-cnn")
+
+
+def test_scores_table_layout_and_metrics(model, tmp_path):
+    cfg = RunConfig(id="mnist", ood=["noise-uniform"], methods=METHODS, limit=40)
+    res = run(cfg, store=ResultStore(tmp_path), model=model)
+    s = res.scores
+    assert list(s.columns[:8]) == scoring.BASE_COLUMNS
+    assert list(s.columns[8:]) == METHODS
+    assert (s["role"] == "id").sum() == 40 and (s["role"] == "ood").sum() == 40
+    assert s.loc[s.role == "ood", "correct"].isna().all()
+    assert s.loc[s.role == "id", "correct"].notna().all()
+    assert set(res.metrics["method"]) == set(METHODS)
+    assert res.metrics[["auroc", "fpr95"]].notna().all().all()
+
+
+def test_second_run_reads_the_store_without_recomputing(model, tmp_path, monkeypatch):
+    store = ResultStore(tmp_path)
+    cfg = RunConfig(id="mnist", ood=["noise-uniform"], methods=METHODS, limit=30)
+    first = run(cfg, store=store, model=model)
+    calls = []
+    real = scoring.score_images
+    monkeypatch.setattr(scoring, "score_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    second = run(cfg, store=store, model=model)
+    assert calls == []
+    np.testing.assert_array_equal(first.scores[METHODS].to_numpy(), second.scores[METHODS].to_numpy())
+    # a new method computes only that method
+    cfg.methods = METHODS + ["entropy"]
+    run(cfg, store=store, model=model)
+    assert calls == [1, 1]  # one call per dataset, for the missing method only
+
+
+def test_scores_do_not_depend_on_batch_size(model):
+    a = run(RunConfig(id="mnist", ood=[], methods=METHODS, limit=50, batch_size=50), model=model)
+    b = run(RunConfig(id="mnist", ood=[], methods=METHODS, limit=50, batch_size=7), model=model)
+    np.testing.assert_allclose(a.scores[METHODS].to_numpy(), b.scores[METHODS].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_config_json_round_trip_and_bad_keys():
+    cfg = RunConfig(ood=["letters"], methods=["msp"], limit=10, params={"energy": {"temperature": 2.0}})
+    assert RunConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(GradvizError, match="unknown keys"):
+        RunConfig.from_json('{"bogus": 1}')
+    with pytest.raises(GradvizError, match="not valid JSON"):
+        RunConfig.from_json("{")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(methods=["nope"]), "unknown method"),
+    (dict(id="nope"), "unknown dataset"),
+    (dict(limit=0), "limit"),
+])
+def test_bad_inputs_give_clear_errors(model, bad, match):
+    with pytest.raises(GradvizError, match=match):
+        run(RunConfig(**{"ood": [], "methods": ["msp"], "limit": 10, **bad}), model=model)
+
+
+def test_nan_scores_are_reported_not_hidden(model, monkeypatch):
+    from gradviz.methods import registry
+
+    def nan_first(batch):
+        out = -batch.probs.amax(-1)
+        out[0] = float("nan")
+        return out
+
+    monkeypatch.setitem(registry.REGISTRY, "nan_method", registry.MethodInfo(
+        "nan_method", nan_first, "t", "p", 2000, "f", "output"))
+    res = run(RunConfig(id="mnist", ood=["noise-uniform"], methods=["nan_method"], limit=20), model=model)
+    assert any("nan_method" in w and "NaN" in w for w in res.warnings)
