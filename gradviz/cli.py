@@ -93,7 +93,7 @@ def cmd_score(args) -> int:
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if len(result.metrics):
-        with_cols = [c for c in ["ood", "method", "auroc", "fpr95", "aupr_in", "aupr_out"] if c in result.metrics]
+        with_cols = [c for c in ["ood_dataset", "method", "auroc", "fpr95", "aupr_in", "aupr_out"] if c in result.metrics]
         print(result.metrics[with_cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     acc = result.scores.loc[result.scores["role"] == "id", "correct"].astype("float").mean()
     print(f"\nID accuracy: {acc:.4f}   wrote {out / 'scores.csv'}, {out / 'metrics.csv'}")

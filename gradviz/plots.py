@@ -114,8 +114,8 @@ def roc_figure(scores: pd.DataFrame, methods: list[str], ood: str, order: list[s
     return fig
 
 
-def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str = "in", order: list[str] | None = None) -> go.Figure:
-    """Precision-recall curves with ID (``positive="in"``) or OOD (``"out"``) as the positive class."""
+def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str = "id", order: list[str] | None = None) -> go.Figure:
+    """Precision-recall curves with ID (``positive="id"``) or OOD (``"ood"``) as the positive class."""
     from gradviz.metrics import pr_curve_points, summary
 
     id_part = scores[scores["role"] == "id"]
@@ -124,10 +124,10 @@ def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str 
     for m in methods:
         pts = pr_curve_points(id_part[m], ood_part[m], positive=positive)
         s = summary(id_part[m], ood_part[m])
-        key = "aupr_in" if positive == "in" else "aupr_out"
+        key = "aupr_in" if positive == "id" else "aupr_out"
         fig.add_trace(go.Scatter(x=pts["recall"], y=pts["precision"], mode="lines", name=f"{m} ({key.upper()} {s[key]:.3f})",
                                  line=dict(color=method_color(m, order or methods))))
-    fig.update_layout(title=f"Precision-recall ({'ID' if positive == 'in' else 'OOD'} positive): vs {ood}",
+    fig.update_layout(title=f"Precision-recall ({'ID' if positive == 'id' else 'OOD'} positive): vs {ood}",
                       xaxis_title="recall", yaxis_title="precision", yaxis_range=[0, 1.02], **LAYOUT)
     return fig
 
@@ -135,7 +135,7 @@ def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str 
 def metric_bars(metrics: pd.DataFrame, metric: str = "auroc") -> go.Figure:
     """Grouped bars: ``metric`` per method, one group colour per OOD set."""
     fig = go.Figure()
-    for ood, part in metrics.groupby("ood", sort=False):
+    for ood, part in metrics.groupby("ood_dataset", sort=False):
         fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=ood, marker_color=dataset_color(ood)))
     fig.update_layout(barmode="group", title=f"{metric.upper()} per method and OOD set", yaxis_title=metric, **LAYOUT)
     return fig
@@ -231,3 +231,34 @@ def image_row(images: list[np.ndarray], titles: list[str]) -> go.Figure:
 def to_html(fig: go.Figure) -> str:
     """Self-contained HTML of a figure (plotly.js inlined: opens offline)."""
     return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def severity_color(severity: int, max_severity: int = 5) -> str:
+    """Sequential colour of a corruption severity: clean (0) = ID blue, then light to dark red."""
+    if severity <= 0:
+        return ID_COLOR
+    import plotly.colors as pc
+
+    scale = pc.sample_colorscale("OrRd", [0.3 + 0.7 * (severity - 1) / max(1, max_severity - 1)])
+    return scale[0]
+
+
+def severity_histogram(scores: pd.DataFrame, method: str, nbins: int = 50) -> go.Figure:
+    """Overlaid score densities of one method per corruption severity (column ``severity``; 0 = clean)."""
+    vals = _finite(scores[method])
+    fig = go.Figure()
+    if len(vals) == 0:
+        return fig.update_layout(title=f"{method}: no finite scores", **LAYOUT)
+    lo, hi = float(vals.min()), float(vals.max())
+    size = (hi - lo) / nbins if hi > lo else 1.0
+    top = int(scores["severity"].max())
+    for severity, part in scores.groupby("severity", sort=True):
+        name = "clean (ID)" if severity == 0 else f"severity {severity}"
+        fig.add_trace(go.Histogram(
+            x=part[method], name=name, histnorm="probability density", opacity=0.55,
+            marker_color=severity_color(int(severity), top), xbins=dict(start=lo, end=hi + size, size=size),
+            hovertemplate=f"{name}<br>{method}=%{{x}}<br>density=%{{y:.3g}}<extra></extra>",
+        ))
+    fig.update_layout(barmode="overlay", title=f"{method}: uncertainty as severity grows (higher = more uncertain)",
+                      xaxis_title=f"{method} uncertainty", yaxis_title="density", **LAYOUT)
+    return fig

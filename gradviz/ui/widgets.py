@@ -25,7 +25,7 @@ def metrics_dataframe(metrics: pd.DataFrame, key: str | None = None) -> None:
 
     def highlight(frame: pd.DataFrame) -> pd.DataFrame:
         styles = pd.DataFrame("", index=frame.index, columns=frame.columns)
-        for _, part in frame.groupby("ood", sort=False):
+        for _, part in frame.groupby("ood_dataset", sort=False):
             for c in cols:
                 vals = part[c].astype(float)
                 if vals.notna().any():
