@@ -1,0 +1,42 @@
+"""Confounding-label gradients — Lee & AlRegib, "Gradients as a Measure of Uncertainty in
+Neural Networks", ICIP 2020 (arXiv 2008.08030).
+
+No label is needed: backpropagate binary cross-entropy against the all-ones *confounding*
+label (a label no one-hot training example has) and measure how much every layer would have
+to change. Two readings of the outputs:
+    sigmoid: ℓ = −Σ_c log σ(z_c),          ∂ℓ/∂z = σ(z) − 1      (default)
+    softmax: ℓ = −Σ_c log softmax(z)_c,    ∂ℓ/∂z = C·p − 1
+Per layer (conv, linear, BatchNorm affine; weights and biases) n_l = ‖∇_{θ_l} ℓ‖², and
+    u(x) = Σ_l n_l.
+Sign: the paper reads gradients as "the required amount of change for a model to properly
+represent given inputs", so a *larger* gradient means a less familiar input: u is returned
+as is (higher = more uncertain / more likely OOD or corrupted).
+The per-layer vector [n_1..n_L] (:func:`confounding_layer_norms`) is the feature set for a
+meta classifier. Computed per sample in one batched backward (gradviz.gradients).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gradviz.errors import MethodError
+from gradviz.gradients import layer_sq_l2_norms
+from gradviz.methods.registry import ModelOutputs, register
+
+READINGS = {"sigmoid": "confounding_sigmoid", "softmax": "confounding_softmax"}
+
+
+def confounding_layer_norms(batch: ModelOutputs, reading: str = "sigmoid") -> tuple[list[str], torch.Tensor]:
+    """(layer names, n_l = ‖∇θ_l ℓ‖² as (B, L)) for the confounding all-ones label; memoised per batch."""
+    if reading not in READINGS:
+        raise MethodError(f"confounding: reading must be one of {sorted(READINGS)}, got {reading!r}")
+    return batch.memo(("layer_sq_l2", READINGS[reading]), lambda: layer_sq_l2_norms(batch.model, batch.x, loss=READINGS[reading]))
+
+
+@register("confounding", title="Confounding-label gradients", paper="Lee & AlRegib, ICIP 2020", year=2020,
+          formula=r"u(x) = \sum_l \lVert \nabla_{\theta_l} \mathrm{BCE}(\sigma(z), \mathbf{1}) \rVert_2^2",
+          kind="gradient")
+def confounding(batch: ModelOutputs, reading: str = "sigmoid") -> torch.Tensor:
+    """Sum over layers of the squared gradient norm for the all-ones confounding label (higher = more uncertain)."""
+    _, norms = confounding_layer_norms(batch, reading)
+    return norms.sum(1)

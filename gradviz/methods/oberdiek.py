@@ -1,0 +1,111 @@
+"""Layerwise gradient metrics — Oberdiek, Rottmann & Gottschalk, "Classification Uncertainty of
+Deep Neural Networks Based on Gradient Information", ANNPR 2018 (arXiv 1805.08440).
+
+Pseudo-label = the model's own prediction ŷ, loss ℓ(x) = −log p_ŷ(x) (∂ℓ/∂z = p − e_ŷ). For
+each parametrised layer l (conv, linear, BatchNorm affine; weights and biases as one vector)
+the per-sample gradient ∇_{θ_l} ℓ is summarised by L1, L2, max, min, mean, std
+(gradviz.gradients.layer_gradient_stats; one engine pass per batch is shared by every
+``grad_*`` score through ``batch.memo``). Bigger gradients = more uncertain, so:
+    grad_l1 = ‖∇‖₁,  grad_l2 = ‖∇‖₂,  grad_max = max ∇,  grad_min = −min ∇,  grad_std = std ∇.
+``layer``: "last" = the classifier head (closed form, no backward), a qualified layer name
+(see :func:`gradviz.gradients.parametrised_layers`), or "all" = the gradient of *all*
+parameters as one vector: L1 summed over layers, L2 = sqrt(Σ_l L2_l²), max / min over layers,
+std the exact population std of the whole concatenated gradient (from per-layer sums).
+The full (layer × statistic) table feeds the meta classifiers (:func:`gradient_metrics`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gradviz.errors import MethodError
+from gradviz.gradients import LayerStats, layer_gradient_stats, parametrised_layers
+from gradviz.methods.registry import ModelOutputs, register
+
+LOSS = "nll_pred"
+
+
+def gradient_metrics(batch: ModelOutputs) -> LayerStats:
+    """All six statistics of every layer for the predicted-label loss; one engine pass per batch."""
+    return batch.memo(("layer_stats", LOSS, None), lambda: layer_gradient_stats(batch.model, batch.x, loss=LOSS))
+
+
+def _head_name(batch: ModelOutputs) -> str:
+    for name, module in parametrised_layers(batch.model):
+        if module is batch.model.head:
+            return name
+    raise MethodError("the model's head is not among its parametrised layers")
+
+
+def _stats_for(batch: ModelOutputs, layer: str) -> tuple[LayerStats, list[str] | None]:
+    """The statistics table to read and the layer list to select (None = all)."""
+    if layer == "all":
+        return gradient_metrics(batch), None
+    name = _head_name(batch) if layer == "last" else layer
+    full = batch.cache.get(("layer_stats", LOSS, None))
+    if full is not None:
+        return full, [name]
+    known = [n for n, _ in parametrised_layers(batch.model)]
+    if name not in known:
+        raise MethodError(f"unknown layer {layer!r}; use 'all', 'last' or one of: {', '.join(known)}")
+    return batch.memo(("layer_stats", LOSS, (name,)),
+                      lambda: layer_gradient_stats(batch.model, batch.x, loss=LOSS, layers=[name])), [name]
+
+
+def _aggregate(batch: ModelOutputs, stat: str, layer: str) -> torch.Tensor:
+    stats, names = _stats_for(batch, layer)
+    if names is not None:
+        return stats.get(stat, names)[:, 0]
+    v = stats.get(stat).double()  # (B, L)
+    if stat == "l1":
+        return v.sum(1)
+    if stat == "l2":
+        return v.square().sum(1).sqrt()
+    if stat == "max":
+        return v.amax(1)
+    if stat == "min":
+        return v.amin(1)
+    # std of the concatenated vector: from Σx² = L2_l² and Σx = n_l·mean_l of every layer
+    n = torch.tensor(stats.numels, dtype=torch.float64)
+    total = n.sum()
+    mean = (stats.get("mean").double() * n).sum(1) / total
+    sq = stats.get("l2").double().square().sum(1) / total
+    return (sq - mean * mean).clamp_min(0).sqrt()
+
+
+_COMMON = dict(paper="Oberdiek, Rottmann & Gottschalk, ANNPR 2018", year=2018, kind="gradient")
+
+
+@register("grad_l1", title="Gradient L1 norm (predicted label)",
+          formula=r"u(x) = \lVert \nabla_\theta (-\log p_{\hat y}) \rVert_1", **_COMMON)
+def grad_l1(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
+    """L1 norm of the per-sample gradient of −log p_ŷ (layer "all", "last" or a name)."""
+    return _aggregate(batch, "l1", layer)
+
+
+@register("grad_l2", title="Gradient L2 norm (predicted label)",
+          formula=r"u(x) = \lVert \nabla_\theta (-\log p_{\hat y}) \rVert_2", **_COMMON)
+def grad_l2(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
+    """L2 norm of the per-sample gradient of −log p_ŷ (layer "all", "last" or a name)."""
+    return _aggregate(batch, "l2", layer)
+
+
+@register("grad_max", title="Gradient maximum (predicted label)",
+          formula=r"u(x) = \max_i \nabla_{\theta_i} (-\log p_{\hat y})", **_COMMON)
+def grad_max(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
+    """Largest entry of the per-sample gradient of −log p_ŷ."""
+    return _aggregate(batch, "max", layer)
+
+
+@register("grad_min", title="Gradient minimum, negated (predicted label)",
+          formula=r"u(x) = -\min_i \nabla_{\theta_i} (-\log p_{\hat y})", **_COMMON)
+def grad_min(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
+    """Minus the smallest entry of the per-sample gradient of −log p_ŷ (its largest negative magnitude)."""
+    return -_aggregate(batch, "min", layer)
+
+
+@register("grad_std", title="Gradient standard deviation (predicted label)",
+          formula=r"u(x) = \mathrm{std}_i\, \nabla_{\theta_i} (-\log p_{\hat y})", **_COMMON)
+def grad_std(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
+    """Population std of the entries of the per-sample gradient of −log p_ŷ."""
+    return _aggregate(batch, "std", layer)
