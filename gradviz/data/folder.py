@@ -1,0 +1,155 @@
+"""``folder:PATH``: every image under a folder (recursive), class sub-folders as labels.
+
+- Files: extensions .png .jpg .jpeg .bmp .tif .tiff .webp .gif (case-insensitive); hidden
+  files/folders and other extensions are ignored. Each file is decoded by
+  :func:`gradviz.images.decode_image` (same safety rules as uploads); a file that fails is
+  skipped and listed in ``ImageSet.skipped`` as (relative path, reason).
+- Labels: the first-level sub-folder names, sorted, become class indices (``class_names``);
+  images directly in the folder get label -1. ``paths`` holds each image's relative path.
+- Native size: if every image has the same size and its sides are ≤ 64 px (MNIST, CIFAR
+  folders) that size is kept; otherwise every image is resized (bilinear, antialiased,
+  aspect ratio not kept) to 64×64, which bounds memory. Channels: 1 if every image is
+  grey, else 3 (grey images repeated). :func:`gradviz.data.load_dataset` then adapts to
+  the model card.
+- At most ``limit`` (or ``MAX_FOLDER_FILES``) files are decoded: a seeded random subset
+  when there are more, noted in ``skipped``.
+- Path safety (web app): :func:`resolve_folder` with ``allowed_roots`` refuses any folder
+  whose resolved path (symlinks followed) is outside the roots; while walking, symbolic
+  links (files or folders) that resolve outside the chosen folder are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gradviz.data import ImageSet, register_dataset
+from gradviz.errors import DatasetError, ImageError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+MAX_FOLDER_FILES = 10_000
+FOLDER_SIZE = 64  # common side when sizes differ or exceed it
+MAX_FILE_MB = 64
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def resolve_folder(path: str | os.PathLike, allowed_roots: Sequence[Path] | None = None) -> Path:
+    """The resolved folder for ``path``; with ``allowed_roots``, refuse anything outside them.
+
+    Relative paths are taken relative to the first allowed root when roots are given
+    (else to the working directory). Symlinks are followed before the check.
+    """
+    raw = str(path).strip() if path is not None else ""
+    if not raw:
+        raise DatasetError("folder needs a path, e.g. folder:/data/my_images")
+    p = Path(raw).expanduser()
+    if allowed_roots is not None:
+        roots = [Path(r).expanduser().resolve() for r in allowed_roots]
+        if not roots:
+            raise DatasetError("no data roots are allowed on this server, so folders cannot be loaded")
+        if not p.is_absolute():
+            p = roots[0] / p
+        resolved = p.resolve()
+        if not any(_inside(resolved, r) for r in roots):
+            names = ", ".join(str(r) for r in roots)
+            raise DatasetError(f"folder {raw!r} is outside the allowed data roots ({names}); put the images under one of them")
+    else:
+        resolved = p.resolve()
+    if not resolved.is_dir():
+        raise DatasetError(f"folder {raw!r} does not exist or is not a folder")
+    return resolved
+
+
+def _image_files(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files under ``root`` (sorted, relative) and symlinks skipped for pointing outside it."""
+    files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    visited = {root}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            sub = here / d
+            real = sub.resolve()
+            if not _inside(real, root):
+                skipped.append((sub.relative_to(root).as_posix(), "symbolic link points outside the folder"))
+            elif real not in visited:  # a link back into the tree would loop
+                visited.add(real)
+                keep.append(d)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            f = here / name
+            rel = f.relative_to(root)
+            if f.is_symlink() and not _inside(f.resolve(), root):
+                skipped.append((rel.as_posix(), "symbolic link points outside the folder"))
+                continue
+            files.append(rel)
+    return sorted(files, key=lambda r: r.as_posix()), skipped
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) -> (C, *size), bilinear with antialiasing."""
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
+
+
+def load_folder(path: str | os.PathLike, allowed_roots: Sequence[Path] | None = None, limit: int | None = None,
+                seed: int = 0) -> ImageSet:
+    """Load every image under ``path`` (see module doc); refuses folders outside ``allowed_roots`` when given."""
+    from gradviz.images import decode_image
+
+    root = resolve_folder(path, allowed_roots)
+    files, skipped = _image_files(root)
+    if not files:
+        raise DatasetError(f"no image files ({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}) found in folder {str(path)!r}")
+    cap = int(limit) if limit else MAX_FOLDER_FILES
+    if len(files) > cap:
+        keep = np.sort(np.random.default_rng(seed).choice(len(files), cap, replace=False))
+        skipped.append((".", f"only {cap} of {len(files)} image files loaded (random subset, seed {seed})"))
+        files = [files[i] for i in keep]
+    class_names = sorted({f.parts[0] for f in files if len(f.parts) > 1}) or None
+    class_index = {c: i for i, c in enumerate(class_names or [])}
+    arrays: list[torch.Tensor] = []
+    labels: list[int] = []
+    paths: list[str] = []
+    for rel in files:
+        full = root / rel
+        try:
+            if full.stat().st_size > MAX_FILE_MB * 2**20:
+                raise ImageError(f"larger than {MAX_FILE_MB} MB")
+            decoded = decode_image(full.read_bytes(), rel.as_posix(), max_bytes=MAX_FILE_MB * 2**20)
+        except (ImageError, OSError) as exc:
+            skipped.append((rel.as_posix(), str(exc)))
+            continue
+        x = torch.from_numpy(decoded.array)  # (C, H, W)
+        if max(x.shape[-2:]) > FOLDER_SIZE:
+            x = _resize(x, (FOLDER_SIZE, FOLDER_SIZE))
+        arrays.append(x)
+        labels.append(class_index[rel.parts[0]] if len(rel.parts) > 1 else -1)
+        paths.append(rel.as_posix())
+    if not arrays:
+        first = f"; first problem: {skipped[-1][0]}: {skipped[-1][1]}" if skipped else ""
+        raise DatasetError(f"none of the {len(files)} image files in folder {str(path)!r} could be read{first}")
+    channels = 1 if all(a.shape[0] == 1 for a in arrays) else 3
+    sizes = {tuple(a.shape[-2:]) for a in arrays}
+    size = sizes.pop() if len(sizes) == 1 else (FOLDER_SIZE, FOLDER_SIZE)
+    images = torch.stack([_resize(a, size).expand(channels, -1, -1) for a in arrays]).contiguous()  # (N, C, H, W)
+    return ImageSet(f"folder:{path}", images, np.asarray(labels, dtype=np.int64), paths, class_names, skipped)
+
+
+@register_dataset("folder", "Every image under a folder (recursive); class sub-folders become labels", example="folder:/path/to/images")
+def load_folder_spec(arg: str | None, limit: int | None, seed: int) -> ImageSet:
+    return load_folder(arg or "", None, limit, seed)
