@@ -37,7 +37,7 @@ FONT_FILES = (
 SCALE = 2  # glyphs are transformed at 2× and average-pooled down (anti-aliasing)
 SIDE = 28
 BOX = 20  # longer side of the glyph in the 28×28 image, as in MNIST
-RENDER_PT = 64
+RENDER_PT = 48
 
 
 def font_dir() -> Path:
@@ -60,32 +60,29 @@ def glyph_bank() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         raise DatasetError(f"no matplotlib fonts found in {font_dir()}; cannot render the letters set")
     side, box = SIDE * SCALE, BOX * SCALE
     canvas = RENDER_PT * 2
-    images, coms, chars = [], [], []
-    ys, xs = np.mgrid[0:side, 0:side].astype(np.float64)
+    images, chars = [], []
     for path in fonts:
         font = ImageFont.truetype(str(path), RENDER_PT)
         for ch in LETTERS:
             img = Image.new("L", (canvas, canvas))
             ImageDraw.Draw(img).text((canvas // 2, canvas // 2), ch, font=font, fill=255, anchor="mm")
             bbox = img.getbbox()
-            if bbox is None:
+            if bbox is None:  # font without this glyph
                 continue
             glyph = img.crop(bbox)
             w, h = glyph.size
             f = box / max(w, h)
-            glyph = glyph.resize((max(1, round(w * f)), max(1, round(h * f))), Image.LANCZOS)
+            glyph = glyph.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR, reducing_gap=2.0)
             out = Image.new("L", (side, side))
             out.paste(glyph, ((side - glyph.size[0]) // 2, (side - glyph.size[1]) // 2))
-            a = np.asarray(out, dtype=np.float64) / 255.0
-            mass = a.sum()
-            if mass <= 0:
-                continue
-            images.append(a.astype(np.float32))
-            coms.append(((a * xs).sum() / mass, (a * ys).sum() / mass))
+            images.append(np.frombuffer(out.tobytes(), dtype=np.uint8))
             chars.append(ch)
-    thin = torch.from_numpy(np.stack(images))[:, None]  # (G, 1, 56, 56)
+    thin = torch.from_numpy(np.stack(images)).float().div_(255.0).view(-1, 1, side, side)  # (G, 1, 56, 56)
+    grid = torch.arange(side, dtype=torch.float32)
+    mass = thin.sum((1, 2, 3))
+    coms = torch.stack([(thin.sum(2)[:, 0] * grid).sum(1) / mass, (thin.sum(3)[:, 0] * grid).sum(1) / mass], 1)  # (x, y)
     thick = F.max_pool2d(thin, 3, stride=1, padding=1)  # strokes dilated by 1 px at 2×
-    return torch.stack([thin, thick]), torch.tensor(coms, dtype=torch.float32), chars
+    return torch.stack([thin, thick]), coms, chars
 
 
 BLUR_SIGMAS = (0.0, 0.3, 0.5, 0.7)  # px; a few levels so each is one plain convolution
