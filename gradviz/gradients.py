@@ -299,9 +299,9 @@ class _LayerKernel:
         og, kg, g, p = out_f // self.groups, in_f // self.groups, self.groups, self.positions
         self.numel = out_f * kg + (out_f if self.bias else 0)
         self.kind = "rank1" if p == 1 else "dense"
-        # bytes per sample: unfolded input + output gradient view + materialised gradient (+ abs temp)
-        self.dense_bytes = (in_f * p + out_f * p + 2 * g * og * kg) * self.es
-        self.gram_bytes = (in_f * p + out_f * p + 3 * g * p * p) * self.es
+        # bytes per sample: materialised gradient (+ a temporary) + padded input copy; Gram: unfold + 2 P×P
+        self.dense_bytes = (2 * g * og * kg + inp[0].numel()) * self.es
+        self.gram_bytes = (in_f * p + 3 * g * p * p) * self.es
         self.dense_flops = g * og * kg * p
         self.gram_flops = g * p * p * (og + kg + 1)
         self.per_sample_bytes = self.dense_bytes
@@ -323,12 +323,7 @@ class _LayerKernel:
             u = x.reshape(b, p, self.k).transpose(1, 2).unsqueeze(1)
             dl = d.reshape(b, p, self.o).transpose(1, 2).unsqueeze(1)
             return u, dl
-        if m.padding_mode != "zeros" or isinstance(m.padding, str):
-            mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-            x = F.pad(x, m._reversed_padding_repeated_twice, mode=mode)
-            padding = 0
-        else:
-            padding = m.padding
+        x, padding = self._padded(x)
         u = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=padding, stride=m.stride)  # (b, Cin·kh·kw, P)
         return u.view(b, g, self.k // g, p), d.reshape(b, g, self.o // g, p)
 
@@ -337,29 +332,60 @@ class _LayerKernel:
         if self.kind == "bn":
             vec = self._bn_grad(sl)
             return _parts_of(vec)
-        u, d = self.operands(sl)
         if self.kind == "rank1":
+            u, d = self.operands(sl)
             return _rank_one_parts(d[..., 0], u[..., 0], self.bias)
-        grad_w = torch.matmul(d, u.transpose(-1, -2))  # (b, g, Og, Kg)
+        grad_w, d = self.dense_grads(sl)  # (b, g, Og, Kg), (b, g, Og, P)
         parts = _parts_of(grad_w)
         if self.bias:
             parts = _merge(parts, _parts_of(d.sum(-1)))
         return parts
 
+    def dense_grads(self, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-sample weight gradients (b, g, Og, Kg), Δ (b, g, Og, P)) for samples ``sl``.
+
+        Conv: the weight-backward of a grouped convolution with the b samples as b·groups
+        groups, (1, b·Cin, H, W) ⋆ (1, b·O, Ho, Wo) -> (b·O, Cin/g, kh, kw); much faster on CPU
+        than unfold + batched matmul (im2col dominates), same result.
+        """
+        m = self.module
+        if isinstance(m, nn.Linear):
+            u, d = self.operands(sl)
+            return torch.matmul(d, u.transpose(-1, -2)), d
+        x, d = self.inp[sl], self.grad[sl]
+        b, g = x.shape[0], self.groups
+        x, padding = self._padded(x)
+        weight = m.weight.detach()
+        shape_only = weight.new_empty(1).expand(b * weight.shape[0], *weight.shape[1:])  # no copy: only its shape is read
+        grad_w = torch.ops.aten.convolution_backward(
+            d.reshape(1, b * self.o, *d.shape[2:]), x.reshape(1, -1, *x.shape[2:]), shape_only, None,
+            list(m.stride), list(padding), list(m.dilation), False, [0] * len(m.stride), b * g, [False, True, False],
+        )[1]
+        return grad_w.view(b, g, self.o // g, self.k // g), d.reshape(b, g, self.o // g, self.positions)
+
+    def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Input padded by hand for non-zero padding modes and 'same'/'valid' strings."""
+        m = self.module
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+            return F.pad(x, m._reversed_padding_repeated_twice, mode=mode), (0,) * len(m.kernel_size)
+        return x, tuple(m.padding)
+
     def sq_l2(self, sl: slice) -> torch.Tensor:
         """‖∇θ ℓ_b‖² for samples ``sl`` (Gram norm where cheaper than materialising)."""
         if self.kind == "bn":
             return self._bn_grad(sl).square().sum(1)
-        u, d = self.operands(sl)
         if self.kind == "rank1":
+            u, d = self.operands(sl)
             d0, u0 = d[..., 0], u[..., 0]
             return ((d0 * d0).sum(-1) * ((u0 * u0).sum(-1) + (1.0 if self.bias else 0.0))).sum(1)
         if self.use_gram():
+            u, d = self.operands(sl)
             gu = torch.matmul(u.transpose(-1, -2), u)  # (b, g, P, P)
             gd = torch.matmul(d.transpose(-1, -2), d)
             out = (gu * gd).sum((1, 2, 3))
         else:
-            grad_w = torch.matmul(d, u.transpose(-1, -2))
+            grad_w, d = self.dense_grads(sl)
             out = grad_w.square().sum((1, 2, 3))
         if self.bias:
             out = out + d.sum(-1).square().sum((1, 2))

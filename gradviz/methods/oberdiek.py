@@ -66,7 +66,7 @@ def _aggregate(batch: ModelOutputs, stat: str, layer: str) -> torch.Tensor:
     if stat == "min":
         return v.amin(1)
     # std of the concatenated vector: from Σx² = L2_l² and Σx = n_l·mean_l of every layer
-    n = torch.tensor(stats.numels, dtype=torch.float64)
+    n = torch.tensor(stats.numels, dtype=torch.float64, device=v.device)
     total = n.sum()
     mean = (stats.get("mean").double() * n).sum(1) / total
     sq = stats.get("l2").double().square().sum(1) / total
