@@ -1,0 +1,74 @@
+"""Learn: every registered method explained (intuition, formula, how to read its plots), a guided tour,
+honest notes and the papers. The method list comes from the registry only."""
+
+import streamlit as st
+
+from gradviz.analysis import PAPERS, learn_text
+from gradviz.methods import list_methods
+
+st.title("🎓 Learn: gradient-based uncertainty")
+st.markdown(
+    "Every method in gradviz turns one image into an **uncertainty score — higher = more uncertain** "
+    "(more likely out-of-distribution or misclassified). Some read only the network's outputs; the gradient "
+    "methods backpropagate a loss and read the *size and shape* of the gradient: an input the network is sure "
+    "about needs little change, an unfamiliar one pulls the weights hard."
+)
+
+st.header("The methods")
+kinds = {"output": "uses the outputs", "feature": "uses penultimate features", "gradient": "uses gradients",
+         "input-gradient": "uses an input gradient"}
+for info in list_methods():
+    text = learn_text(info)
+    with st.expander(f"**{info.title}** (`{info.name}`) — {info.paper} {info.year} · {kinds.get(info.kind, info.kind)}"):
+        st.markdown(f"**Intuition.** {text['intuition']}")
+        st.latex(info.formula)
+        st.markdown(f"**Reading its plots.** {text['plots']}")
+        if info.defaults:
+            st.caption("Parameters (sidebar → Method parameters): "
+                       + ", ".join(f"`{k}` = {v}" for k, v in info.defaults.items()))
+        if info.needs_fit:
+            st.caption("Fitted once on ID training data (cached).")
+        st.markdown(f"📄 [{text['paper_title']}]({text['paper_url']})" if text["paper_url"] else f"📄 {text['paper_title']}")
+
+st.header("A guided tour of the embedded default")
+st.markdown("The default run: the bundled MNIST CNN, MNIST test digits as ID, and three OOD sets — rendered "
+            "letters, uniform noise, and heavily noised digits (`corrupt:gaussian_noise:5`).")
+tour = [
+    ("pages/home.py", "1. Home", "🏠", "The metrics table: which method wins per OOD set? Noise is easy for almost "
+     "everything; letters are hard — they look like strokes, just like digits."),
+    ("pages/compare.py", "2. Compare distributions", "📊", "Pick `msp`, then `gaia_z`: do the letter scores overlap "
+     "the digits less? Read the ROC's FPR95 marker — the fraction of letters accepted when 95 % of digits are."),
+    ("pages/inspect.py", "3. Inspect a sample", "🔍", "Select the most uncertain ID digits: are they misclassified? "
+     "The saliency maps show which strokes the prediction rests on."),
+    ("pages/layers.py", "4. Layer profiles", "🧱", "Which layer's gradient separates ID from letters best? Is it the "
+     "last layer (cheap, closed form) or an early convolution? Compare with the entropy correlation."),
+    ("pages/meta.py", "5. Meta classifier", "🧮", "Does adding gradient metrics to entropy help? Train with noise as a "
+     "'known unknown' and test on letters: transfer to unseen concepts is uneven (Oberdiek et al.)."),
+    ("pages/corruptions.py", "6. Corruption lab", "🌫️", "Raise the severity: which scores climb? Lee & AlRegib's "
+     "claim is that gradients detect corruption better than confidence does."),
+]
+for page, label, icon, look_for in tour:
+    c1, c2 = st.columns([1, 3])
+    c1.page_link(page, label=label, icon=icon)
+    c2.markdown(look_for)
+
+st.header("Honest notes")
+st.markdown(
+    "- **Gradient methods are not uniformly better.** On the default run the output baselines (MSP, energy) are "
+    "already strong on MNIST; compare, don't assume.\n"
+    "- **GradNorm is weak at CIFAR scale.** Strong on ImageNet (Huang et al. report FPR95 54.7 vs 77.0 for MSP), "
+    "but in OpenOOD's CIFAR-10 leaderboard its AUROC is ~55–58 against ~88–91 for MSP.\n"
+    "- **Names.** *GradNorm* here means Huang, Geng & Li 2021 (the KL-to-uniform norm). The confounding-label "
+    "gradients are Lee & AlRegib 2020 — some libraries call those GradNorm too; gradviz does not.\n"
+    "- **One sign convention.** Every score is an uncertainty: higher = more uncertain. Methods whose paper "
+    "defines an ID score (MSP, energy, GradNorm) are negated.\n"
+    "- **Small samples, wide error bars.** With a few hundred samples per set, AUROC differences below ~0.02 are noise; "
+    "raise *Samples per set* in the sidebar before drawing conclusions.\n"
+    "- **The bundled model errs rarely** (~1–2 % on MNIST), so misclassification detection has few positives."
+)
+
+st.header("Papers")
+for key in ("oberdiek", "lee", "gaia", "gradnorm", "odin", "mahalanobis", "energy", "msp"):
+    title, url = PAPERS[key]
+    st.markdown(f"- [{title}]({url})")
+st.markdown("Measured results of this project: [docs/RESULTS.md](../docs/RESULTS.md) (in the repository: `docs/RESULTS.md`).")

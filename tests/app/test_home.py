@@ -1,0 +1,41 @@
+"""AppTest: the home page renders the embedded default's metrics and a score histogram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+def _home(monkeypatch, tmp_path, **state) -> AppTest:
+    monkeypatch.setenv("GRADVIZ_CACHE_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.session_state["gv_limit"] = 100
+    at.session_state["gv_methods"] = ["msp", "energy"]
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error
+    return at
+
+
+def test_home_page_shows_metrics_and_histogram(monkeypatch, tmp_path):
+    at = _home(monkeypatch, tmp_path)
+    assert at.get("title")[0].value.startswith("gradviz")
+    metrics = at.dataframe[0].value
+    assert len(metrics) == 2 * 3  # 2 methods × the 3 default OOD sets
+    assert set(metrics["method"]) == {"msp", "energy"}
+    assert metrics["auroc"].between(0, 1).all()
+    assert len(at.get("plotly_chart")) == 1
+    assert len(at.get("page_link")) == 6
+
+
+def test_home_page_follows_sidebar_ood_choice(monkeypatch, tmp_path):
+    # Sidebar choices are set before the first run: under st.navigation, AppTest reruns only the page script.
+    at = _home(monkeypatch, tmp_path, gv_ood=["letters"])
+    metrics = at.dataframe[0].value
+    assert list(metrics["ood_dataset"].unique()) == ["letters"]
+    assert "mnist (ID) vs letters" in at.subheader[0].value
