@@ -129,3 +129,38 @@ def asset_path(name: str) -> Path:
     from gradviz.config import ASSETS
 
     return ASSETS / name
+
+
+def get_severity_scores(cfg: RunConfig, corruption: str) -> pd.DataFrame:
+    """Scores of the clean ID set and ``corruption`` at severities 1–5 (gradviz.analysis.severity_scores), memoised."""
+    from gradviz.analysis import severity_scores
+
+    key = cache_key(kind="severity", cfg=cfg.to_json(), corruption=corruption)
+    hit = _memo().get(key)
+    if hit is not None:
+        return hit
+    update, done = _progress_bar(f"Severity sweep: {corruption}")
+    model = get_model(cfg.model, cfg.weights)
+    scores = severity_scores(model, corruption, cfg.methods, id_spec=cfg.id, limit=cfg.limit, seed=cfg.seed,
+                             params=cfg.params, fit_set=cfg.fit_set, batch_size=cfg.batch_size, store=get_store(),
+                             progress=update,
+                             loader=lambda spec: get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed))
+    done()
+    _memo().put(key, scores)
+    return scores
+
+
+def get_meta_report(cfg: RunConfig, table: pd.DataFrame, **options):
+    """gradviz.meta.meta_report on ``table`` (the joined scores + layer table of ``cfg``), memoised by content + options."""
+    from gradviz.meta import meta_report
+
+    digest = int(pd.util.hash_pandas_object(table, index=False).sum())
+    key = cache_key(kind="meta", cfg=cfg.to_json(), table=[len(table), list(map(str, table.columns)), digest],
+                    options={k: (sorted(v) if isinstance(v, (list, tuple, set)) else v) for k, v in options.items()})
+    hit = _memo().get(key)
+    if hit is not None:
+        return hit
+    with st.spinner("Cross-validating meta classifiers…", show_time=True):
+        report = meta_report(table, **options)
+    _memo().put(key, report)
+    return report
