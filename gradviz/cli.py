@@ -157,6 +157,19 @@ def cmd_meta(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from gradviz.report import ReportConfig, build_report
+
+    cfg = ReportConfig.quick() if args.quick else ReportConfig()
+    if args.limit:
+        cfg.limit = args.limit
+    cfg.seed = args.seed
+    argv = "python -m gradviz report" + (" --quick" if args.quick else "") + (f" --limit {args.limit}" if args.limit else "")
+    path = build_report(cfg, args.out, store=_store(args), progress=_tqdm_progress(), command=argv)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from gradviz.data import list_datasets
     from gradviz.methods import list_methods
@@ -204,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", choices=["logistic", "boosting", "mlp"], default="logistic")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_meta)
+    p = sub.add_parser("report", help="reproduce the papers' experiments on the embedded default -> docs/RESULTS.md")
+    p.add_argument("--out", default="docs", help="folder for RESULTS.md and results/*.png (default: docs)")
+    p.add_argument("--limit", type=int, default=None, help="samples per set (default 1000; --quick: 120)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="3 corruptions × severities 1/3/5, 120 samples (a minute or two)")
+    p.add_argument("--cache", default=None, help="results cache folder; 'none' disables")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="list models, datasets and methods")
     p.set_defaults(func=cmd_list)
     return parser
