@@ -8,18 +8,18 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from gradviz.methods import list_methods
+from gradviz.scoring import RunConfig
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
-def _open(monkeypatch, tmp_path, page: str, **state) -> AppTest:
+def _open(monkeypatch, tmp_path, page: str, **config) -> AppTest:
     monkeypatch.setenv("GRADVIZ_CACHE_DIR", str(tmp_path))
     at = AppTest.from_file(APP, default_timeout=240)
-    at.session_state["gv_limit"] = 100
-    at.session_state["gv_ood"] = ["letters", "noise-uniform"]
-    at.session_state["gv_methods"] = ["msp", "energy"]
-    for key, value in state.items():
-        at.session_state[key] = value
+    # AppTest.switch_page runs only the page script (not app.py's sidebar), so the shared choices
+    # go straight into the session state the sidebar would have written.
+    cfg = dict(limit=100, ood=["letters", "noise-uniform"], methods=["msp", "energy"])
+    at.session_state["gv_config"] = RunConfig(**{**cfg, **config})
     at.switch_page(page)
     at.run()
     assert not at.exception, at.exception
@@ -60,9 +60,9 @@ def test_meta_page_explains_too_few_errors(monkeypatch, tmp_path):
 
 def test_meta_page_reports_feature_sets_and_ood_settings(monkeypatch, tmp_path):
     # A harder ID set (low-contrast digits) gives the model enough errors to learn from.
-    at = _open(monkeypatch, tmp_path, "pages/meta.py", gv_id="corrupt:contrast:3")
+    at = _open(monkeypatch, tmp_path, "pages/meta.py", id="corrupt:contrast:3")
     _ok(at)
-    table = at.dataframe(key="mc_table").value
+    table = at.dataframe[0].value
     assert {"entropy", "gradient", "gradient+entropy"} <= set(table["feature_set"])
     assert table["auroc"].between(0, 1).all()
     assert len(at.get("plotly_chart")) == 3  # bars, ROC, importances
@@ -85,7 +85,7 @@ def test_corruption_lab_sweeps_severities(monkeypatch, tmp_path):
     _ok(at)
     assert at.selectbox(key="cl_corruption").value == "gaussian_noise"
     assert len(at.get("plotly_chart")) == 3  # example row, severity histogram, AUROC vs severity
-    table = at.dataframe(key="cl_table").value
+    table = at.dataframe[0].value
     assert sorted(table["severity"].unique()) == [1, 2, 3, 4, 5]
     assert set(table["method"]) == {"msp", "energy"}
     at.selectbox(key="cl_corruption").set_value("inverse").run()
@@ -94,8 +94,8 @@ def test_corruption_lab_sweeps_severities(monkeypatch, tmp_path):
     _ok(at)
     at.selectbox(key="cl_method").set_value("energy").run()
     _ok(at)
-    assert "severity 5" in " ".join(m.value for m in at.markdown)
-    assert len(at.dataframe(key="cl_table").value) == 10
+    assert "Severity 5" in " ".join(m.value for m in at.markdown)
+    assert len(at.dataframe[0].value) == 10
 
 
 def test_learn_page_explains_every_registered_method(monkeypatch, tmp_path):
