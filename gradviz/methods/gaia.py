@@ -97,19 +97,12 @@ def hooked_maps(model: GradvizModel, x: torch.Tensor, layers=None):
         finally:
             for handle in handles:
                 handle.remove()
-    if rule == "auto":
-        sizes = []
-        for m in maps.values():
-            if tuple(m.shape[-2:]) not in sizes:
-                sizes.append(tuple(m.shape[-2:]))
-        keep = set(sizes[-2:])
-        last_hw = next(reversed(maps.values())).shape[-2:]
-        maps = {n: m for n, m in maps.items() if tuple(m.shape[-2:]) in keep}
-    else:
-        last_hw = next(reversed(maps.values())).shape[-2:] if maps else None
     if not maps:
         raise MethodError("GAIA: no hooked layer ran in the forward pass")
-    store["last_hw"] = last_hw
+    store["last_hw"] = tuple(next(reversed(maps.values())).shape[-2:])  # last map in forward order
+    if rule == "auto":
+        sizes = list(dict.fromkeys(tuple(m.shape[-2:]) for m in maps.values()))  # distinct, in order
+        maps = {n: m for n, m in maps.items() if tuple(m.shape[-2:]) in sizes[-2:]}
     return logits, maps, store
 
 
@@ -122,7 +115,8 @@ def _grads(out: torch.Tensor, maps: dict[str, torch.Tensor]) -> dict[str, torch.
 def gaia_z_channels(model: GradvizModel, x: torch.Tensor, layers=None) -> dict[str, torch.Tensor]:
     """GAIA-Z per-channel fraction of non-zero gradient entries r_k, {layer: (B, channels)}."""
     logits, maps, _ = hooked_maps(model, x, layers)
-    grads = _grads(logits.amax(-1).sum(), maps)  # s = Σ_b max_c z_bc
+    with torch.enable_grad():  # callers may be inside torch.no_grad()
+        grads = _grads(logits.amax(-1).sum(), maps)  # s = Σ_b max_c z_bc
     return {n: (g != 0).float().mean(dim=(-2, -1)).detach() for n, g in grads.items()}
 
 
@@ -130,7 +124,8 @@ def gaia_a_channels(model: GradvizModel, x: torch.Tensor, layers="auto") -> dict
     """GAIA-A per-channel normalised average gradient a_k / o, {layer: (B, channels)}."""
     logits, maps, store = hooked_maps(model, x, layers)
     h = store["h"]  # (B, D) head input
-    grads = _grads(h.sum(), maps)  # L_in = Σ_b Σ_d h_bd
+    with torch.enable_grad():  # callers may be inside torch.no_grad()
+        grads = _grads(h.sum(), maps)  # L_in = Σ_b Σ_d h_bd
     with torch.no_grad():
         p = logits.softmax(-1)  # (B, K)
         hw = float(store["last_hw"][0] * store["last_hw"][1])
