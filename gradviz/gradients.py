@@ -324,7 +324,7 @@ class _LayerKernel:
             dl = d.reshape(b, p, self.o).transpose(1, 2).unsqueeze(1)
             return u, dl
         x, padding = self._padded(x)
-        u = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=padding, stride=m.stride)  # (b, Cin·kh·kw, P)
+        u = _unfold(x, m.kernel_size, m.dilation, padding, m.stride)  # (b, Cin·kh·kw, P)
         return u.view(b, g, self.k // g, p), d.reshape(b, g, self.o // g, p)
 
     def parts(self, sl: slice) -> dict[str, torch.Tensor]:
@@ -336,10 +336,42 @@ class _LayerKernel:
             u, d = self.operands(sl)
             return _rank_one_parts(d[..., 0], u[..., 0], self.bias)
         grad_w, d = self.dense_grads(sl)  # (b, g, Og, Kg), (b, g, Og, P)
-        parts = _parts_of(grad_w)
+        parts = self._dense_parts(sl, grad_w, d)
         if self.bias:
             parts = _merge(parts, _parts_of(d.sum(-1)))
         return parts
+
+    def _dense_parts(self, sl: slice, grad_w: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Partial sums of materialised weight gradients with as few passes over them as possible.
+
+        Each pass over (b, O, K) is memory-bound, so two of the five come from factorised forms:
+        Σ_{ok} (ΔUᵀ)_{ok} = Σ_p (Σ_o Δ_op)(Σ_k U_kp), the patch sums Σ_k U_kp being a ones-kernel
+        convolution; and ‖ΔUᵀ‖²_F by the Gram norm where positions are few (cheap).
+        """
+        b = grad_w.shape[0]
+        flat = grad_w.reshape(b, -1)
+        mn, mx = torch.aminmax(flat, dim=1)
+        parts = {"s1": torch.linalg.vector_norm(flat, 1, dim=1), "mx": mx, "mn": mn}
+        if self.gram_flops < self.o * self.k // self.groups:
+            u, _ = self.operands(sl)
+            parts["s2"] = (torch.matmul(u.transpose(-1, -2), u) * torch.matmul(d.transpose(-1, -2), d)).sum((1, 2, 3))
+        else:
+            parts["s2"] = torch.linalg.vector_norm(flat, 2, dim=1).square()
+        if isinstance(self.module, nn.Conv2d):
+            parts["sm"] = (d.sum(2) * self._patch_sums(sl)).sum((1, 2))
+        else:
+            parts["sm"] = flat.sum(1)
+        return parts
+
+    def _patch_sums(self, sl: slice) -> torch.Tensor:
+        """Σ_k U_kp per sample, group and output position: (b, g, P), by a ones-kernel convolution."""
+        m, x = self.module, self.inp[sl]
+        b, g = x.shape[0], self.groups
+        x, padding = self._padded(x)
+        xs = x.reshape(b * g, x.shape[1] // g, *x.shape[2:]).sum(1, keepdim=True)
+        ones = x.new_ones(1, 1, *m.kernel_size)
+        out = F.conv2d(xs, ones, stride=m.stride, padding=padding, dilation=m.dilation)
+        return out.reshape(b, g, self.positions)
 
     def dense_grads(self, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sample weight gradients (b, g, Og, Kg), Δ (b, g, Og, P)) for samples ``sl``.
@@ -403,6 +435,17 @@ class _LayerKernel:
         if m.bias is not None:
             pieces.append(d.sum(-1))
         return torch.cat(pieces, dim=1)
+
+
+def _unfold(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:
+    """``F.unfold`` from kh·kw strided slices (aten's CPU im2col is far slower): (b, C·kh·kw, P)."""
+    x = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
+    (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, stride
+    ho = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    cols = [x[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+            for i in range(kh) for j in range(kw)]
+    return torch.stack(cols, dim=2).reshape(x.shape[0], -1, ho * wo)
 
 
 def _finish(parts: dict[str, torch.Tensor], n: int, stats: Sequence[str]) -> torch.Tensor:
