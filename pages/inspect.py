@@ -1,0 +1,138 @@
+"""Inspect a sample: prediction, every uncertainty score vs the ID distribution, attributions, GAIA, layer profile."""
+
+import numpy as np
+import streamlit as st
+
+from gradviz import inspect as gi
+from gradviz import plots
+from gradviz.attributions import list_attributions, to_png_bytes
+from gradviz.gradients import STATS
+from gradviz.images import ALLOWED_FORMATS
+from gradviz.layers import layer_bands
+from gradviz.methods.registry import resolve_methods
+from gradviz.scoring import RunConfig, images_digest, make_runner
+from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result, show_error
+from gradviz.ui.sidebar import current_config, dataset_options
+
+UPLOAD_TYPES = [f.lower() for f in ALLOWED_FORMATS] + ["jpg", "tif"]
+SOURCES = ["Upload images", "A dataset sample"]
+
+
+@st.cache_data(max_entries=8, show_spinner="Decoding uploaded images…")
+def decode_uploads(files: tuple, model: str, weights: str | None):
+    return gi.uploads_to_imageset(list(files), get_model(model, weights).card)
+
+
+# Per-sample work is cached by the image digest (+ the config); ``_x``/``_ids`` are not hashed.
+@st.cache_data(max_entries=64, show_spinner="Scoring this image…")
+def sample_report(digest: str, cfg_json: str, _x, _ids):
+    cfg = RunConfig.from_json(cfg_json)
+    model = get_model(cfg.model, cfg.weights)
+    runners = [make_runner(model, i, cfg.params.get(i.name), cfg.fit_set, cfg.seed) for i in resolve_methods(cfg.methods)]
+    return gi.inspect_images(model, _x, runners, _ids)
+
+
+@st.cache_data(max_entries=128, show_spinner="Attributing…")
+def attribution(digest: str, model: str, weights: str | None, method: str, _x):
+    return gi.compute_attributions(get_model(model, weights), _x, [method])[method]
+
+
+@st.cache_data(max_entries=64, show_spinner="Per-layer gradients of this image…")
+def per_sample(digest: str, model: str, weights: str | None, stat: str, _x):
+    m = get_model(model, weights)
+    return gi.gaia_channel_table(m, _x), gi.sample_layer_profile(m, _x, stat)
+
+
+def random_index(n: int) -> None:
+    st.session_state["ins_index"] = int(np.random.default_rng().integers(n))
+
+
+st.title("Inspect a sample")
+cfg = current_config()
+uploads = st.session_state.get("gv_uploads") or {}
+sel = st.session_state.get("gv_selected")
+if sel and st.session_state.get("ins_applied") != sel:  # a sample sent from the Compare page
+    st.session_state.update(ins_applied=sel, ins_source=SOURCES[1], ins_spec=sel[0], ins_index=int(sel[1]))
+source = st.radio("Image source", SOURCES, horizontal=True, key="ins_source")
+try:
+    if source == SOURCES[0]:
+        files = st.file_uploader("Images (PNG, JPEG, BMP, TIFF, WebP, GIF)", type=UPLOAD_TYPES, accept_multiple_files=True,
+                                 key="ins_upload", help="Decoded locally; nothing leaves this machine.")
+        data, errors = decode_uploads(tuple((f.name, f.getvalue()) for f in files or []), cfg.model, cfg.weights)
+        for _, message in errors:
+            st.warning(message)
+        if data is None:
+            st.info("Upload one or more images, or switch to a dataset sample.")
+            st.stop()
+        i = st.selectbox("Image", range(len(data)), format_func=lambda k: data.paths[k], key="ins_which") if len(data) > 1 else 0
+        name = data.paths[i]
+    else:
+        options = list(dict.fromkeys([cfg.id, *cfg.ood, *uploads, *dataset_options(), *([sel[0]] if sel else [])]))
+        c1, c2, c3 = st.columns([3, 2, 1])
+        spec = c1.selectbox("Dataset", options, key="ins_spec")
+        data = uploads[spec] if spec in uploads else get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
+        st.session_state["ins_index"] = min(int(st.session_state.get("ins_index", 0)), len(data) - 1)
+        i = int(c2.number_input(f"Index (0–{len(data) - 1})", 0, len(data) - 1, key="ins_index"))
+        c3.button("🎲 Random", key="ins_random", on_click=random_index, args=(len(data),))
+        label = int(data.labels[i])
+        name = f"{spec} #{i}" + (f" (label {data.class_names[label] if data.class_names else label})" if label >= 0 else "")
+    x = data.images[i:i + 1]  # (1, C, H, W) in [0, 1], as the model sees it
+    digest = images_digest(x)
+    result = get_result(cfg)  # the ID distribution: reused from the other pages' cache
+    report = sample_report(digest, cfg.to_json(), x, result.scores)
+except Exception as exc:  # user errors are shown, bugs re-raised by show_error
+    show_error(exc, "Try another image or dataset.")
+
+model = get_model(cfg.model, cfg.weights)
+classes = model.card.class_names
+pred = int(report.prediction[0])
+left, right = st.columns([1, 2])
+with left:
+    st.image(gi.display_image(x[0]), caption=f"{name}: {tuple(x.shape[1:])} input as the model sees it (upscaled)")
+with right:
+    st.metric("Prediction", classes[pred], f"p = {report.probs[0, pred]:.3f}", delta_color="off")
+    st.plotly_chart(plots.probability_bars(report.probs[0], classes), use_container_width=True, key="ins_probs")
+
+st.subheader(f"Uncertainty scores vs the ID set ({cfg.id})")
+table = report.scores.assign(verdict=[f"more uncertain than {p:.0f} % of {cfg.id}" if np.isfinite(p) else "n/a"
+                                      for p in report.scores["percentile"]])
+st.dataframe(table[["method", "title", "score", "id_median", "percentile", "verdict"]], hide_index=True,
+             use_container_width=True, key="ins_scores", column_config={
+                 "percentile": st.column_config.ProgressColumn("ID percentile", min_value=0, max_value=100, format="%.0f %%"),
+                 "score": st.column_config.NumberColumn(format="%.4g"), "id_median": st.column_config.NumberColumn(format="%.4g")})
+
+st.subheader("Attributions (why this prediction)")
+names = [a.name for a in list_attributions()]
+a1, a2, a3, a4 = st.columns([3, 1, 1, 1])
+chosen = a1.multiselect("Methods", names, default=["saliency", "integrated_gradients", "gradcam"], key="ins_attr")
+alpha = a2.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="ins_alpha")
+mode = a3.radio("Sign", ["absolute", "signed", "positive"], key="ins_mode")
+cmap = a4.selectbox("Colour map", ["default", "inferno", "viridis", "magma", "RdBu_r", "coolwarm", "seismic"], key="ins_cmap")
+try:
+    atts = {m: attribution(digest, cfg.model, cfg.weights, m, x) for m in chosen}
+    panels = gi.attribution_panels(x[0], atts, mode=mode, cmap=None if cmap == "default" else cmap, alpha=alpha)
+except Exception as exc:
+    show_error(exc, "Deselect the failing attribution method or pick another colour map.")
+for p in panels:
+    st.markdown(f"**{p.caption}** — original | heat map | overlay")
+    c = st.columns([1, 1, 1, 1])
+    for col, img in zip(c, (p.original, p.heat, p.overlay)):
+        col.image(img, use_container_width=True)
+    c[3].download_button("⬇ overlay.png", to_png_bytes(p.overlay), f"{p.method}_overlay.png", "image/png",
+                         key=f"ins_png_{p.method}", on_click="ignore")
+
+st.subheader("Gradients inside the network")
+stat = st.selectbox("Layer statistic", list(STATS), index=list(STATS).index("l2"), key="ins_stat")
+gaia, profile = per_sample(digest, cfg.model, cfg.weights, stat, x)
+st.plotly_chart(plots.heatmap(gaia.T, "GAIA-Z abnormality: fraction of non-zero gradients per channel (layer × channel)",
+                              colorscale="Viridis", zmid=None, zlabel="r_k"), use_container_width=True, key="ins_gaia")
+if not st.toggle("Compare with every set's per-layer profile (computes the layer table once)", True, key="ins_layers"):
+    st.stop()
+try:
+    layer_tab = get_layer_table(cfg, [cfg.id, *cfg.ood], uploads)
+except Exception as exc:
+    show_error(exc, "Remove the failing OOD set in the sidebar.")
+bands = layer_bands(layer_tab, stat, roles={cfg.id: "id"})
+fig = plots.layer_profile(bands, stat, profile, log=stat in ("l1", "l2", "std"))
+st.plotly_chart(fig, use_container_width=True, key="ins_profile")
+st.caption("Black: this image (loss −log p of its prediction). Bands: 5–95 % of each set, line: median.")

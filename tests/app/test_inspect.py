@@ -1,0 +1,77 @@
+"""AppTest: the "Inspect a sample" page with dataset samples, uploads (good and bad) and samples sent from Compare."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from gradviz.scoring import RunConfig
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CPU is shared: avoid OpenMP oversubscription stalls
+    monkeypatch.setenv("GRADVIZ_CACHE_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=120)
+    # AppTest.switch_page runs only the page (not app.py's sidebar): set the sidebar's config directly
+    at.session_state["gv_config"] = RunConfig(limit=100, ood=["noise-uniform"], methods=["msp", "energy", "gradnorm"])
+    at.session_state["ins_layers"] = False  # the layer table is exercised once, in the first test
+    at.switch_page("pages/inspect.py")
+    at.run()
+    assert not at.exception, at.exception
+    yield at
+    torch.set_num_threads(threads)
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    img = Image.new("L", (40, 40), 0)
+    img.paste(255, (15, 5, 25, 35))  # a bright vertical bar, a "1"-like digit
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_inspect_upload_prompt_then_dataset_sample_renders(app):
+    assert app.info  # no upload yet: asks for one, no error
+    app.radio(key="ins_source").set_value("A dataset sample")
+    app.session_state["ins_layers"] = True
+    app.run()
+    assert not app.exception, app.exception
+    scores = app.dataframe[0].value
+    assert list(scores["method"]) == ["msp", "energy", "gradnorm"]
+    assert scores["percentile"].between(0, 100).all()
+    assert [c.key for c in app.get("plotly_chart")] == ["ins_probs", "ins_gaia", "ins_profile"]
+    assert len(app.get("image")) == 1 + 3 * 3  # the input + (original, heat map, overlay) × 3 methods
+    app.number_input(key="ins_index").set_value(7).run()
+    app.button(key="ins_random").click().run()
+    app.selectbox(key="ins_stat").set_value("max").run()
+    app.radio(key="ins_mode").set_value("signed").run()
+    assert not app.exception, app.exception
+    assert not app.error
+
+
+def test_inspect_uploaded_png_works_and_bad_upload_warns(app):
+    app.file_uploader(key="ins_upload").set_value([("digit.png", _png(), "image/png")]).run()
+    assert not app.exception, app.exception
+    assert len(app.dataframe[0].value) == 3
+    app.file_uploader(key="ins_upload").set_value([("x.png", b"hello, I am text", "image/png")]).run()
+    assert not app.exception, app.exception
+    assert any("x.png" in w.value for w in app.warning)
+    assert app.info  # nothing usable: asks again
+
+
+def test_inspect_opens_sample_sent_from_compare(app):
+    app.session_state["gv_selected"] = ("noise-uniform", 5)
+    app.run()
+    assert not app.exception, app.exception
+    assert app.radio(key="ins_source").value == "A dataset sample"
+    assert app.selectbox(key="ins_spec").value == "noise-uniform"
+    assert app.number_input(key="ins_index").value == 5
