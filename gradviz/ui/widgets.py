@@ -39,7 +39,9 @@ def metrics_dataframe(metrics: pd.DataFrame, key: str | None = None) -> None:
 
 def download_figure(fig: go.Figure, name: str, key: str) -> None:
     """A button downloading ``fig`` as self-contained HTML (plotly.js inlined)."""
-    st.download_button(f"⬇ {name}.html", plots.to_html(fig), file_name=f"{name}.html", mime="text/html", key=key)
+    # deferred: the ~4 MB HTML is built only when clicked, not on every rerun
+    st.download_button(f"⬇ {name}.html", lambda: plots.to_html(fig), file_name=f"{name}.html", mime="text/html", key=key,
+                       on_click="ignore")
 
 
 def download_results(result, key: str = "dl") -> None:
