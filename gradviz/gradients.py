@@ -12,10 +12,11 @@ autograd for parameter gradients. Instead (METHODS.md §6):
    - Linear, and any conv whose output is 1×1: ∇W_b = δ_b a_bᵀ is rank one, so
      L1 = ‖δ‖₁‖a‖₁, L2 = ‖δ‖‖a‖, max/min = extremes of (δ_max, δ_min)×(a_max, a_min),
      sum = (Σδ)(Σa) — O(O + K) per sample, nothing materialised.
-   - Conv2d: ∇W_b = Δ_b U_bᵀ with U_b the unfolded input (K × P) and Δ_b (O × P), one
-     batched matmul per chunk of samples whose size keeps memory under ``chunk_mib``; all
-     six statistics from one materialised chunk. For L2 only, the Gram ("ghost") norm
-     ‖Δ Uᵀ‖²_F = Σ_{pq} (UᵀU)_{pq} (ΔᵀΔ)_{pq} is used where it is cheaper (few positions P).
+   - Conv2d: ∇W_b = Δ_b U_bᵀ with U_b the unfolded input (K × P) and Δ_b (O × P),
+     materialised for a chunk of samples whose size keeps memory under ``chunk_mib`` by one
+     grouped-convolution weight backward (samples as groups); all six statistics per chunk,
+     the sum from patch sums Σ_p (Σ_o Δ_op)(Σ_k U_kp). The Gram ("ghost") norm
+     ‖Δ Uᵀ‖²_F = Σ_{pq} (UᵀU)_{pq} (ΔᵀΔ)_{pq} gives L2 where it is cheaper (few positions P).
    - BatchNorm (eval, running statistics): ∇γ_b = Σ_hw δ_b ⊙ x̂_b, ∇β_b = Σ_hw δ_b.
 
 Conventions (consistent with :func:`parametrised_layers` and the tests' autograd reference):
@@ -304,7 +305,9 @@ class _LayerKernel:
         self.gram_bytes = (in_f * p + 3 * g * p * p) * self.es
         self.dense_flops = g * og * kg * p
         self.gram_flops = g * p * p * (og + kg + 1)
-        self.per_sample_bytes = self.dense_bytes
+        # the six-statistics path also unfolds when it takes ‖∇W‖² from the Gram form (few positions)
+        self.gram_in_parts = self.gram_flops < og * self.k
+        self.per_sample_bytes = self.dense_bytes + (self.gram_bytes if self.gram_in_parts else 0)
 
     def chunk_size(self, budget_bytes: float, l2_only: bool) -> int:
         if self.kind == "rank1":
@@ -352,7 +355,7 @@ class _LayerKernel:
         flat = grad_w.reshape(b, -1)
         mn, mx = torch.aminmax(flat, dim=1)
         parts = {"s1": torch.linalg.vector_norm(flat, 1, dim=1), "mx": mx, "mn": mn}
-        if self.gram_flops < self.o * self.k // self.groups:
+        if self.gram_in_parts:
             u, _ = self.operands(sl)
             parts["s2"] = (torch.matmul(u.transpose(-1, -2), u) * torch.matmul(d.transpose(-1, -2), d)).sum((1, 2, 3))
         else:
@@ -531,7 +534,8 @@ def layer_gradient_stats(model: nn.Module, x: torch.Tensor, loss: str | Callable
     :data:`STATS`; ``layers`` restricts to some qualified names (see :func:`parametrised_layers`).
     Conv gradients are materialised in chunks of at most ``chunk_mib`` MiB (default
     ``settings().chunk_mib``); ``progress(done, total)`` is called after each chunk.
-    ``compile`` is accepted for API stability; the eager path is used (see benchmarks/README.md).
+    ``compile`` is accepted for API stability and ignored: the eager path is used
+    (no torch.compile fast path yet; see benchmarks/README.md).
     Returns :class:`LayerStats` with values (B, L, S) float32, layers in forward order.
     """
     stats = tuple(stats)
