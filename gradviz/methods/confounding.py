@@ -10,7 +10,11 @@ Per layer (conv, linear, BatchNorm affine; weights and biases) n_l = ‖∇_{θ_
     u(x) = Σ_l n_l.
 Sign: the paper reads gradients as "the required amount of change for a model to properly
 represent given inputs", so a *larger* gradient means a less familiar input: u is returned
-as is (higher = more uncertain / more likely OOD or corrupted).
+as is (higher = more uncertain / more likely OOD or corrupted). Checked on the bundled
+mnist-cnn (200 held-out digits vs 200 each, seed 0): uniform noise scores far higher than
+digits (AUROC 1.00 for both readings, where MSP gets 0.00 — the model is overconfident on
+noise); EMNIST-style letters score slightly *lower* than digits (AUROC 0.38 sigmoid, 0.36
+softmax), where the predicted-label grad_* scores reach 0.92. Not uniformly better: show it.
 The per-layer vector [n_1..n_L] (:func:`confounding_layer_norms`) is the feature set for a
 meta classifier. Computed per sample in one batched backward (gradviz.gradients).
 """
