@@ -46,7 +46,8 @@ with right:
     fig_curve = plots.severity_curve(table, corruption, "auroc", order=methods)
     st.plotly_chart(fig_curve, use_container_width=True, key="cl_curve")
 st.caption("Left: one method's scores, clean (blue) then severity 1 → 5 (light → dark). Right: AUROC of clean vs "
-           "corrupted for every method; 0.5 = the corrupted images look as certain as clean ones.")
+           "corrupted for every method; 0.5 = the corrupted images look as certain as clean ones, below 0.5 = *more* "
+           "certain (over-confidence: e.g. MSP on heavy noise for the bundled model).")
 
 st.subheader("Metrics per method and severity")
 st.dataframe(table, hide_index=True, use_container_width=True, key="cl_table",

@@ -43,6 +43,7 @@ st.success(f"Best single metric: **{best['stat']} of layer `{best['layer']}`** �
            f"(OOD has {best['direction']} values; separation {best['separation']:.3f}). "
            "AUROC < 0.5 means the statistic is *smaller* for OOD: it still separates, with the sign flipped.")
 fig_auroc = plots.heatmap(auroc, f"AUROC per layer × statistic: {cfg.id} vs {ood} (0.5 = chance)")
+fig_auroc.update_yaxes(autorange="reversed", title="layer (input at top)")
 st.plotly_chart(fig_auroc, use_container_width=True, key="ly_auroc")
 
 st.subheader("Per-layer profile with ID/OOD bands")
@@ -58,8 +59,9 @@ st.caption("Lines: median per dataset; shaded: 5–95 % of samples. Where the ba
 
 st.subheader("How much of each metric is just entropy?")
 entropy = analysis.aligned_column(entropy_scores, table.index, "entropy")
-corr = entropy_correlation(table, entropy)
+corr = entropy_correlation(table, entropy).reindex(index=auroc.index, columns=auroc.columns)
 fig_corr = plots.heatmap(corr, "Spearman correlation with softmax entropy (all samples)", zmid=0.0, zlabel="ρ")
+fig_corr.update_yaxes(autorange="reversed", title="layer (input at top)")
 st.plotly_chart(fig_corr, use_container_width=True, key="ly_corr")
 st.caption("|ρ| near 1: the metric ranks samples like entropy does (little new information). Metrics with low |ρ| "
            "but high AUROC above are the interesting ones — they feed the meta classifier.")

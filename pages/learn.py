@@ -17,9 +17,10 @@ st.markdown(
 st.header("The methods")
 kinds = {"output": "uses the outputs", "feature": "uses penultimate features", "gradient": "uses gradients",
          "input-gradient": "uses an input gradient"}
-for info in list_methods():
+for i, info in enumerate(list_methods()):
     text = learn_text(info)
-    with st.expander(f"**{info.title}** (`{info.name}`) — {info.paper} {info.year} · {kinds.get(info.kind, info.kind)}"):
+    paper = info.paper if str(info.year) in info.paper else f"{info.paper} {info.year}"
+    with st.expander(f"**{info.title}** (`{info.name}`) — {paper} · {kinds.get(info.kind, info.kind)}", expanded=i == 0):
         st.markdown(f"**Intuition.** {text['intuition']}")
         st.latex(info.formula)
         st.markdown(f"**Reading its plots.** {text['plots']}")

@@ -69,7 +69,7 @@ st.caption("'threshold' rows: the single score itself (entropy, MSP) with the be
 left, right = st.columns(2)
 with left:
     fig_bars = plots.metric_bars(analysis.meta_bar_frame(report.results, setting), "auroc")
-    fig_bars.update_layout(title="Meta-classification AUROC per feature set (grouped by evaluation)")
+    fig_bars.update_layout(title="AUROC per feature set · classifier")
     st.plotly_chart(fig_bars, use_container_width=True, key="mc_bars")
 with right:
     evaluations = list(dict.fromkeys(results["evaluation"]))
