@@ -57,6 +57,10 @@ st.header("Honest notes")
 st.markdown(
     "- **Gradient methods are not uniformly better.** On the default run the output baselines (MSP, energy) are "
     "already strong on MNIST; compare, don't assume.\n"
+    "- **Much of a gradient metric can be entropy in disguise.** On the bundled MNIST model the L1/L2/max "
+    "statistics of the predicted-label gradient rank samples almost exactly like softmax entropy (Layer profiles → "
+    "correlation map), and a meta classifier on gradient metrics alone did not beat entropy at spotting errors in "
+    "our runs. Check on your own data before believing either way.\n"
     "- **GradNorm is weak at CIFAR scale.** Strong on ImageNet (Huang et al. report FPR95 54.7 vs 77.0 for MSP), "
     "but in OpenOOD's CIFAR-10 leaderboard its AUROC is ~55–58 against ~88–91 for MSP.\n"
     "- **Names.** *GradNorm* here means Huang, Geng & Li 2021 (the KL-to-uniform norm). The confounding-label "
