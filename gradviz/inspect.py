@@ -244,7 +244,8 @@ def attribution_panels(image: torch.Tensor, attributions: dict, mode: str = "abs
     panels = []
     for name, att in attributions.items():
         m = att.maps[0]
-        caption = ATTRIBUTIONS[name].title + (f" (layer {att.layer})" if att.layer else "") + (f" — {att.note}" if att.note else "")
+        layer = f" (layer {att.layer})" if att.layer and att.layer not in (att.note or "") else ""
+        caption = ATTRIBUTIONS[name].title + layer + (f" — {att.note}" if att.note else "")
         panels.append(Panel(name, original, heatmap_rgb(m, mode, cmap, size), render_overlay(image, m, mode, cmap, alpha, size),
                             caption))
     return panels

@@ -26,7 +26,7 @@ st.title("Compare distributions")
 st.caption("How each method's uncertainty separates the ID set from every OOD set (higher = more uncertain).")
 cfg = current_config()
 
-with st.expander("➕ Add your own images as an extra OOD set", expanded=False):
+with st.expander("Add your own images as an extra OOD set", expanded=False):
     files = st.file_uploader("Images (PNG, JPEG, BMP, TIFF, WebP, GIF)", type=UPLOAD_TYPES, accept_multiple_files=True,
                              key="cmp_upload", help="Decoded locally; nothing leaves this machine.")
     if files:
@@ -120,8 +120,8 @@ ood = st.selectbox("OOD set", ood_sets, key="cmp_ood")
 figs = {"roc": plots.roc_figure(scores, methods, ood, order=methods),
         "pr_in": plots.pr_figure(scores, methods, ood, positive="id", order=methods),
         "pr_out": plots.pr_figure(scores, methods, ood, positive="ood", order=methods)}
-for col, (name, fig) in zip(st.columns(3), figs.items()):
-    with col:
+for tab, (name, fig) in zip(st.tabs(["ROC", "Precision-recall (ID positive)", "Precision-recall (OOD positive)"]), figs.items()):
+    with tab:
         st.plotly_chart(fig, use_container_width=True, key=f"cmp_{name}")
         download_figure(fig, f"{name}_{ood.replace(':', '_')}", key=f"cmp_dl_{name}")
 

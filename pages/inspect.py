@@ -73,7 +73,7 @@ try:
         data = uploads[spec] if spec in uploads else get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
         st.session_state["ins_index"] = min(int(st.session_state.get("ins_index", 0)), len(data) - 1)
         i = int(c2.number_input(f"Index (0–{len(data) - 1})", 0, len(data) - 1, key="ins_index"))
-        c3.button("🎲 Random", key="ins_random", on_click=random_index, args=(len(data),))
+        c3.button("Random", key="ins_random", on_click=random_index, args=(len(data),))
         label = int(data.labels[i])
         name = f"{spec} #{i}" + (f" (label {data.class_names[label] if data.class_names else label})" if label >= 0 else "")
     x = data.images[i:i + 1]  # (1, C, H, W) in [0, 1], as the model sees it
@@ -90,14 +90,14 @@ left, right = st.columns([1, 2])
 with left:
     st.image(gi.display_image(x[0]), caption=f"{name}: {tuple(x.shape[1:])} input as the model sees it (upscaled)")
 with right:
-    st.metric("Prediction", classes[pred], f"p = {report.probs[0, pred]:.3f}", delta_color="off")
+    st.metric("Prediction", f"{classes[pred]}  (p = {report.probs[0, pred]:.3f})")
     st.plotly_chart(plots.probability_bars(report.probs[0], classes), use_container_width=True, key="ins_probs")
 
 st.subheader(f"Uncertainty scores vs the ID set ({cfg.id})")
 table = report.scores.assign(verdict=[f"more uncertain than {p:.0f} % of {cfg.id}" if np.isfinite(p) else "n/a"
                                       for p in report.scores["percentile"]])
 st.dataframe(table[["method", "title", "score", "id_median", "percentile", "verdict"]], hide_index=True,
-             use_container_width=True, key="ins_scores", column_config={
+             use_container_width=True, height=35 * (len(table) + 1) + 3, key="ins_scores", column_config={
                  "percentile": st.column_config.ProgressColumn("ID percentile", min_value=0, max_value=100, format="%.0f %%"),
                  "score": st.column_config.NumberColumn(format="%.4g"), "id_median": st.column_config.NumberColumn(format="%.4g")})
 
