@@ -1,0 +1,386 @@
+"""Multi-session load test of the dashboard: N concurrent headless-browser sessions against one server.
+
+Half the sessions run the Compare flow (read the metrics table), half the Inspect flow (upload a distinct
+image each, read the prediction). Reports errors, per-session latency (p50/p95), the server's peak RSS
+(VmHWM of the streamlit process and its children), whether every Compare table equals a single-session
+run, and whether any session ever showed another session's upload.
+
+    .venv/bin/python benchmarks/load_test.py --sessions 8 [--samples 100] [--write]
+
+``--write`` appends the table to docs/PERFORMANCE.md under "Load test". Needs /usr/bin/chromium.
+The helpers here (server, browser, flows) are shared by tests/browser and benchmarks/dashboard_timing.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1280, "height": 900}
+# Sidebar labels of the pages (st.navigation titles) and whether the page draws plotly charts.
+PAGES = {"home": ("Home", True), "compare": ("Compare distributions", True), "inspect": ("Inspect a sample", True),
+         "layers": ("Layer profiles", True), "meta": ("Meta classifier", True), "corruptions": ("Corruption lab", True),
+         "learn": ("Learn", False)}
+APP_STATE = '[data-testid="stApp"]'
+
+
+# ---------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StreamlitServer:
+    """``streamlit run app.py`` on loopback in its own process group; ``stop()`` kills the group."""
+
+    def __init__(self, cache_dir: str | Path, env: dict | None = None, log: str | Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log or Path(cache_dir) / "streamlit.log")
+        environ = {**os.environ, "GRADVIZ_CACHE_DIR": str(cache_dir), **(env or {})}
+        cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+               "--server.port", str(self.port), "--server.address", "127.0.0.1",
+               "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+               "--browser.gatherUsageStats", "false"]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 120.0) -> float:
+        """Block until ``/_stcore/health`` answers; returns the seconds waited."""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"streamlit not healthy after {timeout:.0f} s:\n{self.log()}")
+
+    def pids(self) -> list[int]:
+        """The server process and all its descendants (from /proc)."""
+        children: dict[int, list[int]] = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(d.name))
+        out, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo.extend(children.get(pid, []))
+        return out
+
+    def peak_rss_mib(self) -> float:
+        """Sum of VmHWM (peak resident set) over the server process tree, MiB."""
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+        return total / 1024
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def tracebacks(self) -> list[str]:
+        """Traceback blocks in the server log."""
+        text = self.log()
+        return [part for part in text.split("Traceback (most recent call last):")[1:]]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=15)
+        self._log.close()
+
+    def __enter__(self) -> "StreamlitServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------- test images
+
+
+def digit_png(seed: int, size: int = 28) -> bytes:
+    """A distinct small PNG (a seeded blob stroke) to upload."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    img = np.zeros((size, size), np.float32)
+    for cy, cx in rng.uniform(7, size - 7, (4, 2)):
+        img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 6.0)
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- async browser flows
+
+
+async def wait_idle(page, timeout: float = 300.0) -> None:
+    """Wait until the script run has finished (stApp's data-test-script-state == notRunning), then settle."""
+    deadline = time.perf_counter() + timeout
+    calm = 0
+    while time.perf_counter() < deadline:
+        state = await page.locator(APP_STATE).get_attribute("data-test-script-state", timeout=timeout * 1000)
+        calm = calm + 1 if state == "notRunning" else 0
+        if calm >= 3:  # stable for ~0.6 s: no rerun queued right behind
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the app was still running after {timeout:.0f} s")
+
+
+async def set_sample_limit(page, value: int | None = None, timeout: float = 120.0) -> None:
+    """Set the sidebar 'Samples per set' slider (gv_limit) by keyboard: minimum when ``value`` is None."""
+    thumb = page.locator('[data-testid="stSidebar"] [data-testid="stSlider"] input[type="range"]').first
+    await thumb.wait_for(state="attached", timeout=timeout * 1000)
+    await thumb.focus()
+    await page.keyboard.press("Home")
+    if value is not None:
+        lo, step = int(await thumb.get_attribute("min")), int(await thumb.get_attribute("step"))
+        for _ in range((value - lo) // step):
+            await page.keyboard.press("ArrowRight")
+    want = str(value if value is not None else await thumb.get_attribute("min"))
+    deadline = time.perf_counter() + timeout
+    while await thumb.get_attribute("value") != want:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"slider did not reach {want}")
+        await asyncio.sleep(0.1)
+
+
+async def goto_page(page, title: str) -> None:
+    """Click the sidebar navigation link ``title`` (keeps the session, like a user)."""
+    await page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+
+
+async def exceptions(page) -> list[str]:
+    """Texts of Streamlit exception boxes on the page."""
+    return [await e.inner_text() for e in await page.locator('[data-testid="stException"]').all()]
+
+
+async def open_app(browser, base_url: str, limit: int | None = None, timeout: float = 300.0):
+    """A fresh browser context + page on the app, with the sample slider at ``limit`` (minimum if None)."""
+    context = await browser.new_context(viewport=VIEWPORT)
+    page = await context.new_page()
+    await page.goto(base_url + "/", timeout=timeout * 1000)
+    await set_sample_limit(page, limit, timeout)
+    return context, page
+
+
+async def metrics_text(page) -> str:
+    """The Compare page's detection-metrics table as TSV (via the grid's copyable text)."""
+    grid = page.locator('[data-testid="stDataFrame"]').last
+    await grid.wait_for(timeout=60_000)
+    return await grid.inner_text()
+
+
+async def compare_flow(browser, base_url: str, limit: int | None, timeout: float = 300.0) -> dict:
+    """Open the app, go to Compare, wait for the charts, return the metrics table text."""
+    context, page = await open_app(browser, base_url, limit, timeout)
+    try:
+        await goto_page(page, PAGES["compare"][0])
+        await page.get_by_text("Detection metrics", exact=True).wait_for(timeout=timeout * 1000)
+        await wait_idle(page, timeout)
+        await page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
+        return {"metrics": await metrics_csv(page), "exceptions": await exceptions(page)}
+    finally:
+        await context.close()
+
+
+async def metrics_csv(page) -> str:
+    """The metrics table read through its CSV download button (exact values, independent of the grid's scrolling)."""
+    button = page.get_by_role("button", name="metrics.csv")
+    if await button.count():
+        async with page.expect_download() as info:
+            await button.first.click()
+        download = await info.value
+        return Path(await download.path()).read_text()
+    return await metrics_text(page)
+
+
+async def inspect_flow(browser, base_url: str, limit: int | None, name: str, png: bytes,
+                       timeout: float = 300.0) -> dict:
+    """Open the app, go to Inspect, upload ``png`` as ``name``, return the prediction and all visible upload names."""
+    context, page = await open_app(browser, base_url, limit, timeout)
+    try:
+        await goto_page(page, PAGES["inspect"][0])
+        upload = page.locator('[data-testid="stFileUploader"] input[type="file"]').first
+        await upload.wait_for(state="attached", timeout=timeout * 1000)
+        await upload.set_input_files({"name": name, "mimeType": "image/png", "buffer": png})
+        metric = page.locator('[data-testid="stMetric"]').first
+        await metric.wait_for(timeout=timeout * 1000)
+        await wait_idle(page, timeout)
+        body = await page.locator('[data-testid="stMain"]').inner_text()
+        return {"prediction": await metric.inner_text(), "body": body, "exceptions": await exceptions(page)}
+    finally:
+        await context.close()
+
+
+# ---------------------------------------------------------------- load test
+
+
+@dataclass
+class LoadResult:
+    sessions: int
+    samples: int | None
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    leaks: list[str] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+    peak_rss_mib: float = 0.0
+    single_s: float = 0.0
+    wall_s: float = 0.0
+    tracebacks: list[str] = field(default_factory=list)
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+    def row(self) -> str:
+        return (f"| {self.sessions} | {self.samples or 'default'} | {len(self.errors)} | {len(self.leaks)} | "
+                f"{len(self.mismatches)} | {self.single_s:.1f} | {self.pct(0.5):.1f} | {self.pct(0.95):.1f} | "
+                f"{self.wall_s:.1f} | {self.peak_rss_mib:.0f} |")
+
+
+HEADER = ("| sessions | samples/set | errors | cross-session leaks | results ≠ single session | single session s "
+          "| p50 s | p95 s | wall s | server peak RSS MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+async def run_load(base_url: str, sessions: int = 8, limit: int | None = None, timeout: float = 300.0,
+                   server: StreamlitServer | None = None) -> LoadResult:
+    """One single-session Compare run (the reference, also warms the cache), then ``sessions`` concurrent sessions."""
+    from playwright.async_api import async_playwright
+
+    res = LoadResult(sessions=sessions, samples=limit)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            t0 = time.perf_counter()
+            reference = await compare_flow(browser, base_url, limit, timeout)
+            res.single_s = time.perf_counter() - t0
+            if reference["exceptions"]:
+                res.errors.append(f"reference: {reference['exceptions']}")
+            names = [f"upload_session{i:02d}.png" for i in range(sessions)]
+
+            async def one(i: int):
+                t = time.perf_counter()
+                try:
+                    if i % 2 == 0:
+                        out = await compare_flow(browser, base_url, limit, timeout)
+                        if out["metrics"] != reference["metrics"]:
+                            res.mismatches.append(f"session {i}: metrics differ from the single-session run")
+                    else:
+                        out = await inspect_flow(browser, base_url, limit, names[i], digit_png(i), timeout)
+                        if names[i] not in out["body"]:
+                            res.errors.append(f"session {i}: own upload name not shown")
+                        if "Prediction" not in out["prediction"]:
+                            res.errors.append(f"session {i}: no prediction: {out['prediction']!r}")
+                        others = [n for n in names if n != names[i] and n in out["body"]]
+                        if others:
+                            res.leaks.append(f"session {i} shows {others}")
+                    if out["exceptions"]:
+                        res.errors.append(f"session {i}: {out['exceptions']}")
+                    if i % 2 == 0 and any(n in out.get("metrics", "") for n in names):
+                        res.leaks.append(f"session {i}: an upload appears in its Compare table")
+                    res.latencies.append(time.perf_counter() - t)
+                except Exception as exc:  # noqa: BLE001  (recorded and reported)
+                    res.errors.append(f"session {i}: {type(exc).__name__}: {exc}".splitlines()[0])
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(sessions)))
+            res.wall_s = time.perf_counter() - t0
+        finally:
+            await browser.close()
+    if server is not None:
+        res.peak_rss_mib = server.peak_rss_mib()
+        res.tracebacks = server.tracebacks()
+    return res
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def append_section(path: Path, heading: str, body: str) -> None:
+    """Append ``body`` under ``## heading`` in ``path`` (heading added once)."""
+    text = path.read_text() if path.exists() else "# Performance\n"
+    if f"## {heading}" not in text:
+        text = text.rstrip("\n") + f"\n\n## {heading}\n"
+    path.write_text(text.rstrip("\n") + "\n\n" + body.strip("\n") + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=100, help="sidebar 'Samples per set' (multiple of 100)")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--write", action="store_true", help="append to docs/PERFORMANCE.md under 'Load test'")
+    args = ap.parse_args(argv)
+    if not Path(CHROMIUM).exists():
+        print(f"{CHROMIUM} not found (apt-get install chromium)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="gv-load-") as tmp, StreamlitServer(tmp) as server:
+        server.wait_healthy()
+        load_before = load_average()
+        res = asyncio.run(run_load(server.url, args.sessions, args.samples, args.timeout, server))
+    table = f"{HEADER}\n{res.row()}"
+    note = (f"{time.strftime('%Y-%m-%d %H:%M')} · `benchmarks/load_test.py --sessions {args.sessions} --samples "
+            f"{args.samples}` · one server, one headless Chromium with {args.sessions} contexts; even sessions Compare "
+            f"(metrics CSV compared with a single-session run), odd sessions Inspect with their own uploaded PNG. "
+            f"Latency = open app → set slider → page fully rendered. Load average before/after: {load_before} / "
+            f"{load_average()} (2 shared cores). Server tracebacks: {len(res.tracebacks)}.")
+    print(table)
+    print(note)
+    for line in res.errors + res.leaks + res.mismatches:
+        print("  !", line)
+    if args.write:
+        append_section(ROOT / "docs" / "PERFORMANCE.md", "Load test", f"{table}\n\n{note}")
+    return 1 if (res.errors or res.leaks or res.mismatches) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

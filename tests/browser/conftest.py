@@ -1,0 +1,77 @@
+"""Fixtures for real-browser tests: one streamlit server per module (tmp cache dir) and a headless Chromium.
+
+Everything is skipped with a clear reason when /usr/bin/chromium is absent. Server helpers live in
+benchmarks/load_test.py (shared with the load test and the timing benchmark).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_helpers():
+    """benchmarks/load_test.py as module ``gv_load_test`` (a site-packages 'benchmarks' package shadows the folder)."""
+    if "gv_load_test" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("gv_load_test", ROOT / "benchmarks" / "load_test.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["gv_load_test"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["gv_load_test"]
+
+
+_helpers = _load_helpers()
+CHROMIUM, CHROMIUM_ARGS, StreamlitServer = _helpers.CHROMIUM, _helpers.CHROMIUM_ARGS, _helpers.StreamlitServer
+
+NO_CHROMIUM = f"{CHROMIUM} is not installed (apt-get install chromium); real-browser tests skipped"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every test in this folder when Chromium is missing."""
+    if Path(CHROMIUM).exists():
+        return
+    for item in items:
+        if Path(str(item.fspath)).parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.skip(reason=NO_CHROMIUM))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``streamlit run app.py`` on a free loopback port, GRADVIZ_CACHE_DIR in a tmp dir; killed at teardown."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(NO_CHROMIUM)
+    srv = StreamlitServer(tmp_path_factory.mktemp("gv-cache"))
+    try:
+        srv.wait_healthy()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium (system binary, never a downloaded one)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def shots_dir(tmp_path_factory) -> Path:
+    """docs/screenshots when GRADVIZ_SCREENSHOTS=1, else a tmp dir."""
+    if os.environ.get("GRADVIZ_SCREENSHOTS") == "1":
+        out = ROOT / "docs" / "screenshots"
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    return tmp_path_factory.mktemp("screenshots")
