@@ -28,8 +28,9 @@ def dataset_color(spec: str, role: str = "ood") -> str:
         return ID_COLOR
     if spec in _KNOWN:
         return _KNOWN[spec]
+    free = [c for c in OOD_PALETTE if c not in _KNOWN.values()]  # never look like a known set
     h = int(hashlib.md5(spec.encode()).hexdigest(), 16)
-    return OOD_PALETTE[h % len(OOD_PALETTE)]
+    return free[h % len(free)]
 
 
 def method_color(name: str, order: list[str] | None = None) -> str:
@@ -61,8 +62,8 @@ def score_histogram(scores: pd.DataFrame, method: str, title: str | None = None,
             marker_color=dataset_color(spec, role), xbins=dict(start=lo, end=hi + size, size=size),
             hovertemplate=f"{spec}<br>{method}=%{{x}}<br>density=%{{y:.3g}}<extra></extra>",
         ))
-    fig.update_layout(barmode="overlay", title=title or f"{method}: uncertainty by dataset (higher = more uncertain)",
-                      xaxis_title=f"{method} uncertainty", yaxis_title="density", **LAYOUT)
+    fig.update_layout(barmode="overlay", title=title or f"{method}: uncertainty by dataset",
+                      xaxis_title=f"{method} uncertainty (higher = more uncertain)", yaxis_title="density", **LAYOUT)
     return fig
 
 
@@ -181,7 +182,10 @@ def heatmap(values: pd.DataFrame, title: str, colorscale: str = "RdBu_r", zmid: 
                                colorscale=colorscale, zmid=zmid, colorbar=dict(title=zlabel),
                                texttemplate=f"%{{z:{fmt}}}" if values.size <= 400 else None,
                                hovertemplate="%{y} / %{x}: %{z:.3f}<extra></extra>"))
-    fig.update_layout(title=title, **{**LAYOUT, "legend": {}}, height=max(300, 28 * len(values) + 120))
+    # tall maps: column labels on top, readable without scrolling to the bottom of the map
+    top = len(values) > 12
+    fig.update_layout(title=title, **{**LAYOUT, "legend": {}, "margin": {**LAYOUT["margin"], "t": 95 if top else 50}},
+                      height=max(300, 28 * len(values) + 120), xaxis_side="top" if top else "bottom")
     return fig
 
 
