@@ -12,6 +12,9 @@ from gradviz.methods.registry import get_method
 from gradviz.ui.cache import get_dataset, get_model, get_result, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure, download_results, image_tiles, metrics_dataframe
+from gradviz.ui.sidebar import ensure_frame
+
+ensure_frame()
 
 UPLOAD_TYPES = [f.lower() for f in ALLOWED_FORMATS] + ["jpg", "tif"]
 
@@ -111,7 +114,7 @@ candidates = [*zip(selected["dataset"], selected["index"]), *zip(gallery["datase
 candidates = {f"{d} #{i}": (str(d), int(i)) for d, i in candidates}
 pick_col, go_col = st.columns([3, 1])
 pick = pick_col.selectbox("Send a sample to the Inspect page", list(candidates), key="cmp_pick")
-if go_col.button("🔍 Inspect", key="cmp_inspect", disabled=pick is None):
+if go_col.button("Inspect", icon=":material/search:", key="cmp_inspect", disabled=pick is None):
     st.session_state["gv_selected"] = candidates[pick]
     st.switch_page("pages/inspect.py")
 

@@ -7,8 +7,11 @@ from gradviz.data.corruptions import list_corruptions
 from gradviz.ui.cache import get_dataset, get_severity_scores, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure, image_tiles, to_uint8
+from gradviz.ui.sidebar import ensure_frame
 
-st.title("🌫️ Corruption lab")
+ensure_frame()
+
+st.title("Corruption lab")
 st.caption("Corrupted-input detection as in Lee & AlRegib 2020 ([arXiv 2008.08030](https://arxiv.org/abs/2008.08030)): "
            "the clean ID test images against the *same* images corrupted at severity 1–5 (CIFAR-10-C style). "
            "A good detector's AUROC climbs with severity.")

@@ -13,6 +13,9 @@ from gradviz.methods.registry import resolve_methods
 from gradviz.scoring import RunConfig, images_digest, make_runner
 from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result, show_error
 from gradviz.ui.sidebar import current_config, dataset_options
+from gradviz.ui.sidebar import ensure_frame
+
+ensure_frame()
 
 UPLOAD_TYPES = [f.lower() for f in ALLOWED_FORMATS] + ["jpg", "tif"]
 SOURCES = ["Upload images", "A dataset sample"]

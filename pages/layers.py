@@ -10,8 +10,11 @@ from gradviz.layers import entropy_correlation, layer_auroc, layer_bands
 from gradviz.ui.cache import get_layer_table, get_result, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure
+from gradviz.ui.sidebar import ensure_frame
 
-st.title("🧱 Layer profiles")
+ensure_frame()
+
+st.title("Layer profiles")
 st.caption("Oberdiek, Rottmann & Gottschalk 2018 ([arXiv 1805.08440](https://arxiv.org/abs/1805.08440)): per sample, "
            "the gradient of a loss w.r.t. every layer's weights, summarised by six statistics (L1, L2, max, min, mean, std).")
 

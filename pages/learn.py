@@ -5,8 +5,11 @@ import streamlit as st
 
 from gradviz.analysis import PAPERS, learn_text
 from gradviz.methods import list_methods
+from gradviz.ui.sidebar import ensure_frame
 
-st.title("🎓 Learn: gradient-based uncertainty")
+ensure_frame()
+
+st.title("Learn: gradient-based uncertainty")
 st.markdown(
     "Every method in gradviz turns one image into an **uncertainty score — higher = more uncertain** "
     "(more likely out-of-distribution or misclassified). Some read only the network's outputs; the gradient "
@@ -29,23 +32,23 @@ for i, info in enumerate(list_methods()):
                        + ", ".join(f"`{k}` = {v}" for k, v in info.defaults.items()))
         if info.needs_fit:
             st.caption("Fitted once on ID training data (cached).")
-        st.markdown(f"📄 [{text['paper_title']}]({text['paper_url']})" if text["paper_url"] else f"📄 {text['paper_title']}")
+        st.markdown(f"[{text['paper_title']}]({text['paper_url']})" if text["paper_url"] else f"{text['paper_title']}")
 
 st.header("A guided tour of the embedded default")
 st.markdown("The default run: the bundled MNIST CNN, MNIST test digits as ID, and three OOD sets — rendered "
             "letters, uniform noise, and heavily noised digits (`corrupt:gaussian_noise:5`).")
 tour = [
-    ("pages/home.py", "1. Home", "🏠", "The metrics table: which method wins per OOD set? Noise is easy for almost "
+    ("pages/home.py", "1. Home", ":material/home:", "The metrics table: which method wins per OOD set? Noise is easy for almost "
      "everything; letters are hard — they look like strokes, just like digits."),
-    ("pages/compare.py", "2. Compare distributions", "📊", "Pick `msp`, then `gaia_z`: do the letter scores overlap "
+    ("pages/compare.py", "2. Compare distributions", ":material/bar_chart:", "Pick `msp`, then `gaia_z`: do the letter scores overlap "
      "the digits less? Read the ROC's FPR95 marker — the fraction of letters accepted when 95 % of digits are."),
-    ("pages/inspect.py", "3. Inspect a sample", "🔍", "Select the most uncertain ID digits: are they misclassified? "
+    ("pages/inspect.py", "3. Inspect a sample", ":material/search:", "Select the most uncertain ID digits: are they misclassified? "
      "The saliency maps show which strokes the prediction rests on."),
-    ("pages/layers.py", "4. Layer profiles", "🧱", "Which layer's gradient separates ID from letters best? Is it the "
+    ("pages/layers.py", "4. Layer profiles", ":material/layers:", "Which layer's gradient separates ID from letters best? Is it the "
      "last layer (cheap, closed form) or an early convolution? Compare with the entropy correlation."),
-    ("pages/meta.py", "5. Meta classifier", "🧮", "Does adding gradient metrics to entropy help? Train with noise as a "
+    ("pages/meta.py", "5. Meta classifier", ":material/calculate:", "Does adding gradient metrics to entropy help? Train with noise as a "
      "'known unknown' and test on letters: transfer to unseen concepts is uneven (Oberdiek et al.)."),
-    ("pages/corruptions.py", "6. Corruption lab", "🌫️", "Raise the severity: which scores climb? Lee & AlRegib's "
+    ("pages/corruptions.py", "6. Corruption lab", ":material/blur_on:", "Raise the severity: which scores climb? Lee & AlRegib's "
      "claim is that gradients detect corruption better than confidence does."),
 ]
 for page, label, icon, look_for in tour:

@@ -10,8 +10,11 @@ from gradviz.meta import FEATURE_SETS, MODELS
 from gradviz.ui.cache import get_layer_table, get_meta_report, get_result, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure
+from gradviz.ui.sidebar import ensure_frame
 
-st.title("🧮 Meta classifier")
+ensure_frame()
+
+st.title("Meta classifier")
 st.caption("Oberdiek, Rottmann & Gottschalk 2018 ([arXiv 1805.08440](https://arxiv.org/abs/1805.08440)): a small "
            "classifier trained on per-layer gradient statistics (+ entropy) predicts whether the network's prediction "
            "is wrong, or whether the input is out-of-distribution. Scores are cross-validated (held-out folds only).")

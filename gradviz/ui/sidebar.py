@@ -22,6 +22,44 @@ def dataset_options() -> list[str]:
     return BUILTIN_SETS + corr + [f"torchvision:{n}" for n in TORCHVISION_SETS]
 
 
+def ensure_frame() -> None:
+    """Make sure the page runs inside ``app.py``'s frame (sidebar, navigation, wide layout).
+
+    Streamlit treats a folder named ``pages/`` beside the main script as a legacy multipage
+    app until ``st.navigation`` has run once in the server process: a fresh server whose
+    first request is a deep link (``/compare``) would run the page alone. Switch the server
+    to navigation mode and rerun, which executes ``app.py`` and then this page.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a future Streamlit without the legacy mode
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def _seed_widgets(cfg: RunConfig, methods: list[str]) -> None:
+    """First run of a session: start the widgets from an existing ``gv_config`` (tests, links)."""
+    ss = st.session_state
+    if ss.get("gv_seeded"):
+        return
+    ss["gv_seeded"] = True
+    if not isinstance(ss.get("gv_config"), RunConfig):
+        return
+    options = dataset_options()
+    if cfg.id in options:
+        ss.setdefault("gv_id", cfg.id)
+    ss.setdefault("gv_ood", [o for o in cfg.ood if o in options and o != cfg.id])
+    extra = [o for o in cfg.ood if o not in options]
+    if extra:
+        ss.setdefault("gv_extra", extra[0])
+    ss.setdefault("gv_methods", [m for m in cfg.method_names() if m in methods])
+    if cfg.limit:
+        ss.setdefault("gv_limit", int(min(max(100, cfg.limit), settings().max_samples_web)))
+    ss.setdefault("gv_seed", int(cfg.seed))
+
+
 def current_config() -> RunConfig:
     """The run configuration chosen in the sidebar (defaults before the sidebar has run)."""
     return st.session_state.get("gv_config") or RunConfig()
@@ -30,6 +68,8 @@ def current_config() -> RunConfig:
 def render_sidebar() -> RunConfig:
     """Draw the control panel and store the resulting config in session state."""
     cfg_default = RunConfig()
+    all_methods = [m.name for m in list_methods()]
+    _seed_widgets(st.session_state.get("gv_config") or cfg_default, all_methods)
     sb = st.sidebar
     sb.header("Controls")
     names = [m.name for m in list_models()]
@@ -49,7 +89,6 @@ def render_sidebar() -> RunConfig:
                               help=f"folder: paths must lie under {', '.join(str(r) for r in settings().allowed_roots)}")
     if extra.strip() and extra.strip() not in ood:
         ood = [*ood, extra.strip()]
-    all_methods = [m.name for m in list_methods()]
     methods = sb.multiselect("Methods", all_methods, default=all_methods, key="gv_methods")
     limit = sb.slider("Samples per set", 100, settings().max_samples_web, cfg_default.limit or 1000, step=100, key="gv_limit")
     seed = int(sb.number_input("Seed", 0, 10_000, 0, key="gv_seed"))
