@@ -12,10 +12,6 @@ _MODULES = [
     "baselines", "odin", "mahalanobis", "gradnorm", "confounding", "gaia", "oberdiek",
 ]
 for _name in _MODULES:
-    try:
-        importlib.import_module(f"gradviz.methods.{_name}")
-    except ModuleNotFoundError as _exc:  # a method module not written yet
-        if _exc.name != f"gradviz.methods.{_name}":
-            raise
+    importlib.import_module(f"gradviz.methods.{_name}")
 
 __all__ = ["ModelOutputs", "get_method", "list_methods", "register", "resolve_methods", "run_method"]

@@ -98,6 +98,11 @@ def render_sidebar() -> RunConfig:
             if info.name not in methods:
                 continue
             for pname, default in info.defaults.items():
+                if isinstance(default, str):
+                    text = st.text_input(f"{info.name}: {pname}", value=default, key=f"gv_p_{info.name}_{pname}")
+                    if text.strip() and text.strip() != default:
+                        params.setdefault(info.name, {})[pname] = text.strip()
+                    continue
                 if isinstance(default, bool) or not isinstance(default, (int, float)):
                     continue
                 value = st.number_input(f"{info.name}: {pname}", value=float(default), key=f"gv_p_{info.name}_{pname}",
