@@ -1,6 +1,6 @@
 """Multi-session load test of the dashboard: N concurrent headless-browser sessions against one server.
 
-Half the sessions run the Compare flow (read the metrics table), half the Inspect flow (upload a distinct
+Half the sessions run the Compare flow (read every chart's data: histogram, strip, ROC/PR of all methods), half the Inspect flow (upload a distinct
 image each, read the prediction). Reports errors, per-session latency (p50/p95), the server's peak RSS
 (VmHWM of the streamlit process and its children), whether every Compare table equals a single-session
 run, and whether any session ever showed another session's upload.
@@ -224,20 +224,17 @@ async def compare_flow(browser, base_url: str, limit: int | None, timeout: float
         await page.get_by_text("Detection metrics", exact=True).wait_for(timeout=timeout * 1000)
         await wait_idle(page, timeout)
         await page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
-        return {"metrics": await metrics_csv(page), "exceptions": await exceptions(page)}
+        await page.locator(".js-plotly-plot .main-svg").nth(4).wait_for(state="attached", timeout=60_000)  # hist, strip, ROC, 2 PR
+        return {"metrics": await figures_fingerprint(page), "exceptions": await exceptions(page)}
     finally:
         await context.close()
 
 
-async def metrics_csv(page) -> str:
-    """The metrics table read through its CSV download button (exact values, independent of the grid's scrolling)."""
-    button = page.get_by_role("button", name="metrics.csv")
-    if await button.count():
-        async with page.expect_download() as info:
-            await button.first.click()
-        download = await info.value
-        return Path(await download.path()).read_text()
-    return await metrics_text(page)
+async def figures_fingerprint(page) -> str:
+    """Every plotly trace on the page (name, x, y) as JSON: the histogram, strip and ROC/PR curves of all methods."""
+    return await page.evaluate(
+        """() => JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plot')).map(
+               gd => (gd.data || []).map(t => [t.name, Array.from(t.x || []), Array.from(t.y || [])])))""")
 
 
 async def inspect_flow(browser, base_url: str, limit: int | None, name: str, png: bytes,
@@ -312,7 +309,8 @@ async def run_load(base_url: str, sessions: int = 8, limit: int | None = None, t
                     if i % 2 == 0:
                         out = await compare_flow(browser, base_url, limit, timeout)
                         if out["metrics"] != reference["metrics"]:
-                            res.mismatches.append(f"session {i}: metrics differ from the single-session run")
+                            res.mismatches.append(f"session {i}: metrics differ from the single-session run: "
+                                                  f"{first_difference(reference['metrics'], out['metrics'])}")
                     else:
                         out = await inspect_flow(browser, base_url, limit, names[i], digit_png(i), timeout)
                         if names[i] not in out["body"]:
@@ -339,6 +337,12 @@ async def run_load(base_url: str, sessions: int = 8, limit: int | None = None, t
         res.peak_rss_mib = server.peak_rss_mib()
         res.tracebacks = server.tracebacks()
     return res
+
+
+def first_difference(a: str, b: str) -> str:
+    """The first differing line of two texts (for the report)."""
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return f"{len(a)} vs {len(b)} chars, first difference at {k}: {a[k:k + 80]!r} vs {b[k:k + 80]!r}"
 
 
 def load_average() -> str:
@@ -370,13 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     table = f"{HEADER}\n{res.row()}"
     note = (f"{time.strftime('%Y-%m-%d %H:%M')} · `benchmarks/load_test.py --sessions {args.sessions} --samples "
             f"{args.samples}` · one server, one headless Chromium with {args.sessions} contexts; even sessions Compare "
-            f"(metrics CSV compared with a single-session run), odd sessions Inspect with their own uploaded PNG. "
+            f"(data of every chart — score histogram, strip, ROC/PR curves of all methods — compared with a single-session run), odd sessions Inspect with their own uploaded PNG. "
             f"Latency = open app → set slider → page fully rendered. Load average before/after: {load_before} / "
             f"{load_average()} (2 shared cores). Server tracebacks: {len(res.tracebacks)}.")
     print(table)
     print(note)
     for line in res.errors + res.leaks + res.mismatches:
         print("  !", line)
+    for tb in res.tracebacks[:3]:
+        print("server traceback:\n", "\n".join(l for l in tb.splitlines() if "use_container_width" not in l and "width=" not in l and l.strip())[:2500], file=sys.stderr)
     if args.write:
         append_section(ROOT / "docs" / "PERFORMANCE.md", "Load test", f"{table}\n\n{note}")
     return 1 if (res.errors or res.leaks or res.mismatches) else 0
