@@ -4,7 +4,7 @@ import streamlit as st
 
 st.set_page_config(page_title="gradviz — gradient-based uncertainty", page_icon=":material/insights:", layout="wide")
 
-from gradviz.ui.sidebar import render_sidebar  # noqa: E402  (after set_page_config)
+from gradviz.ui.sidebar import frame, render_sidebar  # noqa: E402  (after set_page_config)
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -17,5 +17,7 @@ PAGES = [
 ]
 
 nav = st.navigation(PAGES)
+st.session_state["gv_framed"] = True
 render_sidebar()
-nav.run()
+with frame():
+    nav.run()

@@ -206,12 +206,13 @@ def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | N
         raise GradvizError(f"limit must be positive, got {cfg.limit}")
     if model is None:
         model = load_model(cfg.model, cfg.weights, cfg.device)
-    frames = []
+    # Load every set first: a bad spec fails before any minute is spent scoring.
+    loaded = []
     for role, spec in [("id", cfg.id)] + [("ood", s) for s in cfg.ood]:
-        if datasets and spec in datasets:
-            data = datasets[spec]
-        else:
-            data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
+        data = datasets[spec] if datasets and spec in datasets else load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
+        loaded.append((role, data))
+    frames = []
+    for role, data in loaded:
         frames.append(score_dataset(model, data, role, infos, params=cfg.params, fit_set=cfg.fit_set,
                                     seed=cfg.seed, batch_size=cfg.batch_size, store=store, progress=progress))
     scores = pd.concat(frames, ignore_index=True)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
 import streamlit as st
 
 from gradviz.config import settings
@@ -12,7 +16,6 @@ from gradviz.models import zoo  # noqa: F401  (registers the bundled model)
 from gradviz.scoring import RunConfig
 
 BUILTIN_SETS = ["mnist", "mnist:train", "letters", "noise-uniform", "noise-gaussian"]
-DEFAULT_OOD = ["letters", "noise-uniform", "corrupt:gaussian_noise:5"]
 TORCHVISION_SETS = ["MNIST", "FashionMNIST", "KMNIST", "EMNIST", "CIFAR10", "CIFAR100", "SVHN", "Omniglot"]
 
 
@@ -22,42 +25,41 @@ def dataset_options() -> list[str]:
     return BUILTIN_SETS + corr + [f"torchvision:{n}" for n in TORCHVISION_SETS]
 
 
+_FRAME = threading.local()
+
+
+@contextmanager
+def frame() -> Iterator[None]:
+    """``app.py`` runs the selected page inside this block: the page then knows the frame is drawn."""
+    _FRAME.active = True
+    try:
+        yield
+    finally:
+        _FRAME.active = False
+
+
 def ensure_frame() -> None:
     """Make sure the page runs inside ``app.py``'s frame (sidebar, navigation, wide layout).
 
     Streamlit treats a folder named ``pages/`` beside the main script as a legacy multipage
     app until ``st.navigation`` has run once in the server process: a fresh server whose
-    first request is a deep link (``/compare``) would run the page alone. Switch the server
-    to navigation mode and rerun, which executes ``app.py`` and then this page.
+    first request is a deep link (``/compare``) runs the page alone. Switch the server to
+    navigation mode and rerun once, which executes ``app.py`` and then this page. Where the
+    page still runs alone (``AppTest.switch_page`` resets that mode on every run), draw the
+    shared sidebar here so the page sees the same controls.
     """
+    if getattr(_FRAME, "active", False):
+        return
     try:
         from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a future Streamlit without the legacy mode
-        return
-    if PagesManager.uses_pages_directory:
+
         PagesManager.uses_pages_directory = False
+    except ImportError:  # a Streamlit without the legacy mode
+        pass
+    if not st.session_state.get("gv_framed"):
+        st.session_state["gv_framed"] = True
         st.rerun()
-
-
-def _seed_widgets(cfg: RunConfig, methods: list[str]) -> None:
-    """First run of a session: start the widgets from an existing ``gv_config`` (tests, links)."""
-    ss = st.session_state
-    if ss.get("gv_seeded"):
-        return
-    ss["gv_seeded"] = True
-    if not isinstance(ss.get("gv_config"), RunConfig):
-        return
-    options = dataset_options()
-    if cfg.id in options:
-        ss.setdefault("gv_id", cfg.id)
-    ss.setdefault("gv_ood", [o for o in cfg.ood if o in options and o != cfg.id])
-    extra = [o for o in cfg.ood if o not in options]
-    if extra:
-        ss.setdefault("gv_extra", extra[0])
-    ss.setdefault("gv_methods", [m for m in cfg.method_names() if m in methods])
-    if cfg.limit:
-        ss.setdefault("gv_limit", int(min(max(100, cfg.limit), settings().max_samples_web)))
-    ss.setdefault("gv_seed", int(cfg.seed))
+    render_sidebar()
 
 
 def current_config() -> RunConfig:
@@ -66,46 +68,59 @@ def current_config() -> RunConfig:
 
 
 def render_sidebar() -> RunConfig:
-    """Draw the control panel and store the resulting config in session state."""
-    cfg_default = RunConfig()
+    """Draw the control panel and store the resulting config in session state.
+
+    Widgets start from the current ``gv_config`` (the last choice, or one a test or link put
+    there), so the controls and the config never disagree, even where Streamlit has dropped a
+    widget's state (e.g. between page scripts).
+    """
+    cur = current_config()
     all_methods = [m.name for m in list_methods()]
-    _seed_widgets(st.session_state.get("gv_config") or cfg_default, all_methods)
     sb = st.sidebar
     sb.header("Controls")
     names = [m.name for m in list_models()]
-    model = sb.selectbox("Model", names, index=0, key="gv_model",
+    model = sb.selectbox("Model", names, index=names.index(cur.model) if cur.model in names else 0, key="gv_model",
                          help="The bundled model works offline. torchvision models: use 'Other model' below.")
     with sb.expander("Other model (torchvision)"):
-        arch = st.text_input("torchvision architecture", value="", key="gv_arch", placeholder="e.g. resnet18",
+        arch = st.text_input("torchvision architecture", key="gv_arch", placeholder="e.g. resnet18",
+                             value=cur.model.split(":", 1)[1] if cur.model.startswith("torchvision:") else "",
                              help="Downloads ImageNet weights when online.")
     if arch.strip():
         model = f"torchvision:{arch.strip()}"
     options = dataset_options()
-    id_spec = sb.selectbox("In-distribution (ID) set", options, index=0, key="gv_id")
-    ood = sb.multiselect("OOD sets", [o for o in options if o != id_spec], default=[o for o in DEFAULT_OOD if o != id_spec],
-                         key="gv_ood", help="Corruptions use the ID test images. Add a folder or torchvision set below.")
+    id_spec = sb.selectbox("In-distribution (ID) set", options, index=options.index(cur.id) if cur.id in options else 0,
+                           key="gv_id")
+    ood = sb.multiselect("OOD sets", [o for o in options if o != id_spec],
+                         default=[o for o in cur.ood if o in options and o != id_spec], key="gv_ood",
+                         help="Corruptions use the ID test images. Add a folder or torchvision set below.")
+    custom = [o for o in cur.ood if o not in options]
     with sb.expander("Add a dataset by name"):
-        extra = st.text_input("spec", key="gv_extra", placeholder="folder:mydata/cats  or  corrupt:fog:2",
+        extra = st.text_input("spec", key="gv_extra", value=custom[0] if custom else "",
+                              placeholder="folder:mydata/cats  or  corrupt:fog:2",
                               help=f"folder: paths must lie under {', '.join(str(r) for r in settings().allowed_roots)}")
     if extra.strip() and extra.strip() not in ood:
         ood = [*ood, extra.strip()]
-    methods = sb.multiselect("Methods", all_methods, default=all_methods, key="gv_methods")
-    limit = sb.slider("Samples per set", 100, settings().max_samples_web, cfg_default.limit or 1000, step=100, key="gv_limit")
-    seed = int(sb.number_input("Seed", 0, 10_000, 0, key="gv_seed"))
+    methods = sb.multiselect("Methods", all_methods, default=[m for m in cur.method_names() if m in all_methods],
+                             key="gv_methods")
+    max_samples = settings().max_samples_web
+    limit = sb.slider("Samples per set", 100, max_samples, int(min(max(100, cur.limit or 1000), max_samples)), step=100,
+                      key="gv_limit")
+    seed = int(sb.number_input("Seed", 0, 10_000, int(cur.seed), key="gv_seed"))
     params: dict[str, dict] = {}
     with sb.expander("Method parameters"):
         for info in list_methods():
             if info.name not in methods:
                 continue
             for pname, default in info.defaults.items():
+                start = cur.params.get(info.name, {}).get(pname, default)
                 if isinstance(default, str):
-                    text = st.text_input(f"{info.name}: {pname}", value=default, key=f"gv_p_{info.name}_{pname}")
+                    text = st.text_input(f"{info.name}: {pname}", value=str(start), key=f"gv_p_{info.name}_{pname}")
                     if text.strip() and text.strip() != default:
                         params.setdefault(info.name, {})[pname] = text.strip()
                     continue
                 if isinstance(default, bool) or not isinstance(default, (int, float)):
                     continue
-                value = st.number_input(f"{info.name}: {pname}", value=float(default), key=f"gv_p_{info.name}_{pname}",
+                value = st.number_input(f"{info.name}: {pname}", value=float(start), key=f"gv_p_{info.name}_{pname}",
                                         format="%g")
                 if value != float(default):
                     params.setdefault(info.name, {})[pname] = type(default)(value)

@@ -102,8 +102,8 @@ def test_learn_page_explains_every_registered_method(monkeypatch, tmp_path):
     at = _open(monkeypatch, tmp_path, "pages/learn.py")
     _ok(at)
     infos = list_methods()
-    assert len(at.expander) == len(infos)
-    assert len(at.latex) == len(infos)
+    assert len(at.main.expander) == len(infos)
+    assert len(at.main.latex) == len(infos)
     text = " ".join(m.value for m in at.markdown)
     for arxiv in ("1805.08440", "2008.08030", "2311.09620", "2110.00218", "1706.02690", "1807.03888", "2010.03759",
                   "1610.02136"):
