@@ -197,8 +197,8 @@ def severity_curve(table: pd.DataFrame, corruption: str, metric: str = "auroc", 
         part = table[table["method"] == m].sort_values("severity")
         fig.add_trace(go.Scatter(x=part["severity"], y=part[metric], mode="lines+markers", name=m,
                                  line=dict(color=method_color(m, order or methods))))
-    fig.update_layout(title=f"{metric.upper()} vs severity: {corruption} (clean ID vs corrupted)",
-                      xaxis=dict(title="severity", dtick=1), yaxis_title=metric, **LAYOUT)
+    fig.update_layout(title=f"{metric.upper()} vs severity: {corruption}",
+                      xaxis=dict(title="severity", dtick=1), yaxis_title=f"{metric} (clean ID vs corrupted)", **LAYOUT)
     return fig
 
 
@@ -263,6 +263,6 @@ def severity_histogram(scores: pd.DataFrame, method: str, nbins: int = 50) -> go
             marker_color=severity_color(int(severity), top), xbins=dict(start=lo, end=hi + size, size=size),
             hovertemplate=f"{name}<br>{method}=%{{x}}<br>density=%{{y:.3g}}<extra></extra>",
         ))
-    fig.update_layout(barmode="overlay", title=f"{method}: uncertainty as severity grows (higher = more uncertain)",
-                      xaxis_title=f"{method} uncertainty", yaxis_title="density", **LAYOUT)
+    fig.update_layout(barmode="overlay", title=f"{method}: uncertainty as severity grows",
+                      xaxis_title=f"{method} uncertainty (higher = more uncertain)", yaxis_title="density", **LAYOUT)
     return fig

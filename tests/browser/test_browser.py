@@ -8,12 +8,13 @@ docs/screenshots/<page>.png (1280×900 viewport, palette PNG).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from gv_load_test import APP_STATE, PAGES, VIEWPORT, digit_png  # benchmarks/load_test.py, loaded by conftest
+from gv_load_test import APP_STATE, PAGES, VIEWPORT, StreamlitServer, digit_png  # benchmarks/load_test.py, loaded by conftest
 
 TIMEOUT_S = 300  # the first computation on this shared 2-core machine can take minutes
 
@@ -40,6 +41,12 @@ def save_shot(page, path: Path) -> None:
     from PIL import Image
 
     page.screenshot(path=str(path))
+    if os.environ.get("GRADVIZ_SCREENSHOTS_FULL"):  # full-page shots for reviewing the lower sections
+        height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")  # inner scroller
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": min(int(height), 12000)})
+        time.sleep(1.0)
+        page.screenshot(path=str(Path(os.environ["GRADVIZ_SCREENSHOTS_FULL"]) / path.name))
+        page.set_viewport_size(VIEWPORT)
     Image.open(path).convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
@@ -53,9 +60,8 @@ def go(page, key: str) -> None:
     wait_idle(page)
 
 
-@pytest.fixture(scope="module")
-def app(server, browser):
-    """One browser session on the app with 'Samples per set' at its minimum."""
+def new_session(server, browser):
+    """A fresh browser context on the app with 'Samples per set' at its minimum; returns (context, page)."""
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_S * 1000)
@@ -66,6 +72,13 @@ def app(server, browser):
     page.wait_for_function("e => e.value === e.min", arg=thumb.element_handle())
     time.sleep(0.5)
     wait_idle(page)
+    return context, page
+
+
+@pytest.fixture(scope="module")
+def app(server, browser):
+    """One browser session shared by the page tests (navigation through the sidebar, like a user)."""
+    context, page = new_session(server, browser)
     yield page
     context.close()
 
@@ -82,7 +95,7 @@ def test_page_renders_without_exception_and_draws_charts(app, server, shots_dir,
         app.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
         assert app.locator(".js-plotly-plot .main-svg").count() >= 1
     save_shot(app, shots_dir / f"{key}.png")
-    assert not server.tracebacks(), server.tracebacks()[0][-2000:]
+    assert not server.tracebacks(), "\n".join(l for l in server.tracebacks()[0].splitlines() if "width" not in l)[-3000:]
 
 
 def test_inspect_upload_shows_prediction_and_charts(app, server, shots_dir):
@@ -99,13 +112,10 @@ def test_inspect_upload_shows_prediction_and_charts(app, server, shots_dir):
     assert app.locator(".js-plotly-plot").count() >= 3  # probabilities, GAIA map, layer profile
     assert not exceptions(app), exceptions(app)
     save_shot(app, shots_dir / "inspect.png")
-    # clear the upload again (the × on the file row) so later tests start clean
-    app.locator('[data-testid="stFileUploaderDeleteBtn"] button').first.click()
-    time.sleep(0.5)
-    wait_idle(app)
 
 
-def test_inspect_broken_png_shows_a_message_not_an_exception(app, server):
+def test_inspect_broken_png_shows_a_message_not_an_exception(server, browser):
+    context, app = new_session(server, browser)  # a new session: no earlier upload in its file list
     go(app, "inspect")
     upload = app.locator('[data-testid="stFileUploader"] input[type="file"]').first
     upload.set_input_files({"name": "bad.png", "mimeType": "image/png", "buffer": b"this is not an image\n" * 10})
@@ -115,20 +125,26 @@ def test_inspect_broken_png_shows_a_message_not_an_exception(app, server):
     wait_idle(app)
     assert not exceptions(app), exceptions(app)
     assert app.locator('[data-testid="stMetric"]').count() == 0  # no prediction for a broken file
-    assert not server.tracebacks(), server.tracebacks()[0][-2000:]
+    assert not server.tracebacks(), "\n".join(l for l in server.tracebacks()[0].splitlines() if "width" not in l)[-3000:]
+    context.close()
 
 
 @pytest.mark.xfail(reason="known issue: a deep link (/compare) runs pages/compare.py without app.py, because Streamlit "
-                          "treats the pages/ folder as a v1 multipage directory (no sidebar, no wide layout)",
+                          "treats the pages/ folder as a v1 multipage directory (no sidebar, no wide layout) "
+                          "(seen with `.venv/bin/streamlit run app.py` from the repo root; passes with the absolute-path "
+                          "launch used here, hence not strict)",
                    strict=False)
-def test_deep_link_to_a_page_shows_the_shared_sidebar(server, browser):
-    context = browser.new_context(viewport=VIEWPORT)
-    try:
-        page = context.new_page()
-        page.goto(server.url + "/learn")
-        page.get_by_text("Learn: gradient-based uncertainty").first.wait_for(timeout=120_000)
-        time.sleep(1.0)
-        wait_idle(page, 120)
-        assert page.locator('[data-testid="stSidebar"] [data-testid="stSlider"]').count() == 1
-    finally:
-        context.close()
+def test_deep_link_to_a_page_shows_the_shared_sidebar(browser, tmp_path):
+    # a fresh server: the first request is the deep link (later ones work once a session has run app.py)
+    with StreamlitServer(tmp_path) as fresh:
+        fresh.wait_healthy()
+        context = browser.new_context(viewport=VIEWPORT)
+        try:
+            page = context.new_page()
+            page.goto(fresh.url + "/learn")
+            page.get_by_text("Learn: gradient-based uncertainty").first.wait_for(timeout=120_000)
+            time.sleep(1.0)
+            wait_idle(page, 120)
+            assert page.locator('[data-testid="stSidebar"] [data-testid="stSlider"]').count() == 1
+        finally:
+            context.close()
