@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import signal
 import sys
 import tempfile
 import time
@@ -70,7 +71,12 @@ async def measure_default(samples: int) -> list[tuple[str, str, float]]:
     """(a) and (b) on one fresh server."""
     from playwright.async_api import async_playwright
 
-    rows = []
+    class Rows(list):
+        def append(self, row):  # progress on stderr as each number arrives
+            print(f"  {row[0]}: {row[2]:.1f}", file=sys.stderr, flush=True)
+            super().append(row)
+
+    rows = Rows()
     with tempfile.TemporaryDirectory(prefix="gv-timing-") as tmp, lt.StreamlitServer(tmp) as server:
         server.wait_healthy()
         async with async_playwright() as pw:
@@ -132,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-pages", action="store_true", help="only (a) and (b)")
     ap.add_argument("--write", action="store_true", help="append to docs/PERFORMANCE.md")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup (stop servers) when killed
     if not Path(lt.CHROMIUM).exists():
         print(f"{lt.CHROMIUM} not found", file=sys.stderr)
         return 2
