@@ -129,13 +129,8 @@ def test_inspect_broken_png_shows_a_message_not_an_exception(server, browser):
     context.close()
 
 
-@pytest.mark.xfail(reason="known issue: a deep link (/compare) runs pages/compare.py without app.py, because Streamlit "
-                          "treats the pages/ folder as a v1 multipage directory (no sidebar, no wide layout) "
-                          "(seen with `.venv/bin/streamlit run app.py` from the repo root; passes with the absolute-path "
-                          "launch used here, hence not strict)",
-                   strict=False)
 def test_deep_link_to_a_page_shows_the_shared_sidebar(browser, tmp_path):
-    # a fresh server: the first request is the deep link (later ones work once a session has run app.py)
+    # a fresh server whose first request is the deep link (regression: pages/ was once run without app.py)
     with StreamlitServer(tmp_path) as fresh:
         fresh.wait_healthy()
         context = browser.new_context(viewport=VIEWPORT)
