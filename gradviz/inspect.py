@@ -189,12 +189,14 @@ def inspect_images(model: GradvizModel, x: torch.Tensor, runners: list[MethodRun
     With ``id_scores`` (a scores table or its ID rows: one column per method) each score gets its
     percentile within the ID distribution (:func:`percentile_within`) and the ID median.
     """
-    batch = ModelOutputs.from_model(model, x)
-    probs = batch.probs.detach().cpu().numpy()
+    with model.lock:  # the shared model: no other session's hooks during these passes
+        batch = ModelOutputs.from_model(model, x)
+        probs = batch.probs.detach().cpu().numpy()
+        raw = {r.info.name: r.score(batch).numpy().astype(np.float64) for r in runners}  # (B,) each
     rows = []
     for r in runners:
         name = r.info.name
-        vals = r.score(batch).numpy().astype(np.float64)  # (B,)
+        vals = raw[name]
         ref = None
         if id_scores is not None and name in id_scores.columns:
             part = id_scores[id_scores["role"] == "id"] if "role" in id_scores.columns else id_scores

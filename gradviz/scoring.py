@@ -116,11 +116,12 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
     out: dict[str, list] = {"prediction": [], "confidence": [], **{r.info.name: [] for r in runners}}
     total = max(1, -(-n // batch_size))
     for i, start in enumerate(range(0, n, batch_size)):
-        batch = ModelOutputs.from_model(model, images[start:start + batch_size])
-        out["prediction"].append(batch.prediction.cpu().numpy())
-        out["confidence"].append(batch.probs.amax(-1).cpu().numpy())
-        for r in runners:
-            out[r.info.name].append(r.score(batch).numpy())
+        with model.lock:  # one session's forward+backward passes never interleave with another's hooks
+            batch = ModelOutputs.from_model(model, images[start:start + batch_size])
+            out["prediction"].append(batch.prediction.cpu().numpy())
+            out["confidence"].append(batch.probs.amax(-1).cpu().numpy())
+            for r in runners:
+                out[r.info.name].append(r.score(batch).numpy())
         if progress:
             progress(i + 1, total, label)
     return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}

@@ -30,7 +30,8 @@ class GradvizModel(nn.Module):
 
     The object may be shared between sessions and threads (``st.cache_resource``), so it is
     kept in ``eval()`` mode, never holds hooks or ``.grad`` outside a ``with`` block, and
-    ``lock`` serialises passes that register hooks on it.
+    ``lock`` (re-entrant) serialises passes on it: every forward takes it, and callers that
+    run a backward pass (or register hooks) hold it for the whole forward+backward.
     """
 
     def __init__(self, net: nn.Module, card: ModelCard) -> None:
@@ -55,7 +56,10 @@ class GradvizModel(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [0, 1] -> (B, K)
-        return self.net(self.normalize(x))
+        # Every forward takes the lock: while one thread has hooks registered (GAIA, the
+        # gradient engine, captum), another thread's forward must not run through them.
+        with self.lock:
+            return self.net(self.normalize(x))
 
     @contextmanager
     def capture_features(self) -> Iterator[dict]:
