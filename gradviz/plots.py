@@ -170,8 +170,10 @@ def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = Non
     if sample is not None:
         fig.add_trace(go.Scatter(x=layers, y=[sample.get(l, np.nan) for l in layers], mode="lines+markers", name="this sample",
                                  line=dict(color="black", width=3)))
-    fig.update_layout(title=f"Per-layer gradient {stat}", xaxis_title="layer (input → output)", yaxis_title=stat,
-                      yaxis_type="log" if log else "linear", **LAYOUT)
+    fig.update_layout(title=f"Per-layer gradient {stat}", yaxis_title=stat, yaxis_type="log" if log else "linear",
+                      **{**LAYOUT, "legend": dict(orientation="h", y=1.02, yanchor="bottom", x=0),
+                         "margin": dict(l=50, r=20, t=80, b=110)})
+    fig.update_xaxes(title_text="layer (input → output)", tickangle=-45, automargin=True)
     return fig
 
 

@@ -82,18 +82,18 @@ threshold = st.slider("Threshold: accept as ID when score ≤ threshold (default
                       default_thr, step=(hi - lo) / 500, format="%.4g", key=f"cmp_thr_{method}")
 hist = plots.score_histogram(scores, method)
 hist.add_vline(x=threshold, line_dash="dash", line_color="black")
-st.plotly_chart(hist, use_container_width=True, key="cmp_hist")
+st.plotly_chart(hist, width="stretch", key="cmp_hist")
 summary = gi.threshold_summary(scores, method, threshold, default=default_thr)
 c1, c2 = st.columns([3, 2])
 c1.markdown(f"**Accepted / rejected at {threshold:.4g}** (default {default_thr:.4g} accepts 95 % of ID)")
-c1.dataframe(summary.counts, hide_index=True, use_container_width=True, key="cmp_counts",
+c1.dataframe(summary.counts, hide_index=True, width="stretch", key="cmp_counts",
              column_config={c: st.column_config.NumberColumn(format="%.1f %%") for c in ("accepted_pct", "accepted_pct_default")})
 c2.markdown(f"**{len(summary.flips)} sample(s) change decision** vs the default threshold")
 c2.dataframe(summary.flips[["dataset", "index", "label", "prediction", method, "change"]], hide_index=True,
-             use_container_width=True, height=240, key="cmp_flips")
+             width="stretch", height=240, key="cmp_flips")
 
 strip = plots.score_strip(scores, method, threshold)
-event = st.plotly_chart(strip, use_container_width=True, key="cmp_strip", on_select="rerun",
+event = st.plotly_chart(strip, width="stretch", key="cmp_strip", on_select="rerun",
                         selection_mode=("points", "box", "lasso"))
 selected = gi.rows_from_selection(scores, event.selection.points if event else [])
 if len(selected):
@@ -125,7 +125,7 @@ figs = {"roc": plots.roc_figure(scores, methods, ood, order=methods),
         "pr_out": plots.pr_figure(scores, methods, ood, positive="ood", order=methods)}
 for tab, (name, fig) in zip(st.tabs(["ROC", "Precision-recall (ID positive)", "Precision-recall (OOD positive)"]), figs.items()):
     with tab:
-        st.plotly_chart(fig, use_container_width=True, key=f"cmp_{name}")
+        st.plotly_chart(fig, width="stretch", key=f"cmp_{name}")
         download_figure(fig, f"{name}_{ood.replace(':', '_')}", key=f"cmp_dl_{name}")
 
 st.subheader("Detection metrics")

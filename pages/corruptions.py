@@ -36,7 +36,7 @@ except Exception as exc:  # user errors shown, bugs re-raised by show_error
 
 st.subheader("What the corruption does")
 images, titles = analysis.severity_examples(sets, index=0)
-st.plotly_chart(plots.image_row([to_uint8(i) for i in images], titles), use_container_width=True, key="cl_row")
+st.plotly_chart(plots.image_row([to_uint8(i) for i in images], titles), width="stretch", key="cl_row")
 st.markdown(f"**Severity {severity}**: the first samples of the set")
 image_tiles(list(sets[severity].images[:8]), [f"#{i}" for i in range(min(8, len(sets[severity])))], columns=8, width=72)
 
@@ -44,16 +44,16 @@ table = analysis.severity_metrics(scores, methods)
 left, right = st.columns(2)
 with left:
     fig_hist = plots.severity_histogram(scores, method)
-    st.plotly_chart(fig_hist, use_container_width=True, key="cl_hist")
+    st.plotly_chart(fig_hist, width="stretch", key="cl_hist")
 with right:
     fig_curve = plots.severity_curve(table, corruption, "auroc", order=methods)
-    st.plotly_chart(fig_curve, use_container_width=True, key="cl_curve")
+    st.plotly_chart(fig_curve, width="stretch", key="cl_curve")
 st.caption("Left: one method's scores, clean (blue) then severity 1 → 5 (light → dark). Right: AUROC of clean vs "
            "corrupted for every method; 0.5 = the corrupted images look as certain as clean ones, below 0.5 = *more* "
            "certain (over-confidence: e.g. MSP on heavy noise for the bundled model).")
 
 st.subheader("Metrics per method and severity")
-st.dataframe(table, hide_index=True, use_container_width=True, key="cl_table",
+st.dataframe(table, hide_index=True, width="stretch", key="cl_table",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("auroc", "fpr95", "aupr_in",
                                                                                        "aupr_out", "detection_error")})
 d1, d2, d3, d4 = st.columns(4)

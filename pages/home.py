@@ -31,7 +31,7 @@ with left:
     metrics_dataframe(result.metrics)
 with right:
     method = "gaia_z" if "gaia_z" in result.scores else cfg.method_names()[0]
-    st.plotly_chart(plots.score_histogram(result.scores, method), use_container_width=True)
+    st.plotly_chart(plots.score_histogram(result.scores, method), width="stretch")
 
 st.subheader("Where next")
 c1, c2, c3 = st.columns(3)

@@ -94,13 +94,13 @@ with left:
     st.image(gi.display_image(x[0]), caption=f"{name}: {tuple(x.shape[1:])} input as the model sees it (upscaled)")
 with right:
     st.metric("Prediction", f"{classes[pred]}  (p = {report.probs[0, pred]:.3f})")
-    st.plotly_chart(plots.probability_bars(report.probs[0], classes), use_container_width=True, key="ins_probs")
+    st.plotly_chart(plots.probability_bars(report.probs[0], classes), width="stretch", key="ins_probs")
 
 st.subheader(f"Uncertainty scores vs the ID set ({cfg.id})")
 table = report.scores.assign(verdict=[f"more uncertain than {p:.0f} % of {cfg.id}" if np.isfinite(p) else "n/a"
                                       for p in report.scores["percentile"]])
 st.dataframe(table[["method", "title", "score", "id_median", "percentile", "verdict"]], hide_index=True,
-             use_container_width=True, height=35 * (len(table) + 1) + 3, key="ins_scores", column_config={
+             width="stretch", height=35 * (len(table) + 1) + 3, key="ins_scores", column_config={
                  "percentile": st.column_config.ProgressColumn("ID percentile", min_value=0, max_value=100, format="%.0f %%"),
                  "score": st.column_config.NumberColumn(format="%.4g"), "id_median": st.column_config.NumberColumn(format="%.4g")})
 
@@ -120,7 +120,7 @@ for p in panels:
     st.markdown(f"**{p.caption}** — original | heat map | overlay")
     c = st.columns([1, 1, 1, 1])
     for col, img in zip(c, (p.original, p.heat, p.overlay)):
-        col.image(img, use_container_width=True)
+        col.image(img, width="stretch")
     c[3].download_button("⬇ overlay.png", to_png_bytes(p.overlay), f"{p.method}_overlay.png", "image/png",
                          key=f"ins_png_{p.method}", on_click="ignore")
 
@@ -128,7 +128,7 @@ st.subheader("Gradients inside the network")
 stat = st.selectbox("Layer statistic", list(STATS), index=list(STATS).index("l2"), key="ins_stat")
 gaia, profile = per_sample(digest, cfg.model, cfg.weights, stat, x)
 st.plotly_chart(plots.heatmap(gaia.T, "GAIA-Z abnormality: fraction of non-zero gradients per channel (layer × channel)",
-                              colorscale="Viridis", zmid=None, zlabel="r_k"), use_container_width=True, key="ins_gaia")
+                              colorscale="Viridis", zmid=None, zlabel="r_k"), width="stretch", key="ins_gaia")
 if not st.toggle("Compare with every set's per-layer profile (computes the layer table once)", True, key="ins_layers"):
     st.stop()
 try:
@@ -137,5 +137,5 @@ except Exception as exc:
     show_error(exc, "Remove the failing OOD set in the sidebar.")
 bands = layer_bands(layer_tab, stat, roles={cfg.id: "id"})
 fig = plots.layer_profile(bands, stat, profile, log=stat in ("l1", "l2", "std"))
-st.plotly_chart(fig, use_container_width=True, key="ins_profile")
+st.plotly_chart(fig, width="stretch", key="ins_profile")
 st.caption("Black: this image (loss −log p of its prediction). Bands: 5–95 % of each set, line: median.")

@@ -47,7 +47,7 @@ st.success(f"Best single metric: **{best['stat']} of layer `{best['layer']}`** �
            "AUROC < 0.5 means the statistic is *smaller* for OOD: it still separates, with the sign flipped.")
 fig_auroc = plots.heatmap(auroc, f"AUROC per layer × statistic: {cfg.id} vs {ood} (0.5 = chance)")
 fig_auroc.update_yaxes(autorange="reversed", title="layer (input at top)")
-st.plotly_chart(fig_auroc, use_container_width=True, key="ly_auroc")
+st.plotly_chart(fig_auroc, width="stretch", key="ly_auroc")
 
 st.subheader("Per-layer profile with ID/OOD bands")
 roles = {cfg.id: "id", **{s: "ood" for s in cfg.ood}}
@@ -56,7 +56,7 @@ log_ok = analysis.log_scale_ok(bands)
 log = st.toggle("Log scale", value=log_ok, disabled=not log_ok, key="ly_log",
                 help=None if log_ok else f"'{stat}' takes values ≤ 0: linear axis only")
 fig_profile = plots.layer_profile(bands, stat, log=log and log_ok)
-st.plotly_chart(fig_profile, use_container_width=True, key="ly_profile")
+st.plotly_chart(fig_profile, width="stretch", key="ly_profile")
 st.caption("Lines: median per dataset; shaded: 5–95 % of samples. Where the bands stop overlapping, that layer's "
            "gradient alone tells ID from OOD.")
 
@@ -65,7 +65,7 @@ entropy = analysis.aligned_column(entropy_scores, table.index, "entropy")
 corr = entropy_correlation(table, entropy).reindex(index=auroc.index, columns=auroc.columns)
 fig_corr = plots.heatmap(corr, "Spearman correlation with softmax entropy (all samples)", zmid=0.0, zlabel="ρ")
 fig_corr.update_yaxes(autorange="reversed", title="layer (input at top)")
-st.plotly_chart(fig_corr, use_container_width=True, key="ly_corr")
+st.plotly_chart(fig_corr, width="stretch", key="ly_corr")
 st.caption("|ρ| near 1: the metric ranks samples like entropy does (little new information). Metrics with low |ρ| "
            "but high AUROC above are the interesting ones — they feed the meta classifier.")
 

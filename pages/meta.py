@@ -65,7 +65,7 @@ setting = (st.radio("Setting", settings, key="mc_setting", horizontal=True,
 results = report.results[report.results["setting"] == setting]
 
 st.subheader("Cross-validated results: entropy vs gradient metrics vs both")
-st.dataframe(results.drop(columns=["curve"]), hide_index=True, use_container_width=True, key="mc_table",
+st.dataframe(results.drop(columns=["curve"]), hide_index=True, width="stretch", key="mc_table",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("auroc", "accuracy")})
 st.caption("'threshold' rows: the single score itself (entropy, MSP) with the best-accuracy threshold from the "
            "training folds — the baseline a meta classifier must beat.")
@@ -73,17 +73,17 @@ left, right = st.columns(2)
 with left:
     fig_bars = plots.metric_bars(analysis.meta_bar_frame(report.results, setting), "auroc")
     fig_bars.update_layout(title="AUROC per feature set · classifier")
-    st.plotly_chart(fig_bars, use_container_width=True, key="mc_bars")
+    st.plotly_chart(fig_bars, width="stretch", key="mc_bars")
 with right:
     evaluations = list(dict.fromkeys(results["evaluation"]))
     evaluation = st.selectbox("ROC for evaluation", evaluations, key="mc_eval")
     fig_roc = plots.curves_figure(analysis.meta_curves(report, evaluation, setting),
                                   f"Meta-classifier ROC — {tasks[task]}, {evaluation}")
-    st.plotly_chart(fig_roc, use_container_width=True, key="mc_roc")
+    st.plotly_chart(fig_roc, width="stretch", key="mc_roc")
 
 st.subheader("Which features matter")
 fig_imp = plots.importance_bars(report.feature_importances)
-st.plotly_chart(fig_imp, use_container_width=True, key="mc_imp")
+st.plotly_chart(fig_imp, width="stretch", key="mc_imp")
 st.caption(f"Importances of {report.importance_for}.")
 
 d1, d2, d3, d4 = st.columns(4)

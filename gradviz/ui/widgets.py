@@ -34,7 +34,7 @@ def metrics_dataframe(metrics: pd.DataFrame, key: str | None = None) -> None:
         return styles
 
     styled = metrics.style.apply(highlight, axis=None).format({c: "{:.3f}" for c in cols})
-    st.dataframe(styled, hide_index=True, use_container_width=True, key=key)
+    st.dataframe(styled, hide_index=True, width="stretch", key=key)
 
 
 def download_figure(fig: go.Figure, name: str, key: str) -> None:
