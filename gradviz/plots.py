@@ -45,17 +45,25 @@ def _finite(a) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
+def _shared_bins(values, nbins: int) -> tuple[float, float, float] | None:
+    """(start, end, width) of ``nbins`` bins over the finite values, shared by every trace; None if none."""
+    vals = _finite(values)
+    if len(vals) == 0:
+        return None
+    lo, hi = float(vals.min()), float(vals.max())
+    return lo, hi, (hi - lo) / nbins if hi > lo else 1.0
+
+
 def score_histogram(scores: pd.DataFrame, method: str, title: str | None = None, nbins: int = 50) -> go.Figure:
     """Overlaid score densities of every dataset in ``scores`` (shared bins, density, opacity .55).
 
     Each bar's ``customdata`` is unused; use :func:`score_strip` for per-sample selection.
     """
-    vals = _finite(scores[method])
     fig = go.Figure()
-    if len(vals) == 0:
+    bins = _shared_bins(scores[method], nbins)
+    if bins is None:
         return fig.update_layout(title=f"{method}: no finite scores", **LAYOUT)
-    lo, hi = float(vals.min()), float(vals.max())
-    size = (hi - lo) / nbins if hi > lo else 1.0
+    lo, hi, size = bins
     for (spec, role), part in scores.groupby(["dataset", "role"], sort=False):
         fig.add_trace(go.Histogram(
             x=part[method], name=f"{spec} ({role.upper()})", histnorm="probability density", opacity=0.55,
@@ -251,12 +259,11 @@ def severity_color(severity: int, max_severity: int = 5) -> str:
 
 def severity_histogram(scores: pd.DataFrame, method: str, nbins: int = 50) -> go.Figure:
     """Overlaid score densities of one method per corruption severity (column ``severity``; 0 = clean)."""
-    vals = _finite(scores[method])
     fig = go.Figure()
-    if len(vals) == 0:
+    bins = _shared_bins(scores[method], nbins)
+    if bins is None:
         return fig.update_layout(title=f"{method}: no finite scores", **LAYOUT)
-    lo, hi = float(vals.min()), float(vals.max())
-    size = (hi - lo) / nbins if hi > lo else 1.0
+    lo, hi, size = bins
     top = int(scores["severity"].max())
     for severity, part in scores.groupby("severity", sort=True):
         name = "clean (ID)" if severity == 0 else f"severity {severity}"
