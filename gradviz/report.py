@@ -52,7 +52,7 @@ def _fmt(frame: pd.DataFrame, digits: int = 3) -> str:
     """A DataFrame as a GitHub markdown table."""
     cols = [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in frame.iterrows():
+    for row in frame.itertuples(index=False):  # itertuples keeps each column's dtype (ints stay ints)
         cells = [f"{v:.{digits}f}" if isinstance(v, (float, np.floating)) else str(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
