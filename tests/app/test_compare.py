@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 from gradviz.scoring import RunConfig
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 METHODS = ["msp", "energy", "gradnorm"]
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared: avoid OpenMP oversubscription stalls
-    monkeypatch.setenv("GRADVIZ_CACHE_DIR", str(tmp_path))
-    at = AppTest.from_file(APP, default_timeout=120)
-    # AppTest.switch_page runs only the page (not app.py's sidebar): set the sidebar's config directly
-    at.session_state["gv_config"] = RunConfig(limit=100, ood=["letters", "noise-uniform"], methods=METHODS)
-    at.switch_page("pages/compare.py")
-    at.run()
-    assert not at.exception, at.exception
-    yield at
-    torch.set_num_threads(threads)
+def app(open_page):
+    return open_page("pages/compare.py", RunConfig(limit=100, ood=["letters", "noise-uniform"], methods=METHODS))
 
 
 def _png() -> bytes:
