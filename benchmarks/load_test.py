@@ -225,16 +225,36 @@ async def compare_flow(browser, base_url: str, limit: int | None, timeout: float
         await wait_idle(page, timeout)
         await page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
         await page.locator(".js-plotly-plot .main-svg").nth(4).wait_for(state="attached", timeout=60_000)  # hist, strip, ROC, 2 PR
-        return {"metrics": await figures_fingerprint(page), "exceptions": await exceptions(page)}
+        return {"metrics": await stable_fingerprint(page, minimum=5), "exceptions": await exceptions(page)}
     finally:
         await context.close()
 
 
 async def figures_fingerprint(page) -> str:
-    """Every plotly trace on the page (name, x, y) as JSON: the histogram, strip and ROC/PR curves of all methods."""
+    """Every plotly trace on the page (name, x, y) as JSON, one entry per chart, sorted (mount order varies)."""
     return await page.evaluate(
         """() => JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plot')).map(
-               gd => (gd.data || []).map(t => [t.name, Array.from(t.x || []), Array.from(t.y || [])])))""")
+               gd => JSON.stringify((gd.data || []).map(t => [t.name, Array.from(t.x || []), Array.from(t.y || [])])))
+               .sort())""")
+
+
+async def stable_fingerprint(page, minimum: int, timeout: float = 60.0) -> str:
+    """The figures' fingerprint once at least ``minimum`` charts are drawn and two reads 1 s apart agree.
+
+    Streamlit mounts charts one by one after the script run ends: reading once can catch a page
+    that is still drawing, which is a harness race, not a difference in results.
+    """
+    deadline = time.perf_counter() + timeout
+    last = None
+    while True:
+        current = await figures_fingerprint(page)
+        count = await page.locator(".js-plotly-plot .main-svg").count()
+        if current == last and count >= minimum:
+            return current
+        if time.perf_counter() > deadline:
+            return current
+        last = current
+        await asyncio.sleep(1.0)
 
 
 async def inspect_flow(browser, base_url: str, limit: int | None, name: str, png: bytes,
