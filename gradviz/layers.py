@@ -46,4 +46,6 @@ def entropy_correlation(table: pd.DataFrame, entropy: np.ndarray) -> pd.DataFram
     ranks = table.rank()
     e = pd.Series(np.asarray(entropy, dtype=float), index=table.index).rank()
     corr = ranks.apply(lambda col: col.corr(e))
-    return corr.unstack("stat")
+    layers = list(dict.fromkeys(table.columns.get_level_values("layer")))
+    stats = list(dict.fromkeys(table.columns.get_level_values("stat")))
+    return corr.unstack("stat").reindex(index=layers, columns=stats)  # forward order, like layer_auroc

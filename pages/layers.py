@@ -62,7 +62,7 @@ st.caption("Lines: median per dataset; shaded: 5–95 % of samples. Where the ba
 
 st.subheader("How much of each metric is just entropy?")
 entropy = analysis.aligned_column(entropy_scores, table.index, "entropy")
-corr = entropy_correlation(table, entropy).reindex(index=auroc.index, columns=auroc.columns)
+corr = entropy_correlation(table, entropy)
 fig_corr = plots.heatmap(corr, "Spearman correlation with softmax entropy (all samples)", zmid=0.0, zlabel="ρ")
 fig_corr.update_yaxes(autorange="reversed", title="layer (input at top)")
 st.plotly_chart(fig_corr, width="stretch", key="ly_corr")

@@ -138,3 +138,20 @@ def test_severity_examples_orders_clean_first():
     images, titles = analysis.severity_examples(sets)
     assert titles == ["clean", "severity 1", "severity 3"]
     assert float(images[-1].mean()) == pytest.approx(0.6)
+
+
+def test_entropy_correlation_keeps_forward_layer_order():
+    import numpy as np
+    import pandas as pd
+
+    from gradviz.layers import entropy_correlation
+
+    rng = np.random.default_rng(0)
+    cols = pd.MultiIndex.from_product([["stem.0", "layer1.conv1", "fc"], ["l2", "l1"]], names=["layer", "stat"])
+    idx = pd.MultiIndex.from_arrays([["mnist"] * 20, range(20)], names=["dataset", "index"])
+    ent = rng.random(20)
+    table = pd.DataFrame(rng.random((20, 6)), columns=cols, index=idx)
+    table[("fc", "l2")] = ent * 3  # perfectly rank-correlated with entropy
+    corr = entropy_correlation(table, ent)
+    assert list(corr.index) == ["stem.0", "layer1.conv1", "fc"] and list(corr.columns) == ["l2", "l1"]
+    assert abs(corr.loc["fc", "l2"] - 1.0) < 1e-9
