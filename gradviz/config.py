@@ -11,6 +11,7 @@
 | max_samples_web    | GRADVIZ_MAX_SAMPLES_WEB     | 5000                 |
 | chunk_mib          | GRADVIZ_CHUNK_MIB           | 16                   |
 | cache_max_mb       | GRADVIZ_CACHE_MAX_MB        | 512                  |
+| compile            | GRADVIZ_COMPILE (auto/on/off) | auto               |
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Settings:
     max_samples_web: int = 5000
     chunk_mib: int = 16
     cache_max_mb: int = 512
+    compile: str = "auto"
     extra: dict = field(default_factory=dict)
 
 
@@ -67,6 +69,7 @@ def settings() -> Settings:
         max_samples_web=_env_int("GRADVIZ_MAX_SAMPLES_WEB", 5000),
         chunk_mib=_env_int("GRADVIZ_CHUNK_MIB", 16),
         cache_max_mb=_env_int("GRADVIZ_CACHE_MAX_MB", 512),
+        compile=os.environ.get("GRADVIZ_COMPILE", "auto").strip().lower() or "auto",
     )
 
 

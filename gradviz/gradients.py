@@ -5,18 +5,25 @@ each sample b and each layer l, statistics of the per-sample gradient ∇_{θ_l}
 backward only yields the batch *sum* of parameter gradients, so this module never asks
 autograd for parameter gradients. Instead (METHODS.md §6):
 
-1. One batched forward with hooks that keep each layer's input a_b and output.
-2. ONE ``torch.autograd.grad(logits, [layer outputs], grad_outputs=∂ℓ/∂z)``: in ``eval()``
-   mode samples do not interact, so the output gradients δ_b are exact per sample.
+1. One batched forward (:class:`GradientPass`) whose forward hooks keep each layer's input a_b
+   and register a tensor hook on its output. No copy of any activation is made: a tensor hook
+   registered before a downstream in-place op (``ReLU(inplace=True)``, ``out += identity``)
+   receives the gradient w.r.t. the value the layer produced.
+2. Per loss, ONE ``torch.autograd.grad`` from the logits to the layer outputs: in ``eval()``
+   mode samples do not interact, so the output gradients δ_b are exact per sample. The graph
+   is kept, so one forward serves several losses (and GAIA, ODIN: ``ModelOutputs.gradient_pass``).
 3. Per layer, from (a_b, δ_b):
    - Linear, and any conv whose output is 1×1: ∇W_b = δ_b a_bᵀ is rank one, so
      L1 = ‖δ‖₁‖a‖₁, L2 = ‖δ‖‖a‖, max/min = extremes of (δ_max, δ_min)×(a_max, a_min),
      sum = (Σδ)(Σa) — O(O + K) per sample, nothing materialised.
-   - Conv2d: ∇W_b = Δ_b U_bᵀ with U_b the unfolded input (K × P) and Δ_b (O × P),
-     materialised for a chunk of samples whose size keeps memory under ``chunk_mib`` by one
-     grouped-convolution weight backward (samples as groups); all six statistics per chunk,
-     the sum from patch sums Σ_p (Σ_o Δ_op)(Σ_k U_kp). The Gram ("ghost") norm
-     ‖Δ Uᵀ‖²_F = Σ_{pq} (UᵀU)_{pq} (ΔᵀΔ)_{pq} gives L2 where it is cheaper (few positions P).
+   - Conv2d: ∇W_b = Δ_b U_bᵀ (U_b the unfolded input, K × P; Δ_b, O × P) is materialised for a
+     chunk of samples at a time (memory ≤ ``chunk_mib``, one reused buffer) by the faster of
+     two strategies, timed once per layer shape (:data:`STRATEGIES`): ``bmm`` (unfold by strided
+     slices, one batched matmul into the buffer) or ``conv`` (one grouped-convolution weight
+     backward with the samples as groups). The five partial sums come from one fused compiled
+     pass (:mod:`gradviz.reductions`), or from fast eager kernels where the sum comes from patch
+     sums Σ_p (Σ_o Δ_op)(Σ_k U_kp) and ‖ΔUᵀ‖² from the Gram form when that is cheaper.
+     The L2-only path also considers the Gram ("ghost") norm Σ_{pq} (UᵀU)_{pq} (ΔᵀΔ)_{pq}.
    - BatchNorm (eval, running statistics): ∇γ_b = Σ_hw δ_b ⊙ x̂_b, ∇β_b = Σ_hw δ_b.
 
 Conventions (consistent with :func:`parametrised_layers` and the tests' autograd reference):
@@ -26,12 +33,15 @@ Conventions (consistent with :func:`parametrised_layers` and the tests' autograd
 - ``mean`` is its arithmetic mean (Σ entries / number of entries).
 
 Losses are given by their gradient w.r.t. the logits (:data:`LOSSES`), so one engine serves
-every method. The model is shared between threads: hooks live only inside ``model.lock``
-and are always removed; no ``.grad`` and no ``requires_grad`` change is left behind.
+every method. The model is shared between threads: module hooks live only inside
+``model.lock`` during the forward and are always removed; no ``.grad`` and no
+``requires_grad`` change is left behind.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -42,15 +52,24 @@ from torch import nn
 
 from gradviz.config import settings
 from gradviz.errors import GradvizError, MethodError
+from gradviz.reductions import PARTS, fused_kernel, reduce_rows, resolve_mode
 
 __all__ = [
-    "STATS", "LOSSES", "LayerStats", "layer_gradient_stats", "layer_sq_l2_norms", "parametrised_layers",
+    "STATS", "LOSSES", "STRATEGIES", "LayerStats", "GradientPass", "layer_gradient_stats", "layer_sq_l2_norms",
+    "parametrised_layers",
 ]
 
 STATS: tuple[str, ...] = ("l1", "l2", "max", "min", "mean", "std")
 
 # Largest sub-batch run through one hooked forward; bounds the memory of saved activations.
 FORWARD_BATCH = 256
+
+# How a conv layer's per-sample gradients are formed; the fastest is timed once per layer shape.
+STRATEGIES = ("bmm", "conv", "gram")  # gram: L2 only, never materialises
+
+# Materialised gradients are reduced in chunks of about one core's L2 cache, however large the
+# memory budget: a chunk that stays in cache makes each pass over it ~2x faster than one in L3.
+SPEED_CHUNK_BYTES = 2 * 2**20
 
 
 def _nll_pred(z: torch.Tensor) -> torch.Tensor:
@@ -112,8 +131,8 @@ class LayerStats:
 # --------------------------------------------------------------------------------------------
 # Layers
 
-
-_SUPPORTED = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+_BN = nn.modules.batchnorm._BatchNorm
+_SUPPORTED = (nn.Conv2d, nn.Linear, _BN)
 
 
 def _root(model: nn.Module) -> nn.Module:
@@ -154,217 +173,384 @@ def _check_model(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> None:
     if model.training:
         raise GradvizError("per-sample gradients need the model in eval() mode (BatchNorm mixes samples in train mode)")
     for name, m in chosen:
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+        if isinstance(m, _BN) and m.running_mean is None:
             raise GradvizError(f"BatchNorm {name!r} has no running statistics: samples interact, per-sample gradients are undefined")
-    if any(not p.requires_grad for _, m in chosen for p in m.parameters(recurse=False)):
-        raise GradvizError("some layer parameters have requires_grad=False; gradviz models keep them True")
 
 
 # --------------------------------------------------------------------------------------------
-# Hooked forward + one backward
+# One hooked forward, any number of backward passes
 
 
-@dataclass
-class _Captured:
+class _Sink:
+    """Where the graph's tensor hooks put output gradients during one backward (else dropped)."""
+
+    def __init__(self) -> None:
+        self.grads: dict[int, torch.Tensor] | None = None
+
+    def hook(self, index: int) -> Callable[[torch.Tensor], None]:
+        def store(grad: torch.Tensor) -> None:
+            if self.grads is not None:
+                self.grads[index] = grad
+        return store
+
+    @contextmanager
+    def collecting(self) -> Iterator[dict[int, torch.Tensor]]:
+        self.grads = {}
+        try:
+            yield self.grads
+        finally:
+            self.grads = None
+
+
+@dataclass(eq=False)
+class Capture:
+    """One hooked module of a :class:`GradientPass`: its input and its output in the graph."""
+
+    index: int
     name: str
     module: nn.Module
-    inp: torch.Tensor | None = None
-    out: torch.Tensor | None = None
-    inp_version: int = 0
-    calls: int = 0
+    inp: torch.Tensor  # detached input (B, ...)
+    out: torch.Tensor  # the output as produced (graph); gradients are taken w.r.t. this value
+    inp_version: int
+    out_version: int
+    calls: int = 1
+
+    @property
+    def modified(self) -> bool:
+        """True if a later op changed the output in place (its gradient then comes from a tensor hook)."""
+        return self.out._version != self.out_version
 
 
-@contextmanager
-def _hooked(model: nn.Module, chosen: list[tuple[str, nn.Module]], head: nn.Module | None,
-            clone_inputs: bool) -> Iterator[list[_Captured]]:
-    """Forward hooks keeping each chosen layer's input and output (in forward order).
+class GradientPass:
+    """A batch's hooked forward with its graph kept; per-sample output gradients for any loss.
 
-    The hook returns a *clone* of the output, so in-place ops downstream (ReLU(inplace), ``+=``)
-    modify the clone and the kept tensor stays the layer's true output for ``autograd.grad``.
-    The head is not cloned: its output is usually the logits, whose gradient is known.
+    Hooks every parametrised layer of ``model`` (or ``layers``) plus every BatchNorm (GAIA reads
+    BN outputs). ``logits`` (B, K), ``features`` (the head's input, (B, D)) and ``x_in`` (the
+    input leaf) stay in the graph, so methods can run their own backward passes on it:
+    :meth:`output_grads` for layer outputs, :meth:`layer_stats` / :meth:`sq_l2_norms` for the
+    per-sample parameter-gradient statistics. The module hooks exist only during the forward,
+    under ``model.lock``.
     """
-    order: list[_Captured] = []
-    handles = []
 
-    def make_hook(cap: _Captured):
+    def __init__(self, model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
+            raise GradvizError("expected a non-empty batch tensor (B, C, H, W)")
+        self.model = model
+        self.chosen = _resolve_layers(model, layers)
+        _check_model(model, self.chosen)
+        param = next(model.parameters())
+        self.x_in = x.detach().to(device=param.device, dtype=param.dtype).requires_grad_(True)
+        self.batch = int(x.shape[0])
+        self._sink = _Sink()  # the graph's tensor hooks write here; it holds no reference back (no cycle)
+        for clone_inputs in (False, True):
+            self._forward(clone_inputs)
+            # An input modified in place after its layer ran (rare) would give wrong statistics:
+            # rerun keeping copies of the inputs.
+            if clone_inputs or all(c.inp._version == c.inp_version for c in self.captures):
+                break
+
+    def _forward(self, clone_inputs: bool) -> None:
+        root = _root(self.model)
+        wanted = {id(m): n for n, m in self.chosen}
+        wanted.update({id(m): n for n, m in root.named_modules() if isinstance(m, _BN) and id(m) not in wanted})
+        head = getattr(self.model, "head", None)
+        self.captures: list[Capture] = []
+        self.features: torch.Tensor | None = None
+        by_module: dict[int, Capture] = {}
+        sink = self._sink
+
         def hook(module, args, output):
-            cap.calls += 1
-            if cap.calls > 1:
+            cap = by_module.get(id(module))
+            if cap is not None:
+                cap.calls += 1
                 return None
             x = args[0]
-            cap.inp = x.detach().clone() if clone_inputs else x.detach()
-            cap.inp_version = x._version
-            cap.out = output
-            order.append(cap)
+            cap = Capture(len(self.captures), wanted[id(module)], module, x.detach().clone() if clone_inputs else x.detach(),
+                          output, x._version, output._version)
+            by_module[id(module)] = cap
+            self.captures.append(cap)
             if module is head:
-                return None
-            return output.clone()
-        return hook
+                self.features = x.flatten(1) if x.ndim > 2 else x
+            if output.requires_grad:
+                output.register_hook(sink.hook(cap.index))
+            return None
 
-    with model.lock if hasattr(model, "lock") else nullcontext():
-        try:
-            for name, m in chosen:
-                handles.append(m.register_forward_hook(make_hook(_Captured(name, m))))
-            yield order
-        finally:
-            for h in handles:
-                h.remove()
+        handles = []
+        with getattr(self.model, "lock", nullcontext()):
+            try:
+                for _, m in root.named_modules():
+                    if id(m) in wanted:
+                        handles.append(m.register_forward_hook(hook))
+                with torch.enable_grad():
+                    self.logits = self.model(self.x_in)
+            finally:
+                for h in handles:
+                    h.remove()
+        self.reused = [c.name for c in self.captures if c.calls > 1]
 
-
-def _forward_backward(model: nn.Module, x: torch.Tensor, chosen, dloss: Callable) -> list[tuple[_Captured, torch.Tensor]]:
-    """Hooked forward, then one ``autograd.grad`` to the layer outputs: [(capture, δ (B, ...))]."""
-    head = getattr(model, "head", None)
-    for clone_inputs in (False, True):
-        with torch.enable_grad(), _hooked(model, chosen, head, clone_inputs) as order:
-            logits = model(x)
-        if any(c.calls > 1 for c in order):
-            reused = [c.name for c in order if c.calls > 1]
+    def layer_captures(self, layers: Sequence[str] | None = None) -> list[Capture]:
+        """The captures of the engine's layers (``layers`` or all chosen ones), in forward order."""
+        names = {n for n, _ in (self.chosen if layers is None else _resolve_layers(self.model, layers))}
+        chosen_ids = {id(m) for _, m in self.chosen}
+        caps = [c for c in self.captures if c.name in names and id(c.module) in chosen_ids]
+        missing = names - {c.name for c in caps}
+        if missing:
+            raise MethodError(f"layer(s) {sorted(missing)} were not hooked in this pass (or did not run)")
+        reused = [c.name for c in caps if c.calls > 1]
+        if reused:
             raise GradvizError(f"layer(s) {reused} run more than once per forward (weight sharing) — not supported")
-        # An input modified in place after the layer ran (rare) would give wrong statistics:
-        # rerun keeping copies of the inputs.
-        if clone_inputs or all(c.inp._version == c.inp_version for c in order):
-            break
-    dlogits = dloss(logits.detach())  # (B, C)
-    targets = [c for c in order if c.out is not logits]
-    grads: list[torch.Tensor | None] = []
-    if targets:
-        grads = list(torch.autograd.grad(logits, [c.out for c in targets], grad_outputs=dlogits, allow_unused=True))
-    by_id = {id(c): g for c, g in zip(targets, grads)}
-    result = []
-    for c in order:
-        g = dlogits if c.out is logits else by_id[id(c)]
-        if g is None:
-            g = torch.zeros_like(c.out)
-        result.append((c, g.detach()))
-    return result
+        return caps
+
+    def output_grads(self, root: torch.Tensor, grad: torch.Tensor | None, captures: Sequence[Capture],
+                     input_grad: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """(δ for each capture, ∂/∂x_in or None): one ``autograd.grad`` of ``root`` weighted by ``grad``.
+
+        Unmodified outputs are differentiated directly; outputs changed in place downstream get
+        their gradient from the tensor hook registered during the forward. The graph is kept.
+        """
+        if root is self.logits and grad is not None:
+            grad = grad.to(self.logits.dtype)
+        direct = [c for c in captures if c.out is not root and not c.modified]
+        hooked = [c for c in captures if c.out is not root and c.modified]
+        use_input = bool(input_grad or (hooked and not direct))
+        got: tuple = ()
+        sink: dict[int, torch.Tensor] = {}
+        for _attempt in range(2):
+            targets = [c.out for c in direct] + ([self.x_in] if use_input else [])
+            if not targets:
+                break
+            with self._sink.collecting() as sink:
+                got = torch.autograd.grad(root, targets, grad_outputs=grad, retain_graph=True, allow_unused=True)
+            if use_input or all(c.index in sink for c in hooked):
+                break
+            use_input = True  # some hooked output lies upstream of every target: reach it via the input
+        by_cap = {c.index: g for c, g in zip(direct, got)}
+        out = []
+        for c in captures:
+            g = grad if c.out is root else (by_cap.get(c.index) if not c.modified else sink.get(c.index))
+            out.append(torch.zeros_like(c.out) if g is None else g.detach())
+        x_grad = got[-1] if use_input and input_grad else None
+        return out, (None if x_grad is None else x_grad.detach())
+
+    def _logit_grads(self, loss: str | Callable, layers: Sequence[str] | None) -> list[tuple[Capture, torch.Tensor]]:
+        dloss = LOSSES.get(loss) if isinstance(loss, str) else loss
+        if dloss is None:
+            raise MethodError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+        caps = self.layer_captures(layers)
+        grads, _ = self.output_grads(self.logits, dloss(self.logits.detach()), caps)
+        return list(zip(caps, grads))
+
+    def layer_stats(self, loss: str | Callable = "nll_pred", stats: Sequence[str] = STATS,
+                    layers: Sequence[str] | None = None, chunk_mib: float | None = None,
+                    progress: Callable[[int, int], None] | None = None, compile: bool | str | None = None) -> LayerStats:
+        """:func:`layer_gradient_stats` of this pass's batch (one backward on the kept graph)."""
+        stats = _check_stats(stats)
+        names, numels, values = _reduce_layers(self._logit_grads(loss, layers), _Job(stats, chunk_mib, compile), progress)
+        return LayerStats(names, stats, values.float(), numels)
+
+    def sq_l2_norms(self, loss: str | Callable = "confounding_sigmoid", layers: Sequence[str] | None = None,
+                    chunk_mib: float | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[list[str], torch.Tensor]:
+        """:func:`layer_sq_l2_norms` of this pass's batch (one backward on the kept graph)."""
+        names, _, values = _reduce_layers(self._logit_grads(loss, layers), _Job(None, chunk_mib, "off"), progress)
+        return names, values.float()
 
 
 # --------------------------------------------------------------------------------------------
-# Per-layer statistics from (input, output gradient)
-
+# Per-layer partial sums from (input, output gradient)
+#
 # Partial sums kept per (sample, layer) so chunks, groups and bias combine exactly:
-# s1 = Σ|g|, s2 = Σg², mx, mn, sm = Σg.
-_PARTS = ("s1", "s2", "mx", "mn", "sm")
-
-
-def _parts_of(g: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Partial sums of a materialised per-sample gradient, (b, ...) -> five (b,) tensors."""
-    g = g.reshape(g.shape[0], -1)
-    mn, mx = torch.aminmax(g, dim=1)
-    l2 = torch.linalg.vector_norm(g, 2, dim=1)
-    return {"s1": torch.linalg.vector_norm(g, 1, dim=1), "s2": l2 * l2, "mx": mx, "mn": mn, "sm": g.sum(1)}
+# s1 = Σ|g|, s2 = Σg², mx, mn, sm = Σg  (gradviz.reductions.PARTS).
 
 
 def _merge(a: dict | None, b: dict) -> dict:
+    """Partial sums of two disjoint pieces of one vector (keys of ``a`` that ``b`` lacks are kept)."""
     if a is None:
         return b
-    return {"s1": a["s1"] + b["s1"], "s2": a["s2"] + b["s2"], "mx": torch.maximum(a["mx"], b["mx"]),
-            "mn": torch.minimum(a["mn"], b["mn"]), "sm": a["sm"] + b["sm"]}
+    out = dict(a)
+    for k in b:
+        out[k] = torch.maximum(a[k], b[k]) if k == "mx" else torch.minimum(a[k], b[k]) if k == "mn" else a[k] + b[k]
+    return out
 
 
-def _rank_one_parts(d: torch.Tensor, a: torch.Tensor, bias: bool) -> dict[str, torch.Tensor]:
+def _parts_of(g: torch.Tensor, need: frozenset[str], kernel=None) -> dict[str, torch.Tensor]:
+    """Partial sums of small per-sample vectors (b, ...) -> {part: (b,)} (``g`` is not overwritten)."""
+    return reduce_rows(g.reshape(g.shape[0], -1), need, kernel)
+
+
+def _rank_one_parts(d: torch.Tensor, a: torch.Tensor, bias: bool, need: frozenset[str]) -> dict[str, torch.Tensor]:
     """Partial sums of [δ aᵀ | δ] per sample and group without materialising: d (b,g,O), a (b,g,K)."""
     if bias:  # the bias gradient is δ·1: append a constant-1 input feature
         a = torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], dim=-1)
-    d_min, d_max = torch.aminmax(d, dim=-1)
-    a_min, a_max = torch.aminmax(a, dim=-1)
-    prods = torch.stack([d_max * a_max, d_max * a_min, d_min * a_max, d_min * a_min], dim=-1)  # (b,g,4)
-    d1, a1 = d.abs().sum(-1), a.abs().sum(-1)
-    d2, a2 = (d * d).sum(-1), (a * a).sum(-1)
-    return {"s1": (d1 * a1).sum(1), "s2": (d2 * a2).sum(1), "mx": prods.amax(-1).amax(1), "mn": prods.amin(-1).amin(1),
-            "sm": (d.sum(-1) * a.sum(-1)).sum(1)}
+    out = {}
+    if "s2" in need:
+        out["s2"] = ((d * d).sum(-1) * (a * a).sum(-1)).sum(1)
+    if "s1" in need:
+        out["s1"] = (d.abs().sum(-1) * a.abs().sum(-1)).sum(1)
+    if "sm" in need:
+        out["sm"] = (d.sum(-1) * a.sum(-1)).sum(1)
+    if "mx" in need or "mn" in need:
+        d_max, d_min = d.amax(-1), d.amin(-1)
+        a_max, a_min = a.amax(-1), a.amin(-1)
+        prods = torch.stack([d_max * a_max, d_max * a_min, d_min * a_max, d_min * a_min], dim=-1)  # (b,g,4)
+        out["mx"], out["mn"] = prods.amax(-1).amax(1), prods.amin(-1).amin(1)
+    return out
 
 
-class _LayerKernel:
+@dataclass
+class _Job:
+    """What to compute per layer: six statistics (``stats``) or, with ``stats=None``, ‖∇θ‖² only."""
+
+    stats: tuple[str, ...] | None
+    chunk_mib: float | None
+    compile: bool | str | None
+
+    def __post_init__(self) -> None:
+        mib = settings().chunk_mib if self.chunk_mib is None else float(self.chunk_mib)
+        if not mib > 0:
+            raise GradvizError(f"chunk_mib must be positive, got {self.chunk_mib}")
+        self.budget = mib * 2**20
+        self.mode = resolve_mode(self.compile)
+        self.need = frozenset(PARTS) if self.stats is not None else frozenset({"s2"})
+
+
+# Calibration: the fastest materialisation strategy per layer signature (shapes, dtype, device, job).
+_CHOICE: dict[tuple, str] = {}
+
+
+class _Kernel:
     """How one layer's per-sample gradient is formed from its input and output gradient."""
 
-    def __init__(self, name: str, module: nn.Module, inp: torch.Tensor, grad: torch.Tensor) -> None:
-        self.name, self.module, self.inp, self.grad = name, module, inp, grad
-        m = module
-        self.batch = inp.shape[0]
-        self.es = max(inp.element_size(), 4)
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+    def __init__(self, cap: Capture, grad: torch.Tensor, job: _Job) -> None:
+        self.name, self.module, self.inp, self.grad, self.job = cap.name, cap.module, cap.inp, grad, job
+        m = self.module
+        self.batch = self.inp.shape[0]
+        self.es = max(self.inp.element_size(), 4)
+        self.need = job.need
+        self.bias = getattr(m, "bias", None) is not None
+        self.fused = fused_kernel(job.mode, self.inp.dtype) if len(self.need) > 1 or isinstance(m, _BN) else None
+        if isinstance(m, _BN):
             self.kind = "bn"
             self.numel = sum(p.numel() for p in m.parameters(recurse=False))
-            self.per_sample_bytes = 3 * inp[0].numel() * self.es
+            self.candidates = ["bn"]
+            self.sample_bytes = {"bn": self.inp[0].numel() * self.es}
             return
-        self.bias = getattr(m, "bias", None) is not None
         if isinstance(m, nn.Linear):
-            self.groups, out_f, in_f = 1, m.out_features, m.in_features
-            self.positions = inp[0].numel() // in_f
+            self.groups, self.o, self.k = 1, m.out_features, m.in_features
+            self.positions = self.inp[0].numel() // self.k
         else:
-            self.groups = m.groups
-            out_f, in_f = m.out_channels, m.weight[0].numel() * m.groups
-            self.positions = grad[0, 0].numel()
-        self.o, self.k = out_f, in_f  # k = input features of all groups (Cin·kh·kw)
-        og, kg, g, p = out_f // self.groups, in_f // self.groups, self.groups, self.positions
-        self.numel = out_f * kg + (out_f if self.bias else 0)
-        self.kind = "rank1" if p == 1 else "dense"
-        # bytes per sample: materialised gradient (+ a temporary) + padded input copy; Gram: unfold + 2 P×P
-        self.dense_bytes = (2 * g * og * kg + inp[0].numel()) * self.es
-        self.gram_bytes = (in_f * p + 3 * g * p * p) * self.es
-        self.dense_flops = g * og * kg * p
-        self.gram_flops = g * p * p * (og + kg + 1)
-        # the six-statistics path also unfolds when it takes ‖∇W‖² from the Gram form (few positions)
-        self.gram_in_parts = self.gram_flops < og * self.k
-        self.per_sample_bytes = self.dense_bytes + (self.gram_bytes if self.gram_in_parts else 0)
+            self.groups, self.o, self.k = m.groups, m.out_channels, m.weight[0].numel() * m.groups
+            self.positions = self.grad[0, 0].numel()
+        g, p = self.groups, self.positions
+        og, kg = self.o // g, self.k // g
+        self.numel = self.o * kg + (self.o if self.bias else 0)
+        if p == 1:
+            self.kind, self.candidates = "rank1", ["rank1"]
+            self.sample_bytes = {"rank1": 0}
+            return
+        self.kind = "dense"
+        grad_bytes = g * og * kg * self.es  # one sample's materialised weight gradient
+        unfold_bytes = self.k * p * self.es
+        # The unfolded input of the whole batch is built once when it fits the budget (per-chunk
+        # unfolding of small maps is dominated by per-op overhead).
+        self.unfold_once = unfold_bytes * self.batch <= job.budget
+        self._u_all: torch.Tensor | None = None
+        per_chunk_u = 0 if self.unfold_once else unfold_bytes
+        self.gram_cost = g * p * p * (og + kg + 1)  # flops of the Gram norm vs a pass over ∇W
+        self.sample_bytes = {"bmm": grad_bytes + per_chunk_u, "conv": grad_bytes + self.inp[0].numel() * self.es,
+                             "gram": per_chunk_u + 2 * g * p * p * self.es}
+        self.candidates = ["bmm"] + (["conv"] if isinstance(m, nn.Conv2d) else [])
+        if job.stats is None:
+            self.candidates.append("gram")
+        # eager path: parts cheaper from factorised forms, computed once per layer; only where the
+        # unfolded input of the whole batch exists (else the Gram form would unfold again)
+        self.cheap = self._factorised(self.need) if self.fused is None and self.unfold_once else set()
 
-    def chunk_size(self, budget_bytes: float, l2_only: bool) -> int:
-        if self.kind == "rank1":
-            return self.batch
-        per = self.gram_bytes if (l2_only and self.use_gram()) else self.per_sample_bytes
-        return max(1, min(self.batch, int(budget_bytes // max(per, 1))))
+    # ---- planning
 
-    def use_gram(self) -> bool:
-        return self.kind == "dense" and self.gram_flops < self.dense_flops
+    def chunk(self, strategy: str, limit: float | None = None) -> int:
+        """Samples per chunk so that ``strategy``'s memory stays within ``limit`` (default: the budget)."""
+        per = self.sample_bytes[strategy]
+        limit = self.job.budget if limit is None else min(limit, self.job.budget)
+        return self.batch if per == 0 else max(1, min(self.batch, int(limit // per)))
+
+    def plans(self) -> list[tuple[str, int]]:
+        """Candidate (strategy, samples per chunk): cache-sized chunks (memory-bound layers) and
+        budget-sized chunks (compute-bound layers: fewer, larger matmuls). The first is the default."""
+        out: list[tuple[str, int]] = []
+        for strategy in self.candidates:
+            for limit in (SPEED_CHUNK_BYTES, None) if self.kind == "dense" and strategy != "gram" else (None,):
+                plan = (strategy, self.chunk(strategy, limit))
+                if plan not in out:
+                    out.append(plan)
+        return out
+
+    def signature(self) -> tuple:
+        m = self.module
+        conv = (m.kernel_size, m.stride, m.padding, m.dilation, m.groups, m.padding_mode) if isinstance(m, nn.Conv2d) else ()
+        return (type(m).__name__, tuple(self.inp.shape[1:]), tuple(self.grad.shape[1:]), conv, self.bias,
+                self.inp.dtype, str(self.inp.device), self.job.stats is None, self.fused is not None, self.job.budget)
+
+    # ---- operands
+
+    def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Input padded by hand for non-zero padding modes and 'same'/'valid' strings."""
+        m = self.module
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+            return F.pad(x, m._reversed_padding_repeated_twice, mode=mode), (0,) * len(m.kernel_size)
+        return x, tuple(m.padding)
 
     def operands(self, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """(U (b, g, Kg, P), Δ (b, g, Og, P)) for samples ``sl``."""
         m, x, d = self.module, self.inp[sl], self.grad[sl]
         b, g, p = x.shape[0], self.groups, self.positions
         if isinstance(m, nn.Linear):
-            u = x.reshape(b, p, self.k).transpose(1, 2).unsqueeze(1)
-            dl = d.reshape(b, p, self.o).transpose(1, 2).unsqueeze(1)
-            return u, dl
-        x, padding = self._padded(x)
-        u = _unfold(x, m.kernel_size, m.dilation, padding, m.stride)  # (b, Cin·kh·kw, P)
+            return (x.reshape(b, p, self.k).transpose(1, 2).unsqueeze(1),
+                    d.reshape(b, p, self.o).transpose(1, 2).unsqueeze(1))
+        if self.kind == "dense" and self.unfold_once:
+            if self._u_all is None:
+                self._u_all = self._unfold(self.inp)
+            u = self._u_all[sl]
+        else:
+            u = self._unfold(x)
         return u.view(b, g, self.k // g, p), d.reshape(b, g, self.o // g, p)
 
-    def parts(self, sl: slice) -> dict[str, torch.Tensor]:
-        """Partial sums of the per-sample gradient vector for samples ``sl``."""
-        if self.kind == "bn":
-            vec = self._bn_grad(sl)
-            return _parts_of(vec)
-        if self.kind == "rank1":
+    def _unfold(self, x: torch.Tensor) -> torch.Tensor:
+        """The unfolded input (b, Cin·kh·kw, P), as ``F.unfold``."""
+        m = self.module
+        x, padding = self._padded(x)
+        if self.positions <= 16 or tuple(m.dilation) != (1, 1):  # tiny maps (and dilation): one im2col call
+            return F.unfold(x, m.kernel_size, m.dilation, padding, m.stride)
+        return _unfold(x, m.kernel_size, padding, m.stride)
+
+    def _delta(self, sl: slice) -> torch.Tensor:
+        """Δ (b, g, Og, P) for samples ``sl`` (a view; Linear's (b, P, O) layout is transposed)."""
+        if isinstance(self.module, nn.Linear):
+            return self.operands(sl)[1]
+        d = self.grad[sl]
+        return d.reshape(d.shape[0], self.groups, self.o // self.groups, self.positions)
+
+    def materialise(self, strategy: str, sl: slice, buf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(per-sample weight gradients (b, g, Og, Kg), U or None) for samples ``sl``."""
+        b, g = self.inp[sl].shape[0], self.groups
+        og, kg = self.o // g, self.k // g
+        if strategy == "bmm":
             u, d = self.operands(sl)
-            return _rank_one_parts(d[..., 0], u[..., 0], self.bias)
-        grad_w, d = self.dense_grads(sl)  # (b, g, Og, Kg), (b, g, Og, P)
-        parts = self._dense_parts(sl, grad_w, d)
-        if self.bias:
-            parts = _merge(parts, _parts_of(d.sum(-1)))
-        return parts
-
-    def _dense_parts(self, sl: slice, grad_w: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Partial sums of materialised weight gradients with as few passes over them as possible.
-
-        Each pass over (b, O, K) is memory-bound, so two of the five come from factorised forms:
-        Σ_{ok} (ΔUᵀ)_{ok} = Σ_p (Σ_o Δ_op)(Σ_k U_kp), the patch sums Σ_k U_kp being a ones-kernel
-        convolution; and ‖ΔUᵀ‖²_F by the Gram norm where positions are few (cheap).
-        """
-        b = grad_w.shape[0]
-        flat = grad_w.reshape(b, -1)
-        mn, mx = torch.aminmax(flat, dim=1)
-        parts = {"s1": torch.linalg.vector_norm(flat, 1, dim=1), "mx": mx, "mn": mn}
-        if self.gram_in_parts:
-            u, _ = self.operands(sl)
-            parts["s2"] = (torch.matmul(u.transpose(-1, -2), u) * torch.matmul(d.transpose(-1, -2), d)).sum((1, 2, 3))
-        else:
-            parts["s2"] = torch.linalg.vector_norm(flat, 2, dim=1).square()
-        if isinstance(self.module, nn.Conv2d):
-            parts["sm"] = (d.sum(2) * self._patch_sums(sl)).sum((1, 2))
-        else:
-            parts["sm"] = flat.sum(1)
-        return parts
+            out = None if buf is None else buf[: b * g * og * kg].view(b, g, og, kg)
+            return torch.matmul(d, u.transpose(-1, -2), out=out), u
+        # conv: the weight-backward of a grouped convolution with the b samples as b·groups groups,
+        # (1, b·Cin, H, W) ⋆ (1, b·O, Ho, Wo) -> (b·O, Cin/g, kh, kw); fast where positions are many.
+        m = self.module
+        x, padding = self._padded(self.inp[sl])
+        d = self.grad[sl]
+        weight = m.weight.detach()
+        shape_only = weight.new_empty(1).expand(b * weight.shape[0], *weight.shape[1:])  # only its shape is read
+        grad_w = torch.ops.aten.convolution_backward(
+            d.reshape(1, b * self.o, *d.shape[2:]), x.reshape(1, -1, *x.shape[2:]), shape_only, None,
+            list(m.stride), list(padding), list(m.dilation), False, [0] * len(m.stride), b * g, [False, True, False],
+        )[1]
+        return grad_w.view(b, g, og, kg), None
 
     def _patch_sums(self, sl: slice) -> torch.Tensor:
         """Σ_k U_kp per sample, group and output position: (b, g, P), by a ones-kernel convolution."""
@@ -376,157 +562,233 @@ class _LayerKernel:
         out = F.conv2d(xs, ones, stride=m.stride, padding=padding, dilation=m.dilation)
         return out.reshape(b, g, self.positions)
 
-    def dense_grads(self, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-sample weight gradients (b, g, Og, Kg), Δ (b, g, Og, P)) for samples ``sl``.
+    @staticmethod
+    def _gram_sq(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """‖Δ Uᵀ‖²_F per sample from the Gram matrices: Σ_pq (UᵀU)_pq (ΔᵀΔ)_pq, (b,)."""
+        return (torch.matmul(u.transpose(-1, -2), u) * torch.matmul(d.transpose(-1, -2), d)).sum((1, 2, 3))
 
-        Conv: the weight-backward of a grouped convolution with the b samples as b·groups
-        groups, (1, b·Cin, H, W) ⋆ (1, b·O, Ho, Wo) -> (b·O, Cin/g, kh, kw); much faster on CPU
-        than unfold + batched matmul (im2col dominates), same result.
+    # ---- partial sums
+
+    def parts(self, strategy: str, sl: slice, buf: torch.Tensor | None) -> dict[str, torch.Tensor] | torch.Tensor:
+        """Partial sums of the weight part of the per-sample gradients of samples ``sl``.
+
+        {part: (b,)} for the wanted parts, or a (b, 5) float64 tensor in :data:`PARTS` order from
+        the fused kernel. The bias part is added once per layer (:meth:`bias_parts`).
         """
-        m = self.module
-        if isinstance(m, nn.Linear):
-            u, d = self.operands(sl)
-            return torch.matmul(d, u.transpose(-1, -2)), d
-        x, d = self.inp[sl], self.grad[sl]
-        b, g = x.shape[0], self.groups
-        x, padding = self._padded(x)
-        weight = m.weight.detach()
-        shape_only = weight.new_empty(1).expand(b * weight.shape[0], *weight.shape[1:])  # no copy: only its shape is read
-        grad_w = torch.ops.aten.convolution_backward(
-            d.reshape(1, b * self.o, *d.shape[2:]), x.reshape(1, -1, *x.shape[2:]), shape_only, None,
-            list(m.stride), list(padding), list(m.dilation), False, [0] * len(m.stride), b * g, [False, True, False],
-        )[1]
-        return grad_w.view(b, g, self.o // g, self.k // g), d.reshape(b, g, self.o // g, self.positions)
-
-    def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """Input padded by hand for non-zero padding modes and 'same'/'valid' strings."""
-        m = self.module
-        if m.padding_mode != "zeros" or isinstance(m.padding, str):
-            mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-            return F.pad(x, m._reversed_padding_repeated_twice, mode=mode), (0,) * len(m.kernel_size)
-        return x, tuple(m.padding)
-
-    def sq_l2(self, sl: slice) -> torch.Tensor:
-        """‖∇θ ℓ_b‖² for samples ``sl`` (Gram norm where cheaper than materialising)."""
+        need = self.need
         if self.kind == "bn":
-            return self._bn_grad(sl).square().sum(1)
+            return _parts_of(self._bn_grad(sl), need, self.fused)
         if self.kind == "rank1":
             u, d = self.operands(sl)
-            d0, u0 = d[..., 0], u[..., 0]
-            return ((d0 * d0).sum(-1) * ((u0 * u0).sum(-1) + (1.0 if self.bias else 0.0))).sum(1)
-        if self.use_gram():
+            return _rank_one_parts(d[..., 0], u[..., 0], False, need)
+        if strategy == "gram":
             u, d = self.operands(sl)
-            gu = torch.matmul(u.transpose(-1, -2), u)  # (b, g, P, P)
-            gd = torch.matmul(d.transpose(-1, -2), d)
-            out = (gu * gd).sum((1, 2, 3))
-        else:
-            grad_w, d = self.dense_grads(sl)
-            out = grad_w.square().sum((1, 2, 3))
-        if self.bias:
-            out = out + d.sum(-1).square().sum((1, 2))
-        return out
+            return {"s2": self._gram_sq(u, d)}
+        grad_w, _ = self.materialise(strategy, sl, buf)
+        flat = grad_w.reshape(grad_w.shape[0], -1)
+        if self.fused is not None:
+            return self.fused(flat)
+        return reduce_rows(flat, need - self.cheap, scratch=buf is not None or strategy == "conv")
+
+    def layer_parts(self, strategy: str) -> dict[str, torch.Tensor] | None:
+        """Parts computed once for all samples of the layer: the bias gradient Σ_p Δ_op, and on the
+        eager path the factorised sum and squared norm (:meth:`_factorised`); None if there are none."""
+        extra: dict[str, torch.Tensor] | None = None
+        everyone = slice(None)
+        if self.bias and self.kind != "bn":
+            extra = _parts_of(self._delta(everyone).sum(-1), self.need, self.fused)
+        if self.kind == "dense" and strategy != "gram" and self.fused is None and self.cheap:
+            d = self._delta(everyone)
+            cheap = {}
+            if "sm" in self.cheap:
+                cheap["sm"] = (d.sum(2) * self._patch_sums(everyone)).sum((1, 2))
+            if "s2" in self.cheap:
+                cheap["s2"] = self._gram_sq(self.operands(everyone)[0], d)
+            extra = _merge(extra, cheap) if extra is not None else cheap
+        return extra
+
+    def _factorised(self, need: frozenset[str]) -> set[str]:
+        """Parts cheaper from factorised forms than from one more eager pass over ∇W."""
+        cheap = set()
+        pass_cost = self.o * self.k // self.groups
+        if "sm" in need and isinstance(self.module, nn.Conv2d) and self.inp[0].numel() < pass_cost:
+            cheap.add("sm")
+        if "s2" in need and self.gram_cost < pass_cost:
+            cheap.add("s2")
+        return cheap
 
     def _bn_grad(self, sl: slice) -> torch.Tensor:
         """[∇γ, ∇β] per sample, (b, 2C) (or the one that exists)."""
         m, x, d = self.module, self.inp[sl], self.grad[sl]
         b, c = x.shape[0], x.shape[1]
         x, d = x.reshape(b, c, -1), d.reshape(b, c, -1)
+        # Σ δ (x − μ) / σ: centred first, so a large mean cannot cancel digits away
+        both = self.fused.bn_parts(x, d, m.running_mean) if self.fused is not None else None
+        if both is not None:
+            dx, db = both[..., 0], both[..., 1]
+        else:
+            dx = (x - m.running_mean.view(1, c, 1).to(x.dtype)).mul_(d).sum(-1) if m.weight is not None else None
+            db = d.sum(-1)
         pieces = []
         if m.weight is not None:
-            xhat = (x - m.running_mean.view(1, c, 1)) * torch.rsqrt(m.running_var.view(1, c, 1) + m.eps)
-            pieces.append((d * xhat).sum(-1))
+            pieces.append(dx * torch.rsqrt(m.running_var.to(dx.dtype) + m.eps))
         if m.bias is not None:
-            pieces.append(d.sum(-1))
+            pieces.append(db)
         return torch.cat(pieces, dim=1)
 
 
-def _unfold(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:
-    """``F.unfold`` from kh·kw strided slices (aten's CPU im2col is far slower): (b, C·kh·kw, P)."""
+def _unfold(x: torch.Tensor, kernel, padding, stride) -> torch.Tensor:
+    """``F.unfold`` (dilation 1) as one strided copy of a sliding-window view: (b, C·kh·kw, P).
+
+    aten's CPU im2col is several times slower on larger maps."""
     x = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
-    (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, stride
-    ho = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
-    wo = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
-    cols = [x[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
-            for i in range(kh) for j in range(kw)]
-    return torch.stack(cols, dim=2).reshape(x.shape[0], -1, ho * wo)
+    windows = x.unfold(2, kernel[0], stride[0]).unfold(3, kernel[1], stride[1])  # (b, C, Ho, Wo, kh, kw)
+    b, c, ho, wo = windows.shape[:4]
+    return windows.permute(0, 1, 4, 5, 2, 3).reshape(b, c * kernel[0] * kernel[1], ho * wo)
 
 
-def _finish(parts: dict[str, torch.Tensor], n: int, stats: Sequence[str]) -> torch.Tensor:
-    """(b, S) statistics from partial sums over n entries (combined in float64)."""
-    p = {k: v.double() for k, v in parts.items()}
+def _finish(layers: list[dict[str, torch.Tensor]], numels: list[int], stats: Sequence[str] | None) -> torch.Tensor:
+    """(B, L, S) statistics of L layers from their partial sums (float64); (B, L) ‖∇‖² if no stats."""
+    p = {k: torch.stack([parts[k] for parts in layers], dim=1).double() for k in layers[0]}
+    if stats is None:
+        return p["s2"]
+    n = torch.tensor(numels, dtype=torch.float64, device=p["s2"].device)
     mean = p["sm"] / n
     cols = {
         "l1": p["s1"], "l2": p["s2"].clamp_min(0).sqrt(), "max": p["mx"], "min": p["mn"], "mean": mean,
         "std": (p["s2"] / n - mean * mean).clamp_min(0).sqrt(),
     }
-    return torch.stack([cols[s] for s in stats], dim=1)
+    return torch.stack([cols[s] for s in stats], dim=-1)
+
+
+class _Totals:
+    """Per-sample partial sums of one layer, filled chunk by chunk: (B, 5) float64 in PARTS order."""
+
+    def __init__(self, batch: int, need: frozenset[str]) -> None:
+        self.values = torch.empty(batch, len(PARTS), dtype=torch.float64)
+        self.need = need
+
+    def put(self, sl: slice, parts: dict[str, torch.Tensor] | torch.Tensor) -> None:
+        if isinstance(parts, torch.Tensor):
+            self.values[sl] = parts
+            return
+        for i, k in enumerate(PARTS):
+            if k in parts:
+                self.values[sl, i] = parts[k]
+
+    def result(self, extra: dict[str, torch.Tensor] | None, layer_only: set[str]) -> dict[str, torch.Tensor]:
+        """The layer's partial sums; ``layer_only`` parts come from ``extra`` alone (not chunked)."""
+        out = {k: self.values[:, i] for i, k in enumerate(PARTS) if k in self.need and k not in layer_only}
+        if extra is None:
+            return out
+        extra = {k: v.double() for k, v in extra.items()}
+        merged = _merge(out, {k: v for k, v in extra.items() if k in out})
+        merged.update({k: v for k, v in extra.items() if k not in out})
+        return merged
+
+
+def _layer_values(k: _Kernel, progress: Callable[[], None]) -> dict[str, torch.Tensor]:
+    """Partial sums {part: (B,) float64} of one layer, chunk by chunk, with the calibrated plan."""
+    key = k.signature()
+    plan = _CHOICE.get(key)
+    totals, start = _Totals(k.batch, k.need), 0
+    plans = k.plans()
+    if plan is None and len(plans) > 1:
+        # One-off calibration on the first chunk: each plan twice (the first call of a shape pays
+        # set-up costs); the fastest per sample is used for every later chunk and batch.
+        best_rate, best_parts = float("inf"), None
+        for cand in plans:
+            sl, buf = slice(0, cand[1]), _buffer(k, *cand)
+            rate = float("inf")
+            for _ in range(2):
+                t0 = time.perf_counter()
+                parts = k.parts(cand[0], sl, buf)
+                rate = min(rate, (time.perf_counter() - t0) / cand[1])
+            if rate < best_rate:
+                best_rate, best_parts, plan = rate, parts, cand
+        _CHOICE[key] = plan
+        totals.put(slice(0, plan[1]), best_parts)
+        start = plan[1]
+        progress()
+    strategy, step = plan or plans[0]
+    buf = _buffer(k, strategy, step)
+    for i in range(start, k.batch, step):
+        totals.put(slice(i, i + step), k.parts(strategy, slice(i, i + step), buf))
+        progress()
+    layer_only = k.cheap if strategy != "gram" and k.kind == "dense" else set()
+    return totals.result(k.layer_parts(strategy), layer_only)
+
+
+_SCRATCH = threading.local()
+
+
+def _buffer(k: _Kernel, strategy: str, samples: int) -> torch.Tensor | None:
+    """The ``bmm`` strategy's output buffer: one per thread, reused across chunks, layers and calls
+    (a fresh multi-MiB allocation costs a page fault per 4 KiB on every first touch)."""
+    if k.kind != "dense" or strategy != "bmm":
+        return None
+    n = samples * k.o * (k.k // k.groups)
+    key = (k.inp.dtype, k.inp.device)
+    buf = getattr(_SCRATCH, "buffers", {}).get(key)
+    if buf is None or buf.numel() < n:
+        _SCRATCH.buffers = {**getattr(_SCRATCH, "buffers", {}), key: k.inp.new_empty(n)}
+        buf = _SCRATCH.buffers[key]
+    return buf[:n]
+
+
+def _reduce_layers(pairs: list[tuple[Capture, torch.Tensor]], job: _Job,
+                   progress: Callable[[int, int], None] | None) -> tuple[list[str], list[int], torch.Tensor]:
+    """(names, numels, values (B, L, S) or (B, L)) for (capture, δ) pairs of one pass."""
+    kernels = [_Kernel(c, g, job) for c, g in pairs]
+    total = sum(-(-k.batch // _CHOICE.get(k.signature(), k.plans()[0])[1]) for k in kernels)
+    done = [0]
+
+    def tick() -> None:  # the chunk count is known exactly only after calibration: end on total
+        done[0] += 1
+        if progress is not None and done[0] < total:
+            progress(done[0], total)
+
+    with torch.no_grad():
+        parts = [_layer_values(k, tick) for k in kernels]
+        values = _finish(parts, [k.numel for k in kernels], job.stats)
+    if progress is not None:
+        progress(total, total)
+    return [k.name for k in kernels], [k.numel for k in kernels], values
 
 
 # --------------------------------------------------------------------------------------------
 # Public API
 
 
-def _prepare(model, x, loss, layers):
-    dloss = LOSSES.get(loss) if isinstance(loss, str) else loss
-    if dloss is None:
-        raise MethodError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+def _check_stats(stats: Sequence[str]) -> tuple[str, ...]:
+    stats = tuple(stats)
+    bad = [s for s in stats if s not in STATS]
+    if bad or not stats:
+        raise MethodError(f"unknown statistic(s) {bad}; choose from {', '.join(STATS)}")
+    return stats
+
+
+def _over_sub_batches(model, x, layers, progress, run: Callable[[GradientPass, Callable | None], tuple]):
+    """Run ``run(pass, progress)`` on sub-batches of at most FORWARD_BATCH; concatenates values."""
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
         raise GradvizError("expected a non-empty batch tensor (B, C, H, W)")
-    chosen = _resolve_layers(model, layers)
-    _check_model(model, chosen)
-    param = next(model.parameters())
-    x = x.to(device=param.device, dtype=param.dtype)
-    return dloss, chosen, x
-
-
-def _budget(chunk_mib: float | None) -> float:
-    mib = settings().chunk_mib if chunk_mib is None else float(chunk_mib)
-    if not mib > 0:
-        raise GradvizError(f"chunk_mib must be positive, got {chunk_mib}")
-    return mib * 2**20
-
-
-def _run(model, x, loss, layers, chunk_mib, progress, per_layer: Callable, l2_only: bool):
-    """Shared driver: sub-batches -> hooked forward/backward -> per-layer chunked reductions."""
-    dloss, chosen, x = _prepare(model, x, loss, layers)
-    budget = _budget(chunk_mib)
-    names: list[str] | None = None
-    numels: list[int] = []
-    rows = []
-    sub_batches = list(range(0, x.shape[0], FORWARD_BATCH))
-    done, total = 0, None
-    for start in sub_batches:
-        xb = x[start:start + FORWARD_BATCH]
-        pairs = _forward_backward(model, xb, chosen, dloss)
-        kernels = [_LayerKernel(c.name, c.module, c.inp, g) for c, g in pairs]
-        if names is None:
-            names = [k.name for k in kernels]
-            numels = [k.numel for k in kernels]
-        plan = []
-        for k in kernels:
-            step = k.chunk_size(budget, l2_only)
-            plan.append([slice(i, i + step) for i in range(0, k.batch, step)])
-        if total is None:  # estimated from the first sub-batch
-            total = sum(len(p) for p in plan) * len(sub_batches)
-        cols = []
-        with torch.no_grad():
-            for k, slices in zip(kernels, plan):
-                pieces = []
-                for sl in slices:
-                    pieces.append(per_layer(k, sl))
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-                cols.append(torch.cat(pieces, dim=0))
-        rows.append(torch.stack(cols, dim=1))  # (b, L, ...)
-        del pairs, kernels
-    return names or [], numels, torch.cat(rows, dim=0)
+    starts = list(range(0, x.shape[0], FORWARD_BATCH))
+    results = []
+    for i, start in enumerate(starts):
+        sub = None
+        if progress is not None:  # scale each sub-batch's chunk count to the whole batch
+            sub = lambda d, t, i=i: progress(i * t + d, t * len(starts))  # noqa: E731
+        gp = GradientPass(model, x[start:start + FORWARD_BATCH], layers)
+        results.append(run(gp, sub))
+        del gp
+    first = results[0]
+    return first[:-1] + (torch.cat([r[-1] for r in results], dim=0),)
 
 
 def layer_gradient_stats(model: nn.Module, x: torch.Tensor, loss: str | Callable = "nll_pred",
                          stats: Sequence[str] = STATS, layers: Sequence[str] | None = None,
                          chunk_mib: float | None = None, progress: Callable[[int, int], None] | None = None,
-                         compile: bool | None = None) -> LayerStats:
+                         compile: bool | str | None = None) -> LayerStats:
     """Per-sample statistics of ∇_{θ_l} ℓ_b for every parametrised layer l (Oberdiek et al. 2018).
 
     ``loss`` names a per-sample loss by its logit gradient (:data:`LOSSES`; default the
@@ -534,19 +796,16 @@ def layer_gradient_stats(model: nn.Module, x: torch.Tensor, loss: str | Callable
     :data:`STATS`; ``layers`` restricts to some qualified names (see :func:`parametrised_layers`).
     Conv gradients are materialised in chunks of at most ``chunk_mib`` MiB (default
     ``settings().chunk_mib``); ``progress(done, total)`` is called after each chunk.
-    ``compile`` is accepted for API stability and ignored: the eager path is used
-    (no torch.compile fast path yet; see benchmarks/README.md).
+    ``compile``: ``"auto"`` (default, ``GRADVIZ_COMPILE``) uses the fused compiled reduction once
+    it is built (in the background), ``"on"``/True builds it now, ``"off"``/False stays eager;
+    where compiling is impossible the eager path is used (:mod:`gradviz.reductions`).
     Returns :class:`LayerStats` with values (B, L, S) float32, layers in forward order.
     """
-    stats = tuple(stats)
-    bad = [s for s in stats if s not in STATS]
-    if bad or not stats:
-        raise MethodError(f"unknown statistic(s) {bad}; choose from {', '.join(STATS)}")
-
-    def per_layer(k: _LayerKernel, sl: slice) -> torch.Tensor:
-        return _finish(k.parts(sl), k.numel, stats)
-
-    names, numels, values = _run(model, x, loss, layers, chunk_mib, progress, per_layer, l2_only=False)
+    stats = _check_stats(stats)
+    _Job(stats, chunk_mib, compile)  # validate before any forward
+    names, numels, values = _over_sub_batches(
+        model, x, layers, progress,
+        lambda gp, prog: _reduce_layers(gp._logit_grads(loss, layers), _Job(stats, chunk_mib, compile), prog))
     return LayerStats(names, stats, values.float(), numels)
 
 
@@ -555,11 +814,11 @@ def layer_sq_l2_norms(model: nn.Module, x: torch.Tensor, loss: str | Callable = 
                       progress: Callable[[int, int], None] | None = None) -> tuple[list[str], torch.Tensor]:
     """(layer names, ‖∇_{θ_l} ℓ_b‖² as (B, L) float32): the fast L2-only path (Lee & AlRegib 2020).
 
-    Per conv layer the cheaper of materialising ∇W_b and the Gram ("ghost") norm
-    Σ_{pq}(UᵀU ⊙ ΔᵀΔ)_{pq} is used; Linear layers and 1×1-output convs use ‖δ‖²(‖a‖² + 1).
+    Per conv layer the fastest of materialising ∇W_b (``bmm``/``conv``) and the Gram ("ghost")
+    norm Σ_{pq}(UᵀU ⊙ ΔᵀΔ)_{pq} is used; Linear layers and 1×1-output convs use ‖δ‖²(‖a‖² + 1).
     """
-    def per_layer(k: _LayerKernel, sl: slice) -> torch.Tensor:
-        return k.sq_l2(sl).double()
-
-    names, _, values = _run(model, x, loss, layers, chunk_mib, progress, per_layer, l2_only=True)
+    _Job(None, chunk_mib, "off")
+    names, _, values = _over_sub_batches(
+        model, x, layers, progress,
+        lambda gp, prog: _reduce_layers(gp._logit_grads(loss, layers), _Job(None, chunk_mib, "off"), prog))
     return names, values.float()
