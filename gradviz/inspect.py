@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from gradviz.data import ImageSet
 from gradviz.errors import GradvizError
-from gradviz.methods.registry import MethodRunner, ModelOutputs
+from gradviz.methods.registry import MethodRunner, ModelOutputs, needs_graph
 from gradviz.models import GradvizModel
 
 __all__ = [
@@ -190,7 +190,7 @@ def inspect_images(model: GradvizModel, x: torch.Tensor, runners: list[MethodRun
     percentile within the ID distribution (:func:`percentile_within`) and the ID median.
     """
     with model.lock:  # the shared model: no other session's hooks during these passes
-        batch = ModelOutputs.from_model(model, x)
+        batch = ModelOutputs.from_model(model, x, keep_graph=needs_graph(runners))
         probs = batch.probs.detach().cpu().numpy()
         raw = {r.info.name: r.score(batch).numpy().astype(np.float64) for r in runners}  # (B,) each
     rows = []

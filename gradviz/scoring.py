@@ -23,7 +23,7 @@ import torch
 
 from gradviz.data import ImageSet, load_dataset
 from gradviz.errors import GradvizError
-from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, resolve_methods
+from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, needs_graph, resolve_methods
 from gradviz.models import GradvizModel, load_model
 from gradviz.store import ResultStore, cache_key
 
@@ -115,9 +115,10 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
     n = int(images.shape[0])
     out: dict[str, list] = {"prediction": [], "confidence": [], **{r.info.name: [] for r in runners}}
     total = max(1, -(-n // batch_size))
+    keep_graph = needs_graph(runners)  # gradient methods share one hooked forward per batch
     for i, start in enumerate(range(0, n, batch_size)):
         with model.lock:  # one session's forward+backward passes never interleave with another's hooks
-            batch = ModelOutputs.from_model(model, images[start:start + batch_size])
+            batch = ModelOutputs.from_model(model, images[start:start + batch_size], keep_graph=keep_graph)
             out["prediction"].append(batch.prediction.cpu().numpy())
             out["confidence"].append(batch.probs.amax(-1).cpu().numpy())
             for r in runners:

@@ -77,16 +77,37 @@ def test_grad_scores_match_autograd(layer):
 
 
 def test_grad_scores_share_one_engine_pass(monkeypatch):
-    import gradviz.methods.oberdiek as ob
+    from gradviz.gradients import GradientPass
 
     calls = []
-    real = ob.layer_gradient_stats
-    monkeypatch.setattr(ob, "layer_gradient_stats", lambda *a, **k: calls.append(k) or real(*a, **k))
+    real = GradientPass.layer_stats
+    monkeypatch.setattr(GradientPass, "layer_stats", lambda self, **k: calls.append(k) or real(self, **k))
     batch = ModelOutputs.from_model(_model(), _x(3))
     for name in REDUCE:
         run_method(name, batch)
         run_method(name, batch, layer="last")  # read from the full table already there
     assert len(calls) == 1
+
+
+def test_gradient_methods_of_a_batch_share_one_forward():
+    """keep_graph: the logits, every gradient method's backward and ODIN's input gradient all come
+    from ONE hooked forward; only ODIN's perturbed input needs a forward of its own."""
+    from gradviz.methods import list_methods
+
+    model, x = _model(), _x(4)
+    runs = []
+    handle = model.net.register_forward_hook(lambda *_: runs.append(1))
+    try:
+        batch = ModelOutputs.from_model(model, x, keep_graph=True)
+        for info in list_methods():
+            if not info.needs_fit:
+                run_method(info.name, batch)
+    finally:
+        handle.remove()
+    assert len(runs) == 2  # the shared pass + ODIN's x̃
+    plain = ModelOutputs.from_model(model, x)
+    for name in ("gaia_z", "gaia_a", "confounding", "odin", "grad_l2", "msp"):
+        _close(run_method(name, batch), run_method(name, plain))
 
 
 def test_methods_registered_with_paper_and_params():

@@ -34,7 +34,13 @@ def confounding_layer_norms(batch: ModelOutputs, reading: str = "sigmoid") -> tu
     """(layer names, n_l = ‖∇θ_l ℓ‖² as (B, L)) for the confounding all-ones label; memoised per batch."""
     if reading not in READINGS:
         raise MethodError(f"confounding: reading must be one of {sorted(READINGS)}, got {reading!r}")
-    return batch.memo(("layer_sq_l2", READINGS[reading]), lambda: layer_sq_l2_norms(batch.model, batch.x, loss=READINGS[reading]))
+    loss = READINGS[reading]
+
+    def compute() -> tuple[list[str], torch.Tensor]:
+        gp = batch.gradient_pass()  # one backward on the batch's shared hooked forward
+        return gp.sq_l2_norms(loss=loss) if gp is not None else layer_sq_l2_norms(batch.model, batch.x, loss=loss)
+
+    return batch.memo(("layer_sq_l2", loss), compute)
 
 
 @register("confounding", title="Confounding-label gradients", paper="Lee & AlRegib, ICIP 2020", year=2020,

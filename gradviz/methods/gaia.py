@@ -33,10 +33,15 @@ tensor stays the true BN output with the true gradient.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gradviz.errors import MethodError
+from gradviz.gradients import GradientPass
 from gradviz.methods.registry import ModelOutputs, register
 from gradviz.models import GradvizModel
 
@@ -101,37 +106,76 @@ def hooked_maps(model: GradvizModel, x: torch.Tensor, layers=None):
         raise MethodError("GAIA: no hooked layer ran in the forward pass")
     store["last_hw"] = tuple(next(reversed(maps.values())).shape[-2:])  # last map in forward order
     if rule == "auto":
-        sizes = list(dict.fromkeys(tuple(m.shape[-2:]) for m in maps.values()))  # distinct, in order
-        maps = {n: m for n, m in maps.items() if tuple(m.shape[-2:]) in sizes[-2:]}
+        keep = _last_two_stages([tuple(m.shape[-2:]) for m in maps.values()])
+        maps = {n: m for i, (n, m) in enumerate(maps.items()) if i in keep}
     return logits, maps, store
 
 
-def _grads(out: torch.Tensor, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    tensors = list(maps.values())
-    grads = torch.autograd.grad(out, tensors, allow_unused=True)
-    return {n: (torch.zeros_like(t) if g is None else g) for (n, t), g in zip(maps.items(), grads)}
+@dataclass
+class _Maps:
+    """Hooked feature maps of one forward and how to differentiate a root w.r.t. them."""
+
+    logits: torch.Tensor  # (B, K), in the graph
+    h: torch.Tensor  # (B, D) head input, in the graph
+    names: list[str]  # hooked maps, forward order
+    last_hw: tuple[int, int]
+    grads: Callable[[torch.Tensor, torch.Tensor | None], list[torch.Tensor]]  # (root, d root) -> per map
 
 
-def gaia_z_channels(model: GradvizModel, x: torch.Tensor, layers=None) -> dict[str, torch.Tensor]:
+def _last_two_stages(sizes: list[tuple[int, ...]]) -> list[int]:
+    """Indices of the maps whose spatial size is one of the last two distinct sizes (the "auto" rule)."""
+    distinct = list(dict.fromkeys(sizes))
+    return [i for i, hw in enumerate(sizes) if hw in distinct[-2:]]
+
+
+def _maps(model: GradvizModel, x: torch.Tensor, layers, gp: GradientPass | None) -> tuple[_Maps, list[int]]:
+    """The hooked maps (from the batch's shared gradient pass when it covers them) and the selection."""
+    rule = "all" if layers is None else layers
+    caps = None
+    if gp is not None and rule in ("all", "auto"):
+        caps = [c for c in gp.captures if isinstance(c.module, _BN) and c.out.dim() == 4]
+        if not caps or any(c.calls > 1 for c in caps) or gp.features is None:
+            caps = None  # a BN run twice (or none hooked): GAIA's own hooks keep the last call
+    if caps is not None:
+        src = _Maps(gp.logits, gp.features, [c.name for c in caps], tuple(caps[-1].out.shape[-2:]),
+                    lambda root, grad: gp.output_grads(root, grad, caps)[0])
+        sizes = [tuple(c.out.shape[-2:]) for c in caps]
+    else:
+        logits, maps, store = hooked_maps(model, x, None if rule in ("all", "auto") else layers)
+        tensors = list(maps.values())
+
+        def grads(root, grad):
+            with torch.enable_grad():
+                got = torch.autograd.grad(root, tensors, grad_outputs=grad, allow_unused=True, retain_graph=True)
+            return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, got)]
+
+        src = _Maps(logits, store["h"], list(maps), store["last_hw"], grads)
+        sizes = [tuple(t.shape[-2:]) for t in tensors]
+    chosen = _last_two_stages(sizes) if rule == "auto" else list(range(len(sizes)))
+    return src, chosen
+
+
+def gaia_z_channels(model: GradvizModel, x: torch.Tensor, layers=None,
+                    gp: GradientPass | None = None) -> dict[str, torch.Tensor]:
     """GAIA-Z per-channel fraction of non-zero gradient entries r_k, {layer: (B, channels)}."""
-    logits, maps, _ = hooked_maps(model, x, layers)
-    with torch.enable_grad():  # callers may be inside torch.no_grad()
-        grads = _grads(logits.amax(-1).sum(), maps)  # s = Σ_b max_c z_bc
-    return {n: (g != 0).float().mean(dim=(-2, -1)).detach() for n, g in grads.items()}
+    src, chosen = _maps(model, x, layers, gp)
+    z = src.logits.detach()
+    onehot = F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)  # ∂(Σ_b max_c z_bc)/∂z
+    grads = src.grads(src.logits, onehot)
+    return {src.names[i]: (grads[i] != 0).float().mean(dim=(-2, -1)).detach() for i in chosen}
 
 
-def gaia_a_channels(model: GradvizModel, x: torch.Tensor, layers="auto") -> dict[str, torch.Tensor]:
+def gaia_a_channels(model: GradvizModel, x: torch.Tensor, layers="auto",
+                    gp: GradientPass | None = None) -> dict[str, torch.Tensor]:
     """GAIA-A per-channel normalised average gradient a_k / o, {layer: (B, channels)}."""
-    logits, maps, store = hooked_maps(model, x, layers)
-    h = store["h"]  # (B, D) head input
-    with torch.enable_grad():  # callers may be inside torch.no_grad()
-        grads = _grads(h.sum(), maps)  # L_in = Σ_b Σ_d h_bd
+    src, chosen = _maps(model, x, layers, gp)
+    grads = src.grads(src.h, torch.ones_like(src.h))  # L_in = Σ_b Σ_d h_bd
     with torch.no_grad():
-        p = logits.softmax(-1)  # (B, K)
-        hw = float(store["last_hw"][0] * store["last_hw"][1])
-        g_bar = (1.0 - p.shape[-1] * p) @ model.head.weight / hw  # (B, D) = Wᵀ(1 − C p)/(HW)
+        p = src.logits.detach().softmax(-1)  # (B, K)
+        hw = float(src.last_hw[0] * src.last_hw[1])
+        g_bar = (1.0 - p.shape[-1] * p) @ model.head.weight.to(p.dtype) / hw  # (B, D) = Wᵀ(1 − C p)/(HW)
         o = g_bar.abs().mean(-1).sqrt().clamp_min(1e-12)  # (B,)
-        return {n: (g.mean(dim=(-2, -1)) / o[:, None]).detach() for n, g in grads.items()}
+        return {src.names[i]: (grads[i].mean(dim=(-2, -1)) / o[:, None]).detach() for i in chosen}
 
 
 def gaia_abnormality_map(model: GradvizModel, x: torch.Tensor, variant: str = "z", layers=None) -> dict[str, torch.Tensor]:
@@ -156,7 +200,7 @@ def _mean_square(channels: dict[str, torch.Tensor]) -> torch.Tensor:
           kind="gradient")
 def gaia_z(batch: ModelOutputs, layers: str = "all") -> torch.Tensor:
     """GAIA-Z: mean squared fraction of non-zero feature-map gradient entries per channel."""
-    return _mean_square(gaia_z_channels(batch.model, batch.x, layers))
+    return _mean_square(gaia_z_channels(batch.model, batch.x, layers, batch.gradient_pass()))
 
 
 @register("gaia_a", title="GAIA-A (channel-wise average abnormality)", paper="Chen et al., NeurIPS 2023", year=2023,
@@ -165,4 +209,4 @@ def gaia_z(batch: ModelOutputs, layers: str = "all") -> torch.Tensor:
           kind="gradient")
 def gaia_a(batch: ModelOutputs, layers: str = "auto") -> torch.Tensor:
     """GAIA-A: mean squared channel-average gradient of the pooled features, scaled by the output part."""
-    return _mean_square(gaia_a_channels(batch.model, batch.x, layers))
+    return _mean_square(gaia_a_channels(batch.model, batch.x, layers, batch.gradient_pass()))

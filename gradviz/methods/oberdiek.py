@@ -28,9 +28,17 @@ from gradviz.methods.registry import ModelOutputs, register
 LOSS = "nll_pred"
 
 
+def _engine_stats(batch: ModelOutputs, layers: list[str] | None) -> LayerStats:
+    """One backward on the batch's shared hooked forward (or sub-batched passes for big batches)."""
+    gp = batch.gradient_pass()
+    if gp is not None:
+        return gp.layer_stats(loss=LOSS, layers=layers)
+    return layer_gradient_stats(batch.model, batch.x, loss=LOSS, layers=layers)
+
+
 def gradient_metrics(batch: ModelOutputs) -> LayerStats:
     """All six statistics of every layer for the predicted-label loss; one engine pass per batch."""
-    return batch.memo(("layer_stats", LOSS, None), lambda: layer_gradient_stats(batch.model, batch.x, loss=LOSS))
+    return batch.memo(("layer_stats", LOSS, None), lambda: _engine_stats(batch, None))
 
 
 def _head_name(batch: ModelOutputs) -> str:
@@ -51,8 +59,7 @@ def _stats_for(batch: ModelOutputs, layer: str) -> tuple[LayerStats, list[str] |
     known = [n for n, _ in parametrised_layers(batch.model)]
     if name not in known:
         raise MethodError(f"unknown layer {layer!r}; use 'all', 'last' or one of: {', '.join(known)}")
-    return batch.memo(("layer_stats", LOSS, (name,)),
-                      lambda: layer_gradient_stats(batch.model, batch.x, loss=LOSS, layers=[name])), [name]
+    return batch.memo(("layer_stats", LOSS, (name,)), lambda: _engine_stats(batch, [name])), [name]
 
 
 def _aggregate(batch: ModelOutputs, stat: str, layer: str) -> torch.Tensor:

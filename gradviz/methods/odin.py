@@ -26,17 +26,27 @@ import torch
 import torch.nn.functional as F
 
 from gradviz.errors import MethodError
+from gradviz.gradients import GradientPass
 from gradviz.methods.registry import ModelOutputs, register
 from gradviz.models import GradvizModel
 
 
 def odin_perturb(model: GradvizModel, x: torch.Tensor, temperature: float = 1000.0,
-                 epsilon: float = 0.0014) -> torch.Tensor:
-    """ODIN's perturbed input x̃ = x − ε·sign(∇_x CE(z(x)/T, ŷ)), (B, C, H, W), detached."""
+                 epsilon: float = 0.0014, gp: GradientPass | None = None) -> torch.Tensor:
+    """ODIN's perturbed input x̃ = x − ε·sign(∇_x CE(z(x)/T, ŷ)), (B, C, H, W), detached.
+
+    With ``gp`` (the batch's shared hooked forward of ``x``) the input gradient is one backward
+    on its graph, ∂CE/∂z = (softmax(z/T) − e_ŷ)/T, instead of a forward + backward of its own.
+    """
     if temperature <= 0:
         raise MethodError(f"odin: temperature must be > 0, got {temperature}")
     if epsilon < 0:
         raise MethodError(f"odin: epsilon must be >= 0, got {epsilon}")
+    if gp is not None:
+        z = gp.logits.detach()
+        dz = ((z / temperature).softmax(-1) - F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)) / temperature
+        _, grad = gp.output_grads(gp.logits, dz, [], input_grad=True)
+        return (x.detach() - epsilon * grad.to(x.dtype).sign()).detach()
     x_in = x.detach().clone().requires_grad_(True)  # (B, C, H, W)
     with torch.enable_grad():
         logits = model(x_in) / temperature  # (B, K)
@@ -51,7 +61,7 @@ def odin_perturb(model: GradvizModel, x: torch.Tensor, temperature: float = 1000
           kind="input-gradient")
 def odin(batch: ModelOutputs, temperature: float = 1000.0, epsilon: float = 0.0014) -> torch.Tensor:
     """Negative temperature-scaled MSP of the ODIN-perturbed input (one batched input gradient)."""
-    x_tilde = odin_perturb(batch.model, batch.x, temperature, epsilon)
+    x_tilde = odin_perturb(batch.model, batch.x, temperature, epsilon, batch.gradient_pass())
     with torch.no_grad():
         logits = batch.model(x_tilde)  # (B, K)
     return -(logits / temperature).softmax(-1).amax(-1)

@@ -13,19 +13,23 @@ from typing import Any, Callable
 
 import torch
 
-from gradviz.errors import MethodError
+from gradviz.errors import GradvizError, MethodError
+from gradviz import gradients as _engine
+from gradviz.gradients import GradientPass
 from gradviz.models import GradvizModel
 
-__all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method"]
+__all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method",
+           "needs_graph"]
 
 
 @dataclass
 class ModelOutputs:
     """One batch seen by a model: inputs, logits, penultimate features, and a memo cache.
 
-    Gradient methods run their own backward passes from ``model`` and ``x``; expensive
-    shared results (e.g. the layerwise gradient table used by all ``grad_*`` scores) are
-    memoised in ``cache`` so they are computed once per batch.
+    Gradient methods share ONE hooked forward of the batch (:meth:`gradient_pass`) and run
+    their backward passes on its graph; expensive shared results (e.g. the layerwise gradient
+    table used by all ``grad_*`` scores) are memoised in ``cache`` so they are computed once
+    per batch.
     """
 
     model: GradvizModel
@@ -35,10 +39,28 @@ class ModelOutputs:
     cache: dict = field(default_factory=dict)
 
     @classmethod
-    def from_model(cls, model: GradvizModel, x: torch.Tensor) -> "ModelOutputs":
+    def from_model(cls, model: GradvizModel, x: torch.Tensor, keep_graph: bool = False) -> "ModelOutputs":
+        """The batch's logits and features; ``keep_graph=True`` takes them from the shared hooked
+        forward that gradient methods will reuse (one forward instead of two)."""
         x = x.to(model.device)
+        if keep_graph and x.shape[0] <= _engine.FORWARD_BATCH:
+            try:
+                gp = GradientPass(model, x)
+            except GradvizError:  # e.g. no supported layer: methods report their own errors later
+                gp = None
+            if gp is not None and gp.features is not None:
+                batch = cls(model, x, gp.logits.detach(), gp.features.detach())
+                batch.cache["gradient_pass"] = gp
+                return batch
         logits, features = model.logits_and_features(x)
         return cls(model, x, logits, features)
+
+    def gradient_pass(self) -> "GradientPass | None":
+        """The batch's hooked forward with its graph kept (memoised), or None for batches larger
+        than one engine sub-batch (methods then run the sub-batched public functions)."""
+        if self.x.shape[0] > _engine.FORWARD_BATCH:
+            return None
+        return self.memo("gradient_pass", lambda: GradientPass(self.model, self.x))
 
     @property
     def probs(self) -> torch.Tensor:
@@ -103,6 +125,13 @@ class MethodRunner:
 
 
 REGISTRY: dict[str, MethodInfo] = {}
+
+GRAPH_KINDS = ("gradient", "input-gradient")
+
+
+def needs_graph(runners: list["MethodRunner"]) -> bool:
+    """True if any runner backpropagates (then the batch keeps one shared hooked forward)."""
+    return any(r.info.kind in GRAPH_KINDS for r in runners)
 
 
 def register(name: str, *, title: str, paper: str, year: int, formula: str, kind: str, summary: str = ""):
