@@ -56,7 +56,7 @@ from gradviz.reductions import PARTS, fused_kernel, reduce_rows, resolve_mode
 
 __all__ = [
     "STATS", "LOSSES", "STRATEGIES", "LayerStats", "GradientPass", "layer_gradient_stats", "layer_sq_l2_norms",
-    "parametrised_layers",
+    "head_gradient_stats", "parametrised_layers",
 ]
 
 STATS: tuple[str, ...] = ("l1", "l2", "max", "min", "mean", "std")
@@ -807,6 +807,27 @@ def layer_gradient_stats(model: nn.Module, x: torch.Tensor, loss: str | Callable
         model, x, layers, progress,
         lambda gp, prog: _reduce_layers(gp._logit_grads(loss, layers), _Job(stats, chunk_mib, compile), prog))
     return LayerStats(names, stats, values.float(), numels)
+
+
+def head_gradient_stats(head: nn.Linear, logits: torch.Tensor, features: torch.Tensor,
+                        loss: str | Callable = "nll_pred", stats: Sequence[str] = STATS) -> torch.Tensor:
+    """Statistics of the classifier head's per-sample gradient in closed form, (B, S) float32.
+
+    With g = ∂ℓ/∂z and h the head input, ∇[W | b] = g [hᵀ | 1] is rank one (METHODS.md §1):
+    L1 = ‖g‖₁(‖h‖₁ + 1), L2 = ‖g‖(‖h‖² + 1)^½, max/min from the extremes of g and h, and the
+    mean and std from Σg·(Σh + 1) — no backward pass, only the logits and features of a forward.
+    """
+    stats = _check_stats(stats)
+    dloss = LOSSES.get(loss) if isinstance(loss, str) else loss
+    if dloss is None:
+        raise MethodError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+    with torch.no_grad():
+        g = dloss(logits.detach())  # (B, C)
+        h = features.detach().reshape(features.shape[0], -1).to(g.dtype)  # (B, D)
+        bias = head.bias is not None
+        parts = _rank_one_parts(g[:, None], h[:, None], bias, frozenset(PARTS))
+        numel = head.weight.numel() + (head.bias.numel() if bias else 0)
+        return _finish([parts], [numel], stats)[:, 0].float()
 
 
 def layer_sq_l2_norms(model: nn.Module, x: torch.Tensor, loss: str | Callable = "confounding_sigmoid",

@@ -10,11 +10,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradviz import gradients as engine
+from gradviz import reductions
 from gradviz.errors import GradvizError
 from gradviz.gradients import (
-    LOSSES, STATS, LayerStats, layer_gradient_stats, layer_sq_l2_norms, parametrised_layers,
+    LOSSES, STATS, GradientPass, LayerStats, layer_gradient_stats, layer_sq_l2_norms, parametrised_layers,
 )
 from gradviz.models.zoo import random_model
+
+
+@pytest.fixture(params=["off", "on"])
+def mode(request):
+    """Both statistics paths: eager PyTorch and the compiled C kernel (skipped without a compiler)."""
+    if request.param == "on" and reductions.warm_up() != "ready":
+        pytest.skip(f"compiled kernel unavailable here: {reductions.compiled_status()}")
+    return request.param
 
 # Per-sample losses whose logit gradients LOSSES claims in closed form.
 REFERENCE_LOSSES = {
@@ -117,10 +127,10 @@ def _forward_order(model, x):
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))
-def test_every_stat_of_every_layer_matches_autograd_mnist_cnn(loss):
+def test_every_stat_of_every_layer_matches_autograd_mnist_cnn(loss, mode):
     _, model, x = _case("mnist")
     ref = _reference("mnist", loss)
-    res = layer_gradient_stats(model, x, loss=loss)
+    res = layer_gradient_stats(model, x, loss=loss, compile=mode)
     names = [n for n, _ in parametrised_layers(model)]
     assert sorted(res.layers) == sorted(names) and len(res.layers) == 19
     idx = [names.index(n) for n in res.layers]
@@ -129,20 +139,20 @@ def test_every_stat_of_every_layer_matches_autograd_mnist_cnn(loss):
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))
-def test_every_stat_of_every_layer_matches_autograd_resnet18(loss):
+def test_every_stat_of_every_layer_matches_autograd_resnet18(loss, mode):
     _, model, x = _case("resnet")
     ref = _reference("resnet", loss)
-    res = layer_gradient_stats(model, x, loss=loss)
+    res = layer_gradient_stats(model, x, loss=loss, compile=mode)
     names = [n for n, _ in parametrised_layers(model)]
     assert res.layers == _forward_order(model, x.double())
     idx = [names.index(n) for n in res.layers]
     assert_stats_close(res, {s: v[:, idx] for s, v in ref.items()}, res.layers, rtol=1e-5)
 
 
-def test_float32_model_close_to_float64_reference():
+def test_float32_model_close_to_float64_reference(mode):
     model, _, x = _case("resnet")
     ref = _reference("resnet", "nll_pred")
-    res = layer_gradient_stats(model, x)
+    res = layer_gradient_stats(model, x, compile=mode)
     names = [n for n, _ in parametrised_layers(model)]
     idx = [names.index(n) for n in res.layers]
     assert_stats_close(res, {s: v[:, idx] for s, v in ref.items()}, res.layers, rtol=1e-3)
@@ -230,25 +240,12 @@ def test_last_layer_closed_form_matches_methods_md():
     assert res.get("mean").abs().max() < 1e-7
 
 
-def test_conv_variants_match_autograd():
+def test_conv_variants_match_autograd(mode):
     """Grouped, dilated, strided, biased, reflect-padded convs and a 1x1-output conv."""
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1, bias=True), nn.ReLU(inplace=True),
-        nn.Conv2d(4, 6, 3, stride=2, dilation=2, padding=2, groups=2), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
-        nn.Conv2d(6, 6, 3, padding="same", padding_mode="reflect", bias=False),
-        nn.Conv2d(6, 8, 5),  # 5x5 input -> 1x1 output: rank-one path
-        nn.Flatten(), nn.Linear(8, 5),
-    )
-    from gradviz.models import GradvizModel
-    from gradviz.models.card import ModelCard
-
-    card = ModelCard(name="t", architecture="t", input_size=(2, 9, 9), mean=(0.5, 0.5), std=(0.25, 0.25),
-                     class_names=[str(i) for i in range(5)])
-    model = _randomise_bn(GradvizModel(net, card)).double()
+    model = _conv_variants_model()
     x = _batch((2, 9, 9), 3, seed=10)
     ref = reference_stats(model, x, "confounding_softmax")
-    res = layer_gradient_stats(model, x, loss="confounding_softmax", chunk_mib=0.001)
+    res = layer_gradient_stats(model, x, loss="confounding_softmax", chunk_mib=0.001, compile=mode)
     assert_stats_close(res, ref, [n for n, _ in parametrised_layers(model)], rtol=1e-5)
     _, sq = layer_sq_l2_norms(model, x, loss="confounding_softmax")
     assert ((sq.double() - ref["l2"] ** 2).abs() / ref["l2"] ** 2).max() < 1e-5
@@ -276,3 +273,102 @@ def test_bad_inputs_raise_clear_errors():
             layer_gradient_stats(model, x)
     finally:
         model.eval()
+
+
+def _conv_variants_model():
+    """Grouped, dilated, strided, biased, reflect-padded convs, a 1x1-output conv, in-place ReLUs
+    (the first layer's output is modified in place: its gradient comes from a tensor hook)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, bias=True), nn.ReLU(inplace=True),
+        nn.Conv2d(4, 6, 3, stride=2, dilation=2, padding=2, groups=2), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
+        nn.Conv2d(6, 6, 3, padding="same", padding_mode="reflect", bias=False),
+        nn.Conv2d(6, 8, 5),  # 5x5 input -> 1x1 output: rank-one path
+        nn.Flatten(), nn.Linear(8, 5),
+    )
+    from gradviz.models import GradvizModel
+    from gradviz.models.card import ModelCard
+
+    card = ModelCard(name="t", architecture="t", input_size=(2, 9, 9), mean=(0.5, 0.5), std=(0.25, 0.25),
+                     class_names=[str(i) for i in range(5)])
+    return _randomise_bn(GradvizModel(net, card)).double()
+
+
+@pytest.mark.parametrize("strategy", ["bmm", "conv", "gram"])
+def test_every_materialisation_strategy_matches_autograd(strategy, mode, monkeypatch):
+    """Calibration may pick any plan: each one alone must give the autograd statistics."""
+    model = _conv_variants_model()
+    x = _batch((2, 9, 9), 5, seed=11)
+    ref = reference_stats(model, x, "confounding_sigmoid")
+    real = engine._Kernel.plans
+    monkeypatch.setattr(engine, "_CHOICE", {})
+    monkeypatch.setattr(engine._Kernel, "plans",
+                        lambda self: [p for p in real(self) if p[0] == strategy or self.kind != "dense"] or real(self))
+    names = [n for n, _ in parametrised_layers(model)]
+    if strategy != "gram":  # gram only measures the squared norm
+        res = layer_gradient_stats(model, x, loss="confounding_sigmoid", chunk_mib=0.002, compile=mode)
+        assert_stats_close(res, ref, names, rtol=1e-5)
+    _, sq = layer_sq_l2_norms(model, x, loss="confounding_sigmoid", chunk_mib=0.002)
+    assert ((sq.double() - ref["l2"] ** 2).abs() / ref["l2"] ** 2).max() < 1e-5
+
+
+def test_one_pass_serves_several_losses_and_leaves_the_model_clean():
+    model, _, x = _case("mnist")
+    gp = GradientPass(model, x)
+    for loss in LOSSES:
+        shared = gp.layer_stats(loss=loss, compile="off")
+        alone = layer_gradient_stats(model, x, loss=loss, compile="off")
+        assert shared.layers == alone.layers
+        assert torch.allclose(shared.values, alone.values, rtol=1e-6, atol=1e-12)
+        names, sq = gp.sq_l2_norms(loss=loss)
+        assert torch.allclose(sq, alone.get("l2", names) ** 2, rtol=1e-5)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_compiled_kernel_agrees_with_eager_on_odd_shapes():
+    if reductions.warm_up() != "ready":
+        pytest.skip(f"compiled kernel unavailable here: {reductions.compiled_status()}")
+    kernel = reductions.fused_kernel("on", torch.float32)
+    g = torch.Generator().manual_seed(3)
+    for shape in [(1, 70_001), (2, 3), (1000, 17), (3, 1)]:  # one long row is split over threads
+        x = torch.randn(shape, generator=g)
+        got = kernel(x)
+        want = reductions.reduce_rows(x.clone(), kernel=None)
+        for i, part in enumerate(reductions.PARTS):
+            assert torch.allclose(got[:, i], want[part].double(), rtol=1e-5, atol=1e-5), part
+
+
+def test_without_a_compiler_the_engine_falls_back_to_eager(monkeypatch, tmp_path):
+    monkeypatch.setenv("GRADVIZ_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(reductions, "_COMPILED", reductions._Compiled())
+    monkeypatch.setattr(reductions, "_compilers", lambda: [])
+    monkeypatch.setattr(engine, "_CHOICE", {})
+    model, _, x = _case("mnist")
+    eager = layer_gradient_stats(model, x, compile="off")
+    with pytest.warns(RuntimeWarning, match="unavailable"):
+        got = layer_gradient_stats(model, x, compile="on")
+    assert torch.allclose(got.values, eager.values, rtol=1e-6, atol=1e-12)
+    assert reductions.compiled_status().startswith("failed") and "no C compiler" in reductions.compiled_status()
+    monkeypatch.setattr(reductions, "_COMPILED", reductions._Compiled())
+    monkeypatch.setattr(reductions, "_compilers", lambda: ["/bin/false"])  # a compiler that fails
+    layer_gradient_stats(model, x, compile="auto")  # auto: silent fallback
+    assert reductions.compiled_status().startswith("failed: GradvizError: could not compile")
+
+
+def test_bad_compile_mode_is_a_clear_error():
+    model = _mnist_model()
+    with pytest.raises(GradvizError, match="compile must be one of"):
+        layer_gradient_stats(model, _batch((1, 28, 28), 2), compile="fast")
+
+
+def test_scratch_buffer_stays_within_the_chunk_budget(monkeypatch):
+    """Materialised gradients never exceed the budget (or one sample's gradient, if that is larger)."""
+    monkeypatch.setattr(engine, "_SCRATCH", __import__("threading").local())
+    monkeypatch.setattr(engine, "_CHOICE", {})
+    model, _, x = _case("resnet")
+    budget_mib = 0.5
+    layer_gradient_stats(model, x, chunk_mib=budget_mib, compile="off")
+    biggest = max(m.weight.numel() for _, m in parametrised_layers(model) if isinstance(m, nn.Conv2d))
+    held = max(b.numel() for b in engine._SCRATCH.buffers.values()) * 8  # float64 model
+    assert held <= max(budget_mib * 2**20, biggest * 8)

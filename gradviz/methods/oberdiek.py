@@ -7,7 +7,8 @@ the per-sample gradient ∇_{θ_l} ℓ is summarised by L1, L2, max, min, mean, 
 (gradviz.gradients.layer_gradient_stats; one engine pass per batch is shared by every
 ``grad_*`` score through ``batch.memo``). Bigger gradients = more uncertain, so:
     grad_l1 = ‖∇‖₁,  grad_l2 = ‖∇‖₂,  grad_max = max ∇,  grad_min = −min ∇,  grad_std = std ∇.
-``layer``: "last" = the classifier head (closed form, no backward), a qualified layer name
+``layer``: "last" = the classifier head (closed form from the logits and features, no backward
+and no graph), a qualified layer name
 (see :func:`gradviz.gradients.parametrised_layers`), or "all" = the gradient of *all*
 parameters as one vector: L1 summed over layers, L2 = sqrt(Σ_l L2_l²), max / min over layers,
 std the exact population std of the whole concatenated gradient (from per-layer sums).
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.gradients import LayerStats, layer_gradient_stats, parametrised_layers
+from gradviz.gradients import STATS, LayerStats, head_gradient_stats, layer_gradient_stats, parametrised_layers
 from gradviz.methods.registry import ModelOutputs, register
 
 LOSS = "nll_pred"
@@ -48,6 +49,16 @@ def _head_name(batch: ModelOutputs) -> str:
     raise MethodError("the model's head is not among its parametrised layers")
 
 
+def _head_stats(batch: ModelOutputs) -> LayerStats:
+    """The head's six statistics in closed form from the batch's logits and features (no backward)."""
+    def compute() -> LayerStats:
+        head = batch.model.head
+        values = head_gradient_stats(head, batch.logits, batch.features, loss=LOSS)
+        numel = sum(p.numel() for p in head.parameters(recurse=False))
+        return LayerStats([_head_name(batch)], STATS, values[:, None, :], [numel])
+    return batch.memo(("layer_stats", LOSS, "head"), compute)
+
+
 def _stats_for(batch: ModelOutputs, layer: str) -> tuple[LayerStats, list[str] | None]:
     """The statistics table to read and the layer list to select (None = all)."""
     if layer == "all":
@@ -56,6 +67,8 @@ def _stats_for(batch: ModelOutputs, layer: str) -> tuple[LayerStats, list[str] |
     full = batch.cache.get(("layer_stats", LOSS, None))
     if full is not None:
         return full, [name]
+    if layer == "last":
+        return _head_stats(batch), [name]
     known = [n for n, _ in parametrised_layers(batch.model)]
     if name not in known:
         raise MethodError(f"unknown layer {layer!r}; use 'all', 'last' or one of: {', '.join(known)}")
