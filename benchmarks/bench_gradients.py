@@ -1,14 +1,17 @@
-"""Per-sample gradient statistics: gradviz's engine vs the obvious ways and peer libraries.
+"""Per-sample gradient quantities: every gradviz engine path and method vs the obvious ways and peer libraries.
 
-Measures (never asserts) samples/s, time relative to a plain forward and to a plain batched
-forward+backward of the same batch, peak RSS, and exactness (max relative error vs a float64
-per-sample autograd loop) on:
-  - the bundled architecture, random weights: mnist-cnn, batch 256, 1×28×28;
-  - torchvision resnet18, random weights, 10 classes, 3×32×32, batch 32.
+Measures (never asserts), in ONE process and run, on
+  - the bundled architecture with random weights: mnist-cnn, batch 256, 1×28×28;
+  - torchvision resnet18 with random weights, 10 classes, 3×32×32, batch 32:
+samples/s and throughput relative to a plain batched forward and to a plain batched
+forward+backward of the same model and batch (measured right before each row); exactness
+(max relative error vs a float64 per-sample autograd loop); peak memory at two batch sizes
+(fresh subprocesses); machine and library versions.
 
-    .venv/bin/python benchmarks/bench_gradients.py            # ~2-3 min on 2 idle cores
-    .venv/bin/python benchmarks/bench_gradients.py --quick    # ~20 s, small batches
+    .venv/bin/python benchmarks/bench_gradients.py            # ~6 min on 2 idle cores
+    .venv/bin/python benchmarks/bench_gradients.py --quick    # small batches, fewer repeats (~1.5 min)
     .venv/bin/python benchmarks/bench_gradients.py --write    # also writes docs/PERFORMANCE.md
+    .venv/bin/python benchmarks/bench_gradients.py --device cuda   # on a GPU, when there is one
 
 BackPACK and Opacus are optional (requirements-bench.txt); rows say where they refuse a model.
 """
@@ -17,7 +20,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import resource
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,36 +37,49 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gradviz import reductions  # noqa: E402
 from gradviz.gradients import STATS, layer_gradient_stats, layer_sq_l2_norms, parametrised_layers  # noqa: E402
+from gradviz.methods import ModelOutputs, list_methods, run_method  # noqa: E402
 from gradviz.models.zoo import random_model  # noqa: E402
 
-CASES = {  # name -> (arch, input size, batch, quick batch)
-    "mnist-cnn": ("mnist-cnn", (1, 28, 28), 256, 64),
-    "resnet18": ("resnet18", (3, 32, 32), 32, 8),
-}
-ROWS = ["engine", "engine_l2", "gradnorm", "msp", "loop", "vmap", "backpack", "opacus"]
-LABELS = {
-    "engine": "gradviz engine, 6 stats × all layers (eager)",
-    "engine_l2": "gradviz engine, L2 only (Gram/ghost where cheaper)",
-    "gradnorm": "gradnorm closed form (last layer, forward only)",
-    "msp": "msp (forward only)",
-    "loop": "per-sample autograd loop + stats",
-    "vmap": "torch.func vmap(grad) + functional_call + stats",
-    "backpack": "BackPACK BatchGrad + stats",
-    "opacus": "Opacus GradSampleModule + stats",
+CASES = {  # name -> (arch, input size, batch, quick batch, memory batches)
+    "mnist-cnn": ("mnist-cnn", (1, 28, 28), 256, 64, (256, 1024)),
+    "resnet18": ("resnet18", (3, 32, 32), 32, 8, (32, 128)),
 }
 
+# row -> (label, group); groups: engine paths, gradviz methods (each with its own forward), peers
+ROWS = {
+    "six": ("six statistics × every layer, compiled kernel", "engine"),
+    "six_eager": ("six statistics × every layer, eager PyTorch", "engine"),
+    "l2": ("‖∇θ‖² per layer only (confounding's quantity)", "engine"),
+    "msp": ("msp (forward only)", "method"),
+    "gradnorm": ("gradnorm (closed-form last layer)", "method"),
+    "grad_last": ("grad_l2, layer=last (closed-form last layer)", "method"),
+    "grad_all": ("grad_l1 … grad_std (six stats, all layers)", "method"),
+    "confounding": ("confounding (L2 of every layer)", "method"),
+    "gaia_z": ("gaia_z (one backward to BN outputs)", "method"),
+    "gaia_a": ("gaia_a (one backward to BN outputs)", "method"),
+    "odin": ("odin (input gradient + second forward)", "method"),
+    "all_methods": ("all 14 unfitted methods on one shared forward", "method"),
+    "loop": ("per-sample autograd loop + stats", "peer"),
+    "vmap": ("torch.func vmap(grad) + functional_call + stats", "peer"),
+    "backpack": ("BackPACK BatchGrad + stats", "peer"),
+    "backpack_l2": ("BackPACK BatchL2Grad (L2 only)", "peer"),
+    "opacus": ("Opacus GradSampleModule + stats", "peer"),
+}
+SLOW = {"loop", "vmap", "backpack", "backpack_l2", "opacus"}
 
-def make_case(name: str, quick: bool):
-    arch, size, batch, quick_batch = CASES[name]
+
+def make_case(name: str, quick: bool, batch: int | None = None, device: str = "cpu"):
+    arch, size, full, small, _ = CASES[name]
     model = random_model(arch, 10, size, seed=0)
     g = torch.Generator().manual_seed(1)
     for m in model.modules():  # non-trivial BN statistics, as in a trained model
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    x = torch.rand((quick_batch if quick else batch, *size), generator=g)
-    return model, x
+    x = torch.rand((batch or (small if quick else full), *size), generator=g)
+    return model.to(device), x.to(device)
 
 
 def nll_pred(z: torch.Tensor) -> torch.Tensor:
@@ -79,6 +100,11 @@ def layer_param_groups(module: nn.Module) -> list[list[nn.Parameter]]:
     return [list(m.parameters(recurse=False)) for _, m in parametrised_layers(module)]
 
 
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 # ---------------------------------------------------------------------------- the contenders
 
 
@@ -88,27 +114,29 @@ def run_forward(model, x):
 
 
 def run_forward_backward(model, x):
-    params = [p for p in model.parameters()]
-    return torch.autograd.grad(nll_pred(model(x)), params)
+    return torch.autograd.grad(nll_pred(model(x)), list(model.parameters()))
 
 
-def run_msp(model, x):
-    with torch.no_grad():
-        return -model(x).softmax(-1).amax(-1)
+def _method(name: str, **params):
+    """One method as the scoring pipeline runs it: its batch's forward (kept as the shared graph
+    when the method backpropagates) plus the method."""
+    from gradviz.methods import get_method
+
+    keep = get_method(name).kind in ("gradient", "input-gradient") and params.get("layer") != "last"
+
+    def run(model, x):
+        return run_method(name, ModelOutputs.from_model(model, x, keep_graph=keep), **params)
+    return run
 
 
-def run_gradnorm(model, x):
-    logits, h = model.logits_and_features(x)
-    p = logits.softmax(-1)
-    return -h.abs().sum(-1) * (p - 1.0 / p.shape[-1]).abs().sum(-1)
+def run_grad_all(model, x):
+    batch = ModelOutputs.from_model(model, x, keep_graph=True)
+    return [run_method(f"grad_{s}", batch) for s in ("l1", "l2", "max", "min", "std")]
 
 
-def run_engine(model, x):
-    return layer_gradient_stats(model, x).values
-
-
-def run_engine_l2(model, x):
-    return layer_sq_l2_norms(model, x, loss="nll_pred")[1]
+def run_all_methods(model, x):
+    batch = ModelOutputs.from_model(model, x, keep_graph=True)
+    return [run_method(m.name, batch) for m in list_methods() if not m.needs_fit]
 
 
 def run_loop(model, x, dtype=None):
@@ -144,18 +172,31 @@ def run_vmap(model, x):
     return stats_of(vectors)
 
 
-def run_backpack(model, x):
+def _backpack(model, x, extension):
     from backpack import backpack, extend
-    from backpack.extensions import BatchGrad
 
     net = extend(copy.deepcopy(model.net))
     lossfn = extend(nn.CrossEntropyLoss(reduction="sum"))
     z = net(model.normalize(x))
     loss = lossfn(z, z.argmax(-1).detach())
-    with backpack(BatchGrad()):
+    with backpack(extension):
         loss.backward()
+    return net
+
+
+def run_backpack(model, x):
+    from backpack.extensions import BatchGrad
+
+    net = _backpack(model, x, BatchGrad())
     vectors = [torch.cat([p.grad_batch.reshape(x.shape[0], -1) for p in g], 1) for g in layer_param_groups(net)]
     return stats_of(vectors)
+
+
+def run_backpack_l2(model, x):
+    from backpack.extensions import BatchL2Grad
+
+    net = _backpack(model, x, BatchL2Grad())
+    return torch.stack([sum(p.batch_l2 for p in g) for g in layer_param_groups(net)], 1)  # (B, L) squared norms
 
 
 def run_opacus(model, x):
@@ -170,82 +211,63 @@ def run_opacus(model, x):
 
 
 RUNNERS = {
-    "engine": run_engine, "engine_l2": run_engine_l2, "gradnorm": run_gradnorm, "msp": run_msp,
-    "loop": run_loop, "vmap": run_vmap, "backpack": run_backpack, "opacus": run_opacus,
+    "six": lambda m, x: layer_gradient_stats(m, x, compile="on").values,
+    "six_eager": lambda m, x: layer_gradient_stats(m, x, compile="off").values,
+    "l2": lambda m, x: layer_sq_l2_norms(m, x, loss="nll_pred")[1],
+    "msp": _method("msp"), "gradnorm": _method("gradnorm"), "grad_last": _method("grad_l2", layer="last"),
+    "grad_all": run_grad_all, "confounding": _method("confounding"), "gaia_z": _method("gaia_z"),
+    "gaia_a": _method("gaia_a"), "odin": _method("odin"), "all_methods": run_all_methods,
+    "loop": run_loop, "vmap": run_vmap, "backpack": run_backpack, "backpack_l2": run_backpack_l2, "opacus": run_opacus,
 }
+OPTIONAL = {"backpack": "backpack", "backpack_l2": "backpack", "opacus": "opacus"}
 
 
 # ---------------------------------------------------------------------------- measuring
 
 
-class RssSampler:
-    """Peak resident memory of this process while a block runs (sampled from /proc every 2 ms)."""
-
-    def __enter__(self):
-        import threading
-
-        self.peak = self.start = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> float:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-        except OSError:  # not Linux: fall back to the (monotonic) getrusage peak
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-
-def best_time(fn, warm, min_time: float, max_reps: int) -> float:
-    """Fastest of repeated ``fn()`` calls after one ``warm()`` (the minimum is the least noisy
-    estimate on cores shared with other work)."""
-    warm()
+def best_time(fn, device, min_time: float, max_reps: int) -> float:
+    """Fastest of repeated calls (the minimum is the least noisy estimate on shared cores)."""
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < max_reps and (not times or time.perf_counter() - start < min_time):
         t = time.perf_counter()
         fn()
+        sync(device)
         times.append(time.perf_counter() - t)
     return min(times)
 
 
-def exactness(row: str, model, xs, reference: torch.Tensor) -> float | None:
-    """Max relative error of the six statistics (L2 only for engine_l2) vs the float64 loop.
+def _in_layer_order(model, names: list[str], values: torch.Tensor) -> torch.Tensor:
+    order = [n for n, _ in parametrised_layers(model)]  # the engine reports forward order
+    return values[:, [names.index(n) for n in order]]
 
-    L1, L2, std relative to themselves; max, min, mean relative to the gradient's RMS.
-    """
-    order = [n for n, _ in parametrised_layers(model)]  # the engine reports forward order: reorder
-    if row == "engine_l2":
+
+def exactness(row: str, model, xs, reference: torch.Tensor) -> dict | None:
+    """Max relative error per statistic vs the float64 loop (L1, L2, std relative to themselves;
+    max, min, mean relative to the gradient's RMS); L2 rows only the L2 column."""
+    if row == "l2":
         names, sq = layer_sq_l2_norms(model, xs, loss="nll_pred")
-        got = sq.double().sqrt()[:, [names.index(n) for n in order]]
-        return ((got - reference[..., 1]).abs() / reference[..., 1]).max().item()
-    if row not in ("engine", "loop", "vmap", "backpack", "opacus"):
-        return None
-    if row == "engine":
-        res = layer_gradient_stats(model, xs)
-        got = res.values.double()[:, [res.layers.index(n) for n in order]]
-    else:
+        got = _in_layer_order(model, names, sq.double()).sqrt()
+        return {"l2": ((got - reference[..., 1]).abs() / reference[..., 1]).max().item()}
+    if row == "backpack_l2":
+        got = RUNNERS[row](model, xs).double().sqrt()
+        return {"l2": ((got - reference[..., 1]).abs() / reference[..., 1]).max().item()}
+    if row in ("six", "six_eager"):
+        res = layer_gradient_stats(model, xs, compile="on" if row == "six" else "off")
+        got = _in_layer_order(model, res.layers, res.values.double())
+    elif row in ("loop", "vmap", "backpack", "opacus"):
         got = RUNNERS[row](model, xs).double()
+    else:
+        return None
     numels = torch.tensor([float(sum(p.numel() for p in g)) for g in layer_param_groups(model.net)])
-    rms = reference[..., 1] / numels.sqrt()
+    rms = reference[..., 1] / numels.sqrt().to(reference.device)
     scale = torch.stack([reference[..., 0], reference[..., 1], rms, rms, rms, reference[..., 5]], -1)
-    return ((got - reference).abs() / scale.clamp_min(1e-30)).max().item()
+    err = ((got - reference).abs() / scale.clamp_min(1e-30)).amax((0, 1))
+    return dict(zip(STATS, err.tolist()))
 
 
 def available(row: str) -> bool:
-    mod = {"backpack": "backpack", "opacus": "opacus"}.get(row)
+    mod = OPTIONAL.get(row)
     if mod is None:
         return True
     try:
@@ -255,84 +277,205 @@ def available(row: str) -> bool:
         return False
 
 
-def measure_case(case: str, quick: bool) -> list[dict]:
-    """Every row on one model; baselines measured in the same process right before the rows."""
-    model, x = make_case(case, quick)
-    min_time, reps = (0.3, 3) if quick else (1.5, 7)
-    few = x[:2]
-    reference = run_loop(model, x[:4 if quick else 8], dtype=torch.float64)
+def measure_case(case: str, quick: bool, device: str) -> tuple[list[dict], dict]:
+    """Every row on one model; the two baselines are re-measured right before each row."""
+    model, x = make_case(case, quick, device=device)
+    min_time, reps = (0.3, 3) if quick else (2.0, 10)
+    xs = x[:4 if quick else 8]
+    reference = run_loop(model, xs, dtype=torch.float64)
+    model64 = make_case(case, quick, device=device)[0].double()  # same seeds: the same weights
+    floor = {}
+    for name, m in (("float32 loop", model), ("engine float64, compiled", model64), ("engine float64, eager", model64)):
+        if name == "float32 loop":
+            got = run_loop(m, xs).double()
+        else:
+            res = layer_gradient_stats(m, xs.double(), compile="on" if "compiled" in name else "off")
+            got = _in_layer_order(m, res.layers, res.values.double())
+        numels = torch.tensor([float(sum(p.numel() for p in g)) for g in layer_param_groups(model.net)])
+        rms = reference[..., 1] / numels.sqrt().to(reference.device)
+        scale = torch.stack([reference[..., 0], reference[..., 1], rms, rms, rms, reference[..., 5]], -1)
+        floor[name] = dict(zip(STATS, ((got - reference).abs() / scale.clamp_min(1e-30)).amax((0, 1)).tolist()))
     results = []
     for row in ROWS:
         t0 = time.perf_counter()
         out = {"case": case, "row": row, "batch": x.shape[0]}
         if not available(row):
-            out["refused"] = "not installed (see requirements-bench.txt)"
+            out["refused"] = "not installed (pip install -r requirements-bench.txt)"
         else:
             fn = RUNNERS[row]
-            slow = row in ("loop", "vmap", "backpack", "opacus")
-            try:  # baselines right before each row: load from other work drifts over minutes
-                out["fwd"] = best_time(lambda: run_forward(model, x), lambda: None, min_time, reps)
-                out["fwdbwd"] = best_time(lambda: run_forward_backward(model, x), lambda: None, min_time, reps)
-                with RssSampler() as rss:
-                    out["seconds"] = best_time(lambda: fn(model, x), lambda: fn(model, few if slow else x),
-                                               0.0 if slow else min_time, 1 if slow else reps)
-                out["rss_peak_mib"], out["rss_extra_mib"] = rss.peak, rss.peak - rss.start
-                out["error"] = exactness(row, model, x[:reference.shape[0]], reference)
+            slow = row in SLOW
+            try:
+                warm = x[:2] if slow else x
+                first = time.perf_counter()
+                fn(model, warm)  # warm-up (first calls pay one-off set-up: calibration, kernel load)
+                sync(device)
+                out["first_call"] = time.perf_counter() - first
+                out["fwd"] = best_time(lambda: run_forward(model, x), device, min_time, reps)
+                out["fwdbwd"] = best_time(lambda: run_forward_backward(model, x), device, min_time, reps)
+                out["seconds"] = best_time(lambda: fn(model, x), device, 0.0 if slow else min_time, 1 if slow else reps)
+                out["error"] = exactness(row, model, xs, reference)
             except Exception as exc:  # a peer refusing a model is a result, not a crash
                 out.pop("seconds", None)
-                out["refused"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
-        print(f"  {case:9s} {row:9s} {time.perf_counter() - t0:5.1f}s", file=sys.stderr)
+                out["refused"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:110]}"
+        print(f"  {case:9s} {row:12s} {time.perf_counter() - t0:5.1f}s", file=sys.stderr, flush=True)
         results.append(out)
-    return results
+    return results, floor
 
 
-def run_all(quick: bool) -> list[dict]:
-    return [r for case in CASES for r in measure_case(case, quick)]
+# ---------------------------------------------------------------------------- memory (fresh processes)
 
 
-def table(results: list[dict], quick: bool) -> str:
-    head = ("| model (batch) | method | samples/s | × forward | × fwd+bwd | max rel. error vs float64 loop "
-            "| peak RSS MiB (+ over start) |\n|---|---|---:|---:|---:|---:|---:|")
-    lines = [head]
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def probe(case: str, batch: int, row: str) -> None:
+    """In a fresh process: peak RSS increase during one call of ``row`` (after a tiny warm-up).
+
+    The kernel's high-water mark is reset right before the call (``/proc/self/clear_refs`` 5), so
+    import-time peaks of the CUDA-enabled torch build do not count."""
+    torch.set_num_threads(2)
+    model, x = make_case(case, False, batch=batch)
+    fn = run_forward_backward if row == "fwdbwd" else RUNNERS[row]
+    fn(model, x[:2])
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_mib("VmRSS")
+    t = time.perf_counter()
+    fn(model, x)
+    seconds = time.perf_counter() - t
+    print(json.dumps({"extra_mib": _status_mib("VmHWM") - base, "seconds": seconds}))
+
+
+def measure_memory(quick: bool) -> list[dict]:
+    rows = []
+    for case, (*_, batches) in CASES.items():
+        for batch in batches[:1] if quick else batches:
+            for row in ("fwdbwd", "six", "l2", "vmap"):
+                if row == "vmap" and batch != batches[0]:
+                    continue
+                cmd = [sys.executable, __file__, "--probe", case, str(batch), row]
+                run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+                entry = {"case": case, "batch": batch, "row": row}
+                if run.returncode == 0:
+                    entry.update(json.loads(run.stdout.strip().splitlines()[-1]))
+                else:
+                    entry["refused"] = (run.stderr.strip().splitlines() or ["failed"])[-1][:120]
+                rows.append(entry)
+                print(f"  memory {case} {batch} {row}", file=sys.stderr, flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    cc_version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[0] if cc else "none"
+    libs = []
+    for name in ("torch", "torchvision", "numpy", "backpack-for-pytorch", "opacus"):
+        try:
+            libs.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            libs.append(f"{name} not installed")
+    return (f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; Python {platform.python_version()}; "
+            f"{', '.join(libs)}; C compiler: {cc_version}; gradviz kernel: {reductions.compiled_status()}")
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}×"
+
+
+def report(results: list[dict], floors: dict, memory: list[dict], quick: bool, total: float) -> str:
+    lines = ["| model (batch) | row | samples/s | vs forward | vs fwd+bwd | max rel. error vs float64 loop | first call s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    msp = {r["case"]: r for r in results if r["row"] == "msp" and "seconds" in r}
     for r in results:
-        label = LABELS[r["row"]]
-        model = f"{r['case']} ({r.get('batch', '—')})"
+        label = ROWS[r["row"]][0]
+        model = f"{r['case']} ({r['batch']})"
         if "refused" in r:
             lines.append(f"| {model} | {label} | refused: {r['refused']} | | | | |")
             continue
-        err = "—" if r.get("error") is None else f"{r['error']:.1e}"
-        rss = f"{r['rss_peak_mib']:.0f} (+{r['rss_extra_mib']:.0f})"
-        lines.append(f"| {model} | {label} | {r['batch'] / r['seconds']:,.0f} | {r['seconds'] / r['fwd']:.1f} | "
-                     f"{r['seconds'] / r['fwdbwd']:.2f} | {err} | {rss} |")
+        err = "—" if not r.get("error") else f"{max(r['error'].values()):.1e}"
+        vs_fwd = _ratio(r["fwd"], r["seconds"])
+        if r["row"] in ("gradnorm", "grad_last") and r["case"] in msp:
+            vs_fwd += f" ({_ratio(msp[r['case']]['seconds'], r['seconds'])} of msp)"
+        lines.append(f"| {model} | {label} | {r['batch'] / r['seconds']:,.0f} | {vs_fwd} | "
+                     f"{_ratio(r['fwdbwd'], r['seconds'])} | {err} | {r['first_call']:.2f} |")
+    lines += ["", "Exactness per statistic (max relative error over layers and the first samples; L1, L2, std "
+              "relative to themselves, max/min/mean relative to the gradient's RMS):", "",
+              "| model | path | " + " | ".join(STATS) + " |", "|---|---|" + "---:|" * len(STATS)]
+    for r in results:
+        if r.get("error") and len(r["error"]) == len(STATS) and r["row"] in ("six", "six_eager"):
+            lines.append(f"| {r['case']} | engine float32, {'compiled' if r['row'] == 'six' else 'eager'} | "
+                         + " | ".join(f"{r['error'][s]:.1e}" for s in STATS) + " |")
+    for case, fl in floors.items():
+        for name, errs in fl.items():
+            lines.append(f"| {case} | {name} | " + " | ".join(f"{errs[s]:.1e}" for s in STATS) + " |")
+    if memory:
+        lines += ["", "Peak memory of one call in a fresh process (RSS increase over the process after a 2-sample "
+                  "warm-up; chunk budget `GRADVIZ_CHUNK_MIB` = 16):", "",
+                  "| model | batch | plain fwd+bwd | six statistics (compiled) | L2 only | vmap(grad) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for case, (*_, batches) in CASES.items():
+            for batch in batches:
+                cells = []
+                for row in ("fwdbwd", "six", "l2", "vmap"):
+                    m = next((e for e in memory if e["case"] == case and e["batch"] == batch and e["row"] == row), None)
+                    cells.append("—" if m is None else m.get("refused") or f"+{m['extra_mib']:.0f} MiB")
+                if any(c != "—" for c in cells):
+                    lines.append(f"| {case} | {batch} | " + " | ".join(cells) + " |")
     mode = "--quick (small batches)" if quick else "default"
-    note = (f"\nCPU, torch {torch.__version__}, {torch.get_num_threads()} threads, mode {mode}. "
-            "× forward / × fwd+bwd = time of the method ÷ time of a plain batched forward / "
-            "forward+backward (parameter gradients of the summed loss) of the same batch, measured "
-            "in the same process just before the row; times are the fastest of repeated runs (one run for the "
-            "slow rows: loop, vmap, BackPACK). Peak RSS = the whole process (model, batch, Python, torch) "
-            "sampled while that row ran, and its increase over the RSS when the row started. Peak RSS of "
-            f"the whole run (getrusage): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB.\n")
+    note = (f"\n{time.strftime('%Y-%m-%d %H:%M')} · `benchmarks/bench_gradients.py` ({mode}), {total:.0f} s · "
+            f"{machine()}. Throughput ratios: a row's samples/s ÷ that of a plain batched forward (no grad) / "
+            "forward+backward (parameter gradients of the summed loss) of the same batch, both measured in the "
+            "same process right before the row; higher is better, 1.00× = as fast. Times are the fastest of "
+            "repeated calls after one warm-up call (first call s: that warm-up, which includes the one-off "
+            "calibration of each layer's plan and the kernel load); the slow peers run once. Method rows include "
+            "their own forward, as the scoring pipeline runs them. Load average at the end: "
+            f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}.\n")
     return "\n".join(lines) + "\n" + note
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small batches, fewer repeats, ~20 s")
-    ap.add_argument("--write", action="store_true", help="write the table to docs/PERFORMANCE.md")
+    ap.add_argument("--quick", action="store_true", help="small batches, fewer repeats")
+    ap.add_argument("--write", action="store_true", help="write the tables to docs/PERFORMANCE.md")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    ap.add_argument("--probe", nargs=3, metavar=("CASE", "BATCH", "ROW"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    if args.probe:
+        probe(args.probe[0], int(args.probe[1]), args.probe[2])
+        return
+    torch.set_num_threads(2 if args.device == "cpu" else torch.get_num_threads())
+    reductions.warm_up()
     t0 = time.perf_counter()
-    results = run_all(args.quick)
-    md = table(results, args.quick)
+    results, floors = [], {}
+    for case in CASES:
+        rows, floor = measure_case(case, args.quick, args.device)
+        results += rows
+        floors[case] = floor
+    memory = [] if args.no_memory or args.device != "cpu" else measure_memory(args.quick)
+    md = report(results, floors, memory, args.quick, time.perf_counter() - t0)
     print(md)
-    print(f"total {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.write:
-        path = ROOT / "docs" / "PERFORMANCE.md"
-        path.write_text("# Performance: per-sample gradient statistics\n\n"
-                        "Written by `benchmarks/bench_gradients.py --write` (see benchmarks/README.md). "
-                        "The machine's 2 cores are shared, so absolute numbers are noisy; the ratios "
-                        "within one run are what to compare.\n\n" + md)
-        print(f"wrote {path}", file=sys.stderr)
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from report_md import replace_section
+
+        heading = "Per-sample gradient engine" + ("" if args.device == "cpu" else f" ({args.device})")
+        replace_section(ROOT / "docs" / "PERFORMANCE.md", heading, md)
+        print(f"wrote {ROOT / 'docs' / 'PERFORMANCE.md'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

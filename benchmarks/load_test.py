@@ -370,11 +370,11 @@ def load_average() -> str:
 
 
 def append_section(path: Path, heading: str, body: str) -> None:
-    """Append ``body`` under ``## heading`` in ``path`` (heading added once)."""
-    text = path.read_text() if path.exists() else "# Performance\n"
-    if f"## {heading}" not in text:
-        text = text.rstrip("\n") + f"\n\n## {heading}\n"
-    path.write_text(text.rstrip("\n") + "\n\n" + body.strip("\n") + "\n")
+    """Write ``body`` as the ``## heading`` section of ``path`` (replacing an earlier run's)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report_md import replace_section
+
+    replace_section(path, heading, body)
 
 
 def main(argv: list[str] | None = None) -> int:

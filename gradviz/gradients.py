@@ -182,24 +182,32 @@ def _check_model(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> None:
 
 
 class _Sink:
-    """Where the graph's tensor hooks put output gradients during one backward (else dropped)."""
+    """Where the graph's tensor hooks deliver output gradients during one backward.
+
+    Outside :meth:`collecting` (and for captures nobody asked for) a gradient is dropped at once.
+    The sink holds no reference to the graph or the pass, so they form no reference cycle.
+    """
 
     def __init__(self) -> None:
-        self.grads: dict[int, torch.Tensor] | None = None
+        self.pending: dict[int, Capture] | None = None
+        self.each: Callable | None = None
+        self.results: dict[int, object] = {}
 
     def hook(self, index: int) -> Callable[[torch.Tensor], None]:
-        def store(grad: torch.Tensor) -> None:
-            if self.grads is not None:
-                self.grads[index] = grad
+        def store(grad: torch.Tensor) -> None:  # returns None: the gradient flowing on is unchanged
+            pending = self.pending
+            if pending is not None and index in pending and index not in self.results:
+                cap = pending[index]
+                self.results[index] = self.each(cap, grad.detach()) if self.each else grad.detach()
         return store
 
     @contextmanager
-    def collecting(self) -> Iterator[dict[int, torch.Tensor]]:
-        self.grads = {}
+    def collecting(self, pending: dict[int, "Capture"], each: Callable | None) -> Iterator[dict[int, object]]:
+        self.pending, self.each, self.results = pending, each, {}
         try:
-            yield self.grads
+            yield self.results
         finally:
-            self.grads = None
+            self.pending, self.each = None, None
 
 
 @dataclass(eq=False)
@@ -302,57 +310,84 @@ class GradientPass:
         return caps
 
     def output_grads(self, root: torch.Tensor, grad: torch.Tensor | None, captures: Sequence[Capture],
-                     input_grad: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """(δ for each capture, ∂/∂x_in or None): one ``autograd.grad`` of ``root`` weighted by ``grad``.
+                     input_grad: bool = False, each: Callable[[Capture, torch.Tensor], object] | None = None,
+                     ) -> tuple[list, torch.Tensor | None]:
+        """One backward of ``root`` weighted by ``grad`` on the kept graph.
 
-        Unmodified outputs are differentiated directly; outputs changed in place downstream get
-        their gradient from the tensor hook registered during the forward. The graph is kept.
+        Returns ([``each(c, δ_c)`` — or δ_c itself — for each capture], ∂/∂x_in if ``input_grad``).
+        Every δ_c arrives through the tensor hook registered on the output during the forward (the
+        value the layer produced, even if an op changed it in place later), and ``each`` runs right
+        there, while δ_c is hot in cache; δ_c is not kept. The backward is driven to the earliest
+        unmodified output of the pass (or to the input), so it runs through every hooked layer.
         """
-        if root is self.logits and grad is not None:
-            grad = grad.to(self.logits.dtype)
-        direct = [c for c in captures if c.out is not root and not c.modified]
-        hooked = [c for c in captures if c.out is not root and c.modified]
-        use_input = bool(input_grad or (hooked and not direct))
-        got: tuple = ()
-        sink: dict[int, torch.Tensor] = {}
-        for _attempt in range(2):
-            targets = [c.out for c in direct] + ([self.x_in] if use_input else [])
-            if not targets:
-                break
-            with self._sink.collecting() as sink:
-                got = torch.autograd.grad(root, targets, grad_outputs=grad, retain_graph=True, allow_unused=True)
-            if use_input or all(c.index in sink for c in hooked):
-                break
-            use_input = True  # some hooked output lies upstream of every target: reach it via the input
-        by_cap = {c.index: g for c, g in zip(direct, got)}
-        out = []
+        if grad is not None:
+            grad = grad.to(root.dtype)
+        results: dict[int, object] = {}
+        pending = {c.index: c for c in captures if c.out is not root}
         for c in captures:
-            g = grad if c.out is root else (by_cap.get(c.index) if not c.modified else sink.get(c.index))
-            out.append(torch.zeros_like(c.out) if g is None else g.detach())
-        x_grad = got[-1] if use_input and input_grad else None
-        return out, (None if x_grad is None else x_grad.detach())
+            if c.out is root:  # e.g. the head's output when root is the logits: δ is ``grad`` itself
+                results[c.index] = each(c, grad) if each else grad
+        x_grad = None
+        anchor = next((c.out for c in self.captures if not c.modified and c.out.requires_grad
+                       and c.out is not root), None)
+        use_input = input_grad or anchor is None
+        while pending or input_grad:
+            targets = [self.x_in] if use_input else [anchor]
+            with self._sink.collecting(pending, each) as got:
+                out = torch.autograd.grad(root, targets, grad_outputs=grad, retain_graph=True, allow_unused=True)
+            results.update(got)
+            x_grad = out[0] if use_input and input_grad else x_grad
+            pending = {i: c for i, c in pending.items() if i not in results}
+            if use_input or not pending:
+                break
+            use_input = True  # a hooked layer is not downstream of the anchor: drive the backward to the input
+        for i, c in pending.items():  # outputs that do not influence ``root``: zero gradient
+            zero = torch.zeros_like(c.out)
+            results[i] = each(c, zero) if each else zero
+        return [results[c.index] for c in captures], (None if x_grad is None else x_grad.detach())
 
-    def _logit_grads(self, loss: str | Callable, layers: Sequence[str] | None) -> list[tuple[Capture, torch.Tensor]]:
+    def _reduce(self, loss: str | Callable, layers: Sequence[str] | None, job: "_Job",
+                progress: Callable[[int, int], None] | None) -> tuple[list[str], list[int], torch.Tensor]:
+        """Per-layer partial sums computed inside one backward (layer by layer as δ arrives), finished."""
         dloss = LOSSES.get(loss) if isinstance(loss, str) else loss
         if dloss is None:
             raise MethodError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
         caps = self.layer_captures(layers)
-        grads, _ = self.output_grads(self.logits, dloss(self.logits.detach()), caps)
-        return list(zip(caps, grads))
+        kernels = {c.index: _Kernel(c, c.out, job) for c in caps}  # planned from shapes; δ set in the hook
+        total = sum(-(-k.batch // _CHOICE.get(k.signature(), k.plans()[0])[1]) for k in kernels.values())
+        done = [0]
+
+        def tick() -> None:  # the chunk count is known exactly only after calibration: end on total
+            done[0] += 1
+            if progress is not None and done[0] < total:
+                progress(done[0], total)
+
+        def each(cap: Capture, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+            kernel = kernels.pop(cap.index)
+            kernel.grad = grad
+            with torch.no_grad():
+                return _layer_values(kernel, tick)
+
+        parts, _ = self.output_grads(self.logits, dloss(self.logits.detach()), caps, each=each)
+        with torch.no_grad():
+            values = _finish(parts, [_Kernel.numel_of(c.module) for c in caps], job.stats)
+        if progress is not None:
+            progress(total, total)
+        return [c.name for c in caps], [_Kernel.numel_of(c.module) for c in caps], values
 
     def layer_stats(self, loss: str | Callable = "nll_pred", stats: Sequence[str] = STATS,
                     layers: Sequence[str] | None = None, chunk_mib: float | None = None,
                     progress: Callable[[int, int], None] | None = None, compile: bool | str | None = None) -> LayerStats:
         """:func:`layer_gradient_stats` of this pass's batch (one backward on the kept graph)."""
         stats = _check_stats(stats)
-        names, numels, values = _reduce_layers(self._logit_grads(loss, layers), _Job(stats, chunk_mib, compile), progress)
+        names, numels, values = self._reduce(loss, layers, _Job(stats, chunk_mib, compile), progress)
         return LayerStats(names, stats, values.float(), numels)
 
     def sq_l2_norms(self, loss: str | Callable = "confounding_sigmoid", layers: Sequence[str] | None = None,
                     chunk_mib: float | None = None,
                     progress: Callable[[int, int], None] | None = None) -> tuple[list[str], torch.Tensor]:
         """:func:`layer_sq_l2_norms` of this pass's batch (one backward on the kept graph)."""
-        names, _, values = _reduce_layers(self._logit_grads(loss, layers), _Job(None, chunk_mib, "off"), progress)
+        names, _, values = self._reduce(loss, layers, _Job(None, chunk_mib, "off"), progress)
         return names, values.float()
 
 
@@ -420,6 +455,11 @@ _CHOICE: dict[tuple, str] = {}
 
 class _Kernel:
     """How one layer's per-sample gradient is formed from its input and output gradient."""
+
+    @staticmethod
+    def numel_of(module: nn.Module) -> int:
+        """Entries of the layer's gradient vector (all its own parameters)."""
+        return sum(p.numel() for p in module.parameters(recurse=False))
 
     def __init__(self, cap: Capture, grad: torch.Tensor, job: _Job) -> None:
         self.name, self.module, self.inp, self.grad, self.job = cap.name, cap.module, cap.inp, grad, job
@@ -736,26 +776,6 @@ def _buffer(k: _Kernel, strategy: str, samples: int) -> torch.Tensor | None:
     return buf[:n]
 
 
-def _reduce_layers(pairs: list[tuple[Capture, torch.Tensor]], job: _Job,
-                   progress: Callable[[int, int], None] | None) -> tuple[list[str], list[int], torch.Tensor]:
-    """(names, numels, values (B, L, S) or (B, L)) for (capture, δ) pairs of one pass."""
-    kernels = [_Kernel(c, g, job) for c, g in pairs]
-    total = sum(-(-k.batch // _CHOICE.get(k.signature(), k.plans()[0])[1]) for k in kernels)
-    done = [0]
-
-    def tick() -> None:  # the chunk count is known exactly only after calibration: end on total
-        done[0] += 1
-        if progress is not None and done[0] < total:
-            progress(done[0], total)
-
-    with torch.no_grad():
-        parts = [_layer_values(k, tick) for k in kernels]
-        values = _finish(parts, [k.numel for k in kernels], job.stats)
-    if progress is not None:
-        progress(total, total)
-    return [k.name for k in kernels], [k.numel for k in kernels], values
-
-
 # --------------------------------------------------------------------------------------------
 # Public API
 
@@ -805,7 +825,7 @@ def layer_gradient_stats(model: nn.Module, x: torch.Tensor, loss: str | Callable
     _Job(stats, chunk_mib, compile)  # validate before any forward
     names, numels, values = _over_sub_batches(
         model, x, layers, progress,
-        lambda gp, prog: _reduce_layers(gp._logit_grads(loss, layers), _Job(stats, chunk_mib, compile), prog))
+        lambda gp, prog: gp._reduce(loss, layers, _Job(stats, chunk_mib, compile), prog))
     return LayerStats(names, stats, values.float(), numels)
 
 
@@ -841,5 +861,5 @@ def layer_sq_l2_norms(model: nn.Module, x: torch.Tensor, loss: str | Callable = 
     _Job(None, chunk_mib, "off")
     names, _, values = _over_sub_batches(
         model, x, layers, progress,
-        lambda gp, prog: _reduce_layers(gp._logit_grads(loss, layers), _Job(None, chunk_mib, "off"), prog))
+        lambda gp, prog: gp._reduce(loss, layers, _Job(None, chunk_mib, "off"), prog))
     return names, values.float()

@@ -119,7 +119,8 @@ class _Maps:
     h: torch.Tensor  # (B, D) head input, in the graph
     names: list[str]  # hooked maps, forward order
     last_hw: tuple[int, int]
-    grads: Callable[[torch.Tensor, torch.Tensor | None], list[torch.Tensor]]  # (root, d root) -> per map
+    # (root, d root, reduce) -> [reduce(∂root/∂map)] per map, forward order
+    grads: Callable[[torch.Tensor, torch.Tensor | None, Callable], list[torch.Tensor]]
 
 
 def _last_two_stages(sizes: list[tuple[int, ...]]) -> list[int]:
@@ -138,16 +139,16 @@ def _maps(model: GradvizModel, x: torch.Tensor, layers, gp: GradientPass | None)
             caps = None  # a BN run twice (or none hooked): GAIA's own hooks keep the last call
     if caps is not None:
         src = _Maps(gp.logits, gp.features, [c.name for c in caps], tuple(caps[-1].out.shape[-2:]),
-                    lambda root, grad: gp.output_grads(root, grad, caps)[0])
+                    lambda root, grad, reduce: gp.output_grads(root, grad, caps, each=lambda _c, g: reduce(g))[0])
         sizes = [tuple(c.out.shape[-2:]) for c in caps]
     else:
         logits, maps, store = hooked_maps(model, x, None if rule in ("all", "auto") else layers)
         tensors = list(maps.values())
 
-        def grads(root, grad):
+        def grads(root, grad, reduce):
             with torch.enable_grad():
                 got = torch.autograd.grad(root, tensors, grad_outputs=grad, allow_unused=True, retain_graph=True)
-            return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, got)]
+            return [reduce(torch.zeros_like(t) if g is None else g) for t, g in zip(tensors, got)]
 
         src = _Maps(logits, store["h"], list(maps), store["last_hw"], grads)
         sizes = [tuple(t.shape[-2:]) for t in tensors]
@@ -161,21 +162,21 @@ def gaia_z_channels(model: GradvizModel, x: torch.Tensor, layers=None,
     src, chosen = _maps(model, x, layers, gp)
     z = src.logits.detach()
     onehot = F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)  # ∂(Σ_b max_c z_bc)/∂z
-    grads = src.grads(src.logits, onehot)
-    return {src.names[i]: (grads[i] != 0).float().mean(dim=(-2, -1)).detach() for i in chosen}
+    fractions = src.grads(src.logits, onehot, lambda g: (g != 0).float().mean(dim=(-2, -1)))  # (B, C) per map
+    return {src.names[i]: fractions[i].detach() for i in chosen}
 
 
 def gaia_a_channels(model: GradvizModel, x: torch.Tensor, layers="auto",
                     gp: GradientPass | None = None) -> dict[str, torch.Tensor]:
     """GAIA-A per-channel normalised average gradient a_k / o, {layer: (B, channels)}."""
     src, chosen = _maps(model, x, layers, gp)
-    grads = src.grads(src.h, torch.ones_like(src.h))  # L_in = Σ_b Σ_d h_bd
+    means = src.grads(src.h, torch.ones_like(src.h), lambda g: g.mean(dim=(-2, -1)))  # L_in = Σ_b Σ_d h_bd
     with torch.no_grad():
         p = src.logits.detach().softmax(-1)  # (B, K)
         hw = float(src.last_hw[0] * src.last_hw[1])
         g_bar = (1.0 - p.shape[-1] * p) @ model.head.weight.to(p.dtype) / hw  # (B, D) = Wᵀ(1 − C p)/(HW)
         o = g_bar.abs().mean(-1).sqrt().clamp_min(1e-12)  # (B,)
-        return {src.names[i]: (grads[i].mean(dim=(-2, -1)) / o[:, None]).detach() for i in chosen}
+        return {src.names[i]: (means[i] / o[:, None]).detach() for i in chosen}
 
 
 def gaia_abnormality_map(model: GradvizModel, x: torch.Tensor, variant: str = "z", layers=None) -> dict[str, torch.Tensor]:
