@@ -127,6 +127,21 @@ def threshold_summary(scores: pd.DataFrame, method: str, threshold: float, defau
     return ThresholdSummary(float(threshold), float(default), counts, flips)
 
 
+def score_range(scores: pd.DataFrame, method: str) -> tuple[float, float]:
+    """(low, high) of the finite scores of ``method`` for a threshold slider (high > low always)."""
+    finite = scores[method].to_numpy(dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if len(finite) == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def sample_captions(rows: pd.DataFrame, method: str) -> list[str]:
+    """'dataset #index · score' for each row (image galleries)."""
+    return [f"{d} #{i} · {s:.3g}" for d, i, s in zip(rows["dataset"], rows["index"], rows[method])]
+
+
 def extremes(scores: pd.DataFrame, method: str, k: int = 6) -> pd.DataFrame:
     """The ``k`` most and ``k`` least uncertain finite-scored rows of every dataset.
 

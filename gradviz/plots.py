@@ -19,6 +19,10 @@ _KNOWN = {"letters": "#ff7f0e", "noise-uniform": "#d62728", "noise-gaussian": "#
 METHOD_PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6",
                   "#9d755d", "#bab0ac", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#a6761d"]
 WEBGL_THRESHOLD = 1000
+# Curves are drawn with at most this many points (evenly spaced along the curve): at dashboard
+# size the difference is under a pixel, and 15 methods × 2,000 raw ROC points made the browser
+# parse and draw ~0.8 MB per figure.
+CURVE_POINTS = 300
 LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=45), legend=dict(orientation="h", y=-0.2))
 
 
@@ -78,7 +82,8 @@ def score_histogram(scores: pd.DataFrame, method: str, title: str | None = None,
 def score_strip(scores: pd.DataFrame, method: str, threshold: float | None = None) -> go.Figure:
     """One point per sample (x = score, y = dataset, jittered); selectable, ``customdata`` = row id.
 
-    ``customdata`` holds [row, dataset, index, label, prediction] so a selection maps back to rows.
+    ``customdata`` holds [row, index, label, prediction] (numbers only: the dataset is the trace
+    name), so a selection maps back to rows and the figure stays light for thousands of points.
     """
     fig = go.Figure()
     rng = np.random.default_rng(0)
@@ -87,11 +92,12 @@ def score_strip(scores: pd.DataFrame, method: str, threshold: float | None = Non
     Scatter = go.Scattergl if big else go.Scatter
     for (spec, role), part in scores.groupby(["dataset", "role"], sort=False):
         y = order.index(spec) + rng.uniform(-0.3, 0.3, len(part))
-        custom = np.stack([part.index.to_numpy(), part["dataset"], part["index"], part["label"], part["prediction"]], axis=1)
+        custom = np.stack([part.index.to_numpy(), part["index"], part["label"], part["prediction"]], axis=1).astype(np.int64)
         fig.add_trace(Scatter(
-            x=part[method], y=y, mode="markers", name=f"{spec} ({role.upper()})", customdata=custom,
+            x=part[method].to_numpy(dtype=np.float32), y=y.astype(np.float32), mode="markers",
+            name=f"{spec} ({role.upper()})", customdata=custom,
             marker=dict(color=dataset_color(spec, role), size=5, opacity=0.6),
-            hovertemplate="%{customdata[1]} #%{customdata[2]}<br>label %{customdata[3]}, predicted %{customdata[4]}"
+            hovertemplate=f"{spec} #%{{customdata[1]}}<br>label %{{customdata[2]}}, predicted %{{customdata[3]}}"
                           f"<br>{method}=%{{x:.4g}}<extra></extra>",
         ))
     if threshold is not None:
@@ -101,19 +107,46 @@ def score_strip(scores: pd.DataFrame, method: str, threshold: float | None = Non
     return fig
 
 
-def roc_figure(scores: pd.DataFrame, methods: list[str], ood: str, order: list[str] | None = None) -> go.Figure:
+def thin_curve(x, y, n: int = CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``n`` points of the polyline (x, y), evenly spaced by arc length, ends kept."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) <= n:
+        return x, y
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))])
+    idx = np.unique(np.searchsorted(arc, np.linspace(0.0, arc[-1], n)).clip(0, len(x) - 1))
+    idx = np.unique(np.concatenate([[0], idx, [len(x) - 1]]))
+    return x[idx], y[idx]
+
+
+def _summaries(scores: pd.DataFrame, methods: list[str], ood: str, metrics: pd.DataFrame | None) -> dict[str, dict]:
+    """Per method the metric values of ID vs ``ood`` (from ``metrics`` when given, else computed)."""
+    from gradviz.metrics import summary
+
+    if metrics is not None and {"ood_dataset", "method"} <= set(metrics.columns):
+        rows = metrics[metrics["ood_dataset"] == ood].set_index("method")
+        if set(methods) <= set(rows.index):
+            return {m: rows.loc[m].to_dict() for m in methods}
+    id_part, ood_part = scores[scores["role"] == "id"], scores[scores["dataset"] == ood]
+    return {m: summary(id_part[m], ood_part[m]) for m in methods}
+
+
+def roc_figure(scores: pd.DataFrame, methods: list[str], ood: str, order: list[str] | None = None,
+               metrics: pd.DataFrame | None = None) -> go.Figure:
     """ROC curves of ID (positive, accepted) vs one OOD set for each method; AUROC in the legend,
-    a marker where 95 % of ID is accepted (its x is FPR95)."""
-    from gradviz.metrics import roc_curve_points, summary
+    a marker where 95 % of ID is accepted (its x is FPR95). ``metrics`` (the run's metrics table)
+    saves recomputing the legend values."""
+    from gradviz.metrics import roc_curve_points
 
     id_part = scores[scores["role"] == "id"]
     ood_part = scores[scores["dataset"] == ood]
+    values = _summaries(scores, methods, ood, metrics)
     fig = go.Figure()
     for m in methods:
         pts = roc_curve_points(id_part[m], ood_part[m])
-        s = summary(id_part[m], ood_part[m])
+        s = values[m]
         color = method_color(m, order or methods)
-        fig.add_trace(go.Scatter(x=pts["fpr"], y=pts["tpr"], mode="lines", name=f"{m} (AUROC {s['auroc']:.3f})",
+        fpr, tpr = thin_curve(pts["fpr"], pts["tpr"])
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{m} (AUROC {s['auroc']:.3f})",
                                  line=dict(color=color), hovertemplate=f"{m}<br>FPR %{{x:.3f}}<br>TPR %{{y:.3f}}<extra></extra>"))
         fig.add_trace(go.Scatter(x=[s["fpr95"]], y=[0.95], mode="markers", marker=dict(color=color, size=9, symbol="x"),
                                  showlegend=False, hovertemplate=f"{m}: FPR95 %{{x:.3f}}<extra></extra>"))
@@ -123,18 +156,21 @@ def roc_figure(scores: pd.DataFrame, methods: list[str], ood: str, order: list[s
     return fig
 
 
-def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str = "id", order: list[str] | None = None) -> go.Figure:
+def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str = "id", order: list[str] | None = None,
+              metrics: pd.DataFrame | None = None) -> go.Figure:
     """Precision-recall curves with ID (``positive="id"``) or OOD (``"ood"``) as the positive class."""
-    from gradviz.metrics import pr_curve_points, summary
+    from gradviz.metrics import pr_curve_points
 
     id_part = scores[scores["role"] == "id"]
     ood_part = scores[scores["dataset"] == ood]
+    values = _summaries(scores, methods, ood, metrics)
     fig = go.Figure()
     for m in methods:
         pts = pr_curve_points(id_part[m], ood_part[m], positive=positive)
-        s = summary(id_part[m], ood_part[m])
+        s = values[m]
         key = "aupr_in" if positive == "id" else "aupr_out"
-        fig.add_trace(go.Scatter(x=pts["recall"], y=pts["precision"], mode="lines", name=f"{m} ({key.upper()} {s[key]:.3f})",
+        recall, precision = thin_curve(pts["recall"], pts["precision"])
+        fig.add_trace(go.Scatter(x=recall, y=precision, mode="lines", name=f"{m} ({key.upper()} {s[key]:.3f})",
                                  line=dict(color=method_color(m, order or methods))))
     fig.update_layout(title=f"Precision-recall ({'ID' if positive == 'id' else 'OOD'} positive): vs {ood}",
                       xaxis_title="recall", yaxis_title="precision", yaxis_range=[0, 1.02], **LAYOUT)

@@ -2,14 +2,13 @@
 
 from dataclasses import replace
 
-import numpy as np
 import streamlit as st
 
 from gradviz import inspect as gi
 from gradviz import plots
 from gradviz.images import ALLOWED_FORMATS
 from gradviz.methods.registry import get_method
-from gradviz.ui.cache import get_dataset, get_model, get_result, show_error
+from gradviz.ui.cache import get_model, get_result, images_of_rows, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure, download_results, image_tiles, metrics_dataframe
 from gradviz.ui.sidebar import ensure_frame
@@ -57,84 +56,81 @@ if not ood_sets:
     st.stop()
 
 
-def images_of(rows) -> list:
-    """The images behind rows of the scores table (from the same cached datasets that were scored)."""
-    out = []
-    for spec, idx in zip(rows["dataset"], rows["index"]):
-        data = uploads[spec] if spec in uploads else get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
-        out.append(data.images[int(idx)])
-    return out
+@st.fragment
+def distributions() -> None:
+    """Method, threshold, histogram, strip, galleries: their widgets rerun only this part of the page."""
+    st.subheader("Score distributions")
+    method = st.selectbox("Method", methods, key="cmp_method", format_func=lambda m: f"{m} — {get_method(m).title}")
+    default_thr = gi.threshold_at_tpr(scores.loc[scores["role"] == "id", method])
+    lo, hi = gi.score_range(scores, method)
+    threshold = st.slider("Threshold: accept as ID when score ≤ threshold (default: 95 % of ID accepted)", lo, hi,
+                          default_thr, step=(hi - lo) / 500, format="%.4g", key=f"cmp_thr_{method}")
+    hist = plots.score_histogram(scores, method)
+    hist.add_vline(x=threshold, line_dash="dash", line_color="black")
+    st.plotly_chart(hist, width="stretch", key="cmp_hist")
+    summary = gi.threshold_summary(scores, method, threshold, default=default_thr)
+    c1, c2 = st.columns([3, 2])
+    c1.markdown(f"**Accepted / rejected at {threshold:.4g}** (default {default_thr:.4g} accepts 95 % of ID)")
+    c1.dataframe(summary.counts, hide_index=True, width="stretch", key="cmp_counts",
+                 column_config={c: st.column_config.NumberColumn(format="%.1f %%") for c in ("accepted_pct", "accepted_pct_default")})
+    c2.markdown(f"**{len(summary.flips)} sample(s) change decision** vs the default threshold")
+    c2.dataframe(summary.flips[["dataset", "index", "label", "prediction", method, "change"]], hide_index=True,
+                 width="stretch", height=240, key="cmp_flips")
+
+    strip = plots.score_strip(scores, method, threshold)
+    event = st.plotly_chart(strip, width="stretch", key="cmp_strip", on_select="rerun",
+                            selection_mode=("points", "box", "lasso"))
+    selected = gi.rows_from_selection(scores, event.selection.points if event else [])
+    if len(selected):
+        st.markdown(f"**{len(selected)} selected sample(s)** (box/lasso on the strip plot; double-click to clear)")
+        image_tiles(images_of_rows(selected, cfg, uploads), gi.sample_captions(selected, method), columns=8)
+    else:
+        st.caption("Select points on the strip plot (click, box or lasso) to see those images here.")
+
+    st.subheader("Most and least uncertain samples per set")
+    gallery = gi.extremes(scores, method, k=6)
+    sets = list(dict.fromkeys(gallery["dataset"]))
+    spec = st.segmented_control("Set", sets, default=sets[0], key="cmp_gallery_set") or sets[0]
+    for which, label in (("most", "Most uncertain"), ("least", "Least uncertain")):
+        rows = gallery[(gallery["dataset"] == spec) & (gallery["which"] == which)]
+        st.markdown(f"**{label}** in `{spec}`")
+        image_tiles(images_of_rows(rows, cfg, uploads), gi.sample_captions(rows, method), columns=6)
+    candidates = [*zip(selected["dataset"], selected["index"]), *zip(gallery["dataset"], gallery["index"])]
+    candidates = {f"{d} #{i}": (str(d), int(i)) for d, i in candidates}
+    pick_col, go_col = st.columns([3, 1])
+    pick = pick_col.selectbox("Send a sample to the Inspect page", list(candidates), key="cmp_pick")
+    if go_col.button("Inspect", icon=":material/search:", key="cmp_inspect", disabled=pick is None):
+        st.session_state["gv_selected"] = candidates[pick]
+        st.switch_page("pages/inspect.py")
+    e1, e2 = st.columns(2)
+    with e1:
+        download_figure(hist, f"histogram_{method}", key="cmp_dl_hist")
+    with e2:
+        download_figure(strip, f"strip_{method}", key="cmp_dl_strip")
 
 
-def captions(rows, method: str) -> list[str]:
-    return [f"{d} #{i} · {s:.3g}" for d, i, s in zip(rows["dataset"], rows["index"], rows[method])]
+@st.fragment
+def curves() -> None:
+    """ROC and precision-recall of one OOD set (its picker reruns only this part)."""
+    st.subheader("ROC and precision-recall per OOD set")
+    ood_col, kind_col = st.columns([2, 3])
+    ood = ood_col.selectbox("OOD set", ood_sets, key="cmp_ood")
+    kinds = {"ROC": "roc", "Precision-recall (ID positive)": "pr_in", "Precision-recall (OOD positive)": "pr_out"}
+    kind = kinds[kind_col.segmented_control("Curve", list(kinds), default="ROC", key="cmp_curve") or "ROC"]
+    if kind == "roc":
+        fig = plots.roc_figure(scores, methods, ood, order=methods, metrics=result.metrics)
+    else:
+        fig = plots.pr_figure(scores, methods, ood, positive={"pr_in": "id", "pr_out": "ood"}[kind], order=methods,
+                              metrics=result.metrics)
+    st.plotly_chart(fig, width="stretch", key=f"cmp_{kind}")
+    download_figure(fig, f"{kind}_{ood.replace(':', '_')}", key=f"cmp_dl_{kind}")
 
 
-st.subheader("Score distributions")
-method = st.selectbox("Method", methods, key="cmp_method", format_func=lambda m: f"{m} — {get_method(m).title}")
-id_scores = scores.loc[scores["role"] == "id", method]
-default_thr = gi.threshold_at_tpr(id_scores)
-finite = scores[method].to_numpy(dtype=float)
-finite = finite[np.isfinite(finite)]
-lo, hi = float(finite.min()), float(finite.max())
-hi = hi if hi > lo else lo + 1.0
-threshold = st.slider("Threshold: accept as ID when score ≤ threshold (default: 95 % of ID accepted)", lo, hi,
-                      default_thr, step=(hi - lo) / 500, format="%.4g", key=f"cmp_thr_{method}")
-hist = plots.score_histogram(scores, method)
-hist.add_vline(x=threshold, line_dash="dash", line_color="black")
-st.plotly_chart(hist, width="stretch", key="cmp_hist")
-summary = gi.threshold_summary(scores, method, threshold, default=default_thr)
-c1, c2 = st.columns([3, 2])
-c1.markdown(f"**Accepted / rejected at {threshold:.4g}** (default {default_thr:.4g} accepts 95 % of ID)")
-c1.dataframe(summary.counts, hide_index=True, width="stretch", key="cmp_counts",
-             column_config={c: st.column_config.NumberColumn(format="%.1f %%") for c in ("accepted_pct", "accepted_pct_default")})
-c2.markdown(f"**{len(summary.flips)} sample(s) change decision** vs the default threshold")
-c2.dataframe(summary.flips[["dataset", "index", "label", "prediction", method, "change"]], hide_index=True,
-             width="stretch", height=240, key="cmp_flips")
-
-strip = plots.score_strip(scores, method, threshold)
-event = st.plotly_chart(strip, width="stretch", key="cmp_strip", on_select="rerun",
-                        selection_mode=("points", "box", "lasso"))
-selected = gi.rows_from_selection(scores, event.selection.points if event else [])
-if len(selected):
-    st.markdown(f"**{len(selected)} selected sample(s)** (box/lasso on the strip plot; double-click to clear)")
-    image_tiles(images_of(selected), captions(selected, method), columns=8)
-else:
-    st.caption("Select points on the strip plot (click, box or lasso) to see those images here.")
-
-st.subheader("Most and least uncertain samples per set")
-gallery = gi.extremes(scores, method, k=6)
-for tab, spec in zip(st.tabs(list(dict.fromkeys(gallery["dataset"]))), dict.fromkeys(gallery["dataset"])):
-    with tab:
-        for which, label in (("most", "Most uncertain"), ("least", "Least uncertain")):
-            rows = gallery[(gallery["dataset"] == spec) & (gallery["which"] == which)]
-            st.markdown(f"**{label}**")
-            image_tiles(images_of(rows), captions(rows, method), columns=6)
-candidates = [*zip(selected["dataset"], selected["index"]), *zip(gallery["dataset"], gallery["index"])]
-candidates = {f"{d} #{i}": (str(d), int(i)) for d, i in candidates}
-pick_col, go_col = st.columns([3, 1])
-pick = pick_col.selectbox("Send a sample to the Inspect page", list(candidates), key="cmp_pick")
-if go_col.button("Inspect", icon=":material/search:", key="cmp_inspect", disabled=pick is None):
-    st.session_state["gv_selected"] = candidates[pick]
-    st.switch_page("pages/inspect.py")
-
-st.subheader("ROC and precision-recall per OOD set")
-ood = st.selectbox("OOD set", ood_sets, key="cmp_ood")
-figs = {"roc": plots.roc_figure(scores, methods, ood, order=methods),
-        "pr_in": plots.pr_figure(scores, methods, ood, positive="id", order=methods),
-        "pr_out": plots.pr_figure(scores, methods, ood, positive="ood", order=methods)}
-for tab, (name, fig) in zip(st.tabs(["ROC", "Precision-recall (ID positive)", "Precision-recall (OOD positive)"]), figs.items()):
-    with tab:
-        st.plotly_chart(fig, width="stretch", key=f"cmp_{name}")
-        download_figure(fig, f"{name}_{ood.replace(':', '_')}", key=f"cmp_dl_{name}")
+distributions()
+curves()
 
 st.subheader("Detection metrics")
 st.caption("AUROC ↑, FPR95 ↓ (OOD accepted when 95 % of ID is), AUPR-In/Out ↑; best per OOD set highlighted.")
 metrics_dataframe(result.metrics, key="cmp_metrics")
 st.markdown("**Exports**")
 download_results(result, key="cmp_res")
-e1, e2 = st.columns(2)
-with e1:
-    download_figure(hist, f"histogram_{method}", key="cmp_dl_hist")
-with e2:
-    download_figure(strip, f"strip_{method}", key="cmp_dl_strip")

@@ -153,3 +153,11 @@ def test_gaia_table_and_layer_profile_match_library(tiny_model):
     ls = layer_gradient_stats(tiny_model, x)
     assert list(prof.index) == ls.layers
     np.testing.assert_allclose(prof.to_numpy(), ls.get("l2")[0].numpy(), rtol=1e-6)
+
+
+def test_score_range_and_captions():
+    scores = pd.DataFrame({"dataset": ["a", "b", "b"], "index": [0, 3, 4], "m": [2.0, np.nan, -1.0]})
+    assert gi.score_range(scores, "m") == (-1.0, 2.0)
+    assert gi.score_range(scores.assign(m=5.0), "m") == (5.0, 6.0)  # constant: still a usable slider
+    assert gi.score_range(scores.assign(m=np.nan), "m") == (0.0, 1.0)
+    assert gi.sample_captions(scores.iloc[[0, 2]], "m") == ["a #0 · 2", "b #4 · -1"]

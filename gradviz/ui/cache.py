@@ -41,6 +41,16 @@ def get_dataset(model_name: str, weights: str | None, spec: str, limit: int | No
     return load_dataset(spec, model.card, limit=limit, seed=seed)
 
 
+def images_of_rows(rows: pd.DataFrame, cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> list:
+    """The images behind rows of a scores table, from the same cached datasets that were scored."""
+    uploads = uploads or {}
+    out = []
+    for spec, idx in zip(rows["dataset"], rows["index"]):
+        data = uploads[spec] if spec in uploads else get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
+        out.append(data.images[int(idx)])
+    return out
+
+
 class _Memo:
     """A small thread-safe LRU of finished results (deterministic values; safe to share)."""
 

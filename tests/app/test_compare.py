@@ -25,7 +25,8 @@ def _png() -> bytes:
 
 def test_compare_page_draws_charts_and_metrics(app):
     charts = app.get("plotly_chart")
-    assert len(charts) >= 5  # histogram, strip, ROC, PR-in, PR-out
+    assert len(charts) == 3  # histogram, strip, and the curve picked (ROC first)
+    assert app.segmented_control(key="cmp_curve").value == "ROC"
     assert app.selectbox(key="cmp_method").options[0].startswith("msp")
     assert app.selectbox(key="cmp_ood").options == ["letters", "noise-uniform"]
     frames = app.dataframe
@@ -48,6 +49,19 @@ def test_compare_method_and_threshold_change_counts(app):
     assert len(app.dataframe[1].value) > 0
     app.selectbox(key="cmp_ood").set_value("noise-uniform").run()
     assert not app.exception, app.exception
+
+
+def test_compare_curve_picker_switches_roc_and_pr(app):
+    import json
+
+    def curve_title() -> str:
+        return json.loads(app.get("plotly_chart")[-1].proto.spec)["layout"]["title"]["text"]
+
+    assert curve_title().startswith("ROC")
+    for label, positive in (("Precision-recall (ID positive)", "ID"), ("Precision-recall (OOD positive)", "OOD")):
+        app.segmented_control(key="cmp_curve").set_value(label).run()
+        assert not app.exception, app.exception
+        assert curve_title().startswith(f"Precision-recall ({positive} positive)")
 
 
 def test_compare_upload_adds_ood_set_and_bad_file_warns(app):
