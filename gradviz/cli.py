@@ -6,6 +6,7 @@ Every user error ends with one line on stderr and exit status 2, never a traceba
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--cache", default=None, help="results cache folder (default: ~/.cache/gradviz/results); 'none' disables")
     p.add_argument("--config", default=None, help="run configuration JSON (as exported by the dashboard)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default=None,
+                   help="compiled statistics kernel: auto (default: use it where it builds), on (warn if it "
+                        "cannot), off (eager PyTorch); same as GRADVIZ_COMPILE")
 
 
 def _config(args) -> "RunConfig":
@@ -186,6 +190,9 @@ def cmd_list(args) -> int:
     print("methods (uncertainty, higher = more uncertain):")
     for m in list_methods():
         print(f"  {m.name:24s} {m.title} — {m.paper}")
+    from gradviz import reductions
+
+    print(f"statistics kernel: {reductions.warm_up()} (GRADVIZ_COMPILE={reductions.resolve_mode(None)})")
     return 0
 
 
@@ -239,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "compile", None):
+        os.environ["GRADVIZ_COMPILE"] = args.compile  # read by the engine through gradviz.config.settings()
     try:
         return int(args.func(args) or 0)
     except GradvizError as exc:

@@ -63,8 +63,23 @@ def test_empty_folder_is_a_clear_error(tmp_path, capsys):
 def test_list_shows_registries(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ["mnist-cnn", "letters", "gaia_z", "confounding", "corrupt"]:
+    for name in ["mnist-cnn", "letters", "gaia_z", "confounding", "corrupt", "statistics kernel:"]:
         assert name in out
+
+
+def test_compile_flag_reaches_the_engine(tmp_path, monkeypatch):
+    """--compile off is the eager path (same scores as the default path, within float32 round-off)."""
+    import pandas as pd
+
+    monkeypatch.setenv("GRADVIZ_COMPILE", "auto")  # restored after the test (the flag sets it)
+    common = ["--id", "mnist", "--ood", "letters", "--methods", "grad_l2,grad_max", "--limit", "16", "--cache", "none"]
+    assert main(["score", *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["score", *common, "--compile", "off", "--out", str(tmp_path / "b")]) == 0
+    assert os.environ["GRADVIZ_COMPILE"] == "off"
+    a, b = pd.read_csv(tmp_path / "a" / "scores.csv"), pd.read_csv(tmp_path / "b" / "scores.csv")
+    assert ((a["grad_l2"] - b["grad_l2"]).abs() <= 1e-5 * a["grad_l2"].abs() + 1e-9).all()
+    with pytest.raises(SystemExit):  # argparse refuses an unknown mode
+        main(["score", *common, "--compile", "fast", "--out", str(tmp_path / "c")])
 
 
 def test_torchrun_two_processes_match_single_process(tmp_path):
