@@ -560,6 +560,10 @@ class _Kernel:
         """The unfolded input (b, Cin·kh·kw, P), as ``F.unfold``."""
         m = self.module
         x, padding = self._padded(x)
+        if self.positions == 1:  # a 1×1 output sees one window: the top-left patch (im2col costs 0.3 ms here)
+            x = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
+            (kh, kw), (dh, dw) = m.kernel_size, m.dilation
+            return x[:, :, : dh * (kh - 1) + 1: dh, : dw * (kw - 1) + 1: dw].reshape(x.shape[0], -1, 1)
         if self.positions <= 16 or tuple(m.dilation) != (1, 1):  # tiny maps (and dilation): one im2col call
             return F.unfold(x, m.kernel_size, m.dilation, padding, m.stride)
         return _unfold(x, m.kernel_size, padding, m.stride)
