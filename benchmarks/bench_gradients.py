@@ -122,8 +122,9 @@ def _method(name: str, **params):
     """One method as the scoring pipeline runs it: its batch's forward (kept as the shared graph
     when the method backpropagates) plus the method."""
     from gradviz.methods import get_method
+    from gradviz.methods.registry import needs_graph
 
-    keep = get_method(name).kind in ("gradient", "input-gradient") and params.get("layer") != "last"
+    keep = needs_graph([get_method(name).create(**params)])
 
     def run(model, x):
         return run_method(name, ModelOutputs.from_model(model, x, keep_graph=keep), **params)

@@ -134,3 +134,18 @@ def test_scores_batch_size_independent_and_model_clean():
         _close(run_method(name, part), run_method(name, whole)[1:3], rtol=1e-4)
     assert not model.training and all(p.grad is None for p in model.parameters())
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_closed_form_methods_keep_no_graph():
+    """gradnorm and grad_* layer='last' read logits and features only: no hooked forward is kept."""
+    from gradviz.methods import get_method
+    from gradviz.methods.registry import needs_graph
+
+    assert not needs_graph([get_method("gradnorm").create(), get_method("msp").create(),
+                            get_method("grad_l2").create(layer="last")])
+    assert needs_graph([get_method("gradnorm").create(), get_method("grad_l2").create()])
+    assert needs_graph([get_method("odin").create()]) and needs_graph([get_method("gaia_z").create()])
+    batch = ModelOutputs.from_model(_model(), _x(2))
+    run_method("gradnorm", batch)
+    run_method("grad_max", batch, layer="last")
+    assert "gradient_pass" not in batch.cache

@@ -93,6 +93,7 @@ class MethodInfo:
     needs_fit: bool = False
     defaults: dict = field(default_factory=dict)
     summary: str = ""
+    backprop: bool = False  # runs a backward pass (closed-form gradient methods do not)
 
     def create(self, **params) -> "MethodRunner":
         unknown = set(params) - set(self.defaults)
@@ -126,16 +127,20 @@ class MethodRunner:
 
 REGISTRY: dict[str, MethodInfo] = {}
 
-GRAPH_KINDS = ("gradient", "input-gradient")
-
-
 def needs_graph(runners: list["MethodRunner"]) -> bool:
-    """True if any runner backpropagates (then the batch keeps one shared hooked forward)."""
-    return any(r.info.kind in GRAPH_KINDS for r in runners)
+    """True if any runner backpropagates (then the batch keeps one shared hooked forward).
+
+    Closed forms (``gradnorm``, ``grad_* layer="last"``) only read logits and features."""
+    return any(r.info.backprop and r.params.get("layer") != "last" for r in runners)
 
 
-def register(name: str, *, title: str, paper: str, year: int, formula: str, kind: str, summary: str = ""):
-    """Decorator adding a method function or fitted class to the registry under ``name``."""
+def register(name: str, *, title: str, paper: str, year: int, formula: str, kind: str, summary: str = "",
+             backprop: bool | None = None):
+    """Decorator adding a method function or fitted class to the registry under ``name``.
+
+    ``backprop``: whether the method runs a backward pass (default: its kind is "gradient" or
+    "input-gradient"); closed-form gradient methods pass False.
+    """
 
     def deco(impl):
         target = impl.__init__ if inspect.isclass(impl) else impl
@@ -147,6 +152,7 @@ def register(name: str, *, title: str, paper: str, year: int, formula: str, kind
         REGISTRY[name] = MethodInfo(
             name, impl, title, paper, year, formula, kind, needs_fit=inspect.isclass(impl),
             defaults=defaults, summary=summary or (inspect.getdoc(impl) or "").split("\n")[0],
+            backprop=kind in ("gradient", "input-gradient") if backprop is None else backprop,
         )
         return impl
 
