@@ -280,15 +280,17 @@ def available(row: str) -> bool:
         return False
 
 
-def measure_case(case: str, quick: bool, device: str) -> tuple[list[dict], dict]:
-    """Every row on one model; the two baselines are re-measured right before each row."""
+def measure_case(case: str, quick: bool, device: str, exact: bool = True) -> tuple[list[dict], dict]:
+    """Every row on one model; the two baselines are re-measured right before each row.
+    ``exact``: also the exactness of every row and the float64 / float32-loop floors (slow)."""
     model, x = make_case(case, quick, device=device)
-    min_time, reps = (0.3, 3) if quick else (2.0, 10)
+    min_time, reps = (0.3, 3) if quick else (1.5, 8)
     xs = x[:4 if quick else 8]
-    reference = run_loop(model, xs, dtype=torch.float64)
+    reference = run_loop(model, xs, dtype=torch.float64) if exact else None
     model64 = make_case(case, quick, device=device)[0].double()  # same seeds: the same weights
     floor = {}
-    for name, m in (("float32 loop", model), ("engine float64, compiled", model64), ("engine float64, eager", model64)):
+    for name, m in (("float32 loop", model), ("engine float64, compiled", model64),
+                    ("engine float64, eager", model64)) if exact else ():
         if name == "float32 loop":
             got = run_loop(m, xs).double()
         else:
@@ -304,6 +306,8 @@ def measure_case(case: str, quick: bool, device: str) -> tuple[list[dict], dict]
         out = {"case": case, "row": row, "batch": x.shape[0]}
         if not available(row):
             out["refused"] = "not installed (pip install -r requirements-bench.txt)"
+        elif row in SLOW and not exact:  # the slow peers run once, in the first round
+            continue
         else:
             fn = RUNNERS[row]
             slow = row in SLOW
@@ -320,7 +324,7 @@ def measure_case(case: str, quick: bool, device: str) -> tuple[list[dict], dict]
                     both = [best_time(lambda f=f: f(model, x), device, min_time, reps) for f in pair * 2]
                     out["msp"] = min(both[0], both[2])
                 out["seconds"] = best_time(lambda: fn(model, x), device, 0.0 if slow else min_time, 1 if slow else reps)
-                out["error"] = exactness(row, model, xs, reference)
+                out["error"] = exactness(row, model, xs, reference) if exact else None
             except Exception as exc:  # a peer refusing a model is a result, not a crash
                 out.pop("seconds", None)
                 out["refused"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:110]}"
@@ -399,13 +403,33 @@ def machine() -> str:
             f"{', '.join(libs)}; C compiler: {cc_version}; gradviz kernel: {reductions.compiled_status()}")
 
 
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}×"
+def aggregate(rounds: list[list[dict]]) -> list[dict]:
+    """One row per (case, row): the median over rounds of each throughput ratio (ratios are taken
+    within a round, against that round's baselines), with the range of the fwd+bwd ratio."""
+    import statistics
+
+    out = []
+    for first in rounds[0]:
+        same = [r for rnd in rounds for r in rnd if r["case"] == first["case"] and r["row"] == first["row"]
+                and "seconds" in r]
+        if "seconds" not in first or not same:
+            out.append(first)
+            continue
+        row = dict(first)
+        for key in ("fwd", "fwdbwd", "msp"):
+            if key in first:
+                row[f"r_{key}"] = statistics.median(r[key] / r["seconds"] for r in same)
+        row["samples_s"] = statistics.median(r["batch"] / r["seconds"] for r in same)
+        ratios = [r["fwdbwd"] / r["seconds"] for r in same]
+        row["r_fwdbwd_range"] = (min(ratios), max(ratios))
+        row["rounds"] = len(same)
+        out.append(row)
+    return out
 
 
 def report(results: list[dict], floors: dict, memory: list[dict], quick: bool, total: float) -> str:
-    lines = ["| model (batch) | row | samples/s | vs forward | vs fwd+bwd | max rel. error vs float64 loop | first call s |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model (batch) | row | samples/s | vs forward | vs fwd+bwd (range) | max rel. error vs float64 loop "
+             "| first call s |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
         label = ROWS[r["row"]][0]
         model = f"{r['case']} ({r['batch']})"
@@ -413,11 +437,13 @@ def report(results: list[dict], floors: dict, memory: list[dict], quick: bool, t
             lines.append(f"| {model} | {label} | refused: {r['refused']} | | | | |")
             continue
         err = "—" if not r.get("error") else f"{max(r['error'].values()):.1e}"
-        vs_fwd = _ratio(r["fwd"], r["seconds"])
-        if "msp" in r:
-            vs_fwd += f" ({_ratio(r['msp'], r['seconds'])} of msp)"
-        lines.append(f"| {model} | {label} | {r['batch'] / r['seconds']:,.0f} | {vs_fwd} | "
-                     f"{_ratio(r['fwdbwd'], r['seconds'])} | {err} | {r['first_call']:.2f} |")
+        vs_fwd = f"{r['r_fwd']:.2f}×"
+        if "r_msp" in r:
+            vs_fwd += f" ({r['r_msp']:.2f}× of msp)"
+        lo, hi = r["r_fwdbwd_range"]
+        spread = f" ({lo:.2f}–{hi:.2f})" if r["rounds"] > 1 else ""
+        lines.append(f"| {model} | {label} | {r['samples_s']:,.0f} | {vs_fwd} | {r['r_fwdbwd']:.2f}×{spread} | {err} | "
+                     f"{r['first_call']:.2f} |")
     lines += ["", "Exactness per statistic (max relative error over layers and the first samples; L1, L2, std "
               "relative to themselves, max/min/mean relative to the gradient's RMS):", "",
               "| model | path | " + " | ".join(STATS) + " |", "|---|---|" + "---:|" * len(STATS)]
@@ -445,7 +471,8 @@ def report(results: list[dict], floors: dict, memory: list[dict], quick: bool, t
     note = (f"\n{time.strftime('%Y-%m-%d %H:%M')} · `benchmarks/bench_gradients.py` ({mode}), {total:.0f} s · "
             f"{machine()}. Throughput ratios: a row's samples/s ÷ that of a plain batched forward (no grad) / "
             "forward+backward (parameter gradients of the summed loss) of the same batch, both measured in the "
-            "same process right before the row; higher is better, 1.00× = as fast. Times are the fastest of "
+            "same process right before the row; higher is better, 1.00× = as fast; each is the median over "
+            "the rounds (`--rounds`), with the range of the fwd+bwd ratio in brackets. Times are the fastest of "
             "repeated calls after one warm-up call (first call s: that warm-up, which includes the one-off "
             "calibration of each layer's plan and the kernel load); the slow peers run once. Method rows include "
             "their own forward, as the scoring pipeline runs them. Load average at the end: "
@@ -459,6 +486,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write the tables to docs/PERFORMANCE.md")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over all rows; the table gives medians (default 3)")
     ap.add_argument("--probe", nargs=3, metavar=("CASE", "BATCH", "ROW"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.probe:
@@ -467,11 +495,15 @@ def main() -> None:
     torch.set_num_threads(2 if args.device == "cpu" else torch.get_num_threads())
     reductions.warm_up()
     t0 = time.perf_counter()
-    results, floors = [], {}
-    for case in CASES:
-        rows, floor = measure_case(case, args.quick, args.device)
-        results += rows
-        floors[case] = floor
+    rounds, floors = [], {}
+    for k in range(max(1, args.rounds)):
+        rnd = []
+        for case in CASES:
+            rows, floor = measure_case(case, args.quick, args.device, exact=k == 0)
+            rnd += rows
+            floors.setdefault(case, floor)
+        rounds.append(rnd)
+    results = aggregate(rounds)
     memory = [] if args.no_memory or args.device != "cpu" else measure_memory(args.quick)
     md = report(results, floors, memory, args.quick, time.perf_counter() - t0)
     print(md)
