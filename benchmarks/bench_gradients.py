@@ -293,9 +293,12 @@ def measure_case(case: str, quick: bool, device: str, exact: bool = True) -> tup
                     ("engine float64, eager", model64)) if exact else ():
         if name == "float32 loop":
             got = run_loop(m, xs).double()
-        else:
-            res = layer_gradient_stats(m, xs.double(), compile="on" if "compiled" in name else "off")
-            got = _in_layer_order(m, res.layers, res.values.double())
+        else:  # the engine's float64 values before LayerStats rounds them to float32
+            from gradviz.gradients import GradientPass, _Job
+
+            job = _Job(STATS, None, "on" if "compiled" in name else "off")
+            layers, _, values = GradientPass(m, xs.double())._reduce("nll_pred", None, job, None)
+            got = _in_layer_order(m, layers, values.double())
         numels = torch.tensor([float(sum(p.numel() for p in g)) for g in layer_param_groups(model.net)])
         rms = reference[..., 1] / numels.sqrt().to(reference.device)
         scale = torch.stack([reference[..., 0], reference[..., 1], rms, rms, rms, reference[..., 5]], -1)
