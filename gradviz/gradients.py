@@ -9,20 +9,22 @@ autograd for parameter gradients. Instead (METHODS.md §6):
    and register a tensor hook on its output. No copy of any activation is made: a tensor hook
    registered before a downstream in-place op (``ReLU(inplace=True)``, ``out += identity``)
    receives the gradient w.r.t. the value the layer produced.
-2. Per loss, ONE ``torch.autograd.grad`` from the logits to the layer outputs: in ``eval()``
-   mode samples do not interact, so the output gradients δ_b are exact per sample. The graph
-   is kept, so one forward serves several losses (and GAIA, ODIN: ``ModelOutputs.gradient_pass``).
+2. Per loss, ONE ``torch.autograd.grad`` from the logits: in ``eval()`` mode samples do not
+   interact, so the output gradients δ_b are exact per sample. Each layer is reduced inside its
+   tensor hook, as soon as its δ arrives (hot in cache), and δ is dropped: memory stays that of
+   a plain forward+backward. The graph is kept, so one forward serves several losses (and GAIA,
+   ODIN: ``ModelOutputs.gradient_pass``).
 3. Per layer, from (a_b, δ_b):
    - Linear, and any conv whose output is 1×1: ∇W_b = δ_b a_bᵀ is rank one, so
      L1 = ‖δ‖₁‖a‖₁, L2 = ‖δ‖‖a‖, max/min = extremes of (δ_max, δ_min)×(a_max, a_min),
      sum = (Σδ)(Σa) — O(O + K) per sample, nothing materialised.
    - Conv2d: ∇W_b = Δ_b U_bᵀ (U_b the unfolded input, K × P; Δ_b, O × P) is materialised for a
-     chunk of samples at a time (memory ≤ ``chunk_mib``, one reused buffer) by the faster of
-     two strategies, timed once per layer shape (:data:`STRATEGIES`): ``bmm`` (unfold by strided
-     slices, one batched matmul into the buffer) or ``conv`` (one grouped-convolution weight
-     backward with the samples as groups). The five partial sums come from one fused compiled
-     pass (:mod:`gradviz.reductions`), or from fast eager kernels where the sum comes from patch
-     sums Σ_p (Σ_o Δ_op)(Σ_k U_kp) and ‖ΔUᵀ‖² from the Gram form when that is cheaper.
+     chunk of samples at a time (memory ≤ ``chunk_mib``, one reused buffer) by the fastest plan,
+     timed once per layer shape on its first chunk (:data:`STRATEGIES` × cache- or budget-sized
+     chunks): ``bmm`` (unfold, one batched matmul into the buffer) or ``conv`` (one grouped-
+     convolution weight backward with the samples as groups). The five partial sums come from
+     one fused compiled pass (:mod:`gradviz.reductions`), or from fast eager kernels where the
+     sum comes from patch sums Σ_p (Σ_o Δ_op)(Σ_k U_kp) and ‖ΔUᵀ‖² from the Gram form when cheaper.
      The L2-only path also considers the Gram ("ghost") norm Σ_{pq} (UᵀU)_{pq} (ΔᵀΔ)_{pq}.
    - BatchNorm (eval, running statistics): ∇γ_b = Σ_hw δ_b ⊙ x̂_b, ∇β_b = Σ_hw δ_b.
 
@@ -294,7 +296,6 @@ class GradientPass:
             finally:
                 for h in handles:
                     h.remove()
-        self.reused = [c.name for c in self.captures if c.calls > 1]
 
     def layer_captures(self, layers: Sequence[str] | None = None) -> list[Capture]:
         """The captures of the engine's layers (``layers`` or all chosen ones), in forward order."""
