@@ -155,13 +155,17 @@ def _build() -> FusedKernel:
             if not target.is_file():
                 fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
                 os.close(fd)
-                cmd = [cc, *flags, "-fPIC", "-shared", "-o", tmp, str(SOURCE), "-lm"]
-                run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-                if run.returncode != 0:
-                    os.unlink(tmp)
-                    errors.append(f"{Path(cc).name} {' '.join(flags)}: {(run.stderr.strip().splitlines() or ['failed'])[-1]}")
-                    continue
-                os.replace(tmp, target)  # atomic: concurrent builders (torchrun ranks) never see half a file
+                try:
+                    cmd = [cc, *flags, "-fPIC", "-shared", "-o", tmp, str(SOURCE), "-lm"]
+                    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                    if run.returncode != 0:
+                        errors.append(f"{Path(cc).name} {' '.join(flags)}: "
+                                      f"{(run.stderr.strip().splitlines() or ['failed'])[-1]}")
+                        continue
+                    os.replace(tmp, target)  # atomic: concurrent builders (torchrun ranks) never see half a file
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
             lib = ctypes.CDLL(str(target))
             if lib.gv_kernel_version() != KERNEL_VERSION:
                 raise GradvizError(f"stale kernel build {target}")
