@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from gradviz.errors import GradvizError, MethodError
 from gradviz import gradients as _engine
+from gradviz.errors import GradvizError, MethodError
 from gradviz.gradients import GradientPass
 from gradviz.models import GradvizModel
 
@@ -126,6 +126,7 @@ class MethodRunner:
 
 
 REGISTRY: dict[str, MethodInfo] = {}
+
 
 def needs_graph(runners: list["MethodRunner"]) -> bool:
     """True if any runner backpropagates (then the batch keeps one shared hooked forward).
