@@ -18,11 +18,14 @@ autograd for parameter gradients. Instead (METHODS.md §6):
    - Linear, and any conv whose output is 1×1: ∇W_b = δ_b a_bᵀ is rank one, so
      L1 = ‖δ‖₁‖a‖₁, L2 = ‖δ‖‖a‖, max/min = extremes of (δ_max, δ_min)×(a_max, a_min),
      sum = (Σδ)(Σa) — O(O + K) per sample, nothing materialised.
-   - Conv2d: ∇W_b = Δ_b U_bᵀ (U_b the unfolded input, K × P; Δ_b, O × P) is materialised for a
-     chunk of samples at a time (memory ≤ ``chunk_mib``, one reused buffer) by the fastest plan,
-     timed once per layer shape on its first chunk (:data:`STRATEGIES` × cache- or budget-sized
-     chunks): ``bmm`` (unfold, one batched matmul into the buffer) or ``conv`` (one grouped-
-     convolution weight backward with the samples as groups). The five partial sums come from
+   - Conv2d: ∇W_b = Δ_b U_bᵀ (U_b the unfolded input, K × P; Δ_b, O × P). With the compiled
+     kernel (float32, groups = 1) the ``direct`` plan forms it tile by tile in SIMD registers and
+     reduces it there, for the whole batch at once: it is never written to memory. Otherwise it
+     is materialised for a chunk of samples at a time (memory ≤ ``chunk_mib``, one reused buffer).
+     The fastest plan is timed once per layer shape on its first chunk (:data:`STRATEGIES` ×
+     cache- or budget-sized chunks): ``direct``, ``bmm`` (unfold, one batched matmul into the
+     buffer) or ``conv`` (one grouped-convolution weight backward with the samples as groups).
+     For the materialised plans the five partial sums come from
      one fused compiled pass (:mod:`gradviz.reductions`), or from fast eager kernels where the
      sum comes from patch sums Σ_p (Σ_o Δ_op)(Σ_k U_kp) and ‖ΔUᵀ‖² from the Gram form when cheaper.
      The L2-only path also considers the Gram ("ghost") norm Σ_{pq} (UᵀU)_{pq} (ΔᵀΔ)_{pq}.
@@ -67,7 +70,7 @@ STATS: tuple[str, ...] = ("l1", "l2", "max", "min", "mean", "std")
 FORWARD_BATCH = 256
 
 # How a conv layer's per-sample gradients are formed; the fastest is timed once per layer shape.
-STRATEGIES = ("bmm", "conv", "gram")  # gram: L2 only, never materialises
+STRATEGIES = ("direct", "bmm", "conv", "gram")  # direct (compiled) and gram (L2 only) never materialise
 
 # Materialised gradients are reduced in chunks of about one core's L2 cache, however large the
 # memory budget: a chunk that stays in cache makes each pass over it ~2x faster than one in L3.
@@ -386,9 +389,10 @@ class GradientPass:
 
     def sq_l2_norms(self, loss: str | Callable = "confounding_sigmoid", layers: Sequence[str] | None = None,
                     chunk_mib: float | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> tuple[list[str], torch.Tensor]:
+                    progress: Callable[[int, int], None] | None = None,
+                    compile: bool | str | None = None) -> tuple[list[str], torch.Tensor]:
         """:func:`layer_sq_l2_norms` of this pass's batch (one backward on the kept graph)."""
-        names, _, values = self._reduce(loss, layers, _Job(None, chunk_mib, "off"), progress)
+        names, _, values = self._reduce(loss, layers, _Job(None, chunk_mib, compile), progress)
         return names, values.float()
 
 
@@ -469,7 +473,10 @@ class _Kernel:
         self.es = max(self.inp.element_size(), 4)
         self.need = job.need
         self.bias = getattr(m, "bias", None) is not None
-        self.fused = fused_kernel(job.mode, self.inp.dtype) if len(self.need) > 1 or isinstance(m, _BN) else None
+        compiled = fused_kernel(job.mode, self.inp.dtype)
+        self.fused = compiled if len(self.need) > 1 or isinstance(m, _BN) else None
+        # the compiled direct conv kernel: statistics reduced in registers, nothing materialised
+        self.direct = compiled if compiled is not None and compiled.conv_supported(m, self.inp) else None
         if isinstance(m, _BN):
             self.kind = "bn"
             self.numel = sum(p.numel() for p in m.parameters(recurse=False))
@@ -500,7 +507,9 @@ class _Kernel:
         self.gram_cost = g * p * p * (og + kg + 1)  # flops of the Gram norm vs a pass over ∇W
         self.sample_bytes = {"bmm": grad_bytes + per_chunk_u, "conv": grad_bytes + self.inp[0].numel() * self.es,
                              "gram": per_chunk_u + 2 * g * p * p * self.es}
-        self.candidates = ["bmm"] + (["conv"] if isinstance(m, nn.Conv2d) else [])
+        self.sample_bytes["direct"] = 0
+        self.candidates = (["direct"] if self.direct is not None else []) + ["bmm"]
+        self.candidates += ["conv"] if isinstance(m, nn.Conv2d) else []
         if job.stats is None:
             self.candidates.append("gram")
         # eager path: parts cheaper from factorised forms, computed once per layer; only where the
@@ -520,7 +529,7 @@ class _Kernel:
         budget-sized chunks (compute-bound layers: fewer, larger matmuls). The first is the default."""
         out: list[tuple[str, int]] = []
         for strategy in self.candidates:
-            for limit in (SPEED_CHUNK_BYTES, None) if self.kind == "dense" and strategy != "gram" else (None,):
+            for limit in (SPEED_CHUNK_BYTES, None) if self.kind == "dense" and strategy in ("bmm", "conv") else (None,):
                 plan = (strategy, self.chunk(strategy, limit))
                 if plan not in out:
                     out.append(plan)
@@ -530,7 +539,8 @@ class _Kernel:
         m = self.module
         conv = (m.kernel_size, m.stride, m.padding, m.dilation, m.groups, m.padding_mode) if isinstance(m, nn.Conv2d) else ()
         return (type(m).__name__, tuple(self.inp.shape[1:]), tuple(self.grad.shape[1:]), conv, self.bias,
-                self.inp.dtype, str(self.inp.device), self.job.stats is None, self.fused is not None, self.job.budget)
+                self.inp.dtype, str(self.inp.device), self.job.stats is None, self.fused is not None,
+                self.direct is not None, self.job.budget)
 
     # ---- operands
 
@@ -629,6 +639,12 @@ class _Kernel:
         if strategy == "gram":
             u, d = self.operands(sl)
             return {"s2": self._gram_sq(u, d)}
+        if strategy == "direct":
+            m = self.module
+            x, padding = self._padded(self.inp[sl])
+            out = self.direct.conv_parts(x, self.grad[sl], m.kernel_size, m.stride, padding, m.dilation,
+                                         only_s2=self.job.stats is None)
+            return {"s2": out[:, 1]} if self.job.stats is None else out
         grad_w, _ = self.materialise(strategy, sl, buf)
         flat = grad_w.reshape(grad_w.shape[0], -1)
         if self.fused is not None:
@@ -642,7 +658,7 @@ class _Kernel:
         everyone = slice(None)
         if self.bias and self.kind != "bn":
             extra = _parts_of(self._delta(everyone).sum(-1), self.need, self.fused)
-        if self.kind == "dense" and strategy != "gram" and self.fused is None and self.cheap:
+        if self.kind == "dense" and strategy in ("bmm", "conv") and self.fused is None and self.cheap:
             d = self._delta(everyone)
             cheap = {}
             if "sm" in self.cheap:
@@ -739,13 +755,14 @@ def _layer_values(k: _Kernel, progress: Callable[[], None]) -> dict[str, torch.T
     totals, start = _Totals(k.batch, k.need), 0
     plans = k.plans()
     if plan is None and len(plans) > 1:
-        # One-off calibration on the first chunk: each plan twice (the first call of a shape pays
-        # set-up costs); the fastest per sample is used for every later chunk and batch.
+        # One-off calibration on the first chunk: each plan three times (the first call of a shape
+        # pays set-up costs; the best of the others resists a busy core); the fastest per sample is
+        # used for every later chunk and batch.
         best_rate, best_parts = float("inf"), None
         for cand in plans:
             sl, buf = slice(0, cand[1]), _buffer(k, *cand)
             rate = float("inf")
-            for _ in range(2):
+            for _ in range(3):
                 t0 = time.perf_counter()
                 parts = k.parts(cand[0], sl, buf)
                 rate = min(rate, (time.perf_counter() - t0) / cand[1])
@@ -760,7 +777,7 @@ def _layer_values(k: _Kernel, progress: Callable[[], None]) -> dict[str, torch.T
     for i in range(start, k.batch, step):
         totals.put(slice(i, i + step), k.parts(strategy, slice(i, i + step), buf))
         progress()
-    layer_only = k.cheap if strategy != "gram" and k.kind == "dense" else set()
+    layer_only = k.cheap if strategy in ("bmm", "conv") and k.kind == "dense" else set()
     return totals.result(k.layer_parts(strategy), layer_only)
 
 
@@ -857,14 +874,16 @@ def head_gradient_stats(head: nn.Linear, logits: torch.Tensor, features: torch.T
 
 def layer_sq_l2_norms(model: nn.Module, x: torch.Tensor, loss: str | Callable = "confounding_sigmoid",
                       layers: Sequence[str] | None = None, chunk_mib: float | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> tuple[list[str], torch.Tensor]:
+                      progress: Callable[[int, int], None] | None = None,
+                      compile: bool | str | None = None) -> tuple[list[str], torch.Tensor]:
     """(layer names, ‖∇_{θ_l} ℓ_b‖² as (B, L) float32): the fast L2-only path (Lee & AlRegib 2020).
 
-    Per conv layer the fastest of materialising ∇W_b (``bmm``/``conv``) and the Gram ("ghost")
+    Per conv layer the fastest of the compiled direct kernel (``compile``, as in
+    :func:`layer_gradient_stats`), materialising ∇W_b (``bmm``/``conv``) and the Gram ("ghost")
     norm Σ_{pq}(UᵀU ⊙ ΔᵀΔ)_{pq} is used; Linear layers and 1×1-output convs use ‖δ‖²(‖a‖² + 1).
     """
-    _Job(None, chunk_mib, "off")
+    _Job(None, chunk_mib, compile)
     names, _, values = _over_sub_batches(
         model, x, layers, progress,
-        lambda gp, prog: gp._reduce(loss, layers, _Job(None, chunk_mib, "off"), prog))
+        lambda gp, prog: gp._reduce(loss, layers, _Job(None, chunk_mib, compile), prog))
     return names, values.float()

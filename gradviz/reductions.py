@@ -44,7 +44,7 @@ __all__ = ["PARTS", "MODES", "reduce_rows", "fused_kernel", "FusedKernel", "reso
 PARTS = ("s1", "s2", "mx", "mn", "sm")
 MODES = ("auto", "on", "off")
 SOURCE = Path(__file__).resolve().parent / "kernels" / "fused_stats.c"
-KERNEL_VERSION = 3
+KERNEL_VERSION = 4
 # Below this many elements one thread does the whole call (thread hand-off costs ~20 µs).
 _PARALLEL_MIN = 1 << 16
 
@@ -78,6 +78,9 @@ class FusedKernel:
         for fn in self._bn.values():
             fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int]
             fn.restype = None
+        self._conv = lib.gv_conv_parts_f32
+        self._conv.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+        self._conv.restype = ctypes.c_int
         self.openmp = bool(lib.gv_has_openmp())
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
@@ -119,6 +122,40 @@ class FusedKernel:
         out = torch.empty(b, c, 2, dtype=torch.float64)
         threads = max(1, torch.get_num_threads()) if x.numel() >= _PARALLEL_MIN else 1
         self._bn[x.dtype](x.data_ptr(), d.data_ptr(), mean.data_ptr(), c, n, b * c, out.data_ptr(), threads)
+        return out
+
+    @staticmethod
+    def conv_supported(module: torch.nn.Module, x: torch.Tensor) -> bool:
+        """Whether :meth:`conv_parts` runs this layer: a groups=1 Conv2d on a float32 CPU input."""
+        return (isinstance(module, torch.nn.Conv2d) and module.groups == 1 and x.dtype == torch.float32
+                and x.device.type == "cpu" and x.ndim == 4)
+
+    def conv_parts(self, x: torch.Tensor, d: torch.Tensor, kernel_size, stride, padding, dilation,
+                   only_s2: bool = False) -> torch.Tensor:
+        """(b, 5) float64 partial sums (:data:`PARTS`) of each sample's conv weight gradient δ_b ⋆ x_b,
+        computed in registers without materialising it (``fused_stats.c``). ``x`` (b, C, H, W),
+        ``d`` (b, O, Ho, Wo), zero ``padding``; with ``only_s2`` only column 1 (Σg²) is valid."""
+        x, d = x.contiguous(), d.contiguous()
+        if x.dtype != torch.float32 or d.dtype != torch.float32 or x.ndim != 4 or d.ndim != 4:
+            raise GradvizError("the direct conv kernel takes float32 (b, C, H, W) inputs and (b, O, Ho, Wo) gradients")
+        b = x.shape[0]
+        out = torch.empty(b, 5, dtype=torch.float64)
+        threads = max(1, torch.get_num_threads())
+        geometry = [*x.shape[1:], *d.shape[1:], *kernel_size, *stride, *padding, *dilation]
+
+        def run(lo: int, hi: int, n_threads: int) -> int:
+            shape = torch.tensor([hi - lo, *geometry], dtype=torch.int64)
+            return self._conv(x[lo:hi].data_ptr(), d[lo:hi].data_ptr(), shape.data_ptr(), int(only_s2),
+                              out[lo:hi].data_ptr(), n_threads)
+
+        if threads == 1 or b == 1 or self.openmp:
+            codes = [run(0, b, min(threads, b))]
+        else:  # no OpenMP: split the samples over Python threads (ctypes releases the GIL)
+            bounds = [b * t // threads for t in range(threads + 1)]
+            codes = [job.result() for job in [self._executor(threads).submit(run, lo, hi, 1)
+                                              for lo, hi in zip(bounds, bounds[1:]) if hi > lo]]
+        if any(codes):
+            raise MemoryError("the direct conv kernel could not allocate its buffers")
         return out
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
@@ -186,6 +223,20 @@ def _verify(kernel: FusedKernel) -> None:
             scale = torch.stack([want[:, 0], want[:, 1], g.abs().amax(1), g.abs().amax(1), want[:, 0]], 1).double()
             if not ((got - want).abs() <= 1e-5 * scale).all():
                 raise GradvizError("the fused kernel disagrees with eager PyTorch on a test input")
+    # direct conv statistics: a 3x3 and a strided, dilated 2x3 kernel, channels not whole vectors
+    for c_in, c_out, kernel_size, stride, padding, dilation in ((3, 20, (3, 3), (1, 1), (1, 1), (1, 1)),
+                                                               (2, 7, (2, 3), (2, 1), (1, 2), (2, 1))):
+        x = torch.randn(3, c_in, 9, 8, generator=gen)
+        ho = (9 + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+        wo = (8 + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+        d = torch.randn(3, c_out, ho, wo, generator=gen)
+        got = kernel.conv_parts(x, d, kernel_size, stride, padding, dilation)
+        u = torch.nn.functional.unfold(x.double(), kernel_size, dilation, padding, stride)  # (b, K, P)
+        g = torch.matmul(d.double().flatten(2), u.transpose(1, 2)).flatten(1)
+        want = torch.stack([g.abs().sum(1), (g * g).sum(1), g.amax(1), g.amin(1), g.sum(1)], 1)
+        scale = g.abs().amax(1, keepdim=True) * g.shape[1]
+        if not ((got - want).abs() <= 1e-5 * scale).all():
+            raise GradvizError("the direct conv kernel disagrees with eager PyTorch on a test input")
 
 
 class _Compiled:

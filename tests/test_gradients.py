@@ -372,3 +372,69 @@ def test_scratch_buffer_stays_within_the_chunk_budget(monkeypatch):
     biggest = max(m.weight.numel() for _, m in parametrised_layers(model) if isinstance(m, nn.Conv2d))
     held = max(b.numel() for b in engine._SCRATCH.buffers.values()) * 8  # float64 model
     assert held <= max(budget_mib * 2**20, biggest * 8)
+
+
+def _materialised_parts(x, d, kernel_size, stride, padding, dilation):
+    """(b, 5) float64 partial sums of each sample's conv weight gradient, materialised by unfold."""
+    u = F.unfold(x.double(), kernel_size, dilation, padding, stride)
+    g = torch.matmul(d.double().flatten(2), u.transpose(1, 2)).flatten(1)
+    return torch.stack([g.abs().sum(1), (g * g).sum(1), g.amax(1), g.amin(1), g.sum(1)], 1), g
+
+
+@pytest.mark.parametrize("c_in, c_out, size, kernel_size, stride, padding, dilation", [
+    (1, 16, 28, (3, 3), (1, 1), (1, 1), (1, 1)),  # one input channel (the bundled model's stem)
+    (3, 20, 9, (3, 3), (1, 1), (1, 1), (1, 1)),  # output channels not a whole number of vectors
+    (16, 64, 14, (3, 3), (2, 2), (1, 1), (1, 1)),
+    (7, 70, 11, (5, 5), (2, 2), (2, 2), (2, 2)),  # generic path: 5x5, dilated
+    (32, 37, 6, (1, 1), (2, 2), (0, 0), (1, 1)),  # 1x1 downsample
+    (3, 64, 32, (7, 7), (2, 2), (3, 3), (1, 1)),  # ResNet stem
+    (9, 5, 4, (2, 3), (1, 2), (0, 1), (1, 1)),
+])
+def test_direct_conv_kernel_matches_materialised_gradients(c_in, c_out, size, kernel_size, stride, padding, dilation):
+    if reductions.warm_up() != "ready":
+        pytest.skip(f"compiled kernel unavailable here: {reductions.compiled_status()}")
+    kernel = reductions.fused_kernel("on", torch.float32)
+    gen = torch.Generator().manual_seed(c_in * 100 + c_out)
+    x = torch.randn(5, c_in, size, size, generator=gen)
+    conv = nn.Conv2d(c_in, c_out, kernel_size, stride, padding, dilation, bias=False)
+    d = torch.randn(conv(x).shape, generator=gen)
+    want, g = _materialised_parts(x, d, kernel_size, stride, padding, dilation)
+    got = kernel.conv_parts(x, d, kernel_size, stride, padding, dilation)
+    scale = torch.stack([want[:, 0], want[:, 1], g.abs().amax(1), g.abs().amax(1), want[:, 0]], 1)
+    assert ((got - want).abs() / scale).max() < 1e-5
+    only = kernel.conv_parts(x, d, kernel_size, stride, padding, dilation, only_s2=True)
+    assert torch.allclose(only[:, 1], want[:, 1], rtol=1e-5)
+
+
+def test_direct_conv_kernel_rejects_other_dtypes():
+    if reductions.warm_up() != "ready":
+        pytest.skip(f"compiled kernel unavailable here: {reductions.compiled_status()}")
+    kernel = reductions.fused_kernel("on", torch.float32)
+    x, d = torch.randn(2, 3, 5, 5, dtype=torch.float64), torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    with pytest.raises(GradvizError, match="float32"):
+        kernel.conv_parts(x, d, (3, 3), (1, 1), (1, 1), (1, 1))
+
+
+@pytest.mark.parametrize("kind", ["mnist", "variants"])
+def test_direct_plan_matches_autograd_in_float32(kind, monkeypatch):
+    """The compiled direct plan (float32 only) alone, on every conv it supports, vs the float64 loop."""
+    if reductions.warm_up() != "ready":
+        pytest.skip(f"compiled kernel unavailable here: {reductions.compiled_status()}")
+    if kind == "mnist":
+        model, _, x = _case("mnist")
+    else:
+        model, x = _conv_variants_model().float(), _batch((2, 9, 9), 5, seed=11)
+    ref = reference_stats(model, x, "confounding_sigmoid")
+    real, real_parts, used = engine._Kernel.plans, engine._Kernel.parts, set()
+    monkeypatch.setattr(engine, "_CHOICE", {})
+    monkeypatch.setattr(engine._Kernel, "plans",
+                        lambda self: [p for p in real(self) if p[0] == "direct" or self.kind != "dense"] or real(self))
+    monkeypatch.setattr(engine._Kernel, "parts",
+                        lambda self, strategy, *a: used.add(strategy) or real_parts(self, strategy, *a))
+    res = layer_gradient_stats(model, x, loss="confounding_sigmoid", compile="on")
+    assert "direct" in used
+    names = [n for n, _ in parametrised_layers(model)]
+    idx = [names.index(n) for n in res.layers]
+    assert_stats_close(res, {s: v[:, idx] for s, v in ref.items()}, res.layers, rtol=1e-4)
+    _, sq = layer_sq_l2_norms(model, x, loss="confounding_sigmoid", compile="on")
+    assert ((sq.double() - ref["l2"][:, idx] ** 2).abs() / ref["l2"][:, idx] ** 2).max() < 1e-4

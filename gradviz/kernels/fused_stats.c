@@ -19,6 +19,8 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -98,8 +100,242 @@ DEFINE_ROW_PARTS(gv_row_parts_f64, double, fabs)
 DEFINE_BN_PARTS(gv_bn_parts_f32, float)
 DEFINE_BN_PARTS(gv_bn_parts_f64, double)
 
+/* ---------------------------------------------------------------------------------------------
+ * Direct conv statistics: the five partial sums of each sample's Conv2d weight gradient
+ *   G_b[o, k] = sum_p delta_b[o, p] U_b[k, p]      (U_b the implicit im2col of the input)
+ * computed tile by tile in SIMD registers and reduced there: G_b is never written to memory.
+ * Vectorised over output channels o (delta_b is transposed to (P, O) per sample, padded with zero
+ * channels to whole vectors); each row k of U_b is read straight from the zero-padded input as a
+ * broadcast scalar at offset off[p] (any stride, padding, dilation; 3x3 dilation-1 kernels use
+ * three row pointers per channel). Lanes of padded channels are kept out of max/min, and hold
+ * exact zeros for the sums. Sums run in float per lane within a block of rows, then in double.
+ * groups = 1 only (gradviz uses other strategies for grouped convs).
+ */
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define VL 16
+typedef __m512 vf;
+#define V_LOAD(p) _mm512_loadu_ps(p)
+#define V_SET1(s) _mm512_set1_ps(s)
+#define V_ZERO() _mm512_setzero_ps()
+#define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define V_ADD(a, b) _mm512_add_ps(a, b)
+#define V_MAX(a, b) _mm512_max_ps(a, b)
+#define V_MIN(a, b) _mm512_min_ps(a, b)
+#define V_ABS(a) _mm512_abs_ps(a)
+#define V_STORE(p, a) _mm512_storeu_ps(p, a)
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define VL 8
+typedef __m256 vf;
+#define V_LOAD(p) _mm256_loadu_ps(p)
+#define V_SET1(s) _mm256_set1_ps(s)
+#define V_ZERO() _mm256_setzero_ps()
+#define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define V_ADD(a, b) _mm256_add_ps(a, b)
+#define V_MAX(a, b) _mm256_max_ps(a, b)
+#define V_MIN(a, b) _mm256_min_ps(a, b)
+#define V_ABS(a) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a)
+#define V_STORE(p, a) _mm256_storeu_ps(p, a)
+#else
+#define VL 1
+typedef float vf;
+#define V_LOAD(p) (*(p))
+#define V_SET1(s) (s)
+#define V_ZERO() 0.0f
+#define V_FMA(a, b, c) ((a) * (b) + (c))
+#define V_ADD(a, b) ((a) + (b))
+#define V_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define V_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define V_ABS(a) fabsf(a)
+#define V_STORE(p, a) (*(p) = (a))
+#endif
+
+typedef struct { vf s1, s2, sm, mx, mn; } vstats;
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* acc vectors of one tile -> running stats; lanes of padded output channels are excluded from
+   max/min by adding -inf/+inf (their value is exactly 0, which sums ignore). */
+#define REDUCE_TILE(MR, NV)                                                                      \
+    for (int r = 0; r < MR; r++) {                                                               \
+        if (r >= mr) break;                                                                      \
+        for (int v = 0; v < NV; v++) {                                                           \
+            vf a = acc[r][v];                                                                    \
+            st->s2 = V_FMA(a, a, st->s2);                                                        \
+            if (!only_s2) {                                                                      \
+                st->s1 = V_ADD(st->s1, V_ABS(a));                                                \
+                st->sm = V_ADD(st->sm, a);                                                       \
+                if (pen) { st->mx = V_MAX(st->mx, V_ADD(a, pen[2 * v]));                         \
+                           st->mn = V_MIN(st->mn, V_ADD(a, pen[2 * v + 1])); }                   \
+                else { st->mx = V_MAX(st->mx, a); st->mn = V_MIN(st->mn, a); }                   \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+/* generic tile: rows r of U are xr[r][off[p]] */
+#define DEFINE_TILE(NAME, MR, NV)                                                                \
+    INLINE void NAME(const float *const *xr, int mr, const float *dt, int64_t opad,              \
+                     const int64_t *off, int64_t P, int only_s2, const vf *pen, vstats *st) {    \
+        vf acc[MR][NV];                                                                          \
+        for (int r = 0; r < MR; r++)                                                             \
+            for (int v = 0; v < NV; v++) acc[r][v] = V_ZERO();                                   \
+        const float *rows[MR];                                                                   \
+        for (int r = 0; r < MR; r++) rows[r] = xr[r];                                            \
+        for (int64_t p = 0; p < P; p++) {                                                        \
+            const float *b = dt + p * opad;                                                      \
+            vf bv[NV];                                                                           \
+            for (int v = 0; v < NV; v++) bv[v] = V_LOAD(b + v * VL);                             \
+            int64_t q = off[p];                                                                  \
+            for (int r = 0; r < MR; r++) {                                                       \
+                vf a = V_SET1(rows[r][q]);                                                       \
+                for (int v = 0; v < NV; v++) acc[r][v] = V_FMA(a, bv[v], acc[r][v]);             \
+            }                                                                                    \
+        }                                                                                        \
+        REDUCE_TILE(MR, NV)                                                                      \
+    }
+
+/* 3x3 taps of MC channels (dilation 1): row (c, i, j) is ch[c] + i*wp + j at off[p] */
+#define DEFINE_TILE33(NAME, MC, NV)                                                              \
+    INLINE void NAME(const float *const *ch, int mr, int64_t wp, const float *dt, int64_t opad,  \
+                     const int64_t *off, int64_t P, int only_s2, const vf *pen, vstats *st) {    \
+        enum { MR = 9 * MC };                                                                    \
+        vf acc[MR][NV];                                                                          \
+        for (int r = 0; r < MR; r++)                                                             \
+            for (int v = 0; v < NV; v++) acc[r][v] = V_ZERO();                                   \
+        const float *rp[3 * MC];                                                                 \
+        for (int c = 0; c < MC; c++)                                                             \
+            for (int i = 0; i < 3; i++) rp[3 * c + i] = ch[c] + i * wp;                          \
+        for (int64_t p = 0; p < P; p++) {                                                        \
+            const float *b = dt + p * opad;                                                      \
+            vf bv[NV];                                                                           \
+            for (int v = 0; v < NV; v++) bv[v] = V_LOAD(b + v * VL);                             \
+            int64_t q = off[p];                                                                  \
+            for (int ci = 0; ci < 3 * MC; ci++) {                                                \
+                const float *s = rp[ci] + q;                                                     \
+                for (int j = 0; j < 3; j++) {                                                    \
+                    vf a = V_SET1(s[j]);                                                         \
+                    for (int v = 0; v < NV; v++)                                                 \
+                        acc[3 * ci + j][v] = V_FMA(a, bv[v], acc[3 * ci + j][v]);                \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        REDUCE_TILE(MR, NV)                                                                      \
+    }
+
+DEFINE_TILE(tile_g1, 12, 1)
+DEFINE_TILE(tile_g2, 12, 2)
+DEFINE_TILE(tile_g4, 6, 4)
+DEFINE_TILE33(tile_t1, 2, 1)
+DEFINE_TILE33(tile_t1s, 1, 1)
+DEFINE_TILE33(tile_t2, 1, 2)
+
+static void flush(vstats *st, double *d3) {
+    float t[3][VL];
+    V_STORE(t[0], st->s1); V_STORE(t[1], st->s2); V_STORE(t[2], st->sm);
+    for (int l = 0; l < VL; l++) { d3[0] += t[0][l]; d3[1] += t[1][l]; d3[2] += t[2][l]; }
+    st->s1 = V_ZERO(); st->s2 = V_ZERO(); st->sm = V_ZERO();
+}
+
+/* x (B, C, H, W), d (B, O, Ho, Wo) contiguous float32; shape = {B, C, H, W, O, Ho, Wo, kh, kw,
+   sh, sw, ph, pw, dh, dw}; out (B, 5) double: s1 s2 mx mn sm of each sample's weight gradient
+   (O, C, kh, kw) of a groups=1 Conv2d with zero padding (only s2 is valid if only_s2).
+   Returns 0, or -1 if memory could not be allocated. */
+int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int only_s2,
+                       double *out, int threads) {
+    int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3], O = shape[4], Ho = shape[5],
+            Wo = shape[6], kh = shape[7], kw = shape[8], sh = shape[9], sw = shape[10],
+            ph = shape[11], pw = shape[12], dh = shape[13], dw = shape[14];
+    int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, P = Ho * Wo, K = C * kh * kw;
+    int nv = O <= VL ? 1 : O <= 2 * VL ? 2 : 4;
+    int t33 = kh == 3 && kw == 3 && dh == 1 && dw == 1;
+    if (t33 && nv == 4) nv = 2;
+    int64_t nr = nv * VL, opad = (O + nr - 1) / nr * nr;
+    int64_t *off = malloc(sizeof(int64_t) * (P + K));
+    if (!off) return -1;
+    int64_t *rowoff = off + P;
+    int failed = 0;
+    for (int64_t ho = 0; ho < Ho; ho++)
+        for (int64_t wo = 0; wo < Wo; wo++) off[ho * Wo + wo] = ho * sh * Wp + wo * sw;
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t i = 0; i < kh; i++)
+            for (int64_t j = 0; j < kw; j++) rowoff[(c * kh + i) * kw + j] = c * Hp * Wp + i * dh * Wp + j * dw;
+    /* penalties for the padded lanes of the last output tile */
+    vf pen_last[8];
+    float pf[8][VL];
+    for (int v = 0; v < nv; v++)
+        for (int l = 0; l < VL; l++) {
+            int64_t o = opad - nr + v * VL + l;
+            pf[2 * v][l] = o < O ? 0.0f : -INFINITY;
+            pf[2 * v + 1][l] = o < O ? 0.0f : INFINITY;
+        }
+    for (int i = 0; i < 2 * nv; i++) pen_last[i] = V_LOAD(pf[i]);
+    int has_pad = opad != O;
+    _Pragma("omp parallel num_threads(threads) if(threads > 1)")
+    {
+        float *xp = malloc(sizeof(float) * (C * Hp * Wp + P * opad + 64));
+        float *dt = xp ? xp + C * Hp * Wp : 0;
+        if (!xp) failed = 1;
+        _Pragma("omp for schedule(static)")
+        for (int64_t b = 0; b < B; b++) {
+            if (!xp) continue;
+            const float *xb = x + b * C * H * W, *db = d + b * O * P;
+            if (ph || pw) memset(xp, 0, sizeof(float) * C * Hp * Wp);
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++)
+                    memcpy(xp + c * Hp * Wp + (h + ph) * Wp + pw, xb + (c * H + h) * W, sizeof(float) * W);
+            for (int64_t p = 0; p < P; p++) {
+                float *row = dt + p * opad;
+                for (int64_t o = 0; o < O; o++) row[o] = db[o * P + p];
+                for (int64_t o = O; o < opad; o++) row[o] = 0.0f;
+            }
+            vstats st = {V_ZERO(), V_ZERO(), V_ZERO(), V_SET1(-INFINITY), V_SET1(INFINITY)};
+            double sums[3] = {0, 0, 0};
+            if (t33) {
+                int mc = nv == 1 && C > 1 ? 2 : 1;
+                for (int64_t c0 = 0; c0 < C; c0 += mc) {
+                    int nc = C - c0 < mc ? (int)(C - c0) : mc;
+                    const float *ch[2];
+                    for (int c = 0; c < mc; c++) ch[c] = xp + (c0 + (c < nc ? c : 0)) * Hp * Wp;
+                    for (int64_t o0 = 0; o0 < opad; o0 += nr) {
+                        const vf *pen = has_pad && o0 + nr == opad ? pen_last : 0;
+                        if (nv == 1 && mc == 2) tile_t1(ch, 9 * nc, Wp, dt + o0, opad, off, P, only_s2, pen, &st);
+                        else if (nv == 1) tile_t1s(ch, 9, Wp, dt + o0, opad, off, P, only_s2, pen, &st);
+                        else tile_t2(ch, 9 * nc, Wp, dt + o0, opad, off, P, only_s2, pen, &st);
+                    }
+                    flush(&st, sums);
+                }
+            } else {
+                int mr = nv == 4 ? 6 : 12;
+                for (int64_t k0 = 0; k0 < K; k0 += mr) {
+                    int n = K - k0 < mr ? (int)(K - k0) : mr;
+                    const float *xr[12];
+                    for (int r = 0; r < mr; r++) xr[r] = xp + rowoff[k0 + (r < n ? r : 0)];
+                    for (int64_t o0 = 0; o0 < opad; o0 += nr) {
+                        const vf *pen = has_pad && o0 + nr == opad ? pen_last : 0;
+                        if (nv == 1) tile_g1(xr, n, dt + o0, opad, off, P, only_s2, pen, &st);
+                        else if (nv == 2) tile_g2(xr, n, dt + o0, opad, off, P, only_s2, pen, &st);
+                        else tile_g4(xr, n, dt + o0, opad, off, P, only_s2, pen, &st);
+                    }
+                    flush(&st, sums);
+                }
+            }
+            float tm[2][VL];
+            V_STORE(tm[0], st.mx); V_STORE(tm[1], st.mn);
+            float mx = -INFINITY, mn = INFINITY;
+            for (int l = 0; l < VL; l++) { mx = tm[0][l] > mx ? tm[0][l] : mx; mn = tm[1][l] < mn ? tm[1][l] : mn; }
+            double *o = out + b * 5;
+            o[0] = sums[0]; o[1] = sums[1]; o[2] = mx; o[3] = mn; o[4] = sums[2];
+        }
+        free(xp);
+    }
+    free(off);
+    return failed ? -1 : 0;
+}
+
 /* A version number the loader checks, so a stale build of an older source is never used. */
-int gv_kernel_version(void) { return 3; }
+int gv_kernel_version(void) { return 4; }
 
 /* 1 if built with OpenMP (the kernel then parallelises itself). */
 int gv_has_openmp(void) {
