@@ -57,6 +57,7 @@ from torch import nn
 
 from gradviz.config import settings
 from gradviz.errors import GradvizError, MethodError
+from gradviz.folding import Fold, fold_enabled, twin_of
 from gradviz.reductions import PARTS, fused_kernel, reduce_rows, resolve_mode
 
 __all__ = [
@@ -194,20 +195,21 @@ class _Sink:
     """
 
     def __init__(self) -> None:
-        self.pending: dict[int, Capture] | None = None
+        self.pending: dict[int, list[Capture]] | None = None
         self.each: Callable | None = None
         self.results: dict[int, object] = {}
 
     def hook(self, index: int) -> Callable[[torch.Tensor], None]:
         def store(grad: torch.Tensor) -> None:  # returns None: the gradient flowing on is unchanged
             pending = self.pending
-            if pending is not None and index in pending and index not in self.results:
-                cap = pending[index]
-                self.results[index] = self.each(cap, grad.detach()) if self.each else grad.detach()
+            if pending is not None and index in pending:
+                for cap in pending[index]:  # the output's own capture, and a BatchNorm folded into it
+                    if cap.index not in self.results:
+                        self.results[cap.index] = self.each(cap, grad.detach()) if self.each else grad.detach()
         return store
 
     @contextmanager
-    def collecting(self, pending: dict[int, "Capture"], each: Callable | None) -> Iterator[dict[int, object]]:
+    def collecting(self, pending: dict[int, list["Capture"]], each: Callable | None) -> Iterator[dict[int, object]]:
         self.pending, self.each, self.results = pending, each, {}
         try:
             yield self.results
@@ -227,6 +229,10 @@ class Capture:
     inp_version: int
     out_version: int
     calls: int = 1
+    # A BatchNorm folded into the convolution before it (gradviz.folding) has no forward of its
+    # own: its capture shares the convolution's output (index ``source``; ``inp`` is None).
+    source: int | None = None
+    fold: Fold | None = None  # set on both captures of a folded pair
 
     @property
     def modified(self) -> bool:
@@ -245,12 +251,17 @@ class GradientPass:
     under ``model.lock``.
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None) -> None:
+    def __init__(self, model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None,
+                 fold_bn: bool | None = None) -> None:
         if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
             raise GradvizError("expected a non-empty batch tensor (B, C, H, W)")
         self.model = model
         self.chosen = _resolve_layers(model, layers)
         _check_model(model, self.chosen)
+        # the forward runs on the folded twin where there is one (gradviz.folding; default on)
+        root = _root(model)
+        runnable = root is model or callable(getattr(model, "normalize", None))
+        self.twin = twin_of(root) if runnable and fold_enabled(fold_bn) else None
         param = next(model.parameters())
         self.x_in = x.detach().to(device=param.device, dtype=param.dtype).requires_grad_(True)
         self.batch = int(x.shape[0])
@@ -259,13 +270,16 @@ class GradientPass:
             self._forward(clone_inputs)
             # An input modified in place after its layer ran (rare) would give wrong statistics:
             # rerun keeping copies of the inputs.
-            if clone_inputs or all(c.inp._version == c.inp_version for c in self.captures):
+            if clone_inputs or all(c.inp is None or c.inp._version == c.inp_version for c in self.captures):
                 break
 
     def _forward(self, clone_inputs: bool) -> None:
-        root = _root(self.model)
-        wanted = {id(m): n for n, m in self.chosen}
-        wanted.update({id(m): n for n, m in root.named_modules() if isinstance(m, _BN) and id(m) not in wanted})
+        root, twin = _root(self.model), self.twin
+        net = twin.net if twin is not None else root
+        # module of the network that runs -> (name, original module); captures hold the original
+        originals = twin.originals if twin is not None else {id(m): (n, m) for n, m in root.named_modules()}
+        names = {n for n, _ in self.chosen} | {n for n, m in root.named_modules() if isinstance(m, _BN)}
+        folds = twin.folds if twin is not None else {}
         head = getattr(self.model, "head", None)
         self.captures: list[Capture] = []
         self.features: torch.Tensor | None = None
@@ -276,13 +290,19 @@ class GradientPass:
             cap = by_module.get(id(module))
             if cap is not None:
                 cap.calls += 1
+                if cap.fold is not None:
+                    self.captures[cap.index + 1].calls += 1
                 return None
             x = args[0]
-            cap = Capture(len(self.captures), wanted[id(module)], module, x.detach().clone() if clone_inputs else x.detach(),
-                          output, x._version, output._version)
+            name, original = originals[id(module)]
+            cap = Capture(len(self.captures), name, original, x.detach().clone() if clone_inputs else x.detach(),
+                          output, x._version, output._version, fold=folds.get(name))
             by_module[id(module)] = cap
             self.captures.append(cap)
-            if module is head:
+            if cap.fold is not None:  # the BatchNorm folded into this conv: its output, no input of its own
+                self.captures.append(Capture(cap.index + 1, cap.fold.bn_name, cap.fold.bn, None, output, 0,
+                                             output._version, source=cap.index, fold=cap.fold))
+            if original is head:
                 self.features = x.flatten(1) if x.ndim > 2 else x
             if output.requires_grad:
                 output.register_hook(sink.hook(cap.index))
@@ -291,11 +311,15 @@ class GradientPass:
         handles = []
         with getattr(self.model, "lock", nullcontext()):
             try:
-                for _, m in root.named_modules():
-                    if id(m) in wanted:
+                for _, m in net.named_modules():
+                    entry = originals.get(id(m))
+                    if entry is not None and (entry[0] in names or entry[0] in folds):
                         handles.append(m.register_forward_hook(hook))
                 with torch.enable_grad():
-                    self.logits = self.model(self.x_in)
+                    if twin is None:
+                        self.logits = self.model(self.x_in)
+                    else:
+                        self.logits = net(self.x_in if root is self.model else self.model.normalize(self.x_in))
             finally:
                 for h in handles:
                     h.remove()
@@ -321,19 +345,26 @@ class GradientPass:
         Returns ([``each(c, δ_c)`` — or δ_c itself — for each capture], ∂/∂x_in if ``input_grad``).
         Every δ_c arrives through the tensor hook registered on the output during the forward (the
         value the layer produced, even if an op changed it in place later), and ``each`` runs right
-        there, while δ_c is hot in cache; δ_c is not kept. The backward is driven to the earliest
-        unmodified output of the pass (or to the input), so it runs through every hooked layer.
+        there, while δ_c is hot in cache; δ_c is not kept. The backward is driven to the first
+        hooked output of the pass if no op changed it in place (else to the input), so it runs
+        through every hooked layer once.
         """
         if grad is not None:
             grad = grad.to(root.dtype)
         results: dict[int, object] = {}
-        pending = {c.index: c for c in captures if c.out is not root}
-        for c in captures:
+        pending: dict[int, list[Capture]] = {}  # hook index -> captures served by it, forward order
+        for c in sorted(captures, key=lambda c: c.index):
             if c.out is root:  # e.g. the head's output when root is the logits: δ is ``grad`` itself
                 results[c.index] = each(c, grad) if each else grad
+            else:
+                pending.setdefault(c.index if c.source is None else c.source, []).append(c)
         x_grad = None
-        anchor = next((c.out for c in self.captures if not c.modified and c.out.requires_grad
-                       and c.out is not root), None)
+        # The backward stops at the first hooked layer's output when a later op did not change it in
+        # place (after an in-place ReLU its tensor would carry another value); else at the input.
+        # A later unmodified output would miss the layers before it and cost a second backward.
+        first = self.captures[0] if self.captures else None
+        anchor = first.out if first is not None and not first.modified and first.out.requires_grad \
+            and first.out is not root else None
         use_input = input_grad or anchor is None
         while pending or input_grad:
             targets = [self.x_in] if use_input else [anchor]
@@ -341,13 +372,14 @@ class GradientPass:
                 out = torch.autograd.grad(root, targets, grad_outputs=grad, retain_graph=True, allow_unused=True)
             results.update(got)
             x_grad = out[0] if use_input and input_grad else x_grad
-            pending = {i: c for i, c in pending.items() if i not in results}
+            pending = {i: left for i, cs in pending.items() if (left := [c for c in cs if c.index not in results])}
             if use_input or not pending:
                 break
             use_input = True  # a hooked layer is not downstream of the anchor: drive the backward to the input
-        for i, c in pending.items():  # outputs that do not influence ``root``: zero gradient
-            zero = torch.zeros_like(c.out)
-            results[i] = each(c, zero) if each else zero
+        for cs in pending.values():  # outputs that do not influence ``root``: zero gradient
+            for c in cs:
+                zero = torch.zeros_like(c.out)
+                results[c.index] = each(c, zero) if each else zero
         return [results[c.index] for c in captures], (None if x_grad is None else x_grad.detach())
 
     def _reduce(self, loss: str | Callable, layers: Sequence[str] | None, job: "_Job",
@@ -357,7 +389,13 @@ class GradientPass:
         if dloss is None:
             raise MethodError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
         caps = self.layer_captures(layers)
-        kernels = {c.index: _Kernel(c, c.out, job) for c in caps}  # planned from shapes; δ set in the hook
+        # A folded BatchNorm's γ gradient comes from its convolution's kernel: run that one too
+        helpers = [self.captures[c.source] for c in caps if c.source is not None
+                   and all(o.index != c.source for o in caps)]
+        kernels = {c.index: _Kernel(c, c.out, job) for c in caps + helpers}  # planned from shapes; δ set in the hook
+        for c in caps:
+            if c.source is not None:
+                kernels[c.index].source = kernels[c.source]
         total = sum(-(-k.batch // _CHOICE.get(k.signature(), k.plans()[0])[1]) for k in kernels.values())
         done = [0]
 
@@ -372,7 +410,8 @@ class GradientPass:
             with torch.no_grad():
                 return _layer_values(kernel, tick)
 
-        parts, _ = self.output_grads(self.logits, dloss(self.logits.detach()), caps, each=each)
+        parts, _ = self.output_grads(self.logits, dloss(self.logits.detach()), caps + helpers, each=each)
+        parts = parts[:len(caps)]
         with torch.no_grad():
             values = _finish(parts, [_Kernel.numel_of(c.module) for c in caps], job.stats)
         if progress is not None:
@@ -468,6 +507,13 @@ class _Kernel:
 
     def __init__(self, cap: Capture, grad: torch.Tensor, job: _Job) -> None:
         self.name, self.module, self.inp, self.grad, self.job = cap.name, cap.module, cap.inp, grad, job
+        # A BatchNorm folded into its conv has no input of its own (its gradients come from the
+        # conv's kernel, ``source``); a folded conv receives δz and applies the scale s itself.
+        self.virtual = cap.source is not None
+        self.fold = cap.fold if not self.virtual else None
+        self.source: _Kernel | None = None
+        if self.inp is None:
+            self.inp = cap.out.detach()  # shapes, dtype and device only
         m = self.module
         self.batch = self.inp.shape[0]
         self.es = max(self.inp.element_size(), 4)
@@ -481,7 +527,7 @@ class _Kernel:
             self.kind = "bn"
             self.numel = sum(p.numel() for p in m.parameters(recurse=False))
             self.candidates = ["bn"]
-            self.sample_bytes = {"bn": self.inp[0].numel() * self.es}
+            self.sample_bytes = {"bn": 0 if self.virtual else self.inp[0].numel() * self.es}
             return
         if isinstance(m, nn.Linear):
             self.groups, self.o, self.k = 1, m.out_features, m.in_features
@@ -510,7 +556,7 @@ class _Kernel:
         self.sample_bytes["direct"] = 0
         self.candidates = (["direct"] if self.direct is not None else []) + ["bmm"]
         self.candidates += ["conv"] if isinstance(m, nn.Conv2d) else []
-        if job.stats is None:
+        if job.stats is None and self.fold is None:  # gram gives no dot product for a folded BatchNorm
             self.candidates.append("gram")
         # eager path: parts cheaper from factorised forms, computed once per layer; only where the
         # unfolded input of the whole batch exists (else the Gram form would unfold again)
@@ -540,7 +586,7 @@ class _Kernel:
         conv = (m.kernel_size, m.stride, m.padding, m.dilation, m.groups, m.padding_mode) if isinstance(m, nn.Conv2d) else ()
         return (type(m).__name__, tuple(self.inp.shape[1:]), tuple(self.grad.shape[1:]), conv, self.bias,
                 self.inp.dtype, str(self.inp.device), self.job.stats is None, self.fused is not None,
-                self.direct is not None, self.job.budget)
+                self.direct is not None, self.fold is not None, self.virtual, self.job.budget)
 
     # ---- operands
 
@@ -584,7 +630,8 @@ class _Kernel:
         if isinstance(self.module, nn.Linear):
             return self.operands(sl)[1]
         d = self.grad[sl]
-        return d.reshape(d.shape[0], self.groups, self.o // self.groups, self.positions)
+        d = d.reshape(d.shape[0], self.groups, self.o // self.groups, self.positions)
+        return d if self.fold is None else d * self._fold_scale(d.dtype).view(1, self.groups, -1, 1)
 
     def materialise(self, strategy: str, sl: slice, buf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(per-sample weight gradients (b, g, Og, Kg), U or None) for samples ``sl``."""
@@ -635,6 +682,12 @@ class _Kernel:
             return _parts_of(self._bn_grad(sl), need, self.fused)
         if self.kind == "rank1":
             u, d = self.operands(sl)
+            if self.fold is not None:  # G' = δz aᵀ: Σ_k W_ok G'_ok = δz_o (W a)_o
+                w = self._fold_weight(d.dtype)
+                wa = torch.matmul(u[:, 0, :, 0], w[0].t())[:, None] if self.groups == 1 else \
+                    torch.einsum("bgk,gok->bgo", u[..., 0], w)
+                self._dots_of(sl)[:] = (d[..., 0] * wa).reshape(d.shape[0], -1)
+                d = d * self._fold_scale(d.dtype).view(1, self.groups, -1, 1)
             return _rank_one_parts(d[..., 0], u[..., 0], False, need)
         if strategy == "gram":
             u, d = self.operands(sl)
@@ -642,14 +695,60 @@ class _Kernel:
         if strategy == "direct":
             m = self.module
             x, padding = self._padded(self.inp[sl])
+            fold = self.fold
             out = self.direct.conv_parts(x, self.grad[sl], m.kernel_size, m.stride, padding, m.dilation,
-                                         only_s2=self.job.stats is None)
+                                         only_s2=self.job.stats is None, **({} if fold is None else fold.direct_args()))
+            if fold is not None:
+                out, self._dots_of(sl)[:], dz = out
+                self._dz_of(sl)[:] = dz
             return {"s2": out[:, 1]} if self.job.stats is None else out
-        grad_w, _ = self.materialise(strategy, sl, buf)
+        grad_w, _ = self.materialise(strategy, sl, buf)  # (b, g, Og, Kg); from δz where folded
+        if self.fold is not None:
+            w = self._fold_weight(grad_w.dtype)
+            b = grad_w.shape[0]
+            self._dots_of(sl)[:] = (grad_w * w).sum(-1).reshape(b, -1)
+            grad_w = grad_w.mul_(self._fold_scale(grad_w.dtype).view(self.groups, -1, 1))
         flat = grad_w.reshape(grad_w.shape[0], -1)
         if self.fused is not None:
             return self.fused(flat)
         return reduce_rows(flat, need - self.cheap, scratch=buf is not None or strategy == "conv")
+
+    # ---- a BatchNorm folded into this conv (gradviz.folding)
+
+    def _fold_scale(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.fold.scale.to(dtype)
+
+    def _fold_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The conv's own weight as (g, Og, Kg)."""
+        g = self.groups
+        return self.module.weight.detach().to(dtype).reshape(g, self.o // g, self.k // g)
+
+    def _dots_of(self, sl: slice) -> torch.Tensor:
+        """(b, O) float64 rows of Σ_k W_ok G'_ok (G' = δz ⋆ U) for samples ``sl``, filled by :meth:`parts`."""
+        if getattr(self, "_dots", None) is None:
+            self._dots = torch.zeros(self.batch, self.o, dtype=torch.float64, device=self.inp.device)
+        return self._dots[sl]
+
+    def _dz_of(self, sl: slice) -> torch.Tensor:
+        """(b, O) float64 rows of Σ_p δz (the direct kernel returns them; else computed at the end)."""
+        if getattr(self, "_dz", None) is None:
+            self._dz = torch.full((self.batch, self.o), float("nan"), dtype=torch.float64, device=self.inp.device)
+        return self._dz[sl]
+
+    def finish_fold(self) -> None:
+        """The folded BatchNorm's per-sample [∇γ, ∇β] (b, 2C) from this conv's dot products:
+        Σ_p δz (y − μ)/σ = (Σ_k W G' + (bias − μ) Σ_p δz)/σ, and ∇β = Σ_p δz."""
+        fold, bn = self.fold, self.fold.bn
+        dz = getattr(self, "_dz", None)
+        if dz is None or dz.isnan().any():
+            dz = self.grad.reshape(self.batch, self.o, -1).sum(-1).double()
+        pieces = []
+        if bn.weight is not None:
+            pieces.append((self._dots_of(slice(None)) + fold.shift.double() * dz) * fold.inv_std.double())
+        if bn.bias is not None:
+            pieces.append(dz)
+        self.bn_grads = torch.cat(pieces, dim=1) if pieces else dz[:, :0]
+        self._dots = self._dz = None
 
     def layer_parts(self, strategy: str) -> dict[str, torch.Tensor] | None:
         """Parts computed once for all samples of the layer: the bias gradient Σ_p Δ_op, and on the
@@ -680,6 +779,8 @@ class _Kernel:
 
     def _bn_grad(self, sl: slice) -> torch.Tensor:
         """[∇γ, ∇β] per sample, (b, 2C) (or the one that exists)."""
+        if self.source is not None:  # folded into the conv before it: computed by that conv's kernel
+            return self.source.bn_grads[sl]
         m, x, d = self.module, self.inp[sl], self.grad[sl]
         b, c = x.shape[0], x.shape[1]
         x, d = x.reshape(b, c, -1), d.reshape(b, c, -1)
@@ -778,7 +879,10 @@ def _layer_values(k: _Kernel, progress: Callable[[], None]) -> dict[str, torch.T
         totals.put(slice(i, i + step), k.parts(strategy, slice(i, i + step), buf))
         progress()
     layer_only = k.cheap if strategy in ("bmm", "conv") and k.kind == "dense" else set()
-    return totals.result(k.layer_parts(strategy), layer_only)
+    result = totals.result(k.layer_parts(strategy), layer_only)
+    if k.fold is not None:
+        k.finish_fold()
+    return result
 
 
 _SCRATCH = threading.local()

@@ -39,12 +39,12 @@ from gradviz.config import settings
 from gradviz.errors import GradvizError
 
 __all__ = ["PARTS", "MODES", "reduce_rows", "fused_kernel", "FusedKernel", "resolve_mode", "compiled_status",
-           "warm_up"]
+           "warm_up", "transposed_weight"]
 
 PARTS = ("s1", "s2", "mx", "mn", "sm")
 MODES = ("auto", "on", "off")
 SOURCE = Path(__file__).resolve().parent / "kernels" / "fused_stats.c"
-KERNEL_VERSION = 4
+KERNEL_VERSION = 7
 # Below this many elements one thread does the whole call (thread hand-off costs ~20 µs).
 _PARALLEL_MIN = 1 << 16
 
@@ -79,7 +79,7 @@ class FusedKernel:
             fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int]
             fn.restype = None
         self._conv = lib.gv_conv_parts_f32
-        self._conv.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+        self._conv.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_int]
         self._conv.restype = ctypes.c_int
         self.openmp = bool(lib.gv_has_openmp())
         self._pool: ThreadPoolExecutor | None = None
@@ -131,22 +131,41 @@ class FusedKernel:
                 and x.device.type == "cpu" and x.ndim == 4)
 
     def conv_parts(self, x: torch.Tensor, d: torch.Tensor, kernel_size, stride, padding, dilation,
-                   only_s2: bool = False) -> torch.Tensor:
-        """(b, 5) float64 partial sums (:data:`PARTS`) of each sample's conv weight gradient δ_b ⋆ x_b,
-        computed in registers without materialising it (``fused_stats.c``). ``x`` (b, C, H, W),
-        ``d`` (b, O, Ho, Wo), zero ``padding``; with ``only_s2`` only column 1 (Σg²) is valid."""
+                   only_s2: bool = False, scale: torch.Tensor | None = None, weight_t: torch.Tensor | None = None,
+                   d_scale: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Partial sums of each sample's conv weight gradient G_b = δ_b ⋆ x_b, computed in registers
+        without materialising it (``fused_stats.c``). ``x`` (b, C, H, W), ``d`` (b, O, Ho, Wo), zero
+        ``padding``. Returns (b, 5) float64 (:data:`PARTS`) of ``scale[o] · G_b[o, k]`` (``scale``
+        (O,) or None; with ``only_s2`` only column 1, Σg², is valid). With ``weight_t`` (the weight
+        as (K, O), :func:`transposed_weight`) also the (b, O) float64 dot products
+        Σ_k weight[o, k] G_b[o, k] of the unscaled G_b, and the (b, O) float64 sums Σ_p δ_b[o, p].
+        ``d_scale`` (O,) multiplies δ_b's channels as they are read (G_b, its dot products and its
+        statistics are then those of the scaled δ; the sums Σ_p δ_b stay unscaled)."""
         x, d = x.contiguous(), d.contiguous()
         if x.dtype != torch.float32 or d.dtype != torch.float32 or x.ndim != 4 or d.ndim != 4:
             raise GradvizError("the direct conv kernel takes float32 (b, C, H, W) inputs and (b, O, Ho, Wo) gradients")
-        b = x.shape[0]
+        b, o = x.shape[0], d.shape[1]
+        scale, d_scale = (None if t is None else t.detach().to(torch.float32).contiguous() for t in (scale, d_scale))
+        k = x.shape[1] * kernel_size[0] * kernel_size[1]
+        if any(t is not None and t.numel() != o for t in (scale, d_scale)):
+            raise GradvizError("scale and d_scale must have one entry per output channel")
+        if weight_t is not None and (weight_t.dtype != torch.float32 or weight_t.numel() < k * o + 64
+                                     or not weight_t.is_contiguous()):
+            raise GradvizError("weight_t must come from transposed_weight(weight)")
+        extra = [scale, d_scale, weight_t]
         out = torch.empty(b, 5, dtype=torch.float64)
+        dots = torch.empty(b, o, dtype=torch.float64) if weight_t is not None else None
+        sums = torch.empty(b, o, dtype=torch.float64) if weight_t is not None else None
         threads = max(1, torch.get_num_threads())
         geometry = [*x.shape[1:], *d.shape[1:], *kernel_size, *stride, *padding, *dilation]
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
 
         def run(lo: int, hi: int, n_threads: int) -> int:
             shape = torch.tensor([hi - lo, *geometry], dtype=torch.int64)
             return self._conv(x[lo:hi].data_ptr(), d[lo:hi].data_ptr(), shape.data_ptr(), int(only_s2),
-                              out[lo:hi].data_ptr(), n_threads)
+                              ptr(extra[0]), ptr(extra[1]), ptr(extra[2]), out[lo:hi].data_ptr(),
+                              None if dots is None else dots[lo:hi].data_ptr(),
+                              None if sums is None else sums[lo:hi].data_ptr(), n_threads)
 
         if threads == 1 or b == 1 or self.openmp:
             codes = [run(0, b, min(threads, b))]
@@ -156,13 +175,22 @@ class FusedKernel:
                                               for lo, hi in zip(bounds, bounds[1:]) if hi > lo]]
         if any(codes):
             raise MemoryError("the direct conv kernel could not allocate its buffers")
-        return out
+        return out if dots is None else (out, dots, sums)
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
         if self._pool is None or self._pool_size < threads:
             self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradviz-kernel")
             self._pool_size = threads
         return self._pool
+
+
+def transposed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A conv weight (O, ...) as the direct kernel reads it: (K, O) float32, row-major, followed by
+    64 spare entries (its vector loads of the last row may run past the end)."""
+    w = weight.detach().to(torch.float32).reshape(weight.shape[0], -1)
+    out = w.new_zeros(w.numel() + 64)
+    out[: w.numel()].view(w.shape[1], w.shape[0]).copy_(w.t())
+    return out
 
 
 def _compilers() -> list[str]:
@@ -230,12 +258,19 @@ def _verify(kernel: FusedKernel) -> None:
         ho = (9 + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
         wo = (8 + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
         d = torch.randn(3, c_out, ho, wo, generator=gen)
-        got = kernel.conv_parts(x, d, kernel_size, stride, padding, dilation)
+        s = torch.randn(c_out, generator=gen)
+        w = torch.randn(c_out, c_in * kernel_size[0] * kernel_size[1], generator=gen)
+        got, dots, sums = kernel.conv_parts(x, d, kernel_size, stride, padding, dilation, scale=s,
+                                            weight_t=transposed_weight(w))
         u = torch.nn.functional.unfold(x.double(), kernel_size, dilation, padding, stride)  # (b, K, P)
-        g = torch.matmul(d.double().flatten(2), u.transpose(1, 2)).flatten(1)
+        g = torch.matmul(d.double().flatten(2), u.transpose(1, 2))  # (b, O, K)
+        want_dots = (g * w.double()).sum(-1)
+        g = (g * s.double()[:, None]).flatten(1)
         want = torch.stack([g.abs().sum(1), (g * g).sum(1), g.amax(1), g.amin(1), g.sum(1)], 1)
-        scale = g.abs().amax(1, keepdim=True) * g.shape[1]
-        if not ((got - want).abs() <= 1e-5 * scale).all():
+        tol = 1e-5 * g.abs().amax(1, keepdim=True) * g.shape[1]
+        ok = torch.allclose(dots, want_dots, rtol=1e-4, atol=1e-4) and torch.allclose(
+            sums, d.double().flatten(2).sum(-1), rtol=1e-5, atol=1e-5)
+        if not ((got - want).abs() <= tol).all() or not ok:
             raise GradvizError("the direct conv kernel disagrees with eager PyTorch on a test input")
 
 

@@ -180,7 +180,8 @@ def test_results_independent_of_chunk_size_and_batch():
     x = _batch((1, 28, 28), 6, seed=5)
     big = layer_gradient_stats(model, x, chunk_mib=256)
     calls = []
-    tiny = layer_gradient_stats(model, x, chunk_mib=0.01, progress=lambda d, t: calls.append((d, t)))
+    # eager: every conv is materialised chunk by chunk (the compiled direct plan needs no chunks)
+    tiny = layer_gradient_stats(model, x, chunk_mib=0.01, progress=lambda d, t: calls.append((d, t)), compile="off")
     assert torch.allclose(big.values, tiny.values, rtol=1e-5, atol=1e-7)
     assert calls[-1][0] == calls[-1][1] and len(calls) > len(big.layers)  # one call per chunk
     part = layer_gradient_stats(model, x[2:4])
@@ -404,6 +405,16 @@ def test_direct_conv_kernel_matches_materialised_gradients(c_in, c_out, size, ke
     assert ((got - want).abs() / scale).max() < 1e-5
     only = kernel.conv_parts(x, d, kernel_size, stride, padding, dilation, only_s2=True)
     assert torch.allclose(only[:, 1], want[:, 1], rtol=1e-5)
+    # per-channel scale (a folded BatchNorm's γ/σ) on the statistics, dot products with W on the unscaled G
+    s, w = torch.randn(c_out, generator=gen), torch.randn(c_out, c_in, *kernel_size, generator=gen)
+    got, dots, sums = kernel.conv_parts(x, d, kernel_size, stride, padding, dilation, scale=s,
+                                        weight_t=reductions.transposed_weight(w))
+    assert torch.allclose(sums, d.double().flatten(2).sum(-1), rtol=1e-5, atol=1e-5)
+    g3 = g.view(5, c_out, -1)
+    want_s, _ = _materialised_parts(x, d * s.view(1, -1, 1, 1), kernel_size, stride, padding, dilation)
+    assert ((got - want_s).abs() / (scale * s.abs().max())).max() < 1e-5
+    want_dots = (g3 * w.double().flatten(1)).sum(-1)
+    assert ((dots - want_dots).abs() / (g3.abs() * w.double().flatten(1).abs()).sum(-1)).max() < 1e-5
 
 
 def test_direct_conv_kernel_rejects_other_dtypes():

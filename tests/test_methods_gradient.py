@@ -94,16 +94,21 @@ def test_gradient_methods_of_a_batch_share_one_forward():
     from ONE hooked forward; only ODIN's perturbed input needs a forward of its own."""
     from gradviz.methods import list_methods
 
+    from gradviz.folding import twin_of
+
     model, x = _model(), _x(4)
     runs = []
-    handle = model.net.register_forward_hook(lambda *_: runs.append(1))
+    twin = twin_of(model.net)  # the shared pass runs on the BatchNorm-folded twin of the network
+    assert twin is not None
+    handles = [net.register_forward_hook(lambda *_: runs.append(1)) for net in (model.net, twin.net)]
     try:
         batch = ModelOutputs.from_model(model, x, keep_graph=True)
         for info in list_methods():
             if not info.needs_fit:
                 run_method(info.name, batch)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     assert len(runs) == 2  # the shared pass + ODIN's x̃
     plain = ModelOutputs.from_model(model, x)
     for name in ("gaia_z", "gaia_a", "confounding", "odin", "grad_l2", "msp"):

@@ -121,6 +121,7 @@ typedef __m512 vf;
 #define V_ZERO() _mm512_setzero_ps()
 #define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define V_ADD(a, b) _mm512_add_ps(a, b)
+#define V_MUL(a, b) _mm512_mul_ps(a, b)
 #define V_MAX(a, b) _mm512_max_ps(a, b)
 #define V_MIN(a, b) _mm512_min_ps(a, b)
 #define V_ABS(a) _mm512_abs_ps(a)
@@ -134,6 +135,7 @@ typedef __m256 vf;
 #define V_ZERO() _mm256_setzero_ps()
 #define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define V_ADD(a, b) _mm256_add_ps(a, b)
+#define V_MUL(a, b) _mm256_mul_ps(a, b)
 #define V_MAX(a, b) _mm256_max_ps(a, b)
 #define V_MIN(a, b) _mm256_min_ps(a, b)
 #define V_ABS(a) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a)
@@ -146,6 +148,7 @@ typedef float vf;
 #define V_ZERO() 0.0f
 #define V_FMA(a, b, c) ((a) * (b) + (c))
 #define V_ADD(a, b) ((a) + (b))
+#define V_MUL(a, b) ((a) * (b))
 #define V_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define V_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define V_ABS(a) fabsf(a)
@@ -154,35 +157,61 @@ typedef float vf;
 
 typedef struct { vf s1, s2, sm, mx, mn; } vstats;
 
+/* What one output tile (rows k0.., channels o0..) is reduced into. */
+typedef struct {
+    int only_s2;
+    const vf *pen;      /* -inf/+inf penalties of padded channel lanes (last tile), or 0 */
+    const float *scale; /* per-channel factor applied to G before its statistics (at o0), or 0 */
+    const float *wt;    /* W transposed (K, O), at row k0 and channel o0, for the dot products, or 0 */
+    float *dot;         /* per-channel accumulator of sum_k W[o, k] G[o, k] (at o0) */
+    int64_t opad, wstride;
+    vstats *st;
+} tilectx;
+
 #define INLINE static inline __attribute__((always_inline))
 
-/* acc vectors of one tile -> running stats; lanes of padded output channels are excluded from
-   max/min by adding -inf/+inf (their value is exactly 0, which sums ignore). */
+/* acc vectors of one tile -> running stats (of scale * acc); the dot products with W use the
+   unscaled acc. Lanes of padded output channels hold exact zeros, ignored by the sums, and are
+   kept out of max/min by adding -inf/+inf. */
 #define REDUCE_TILE(MR, NV)                                                                      \
-    for (int r = 0; r < MR; r++) {                                                               \
-        if (r >= mr) break;                                                                      \
+    {                                                                                            \
+        vstats *st = t->st;                                                                      \
+        vf dv[NV], sc[NV];                                                                       \
         for (int v = 0; v < NV; v++) {                                                           \
-            vf a = acc[r][v];                                                                    \
-            st->s2 = V_FMA(a, a, st->s2);                                                        \
-            if (!only_s2) {                                                                      \
-                st->s1 = V_ADD(st->s1, V_ABS(a));                                                \
-                st->sm = V_ADD(st->sm, a);                                                       \
-                if (pen) { st->mx = V_MAX(st->mx, V_ADD(a, pen[2 * v]));                         \
-                           st->mn = V_MIN(st->mn, V_ADD(a, pen[2 * v + 1])); }                   \
-                else { st->mx = V_MAX(st->mx, a); st->mn = V_MIN(st->mn, a); }                   \
+            dv[v] = V_ZERO();                                                                    \
+            sc[v] = t->scale ? V_LOAD(t->scale + v * VL) : V_SET1(1.0f);                         \
+        }                                                                                        \
+        for (int r = 0; r < MR; r++) {                                                           \
+            if (r >= mr) break;                                                                  \
+            for (int v = 0; v < NV; v++) {                                                       \
+                vf a = acc[r][v];                                                                \
+                if (t->wt) dv[v] = V_FMA(a, V_LOAD(t->wt + r * t->wstride + v * VL), dv[v]);     \
+                if (t->scale) a = V_MUL(a, sc[v]);                                               \
+                st->s2 = V_FMA(a, a, st->s2);                                                    \
+                if (!t->only_s2) {                                                               \
+                    st->s1 = V_ADD(st->s1, V_ABS(a));                                            \
+                    st->sm = V_ADD(st->sm, a);                                                   \
+                    if (t->pen) { st->mx = V_MAX(st->mx, V_ADD(a, t->pen[2 * v]));               \
+                                  st->mn = V_MIN(st->mn, V_ADD(a, t->pen[2 * v + 1])); }         \
+                    else { st->mx = V_MAX(st->mx, a); st->mn = V_MIN(st->mn, a); }               \
+                }                                                                                \
             }                                                                                    \
         }                                                                                        \
+        if (t->wt)                                                                               \
+            for (int v = 0; v < NV; v++)                                                         \
+                V_STORE(t->dot + v * VL, V_ADD(V_LOAD(t->dot + v * VL), dv[v]));                 \
     }
 
-/* generic tile: rows r of U are xr[r][off[p]] */
+/* generic tile: row r of U at position p is xr[r][off[p]] */
 #define DEFINE_TILE(NAME, MR, NV)                                                                \
-    INLINE void NAME(const float *const *xr, int mr, const float *dt, int64_t opad,              \
-                     const int64_t *off, int64_t P, int only_s2, const vf *pen, vstats *st) {    \
+    INLINE void NAME(const float *const *xr, int mr, const float *dt, const int64_t *off,        \
+                     int64_t P, const tilectx *t) {                                              \
         vf acc[MR][NV];                                                                          \
         for (int r = 0; r < MR; r++)                                                             \
             for (int v = 0; v < NV; v++) acc[r][v] = V_ZERO();                                   \
         const float *rows[MR];                                                                   \
         for (int r = 0; r < MR; r++) rows[r] = xr[r];                                            \
+        int64_t opad = t->opad;                                                                  \
         for (int64_t p = 0; p < P; p++) {                                                        \
             const float *b = dt + p * opad;                                                      \
             vf bv[NV];                                                                           \
@@ -198,8 +227,8 @@ typedef struct { vf s1, s2, sm, mx, mn; } vstats;
 
 /* 3x3 taps of MC channels (dilation 1): row (c, i, j) is ch[c] + i*wp + j at off[p] */
 #define DEFINE_TILE33(NAME, MC, NV)                                                              \
-    INLINE void NAME(const float *const *ch, int mr, int64_t wp, const float *dt, int64_t opad,  \
-                     const int64_t *off, int64_t P, int only_s2, const vf *pen, vstats *st) {    \
+    INLINE void NAME(const float *const *ch, int mr, int64_t wp, const float *dt,                \
+                     const int64_t *off, int64_t P, const tilectx *t) {                          \
         enum { MR = 9 * MC };                                                                    \
         vf acc[MR][NV];                                                                          \
         for (int r = 0; r < MR; r++)                                                             \
@@ -207,6 +236,7 @@ typedef struct { vf s1, s2, sm, mx, mn; } vstats;
         const float *rp[3 * MC];                                                                 \
         for (int c = 0; c < MC; c++)                                                             \
             for (int i = 0; i < 3; i++) rp[3 * c + i] = ch[c] + i * wp;                          \
+        int64_t opad = t->opad;                                                                  \
         for (int64_t p = 0; p < P; p++) {                                                        \
             const float *b = dt + p * opad;                                                      \
             vf bv[NV];                                                                           \
@@ -239,11 +269,17 @@ static void flush(vstats *st, double *d3) {
 }
 
 /* x (B, C, H, W), d (B, O, Ho, Wo) contiguous float32; shape = {B, C, H, W, O, Ho, Wo, kh, kw,
-   sh, sw, ph, pw, dh, dw}; out (B, 5) double: s1 s2 mx mn sm of each sample's weight gradient
-   (O, C, kh, kw) of a groups=1 Conv2d with zero padding (only s2 is valid if only_s2).
+   sh, sw, ph, pw, dh, dw}. For each sample's weight gradient G = d_b * x_b (O, C, kh, kw) of a
+   groups=1 Conv2d with zero padding: out (B, 5) double = s1 s2 mx mn sm of scale[o] * G[o, k]
+   (scale (O) or NULL for 1; only s2 is valid if only_s2), and, if w (O, C*kh*kw) is given,
+   dot (B, O) double = sum_k w[o, k] G[o, k] (unscaled G) and dsum (B, O) = sum_p d[o, p].
+   w is given transposed, (K, O) row-major, readable up to 64 floats past its end.
+   dscale (O) or NULL: d is read as dscale[o] * d[o, p] (then G, its dot products and its
+   statistics are those of the scaled d; dsum stays that of d).
    Returns 0, or -1 if memory could not be allocated. */
 int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int only_s2,
-                       double *out, int threads) {
+                      const float *scale, const float *dscale, const float *wt_in, double *out,
+                      double *dot, double *dsum, int threads) {
     int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3], O = shape[4], Ho = shape[5],
             Wo = shape[6], kh = shape[7], kw = shape[8], sh = shape[9], sw = shape[10],
             ph = shape[11], pw = shape[12], dh = shape[13], dw = shape[14];
@@ -253,8 +289,13 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
     if (t33 && nv == 4) nv = 2;
     int64_t nr = nv * VL, opad = (O + nr - 1) / nr * nr;
     int64_t *off = malloc(sizeof(int64_t) * (P + K));
-    if (!off) return -1;
+    float *sc = malloc(sizeof(float) * (opad + 16));
+    if (!off || !sc) { free(off); free(sc); return -1; }
     int64_t *rowoff = off + P;
+    for (int64_t o = 0; o < opad; o++) sc[o] = o < O ? (scale ? scale[o] : 1.0f) : 0.0f;
+    /* rows of W^T have stride O: the lanes of padded channels read neighbouring (finite) entries,
+       which only meet the exact zeros of those channels' accumulators and are never stored */
+    const float *wt = wt_in;
     int failed = 0;
     for (int64_t ho = 0; ho < Ho; ho++)
         for (int64_t wo = 0; wo < Wo; wo++) off[ho * Wo + wo] = ho * sh * Wp + wo * sw;
@@ -274,8 +315,10 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
     int has_pad = opad != O;
     _Pragma("omp parallel num_threads(threads) if(threads > 1)")
     {
-        float *xp = malloc(sizeof(float) * (C * Hp * Wp + P * opad + 64));
-        float *dt = xp ? xp + C * Hp * Wp : 0;
+        float *xp = malloc(sizeof(float) * (C * Hp * Wp + P * opad + opad + 64));
+        double *dsacc = malloc(sizeof(double) * (O + 1));
+        float *dt = xp ? xp + C * Hp * Wp : 0, *dacc = xp ? dt + P * opad : 0;
+        if (!dsacc) { free(xp); xp = 0; }
         if (!xp) failed = 1;
         _Pragma("omp for schedule(static)")
         for (int64_t b = 0; b < B; b++) {
@@ -285,13 +328,21 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
             for (int64_t c = 0; c < C; c++)
                 for (int64_t h = 0; h < H; h++)
                     memcpy(xp + c * Hp * Wp + (h + ph) * Wp + pw, xb + (c * H + h) * W, sizeof(float) * W);
+            for (int64_t o = 0; o < O; o++) dsacc[o] = 0.0;
             for (int64_t p = 0; p < P; p++) {
                 float *row = dt + p * opad;
-                for (int64_t o = 0; o < O; o++) row[o] = db[o * P + p];
+                if (dscale)
+                    for (int64_t o = 0; o < O; o++) { float v = db[o * P + p]; row[o] = v * dscale[o]; dsacc[o] += v; }
+                else
+                    for (int64_t o = 0; o < O; o++) { float v = db[o * P + p]; row[o] = v; dsacc[o] += v; }
                 for (int64_t o = O; o < opad; o++) row[o] = 0.0f;
             }
+            if (dsum)
+                for (int64_t o = 0; o < O; o++) dsum[b * O + o] = dsacc[o];
+            memset(dacc, 0, sizeof(float) * opad);
             vstats st = {V_ZERO(), V_ZERO(), V_ZERO(), V_SET1(-INFINITY), V_SET1(INFINITY)};
             double sums[3] = {0, 0, 0};
+            tilectx t = {only_s2, 0, scale ? sc : 0, 0, dacc, opad, O, &st};
             if (t33) {
                 int mc = nv == 1 && C > 1 ? 2 : 1;
                 for (int64_t c0 = 0; c0 < C; c0 += mc) {
@@ -299,10 +350,13 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
                     const float *ch[2];
                     for (int c = 0; c < mc; c++) ch[c] = xp + (c0 + (c < nc ? c : 0)) * Hp * Wp;
                     for (int64_t o0 = 0; o0 < opad; o0 += nr) {
-                        const vf *pen = has_pad && o0 + nr == opad ? pen_last : 0;
-                        if (nv == 1 && mc == 2) tile_t1(ch, 9 * nc, Wp, dt + o0, opad, off, P, only_s2, pen, &st);
-                        else if (nv == 1) tile_t1s(ch, 9, Wp, dt + o0, opad, off, P, only_s2, pen, &st);
-                        else tile_t2(ch, 9 * nc, Wp, dt + o0, opad, off, P, only_s2, pen, &st);
+                        t.pen = has_pad && o0 + nr == opad ? pen_last : 0;
+                        t.scale = scale ? sc + o0 : 0;
+                        t.wt = wt ? wt + c0 * 9 * O + o0 : 0;
+                        t.dot = dacc + o0;
+                        if (nv == 1 && mc == 2) tile_t1(ch, 9 * nc, Wp, dt + o0, off, P, &t);
+                        else if (nv == 1) tile_t1s(ch, 9, Wp, dt + o0, off, P, &t);
+                        else tile_t2(ch, 9 * nc, Wp, dt + o0, off, P, &t);
                     }
                     flush(&st, sums);
                 }
@@ -313,10 +367,13 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
                     const float *xr[12];
                     for (int r = 0; r < mr; r++) xr[r] = xp + rowoff[k0 + (r < n ? r : 0)];
                     for (int64_t o0 = 0; o0 < opad; o0 += nr) {
-                        const vf *pen = has_pad && o0 + nr == opad ? pen_last : 0;
-                        if (nv == 1) tile_g1(xr, n, dt + o0, opad, off, P, only_s2, pen, &st);
-                        else if (nv == 2) tile_g2(xr, n, dt + o0, opad, off, P, only_s2, pen, &st);
-                        else tile_g4(xr, n, dt + o0, opad, off, P, only_s2, pen, &st);
+                        t.pen = has_pad && o0 + nr == opad ? pen_last : 0;
+                        t.scale = scale ? sc + o0 : 0;
+                        t.wt = wt ? wt + k0 * O + o0 : 0;
+                        t.dot = dacc + o0;
+                        if (nv == 1) tile_g1(xr, n, dt + o0, off, P, &t);
+                        else if (nv == 2) tile_g2(xr, n, dt + o0, off, P, &t);
+                        else tile_g4(xr, n, dt + o0, off, P, &t);
                     }
                     flush(&st, sums);
                 }
@@ -327,15 +384,19 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
             for (int l = 0; l < VL; l++) { mx = tm[0][l] > mx ? tm[0][l] : mx; mn = tm[1][l] < mn ? tm[1][l] : mn; }
             double *o = out + b * 5;
             o[0] = sums[0]; o[1] = sums[1]; o[2] = mx; o[3] = mn; o[4] = sums[2];
+            if (dot)
+                for (int64_t c = 0; c < O; c++) dot[b * O + c] = dacc[c];
         }
         free(xp);
+        free(dsacc);
     }
     free(off);
+    free(sc);
     return failed ? -1 : 0;
 }
 
 /* A version number the loader checks, so a stale build of an older source is never used. */
-int gv_kernel_version(void) { return 4; }
+int gv_kernel_version(void) { return 7; }
 
 /* 1 if built with OpenMP (the kernel then parallelises itself). */
 int gv_has_openmp(void) {
