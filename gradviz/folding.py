@@ -47,6 +47,22 @@ class Fold:
     inv_std: torch.Tensor  # (O,) 1/σ
     shift: torch.Tensor  # (O,) conv bias − μ (−μ without a bias)
 
+    @property
+    def z_safe(self) -> bool:
+        """Whether x̂ = (z − β)/γ recovers the normalised input from the folded output z to float
+        precision: every |γ| > 0 and |β| ≤ 30 |γ| (the rounding of z then costs x̂ ≤ 30 ulp)."""
+        cached = self.__dict__.get("_z_safe")
+        if cached is None:
+            bn = self.bn
+            if bn.weight is None:
+                cached = True
+            else:
+                g = bn.weight.detach().double().abs()
+                b = bn.bias.detach().double().abs() if bn.bias is not None else torch.zeros_like(g)
+                cached = bool(((g > 0) & (b <= 30 * g)).all())
+            self.__dict__["_z_safe"] = cached
+        return cached
+
     def direct_args(self) -> dict[str, torch.Tensor]:
         """Keyword arguments of :meth:`gradviz.reductions.FusedKernel.conv_parts` for this conv, built once.
 

@@ -70,6 +70,11 @@ STATS: tuple[str, ...] = ("l1", "l2", "max", "min", "mean", "std")
 # Largest sub-batch run through one hooked forward; bounds the memory of saved activations.
 FORWARD_BATCH = 256
 
+# A folded conv's output is copied in the forward when it is at most this large (the folded
+# BatchNorm's γ gradient is then read off it, gradviz.folding); larger ones that no op changes in
+# place are read as they are, the others take the conv kernel's dot products.
+FOLD_KEEP_BYTES = 4 * 2**20
+
 # How a conv layer's per-sample gradients are formed; the fastest is timed once per layer shape.
 STRATEGIES = ("direct", "bmm", "conv", "gram")  # direct (compiled) and gram (L2 only) never materialise
 
@@ -233,6 +238,7 @@ class Capture:
     # own: its capture shares the convolution's output (index ``source``; ``inp`` is None).
     source: int | None = None
     fold: Fold | None = None  # set on both captures of a folded pair
+    z: torch.Tensor | None = None  # a folded conv's output as produced, kept if small (see _Kernel.finish_fold)
 
     @property
     def modified(self) -> bool:
@@ -299,6 +305,8 @@ class GradientPass:
                           output, x._version, output._version, fold=folds.get(name))
             by_module[id(module)] = cap
             self.captures.append(cap)
+            if cap.fold is not None and cap.fold.z_safe and output.numel() * output.element_size() <= FOLD_KEEP_BYTES:
+                cap.z = output.detach().clone()  # a later in-place op would change it (cheap: small)
             if cap.fold is not None:  # the BatchNorm folded into this conv: its output, no input of its own
                 self.captures.append(Capture(cap.index + 1, cap.fold.bn_name, cap.fold.bn, None, output, 0,
                                              output._version, source=cap.index, fold=cap.fold))
@@ -512,6 +520,10 @@ class _Kernel:
         self.virtual = cap.source is not None
         self.fold = cap.fold if not self.virtual else None
         self.source: _Kernel | None = None
+        # the folded output z (route 1 of finish_fold): the copy, or the output if nothing changed it
+        self.z = None
+        if self.fold is not None and self.fold.z_safe:
+            self.z = cap.z if cap.z is not None else (None if cap.modified else cap.out.detach())
         if self.inp is None:
             self.inp = cap.out.detach()  # shapes, dtype and device only
         m = self.module
@@ -556,7 +568,7 @@ class _Kernel:
         self.sample_bytes["direct"] = 0
         self.candidates = (["direct"] if self.direct is not None else []) + ["bmm"]
         self.candidates += ["conv"] if isinstance(m, nn.Conv2d) else []
-        if job.stats is None and self.fold is None:  # gram gives no dot product for a folded BatchNorm
+        if job.stats is None:
             self.candidates.append("gram")
         # eager path: parts cheaper from factorised forms, computed once per layer; only where the
         # unfolded input of the whole batch exists (else the Gram form would unfold again)
@@ -633,12 +645,17 @@ class _Kernel:
         d = d.reshape(d.shape[0], self.groups, self.o // self.groups, self.positions)
         return d if self.fold is None else d * self._fold_scale(d.dtype).view(1, self.groups, -1, 1)
 
-    def materialise(self, strategy: str, sl: slice, buf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(per-sample weight gradients (b, g, Og, Kg), U or None) for samples ``sl``."""
+    def materialise(self, strategy: str, sl: slice, buf: torch.Tensor | None,
+                    scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(per-sample weight gradients (b, g, Og, Kg), U or None) for samples ``sl``; for a folded
+        conv from δy = s ⊙ δz (``scaled``) or from δz itself."""
         b, g = self.inp[sl].shape[0], self.groups
         og, kg = self.o // g, self.k // g
+        scale = self._fold_scale(self.grad.dtype) if scaled and self.fold is not None else None
         if strategy == "bmm":
             u, d = self.operands(sl)
+            if scale is not None:
+                d = d * scale.view(1, g, og, 1)
             out = None if buf is None else buf[: b * g * og * kg].view(b, g, og, kg)
             return torch.matmul(d, u.transpose(-1, -2), out=out), u
         # conv: the weight-backward of a grouped convolution with the b samples as b·groups groups,
@@ -646,6 +663,8 @@ class _Kernel:
         m = self.module
         x, padding = self._padded(self.inp[sl])
         d = self.grad[sl]
+        if scale is not None:
+            d = d * scale.view(1, -1, *([1] * (d.dim() - 2)))
         weight = m.weight.detach()
         shape_only = weight.new_empty(1).expand(b * weight.shape[0], *weight.shape[1:])  # only its shape is read
         grad_w = torch.ops.aten.convolution_backward(
@@ -682,28 +701,37 @@ class _Kernel:
             return _parts_of(self._bn_grad(sl), need, self.fused)
         if self.kind == "rank1":
             u, d = self.operands(sl)
-            if self.fold is not None:  # G' = δz aᵀ: Σ_k W_ok G'_ok = δz_o (W a)_o
+            if self.fold is not None and self.z is None:  # G' = δz aᵀ: Σ_k W_ok G'_ok = δz_o (W a)_o
                 w = self._fold_weight(d.dtype)
                 wa = torch.matmul(u[:, 0, :, 0], w[0].t())[:, None] if self.groups == 1 else \
                     torch.einsum("bgk,gok->bgo", u[..., 0], w)
                 self._dots_of(sl)[:] = (d[..., 0] * wa).reshape(d.shape[0], -1)
+            if self.fold is not None:
                 d = d * self._fold_scale(d.dtype).view(1, self.groups, -1, 1)
             return _rank_one_parts(d[..., 0], u[..., 0], False, need)
         if strategy == "gram":
             u, d = self.operands(sl)
+            if self.fold is not None:
+                d = d * self._fold_scale(d.dtype).view(1, self.groups, -1, 1)
             return {"s2": self._gram_sq(u, d)}
         if strategy == "direct":
             m = self.module
             x, padding = self._padded(self.inp[sl])
             fold = self.fold
+            args = {} if fold is None else fold.direct_args()
+            if fold is not None and not self._dot_route(strategy):
+                args = {k: v for k, v in args.items() if k != "weight_t"}
+                if "d_scale" not in args:  # no dot products: the scale may go on δz either way
+                    args = {"d_scale": fold.scale}
             out = self.direct.conv_parts(x, self.grad[sl], m.kernel_size, m.stride, padding, m.dilation,
-                                         only_s2=self.job.stats is None, **({} if fold is None else fold.direct_args()))
-            if fold is not None:
+                                         only_s2=self.job.stats is None, **args)
+            if "weight_t" in args:
                 out, self._dots_of(sl)[:], dz = out
                 self._dz_of(sl)[:] = dz
             return {"s2": out[:, 1]} if self.job.stats is None else out
-        grad_w, _ = self.materialise(strategy, sl, buf)  # (b, g, Og, Kg); from δz where folded
-        if self.fold is not None:
+        dot = self.fold is not None and self._dot_route(strategy)
+        grad_w, _ = self.materialise(strategy, sl, buf, scaled=not dot)  # (b, g, Og, Kg)
+        if dot:  # from δz: the dot products with W first, then the scale s in place
             w = self._fold_weight(grad_w.dtype)
             b = grad_w.shape[0]
             self._dots_of(sl)[:] = (grad_w * w).sum(-1).reshape(b, -1)
@@ -735,16 +763,42 @@ class _Kernel:
             self._dz = torch.full((self.batch, self.o), float("nan"), dtype=torch.float64, device=self.inp.device)
         return self._dz[sl]
 
-    def finish_fold(self) -> None:
-        """The folded BatchNorm's per-sample [∇γ, ∇β] (b, 2C) from this conv's dot products:
-        Σ_p δz (y − μ)/σ = (Σ_k W G' + (bias − μ) Σ_p δz)/σ, and ∇β = Σ_p δz."""
+    def _dot_route(self, strategy: str) -> bool:
+        """Whether the folded BatchNorm's Σ_p δz y comes from dot products Σ_k W G' taken while G'
+        is reduced (cheap where a gradient entry sums many positions). Not needed where the folded
+        output z is at hand (:meth:`finish_fold`); otherwise, and always for ``gram`` (which never
+        forms G'), y is recomputed by one batched convolution (cheap where positions are few)."""
+        if strategy == "gram" or self.kind == "rank1" or self.z is not None:
+            return False
+        return self.positions >= (16 if strategy == "direct" else 32)
+
+    def finish_fold(self, strategy: str) -> None:
+        """The folded BatchNorm's per-sample [∇γ, ∇β] (b, 2C): ∇β = Σ_p δz and ∇γ = Σ_p δz x̂ with
+        x̂ = (y − μ)/σ, by the first route that applies: (1) x̂ = (z − β)/γ from the folded output z
+        (kept in the forward when small, or unchanged since; only where γ is a safe divisor,
+        :attr:`Fold.z_safe`); (2) the dot products, ∇γ = (Σ_k W G' + (bias − μ) Σ_p δz)/σ;
+        (3) y recomputed by a convolution, centred exactly."""
         fold, bn = self.fold, self.fold.bn
-        dz = getattr(self, "_dz", None)
-        if dz is None or dz.isnan().any():
-            dz = self.grad.reshape(self.batch, self.o, -1).sum(-1).double()
+        if self.z is not None:  # x̂ = (z − β)/γ from the folded output itself (Fold.z_safe)
+            beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
+            dx, dz = _bn_sums(self.z, self.grad, beta, self.fused, bn.weight is not None)
+            dz = dz.double()
+            dy = None if dx is None else dx.double() / bn.weight.detach().double() / fold.inv_std.double()
+        elif self.kind == "rank1" or self._dot_route(strategy):  # Σ_k W G' + (bias − μ) Σ_p δz
+            dz = getattr(self, "_dz", None)
+            if dz is None or dz.isnan().any():
+                dz = self.grad.reshape(self.batch, self.o, -1).sum(-1).double()
+            dy = (self._dots_of(slice(None)) + fold.shift.double() * dz) if bn.weight is not None else None
+        else:
+            m = self.module
+            x, padding = self._padded(self.inp)
+            y = F.conv2d(x, m.weight.detach(), None if m.bias is None else m.bias.detach(), m.stride, padding,
+                         m.dilation, m.groups)  # the BatchNorm's input
+            dy, dz = _bn_sums(y, self.grad, bn.running_mean, self.fused, bn.weight is not None)
+            dy, dz = (None if dy is None else dy.double()), dz.double()
         pieces = []
         if bn.weight is not None:
-            pieces.append((self._dots_of(slice(None)) + fold.shift.double() * dz) * fold.inv_std.double())
+            pieces.append(dy * fold.inv_std.double())
         if bn.bias is not None:
             pieces.append(dz)
         self.bn_grads = torch.cat(pieces, dim=1) if pieces else dz[:, :0]
@@ -781,22 +835,27 @@ class _Kernel:
         """[∇γ, ∇β] per sample, (b, 2C) (or the one that exists)."""
         if self.source is not None:  # folded into the conv before it: computed by that conv's kernel
             return self.source.bn_grads[sl]
-        m, x, d = self.module, self.inp[sl], self.grad[sl]
-        b, c = x.shape[0], x.shape[1]
-        x, d = x.reshape(b, c, -1), d.reshape(b, c, -1)
-        # Σ δ (x − μ) / σ: centred first, so a large mean cannot cancel digits away
-        both = self.fused.bn_parts(x, d, m.running_mean) if self.fused is not None else None
-        if both is not None:
-            dx, db = both[..., 0], both[..., 1]
-        else:
-            dx = (x - m.running_mean.view(1, c, 1).to(x.dtype)).mul_(d).sum(-1) if m.weight is not None else None
-            db = d.sum(-1)
+        m = self.module
+        dx, db = _bn_sums(self.inp[sl], self.grad[sl], m.running_mean, self.fused, m.weight is not None)
         pieces = []
         if m.weight is not None:
             pieces.append(dx * torch.rsqrt(m.running_var.to(dx.dtype) + m.eps))
         if m.bias is not None:
             pieces.append(db)
         return torch.cat(pieces, dim=1)
+
+
+def _bn_sums(x: torch.Tensor, d: torch.Tensor, mean: torch.Tensor, fused, centred: bool
+             ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(Σ_s δ (x − μ_c), Σ_s δ) per sample and channel of a BatchNorm input x and output gradient δ,
+    (b, C) each; centred first, so a large mean cannot cancel digits away (None if not ``centred``)."""
+    b, c = x.shape[0], x.shape[1]
+    x, d = x.reshape(b, c, -1), d.reshape(b, c, -1)
+    both = fused.bn_parts(x, d, mean) if fused is not None else None
+    if both is not None:
+        return both[..., 0], both[..., 1]
+    dx = (x - mean.view(1, c, 1).to(x.dtype)).mul_(d).sum(-1) if centred else None
+    return dx, d.sum(-1)
 
 
 def _unfold(x: torch.Tensor, kernel, padding, stride) -> torch.Tensor:
@@ -881,7 +940,7 @@ def _layer_values(k: _Kernel, progress: Callable[[], None]) -> dict[str, torch.T
     layer_only = k.cheap if strategy in ("bmm", "conv") and k.kind == "dense" else set()
     result = totals.result(k.layer_parts(strategy), layer_only)
     if k.fold is not None:
-        k.finish_fold()
+        k.finish_fold(strategy)
     return result
 
 

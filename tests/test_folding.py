@@ -162,3 +162,24 @@ def test_zero_gamma_channel_in_float32_direct_kernel():
     # ... and folded equals unfolded far closer than that
     ours = {s: plain.get(s).double() for s in STATS}
     assert_stats_close(res, ours, res.layers, rtol=2e-5)
+
+
+@pytest.mark.parametrize("dot_route", [True, False])
+@pytest.mark.parametrize("dtype, mode", [(torch.float64, "off"), (torch.float32, "on")])
+def test_both_routes_to_the_folded_gamma_gradient(dot_route, dtype, mode, monkeypatch):
+    """Σ_p δz y from dot products with W, or from the recomputed conv output: the same numbers."""
+    from gradviz import gradients as engine
+
+    if mode == "on" and reductions.warm_up() != "ready":
+        pytest.skip(f"compiled kernel unavailable here: {reductions.compiled_status()}")
+    model = _randomise_bn(random_model("resnet18", 10, (3, 32, 32), seed=0)).to(dtype)
+    x = _batch((3, 32, 32), 3, seed=7)
+    plain = GradientPass(model, x, fold_bn=False).layer_stats(compile=mode)
+    real = engine._Kernel._dot_route
+    monkeypatch.setattr(engine._Kernel, "_dot_route",
+                        lambda self, strategy: dot_route and real(self, strategy) or dot_route and strategy != "gram")
+    folded = GradientPass(model, x, fold_bn=True).layer_stats(compile=mode)
+    ours = {s: plain.get(s).double() for s in STATS}
+    # float32: as close as the unfolded float32 engine is to float64 on this model (max/min of a
+    # rank-one layer relative to its RMS: 1.8e-4); float64: to rounding
+    assert_stats_close(folded, ours, plain.layers, rtol=1e-10 if dtype == torch.float64 else 5e-4)

@@ -163,7 +163,7 @@ typedef struct {
     const vf *pen;      /* -inf/+inf penalties of padded channel lanes (last tile), or 0 */
     const float *scale; /* per-channel factor applied to G before its statistics (at o0), or 0 */
     const float *wt;    /* W transposed (K, O), at row k0 and channel o0, for the dot products, or 0 */
-    float *dot;         /* per-channel accumulator of sum_k W[o, k] G[o, k] (at o0) */
+    double *dot;        /* per-channel accumulator of sum_k W[o, k] G[o, k] (at o0) */
     int64_t opad, wstride;
     vstats *st;
 } tilectx;
@@ -197,9 +197,11 @@ typedef struct {
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
-        if (t->wt)                                                                               \
-            for (int v = 0; v < NV; v++)                                                         \
-                V_STORE(t->dot + v * VL, V_ADD(V_LOAD(t->dot + v * VL), dv[v]));                 \
+        if (t->wt) {                                                                             \
+            float dl[NV * VL];                                                                   \
+            for (int v = 0; v < NV; v++) V_STORE(dl + v * VL, dv[v]);                            \
+            for (int l = 0; l < NV * VL; l++) t->dot[l] += dl[l];                                \
+        }                                                                                        \
     }
 
 /* generic tile: row r of U at position p is xr[r][off[p]] */
@@ -317,8 +319,9 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
     {
         float *xp = malloc(sizeof(float) * (C * Hp * Wp + P * opad + opad + 64));
         double *dsacc = malloc(sizeof(double) * (O + 1));
-        float *dt = xp ? xp + C * Hp * Wp : 0, *dacc = xp ? dt + P * opad : 0;
-        if (!dsacc) { free(xp); xp = 0; }
+        double *dacc = malloc(sizeof(double) * (opad + 1));
+        float *dt = xp ? xp + C * Hp * Wp : 0;
+        if (!dsacc || !dacc) { free(xp); xp = 0; }
         if (!xp) failed = 1;
         _Pragma("omp for schedule(static)")
         for (int64_t b = 0; b < B; b++) {
@@ -339,7 +342,7 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
             }
             if (dsum)
                 for (int64_t o = 0; o < O; o++) dsum[b * O + o] = dsacc[o];
-            memset(dacc, 0, sizeof(float) * opad);
+            for (int64_t o = 0; o < opad; o++) dacc[o] = 0.0;
             vstats st = {V_ZERO(), V_ZERO(), V_ZERO(), V_SET1(-INFINITY), V_SET1(INFINITY)};
             double sums[3] = {0, 0, 0};
             tilectx t = {only_s2, 0, scale ? sc : 0, 0, dacc, opad, O, &st};
@@ -389,6 +392,7 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
         }
         free(xp);
         free(dsacc);
+        free(dacc);
     }
     free(off);
     free(sc);
@@ -396,7 +400,7 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
 }
 
 /* A version number the loader checks, so a stale build of an older source is never used. */
-int gv_kernel_version(void) { return 7; }
+int gv_kernel_version(void) { return 8; }
 
 /* 1 if built with OpenMP (the kernel then parallelises itself). */
 int gv_has_openmp(void) {
