@@ -851,7 +851,8 @@ def _bn_sums(x: torch.Tensor, d: torch.Tensor, mean: torch.Tensor, fused, centre
     (b, C) each; centred first, so a large mean cannot cancel digits away (None if not ``centred``)."""
     b, c = x.shape[0], x.shape[1]
     x, d = x.reshape(b, c, -1), d.reshape(b, c, -1)
-    both = fused.bn_parts(x, d, mean) if fused is not None else None
+    # the compiled kernel runs one row (sample, channel) at a time: for small maps eager is faster
+    both = fused.bn_parts(x, d, mean) if fused is not None and x.shape[-1] >= 64 else None
     if both is not None:
         return both[..., 0], both[..., 1]
     dx = (x - mean.view(1, c, 1).to(x.dtype)).mul_(d).sum(-1) if centred else None
