@@ -12,6 +12,7 @@
 | chunk_mib          | GRADVIZ_CHUNK_MIB           | 16                   |
 | cache_max_mb       | GRADVIZ_CACHE_MAX_MB        | 512                  |
 | compile            | GRADVIZ_COMPILE (auto/on/off) | auto               |
+| fold_bn            | GRADVIZ_FOLD_BN (on/off)    | on                   |
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Settings:
     chunk_mib: int = 16
     cache_max_mb: int = 512
     compile: str = "auto"
+    fold_bn: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -70,6 +72,7 @@ def settings() -> Settings:
         chunk_mib=_env_int("GRADVIZ_CHUNK_MIB", 16),
         cache_max_mb=_env_int("GRADVIZ_CACHE_MAX_MB", 512),
         compile=os.environ.get("GRADVIZ_COMPILE", "auto").strip().lower() or "auto",
+        fold_bn=os.environ.get("GRADVIZ_FOLD_BN", "on").strip().lower() not in ("off", "0", "false", "no"),
     )
 
 

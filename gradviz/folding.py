@@ -22,7 +22,6 @@ cached per network and rebuilt when any parameter or buffer changes (in place or
 from __future__ import annotations
 
 import copy
-import os
 import threading
 import weakref
 from dataclasses import dataclass
@@ -96,10 +95,12 @@ class Twin:
 
 
 def fold_enabled(fold_bn: bool | None) -> bool:
-    """``fold_bn`` if given, else ``GRADVIZ_FOLD_BN`` (default on)."""
+    """``fold_bn`` if given, else ``GRADVIZ_FOLD_BN`` (``settings().fold_bn``, default on)."""
     if fold_bn is not None:
         return bool(fold_bn)
-    return os.environ.get("GRADVIZ_FOLD_BN", "on").strip().lower() not in ("off", "0", "false", "no")
+    from gradviz.config import settings
+
+    return settings().fold_bn
 
 
 def _key(net: nn.Module) -> tuple:

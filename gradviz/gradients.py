@@ -8,7 +8,9 @@ autograd for parameter gradients. Instead (METHODS.md §6):
 1. One batched forward (:class:`GradientPass`) whose forward hooks keep each layer's input a_b
    and register a tensor hook on its output. No copy of any activation is made: a tensor hook
    registered before a downstream in-place op (``ReLU(inplace=True)``, ``out += identity``)
-   receives the gradient w.r.t. the value the layer produced.
+   receives the gradient w.r.t. the value the layer produced. The forward runs on a twin of the
+   network with every eval-mode BatchNorm folded into the conv before it (:mod:`gradviz.folding`;
+   both layers are still reported, exactly); only small folded outputs are copied.
 2. Per loss, ONE ``torch.autograd.grad`` from the logits: in ``eval()`` mode samples do not
    interact, so the output gradients δ_b are exact per sample. Each layer is reduced inside its
    tensor hook, as soon as its δ arrives (hot in cache), and δ is dropped: memory stays that of
