@@ -725,11 +725,16 @@ class _Kernel:
                 args = {k: v for k, v in args.items() if k != "weight_t"}
                 if "d_scale" not in args:  # no dot products: the scale may go on δz either way
                     args = {"d_scale": fold.scale}
+                if self.z is not None:  # route 1 of finish_fold, in the same pass over δz
+                    args.update(z=self.z[sl], z_shift=self._fold_beta())
             out = self.direct.conv_parts(x, self.grad[sl], m.kernel_size, m.stride, padding, m.dilation,
                                          only_s2=self.job.stats is None, **args)
-            if "weight_t" in args:
-                out, self._dots_of(sl)[:], dz = out
-                self._dz_of(sl)[:] = dz
+            if isinstance(out, tuple):
+                out, dots, self._dz_of(sl)[:], zdots = out
+                if dots is not None:
+                    self._dots_of(sl)[:] = dots
+                if zdots is not None:
+                    self._zdots_of(sl)[:] = zdots
             return {"s2": out[:, 1]} if self.job.stats is None else out
         dot = self.fold is not None and self._dot_route(strategy)
         grad_w, _ = self.materialise(strategy, sl, buf, scaled=not dot)  # (b, g, Og, Kg)
@@ -759,6 +764,16 @@ class _Kernel:
             self._dots = torch.zeros(self.batch, self.o, dtype=torch.float64, device=self.inp.device)
         return self._dots[sl]
 
+    def _fold_beta(self) -> torch.Tensor:
+        bn = self.fold.bn
+        return bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
+
+    def _zdots_of(self, sl: slice) -> torch.Tensor:
+        """(b, O) float64 rows of Σ_p δz (z − β), when the direct kernel computed them."""
+        if getattr(self, "_zdots", None) is None:
+            self._zdots = torch.full((self.batch, self.o), float("nan"), dtype=torch.float64, device=self.inp.device)
+        return self._zdots[sl]
+
     def _dz_of(self, sl: slice) -> torch.Tensor:
         """(b, O) float64 rows of Σ_p δz (the direct kernel returns them; else computed at the end)."""
         if getattr(self, "_dz", None) is None:
@@ -782,10 +797,12 @@ class _Kernel:
         (3) y recomputed by a convolution, centred exactly."""
         fold, bn = self.fold, self.fold.bn
         if self.z is not None:  # x̂ = (z − β)/γ from the folded output itself (Fold.z_safe)
-            beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
-            dx, dz = _bn_sums(self.z, self.grad, beta, self.fused, bn.weight is not None)
+            dx, dz = getattr(self, "_zdots", None), getattr(self, "_dz", None)
+            if dx is None or dz is None or dx.isnan().any() or dz.isnan().any():  # not from the direct kernel
+                dx, dz = _bn_sums(self.z, self.grad, self._fold_beta(), self.fused, bn.weight is not None)
             dz = dz.double()
-            dy = None if dx is None else dx.double() / bn.weight.detach().double() / fold.inv_std.double()
+            dy = None if dx is None or bn.weight is None else \
+                dx.double() / (bn.weight.detach().double() * fold.inv_std.double())
         elif self.kind == "rank1" or self._dot_route(strategy):  # Σ_k W G' + (bias − μ) Σ_p δz
             dz = getattr(self, "_dz", None)
             if dz is None or dz.isnan().any():
@@ -804,7 +821,7 @@ class _Kernel:
         if bn.bias is not None:
             pieces.append(dz)
         self.bn_grads = torch.cat(pieces, dim=1) if pieces else dz[:, :0]
-        self._dots = self._dz = None
+        self._dots = self._dz = self._zdots = None
 
     def layer_parts(self, strategy: str) -> dict[str, torch.Tensor] | None:
         """Parts computed once for all samples of the layer: the bias gradient Σ_p Δ_op, and on the

@@ -44,7 +44,7 @@ __all__ = ["PARTS", "MODES", "reduce_rows", "fused_kernel", "FusedKernel", "reso
 PARTS = ("s1", "s2", "mx", "mn", "sm")
 MODES = ("auto", "on", "off")
 SOURCE = Path(__file__).resolve().parent / "kernels" / "fused_stats.c"
-KERNEL_VERSION = 8
+KERNEL_VERSION = 9
 # Below this many elements one thread does the whole call (thread hand-off costs ~20 µs).
 _PARALLEL_MIN = 1 << 16
 
@@ -79,7 +79,7 @@ class FusedKernel:
             fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int]
             fn.restype = None
         self._conv = lib.gv_conv_parts_f32
-        self._conv.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_int]
+        self._conv.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 9 + [ctypes.c_int]
         self._conv.restype = ctypes.c_int
         self.openmp = bool(lib.gv_has_openmp())
         self._pool: ThreadPoolExecutor | None = None
@@ -132,7 +132,8 @@ class FusedKernel:
 
     def conv_parts(self, x: torch.Tensor, d: torch.Tensor, kernel_size, stride, padding, dilation,
                    only_s2: bool = False, scale: torch.Tensor | None = None, weight_t: torch.Tensor | None = None,
-                   d_scale: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   d_scale: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                   z_shift: torch.Tensor | None = None) -> torch.Tensor | tuple:
         """Partial sums of each sample's conv weight gradient G_b = δ_b ⋆ x_b, computed in registers
         without materialising it (``fused_stats.c``). ``x`` (b, C, H, W), ``d`` (b, O, Ho, Wo), zero
         ``padding``. Returns (b, 5) float64 (:data:`PARTS`) of ``scale[o] · G_b[o, k]`` (``scale``
@@ -140,7 +141,9 @@ class FusedKernel:
         as (K, O), :func:`transposed_weight`) also the (b, O) float64 dot products
         Σ_k weight[o, k] G_b[o, k] of the unscaled G_b, and the (b, O) float64 sums Σ_p δ_b[o, p].
         ``d_scale`` (O,) multiplies δ_b's channels as they are read (G_b, its dot products and its
-        statistics are then those of the scaled δ; the sums Σ_p δ_b stay unscaled)."""
+        statistics are then those of the scaled δ; the sums Σ_p δ_b stay unscaled). With ``z`` (shaped
+        like ``d``) and ``z_shift`` (O,) also Σ_p δ_b[o, p] (z_b[o, p] − z_shift[o]) (b, O) float64.
+        With any of these extras the result is (parts, dots or None, Σ_p δ, z products or None)."""
         x, d = x.contiguous(), d.contiguous()
         if x.dtype != torch.float32 or d.dtype != torch.float32 or x.ndim != 4 or d.ndim != 4:
             raise GradvizError("the direct conv kernel takes float32 (b, C, H, W) inputs and (b, O, Ho, Wo) gradients")
@@ -152,20 +155,28 @@ class FusedKernel:
         if weight_t is not None and (weight_t.dtype != torch.float32 or weight_t.numel() < k * o + 64
                                      or not weight_t.is_contiguous()):
             raise GradvizError("weight_t must come from transposed_weight(weight)")
-        extra = [scale, d_scale, weight_t]
+        if z is not None:
+            z = z.detach().to(torch.float32).contiguous()
+            z_shift = torch.zeros(o) if z_shift is None else z_shift.detach().to(torch.float32).contiguous()
+            if z.shape != d.shape or z_shift.numel() != o:
+                raise GradvizError("z must be shaped like d, z_shift have one entry per output channel")
+        extra = [scale, d_scale, weight_t, z, z_shift]
+        extras = weight_t is not None or z is not None
         out = torch.empty(b, 5, dtype=torch.float64)
         dots = torch.empty(b, o, dtype=torch.float64) if weight_t is not None else None
-        sums = torch.empty(b, o, dtype=torch.float64) if weight_t is not None else None
+        sums = torch.empty(b, o, dtype=torch.float64) if extras else None
+        zdots = torch.empty(b, o, dtype=torch.float64) if z is not None else None
         threads = max(1, torch.get_num_threads())
         geometry = [*x.shape[1:], *d.shape[1:], *kernel_size, *stride, *padding, *dilation]
         ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
 
         def run(lo: int, hi: int, n_threads: int) -> int:
             shape = torch.tensor([hi - lo, *geometry], dtype=torch.int64)
+            rows = [None if t is None else t[lo:hi].data_ptr() for t in (dots, sums, zdots)]
             return self._conv(x[lo:hi].data_ptr(), d[lo:hi].data_ptr(), shape.data_ptr(), int(only_s2),
-                              ptr(extra[0]), ptr(extra[1]), ptr(extra[2]), out[lo:hi].data_ptr(),
-                              None if dots is None else dots[lo:hi].data_ptr(),
-                              None if sums is None else sums[lo:hi].data_ptr(), n_threads)
+                              ptr(extra[0]), ptr(extra[1]), ptr(extra[2]),
+                              None if z is None else z[lo:hi].data_ptr(), ptr(extra[4]),
+                              out[lo:hi].data_ptr(), *rows, n_threads)
 
         if threads == 1 or b == 1 or self.openmp:
             codes = [run(0, b, min(threads, b))]
@@ -175,7 +186,7 @@ class FusedKernel:
                                               for lo, hi in zip(bounds, bounds[1:]) if hi > lo]]
         if any(codes):
             raise MemoryError("the direct conv kernel could not allocate its buffers")
-        return out if dots is None else (out, dots, sums)
+        return (out, dots, sums, zdots) if extras else out
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
         if self._pool is None or self._pool_size < threads:
@@ -260,16 +271,18 @@ def _verify(kernel: FusedKernel) -> None:
         d = torch.randn(3, c_out, ho, wo, generator=gen)
         s = torch.randn(c_out, generator=gen)
         w = torch.randn(c_out, c_in * kernel_size[0] * kernel_size[1], generator=gen)
-        got, dots, sums = kernel.conv_parts(x, d, kernel_size, stride, padding, dilation, scale=s,
-                                            weight_t=transposed_weight(w))
+        zs = torch.randn(c_out, generator=gen)
+        got, dots, sums, zdots = kernel.conv_parts(x, d, kernel_size, stride, padding, dilation, scale=s,
+                                                   weight_t=transposed_weight(w), z=2 * d + 1, z_shift=zs)
         u = torch.nn.functional.unfold(x.double(), kernel_size, dilation, padding, stride)  # (b, K, P)
         g = torch.matmul(d.double().flatten(2), u.transpose(1, 2))  # (b, O, K)
         want_dots = (g * w.double()).sum(-1)
         g = (g * s.double()[:, None]).flatten(1)
         want = torch.stack([g.abs().sum(1), (g * g).sum(1), g.amax(1), g.amin(1), g.sum(1)], 1)
         tol = 1e-5 * g.abs().amax(1, keepdim=True) * g.shape[1]
+        want_z = (d.double() * (2 * d.double() + 1 - zs.double().view(1, -1, 1, 1))).flatten(2).sum(-1)
         ok = torch.allclose(dots, want_dots, rtol=1e-4, atol=1e-4) and torch.allclose(
-            sums, d.double().flatten(2).sum(-1), rtol=1e-5, atol=1e-5)
+            sums, d.double().flatten(2).sum(-1), rtol=1e-5, atol=1e-5) and torch.allclose(zdots, want_z, rtol=1e-5)
         if not ((got - want).abs() <= tol).all() or not ok:
             raise GradvizError("the direct conv kernel disagrees with eager PyTorch on a test input")
 

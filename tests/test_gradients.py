@@ -407,9 +407,12 @@ def test_direct_conv_kernel_matches_materialised_gradients(c_in, c_out, size, ke
     assert torch.allclose(only[:, 1], want[:, 1], rtol=1e-5)
     # per-channel scale (a folded BatchNorm's γ/σ) on the statistics, dot products with W on the unscaled G
     s, w = torch.randn(c_out, generator=gen), torch.randn(c_out, c_in, *kernel_size, generator=gen)
-    got, dots, sums = kernel.conv_parts(x, d, kernel_size, stride, padding, dilation, scale=s,
-                                        weight_t=reductions.transposed_weight(w))
+    z, shift = torch.randn(d.shape, generator=gen), torch.randn(c_out, generator=gen)
+    got, dots, sums, zdots = kernel.conv_parts(x, d, kernel_size, stride, padding, dilation, scale=s,
+                                               weight_t=reductions.transposed_weight(w), z=z, z_shift=shift)
     assert torch.allclose(sums, d.double().flatten(2).sum(-1), rtol=1e-5, atol=1e-5)
+    want_z = (d.double() * (z.double() - shift.double().view(1, -1, 1, 1))).flatten(2).sum(-1)
+    assert torch.allclose(zdots, want_z, rtol=1e-5, atol=1e-6)
     g3 = g.view(5, c_out, -1)
     want_s, _ = _materialised_parts(x, d * s.view(1, -1, 1, 1), kernel_size, stride, padding, dilation)
     assert ((got - want_s).abs() / (scale * s.abs().max())).max() < 1e-5

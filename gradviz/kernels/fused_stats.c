@@ -278,10 +278,13 @@ static void flush(vstats *st, double *d3) {
    w is given transposed, (K, O) row-major, readable up to 64 floats past its end.
    dscale (O) or NULL: d is read as dscale[o] * d[o, p] (then G, its dot products and its
    statistics are those of the scaled d; dsum stays that of d).
+   z (B, O, Ho, Wo) and zshift (O), or NULL: zdot (B, O) = sum_p d[o, p] (z[o, p] - zshift[o])
+   (a folded BatchNorm's gamma gradient, from its output z). dsum is written if dot or zdot is.
    Returns 0, or -1 if memory could not be allocated. */
 int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int only_s2,
-                      const float *scale, const float *dscale, const float *wt_in, double *out,
-                      double *dot, double *dsum, int threads) {
+                      const float *scale, const float *dscale, const float *wt_in, const float *z,
+                      const float *zshift, double *out, double *dot, double *dsum, double *zdot,
+                      int threads) {
     int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3], O = shape[4], Ho = shape[5],
             Wo = shape[6], kh = shape[7], kw = shape[8], sh = shape[9], sw = shape[10],
             ph = shape[11], pw = shape[12], dh = shape[13], dw = shape[14];
@@ -318,7 +321,7 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
     _Pragma("omp parallel num_threads(threads) if(threads > 1)")
     {
         float *xp = malloc(sizeof(float) * (C * Hp * Wp + P * opad + opad + 64));
-        double *dsacc = malloc(sizeof(double) * (O + 1));
+        double *dsacc = malloc(sizeof(double) * (2 * O + 1)), *zacc = dsacc ? dsacc + O : 0;
         double *dacc = malloc(sizeof(double) * (opad + 1));
         float *dt = xp ? xp + C * Hp * Wp : 0;
         if (!dsacc || !dacc) { free(xp); xp = 0; }
@@ -331,7 +334,15 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
             for (int64_t c = 0; c < C; c++)
                 for (int64_t h = 0; h < H; h++)
                     memcpy(xp + c * Hp * Wp + (h + ph) * Wp + pw, xb + (c * H + h) * W, sizeof(float) * W);
-            for (int64_t o = 0; o < O; o++) dsacc[o] = 0.0;
+            for (int64_t o = 0; o < O; o++) { dsacc[o] = 0.0; zacc[o] = 0.0; }
+            if (z) {
+                const float *zb = z + b * O * P;
+                for (int64_t o = 0; o < O; o++) {
+                    double acc = 0.0;
+                    for (int64_t p = 0; p < P; p++) acc += (double)db[o * P + p] * (zb[o * P + p] - zshift[o]);
+                    zacc[o] = acc;
+                }
+            }
             for (int64_t p = 0; p < P; p++) {
                 float *row = dt + p * opad;
                 if (dscale)
@@ -342,6 +353,8 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
             }
             if (dsum)
                 for (int64_t o = 0; o < O; o++) dsum[b * O + o] = dsacc[o];
+            if (zdot)
+                for (int64_t o = 0; o < O; o++) zdot[b * O + o] = zacc[o];
             for (int64_t o = 0; o < opad; o++) dacc[o] = 0.0;
             vstats st = {V_ZERO(), V_ZERO(), V_ZERO(), V_SET1(-INFINITY), V_SET1(INFINITY)};
             double sums[3] = {0, 0, 0};
@@ -400,7 +413,7 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
 }
 
 /* A version number the loader checks, so a stale build of an older source is never used. */
-int gv_kernel_version(void) { return 8; }
+int gv_kernel_version(void) { return 9; }
 
 /* 1 if built with OpenMP (the kernel then parallelises itself). */
 int gv_has_openmp(void) {
