@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -92,6 +92,8 @@ class Twin:
     by_bn: dict[str, Fold]  # by BatchNorm name
     originals: dict[int, tuple[str, nn.Module]]  # id(module of the twin) -> (name, original module)
     key: tuple
+    modules: list[nn.Module] = field(default_factory=list)  # the twin's modules, registration order
+    bn_names: set[str] = field(default_factory=set)  # every BatchNorm of the original network
 
 
 def fold_enabled(fold_bn: bool | None) -> bool:
@@ -164,7 +166,8 @@ def _build(net: nn.Module, key: tuple) -> Twin | None:
                 originals[id(m)] = (name, net.get_submodule(name))
             except AttributeError:
                 continue
-    return Twin(gm, folds, {f.bn_name: f for f in folds.values()}, originals, key)
+    return Twin(gm, folds, {f.bn_name: f for f in folds.values()}, originals, key,
+                [m for _, m in gm.named_modules()], {n for n, m in net.named_modules() if isinstance(m, _BN)})
 
 
 def _fold(conv_name: str, bn_name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Fold:

@@ -286,7 +286,8 @@ class GradientPass:
         net = twin.net if twin is not None else root
         # module of the network that runs -> (name, original module); captures hold the original
         originals = twin.originals if twin is not None else {id(m): (n, m) for n, m in root.named_modules()}
-        names = {n for n, _ in self.chosen} | {n for n, m in root.named_modules() if isinstance(m, _BN)}
+        bn_names = twin.bn_names if twin is not None else {n for n, m in root.named_modules() if isinstance(m, _BN)}
+        names = {n for n, _ in self.chosen} | bn_names
         folds = twin.folds if twin is not None else {}
         head = getattr(self.model, "head", None)
         self.captures: list[Capture] = []
@@ -321,7 +322,8 @@ class GradientPass:
         handles = []
         with getattr(self.model, "lock", nullcontext()):
             try:
-                for _, m in net.named_modules():
+                modules = twin.modules if twin is not None else [m for _, m in net.named_modules()]
+                for m in modules:
                     entry = originals.get(id(m))
                     if entry is not None and (entry[0] in names or entry[0] in folds):
                         handles.append(m.register_forward_hook(hook))
@@ -467,8 +469,19 @@ def _parts_of(g: torch.Tensor, need: frozenset[str], kernel=None) -> dict[str, t
     return reduce_rows(g.reshape(g.shape[0], -1), need, kernel)
 
 
-def _rank_one_parts(d: torch.Tensor, a: torch.Tensor, bias: bool, need: frozenset[str]) -> dict[str, torch.Tensor]:
-    """Partial sums of [δ aᵀ | δ] per sample and group without materialising: d (b,g,O), a (b,g,K)."""
+def _rank_one_parts(d: torch.Tensor, a: torch.Tensor, bias: bool, need: frozenset[str],
+                    kernel=None) -> dict[str, torch.Tensor]:
+    """Partial sums of [δ aᵀ | δ] per sample and group without materialising: d (b,g,O), a (b,g,K).
+
+    With the compiled ``kernel`` (one group, no bias column) the row partials of δ and of a come
+    from two calls of it, and the products are taken in float64."""
+    if kernel is not None and d.shape[1] == 1 and not bias and len(need) > 1 and kernel.supports(d) \
+            and kernel.supports(a):
+        pd, pa = kernel(d[:, 0]), kernel(a[:, 0])  # (b, 5) float64 each, PARTS order
+        prods = torch.stack([pd[:, 2] * pa[:, 2], pd[:, 2] * pa[:, 3], pd[:, 3] * pa[:, 2], pd[:, 3] * pa[:, 3]], 1)
+        both = {"s1": pd[:, 0] * pa[:, 0], "s2": pd[:, 1] * pa[:, 1], "mx": prods.amax(1), "mn": prods.amin(1),
+                "sm": pd[:, 4] * pa[:, 4]}
+        return {k: v for k, v in both.items() if k in need}
     if bias:  # the bias gradient is δ·1: append a constant-1 input feature
         a = torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], dim=-1)
     out = {}
@@ -710,7 +723,7 @@ class _Kernel:
                 self._dots_of(sl)[:] = (d[..., 0] * wa).reshape(d.shape[0], -1)
             if self.fold is not None:
                 d = d * self._fold_scale(d.dtype).view(1, self.groups, -1, 1)
-            return _rank_one_parts(d[..., 0], u[..., 0], False, need)
+            return _rank_one_parts(d[..., 0], u[..., 0], False, need, self.fused)
         if strategy == "gram":
             u, d = self.operands(sl)
             if self.fold is not None:
