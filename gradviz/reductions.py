@@ -12,6 +12,12 @@ The six statistics of a per-sample gradient are finished from five partial sums 
   ``amin``, ``vector_norm(2)``, ``sum``, in-place ``abs_`` + ``sum``); the slow CPU kernels
   ``aminmax`` and ``vector_norm(1)`` are avoided.
 
+The same C file holds the **direct conv kernel** (:meth:`FusedKernel.conv_parts`): the five partial
+sums of each sample's Conv2d weight gradient δ_b ⋆ x_b (groups = 1, float32), formed tile by tile in
+SIMD registers from the input and the output gradient and reduced there, so the gradient is never
+written to memory; optionally with a per-channel scale and the dot products a folded BatchNorm needs
+(:mod:`gradviz.folding`). It is checked against an unfolded matmul before first use, like the rest.
+
 Measured on the 2-core build machine, a 2 MiB chunk: eager amax alone 22 µs, the compiled kernel
 (all five) ≈ 35 µs, eager all five ≈ 160 µs (benchmarks/bench_gradients.py). Where no compiler
 exists or the build fails, the reason is kept (:func:`compiled_status`) and eager is used: never a
