@@ -183,3 +183,39 @@ def test_both_routes_to_the_folded_gamma_gradient(dot_route, dtype, mode, monkey
     # float32: as close as the unfolded float32 engine is to float64 on this model (max/min of a
     # rank-one layer relative to its RMS: 1.8e-4); float64: to rounding
     assert_stats_close(folded, ours, plain.layers, rtol=1e-10 if dtype == torch.float64 else 5e-4)
+
+
+class _NoAffine(nn.Module):
+    """A BatchNorm without γ/β (nothing of its own to report) after a biased conv, then one with them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(2, 5, 3, padding=1, bias=True), nn.BatchNorm2d(5, affine=False)
+        self.conv2, self.bn2 = nn.Conv2d(5, 4, 3, stride=2, bias=True), nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = torch.relu_(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def test_batchnorm_without_affine_parameters_folds_too():
+    torch.manual_seed(1)
+    model = _wrap(_NoAffine(), (2, 7, 7), 3).double()
+    with torch.no_grad():
+        for bn in (model.net.bn1, model.net.bn2):
+            c = bn.num_features
+            bn.running_mean.copy_(torch.randn(c) * 0.5)
+            bn.running_var.copy_(torch.rand(c) + 0.5)
+        model.net.bn2.weight.copy_(torch.randn(4) * 0.5 + 1.0)
+        model.net.bn2.bias.copy_(torch.randn(4) * 0.2)
+    x = _batch((2, 7, 7), 4, seed=8)
+    twin = twin_of(model.net)
+    assert twin is not None and set(twin.folds) == {"conv1", "conv2"}
+    names = [n for n, _ in parametrised_layers(model)]
+    assert "bn1" not in names  # no parameters: not a layer of the engine
+    folded, plain = _both(model, x)
+    assert folded.layers == plain.layers
+    assert torch.allclose(folded.values.double(), plain.values.double(), rtol=1e-9, atol=1e-12)
+    assert_stats_close(folded, reference_stats(model, x, "nll_pred"), names, rtol=1e-6)
