@@ -51,6 +51,7 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -581,6 +582,9 @@ class _Kernel:
         self.sample_bytes = {"bmm": grad_bytes + per_chunk_u, "conv": grad_bytes + self.inp[0].numel() * self.es,
                              "gram": per_chunk_u + 2 * g * p * p * self.es}
         self.sample_bytes["direct"] = 0
+        split = self._split("bmm")
+        if split is not None:  # bmm then materialises only the columns that see several positions
+            self.sample_bytes["bmm"] = grad_bytes * split[0].numel() // max(1, kg) + per_chunk_u
         self.candidates = (["direct"] if self.direct is not None else []) + ["bmm"]
         self.candidates += ["conv"] if isinstance(m, nn.Conv2d) else []
         if job.stats is None:
@@ -661,14 +665,16 @@ class _Kernel:
         return d if self.fold is None else d * self._fold_scale(d.dtype).view(1, self.groups, -1, 1)
 
     def materialise(self, strategy: str, sl: slice, buf: torch.Tensor | None,
-                    scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    scaled: bool = True, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(per-sample weight gradients (b, g, Og, Kg), U or None) for samples ``sl``; for a folded
-        conv from δy = s ⊙ δz (``scaled``) or from δz itself."""
+        conv from δy = s ⊙ δz (``scaled``) or from δz itself; ``rows``: only those columns (bmm)."""
         b, g = self.inp[sl].shape[0], self.groups
         og, kg = self.o // g, self.k // g
         scale = self._fold_scale(self.grad.dtype) if scaled and self.fold is not None else None
         if strategy == "bmm":
             u, d = self.operands(sl)
+            if rows is not None:
+                u, kg = u[:, :, rows], rows.numel()
             if scale is not None:
                 d = d * scale.view(1, g, og, 1)
             out = None if buf is None else buf[: b * g * og * kg].view(b, g, og, kg)
@@ -740,6 +746,9 @@ class _Kernel:
                     args = {"d_scale": fold.scale}
                 if self.z is not None:  # route 1 of finish_fold, in the same pass over δz
                     args.update(z=self.z[sl], z_shift=self._fold_beta())
+            split = self._split(strategy)
+            if split is not None and split[0].numel():  # the closed-form columns inside the kernel, too
+                args.update(rows=split[0], single=split[3], zero_taps=split[2])
             out = self.direct.conv_parts(x, self.grad[sl], m.kernel_size, m.stride, padding, m.dilation,
                                          only_s2=self.job.stats is None, **args)
             if isinstance(out, tuple):
@@ -748,8 +757,20 @@ class _Kernel:
                     self._dots_of(sl)[:] = dots
                 if zdots is not None:
                     self._zdots_of(sl)[:] = zdots
-            return {"s2": out[:, 1]} if self.job.stats is None else out
+            if split is None or split[0].numel():
+                return {"s2": out[:, 1]} if self.job.stats is None else out
+            return self._single_tap_parts(sl, need)  # every column in closed form
         dot = self.fold is not None and self._dot_route(strategy)
+        split = self._split(strategy)
+        if split is not None:  # bmm over the columns that see several positions; the rest in closed form
+            need_here = need - self.cheap
+            single = self._single_tap_parts(sl, need_here)
+            if not split[0].numel():
+                return single
+            grad_w, _ = self.materialise(strategy, sl, buf, rows=split[0])
+            flat = grad_w.reshape(grad_w.shape[0], -1)
+            parts = reduce_rows(flat, need_here, self.fused, scratch=buf is not None)
+            return _merge(parts, single)
         grad_w, _ = self.materialise(strategy, sl, buf, scaled=not dot)  # (b, g, Og, Kg)
         if dot:  # from δz: the dot products with W first, then the scale s in place
             w = self._fold_weight(grad_w.dtype)
@@ -760,6 +781,54 @@ class _Kernel:
         if self.fused is not None:
             return self.fused(flat)
         return reduce_rows(flat, need - self.cheap, scratch=buf is not None or strategy == "conv")
+
+    # ---- columns of G that see one output position only (small maps)
+
+    def _split(self, strategy: str):
+        """(columns of G with several positions (K',) int64, single-position taps) where some taps of
+        the kernel see one output position only (or none: zero columns), as on 2×2 maps with a 3×3
+        kernel; those columns of G_b are δ_b[:, p] times one input pixel, in closed form. None where
+        nothing is gained, or for ``conv``/``gram`` and the dot-product route of a folded BatchNorm."""
+        if strategy not in ("direct", "bmm") or (self.fold is not None and self._dot_route(strategy)):
+            return None
+        if not hasattr(self, "_split_info"):
+            m = self.module
+            self._split_info = _tap_split(tuple(m.kernel_size), tuple(m.stride), m.padding, tuple(m.dilation),
+                                          m.padding_mode, m.in_channels, tuple(self.inp.shape[-2:]), self.positions) \
+                if self.kind == "dense" and self.groups == 1 and isinstance(m, nn.Conv2d) else None
+        return self._split_info
+
+    def _single_tap_parts(self, sl: slice, need: frozenset[str]) -> dict[str, torch.Tensor]:
+        """Partial sums of the closed-form columns: for a tap t seeing position p_t only, column
+        (c, t) of G_b is x_b[c, h_t, w_t] · δ_b[:, p_t] (zero columns, too, count for max/min)."""
+        _, taps, zero_taps, _ = self._split_info
+        out: dict[str, torch.Tensor] = {}
+        d = self._delta(sl)[:, 0]  # (b, O, P), scaled where folded
+        b = d.shape[0]
+        if taps is not None:
+            pos, hi, wi = taps
+            dd = d[:, :, pos]  # (b, O, T1)
+            xv = self.inp[sl][:, :, hi, wi]  # (b, C, T1)
+            if "s1" in need:
+                out["s1"] = (xv.abs() * dd.abs().sum(1, keepdim=True)).sum((1, 2))
+            if "s2" in need:
+                out["s2"] = (xv * xv * (dd * dd).sum(1, keepdim=True)).sum((1, 2))
+            if "sm" in need:
+                out["sm"] = (xv * dd.sum(1, keepdim=True)).sum((1, 2))
+            if "mx" in need or "mn" in need:
+                hi_d, lo_d = dd.amax(1, keepdim=True), dd.amin(1, keepdim=True)
+                a, c = xv * hi_d, xv * lo_d
+                out["mx"] = torch.maximum(a, c).amax((1, 2))
+                out["mn"] = torch.minimum(a, c).amin((1, 2))
+        if zero_taps:
+            zero = d.new_zeros(b)
+            for k in ("mx", "mn"):
+                if k in need:
+                    out[k] = zero if k not in out else (torch.maximum if k == "mx" else torch.minimum)(out[k], zero)
+            for k in ("s1", "s2", "sm"):
+                if k in need and k not in out:
+                    out[k] = zero
+        return {k: v.double() for k, v in out.items()}
 
     # ---- a BatchNorm folded into this conv (gradviz.folding)
 
@@ -875,6 +944,40 @@ class _Kernel:
         if m.bias is not None:
             pieces.append(db)
         return torch.cat(pieces, dim=1)
+
+
+@lru_cache(maxsize=256)
+def _tap_split(kernel_size, stride, padding, dilation, padding_mode: str, c_in: int, size: tuple[int, int],
+               positions: int):
+    """See :meth:`_Kernel._split`: (multi-position columns, (positions, rows, cols) of the
+    single-position taps or None, number of zero taps, the same as (n, 3) triples), or None if
+    fewer than two taps qualify.
+    Depends on the geometry only (cached)."""
+    if padding_mode != "zeros" or isinstance(padding, str):
+        return None
+    padding = tuple(padding)
+    mask = F.unfold(torch.ones(1, 1, *size), kernel_size, dilation, padding, stride)[0]  # (T, P)
+    if mask.shape[1] != positions:
+        return None
+    counts = (mask != 0).sum(-1)
+    single = (counts == 1).nonzero().flatten()
+    zero = int((counts == 0).sum())
+    if single.numel() + zero < 2:
+        return None
+    taps = mask.shape[0]
+    multi = (counts > 1).nonzero().flatten()
+    rows = (torch.arange(c_in)[:, None] * taps + multi[None, :]).flatten()
+    info = None
+    if single.numel():
+        pos = mask[single].argmax(-1)  # the one position each single tap sees
+        wo = (size[1] + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+        ho_, wo_ = pos // wo, pos % wo
+        i, j = single // kernel_size[1], single % kernel_size[1]
+        hi = ho_ * stride[0] - padding[0] + i * dilation[0]
+        wi = wo_ * stride[1] - padding[1] + j * dilation[1]
+        info = (pos, hi, wi)
+    triples = torch.stack(info, 1) if info is not None else torch.zeros(0, 3, dtype=torch.int64)
+    return rows, info, zero, triples
 
 
 def _bn_sums(x: torch.Tensor, d: torch.Tensor, mean: torch.Tensor, fused, centred: bool

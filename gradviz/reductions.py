@@ -50,7 +50,7 @@ __all__ = ["PARTS", "MODES", "reduce_rows", "fused_kernel", "FusedKernel", "reso
 PARTS = ("s1", "s2", "mx", "mn", "sm")
 MODES = ("auto", "on", "off")
 SOURCE = Path(__file__).resolve().parent / "kernels" / "fused_stats.c"
-KERNEL_VERSION = 9
+KERNEL_VERSION = 11
 # Below this many elements one thread does the whole call (thread hand-off costs ~20 µs).
 _PARALLEL_MIN = 1 << 16
 
@@ -85,7 +85,8 @@ class FusedKernel:
             fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int]
             fn.restype = None
         self._conv = lib.gv_conv_parts_f32
-        self._conv.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 9 + [ctypes.c_int]
+        self._conv.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 10
+                               + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int])
         self._conv.restype = ctypes.c_int
         self.openmp = bool(lib.gv_has_openmp())
         self._pool: ThreadPoolExecutor | None = None
@@ -139,7 +140,8 @@ class FusedKernel:
     def conv_parts(self, x: torch.Tensor, d: torch.Tensor, kernel_size, stride, padding, dilation,
                    only_s2: bool = False, scale: torch.Tensor | None = None, weight_t: torch.Tensor | None = None,
                    d_scale: torch.Tensor | None = None, z: torch.Tensor | None = None,
-                   z_shift: torch.Tensor | None = None) -> torch.Tensor | tuple:
+                   z_shift: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                   single: torch.Tensor | None = None, zero_taps: int = 0) -> torch.Tensor | tuple:
         """Partial sums of each sample's conv weight gradient G_b = δ_b ⋆ x_b, computed in registers
         without materialising it (``fused_stats.c``). ``x`` (b, C, H, W), ``d`` (b, O, Ho, Wo), zero
         ``padding``. Returns (b, 5) float64 (:data:`PARTS`) of ``scale[o] · G_b[o, k]`` (``scale``
@@ -149,7 +151,12 @@ class FusedKernel:
         ``d_scale`` (O,) multiplies δ_b's channels as they are read (G_b, its dot products and its
         statistics are then those of the scaled δ; the sums Σ_p δ_b stay unscaled). With ``z`` (shaped
         like ``d``) and ``z_shift`` (O,) also Σ_p δ_b[o, p] (z_b[o, p] − z_shift[o]) (b, O) float64.
-        With any of these extras the result is (parts, dots or None, Σ_p δ, z products or None)."""
+        With any of these extras the result is (parts, dots or None, Σ_p δ, z products or None).
+        ``rows`` (int64 indices into the C·kh·kw columns of G_b) restricts the statistics to those
+        columns; it cannot be combined with ``weight_t``. The other columns can be given as
+        ``single`` ((n, 3) int64: position p, input row h, input column w of a kernel tap that sees
+        position p only; its columns are x_b[c, h, w] · δ_b[:, p], added in closed form) and
+        ``zero_taps`` (taps that see no position: columns of zeros)."""
         x, d = x.contiguous(), d.contiguous()
         if x.dtype != torch.float32 or d.dtype != torch.float32 or x.ndim != 4 or d.ndim != 4:
             raise GradvizError("the direct conv kernel takes float32 (b, C, H, W) inputs and (b, O, Ho, Wo) gradients")
@@ -166,6 +173,14 @@ class FusedKernel:
             z_shift = torch.zeros(o) if z_shift is None else z_shift.detach().to(torch.float32).contiguous()
             if z.shape != d.shape or z_shift.numel() != o:
                 raise GradvizError("z must be shaped like d, z_shift have one entry per output channel")
+        if rows is not None:
+            rows = rows.to(torch.int64).contiguous()
+            if weight_t is not None or rows.numel() == 0 or int(rows.min()) < 0 or int(rows.max()) >= k:
+                raise GradvizError("rows must be indices into the gradient's columns, without weight_t")
+        if single is not None:
+            single = single.to(torch.int64).contiguous()
+            if rows is None or single.ndim != 2 or single.shape[1] != 3:
+                raise GradvizError("single must be (n, 3) [position, row, column] and comes with rows")
         extra = [scale, d_scale, weight_t, z, z_shift]
         extras = weight_t is not None or z is not None
         out = torch.empty(b, 5, dtype=torch.float64)
@@ -178,11 +193,12 @@ class FusedKernel:
 
         def run(lo: int, hi: int, n_threads: int) -> int:
             shape = torch.tensor([hi - lo, *geometry], dtype=torch.int64)
-            rows = [None if t is None else t[lo:hi].data_ptr() for t in (dots, sums, zdots)]
+            rows_out = [None if t is None else t[lo:hi].data_ptr() for t in (dots, sums, zdots)]
             return self._conv(x[lo:hi].data_ptr(), d[lo:hi].data_ptr(), shape.data_ptr(), int(only_s2),
                               ptr(extra[0]), ptr(extra[1]), ptr(extra[2]),
                               None if z is None else z[lo:hi].data_ptr(), ptr(extra[4]),
-                              out[lo:hi].data_ptr(), *rows, n_threads)
+                              out[lo:hi].data_ptr(), *rows_out, ptr(rows), 0 if rows is None else rows.numel(),
+                              ptr(single), 0 if single is None else single.shape[0], int(zero_taps), n_threads)
 
         if threads == 1 or b == 1 or self.openmp:
             codes = [run(0, b, min(threads, b))]

@@ -452,3 +452,58 @@ def test_direct_plan_matches_autograd_in_float32(kind, monkeypatch):
     assert_stats_close(res, {s: v[:, idx] for s, v in ref.items()}, res.layers, rtol=1e-4)
     _, sq = layer_sq_l2_norms(model, x, loss="confounding_sigmoid", compile="on")
     assert ((sq.double() - ref["l2"][:, idx] ** 2).abs() / ref["l2"][:, idx] ** 2).max() < 1e-4
+
+
+class _SmallMaps(nn.Module):
+    """Convs on 2×2 and 3×3 maps, where some kernel taps see one output position only (or none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 20, 3, stride=2, padding=1)  # 4x4 -> 2x2, biased; one single tap
+        self.conv2 = nn.Conv2d(20, 33, 3, padding=1, bias=False)  # 2x2 -> 2x2
+        self.conv3 = nn.Conv2d(33, 17, 3, padding=2, dilation=2, bias=False)  # dilated: taps hit padding only
+        self.conv4 = nn.Conv2d(17, 8, 2, padding=1)  # 2x2 -> 3x3
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        x = torch.relu(self.conv3(x))
+        return self.head(self.conv4(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("strategy, dtype", [("bmm", torch.float64), ("direct", torch.float32)])
+def test_single_position_taps_in_closed_form_match_autograd(strategy, dtype, monkeypatch):
+    if strategy == "direct" and reductions.warm_up() != "ready":
+        pytest.skip(f"compiled kernel unavailable here: {reductions.compiled_status()}")
+    from gradviz.models import GradvizModel
+    from gradviz.models.card import ModelCard
+
+    torch.manual_seed(3)
+    card = ModelCard(name="t", architecture="t", input_size=(3, 4, 4), mean=(0.5,) * 3, std=(0.25,) * 3,
+                     class_names=[str(i) for i in range(4)])
+    model = GradvizModel(_SmallMaps(), card).eval().to(dtype)
+    x = _batch((3, 4, 4), 5, seed=12)
+    ref = reference_stats(model, x, "nll_pred")
+    names = [n for n, _ in parametrised_layers(model)]
+    real, real_single, calls = engine._Kernel.plans, engine._Kernel._single_tap_parts, []
+    monkeypatch.setattr(engine, "_CHOICE", {})
+    monkeypatch.setattr(engine._Kernel, "plans",
+                        lambda self: [p for p in real(self) if p[0] == strategy or self.kind != "dense"] or real(self))
+    monkeypatch.setattr(engine._Kernel, "_single_tap_parts",  # the eager closed form (bmm)
+                        lambda self, *a: calls.append(self.name) or real_single(self, *a))
+    real_conv = reductions.FusedKernel.conv_parts  # the compiled kernel's closed form (direct)
+
+    def conv_parts(self, x, d, *args, **kwargs):
+        if kwargs.get("single") is not None:
+            calls.append({20: "conv2", 33: "conv3"}[x.shape[1]])  # input channels name the layer
+        return real_conv(self, x, d, *args, **kwargs)
+
+    monkeypatch.setattr(reductions.FusedKernel, "conv_parts", conv_parts)
+    for mode in (("off", "on") if strategy == "bmm" else ("on",)):
+        calls.clear()
+        res = layer_gradient_stats(model, x, compile=mode)
+        assert set(calls) == {"conv2", "conv3"}, calls  # conv1 has one such tap only, conv4 none
+        assert_stats_close(res, ref, names, rtol=1e-5 if dtype == torch.float64 else 1e-4)
+        _, sq = layer_sq_l2_norms(model, x, loss="nll_pred", compile=mode)
+        assert ((sq.double() - ref["l2"] ** 2).abs() / ref["l2"] ** 2).max() < 1e-4

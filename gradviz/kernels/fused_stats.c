@@ -280,17 +280,23 @@ static void flush(vstats *st, double *d3) {
    statistics are those of the scaled d; dsum stays that of d).
    z (B, O, Ho, Wo) and zshift (O), or NULL: zdot (B, O) = sum_p d[o, p] (z[o, p] - zshift[o])
    (a folded BatchNorm's gamma gradient, from its output z). dsum is written if dot or zdot is.
+   rowsel (nsel indices into the K = C*kh*kw rows of G) or NULL: only those rows of G enter the
+   statistics; not with w. The other rows are given as single (nsingle triples p, h, w: a tap that
+   sees output position p only, at input pixel (h, w); each of its C rows is x[c, h, w] * d[:, p],
+   added in closed form) and nzero taps that see no position (rows of zeros).
    Returns 0, or -1 if memory could not be allocated. */
 int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int only_s2,
                       const float *scale, const float *dscale, const float *wt_in, const float *z,
                       const float *zshift, double *out, double *dot, double *dsum, double *zdot,
-                      int threads) {
+                      const int64_t *rowsel, int64_t nsel, const int64_t *single, int64_t nsingle,
+                      int64_t nzero, int threads) {
     int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3], O = shape[4], Ho = shape[5],
             Wo = shape[6], kh = shape[7], kw = shape[8], sh = shape[9], sw = shape[10],
             ph = shape[11], pw = shape[12], dh = shape[13], dw = shape[14];
     int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, P = Ho * Wo, K = C * kh * kw;
     int nv = O <= VL ? 1 : O <= 2 * VL ? 2 : 4;
-    int t33 = kh == 3 && kw == 3 && dh == 1 && dw == 1;
+    int t33 = kh == 3 && kw == 3 && dh == 1 && dw == 1 && !rowsel;
+    int64_t Ksel = rowsel ? nsel : K;
     if (t33 && nv == 4) nv = 2;
     int64_t nr = nv * VL, opad = (O + nr - 1) / nr * nr;
     int64_t *off = malloc(sizeof(int64_t) * (P + K));
@@ -378,10 +384,13 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
                 }
             } else {
                 int mr = nv == 4 ? 6 : 12;
-                for (int64_t k0 = 0; k0 < K; k0 += mr) {
-                    int n = K - k0 < mr ? (int)(K - k0) : mr;
+                for (int64_t k0 = 0; k0 < Ksel; k0 += mr) {
+                    int n = Ksel - k0 < mr ? (int)(Ksel - k0) : mr;
                     const float *xr[12];
-                    for (int r = 0; r < mr; r++) xr[r] = xp + rowoff[k0 + (r < n ? r : 0)];
+                    for (int r = 0; r < mr; r++) {
+                        int64_t k = k0 + (r < n ? r : 0);
+                        xr[r] = xp + rowoff[rowsel ? rowsel[k] : k];
+                    }
                     for (int64_t o0 = 0; o0 < opad; o0 += nr) {
                         t.pen = has_pad && o0 + nr == opad ? pen_last : 0;
                         t.scale = scale ? sc + o0 : 0;
@@ -396,8 +405,25 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
             }
             float tm[2][VL];
             V_STORE(tm[0], st.mx); V_STORE(tm[1], st.mn);
-            float mx = -INFINITY, mn = INFINITY;
+            double mx = -INFINITY, mn = INFINITY;
             for (int l = 0; l < VL; l++) { mx = tm[0][l] > mx ? tm[0][l] : mx; mn = tm[1][l] < mn ? tm[1][l] : mn; }
+            for (int64_t s = 0; s < nsingle; s++) {  /* rank-one rows: x[c, h, w] * (scaled) d[:, p] */
+                const float *row = dt + single[3 * s] * opad;
+                double a1 = 0, a2 = 0, as = 0, dmx = -INFINITY, dmn = INFINITY;
+                for (int64_t c = 0; c < O; c++) {
+                    double v = row[c];
+                    a1 += fabs(v); a2 += v * v; as += v;
+                    dmx = v > dmx ? v : dmx; dmn = v < dmn ? v : dmn;
+                }
+                const float *px = xp + (single[3 * s + 1] + ph) * Wp + single[3 * s + 2] + pw;
+                for (int64_t c = 0; c < C; c++) {
+                    double u = px[c * Hp * Wp], hi_ = u * dmx, lo_ = u * dmn;
+                    sums[0] += fabs(u) * a1; sums[1] += u * u * a2; sums[2] += u * as;
+                    if (hi_ < lo_) { double t_ = hi_; hi_ = lo_; lo_ = t_; }
+                    mx = hi_ > mx ? hi_ : mx; mn = lo_ < mn ? lo_ : mn;
+                }
+            }
+            if (nzero > 0) { mx = mx > 0 ? mx : 0; mn = mn < 0 ? mn : 0; }
             double *o = out + b * 5;
             o[0] = sums[0]; o[1] = sums[1]; o[2] = mx; o[3] = mn; o[4] = sums[2];
             if (dot)
@@ -413,7 +439,7 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
 }
 
 /* A version number the loader checks, so a stale build of an older source is never used. */
-int gv_kernel_version(void) { return 9; }
+int gv_kernel_version(void) { return 11; }
 
 /* 1 if built with OpenMP (the kernel then parallelises itself). */
 int gv_has_openmp(void) {
