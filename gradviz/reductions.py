@@ -50,7 +50,7 @@ __all__ = ["PARTS", "MODES", "reduce_rows", "fused_kernel", "FusedKernel", "reso
 PARTS = ("s1", "s2", "mx", "mn", "sm")
 MODES = ("auto", "on", "off")
 SOURCE = Path(__file__).resolve().parent / "kernels" / "fused_stats.c"
-KERNEL_VERSION = 12
+KERNEL_VERSION = 13
 # Below this many elements one thread does the whole call (thread hand-off costs ~20 µs).
 _PARALLEL_MIN = 1 << 16
 

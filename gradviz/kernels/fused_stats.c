@@ -343,15 +343,15 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
             for (int64_t o = 0; o < O; o++) { dsacc[o] = 0.0; zacc[o] = 0.0; }
             if (z) {
                 const float *zb = z + b * O * P;
-                for (int64_t o = 0; o < O; o++) {  /* LANES float partial sums (SIMD), then double */
+                for (int64_t o = 0; o < O; o++) {  /* 16 independent double partial sums (SIMD) */
                     const float *dr = db + o * P, *zr = zb + o * P;
-                    float sh_ = zshift[o], l[LANES];
-                    for (int j = 0; j < LANES; j++) l[j] = 0.0f;
+                    double sh_ = zshift[o], l[16];
+                    for (int j = 0; j < 16; j++) l[j] = 0.0;
                     int64_t p = 0;
-                    for (; p + LANES <= P; p += LANES)
-                        for (int j = 0; j < LANES; j++) l[j] += dr[p + j] * (zr[p + j] - sh_);
+                    for (; p + 16 <= P; p += 16)
+                        for (int j = 0; j < 16; j++) l[j] += (double)dr[p + j] * ((double)zr[p + j] - sh_);
                     double acc = 0.0;
-                    for (int j = 0; j < LANES; j++) acc += l[j];
+                    for (int j = 0; j < 16; j++) acc += l[j];
                     for (; p < P; p++) acc += (double)dr[p] * (zr[p] - sh_);
                     zacc[o] = acc;
                 }
@@ -446,7 +446,7 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
 }
 
 /* A version number the loader checks, so a stale build of an older source is never used. */
-int gv_kernel_version(void) { return 12; }
+int gv_kernel_version(void) { return 13; }
 
 /* 1 if built with OpenMP (the kernel then parallelises itself). */
 int gv_has_openmp(void) {
