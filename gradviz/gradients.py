@@ -27,7 +27,9 @@ autograd for parameter gradients. Instead (METHODS.md §6):
      The fastest plan is timed once per layer shape on its first chunk (:data:`STRATEGIES` ×
      cache- or budget-sized chunks): ``direct``, ``bmm`` (unfold, one batched matmul into the
      buffer) or ``conv`` (one grouped-convolution weight backward with the samples as groups).
-     For the materialised plans the five partial sums come from
+     On small maps, columns of kernel taps that see one output position only are δ_b[:, p] times
+     one input pixel: their partial sums are taken in closed form, and only the other columns are
+     formed (:func:`_tap_split`). For the materialised plans the five partial sums come from
      one fused compiled pass (:mod:`gradviz.reductions`), or from fast eager kernels where the
      sum comes from patch sums Σ_p (Σ_o Δ_op)(Σ_k U_kp) and ‖ΔUᵀ‖² from the Gram form when cheaper.
      The L2-only path also considers the Gram ("ghost") norm Σ_{pq} (UᵀU)_{pq} (ΔᵀΔ)_{pq}.
