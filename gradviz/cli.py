@@ -191,8 +191,10 @@ def cmd_list(args) -> int:
     for m in list_methods():
         print(f"  {m.name:24s} {m.title} — {m.paper}")
     from gradviz import reductions
+    from gradviz.config import settings
 
     print(f"statistics kernel: {reductions.warm_up()} (GRADVIZ_COMPILE={reductions.resolve_mode(None)})")
+    print(f"BatchNorm folding in the gradient engine: {'on' if settings().fold_bn else 'off'} (GRADVIZ_FOLD_BN)")
     return 0
 
 
