@@ -476,11 +476,13 @@ def _rank_one_parts(d: torch.Tensor, a: torch.Tensor, bias: bool, need: frozense
                     kernel=None) -> dict[str, torch.Tensor]:
     """Partial sums of [δ aᵀ | δ] per sample and group without materialising: d (b,g,O), a (b,g,K).
 
-    With the compiled ``kernel`` (one group, no bias column) the row partials of δ and of a come
-    from two calls of it, and the products are taken in float64."""
-    if kernel is not None and d.shape[1] == 1 and not bias and len(need) > 1 and kernel.supports(d) \
-            and kernel.supports(a):
+    With the compiled ``kernel`` (one group) the row partials of δ and of a come from two calls of
+    it (the bias column of ones added to a's partials), and the products are taken in float64."""
+    if kernel is not None and d.shape[1] == 1 and len(need) > 1 and kernel.supports(d) and kernel.supports(a):
         pd, pa = kernel(d[:, 0]), kernel(a[:, 0])  # (b, 5) float64 each, PARTS order
+        if bias:  # one more input feature, equal to 1
+            pa = pa + pa.new_tensor([1.0, 1.0, 0.0, 0.0, 1.0])
+            pa[:, 2], pa[:, 3] = pa[:, 2].clamp_min(1.0), pa[:, 3].clamp_max(1.0)
         prods = torch.stack([pd[:, 2] * pa[:, 2], pd[:, 2] * pa[:, 3], pd[:, 3] * pa[:, 2], pd[:, 3] * pa[:, 3]], 1)
         both = {"s1": pd[:, 0] * pa[:, 0], "s2": pd[:, 1] * pa[:, 1], "mx": prods.amax(1), "mn": prods.amin(1),
                 "sm": pd[:, 4] * pa[:, 4]}
@@ -1168,7 +1170,7 @@ def head_gradient_stats(head: nn.Linear, logits: torch.Tensor, features: torch.T
         g = dloss(logits.detach())  # (B, C)
         h = features.detach().reshape(features.shape[0], -1).to(g.dtype)  # (B, D)
         bias = head.bias is not None
-        parts = _rank_one_parts(g[:, None], h[:, None], bias, frozenset(PARTS))
+        parts = _rank_one_parts(g[:, None], h[:, None], bias, frozenset(PARTS), fused_kernel(resolve_mode(None), g.dtype))
         numel = head.weight.numel() + (head.bias.numel() if bias else 0)
         return _finish([parts], [numel], stats)[:, 0].float()
 

@@ -507,3 +507,18 @@ def test_single_position_taps_in_closed_form_match_autograd(strategy, dtype, mon
         assert_stats_close(res, ref, names, rtol=1e-5 if dtype == torch.float64 else 1e-4)
         _, sq = layer_sq_l2_norms(model, x, loss="nll_pred", compile=mode)
         assert ((sq.double() - ref["l2"] ** 2).abs() / ref["l2"] ** 2).max() < 1e-4
+
+
+@pytest.mark.parametrize("compile_mode", ["off", "on"])
+def test_head_closed_form_equals_the_engine_on_the_head(compile_mode, monkeypatch):
+    """head_gradient_stats (logits and features only, bias column included) = the engine's fc row."""
+    if compile_mode == "on" and reductions.warm_up() != "ready":
+        pytest.skip(f"compiled kernel unavailable here: {reductions.compiled_status()}")
+    monkeypatch.setenv("GRADVIZ_COMPILE", compile_mode)
+    model, model64, x = _case("mnist")
+    for m in (model, model64):
+        logits, h = m.logits_and_features(x.to(next(m.parameters()).dtype))
+        for loss in LOSSES:
+            got = engine.head_gradient_stats(m.head, logits, h, loss=loss)
+            want = layer_gradient_stats(m, x, loss=loss, layers=["fc"], compile="off").values[:, 0]
+            assert torch.allclose(got.double(), want.double(), rtol=1e-5, atol=1e-6), loss  # mean may be 0 ± rounding
