@@ -20,6 +20,8 @@ predicted-label gradient vanishes (use the confounding label for that case).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from gradviz.errors import MethodError
@@ -42,9 +44,24 @@ def gradient_metrics(batch: ModelOutputs) -> LayerStats:
     return batch.memo(("layer_stats", LOSS, None), lambda: _engine_stats(batch, None))
 
 
+_HEAD_NAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its head's layer name
+
+
 def _head_name(batch: ModelOutputs) -> str:
-    for name, module in parametrised_layers(batch.model):
-        if module is batch.model.head:
+    """The head's qualified name (remembered per model: the walk over all modules costs ~0.4 ms on
+    ResNet-18, as much as the closed form itself)."""
+    model, head = batch.model, batch.model.head
+    name = _HEAD_NAMES.get(model)
+    if name is not None:
+        root = getattr(model, "net", model)
+        try:
+            if root.get_submodule(name) is head:
+                return name
+        except AttributeError:
+            pass
+    for name, module in parametrised_layers(model):
+        if module is head:
+            _HEAD_NAMES[model] = name
             return name
     raise MethodError("the model's head is not among its parametrised layers")
 
