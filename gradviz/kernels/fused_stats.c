@@ -1,4 +1,10 @@
-/* Fused partial sums of per-sample gradient rows: ONE pass computes, for each segment of a row,
+/* gradviz's compiled statistics kernels (gradviz/reductions.py loads and verifies them):
+ *   gv_row_parts_*   partial sums of materialised per-sample gradient rows (below);
+ *   gv_bn_parts_*    a BatchNorm's per-sample gamma/beta sums;
+ *   gv_conv_parts_f32  the direct conv kernel: each sample's conv weight gradient formed and
+ *                      reduced in SIMD registers, never materialised (further down).
+ *
+ * Fused partial sums of per-sample gradient rows: ONE pass computes, for each segment of a row,
  *   s1 = sum |g|,  s2 = sum g^2,  mx = max g,  mn = min g,  sm = sum g
  * (the five numbers the six gradient statistics are finished from; gradviz/reductions.py).
  *
@@ -203,6 +209,10 @@ typedef struct {
             for (int l = 0; l < NV * VL; l++) t->dot[l] += dl[l];                                \
         }                                                                                        \
     }
+
+/* The two tile kernels below differ only in how a row of U is addressed (the products and the
+   reduction are the same): generic = one pointer per row; 3x3 = three row pointers per channel
+   with the taps as constant offsets, which keeps the pointers in registers. */
 
 /* generic tile: row r of U at position p is xr[r][off[p]] */
 #define DEFINE_TILE(NAME, MR, NV)                                                                \
