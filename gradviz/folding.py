@@ -9,9 +9,11 @@ forward+backward of the bundled model), and still reports both layers exactly, f
 gradient δz of the folded convolution (METHODS.md §6):
 
 - the convolution: δy = s ⊙ δz, so ∇W_b = s ⊙_o (δz ⋆ U_b) and ∇b_b = s ⊙ Σ_p δz;
-- the BatchNorm: ∇β_b = Σ_p δz and ∇γ_b = Σ_p δz ⊙ (y − μ)/σ, where
-  Σ_p δz_o y_o = Σ_k W_ok (δz ⋆ U_b)_ok, a dot product of the (unscaled) per-sample weight
-  gradient with W that the engine's kernels take while they reduce it. No division by γ.
+- the BatchNorm: ∇β_b = Σ_p δz and ∇γ_b = Σ_p δz x̂ with x̂ = (y − μ)/σ, y the conv output the
+  twin never forms. x̂ is read off the folded output, (z − β)/γ, where γ is a safe divisor and z
+  is small enough to keep or unchanged; else Σ_p δz_o y_o = Σ_k W_ok (δz ⋆ U_b)_ok comes from dot
+  products of the (unscaled) per-sample weight gradient with W, taken while the engine reduces
+  it, or y is recomputed by one convolution (``_Kernel.finish_fold``).
 
 The pairs are found on a ``torch.fx`` trace of a deep copy of the network (the model itself is
 never changed); a network that does not trace, or has no such pair, is run as it is. The twin is
@@ -89,7 +91,6 @@ class Twin:
 
     net: nn.Module
     folds: dict[str, Fold]  # by conv name
-    by_bn: dict[str, Fold]  # by BatchNorm name
     originals: dict[int, tuple[str, nn.Module]]  # id(module of the twin) -> (name, original module)
     key: tuple
     modules: list[nn.Module] = field(default_factory=list)  # the twin's modules, registration order
@@ -166,7 +167,7 @@ def _build(net: nn.Module, key: tuple) -> Twin | None:
                 originals[id(m)] = (name, net.get_submodule(name))
             except AttributeError:
                 continue
-    return Twin(gm, folds, {f.bn_name: f for f in folds.values()}, originals, key,
+    return Twin(gm, folds, originals, key,
                 [m for _, m in gm.named_modules()], {n for n, m in net.named_modules() if isinstance(m, _BN)})
 
 

@@ -730,7 +730,7 @@ class _Kernel:
                 w = self._fold_weight(d.dtype)
                 wa = torch.matmul(u[:, 0, :, 0], w[0].t())[:, None] if self.groups == 1 else \
                     torch.einsum("bgk,gok->bgo", u[..., 0], w)
-                self._dots_of(sl)[:] = (d[..., 0] * wa).reshape(d.shape[0], -1)
+                self._fold_rows("dots", sl)[:] = (d[..., 0] * wa).reshape(d.shape[0], -1)
             if self.fold is not None:
                 d = d * self._fold_scale(d.dtype).view(1, self.groups, -1, 1)
             return _rank_one_parts(d[..., 0], u[..., 0], False, need, self.fused)
@@ -756,11 +756,11 @@ class _Kernel:
             out = self.direct.conv_parts(x, self.grad[sl], m.kernel_size, m.stride, padding, m.dilation,
                                          only_s2=self.job.stats is None, **args)
             if isinstance(out, tuple):
-                out, dots, self._dz_of(sl)[:], zdots = out
+                out, dots, self._fold_rows("dz", sl)[:], zdots = out
                 if dots is not None:
-                    self._dots_of(sl)[:] = dots
+                    self._fold_rows("dots", sl)[:] = dots
                 if zdots is not None:
-                    self._zdots_of(sl)[:] = zdots
+                    self._fold_rows("zdots", sl)[:] = zdots
             if split is None or split[0].numel():
                 return {"s2": out[:, 1]} if self.job.stats is None else out
             return self._single_tap_parts(sl, need)  # every column in closed form
@@ -779,7 +779,7 @@ class _Kernel:
         if dot:  # from δz: the dot products with W first, then the scale s in place
             w = self._fold_weight(grad_w.dtype)
             b = grad_w.shape[0]
-            self._dots_of(sl)[:] = (grad_w * w).sum(-1).reshape(b, -1)
+            self._fold_rows("dots", sl)[:] = (grad_w * w).sum(-1).reshape(b, -1)
             grad_w = grad_w.mul_(self._fold_scale(grad_w.dtype).view(self.groups, -1, 1))
         flat = grad_w.reshape(grad_w.shape[0], -1)
         if self.fused is not None:
@@ -844,27 +844,23 @@ class _Kernel:
         g = self.groups
         return self.module.weight.detach().to(dtype).reshape(g, self.o // g, self.k // g)
 
-    def _dots_of(self, sl: slice) -> torch.Tensor:
-        """(b, O) float64 rows of Σ_k W_ok G'_ok (G' = δz ⋆ U) for samples ``sl``, filled by :meth:`parts`."""
-        if getattr(self, "_dots", None) is None:
-            self._dots = torch.zeros(self.batch, self.o, dtype=torch.float64, device=self.inp.device)
-        return self._dots[sl]
-
     def _fold_beta(self) -> torch.Tensor:
         bn = self.fold.bn
         return bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
 
-    def _zdots_of(self, sl: slice) -> torch.Tensor:
-        """(b, O) float64 rows of Σ_p δz (z − β), when the direct kernel computed them."""
-        if getattr(self, "_zdots", None) is None:
-            self._zdots = torch.full((self.batch, self.o), float("nan"), dtype=torch.float64, device=self.inp.device)
-        return self._zdots[sl]
+    def _fold_rows(self, name: str, sl: slice) -> torch.Tensor:
+        """(b, O) float64 rows of a per-sample, per-channel sum for the folded BatchNorm, written by
+        :meth:`parts` chunk by chunk: ``dots`` Σ_k W_ok G'_ok (G' = δz ⋆ U), ``dz`` Σ_p δz and
+        ``zdots`` Σ_p δz (z − β) (the last two from the direct kernel). NaN until written."""
+        rows = self.__dict__.setdefault("_fold_sums", {})
+        if name not in rows:
+            rows[name] = torch.full((self.batch, self.o), float("nan"), dtype=torch.float64, device=self.inp.device)
+        return rows[name][sl]
 
-    def _dz_of(self, sl: slice) -> torch.Tensor:
-        """(b, O) float64 rows of Σ_p δz (the direct kernel returns them; else computed at the end)."""
-        if getattr(self, "_dz", None) is None:
-            self._dz = torch.full((self.batch, self.o), float("nan"), dtype=torch.float64, device=self.inp.device)
-        return self._dz[sl]
+    def _fold_sum(self, name: str) -> torch.Tensor | None:
+        """The whole (B, O) sum ``name`` if :meth:`parts` wrote every sample's, else None."""
+        t = self.__dict__.get("_fold_sums", {}).get(name)
+        return None if t is None or t.isnan().any() else t
 
     def _dot_route(self, strategy: str) -> bool:
         """Whether the folded BatchNorm's Σ_p δz y comes from dot products Σ_k W G' taken while G'
@@ -883,17 +879,17 @@ class _Kernel:
         (3) y recomputed by a convolution, centred exactly."""
         fold, bn = self.fold, self.fold.bn
         if self.z is not None:  # x̂ = (z − β)/γ from the folded output itself (Fold.z_safe)
-            dx, dz = getattr(self, "_zdots", None), getattr(self, "_dz", None)
-            if dx is None or dz is None or dx.isnan().any() or dz.isnan().any():  # not from the direct kernel
+            dx, dz = self._fold_sum("zdots"), self._fold_sum("dz")
+            if dx is None or dz is None:  # not from the direct kernel
                 dx, dz = _bn_sums(self.z, self.grad, self._fold_beta(), self.fused, bn.weight is not None)
             dz = dz.double()
             dy = None if dx is None or bn.weight is None else \
                 dx.double() / (bn.weight.detach().double() * fold.inv_std.double())
         elif self.kind == "rank1" or self._dot_route(strategy):  # Σ_k W G' + (bias − μ) Σ_p δz
-            dz = getattr(self, "_dz", None)
-            if dz is None or dz.isnan().any():
+            dz = self._fold_sum("dz")
+            if dz is None:
                 dz = self.grad.reshape(self.batch, self.o, -1).sum(-1).double()
-            dy = (self._dots_of(slice(None)) + fold.shift.double() * dz) if bn.weight is not None else None
+            dy = (self._fold_rows("dots", slice(None)) + fold.shift.double() * dz) if bn.weight is not None else None
         else:
             m = self.module
             x, padding = self._padded(self.inp)
@@ -907,7 +903,7 @@ class _Kernel:
         if bn.bias is not None:
             pieces.append(dz)
         self.bn_grads = torch.cat(pieces, dim=1) if pieces else dz[:, :0]
-        self._dots = self._dz = self._zdots = None
+        self.__dict__.pop("_fold_sums", None)
 
     def layer_parts(self, strategy: str) -> dict[str, torch.Tensor] | None:
         """Parts computed once for all samples of the layer: the bias gradient Σ_p Δ_op, and on the

@@ -181,7 +181,6 @@ class FusedKernel:
             single = single.to(torch.int64).contiguous()
             if rows is None or single.ndim != 2 or single.shape[1] != 3:
                 raise GradvizError("single must be (n, 3) [position, row, column] and comes with rows")
-        extra = [scale, d_scale, weight_t, z, z_shift]
         extras = weight_t is not None or z is not None
         out = torch.empty(b, 5, dtype=torch.float64)
         dots = torch.empty(b, o, dtype=torch.float64) if weight_t is not None else None
@@ -195,8 +194,8 @@ class FusedKernel:
             shape = torch.tensor([hi - lo, *geometry], dtype=torch.int64)
             rows_out = [None if t is None else t[lo:hi].data_ptr() for t in (dots, sums, zdots)]
             return self._conv(x[lo:hi].data_ptr(), d[lo:hi].data_ptr(), shape.data_ptr(), int(only_s2),
-                              ptr(extra[0]), ptr(extra[1]), ptr(extra[2]),
-                              None if z is None else z[lo:hi].data_ptr(), ptr(extra[4]),
+                              ptr(scale), ptr(d_scale), ptr(weight_t),
+                              None if z is None else z[lo:hi].data_ptr(), ptr(z_shift),
                               out[lo:hi].data_ptr(), *rows_out, ptr(rows), 0 if rows is None else rows.numel(),
                               ptr(single), 0 if single is None else single.shape[0], int(zero_taps), n_threads)
 
