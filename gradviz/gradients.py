@@ -1166,7 +1166,8 @@ def head_gradient_stats(head: nn.Linear, logits: torch.Tensor, features: torch.T
         g = dloss(logits.detach())  # (B, C)
         h = features.detach().reshape(features.shape[0], -1).to(g.dtype)  # (B, D)
         bias = head.bias is not None
-        parts = _rank_one_parts(g[:, None], h[:, None], bias, frozenset(PARTS), fused_kernel(resolve_mode(None), g.dtype))
+        kernel = fused_kernel(resolve_mode(None), g.dtype)
+        parts = _rank_one_parts(g[:, None], h[:, None], bias, frozenset(PARTS), kernel)
         numel = head.weight.numel() + (head.bias.numel() if bias else 0)
         return _finish([parts], [numel], stats)[:, 0].float()
 
