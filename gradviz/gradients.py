@@ -83,9 +83,10 @@ FOLD_KEEP_BYTES = 4 * 2**20
 # How a conv layer's per-sample gradients are formed; the fastest is timed once per layer shape.
 STRATEGIES = ("direct", "bmm", "conv", "gram")  # direct (compiled) and gram (L2 only) never materialise
 
-# Materialised gradients are reduced in chunks of about one core's L2 cache, however large the
-# memory budget: a chunk that stays in cache makes each pass over it ~2x faster than one in L3.
-SPEED_CHUNK_BYTES = 2 * 2**20
+# Materialised gradients are reduced in chunks that stay in the cores' L2 caches, however large
+# the memory budget: each pass over a chunk in cache is ~2x faster than one in L3. Calibration
+# tries these sizes (and the budget's); the best depends on the per-op overhead of the layer.
+SPEED_CHUNK_BYTES = (1 * 2**20, 2 * 2**20, 4 * 2**20)
 
 
 def _nll_pred(z: torch.Tensor) -> torch.Tensor:
@@ -458,12 +459,13 @@ class GradientPass:
 
 
 def _merge(a: dict | None, b: dict) -> dict:
-    """Partial sums of two disjoint pieces of one vector (keys of ``a`` that ``b`` lacks are kept)."""
+    """Partial sums of two disjoint pieces of one vector (a part only one of them has is kept)."""
     if a is None:
         return b
     out = dict(a)
     for k in b:
-        out[k] = torch.maximum(a[k], b[k]) if k == "mx" else torch.minimum(a[k], b[k]) if k == "mn" else a[k] + b[k]
+        out[k] = b[k] if k not in a else torch.maximum(a[k], b[k]) if k == "mx" else \
+            torch.minimum(a[k], b[k]) if k == "mn" else a[k] + b[k]
     return out
 
 
@@ -551,6 +553,7 @@ class _Kernel:
         self.es = max(self.inp.element_size(), 4)
         self.need = job.need
         self.bias = getattr(m, "bias", None) is not None
+        self.tap_major = False
         compiled = fused_kernel(job.mode, self.inp.dtype)
         self.fused = compiled if len(self.need) > 1 or isinstance(m, _BN) else None
         # the compiled direct conv kernel: statistics reduced in registers, nothing materialised
@@ -575,6 +578,10 @@ class _Kernel:
             self.sample_bytes = {"rank1": 0}
             return
         self.kind = "dense"
+        # U of a plain conv is built tap-major, (b, P, kh·kw·Cin) from a channels-last copy: a
+        # strided copy with Cin innermost (~3x faster than im2col) that bmm reads contiguously. Its
+        # columns are a permutation of G's (the statistics do not depend on the order).
+        self.tap_major = isinstance(m, nn.Conv2d) and g == 1
         grad_bytes = g * og * kg * self.es  # one sample's materialised weight gradient
         unfold_bytes = self.k * p * self.es
         # The unfolded input of the whole batch is built once when it fits the budget (per-chunk
@@ -609,9 +616,13 @@ class _Kernel:
         """Candidate (strategy, samples per chunk): cache-sized chunks (memory-bound layers) and
         budget-sized chunks (compute-bound layers: fewer, larger matmuls). The first is the default."""
         out: list[tuple[str, int]] = []
+        threads = torch.get_num_threads()
         for strategy in self.candidates:
-            for limit in (SPEED_CHUNK_BYTES, None) if self.kind == "dense" and strategy in ("bmm", "conv") else (None,):
-                plan = (strategy, self.chunk(strategy, limit))
+            for limit in (*SPEED_CHUNK_BYTES, None) if self.kind == "dense" and strategy in ("bmm", "conv") else (None,):
+                step = self.chunk(strategy, limit)
+                if threads < step < self.batch:  # whole samples per thread: a batched matmul splits over them
+                    step -= step % threads
+                plan = (strategy, step)
                 if plan not in out:
                     out.append(plan)
         return out
@@ -649,9 +660,12 @@ class _Kernel:
         return u.view(b, g, self.k // g, p), d.reshape(b, g, self.o // g, p)
 
     def _unfold(self, x: torch.Tensor) -> torch.Tensor:
-        """The unfolded input (b, Cin·kh·kw, P), as ``F.unfold``."""
+        """The unfolded input (b, Cin·kh·kw, P), as ``F.unfold`` (tap-major columns: a view of
+        (b, P, kh·kw·Cin), see ``tap_major``)."""
         m = self.module
         x, padding = self._padded(x)
+        if self.kind == "dense" and self.tap_major:
+            return _unfold_taps(x, m.kernel_size, padding, m.stride, m.dilation).transpose(1, 2)
         if self.positions == 1:  # a 1×1 output sees one window: the top-left patch (im2col costs 0.3 ms here)
             x = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
             (kh, kw), (dh, dw) = m.kernel_size, m.dilation
@@ -678,7 +692,7 @@ class _Kernel:
         if strategy == "bmm":
             u, d = self.operands(sl)
             if rows is not None:
-                u, kg = u[:, :, rows], rows.numel()
+                u, kg = self._rows_of(u, sl, rows), rows.numel()
             if scale is not None:
                 d = d * scale.view(1, g, og, 1)
             out = None if buf is None else buf[: b * g * og * kg].view(b, g, og, kg)
@@ -697,6 +711,22 @@ class _Kernel:
             list(m.stride), list(padding), list(m.dilation), False, [0] * len(m.stride), b * g, [False, True, False],
         )[1]
         return grad_w.view(b, g, og, kg), None
+
+    def _rows_of(self, u: torch.Tensor, sl: slice, rows: torch.Tensor) -> torch.Tensor:
+        """U's columns ``rows`` (in F.unfold's order) for samples ``sl``: gathered once per layer
+        where U is unfolded once."""
+        if self.tap_major:  # column c·T + t is t·Cin + c here; gather along U's contiguous axis
+            if getattr(self, "_tap_rows", None) is None:
+                taps = self.k // self.module.in_channels
+                self._tap_rows = (rows % taps) * self.module.in_channels + rows // taps
+            rows = self._tap_rows
+        gather = (lambda v: v.transpose(-1, -2)[..., rows].transpose(-1, -2)) if self.tap_major else \
+            (lambda v: v[:, :, rows])
+        if not self.unfold_once:
+            return gather(u)
+        if getattr(self, "_u_rows", None) is None:
+            self._u_rows = gather(self.operands(slice(None))[0])
+        return self._u_rows[sl]
 
     def _patch_sums(self, sl: slice) -> torch.Tensor:
         """Σ_k U_kp per sample, group and output position: (b, g, P), by a ones-kernel convolution."""
@@ -766,18 +796,16 @@ class _Kernel:
             return self._single_tap_parts(sl, need)  # every column in closed form
         dot = self.fold is not None and self._dot_route(strategy)
         split = self._split(strategy)
-        if split is not None:  # bmm over the columns that see several positions; the rest in closed form
-            need_here = need - self.cheap
-            single = self._single_tap_parts(sl, need_here)
+        if split is not None:  # bmm over the columns that see several positions; the rest in closed
+            need_here = need - self.cheap  # form, once per layer (layer_parts): per-chunk ops cost more
             if not split[0].numel():
-                return single
+                return self._single_tap_parts(sl, need_here)
             grad_w, _ = self.materialise(strategy, sl, buf, rows=split[0])
             flat = grad_w.reshape(grad_w.shape[0], -1)
-            parts = reduce_rows(flat, need_here, self.fused, scratch=buf is not None)
-            return _merge(parts, single)
+            return reduce_rows(flat, need_here, self.fused, scratch=buf is not None)
         grad_w, _ = self.materialise(strategy, sl, buf, scaled=not dot)  # (b, g, Og, Kg)
         if dot:  # from δz: the dot products with W first, then the scale s in place
-            w = self._fold_weight(grad_w.dtype)
+            w = self._fold_weight(grad_w.dtype, tap_major=strategy == "bmm" and self.tap_major)
             b = grad_w.shape[0]
             self._fold_rows("dots", sl)[:] = (grad_w * w).sum(-1).reshape(b, -1)
             grad_w = grad_w.mul_(self._fold_scale(grad_w.dtype).view(self.groups, -1, 1))
@@ -839,10 +867,12 @@ class _Kernel:
     def _fold_scale(self, dtype: torch.dtype) -> torch.Tensor:
         return self.fold.scale.to(dtype)
 
-    def _fold_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        """The conv's own weight as (g, Og, Kg)."""
-        g = self.groups
-        return self.module.weight.detach().to(dtype).reshape(g, self.o // g, self.k // g)
+    def _fold_weight(self, dtype: torch.dtype, tap_major: bool = False) -> torch.Tensor:
+        """The conv's own weight as (g, Og, Kg) (columns in tap-major order: ``tap_major``)."""
+        g, w = self.groups, self.module.weight.detach().to(dtype)
+        if tap_major:
+            w = w.permute(0, 2, 3, 1)
+        return w.reshape(g, self.o // g, self.k // g)
 
     def _fold_beta(self) -> torch.Tensor:
         bn = self.fold.bn
@@ -912,6 +942,10 @@ class _Kernel:
         everyone = slice(None)
         if self.bias and self.kind != "bn":
             extra = _parts_of(self._delta(everyone).sum(-1), self.need, self.fused)
+        split = self._split(strategy) if strategy == "bmm" else None
+        if split is not None and split[0].numel():  # the closed-form columns beside bmm's chunks
+            single = self._single_tap_parts(everyone, self.need - self.cheap)
+            extra = _merge(extra, single) if extra is not None else single
         if self.kind == "dense" and strategy in ("bmm", "conv") and self.fused is None and self.cheap:
             d = self._delta(everyone)
             cheap = {}
@@ -1002,6 +1036,20 @@ def _unfold(x: torch.Tensor, kernel, padding, stride) -> torch.Tensor:
     windows = x.unfold(2, kernel[0], stride[0]).unfold(3, kernel[1], stride[1])  # (b, C, Ho, Wo, kh, kw)
     b, c, ho, wo = windows.shape[:4]
     return windows.permute(0, 1, 4, 5, 2, 3).reshape(b, c * kernel[0] * kernel[1], ho * wo)
+
+
+def _unfold_taps(x: torch.Tensor, kernel, padding, stride, dilation) -> torch.Tensor:
+    """The unfolded input tap-major, (b, P, kh·kw·C): column t·C + c is F.unfold's c·kh·kw + t.
+
+    One strided copy of a window view of the channels-last (zero-padded) input, C innermost."""
+    x = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
+    x = x.contiguous(memory_format=torch.channels_last)
+    b, c, h, w = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+    sb, sc, sy, sx = x.stride()
+    windows = x.as_strided((b, ho, wo, kh, kw, c), (sb, sy * sh, sx * sw, sy * dh, sx * dw, sc), x.storage_offset())
+    return windows.reshape(b, ho * wo, kh * kw * c)
 
 
 def _finish(layers: list[dict[str, torch.Tensor]], numels: list[int], stats: Sequence[str] | None) -> torch.Tensor:
