@@ -49,6 +49,7 @@ every method. The model is shared between threads: module hooks live only inside
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -693,8 +694,10 @@ class _Kernel:
             u, d = self.operands(sl)
             if rows is not None:
                 u, kg = self._rows_of(u, sl, rows), rows.numel()
-            if scale is not None:
-                d = d * scale.view(1, g, og, 1)
+            if scale is not None:  # δy = s ⊙ δz of the whole layer at once (one op, not one per chunk)
+                if getattr(self, "_d_scaled", None) is None:
+                    self._d_scaled = self.operands(slice(None))[1] * scale.view(1, g, og, 1)
+                d = self._d_scaled[sl]
             out = None if buf is None else buf[: b * g * og * kg].view(b, g, og, kg)
             return torch.matmul(d, u.transpose(-1, -2), out=out), u
         # conv: the weight-backward of a grouped convolution with the b samples as b·groups groups,
@@ -713,15 +716,20 @@ class _Kernel:
         return grad_w.view(b, g, og, kg), None
 
     def _rows_of(self, u: torch.Tensor, sl: slice, rows: torch.Tensor) -> torch.Tensor:
-        """U's columns ``rows`` (in F.unfold's order) for samples ``sl``: gathered once per layer
-        where U is unfolded once."""
-        if self.tap_major:  # column c·T + t is t·Cin + c here; gather along U's contiguous axis
-            if getattr(self, "_tap_rows", None) is None:
+        """U's columns ``rows`` (multi-position taps × every input channel, in F.unfold's order) for
+        samples ``sl``: gathered once per layer where U is unfolded once."""
+        if self.tap_major:  # those columns are whole tap blocks of Cin here: copy blocks, not columns
+            if getattr(self, "_taps_kept", None) is None:
                 taps = self.k // self.module.in_channels
-                self._tap_rows = (rows % taps) * self.module.in_channels + rows // taps
-            rows = self._tap_rows
-        gather = (lambda v: v.transpose(-1, -2)[..., rows].transpose(-1, -2)) if self.tap_major else \
-            (lambda v: v[:, :, rows])
+                self._taps_kept = (rows[rows < taps] if rows.numel() else rows).contiguous()
+            def gather(v):
+                b, p = v.shape[0], v.shape[-1]
+                blocks = v.transpose(-1, -2).reshape(b, p, -1, self.module.in_channels)  # a view
+                kept = blocks.index_select(2, self._taps_kept)
+                return kept.reshape(b, 1, p, -1).transpose(-1, -2)
+        else:
+            def gather(v):
+                return v[:, :, rows]
         if not self.unfold_once:
             return gather(u)
         if getattr(self, "_u_rows", None) is None:
@@ -796,6 +804,9 @@ class _Kernel:
             return self._single_tap_parts(sl, need)  # every column in closed form
         dot = self.fold is not None and self._dot_route(strategy)
         split = self._split(strategy)
+        if strategy == "bmm" and not dot and self.unfold_once and buf is not None and \
+                (split is None or split[0].numel()):
+            return self._bmm_parts(sl, buf, split)
         if split is not None:  # bmm over the columns that see several positions; the rest in closed
             need_here = need - self.cheap  # form, once per layer (layer_parts): per-chunk ops cost more
             if not split[0].numel():
@@ -813,6 +824,37 @@ class _Kernel:
         if self.fused is not None:
             return self.fused(flat)
         return reduce_rows(flat, need - self.cheap, scratch=buf is not None or strategy == "conv")
+
+    def prepare(self, strategy: str):
+        """Build what every chunk of ``strategy`` reads, once per layer (calibration charges it):
+        the unfolded input of the whole layer where it fits the budget, and for ``bmm`` its
+        operands as the chunks read them."""
+        if self.kind != "dense" or not self.unfold_once or strategy not in ("bmm", "gram"):
+            return None
+        if strategy == "gram" or self.fold is not None and self._dot_route(strategy):
+            return self.operands(slice(None))
+        if getattr(self, "_bmm_operands", None) is None:
+            every, split = slice(None), self._split(strategy)
+            u, d = self.operands(every)
+            if split is not None and split[0].numel():
+                u = self._rows_of(u, every, split[0])
+            if self.fold is not None:
+                d = d * self._fold_scale(d.dtype).view(1, self.groups, -1, 1)
+            self._bmm_operands = (d, u.transpose(-1, -2))
+        return self._bmm_operands
+
+    def _bmm_parts(self, sl: slice, buf: torch.Tensor, split) -> dict[str, torch.Tensor] | torch.Tensor:
+        """``bmm`` where U of the whole layer exists: δ (scaled) and Uᵀ (the kept columns) are
+        prepared once per layer, so a chunk is one matmul into ``buf`` and its reductions (small
+        cache-sized chunks are fast only if little else runs per chunk)."""
+        d, ut = self.prepare("bmm")
+        d, ut = d[sl], ut[sl]
+        shape = (d.shape[0], d.shape[1], d.shape[2], ut.shape[3])
+        grad_w = torch.matmul(d, ut, out=buf[: math.prod(shape)].view(shape))
+        flat = grad_w.view(shape[0], -1)
+        if self.fused is not None and split is None:
+            return self.fused(flat)
+        return reduce_rows(flat, self.need - self.cheap, self.fused, scratch=True)
 
     # ---- columns of G that see one output position only (small maps)
 
@@ -1067,23 +1109,25 @@ def _finish(layers: list[dict[str, torch.Tensor]], numels: list[int], stats: Seq
 
 
 class _Totals:
-    """Per-sample partial sums of one layer, filled chunk by chunk: (B, 5) float64 in PARTS order."""
+    """Per-sample partial sums of one layer, filled chunk by chunk in sample order, joined once
+    per part at the end (one assignment per part and chunk cost more than the chunk's reductions)."""
 
     def __init__(self, batch: int, need: frozenset[str]) -> None:
-        self.values = torch.empty(batch, len(PARTS), dtype=torch.float64)
-        self.need = need
+        self.chunks: list[dict[str, torch.Tensor] | torch.Tensor] = []
+        self.batch, self.need = batch, need
 
     def put(self, sl: slice, parts: dict[str, torch.Tensor] | torch.Tensor) -> None:
-        if isinstance(parts, torch.Tensor):
-            self.values[sl] = parts
-            return
-        for i, k in enumerate(PARTS):
-            if k in parts:
-                self.values[sl, i] = parts[k]
+        """Parts of samples ``sl`` (the next ones): {part: (b,)}, or (b, 5) in PARTS order."""
+        self.chunks.append(parts)
 
     def result(self, extra: dict[str, torch.Tensor] | None, layer_only: set[str]) -> dict[str, torch.Tensor]:
         """The layer's partial sums; ``layer_only`` parts come from ``extra`` alone (not chunked)."""
-        out = {k: self.values[:, i] for i, k in enumerate(PARTS) if k in self.need and k not in layer_only}
+        out = {}
+        for i, k in enumerate(PARTS):
+            if k in self.need and k not in layer_only:
+                col = [c[:, i] if isinstance(c, torch.Tensor) else c[k] for c in self.chunks]
+                out[k] = (col[0] if len(col) == 1 else torch.cat(col)).double()
+        assert not out or next(iter(out.values())).shape[0] == self.batch
         if extra is None:
             return out
         extra = {k: v.double() for k, v in extra.items()}
@@ -1100,18 +1144,24 @@ def _layer_values(k: _Kernel, progress: Callable[[], None]) -> dict[str, torch.T
     plans = k.plans()
     if plan is None and len(plans) > 1:
         # One-off calibration on the first chunk: each plan three times (the first call of a shape
-        # pays set-up costs; the best of the others resists a busy core); the fastest per sample is
-        # used for every later chunk and batch.
-        best_rate, best_parts = float("inf"), None
+        # pays set-up costs; the best of the others resists a busy core), plus what its strategy
+        # builds once per layer (prepare); the cheapest for the whole layer is used for every
+        # later chunk and batch.
+        best_cost, best_parts, setup = float("inf"), None, {}
         for cand in plans:
+            if cand[0] not in setup:
+                t0 = time.perf_counter()
+                k.prepare(cand[0])
+                setup[cand[0]] = time.perf_counter() - t0
             sl, buf = slice(0, cand[1]), _buffer(k, *cand)
             rate = float("inf")
             for _ in range(3):
                 t0 = time.perf_counter()
                 parts = k.parts(cand[0], sl, buf)
                 rate = min(rate, (time.perf_counter() - t0) / cand[1])
-            if rate < best_rate:
-                best_rate, best_parts, plan = rate, parts, cand
+            cost = setup[cand[0]] + rate * k.batch
+            if cost < best_cost:
+                best_cost, best_parts, plan = cost, parts, cand
         _CHOICE[key] = plan
         totals.put(slice(0, plan[1]), best_parts)
         start = plan[1]
