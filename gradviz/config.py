@@ -18,7 +18,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -39,7 +40,7 @@ def _default_cache() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved settings (read once per call of :func:`settings`)."""
+    """Resolved settings (immutable; :func:`settings` resolves them once per environment)."""
 
     cache_dir: Path
     data_root: Path
@@ -52,11 +53,23 @@ class Settings:
     cache_max_mb: int = 512
     compile: str = "auto"
     fold_bn: bool = True
-    extra: dict = field(default_factory=dict)
+
+
+# Every environment variable a setting reads (HOME: the default cache's location).
+_ENV = ("HOME", "GRADVIZ_CACHE_DIR", "GRADVIZ_DATA_ROOT", "GRADVIZ_ALLOWED_ROOTS", "GRADVIZ_MAX_UPLOAD_MB",
+        "GRADVIZ_MAX_UPLOAD_FILES", "GRADVIZ_MAX_PIXELS", "GRADVIZ_MAX_SAMPLES_WEB", "GRADVIZ_CHUNK_MIB",
+        "GRADVIZ_CACHE_MAX_MB", "GRADVIZ_COMPILE", "GRADVIZ_FOLD_BN")
 
 
 def settings() -> Settings:
-    """Current settings from the environment (cheap; call where needed)."""
+    """Current settings from the environment (cheap: resolved once per distinct environment; call
+    where needed)."""
+    return _resolve(tuple(os.environ.get(k) for k in _ENV))
+
+
+@lru_cache(maxsize=16)
+def _resolve(env: tuple[str | None, ...]) -> Settings:
+    """Settings for one snapshot of :data:`_ENV` (paths are parsed once, not on every call)."""
     cache = _default_cache()
     data_root = Path(os.environ.get("GRADVIZ_DATA_ROOT", cache / "data")).expanduser()
     roots_env = os.environ.get("GRADVIZ_ALLOWED_ROOTS", "")

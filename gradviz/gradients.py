@@ -485,10 +485,12 @@ def _rank_one_parts(d: torch.Tensor, a: torch.Tensor, bias: bool, need: frozense
         pd, pa = kernel(d[:, 0]), kernel(a[:, 0])  # (b, 5) float64 each, PARTS order
         if bias:  # one more input feature, equal to 1
             pa = pa + pa.new_tensor([1.0, 1.0, 0.0, 0.0, 1.0])
-            pa[:, 2], pa[:, 3] = pa[:, 2].clamp_min(1.0), pa[:, 3].clamp_max(1.0)
-        prods = torch.stack([pd[:, 2] * pa[:, 2], pd[:, 2] * pa[:, 3], pd[:, 3] * pa[:, 2], pd[:, 3] * pa[:, 3]], 1)
-        both = {"s1": pd[:, 0] * pa[:, 0], "s2": pd[:, 1] * pa[:, 1], "mx": prods.amax(1), "mn": prods.amin(1),
-                "sm": pd[:, 4] * pa[:, 4]}
+            pa[:, 2].clamp_(min=1.0)
+            pa[:, 3].clamp_(max=1.0)
+        outer = pd[:, :, None] * pa[:, None, :]  # every product at once: a few ops, not a dozen
+        ext = outer[:, 2:4, 2:4].reshape(-1, 4)  # the four products of the extremes
+        both = {"s1": outer[:, 0, 0], "s2": outer[:, 1, 1], "mx": ext.amax(1), "mn": ext.amin(1),
+                "sm": outer[:, 4, 4]}
         return {k: v for k, v in both.items() if k in need}
     if bias:  # the bias gradient is δ·1: append a constant-1 input feature
         a = torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], dim=-1)
