@@ -87,7 +87,7 @@ STRATEGIES = ("direct", "bmm", "conv", "gram")  # direct (compiled) and gram (L2
 # Materialised gradients are reduced in chunks that stay in the cores' L2 caches, however large
 # the memory budget: each pass over a chunk in cache is ~2x faster than one in L3. Calibration
 # tries these sizes (and the budget's); the best depends on the per-op overhead of the layer.
-SPEED_CHUNK_BYTES = (1 * 2**20, 2 * 2**20, 4 * 2**20)
+SPEED_CHUNK_BYTES = (2 * 2**20, 4 * 2**20)
 
 
 def _nll_pred(z: torch.Tensor) -> torch.Tensor:
