@@ -313,7 +313,12 @@ class GradientPass:
                           output, x._version, output._version, fold=folds.get(name))
             by_module[id(module)] = cap
             self.captures.append(cap)
-            if cap.fold is not None and cap.fold.z_safe and output.numel() * output.element_size() <= FOLD_KEEP_BYTES:
+            small = output.numel() * output.element_size() <= FOLD_KEEP_BYTES
+            # The first hooked output hands a copy downstream (if small): an in-place op after it
+            # (a ReLU after a folded BatchNorm) changes the copy, so this output stays as produced
+            # and the backward can stop at it, skipping the stem's input gradient.
+            own_copy = cap.index == 0 and small and output.requires_grad and original is not head
+            if cap.fold is not None and cap.fold.z_safe and small and not own_copy:
                 cap.z = output.detach().clone()  # a later in-place op would change it (cheap: small)
             if cap.fold is not None:  # the BatchNorm folded into this conv: its output, no input of its own
                 self.captures.append(Capture(cap.index + 1, cap.fold.bn_name, cap.fold.bn, None, output, 0,
@@ -322,7 +327,7 @@ class GradientPass:
                 self.features = x.flatten(1) if x.ndim > 2 else x
             if output.requires_grad:
                 output.register_hook(sink.hook(cap.index))
-            return None
+            return output.clone() if own_copy else None
 
         handles = []
         with getattr(self.model, "lock", nullcontext()):
@@ -364,7 +369,8 @@ class GradientPass:
         value the layer produced, even if an op changed it in place later), and ``each`` runs right
         there, while δ_c is hot in cache; δ_c is not kept. The backward is driven to the first
         hooked output of the pass if no op changed it in place (else to the input), so it runs
-        through every hooked layer once.
+        through every hooked layer once; that output hands a copy downstream when small, so an
+        in-place op after it does not change it (no input gradient of the first layer is taken).
         """
         if grad is not None:
             grad = grad.to(root.dtype)

@@ -524,3 +524,26 @@ def test_head_closed_form_equals_the_engine_on_the_head(compile_mode, monkeypatc
             got = engine.head_gradient_stats(m.head, logits, h, loss=loss)
             want = layer_gradient_stats(m, x, loss=loss, layers=["fc"], compile="off").values[:, 0]
             assert torch.allclose(got.double(), want.double(), rtol=1e-5, atol=1e-6), loss  # mean may be 0 ± rounding
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_backward_stops_at_the_first_layer_output_even_if_an_inplace_op_follows_it(fold):
+    """ResNet-18's stem: conv (+ folded BN) then ReLU(inplace). The pass hands a copy downstream, so
+    the stem's output stays as produced: the statistics' backward stops there (the input gradient,
+    a whole extra conv backward, is never computed), and an input gradient asked for still flows."""
+    _, model, x = _case("resnet")  # float64
+    gp = GradientPass(model, x, fold_bn=fold)
+    assert not gp.captures[0].modified
+    reached = []
+    gp.x_in.register_hook(lambda g: reached.append(g))
+    res = gp.layer_stats("nll_pred")
+    assert reached == []
+    ref, names = _reference("resnet", "nll_pred"), [n for n, _ in parametrised_layers(model)]
+    idx = [names.index(n) for n in res.layers]
+    assert_stats_close(res, {s: v[:, idx] for s, v in ref.items()}, res.layers, rtol=1e-5)
+    x64 = x.double()
+    logits = model(x64)
+    assert torch.allclose(gp.logits, logits, atol=1e-10)  # the copy changes nothing downstream
+    _, dx = gp.output_grads(gp.logits, torch.ones_like(gp.logits), [], input_grad=True)
+    want = torch.autograd.functional.vjp(lambda v: model(v), x64, torch.ones_like(logits))[1]
+    assert reached and torch.allclose(dx, want, atol=1e-10, rtol=1e-8)
