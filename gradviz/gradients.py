@@ -88,6 +88,9 @@ STRATEGIES = ("direct", "bmm", "conv", "gram")  # direct (compiled) and gram (L2
 # the memory budget: each pass over a chunk in cache is ~2x faster than one in L3. Calibration
 # tries these sizes (and the budget's); the best depends on the per-op overhead of the layer.
 SPEED_CHUNK_BYTES = (2 * 2**20, 4 * 2**20)
+# A plan that costs this many times the best so far after its warm-up run is not timed again;
+# a strategy at twice that is not tried with other chunk sizes.
+CALIBRATION_MARGIN = 1.3
 
 
 def _nll_pred(z: torch.Tensor) -> torch.Tensor:
@@ -851,6 +854,16 @@ class _Kernel:
             self._bmm_operands = (d, u.transpose(-1, -2))
         return self._bmm_operands
 
+    def setup_estimate(self, strategy: str) -> float:
+        """Seconds :meth:`prepare` would take, from unfolding an eighth of the batch (0 if none)."""
+        if self.kind != "dense" or not self.unfold_once or strategy not in ("bmm", "gram") \
+                or self._u_all is not None:
+            return 0.0
+        n = max(1, self.batch // 8)
+        t0 = time.perf_counter()
+        self._unfold(self.inp[:n])
+        return (time.perf_counter() - t0) * self.batch / n
+
     def _bmm_parts(self, sl: slice, buf: torch.Tensor, split) -> dict[str, torch.Tensor] | torch.Tensor:
         """``bmm`` where U of the whole layer exists: δ (scaled) and Uᵀ (the kept columns) are
         prepared once per layer, so a chunk is one matmul into ``buf`` and its reductions (small
@@ -1155,19 +1168,26 @@ def _layer_values(k: _Kernel, progress: Callable[[], None]) -> dict[str, torch.T
         # pays set-up costs; the best of the others resists a busy core), plus what its strategy
         # builds once per layer (prepare); the cheapest for the whole layer is used for every
         # later chunk and batch.
-        best_cost, best_parts, setup = float("inf"), None, {}
+        best_cost, best_parts, setup, tried = float("inf"), None, {}, {}
         for cand in plans:
-            if cand[0] not in setup:
+            if cand[0] not in setup:  # a set-up that alone costs more than the best plan: skip it
+                skip = k.setup_estimate(cand[0]) > CALIBRATION_MARGIN * best_cost
                 t0 = time.perf_counter()
-                k.prepare(cand[0])
-                setup[cand[0]] = time.perf_counter() - t0
+                if not skip:
+                    k.prepare(cand[0])
+                setup[cand[0]] = None if skip else time.perf_counter() - t0
+            if setup[cand[0]] is None or tried.get(cand[0], 0.0) > 2 * CALIBRATION_MARGIN * best_cost:
+                continue  # another chunk size seldom makes up for that much
             sl, buf = slice(0, cand[1]), _buffer(k, *cand)
             rate = float("inf")
-            for _ in range(3):
+            for run in range(3):
                 t0 = time.perf_counter()
                 parts = k.parts(cand[0], sl, buf)
                 rate = min(rate, (time.perf_counter() - t0) / cand[1])
+                if run and setup[cand[0]] + rate * k.batch > CALIBRATION_MARGIN * best_cost:
+                    break  # clearly slower after its warm-up run: no third run
             cost = setup[cand[0]] + rate * k.batch
+            tried[cand[0]] = min(tried.get(cand[0], float("inf")), cost)
             if cost < best_cost:
                 best_cost, best_parts, plan = cost, parts, cand
         _CHOICE[key] = plan

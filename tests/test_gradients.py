@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from functools import lru_cache
 
 import pytest
@@ -547,3 +548,39 @@ def test_backward_stops_at_the_first_layer_output_even_if_an_inplace_op_follows_
     _, dx = gp.output_grads(gp.logits, torch.ones_like(gp.logits), [], input_grad=True)
     want = torch.autograd.functional.vjp(lambda v: model(v), x64, torch.ones_like(logits))[1]
     assert reached and torch.allclose(dx, want, atol=1e-10, rtol=1e-8)
+
+
+def test_calibration_stops_timing_a_plan_that_is_clearly_slower(monkeypatch):
+    """A plan far slower than the best after its warm-up run gets no third run, and its strategy is
+    not tried at the other chunk sizes; the fastest plan is the one kept."""
+    from gradviz.models import GradvizModel
+    from gradviz.models.card import ModelCard
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.Flatten(), nn.Linear(64 * 8 * 8, 3))
+    card = ModelCard(name="t", architecture="t", input_size=(64, 8, 8), mean=(0.5,) * 64, std=(0.25,) * 64,
+                     class_names=["a", "b", "c"])
+    model = GradvizModel(net, card).eval()
+    x = _batch((64, 8, 8), 128, seed=4)
+    real_plans, real_parts, calls = engine._Kernel.plans, engine._Kernel.parts, []
+
+    def plans(self):  # this layer's materialising plans, at three chunk sizes each
+        return [p for p in real_plans(self) if p[0] in ("bmm", "conv")] if self.kind == "dense" else real_plans(self)
+
+    def parts(self, strategy, sl, buf):
+        if self.kind == "dense":
+            calls.append((strategy, sl.stop - sl.start))
+            if strategy == "conv":
+                time.sleep(0.05)  # far slower than bmm on this layer
+        return real_parts(self, strategy, sl, buf)
+
+    monkeypatch.setattr(engine, "_CHOICE", {})
+    monkeypatch.setattr(engine._Kernel, "plans", plans)
+    monkeypatch.setattr(engine._Kernel, "parts", parts)
+    layer_gradient_stats(model, x, compile="off")
+    sizes = {n for s, n in calls if s == "bmm"}
+    assert len(sizes) == 3, calls  # every bmm chunk size was timed
+    conv = [n for s, n in calls if s == "conv"]
+    assert len(conv) == 2 and len(set(conv)) == 1, calls  # warm-up and one run, one chunk size
+    chosen = [p for k, p in engine._CHOICE.items() if k[0] == "Conv2d"]
+    assert len(chosen) == 1 and chosen[0][0] == "bmm" and chosen[0][1] in sizes
