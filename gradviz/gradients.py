@@ -687,12 +687,16 @@ class _Kernel:
         return _unfold(x, m.kernel_size, padding, m.stride)
 
     def _delta(self, sl: slice) -> torch.Tensor:
-        """Δ (b, g, Og, P) for samples ``sl`` (a view; Linear's (b, P, O) layout is transposed)."""
-        if isinstance(self.module, nn.Linear):
-            return self.operands(sl)[1]
-        d = self.grad[sl]
-        d = d.reshape(d.shape[0], self.groups, self.o // self.groups, self.positions)
-        return d if self.fold is None else d * self._fold_scale(d.dtype).view(1, self.groups, -1, 1)
+        """Δ (b, g, Og, P) for samples ``sl`` (Linear's (b, P, O) layout transposed); for a folded
+        conv δy = s ⊙ δz, scaled once for the whole layer (one op, not one per chunk)."""
+        if getattr(self, "_d_all", None) is None:
+            every = slice(None)
+            if isinstance(self.module, nn.Linear):
+                d = self.operands(every)[1]
+            else:
+                d = self.grad.reshape(self.batch, self.groups, self.o // self.groups, self.positions)
+            self._d_all = d if self.fold is None else d * self._fold_scale(d.dtype).view(1, self.groups, -1, 1)
+        return self._d_all[sl]
 
     def materialise(self, strategy: str, sl: slice, buf: torch.Tensor | None,
                     scaled: bool = True, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -705,10 +709,8 @@ class _Kernel:
             u, d = self.operands(sl)
             if rows is not None:
                 u, kg = self._rows_of(u, sl, rows), rows.numel()
-            if scale is not None:  # δy = s ⊙ δz of the whole layer at once (one op, not one per chunk)
-                if getattr(self, "_d_scaled", None) is None:
-                    self._d_scaled = self.operands(slice(None))[1] * scale.view(1, g, og, 1)
-                d = self._d_scaled[sl]
+            if scale is not None:
+                d = self._delta(sl)
             out = None if buf is None else buf[: b * g * og * kg].view(b, g, og, kg)
             return torch.matmul(d, u.transpose(-1, -2), out=out), u
         # conv: the weight-backward of a grouped convolution with the b samples as b·groups groups,
@@ -846,12 +848,10 @@ class _Kernel:
             return self.operands(slice(None))
         if getattr(self, "_bmm_operands", None) is None:
             every, split = slice(None), self._split(strategy)
-            u, d = self.operands(every)
+            u = self.operands(every)[0]
             if split is not None and split[0].numel():
                 u = self._rows_of(u, every, split[0])
-            if self.fold is not None:
-                d = d * self._fold_scale(d.dtype).view(1, self.groups, -1, 1)
-            self._bmm_operands = (d, u.transpose(-1, -2))
+            self._bmm_operands = (self._delta(every), u.transpose(-1, -2))
         return self._bmm_operands
 
     def setup_estimate(self, strategy: str) -> float:
