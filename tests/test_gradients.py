@@ -584,3 +584,29 @@ def test_calibration_stops_timing_a_plan_that_is_clearly_slower(monkeypatch):
     assert len(conv) == 2 and len(set(conv)) == 1, calls  # warm-up and one run, one chunk size
     chosen = [p for k, p in engine._CHOICE.items() if k[0] == "Conv2d"]
     assert len(chosen) == 1 and chosen[0][0] == "bmm" and chosen[0][1] in sizes
+
+
+def test_a_small_budget_never_unfolds_the_whole_batch(monkeypatch):
+    """Where U of a layer does not fit the budget it is unfolded chunk by chunk only (the folded
+    convs' scaled δ included), and the statistics stay exact."""
+    _, model, x = _case("resnet")
+    x = torch.cat([x, x.flip(0), x * 0.5])  # 9 samples
+    ref = reference_stats(model, x, "nll_pred")
+    real_plans, real_unfold, sizes = engine._Kernel.plans, engine._Kernel._unfold, []
+    monkeypatch.setattr(engine, "_CHOICE", {})
+    monkeypatch.setattr(engine._Kernel, "plans",
+                        lambda self: [p for p in real_plans(self) if p[0] == "bmm"] if self.kind == "dense"
+                        else real_plans(self))
+
+    def unfold(self, v):
+        if self.kind == "dense":
+            sizes.append((self.unfold_once, v.shape[0]))
+        return real_unfold(self, v)
+
+    monkeypatch.setattr(engine._Kernel, "_unfold", unfold)
+    res = layer_gradient_stats(model, x, chunk_mib=0.05, compile="off")
+    per_chunk = [n for once, n in sizes if not once]
+    assert per_chunk and max(per_chunk) < x.shape[0], sizes
+    names = [n for n, _ in parametrised_layers(model)]
+    idx = [names.index(n) for n in res.layers]
+    assert_stats_close(res, {s: v[:, idx] for s, v in ref.items()}, res.layers, rtol=1e-5)
