@@ -55,21 +55,18 @@ class Settings:
     fold_bn: bool = True
 
 
-# Every environment variable a setting reads (HOME: the default cache's location).
-_ENV = ("HOME", "GRADVIZ_CACHE_DIR", "GRADVIZ_DATA_ROOT", "GRADVIZ_ALLOWED_ROOTS", "GRADVIZ_MAX_UPLOAD_MB",
-        "GRADVIZ_MAX_UPLOAD_FILES", "GRADVIZ_MAX_PIXELS", "GRADVIZ_MAX_SAMPLES_WEB", "GRADVIZ_CHUNK_MIB",
-        "GRADVIZ_CACHE_MAX_MB", "GRADVIZ_COMPILE", "GRADVIZ_FOLD_BN")
-
-
 def settings() -> Settings:
     """Current settings from the environment (cheap: resolved once per distinct environment; call
     where needed)."""
-    return _resolve(tuple(os.environ.get(k) for k in _ENV))
+    # The key is every variable a setting can read (all GRADVIZ_*, and HOME for the default cache),
+    # so a new setting needs no list kept in step with it.
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("GRADVIZ_") or k == "HOME")
+    return _resolve(tuple(env))
 
 
 @lru_cache(maxsize=16)
-def _resolve(env: tuple[str | None, ...]) -> Settings:
-    """Settings for one snapshot of :data:`_ENV` (paths are parsed once, not on every call)."""
+def _resolve(env: tuple[tuple[str, str], ...]) -> Settings:
+    """Settings for one snapshot of those variables (paths are parsed once, not on every call)."""
     cache = _default_cache()
     data_root = Path(os.environ.get("GRADVIZ_DATA_ROOT", cache / "data")).expanduser()
     roots_env = os.environ.get("GRADVIZ_ALLOWED_ROOTS", "")

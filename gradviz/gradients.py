@@ -734,7 +734,7 @@ class _Kernel:
         if self.tap_major:  # those columns are whole tap blocks of Cin here: copy blocks, not columns
             if getattr(self, "_taps_kept", None) is None:
                 taps = self.k // self.module.in_channels
-                self._taps_kept = (rows[rows < taps] if rows.numel() else rows).contiguous()
+                self._taps_kept = rows[rows < taps]  # the input channel 0's columns: the taps kept
             def gather(v):
                 b, p = v.shape[0], v.shape[-1]
                 blocks = v.transpose(-1, -2).reshape(b, p, -1, self.module.in_channels)  # a view
@@ -1171,7 +1171,7 @@ def _layer_values(k: _Kernel, progress: Callable[[], None]) -> dict[str, torch.T
         best_cost, best_parts, setup, tried = float("inf"), None, {}, {}
         for cand in plans:
             if cand[0] not in setup:  # a set-up that alone costs more than the best plan: skip it
-                skip = k.setup_estimate(cand[0]) > CALIBRATION_MARGIN * best_cost
+                skip = best_cost < float("inf") and k.setup_estimate(cand[0]) > CALIBRATION_MARGIN * best_cost
                 t0 = time.perf_counter()
                 if not skip:
                     k.prepare(cand[0])
