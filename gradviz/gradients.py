@@ -392,6 +392,16 @@ class GradientPass:
         anchor = first.out if first is not None and not first.modified and first.out.requires_grad \
             and first.out is not root else None
         use_input = input_grad or anchor is None
+        if not input_grad and pending and first is not None and first.index not in pending:
+            # Only some layers asked for (e.g. GAIA-A's last two stages): differentiate w.r.t. their own
+            # outputs, so the backward stops at the earliest of them instead of running down to the stem.
+            serving = [self.captures[i] for i in pending]
+            if all(not c.modified and c.out.requires_grad and c.out is not root for c in serving):
+                with self._sink.collecting(pending, each) as got:
+                    torch.autograd.grad(root, [c.out for c in serving], grad_outputs=grad, retain_graph=True,
+                                        allow_unused=True)
+                results.update(got)
+                pending = {i: left for i, cs in pending.items() if (left := [c for c in cs if c.index not in results])}
         while pending or input_grad:
             targets = [self.x_in] if use_input else [anchor]
             with self._sink.collecting(pending, each) as got:

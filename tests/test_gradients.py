@@ -550,6 +550,31 @@ def test_backward_stops_at_the_first_layer_output_even_if_an_inplace_op_follows_
     assert reached and torch.allclose(dx, want, atol=1e-10, rtol=1e-8)
 
 
+def test_output_grads_of_later_layers_stop_at_the_earliest_one_asked_for():
+    """Asking for the last stage's outputs only (GAIA-A's "auto" rule) runs the backward down to the
+    earliest of them, not to the stem: no hook of an earlier layer fires, and every gradient asked
+    for equals autograd's w.r.t. that output."""
+    _, model, x = _case("resnet")  # float64, stock ResNet-18 (in-place ReLU, residual adds)
+    gp = GradientPass(model, x)
+    late = [c for c in gp.captures if c.name.startswith("layer4") and not c.modified]
+    assert len(late) >= 3
+    earlier = [c for c in gp.captures if c.index < min(c.index for c in late) and not c.modified]
+    reached = []
+    for c in earlier:
+        c.out.register_hook(lambda g, name=c.name: reached.append(name))
+    gp.x_in.register_hook(lambda g: reached.append("input"))
+    cot = torch.randn_like(gp.logits)
+    got, _ = gp.output_grads(gp.logits, cot, late)
+    assert reached == []
+    want = torch.autograd.grad(gp.logits, [c.out for c in late], cot, retain_graph=True)
+    for c, g, w in zip(late, got, want):
+        assert torch.allclose(g, w, rtol=1e-10, atol=1e-12), c.name
+    got_all, _ = gp.output_grads(gp.logits, cot, gp.captures)  # everything: the full backward still runs
+    assert set(reached) >= {c.name for c in earlier}
+    for c, g in zip(late, (got_all[c.index] for c in late)):
+        assert torch.allclose(g, got[late.index(c)], rtol=1e-10, atol=1e-12), c.name
+
+
 def test_calibration_stops_timing_a_plan_that_is_clearly_slower(monkeypatch):
     """A plan far slower than the best after its warm-up run gets no third run, and its strategy is
     not tried at the other chunk sizes; the fastest plan is the one kept."""

@@ -129,8 +129,11 @@ def _last_two_stages(sizes: list[tuple[int, ...]]) -> list[int]:
     return [i for i, hw in enumerate(sizes) if hw in distinct[-2:]]
 
 
-def _maps(model: GradvizModel, x: torch.Tensor, layers, gp: GradientPass | None) -> tuple[_Maps, list[int]]:
-    """The hooked maps (from the batch's shared gradient pass when it covers them) and the selection."""
+def _maps(model: GradvizModel, x: torch.Tensor, layers, gp: GradientPass | None) -> _Maps:
+    """The selected hooked maps (from the batch's shared gradient pass when it covers them).
+
+    Only the selected maps are differentiated, so the backward stops at the earliest of them: the
+    "auto" rule's last two stages cost a fraction of a full backward."""
     rule = "all" if layers is None else layers
     caps = None
     if gp is not None and rule in ("all", "auto"):
@@ -138,45 +141,45 @@ def _maps(model: GradvizModel, x: torch.Tensor, layers, gp: GradientPass | None)
         if not caps or any(c.calls > 1 for c in caps) or gp.features is None:
             caps = None  # a BN run twice (or none hooked): GAIA's own hooks keep the last call
     if caps is not None:
-        src = _Maps(gp.logits, gp.features, [c.name for c in caps], tuple(caps[-1].out.shape[-2:]),
-                    lambda root, grad, reduce: gp.output_grads(root, grad, caps, each=lambda _c, g: reduce(g))[0])
-        sizes = [tuple(c.out.shape[-2:]) for c in caps]
-    else:
-        logits, maps, store = hooked_maps(model, x, None if rule in ("all", "auto") else layers)
-        tensors = list(maps.values())
+        if rule == "auto":
+            keep = _last_two_stages([tuple(c.out.shape[-2:]) for c in caps])
+            last_hw, caps = tuple(caps[-1].out.shape[-2:]), [caps[i] for i in keep]
+        else:
+            last_hw = tuple(caps[-1].out.shape[-2:])
+        return _Maps(gp.logits, gp.features, [c.name for c in caps], last_hw,
+                     lambda root, grad, reduce: gp.output_grads(root, grad, caps, each=lambda _c, g: reduce(g))[0])
+    logits, maps, store = hooked_maps(model, x, layers if rule not in ("all", "auto") else rule)
+    tensors = list(maps.values())
 
-        def grads(root, grad, reduce):
-            with torch.enable_grad():
-                got = torch.autograd.grad(root, tensors, grad_outputs=grad, allow_unused=True, retain_graph=True)
-            return [reduce(torch.zeros_like(t) if g is None else g) for t, g in zip(tensors, got)]
+    def grads(root, grad, reduce):
+        with torch.enable_grad():
+            got = torch.autograd.grad(root, tensors, grad_outputs=grad, allow_unused=True, retain_graph=True)
+        return [reduce(torch.zeros_like(t) if g is None else g) for t, g in zip(tensors, got)]
 
-        src = _Maps(logits, store["h"], list(maps), store["last_hw"], grads)
-        sizes = [tuple(t.shape[-2:]) for t in tensors]
-    chosen = _last_two_stages(sizes) if rule == "auto" else list(range(len(sizes)))
-    return src, chosen
+    return _Maps(logits, store["h"], list(maps), store["last_hw"], grads)
 
 
 def gaia_z_channels(model: GradvizModel, x: torch.Tensor, layers=None,
                     gp: GradientPass | None = None) -> dict[str, torch.Tensor]:
     """GAIA-Z per-channel fraction of non-zero gradient entries r_k, {layer: (B, channels)}."""
-    src, chosen = _maps(model, x, layers, gp)
+    src = _maps(model, x, layers, gp)
     z = src.logits.detach()
     onehot = F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)  # ∂(Σ_b max_c z_bc)/∂z
     fractions = src.grads(src.logits, onehot, lambda g: (g != 0).float().mean(dim=(-2, -1)))  # (B, C) per map
-    return {src.names[i]: fractions[i].detach() for i in chosen}
+    return {name: f.detach() for name, f in zip(src.names, fractions)}
 
 
 def gaia_a_channels(model: GradvizModel, x: torch.Tensor, layers="auto",
                     gp: GradientPass | None = None) -> dict[str, torch.Tensor]:
     """GAIA-A per-channel normalised average gradient a_k / o, {layer: (B, channels)}."""
-    src, chosen = _maps(model, x, layers, gp)
+    src = _maps(model, x, layers, gp)
     means = src.grads(src.h, torch.ones_like(src.h), lambda g: g.mean(dim=(-2, -1)))  # L_in = Σ_b Σ_d h_bd
     with torch.no_grad():
         p = src.logits.detach().softmax(-1)  # (B, K)
         hw = float(src.last_hw[0] * src.last_hw[1])
         g_bar = (1.0 - p.shape[-1] * p) @ model.head.weight.to(p.dtype) / hw  # (B, D) = Wᵀ(1 − C p)/(HW)
         o = g_bar.abs().mean(-1).sqrt().clamp_min(1e-12)  # (B,)
-        return {src.names[i]: (means[i] / o[:, None]).detach() for i in chosen}
+        return {name: (m / o[:, None]).detach() for name, m in zip(src.names, means)}
 
 
 def gaia_abnormality_map(model: GradvizModel, x: torch.Tensor, variant: str = "z", layers=None) -> dict[str, torch.Tensor]:
