@@ -5,9 +5,10 @@ The six statistics of a per-sample gradient are finished from five partial sums 
 
 - **Compiled** (default when possible): ``gradviz/kernels/fused_stats.c`` computes all five in
   ONE pass over the data (SIMD lanes, no fast-math, deterministic). It is built once with the
-  system C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native``, about 0.2 s)
-  into ``$GRADVIZ_CACHE_DIR/kernels``, loaded with :mod:`ctypes`, checked against eager on a
-  test input, and run on ``torch.get_num_threads()`` threads (ctypes releases the GIL).
+  system C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native``, about 1.5 s,
+  started in the background when a model is loaded: :func:`build_in_background`) into
+  ``$GRADVIZ_CACHE_DIR/kernels``, loaded with :mod:`ctypes`, checked against eager on a test
+  input, and run on ``torch.get_num_threads()`` threads (ctypes releases the GIL).
 - **Eager** (fallback, or ``compile="off"``): one fast PyTorch kernel per part (``amax``,
   ``amin``, ``vector_norm(2)``, ``sum``, in-place ``abs_`` + ``sum``); the slow CPU kernels
   ``aminmax`` and ``vector_norm(1)`` are avoided.
@@ -45,7 +46,7 @@ from gradviz.config import settings
 from gradviz.errors import GradvizError
 
 __all__ = ["PARTS", "MODES", "reduce_rows", "fused_kernel", "FusedKernel", "resolve_mode", "compiled_status",
-           "warm_up", "transposed_weight"]
+           "warm_up", "build_in_background", "transposed_weight"]
 
 PARTS = ("s1", "s2", "mx", "mn", "sm")
 MODES = ("auto", "on", "off")
@@ -309,25 +310,41 @@ def _verify(kernel: FusedKernel) -> None:
 
 
 class _Compiled:
-    """The process-wide kernel, built once (thread-safe); failures are remembered, not retried."""
+    """The process-wide kernel, built once (thread-safe); failures are remembered, not retried.
+
+    :meth:`start` builds it in a daemon thread, so the C compiler (a separate process, ~1.5 s)
+    runs beside whatever the caller does next (imports, loading data, fitting); a :meth:`get`
+    meanwhile waits for that build instead of starting another."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.kernel: FusedKernel | None = None
         self.error: str | None = None
+        self.warned = False
+        self.thread: threading.Thread | None = None
 
-    def get(self, warn: bool) -> FusedKernel | None:
-        if self.kernel is not None or self.error is not None:
-            return self.kernel
+    def _build_once(self) -> None:
         with self.lock:
             if self.kernel is None and self.error is None:
                 try:
                     self.kernel = _build()
                 except Exception as exc:  # no compiler, read-only cache, odd platform: eager instead
                     self.error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
-                    if warn:
-                        warnings.warn(f"gradviz: compiled statistics kernel unavailable, using eager PyTorch "
-                                      f"({self.error})", RuntimeWarning, stacklevel=4)
+
+    def start(self) -> None:
+        with self.lock:
+            if self.kernel is not None or self.error is not None or self.thread is not None:
+                return
+            self.thread = threading.Thread(target=self._build_once, name="gradviz-kernel-build", daemon=True)
+            self.thread.start()
+
+    def get(self, warn: bool) -> FusedKernel | None:
+        if self.kernel is None and self.error is None:
+            self._build_once()
+        if self.error is not None and warn and not self.warned:
+            self.warned = True
+            warnings.warn(f"gradviz: compiled statistics kernel unavailable, using eager PyTorch ({self.error})",
+                          RuntimeWarning, stacklevel=4)
         return self.kernel
 
 
@@ -360,17 +377,32 @@ def fused_kernel(mode: str, dtype: torch.dtype = torch.float32) -> FusedKernel |
     return _COMPILED.get(warn=mode == "on")
 
 
+def build_in_background() -> None:
+    """Start building the compiled kernel in a background thread unless ``GRADVIZ_COMPILE=off``.
+
+    Called where a computation is about to start (model loading, the dashboard's first page);
+    the first statistics call then finds the kernel ready, or waits for the rest of the build."""
+    try:
+        mode = resolve_mode(None)
+    except GradvizError:
+        return  # a bad GRADVIZ_COMPILE is reported by the call that uses it
+    if mode != "off":
+        _COMPILED.start()
+
+
 def warm_up() -> str:
-    """Build the compiled kernel now (once per process; ~0.2 s, or a load from the cache)."""
+    """Build the compiled kernel now (once per process; ~1.5 s with the C compiler, or a load from the cache)."""
     _COMPILED.get(warn=False)
     return compiled_status()
 
 
 def compiled_status() -> str:
-    """``ready``, ``not built`` or ``failed: <reason>``."""
+    """``ready``, ``building``, ``not built`` or ``failed: <reason>``."""
     if _COMPILED.error is not None:
         return f"failed: {_COMPILED.error}"
-    return "ready" if _COMPILED.kernel is not None else "not built"
+    if _COMPILED.kernel is not None:
+        return "ready"
+    return "building" if _COMPILED.thread is not None and _COMPILED.thread.is_alive() else "not built"
 
 
 def reduce_rows(g: torch.Tensor, need: frozenset[str] = frozenset(PARTS), kernel: FusedKernel | None = None,

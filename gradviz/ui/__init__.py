@@ -8,3 +8,7 @@ Session-state keys (shared by every page):
 | ``gv_uploads``    | {name: ImageSet} of images this session uploaded as OOD  |
 | ``gv_selected``   | (dataset, index) of the sample chosen for inspection     |
 """
+
+from gradviz.reductions import build_in_background as _build_in_background
+
+_build_in_background()  # every page computes: compile the statistics kernel while the page imports and loads
