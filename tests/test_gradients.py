@@ -635,3 +635,45 @@ def test_a_small_budget_never_unfolds_the_whole_batch(monkeypatch):
     names = [n for n, _ in parametrised_layers(model)]
     idx = [names.index(n) for n in res.layers]
     assert_stats_close(res, {s: v[:, idx] for s, v in ref.items()}, res.layers, rtol=1e-5)
+
+
+def test_kernel_builds_once_in_the_background_and_a_caller_waits_for_it(monkeypatch):
+    """build_in_background starts one build in a thread; a get() meanwhile waits for it (no second build),
+    a failure is remembered and reported, and GRADVIZ_COMPILE=off starts nothing."""
+    import threading
+
+    release, builds = threading.Event(), []
+
+    def slow_build():
+        builds.append(threading.current_thread().name)
+        release.wait(10)
+        return "kernel"
+
+    monkeypatch.setattr(reductions, "_build", slow_build)
+    fresh = reductions._Compiled()
+    monkeypatch.setattr(reductions, "_COMPILED", fresh)
+    monkeypatch.setenv("GRADVIZ_COMPILE", "off")
+    reductions.build_in_background()
+    assert fresh.thread is None and reductions.compiled_status() == "not built"
+    monkeypatch.setenv("GRADVIZ_COMPILE", "auto")
+    reductions.build_in_background()
+    reductions.build_in_background()  # already building: no second thread
+    assert reductions.compiled_status() == "building"
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(reductions.fused_kernel("auto")))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and got == []  # waits for the background build
+    release.set()
+    waiter.join(10)
+    assert got == ["kernel"] and builds == ["gradviz-kernel-build"]
+    assert reductions.compiled_status() == "ready"
+
+    failing = reductions._Compiled()
+    monkeypatch.setattr(reductions, "_COMPILED", failing)
+    monkeypatch.setattr(reductions, "_build", lambda: (_ for _ in ()).throw(GradvizError("no C compiler found")))
+    reductions.build_in_background()
+    failing.thread.join(10)
+    assert reductions.compiled_status().startswith("failed: GradvizError: no C compiler")
+    with pytest.warns(RuntimeWarning, match="using eager PyTorch"):
+        assert reductions.fused_kernel("on") is None
