@@ -1,6 +1,6 @@
 """Multi-session load test of the dashboard: N concurrent headless-browser sessions against one server.
 
-Half the sessions run the Compare flow (read every chart's data: histogram, strip, ROC/PR of all methods), half the Inspect flow (upload a distinct
+Half the sessions run the Compare flow (read every view's data: histogram, strip, ROC curves, metrics table), half the Inspect flow (upload a distinct
 image each, read the prediction). Reports errors, per-session latency (p50/p95), the server's peak RSS
 (VmHWM of the streamlit process and its children), whether every Compare table equals a single-session
 run, and whether any session ever showed another session's upload.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import signal
 import socket
@@ -209,37 +210,54 @@ async def open_app(browser, base_url: str, limit: int | None = None, timeout: fl
     return context, page
 
 
-async def metrics_text(page) -> str:
-    """The Compare page's detection-metrics table as TSV (via the grid's copyable text)."""
-    grid = page.locator('[data-testid="stDataFrame"]').last
-    await grid.wait_for(timeout=60_000)
-    return await grid.inner_text()
+async def metrics_text(page, timeout: float = 60.0) -> str:
+    """The Compare page's detection metrics as the CSV its "metrics.csv" button downloads (the grid is a canvas)."""
+    button = page.locator('[data-testid="stDownloadButton"] button', has_text="metrics.csv").first
+    await button.wait_for(timeout=timeout * 1000)
+    async with page.expect_download(timeout=timeout * 1000) as info:
+        await button.click()
+    download = await info.value
+    return Path(await download.path()).read_text()
 
 
 async def compare_flow(browser, base_url: str, limit: int | None, timeout: float = 300.0) -> dict:
-    """Open the app, go to Compare, wait for the charts, return the metrics table text."""
+    """Open the app, go to Compare and read every view's data: the histogram, every sample (strip), the ROC
+    curves, and the metrics table (one chart per view: only the open tab and view are drawn)."""
     context, page = await open_app(browser, base_url, limit, timeout)
     try:
         await goto_page(page, PAGES["compare"][0])
-        await page.get_by_text("Detection metrics", exact=True).wait_for(timeout=timeout * 1000)
+        await page.get_by_role("tab", name="Score distributions").wait_for(timeout=timeout * 1000)
         await wait_idle(page, timeout)
-        await page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
-        await page.locator(".js-plotly-plot .main-svg").nth(4).wait_for(state="attached", timeout=60_000)  # hist, strip, ROC, 2 PR
-        return {"metrics": await stable_fingerprint(page, minimum=5), "exceptions": await exceptions(page)}
+        parts = [await stable_fingerprint(page, minimum=1)]
+        await page.locator('[data-testid="stButtonGroup"] button', has_text="Every sample").first.click()
+        await wait_idle(page, timeout)
+        parts.append(await stable_fingerprint(page, minimum=1, differs_from=parts[0]))
+        await page.get_by_role("tab", name="ROC & precision-recall").click()
+        await wait_idle(page, timeout)
+        parts.append(await stable_fingerprint(page, minimum=1, differs_from=parts[1]))
+        await page.get_by_role("tab", name="Detection metrics & exports").click()
+        await wait_idle(page, timeout)
+        parts.append(await metrics_text(page))
+        return {"metrics": "\n".join(parts), "exceptions": await exceptions(page)}
     finally:
         await context.close()
 
 
 async def figures_fingerprint(page) -> str:
-    """Every plotly trace on the page (name, x, y) as JSON, one entry per chart, sorted (mount order varies)."""
+    """Every drawn plotly trace on the page (name, x, y) as JSON, one entry per chart, sorted (mount order varies).
+
+    Read from ``_fullData``: Plotly decodes the base64 typed arrays Streamlit sends there (``data`` keeps them
+    encoded, so its ``x``/``y`` would read as empty)."""
     return await page.evaluate(
-        """() => JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plot')).map(
-               gd => JSON.stringify((gd.data || []).map(t => [t.name, Array.from(t.x || []), Array.from(t.y || [])])))
+        """() => JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plot'))
+               .filter(gd => gd._fullLayout && (gd._fullData || []).length)
+               .map(gd => JSON.stringify(gd._fullData.map(t => [t.name, Array.from(t.x || []), Array.from(t.y || [])])))
                .sort())""")
 
 
-async def stable_fingerprint(page, minimum: int, timeout: float = 60.0) -> str:
-    """The figures' fingerprint once at least ``minimum`` charts are drawn and two reads 1 s apart agree.
+async def stable_fingerprint(page, minimum: int, timeout: float = 60.0, differs_from: str | None = None) -> str:
+    """The figures' fingerprint once at least ``minimum`` charts are drawn and two reads 1 s apart agree
+    (and, with ``differs_from``, once the previous view's charts are gone).
 
     Streamlit mounts charts one by one after the script run ends: reading once can catch a page
     that is still drawing, which is a harness race, not a difference in results.
@@ -248,8 +266,8 @@ async def stable_fingerprint(page, minimum: int, timeout: float = 60.0) -> str:
     last = None
     while True:
         current = await figures_fingerprint(page)
-        count = await page.locator(".js-plotly-plot .main-svg").count()
-        if current == last and count >= minimum:
+        count = len(json.loads(current))  # charts drawn, read in the same evaluation as their data
+        if current == last and count >= minimum and current != differs_from:
             return current
         if time.perf_counter() > deadline:
             return current

@@ -1,4 +1,5 @@
-"""Compare distributions: score histograms, ROC/PR per OOD set, metrics, a threshold, galleries, selection."""
+"""Compare distributions: three tabs (distributions with a threshold, galleries and selection; ROC/PR per OOD
+set; metrics and exports), of which only the open one runs."""
 
 from dataclasses import replace
 
@@ -56,18 +57,40 @@ if not ood_sets:
     st.stop()
 
 
+TABS = ("Score distributions", "ROC & precision-recall", "Detection metrics & exports")
+VIEWS = ("Histogram", "Every sample")
+
+
 @st.fragment
 def distributions() -> None:
-    """Method, threshold, histogram, strip, galleries: their widgets rerun only this part of the page."""
-    st.subheader("Score distributions")
+    """Method, threshold, one chart (histogram or every sample), galleries: their widgets rerun only this part."""
     method = st.selectbox("Method", methods, key="cmp_method", format_func=lambda m: f"{m} — {get_method(m).title}")
+    if len(result.metrics):
+        rows = result.metrics[result.metrics["method"] == method]
+        st.caption(f"**{method}** — AUROC ↑ / FPR95 ↓ per OOD set: " + " · ".join(
+            f"`{r.ood_dataset}` {r.auroc:.3f} / {r.fpr95:.3f}" for r in rows.itertuples()))
     default_thr = gi.threshold_at_tpr(scores.loc[scores["role"] == "id", method])
     lo, hi = gi.score_range(scores, method)
     threshold = st.slider("Threshold: accept as ID when score ≤ threshold (default: 95 % of ID accepted)", lo, hi,
                           default_thr, step=(hi - lo) / 500, format="%.4g", key=f"cmp_thr_{method}")
-    hist = plots.score_histogram(scores, method)
-    hist.add_vline(x=threshold, line_dash="dash", line_color="black")
-    st.plotly_chart(hist, width="stretch", key="cmp_hist")
+    view = st.segmented_control("Chart", VIEWS, default=VIEWS[0], key="cmp_view",
+                                help="Every sample: one point per image; select points (click, box or lasso) to see "
+                                     "those images and send one to the Inspect page.") or VIEWS[0]
+    selected = scores.iloc[:0]
+    if view == VIEWS[0]:
+        fig = plots.score_histogram(scores, method)
+        fig.add_vline(x=threshold, line_dash="dash", line_color="black")
+        st.plotly_chart(fig, width="stretch", key="cmp_hist")
+    else:
+        fig = plots.score_strip(scores, method, threshold)
+        event = st.plotly_chart(fig, width="stretch", key="cmp_strip", on_select="rerun",
+                                selection_mode=("points", "box", "lasso"))
+        selected = gi.rows_from_selection(scores, event.selection.points if event else [])
+        if len(selected):
+            st.markdown(f"**{len(selected)} selected sample(s)** (box/lasso on the plot; double-click to clear)")
+            image_tiles(images_of_rows(selected, cfg, uploads), gi.sample_captions(selected, method), columns=8)
+        else:
+            st.caption("Select points (click, box or lasso) to see those images here.")
     summary = gi.threshold_summary(scores, method, threshold, default=default_thr)
     c1, c2 = st.columns([3, 2])
     c1.markdown(f"**Accepted / rejected at {threshold:.4g}** (default {default_thr:.4g} accepts 95 % of ID)")
@@ -76,16 +99,6 @@ def distributions() -> None:
     c2.markdown(f"**{len(summary.flips)} sample(s) change decision** vs the default threshold")
     c2.dataframe(summary.flips[["dataset", "index", "label", "prediction", method, "change"]], hide_index=True,
                  width="stretch", height=240, key="cmp_flips")
-
-    strip = plots.score_strip(scores, method, threshold)
-    event = st.plotly_chart(strip, width="stretch", key="cmp_strip", on_select="rerun",
-                            selection_mode=("points", "box", "lasso"))
-    selected = gi.rows_from_selection(scores, event.selection.points if event else [])
-    if len(selected):
-        st.markdown(f"**{len(selected)} selected sample(s)** (box/lasso on the strip plot; double-click to clear)")
-        image_tiles(images_of_rows(selected, cfg, uploads), gi.sample_captions(selected, method), columns=8)
-    else:
-        st.caption("Select points on the strip plot (click, box or lasso) to see those images here.")
 
     st.subheader("Most and least uncertain samples per set")
     gallery = gi.extremes(scores, method, k=6)
@@ -102,17 +115,12 @@ def distributions() -> None:
     if go_col.button("Inspect", icon=":material/search:", key="cmp_inspect", disabled=pick is None):
         st.session_state["gv_selected"] = candidates[pick]
         st.switch_page("pages/inspect.py")
-    e1, e2 = st.columns(2)
-    with e1:
-        download_figure(hist, f"histogram_{method}", key="cmp_dl_hist")
-    with e2:
-        download_figure(strip, f"strip_{method}", key="cmp_dl_strip")
+    download_figure(fig, f"{'histogram' if view == VIEWS[0] else 'strip'}_{method}", key="cmp_dl_dist")
 
 
 @st.fragment
 def curves() -> None:
     """ROC and precision-recall of one OOD set (its picker reruns only this part)."""
-    st.subheader("ROC and precision-recall per OOD set")
     ood_col, kind_col = st.columns([2, 3])
     ood = ood_col.selectbox("OOD set", ood_sets, key="cmp_ood")
     kinds = {"ROC": "roc", "Precision-recall (ID positive)": "pr_in", "Precision-recall (OOD positive)": "pr_out"}
@@ -126,11 +134,17 @@ def curves() -> None:
     download_figure(fig, f"{kind}_{ood.replace(':', '_')}", key=f"cmp_dl_{kind}")
 
 
-distributions()
-curves()
-
-st.subheader("Detection metrics")
-st.caption("AUROC ↑, FPR95 ↓ (OOD accepted when 95 % of ID is), AUPR-In/Out ↑; best per OOD set highlighted.")
-metrics_dataframe(result.metrics, key="cmp_metrics")
-st.markdown("**Exports**")
-download_results(result, key="cmp_res")
+# Only the open tab runs and is drawn (a page of every chart at once took the browser ~1 s to redraw).
+dist_tab, curve_tab, metric_tab = st.tabs(TABS, key="cmp_tab", on_change="rerun")
+if dist_tab.open:
+    with dist_tab:
+        distributions()
+if curve_tab.open:
+    with curve_tab:
+        curves()
+if metric_tab.open:
+    with metric_tab:
+        st.caption("AUROC ↑, FPR95 ↓ (OOD accepted when 95 % of ID is), AUPR-In/Out ↑; best per OOD set highlighted.")
+        metrics_dataframe(result.metrics, key="cmp_metrics")
+        st.markdown("**Exports**")
+        download_results(result, key="cmp_res")

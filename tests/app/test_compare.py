@@ -1,4 +1,4 @@
-"""AppTest: the "Compare distributions" page renders, reacts to method/threshold, takes uploads."""
+"""AppTest: the "Compare distributions" page renders its open tab only, reacts to method/threshold/view, takes uploads."""
 
 from __future__ import annotations
 
@@ -23,17 +23,51 @@ def _png() -> bytes:
     return buf.getvalue()
 
 
-def test_compare_page_draws_charts_and_metrics(app):
+def _open_tab(app, label: str):
+    app.session_state["cmp_tab"] = label  # what clicking the tab does (lazy tabs keep their state under the key)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def _title(chart) -> str:
+    import json
+
+    return json.loads(chart.proto.spec)["layout"]["title"]["text"]
+
+
+def test_compare_page_runs_only_the_open_tab(app):
+    assert [t.label for t in app.tabs] == ["Score distributions", "ROC & precision-recall", "Detection metrics & exports"]
     charts = app.get("plotly_chart")
-    assert len(charts) == 3  # histogram, strip, and the curve picked (ROC first)
-    assert app.segmented_control(key="cmp_curve").value == "ROC"
+    assert len(charts) == 1 and "uncertainty by dataset" in _title(charts[0])  # the histogram; no ROC drawn yet
     assert app.selectbox(key="cmp_method").options[0].startswith("msp")
+    assert "AUROC" in app.caption[1].value and "`letters`" in app.caption[1].value  # the method's metrics in one line
+    assert len(app.dataframe) == 2  # counts, flips
+    _open_tab(app, "ROC & precision-recall")
+    charts = app.get("plotly_chart")
+    assert len(charts) == 1 and _title(charts[0]).startswith("ROC")
+    assert app.segmented_control(key="cmp_curve").value == "ROC"
     assert app.selectbox(key="cmp_ood").options == ["letters", "noise-uniform"]
+    _open_tab(app, "Detection metrics & exports")
+    assert len(app.get("plotly_chart")) == 0
     frames = app.dataframe
-    assert len(frames) >= 3  # counts, flips, metrics
-    assert "auroc" in [str(c) for c in frames[-1].value.columns]
-    assert len(frames[-1].value) == 2 * len(METHODS)
+    assert len(frames) == 1 and "auroc" in [str(c) for c in frames[0].value.columns]
+    assert len(frames[0].value) == 2 * len(METHODS)
     assert not app.error
+
+
+def test_compare_every_sample_view_draws_the_selectable_strip(app):
+    app.segmented_control(key="cmp_view").set_value("Every sample").run()
+    assert not app.exception, app.exception
+    import json
+
+    (chart,) = app.get("plotly_chart")
+    spec = json.loads(chart.proto.spec)
+    assert spec["layout"]["title"]["text"].startswith("msp: every sample")
+    assert sum(len(t["customdata"]["bdata"] if isinstance(t["customdata"], dict) else t["customdata"])
+               for t in spec["data"]) > 0
+    assert chart.proto.selection_mode  # points, box, lasso
+    assert any("Select points" in c.value for c in app.caption)
 
 
 def test_compare_method_and_threshold_change_counts(app):
@@ -47,21 +81,18 @@ def test_compare_method_and_threshold_change_counts(app):
     counts = app.dataframe[0].value.set_index("dataset")
     assert (counts["rejected"] == 0).all()
     assert len(app.dataframe[1].value) > 0
+    _open_tab(app, "ROC & precision-recall")
     app.selectbox(key="cmp_ood").set_value("noise-uniform").run()
     assert not app.exception, app.exception
 
 
 def test_compare_curve_picker_switches_roc_and_pr(app):
-    import json
-
-    def curve_title() -> str:
-        return json.loads(app.get("plotly_chart")[-1].proto.spec)["layout"]["title"]["text"]
-
-    assert curve_title().startswith("ROC")
+    _open_tab(app, "ROC & precision-recall")
+    assert _title(app.get("plotly_chart")[-1]).startswith("ROC")
     for label, positive in (("Precision-recall (ID positive)", "ID"), ("Precision-recall (OOD positive)", "OOD")):
         app.segmented_control(key="cmp_curve").set_value(label).run()
         assert not app.exception, app.exception
-        assert curve_title().startswith(f"Precision-recall ({positive} positive)")
+        assert _title(app.get("plotly_chart")[-1]).startswith(f"Precision-recall ({positive} positive)")
 
 
 def test_compare_upload_adds_ood_set_and_bad_file_warns(app):
@@ -69,6 +100,8 @@ def test_compare_upload_adds_ood_set_and_bad_file_warns(app):
     app.run()
     assert not app.exception, app.exception
     assert any("x.png" in w.value for w in app.warning)
+    assert any("upload:1 file" in c.value for c in app.caption)  # joins the OOD sets
+    _open_tab(app, "ROC & precision-recall")
     assert "upload:1 file" in app.selectbox(key="cmp_ood").options
 
 
