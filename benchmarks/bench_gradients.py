@@ -58,7 +58,7 @@ ROWS = {
     "grad_all": ("grad_l1 … grad_std (six stats, all layers)", "method"),
     "confounding": ("confounding (L2 of every layer)", "method"),
     "gaia_z": ("gaia_z (one backward to BN outputs)", "method"),
-    "gaia_a": ("gaia_a (one backward to BN outputs)", "method"),
+    "gaia_a": ("gaia_a (one backward to the BN outputs of the last two stages)", "method"),
     "odin": ("odin (input gradient + second forward)", "method"),
     "all_methods": ("all 14 unfitted methods on one shared forward", "method"),
     "loop": ("per-sample autograd loop + stats", "peer"),

@@ -2,7 +2,9 @@
 
 (a) Compare on the embedded default (1,000 ID + 1,000 per OOD set, all methods): first computation
     (cold server and cache; the Compare page opened directly), then reruns served from the cache: the
-    method picker changed in the same session, and the page opened in a new session.
+    method picker changed, the "Every sample" view and a method picked in it, the other tabs, the page
+    opened again in the same session, and the page opened in a new session (a new browser context: no
+    HTTP cache, Home first, then Compare from the sidebar).
 (b) Inspect: one uploaded image -> all scores + three attribution maps shown; -> fully rendered (GAIA map and
     the per-layer profile, which computes the layer table of every set once).
 (c) Per page, time to first full render: cold (fresh server + fresh cache dir, page opened first) and warm
@@ -100,6 +102,22 @@ async def _pick_method(page, name: str) -> float:
     return await until_rendered(page, t0)
 
 
+async def _click(page, locator) -> float:
+    """Click ``locator``; seconds until the page is redrawn."""
+    await locator.wait_for(timeout=600_000)
+    t0 = time.perf_counter()
+    await locator.click()
+    return await until_rendered(page, t0)
+
+
+def _view(page, label: str):
+    return page.locator('[data-testid="stButtonGroup"] button', has_text=label).first
+
+
+def _tab(page, label: str):
+    return page.get_by_role("tab", name=label)
+
+
 async def measure_default(samples: int) -> list[tuple[str, str, float]]:
     """(a) and (b) on one fresh server."""
     from playwright.async_api import async_playwright
@@ -123,6 +141,17 @@ async def measure_default(samples: int) -> list[tuple[str, str, float]]:
                 picks = [await _pick_method(page, name) for name in RERUN_METHODS * 2]  # first and second visits
                 rows.append(("(a) Compare: rerun from cache, another method picked (median of "
                              f"{len(picks)}; max {max(picks):.2f} s)", n, statistics.median(picks)))
+                strip = [await _click(page, _view(page, "Every sample"))]
+                strip += [await _pick_method(page, name) for name in RERUN_METHODS]
+                rows.append(("(a) Compare: rerun from cache, 'Every sample' view, then another method in it (median of "
+                             f"{len(strip)}; max {max(strip):.2f} s)", n, statistics.median(strip)))
+                await _click(page, _view(page, "Histogram"))
+                tabs = []
+                for _ in range(2):
+                    for label in ("ROC & precision-recall", "Detection metrics & exports", "Score distributions"):
+                        tabs.append(await _click(page, _tab(page, label)))
+                rows.append((f"(a) Compare: rerun from cache, another tab (median of {len(tabs)}; max {max(tabs):.2f} s)",
+                             n, statistics.median(tabs)))
                 again = []
                 for _ in range(3):
                     await _timed_go(page, "home")
