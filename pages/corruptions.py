@@ -4,7 +4,7 @@ import streamlit as st
 
 from gradviz import analysis, plots
 from gradviz.data.corruptions import list_corruptions
-from gradviz.ui.cache import get_dataset, get_severity_scores, show_error
+from gradviz.ui.cache import get_dataset, get_severity_scores, get_severity_table, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure, image_tiles, to_uint8
 from gradviz.ui.sidebar import ensure_frame
@@ -40,7 +40,7 @@ st.plotly_chart(plots.image_row([to_uint8(i) for i in images], titles), width="s
 st.markdown(f"**Severity {severity}**: the first samples of the set")
 image_tiles(list(sets[severity].images[:8]), [f"#{i}" for i in range(min(8, len(sets[severity])))], columns=8, width=72)
 
-table = analysis.severity_metrics(scores, methods)
+table = get_severity_table(cfg, corruption, scores, methods)
 left, right = st.columns(2)
 with left:
     fig_hist = plots.severity_histogram(scores, method)
@@ -57,10 +57,10 @@ st.dataframe(table, hide_index=True, width="stretch", key="cl_table",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("auroc", "fpr95", "aupr_in",
                                                                                        "aupr_out", "detection_error")})
 d1, d2, d3, d4 = st.columns(4)
-d1.download_button("⬇ severity_metrics.csv", table.to_csv(index=False), f"severity_{corruption}.csv", "text/csv",
-                   key="cl_dl_metrics")
-d2.download_button("⬇ severity_scores.csv", scores.to_csv(index=False), f"severity_scores_{corruption}.csv",
-                   "text/csv", key="cl_dl_scores")
+d1.download_button("⬇ severity_metrics.csv", lambda: table.to_csv(index=False), f"severity_{corruption}.csv",
+                   "text/csv", key="cl_dl_metrics", on_click="ignore")  # built when clicked, not on every rerun
+d2.download_button("⬇ severity_scores.csv", lambda: scores.to_csv(index=False), f"severity_scores_{corruption}.csv",
+                   "text/csv", key="cl_dl_scores", on_click="ignore")
 with d3:
     download_figure(fig_curve, f"severity_auroc_{corruption}", key="cl_dl_curve")
 with d4:

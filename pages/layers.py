@@ -71,8 +71,8 @@ st.caption("|ρ| near 1: the metric ranks samples like entropy does (little new 
 
 st.subheader("Downloads")
 d1, d2, d3, d4 = st.columns(4)
-d1.download_button("⬇ layers.csv", analysis.flat_layer_table(table).to_csv(index=False), f"layers_{loss}.csv",
-                   "text/csv", key="ly_dl_csv")
+d1.download_button("⬇ layers.csv", lambda: analysis.flat_layer_table(table).to_csv(index=False), f"layers_{loss}.csv",
+                   "text/csv", key="ly_dl_csv", on_click="ignore")  # built when clicked, not on every rerun
 with d2:
     download_figure(fig_auroc, "layer_auroc", key="ly_dl_auroc")
 with d3:

@@ -87,10 +87,10 @@ st.plotly_chart(fig_imp, width="stretch", key="mc_imp")
 st.caption(f"Importances of {report.importance_for}.")
 
 d1, d2, d3, d4 = st.columns(4)
-d1.download_button("⬇ meta_results.csv", report.results.drop(columns=["curve"]).to_csv(index=False),
-                   f"meta_{task}.csv", "text/csv", key="mc_dl_results")
-d2.download_button("⬇ importances.csv", report.feature_importances.to_csv(index=False), "meta_importances.csv",
-                   "text/csv", key="mc_dl_imp")
+d1.download_button("⬇ meta_results.csv", lambda: report.results.drop(columns=["curve"]).to_csv(index=False),
+                   f"meta_{task}.csv", "text/csv", key="mc_dl_results", on_click="ignore")  # built when clicked
+d2.download_button("⬇ importances.csv", lambda: report.feature_importances.to_csv(index=False),
+                   "meta_importances.csv", "text/csv", key="mc_dl_imp", on_click="ignore")
 with d3:
     download_figure(fig_bars, f"meta_auroc_{task}", key="mc_dl_bars")
 with d4:

@@ -160,6 +160,20 @@ def get_severity_scores(cfg: RunConfig, corruption: str) -> pd.DataFrame:
     return scores
 
 
+def get_severity_table(cfg: RunConfig, corruption: str, scores: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """gradviz.analysis.severity_metrics of ``scores`` (those of :func:`get_severity_scores`), memoised: the
+    methods × severities metrics (70 of them for all methods) are computed once per choice, not per rerun."""
+    from gradviz.analysis import severity_metrics
+
+    key = cache_key(kind="severity_metrics", cfg=cfg.to_json(), corruption=corruption, methods=list(methods))
+    hit = _memo().get(key)
+    if hit is not None:
+        return hit
+    table = severity_metrics(scores, methods)
+    _memo().put(key, table)
+    return table
+
+
 def get_meta_report(cfg: RunConfig, table: pd.DataFrame, **options):
     """gradviz.meta.meta_report on ``table`` (the joined scores + layer table of ``cfg``), memoised by content + options."""
     from gradviz.meta import meta_report
