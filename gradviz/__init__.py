@@ -4,7 +4,7 @@ Usable without Streamlit::
 
     from gradviz.models import load_model
     from gradviz.data import load_dataset
-    from gradviz.scoring import score_sets
+    from gradviz.scoring import RunConfig, run   # run(RunConfig(...)) -> scores + metrics
 """
 
 from gradviz.errors import GradvizError
