@@ -317,7 +317,8 @@ class _Compiled:
     meanwhile waits for that build instead of starting another."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # held for the whole build: a get() meanwhile waits for it
+        self.start_lock = threading.Lock()  # only for starting the thread: start() never waits for a build
         self.kernel: FusedKernel | None = None
         self.error: str | None = None
         self.warned = False
@@ -332,7 +333,7 @@ class _Compiled:
                     self.error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
 
     def start(self) -> None:
-        with self.lock:
+        with self.start_lock:
             if self.kernel is not None or self.error is not None or self.thread is not None:
                 return
             self.thread = threading.Thread(target=self._build_once, name="gradviz-kernel-build", daemon=True)

@@ -658,7 +658,7 @@ def test_kernel_builds_once_in_the_background_and_a_caller_waits_for_it(monkeypa
     monkeypatch.setenv("GRADVIZ_COMPILE", "auto")
     reductions.build_in_background()
     reductions.build_in_background()  # already building: no second thread
-    assert reductions.compiled_status() == "building"
+    assert reductions.compiled_status() == "building"  # the second call returned at once, not after the build
     got = []
     waiter = threading.Thread(target=lambda: got.append(reductions.fused_kernel("auto")))
     waiter.start()
