@@ -401,7 +401,12 @@ class GradientPass:
                     torch.autograd.grad(root, [c.out for c in serving], grad_outputs=grad, retain_graph=True,
                                         allow_unused=True)
                 results.update(got)
-                pending = {i: left for i, cs in pending.items() if (left := [c for c in cs if c.index not in results])}
+                # whatever is left does not influence ``root`` (no gradient reached it): zero, no 2nd backward
+                unreached = [c for cs in pending.values() for c in cs if c.index not in results]
+                pending = {}
+                for c in unreached:
+                    zero = torch.zeros_like(c.out)
+                    results[c.index] = each(c, zero) if each else zero
         while pending or input_grad:
             targets = [self.x_in] if use_input else [anchor]
             with self._sink.collecting(pending, each) as got:

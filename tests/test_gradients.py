@@ -569,6 +569,10 @@ def test_output_grads_of_later_layers_stop_at_the_earliest_one_asked_for():
     want = torch.autograd.grad(gp.logits, [c.out for c in late], cot, retain_graph=True)
     for c, g, w in zip(late, got, want):
         assert torch.allclose(g, w, rtol=1e-10, atol=1e-12), c.name
+    # an output the root does not depend on (after it in the forward): zero, and no second backward
+    root, after = late[0].out, late[-1]
+    unrelated, _ = gp.output_grads(root, torch.ones_like(root), [late[1], after])
+    assert reached == [] and not unrelated[1].any() and unrelated[1].shape == after.out.shape
     got_all, _ = gp.output_grads(gp.logits, cot, gp.captures)  # everything: the full backward still runs
     assert set(reached) >= {c.name for c in earlier}
     for c, g in zip(late, (got_all[c.index] for c in late)):
