@@ -78,6 +78,15 @@ def _memo() -> _Memo:
     return _Memo()
 
 
+def _memoised(key: str, compute: Callable[[], object]):
+    """``compute()`` once per key (the shared in-process LRU); later calls return the same value."""
+    hit = _memo().get(key)
+    if hit is None:
+        hit = compute()
+        _memo().put(key, hit)
+    return hit
+
+
 def _progress_bar(text: str) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
     bar = st.progress(0.0, text=text)
 
@@ -166,12 +175,7 @@ def get_severity_table(cfg: RunConfig, corruption: str, scores: pd.DataFrame, me
     from gradviz.analysis import severity_metrics
 
     key = cache_key(kind="severity_metrics", cfg=cfg.to_json(), corruption=corruption, methods=list(methods))
-    hit = _memo().get(key)
-    if hit is not None:
-        return hit
-    table = severity_metrics(scores, methods)
-    _memo().put(key, table)
-    return table
+    return _memoised(key, lambda: severity_metrics(scores, methods))
 
 
 def get_meta_report(cfg: RunConfig, table: pd.DataFrame, **options):
@@ -181,10 +185,9 @@ def get_meta_report(cfg: RunConfig, table: pd.DataFrame, **options):
     digest = int(pd.util.hash_pandas_object(table, index=False).sum())
     key = cache_key(kind="meta", cfg=cfg.to_json(), table=[len(table), list(map(str, table.columns)), digest],
                     options={k: (sorted(v) if isinstance(v, (list, tuple, set)) else v) for k, v in options.items()})
-    hit = _memo().get(key)
-    if hit is not None:
-        return hit
-    with st.spinner("Cross-validating meta classifiers…", show_time=True):
-        report = meta_report(table, **options)
-    _memo().put(key, report)
-    return report
+
+    def compute():
+        with st.spinner("Cross-validating meta classifiers…", show_time=True):
+            return meta_report(table, **options)
+
+    return _memoised(key, compute)
