@@ -6,8 +6,8 @@ import streamlit as st
 
 from gradviz import analysis, plots
 from gradviz.gradients import LOSSES
-from gradviz.layers import entropy_correlation, layer_auroc, layer_bands
-from gradviz.ui.cache import get_layer_table, get_result, show_error
+from gradviz.layers import entropy_correlation, layer_bands
+from gradviz.ui.cache import get_layer_auroc, get_layer_table, get_result, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure
 from gradviz.ui.sidebar import ensure_frame
@@ -40,7 +40,7 @@ stats = list(dict.fromkeys(table.columns.get_level_values("stat")))
 stat = c3.selectbox("Statistic", stats, index=stats.index("l2") if "l2" in stats else 0, key="ly_stat")
 
 st.subheader(f"Which layer separates {cfg.id} (ID) from {ood}?")
-auroc = layer_auroc(table, cfg.id, ood)
+auroc = get_layer_auroc(cfg, loss, ood, table)
 best = analysis.best_layer_stat(auroc)
 st.success(f"Best single metric: **{best['stat']} of layer `{best['layer']}`** — AUROC {best['auroc']:.3f} "
            f"(OOD has {best['direction']} values; separation {best['separation']:.3f}). "
