@@ -211,7 +211,7 @@ async def measure_pages(samples: int) -> list[tuple[str, str, float, float]]:
 
 
 def speed_probe() -> float:
-    """Milliseconds of one plain forward+backward of the bundled model at batch 256 (fastest of 10): how fast
+    """Milliseconds of one plain forward+backward of the bundled model at batch 256 (fastest of 12 calls): how fast
     these shared cores are right now (the dashboard's times scale with it)."""
     import torch
 
