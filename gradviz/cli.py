@@ -190,7 +190,7 @@ def cmd_list(args) -> int:
     print("methods (uncertainty, higher = more uncertain):")
     for m in list_methods():
         print(f"  {m.name:24s} {m.title} — {m.paper}")
-    from gradviz import reductions
+    from gradviz.engine import kernels as reductions
     from gradviz.config import settings
 
     print(f"statistics kernel: {reductions.warm_up()} (GRADVIZ_COMPILE={reductions.resolve_mode(None)})")

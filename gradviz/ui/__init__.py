@@ -9,6 +9,6 @@ Session-state keys (shared by every page):
 | ``gv_selected``   | (dataset, index) of the sample chosen for inspection     |
 """
 
-from gradviz.reductions import build_in_background as _build_in_background
+from gradviz.engine.kernels import build_in_background as _build_in_background
 
 _build_in_background()  # every page computes: compile the statistics kernel while the page imports and loads

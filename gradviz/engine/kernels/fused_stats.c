@@ -1,4 +1,4 @@
-/* gradviz's compiled statistics kernels (gradviz/reductions.py loads and verifies them):
+/* gradviz's compiled statistics kernels (gradviz/engine/kernels/loader.py builds, checks and loads them):
  *   gv_row_parts_*   partial sums of materialised per-sample gradient rows (below);
  *   gv_bn_parts_*    a BatchNorm's per-sample gamma/beta sums;
  *   gv_conv_parts_f32  the direct conv kernel: each sample's conv weight gradient formed and
@@ -6,7 +6,7 @@
  *
  * Fused partial sums of per-sample gradient rows: ONE pass computes, for each segment of a row,
  *   s1 = sum |g|,  s2 = sum g^2,  mx = max g,  mn = min g,  sm = sum g
- * (the five numbers the six gradient statistics are finished from; gradviz/reductions.py).
+ * (the five numbers the six gradient statistics are finished from; gradviz/engine/reduce.py).
  *
  * Layout: g is (rows, n) row-major; each row is split into `seg` nearly equal spans and
  * out[(r * seg + j) * 5 + {0..4}] receives the partials of span j of row r, so callers can
@@ -18,11 +18,16 @@
  * result is deterministic. Lane partial sums are combined in double. NaN inputs make the sums
  * NaN (the statistics are then reported as invalid by gradviz), max/min follow IEEE compares.
  *
- * Threads: OpenMP when the compiler has it (the process's libgomp is the one PyTorch already
- * loaded, so both share one thread pool); otherwise gradviz splits the index range itself.
+ * Threads: OpenMP only where the loader links the OpenMP runtime PyTorch itself loaded (one
+ * runtime, one thread pool per process); otherwise the caller splits the index range over its own
+ * threads (each call then runs with threads = 1).
  *
- * Built once by gradviz at run time with the system C compiler (cc -O3 -march=native -shared).
+ * Built once by gradviz at run time with the system C compiler (cc -O3 -march=native -shared),
+ * cached under a key of this source, the compiler's version and the CPU's feature flags, and run
+ * once in a child process before this process loads it (loader.py).
  */
+/* The one version number: loader.py reads it from this line and compares gv_kernel_version(). */
+#define GV_KERNEL_VERSION 14
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -295,11 +300,27 @@ static void flush(vstats *st, double *d3) {
    sees output position p only, at input pixel (h, w); each of its C rows is x[c, h, w] * d[:, p],
    added in closed form) and nzero taps that see no position (rows of zeros).
    Returns 0, or -1 if memory could not be allocated. */
-int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int only_s2,
-                      const float *scale, const float *dscale, const float *wt_in, const float *z,
-                      const float *zshift, double *out, double *dot, double *dsum, double *zdot,
-                      const int64_t *rowsel, int64_t nsel, const int64_t *single, int64_t nsingle,
-                      int64_t nzero, int threads) {
+/* Arguments of gv_conv_parts_f32 by name (mirrored by a ctypes.Structure in binding.py, whose size
+   the loader compares with gv_conv_args_size() before the first call). */
+typedef struct {
+    const float *x, *d;
+    const int64_t *shape;
+    const float *scale, *dscale, *wt, *z, *zshift;
+    double *out, *dot, *dsum, *zdot;
+    const int64_t *rowsel, *single;
+    int64_t nsel, nsingle, nzero;
+    int32_t only_s2, threads;
+} gv_conv_args;
+
+int64_t gv_conv_args_size(void) { return (int64_t)sizeof(gv_conv_args); }
+
+int gv_conv_parts_f32(const gv_conv_args *a) {
+    const float *x = a->x, *d = a->d, *scale = a->scale, *dscale = a->dscale, *wt_in = a->wt, *z = a->z,
+                *zshift = a->zshift;
+    const int64_t *shape = a->shape, *rowsel = a->rowsel, *single = a->single;
+    double *out = a->out, *dot = a->dot, *dsum = a->dsum, *zdot = a->zdot;
+    int64_t nsel = a->nsel, nsingle = a->nsingle, nzero = a->nzero;
+    int only_s2 = a->only_s2, threads = a->threads;
     int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3], O = shape[4], Ho = shape[5],
             Wo = shape[6], kh = shape[7], kw = shape[8], sh = shape[9], sw = shape[10],
             ph = shape[11], pw = shape[12], dh = shape[13], dw = shape[14];
@@ -455,8 +476,8 @@ int gv_conv_parts_f32(const float *x, const float *d, const int64_t *shape, int 
     return failed ? -1 : 0;
 }
 
-/* A version number the loader checks, so a stale build of an older source is never used. */
-int gv_kernel_version(void) { return 13; }
+/* The version the loader checks, so a stale build of an older source is never used. */
+int gv_kernel_version(void) { return GV_KERNEL_VERSION; }
 
 /* 1 if built with OpenMP (the kernel then parallelises itself). */
 int gv_has_openmp(void) {

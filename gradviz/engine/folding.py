@@ -3,7 +3,7 @@
 In ``eval()`` mode a BatchNorm is a per-channel affine map of its input,
 z = γ (y − μ)/σ + β with σ = √(running_var + ε). When it directly follows a Conv2d whose output
 nothing else reads, the pair equals one convolution with weight s ⊙ W and bias s (b − μ) + β,
-s = γ/σ. The gradient engine's hooked forward (:class:`gradviz.gradients.GradientPass`) runs on
+s = γ/σ. The gradient engine's hooked forward (:class:`gradviz.engine.gradient_pass.GradientPass`) runs on
 such a *twin*: it skips every folded BatchNorm's forward and backward (about a fifth of a plain
 forward+backward of the bundled model), and still reports both layers exactly, from the output
 gradient δz of the folded convolution (METHODS.md §6):
@@ -13,7 +13,7 @@ gradient δz of the folded convolution (METHODS.md §6):
   twin never forms. x̂ is read off the folded output, (z − β)/γ, where γ is a safe divisor and z
   is small enough to keep or unchanged; else Σ_p δz_o y_o = Σ_k W_ok (δz ⋆ U_b)_ok comes from dot
   products of the (unscaled) per-sample weight gradient with W, taken while the engine reduces
-  it, or y is recomputed by one convolution (``_Kernel.finish_fold``).
+  it, or y is recomputed by one convolution (:meth:`gradviz.engine.plans.conv.ConvPlan.finish_fold`).
 
 The pairs are found on a ``torch.fx`` trace of a deep copy of the network (the model itself is
 never changed); a network that does not trace, or has no such pair, is run as it is. The twin is
@@ -65,13 +65,13 @@ class Fold:
         return cached
 
     def direct_args(self) -> dict[str, torch.Tensor]:
-        """Keyword arguments of :meth:`gradviz.reductions.FusedKernel.conv_parts` for this conv, built once.
+        """Keyword arguments of :meth:`gradviz.engine.kernels.FusedKernel.conv_parts` for this conv, built once.
 
         The scale is applied to δz as the kernel reads it, and the dot products use W/s, when every
         s is a safe divisor; else it is applied to each gradient tile (slower, any s, even 0)."""
         cached = self.__dict__.get("_direct_args")
         if cached is None:
-            from gradviz.reductions import transposed_weight
+            from gradviz.engine.kernels import transposed_weight
 
             s = self.scale.detach().double()
             w = self.conv.weight.detach().double()
@@ -135,6 +135,10 @@ def _build(net: nn.Module, key: tuple) -> Twin | None:
         return None
     modules = dict(gm.named_modules())
     folds: dict[str, Fold] = {}
+    calls: dict[str, int] = {}  # a module called twice (weight sharing) is never folded
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
             continue
@@ -144,7 +148,8 @@ def _build(net: nn.Module, key: tuple) -> Twin | None:
                 and isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1):
             continue
         conv = modules.get(src.target)
-        if not isinstance(conv, nn.Conv2d) or conv.out_channels != bn.num_features or src.target in folds:
+        if not isinstance(conv, nn.Conv2d) or conv.out_channels != bn.num_features or src.target in folds \
+                or calls.get(src.target, 0) > 1 or calls.get(node.target, 0) > 1:
             continue
         orig_conv, orig_bn = net.get_submodule(src.target), net.get_submodule(node.target)
         fold = _fold(src.target, node.target, orig_conv, orig_bn)
@@ -157,9 +162,7 @@ def _build(net: nn.Module, key: tuple) -> Twin | None:
     gm.graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
-    gm.eval()
-    for p in gm.parameters():
-        p.requires_grad_(False)
+    gm.eval()  # the twin's parameters keep requires_grad: per-sample gradients of derived tensors flow to them
     originals = {}
     for name, m in gm.named_modules():
         if name:

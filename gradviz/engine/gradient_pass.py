@@ -1,0 +1,348 @@
+"""One captured forward of a batch, its graph kept; per-sample gradient statistics for any loss.
+
+:class:`GradientPass` runs the forward under the engine's capture (:mod:`.capture`), on the folded
+twin of the network where there is one (:mod:`.folding`). Per loss, ONE ``torch.autograd.grad``
+from the logits delivers every use's output gradient δ through a tensor hook, and the use's plan
+(:mod:`.plans`) reduces it right there, while δ is hot in cache; δ is not kept, so memory stays
+that of a plain forward+backward. The graph is kept, so one forward serves several losses (and
+GAIA, ODIN: :meth:`GradientPass.output_grads`).
+
+Every per-sample gradient is linear in the loss's logit gradient g_b, so the backward runs on
+g_b / max|g_b| and the partial sums are scaled back in float64: gradients of ~1e-19 (noise on an
+overconfident model) neither underflow nor lose their squares.
+
+The model may be shared between threads: the capture is active only inside ``model.lock`` during
+the forward; no ``.grad`` and no ``requires_grad`` change is left behind.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from gradviz.engine.capture import FOLD_KEEP_BYTES, Capturer, ParamRef, Use, param_table
+from gradviz.engine.folding import fold_enabled, twin_of
+from gradviz.engine.losses import loss_gradient
+from gradviz.engine.plans import Job, Plan, Sink, make_plan
+from gradviz.engine.reduce import Parts, finish, merge, rescale
+from gradviz.errors import GradvizError, MethodError
+
+__all__ = ["GradientPass", "Group", "root_of"]
+
+
+def root_of(model: nn.Module) -> nn.Module:
+    """The wrapped network (names without the ``net.`` prefix) for a GradvizModel."""
+    net = getattr(model, "net", None)
+    return net if isinstance(net, nn.Module) else model
+
+
+@dataclass(eq=False)
+class Group:
+    """The parameters reported together as one "layer": a module's own parameters (or one parameter
+    of the root). ``uses``: the indices of the uses that reach them, in forward order."""
+
+    name: str
+    refs: list[ParamRef]
+    uses: list[int]
+
+    @property
+    def numel(self) -> int:
+        return sum(r.param.numel() for r in self.refs)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.refs[0].module
+
+
+class _HookSink:
+    """Where the graph's tensor hooks deliver output gradients during one backward.
+
+    Outside :meth:`collecting` (and for uses nobody asked for) a gradient is dropped at once.
+    The sink holds no reference to the graph or the pass, so they form no reference cycle."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, list[Use]] | None = None
+        self.each: Callable | None = None
+        self.results: dict[int, object] = {}
+
+    def hook(self, index: int) -> Callable[[torch.Tensor], None]:
+        def store(grad: torch.Tensor) -> None:  # returns None: the gradient flowing on is unchanged
+            pending = self.pending
+            if pending is not None and index in pending:
+                for use in pending[index]:  # the output's own use, and a BatchNorm folded into it
+                    if use.index not in self.results:
+                        self.results[use.index] = self.each(use, grad.detach()) if self.each else grad.detach()
+        return store
+
+    @contextmanager
+    def collecting(self, pending: dict[int, list[Use]], each: Callable | None) -> Iterator[dict[int, object]]:
+        self.pending, self.each, self.results = pending, each, {}
+        try:
+            yield self.results
+        finally:
+            self.pending, self.each = None, None
+
+
+class GradientPass:
+    """A batch's captured forward with its graph kept; per-sample output gradients for any loss.
+
+    ``logits`` (B, K), ``features`` (the head's input, (B, D)) and ``x_in`` (the input leaf) stay in
+    the graph, so methods can run their own backward passes on it: :meth:`output_grads` for use
+    outputs, :meth:`layer_stats` / :meth:`sq_l2_norms` for per-sample parameter-gradient statistics.
+    ``groups`` lists every parameter group of the network in forward order (unused ones last).
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None,
+                 fold_bn: bool | None = None) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
+            raise GradvizError("expected a non-empty batch tensor (B, C, H, W)")
+        if model.training:
+            raise GradvizError("per-sample gradients need the model in eval() mode (BatchNorm and dropout mix or "
+                               "perturb samples in train mode)")
+        self.model = model
+        root = root_of(model)
+        if not any(True for _ in root.parameters()):
+            raise GradvizError("the model has no parameters")
+        runnable = root is model or callable(getattr(model, "normalize", None))
+        self.twin = twin_of(root) if runnable and fold_enabled(fold_bn) else None
+        param = next(root.parameters())
+        self.x_in = x.detach().to(device=param.device, dtype=param.dtype).requires_grad_(True)
+        self.batch = int(x.shape[0])
+        self.refs = param_table(root, self.twin)
+        self._sink = _HookSink()  # the graph's tensor hooks write here; it holds no reference back (no cycle)
+        for clone_inputs in (False, True):
+            self._forward(clone_inputs)
+            # An input modified in place after its use (rare) would give wrong statistics: rerun keeping copies.
+            if clone_inputs or all(t._version == v for u in self.uses for t, v in zip(u.batch, u.versions)):
+                break
+        self.groups = self._groups(root)
+        self.chosen = self.resolve(layers)
+
+    # ---- the forward
+
+    def _forward(self, clone_inputs: bool) -> None:
+        root, twin = root_of(self.model), self.twin
+        head = getattr(self.model, "head", None)
+        self.features: torch.Tensor | None = None
+        sink = self._sink
+        capturer = None
+
+        def on_use(use: Use) -> torch.Tensor | None:
+            out = use.out
+            if not isinstance(out, torch.Tensor):
+                return None
+            if head is not None and use.op == "linear" and any(r.module is head for r in use.refs):
+                live = use.live
+                self.features = live.flatten(1) if live.ndim > 2 else live
+            small = out.numel() * out.element_size() <= FOLD_KEEP_BYTES
+            # The first use's output hands a copy downstream (if small): an in-place op after it (a ReLU
+            # after a folded BatchNorm) changes the copy, so this output stays as produced and the
+            # backward can stop at it, skipping the stem's input gradient.
+            own_copy = use.index == 0 and small and out.requires_grad and use.op in ("conv2d", "linear") and \
+                not any(r.module is head for r in use.refs)
+            fold = use.refs[0].fold if use.op == "conv2d" and use.refs else None
+            if fold is not None and fold.z_safe and small and not own_copy:
+                use.z = out.detach().clone()  # a later in-place op would change it (cheap: small)
+            if out.requires_grad:
+                out.register_hook(sink.hook(use.index))
+            if fold is not None:  # the BatchNorm folded into this conv: its use shares the output
+                bn_refs = [self.refs[id(p)] for p in fold.bn.parameters(recurse=False)]
+                capturer.uses.append(Use(len(capturer.uses), "batch_norm", torch.batch_norm, (), {}, out,
+                                         out._version, bn_refs, [], [], [], [], source=use.index, fold=fold))
+            return out.clone() if own_copy else None
+
+        capturer = Capturer(self.refs, self.batch, on_use, clone_inputs)
+        with getattr(self.model, "lock", nullcontext()):
+            with torch.enable_grad(), capturer:
+                if twin is None:
+                    self.logits = self.model(self.x_in)
+                else:
+                    self.logits = twin.net(self.x_in if root is self.model else self.model.normalize(self.x_in))
+        self.uses: list[Use] = capturer.uses
+        self._derived = capturer.derived  # keeps derived tensors (and their graph) alive with the pass
+
+    def _groups(self, root: nn.Module) -> dict[str, Group]:
+        """Every parameter group, in the order the forward first reached it; unreached groups last."""
+        groups: dict[str, Group] = {}
+        by_group: dict[str, list[ParamRef]] = {}
+        for ref in {id(r.param): r for r in self.refs.values()}.values():
+            by_group.setdefault(ref.group, []).append(ref)
+        for use in self.uses:
+            for ref in use.params:
+                group = groups.get(ref.group)
+                if group is None:
+                    group = groups[ref.group] = Group(ref.group, by_group[ref.group], [])
+                if use.index not in group.uses:
+                    group.uses.append(use.index)
+            if use.params:
+                use.group = use.params[0].group
+        for name, refs in by_group.items():
+            if name not in groups:
+                groups[name] = Group(name, refs, [])
+        return groups
+
+    def resolve(self, layers: Sequence[str] | str | None) -> list[Group]:
+        """The groups named by ``layers`` (all by default), in forward order."""
+        if layers is None:
+            return list(self.groups.values())
+        if isinstance(layers, str):
+            layers = [layers]
+        unknown = [n for n in layers if n not in self.groups]
+        if unknown:
+            raise MethodError(f"unknown layer(s) {unknown}; parameter groups: {', '.join(self.groups)}")
+        wanted = set(layers)
+        return [g for g in self.groups.values() if g.name in wanted]
+
+    def uses_per_param(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for use in self.uses:
+            if use.source is None:
+                for ref in use.params:
+                    counts[id(ref.param)] = counts.get(id(ref.param), 0) + 1
+        return counts
+
+    def uncovered(self, groups: Sequence[Group] | None = None) -> list[str]:
+        """Parameters of ``groups`` that no captured use reaches although the logits depend on them
+        (used through something the capture cannot see): their statistics would be wrong."""
+        covered = {id(r.param) for u in self.uses for r in u.params}
+        missing = [r for g in (groups or self.groups.values()) for r in g.refs if id(r.param) not in covered]
+        if not missing:
+            return []
+        got = torch.autograd.grad(self.logits.sum(), [r.param for r in missing], retain_graph=True, allow_unused=True)
+        return [r.name for r, g in zip(missing, got) if g is not None]
+
+    def norm_uses(self) -> list[Use]:
+        """Uses of normalisation layers (BatchNorm, folded or not, LayerNorm, GroupNorm), forward order."""
+        return [u for u in self.uses if u.op in ("batch_norm", "layer_norm", "group_norm")]
+
+    # ---- backward passes
+
+    def output_grads(self, root: torch.Tensor, grad: torch.Tensor | None, uses: Sequence[Use],
+                     input_grad: bool = False, each: Callable[[Use, torch.Tensor], object] | None = None,
+                     ) -> tuple[list, torch.Tensor | None]:
+        """One backward of ``root`` weighted by ``grad`` on the kept graph.
+
+        Returns ([``each(u, δ_u)`` — or δ_u itself — for each use], ∂/∂x_in if ``input_grad``).
+        Every δ_u arrives through the tensor hook registered on the output during the forward (the
+        value produced, even if an op changed it in place later), and ``each`` runs right there, while
+        δ_u is hot in cache; δ_u is not kept. The backward is driven to the first use's output if no op
+        changed it in place (else to the input), so it runs through every use once; where only later
+        uses are asked for, it stops at the earliest of them."""
+        if grad is not None:
+            grad = grad.to(root.dtype)
+        results: dict[int, object] = {}
+        pending: dict[int, list[Use]] = {}  # hook index -> uses served by it, forward order
+        for u in sorted(uses, key=lambda u: u.index):
+            if u.out is root:  # e.g. the head's output when root is the logits: δ is ``grad`` itself
+                results[u.index] = each(u, grad) if each else grad
+            else:
+                pending.setdefault(u.index if u.source is None else u.source, []).append(u)
+        x_grad = None
+        first = self.uses[0] if self.uses else None
+        anchor = first.out if first is not None and isinstance(first.out, torch.Tensor) and not first.modified \
+            and first.out.requires_grad and first.out is not root else None
+        use_input = input_grad or anchor is None
+        if not input_grad and pending and first is not None and first.index not in pending:
+            # Only later uses asked for (e.g. GAIA-A's last two stages): differentiate w.r.t. their own
+            # outputs, so the backward stops at the earliest of them instead of running down to the stem.
+            serving = [self.uses[i] for i in pending]
+            if all(not u.modified and u.out.requires_grad and u.out is not root for u in serving):
+                with self._sink.collecting(pending, each) as got:
+                    torch.autograd.grad(root, [u.out for u in serving], grad_outputs=grad, retain_graph=True,
+                                        allow_unused=True)
+                results.update(got)
+                pending = {i: left for i, us in pending.items() if (left := [u for u in us if u.index not in results])}
+        while pending or input_grad:
+            # Uses that read no batch tensor (a parameter expanded to the batch: a class token) start branches
+            # of their own, upstream of neither the input nor the anchor: their outputs are targets too.
+            side = [self.uses[i].out for i, us in pending.items() if not self.uses[i].batch
+                    and self.uses[i].out.requires_grad and self.uses[i].out is not root]
+            targets = ([self.x_in] if use_input else [anchor]) + side
+            with self._sink.collecting(pending, each) as got:
+                out = torch.autograd.grad(root, targets, grad_outputs=grad, retain_graph=True, allow_unused=True)
+            results.update(got)
+            x_grad = out[0] if use_input and input_grad else x_grad
+            pending = {i: left for i, us in pending.items() if (left := [u for u in us if u.index not in results])}
+            if use_input or not pending:
+                break
+            use_input = True  # a use is not downstream of the anchor: drive the backward to the input
+        for us in pending.values():  # outputs that do not influence ``root``: zero gradient
+            for u in us:
+                zero = torch.zeros_like(u.out)
+                results[u.index] = each(u, zero) if each else zero
+        return [results[u.index] for u in uses], (None if x_grad is None else x_grad.detach())
+
+    def reduce(self, loss, layers: Sequence[str] | None, job: Job,
+               progress: Callable[[int, int], None] | None) -> tuple[list[str], list[int], torch.Tensor]:
+        """(group names, numels, (B, L[, S]) float64): per-group statistics of one loss, one backward."""
+        dloss = loss_gradient(loss)
+        groups = self.chosen if layers is None else self.resolve(layers)
+        missing = self.uncovered(groups)
+        if missing:
+            raise GradvizError(f"parameter(s) {', '.join(missing[:6])} reach the output through an operation the "
+                               f"per-sample gradient engine cannot see; their statistics cannot be computed")
+        wanted = {g.name for g in groups}
+        needed = [u for u in self.uses if any(r.group in wanted for r in u.params)]
+        needed += [self.uses[u.source] for u in needed if u.source is not None and self.uses[u.source] not in needed]
+        needed.sort(key=lambda u: u.index)
+        counts = self.uses_per_param()
+        sink = Sink(self.batch, job, counts)
+        plans: dict[int, Plan] = {u.index: make_plan(u, job, sink, self.batch, counts) for u in needed}
+        for u in needed:
+            if u.source is not None:
+                plans[u.index].source = plans[u.source]
+        total = sum(p.chunk_count for p in plans.values())
+        done = [0]
+
+        def tick() -> None:  # the chunk count is known exactly only after calibration: end on total
+            done[0] += 1
+            if progress is not None and done[0] < total:
+                progress(done[0], total)
+
+        def each(use: Use, grad: torch.Tensor) -> dict[str, Parts]:
+            plan = plans[use.index]
+            plan.grad = grad
+            grad_mode = torch.enable_grad() if plan.kind in ("broadcast", "generic") else torch.no_grad()
+            with grad_mode:
+                return plan.run(tick)
+
+        g = dloss(self.logits.detach())
+        scale = g.abs().amax(-1)
+        scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+        results, _ = self.output_grads(self.logits, g / scale[:, None], needed, each=each)
+        by_group: dict[str, Parts | None] = {}
+        covered: set[int] = set()
+        for use, res in zip(needed, results):
+            for name, parts in res.items():
+                by_group[name] = merge(by_group.get(name), parts)
+                covered.update(id(r.param) for r in use.refs if r.group == name)
+        per_param = sink.parts()
+        out = []
+        for group in groups:
+            parts = by_group.get(group.name)
+            for ref in group.refs:
+                if id(ref.param) in per_param:
+                    parts = merge(parts, per_param[id(ref.param)])
+                elif id(ref.param) not in covered:  # never reached by the forward: its gradient is 0
+                    parts = merge(parts, _zeros(self.batch, job))
+            out.append(rescale(parts, scale))
+        with torch.no_grad():
+            values = finish(out, [g.numel for g in groups], job.stats)
+        if progress is not None:
+            progress(total, total)
+        return [g.name for g in groups], [g.numel for g in groups], values
+
+    def plans(self, job: Job) -> dict[int, Plan]:
+        """The plan of every use (for the coverage report; nothing is computed)."""
+        counts = self.uses_per_param()
+        sink = Sink(self.batch, job, counts)
+        return {u.index: make_plan(u, job, sink, self.batch, counts) for u in self.uses}
+
+
+def _zeros(batch: int, job: Job) -> Parts:
+    zero = torch.zeros(batch, dtype=torch.float64)
+    return {k: zero for k in job.need}
