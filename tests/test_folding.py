@@ -1,4 +1,4 @@
-"""BatchNorm folded into the conv before it (gradviz.folding): same statistics, untouched model."""
+"""BatchNorm folded into the conv before it (gradviz.engine.folding): same statistics, untouched model."""
 
 from __future__ import annotations
 
@@ -6,25 +6,24 @@ import pytest
 import torch
 from torch import nn
 
-from gradviz import reductions
-from gradviz.folding import twin_of
+from gradviz.engine.folding import twin_of
+from gradviz.engine.plans.conv import ConvPlan
 from gradviz.gradients import STATS, GradientPass, LOSSES, parametrised_layers
 from gradviz.methods.gaia import gaia_a_channels, gaia_z_channels
-from gradviz.models import GradvizModel
-from gradviz.models.card import ModelCard
-
-from test_gradients import _batch, _conv_variants_model, _randomise_bn, assert_stats_close, reference_stats
 from gradviz.models.zoo import random_model
+
+from conftest import require_kernel
+from engine_reference import assert_stats_close, reference_stats, wrap as _wrap_model
+from engine_reference import batch as _batch, randomise_bn as _randomise_bn
+from test_gradients import _conv_variants_model
 
 
 def _mnist64():
     return _randomise_bn(random_model("mnist-cnn", 10, (1, 28, 28), seed=0)).double()
 
 
-def _wrap(net: nn.Module, input_size, classes: int) -> GradvizModel:
-    card = ModelCard(name="t", architecture="t", input_size=input_size, mean=(0.5,) * input_size[0],
-                     std=(0.25,) * input_size[0], class_names=[str(i) for i in range(classes)])
-    return GradvizModel(net, card).eval()
+def _wrap(net: nn.Module, input_size, classes: int):
+    return _wrap_model(net, input_size, classes)
 
 
 def _both(model, x, loss="nll_pred", stats=STATS, layers=None):
@@ -76,7 +75,7 @@ def test_folded_batchnorm_alone_and_gaia_maps_match():
     assert folded.layers == plain.layers == ["layer1.bn1", "layer3.downsample.1"]
     assert torch.allclose(folded.values.double(), plain.values.double(), rtol=1e-6, atol=1e-12)
     gp_f, gp_p = GradientPass(model, x, fold_bn=True), GradientPass(model, x, fold_bn=False)
-    assert [c.name for c in gp_f.captures] == [c.name for c in gp_p.captures]
+    assert [u.group for u in gp_f.norm_uses()] == [u.group for u in gp_p.norm_uses()]
     for fn in (gaia_z_channels, gaia_a_channels):
         a, b = fn(model, x, "all", gp_f), fn(model, x, "all", gp_p)
         assert list(a) == list(b)
@@ -119,7 +118,7 @@ def test_only_safe_pairs_are_folded_and_statistics_stay_exact(cls):
         assert twin is None
     ref = reference_stats(model, x, "nll_pred")
     folded, _ = _both(model, x)
-    assert_stats_close(folded, ref, [n for n, _ in parametrised_layers(model)], rtol=1e-6)
+    assert_stats_close(folded, ref, rtol=1e-6)
 
 
 def test_twin_follows_weight_changes():
@@ -144,8 +143,7 @@ def test_env_switch_disables_folding(monkeypatch):
 
 def test_zero_gamma_channel_in_float32_direct_kernel():
     """γ = 0 makes s = γ/σ = 0 for a channel: the kernel must not divide by it (∇γ stays exact)."""
-    if reductions.warm_up() != "ready":
-        pytest.skip(f"compiled kernel unavailable here: {reductions.compiled_status()}")
+    require_kernel()
     model = _randomise_bn(random_model("mnist-cnn", 10, (1, 28, 28), seed=0))
     with torch.no_grad():
         model.net.layer1.bn1.weight[3] = 0.0
@@ -155,34 +153,29 @@ def test_zero_gamma_channel_in_float32_direct_kernel():
     res = GradientPass(model, x, fold_bn=True).layer_stats(compile="on")
     plain = GradientPass(model, x, fold_bn=False).layer_stats(compile="off")
     assert res.values.isfinite().all()
-    names = [n for n, _ in parametrised_layers(model)]
-    idx = [names.index(n) for n in res.layers]
     # float32 is only as close to the float64 loop as the unfolded eager engine is (~3e-4 here) ...
-    assert_stats_close(res, {s: v[:, idx] for s, v in ref.items()}, res.layers, rtol=1e-3)
+    assert_stats_close(res, ref, rtol=1e-3)
     # ... and folded equals unfolded far closer than that
-    ours = {s: plain.get(s).double() for s in STATS}
-    assert_stats_close(res, ours, res.layers, rtol=2e-5)
+    assert_stats_close(res, _as_ref(plain), rtol=2e-5)
 
 
 @pytest.mark.parametrize("dot_route", [True, False])
 @pytest.mark.parametrize("dtype, mode", [(torch.float64, "off"), (torch.float32, "on")])
 def test_both_routes_to_the_folded_gamma_gradient(dot_route, dtype, mode, monkeypatch):
     """Σ_p δz y from dot products with W, or from the recomputed conv output: the same numbers."""
-    from gradviz import gradients as engine
-
-    if mode == "on" and reductions.warm_up() != "ready":
-        pytest.skip(f"compiled kernel unavailable here: {reductions.compiled_status()}")
+    if mode == "on":
+        require_kernel()
     model = _randomise_bn(random_model("resnet18", 10, (3, 32, 32), seed=0)).to(dtype)
     x = _batch((3, 32, 32), 3, seed=7)
     plain = GradientPass(model, x, fold_bn=False).layer_stats(compile=mode)
-    real = engine._Kernel._dot_route
-    monkeypatch.setattr(engine._Kernel, "_dot_route",
+    real = ConvPlan._dot_route
+    monkeypatch.setattr(ConvPlan, "_dot_route",
                         lambda self, strategy: dot_route and real(self, strategy) or dot_route and strategy != "gram")
     folded = GradientPass(model, x, fold_bn=True).layer_stats(compile=mode)
-    ours = {s: plain.get(s).double() for s in STATS}
     # float32: as close as the unfolded float32 engine is to float64 on this model (max/min of a
     # rank-one layer relative to its RMS: 1.8e-4); float64: to rounding
-    assert_stats_close(folded, ours, plain.layers, rtol=1e-10 if dtype == torch.float64 else 5e-4)
+    assert folded.layers == plain.layers
+    assert_stats_close(folded, _as_ref(plain), rtol=1e-10 if dtype == torch.float64 else 5e-4)
 
 
 class _NoAffine(nn.Module):
@@ -218,4 +211,9 @@ def test_batchnorm_without_affine_parameters_folds_too():
     folded, plain = _both(model, x)
     assert folded.layers == plain.layers
     assert torch.allclose(folded.values.double(), plain.values.double(), rtol=1e-9, atol=1e-12)
-    assert_stats_close(folded, reference_stats(model, x, "nll_pred"), names, rtol=1e-6)
+    assert_stats_close(folded, reference_stats(model, x, "nll_pred"), rtol=1e-6)
+
+
+def _as_ref(res) -> dict:
+    """A LayerStats in the reference's shape {group: {stat: (B,)}}, to compare two engine runs."""
+    return {n: {s: res.get(s, [n])[:, 0].double() for s in res.stats} for n in res.layers}

@@ -94,7 +94,7 @@ def test_gradient_methods_of_a_batch_share_one_forward():
     from ONE hooked forward; only ODIN's perturbed input needs a forward of its own."""
     from gradviz.methods import list_methods
 
-    from gradviz.folding import twin_of
+    from gradviz.engine.folding import twin_of
 
     model, x = _model(), _x(4)
     runs = []

@@ -11,7 +11,6 @@ reaches them) everywhere: :class:`LayerStats`, :func:`parametrised_layers`, the 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -22,7 +21,7 @@ from gradviz.engine.gradient_pass import GradientPass, root_of
 from gradviz.engine.kernels import fused_kernel, resolve_mode
 from gradviz.engine.losses import loss_gradient
 from gradviz.engine.plans import Job
-from gradviz.engine.reduce import PARTS, STATS, finish, rank_one_parts, rescale
+from gradviz.engine.reduce import PARTS, STATS, LayerStats, check_stats, finish, rank_one_parts, rescale
 from gradviz.errors import GradvizError, MethodError
 
 __all__ = ["STATS", "LayerStats", "layer_gradient_stats", "layer_sq_l2_norms", "head_gradient_stats",
@@ -30,46 +29,6 @@ __all__ = ["STATS", "LayerStats", "layer_gradient_stats", "layer_sq_l2_norms", "
 
 # Largest sub-batch run through one captured forward; bounds the memory of saved activations.
 FORWARD_BATCH = 256
-
-
-@dataclass
-class LayerStats:
-    """Per-sample gradient statistics: ``values[b, l, s]`` = statistic ``stats[s]`` of layer ``layers[l]``."""
-
-    layers: list[str]  # parameter groups, forward order
-    stats: tuple[str, ...]
-    values: torch.Tensor  # (B, L, S) float32
-    numels: list[int] = field(default_factory=list)  # entries of each layer's gradient vector
-
-    def get(self, stat: str, layers: Sequence[str] | None = None) -> torch.Tensor:
-        """Values of one statistic, (B, L) for ``layers`` (default: all, in order)."""
-        if stat not in self.stats:
-            raise MethodError(f"statistic {stat!r} was not computed; available: {', '.join(self.stats)}")
-        return self.values[:, self._layer_index(layers), self.stats.index(stat)]
-
-    def to_frame(self):
-        """Wide table: one row per sample, columns MultiIndex (layer, stat)."""
-        import pandas as pd
-
-        b, n_layers, n_stats = self.values.shape
-        columns = pd.MultiIndex.from_product([self.layers, list(self.stats)], names=["layer", "stat"])
-        return pd.DataFrame(self.values.reshape(b, n_layers * n_stats).double().cpu().numpy(), columns=columns)
-
-    def _layer_index(self, layers: Sequence[str] | None) -> list[int]:
-        if layers is None:
-            return list(range(len(self.layers)))
-        unknown = [n for n in layers if n not in self.layers]
-        if unknown:
-            raise MethodError(f"unknown layer(s) {unknown}; known: {', '.join(self.layers)}")
-        return [self.layers.index(n) for n in layers]
-
-
-def check_stats(stats: Sequence[str]) -> tuple[str, ...]:
-    stats = tuple(stats)
-    bad = [s for s in stats if s not in STATS]
-    if bad or not stats:
-        raise MethodError(f"unknown statistic(s) {bad}; choose from {', '.join(STATS)}")
-    return stats
 
 
 def _over_sub_batches(model, x, layers, progress, run: Callable[[GradientPass, Callable | None], tuple]):

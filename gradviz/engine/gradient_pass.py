@@ -28,7 +28,7 @@ from gradviz.engine.capture import FOLD_KEEP_BYTES, Capturer, ParamRef, Use, par
 from gradviz.engine.folding import fold_enabled, twin_of
 from gradviz.engine.losses import loss_gradient
 from gradviz.engine.plans import Job, Plan, Sink, make_plan
-from gradviz.engine.reduce import Parts, finish, merge, rescale
+from gradviz.engine.reduce import STATS, LayerStats, Parts, check_stats, finish, merge, rescale
 from gradviz.errors import GradvizError, MethodError
 
 __all__ = ["GradientPass", "Group", "root_of"]
@@ -255,7 +255,13 @@ class GradientPass:
                     torch.autograd.grad(root, [u.out for u in serving], grad_outputs=grad, retain_graph=True,
                                         allow_unused=True)
                 results.update(got)
-                pending = {i: left for i, us in pending.items() if (left := [u for u in us if u.index not in results])}
+                # whatever is left does not influence ``root`` (no gradient reached it): zero, no 2nd backward
+                for us in pending.values():
+                    for u in us:
+                        if u.index not in results:
+                            zero = torch.zeros_like(u.out)
+                            results[u.index] = each(u, zero) if each else zero
+                pending = {}
         while pending or input_grad:
             # Uses that read no batch tensor (a parameter expanded to the batch: a class token) start branches
             # of their own, upstream of neither the input nor the anchor: their outputs are targets too.
@@ -335,6 +341,22 @@ class GradientPass:
         if progress is not None:
             progress(total, total)
         return [g.name for g in groups], [g.numel for g in groups], values
+
+    def layer_stats(self, loss: str | Callable = "nll_pred", stats: Sequence[str] = STATS,
+                    layers: Sequence[str] | None = None, chunk_mib: float | None = None,
+                    progress: Callable[[int, int], None] | None = None, compile: bool | str | None = None
+                    ) -> LayerStats:
+        """:func:`~gradviz.engine.layer_gradient_stats` of this pass's batch (one backward on the kept graph)."""
+        stats = check_stats(stats)
+        names, numels, values = self.reduce(loss, layers, Job(stats, chunk_mib, compile), progress)
+        return LayerStats(names, stats, values.float(), numels)
+
+    def sq_l2_norms(self, loss: str | Callable = "confounding_sigmoid", layers: Sequence[str] | None = None,
+                    chunk_mib: float | None = None, progress: Callable[[int, int], None] | None = None,
+                    compile: bool | str | None = None) -> tuple[list[str], torch.Tensor]:
+        """:func:`~gradviz.engine.layer_sq_l2_norms` of this pass's batch (one backward on the kept graph)."""
+        names, _, values = self.reduce(loss, layers, Job(None, chunk_mib, compile), progress)
+        return names, values.float()
 
     def plans(self, job: Job) -> dict[int, Plan]:
         """The plan of every use (for the coverage report; nothing is computed)."""

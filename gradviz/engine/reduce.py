@@ -9,13 +9,16 @@ form a gradient in any layout (tap-major, transposed, a permuted view of the par
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from gradviz.engine.kernels import FusedKernel
+from gradviz.errors import MethodError
 
-__all__ = ["PARTS", "STATS", "reduce_rows", "merge", "rank_one_parts", "finish", "Totals", "rescale"]
+__all__ = ["PARTS", "STATS", "LayerStats", "check_stats", "reduce_rows", "merge", "rank_one_parts", "finish", "Totals",
+           "rescale"]
 
 PARTS = ("s1", "s2", "mx", "mn", "sm")
 STATS: tuple[str, ...] = ("l1", "l2", "max", "min", "mean", "std")
@@ -161,3 +164,43 @@ class Totals:
         merged = merge(out, {k: v for k, v in extra.items() if k in out}) or {}
         merged.update({k: v for k, v in extra.items() if k not in out})
         return merged
+
+
+@dataclass
+class LayerStats:
+    """Per-sample gradient statistics: ``values[b, l, s]`` = statistic ``stats[s]`` of layer ``layers[l]``."""
+
+    layers: list[str]  # parameter groups, forward order
+    stats: tuple[str, ...]
+    values: torch.Tensor  # (B, L, S) float32
+    numels: list[int] = field(default_factory=list)  # entries of each layer's gradient vector
+
+    def get(self, stat: str, layers: Sequence[str] | None = None) -> torch.Tensor:
+        """Values of one statistic, (B, L) for ``layers`` (default: all, in order)."""
+        if stat not in self.stats:
+            raise MethodError(f"statistic {stat!r} was not computed; available: {', '.join(self.stats)}")
+        return self.values[:, self._layer_index(layers), self.stats.index(stat)]
+
+    def to_frame(self):
+        """Wide table: one row per sample, columns MultiIndex (layer, stat)."""
+        import pandas as pd
+
+        b, n_layers, n_stats = self.values.shape
+        columns = pd.MultiIndex.from_product([self.layers, list(self.stats)], names=["layer", "stat"])
+        return pd.DataFrame(self.values.reshape(b, n_layers * n_stats).double().cpu().numpy(), columns=columns)
+
+    def _layer_index(self, layers: Sequence[str] | None) -> list[int]:
+        if layers is None:
+            return list(range(len(self.layers)))
+        unknown = [n for n in layers if n not in self.layers]
+        if unknown:
+            raise MethodError(f"unknown layer(s) {unknown}; known: {', '.join(self.layers)}")
+        return [self.layers.index(n) for n in layers]
+
+
+def check_stats(stats: Sequence[str]) -> tuple[str, ...]:
+    stats = tuple(stats)
+    bad = [s for s in stats if s not in STATS]
+    if bad or not stats:
+        raise MethodError(f"unknown statistic(s) {bad}; choose from {', '.join(STATS)}")
+    return stats

@@ -20,19 +20,30 @@ the BatchNorm layers whose output spatial size is one of the last two distinct s
 among BatchNorm outputs in forward order — the last two "stages" of a ResNet (GAIA-A
 default) — or a comma-separated list of module names (as in ``model.net.named_modules()``).
 A module called several times in one forward keeps its last output. H·W of the last feature
-map is taken from the spatial size of the last BatchNorm output in forward order (the final
-feature map in ResNets); for models without BatchNorm pass ``layers`` and GAIA-A uses the last
-hooked map's size, which must then be the final feature map.
+map is taken from the spatial size of the last hooked map in forward order (the final feature
+map in ResNets).
+
+**Beyond BatchNorm (a gradviz extension, not in the paper).** Models without BatchNorm (vision
+transformers, ConvNeXt, Swin) hook the outputs of their LayerNorm / GroupNorm layers instead. A
+LayerNorm output (B, T, D) — a ViT's tokens, or a channels-last (B, H, W, C) map — is read with
+the positions (tokens, pixels) as the spatial axes and its last dimension as the channels; a
+GroupNorm output like a BatchNorm's. "auto" then keeps the maps in the last two distinct position
+shapes (a Swin's or ConvNeXt's last two stages; every norm of a ViT, whose tokens never change),
+and H·W in GAIA-A's output part is the number of positions of the last map (the ViT's token count:
+its class-token features see 1/T of that map's average gradient). For BatchNorm models the maps,
+the selection and the numbers are exactly the paper's.
 
 In-place operations: stock torchvision ResNets apply ``ReLU(inplace=True)`` and
 ``out += identity`` directly to BN outputs, which would turn the captured tensor into the
 ReLU/sum output (a different gradient). The forward hook therefore returns ``out.clone()``:
 the clone replaces the module's output, the in-place ops modify the clone, and the captured
-tensor stays the true BN output with the true gradient.
+tensor stays the true BN output with the true gradient; the engine's capture keeps each output
+as produced in the same way.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -48,17 +59,19 @@ from gradviz.models import GradvizModel
 __all__ = ["gaia_z", "gaia_a", "gaia_abnormality_map", "hooked_maps"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_OTHER_NORMS = (nn.LayerNorm, nn.GroupNorm)
 
 
 def _resolve_layers(model: GradvizModel, layers) -> tuple[list[tuple[str, nn.Module]], str]:
     """Modules to hook and the selection rule ("all" | "auto" | "names")."""
     named = [(n, m) for n, m in model.net.named_modules() if n]
     if layers is None or layers in ("all", "auto"):
-        bns = [(n, m) for n, m in named if isinstance(m, _BN)]
-        if not bns:
-            raise MethodError("GAIA hooks BatchNorm outputs, but this model has no BatchNorm layer; "
-                              "pass layers='name1,name2' (see model.net.named_modules())")
-        return bns, layers or "all"
+        norms = [(n, m) for n, m in named if isinstance(m, _BN)] or \
+            [(n, m) for n, m in named if isinstance(m, _OTHER_NORMS)]
+        if not norms:
+            raise MethodError("GAIA hooks normalisation outputs (BatchNorm, else LayerNorm/GroupNorm), but this model "
+                              "has none; pass layers='name1,name2' (see model.net.named_modules())")
+        return norms, layers or "all"
     names = [s.strip().removeprefix("net.") for s in (layers.split(",") if isinstance(layers, str) else layers)]
     names = [n for n in names if n]
     lookup = dict(named)
@@ -78,12 +91,13 @@ def hooked_maps(model: GradvizModel, x: torch.Tensor, layers=None):
     maps: dict[str, torch.Tensor] = {}
     store: dict[str, torch.Tensor] = {}
 
-    def make_hook(name: str):
+    def make_hook(name: str, module: nn.Module):
         def hook(_module, _inputs, out):
-            if not isinstance(out, torch.Tensor) or out.dim() != 4:
-                raise MethodError(f"GAIA: layer {name!r} does not output a (B, C, H, W) feature map")
+            if not isinstance(out, torch.Tensor) or out.dim() < 3:
+                raise MethodError(f"GAIA: layer {name!r} does not output a feature map (B, C, H, W) or tokens (B, T, D)")
             maps.pop(name, None)  # keep forward order of the last call
             maps[name] = out
+            store.setdefault("last_channel", {})[name] = _channel_last(module, out)
             return out.clone()  # in-place ops downstream hit the clone, not the captured map
         return hook
 
@@ -95,7 +109,7 @@ def hooked_maps(model: GradvizModel, x: torch.Tensor, layers=None):
         handles = []
         try:
             for name, module in modules:
-                handles.append(module.register_forward_hook(make_hook(name)))
+                handles.append(module.register_forward_hook(make_hook(name, module)))
             handles.append(model.head.register_forward_pre_hook(head_hook))
             with torch.enable_grad():
                 logits = model(x_in)
@@ -104,11 +118,40 @@ def hooked_maps(model: GradvizModel, x: torch.Tensor, layers=None):
                 handle.remove()
     if not maps:
         raise MethodError("GAIA: no hooked layer ran in the forward pass")
-    store["last_hw"] = tuple(next(reversed(maps.values())).shape[-2:])  # last map in forward order
+    last = store["last_channel"]
+    shapes = [_positions(m, last[n], x.shape[0]) for n, m in maps.items()]
+    store["last_hw"] = shapes[-1]  # last map in forward order
     if rule == "auto":
-        keep = _last_two_stages([tuple(m.shape[-2:]) for m in maps.values()])
+        keep = _last_two_stages(shapes)
         maps = {n: m for i, (n, m) in enumerate(maps.items()) if i in keep}
     return logits, maps, store
+
+
+def _channel_last(module: nn.Module, out: torch.Tensor) -> bool:
+    """Whether a norm module's output holds its channels last (LayerNorm over tokens or channels-last
+    maps) or in dimension 1 (BatchNorm, GroupNorm, a LayerNorm2d that permutes back)."""
+    if isinstance(module, nn.LayerNorm):
+        return out.shape[-1] == module.normalized_shape[-1] and not (
+            out.dim() == 4 and out.shape[1] == module.normalized_shape[-1] and out.shape[-1] != out.shape[1])
+    return False
+
+
+def _positions(m: torch.Tensor, channel_last: bool, batch: int) -> tuple[int, ...]:
+    """The positions' shape of one sample's map: (H, W) of a (B, C, H, W) map, else the dimensions
+    between the samples and the channels (a sample's tokens)."""
+    if not channel_last:
+        return tuple(m.shape[2:])
+    return (m.numel() // (batch * m.shape[-1]),)
+
+
+def _per_channel(g: torch.Tensor, channel_last: bool, batch: int, fn: Callable[[torch.Tensor], torch.Tensor]
+                 ) -> torch.Tensor:
+    """``fn`` over the positions of every (sample, channel) of a map gradient: (B, C). A
+    (B, C, H, W) map is reduced over its last two dimensions exactly as the paper's code does."""
+    if not channel_last:
+        return fn(g if g.dim() == 4 else g.reshape(g.shape[0], g.shape[1], -1, 1))
+    c = g.shape[-1]
+    return fn(g.reshape(batch, -1, c).transpose(1, 2).unsqueeze(-1))
 
 
 @dataclass
@@ -118,7 +161,7 @@ class _Maps:
     logits: torch.Tensor  # (B, K), in the graph
     h: torch.Tensor  # (B, D) head input, in the graph
     names: list[str]  # hooked maps, forward order
-    last_hw: tuple[int, int]
+    last_hw: tuple[int, ...]  # the last map's positions (H, W), or (T,) for tokens
     # (root, d root, reduce) -> [reduce(∂root/∂map)] per map, forward order
     grads: Callable[[torch.Tensor, torch.Tensor | None, Callable], list[torch.Tensor]]
 
@@ -135,28 +178,35 @@ def _maps(model: GradvizModel, x: torch.Tensor, layers, gp: GradientPass | None)
     Only the selected maps are differentiated, so the backward stops at the earliest of them: the
     "auto" rule's last two stages cost a fraction of a full backward."""
     rule = "all" if layers is None else layers
-    caps = None
+    batch = x.shape[0]
+    uses = None
     if gp is not None and rule in ("all", "auto"):
-        caps = [c for c in gp.captures if isinstance(c.module, _BN) and c.out.dim() == 4]
-        if not caps or any(c.calls > 1 for c in caps) or gp.features is None:
-            caps = None  # a BN run twice (or none hooked): GAIA's own hooks keep the last call
-    if caps is not None:
+        norms = gp.norm_uses()
+        uses = [u for u in norms if u.op == "batch_norm" and u.out.dim() == 4] or \
+            [u for u in norms if u.op in ("layer_norm", "group_norm")]
+        groups = [u.group for u in uses]
+        if not uses or len(set(groups)) < len(groups) or gp.features is None:
+            uses = None  # a norm run twice (or none captured): GAIA's own hooks keep the last call
+    if uses is not None:
+        last = {u.index: u.op == "layer_norm" for u in uses}
+        shapes = [_positions(u.out, last[u.index], batch) for u in uses]
+        last_hw = shapes[-1]
         if rule == "auto":
-            keep = _last_two_stages([tuple(c.out.shape[-2:]) for c in caps])
-            last_hw, caps = tuple(caps[-1].out.shape[-2:]), [caps[i] for i in keep]
-        else:
-            last_hw = tuple(caps[-1].out.shape[-2:])
-        return _Maps(gp.logits, gp.features, [c.name for c in caps], last_hw,
-                     lambda root, grad, reduce: gp.output_grads(root, grad, caps, each=lambda _c, g: reduce(g))[0])
+            uses = [uses[i] for i in _last_two_stages(shapes)]
+        return _Maps(gp.logits, gp.features, [u.group for u in uses], last_hw,
+                     lambda root, grad, reduce: gp.output_grads(
+                         root, grad, uses, each=lambda u, g: _per_channel(g, last[u.index], batch, reduce))[0])
     logits, maps, store = hooked_maps(model, x, layers if rule not in ("all", "auto") else rule)
-    tensors = list(maps.values())
+    tensors, names = list(maps.values()), list(maps)
+    last = store["last_channel"]
 
     def grads(root, grad, reduce):
         with torch.enable_grad():
             got = torch.autograd.grad(root, tensors, grad_outputs=grad, allow_unused=True, retain_graph=True)
-        return [reduce(torch.zeros_like(t) if g is None else g) for t, g in zip(tensors, got)]
+        return [_per_channel(torch.zeros_like(t) if g is None else g, last[n], batch, reduce)
+                for n, t, g in zip(names, tensors, got)]
 
-    return _Maps(logits, store["h"], list(maps), store["last_hw"], grads)
+    return _Maps(logits, store["h"], names, store["last_hw"], grads)
 
 
 def gaia_z_channels(model: GradvizModel, x: torch.Tensor, layers=None,
@@ -176,7 +226,7 @@ def gaia_a_channels(model: GradvizModel, x: torch.Tensor, layers="auto",
     means = src.grads(src.h, torch.ones_like(src.h), lambda g: g.mean(dim=(-2, -1)))  # L_in = Σ_b Σ_d h_bd
     with torch.no_grad():
         p = src.logits.detach().softmax(-1)  # (B, K)
-        hw = float(src.last_hw[0] * src.last_hw[1])
+        hw = float(math.prod(src.last_hw))
         g_bar = (1.0 - p.shape[-1] * p) @ model.head.weight.to(p.dtype) / hw  # (B, D) = Wᵀ(1 − C p)/(HW)
         o = g_bar.abs().mean(-1).sqrt().clamp_min(1e-12)  # (B,)
         return {name: (m / o[:, None]).detach() for name, m in zip(src.names, means)}
