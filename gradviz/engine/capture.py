@@ -117,7 +117,8 @@ class Use:
     out_version: int
     refs: list[ParamRef]  # the parameters used directly
     used: list[torch.Tensor]  # the tensor used for each of them (the parameter, or its twin's copy)
-    derived: list[tuple[torch.Tensor, list[ParamRef]]]  # derived tensors used, and the parameters behind each
+    # derived tensors used, and the parameters behind each: (ref, the tensor the graph holds: it or its twin's copy)
+    derived: list[tuple[torch.Tensor, list[tuple[ParamRef, torch.Tensor]]]]
     batch: list[torch.Tensor]  # the batch tensors read (detached), to check they were not changed later
     versions: list[int]
     calls: int = 1
@@ -146,7 +147,7 @@ class Use:
         """Every parameter this use reaches, directly or through derived tensors."""
         out = list(self.refs)
         for _, deps in self.derived:
-            out += [r for r in deps if all(r is not o for o in out)]
+            out += [r for r, _ in deps if all(r is not o for o in out)]
         return out
 
 
@@ -188,13 +189,14 @@ class Capturer(TorchFunctionMode):
         self.batch_size = batch_size
         self.on_use = on_use  # called with each new use; may return a replacement output (a copy)
         self.clone_inputs = clone_inputs
-        self.derived: dict[int, tuple[torch.Tensor, list[ParamRef]]] = {}  # id -> (tensor kept alive, params)
+        # id -> (derived tensor, kept alive, [(parameter, the tensor of it the graph holds)])
+        self.derived: dict[int, tuple[torch.Tensor, list[tuple[ParamRef, torch.Tensor]]]] = {}
         self.uses: list[Use] = []
 
-    def _deps(self, t: torch.Tensor) -> list[ParamRef] | None:
+    def _deps(self, t: torch.Tensor) -> list[tuple[ParamRef, torch.Tensor]] | None:
         ref = self.refs.get(id(t))
         if ref is not None:
-            return [ref]
+            return [(ref, t)]
         entry = self.derived.get(id(t))
         return None if entry is None or entry[0] is not t else entry[1]
 
@@ -212,9 +214,9 @@ class Capturer(TorchFunctionMode):
         batch = [t for t in tensors if id(t) not in deps and t.requires_grad]
         if not batch and not self._expands_to_batch(func, args):
             out = func(*args, **kwargs)
-            every = []
+            every: list[tuple[ParamRef, torch.Tensor]] = []
             for d in deps.values():
-                every += [r for r in d if all(r is not o for o in every)]
+                every += [(r, t) for r, t in d if all(t is not o for _, o in every)]
             for t in _tensors(out if isinstance(out, tuple) else (out,), {}):
                 self.derived[id(t)] = (t, every)
             return out

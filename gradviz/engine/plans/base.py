@@ -78,13 +78,13 @@ class Sink:
             self.sums[key] = flat.new_zeros(self.batch, flat.shape[1], dtype=torch.float64)
         self.sums[key][sl] += flat
 
-    def emit_derived(self, derived: torch.Tensor, deps: list[ParamRef], grad: torch.Tensor, sl: slice) -> None:
+    def emit_derived(self, derived: torch.Tensor, deps: list[tuple[ParamRef, torch.Tensor]], grad: torch.Tensor,
+                     sl: slice) -> None:
         """Per-sample gradients (b, *derived.shape) of a tensor computed from parameters alone, taken
-        back to those parameters by one batched vector-Jacobian product."""
-        params = [r.param for r in deps]
-        got = torch.autograd.grad(derived, params, grad_outputs=grad.to(derived.dtype), retain_graph=True,
-                                  allow_unused=True, is_grads_batched=True)
-        for ref, g in zip(deps, got):
+        back to those parameters (the tensors the graph holds) by one batched vector-Jacobian product."""
+        got = torch.autograd.grad(derived, [t for _, t in deps], grad_outputs=grad.to(derived.dtype),
+                                  retain_graph=True, allow_unused=True, is_grads_batched=True)
+        for (ref, _), g in zip(deps, got):
             self.emit(ref, torch.zeros(grad.shape[0], *ref.param.shape, dtype=grad.dtype) if g is None else g, sl)
 
     def parts(self) -> dict[int, Parts]:
