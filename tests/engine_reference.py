@@ -74,14 +74,14 @@ def reference_stats(model: GradvizModel, x: torch.Tensor, loss: str) -> dict[str
 
 
 def assert_stats_close(res: LayerStats, ref: dict[str, dict[str, torch.Tensor]], rtol: float) -> None:
-    """Every statistic of every reported group within ``rtol``: relative to its own size (l1, l2, std)
-    or to the group's RMS entry (mean, max, min, which may be near 0)."""
+    """Every statistic of every reported group within ``rtol``: relative to its own size (l1, l2) or to
+    the group's RMS entry (mean, max, min, std, which may be near 0: a one-entry group's std is 0)."""
     assert set(res.layers) == set(ref), (sorted(set(res.layers) ^ set(ref)))
     for i, (name, numel) in enumerate(zip(res.layers, res.numels)):
         want = ref[name]
         rms = want["l2"] / numel ** 0.5
         for s in res.stats:
             got = res.values[:, i, res.stats.index(s)].double()
-            scale = rms if s in ("mean", "max", "min") else want[s].abs()
+            scale = rms if s in ("mean", "max", "min", "std") else want[s].abs()
             err = ((got - want[s]).abs() / scale.clamp_min(1e-300)).max().item()
             assert err < rtol, f"{name} {s}: relative error {err:.2e}"

@@ -121,6 +121,7 @@ class Use:
     derived: list[tuple[torch.Tensor, list[tuple[ParamRef, torch.Tensor]]]]
     batch: list[torch.Tensor]  # the batch tensors read (detached), to check they were not changed later
     versions: list[int]
+    from_input: bool = True  # a batch tensor read has a gradient (the use is downstream of the input)
     calls: int = 1
     # A BatchNorm folded into the convolution before it (gradviz.engine.folding) has no call of its own:
     # its use shares the convolution's output (index ``source``).
@@ -192,6 +193,7 @@ class Capturer(TorchFunctionMode):
         # id -> (derived tensor, kept alive, [(parameter, the tensor of it the graph holds)])
         self.derived: dict[int, tuple[torch.Tensor, list[tuple[ParamRef, torch.Tensor]]]] = {}
         self.uses: list[Use] = []
+        self.nograd_batch: dict[int, torch.Tensor] = {}  # data-dependent tensors that need no gradient
 
     def _deps(self, t: torch.Tensor) -> list[tuple[ParamRef, torch.Tensor]] | None:
         ref = self.refs.get(id(t))
@@ -210,8 +212,14 @@ class Capturer(TorchFunctionMode):
             return func(*args, **kwargs)
         deps = {id(t): d for t in tensors if (d := self._deps(t)) is not None}
         if not deps:
-            return func(*args, **kwargs)
-        batch = [t for t in tensors if id(t) not in deps and t.requires_grad]
+            out = func(*args, **kwargs)
+            if any(t.requires_grad or id(t) in self.nograd_batch for t in tensors):
+                # data-dependent tensors without a gradient (indices, masks) still belong to the samples
+                for o in _tensors(out if isinstance(out, (tuple, list)) else (out,), {}):
+                    if not o.requires_grad:
+                        self.nograd_batch[id(o)] = o
+            return out
+        batch = [t for t in tensors if id(t) not in deps and (t.requires_grad or id(t) in self.nograd_batch)]
         if not batch and not self._expands_to_batch(func, args):
             out = func(*args, **kwargs)
             every: list[tuple[ParamRef, torch.Tensor]] = []
@@ -258,6 +266,7 @@ class Capturer(TorchFunctionMode):
             use.spec = named_args(op, call_args, call_kwargs)
         elif op == "broadcast":
             use.spec = {"kind": "expand" if func in _EXPAND else _ELEMENTWISE[func], "alpha": kwargs.get("alpha", 1)}
+        use.from_input = any(t.requires_grad for t in batch)
         self.uses.append(use)
         replacement = self.on_use(use)
         return out if replacement is None else replacement

@@ -74,13 +74,14 @@ def coverage(model: nn.Module, x: torch.Tensor | None = None, fold_bn: bool | No
     gp = GradientPass(model, x[:1], fold_bn=fold_bn)
     plans = gp.plans(Job(("l1",), None, None))
     missing = set(gp.uncovered())
+    mixed = gp.layout_violations()
     rows = []
     for group in gp.groups.values():
         uses = [gp.uses[i] for i in group.uses]
         kinds = list(dict.fromkeys(plans[u.index].kind for u in uses))
         paths = list(dict.fromkeys(plans[u.index].describe() for u in uses))
         names = [r.name for r in group.refs]
-        if any(n in missing for n in names):
+        if any(n in missing for n in names) or any(i in mixed for i in group.uses):
             status = "NOT COVERED"
         elif not uses:
             status = "unused"

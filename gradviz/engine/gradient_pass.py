@@ -17,6 +17,7 @@ the forward; no ``.grad`` and no ``requires_grad`` change is left behind.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -32,6 +33,9 @@ from gradviz.engine.reduce import STATS, LayerStats, Parts, check_stats, finish,
 from gradviz.errors import GradvizError, MethodError
 
 __all__ = ["GradientPass", "Group", "root_of"]
+
+# model -> {(input shape, dtype, fold): indices of uses whose tensors break the layout convention}
+_LAYOUT: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def root_of(model: nn.Module) -> nn.Module:
@@ -156,14 +160,52 @@ class GradientPass:
             return out.clone() if own_copy else None
 
         capturer = Capturer(self.refs, self.batch, on_use, clone_inputs)
+        self.logits = self._run(capturer, self.x_in)
+        self.uses: list[Use] = capturer.uses
+        self._derived = capturer.derived  # keeps derived tensors (and their graph) alive with the pass
+
+    def _run(self, capturer: Capturer, x: torch.Tensor) -> torch.Tensor:
+        """The network's forward of ``x`` under ``capturer`` (on the folded twin where there is one)."""
+        root, twin = root_of(self.model), self.twin
         with getattr(self.model, "lock", nullcontext()):
             with torch.enable_grad(), capturer:
                 if twin is None:
-                    self.logits = self.model(self.x_in)
-                else:
-                    self.logits = twin.net(self.x_in if root is self.model else self.model.normalize(self.x_in))
-        self.uses: list[Use] = capturer.uses
-        self._derived = capturer.derived  # keeps derived tensors (and their graph) alive with the pass
+                    return self.model(x)
+                return twin.net(x if root is self.model else self.model.normalize(x))
+
+    def layout_violations(self) -> set[int]:
+        """Uses whose tensors do not hold whole samples along dimension 0, sample-major (the engine's
+        layout convention), found once per model and input shape by a probe: a forward of two samples,
+        the second all NaN. NaN reaches exactly what depends on that sample, so a row the convention
+        gives to sample 0 that holds a NaN mixes the samples (interleaved or batch-first layouts
+        elsewhere than dimension 0, or an op across the batch). A probe that cannot run (NaN breaks
+        the model's control flow) or runs other ops checks nothing."""
+        key = (tuple(self.x_in.shape[1:]), self.x_in.dtype, self.twin is not None)
+        known = _LAYOUT.setdefault(self.model, {})
+        if key in known:
+            return known[key]
+        bad: set[int] = set()
+
+        def check(use: Use) -> None:
+            for t in (*use.batch, use.out):
+                if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                    continue
+                if t.dim() == 0 or t.shape[0] % 2 or torch.isnan(t[: t.shape[0] // 2]).any():
+                    bad.add(use.index)
+
+        x = torch.cat([self.x_in[:1].detach(), torch.full_like(self.x_in[:1], float("nan"))]).requires_grad_(True)
+        probe = Capturer(self.refs, 2, lambda use: check(use), clone_inputs=False)
+        try:
+            self._run(probe, x)
+        except Exception:  # NaN broke the model's own logic: nothing can be said
+            bad = set()
+        if len(probe.uses) != sum(1 for u in self.uses if u.source is None):
+            bad = set()
+        else:  # the probe has no folded BatchNorm uses: map its indices onto this pass's
+            real = [u.index for u in self.uses if u.source is None]
+            bad = {real[i] for i in bad}
+        known[key] = bad
+        return bad
 
     def _groups(self, root: nn.Module) -> dict[str, Group]:
         """Every parameter group, in the order the forward first reached it; unreached groups last."""
@@ -263,9 +305,10 @@ class GradientPass:
                             results[u.index] = each(u, zero) if each else zero
                 pending = {}
         while pending or input_grad:
-            # Uses that read no batch tensor (a parameter expanded to the batch: a class token) start branches
-            # of their own, upstream of neither the input nor the anchor: their outputs are targets too.
-            side = [self.uses[i].out for i, us in pending.items() if not self.uses[i].batch
+            # Uses that read no batch tensor with a gradient (a parameter expanded to the batch, an embedding
+            # looked up by the batch's indices) start branches of their own, upstream of neither the input
+            # nor the anchor: their outputs are targets too.
+            side = [self.uses[i].out for i in pending if not self.uses[i].from_input
                     and self.uses[i].out.requires_grad and self.uses[i].out is not root]
             targets = ([self.x_in] if use_input else [anchor]) + side
             with self._sink.collecting(pending, each) as got:
@@ -291,10 +334,16 @@ class GradientPass:
         if missing:
             raise GradvizError(f"parameter(s) {', '.join(missing[:6])} reach the output through an operation the "
                                f"per-sample gradient engine cannot see; their statistics cannot be computed")
+        mixed = self.layout_violations()
         wanted = {g.name for g in groups}
         needed = [u for u in self.uses if any(r.group in wanted for r in u.params)]
         needed += [self.uses[u.source] for u in needed if u.source is not None and self.uses[u.source] not in needed]
         needed.sort(key=lambda u: u.index)
+        broken = [r.name for u in needed if u.index in mixed for r in u.params]
+        if broken:
+            raise GradvizError(f"parameter(s) {', '.join(dict.fromkeys(broken[:6]))} are used on tensors whose first "
+                               f"dimension does not hold whole samples (sample-major), or that mix samples; "
+                               f"per-sample gradients need the batch along dimension 0")
         counts = self.uses_per_param()
         sink = Sink(self.batch, job, counts)
         plans: dict[int, Plan] = {u.index: make_plan(u, job, sink, self.batch, counts) for u in needed}
