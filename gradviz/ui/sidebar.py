@@ -15,7 +15,7 @@ from gradviz.models import list_models
 from gradviz.models import zoo  # noqa: F401  (registers the bundled model)
 from gradviz.scoring import RunConfig
 
-MAX_SPEC_CHARS = 1024  # = gradviz.data.folder.MAX_PATH_CHARS: longer specs are refused anyway
+MAX_SPEC_CHARS = 4096  # the browser stops a giant paste; the library refuses folder paths over 1,024 with a message
 BUILTIN_SETS = ["mnist", "mnist:train", "letters", "noise-uniform", "noise-gaussian"]
 TORCHVISION_SETS = ["MNIST", "FashionMNIST", "KMNIST", "EMNIST", "CIFAR10", "CIFAR100", "SVHN", "Omniglot"]
 
