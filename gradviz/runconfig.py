@@ -153,9 +153,10 @@ class RunConfig:
             self.ood = [self.ood] if self.ood.strip() else []  # one set, not its characters
         if not isinstance(self.ood, list) or not all(isinstance(s, str) and s.strip() for s in self.ood):
             bad("ood", "a list of dataset specs (or one spec as a string)", self.ood)
-        elif len(set(self.ood)) != len(self.ood):
+        elif len(set(self.ood)) != len(self.ood):  # (hashable: every entry is a str here)
             problems.append(f"ood: lists a set twice ({_show(sorted({s for s in self.ood if self.ood.count(s) > 1}))})")
-        for name, value in (("id", self.id), ("fit_set", self.fit_set), *(("ood", s) for s in self.ood or [])):
+        ood = self.ood if isinstance(self.ood, list) else []
+        for name, value in (("id", self.id), ("fit_set", self.fit_set), *(("ood", s) for s in ood)):
             if isinstance(value, str) and value.strip() and value not in provided:
                 problem = _spec_problem(value)
                 if problem:

@@ -172,7 +172,7 @@ def too_few_samples(counts: dict[str, int], what: str = "samples") -> str:
     few = {spec: n for spec, n in counts.items() if n < MIN_VALID}
     if not few:
         return ""
-    listed = ", ".join(f"{short_spec(spec, 60)} has {n}" for spec, n in few.items())
+    listed = ", ".join(f"{short_spec(spec, 120)} has {n}" for spec, n in few.items())
     return (f"too few {what} for AUROC, FPR95 and AUPR ({listed}; each side needs at least {MIN_VALID}), "
             "so these metrics are left blank (NaN): add images to the set or raise the samples per set")
 
@@ -188,7 +188,7 @@ def _metric_warnings(metrics: pd.DataFrame) -> list[str]:
             continue
         if len(blank) == len(rows) and blank["n_ood"].nunique() == 1 and blank["n_id"].nunique() == 1:
             message = too_few_samples({ood: int(blank["n_ood"].iloc[0]), "the ID set": int(blank["n_id"].iloc[0])})
-            out.append(f"{short_spec(ood, 60)}: {message}" if message else "")
+            out.append(f"{short_spec(ood, 120)}: {message}" if message else "")
             continue
         for r in blank.itertuples():
             message = too_few_samples({ood: int(r.n_ood), "the ID set": int(r.n_id)}, what="finite scores")
