@@ -121,14 +121,17 @@ def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> Sc
     hit = _memo().get(key)
     if hit is not None:
         return hit
-    update, done = _progress_bar("Scoring samples")
     model = get_model(cfg.model, cfg.weights)
     datasets = {**uploads}
-    for spec in [cfg.id, *cfg.ood]:
+    for spec in [cfg.id, *cfg.ood]:  # a refused or missing set fails here, before any progress bar is drawn
         if spec not in datasets:
             datasets[spec] = get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
-    result = run(cfg, progress=update, store=get_store(), model=model, datasets=datasets, allowed_roots=allowed_roots())
-    done()
+    update, done = _progress_bar("Scoring samples")
+    try:
+        result = run(cfg, progress=update, store=get_store(), model=model, datasets=datasets,
+                     allowed_roots=allowed_roots())
+    finally:
+        done()
     _memo().put(key, result)
     return result
 

@@ -77,7 +77,8 @@ def show_file_reports(skipped: dict[str, list[tuple[str, str]]], notes: dict[str
     n_notes = sum(len(v) for v in notes.values())
     if not n_skipped and not n_notes:
         return
-    rows = [(spec, file, f"skipped: {reason}") for spec, items in skipped.items() for file, reason in items]
+    rows = [(spec, file, f"skipped: {reason.removeprefix(f'{file}: ')}") for spec, items in skipped.items()
+            for file, reason in items]
     rows += [(spec, file, note) for spec, items in notes.items() for file, note in items]
     title = " · ".join(part for part in (f"{n_skipped} file(s) skipped" if n_skipped else "",
                                          f"{n_notes} file(s) altered while decoding" if n_notes else "") if part)
