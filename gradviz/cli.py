@@ -30,35 +30,70 @@ def _tqdm_progress():
     return progress
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="mnist-cnn", help="mnist-cnn or torchvision:<arch> (default: mnist-cnn)")
-    p.add_argument("--weights", default=None, help="weights file (.safetensors or a weights-only state dict)")
-    p.add_argument("--id", default="mnist", help="in-distribution dataset spec (default: mnist)")
-    p.add_argument("--ood", action="append", default=None, help="OOD dataset spec; repeat for several")
-    p.add_argument("--limit", type=int, default=None, help="at most N samples per dataset")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=256)
+# Run-configuration fields the flags set; given beside --config, a flag overrides that field of the file.
+_FLAG_FIELDS = {"model": "model", "weights": "weights", "id": "id", "ood": "ood", "methods": "methods", "limit": "limit",
+                "seed": "seed", "device": "device", "batch_size": "batch_size"}
+
+
+def _add_common(p: argparse.ArgumentParser, methods: bool = False) -> None:
+    g = p.add_argument_group("run configuration", "Each flag given beside --config overrides that field of the file; "
+                                                  "fields neither sets take their defaults.")
+    g.add_argument("--config", default=None, help="run configuration JSON, as exported by the dashboard (checked whole "
+                                                   "before anything runs; flags given beside it override its fields)")
+    g.add_argument("--model", default=None, help="mnist-cnn or torchvision:<arch> (default: mnist-cnn)")
+    g.add_argument("--weights", default=None, help="weights file (.safetensors or a weights-only state dict)")
+    g.add_argument("--id", default=None, help="in-distribution dataset spec (default: mnist)")
+    g.add_argument("--ood", action="append", default=None,
+                   help="OOD dataset spec; repeat for several (given with --config: replaces the file's list)")
+    g.add_argument("--limit", type=int, default=None, help="at most N samples per dataset (default: all)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    g.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 256)")
+    if methods:
+        g.add_argument("--methods", default=None, help="comma-separated method names or 'all' (default: all)")
     p.add_argument("--cache", default=None, help="results cache folder (default: ~/.cache/gradviz/results); 'none' disables")
-    p.add_argument("--config", default=None, help="run configuration JSON (as exported by the dashboard)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default=None,
                    help="compiled statistics kernel: auto (default: use it where it builds), on (warn if it "
                         "cannot), off (eager PyTorch); same as GRADVIZ_COMPILE")
 
 
-def _config(args) -> "RunConfig":
-    from gradviz.scoring import RunConfig
+def _read_config(path: Path) -> "RunConfig":
+    from gradviz.runconfig import MAX_CONFIG_BYTES, RunConfig
 
-    if args.config:
-        path = Path(args.config)
+    try:
         if not path.is_file():
             raise GradvizError(f"config file not found: {path}")
-        return RunConfig.from_json(path.read_text())
-    return RunConfig(
-        model=args.model, weights=args.weights, id=args.id, ood=args.ood or [],
-        methods=getattr(args, "methods", "all"), limit=args.limit, seed=args.seed, device=args.device,
-        batch_size=args.batch_size,
-    )
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise GradvizError(f"config file {path} is {path.stat().st_size:,} bytes; at most {MAX_CONFIG_BYTES:,}")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise GradvizError(f"config file {path} is not UTF-8 text (a JSON run configuration)") from None
+    except OSError as exc:
+        raise GradvizError(f"config file {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    return RunConfig.from_json(text)
+
+
+def _config(args) -> "RunConfig":
+    """The run configuration: --config's file (or the defaults, with no OOD set), then every flag given on top,
+    validated as a whole (one error line naming each bad field)."""
+    from gradviz.runconfig import RunConfig
+
+    cfg = _read_config(Path(args.config)) if getattr(args, "config", None) else RunConfig(ood=[], limit=None)
+    for flag, name in _FLAG_FIELDS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            setattr(cfg, name, value)
+    return cfg.validate()
+
+
+def _report_files(result) -> None:
+    """One summary line per dataset with skipped files or decoder notes (details in skipped.csv / notes)."""
+    for spec, items in result.skipped.items():
+        first = f"{items[0][0]}: {items[0][1]}"
+        print(f"note: {spec}: {len(items)} file(s) skipped (first: {first[:160]})", file=sys.stderr)
+    for spec, items in result.notes.items():
+        print(f"note: {spec}: {len(items)} file(s) altered while decoding (first: {items[0][0]}: {items[0][1][:120]})",
+              file=sys.stderr)
 
 
 def _store(args):
@@ -94,8 +129,17 @@ def cmd_score(args) -> int:
     result.scores.to_csv(out / "scores.csv", index=False)
     result.metrics.to_csv(out / "metrics.csv", index=False)
     (out / "config.json").write_text(cfg.to_json())
+    rows = [(spec, f, "skipped", why) for spec, items in result.skipped.items() for f, why in items]
+    rows += [(spec, f, "note", what) for spec, items in result.notes.items() for f, what in items]
+    if rows:
+        import pandas as pd
+
+        pd.DataFrame(rows, columns=["dataset", "file", "kind", "reason"]).to_csv(out / "files.csv", index=False)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    _report_files(result)
+    if rows:
+        print(f"note: every skipped or altered file is listed in {out / 'files.csv'}", file=sys.stderr)
     if len(result.metrics):
         with_cols = [c for c in ["ood_dataset", "method", "auroc", "fpr95", "aupr_in", "aupr_out"] if c in result.metrics]
         print(result.metrics[with_cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -106,15 +150,19 @@ def cmd_score(args) -> int:
 
 def cmd_layers(args) -> int:
     from gradviz.data import load_dataset
+    from gradviz.gradients import LOSSES
     from gradviz.models import load_model
     from gradviz.scoring import layer_table
 
-    _check_device(args.device)
-    model = load_model(args.model, args.weights, args.device)
+    cfg = _config(args)
+    if args.loss not in LOSSES:
+        raise GradvizError(f"unknown loss {args.loss!r}; known: {', '.join(LOSSES)}")
+    _check_device(cfg.device)
+    model = load_model(cfg.model, cfg.weights, cfg.device)
     frames = []
-    for spec in [args.id] + (args.ood or []):
-        data = load_dataset(spec, model.card, limit=args.limit, seed=args.seed)
-        frames.append(layer_table(model, data, loss=args.loss, batch_size=args.batch_size,
+    for spec in [cfg.id] + cfg.ood:
+        data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
+        frames.append(layer_table(model, data, loss=args.loss, batch_size=cfg.batch_size,
                                   store=_store(args), progress=_tqdm_progress()))
     import pandas as pd
 
@@ -209,8 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="reproduce the bundled mnist-cnn weights (options: --epochs --seed --out)", add_help=False)
     p = sub.add_parser("score", help="score ID and OOD sets with uncertainty methods; writes scores.csv, metrics.csv")
-    _add_common(p)
-    p.add_argument("--methods", default="all", help="comma-separated method names or 'all'")
+    _add_common(p, methods=True)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--shard", action="store_true", help="split datasets over torchrun processes (torch.distributed)")
     p.set_defaults(func=cmd_score)

@@ -8,6 +8,8 @@
 | max_upload_mb      | GRADVIZ_MAX_UPLOAD_MB       | 20                   |
 | max_upload_files   | GRADVIZ_MAX_UPLOAD_FILES    | 64                   |
 | max_pixels         | GRADVIZ_MAX_PIXELS          | 16_000_000           |
+| max_upload_pixels  | GRADVIZ_MAX_UPLOAD_PIXELS   | 256_000_000          |
+| max_session_pixels | GRADVIZ_MAX_SESSION_PIXELS  | 1_024_000_000        |
 | max_samples_web    | GRADVIZ_MAX_SAMPLES_WEB     | 5000                 |
 | chunk_mib          | GRADVIZ_CHUNK_MIB           | 16                   |
 | cache_max_mb       | GRADVIZ_CACHE_MAX_MB        | 512                  |
@@ -48,6 +50,8 @@ class Settings:
     max_upload_mb: int = 20
     max_upload_files: int = 64
     max_pixels: int = 16_000_000
+    max_upload_pixels: int = 256_000_000  # decoded pixels per upload (all files together)
+    max_session_pixels: int = 1_024_000_000  # decoded pixels of all uploads of one web session
     max_samples_web: int = 5000
     chunk_mib: int = 16
     cache_max_mb: int = 512
@@ -78,6 +82,8 @@ def _resolve(env: tuple[tuple[str, str], ...]) -> Settings:
         max_upload_mb=_env_int("GRADVIZ_MAX_UPLOAD_MB", 20),
         max_upload_files=_env_int("GRADVIZ_MAX_UPLOAD_FILES", 64),
         max_pixels=_env_int("GRADVIZ_MAX_PIXELS", 16_000_000),
+        max_upload_pixels=_env_int("GRADVIZ_MAX_UPLOAD_PIXELS", 256_000_000),
+        max_session_pixels=_env_int("GRADVIZ_MAX_SESSION_PIXELS", 1_024_000_000),
         max_samples_web=_env_int("GRADVIZ_MAX_SAMPLES_WEB", 5000),
         chunk_mib=_env_int("GRADVIZ_CHUNK_MIB", 16),
         cache_max_mb=_env_int("GRADVIZ_CACHE_MAX_MB", 512),

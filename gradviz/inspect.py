@@ -41,26 +41,8 @@ __all__ = [
 # --------------------------------------------------------------------------- uploads
 
 
-def upload_spec(n_files: int) -> str:
-    """The dataset spec naming a set of uploaded images, e.g. ``upload:3 files``."""
-    return f"upload:{int(n_files)} file{'s' if int(n_files) != 1 else ''}"
-
-
-def uploads_to_imageset(files: list[tuple[str, bytes]], card) -> tuple[ImageSet | None, list[tuple[str, str]]]:
-    """Decode uploaded ``(name, bytes)`` files for ``card``'s input: (ImageSet or None if none decoded, errors).
-
-    Bad files never stop the others; each gets one ``(name, message)`` entry in ``errors``.
-    """
-    from gradviz.images import images_to_tensor, load_uploads
-
-    decoded, errors = load_uploads(list(files))
-    if not decoded:
-        return None, errors
-    images = images_to_tensor(decoded, card)  # (N, C, H, W) in [0, 1]
-    labels = np.full(len(decoded), -1, dtype=np.int64)
-    data = ImageSet(upload_spec(len(decoded)), images, labels, paths=[d.name for d in decoded],
-                    class_names=list(card.class_names))
-    return data, errors
+# Moved to gradviz.images (decoding reduces each image to the card's size; the set carries the decoder's notes).
+from gradviz.images import upload_spec, uploads_to_imageset  # noqa: E402,F401  (kept importable from here)
 
 
 # --------------------------------------------------------------------------- thresholds and galleries

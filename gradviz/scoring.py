@@ -11,69 +11,41 @@ This is the engine the CLI and the dashboard share::
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from gradviz.data import ImageSet, load_dataset
-from gradviz.errors import GradvizError
+from gradviz.data import ImageSet, load_dataset, short_spec
+from gradviz.metrics import MIN_VALID
 from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, needs_graph, resolve_methods
 from gradviz.models import GradvizModel, load_model
+from gradviz.runconfig import RunConfig
 from gradviz.store import ResultStore, cache_key
+
+__all__ = ["RunConfig", "ScoreResult", "run", "score_dataset", "score_images", "make_runner", "layer_table",
+           "images_digest", "invalid_rows", "too_few_samples"]
 
 Progress = Callable[[int, int, str], None]
 BASE_COLUMNS = ["dataset", "role", "index", "path", "label", "prediction", "confidence", "correct"]
 
 
 @dataclass
-class RunConfig:
-    """Everything that determines a result; JSON round-trips it, and the CLI replays it."""
-
-    model: str = "mnist-cnn"
-    weights: str | None = None
-    id: str = "mnist"
-    ood: list[str] = field(default_factory=lambda: ["letters", "noise-uniform", "corrupt:gaussian_noise:5"])
-    methods: list[str] | str = "all"
-    limit: int | None = 1000
-    seed: int = 0
-    device: str = "cpu"
-    batch_size: int = 256
-    fit_set: str = "mnist:train"
-    params: dict[str, dict] = field(default_factory=dict)
-
-    def method_names(self) -> list[str]:
-        return [m.name for m in resolve_methods(self.methods)]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "RunConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise GradvizError(f"run configuration is not valid JSON: {exc}") from None
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise GradvizError(f"unknown keys in run configuration: {sorted(unknown)}")
-        return cls(**data)
-
-
-@dataclass
 class ScoreResult:
-    """Scores table, metrics table, the config that produced them, and any warnings."""
+    """Scores table, metrics table, the config that produced them, any warnings, and per dataset
+    the files skipped and the decoder's notes (``{spec: [(file, text), ...]}``, only where any)."""
 
     scores: pd.DataFrame
     metrics: pd.DataFrame
     config: RunConfig
     warnings: list[str] = field(default_factory=list)
+    skipped: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    notes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 def images_digest(images: torch.Tensor) -> str:
@@ -194,24 +166,57 @@ def invalid_rows(scores: pd.DataFrame, methods: list[str]) -> list[str]:
     return msgs
 
 
+def too_few_samples(counts: dict[str, int], what: str = "samples") -> str:
+    """Why detection metrics are blank: the sets in ``counts`` ({spec: n}) with fewer than
+    :data:`gradviz.metrics.MIN_VALID` samples, or "" when every set has enough."""
+    few = {spec: n for spec, n in counts.items() if n < MIN_VALID}
+    if not few:
+        return ""
+    listed = ", ".join(f"{short_spec(spec, 120)} has {n}" for spec, n in few.items())
+    return (f"too few {what} for AUROC, FPR95 and AUPR ({listed}; each side needs at least {MIN_VALID}), "
+            "so these metrics are left blank (NaN): add images to the set or raise the samples per set")
+
+
+def _metric_warnings(metrics: pd.DataFrame) -> list[str]:
+    """One line per OOD set (or method) whose metrics are NaN for lack of finite scores."""
+    out = []
+    if not len(metrics) or "n_ood" not in metrics:
+        return out
+    for ood, rows in metrics.groupby("ood_dataset", sort=False):
+        blank = rows[rows["auroc"].isna()]
+        if not len(blank):
+            continue
+        if len(blank) == len(rows) and blank["n_ood"].nunique() == 1 and blank["n_id"].nunique() == 1:
+            message = too_few_samples({ood: int(blank["n_ood"].iloc[0]), "the ID set": int(blank["n_id"].iloc[0])})
+            out.append(f"{short_spec(ood, 120)}: {message}" if message else "")
+            continue
+        for r in blank.itertuples():
+            message = too_few_samples({ood: int(r.n_ood), "the ID set": int(r.n_id)}, what="finite scores")
+            out.append(f"{r.method}: {message}" if message else "")
+    return [m for m in out if m]
+
+
 def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | None = None,
-        model: GradvizModel | None = None, datasets: dict[str, ImageSet] | None = None) -> ScoreResult:
+        model: GradvizModel | None = None, datasets: dict[str, ImageSet] | None = None,
+        allowed_roots: Sequence[str | Path] | None = None) -> ScoreResult:
     """Load model and datasets, score every set with every method, and compute the metrics.
 
-    ``datasets`` maps specs to already-loaded sets (e.g. uploaded images, ``upload:<name>``);
-    other specs are loaded with :func:`gradviz.data.load_dataset`.
+    ``cfg`` is validated first (:meth:`RunConfig.validate`), before anything is loaded or read
+    from the cache. ``datasets`` maps specs to already-loaded sets (e.g. uploaded images,
+    ``upload:<name>``); other specs are loaded with :func:`gradviz.data.load_dataset`, confined
+    to ``allowed_roots`` when given (the web app).
     """
     from gradviz.metrics import metrics_table
 
+    cfg.validate(provided=set(datasets or {}))
     infos = resolve_methods(cfg.methods)
-    if cfg.limit is not None and int(cfg.limit) <= 0:
-        raise GradvizError(f"limit must be positive, got {cfg.limit}")
     if model is None:
         model = load_model(cfg.model, cfg.weights, cfg.device)
     # Load every set first: a bad spec fails before any minute is spent scoring.
     loaded = []
     for role, spec in [("id", cfg.id)] + [("ood", s) for s in cfg.ood]:
-        data = datasets[spec] if datasets and spec in datasets else load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
+        data = datasets[spec] if datasets and spec in datasets else load_dataset(
+            spec, model.card, limit=cfg.limit, seed=cfg.seed, allowed_roots=allowed_roots)
         loaded.append((role, data))
     frames = []
     for role, data in loaded:
@@ -220,7 +225,9 @@ def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | N
     scores = pd.concat(frames, ignore_index=True)
     names = [i.name for i in infos]
     metrics = metrics_table(scores, names) if cfg.ood else pd.DataFrame()
-    return ScoreResult(scores, metrics, cfg, invalid_rows(scores, names))
+    skipped = {data.spec: list(data.skipped) for _, data in loaded if data.skipped}
+    notes = {data.spec: list(data.notes) for _, data in loaded if data.notes}
+    return ScoreResult(scores, metrics, cfg, invalid_rows(scores, names) + _metric_warnings(metrics), skipped, notes)
 
 
 def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, batch_size: int = 256,

@@ -1,5 +1,10 @@
 """On-disk results cache: arrays keyed by (model digest, dataset spec, method, params, ...).
 
+Every key also holds :func:`code_version` — the package version plus a hash of the sources of
+the scoring code (every ``.py`` under ``gradviz/methods/`` and ``gradviz/engine/``, the C
+kernels, ``gradients.py``, ``folding.py``, ``reductions.py``, found by glob) — so a change to a
+method's or the engine's math makes every cached result a miss instead of a stale answer.
+
 Each entry is one ``.npz`` file written atomically (temporary file in the same folder,
 fsync, ``os.replace``), so a killed computation never leaves a half-written entry. The
 entry carries a SHA-256 of its arrays; a damaged or foreign file is detected on read,
@@ -15,21 +20,58 @@ import json
 import os
 import tempfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gradviz import __version__
 from gradviz.config import settings
 
 SCHEMA = 1
 _META = "__meta__"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The code whose change changes scores (globs under the package; a file moving between them needs no edit here).
+SCORING_CODE = ("methods/**/*.py", "engine/**/*.py", "engine/**/*.c", "gradients.py", "folding.py", "reductions.py",
+                "kernels/*.c")
+_RECHECK_S = 1.0  # stat the sources at most once a second (cache_key runs several times per page rerun)
+_code_lock = threading.Lock()
+_code_memo: dict[Path, tuple[float, tuple, str]] = {}  # root -> (checked at, (path, mtime, size)..., version)
+
+
+def code_version(root: Path | None = None) -> str:
+    """Package version + a hash of the scoring code's sources under ``root`` (default: this package).
+
+    Rehashed only when a file's path, size or modification time changes (checked at most once a
+    second), so an edited method makes new keys even in a running server.
+    """
+    root = Path(root) if root is not None else PACKAGE_DIR
+    now = time.monotonic()
+    with _code_lock:
+        memo = _code_memo.get(root)
+        if memo is not None and now - memo[0] < _RECHECK_S:
+            return memo[2]
+    files = sorted({p for pattern in SCORING_CODE for p in root.glob(pattern) if p.is_file()})
+    signature = tuple((p.relative_to(root).as_posix(), st.st_mtime_ns, st.st_size) for p in files for st in [p.stat()])
+    if memo is not None and memo[1] == signature:
+        version = memo[2]
+    else:
+        h = hashlib.sha256(__version__.encode())
+        for p in files:
+            h.update(p.relative_to(root).as_posix().encode() + b"\0")
+            h.update(p.read_bytes())
+        version = f"{__version__}+{h.hexdigest()[:16]}"
+    with _code_lock:
+        _code_memo[root] = (now, signature, version)
+    return version
 
 
 def cache_key(**parts: Any) -> str:
-    """Stable hex key of keyword parts (JSON with sorted keys; values must be JSON-able)."""
-    blob = json.dumps(parts, sort_keys=True, default=str)
+    """Stable hex key of keyword parts (JSON with sorted keys; values must be JSON-able) and of
+    :func:`code_version`: results computed by other scoring code never share a key."""
+    blob = json.dumps({**parts, "_code": code_version()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -83,7 +125,7 @@ class ResultStore:
         path = self._path(key)
         self.root.mkdir(parents=True, exist_ok=True)
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
-        full_meta = {**(meta or {}), "schema": SCHEMA, "sha256": _digest(arrays)}
+        full_meta = {**(meta or {}), "schema": SCHEMA, "sha256": _digest(arrays), "code": code_version()}
         buf = io.BytesIO()
         np.savez(buf, **arrays, **{_META: np.array(json.dumps(full_meta, default=str))})
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".npz")

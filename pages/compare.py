@@ -7,35 +7,26 @@ import streamlit as st
 
 from gradviz import inspect as gi
 from gradviz import plots
-from gradviz.images import ALLOWED_FORMATS
+from gradviz.errors import GradvizError
 from gradviz.methods.registry import get_method
-from gradviz.ui.cache import get_model, get_result, images_of_rows, show_error
+from gradviz.ui.cache import get_result, images_of_rows, show_error
 from gradviz.ui.sidebar import current_config
+from gradviz.ui.uploads import UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports, show_upload_errors
 from gradviz.ui.widgets import download_figure, download_results, image_tiles, metrics_dataframe
 from gradviz.ui.sidebar import ensure_frame
 
 ensure_frame()
-
-UPLOAD_TYPES = [f.lower() for f in ALLOWED_FORMATS] + ["jpg", "tif"]
-
-
-@st.cache_data(max_entries=8, show_spinner="Decoding uploaded images…")
-def decode_uploads(files: tuple, model: str, weights: str | None):
-    """Uploaded (name, bytes) files -> (ImageSet | None, errors), cached by content."""
-    return gi.uploads_to_imageset(list(files), get_model(model, weights).card)
-
 
 st.title("Compare distributions")
 st.caption("How each method's uncertainty separates the ID set from every OOD set (higher = more uncertain).")
 cfg = current_config()
 
 with st.expander("Add your own images as an extra OOD set", expanded=False):
-    files = st.file_uploader("Images (PNG, JPEG, BMP, TIFF, WebP, GIF)", type=UPLOAD_TYPES, accept_multiple_files=True,
-                             key="cmp_upload", help="Decoded locally; nothing leaves this machine.")
+    files = st.file_uploader(UPLOAD_LABEL, type=UPLOAD_TYPES, accept_multiple_files=True, key="cmp_upload",
+                             help=UPLOAD_HELP)
     if files:
-        data, errors = decode_uploads(tuple((f.name, f.getvalue()) for f in files), cfg.model, cfg.weights)
-        for _, message in errors:
-            st.warning(message)
+        data, errors = decode_uploads(files, cfg)
+        show_upload_errors(errors)
         st.session_state["gv_uploads"] = {data.spec: data} if data is not None else {}
     uploads = st.session_state.get("gv_uploads") or {}
     if uploads and st.button("Forget the uploaded set", key="cmp_forget"):
@@ -50,6 +41,7 @@ except Exception as exc:  # user errors are shown, bugs re-raised by show_error
     show_error(exc, "Pick other datasets in the sidebar or remove the failing one.")
 for message in result.warnings:
     st.warning(message)
+show_file_reports(result.skipped, result.notes, key="cmp_report")  # folder files skipped, uploads altered
 scores, methods = result.scores, run_cfg.method_names()
 ood_sets = list(dict.fromkeys(scores.loc[scores["role"] == "ood", "dataset"]))
 if not ood_sets:
@@ -69,7 +61,12 @@ def distributions() -> None:
         rows = result.metrics[result.metrics["method"] == method]
         st.caption(f"**{method}** — AUROC ↑ / FPR95 ↓ per OOD set: " + " · ".join(
             f"`{r.ood_dataset}` {r.auroc:.3f} / {r.fpr95:.3f}" for r in rows.itertuples()))
-    default_thr = gi.threshold_at_tpr(scores.loc[scores["role"] == "id", method])
+    try:
+        default_thr = gi.threshold_at_tpr(scores.loc[scores["role"] == "id", method])
+    except GradvizError:  # every ID score NaN/inf: nothing to threshold or plot
+        st.warning(f"**{method}** gave no finite score on the ID set, so it cannot be shown here. Check its parameters "
+                   "(sidebar → Method parameters) or the model's weights, or pick another method.")
+        return
     lo, hi = gi.score_range(scores, method)
     threshold = st.slider("Threshold: accept as ID when score ≤ threshold (default: 95 % of ID accepted)", lo, hi,
                           default_thr, step=(hi - lo) / 500, format="%.4g", key=f"cmp_thr_{method}")

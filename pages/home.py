@@ -23,6 +23,8 @@ try:
     result = get_result(cfg)
 except Exception as exc:  # user errors are shown, bugs re-raised by show_error
     show_error(exc, "Pick another dataset or model in the sidebar.")
+for message in result.warnings:  # NaN/inf scores, sets too small for metrics: said, never a silent NaN
+    st.warning(message)
 
 st.subheader(f"{cfg.model}: {cfg.id} (ID) vs {', '.join(cfg.ood) or 'no OOD set'}")
 left, right = st.columns([3, 2])

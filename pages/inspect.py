@@ -7,43 +7,18 @@ from gradviz import inspect as gi
 from gradviz import plots
 from gradviz.attributions import list_attributions, to_png_bytes
 from gradviz.gradients import STATS
-from gradviz.images import ALLOWED_FORMATS
 from gradviz.layers import layer_bands
-from gradviz.methods.registry import resolve_methods
-from gradviz.scoring import RunConfig, images_digest, make_runner
+from gradviz.scoring import images_digest
 from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result, show_error
+from gradviz.ui.samples import attribution, per_sample, sample_report
 from gradviz.ui.sidebar import current_config, dataset_options
 from gradviz.ui.sidebar import ensure_frame
+from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, set_reports, show_file_reports,
+                                show_upload_errors)
 
 ensure_frame()
 
-UPLOAD_TYPES = [f.lower() for f in ALLOWED_FORMATS] + ["jpg", "tif"]
 SOURCES = ["Upload images", "A dataset sample"]
-
-
-@st.cache_data(max_entries=8, show_spinner="Decoding uploaded images…")
-def decode_uploads(files: tuple, model: str, weights: str | None):
-    return gi.uploads_to_imageset(list(files), get_model(model, weights).card)
-
-
-# Per-sample work is cached by the image digest (+ the config); ``_x``/``_ids`` are not hashed.
-@st.cache_data(max_entries=64, show_spinner="Scoring this image…")
-def sample_report(digest: str, cfg_json: str, _x, _ids):
-    cfg = RunConfig.from_json(cfg_json)
-    model = get_model(cfg.model, cfg.weights)
-    runners = [make_runner(model, i, cfg.params.get(i.name), cfg.fit_set, cfg.seed) for i in resolve_methods(cfg.methods)]
-    return gi.inspect_images(model, _x, runners, _ids)
-
-
-@st.cache_data(max_entries=128, show_spinner="Attributing…")
-def attribution(digest: str, model: str, weights: str | None, method: str, _x):
-    return gi.compute_attributions(get_model(model, weights), _x, [method])[method]
-
-
-@st.cache_data(max_entries=64, show_spinner="Per-layer gradients of this image…")
-def per_sample(digest: str, model: str, weights: str | None, stat: str, _x):
-    m = get_model(model, weights)
-    return gi.gaia_channel_table(m, _x), gi.sample_layer_profile(m, _x, stat)
 
 
 def random_index(n: int) -> None:
@@ -59,11 +34,10 @@ if sel and st.session_state.get("ins_applied") != sel:  # a sample sent from the
 source = st.radio("Image source", SOURCES, horizontal=True, key="ins_source")
 try:
     if source == SOURCES[0]:
-        files = st.file_uploader("Images (PNG, JPEG, BMP, TIFF, WebP, GIF)", type=UPLOAD_TYPES, accept_multiple_files=True,
-                                 key="ins_upload", help="Decoded locally; nothing leaves this machine.")
-        data, errors = decode_uploads(tuple((f.name, f.getvalue()) for f in files or []), cfg.model, cfg.weights)
-        for _, message in errors:
-            st.warning(message)
+        files = st.file_uploader(UPLOAD_LABEL, type=UPLOAD_TYPES, accept_multiple_files=True, key="ins_upload",
+                                 help=UPLOAD_HELP)
+        data, errors = decode_uploads(files, cfg)
+        show_upload_errors(errors)
         if data is None:
             st.info("Upload one or more images, or switch to a dataset sample.")
             st.stop()
@@ -79,6 +53,7 @@ try:
         c3.button("Random", key="ins_random", on_click=random_index, args=(len(data),))
         label = int(data.labels[i])
         name = f"{spec} #{i}" + (f" (label {data.class_names[label] if data.class_names else label})" if label >= 0 else "")
+    show_file_reports(*set_reports([data]), key="ins_report")
     x = data.images[i:i + 1]  # (1, C, H, W) in [0, 1], as the model sees it
     digest = images_digest(x)
     result = get_result(cfg)  # the ID distribution: reused from the other pages' cache

@@ -7,6 +7,7 @@ import streamlit as st
 from gradviz import analysis, plots
 from gradviz.gradients import LOSSES
 from gradviz.layers import entropy_correlation, layer_bands
+from gradviz.scoring import too_few_samples
 from gradviz.ui.cache import get_layer_auroc, get_layer_table, get_result, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure
@@ -40,8 +41,16 @@ stats = list(dict.fromkeys(table.columns.get_level_values("stat")))
 stat = c3.selectbox("Statistic", stats, index=stats.index("l2") if "l2" in stats else 0, key="ly_stat")
 
 st.subheader(f"Which layer separates {cfg.id} (ID) from {ood}?")
+counts = table.groupby(level="dataset").size()
+problem = too_few_samples({s: int(counts.get(s, 0)) for s in (cfg.id, ood)})
+if problem:
+    st.warning(f"No layer AUROC: {problem}.")
+    st.stop()
 auroc = get_layer_auroc(cfg, loss, ood, table)
-best = analysis.best_layer_stat(auroc)
+try:
+    best = analysis.best_layer_stat(auroc)
+except Exception as exc:  # e.g. every statistic non-finite: said, bugs re-raised by show_error
+    show_error(exc, "Pick another loss or OOD set.")
 st.success(f"Best single metric: **{best['stat']} of layer `{best['layer']}`** — AUROC {best['auroc']:.3f} "
            f"(OOD has {best['direction']} values; separation {best['separation']:.3f}). "
            "AUROC < 0.5 means the statistic is *smaller* for OOD: it still separates, with the sign flipped.")

@@ -1,5 +1,7 @@
 """CLI end to end on small N, bad inputs (one clear line, exit 2), and torchrun sharding."""
 
+import io
+import json
 import os
 import subprocess
 import sys
@@ -7,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from gradviz.cli import main
+from gradviz.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +99,134 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     a = pd.read_csv(single / "scores.csv")
     b = pd.read_csv(sharded / "scores.csv")
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- score --config (issue 19)
+
+
+def _write(tmp_path, text: str, name: str = "c.json") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, field", [
+    ('{"limit": "fifty"}', "limit"), ('{"limit": NaN}', "limit"), ("42", "JSON object"), ("null", "JSON object"),
+    ('{"methods": 5}', "methods"), ('{"seed": "x"}', "seed"), ('{"model": 123}', "model"),
+    ('{"params": {"odin": 5}}', "params.odin"), ('{"params": {"odin": {"temperature": "abc"}}}', "params.odin"),
+    ('{"batch_size": 0}', "batch_size"), ('{"batch_size": -3}', "batch_size"), ('{"limit": 12.7}', "limit"),
+    ('{"params": {"odni": {"temperature": 2}}}', "params"), ('{"ood": "letterz"}', "unknown dataset 'letterz'"),
+    ('{"ood": ["upload:3 files"]}', "uploaded in the dashboard"),
+])
+def test_bad_config_is_one_error_line_and_exit_2(text, field, tmp_path, capsys):
+    assert main(["score", "--config", _write(tmp_path, text), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and field in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_config_files_are_one_error_line(tmp_path, capsys):
+    binary = tmp_path / "c.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    for path in (str(binary), str(tmp_path / "missing.json"), str(tmp_path)):
+        assert main(["score", "--config", path, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: config file")
+
+
+def test_flags_beside_a_config_override_it(tmp_path, capsys):
+    cfg = _write(tmp_path, '{"id": "mnist", "ood": ["letters"], "methods": ["energy", "gradnorm"], "limit": 20}')
+    out = tmp_path / "o"
+    assert main(["score", "--config", cfg, "--limit", "5", "--methods", "msp", "--ood", "noise-uniform",
+                 "--out", str(out), "--cache", "none"]) == 0
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 10 and list(scores["dataset"].unique()) == ["mnist", "noise-uniform"]
+    assert "msp" in scores and "energy" not in scores
+    written = json.loads((out / "config.json").read_text())
+    assert written["limit"] == 5 and written["ood"] == ["noise-uniform"] and written["methods"] == "msp"
+    help_text = build_parser()._subparsers._group_actions[0].choices["score"].format_help()
+    assert "flags given beside it override its fields" in " ".join(help_text.split())
+
+
+def test_config_is_validated_before_the_cache_is_read(tmp_path, capsys):
+    """A cached result must not let a bad field through (batch size is not part of the cache key)."""
+    cache = str(tmp_path / "cache")
+    good = {"id": "mnist", "ood": ["noise-uniform"], "methods": ["msp"], "limit": 8}
+    assert main(["score", "--config", _write(tmp_path, json.dumps(good)), "--out", str(tmp_path / "a"),
+                 "--cache", cache]) == 0
+    bad = _write(tmp_path, json.dumps({**good, "batch_size": 0}), "bad.json")
+    capsys.readouterr()
+    assert main(["score", "--config", bad, "--out", str(tmp_path / "b"), "--cache", cache]) == 2
+    assert "batch_size" in capsys.readouterr().err
+    assert main(["score", "--config", _write(tmp_path, json.dumps(good)), "--batch-size", "0", "--out",
+                 str(tmp_path / "b"), "--cache", cache]) == 2
+
+
+def test_layers_reads_the_config_too(tmp_path):
+    cfg = _write(tmp_path, '{"id": "mnist", "ood": ["noise-uniform"], "limit": 6}')
+    assert main(["layers", "--config", cfg, "--out", str(tmp_path / "o"), "--cache", "none"]) == 0
+    table = pd.read_csv(tmp_path / "o" / "layers.csv")
+    assert len(table) == 12 and set(table["dataset"]) == {"mnist", "noise-uniform"}
+
+
+def test_absurd_folder_spec_is_one_error_line(tmp_path, capsys):
+    assert main(["score", "--ood", "folder:" + "a" * 5000, "--methods", "msp", "--limit", "5",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a usable path" in err[0] and len(err[0]) < 300
+
+
+def test_skipped_files_notes_and_too_small_sets_are_reported(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("L", (1, 1), 200).save(folder / "tiny.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "o"
+    assert main(["score", "--ood", f"folder:{folder}", "--methods", "msp", "--limit", "10", "--out", str(out),
+                 "--cache", "none"]) == 0
+    err = capsys.readouterr().err
+    assert f"folder:{folder}: 1 file(s) skipped (first: broken.png: " in err
+    assert f"folder:{folder}: 1 file(s) altered while decoding (first: tiny.png: tiny image (1×1)" in err
+    assert "too few samples for AUROC" in err and f"folder:{folder} has 1" in err  # why the metrics are NaN
+    files = pd.read_csv(out / "files.csv")
+    assert sorted(files["kind"]) == ["note", "skipped"]
+    assert pd.read_csv(out / "metrics.csv")["auroc"].isna().all()
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                     max_leaves=10)
+_FIELD = st.sampled_from(["model", "weights", "id", "ood", "methods", "limit", "seed", "device", "batch_size",
+                          "fit_set", "params", "other"])
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(_JSON, st.dictionaries(_FIELD, _JSON | st.sampled_from(["letters", "msp", 5, -1, 2.5]), max_size=5)))
+def test_fuzzed_config_files_exit_0_or_2_with_one_error_line(data, tmp_path_factory, monkeypatch):
+    """Any JSON in --config: scoring starts on a valid config (stubbed here), else one error line and exit 2."""
+    import gradviz.scoring
+
+    seen = []
+
+    def fake_run(cfg, **kwargs):
+        seen.append(cfg)
+        raise SystemExit(0)  # valid: stop before loading anything
+
+    tmp = tmp_path_factory.mktemp("fuzz")
+    path = tmp / "c.json"
+    path.write_text(json.dumps(data))
+    err = io.StringIO()
+    with monkeypatch.context() as m:
+        m.setattr(gradviz.scoring, "run", fake_run)
+        m.setattr(sys, "stderr", err)
+        try:
+            rc = main(["score", "--config", str(path), "--out", str(tmp / "o")])
+        except SystemExit as exc:
+            rc = exc.code
+    if seen:
+        assert rc == 0
+    else:
+        lines = err.getvalue().strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()

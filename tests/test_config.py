@@ -15,3 +15,18 @@ def test_settings_follow_the_environment(monkeypatch, tmp_path):
     assert settings().chunk_mib == 16
     monkeypatch.delenv("GRADVIZ_CACHE_DIR")
     assert settings().cache_dir != Path(tmp_path)
+
+
+def test_streamlit_config_polls_the_sources_and_skips_environments():
+    """.streamlit/config.toml: every option is one this Streamlit knows; the watcher polls files (watchdog's recursive
+    inotify watch of the project folder covered .venv and overflowed its queue); environments and caches are skipped."""
+    import tomllib
+
+    import streamlit.config as streamlit_config
+
+    path = Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml"
+    cfg = tomllib.loads(path.read_text())
+    known = streamlit_config._config_options_template
+    assert [f"{s}.{k}" for s, opts in cfg.items() for k in opts if f"{s}.{k}" not in known] == []
+    assert cfg["server"]["fileWatcherType"] == "poll"
+    assert {"**/.venv*", "**/.gradviz-cache"} <= set(cfg["server"]["folderWatchBlacklist"])

@@ -14,6 +14,7 @@ from PIL import Image
 
 from gradviz.data import load_dataset
 from gradviz.data.corruptions import CORRUPTIONS, corrupt, list_corruptions
+from gradviz.data import short_spec
 from gradviz.data.folder import load_folder, resolve_folder
 from gradviz.data.letters import render_letters
 from gradviz.data.mnist import mnist_split
@@ -211,9 +212,37 @@ def test_folder_outside_allowed_roots_is_refused(tmp_path, class_tree):
     _png(outside / "s.png")
     assert resolve_folder(class_tree, [allowed]) == class_tree.resolve()
     assert resolve_folder("set", [allowed]) == class_tree.resolve()  # relative to the root
-    for bad in [str(outside), str(allowed / ".." / "secret"), "../secret", "/etc"]:
-        with pytest.raises(DatasetError, match="outside the allowed data roots"):
+    for bad in [str(outside), str(allowed / ".." / "secret"), "../secret", "../../", "/etc", "/"]:
+        with pytest.raises(DatasetError, match="is not available: give an existing folder under the allowed data roots"):
             load_folder(bad, allowed_roots=[allowed])
+
+
+def test_outside_and_missing_folders_get_the_same_answer(tmp_path, class_tree):
+    """No oracle: an existing folder outside the roots, a missing one and a file read alike (but for the name)."""
+    allowed = tmp_path / "data"
+    _png(tmp_path / "secret" / "s.png")
+    (allowed / "file.txt").write_text("x")
+
+    def answer(spec: str) -> str:
+        with pytest.raises(DatasetError) as info:
+            load_dataset(f"folder:{spec}", allowed_roots=[allowed])
+        return str(info.value).replace(repr(short_spec(spec)), "<spec>")
+
+    answers = {answer(s) for s in ["/etc", str(tmp_path / "secret"), str(tmp_path / "nothing-here"), "no-such-sub",
+                                   "file.txt", "../secret", "x" * 300, "/proc/self/root/etc"]}
+    assert len(answers) == 1, answers
+    assert len(load_dataset(f"folder:{tmp_path / 'secret'}")) == 1  # the CLI (no roots) still reads anywhere
+
+
+def test_absurd_folder_specs_are_one_clear_error(tmp_path):
+    for roots in (None, [tmp_path]):
+        with pytest.raises(DatasetError, match=r"not a usable path \(5,000 characters; at most 1,024\)") as info:
+            load_dataset("folder:" + "a" * 5000, allowed_roots=roots)
+        assert len(str(info.value)) < 300
+        with pytest.raises(DatasetError, match="NUL"):
+            load_dataset("folder:/tmp/\x00x", allowed_roots=roots)
+    with pytest.raises(DatasetError, match="cannot be read|does not exist"):  # a 300-character name: ENAMETOOLONG
+        load_dataset("folder:/" + "b" * 300)
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
@@ -222,7 +251,7 @@ def test_symlinks_pointing_outside_are_refused_or_skipped(tmp_path, class_tree):
     outside = tmp_path / "secret"
     _png(outside / "s.png", value=99)
     (allowed / "link").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(DatasetError, match="outside the allowed data roots"):
+    with pytest.raises(DatasetError, match="is not available"):
         resolve_folder(allowed / "link", [allowed])
     (class_tree / "cats" / "escape").symlink_to(outside, target_is_directory=True)
     (class_tree / "cats" / "leak.png").symlink_to(outside / "s.png")

@@ -301,10 +301,119 @@ def _odd_images(draw):
 
 
 @hsettings(max_examples=200, deadline=None)
-@given(_odd_images())
-def test_odd_valid_or_cut_images_decode_cleanly_or_raise_image_error(data):
+@given(_odd_images(), st.sampled_from([None, (8, 8), (5, 11)]))
+def test_odd_valid_or_cut_images_decode_cleanly_or_raise_image_error(data, fit):
+    """Every mode, also reduced while decoding (fit smaller than the image in one or both sides)."""
     try:
-        out = decode_image(data, "odd")
+        out = decode_image(data, "odd", fit=fit)
     except ImageError:
         return
     _check_output(out)
+    if fit is not None:
+        assert out.array.shape[1] <= max(fit) and out.array.shape[2] <= max(fit)
+
+
+# --------------------------------------------------------------------------- reduced while decoding (issue 19)
+
+
+def test_fit_reduces_while_decoding_like_the_float_resize_did():
+    """Pillow's antialiased resize at decode ≈ the full-resolution float array resized by torch (the old path)."""
+    from gradviz.data import adapt_images
+
+    rng = np.random.default_rng(1)
+    smooth = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((400, 300), Image.BICUBIC)
+    data = _save(smooth, "PNG")
+    reduced = decode_image(data, "a.png", fit=(28, 28))
+    assert reduced.array.shape == (3, 28, 28) and reduced.size == (400, 300) and reduced.pixels == 400 * 300
+    full = decode_image(data, "a.png")
+    card = ModelCard("c", "x", (3, 28, 28), (0.5,) * 3, (0.5,) * 3, [str(i) for i in range(10)])
+    old = adapt_images(__import__("torch").from_numpy(full.array)[None], card)[0].numpy()
+    assert np.abs(reduced.array - old).mean() < 0.01 and np.abs(reduced.array - old).max() < 0.08
+    small = decode_image(_save(_gradient_rgb(16, 12), "PNG"), "s.png", fit=(28, 28))
+    assert small.array.shape == (3, 12, 16)  # never enlarged here: the card's resize does that
+
+
+def test_jpeg_is_drafted_at_a_fraction_of_its_pixels():
+    data = _save(Image.new("RGB", (1600, 1200), (10, 200, 30)), "JPEG")
+    out = decode_image(data, "photo.jpg", fit=(28, 28))
+    assert out.array.shape == (3, 28, 28) and out.pixels <= 1600 * 1200 // 64  # DCT scaling 1/8
+    np.testing.assert_allclose(out.array.mean((1, 2)), [10 / 255, 200 / 255, 30 / 255], atol=0.03)
+
+
+def test_exif_rotation_with_a_non_square_fit_comes_out_upright():
+    img = Image.new("RGB", (200, 100), (255, 255, 255))  # stored landscape, displayed portrait
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = decode_image(_save(img, "JPEG", exif=exif.tobytes()), "phone.jpg", fit=(40, 20))
+    assert out.array.shape == (3, 40, 20) and "EXIF orientation applied" in out.note
+
+
+def test_upload_pixel_budget_refuses_files_beyond_it_with_the_setting():
+    data = _save(Image.new("L", (100, 100), 3), "PNG")
+    decoded, errors = load_uploads([(f"{i}.png", data) for i in range(5)], fit=(28, 28), max_total_pixels=25_000)
+    assert len(decoded) == 2 and [e[0] for e in errors] == ["2.png", "3.png", "4.png"]
+    assert all("25,000 decoded pixels allowed (GRADVIZ_MAX_UPLOAD_PIXELS; 20,000 already used)" in e[1] for e in errors)
+
+
+def test_bomb_messages_quote_the_configured_limit_and_the_setting(monkeypatch):
+    with pytest.raises(ImageError) as info:  # Pillow's own guard fires first here (30000² > 2 × its limit)
+        decode_image(_bomb_png(), "bomb.png")
+    msg = str(info.value)
+    assert "900,000,000 pixels exceeds the limit of 16,000,000 pixels" in msg and "GRADVIZ_MAX_PIXELS" in msg
+    assert "32000000" not in msg.replace(",", "") and "DOS" not in msg
+    monkeypatch.setenv("GRADVIZ_MAX_PIXELS", "1000000")
+    with pytest.raises(ImageError, match=r"1,000,000 pixels \(possible decompression bomb; raise GRADVIZ_MAX_PIXELS"):
+        decode_image(_bomb_png(2000), "b.png")
+
+
+def test_uploads_to_imageset_keeps_the_decoders_notes():
+    from gradviz.images import uploads_to_imageset
+
+    deep = _save(Image.fromarray((np.arange(30 * 30).reshape(30, 30) * 60).astype(np.uint16)), "PNG")
+    data, errors = uploads_to_imageset([("deep.png", deep), ("dot.png", _save(Image.new("L", (1, 1)), "PNG")),
+                                        ("plain.png", _save(Image.new("L", (28, 28)), "PNG"))], mnist_card())
+    assert not errors and data.images.shape == (3, 1, 28, 28)
+    notes = dict(data.notes)
+    assert "16-bit image scaled" in notes["deep.png"] and "tiny image (1×1)" in notes["dot.png"]
+    assert "plain.png" not in notes and data.decoded_pixels == 900 + 1 + 784
+
+
+_PEAK_SCRIPT = """
+import resource, sys, gc
+from gradviz.images import uploads_to_imageset
+from gradviz.models.zoo import mnist_card
+card = mnist_card()
+data = open(sys.argv[1], "rb").read()
+uploads_to_imageset([("warm.png", data[:0])], card)  # imports and first-call allocations before the baseline
+gc.collect()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, the process's peak so far
+files = [(f"{i}.png", data) for i in range(64)]
+images, errors = uploads_to_imageset(files, card)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(len(images), len(errors), (after - before) / 1024)
+"""
+
+
+def test_worst_case_upload_peak_memory_stays_small(tmp_path):
+    """64 RGB PNGs of 4000×4000 (56 KB each, inside every per-file limit): the peak RSS of a fresh process
+    (what ru_maxrss sees: Pillow's C buffers included) grows by one 8-bit decode, not 64 float32 arrays (~12 GB)."""
+    import subprocess
+    import sys
+    import zlib
+
+    side = 4000
+    comp = zlib.compressobj(9)
+    row = b"\x00" + bytes([90, 160, 220]) * side  # filter byte + one RGB row; never a 48 MB image in this process
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    png = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+           + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    path = tmp_path / "big.png"
+    path.write_bytes(png)
+    assert len(png) < 100_000
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], capture_output=True, text=True, timeout=240,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    n_images, n_errors, grew_mib = out.stdout.split()
+    # the default budget (256,000,000 pixels) decodes 16 of them; the other 48 are refused with a message
+    assert (int(n_images), int(n_errors)) == (16, 48)
+    assert float(grew_mib) < 250, f"peak RSS grew by {grew_mib} MiB"

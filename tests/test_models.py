@@ -268,7 +268,7 @@ def test_torchvision_download_offline_fails_fast_with_clear_error(tmp_path, monk
 
     monkeypatch.setattr(socket, "getaddrinfo", offline)
     monkeypatch.setattr(socket, "create_connection", offline)
-    with pytest.raises(ModelError, match=r"offline\?.*weights file"):
+    with pytest.raises(ModelError, match=r"may be offline\. The bundled mnist-cnn works offline"):
         load_model("torchvision:resnet18")
 
 
@@ -279,3 +279,31 @@ def test_torchvision_head_found_by_module_not_by_key_order():
     state = {"classifier.2.weight": torch.zeros(7, 768), "features.1.0.block.3.weight": torch.zeros(384, 96)}
     assert _num_classes_in("convnext_tiny", state) == 7
     assert _num_classes_in("resnet18", {"module.fc.weight": torch.zeros(3, 512)}) == 3
+
+
+# --------------------------------------------------------------------------- weights messages (issue 19)
+
+
+def test_weights_full_of_nan_or_inf_are_refused(tmp_path):
+    state = MnistResNet().state_dict()
+    state["fc.weight"] = torch.full_like(state["fc.weight"], float("nan"))
+    for name, save in (("nan.safetensors", lambda p: save_file(state, str(p))), ("nan.pt", lambda p: torch.save(state, p))):
+        save(tmp_path / name)
+        with pytest.raises(ModelError, match=r"1 tensor\(s\) hold NaN or infinite values \(e\.g\. 'fc\.weight'\)"):
+            load_model("mnist-cnn", weights=tmp_path / name)
+    state["fc.weight"] = torch.zeros_like(state["fc.weight"])
+    state["fc.bias"] = torch.full_like(state["fc.bias"], float("inf"))
+    torch.save(state, tmp_path / "inf.pt")
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        load_state_dict_file(tmp_path / "inf.pt")
+
+
+def test_refused_weights_message_has_no_unsafe_advice_and_no_escape_codes(tmp_path):
+    path = tmp_path / "evil\x1b[31mred.pt"
+    torch.save({"fc.weight": torch.zeros(10, 64), "payload": _WritesMarker(str(tmp_path / "pwned"))}, path)
+    with pytest.raises(ModelError) as info:
+        load_state_dict_file(path)
+    msg = str(info.value)
+    assert "weights_only" not in msg and "trusted source" not in msg and "\x1b" not in msg and "\n" not in msg
+    assert "refused weights file" in msg and "never does" in msg and "GLOBAL" in msg  # which global it wanted
+    assert not (tmp_path / "pwned").exists()

@@ -65,3 +65,56 @@ def test_eviction_keeps_folder_under_budget(tmp_path):
 def test_invalid_key_rejected(tmp_path):
     with pytest.raises(ValueError):
         ResultStore(tmp_path).get("../etc/passwd")
+
+
+# --------------------------------------------------------------------------- results are never stale (issue 20)
+
+
+def test_code_version_follows_the_scoring_sources_only(tmp_path, monkeypatch):
+    import time
+
+    import gradviz.store as store_mod
+
+    monkeypatch.setattr(store_mod, "_RECHECK_S", 0.0)
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "msp.py").write_text("T = 1\n")
+    (tmp_path / "gradients.py").write_text("engine\n")
+    (tmp_path / "plots.py").write_text("figures\n")
+    first = store_mod.code_version(tmp_path)
+    assert first.startswith(store_mod.__version__ + "+")
+    (tmp_path / "plots.py").write_text("other figures\n")  # not scoring code
+    assert store_mod.code_version(tmp_path) == first
+    time.sleep(0.01)
+    (tmp_path / "methods" / "msp.py").write_text("T = 20\n")  # a fix to a method's math
+    second = store_mod.code_version(tmp_path)
+    assert second != first
+    (tmp_path / "engine" / "plans").mkdir(parents=True)  # the engine moving into a package is picked up by glob
+    (tmp_path / "engine" / "plans" / "conv.py").write_text("plan\n")
+    third = store_mod.code_version(tmp_path)
+    assert third != second
+    (tmp_path / "engine" / "kernels").mkdir()
+    (tmp_path / "engine" / "kernels" / "fused.c").write_text("int f(void);\n")
+    assert store_mod.code_version(tmp_path) != third
+    assert len({store_mod.code_version(), store_mod.code_version(tmp_path)}) == 2
+
+
+def test_changed_scoring_code_recomputes_instead_of_reading_stale_results(tmp_path, monkeypatch):
+    import gradviz.scoring as scoring
+    import gradviz.store as store_mod
+    from gradviz.models.zoo import random_model
+    from gradviz.scoring import RunConfig, run
+
+    model = random_model("mnist-cnn")
+    store = ResultStore(tmp_path)
+    cfg = RunConfig(id="mnist", ood=["noise-uniform"], methods=["msp", "energy"], limit=12)
+    calls = []
+    real = scoring.score_images
+    monkeypatch.setattr(scoring, "score_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run(cfg, store=store, model=model)
+    run(cfg, store=store, model=model)
+    assert calls == [1, 1]  # second run: every set from the store
+    monkeypatch.setattr(store_mod, "code_version", lambda root=None: "0.1.0+after-a-fix")
+    run(cfg, store=store, model=model)
+    assert calls == [1, 1, 1, 1]  # the same config under new code: computed again, not read stale
+    entries = list(tmp_path.glob("*.npz"))
+    assert len(entries) == 2 * 2 * 3  # (base + 2 methods) per set, under each code version

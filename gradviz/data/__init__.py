@@ -4,12 +4,17 @@ Specs: ``mnist`` (held-out split), ``mnist:train``, ``letters``, ``noise-uniform
 ``noise-gaussian``, ``corrupt:<name>:<severity>``, ``folder:PATH``, ``torchvision:NAME``.
 See :func:`list_datasets`. Every loader returns an :class:`ImageSet` whose images are
 float32 in [0, 1] at the model card's input size and channels (:func:`adapt_images`).
+
+Paths: loaders that read a path the user names (``folder:``) are registered with
+``reads_paths=True``; :func:`load_dataset` hands them ``allowed_roots``. The web app always
+passes ``settings().allowed_roots``; the CLI (run by the server's owner) passes none.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +23,8 @@ import torch.nn.functional as F
 from gradviz.errors import DatasetError
 from gradviz.models.card import ModelCard
 
-__all__ = ["ImageSet", "load_dataset", "list_datasets", "register_dataset", "adapt_images", "DATASETS"]
+__all__ = ["ImageSet", "load_dataset", "list_datasets", "register_dataset", "adapt_images", "check_spec",
+           "short_spec", "DATASETS"]
 
 
 @dataclass
@@ -31,6 +37,8 @@ class ImageSet:
     paths: list[str] | None = None  # source file per image (folder/upload sets)
     class_names: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) not loaded
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (file, what the decoder did: "EXIF orientation applied")
+    decoded_pixels: int = 0  # pixels decoded from files (uploads, folders): what pixel budgets count
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -38,7 +46,8 @@ class ImageSet:
     def subset(self, idx: np.ndarray | list[int]) -> "ImageSet":
         idx = np.asarray(idx, dtype=np.int64)
         paths = [self.paths[i] for i in idx] if self.paths is not None else None
-        return ImageSet(self.spec, self.images[torch.as_tensor(idx)], self.labels[idx], paths, self.class_names, self.skipped)
+        return ImageSet(self.spec, self.images[torch.as_tensor(idx)], self.labels[idx], paths, self.class_names,
+                        self.skipped, self.notes, self.decoded_pixels)
 
 
 @dataclass
@@ -50,16 +59,20 @@ class DatasetEntry:
     load: Callable[..., ImageSet]
     offline: bool = True
     example: str = ""
+    reads_paths: bool = False  # ``load`` takes ``allowed_roots=`` and must refuse paths outside them
 
 
 DATASETS: dict[str, DatasetEntry] = {}
 
 
-def register_dataset(prefix: str, description: str, offline: bool = True, example: str = ""):
-    """Decorator: ``fn(arg: str | None, limit: int | None, seed: int) -> ImageSet`` handles ``prefix[:arg]``."""
+def register_dataset(prefix: str, description: str, offline: bool = True, example: str = "", reads_paths: bool = False):
+    """Decorator: ``fn(arg: str | None, limit: int | None, seed: int) -> ImageSet`` handles ``prefix[:arg]``.
+
+    ``reads_paths``: the argument names a path on the server; ``fn`` then also takes
+    ``allowed_roots`` (None = anywhere, for the CLI) and refuses paths outside them."""
 
     def deco(fn):
-        DATASETS[prefix] = DatasetEntry(prefix, description, fn, offline, example or prefix)
+        DATASETS[prefix] = DatasetEntry(prefix, description, fn, offline, example or prefix, reads_paths)
         return fn
 
     return deco
@@ -84,19 +97,47 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return prefix, (arg or None)
 
 
-def load_dataset(spec: str, card: ModelCard | None = None, limit: int | None = None, seed: int = 0) -> ImageSet:
-    """Load ``spec`` (see module doc), at most ``limit`` images, adapted to ``card``'s input."""
+UPLOAD_PREFIX = "upload"  # images uploaded in the dashboard (gradviz.images.upload_spec); never loadable by name
+
+
+def short_spec(spec: str, n: int = 80) -> str:
+    """``spec`` cut to ``n`` characters for messages (a pasted 5,000-character path stays readable)."""
+    text = str(spec)
+    return text if len(text) <= n else f"{text[:n - 1]}… ({len(text):,} characters)"
+
+
+def check_spec(spec: str) -> str:
+    """A problem with ``spec``'s kind (unknown, or an upload), or "" — a check without loading anything."""
     _ensure_registered()
-    if limit is not None and int(limit) <= 0:
-        raise DatasetError(f"limit must be a positive number of samples, got {limit}")
-    prefix, arg = parse_spec(spec)
+    prefix, _ = parse_spec(spec)
+    if prefix == UPLOAD_PREFIX:
+        return (f"{short_spec(spec)!r} names images uploaded in the dashboard, which a run configuration cannot carry; "
+                "put them in a folder and use folder:PATH")
     if prefix not in DATASETS:
         known = ", ".join(e.example for e in DATASETS.values())
-        raise DatasetError(f"unknown dataset {spec!r}; known: {known}")
-    data = DATASETS[prefix].load(arg, limit, seed)
+        return f"unknown dataset {short_spec(spec)!r}; known: {known}"
+    return ""
+
+
+def load_dataset(spec: str, card: ModelCard | None = None, limit: int | None = None, seed: int = 0,
+                 allowed_roots: Sequence[str | Path] | None = None) -> ImageSet:
+    """Load ``spec`` (see module doc), at most ``limit`` images, adapted to ``card``'s input.
+
+    ``allowed_roots``: where a path-reading spec (``folder:``) may read; None = anywhere (CLI)."""
+    if limit is not None and int(limit) <= 0:
+        raise DatasetError(f"limit must be a positive number of samples, got {limit}")
+    problem = check_spec(spec)
+    if problem:
+        raise DatasetError(problem)
+    prefix, arg = parse_spec(spec)
+    entry = DATASETS[prefix]
+    if entry.reads_paths:
+        data = entry.load(arg, limit, seed, allowed_roots=allowed_roots)
+    else:
+        data = entry.load(arg, limit, seed)
     data.spec = spec
     if len(data) == 0:
-        raise DatasetError(f"dataset {spec!r} holds no usable images")
+        raise DatasetError(f"dataset {short_spec(spec)!r} holds no usable images")
     if limit is not None and len(data) > limit:
         data = data.subset(np.arange(int(limit)))
     if card is not None:

@@ -8,14 +8,19 @@
   images directly in the folder get label -1. ``paths`` holds each image's relative path.
 - Native size: if every image has the same size and its sides are ≤ 64 px (MNIST, CIFAR
   folders) that size is kept; otherwise every image is resized (bilinear, antialiased,
-  aspect ratio not kept) to 64×64, which bounds memory. Channels: 1 if every image is
-  grey, else 3 (grey images repeated). :func:`gradviz.data.load_dataset` then adapts to
-  the model card.
+  aspect ratio not kept) to 64×64, which bounds memory: a larger image is reduced while it
+  is decoded (``decode_image(fit=(64, 64))``), never held at full size as floats. Channels:
+  1 if every image is grey, else 3 (grey images repeated). :func:`gradviz.data.load_dataset`
+  then adapts to the model card. The decoder's notes per file land in ``ImageSet.notes``.
 - At most ``limit`` (or ``MAX_FOLDER_FILES``) files are decoded: a seeded random subset
   when there are more, noted in ``skipped``.
 - Path safety (web app): :func:`resolve_folder` with ``allowed_roots`` refuses any folder
-  whose resolved path (symlinks followed) is outside the roots; while walking, symbolic
-  links (files or folders) that resolve outside the chosen folder are skipped.
+  whose resolved path (symlinks and ``..`` resolved) is outside the roots, and answers a
+  folder that is outside, missing, not a folder or unreadable with the *same* message (no
+  oracle for what exists on the server). Relative paths are taken from the first root.
+  While walking, symbolic links (files or folders) that resolve outside the chosen folder
+  are skipped and listed. Paths longer than ``MAX_PATH_CHARS`` are refused before any
+  file-system call.
 """
 
 from __future__ import annotations
@@ -28,44 +33,55 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gradviz.data import ImageSet, register_dataset
+from gradviz.data import ImageSet, register_dataset, short_spec
 from gradviz.errors import DatasetError, ImageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 MAX_FOLDER_FILES = 10_000
 FOLDER_SIZE = 64  # common side when sizes differ or exceed it
 MAX_FILE_MB = 64
+MAX_PATH_CHARS = 1024
 
 
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def resolve_folder(path: str | os.PathLike, allowed_roots: Sequence[Path] | None = None) -> Path:
+def resolve_folder(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathLike] | None = None) -> Path:
     """The resolved folder for ``path``; with ``allowed_roots``, refuse anything outside them.
 
     Relative paths are taken relative to the first allowed root when roots are given
-    (else to the working directory). Symlinks are followed before the check.
+    (else to the working directory). Symlinks and ``..`` are resolved before the check. With
+    roots, "outside", "missing", "not a folder" and "unreadable" share one message.
     """
     raw = str(path).strip() if path is not None else ""
     if not raw:
         raise DatasetError("folder needs a path, e.g. folder:/data/my_images")
-    p = Path(raw).expanduser()
-    if allowed_roots is not None:
-        roots = [Path(r).expanduser().resolve() for r in allowed_roots]
-        if not roots:
-            raise DatasetError("no data roots are allowed on this server, so folders cannot be loaded")
-        if not p.is_absolute():
-            p = roots[0] / p
-        resolved = p.resolve()
-        if not any(_inside(resolved, r) for r in roots):
-            names = ", ".join(str(r) for r in roots)
-            raise DatasetError(f"folder {raw!r} is outside the allowed data roots ({names}); put the images under one of them")
-    else:
-        resolved = p.resolve()
-    if not resolved.is_dir():
-        raise DatasetError(f"folder {raw!r} does not exist or is not a folder")
-    return resolved
+    if len(raw) > MAX_PATH_CHARS or "\x00" in raw:
+        what = f"{len(raw):,} characters; at most {MAX_PATH_CHARS:,}" if len(raw) > MAX_PATH_CHARS else "a NUL character"
+        raise DatasetError(f"folder path {short_spec(raw)!r} is not a usable path ({what})")
+    if allowed_roots is None:
+        try:
+            resolved = Path(raw).expanduser().resolve()
+            if resolved.is_dir():
+                return resolved
+        except (OSError, RuntimeError) as exc:  # ENAMETOOLONG, ELOOP, EACCES, ...
+            raise DatasetError(f"folder {short_spec(raw)!r} cannot be read ({exc.strerror or type(exc).__name__})") from None
+        raise DatasetError(f"folder {short_spec(raw)!r} does not exist or is not a folder")
+    roots = [Path(r).expanduser().resolve() for r in allowed_roots]
+    names = ", ".join(str(r) for r in roots)
+    refused = DatasetError(f"folder {short_spec(raw)!r} is not available: give an existing folder under the allowed "
+                           f"data roots ({names or 'none on this server'})")
+    if not roots:
+        raise refused
+    try:
+        p = Path(raw).expanduser()
+        resolved = (p if p.is_absolute() else roots[0] / p).resolve()
+        if any(_inside(resolved, r) for r in roots) and resolved.is_dir() and os.access(resolved, os.R_OK | os.X_OK):
+            return resolved
+    except (OSError, RuntimeError, ValueError):
+        pass  # too long, a loop, no permission: the same answer as "not there"
+    raise refused
 
 
 def _image_files(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -106,15 +122,16 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
 
 
-def load_folder(path: str | os.PathLike, allowed_roots: Sequence[Path] | None = None, limit: int | None = None,
-                seed: int = 0) -> ImageSet:
+def load_folder(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathLike] | None = None,
+                limit: int | None = None, seed: int = 0) -> ImageSet:
     """Load every image under ``path`` (see module doc); refuses folders outside ``allowed_roots`` when given."""
     from gradviz.images import decode_image
 
     root = resolve_folder(path, allowed_roots)
     files, skipped = _image_files(root)
     if not files:
-        raise DatasetError(f"no image files ({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}) found in folder {str(path)!r}")
+        raise DatasetError(f"no image files ({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}) found in folder "
+                           f"{short_spec(path)!r}")
     cap = int(limit) if limit else MAX_FOLDER_FILES
     if len(files) > cap:
         keep = np.sort(np.random.default_rng(seed).choice(len(files), cap, replace=False))
@@ -125,31 +142,38 @@ def load_folder(path: str | os.PathLike, allowed_roots: Sequence[Path] | None = 
     arrays: list[torch.Tensor] = []
     labels: list[int] = []
     paths: list[str] = []
+    notes: list[tuple[str, str]] = []
+    pixels = 0
     for rel in files:
         full = root / rel
         try:
             if full.stat().st_size > MAX_FILE_MB * 2**20:
                 raise ImageError(f"larger than {MAX_FILE_MB} MB")
-            decoded = decode_image(full.read_bytes(), rel.as_posix(), max_bytes=MAX_FILE_MB * 2**20)
+            decoded = decode_image(full.read_bytes(), rel.as_posix(), max_bytes=MAX_FILE_MB * 2**20,
+                                   fit=(FOLDER_SIZE, FOLDER_SIZE))  # larger images: reduced while decoding
         except (ImageError, OSError) as exc:
             skipped.append((rel.as_posix(), str(exc)))
             continue
-        x = torch.from_numpy(decoded.array)  # (C, H, W)
-        if max(x.shape[-2:]) > FOLDER_SIZE:
-            x = _resize(x, (FOLDER_SIZE, FOLDER_SIZE))
+        x = torch.from_numpy(decoded.array)  # (C, H, W), sides ≤ FOLDER_SIZE
+        if decoded.note:
+            notes.append((rel.as_posix(), decoded.note))
+        pixels += decoded.pixels
         arrays.append(x)
         labels.append(class_index[rel.parts[0]] if len(rel.parts) > 1 else -1)
         paths.append(rel.as_posix())
     if not arrays:
         first = f"; first problem: {skipped[-1][0]}: {skipped[-1][1]}" if skipped else ""
-        raise DatasetError(f"none of the {len(files)} image files in folder {str(path)!r} could be read{first}")
+        raise DatasetError(f"none of the {len(files)} image files in folder {short_spec(path)!r} could be read{first}")
     channels = 1 if all(a.shape[0] == 1 for a in arrays) else 3
     sizes = {tuple(a.shape[-2:]) for a in arrays}
     size = sizes.pop() if len(sizes) == 1 else (FOLDER_SIZE, FOLDER_SIZE)
     images = torch.stack([_resize(a, size).expand(channels, -1, -1) for a in arrays]).contiguous()  # (N, C, H, W)
-    return ImageSet(f"folder:{path}", images, np.asarray(labels, dtype=np.int64), paths, class_names, skipped)
+    return ImageSet(f"folder:{path}", images, np.asarray(labels, dtype=np.int64), paths, class_names, skipped, notes,
+                    pixels)
 
 
-@register_dataset("folder", "Every image under a folder (recursive); class sub-folders become labels", example="folder:/path/to/images")
-def load_folder_spec(arg: str | None, limit: int | None, seed: int) -> ImageSet:
-    return load_folder(arg or "", None, limit, seed)
+@register_dataset("folder", "Every image under a folder (recursive); class sub-folders become labels",
+                  example="folder:/path/to/images", reads_paths=True)
+def load_folder_spec(arg: str | None, limit: int | None, seed: int,
+                     allowed_roots: Sequence[str | os.PathLike] | None = None) -> ImageSet:
+    return load_folder(arg or "", allowed_roots, limit, seed)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from gradviz.methods.registry import ModelOutputs, register
+from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, register
 
 
 @register("msp", title="Maximum softmax probability", paper="Hendrycks & Gimpel, ICLR 2017", year=2017,
-          formula=r"u(x) = -\max_c \mathrm{softmax}(z/T)_c", kind="output")
+          formula=r"u(x) = -\max_c \mathrm{softmax}(z/T)_c", kind="output",
+          bounds={"temperature": TEMPERATURE_BOUNDS})
 def msp(batch: ModelOutputs, temperature: float = 1.0) -> torch.Tensor:
     """Negative maximum softmax probability: a confident prediction is certain."""
     return -(batch.logits / temperature).softmax(-1).amax(-1)
@@ -22,7 +23,8 @@ def maxlogit(batch: ModelOutputs) -> torch.Tensor:
 
 
 @register("energy", title="Energy score", paper="Liu et al., NeurIPS 2020", year=2020,
-          formula=r"u(x) = -T \log \sum_c e^{z_c/T}", kind="output")
+          formula=r"u(x) = -T \log \sum_c e^{z_c/T}", kind="output",
+          bounds={"temperature": TEMPERATURE_BOUNDS})
 def energy(batch: ModelOutputs, temperature: float = 1.0) -> torch.Tensor:
     """Free energy -T·logsumexp(z/T): low energy (high logsumexp) means in-distribution."""
     return -temperature * torch.logsumexp(batch.logits / temperature, dim=-1)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from gradviz.methods.registry import ModelOutputs, register
+from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, register
 
 
 @register("gradnorm", title="GradNorm", paper="Huang, Geng & Li, NeurIPS 2021", year=2021,
           formula=r"u(x) = -\tfrac{1}{T}\,\lVert h\rVert_1\,\lVert \mathrm{softmax}(z/T) - \tfrac{1}{C}\mathbf{1}\rVert_1",
-          kind="gradient", backprop=False)
+          kind="gradient", backprop=False, bounds={"temperature": TEMPERATURE_BOUNDS})
 def gradnorm(batch: ModelOutputs, temperature: float = 1.0) -> torch.Tensor:
     """Negative L1 norm of the last-layer gradient of KL(uniform‖softmax), in closed form."""
     p = (batch.logits / temperature).softmax(-1)  # (B, C)

@@ -40,7 +40,8 @@ def extract_features(model: GradvizModel, images: torch.Tensor, chunk: int = 512
 
 
 @register("mahalanobis", title="Mahalanobis distance", paper="Lee et al., NeurIPS 2018", year=2018,
-          formula=r"u(x) = \min_c (h-\mu_c)^\top \Sigma^{-1} (h-\mu_c)", kind="feature")
+          formula=r"u(x) = \min_c (h-\mu_c)^\top \Sigma^{-1} (h-\mu_c)", kind="feature",
+          bounds={"chunk": (1, 65536)})
 class Mahalanobis:
     """Minimum class-conditional Mahalanobis distance² of the penultimate features (tied covariance)."""
 

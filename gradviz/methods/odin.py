@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from gradviz.errors import MethodError
 from gradviz.gradients import GradientPass
-from gradviz.methods.registry import ModelOutputs, register
+from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, register
 from gradviz.models import GradvizModel
 
 
@@ -58,7 +58,7 @@ def odin_perturb(model: GradvizModel, x: torch.Tensor, temperature: float = 1000
 @register("odin", title="ODIN", paper="Liang, Li & Srikant, ICLR 2018", year=2018,
           formula=r"u(x) = -\max_c \mathrm{softmax}\!\big(z(\tilde x)/T\big)_c,\quad "
                   r"\tilde x = x - \varepsilon\,\mathrm{sign}\,\nabla_x \mathrm{CE}\big(z(x)/T, \hat y\big)",
-          kind="input-gradient")
+          kind="input-gradient", bounds={"temperature": TEMPERATURE_BOUNDS, "epsilon": (0.0, 1.0)})
 def odin(batch: ModelOutputs, temperature: float = 1000.0, epsilon: float = 0.0014) -> torch.Tensor:
     """Negative temperature-scaled MSP of the ODIN-perturbed input (one batched input gradient)."""
     x_tilde = odin_perturb(batch.model, batch.x, temperature, epsilon, batch.gradient_pass())

@@ -8,6 +8,7 @@ class with ``fit(model, images, labels)`` and ``score(batch) -> Tensor (B,)``.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -19,7 +20,7 @@ from gradviz.gradients import GradientPass
 from gradviz.models import GradvizModel
 
 __all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method",
-           "needs_graph"]
+           "needs_graph", "check_param", "TEMPERATURE_BOUNDS"]
 
 
 @dataclass
@@ -94,12 +95,35 @@ class MethodInfo:
     defaults: dict = field(default_factory=dict)
     summary: str = ""
     backprop: bool = False  # runs a backward pass (closed-form gradient methods do not)
+    bounds: dict = field(default_factory=dict)  # {parameter: (low, high)} inclusive; None = open end
 
     def create(self, **params) -> "MethodRunner":
         unknown = set(params) - set(self.defaults)
         if unknown:
             raise MethodError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(self.defaults)}")
+        params = {key: check_param(self, key, value) for key, value in params.items()}
         return MethodRunner(self, {**self.defaults, **params})
+
+
+def check_param(info: MethodInfo, key: str, value: Any) -> Any:
+    """``value`` if it has the type of the parameter's default (12.0 -> 12 for whole numbers) and lies
+    within its declared bounds; else :class:`MethodError` naming the method, parameter and range."""
+    default = info.defaults[key]
+    where = f"{info.name}: parameter {key!r}"
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        if type(value) is not type(default) and default is not None:
+            raise MethodError(f"{where} must be {type(default).__name__}, got {value!r:.60}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MethodError(f"{where} must be a finite number, got {value!r:.60}")
+    if isinstance(default, int) and not float(value).is_integer():
+        raise MethodError(f"{where} must be a whole number, got {value!r}")
+    low, high = info.bounds.get(key, (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"from {low:g} to {high:g}" if low is not None and high is not None else (
+            f"at least {low:g}" if low is not None else f"at most {high:g}")
+        raise MethodError(f"{where} must be {span}, got {value!r}")
+    return int(value) if isinstance(default, int) else value
 
 
 @dataclass
@@ -126,6 +150,7 @@ class MethodRunner:
 
 
 REGISTRY: dict[str, MethodInfo] = {}
+TEMPERATURE_BOUNDS = (1e-3, 1e5)  # softmax/energy temperatures: z/T stays finite in float32 for any real logits
 
 
 def needs_graph(runners: list["MethodRunner"]) -> bool:
@@ -136,11 +161,13 @@ def needs_graph(runners: list["MethodRunner"]) -> bool:
 
 
 def register(name: str, *, title: str, paper: str, year: int, formula: str, kind: str, summary: str = "",
-             backprop: bool | None = None):
+             backprop: bool | None = None, bounds: dict[str, tuple[float | None, float | None]] | None = None):
     """Decorator adding a method function or fitted class to the registry under ``name``.
 
     ``backprop``: whether the method runs a backward pass (default: its kind is "gradient" or
     "input-gradient"); closed-form gradient methods pass False.
+    ``bounds``: {parameter: (low, high)} inclusive ranges of numeric parameters (None = open end);
+    every value given to :meth:`MethodInfo.create` is checked against its type and range.
     """
 
     def deco(impl):
@@ -154,10 +181,19 @@ def register(name: str, *, title: str, paper: str, year: int, formula: str, kind
             name, impl, title, paper, year, formula, kind, needs_fit=inspect.isclass(impl),
             defaults=defaults, summary=summary or (inspect.getdoc(impl) or "").split("\n")[0],
             backprop=kind in ("gradient", "input-gradient") if backprop is None else backprop,
+            bounds=_checked_bounds(name, bounds or {}, defaults),
         )
         return impl
 
     return deco
+
+
+def _checked_bounds(name: str, bounds: dict, defaults: dict) -> dict:
+    """``bounds`` of parameters the method has, each holding its default (a registration bug otherwise)."""
+    for key, (low, high) in bounds.items():
+        if key not in defaults or (low is not None and defaults[key] < low) or (high is not None and defaults[key] > high):
+            raise ValueError(f"{name}: bounds {key}={low, high} do not fit its parameters/defaults {defaults}")
+    return dict(bounds)
 
 
 def _ensure_registered() -> None:

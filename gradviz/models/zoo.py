@@ -80,8 +80,9 @@ def torchvision_model(arch: str, weights: str | Path | None = None) -> GradvizMo
         net = torchvision.models.get_model(arch, weights=w)
     except Exception as exc:  # URLError / HTTPError / OSError when offline
         raise ModelError(
-            f"could not download ImageNet weights for {arch} ({type(exc).__name__}); offline? "
-            f"Pass a weights file instead (safetensors or a state dict), or use the bundled mnist-cnn"
+            f"could not download ImageNet weights for {arch} ({type(exc).__name__}); this machine may be offline. "
+            f"The bundled mnist-cnn works offline; for {arch}, weights already on this machine "
+            f"(a .safetensors file) can be used instead"
         ) from None
     size = w.transforms().crop_size[0] if hasattr(w.transforms(), "crop_size") else 224
     card = ModelCard(

@@ -16,11 +16,13 @@ from typing import Callable
 import pandas as pd
 import streamlit as st
 
+from gradviz.config import settings
 from gradviz.data import ImageSet, load_dataset
 from gradviz.errors import GradvizError
 from gradviz.models import GradvizModel, load_model
 from gradviz.scoring import RunConfig, ScoreResult, images_digest, layer_table, run
-from gradviz.store import ResultStore, cache_key
+from gradviz.store import ResultStore
+from gradviz.store import cache_key as _cache_key
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -34,11 +36,26 @@ def get_store() -> ResultStore:
     return ResultStore()
 
 
+def allowed_roots() -> tuple[str, ...]:
+    """The folders web users may read with ``folder:`` (GRADVIZ_ALLOWED_ROOTS): enforced on every load here."""
+    return tuple(str(r) for r in settings().allowed_roots)
+
+
+def cache_key(**parts) -> str:
+    """:func:`gradviz.store.cache_key` plus the allowed roots: a result read under other roots is never reused."""
+    return _cache_key(roots=allowed_roots(), **parts)
+
+
 @st.cache_resource(show_spinner="Loading dataset…", max_entries=32)
+def _dataset(model_name: str, weights: str | None, spec: str, limit: int | None, seed: int,
+             roots: tuple[str, ...]) -> ImageSet:
+    return load_dataset(spec, get_model(model_name, weights).card, limit=limit, seed=seed, allowed_roots=roots)
+
+
 def get_dataset(model_name: str, weights: str | None, spec: str, limit: int | None, seed: int) -> ImageSet:
-    """A dataset adapted to the model's input (shared, treat as read-only)."""
-    model = get_model(model_name, weights)
-    return load_dataset(spec, model.card, limit=limit, seed=seed)
+    """A dataset adapted to the model's input (shared, treat as read-only); ``folder:`` paths must lie
+    under the allowed roots (refused with one message whether outside or missing)."""
+    return _dataset(model_name, weights, spec, limit, seed, allowed_roots())
 
 
 def images_of_rows(rows: pd.DataFrame, cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> list:
@@ -99,18 +116,22 @@ def _progress_bar(text: str) -> tuple[Callable[[int, int, str], None], Callable[
 def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> ScoreResult:
     """Scores + metrics for ``cfg``, computed once per choice (progress bar on first run)."""
     uploads = {k: v for k, v in (uploads or {}).items() if k in cfg.ood or k == cfg.id}
+    cfg.validate(provided=set(uploads))  # every field checked before anything is loaded or looked up
     key = cache_key(cfg=cfg.to_json(), uploads={k: images_digest(v.images) for k, v in uploads.items()})
     hit = _memo().get(key)
     if hit is not None:
         return hit
-    update, done = _progress_bar("Scoring samples")
     model = get_model(cfg.model, cfg.weights)
     datasets = {**uploads}
-    for spec in [cfg.id, *cfg.ood]:
+    for spec in [cfg.id, *cfg.ood]:  # a refused or missing set fails here, before any progress bar is drawn
         if spec not in datasets:
             datasets[spec] = get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
-    result = run(cfg, progress=update, store=get_store(), model=model, datasets=datasets)
-    done()
+    update, done = _progress_bar("Scoring samples")
+    try:
+        result = run(cfg, progress=update, store=get_store(), model=model, datasets=datasets,
+                     allowed_roots=allowed_roots())
+    finally:
+        done()
     _memo().put(key, result)
     return result
 

@@ -15,6 +15,7 @@ from gradviz.models import list_models
 from gradviz.models import zoo  # noqa: F401  (registers the bundled model)
 from gradviz.scoring import RunConfig
 
+MAX_SPEC_CHARS = 4096  # the browser stops a giant paste; the library refuses folder paths over 1,024 with a message
 BUILTIN_SETS = ["mnist", "mnist:train", "letters", "noise-uniform", "noise-gaussian"]
 TORCHVISION_SETS = ["MNIST", "FashionMNIST", "KMNIST", "EMNIST", "CIFAR10", "CIFAR100", "SVHN", "Omniglot"]
 
@@ -95,9 +96,11 @@ def render_sidebar() -> RunConfig:
                          help="Corruptions use the ID test images. Add a folder or torchvision set below.")
     custom = [o for o in cur.ood if o not in options]
     with sb.expander("Add a dataset by name"):
-        extra = st.text_input("spec", key="gv_extra", value=custom[0] if custom else "",
-                              placeholder="folder:mydata/cats  or  corrupt:fog:2",
-                              help=f"folder: paths must lie under {', '.join(str(r) for r in settings().allowed_roots)}")
+        roots = ", ".join(str(r) for r in settings().allowed_roots)
+        extra = st.text_input("spec", key="gv_extra", value=custom[0][:MAX_SPEC_CHARS] if custom else "",
+                              max_chars=MAX_SPEC_CHARS, placeholder="folder:mydata/cats  or  corrupt:fog:2",
+                              help=f"folder: paths must lie under {roots} (GRADVIZ_ALLOWED_ROOTS, set by whoever runs "
+                                   "this server); a relative path starts at the first of them.")
     if extra.strip() and extra.strip() not in ood:
         ood = [*ood, extra.strip()]
     methods = sb.multiselect("Methods", all_methods, default=[m for m in cur.method_names() if m in all_methods],

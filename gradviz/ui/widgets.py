@@ -48,7 +48,8 @@ def download_results(result, key: str = "dl") -> None:
     """Download buttons: scores CSV, metrics CSV + JSON, and the CLI-replayable run config.
 
     The files are built when clicked (callables), not on every rerun: the scores CSV of a few
-    thousand rows costs tens of milliseconds each time."""
+    thousand rows costs tens of milliseconds each time. Uploaded images cannot be replayed from a
+    file: the config leaves them out, and its button says so."""
     c1, c2, c3, c4 = st.columns(4)
     c1.download_button("⬇ scores.csv", lambda: result.scores.to_csv(index=False), "scores.csv", "text/csv",
                        key=f"{key}_scores", on_click="ignore")
@@ -56,8 +57,15 @@ def download_results(result, key: str = "dl") -> None:
                        key=f"{key}_mcsv", on_click="ignore")
     c3.download_button("⬇ metrics.json", lambda: result.metrics.to_json(orient="records", indent=2), "metrics.json",
                        "application/json", key=f"{key}_mjson", on_click="ignore")
-    c4.download_button("⬇ config.json", result.config.to_json(), "config.json", "application/json", key=f"{key}_cfg",
-                       help="Replay with: python -m gradviz score --config config.json --out results/", on_click="ignore")
+    config, uploads = result.config.replayable()
+    replay = "Replay with: python -m gradviz score --config config.json --out results/"
+    if uploads:
+        replay = (f"Uploaded images are NOT part of the replay: the config leaves out {', '.join(uploads)} "
+                  f"(save those images in a folder and add folder:PATH to its ood list). {replay}")
+    c4.download_button("⬇ config.json" + (" (without uploads)" if uploads else ""), config.to_json(), "config.json",
+                       "application/json", key=f"{key}_cfg", help=replay, on_click="ignore")
+    if uploads:
+        c4.caption("Uploaded images are not part of the replay.")
 
 
 def to_uint8(image) -> np.ndarray:

@@ -1,0 +1,92 @@
+"""Uploaded images for the pages, and the lists of files skipped or altered while loading.
+
+Uploads are decoded once per upload (``st.cache_data`` keyed by the files' upload ids, not by
+hashing their bytes on every rerun), each image reduced to the model's input size while it is
+decoded (:func:`gradviz.images.uploads_to_imageset`). Two pixel budgets bound the work a web
+user can cause: ``settings().max_upload_pixels`` per upload and ``settings().max_session_pixels``
+over every upload of one browser session (counted in ``st.session_state["gv_upload_pixels"]``,
+an upload counted once however often the page reruns). Files beyond a budget get a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from gradviz.config import settings
+from gradviz.data import ImageSet
+from gradviz.images import ALLOWED_FORMATS, uploads_to_imageset
+from gradviz.runconfig import RunConfig
+from gradviz.ui.cache import get_model
+
+UPLOAD_TYPES = [f.lower() for f in ALLOWED_FORMATS] + ["jpg", "tif"]
+UPLOAD_LABEL = "Images (PNG, JPEG, BMP, TIFF, WebP, GIF)"
+UPLOAD_HELP = "Decoded locally and reduced to the model's input size; nothing leaves this machine."
+
+
+@st.cache_data(max_entries=8, show_spinner="Decoding uploaded images…")
+def _decode(ids: tuple, model: str, weights: str | None, budget: int, limit_text: str, _files: tuple):
+    """(ImageSet | None, errors) of the files ``ids`` names; ``_files`` ((name, bytes), ...) is not hashed."""
+    return uploads_to_imageset(list(_files), get_model(model, weights).card, max_total_pixels=budget,
+                               pixels_setting=limit_text)
+
+
+def _budget(key: str) -> tuple[int, str]:
+    """Pixels this upload may decode: the per-upload limit, or what is left of the session's."""
+    cfg = settings()
+    seen: dict = st.session_state.setdefault("gv_upload_pixels", {})
+    if key in seen:  # the same upload again (a rerun): the same arguments, so the cached decode is reused
+        return seen[key][0], seen[key][1]
+    left = max(0, cfg.max_session_pixels - sum(pixels for _, _, pixels in seen.values()))
+    if left < cfg.max_upload_pixels:
+        return left, (f"what is left of this session's {cfg.max_session_pixels:,}, GRADVIZ_MAX_SESSION_PIXELS; "
+                      "reload the page for a new session")
+    return cfg.max_upload_pixels, "GRADVIZ_MAX_UPLOAD_PIXELS"
+
+
+def decode_uploads(files: list | None, cfg: RunConfig) -> tuple[ImageSet | None, list[tuple[str, str]]]:
+    """Streamlit ``UploadedFile`` objects -> (an OOD ImageSet at ``cfg``'s model input, or None; errors per file)."""
+    if not files:
+        return None, []
+    ids = tuple((f.file_id, f.name, f.size) for f in files)
+    key = hashlib.sha256(repr(ids).encode()).hexdigest()[:16]
+    budget, limit_text = _budget(key)
+    data, errors = _decode(ids, cfg.model, cfg.weights, budget, limit_text,
+                           _files=tuple((f.name, f.getvalue()) for f in files))
+    st.session_state["gv_upload_pixels"][key] = (budget, limit_text, data.decoded_pixels if data is not None else 0)
+    return data, errors
+
+
+def show_upload_errors(errors: list[tuple[str, str]]) -> None:
+    """One warning per refused file (a handful), or one warning listing them when there are many."""
+    if len(errors) <= 5:
+        for _, message in errors:
+            st.warning(message)
+        return
+    st.warning(f"{len(errors)} files were not loaded; first: {errors[0][1]}")
+    with st.expander(f"All {len(errors)} files not loaded"):
+        st.dataframe(pd.DataFrame(errors, columns=["file", "reason"]), hide_index=True, width="stretch")
+
+
+def show_file_reports(skipped: dict[str, list[tuple[str, str]]], notes: dict[str, list[tuple[str, str]]],
+                      key: str) -> None:
+    """An expander listing, per dataset, the files skipped (with the reason) and what the decoder did to others."""
+    n_skipped = sum(len(v) for v in skipped.values())
+    n_notes = sum(len(v) for v in notes.values())
+    if not n_skipped and not n_notes:
+        return
+    rows = [(spec, file, f"skipped: {reason.removeprefix(f'{file}: ')}") for spec, items in skipped.items()
+            for file, reason in items]
+    rows += [(spec, file, note) for spec, items in notes.items() for file, note in items]
+    title = " · ".join(part for part in (f"{n_skipped} file(s) skipped" if n_skipped else "",
+                                         f"{n_notes} file(s) altered while decoding" if n_notes else "") if part)
+    with st.expander(f"Loading report: {title}", icon=":material/info:"):
+        st.dataframe(pd.DataFrame(rows, columns=["dataset", "file", "what happened"]), hide_index=True,
+                     width="stretch", key=key)
+
+
+def set_reports(sets: list[ImageSet]) -> tuple[dict, dict]:
+    """(skipped, notes) of loaded sets, keyed by spec, for :func:`show_file_reports`."""
+    return ({d.spec: list(d.skipped) for d in sets if d.skipped}, {d.spec: list(d.notes) for d in sets if d.notes})
