@@ -148,12 +148,34 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_coverage(args) -> int:
+    """``layers --coverage``: which plan computes each parameter group's per-sample gradient."""
+    from gradviz.gradients import coverage
+    from gradviz.models import load_model
+
+    cfg = _config(args)
+    _check_device(cfg.device)
+    report = coverage(load_model(cfg.model, cfg.weights, cfg.device))
+    print(report)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        report.to_frame().to_csv(out / "coverage.csv", index=False)
+        print(f"-> {out / 'coverage.csv'}")
+    report.check()
+    return 0
+
+
 def cmd_layers(args) -> int:
     from gradviz.data import load_dataset
     from gradviz.gradients import LOSSES
     from gradviz.models import load_model
     from gradviz.scoring import layer_table
 
+    if args.coverage:
+        return cmd_coverage(args)
+    if not args.out:
+        raise GradvizError("layers needs --out FOLDER (or --coverage to see how each parameter is covered)")
     cfg = _config(args)
     if args.loss not in LOSSES:
         raise GradvizError(f"unknown loss {args.loss!r}; known: {', '.join(LOSSES)}")
@@ -264,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("layers", help="layerwise gradient metrics table (Oberdiek et al. 2018)")
     _add_common(p)
     p.add_argument("--loss", default="nll_pred", help="nll_pred | confounding_sigmoid | confounding_softmax")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="output folder (layers.csv; with --coverage: coverage.csv)")
+    p.add_argument("--coverage", action="store_true",
+                   help="print how the engine computes each parameter group's per-sample gradient (no data needed)")
     p.set_defaults(func=cmd_layers)
     p = sub.add_parser("meta", help="meta classifier report (correct-vs-incorrect or ID-vs-OOD)")
     _add_common(p)

@@ -8,7 +8,7 @@ from gradviz import analysis, plots
 from gradviz.gradients import LOSSES
 from gradviz.layers import entropy_correlation, layer_bands
 from gradviz.scoring import too_few_samples
-from gradviz.ui.cache import get_layer_auroc, get_layer_table, get_result, show_error
+from gradviz.ui.cache import get_coverage, get_layer_auroc, get_layer_table, get_result, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure
 from gradviz.ui.sidebar import ensure_frame
@@ -77,6 +77,14 @@ fig_corr.update_yaxes(autorange="reversed", title="layer (input at top)")
 st.plotly_chart(fig_corr, width="stretch", key="ly_corr")
 st.caption("|ρ| near 1: the metric ranks samples like entropy does (little new information). Metrics with low |ρ| "
            "but high AUROC above are the interesting ones — they feed the meta classifier.")
+
+with st.expander("How the gradient engine covers this model's parameters"):
+    cov = get_coverage(cfg)
+    covered = cov.loc[cov.status != "NOT COVERED", "entries"].sum()
+    st.caption(f"{covered:,} of {cov.entries.sum():,} parameters ({100 * covered / max(1, cov.entries.sum()):.1f} %) "
+               "in forward order: each group's plan — closed form, materialised in chunks, or the exact generic "
+               "fallback — and `unused` for parameters the forward never reaches (gradient 0).")
+    st.dataframe(cov, hide_index=True, width="stretch")
 
 st.subheader("Downloads")
 d1, d2, d3, d4 = st.columns(4)

@@ -55,9 +55,10 @@ class Coverage:
         return self
 
     def __str__(self) -> str:
-        lines = [f"{'group':<48} {'entries':>10}  {'kind':<22} path"]
+        width = max([5] + [len(r["group"]) for r in self.rows])
+        lines = [f"{'group':<{width}} {'entries':>10}  {'kind':<22} path"]
         for r in self.rows:
-            lines.append(f"{r['group'][:48]:<48} {r['entries']:>10,}  {r['kind'][:22]:<22} {r['path']}"
+            lines.append(f"{r['group']:<{width}} {r['entries']:>10,}  {r['kind'][:22]:<22} {r['path']}"
                          + ("" if r["status"] == "covered" else f"  [{r['status']}]"))
         lines.append(f"{self.covered:,} of {self.total:,} parameters covered ({100 * self.fraction:.1f} %)")
         return "\n".join(lines)

@@ -166,6 +166,14 @@ def get_layer_auroc(cfg: RunConfig, loss: str, ood: str, table: pd.DataFrame) ->
     return _memoised(key, lambda: layer_auroc(table, cfg.id, ood))
 
 
+def get_coverage(cfg: RunConfig) -> pd.DataFrame:
+    """The engine's coverage report of the chosen model (one probe forward; memoised per model)."""
+    from gradviz.gradients import coverage
+
+    key = cache_key(kind="coverage", model=cfg.model, weights=cfg.weights)
+    return _memoised(key, lambda: coverage(get_model(cfg.model, cfg.weights)).to_frame())
+
+
 def show_error(exc: Exception, hint: str = "") -> None:
     """Show a user error with a next step and stop the page (bugs are re-raised)."""
     if not isinstance(exc, GradvizError):

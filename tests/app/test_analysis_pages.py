@@ -39,6 +39,9 @@ def test_layers_page_calls_out_best_layer_and_reacts(monkeypatch, tmp_path):
     assert at.selectbox(key="ly_ood").options == ["letters", "noise-uniform"]
     assert at.selectbox(key="ly_stat").value == "l2"
     assert at.selectbox(key="ly_loss").value == "nll_pred"
+    coverage = at.dataframe[0].value  # the engine's coverage report of the bundled model
+    assert coverage["entries"].sum() == 77_754 and set(coverage["status"]) == {"covered"}
+    assert coverage["group"].iloc[0] == "stem.0" and coverage["group"].iloc[-1] == "fc"  # forward order
     at.selectbox(key="ly_ood").set_value("noise-uniform").run()
     _ok(at)
     assert "noise-uniform" in at.subheader[0].value

@@ -281,7 +281,11 @@ class DensePlan(Plan):
         from gradviz.engine.calibrate import CALIBRATION
 
         chosen = CALIBRATION.known(self)
-        return f"{self.kind}: {chosen[0] if chosen else '/'.join(self.candidates)}"
+        if chosen:
+            return f"{self.kind}: {chosen[0]}, {chosen[1]} samples per chunk"
+        if len(self.candidates) == 1:
+            return f"{self.kind}: {self.candidates[0]}"
+        return f"{self.kind}: fastest of {' | '.join(self.candidates)} (timed at first use)"
 
 
 def timed(fn: Callable[[], object]) -> tuple[object, float]:
