@@ -37,7 +37,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gradviz import reductions  # noqa: E402
+from gradviz.engine import kernels as reductions  # noqa: E402
 from gradviz.gradients import STATS, layer_gradient_stats, layer_sq_l2_norms, parametrised_layers  # noqa: E402
 from gradviz.methods import ModelOutputs, list_methods, run_method  # noqa: E402
 from gradviz.models.zoo import random_model  # noqa: E402
@@ -299,10 +299,11 @@ def measure_case(case: str, quick: bool, device: str, exact: bool = True) -> tup
         if name == "float32 loop":
             got = run_loop(m, xs).double()
         else:  # the engine's float64 values before LayerStats rounds them to float32
-            from gradviz.gradients import GradientPass, _Job
+            from gradviz.engine.plans import Job
+            from gradviz.gradients import GradientPass
 
-            job = _Job(STATS, None, "on" if "compiled" in name else "off")
-            layers, _, values = GradientPass(m, xs.double())._reduce("nll_pred", None, job, None)
+            job = Job(STATS, None, "on" if "compiled" in name else "off")
+            layers, _, values = GradientPass(m, xs.double()).reduce("nll_pred", None, job, None)
             got = _in_layer_order(m, layers, values.double())
         floor[name] = relative_errors(model, got, reference)
     results = []

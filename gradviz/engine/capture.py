@@ -250,7 +250,15 @@ class Capturer(TorchFunctionMode):
         for t in batch:  # what the plan reads: the values at this call (copied if the call changes them)
             changed = func in _INPLACE and t is args[0]
             swap[id(t)] = t.detach().clone() if self.clone_inputs or changed else t.detach()
-        out = func(*args, **kwargs)
+        stats = None
+        if op == "layer_norm":  # the same kernel F.layer_norm runs, keeping its row statistics for the plan
+            a = named_args(op, args, kwargs)
+            shape = a["normalized_shape"]
+            out, mean, rstd = torch.native_layer_norm(a["input"], [shape] if isinstance(shape, int) else list(shape),
+                                                      a["weight"], a["bias"], a["eps"])
+            stats = (mean.detach(), rstd.detach())
+        else:
+            out = func(*args, **kwargs)
         if not isinstance(out, torch.Tensor):
             op = "generic"  # several outputs: reported as not covered unless the generic plan manages
         call_args, call_kwargs = _replace(args, swap), _replace(kwargs, swap)
@@ -264,6 +272,8 @@ class Capturer(TorchFunctionMode):
         use.live = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if op in _SIGNATURES:
             use.spec = named_args(op, call_args, call_kwargs)
+            if stats is not None:
+                use.spec["mean"], use.spec["rstd"] = stats
         elif op == "broadcast":
             use.spec = {"kind": "expand" if func in _EXPAND else _ELEMENTWISE[func], "alpha": kwargs.get("alpha", 1)}
         use.from_input = any(t.requires_grad for t in batch)

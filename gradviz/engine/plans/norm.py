@@ -131,9 +131,13 @@ class LayerNormPlan(_AffinePlan):
                       else (spec["normalized_shape"],))
         x, d, b = self.rows(sl)
         x, d = x.reshape(-1, n), d.reshape(-1, n)
-        mean = x.mean(-1, keepdim=True)
-        var = x.var(-1, unbiased=False, keepdim=True)
-        xhat = (x - mean) * torch.rsqrt(var + spec["eps"])
+        if "rstd" in spec:  # the forward's own row statistics (capture keeps them)
+            lo, hi = sl.start * self.k, min(sl.stop, self.batch) * self.k  # rows of dimension 0, as x
+            mean, rstd = spec["mean"][lo:hi].reshape(-1, 1), spec["rstd"][lo:hi].reshape(-1, 1)
+        else:
+            mean = x.mean(-1, keepdim=True)
+            rstd = torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + spec["eps"])
+        xhat = (x - mean).mul_(rstd)
         dw = None if self.weight is None else (d * xhat).reshape(b, -1, n).sum(1)
         return self._join(dw, d.reshape(b, -1, n).sum(1))
 
