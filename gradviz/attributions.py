@@ -35,6 +35,7 @@ from torch import nn
 
 from gradviz.errors import GradvizError, ImageError, MethodError
 from gradviz.models import GradvizModel
+from gradviz.models.hooks import forward_hooks
 
 __all__ = [
     "ATTRIBUTIONS",
@@ -177,17 +178,10 @@ def default_gradcam_layer(model: GradvizModel) -> str:
     if key in _DEFAULT_LAYER_CACHE:
         return _DEFAULT_LAYER_CACHE[key]
     order: list[str] = []
-    handles = []
-    with model.lock:
-        try:
-            for name, module in model.net.named_modules():
-                if isinstance(module, nn.Conv2d):
-                    handles.append(module.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name)))
-            with torch.no_grad():
-                model(torch.zeros((1, *model.card.input_size), device=model.device))
-        finally:
-            for h in handles:
-                h.remove()
+    convs = {module: (lambda _m, _i, _o, name=name: order.append(name))
+             for name, module in model.net.named_modules() if isinstance(module, nn.Conv2d)}
+    with forward_hooks(model, convs), torch.no_grad():
+        model(torch.zeros((1, *model.card.input_size), device=model.device))
     if not order:
         raise MethodError("Grad-CAM needs a convolutional layer (nn.Conv2d); this model has none — use saliency")
     _DEFAULT_LAYER_CACHE[key] = order[-1]

@@ -12,7 +12,7 @@ from gradviz.gradients import STATS, GradientPass, LOSSES, parametrised_layers
 from gradviz.methods.gaia import gaia_a_channels, gaia_z_channels
 from gradviz.models.zoo import random_model
 
-from conftest import require_kernel
+from engine_reference import require_kernel
 from engine_reference import assert_stats_close, reference_stats, wrap as _wrap_model
 from engine_reference import batch as _batch, randomise_bn as _randomise_bn
 from test_gradients import _conv_variants_model

@@ -20,7 +20,7 @@ from gradviz.gradients import (
 )
 from gradviz.models.zoo import random_model
 
-from conftest import require_kernel
+from engine_reference import require_kernel
 from engine_reference import REFERENCE_LOSSES, assert_stats_close, batch, randomise_bn, reference_stats, wrap
 
 

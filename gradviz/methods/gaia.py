@@ -55,6 +55,7 @@ from gradviz.errors import MethodError
 from gradviz.gradients import GradientPass
 from gradviz.methods.registry import ModelOutputs, register
 from gradviz.models import GradvizModel
+from gradviz.models.hooks import forward_hooks
 
 __all__ = ["gaia_z", "gaia_a", "gaia_abnormality_map", "hooked_maps"]
 
@@ -82,10 +83,10 @@ def _resolve_layers(model: GradvizModel, layers) -> tuple[list[tuple[str, nn.Mod
 
 
 def hooked_maps(model: GradvizModel, x: torch.Tensor, layers=None):
-    """One forward with hooks: (logits (B, K), {name: map (B, C, H, W)} in forward order, head input h (B, D)).
+    """One forward with hooks: (logits (B, K), {name: map} in forward order, head input h (B, D)).
 
-    The maps and ``h`` are part of the autograd graph (for ``torch.autograd.grad``). Hooks are
-    registered under ``model.lock`` and removed before returning.
+    The maps and ``h`` are part of the autograd graph (for ``torch.autograd.grad``). Hooks live in a
+    :func:`~gradviz.models.hooks.forward_hooks` block (under ``model.lock``, always removed).
     """
     modules, rule = _resolve_layers(model, layers)
     maps: dict[str, torch.Tensor] = {}
@@ -105,17 +106,9 @@ def hooked_maps(model: GradvizModel, x: torch.Tensor, layers=None):
         store["h"] = args[0]
 
     x_in = x.detach().clone().requires_grad_(True)  # ensures a graph even if parameters were frozen
-    with model.lock:
-        handles = []
-        try:
-            for name, module in modules:
-                handles.append(module.register_forward_hook(make_hook(name, module)))
-            handles.append(model.head.register_forward_pre_hook(head_hook))
-            with torch.enable_grad():
-                logits = model(x_in)
-        finally:
-            for handle in handles:
-                handle.remove()
+    with forward_hooks(model, {module: make_hook(name, module) for name, module in modules}, {model.head: head_hook}):
+        with torch.enable_grad():
+            logits = model(x_in)
     if not maps:
         raise MethodError("GAIA: no hooked layer ran in the forward pass")
     last = store["last_channel"]

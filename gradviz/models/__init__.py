@@ -20,6 +20,7 @@ from torch import nn
 from gradviz.config import ASSETS
 from gradviz.errors import ModelError
 from gradviz.models.card import ModelCard
+from gradviz.models.hooks import forward_hooks
 from gradviz.models.weights import load_state_dict_file
 
 __all__ = ["GradvizModel", "ModelCard", "load_model", "list_models", "register_model", "MODEL_REGISTRY"]
@@ -69,12 +70,8 @@ class GradvizModel(nn.Module):
         def pre_hook(_module, args):
             store["h"] = args[0].flatten(1)
 
-        with self.lock:
-            handle = self.head.register_forward_pre_hook(pre_hook)
-            try:
-                yield store
-            finally:
-                handle.remove()
+        with forward_hooks(self, pre_hooks={self.head: pre_hook}):
+            yield store
 
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, K), penultimate features (B, D)) in one no-grad forward."""
