@@ -74,28 +74,11 @@ class ConvBmm(Strategy):
         return plan.materialised_parts("bmm", sl, buf)
 
 
-class ConvGram(Strategy):
-    name = "gram"
-
-    def sample_bytes(self, plan):
-        return plan.chunk_unfold_bytes + 2 * plan.groups * plan.positions ** 2 * plan.es
-
-    def prepare(self, plan):
-        return plan.operands(slice(None)) if plan.unfold_once else None
-
-    def setup_estimate(self, plan):
-        return plan.unfold_estimate()
-
-    def parts(self, plan, sl, buf):
-        u, d = plan.operands(sl)
-        return {"s2": gram_sq(u, plan.scaled(d))}
-
-
 class ConvPlan(DensePlan):
     """A 2-D convolution (any stride, padding, dilation, groups; folded BatchNorm or not)."""
 
     kind = "conv2d"
-    STRATEGIES = {"direct": Direct(), "bmm": ConvBmm(), "conv": ConvBackward(), "gram": ConvGram()}
+    STRATEGIES = {"direct": Direct(), "bmm": ConvBmm(), "conv": ConvBackward(), "gram": DensePlan.STRATEGIES["gram"]}
 
     @classmethod
     def applies(cls, use: Use, uses_per_param: dict[int, int]) -> bool:
