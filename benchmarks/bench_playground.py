@@ -9,10 +9,12 @@ over it, so every image differs (nothing is served from a cache). A path = walk 
 of the 31 steps + the path figure, for every path kind.
 
 Everything runs in ONE process; the reference (a plain no-grad forward of one image) is measured in the
-same run, and each part is reported in ms (median, p90 over the strokes) and as a ratio to it. The cores
-are shared with other work: read the ratios, not the absolute times, and see the load average printed.
+same run, and each part is reported in ms (median, p90 over the strokes) and as a ratio to it, once per
+torch thread count (default: torch's default, then 1: with other work on the cores, two OpenMP threads on a
+one-image batch can wait on each other far longer than they save). The cores are shared with other work:
+read the ratios, not the absolute times, and see the load average printed.
 
-    .venv/bin/python benchmarks/bench_playground.py [--model mnist-cnn] [--samples 1000] [--strokes 24]
+    .venv/bin/python benchmarks/bench_playground.py [--model mnist-cnn] [--samples 1000] [--strokes 24] [--threads 2,1]
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1000, help="samples per set of the reference run")
     ap.add_argument("--strokes", type=int, default=24)
     ap.add_argument("--steps", type=int, default=31)
+    ap.add_argument("--threads", default=f"{torch.get_num_threads()},1",
+                    help="torch intra-op thread counts to measure, comma-separated (default: torch's default, then 1)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -90,69 +94,77 @@ def main() -> None:
     classes = model.card.class_names
 
     x_ref = load_dataset(cfg.id, model.card, limit=1).images
-    for _ in range(3):  # warm-up: first-call set-up of the engine and kernels is not a stroke
-        score_batch(model, x_ref, runners, ref)
-    fwd = []
-    for _ in range(30):
-        t = time.perf_counter()
-        with torch.no_grad():
-            model(x_ref)
-        fwd.append(time.perf_counter() - t)
-    plain = statistics.median(fwd)
-
-    parts: dict[str, list[float]] = {k: [] for k in ("decode", "preprocess", "score", "figures", "total")}
-    preds = []
-    for png in stroke_images(args.strokes):
-        t = time.perf_counter()
-        decoded = decode_image(png, "drawing")
-        t1 = time.perf_counter()
-        x = canvas_to_input(decoded.array, model.card)
-        t2 = time.perf_counter()
-        rep = score_batch(model, x, runners, ref)
-        t3 = time.perf_counter()
-        one = rep.scores
-        figs = [figures.percentile_gauges(one, ref.id_spec), figures.marker_histograms(ref, dict(zip(one["method"], one["score"]))),
-                plots.layer_profile(ref.bands["l2"], "l2", rep.profile("l2")), plots.probability_bars(rep.probs[0], classes)]
-        for f in figs:
-            f.to_json()
-        t4 = time.perf_counter()
-        for k, v in zip(parts, (t1 - t, t2 - t1, t3 - t2, t4 - t3, t4 - t)):
-            parts[k].append(v)
-        preds.append(classes[int(rep.prediction[0])])
-
-    paths: dict[str, tuple[float, float, float]] = {}
     x3 = canvas_to_input(decode_image(stroke_images(12)[11], "drawing").array, model.card)
     shades = figures.method_shades(ref.methods, ref.families)
-    for kind in PATHS:
-        gen, score, fig = [], [], []
-        for _ in range(3):
+    strokes = stroke_images(args.strokes)
+    results = {}
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        for _ in range(3):  # warm-up: first-call set-up of the engine and kernels is not a stroke
+            score_batch(model, x_ref, runners, ref)
+        fwd = []
+        for _ in range(30):
             t = time.perf_counter()
-            w = walk(x3, kind, args.steps, target=x_ref if PATHS[kind].needs_target else None)
+            with torch.no_grad():
+                model(x_ref)
+            fwd.append(time.perf_counter() - t)
+        parts: dict[str, list[float]] = {k: [] for k in ("decode", "preprocess", "score", "figures", "total")}
+        preds = []
+        for png in strokes:
+            t = time.perf_counter()
+            decoded = decode_image(png, "drawing")
             t1 = time.perf_counter()
-            rep = score_batch(model, w.images, runners, ref, layer_profile=False)
+            x = canvas_to_input(decoded.array, model.card)
             t2 = time.perf_counter()
-            figures.path_figure(rep.wide(), w.values, w.labels(), [classes[int(k)] for k in rep.prediction],
-                                rep.probs.max(1), shades, kind, ref.id_spec).to_json()
+            rep = score_batch(model, x, runners, ref)
             t3 = time.perf_counter()
-            gen.append(t1 - t), score.append(t2 - t1), fig.append(t3 - t2)
-        paths[kind] = (statistics.median(gen), statistics.median(score), statistics.median(fig))
+            one = rep.scores
+            figs = [figures.percentile_gauges(one, ref.id_spec),
+                    figures.marker_histograms(ref, dict(zip(one["method"], one["score"]))),
+                    plots.layer_profile(ref.bands["l2"], "l2", rep.profile("l2")), plots.probability_bars(rep.probs[0], classes)]
+            for f in figs:
+                f.to_json()
+            t4 = time.perf_counter()
+            for k, v in zip(parts, (t1 - t, t2 - t1, t3 - t2, t4 - t3, t4 - t)):
+                parts[k].append(v)
+            preds.append(classes[int(rep.prediction[0])])
+        paths: dict[str, tuple[float, float, float]] = {}
+        for kind in PATHS:
+            gen, score, fig = [], [], []
+            for _ in range(3):
+                t = time.perf_counter()
+                w = walk(x3, kind, args.steps, target=x_ref if PATHS[kind].needs_target else None)
+                t1 = time.perf_counter()
+                rep = score_batch(model, w.images, runners, ref, layer_profile=False)
+                t2 = time.perf_counter()
+                figures.path_figure(rep.wide(), w.values, w.labels(), [classes[int(k)] for k in rep.prediction],
+                                    rep.probs.max(1), shades, PATHS[kind].axis, ref.id_spec).to_json()
+                t3 = time.perf_counter()
+                gen.append(t1 - t), score.append(t2 - t1), fig.append(t3 - t2)
+            paths[kind] = (statistics.median(gen), statistics.median(score), statistics.median(fig))
+        results[threads] = (statistics.median(fwd), parts, paths, preds)
 
     load = os.getloadavg()
     print(f"# Playground fast path — {args.model}, {len(runners)} methods ({', '.join(r.info.name for r in runners)})")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load[0]:.1f} / {load[1]:.1f} "
-          f"(shared busy cores: one run, read the ratios)")
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+          "(1 / 5 / 15 min; shared busy cores: one run, read the ratios)")
     print(f"reference set-up (scores of {args.samples}/set × {1 + len(cfg.ood)} sets, ID layer table, fits): {setup:.1f} s "
           "(once per choice; the dashboard shares it with Compare/Inspect)")
-    print(f"plain no-grad forward of one image: {1000 * plain:.2f} ms\n")
-    print(f"Per stroke ({args.strokes} strokes; predictions {' '.join(preds)}):\n")
-    print("| part | median ms | p90 ms | × plain forward |\n|---|---:|---:|---:|")
-    for k, v in parts.items():
-        med, p90 = ms(v)
-        print(f"| {k} | {med:.1f} | {p90:.1f} | {med / (1000 * plain):.0f}× |")
-    print(f"\nPaths ({args.steps} steps as one batch; median of 3):\n")
-    print("| path | images ms | score ms | figure ms | total ms |\n|---|---:|---:|---:|---:|")
-    for kind, (g, s, f) in paths.items():
-        print(f"| {kind} | {1000 * g:.1f} | {1000 * s:.1f} | {1000 * f:.1f} | {1000 * (g + s + f):.1f} |")
+    print(f"strokes: {args.strokes} ({' '.join(results[next(iter(results))][3])})\n")
+    head = " | ".join(f"{t} thread{'s' if t > 1 else ''}: median / p90 ms (× forward)" for t in results)
+    print(f"| per stroke | {head} |\n|---|" + "---:|" * len(results))
+    print("| plain no-grad forward of one image | " + " | ".join(f"{1000 * r[0]:.2f}" for r in results.values()) + " |")
+    for k in ("decode", "preprocess", "score", "figures", "total"):
+        cells = []
+        for plain, parts, _, _ in results.values():
+            med, p90 = ms(parts[k])
+            cells.append(f"{med:.1f} / {p90:.1f} ({med / (1000 * plain):.0f}×)")
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    print(f"\n| path, {args.steps} steps as one batch (median of 3): images + score + figure ms | "
+          + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in results) + " |\n|---|" + "---:|" * len(results))
+    for kind in PATHS:
+        cells = [" + ".join(f"{1000 * v:.0f}" for v in r[2][kind]) + f" = {1000 * sum(r[2][kind]):.0f}" for r in results.values()]
+        print(f"| {kind} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -100,10 +100,10 @@ except Exception as exc:
     show_error(exc, "Pick another path or target image.")
 step_preds = [classes[int(k)] for k in path_report.prediction]
 conf = path_report.probs.max(axis=1)
-shades = figures.method_shades(ref.methods, ref.families)
 selected = loaded["step"] if loaded and loaded.get("kind") == kind and loaded["step"] < len(path.values) else None
-fig = figures.path_figure(path_report.wide(), path.values, path.labels(), step_preds, conf, shades,
-                          f"{PATHS[kind].title} ({path.unit or 'fraction'})", ref.id_spec, selected)
+fig = figures.path_figure(path_report.wide(), path.values, path.labels(), step_preds, conf,
+                          figures.method_shades(ref.methods, ref.families), PATHS[kind].axis, ref.id_spec, selected,
+                          figures.method_dashes(ref.methods, ref.families))
 chart = "pg_path_chart"
 st.plotly_chart(fig, width="stretch", key=chart, on_select=pg.load_step_callback(chart, src_digest, path),
                 selection_mode="points")

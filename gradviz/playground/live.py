@@ -47,6 +47,7 @@ class Reference:
     histograms: pd.DataFrame  # method, dataset, role, left, right, density (shared bins per method, on hist_axis)
     bands: dict[str, pd.DataFrame] = field(default_factory=dict)  # stat -> ID layer bands (gradviz.layers)
     log_axis: set[str] = field(default_factory=set)  # methods whose histogram bins log10(score)
+    figure_cache: dict = field(default_factory=dict, repr=False, compare=False)  # figure parts built once (figures.py)
 
     def percentiles(self, method: str, values) -> np.ndarray:
         """Percent of ID samples with a lower score ("more uncertain than p % of ID")."""

@@ -47,24 +47,25 @@ class PathKind:
     title: str
     unit: str  # the parameter's unit ("°", "px", "" for a fraction)
     end: float  # the parameter at severity 1
+    axis: str  # the path plot's x-axis title
     needs_target: bool = False
     hint: str = ""
 
 
 PATHS: dict[str, PathKind] = {p.name: p for p in [
-    PathKind("rotate", "Rotate 0–180°", "°", 180.0,
+    PathKind("rotate", "Rotate 0–180°", "°", 180.0, "rotation angle (°)",
              hint="Where does the prediction flip, and which scores rise before it does?"),
-    PathKind("blur", "Blur (σ 0–3 px)", "px", 3.0,
+    PathKind("blur", "Blur (σ 0–3 px)", "px", 3.0, "blur σ (px at 28 px)",
              hint="A heavy blur is a smooth blob: does the model grow unsure, or confidently call it a digit?"),
-    PathKind("noise", "Add Gaussian noise (σ 0–1)", "σ", 1.0,
+    PathKind("noise", "Add Gaussian noise (σ 0–1)", "σ", 1.0, "noise σ",
              hint="Which scores rise with the noise, and which fall because the model grows *more* confident?"),
-    PathKind("contrast", "Contrast down to flat grey", "", 1.0,
+    PathKind("contrast", "Contrast down to flat grey", "", 1.0, "contrast removed",
              hint="The ink fades into grey: which scores notice that the evidence is gone?"),
-    PathKind("invert", "Invert (black on white)", "", 1.0,
+    PathKind("invert", "Invert (black on white)", "", 1.0, "inversion",
              hint="The same shape in negative: no training digit looks like it. Who notices?"),
-    PathKind("to_noise", "Morph into uniform noise", "", 1.0,
+    PathKind("to_noise", "Morph into uniform noise", "", 1.0, "share of noise",
              hint="Halfway, the digit is still plain to a person. When do the scores split?"),
-    PathKind("to_image", "Morph into another image", "", 1.0, needs_target=True,
+    PathKind("to_image", "Morph into another image", "", 1.0, "share of the other image", needs_target=True,
              hint="Between two digits the prediction flips: are the in-between images uncertain?"),
 ]}
 

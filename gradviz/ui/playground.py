@@ -102,13 +102,13 @@ def _random_index(key: str, n: int) -> None:
 def sample_picker(cfg: RunConfig, prefix: str, default_index: int = 0, label: str = "Dataset") -> tuple[torch.Tensor, str]:
     """Dataset + index (+ a Random button) -> one image (1, C, H, W) and its name."""
     options = list(dict.fromkeys([cfg.id, *cfg.ood, *dataset_options()]))
-    c1, c2, c3 = st.columns([3, 2, 1], vertical_alignment="bottom")
+    c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
     spec = c1.selectbox(label, options, key=f"{prefix}_spec")
     data = get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
     key = f"{prefix}_index"
     st.session_state[key] = min(int(st.session_state.get(key, default_index)), len(data) - 1)
     i = int(c2.number_input(f"Index (0–{len(data) - 1})", 0, len(data) - 1, key=key))
-    c3.button("Random", key=f"{prefix}_random", on_click=_random_index, args=(key, len(data)))
+    st.button("Random sample", key=f"{prefix}_random", on_click=_random_index, args=(key, len(data)), icon=":material/shuffle:")
     label_id = int(data.labels[i])
     named = data.class_names[label_id] if data.class_names and 0 <= label_id < len(data.class_names) else label_id
     return data.images[i:i + 1], f"{spec} #{i}" + (f" (label {named})" if label_id >= 0 else "")
