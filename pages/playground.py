@@ -68,7 +68,9 @@ with g2:
     profile = report.profile(stat)
     if stat in ref.bands and profile is not None:
         fig = plots.layer_profile(ref.bands[stat], stat, profile, log=stat in ("l1", "l2", "std"))
-        st.plotly_chart(fig.update_layout(height=420), width="stretch", key="pg_profile")
+        many = profile.size > 24  # a transformer has many named layers: more room for the tick labels
+        fig.update_layout(height=560 if many else 420).update_xaxes(tickfont=dict(size=9 if many else 12))
+        st.plotly_chart(fig, width="stretch", key="pg_profile")
         st.caption(f"Black: this image (gradient of −log p of its prediction). Blue: 5–95 % of {ref.id_spec}.")
     else:
         st.info(band_note or report.note or "No per-layer gradient profile for this model.")

@@ -185,7 +185,7 @@ def test_layer_profile_of_a_sample_matches_layer_gradient_stats(bundled_model, l
 
 def test_family_comes_from_the_registry_with_kind_as_fallback():
     info = get_method("msp")
-    assert method_family(info) == (getattr(info, "family", None) or info.kind)
+    assert method_family(info) == (getattr(info, "family", None) or getattr(info, "kind", None))
 
     class WithFamily:
         family, kind = "density", "feature"
@@ -194,6 +194,7 @@ def test_family_comes_from_the_registry_with_kind_as_fallback():
         kind = "gradient"
 
     assert method_family(WithFamily()) == "density" and method_family(WithoutFamily()) == "gradient"
+    assert method_family(object()) == "other"
 
 
 # --------------------------------------------------------------------------- figures

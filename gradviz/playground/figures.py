@@ -174,8 +174,7 @@ def path_figure(percentiles: pd.DataFrame, values: np.ndarray, labels: list[str]
                                                   "<br>predicted %{customdata[2]}<extra></extra>")
             for m in percentiles.columns]
     data.append(dict(type="scatter", x=values, y=list(predictions), mode="markers", showlegend=False, xaxis="x2", yaxis="y2",
-                     marker=dict(size=11, color=confidence, colorscale="Greys", cmin=0, cmax=1, line=dict(color="black", width=1),
-                                 colorbar=dict(title="p", len=0.3, y=0.12, thickness=10)),
+                     marker=dict(size=11, color=confidence, colorscale="Greys", cmin=0, cmax=1, line=dict(color="black", width=1)),
                      customdata=custom, hovertemplate="step %{customdata[0]} · %{customdata[1]}<br>predicted %{customdata[2]}"
                                                       "<extra></extra>"))
     shapes = [dict(type="line", x0=0, x1=1, xref="paper", y0=95, y1=95, yref="y", line=dict(dash="dot", color="#888"))]
@@ -183,11 +182,11 @@ def path_figure(percentiles: pd.DataFrame, values: np.ndarray, labels: list[str]
         shapes.append(dict(type="line", x0=float(values[selected]), x1=float(values[selected]), xref="x", y0=0, y1=1,
                            yref="paper", line=dict(color="black", dash="dash")))
     layout = _layout(
-        height=560, title="Along the path: every score (as ID percentile) and the prediction — click a step to load it",
+        height=max(560, 22 * len(percentiles.columns) + 160), title="Along the path: every score (as ID percentile) and the prediction — click a step to load it",
         clickmode="event+select", dragmode=False, shapes=shapes, legend=dict(orientation="v", x=1.02, y=1.0),
         margin=dict(l=60, r=20, t=60, b=50),
         xaxis=dict(anchor="y", matches="x2", showticklabels=False),
         xaxis2=dict(anchor="y2", title=axis_title),
         yaxis=dict(domain=[0.3, 1.0], range=[-3, 103], title=f"ID percentile (vs {id_spec})"),
-        yaxis2=dict(domain=[0.0, 0.24], type="category", title="prediction"))
+        yaxis2=dict(domain=[0.0, 0.24], type="category", title="prediction<br>(dark = confident)"))
     return go.Figure(dict(data=data, layout=layout))

@@ -32,7 +32,7 @@ LOG_SPREAD = 100.0  # positive scores spanning more than this factor are binned 
 
 def method_family(info: MethodInfo) -> str:
     """The method's family for colouring: the registry's ``family`` where it has one, else its ``kind``."""
-    return str(getattr(info, "family", None) or info.kind)
+    return str(getattr(info, "family", None) or getattr(info, "kind", None) or "other")
 
 
 @dataclass

@@ -9,6 +9,7 @@ strokes, the toolbar's undo and its reset each send the canvas back as a PNG wit
 from __future__ import annotations
 
 import base64
+import binascii
 
 import streamlit as st
 
@@ -39,7 +40,11 @@ def digit_canvas(key: str, stroke_width: int = 22) -> bytes | None:
 
     result = st_canvas(stroke_width=int(stroke_width), stroke_color=INK, background_color=PAPER, height=CANVAS_SIZE,
                        width=CANVAS_SIZE, drawing_mode="freedraw", return_image_data=True, key=key)
-    return result.image_bytes
+    try:  # the browser sends a data URL: untrusted, so a malformed one is a message, not a traceback
+        return result.image_bytes
+    except (ValueError, TypeError, AttributeError, binascii.Error):
+        st.warning("The drawing could not be read; reset the canvas and draw again.")
+        return None
 
 
 def canvas_state(png: bytes) -> dict:

@@ -109,6 +109,14 @@ def test_drawing_then_scribble_changes_prediction_scores_and_path(open_page, mod
     assert second["mahalanobis"] > first["mahalanobis"] and second["mahalanobis"] >= 90
 
 
+@pytest.mark.parametrize("data", ["not a data url", "data:image/png;base64,%%%", "data:image/png;base64,aGVsbG8="])
+def test_malformed_canvas_data_gives_a_message_not_an_exception(app, data):
+    app.session_state["pg_canvas"] = {"drawing": {"raw": {"objects": []}, "data": data}, "backgroundFit": None}
+    app.run()
+    assert not app.exception, app.exception
+    assert app.warning and not app.metric
+
+
 def test_camera_photo_is_read_as_dark_ink_on_paper(app):
     app.radio(key="pg_source").set_value("Take a picture").run()
     assert any("Draw a digit" in i.value for i in app.info)
