@@ -3,6 +3,7 @@ prediction and the scores change stroke by stroke; undo and reset send the canva
 plot loads that step; no exception box appears and the server logs no traceback.
 
 GRADVIZ_SCREENSHOTS=1 saves docs/screenshots/playground.png (a drawn 3) and playground_path.png (the path).
+The server caps 'Samples per set' at 200 (GRADVIZ_MAX_SAMPLES_WEB) to keep the first computation short.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from gv_load_test import APP_STATE, VIEWPORT  # benchmarks/load_test.py, loaded by conftest
-from test_browser import exceptions, new_session, save_shot, wait_idle
+from gv_load_test import APP_STATE, VIEWPORT, StreamlitServer  # benchmarks/load_test.py, loaded by conftest
+from test_browser import TIMEOUT_S, exceptions, save_shot, wait_idle
 
 GAUGES_JS = """() => {
   const gd = [...document.querySelectorAll('.js-plotly-plot')]
@@ -67,10 +68,24 @@ def state(page) -> tuple[str, dict]:
 
 
 @pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """This module's own server: at most 200 samples per set, so the page's first computation (the ID
+    reference of every method) is small from the start; the page is then opened by its address."""
+    srv = StreamlitServer(tmp_path_factory.mktemp("gv-cache"), env={"GRADVIZ_MAX_SAMPLES_WEB": "200"})
+    try:
+        srv.wait_healthy()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
 def page(server, browser):
-    context, page = new_session(server, browser)  # 'Samples per set' at its minimum (100)
-    page.locator('[data-testid="stSidebarNav"] a', has_text="Playground").first.click()
-    page.wait_for_url(lambda url: url.rstrip("/").endswith("/playground"), timeout=60_000)
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_S * 1000)
+    page.goto(server.url + "/playground")
+    page.get_by_text("Draw a digit on the canvas").first.wait_for()
     time.sleep(0.5)
     wait_idle(page)
     yield page
@@ -79,6 +94,7 @@ def page(server, browser):
 
 def test_strokes_change_prediction_and_scores(page, server, shots_dir):
     assert page.get_by_text("Draw a digit on the canvas").count() == 1
+    assert page.locator('[data-testid="stSidebarNav"] a[aria-current="page"]', has_text="Playground").count() == 1
     stroke(page, UPPER)
     first_pred, first = state(page)
     stroke(page, LOWER)
