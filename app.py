@@ -10,6 +10,7 @@ PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/compare.py", title="Compare distributions", icon=":material/bar_chart:"),
     st.Page("pages/inspect.py", title="Inspect a sample", icon=":material/search:"),
+    st.Page("pages/playground.py", title="Playground", icon=":material/draw:"),
     st.Page("pages/layers.py", title="Layer profiles", icon=":material/layers:"),
     st.Page("pages/meta.py", title="Meta classifier", icon=":material/calculate:"),
     st.Page("pages/corruptions.py", title="Corruption lab", icon=":material/blur_on:"),

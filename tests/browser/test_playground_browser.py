@@ -1,0 +1,142 @@
+"""Real browser: the Playground in headless Chromium. Mouse strokes on the canvas reach the server; the
+prediction and the scores change stroke by stroke; undo and reset send the canvas back; a click on the path
+plot loads that step; no exception box appears and the server logs no traceback.
+
+GRADVIZ_SCREENSHOTS=1 saves docs/screenshots/playground.png (a drawn 3) and playground_path.png (the path).
+The server caps 'Samples per set' at 200 (GRADVIZ_MAX_SAMPLES_WEB) to keep the first computation short.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from gv_load_test import APP_STATE, VIEWPORT, StreamlitServer  # benchmarks/load_test.py, loaded by conftest
+from test_browser import TIMEOUT_S, exceptions, save_shot, wait_idle
+
+GAUGES_JS = """() => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')]
+    .find(g => g._fullLayout && ((g._fullLayout.title || {}).text || '').includes('ID percentile'));
+  if (!gd) return null;
+  const out = {};
+  gd._fullData.slice(1).forEach(t => Array.from(t.y).forEach((m, i) => { out[m] = t.x[i]; }));
+  return out;
+}"""
+
+# page coordinates of step k of the path plot's first line (Plotly's own axis maps)
+PATH_POINT_JS = """k => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')]
+    .find(g => g._fullLayout && ((g._fullLayout.title || {}).text || '').includes('Along the path'));
+  gd.scrollIntoView({block: 'center'});
+  const t = gd._fullData[0], xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
+  return [r.left + xa._offset + xa.l2p(t.x[k]), r.top + ya._offset + ya.l2p(t.y[k])];
+}"""
+
+
+def arc(cx: float, cy: float, r: float, a0: float, a1: float, n: int = 24) -> list[tuple[float, float]]:
+    t = np.deg2rad(np.linspace(a0, a1, n))
+    return list(zip(cx + r * np.cos(t), cy + r * np.sin(t)))
+
+
+UPPER, LOWER = arc(140, 90, 50, -160, 90), arc(140, 190, 55, -90, 160)  # the two halves of a '3'
+SCRIBBLE = [(60, 60), (230, 220), (70, 230), (220, 50), (60, 140), (240, 140)]
+
+
+def stroke(page, points) -> None:
+    """One mouse stroke on the canvas (canvas pixel coordinates), then wait for the rerun it triggers."""
+    box = page.locator("canvas.upper-canvas").first.bounding_box()
+    page.mouse.move(box["x"] + points[0][0], box["y"] + points[0][1])
+    page.mouse.down()
+    for x, y in points[1:]:
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=4)
+    page.mouse.up()
+    settle(page)
+
+
+def settle(page) -> None:
+    time.sleep(1.0)  # the component sends the PNG, the rerun starts
+    wait_idle(page)
+
+
+def state(page) -> tuple[str, dict]:
+    """(predicted class, {method: ID percentile}) as shown."""
+    metric = page.locator('[data-testid="stMetric"]', has_text="Prediction").first
+    value = metric.locator('[data-testid="stMetricValue"]').inner_text().strip()
+    return value, page.evaluate(GAUGES_JS)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """This module's own server: at most 200 samples per set, so the page's first computation (the ID
+    reference of every method) is small from the start; the page is then opened by its address."""
+    srv = StreamlitServer(tmp_path_factory.mktemp("gv-cache"), env={"GRADVIZ_MAX_SAMPLES_WEB": "200"})
+    try:
+        srv.wait_healthy()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_S * 1000)
+    page.goto(server.url + "/playground")
+    page.get_by_text("Draw a digit on the canvas").first.wait_for()
+    time.sleep(0.5)
+    wait_idle(page)
+    yield page
+    context.close()
+
+
+def test_strokes_change_prediction_and_scores(page, server, shots_dir):
+    assert page.get_by_text("Draw a digit on the canvas").count() == 1
+    assert page.locator('[data-testid="stSidebarNav"] a[aria-current="page"]', has_text="Playground").count() == 1
+    stroke(page, UPPER)
+    first_pred, first = state(page)
+    stroke(page, LOWER)
+    pred, scores = state(page)
+    assert pred == "3" and first_pred != "3", (first_pred, pred)
+    assert set(scores) == set(first) and scores != first
+    assert all(0 <= v <= 100 for v in scores.values())
+    assert not exceptions(page), exceptions(page)
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": 1350})
+    time.sleep(1.0)
+    save_shot(page, shots_dir / "playground.png")
+    page.set_viewport_size(VIEWPORT)
+
+    page.locator("button[aria-label=Undo]").click()  # the canvas toolbar's undo: back to the upper half
+    settle(page)
+    assert state(page) == (first_pred, first)
+    stroke(page, LOWER)
+    stroke(page, SCRIBBLE)  # a scribble over the 3: far from every digit
+    scribbled = state(page)[1]
+    assert scribbled["mahalanobis"] > scores["mahalanobis"]
+    assert not exceptions(page), exceptions(page)
+    assert not server.tracebacks(), server.tracebacks()[0][-3000:]
+
+
+def test_clicking_a_path_step_loads_it_and_reset_clears(page, server, shots_dir):
+    page.locator("button[aria-label=Undo]").click()  # the 3 again, without the scribble
+    settle(page)
+    start = state(page)
+    x, y = page.evaluate(PATH_POINT_JS, 15)  # rotate, step 15 of 31 = 90°
+    page.mouse.click(x, y)
+    settle(page)
+    shown = page.locator('[data-testid="stAlert"]', has_text="Showing step")
+    shown.first.wait_for(timeout=30_000)
+    assert "rotate" in shown.first.inner_text()
+    assert state(page) != start  # the live panels show the rotated digit
+    save_shot(page, shots_dir / "playground_path.png")
+    page.locator('[data-testid="stButton"] button', has_text="Back to your drawing").first.click()
+    settle(page)
+    assert state(page) == start
+    page.locator("button[aria-label='Reset canvas & history']").click()
+    settle(page)
+    assert page.get_by_text("Draw a digit on the canvas").count() == 1
+    assert page.locator(APP_STATE).get_attribute("data-test-script-state") == "notRunning"
+    assert not exceptions(page), exceptions(page)
+    assert not server.tracebacks(), server.tracebacks()[0][-3000:]
