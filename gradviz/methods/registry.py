@@ -26,7 +26,7 @@ from gradviz.gradients import GradientPass
 from gradviz.models import GradvizModel
 
 __all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method",
-           "needs_graph", "FAMILIES", "DIRECTIONS", "methods_by_family"]
+           "needs_graph", "FAMILIES", "DIRECTIONS", "methods_by_family", "meets_expectation"]
 
 # The three families, in display order, with what a method of each reads.
 FAMILIES: dict[str, str] = {
@@ -36,8 +36,15 @@ FAMILIES: dict[str, str] = {
 }
 # What a score does on an OOD set of the bundled model, compared with held-out digits (AUROC with
 # OOD as the positive class): "higher" = OOD scores above digits, "lower" = reversed, "chance" = no
-# clear separation. See tests/test_method_contracts.py for the thresholds.
+# clear separation. The contract tests and docs/RESULTS.md check declarations with these bounds.
 DIRECTIONS = ("higher", "lower", "chance")
+_BOUNDS = {"higher": (0.55, 1.0), "lower": (0.0, 0.45), "chance": (0.4, 0.6)}
+
+
+def meets_expectation(direction: str, auroc: float) -> bool:
+    """Whether an AUROC (digits negative, the OOD set positive) matches a declared direction."""
+    lo, hi = _BOUNDS[direction]
+    return lo <= auroc <= hi if direction != "chance" else lo < auroc < hi
 
 
 @dataclass
