@@ -200,3 +200,23 @@ def get_meta_report(cfg: RunConfig, table: pd.DataFrame, **options):
             return meta_report(table, **options)
 
     return _memoised(key, compute)
+
+
+def get_decomposition(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> pd.DataFrame:
+    """gradviz.decomposition.decomposition_table for the chosen last-layer gradient scores (feature norm ×
+    output factor, per OOD set), memoised per choice: one forward of each set."""
+    from gradviz.decomposition import decomposition_table
+
+    uploads = uploads or {}
+    key = cache_key(kind="decomposition", cfg=cfg.to_json(),
+                    uploads={k: images_digest(v.images) for k, v in uploads.items() if k in cfg.ood})
+
+    def compute() -> pd.DataFrame:
+        with st.spinner("Splitting last-layer gradient scores into feature norm × output factor…"):
+            def data(spec: str) -> ImageSet:
+                return uploads.get(spec) or get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
+
+            return decomposition_table(get_model(cfg.model, cfg.weights), data(cfg.id),
+                                       {spec: data(spec) for spec in cfg.ood}, methods=cfg.method_names())
+
+    return _memoised(key, compute)
