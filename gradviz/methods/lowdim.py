@@ -48,7 +48,7 @@ def _with_one(h: torch.Tensor) -> torch.Tensor:
 class LowDimGradient:
     """Mahalanobis distance of the head's energy gradient projected on its ID principal components."""
 
-    def __init__(self, components: int = 16, covariance: str = "ledoit-wolf", max_entries: int = 2**26,
+    def __init__(self, components: int = 16, covariance: str = "ledoit-wolf", max_entries: int = 2**24,
                  seed: int = 0) -> None:
         if int(components) < 1:
             raise MethodError(f"lowdim_grad: components must be >= 1, got {components}")
