@@ -181,3 +181,21 @@ def test_declared_behaviour_on_bundled_model(name, spec, direction, trained):
     fails here until its registration (and the docs) say so."""
     a = _trained_auroc(name, trained, spec)
     assert meets_expectation(direction, a), f"{name} on {spec}: AUROC {a:.3f} does not match the declared '{direction}'"
+
+
+def test_registration_rejects_an_unknown_family_or_direction():
+    from gradviz.methods.registry import REGISTRY, register
+
+    common = dict(title="t", paper="p", year=2024, formula="f", link="https://x", intuition="i")
+    with pytest.raises(MethodError, match="family"):
+        register("no_such_family", family="vibes", **common)
+    with pytest.raises(MethodError, match="expected"):
+        register("no_such_direction", family="output", expected={"letters": "up"}, **common)
+    assert "no_such_family" not in REGISTRY and "no_such_direction" not in REGISTRY
+
+
+def test_declared_directions_have_separate_bounds():
+    assert meets_expectation("higher", 0.55) and not meets_expectation("higher", 0.54)
+    assert meets_expectation("lower", 0.45) and not meets_expectation("lower", 0.46)
+    assert meets_expectation("chance", 0.5) and not meets_expectation("chance", 0.4)
+    assert not meets_expectation("chance", 0.97) and not meets_expectation("lower", 0.5)
