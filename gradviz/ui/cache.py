@@ -91,7 +91,8 @@ def _progress_bar(text: str) -> tuple[Callable[[int, int, str], None], Callable[
     bar = st.progress(0.0, text=text)
 
     def update(done: int, total: int, label: str) -> None:
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} — {label}: {done}/{total} batches")
+        unit = " methods" if label.startswith("fitting") else " batches"  # scoring.score_dataset reports fits too
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} — {label}: {done}/{total}{unit}")
 
     return update, bar.empty
 

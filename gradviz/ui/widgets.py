@@ -92,7 +92,9 @@ def decomposition(cfg, uploads: dict | None, key: str) -> None:
     st.markdown("**Last-layer gradient scores = feature norm × output factor** (Igoe et al. 2022): AUROC of the "
                 "score and of each factor alone; where the feature factor alone does as well, the gradient adds "
                 "nothing. `spearman_with_feature` ±1: the score ranks samples like the feature norm.")
-    st.dataframe(get_decomposition(cfg, uploads), hide_index=True, width="stretch", key=key)
+    table = get_decomposition(cfg, uploads)
+    st.dataframe(table, hide_index=True, width="stretch", key=key, column_config={
+        c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if c.startswith(("auroc", "spearman"))})
 
 
 def download_figure(fig: go.Figure, name: str, key: str) -> None:
