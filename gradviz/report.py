@@ -246,6 +246,9 @@ def build_report(cfg: ReportConfig | None = None, out_dir: str | Path = "docs", 
     base_fpr = ood_table.set_index("method").drop(index=[m for m in ["gaia_z", "gaia_a"] if m in ood_table["method"].values])
     best_base = base_fpr["mean FPR95↓"].idxmin()
 
+    noise_auroc = ood_table.set_index("method")["noise-uniform AUROC↑"]
+    reversed_on_noise = [m for m, a in noise_auroc.items() if a < 0.5]
+    separating_noise = [m for m, a in noise_auroc.items() if a >= 0.9]
     lines = [
         "# gradviz results on the embedded default",
         "",
@@ -270,10 +273,10 @@ def build_report(cfg: ReportConfig | None = None, out_dir: str | Path = "docs", 
         "post-hoc methods; "
         + ("on this small MNIST model GAIA is ahead on average." if min(gaia_best.values()) < base_fpr.loc[best_base, "mean FPR95↓"]
            else "on this small MNIST model that claim does not hold on average.")
-        + " Note how the bundled model maps noise to one class with probability ≈ 1: every output-based score "
-          "(MSP, max logit, energy, entropy, ODIN, GradNorm and the pseudo-label gradient metrics, whose gradient "
-          "vanishes when p_ŷ = 1) ranks noise as *more* certain than digits, while feature- and "
-          "gradient-to-feature methods (Mahalanobis, GAIA, confounding-label gradients) separate it.",
+        + " Note how the bundled model maps noise to one class with probability ≈ 1: every score that grows with "
+          "confidence or logit scale — here " + ", ".join(f"`{m}`" for m in reversed_on_noise) + " (the pseudo-label "
+          "gradients vanish when p_ŷ = 1) — ranks uniform noise as *more* certain than digits (AUROC < 0.5), while "
+          + ", ".join(f"`{m}`" for m in separating_noise) + " separate it (AUROC ≥ 0.9).",
         "",
         "## 2. Corrupted-input detection (Lee & AlRegib 2020)",
         "",
