@@ -135,12 +135,28 @@ def _compare(value: float, earlier: pd.Series, higher: bool = True) -> tuple[boo
     return better, f"{value:.3f} vs `{best}` {ref:.3f}"
 
 
-def method_sentences(overview: pd.DataFrame, new: list[str]) -> list[str]:
-    """One measured sentence per new method: does it beat its family's earlier methods on letters, on noise
-    (mean of the noise sets), on corruptions (mean AUROC)?"""
+def _with_summaries(overview: pd.DataFrame) -> pd.DataFrame:
+    """Indexed by method, plus ``noise`` (mean AUROC of the noise sets) and ``worst`` (the lowest of the letters,
+    noise and corruption AUROCs: a method that fails nowhere has a high worst case)."""
     t = overview.set_index("method")
     noise_cols = [c for c in t.columns if c.startswith("noise") and c.endswith("AUROC↑")]
     t = t.assign(noise=t[noise_cols].mean(axis=1)) if noise_cols else t.assign(noise=np.nan)
+    parts = [c for c in (f"{NEAR_OOD} AUROC↑", "noise", "corruptions AUROC↑") if c in t.columns]
+    return t.assign(worst=t[parts].min(axis=1))
+
+
+def worst_case_headline(overview: pd.DataFrame) -> str:
+    """The best worst case (over letters, noise, corruptions) of each family."""
+    t = _with_summaries(overview)
+    best = {f: part["worst"].astype(float).idxmax() for f, part in t.groupby("family", sort=False)}
+    return ("Worst case over letters, noise and corruptions (high = the method fails nowhere), best of each family: "
+            + "; ".join(f"{f} `{m}` {t.loc[m, 'worst']:.3f}" for f, m in best.items()) + ".")
+
+
+def method_sentences(overview: pd.DataFrame, new: list[str]) -> list[str]:
+    """One measured sentence per new method: does it beat its family's earlier methods on letters, on noise
+    (mean of the noise sets), on corruptions (mean AUROC), or all-round (the worst of the three)?"""
+    t = _with_summaries(overview)
     out = []
     for name in new:
         if name not in t.index:
@@ -150,14 +166,16 @@ def method_sentences(overview: pd.DataFrame, new: list[str]) -> list[str]:
         if not earlier:
             continue
         parts, helped = [], []
-        for col, label in ((f"{NEAR_OOD} AUROC↑", "letters"), ("noise", "noise"), ("corruptions AUROC↑", "corruptions")):
+        for col, label in ((f"{NEAR_OOD} AUROC↑", "letters"), ("noise", "noise"), ("corruptions AUROC↑", "corruptions"),
+                           ("worst", "all-round")):
             if col not in t.columns:
                 continue
             better, text = _compare(float(t.loc[name, col]), t.loc[earlier, col].astype(float))
             parts.append(f"{label} {text}")
             if better:
                 helped.append(label)
-        verdict = (f"helps here on {', '.join(helped)}" if helped
+        listed = ", ".join(helped[:-1]) + (" and " if len(helped) > 1 else "") + helped[-1] if helped else ""
+        verdict = (f"helps here ({listed})" if helped
                    else f"does not help here (no AUROC above the earlier {family} methods by more than {REACH})")
         rel = RELATIVE.get(name)
         if rel in t.index:
@@ -190,11 +208,14 @@ def section(metrics: pd.DataFrame, corruption: pd.DataFrame, decomposition: pd.D
         "",
         letters_headline(overview),
         "",
+        worst_case_headline(overview),
+        "",
         ("Every method behaves as its registration declares." if not bad else
          f"**Declared behaviour does not hold for: {', '.join(bad)}** — update the registration or investigate."),
         "",
         "Each method added beyond the three papers, against the earlier methods of its family (AUROC; noise = mean of "
-        "the two noise sets; corruptions = mean over every corruption and severity):",
+        "the two noise sets; corruptions = mean over every corruption and severity; all-round = the worst of those "
+        "three, high when a method fails nowhere):",
         "",
         *method_sentences(overview, new),
         "",
