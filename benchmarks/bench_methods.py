@@ -4,15 +4,16 @@ Measures (never asserts), in ONE process and run:
   - the bundled mnist-cnn (trained weights), batch 256 of held-out digits, 1×28×28;
   - torchvision resnet18 with random weights, 10 classes, 3×32×32, batch 32 (random images).
 Per method: the time to score one batch as the scoring pipeline runs a method on its own (its batch's
-forward — kept as the shared hooked forward when the method backpropagates — plus the method), the
-fastest of 15 calls, divided by the fastest of 15 plain forward+backward passes (parameter gradients of
-the summed predicted-label loss) of the same batch, timed in alternation with the method's calls. Fitted methods are
+forward — kept as the shared hooked forward when the method backpropagates — plus the method) divided
+by one plain forward+backward (parameter gradients of the summed predicted-label loss) of the same
+batch timed right before it; the median of that ratio over 21 rounds, with its quartiles. Fitted methods are
 fitted once on an ID fit set before timing (the fit is reported separately: seconds, and as a ratio
 to a forward+backward of the whole fit set), with the shared fit-set forward cleared before each fit.
 
     .venv/bin/python benchmarks/bench_methods.py            # ~3 min on 2 idle cores
     .venv/bin/python benchmarks/bench_methods.py --quick    # smaller batches and fit sets (~1 min)
     .venv/bin/python benchmarks/bench_methods.py --write    # also writes "Cost of each method" in docs/PERFORMANCE.md
+    .venv/bin/python benchmarks/bench_methods.py --threads 2   # torch threads (default 1)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,21 +75,26 @@ def best_time(fn, min_time: float, max_reps: int) -> float:
     return min(times)
 
 
-def paired_times(reference, fn, rounds: int) -> tuple[float, float]:
-    """Fastest of ``rounds`` alternating calls of each: both minima come from the same stretch of time, so a
-    slow phase of the shared cores affects the reference and the method alike."""
-    ref, got = [], []
+def paired_ratios(reference, fn, rounds: int) -> tuple[float, float, float]:
+    """(median, low, high) over ``rounds`` of t(fn) / t(reference), the two timed back to back in each round: a
+    slow phase of the shared cores slows both calls of a round alike, so their ratio stays put; the median
+    discards the rounds where it did not. low/high: the 25th and 75th percentiles."""
+    ratios = []
     for _ in range(rounds):
-        for f, out in ((reference, ref), (fn, got)):
-            t = time.perf_counter()
-            f()
-            out.append(time.perf_counter() - t)
-    return min(ref), min(got)
+        t0 = time.perf_counter()
+        reference()
+        t1 = time.perf_counter()
+        fn()
+        t2 = time.perf_counter()
+        ratios.append((t2 - t1) / (t1 - t0))
+    q = np.percentile(ratios, [50, 25, 75])
+    return float(q[0]), float(q[1]), float(q[2])
 
 
 def measure(case: str, quick: bool) -> tuple[str, list[dict]]:
     model, x, fit_x, fit_y, desc = make_case(case, quick)
-    rounds = 5 if quick else 15
+    rounds = 5 if quick else 21
+    fb_ms = 1e3 * best_time(lambda: forward_backward(model, x), 1.0, 10)
     rows = []
     for info in list_methods():
         runner = info.create()
@@ -104,39 +111,43 @@ def measure(case: str, quick: bool) -> tuple[str, list[dict]]:
         keep = needs_graph([runner])
         score = lambda: runner.score(ModelOutputs.from_model(model, x, keep_graph=keep))  # noqa: E731
         score()  # warm-up (kernels, calibration, caches of the model)
-        fb, t = paired_times(lambda: forward_backward(model, x), score, rounds)
-        rows.append({"method": info.name, "family": info.family, "seconds": t, "ratio": t / fb,
-                     "backprop": info.backprop, "fit_s": fit_s, "fit_ratio": fit_ratio, "fb": fb})
-        print(f"{case:10s} {info.name:18s} {t * 1e3:8.1f} ms  {t / fb:5.2f}× fwd+bwd"
+        ratio, low, high = paired_ratios(lambda: forward_backward(model, x), score, rounds)
+        rows.append({"method": info.name, "family": info.family, "ratio": ratio, "low": low, "high": high,
+                     "backprop": info.backprop, "fit_s": fit_s, "fit_ratio": fit_ratio})
+        print(f"{case:10s} {info.name:18s} {ratio:5.2f}× fwd+bwd [{low:.2f}–{high:.2f}]"
               + (f"   fit {fit_s:.2f} s ({fit_ratio:.2f}× fwd+bwd of the fit set)" if fit_s is not None else ""),
               flush=True)
-    return desc, rows
+    return f"{desc}, fastest forward+backward {fb_ms:.1f} ms", rows
 
 
 def machine() -> str:
     import os
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+            f"{platform.python_version()}, torch {torch.__version__}, torch threads {torch.get_num_threads()}")
 
 
 def report(results: dict[str, tuple[str, list[dict]]], quick: bool, total: float) -> str:
+    import os
+
     cases = list(results)
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     lines = [
         f"Measured by `python benchmarks/bench_methods.py{' --quick' if quick else ''}` in one run ({total:.0f} s; "
-        f"{machine()}; shared cores: ratios, not absolute times, are the result — each ratio is taken against a "
-        "forward+backward of the same batch timed in alternation with it: the fastest of 15 of each).",
+        f"{machine()}; load average at the end {load} — the cores were shared with other work, so ratios, not "
+        "absolute times, are the result).",
         "",
         "**Ratio** = time to score one batch with the method alone, as the scoring pipeline runs it (the batch's "
         "forward, kept as the shared hooked forward when the method backpropagates, plus the method), divided by "
-        "one plain forward+backward (parameter gradients of the summed loss) of the same batch. Below 1: cheaper "
-        "than a training step; forward-only and closed-form methods cost about one forward (≈ 0.3–0.5×). In the "
-        "dashboard all chosen methods share one forward and one hooked pass, so running several costs less than "
-        "the sum. **Fit**: one-off, on the ID fit set (cached afterwards), in seconds and as a ratio to a "
-        "forward+backward of the whole fit set.",
+        "one plain forward+backward (parameter gradients of the summed loss) of the same batch, the two timed back "
+        "to back in each round: the median over the rounds, [25th–75th percentile] in brackets. Below 1: cheaper "
+        "than a training step; forward-only and closed-form methods cost about one forward. In the dashboard all "
+        "chosen methods share one forward and one hooked pass, so running several costs less than the sum. "
+        "**Fit**: one-off, on the ID fit set (cached afterwards), in seconds and as a ratio to a forward+backward "
+        "of the whole fit set (one timing: indicative).",
         "",
-        "| family | method | " + " | ".join(f"{c} ratio | {c} ms/batch | {c} fit" for c in cases) + " |",
-        "|---|---|" + "---|---|---|" * len(cases),
+        "| family | method | " + " | ".join(f"{c} ratio | {c} fit" for c in cases) + " |",
+        "|---|---|" + "---|---|" * len(cases),
     ]
     by_case = {c: {r["method"]: r for r in rows} for c, (_, rows) in results.items()}
     for info in list_methods():
@@ -144,13 +155,20 @@ def report(results: dict[str, tuple[str, list[dict]]], quick: bool, total: float
         for c in cases:
             r = by_case[c].get(info.name)
             if r is None:
-                cells += ["—", "—", "—"]
+                cells += ["—", "—"]
                 continue
             fit = f"{r['fit_s']:.1f} s ({r['fit_ratio']:.2f}×)" if r["fit_s"] is not None else "—"
-            cells += [f"{r['ratio']:.2f}×", f"{r['seconds'] * 1e3:.1f}", fit]
+            cells += [f"{r['ratio']:.2f}× [{r['low']:.2f}–{r['high']:.2f}]", fit]
         lines.append(f"| {info.family} | {info.name} | " + " | ".join(cells) + " |")
-    lines += ["", "Cases: " + "; ".join(f"**{c}**: {d} (forward+backward {min(r['fb'] for r in rows) * 1e3:.1f} ms)"
-                                        for c, (d, rows) in results.items()) + "."]
+    lines += ["", "Cases: " + "; ".join(f"**{c}**: {d}" for c, (d, _) in results.items()) + "."]
+    for c, (_, rows) in results.items():
+        fams = {}
+        for r in rows:
+            fams.setdefault(r["family"], []).append(r["ratio"])
+        top = max(rows, key=lambda r: r["ratio"])
+        lines.append(f"- **{c}**, median ratio range per family: " + ", ".join(
+            f"{f} {min(v):.2f}–{max(v):.2f}×" for f, v in fams.items())
+            + f"; the most expensive method: `{top['method']}` {top['ratio']:.2f}×.")
     return "\n".join(lines)
 
 
@@ -159,7 +177,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--write", action="store_true", help=f"write '## {HEADING}' in docs/PERFORMANCE.md")
     parser.add_argument("--case", action="append", choices=["mnist-cnn", "resnet18"], default=None)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on busy shared cores a multi-threaded op waits for its "
+                             "slowest thread, which makes ratios noisy)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     start = time.perf_counter()
     results = {c: measure(c, args.quick) for c in (args.case or ["mnist-cnn", "resnet18"])}
