@@ -1,5 +1,6 @@
 """Analyses behind the dashboard's study pages: corruption severity sweeps (Lee & AlRegib 2020),
-the meta-classifier feature table (Oberdiek et al. 2018), best-layer call-outs, and teaching text.
+the meta-classifier feature table (Oberdiek et al. 2018) and best-layer call-outs. (Each method's teaching
+text lives in its registration: gradviz.methods.registry.)
 
 Everything here is plain pandas/NumPy/torch (no Streamlit) so the pages stay thin and the
 CLI or a notebook can call the same functions.
@@ -20,7 +21,7 @@ from gradviz.store import ResultStore
 
 __all__ = [
     "SEVERITIES", "corruption_spec", "severity_scores", "severity_metrics", "severity_sweep", "severity_examples",
-    "meta_table", "flat_layer_table", "log_scale_ok", "aligned_column", "best_layer_stat", "meta_curves", "meta_bar_frame", "LEARN", "learn_text", "PAPERS",
+    "meta_table", "flat_layer_table", "log_scale_ok", "aligned_column", "best_layer_stat", "meta_curves", "meta_bar_frame",
 ]
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -168,110 +169,3 @@ def meta_bar_frame(results: pd.DataFrame, setting: str | None = None) -> pd.Data
     rows = results if setting is None else results[results["setting"] == setting]
     return pd.DataFrame({"method": rows["feature_set"] + " · " + rows["model"], "ood_dataset": rows["evaluation"],
                          "auroc": rows["auroc"], "accuracy": rows["accuracy"]})
-
-
-PAPERS: dict[str, tuple[str, str]] = {
-    "oberdiek": ("Oberdiek, Rottmann & Gottschalk 2018 — Classification uncertainty of DNNs based on gradient information",
-                 "https://arxiv.org/abs/1805.08440"),
-    "lee": ("Lee & AlRegib 2020 — Gradients as a measure of uncertainty in neural networks", "https://arxiv.org/abs/2008.08030"),
-    "gaia": ("Chen et al. 2023 — GAIA: gradient-based attribution abnormality for OOD detection (NeurIPS)",
-             "https://arxiv.org/abs/2311.09620"),
-    "gradnorm": ("Huang, Geng & Li 2021 — On the importance of gradients for detecting distributional shifts (GradNorm)",
-                 "https://arxiv.org/abs/2110.00218"),
-    "odin": ("Liang, Li & Srikant 2018 — ODIN: enhancing the reliability of OOD detection", "https://arxiv.org/abs/1706.02690"),
-    "mahalanobis": ("Lee et al. 2018 — A simple unified framework for detecting OOD samples and adversarial attacks",
-                    "https://arxiv.org/abs/1807.03888"),
-    "energy": ("Liu et al. 2020 — Energy-based out-of-distribution detection", "https://arxiv.org/abs/2010.03759"),
-    "msp": ("Hendrycks & Gimpel 2017 — A baseline for detecting misclassified and OOD examples",
-            "https://arxiv.org/abs/1610.02136"),
-}
-
-# Teaching text per registered method: intuition, how to read its plots, and the paper key.
-# Methods without an entry fall back to the registry summary (see learn_text).
-LEARN: dict[str, dict[str, str]] = {
-    "msp": {
-        "intuition": "A confident network puts almost all probability on one class. The less it puts on its "
-                     "favourite class, the more uncertain it is. No gradients, one forward pass.",
-        "plots": "ID digits pile up near −1 (p_max ≈ 1). OOD sets that the model still classifies confidently "
-                 "(over-confidence) overlap with them — the classic failure this baseline exposes.",
-        "paper": "msp",
-    },
-    "maxlogit": {
-        "intuition": "The largest logit before the softmax: the softmax throws away the overall scale of the "
-                     "logits, the max logit keeps it. Unfamiliar inputs tend to excite no class strongly.",
-        "plots": "Like MSP but on an unbounded scale; long tails are normal.",
-        "paper": "msp",
-    },
-    "energy": {
-        "intuition": "The free energy −T·logsumexp(z/T) sums the evidence of all classes. Low energy = the input "
-                     "resembles training data. A smooth, scale-aware cousin of the max logit.",
-        "plots": "Histograms shift right (higher energy) for OOD. Compare with MSP: energy often separates "
-                 "better when the softmax saturates.",
-        "paper": "energy",
-    },
-    "entropy": {
-        "intuition": "Entropy of the whole softmax distribution: high when probability is spread over many "
-                     "classes. The reference every gradient metric is compared with (Oberdiek et al.).",
-        "plots": "Most ID digits sit near 0. On the Layer profiles page the correlation map shows how much of "
-                 "each gradient metric is 'just entropy'.",
-        "paper": "oberdiek",
-    },
-    "odin": {
-        "intuition": "Sharpen the softmax with a large temperature and nudge the input a tiny step in the "
-                     "direction that raises the prediction's confidence. ID inputs respond more than OOD ones. "
-                     "Uses an input gradient (one batched backward pass).",
-        "plots": "Scores crowd into a narrow band at T = 1000; what matters is the ordering, read the ROC.",
-        "paper": "odin",
-    },
-    "mahalanobis": {
-        "intuition": "Fit one Gaussian per class on penultimate features of training images (shared covariance). "
-                     "An input far from every class mean, in Mahalanobis distance, is unfamiliar.",
-        "plots": "Needs fitting on ID training data (done once, cached). Strong on far-OOD such as noise.",
-        "paper": "mahalanobis",
-    },
-    "gradnorm": {
-        "intuition": "Backpropagate the KL divergence between the uniform distribution and the softmax to the last "
-                     "layer's weights. ID inputs give a LARGE gradient norm (the model has a lot to 'unlearn' to "
-                     "become uniform); the uncertainty is its negative. Exact closed form, no backward pass.",
-        "plots": "This is Huang et al. 2021's GradNorm — not the Lee & AlRegib gradients (pytorch-ood uses the "
-                 "name for the latter). Strong on ImageNet-scale models, weak on CIFAR-scale benchmarks.",
-        "paper": "gradnorm",
-    },
-    "gaia_z": {
-        "intuition": "Backpropagate the max logit to every feature map and count, per channel, the non-zero "
-                     "gradient entries. OOD inputs activate unusual ReLU patterns, so fewer zeros survive.",
-        "plots": "No hyperparameters except which layers are hooked. Look at the Inspect page's per-layer "
-                 "abnormality to see where the zeros deflate.",
-        "paper": "gaia",
-    },
-    "gaia_a": {
-        "intuition": "Channel-wise averages of feature-map gradients of the pooled features, scaled by the output "
-                     "gradient. OOD inputs give abnormally large average attributions.",
-        "plots": "Right-skewed for OOD; compare with GAIA-Z — they look at the same gradients differently.",
-        "paper": "gaia",
-    },
-    "confounding": {
-        "intuition": "Ask the network to predict a label it never saw — all classes at once — and measure how hard "
-                     "it pushes back: the squared gradient norm of every layer, summed. No label needed.",
-        "plots": "The Corruption lab reproduces the paper's corrupted-input experiment: this score should "
-                 "climb with severity.",
-        "paper": "lee",
-    },
-}
-_PREFIX_PAPERS = {"grad_": "oberdiek", "oberdiek": "oberdiek", "confounding": "lee", "gaia": "gaia"}
-
-
-def learn_text(info: MethodInfo) -> dict[str, str]:
-    """Teaching text for a registered method: {intuition, plots, paper_title, paper_url}; falls back to the registry."""
-    entry = LEARN.get(info.name)
-    if entry is None:
-        base = next((v for k, v in LEARN.items() if info.name.startswith(k)), None)
-        entry = dict(base) if base else {}
-    key = entry.get("paper") or next((p for pre, p in _PREFIX_PAPERS.items() if info.name.startswith(pre)), "")
-    title, url = PAPERS.get(key, (f"{info.paper} ({info.year})", ""))
-    return {
-        "intuition": entry.get("intuition") or info.summary or info.title,
-        "plots": entry.get("plots") or "Higher = more uncertain. Compare its histogram and ROC with the baselines.",
-        "paper_title": title,
-        "paper_url": url,
-    }

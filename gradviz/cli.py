@@ -259,7 +259,7 @@ def cmd_list(args) -> int:
         print(f"  {d.example:24s} {d.description}")
     print("methods (uncertainty, higher = more uncertain):")
     for m in list_methods():
-        print(f"  {m.name:24s} {m.title} — {m.paper}")
+        print(f"  {m.name:24s} [{m.family}] {m.title} — {m.paper}")
     from gradviz.engine import kernels as reductions
     from gradviz.config import settings
 

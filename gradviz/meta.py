@@ -14,6 +14,9 @@ that predicts either
     is used as the OOD score — the paper's meta classifier "trained on ID metrics only",
     where an OOD input counts as a prediction that cannot be correct. Every OOD set is
     evaluated as ``unseen:<set>`` (held-out ID vs that set).
+    Beside them, the unsupervised twin (``gradient norms · density``): a Gaussian on the per-layer
+    log squared gradient norms of the ID training folds, −log density as the OOD score
+    (:mod:`gradviz.methods.gradient_density`, here fitted on the table's own ID rows).
   * **known** (when ``known_ood`` names some OOD sets — "known unknowns"): trained on ID
     (y = 0) + the known sets (y = 1). Evaluated out-of-fold on the training pool (``cv``),
     per seen set (``seen:<set>``: held-out ID vs held-out samples of that set) and on every
@@ -62,6 +65,7 @@ MODELS = ("logistic", "boosting", "mlp")
 FEATURE_SETS = ("entropy", "msp", "gradient", "gradient+entropy", "all")
 META_COLUMNS = ("dataset", "role", "index", "path", "label", "prediction", "confidence", "correct", "sample")
 BASELINE_SCORES = ("entropy", "msp")
+DENSITY = ("gradient norms", "density")  # (feature set, model) of the unsupervised density rows
 RESULT_COLUMNS = ["task", "setting", "feature_set", "model", "evaluation", "auroc", "accuracy", "n", "n_positive", "curve"]
 
 
@@ -322,6 +326,31 @@ class _Meta:
         return p, (p > 0.5).astype(float)
 
 
+class _Density:
+    """Unsupervised twin of the meta classifier (gradviz.methods.gradient_density): a Gaussian on the per-layer log
+    squared gradient norms (the table's ``layer/l2`` columns) of the training rows, labels unused; the score is
+    the negative log density, the prediction "OOD" above the 95th percentile of the training rows' scores."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self.columns = columns
+
+    def _logs(self, X: pd.DataFrame) -> np.ndarray:
+        l2 = np.nan_to_num(_numeric(X[self.columns]), nan=0.0)
+        return 2 * np.log(np.maximum(l2, np.finfo(np.float32).tiny))
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> "_Density":
+        from gradviz.methods.gradient_density import GaussianDensity
+
+        v = self._logs(X)
+        self.density_ = GaussianDensity().fit(v)
+        self.threshold_ = float(np.quantile(self.density_.neg_log_density(v), 0.95))
+        return self
+
+    def score_pred(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        s = self.density_.neg_log_density(self._logs(X))
+        return s, (s > self.threshold_).astype(float)
+
+
 def _held_out(make, X: pd.DataFrame, y: np.ndarray, outside: pd.DataFrame | None, folds) -> tuple:
     """Out-of-fold (score, pred) on X, fold-averaged (score, pred) on ``outside``."""
     score, pred = np.full(len(y), np.nan), np.full(len(y), np.nan)
@@ -456,7 +485,12 @@ def meta_report(
         notes.append(f"unknown setting: trained correct-vs-incorrect on {len(X_id)} ID samples "
                      f"({int(y_id.sum())} incorrect), {len(folds)} folds; OOD never seen")
         n_ood = len(ood)
-        for fs, m, make in candidates:
+        l2 = [c for c in available.get("gradient", []) if c.endswith("/l2")]
+        density = [(DENSITY[0], DENSITY[1], lambda: _Density(l2))] if l2 else []
+        if density:
+            notes.append("unknown setting also shows the unsupervised twin: a Gaussian density of the per-layer log "
+                         "gradient norms of the ID training folds (no labels, no OOD), −log density as the score")
+        for fs, m, make in candidates + density:
             score, pred, o_score, o_pred = _held_out(make, X_id, y_id, outside, folds)
             id_score, id_pred = score, pred
             extra_id = slice(n_ood, None)  # unlabeled ID rows scored by the fold models

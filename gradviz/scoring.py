@@ -123,7 +123,11 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
             missing.append(next(i for i in infos if i.name == name))
     need_base = "prediction" not in cached
     if missing or need_base:
-        runners = [make_runner(model, i, params.get(i.name), fit_set, seed) for i in missing]
+        runners = []
+        for n, info in enumerate(missing):
+            if info.needs_fit and progress:  # fits are one-off but take seconds: say what is running
+                progress(n, len(missing), f"fitting {info.name} on {fit_set} (once)")
+            runners.append(make_runner(model, info, params.get(info.name), fit_set, seed))
         fresh = score_images(model, data.images, runners, batch_size, progress, label=data.spec)
         if store is not None:
             store.put(key("_base"), {"prediction": fresh["prediction"], "confidence": fresh["confidence"]},

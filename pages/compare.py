@@ -8,11 +8,12 @@ import streamlit as st
 from gradviz import inspect as gi
 from gradviz import plots
 from gradviz.errors import GradvizError
-from gradviz.methods.registry import get_method
-from gradviz.ui.cache import get_result, images_of_rows, show_error
+from gradviz.methods.registry import methods_by_family
+from gradviz.ui.cache import get_model, get_result, images_of_rows, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.uploads import UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports, show_upload_errors
-from gradviz.ui.widgets import download_figure, download_results, image_tiles, metrics_dataframe
+from gradviz.ui.widgets import decomposition, download_figure, download_results, image_tiles, metrics_dataframe
+from gradviz.ui.widgets import method_caption, method_label
 from gradviz.ui.sidebar import ensure_frame
 
 ensure_frame()
@@ -42,7 +43,7 @@ except Exception as exc:  # user errors are shown, bugs re-raised by show_error
 for message in result.warnings:
     st.warning(message)
 show_file_reports(result.skipped, result.notes, key="cmp_report")  # folder files skipped, uploads altered
-scores, methods = result.scores, run_cfg.method_names()
+scores, methods = result.scores, [m.name for ms in methods_by_family(run_cfg.method_names()).values() for m in ms]
 ood_sets = list(dict.fromkeys(scores.loc[scores["role"] == "ood", "dataset"]))
 if not ood_sets:
     st.info("Choose at least one OOD set in the sidebar (or upload images above) to compare distributions.")
@@ -56,11 +57,9 @@ VIEWS = ("Histogram", "Every sample")
 @st.fragment
 def distributions() -> None:
     """Method, threshold, one chart (histogram or every sample), galleries: their widgets rerun only this part."""
-    method = st.selectbox("Method", methods, key="cmp_method", format_func=lambda m: f"{m} — {get_method(m).title}")
+    method = st.selectbox("Method (by family)", methods, key="cmp_method", format_func=method_label)
     if len(result.metrics):
-        rows = result.metrics[result.metrics["method"] == method]
-        st.caption(f"**{method}** — AUROC ↑ / FPR95 ↓ per OOD set: " + " · ".join(
-            f"`{r.ood_dataset}` {r.auroc:.3f} / {r.fpr95:.3f}" for r in rows.itertuples()))
+        st.caption(method_caption(result.metrics, method))
     try:
         default_thr = gi.threshold_at_tpr(scores.loc[scores["role"] == "id", method])
     except GradvizError:  # every ID score NaN/inf: nothing to threshold or plot
@@ -141,7 +140,8 @@ if curve_tab.open:
         curves()
 if metric_tab.open:
     with metric_tab:
-        st.caption("AUROC ↑, FPR95 ↓ (OOD accepted when 95 % of ID is), AUPR-In/Out ↑; best per OOD set highlighted.")
+        st.caption("AUROC ↑, FPR95 ↓ (OOD accepted at 95 % ID), AUPR-In/Out ↑; by family, best per OOD set highlighted.")
         metrics_dataframe(result.metrics, key="cmp_metrics")
+        decomposition(run_cfg, uploads, key="cmp_decomp")
         st.markdown("**Exports**")
         download_results(result, key="cmp_res")

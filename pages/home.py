@@ -29,8 +29,9 @@ for message in result.warnings:  # NaN/inf scores, sets too small for metrics: s
 st.subheader(f"{cfg.model}: {cfg.id} (ID) vs {', '.join(cfg.ood) or 'no OOD set'}")
 left, right = st.columns([3, 2])
 with left:
-    st.markdown("**Detection metrics** (AUROC ↑, FPR95 ↓; best per column highlighted)")
-    metrics_dataframe(result.metrics)
+    st.markdown("**Detection metrics** (AUROC ↑, FPR95 ↓) by method family — the best **output**, **feature** and "
+                "**gradient** method per OOD set and column highlighted")
+    metrics_dataframe(result.metrics, per_family=True)
 with right:
     method = "gaia_z" if "gaia_z" in result.scores else cfg.method_names()[0]
     st.plotly_chart(plots.score_histogram(result.scores, method), width="stretch")

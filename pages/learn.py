@@ -1,10 +1,9 @@
-"""Learn: every registered method explained (intuition, formula, how to read its plots), a guided tour,
-honest notes and the papers. The method list comes from the registry only."""
+"""Learn: every registered method explained by family (intuition, formula, how to read its plots, what it does on
+the bundled model), a guided tour, honest notes and the papers. Everything comes from the method registry."""
 
 import streamlit as st
 
-from gradviz.analysis import PAPERS, learn_text
-from gradviz.methods import list_methods
+from gradviz.methods import FAMILIES, list_methods, methods_by_family
 from gradviz.ui.sidebar import ensure_frame
 
 ensure_frame()
@@ -12,27 +11,33 @@ ensure_frame()
 st.title("Learn: gradient-based uncertainty")
 st.markdown(
     "Every method in gradviz turns one image into an **uncertainty score — higher = more uncertain** "
-    "(more likely out-of-distribution or misclassified). Some read only the network's outputs; the gradient "
-    "methods backpropagate a loss and read the *size and shape* of the gradient: an input the network is sure "
-    "about needs little change, an unfamiliar one pulls the weights hard."
+    "(more likely out-of-distribution or misclassified). Some read only the network's outputs, some its "
+    "penultimate features; the gradient methods backpropagate a loss and read the *size and shape* of the "
+    "gradient: an input the network is sure about needs little change, an unfamiliar one pulls the weights hard."
 )
 
 st.header("The methods")
-kinds = {"output": "uses the outputs", "feature": "uses penultimate features", "gradient": "uses gradients",
-         "input-gradient": "uses an input gradient"}
-for i, info in enumerate(list_methods()):
-    text = learn_text(info)
-    paper = info.paper if str(info.year) in info.paper else f"{info.paper} {info.year}"
-    with st.expander(f"**{info.title}** (`{info.name}`) — {paper} · {kinds.get(info.kind, info.kind)}", expanded=i == 0):
-        st.markdown(f"**Intuition.** {text['intuition']}")
-        st.latex(info.formula)
-        st.markdown(f"**Reading its plots.** {text['plots']}")
-        if info.defaults:
-            st.caption("Parameters (sidebar → Method parameters): "
-                       + ", ".join(f"`{k}` = {v}" for k, v in info.defaults.items()))
-        if info.needs_fit:
-            st.caption("Fitted once on ID training data (cached).")
-        st.markdown(f"[{text['paper_title']}]({text['paper_url']})" if text["paper_url"] else f"{text['paper_title']}")
+WORDS = {"higher": "scores above the digits", "lower": "scores BELOW the digits (reversed)",
+         "chance": "does not separate from the digits"}
+first = list_methods()[0]
+for family, infos in methods_by_family().items():
+    st.subheader(f"{family.capitalize()} methods — {FAMILIES[family]}")
+    for info in infos:
+        paper = info.paper if str(info.year) in info.paper else f"{info.paper} {info.year}"
+        with st.expander(f"**{info.title}** (`{info.name}`) — {paper}", expanded=info is first):
+            st.markdown(f"**Intuition.** {info.intuition}")
+            st.latex(info.formula)
+            if info.reading:
+                st.markdown(f"**Reading its plots.** {info.reading}")
+            if info.expected:
+                st.markdown("**On the bundled model** (docs/RESULTS.md): "
+                            + "; ".join(f"`{s}` {WORDS[d]}" for s, d in info.expected.items()) + ".")
+            if info.defaults:
+                st.caption("Parameters (sidebar → Method parameters): "
+                           + ", ".join(f"`{k}` = {v}" for k, v in info.defaults.items()))
+            if info.needs_fit:
+                st.caption("Fitted once on ID training data (cached).")
+            st.markdown(f"Paper: [{paper}]({info.link})")
 
 st.header("A guided tour of the embedded default")
 st.markdown("The default run: the bundled MNIST CNN, MNIST test digits as ID, and three OOD sets — rendered "
@@ -64,6 +69,10 @@ st.markdown(
     "statistics of the predicted-label gradient rank samples almost exactly like softmax entropy (Layer profiles → "
     "correlation map), and a meta classifier on gradient metrics alone did not beat entropy at spotting errors in "
     "our runs. Check on your own data before believing either way.\n"
+    "- **A last-layer gradient is a feature norm times a softmax term.** GradNorm, ExGrad and the last-layer "
+    "Oberdiek metrics factorise exactly into ‖h‖ × a function of p (Igoe et al. 2022). Compare → *Detection metrics* "
+    "shows each factor's AUROC: on the bundled model GradNorm ranks samples almost like −‖h‖₁, which is at chance "
+    "on letters.\n"
     "- **GradNorm is weak at CIFAR scale.** Strong on ImageNet (Huang et al. report FPR95 54.7 vs 77.0 for MSP), "
     "but in OpenOOD's CIFAR-10 leaderboard its AUROC is ~55–58 against ~88–91 for MSP.\n"
     "- **Names.** *GradNorm* here means Huang, Geng & Li 2021 (the KL-to-uniform norm). The confounding-label "
@@ -76,7 +85,6 @@ st.markdown(
 )
 
 st.header("Papers")
-for key in ("oberdiek", "lee", "gaia", "gradnorm", "odin", "mahalanobis", "energy", "msp"):
-    title, url = PAPERS[key]
-    st.markdown(f"- [{title}]({url})")
+papers = {info.link: info.paper if str(info.year) in info.paper else f"{info.paper} {info.year}" for info in list_methods()}
+st.markdown("\n".join(f"- [{title}]({link})" for link, title in papers.items()))
 st.markdown("Measured results of this project: [docs/RESULTS.md](../docs/RESULTS.md) (in the repository: `docs/RESULTS.md`).")

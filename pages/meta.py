@@ -68,7 +68,9 @@ st.subheader("Cross-validated results: entropy vs gradient metrics vs both")
 st.dataframe(results.drop(columns=["curve"]), hide_index=True, width="stretch", key="mc_table",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("auroc", "accuracy")})
 st.caption("'threshold' rows: the single score itself (entropy, MSP) with the best-accuracy threshold from the "
-           "training folds — the baseline a meta classifier must beat.")
+           "training folds — the baseline a meta classifier must beat. 'gradient norms · density' rows (ID vs OOD): "
+           "the unsupervised twin — a Gaussian on the per-layer log gradient norms of ID samples, no labels and no "
+           "OOD data (the `gradient_density` method; see Learn).")
 left, right = st.columns(2)
 with left:
     fig_bars = plots.metric_bars(analysis.meta_bar_frame(report.results, setting), "auroc")

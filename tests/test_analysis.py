@@ -8,7 +8,6 @@ import pytest
 
 from gradviz import analysis
 from gradviz.errors import GradvizError
-from gradviz.methods import list_methods
 from gradviz.metrics import auroc
 from gradviz.store import ResultStore
 
@@ -120,14 +119,6 @@ def test_log_scale_ok_only_for_positive_bands():
 def test_flat_layer_table_is_csv_ready():
     flat = analysis.flat_layer_table(_layer_table({"mnist": 2}))
     assert list(flat.columns[:3]) == ["dataset", "index", "conv/l1"]
-
-
-def test_learn_text_covers_every_registered_method():
-    for info in list_methods():
-        text = analysis.learn_text(info)
-        assert text["intuition"] and text["plots"] and text["paper_title"]
-    gradnorm = analysis.learn_text(next(i for i in list_methods() if i.name == "gradnorm"))
-    assert "2110.00218" in gradnorm["paper_url"]
 
 
 def test_severity_examples_orders_clean_first():

@@ -66,7 +66,8 @@ def test_empty_folder_is_a_clear_error(tmp_path, capsys):
 def test_list_shows_registries(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ["mnist-cnn", "letters", "gaia_z", "confounding", "corrupt", "statistics kernel:", "BatchNorm folding"]:
+    for name in ["mnist-cnn", "letters", "gaia_z", "confounding", "corrupt", "statistics kernel:", "BatchNorm folding",
+                 "knn ", "[feature]", "grood ", "[gradient]", "[output]"]:
         assert name in out
 
 

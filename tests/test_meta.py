@@ -180,3 +180,28 @@ def test_bad_arguments_give_clear_errors():
         meta_report(t[t.role == "id"], task="ood")
     with pytest.raises(GradvizError, match="not fitted"):
         MetaClassifier().predict_proba(t)
+
+
+def test_density_twin_flags_gradients_too_small_and_too_large_without_labels():
+    """The unsupervised density of per-layer log gradient norms: OOD rows whose norms are far too small
+    (overconfident) or far too large both score above ID, where a one-sided threshold on the norm fails one."""
+    rng = np.random.default_rng(3)
+    n_id, n_ood = 200, 60
+    t = pd.DataFrame({"dataset": ["mnist"] * n_id + ["noise"] * n_ood + ["letters"] * n_ood,
+                      "role": ["id"] * n_id + ["ood"] * 2 * n_ood})
+    t["correct"] = pd.array([True] * (n_id - 20) + [False] * 20 + [pd.NA] * 2 * n_ood, dtype="boolean")
+    for layer in ("conv/l2", "fc/l2"):
+        t[layer] = np.exp(np.concatenate([rng.normal(0, 0.3, n_id), rng.normal(-8, 0.3, n_ood),
+                                          rng.normal(3, 0.3, n_ood)]))
+    t["entropy"] = rng.normal(size=len(t))
+    report = meta_report(t, task="ood", feature_set=["gradient"], cv=3)
+    dens = rows(report, feature_set="gradient norms", model="density")
+    assert set(dens["setting"]) == {"unknown"}
+    got = dens.set_index("evaluation")
+    assert got.loc["unseen:noise", "auroc"] > 0.99 and got.loc["unseen:letters", "auroc"] > 0.99
+    assert got.loc["unseen:all", "n"] == n_id + 2 * n_ood
+    assert any("unsupervised twin" in note for note in report.notes)
+    # no l2 columns -> no density rows
+    no_l2 = meta_report(t.drop(columns=["conv/l2", "fc/l2"]).assign(**{"fc/l1": 1.0}), task="ood", cv=3,
+                        feature_set=["entropy"])
+    assert not (no_l2.results["model"] == "density").any()

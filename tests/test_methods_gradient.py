@@ -117,10 +117,10 @@ def test_gradient_methods_of_a_batch_share_one_forward():
 
 def test_methods_registered_with_paper_and_params():
     conf = get_method("confounding")
-    assert conf.kind == "gradient" and conf.year == 2020 and conf.defaults == {"reading": "sigmoid"}
+    assert conf.family == "gradient" and conf.year == 2020 and conf.defaults == {"reading": "sigmoid"}
     for name in REDUCE:
         info = get_method(name)
-        assert info.kind == "gradient" and "Oberdiek" in info.paper and info.defaults == {"layer": "all"}
+        assert info.family == "gradient" and "Oberdiek" in info.paper and info.defaults == {"layer": "all"}
 
 
 def test_bad_parameters_raise_method_error():

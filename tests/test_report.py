@@ -7,9 +7,17 @@ def test_report_end_to_end_tiny(tmp_path):
     cfg = ReportConfig(limit=150, corruptions=["gaussian_noise"], severities=(1, 5))
     path = build_report(cfg, tmp_path)
     text = path.read_text()
-    for heading in ["## 1. OOD detection", "## 2. Corrupted-input detection", "## 3. Meta classification", "## 4."]:
+    for heading in ["## 1. OOD detection", "## 2. Corrupted-input detection", "## 3. Meta classification",
+                    "## 4. Beyond the three papers", "## 5."]:
         assert heading in text
     assert "gaia_z" in text and "confounding_softmax" in text
     assert (tmp_path / "results" / "histograms.png").stat().st_size > 1000
     assert (tmp_path / "results" / "corruption_severity.png").stat().st_size > 1000
     assert "nan |" not in text.split("## 2.")[0]  # section 1 numbers are all defined
+    new = text.split("## 4.")[1].split("## 5.")[0]
+    for family in ("| output |", "| feature |", "| gradient |"):
+        assert family in new
+    assert "On letters (near-OOD)" in new and "feature norm" in new
+    for name in ("exgrad", "gradorth", "lowdim_grad", "grood", "gradient_density", "knn", "vim", "rmds", "react"):
+        assert f"- `{name}` " in new  # one measured sentence per method added beyond the three papers
+    assert "nan |" not in new

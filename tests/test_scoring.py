@@ -83,3 +83,22 @@ def test_nan_scores_are_reported_not_hidden(model, monkeypatch):
         "nan_method", nan_first, "t", "p", 2000, "f", "output"))
     res = run(RunConfig(id="mnist", ood=["noise-uniform"], methods=["nan_method"], limit=20), model=model)
     assert any("nan_method" in w and "NaN" in w for w in res.warnings)
+
+
+def test_fitted_methods_fit_once_on_the_fit_set_and_say_so(model, tmp_path, monkeypatch):
+    """A fitted method is fitted once per (model, parameters, fit set), the progress says which one is fitting,
+    and a second dataset reuses the fit."""
+    from gradviz.methods.knn import KNN
+
+    scoring._FITTED.clear()
+    fits, seen = [], []
+    real_fit, real_load = KNN.fit, scoring.load_dataset
+    monkeypatch.setattr(KNN, "fit", lambda self, *a, **k: fits.append(1) or real_fit(self, *a, **k))
+    monkeypatch.setattr(scoring, "load_dataset", lambda spec, card, limit=None, seed=0: real_load(
+        spec, card, limit=64 if spec == "mnist:train" else limit, seed=seed))  # a small fit set: fast
+    cfg = RunConfig(id="mnist", ood=["noise-uniform", "letters"], methods=["knn", "msp"], limit=30,
+                    fit_set="mnist:train", params={"knn": {"k": 5}})
+    res = run(cfg, progress=lambda d, t, label: seen.append(label), model=model)
+    assert fits == [1]
+    assert any(label.startswith("fitting knn on mnist:train") for label in seen)
+    assert res.metrics.query("method == 'knn'")["auroc"].between(0, 1).all()

@@ -45,7 +45,12 @@ def confounding_layer_norms(batch: ModelOutputs, reading: str = "sigmoid") -> tu
 
 @register("confounding", title="Confounding-label gradients", paper="Lee & AlRegib, ICIP 2020", year=2020,
           formula=r"u(x) = \sum_l \lVert \nabla_{\theta_l} \mathrm{BCE}(\sigma(z), \mathbf{1}) \rVert_2^2",
-          kind="gradient")
+          family="gradient", link="https://arxiv.org/abs/2008.08030",
+          intuition="Ask the network to predict a label it never saw — all classes at once — and measure how hard "
+                    "it pushes back: the squared gradient norm of every layer, summed. No label needed.",
+          reading="The Corruption lab reproduces the paper's corrupted-input experiment: this score should "
+                  "climb with severity. On the bundled model letters score BELOW digits (reported, not hidden).",
+          expected={"noise-uniform": "higher", "letters": "lower"})
 def confounding(batch: ModelOutputs, reading: str = "sigmoid") -> torch.Tensor:
     """Sum over layers of the squared gradient norm for the all-ones confounding label (higher = more uncertain)."""
     _, norms = confounding_layer_norms(batch, reading)

@@ -244,7 +244,12 @@ def _mean_square(channels: dict[str, torch.Tensor]) -> torch.Tensor:
 @register("gaia_z", title="GAIA-Z (zero deflation)", paper="Chen et al., NeurIPS 2023", year=2023,
           formula=r"u(x) = \tfrac{1}{K}\sum_k r_k^2,\; r_k = \tfrac{1}{HW}\sum_{h,w} "
                   r"\mathbb{1}\!\left[\tfrac{\partial \max_c z_c}{\partial A_{k,h,w}} \neq 0\right]",
-          kind="gradient")
+          family="gradient", link="https://arxiv.org/abs/2311.09620",
+          intuition="Backpropagate the max logit to every feature map and count, per channel, the non-zero "
+                    "gradient entries. OOD inputs activate unusual ReLU patterns, so fewer zeros survive.",
+          reading="No hyperparameters except which layers are hooked. Look at the Inspect page's per-layer "
+                  "abnormality to see where the zeros deflate.",
+          expected={"noise-uniform": "higher", "letters": "higher"})
 def gaia_z(batch: ModelOutputs, layers: str = "all") -> torch.Tensor:
     """GAIA-Z: mean squared fraction of non-zero feature-map gradient entries per channel."""
     return _mean_square(gaia_z_channels(batch.model, batch.x, layers, batch.gradient_pass()))
@@ -253,7 +258,11 @@ def gaia_z(batch: ModelOutputs, layers: str = "all") -> torch.Tensor:
 @register("gaia_a", title="GAIA-A (channel-wise average abnormality)", paper="Chen et al., NeurIPS 2023", year=2023,
           formula=r"u(x) = \tfrac{1}{K}\sum_k \big(|a_k|/o\big)^2,\; a_k = \overline{\partial \textstyle\sum_d h_d/\partial A_k},\; "
                   r"o = \sqrt{\overline{|W^\top(1 - C p)|}/(HW)}",
-          kind="gradient")
+          family="gradient", link="https://arxiv.org/abs/2311.09620",
+          intuition="Channel-wise averages of feature-map gradients of the pooled features, scaled by the output "
+                    "gradient. OOD inputs give abnormally large average attributions.",
+          reading="Right-skewed for OOD; compare with GAIA-Z — they look at the same gradients differently.",
+          expected={"noise-uniform": "higher", "letters": "higher"})
 def gaia_a(batch: ModelOutputs, layers: str = "auto") -> torch.Tensor:
     """GAIA-A: mean squared channel-average gradient of the pooled features, scaled by the output part."""
     return _mean_square(gaia_a_channels(batch.model, batch.x, layers, batch.gradient_pass()))

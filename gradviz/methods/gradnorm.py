@@ -16,7 +16,15 @@ from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, register
 
 @register("gradnorm", title="GradNorm", paper="Huang, Geng & Li, NeurIPS 2021", year=2021,
           formula=r"u(x) = -\tfrac{1}{T}\,\lVert h\rVert_1\,\lVert \mathrm{softmax}(z/T) - \tfrac{1}{C}\mathbf{1}\rVert_1",
-          kind="gradient", backprop=False, bounds={"temperature": TEMPERATURE_BOUNDS})
+          family="gradient", backprop=False, link="https://arxiv.org/abs/2110.00218",
+          intuition="Backpropagate the KL divergence between the uniform distribution and the softmax to the last "
+                    "layer's weights. ID inputs give a LARGE gradient norm (the model has a lot to 'unlearn' to "
+                    "become uniform); the uncertainty is its negative. Exact closed form, no backward pass: the "
+                    "norm is the feature norm ‖h‖₁ times an output factor ‖p − u‖₁ (see the decomposition).",
+          reading="This is Huang et al. 2021's GradNorm — not the Lee & AlRegib gradients (pytorch-ood uses the "
+                  "name for the latter). Strong on ImageNet-scale models, weak on CIFAR-scale benchmarks.",
+          expected={"noise-uniform": "lower", "letters": "higher"},
+          bounds={"temperature": TEMPERATURE_BOUNDS})
 def gradnorm(batch: ModelOutputs, temperature: float = 1.0) -> torch.Tensor:
     """Negative L1 norm of the last-layer gradient of KL(uniform‖softmax), in closed form."""
     p = (batch.logits / temperature).softmax(-1)  # (B, C)

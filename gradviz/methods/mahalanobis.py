@@ -20,72 +20,52 @@ hᵀPh − 2hᵀPμ_c + μ_cᵀPμ_c, so memory is O(B·C), not O(B·C·D).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from gradviz.errors import MethodError
+from gradviz.methods._fitting import (check_covariance, check_labels, class_gaussians, fit_outputs, require_fitted,
+                                      sq_mahalanobis)
 from gradviz.methods.registry import ModelOutputs, register
 from gradviz.models import GradvizModel
 
-_COVARIANCES = ("ledoit-wolf", "empirical")
-
 
 def extract_features(model: GradvizModel, images: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    """Penultimate features (N, D) of ``images`` in chunks of ``chunk``, on the CPU."""
-    out = []
-    for start in range(0, int(images.shape[0]), chunk):
-        _, h = model.logits_and_features(images[start:start + chunk].to(model.device))
-        out.append(h.detach().cpu())
-    return torch.cat(out)
+    """Penultimate features (N, D) of ``images`` in chunks of ``chunk``, on the CPU (memoised per fit set)."""
+    return fit_outputs(model, images, chunk)[1]
 
 
 @register("mahalanobis", title="Mahalanobis distance", paper="Lee et al., NeurIPS 2018", year=2018,
-          formula=r"u(x) = \min_c (h-\mu_c)^\top \Sigma^{-1} (h-\mu_c)", kind="feature",
+          formula=r"u(x) = \min_c (h-\mu_c)^\top \Sigma^{-1} (h-\mu_c)", family="feature",
+          link="https://arxiv.org/abs/1807.03888",
+          intuition="Fit one Gaussian per class on penultimate features of training images (shared covariance). "
+                    "An input far from every class mean, in Mahalanobis distance, is unfamiliar.",
+          reading="Needs fitting on ID training data (done once, cached). Strong on far-OOD such as noise.",
+          expected={"noise-uniform": "higher", "letters": "higher"},
           bounds={"chunk": (1, 65536)})
 class Mahalanobis:
     """Minimum class-conditional Mahalanobis distance² of the penultimate features (tied covariance)."""
 
     def __init__(self, covariance: str = "ledoit-wolf", chunk: int = 512) -> None:
-        if covariance not in _COVARIANCES:
-            raise MethodError(f"mahalanobis: covariance must be one of {_COVARIANCES}, got {covariance!r}")
-        if int(chunk) <= 0:
-            raise MethodError(f"mahalanobis: chunk must be a positive number of images, got {chunk}")
-        self.covariance = covariance
+        self.covariance = check_covariance("mahalanobis", covariance)
         self.chunk = int(chunk)
-        self.classes_: np.ndarray | None = None
+        if self.chunk <= 0:
+            raise MethodError(f"mahalanobis: chunk must be a positive number of images, got {chunk}")
+        self.classes_ = None
         self.means_: torch.Tensor | None = None  # (C, D) float64
         self.precision_: torch.Tensor | None = None  # (D, D) float64
 
     def fit(self, model: GradvizModel, images: torch.Tensor, labels) -> "Mahalanobis":
         """Fit class means and the tied covariance on ID training ``images`` with true ``labels``."""
-        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
-        if labels.shape[0] != int(images.shape[0]):
-            raise MethodError(f"mahalanobis: {images.shape[0]} images but {labels.shape[0]} labels")
-        if labels.shape[0] < 2 or (labels < 0).any():
-            raise MethodError("mahalanobis needs at least 2 labelled ID training images (labels >= 0) to fit")
+        labels = check_labels("mahalanobis", images, labels)
         feats = extract_features(model, images, self.chunk).double().numpy()  # (N, D)
-        self.classes_ = np.unique(labels)
-        means = np.stack([feats[labels == c].mean(0) for c in self.classes_])  # (C, D)
-        centred = feats - means[np.searchsorted(self.classes_, labels)]
-        from sklearn.covariance import EmpiricalCovariance, LedoitWolf
-
-        est = LedoitWolf(assume_centered=True) if self.covariance == "ledoit-wolf" else EmpiricalCovariance(assume_centered=True)
-        est.fit(centred)
-        self.means_ = torch.from_numpy(means)
-        self.precision_ = torch.from_numpy(np.asarray(est.precision_, dtype=np.float64))
+        self.classes_, means, precision = class_gaussians(feats, labels, self.covariance)
+        self.means_, self.precision_ = torch.from_numpy(means), torch.from_numpy(precision)
         return self
 
     def distances(self, features: torch.Tensor) -> torch.Tensor:
         """Squared Mahalanobis distance to every class mean, (B, C) float64."""
-        if self.means_ is None or self.precision_ is None:
-            raise MethodError("mahalanobis must be fitted on ID training data first")
-        h = features.detach().double().cpu()  # (B, D)
-        if h.shape[-1] != self.means_.shape[-1]:
-            raise MethodError(f"mahalanobis was fitted on {self.means_.shape[-1]}-d features, got {h.shape[-1]}-d")
-        P, mu = self.precision_, self.means_
-        hP = h @ P  # (B, D)
-        d = (hP * h).sum(-1, keepdim=True) - 2 * hP @ mu.T + ((mu @ P) * mu).sum(-1)  # (B, C)
-        return d.clamp_min(0)
+        require_fitted("mahalanobis", self.means_, self.precision_)
+        return sq_mahalanobis(features, self.means_, self.precision_)
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """Uncertainty min_c Mahalanobis distance² (higher = farther from every class), (B,)."""

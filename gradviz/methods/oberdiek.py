@@ -113,7 +113,18 @@ def _aggregate(batch: ModelOutputs, stat: str, layer: str) -> torch.Tensor:
     return (sq - mean * mean).clamp_min(0).sqrt()
 
 
-_COMMON = dict(paper="Oberdiek, Rottmann & Gottschalk, ANNPR 2018", year=2018, kind="gradient")
+_COMMON = dict(
+    paper="Oberdiek, Rottmann & Gottschalk, ANNPR 2018", year=2018, family="gradient",
+    link="https://arxiv.org/abs/1805.08440",
+    intuition="Take the model's own prediction as the label and backpropagate its loss −log p_ŷ: a sure "
+              "prediction needs no change (tiny gradient), a shaky one pulls the weights hard. One statistic of "
+              "the per-sample gradient of every layer (or one layer) is the score.",
+    reading="The gradient is ∝ (1 − p_ŷ), so these scores rank much like entropy (Layer profiles → correlation), "
+            "and they vanish on inputs the model is overconfident on, such as noise. The Meta classifier page "
+            "combines all layers × statistics.",
+    # the predicted-label gradient ∝ (1 − p_ŷ) vanishes on overconfident far-away inputs (Hein et al. 2019)
+    expected={"noise-uniform": "lower", "letters": "higher"},
+)
 
 
 @register("grad_l1", title="Gradient L1 norm (predicted label)",

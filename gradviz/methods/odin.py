@@ -58,7 +58,13 @@ def odin_perturb(model: GradvizModel, x: torch.Tensor, temperature: float = 1000
 @register("odin", title="ODIN", paper="Liang, Li & Srikant, ICLR 2018", year=2018,
           formula=r"u(x) = -\max_c \mathrm{softmax}\!\big(z(\tilde x)/T\big)_c,\quad "
                   r"\tilde x = x - \varepsilon\,\mathrm{sign}\,\nabla_x \mathrm{CE}\big(z(x)/T, \hat y\big)",
-          kind="input-gradient", bounds={"temperature": TEMPERATURE_BOUNDS, "epsilon": (0.0, 1.0)})
+          family="output", backprop=True, link="https://arxiv.org/abs/1706.02690",
+          intuition="Sharpen the softmax with a large temperature and nudge the input a tiny step in the "
+                    "direction that raises the prediction's confidence. ID inputs respond more than OOD ones. "
+                    "An output score: the gradient (one batched input gradient) only prepares the input.",
+          reading="Scores crowd into a narrow band at T = 1000; what matters is the ordering, read the ROC.",
+          expected={"noise-uniform": "lower", "letters": "higher"},
+          bounds={"temperature": TEMPERATURE_BOUNDS, "epsilon": (0.0, 1.0)})
 def odin(batch: ModelOutputs, temperature: float = 1000.0, epsilon: float = 0.0014) -> torch.Tensor:
     """Negative temperature-scaled MSP of the ODIN-perturbed input (one batched input gradient)."""
     x_tilde = odin_perturb(batch.model, batch.x, temperature, epsilon, batch.gradient_pass())

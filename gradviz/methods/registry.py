@@ -3,6 +3,13 @@
 A method is a function ``fn(batch: ModelOutputs, **params) -> Tensor (B,)`` returning an
 *uncertainty* (higher = more uncertain / more likely OOD), or, when it must be fitted, a
 class with ``fit(model, images, labels)`` and ``score(batch) -> Tensor (B,)``.
+
+Everything a person needs to read a score lives in its registration (:func:`register`): the
+family it belongs to (output / feature / gradient), paper, year, link, formula, intuition, how
+to read its plots, and what it is expected to do on the bundled model (``expected``; the
+contract tests assert it, docs/RESULTS.md measures it). The Learn page, the pickers, the CLI
+and the report read these fields; there is no second list. Adding a method = one module in
+``gradviz/methods/`` (found by :mod:`gradviz.methods`) + one test.
 """
 
 from __future__ import annotations
@@ -20,7 +27,26 @@ from gradviz.gradients import GradientPass
 from gradviz.models import GradvizModel
 
 __all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method",
-           "needs_graph", "check_param", "TEMPERATURE_BOUNDS"]
+           "needs_graph", "check_param", "TEMPERATURE_BOUNDS", "FAMILIES", "DIRECTIONS", "methods_by_family",
+           "meets_expectation"]
+
+# The three families, in display order, with what a method of each reads.
+FAMILIES: dict[str, str] = {
+    "output": "reads the network's outputs (logits, softmax)",
+    "feature": "reads the penultimate features",
+    "gradient": "reads gradients (parameter or feature-map gradients)",
+}
+# What a score does on an OOD set of the bundled model, compared with held-out digits (AUROC with
+# OOD as the positive class): "higher" = OOD scores above digits, "lower" = reversed, "chance" = no
+# clear separation. The contract tests and docs/RESULTS.md check declarations with these bounds.
+DIRECTIONS = ("higher", "lower", "chance")
+_BOUNDS = {"higher": (0.55, 1.0), "lower": (0.0, 0.45), "chance": (0.4, 0.6)}
+
+
+def meets_expectation(direction: str, auroc: float) -> bool:
+    """Whether an AUROC (digits negative, the OOD set positive) matches a declared direction."""
+    lo, hi = _BOUNDS[direction]
+    return lo <= auroc <= hi if direction != "chance" else lo < auroc < hi
 
 
 @dataclass
@@ -90,12 +116,16 @@ class MethodInfo:
     paper: str
     year: int
     formula: str  # LaTeX
-    kind: str  # "output" | "feature" | "gradient" | "input-gradient"
+    family: str  # one of FAMILIES
     needs_fit: bool = False
     defaults: dict = field(default_factory=dict)
     summary: str = ""
     backprop: bool = False  # runs a backward pass (closed-form gradient methods do not)
     bounds: dict = field(default_factory=dict)  # {parameter: (low, high)} inclusive; None = open end
+    link: str = ""  # the paper (arXiv or proceedings)
+    intuition: str = ""  # why the score should separate ID from OOD, in plain words
+    reading: str = ""  # how to read its histograms and ROC
+    expected: dict[str, str] = field(default_factory=dict)  # bundled model: OOD set -> one of DIRECTIONS
 
     def create(self, **params) -> "MethodRunner":
         unknown = set(params) - set(self.defaults)
@@ -160,15 +190,25 @@ def needs_graph(runners: list["MethodRunner"]) -> bool:
     return any(r.info.backprop and r.params.get("layer") != "last" for r in runners)
 
 
-def register(name: str, *, title: str, paper: str, year: int, formula: str, kind: str, summary: str = "",
+def register(name: str, *, title: str, paper: str, year: int, formula: str, family: str, link: str,
+             intuition: str, reading: str = "", expected: dict[str, str] | None = None, summary: str = "",
              backprop: bool | None = None, bounds: dict[str, tuple[float | None, float | None]] | None = None):
     """Decorator adding a method function or fitted class to the registry under ``name``.
 
-    ``backprop``: whether the method runs a backward pass (default: its kind is "gradient" or
-    "input-gradient"); closed-form gradient methods pass False.
+    ``family``: "output", "feature" or "gradient" (:data:`FAMILIES`). ``link``: the paper's URL.
+    ``intuition`` / ``reading``: why the score works and how to read its plots (the Learn page and
+    the method pickers show them). ``expected``: what the score does on the bundled model's OOD sets
+    ({"noise-uniform": "higher", "letters": "lower"}, values from :data:`DIRECTIONS`), asserted by
+    the contract tests and measured in docs/RESULTS.md. ``backprop``: whether the method runs a
+    backward pass (default: its family is "gradient"); closed forms pass False, ODIN True.
     ``bounds``: {parameter: (low, high)} inclusive ranges of numeric parameters (None = open end);
     every value given to :meth:`MethodInfo.create` is checked against its type and range.
     """
+    if family not in FAMILIES:
+        raise MethodError(f"{name}: family must be one of {list(FAMILIES)}, got {family!r}")
+    bad = {k: v for k, v in (expected or {}).items() if v not in DIRECTIONS}
+    if bad:
+        raise MethodError(f"{name}: expected directions must be one of {DIRECTIONS}, got {bad}")
 
     def deco(impl):
         target = impl.__init__ if inspect.isclass(impl) else impl
@@ -178,9 +218,10 @@ def register(name: str, *, title: str, paper: str, year: int, formula: str, kind
             if p.default is not inspect.Parameter.empty and k not in ("self",)
         }
         REGISTRY[name] = MethodInfo(
-            name, impl, title, paper, year, formula, kind, needs_fit=inspect.isclass(impl),
+            name, impl, title, paper, year, formula, family, needs_fit=inspect.isclass(impl),
             defaults=defaults, summary=summary or (inspect.getdoc(impl) or "").split("\n")[0],
-            backprop=kind in ("gradient", "input-gradient") if backprop is None else backprop,
+            backprop=family == "gradient" if backprop is None else backprop,
+            link=link, intuition=intuition, reading=reading, expected=dict(expected or {}),
             bounds=_checked_bounds(name, bounds or {}, defaults),
         )
         return impl
@@ -201,9 +242,19 @@ def _ensure_registered() -> None:
 
 
 def list_methods() -> list[MethodInfo]:
-    """Every registered method, in registration order."""
+    """Every registered method: by family (output, feature, gradient), then by year, then registration order."""
     _ensure_registered()
-    return list(REGISTRY.values())
+    rank = {f: i for i, f in enumerate(FAMILIES)}
+    return sorted(REGISTRY.values(), key=lambda m: (rank.get(m.family, len(rank)), m.year))
+
+
+def methods_by_family(names: list[str] | None = None) -> dict[str, list[MethodInfo]]:
+    """{family: its methods} in display order (only ``names`` when given; families without one left out)."""
+    chosen = list_methods() if names is None else resolve_methods(names)
+    groups: dict[str, list[MethodInfo]] = {}
+    for info in sorted(chosen, key=lambda m: list(FAMILIES).index(m.family)):
+        groups.setdefault(info.family, []).append(info)
+    return groups
 
 
 def get_method(name: str) -> MethodInfo:
@@ -217,7 +268,7 @@ def resolve_methods(names: str | list[str] | None) -> list[MethodInfo]:
     """``"all"``/None -> every method; otherwise a comma string or list of names (validated)."""
     _ensure_registered()
     if names is None or names == "all" or names == ["all"]:
-        return list(REGISTRY.values())
+        return list_methods()
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not names:

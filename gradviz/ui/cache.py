@@ -108,7 +108,8 @@ def _progress_bar(text: str) -> tuple[Callable[[int, int, str], None], Callable[
     bar = st.progress(0.0, text=text)
 
     def update(done: int, total: int, label: str) -> None:
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} — {label}: {done}/{total} batches")
+        unit = " methods" if label.startswith("fitting") else " batches"  # scoring.score_dataset reports fits too
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} — {label}: {done}/{total}{unit}")
 
     return update, bar.empty
 
@@ -227,5 +228,25 @@ def get_meta_report(cfg: RunConfig, table: pd.DataFrame, **options):
     def compute():
         with st.spinner("Cross-validating meta classifiers…", show_time=True):
             return meta_report(table, **options)
+
+    return _memoised(key, compute)
+
+
+def get_decomposition(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> pd.DataFrame:
+    """gradviz.decomposition.decomposition_table for the chosen last-layer gradient scores (feature norm ×
+    output factor, per OOD set), memoised per choice: one forward of each set."""
+    from gradviz.decomposition import decomposition_table
+
+    uploads = uploads or {}
+    key = cache_key(kind="decomposition", cfg=cfg.to_json(),
+                    uploads={k: images_digest(v.images) for k, v in uploads.items() if k in cfg.ood})
+
+    def compute() -> pd.DataFrame:
+        with st.spinner("Splitting last-layer gradient scores into feature norm × output factor…"):
+            def data(spec: str) -> ImageSet:
+                return uploads.get(spec) or get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
+
+            return decomposition_table(get_model(cfg.model, cfg.weights), data(cfg.id),
+                                       {spec: data(spec) for spec in cfg.ood}, methods=cfg.method_names())
 
     return _memoised(key, compute)

@@ -76,7 +76,8 @@ def render_sidebar() -> RunConfig:
     widget's state (e.g. between page scripts).
     """
     cur = current_config()
-    all_methods = [m.name for m in list_methods()]
+    all_methods = [m.name for m in list_methods()]  # ordered by family
+    families = {m.name: m.family for m in list_methods()}
     sb = st.sidebar
     sb.header("Controls")
     names = [m.name for m in list_models()]
@@ -103,8 +104,9 @@ def render_sidebar() -> RunConfig:
                                    "this server); a relative path starts at the first of them.")
     if extra.strip() and extra.strip() not in ood:
         ood = [*ood, extra.strip()]
-    methods = sb.multiselect("Methods", all_methods, default=[m for m in cur.method_names() if m in all_methods],
-                             key="gv_methods")
+    methods = sb.multiselect("Methods (by family: output, feature, gradient)", all_methods,
+                             default=[m for m in cur.method_names() if m in all_methods], key="gv_methods",
+                             format_func=lambda m: f"{m} · {families[m]}")
     max_samples = settings().max_samples_web
     limit = sb.slider("Samples per set", 100, max_samples, int(min(max(100, cur.limit or 1000), max_samples)), step=100,
                       key="gv_limit")

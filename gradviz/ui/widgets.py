@@ -16,25 +16,85 @@ HIGHER_BETTER = {"auroc", "aupr_in", "aupr_out", "accuracy"}
 METRIC_COLUMNS = ["auroc", "fpr95", "aupr_in", "aupr_out", "detection_error"]
 
 
-def metrics_dataframe(metrics: pd.DataFrame, key: str | None = None) -> None:
-    """Show a metrics table with the best method per OOD set and column highlighted."""
+def by_family(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The metrics table with a ``family`` column after ``method``, rows ordered by OOD set, then family
+    (output, feature, gradient), then the registry's order."""
+    from gradviz.methods.registry import FAMILIES, REGISTRY, list_methods
+
+    order = {m.name: i for i, m in enumerate(list_methods())}
+    rank = {f: i for i, f in enumerate(FAMILIES)}
+    out = metrics.copy()
+    out.insert(out.columns.get_loc("method") + 1, "family",
+               [REGISTRY[m].family if m in REGISTRY else "" for m in out["method"]])
+    sets = {s: i for i, s in enumerate(dict.fromkeys(out["ood_dataset"]))}
+    key = [(sets[s], rank.get(f, len(rank)), order.get(m, len(order)))
+           for s, f, m in zip(out["ood_dataset"], out["family"], out["method"])]
+    return out.iloc[sorted(range(len(out)), key=key.__getitem__)].reset_index(drop=True)
+
+
+def best_cells(frame: pd.DataFrame, cols: list[str], per_family: bool = False) -> pd.DataFrame:
+    """True at the best value of each column per OOD set (and per family with ``per_family``)."""
+    mask = pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    groups = ["ood_dataset", "family"] if per_family and "family" in frame.columns else ["ood_dataset"]
+    for _, part in frame.groupby(groups, sort=False):
+        for c in cols:
+            vals = part[c].astype(float)
+            if vals.notna().any():
+                best = vals.max() if c in HIGHER_BETTER else vals.min()
+                mask.loc[part.index[vals == best], c] = True
+    return mask
+
+
+def metrics_dataframe(metrics: pd.DataFrame, key: str | None = None, per_family: bool = False) -> None:
+    """Show a metrics table grouped by method family, with the best method per OOD set and column highlighted
+    (per OOD set and family with ``per_family``)."""
     if metrics is None or len(metrics) == 0:
         st.info("Choose at least one OOD set in the sidebar to see detection metrics.")
         return
-    cols = [c for c in METRIC_COLUMNS if c in metrics.columns]
+    table = by_family(metrics)
+    cols = [c for c in METRIC_COLUMNS if c in table.columns]
+    mask = best_cells(table, cols, per_family)
 
     def highlight(frame: pd.DataFrame) -> pd.DataFrame:
-        styles = pd.DataFrame("", index=frame.index, columns=frame.columns)
-        for _, part in frame.groupby("ood_dataset", sort=False):
-            for c in cols:
-                vals = part[c].astype(float)
-                if vals.notna().any():
-                    best = vals.idxmax() if c in HIGHER_BETTER else vals.idxmin()
-                    styles.loc[best, c] = "background-color: #c7e9c0; font-weight: bold"
-        return styles
+        return mask.map(lambda best: "background-color: #c7e9c0; font-weight: bold" if best else "")
 
-    styled = metrics.style.apply(highlight, axis=None).format({c: "{:.3f}" for c in cols})
+    styled = table.style.apply(highlight, axis=None).format({c: "{:.3f}" for c in cols})
     st.dataframe(styled, hide_index=True, width="stretch", key=key)
+
+
+def method_label(name: str) -> str:
+    """How a method reads in a picker: name — title · family."""
+    from gradviz.methods.registry import get_method
+
+    info = get_method(name)
+    return f"{name} — {info.title} · {info.family}"
+
+
+def method_caption(metrics: pd.DataFrame, method: str) -> str:
+    """One line: the method's AUROC / FPR95 per OOD set (and its two factors if it is a last-layer gradient)."""
+    from gradviz.methods.exgrad import LAST_LAYER_SCORES
+
+    rows = metrics[metrics["method"] == method]
+    factors = LAST_LAYER_SCORES.get(method)
+    return (f"**{method}** — AUROC ↑ / FPR95 ↓ per OOD set: "
+            + " · ".join(f"`{r.ood_dataset}` {r.auroc:.3f} / {r.fpr95:.3f}" for r in rows.itertuples())
+            + (f" · a last-layer gradient = {factors.feature} × {factors.output} (how much of it is feature norm: "
+               "metrics tab)" if factors else ""))
+
+
+def decomposition(cfg, uploads: dict | None, key: str) -> None:
+    """The feature-norm × output-factor table of the chosen last-layer gradient scores (nothing if none is chosen)."""
+    from gradviz.methods.exgrad import LAST_LAYER_SCORES
+    from gradviz.ui.cache import get_decomposition
+
+    if not any(m in LAST_LAYER_SCORES for m in cfg.method_names()) or not cfg.ood:
+        return
+    st.markdown("**Last-layer gradient scores = feature norm × output factor** (Igoe et al. 2022): AUROC of the "
+                "score and of each factor alone; where the feature factor alone does as well, the gradient adds "
+                "nothing. `spearman_with_feature` ±1: the score ranks samples like the feature norm.")
+    table = get_decomposition(cfg, uploads)
+    st.dataframe(table, hide_index=True, width="stretch", key=key, column_config={
+        c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if c.startswith(("auroc", "spearman"))})
 
 
 def download_figure(fig: go.Figure, name: str, key: str) -> None:

@@ -71,6 +71,9 @@ def test_meta_page_reports_feature_sets_and_ood_settings(monkeypatch, tmp_path):
     assert len(at.get("plotly_chart")) == 3  # bars, ROC, importances
     at.radio(key="mc_task").set_value("ood").run()
     _ok(at)
+    density = at.dataframe[0].value.query("model == 'density'")  # the unsupervised twin, beside the classifiers
+    assert len(density) and set(density["feature_set"]) == {"gradient norms"}
+    assert density["auroc"].between(0, 1).all()
     at.multiselect(key="mc_known").set_value(["noise-uniform"]).run()
     _ok(at)
     assert at.radio(key="mc_setting").options == ["unknown", "known"]
@@ -108,8 +111,11 @@ def test_learn_page_explains_every_registered_method(monkeypatch, tmp_path):
     assert len(at.main.expander) == len(infos)
     assert len(at.main.latex) == len(infos)
     text = " ".join(m.value for m in at.markdown)
-    for arxiv in ("1805.08440", "2008.08030", "2311.09620", "2110.00218", "1706.02690", "1807.03888", "2010.03759",
-                  "1610.02136"):
+    for info in infos:  # every paper link comes from the registry
+        assert info.link in text and info.intuition in text
+    for arxiv in ("1805.08440", "2008.08030", "2311.09620", "2110.00218", "2205.10439", "2204.06507"):
         assert arxiv in text
+    assert [h.value.split(" ")[0] for h in at.subheader] == ["Output", "Feature", "Gradient"]
+    assert "scores BELOW the digits (reversed)" in text  # the declared reversals are taught, not hidden
     assert "docs/RESULTS.md" in text
     assert "not uniformly better" in text

@@ -40,7 +40,9 @@ def test_compare_page_runs_only_the_open_tab(app):
     assert [t.label for t in app.tabs] == ["Score distributions", "ROC & precision-recall", "Detection metrics & exports"]
     charts = app.get("plotly_chart")
     assert len(charts) == 1 and "uncertainty by dataset" in _title(charts[0])  # the histogram; no ROC drawn yet
-    assert app.selectbox(key="cmp_method").options[0].startswith("msp")
+    assert app.selectbox(key="cmp_method").options[0].startswith("msp")  # by family: output first
+    last = app.selectbox(key="cmp_method").options[-1]
+    assert last.startswith("gradnorm") and last.endswith("· gradient")
     assert "AUROC" in app.caption[1].value and "`letters`" in app.caption[1].value  # the method's metrics in one line
     assert len(app.dataframe) == 2  # counts, flips
     _open_tab(app, "ROC & precision-recall")
@@ -51,8 +53,13 @@ def test_compare_page_runs_only_the_open_tab(app):
     _open_tab(app, "Detection metrics & exports")
     assert len(app.get("plotly_chart")) == 0
     frames = app.dataframe
-    assert len(frames) == 1 and "auroc" in [str(c) for c in frames[0].value.columns]
-    assert len(frames[0].value) == 2 * len(METHODS)
+    assert len(frames) == 2 and "auroc" in [str(c) for c in frames[0].value.columns]
+    metrics = frames[0].value
+    assert len(metrics) == 2 * len(METHODS)
+    assert list(metrics["family"][:3]) == ["output", "output", "gradient"]  # grouped by family per OOD set
+    decomposition = frames[1].value  # gradnorm is a last-layer gradient: feature norm × output factor
+    assert set(decomposition["method"]) == {"gradnorm"} and len(decomposition) == 2
+    assert decomposition[["auroc", "auroc_feature_only", "auroc_output_only"]].stack().between(0, 1).all()
     assert not app.error
 
 

@@ -39,3 +39,22 @@ def test_home_page_follows_sidebar_ood_choice(monkeypatch, tmp_path):
     metrics = at.dataframe[0].value
     assert list(metrics["ood_dataset"].unique()) == ["letters"]
     assert "mnist (ID) vs letters" in at.subheader[0].value
+
+
+def test_home_table_is_grouped_by_family_and_marks_the_best_of_each(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from gradviz.ui.widgets import best_cells, by_family
+
+    at = _home(monkeypatch, tmp_path, gv_methods=["gradnorm", "msp", "mahalanobis"], gv_ood=["letters"])
+    metrics = at.dataframe[0].value
+    assert list(metrics["method"]) == ["msp", "mahalanobis", "gradnorm"]  # output, feature, gradient
+    assert list(metrics["family"]) == ["output", "feature", "gradient"]
+    # the best of EACH family is marked (per OOD set), not only the overall best
+    table = by_family(pd.DataFrame({"ood_dataset": ["a"] * 4, "method": ["energy", "msp", "knn", "gradnorm"],
+                                    "auroc": [0.7, 0.9, 0.8, 0.6], "fpr95": [0.5, 0.3, 0.2, 0.9]}))
+    per_family = best_cells(table, ["auroc", "fpr95"], per_family=True)
+    marked = dict(zip(table["method"], zip(per_family["auroc"], per_family["fpr95"])))
+    assert marked == {"msp": (True, True), "energy": (False, False), "knn": (True, True), "gradnorm": (True, True)}
+    overall = best_cells(table, ["auroc", "fpr95"])
+    assert list(table["method"][overall["auroc"]]) == ["msp"] and list(table["method"][overall["fpr95"]]) == ["knn"]

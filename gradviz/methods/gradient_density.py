@@ -1,0 +1,110 @@
+"""Layerwise gradient-norm density — after Dauncey, Holmes, Williams & Falck, "Approximations to the
+Fisher Information Metric of Deep Generative Models for Out-Of-Distribution Detection", TMLR 2024
+(arXiv 2403.01485).
+
+Per sample, the squared L2 norm of the gradient of a loss with respect to every parametrised layer,
+n_l = ‖∇_{θ_l} ℓ‖² (the engine's :func:`gradviz.gradients.layer_sq_l2_norms`, one batched
+backward), taken in logs, v = [log n_1, …, log n_L]. A Gaussian N(μ, Σ) is fitted to v over the
+ID training set — no labels, no OOD data — and the uncertainty is the negative log density:
+
+    u(x) = −log N(v(x); μ, Σ) = ½ (v − μ)ᵀ Σ⁻¹ (v − μ) + ½ log det(2πΣ)
+
+Dauncey et al. find layerwise log gradient norms of a likelihood close to Gaussian on ID data and
+score their deviation; here the loss is the classifier's own-prediction likelihood −log p_ŷ
+(``loss="nll_pred"``, the Fisher view of Oberdiek et al.'s metrics) or the confounding label
+(``"confounding_sigmoid"``). Two-sided: gradients that are too SMALL (an overconfident input) are as
+atypical as too large ones — which is what the one-sided gradient scores miss. It is the
+unsupervised twin of the meta classifier (the Meta classifier page shows both). Σ is estimated with
+Ledoit-Wolf shrinkage; norms are floored at float32's smallest normal number before the log.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gradviz.errors import MethodError
+from gradviz.gradients import LOSSES, layer_sq_l2_norms
+from gradviz.methods._fitting import precision_of, require_fitted
+from gradviz.methods.registry import ModelOutputs, register
+from gradviz.models import GradvizModel
+
+FLOOR = float(torch.finfo(torch.float32).tiny)
+
+
+def log_layer_norms(batch: ModelOutputs, loss: str = "nll_pred") -> torch.Tensor:
+    """v = log ‖∇θ_l ℓ‖² per layer, (B, L) float64; one backward on the batch's shared forward (memoised)."""
+    if loss not in LOSSES:
+        raise MethodError(f"gradient_density: loss must be one of {sorted(LOSSES)}, got {loss!r}")
+
+    def compute() -> tuple[list[str], torch.Tensor]:
+        gp = batch.gradient_pass()
+        return gp.sq_l2_norms(loss=loss) if gp is not None else layer_sq_l2_norms(batch.model, batch.x, loss=loss)
+
+    _, norms = batch.memo(("layer_sq_l2", loss), compute)
+    return norms.detach().double().cpu().clamp_min(FLOOR).log()
+
+
+class GaussianDensity:
+    """A full-covariance Gaussian on rows of a matrix: ``fit(v)``, ``neg_log_density(v)``."""
+
+    def fit(self, v: np.ndarray) -> "GaussianDensity":
+        v = np.asarray(v, dtype=np.float64)
+        self.mean_ = v.mean(0)
+        self.precision_ = precision_of(v - self.mean_, "ledoit-wolf")
+        sign, logdet = np.linalg.slogdet(self.precision_)
+        if sign <= 0:
+            raise MethodError("gradient_density: the fitted covariance is not positive definite")
+        self.log_norm_ = 0.5 * (v.shape[1] * np.log(2 * np.pi) - logdet)  # ½ log det(2πΣ)
+        return self
+
+    def neg_log_density(self, v) -> np.ndarray:
+        d = np.asarray(v, dtype=np.float64) - self.mean_
+        return 0.5 * np.einsum("bi,ij,bj->b", d, self.precision_, d) + self.log_norm_
+
+
+@register("gradient_density", title="Layerwise gradient-norm density", paper="after Dauncey et al., TMLR 2024",
+          year=2024,
+          formula=r"u(x) = -\log \mathcal{N}\big(v(x);\, \mu, \Sigma\big),\; "
+                  r"v_l = \log \lVert \nabla_{\theta_l} (-\log p_{\hat y}) \rVert_2^2",
+          family="gradient", link="https://arxiv.org/abs/2403.01485",
+          intuition="Each layer's gradient norm is one number; together they form a 'fingerprint' of how the "
+                    "network reacts to an input. Fit a Gaussian to the fingerprints (in logs) of training images, "
+                    "then ask how typical a new fingerprint is. Too-small gradients (overconfidence) are as "
+                    "suspicious as too-large ones.",
+          reading="The unsupervised twin of the meta classifier: no labels, no OOD data. See the Meta classifier "
+                  "page for both side by side, and Layer profiles for the per-layer norms it reads.",
+          expected={"noise-uniform": "higher", "letters": "higher"})
+class GradientDensity:
+    """−log density of the per-layer log gradient norms under a Gaussian fitted on ID training data."""
+
+    def __init__(self, loss: str = "nll_pred", fit_samples: int = 1000, seed: int = 0) -> None:
+        if loss not in LOSSES:
+            raise MethodError(f"gradient_density: loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        if int(fit_samples) < 2:
+            raise MethodError(f"gradient_density: fit_samples must be >= 2, got {fit_samples}")
+        self.loss, self.fit_samples, self.seed = loss, int(fit_samples), int(seed)
+        self.density_: GaussianDensity | None = None
+
+    def fit(self, model: GradvizModel, images: torch.Tensor, labels=None) -> "GradientDensity":
+        """The Gaussian of the log layer norms of (a seeded subset of ``fit_samples`` of) the ID training
+        ``images`` (labels unused): a Gaussian in L dimensions needs far fewer than the 4,000 digits, and
+        each image costs a backward."""
+        n = int(images.shape[0])
+        if n > self.fit_samples:
+            images = images[np.sort(np.random.default_rng(self.seed).choice(n, self.fit_samples, replace=False))]
+        parts = [layer_sq_l2_norms(model, images[i:i + 256].to(model.device), loss=self.loss)[1]
+                 for i in range(0, int(images.shape[0]), 256)]
+        v = torch.cat(parts).double().cpu().clamp_min(FLOOR).log().numpy()
+        if v.shape[0] < 2:
+            raise MethodError("gradient_density needs at least 2 ID training images to fit")
+        self.density_ = GaussianDensity().fit(v)
+        return self
+
+    def score(self, batch: ModelOutputs) -> torch.Tensor:
+        """−log N(v(x); μ, Σ), (B,)."""
+        require_fitted("gradient_density", self.density_)
+        v = log_layer_norms(batch, self.loss).numpy()
+        if v.shape[1] != self.density_.mean_.shape[0]:
+            raise MethodError(f"gradient_density was fitted on {self.density_.mean_.shape[0]} layers, got {v.shape[1]}")
+        return torch.from_numpy(self.density_.neg_log_density(v)).float()
