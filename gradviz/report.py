@@ -13,18 +13,21 @@ import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from gradviz.analysis import severity_metrics, severity_scores
+from gradviz.data import load_dataset
 from gradviz.data.corruptions import list_corruptions
 from gradviz.errors import GradvizError
-from gradviz.methods.registry import resolve_methods
 from gradviz.models import GradvizModel, load_model
-from gradviz.scoring import RunConfig, layer_table, run, score_dataset
+from gradviz.scoring import RunConfig, layer_table, run
 from gradviz.store import ResultStore
+from gradviz.tables import join_layers, join_samples
 
 Progress = Callable[[int, int, str], None]
 OOD_SETS = ["letters", "noise-uniform", "noise-gaussian"]
@@ -75,50 +78,39 @@ def ood_section(model: GradvizModel, cfg: ReportConfig, store: ResultStore | Non
 
 
 def corruption_section(model: GradvizModel, cfg: ReportConfig, store: ResultStore | None, progress: Progress | None):
-    """Clean ID vs corrupted ID: AUROC per (corruption, severity, method), both confounding readings."""
-    from gradviz.data import load_dataset
-    from gradviz.metrics import summary
+    """Clean ID vs corrupted ID: AUROC per (corruption, severity, method), both confounding readings.
 
+    The Corruption lab's sweep (:func:`gradviz.analysis.severity_scores`) per corruption, the clean set scored
+    once; the softmax reading of the confounding label is a second sweep of ``confounding``, joined by sample."""
     base = [m for m in CORRUPTION_METHODS if m != "confounding_softmax"]
-    infos = resolve_methods(base)
-    conf = resolve_methods(["confounding"])
-
-    def scores_of(spec: str, role: str) -> pd.DataFrame:
-        data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
-        frame = score_dataset(model, data, role, infos, store=store, progress=progress, seed=cfg.seed)
-        soft = score_dataset(model, data, role, conf, params={"confounding": {"reading": "softmax"}}, store=store,
-                             seed=cfg.seed)
-        frame["confounding_softmax"] = soft["confounding"].to_numpy()
-        return frame
-
-    clean = scores_of("mnist", "id")
-    rows = []
+    softmax = {"confounding": {"reading": "softmax"}}
+    load = lru_cache(maxsize=None)(lambda spec: load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed))
+    common = dict(severities=cfg.severities, seed=cfg.seed, store=store, loader=load)
+    clean = soft_clean = None
+    tables = []
     for name in cfg.corruptions:
-        for s in cfg.severities:
-            part = scores_of(f"corrupt:{name}:{s}", "ood")
-            for m in CORRUPTION_METHODS:
-                rows.append({"corruption": name, "severity": s, "method": m, "auroc": summary(clean[m], part[m])["auroc"]})
-    return pd.DataFrame(rows)
+        scores = severity_scores(model, name, base, progress=progress, clean=clean, **common)
+        soft = severity_scores(model, name, ["confounding"], params=softmax, clean=soft_clean, **common)
+        clean = scores[scores["severity"] == 0].drop(columns="severity")
+        soft_clean = soft[soft["severity"] == 0].drop(columns="severity")
+        reading = soft[["dataset", "role", "index", "confounding"]].rename(columns={"confounding": "confounding_softmax"})
+        metrics = severity_metrics(join_samples(scores, reading), CORRUPTION_METHODS)
+        tables.append(metrics[["severity", "method", "auroc"]].assign(corruption=name))
+    return pd.concat(tables, ignore_index=True)[["corruption", "severity", "method", "auroc"]]
 
 
 def meta_section(model: GradvizModel, cfg: ReportConfig, scores: pd.DataFrame, store: ResultStore | None,
                  progress: Progress | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Oberdiek et al.: correct-vs-incorrect and ID-vs-OOD (unknown and known-unknowns settings)."""
-    from gradviz.data import load_dataset
     from gradviz.meta import meta_report
 
     specs = ["mnist", *OOD_SETS, "corrupt:fog:5"]
     extra = run(RunConfig(model=cfg.model, id="mnist", ood=["corrupt:fog:5"], methods=["entropy", "msp"],
                           limit=cfg.limit, seed=cfg.seed), store=store, model=model).scores
     base = pd.concat([scores[scores["dataset"].isin(specs)], extra[extra["dataset"] == "corrupt:fog:5"]], ignore_index=True)
-    layers = []
-    for spec in specs:
-        data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
-        t = layer_table(model, data, store=store, progress=progress)
-        t.columns = [f"{layer}/{stat}" for layer, stat in t.columns]
-        layers.append(t.reset_index(drop=True))
-    table = pd.concat([base[["dataset", "role", "index", "label", "prediction", "correct", "entropy", "msp"]].reset_index(drop=True),
-                       pd.concat(layers, ignore_index=True)], axis=1)
+    layers = pd.concat([layer_table(model, load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed), store=store,
+                                    progress=progress) for spec in specs])
+    table = join_layers(base[["dataset", "role", "index", "label", "prediction", "correct", "entropy", "msp"]], layers)
     correct = meta_report(table[table["role"] == "id"], task="correct", model=["logistic", "boosting"], seed=cfg.seed)
     ood = meta_report(table, task="ood", known_ood=list(cfg.known_ood), model="logistic", seed=cfg.seed)
     keep = ["setting", "feature_set", "model", "evaluation", "auroc", "accuracy", "n", "n_positive"]

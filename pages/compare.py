@@ -5,10 +5,11 @@ from dataclasses import replace
 
 import streamlit as st
 
-from gradviz import inspect as gi
+from gradviz import samples as gi
 from gradviz import plots
 from gradviz.errors import GradvizError
 from gradviz.methods.registry import get_method
+from gradviz.metrics import threshold_at_tpr
 from gradviz.ui.cache import get_result, images_of_rows, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.uploads import UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports, show_upload_errors
@@ -62,7 +63,7 @@ def distributions() -> None:
         st.caption(f"**{method}** — AUROC ↑ / FPR95 ↓ per OOD set: " + " · ".join(
             f"`{r.ood_dataset}` {r.auroc:.3f} / {r.fpr95:.3f}" for r in rows.itertuples()))
     try:
-        default_thr = gi.threshold_at_tpr(scores.loc[scores["role"] == "id", method])
+        default_thr = threshold_at_tpr(scores.loc[scores["role"] == "id", method])
     except GradvizError:  # every ID score NaN/inf: nothing to threshold or plot
         st.warning(f"**{method}** gave no finite score on the ID set, so it cannot be shown here. Check its parameters "
                    "(sidebar → Method parameters) or the model's weights, or pick another method.")
