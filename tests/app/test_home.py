@@ -6,6 +6,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from gradviz.ui.pages import PAGES
+
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
@@ -30,7 +32,7 @@ def test_home_page_shows_metrics_and_histogram(monkeypatch, tmp_path):
     assert set(metrics["method"]) == {"msp", "energy"}
     assert metrics["auroc"].between(0, 1).all()
     assert len(at.get("plotly_chart")) == 1
-    assert len(at.get("page_link")) == 6
+    assert len(at.get("page_link")) == len(PAGES) - 1  # every page but Home itself
 
 
 def test_home_page_follows_sidebar_ood_choice(monkeypatch, tmp_path):
@@ -39,3 +41,13 @@ def test_home_page_follows_sidebar_ood_choice(monkeypatch, tmp_path):
     metrics = at.dataframe[0].value
     assert list(metrics["ood_dataset"].unique()) == ["letters"]
     assert "mnist (ID) vs letters" in at.subheader[0].value
+
+
+def test_home_links_and_navigation_come_from_the_page_registry(monkeypatch, tmp_path):
+    at = _home(monkeypatch, tmp_path)
+    links = [(link.proto.label, link.proto.icon, link.proto.help) for link in at.get("page_link")]
+    expected = [(p.title, p.icon, p.description) for p in PAGES if not p.default]
+    assert sorted(links) == sorted(expected)
+    root = Path(APP).parent
+    assert all((root / p.path).is_file() for p in PAGES) and sum(p.default for p in PAGES) == 1
+    assert len({p.key for p in PAGES}) == len(PAGES)  # keys name pages in the browser tests
