@@ -84,7 +84,9 @@ def corruption_section(model: GradvizModel, cfg: ReportConfig, store: ResultStor
     once; the softmax reading of the confounding label is a second sweep of ``confounding``, joined by sample."""
     base = [m for m in CORRUPTION_METHODS if m != "confounding_softmax"]
     softmax = {"confounding": {"reading": "softmax"}}
-    load = lru_cache(maxsize=None)(lambda spec: load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed))
+    # both sweeps of a corruption read the same sets: keep that corruption's (and the clean set) loaded, no more
+    load = lru_cache(maxsize=len(cfg.severities) + 1)(lambda spec: load_dataset(spec, model.card, limit=cfg.limit,
+                                                                               seed=cfg.seed))
     common = dict(severities=cfg.severities, seed=cfg.seed, store=store, loader=load)
     clean = soft_clean = None
     tables = []
