@@ -1,23 +1,15 @@
-"""gradviz dashboard: the frame (page config, shared sidebar, navigation). Run: streamlit run app.py"""
+"""gradviz dashboard: the frame (page config, shared sidebar, navigation). Run: streamlit run app.py
+
+The pages are listed once, in gradviz/ui/pages.py (PAGES): add a page there, not here."""
 
 import streamlit as st
 
 st.set_page_config(page_title="gradviz — gradient-based uncertainty", page_icon=":material/insights:", layout="wide")
 
-from gradviz.ui.sidebar import frame, render_sidebar  # noqa: E402  (after set_page_config)
+from gradviz.ui.pages import navigation  # noqa: E402  (after set_page_config)
+from gradviz.ui.sidebar import frame, render_sidebar  # noqa: E402
 
-PAGES = [
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/compare.py", title="Compare distributions", icon=":material/bar_chart:"),
-    st.Page("pages/inspect.py", title="Inspect a sample", icon=":material/search:"),
-    st.Page("pages/playground.py", title="Playground", icon=":material/draw:"),
-    st.Page("pages/layers.py", title="Layer profiles", icon=":material/layers:"),
-    st.Page("pages/meta.py", title="Meta classifier", icon=":material/calculate:"),
-    st.Page("pages/corruptions.py", title="Corruption lab", icon=":material/blur_on:"),
-    st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
-]
-
-nav = st.navigation(PAGES)
+nav = st.navigation(navigation())
 st.session_state["gv_framed"] = True
 render_sidebar()
 with frame():

@@ -1,11 +1,13 @@
 """Multi-session load test of the dashboard: N concurrent headless-browser sessions against one server.
 
-Half the sessions run the Compare flow (read every view's data: histogram, strip, ROC curves, metrics table), half the Inspect flow (upload a distinct
+Half the sessions run the Compare flow (read every view's data: histogram, strip, ROC curves, the metrics table
+downloaded three times as metrics.csv), half the Inspect flow (upload a distinct
 image each, read the prediction). Reports errors, per-session latency (p50/p95), the server's peak RSS
 (VmHWM of the streamlit process and its children), whether every Compare table equals a single-session
 run, and whether any session ever showed another session's upload.
 
     .venv/bin/python benchmarks/load_test.py --sessions 8 [--samples 100] [--write]
+    .venv/bin/python benchmarks/load_test.py --download-race   # metrics.csv downloads while other sessions rerun
 
 ``--write`` appends the table to docs/PERFORMANCE.md under "Load test". Needs /usr/bin/chromium.
 The helpers here (server, browser, flows) are shared by tests/browser and benchmarks/dashboard_timing.py.
@@ -30,14 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from gradviz.ui.pages import PAGES as _PAGES  # noqa: E402  (the page registry)
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1280, "height": 900}
-# Sidebar labels of the pages (st.navigation titles) and whether the page draws plotly charts.
-PAGES = {"home": ("Home", True), "compare": ("Compare distributions", True), "inspect": ("Inspect a sample", True),
-         "layers": ("Layer profiles", True), "meta": ("Meta classifier", True), "corruptions": ("Corruption lab", True),
-         "learn": ("Learn", False)}
+# Sidebar labels of the pages (st.navigation titles) and whether the page draws plotly charts, by page key.
+PAGES = {p.key: (p.title, p.charts) for p in _PAGES}
 APP_STATE = '[data-testid="stApp"]'
 
 
@@ -237,7 +241,10 @@ async def compare_flow(browser, base_url: str, limit: int | None, timeout: float
         parts.append(await stable_fingerprint(page, minimum=1, differs_from=parts[1]))
         await page.get_by_role("tab", name="Detection metrics & exports").click()
         await wait_idle(page, timeout)
-        parts.append(await metrics_text(page))
+        downloads = [await metrics_text(page) for _ in range(3)]  # while other sessions finish runs (and sweep files)
+        if len(set(downloads)) != 1 or not downloads[0].strip():
+            raise RuntimeError(f"metrics.csv downloads differ or are empty: {[len(d) for d in downloads]} chars")
+        parts.append(downloads[0])
         return {"metrics": "\n".join(parts), "exceptions": await exceptions(page)}
     finally:
         await context.close()
@@ -377,6 +384,56 @@ async def run_load(base_url: str, sessions: int = 8, limit: int | None = None, t
     return res
 
 
+async def download_race(base_url: str, downloads: int = 30, churners: int = 4, timeout: float = 300.0) -> dict:
+    """One session downloads Compare's metrics.csv ``downloads`` times while ``churners`` other sessions keep
+    finishing script runs (each run's end sweeps files no session references). -> counts of outcomes."""
+    from collections import Counter
+
+    from playwright.async_api import async_playwright
+
+    async def churn(browser, stop: asyncio.Event, runs: list) -> None:
+        context, page = await open_app(browser, base_url, None, timeout)
+        try:
+            await goto_page(page, PAGES["learn"][0])
+            await wait_idle(page, timeout)
+            seed = page.locator('[data-testid="stSidebar"] [data-testid="stNumberInput"] input').first
+            while not stop.is_set():
+                await seed.fill(str(len(runs) % 50))
+                await seed.press("Enter")
+                runs.append(1)
+                await asyncio.sleep(0.15)
+        finally:
+            await context.close()
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context, page = await open_app(browser, base_url, None, timeout)
+            await goto_page(page, PAGES["compare"][0])
+            tab = page.get_by_role("tab", name="Detection metrics & exports")
+            await tab.wait_for(timeout=timeout * 1000)
+            await tab.click()
+            await wait_idle(page, timeout)
+            reference = await metrics_text(page)
+            stop, runs = asyncio.Event(), []
+            tasks = [asyncio.create_task(churn(browser, stop, runs)) for _ in range(churners)]
+            await asyncio.sleep(15)  # the other sessions are up and rerunning
+            outcomes = Counter()
+            for _ in range(downloads):
+                try:
+                    text = await metrics_text(page, timeout=30)
+                    outcomes["complete" if text == reference else "different"] += 1
+                except Exception as exc:  # noqa: BLE001  (a cancelled download: counted)
+                    outcomes[f"failed ({str(exc).splitlines()[0][:40]})"] += 1
+                await asyncio.sleep(0.3)
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await context.close()
+        finally:
+            await browser.close()
+    return {"outcomes": dict(outcomes), "other_runs": len(runs), "reference_chars": len(reference)}
+
+
 def first_difference(a: str, b: str) -> str:
     """The first differing line of two texts (for the report)."""
     k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -401,11 +458,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=100, help="sidebar 'Samples per set' (multiple of 100)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--write", action="store_true", help="append to docs/PERFORMANCE.md under 'Load test'")
+    ap.add_argument("--download-race", action="store_true",
+                    help="instead: one session downloads metrics.csv 30 times while 4 sessions keep rerunning")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup (stop servers) when killed
     if not Path(CHROMIUM).exists():
         print(f"{CHROMIUM} not found (apt-get install chromium)", file=sys.stderr)
         return 2
+    if args.download_race:
+        with tempfile.TemporaryDirectory(prefix="gv-load-") as tmp, StreamlitServer(tmp) as server:
+            server.wait_healthy()
+            race = asyncio.run(download_race(server.url, timeout=args.timeout))
+        print(f"metrics.csv downloads while 4 other sessions reran {race['other_runs']} times: {race['outcomes']}")
+        return 0 if set(race["outcomes"]) == {"complete"} else 1
     with tempfile.TemporaryDirectory(prefix="gv-load-") as tmp, StreamlitServer(tmp) as server:
         server.wait_healthy()
         load_before = load_average()

@@ -1,6 +1,7 @@
-"""Analyses behind the dashboard's study pages: corruption severity sweeps (Lee & AlRegib 2020),
-the meta-classifier feature table (Oberdiek et al. 2018) and best-layer call-outs. (Each method's teaching
-text lives in its registration: gradviz.methods.registry.)
+"""Analyses behind the dashboard's study pages: the corruption severity sweep (Lee & AlRegib 2020)
+that the Corruption lab and ``python -m gradviz report`` share, best-layer call-outs and meta-classifier
+result views (Oberdiek et al. 2018). (Each method's teaching text lives in its registration:
+gradviz.methods.registry.)
 
 Everything here is plain pandas/NumPy/torch (no Streamlit) so the pages stay thin and the
 CLI or a notebook can call the same functions.
@@ -21,7 +22,7 @@ from gradviz.store import ResultStore
 
 __all__ = [
     "SEVERITIES", "corruption_spec", "severity_scores", "severity_metrics", "severity_sweep", "severity_examples",
-    "meta_table", "flat_layer_table", "log_scale_ok", "aligned_column", "best_layer_stat", "meta_curves", "meta_bar_frame",
+    "log_scale_ok", "best_layer_stat", "meta_curves", "meta_bar_frame",
 ]
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -36,15 +37,16 @@ def corruption_spec(name: str, severity: int) -> str:
 
 
 def severity_scores(model: GradvizModel, corruption: str, methods: list[str] | str, *, id_spec: str = "mnist",
-                    limit: int | None = 500, seed: int = 0, params: dict[str, dict] | None = None,
-                    fit_set: str = "mnist:train", batch_size: int = 256, store: ResultStore | None = None,
-                    progress: Progress | None = None,
-                    loader: Callable[[str], ImageSet] | None = None) -> pd.DataFrame:
-    """Scores of the clean ID set (severity 0) and the corrupted copies at severities 1–5.
+                    severities: tuple[int, ...] = SEVERITIES, limit: int | None = 500, seed: int = 0,
+                    params: dict[str, dict] | None = None, fit_set: str = "mnist:train", batch_size: int = 256,
+                    store: ResultStore | None = None, progress: Progress | None = None,
+                    loader: Callable[[str], ImageSet] | None = None, clean: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Scores of the clean ID set (severity 0) and its corrupted copies at ``severities`` (default 1–5).
 
     One row per sample, the columns of :func:`gradviz.scoring.score_dataset` plus ``severity``.
     Each set goes through the results ``store`` per method, so repeated sweeps only load data.
-    ``loader(spec)`` may supply already-loaded sets (the dashboard's shared dataset cache).
+    ``loader(spec)`` may supply already-loaded sets (the dashboard's shared dataset cache);
+    ``clean`` the clean set's scores already computed (a sweep over several corruptions scores it once).
     """
     from gradviz.scoring import score_dataset
 
@@ -52,13 +54,13 @@ def severity_scores(model: GradvizModel, corruption: str, methods: list[str] | s
     if not infos:
         raise GradvizError("choose at least one method for the severity sweep")
     load = loader or (lambda spec: load_dataset(spec, model.card, limit=limit, seed=seed))
-    frames = []
-    for severity in (0, *SEVERITIES):
-        spec = id_spec if severity == 0 else corruption_spec(corruption, severity)
-        frame = score_dataset(model, load(spec), "id" if severity == 0 else "ood", infos, params=params,
-                              fit_set=fit_set, seed=seed, batch_size=batch_size, store=store, progress=progress)
-        frame["severity"] = severity
-        frames.append(frame)
+
+    def scores(spec: str, role: str) -> pd.DataFrame:
+        return score_dataset(model, load(spec), role, infos, params=params, fit_set=fit_set, seed=seed,
+                             batch_size=batch_size, store=store, progress=progress)
+
+    frames = [(scores(id_spec, "id") if clean is None else clean).assign(severity=0)]
+    frames += [scores(corruption_spec(corruption, s), "ood").assign(severity=int(s)) for s in severities]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -99,41 +101,10 @@ def severity_examples(sets: dict[int, ImageSet], index: int = 0) -> tuple[list, 
     return images, titles
 
 
-def meta_table(scores: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
-    """The scores table joined with the layer table on (dataset, index): one row per sample.
-
-    Layer columns are flattened to ``"<layer>/<stat>"`` (the meta classifier's gradient features).
-    Samples missing from either table are dropped (an inner join keeps rows aligned).
-    """
-    flat = flat_layer_table(layers)
-    clash = (set(flat.columns) & set(scores.columns)) - {"dataset", "index"}
-    if clash:
-        raise GradvizError(f"score and layer tables share column names {sorted(clash)}")
-    return scores.merge(flat, on=["dataset", "index"], how="inner", validate="one_to_one")
-
-
-def flat_layer_table(layers: pd.DataFrame) -> pd.DataFrame:
-    """The layer table with ``"<layer>/<stat>"`` columns and (dataset, index) as ordinary columns (CSV-ready)."""
-    if not isinstance(layers.columns, pd.MultiIndex):
-        raise GradvizError("layer table must have (layer, stat) columns, as gradviz.scoring.layer_table returns")
-    flat = layers.copy()
-    flat.columns = [f"{layer}/{stat}" for layer, stat in flat.columns]
-    return flat.reset_index()
-
-
 def log_scale_ok(bands: pd.DataFrame) -> bool:
     """True when every band value is positive, so a log axis can show it (min/mean statistics can be ≤ 0)."""
     values = bands[["q05", "q50", "q95"]].to_numpy(dtype=float)
     return bool(np.isfinite(values).all() and (values > 0).all())
-
-
-def aligned_column(scores: pd.DataFrame, index: pd.MultiIndex, column: str) -> np.ndarray:
-    """``scores[column]`` reordered to a (dataset, index) MultiIndex (e.g. a layer table's rows); NaN where absent."""
-    if column not in scores.columns:
-        raise GradvizError(f"the scores table has no {column!r} column")
-    series = scores.set_index(["dataset", "index"])[column]
-    series = series[~series.index.duplicated()]
-    return series.reindex(index).to_numpy(dtype=float)
 
 
 def best_layer_stat(auroc: pd.DataFrame) -> dict:

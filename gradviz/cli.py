@@ -1,4 +1,4 @@
-"""Command line: ``python -m gradviz {train,score,layers,meta,list}``.
+"""Command line: ``python -m gradviz {train,score,layers,meta,report,list}``.
 
 Every user error ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -167,10 +167,13 @@ def cmd_coverage(args) -> int:
 
 
 def cmd_layers(args) -> int:
+    import pandas as pd
+
     from gradviz.data import load_dataset
     from gradviz.gradients import LOSSES
     from gradviz.models import load_model
     from gradviz.scoring import layer_table
+    from gradviz.tables import flat_layer_table
 
     if args.coverage:
         return cmd_coverage(args)
@@ -186,14 +189,10 @@ def cmd_layers(args) -> int:
         data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
         frames.append(layer_table(model, data, loss=args.loss, batch_size=cfg.batch_size,
                                   store=_store(args), progress=_tqdm_progress()))
-    import pandas as pd
-
     table = pd.concat(frames)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    flat = table.copy()
-    flat.columns = [f"{layer}/{stat}" for layer, stat in flat.columns]
-    flat.reset_index().to_csv(out / "layers.csv", index=False)
+    flat_layer_table(table).to_csv(out / "layers.csv", index=False)
     summary = table.groupby(level="dataset").median().T.unstack("stat") if len(table) else table
     print(f"{len(table)} samples × {table.shape[1]} (layer, statistic) columns -> {out / 'layers.csv'}")
     print(summary.xs("l2", axis=1, level="stat").to_string(float_format=lambda v: f"{v:.4g}") if "l2" in table.columns.get_level_values("stat") else "")
@@ -203,15 +202,15 @@ def cmd_layers(args) -> int:
 def cmd_meta(args) -> int:
     import pandas as pd
 
+    from gradviz.data import load_dataset
     from gradviz.meta import meta_report
+    from gradviz.models import load_model
     from gradviz.scoring import layer_table, run
+    from gradviz.tables import join_layers
 
     cfg = _config(args)
     cfg.methods = ["entropy", "msp"]
     _check_device(cfg.device)
-    from gradviz.models import load_model
-    from gradviz.data import load_dataset
-
     model = load_model(cfg.model, cfg.weights, cfg.device)
     store = _store(args)
     result = run(cfg, progress=_tqdm_progress(), store=store, model=model)
@@ -219,10 +218,7 @@ def cmd_meta(args) -> int:
     for spec in [cfg.id] + cfg.ood:
         data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
         layers.append(layer_table(model, data, batch_size=cfg.batch_size, store=store, progress=_tqdm_progress()))
-    table = pd.concat(layers)
-    table.columns = [f"{layer}/{stat}" for layer, stat in table.columns]
-    table = table.reset_index(drop=True)
-    table = pd.concat([result.scores.reset_index(drop=True), table], axis=1)
+    table = join_layers(result.scores, pd.concat(layers))
     report = meta_report(table, task=args.task, known_ood=args.known or None, model=args.classifier, seed=cfg.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -231,14 +227,40 @@ def cmd_meta(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from gradviz.report import ReportConfig, build_report
+def _report_config(args) -> "ReportConfig":
+    """The report's configuration: --quick or the full defaults, then --limit, --seed, --corruptions, --severities."""
+    from gradviz.analysis import SEVERITIES
+    from gradviz.data.corruptions import list_corruptions
+    from gradviz.report import ReportConfig
 
     cfg = ReportConfig.quick() if args.quick else ReportConfig()
     if args.limit:
         cfg.limit = args.limit
     cfg.seed = args.seed
-    argv = "python -m gradviz report" + (" --quick" if args.quick else "") + (f" --limit {args.limit}" if args.limit else "")
+    if args.corruptions:
+        names = [n.strip() for n in args.corruptions.split(",") if n.strip()]
+        unknown = [n for n in names if n not in list_corruptions()]
+        if unknown or not names:
+            raise GradvizError(f"unknown corruption(s) {unknown or names}; valid: {', '.join(list_corruptions())}")
+        cfg.corruptions = names
+    if args.severities:
+        try:
+            levels = tuple(int(v) for v in args.severities.split(","))
+        except ValueError:
+            levels = ()
+        if not levels or any(v not in SEVERITIES for v in levels):
+            raise GradvizError(f"--severities takes a comma-separated subset of 1–5 (e.g. 1,3,5), got {args.severities!r}")
+        cfg.severities = levels
+    return cfg
+
+
+def cmd_report(args) -> int:
+    from gradviz.report import build_report
+
+    cfg = _report_config(args)
+    flags = [("--quick", args.quick), (f"--limit {args.limit}", args.limit), (f"--corruptions {args.corruptions}",
+             args.corruptions), (f"--severities {args.severities}", args.severities)]
+    argv = " ".join(["python -m gradviz report", *(flag for flag, given in flags if given)])
     path = build_report(cfg, args.out, store=_store(args), progress=_tqdm_progress(), command=argv)
     print(f"wrote {path}")
     return 0
@@ -302,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="samples per set (default 1000; --quick: 120)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="3 corruptions × severities 1/3/5, 120 samples (a minute or two)")
+    p.add_argument("--corruptions", default=None, help="comma-separated corruptions for section 2 (default: all; --quick: "
+                                                        "gaussian_noise,fog,rotate)")
+    p.add_argument("--severities", default=None, help="comma-separated severities 1–5 for section 2 (default: 1,2,3,4,5; "
+                                                       "--quick: 1,3,5)")
     p.add_argument("--cache", default=None, help="results cache folder; 'none' disables")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="list models, datasets and methods")

@@ -55,7 +55,6 @@ __all__ = ["DecodedImage", "decode_image", "load_uploads", "images_to_tensor", "
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
 SUPPORTED_MSG = "not a supported image (PNG, JPEG, BMP, TIFF, WebP, GIF)"
 TINY_SIDE = 8
-GREY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
 Image.MAX_IMAGE_PIXELS = settings().max_pixels  # Pillow's own guard: a backstop behind the header check below
 ImageFile.LOAD_TRUNCATED_IMAGES = False

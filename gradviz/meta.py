@@ -49,16 +49,18 @@ from sklearn.impute import SimpleImputer
 from sklearn.inspection import permutation_importance
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
-from sklearn.model_selection import StratifiedKFold
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import StratifiedKFold, TunedThresholdClassifierCV
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from gradviz.errors import GradvizError
+from gradviz.tables import column_name, flatten_columns
 
 __all__ = [
-    "FEATURE_SETS", "MODELS", "MetaClassifier", "MetaReport", "feature_sets", "flatten_columns", "meta_report",
+    "FEATURE_SETS", "MODELS", "MetaClassifier", "MetaReport", "feature_sets", "meta_report",
 ]
 
 MODELS = ("logistic", "boosting", "mlp")
@@ -69,26 +71,13 @@ DENSITY = ("gradient norms", "density")  # (feature set, model) of the unsupervi
 RESULT_COLUMNS = ["task", "setting", "feature_set", "model", "evaluation", "auroc", "accuracy", "n", "n_positive", "curve"]
 
 
-def flatten_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """Same table with MultiIndex ``(layer, stat)`` columns flattened to ``"layer/stat"``."""
-    if not isinstance(table.columns, pd.MultiIndex):
-        return table
-    names = []
-    for col in table.columns:
-        parts = [str(p) for p in col if p is not None and str(p) != "" and not str(p).startswith("Unnamed")]
-        names.append("/".join(parts))
-    out = table.copy()
-    out.columns = names
-    return out
-
-
 def feature_sets(columns: Sequence) -> dict[str, list[str]]:
     """Named feature lists found in ``columns``: entropy, msp, gradient, gradient+entropy, all.
 
     Gradient metrics are the ``"layer/stat"`` (or ``(layer, stat)``) columns; "all" = gradient
     metrics + entropy + MSP. Sets whose columns are absent are left out.
     """
-    names = [c if isinstance(c, str) else "/".join(str(p) for p in c if str(p) != "") for c in columns]
+    names = [column_name(c) for c in columns]
     gradient = [c for c in names if "/" in c and c not in META_COLUMNS]
     sets = {
         "entropy": [c for c in names if c == "entropy"],
@@ -278,37 +267,41 @@ class MetaReport:
     importance_for: str = ""  # which classifier the importances belong to
     notes: list[str] = field(default_factory=list)
 
-    def curves(self, evaluation: str | None = None, setting: str | None = None) -> dict[str, pd.DataFrame]:
-        """ROC points by curve key, optionally filtered (for ``gradviz.plots.curves_figure``)."""
-        rows = self.results
-        if evaluation is not None:
-            rows = rows[rows["evaluation"] == evaluation]
-        if setting is not None:
-            rows = rows[rows["setting"] == setting]
-        return {k: self.roc[k] for k in rows["curve"] if k in self.roc}
+
+
+class _ScoreColumn(ClassifierMixin, BaseEstimator):
+    """A fixed 'classifier' whose decision function is the single score column itself (nothing to learn)."""
+
+    def fit(self, X, y=None) -> "_ScoreColumn":
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        return np.asarray(X, dtype=float)[:, 0]
+
+
+MAX_THRESHOLDS = 2048  # candidate thresholds: every distinct training score, or this many quantiles of them
 
 
 class _Threshold:
-    """Single-score baseline: uncertainty itself as the score, best-accuracy threshold from training."""
+    """Single-score baseline: uncertainty itself as the score, best-accuracy threshold from training
+    (scikit-learn's ``TunedThresholdClassifierCV`` on the training scores; predict positive where score ≥ it)."""
 
     def __init__(self, column: str) -> None:
         self.column = column
 
     def fit(self, X: pd.DataFrame, y: np.ndarray) -> "_Threshold":
-        s = _numeric(X[[self.column]])[:, 0]
+        s = _numeric(X[[self.column]])
         s = np.where(np.isfinite(s), s, np.nanmedian(s))
-        cand = np.unique(s)
-        cand = np.concatenate([[-np.inf], cand])  # predict "positive" where s > threshold
-        acc = [((s > t).astype(int) == y).mean() for t in cand] if len(cand) <= 2048 else None
-        if acc is None:  # many distinct values: test quantiles
-            cand = np.concatenate([[-np.inf], np.quantile(s, np.linspace(0, 1, 2049))])
-            acc = [((s > t).astype(int) == y).mean() for t in cand]
-        self.threshold_ = float(cand[int(np.argmax(acc))])
+        cand = np.unique(s) if len(np.unique(s)) <= MAX_THRESHOLDS else np.unique(
+            np.quantile(s, np.linspace(0, 1, MAX_THRESHOLDS + 1)))
+        self.tuned_ = TunedThresholdClassifierCV(_ScoreColumn().fit(s, y), scoring="accuracy", cv="prefit",
+                                                 refit=False, thresholds=np.append(cand, np.inf)).fit(s, y)
         return self
 
     def score_pred(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        s = _numeric(X[[self.column]])[:, 0]
-        return s, (s > self.threshold_).astype(float)
+        s = _numeric(X[[self.column]])
+        return s[:, 0], self.tuned_.predict(s).astype(float)
 
 
 class _Meta:

@@ -7,7 +7,9 @@ either way (1.0 = every OOD sample more uncertain than every ID sample, 0.5 = ch
 
 - FPR@95: fraction of OOD accepted (classified ID) at the first ROC threshold where at least
   95 % of ID is accepted (``fpr[argmax(tpr >= 0.95)]`` on ``roc_curve`` with
-  ``drop_intermediate=False``; the OpenOOD convention, no linear interpolation).
+  ``drop_intermediate=False``; the OpenOOD convention, no linear interpolation). That threshold is
+  :func:`threshold_at_tpr` of the ID scores alone — the dashboard's default threshold is the same
+  operating point.
 - Detection error: min over thresholds of 0.5·(1 − TPR) + 0.5·FPR (equal priors).
 
 Non-finite scores (NaN, ±inf) are dropped and counted (``n_invalid``); with fewer than two
@@ -23,8 +25,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from gradviz.errors import GradvizError
+
 __all__ = [
-    "auroc", "fpr_at_tpr", "aupr_in", "aupr_out", "detection_error", "roc_curve_points",
+    "auroc", "threshold_at_tpr", "fpr_at_tpr", "aupr_in", "aupr_out", "detection_error", "roc_curve_points",
     "pr_curve_points", "summary", "metrics_table", "misclassification_summary", "METRIC_KEYS",
 ]
 
@@ -55,15 +59,36 @@ def auroc(id_scores, ood_scores) -> float:
     return math.nan if p is None else float(roc_auc_score(p[0], p[1]))
 
 
+def _threshold(id_scores: np.ndarray, tpr: float) -> float:
+    """The ``k``-th smallest finite ID score, ``k`` = fewest accepted samples giving a true-positive rate ≥ ``tpr``."""
+    s = np.sort(id_scores)
+    k = int(np.ceil((tpr - 1e-12) * len(s)))  # ID samples that must be accepted (score ≤ threshold)
+    return float(s[max(k, 1) - 1])
+
+
+def threshold_at_tpr(id_scores, tpr: float = 0.95) -> float:
+    """The smallest uncertainty threshold that accepts (score ≤ t) at least ``tpr`` of the finite ID scores.
+
+    The ROC operating point of :func:`fpr_at_tpr` (its first threshold with TPR ≥ ``tpr``), from the ID
+    scores alone: TPR only changes at ID scores, so that threshold is the ``⌈tpr·n⌉``-th smallest of them.
+    """
+    if not 0.0 < tpr <= 1.0:
+        raise GradvizError(f"tpr must be in (0, 1], got {tpr}")
+    i, _ = _clean(id_scores)
+    if len(i) == 0:
+        raise GradvizError("no finite ID scores to set a threshold from")
+    return _threshold(i, tpr)
+
+
 def fpr_at_tpr(id_scores, ood_scores, tpr: float = 0.95) -> float:
-    """Fraction of OOD accepted at the first threshold that accepts at least ``tpr`` of ID."""
+    """Fraction of OOD accepted at the first threshold that accepts at least ``tpr`` of ID (:func:`threshold_at_tpr`)."""
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
-    p = _prepare(id_scores, ood_scores)
-    if p is None:
+    i, _ = _clean(id_scores)
+    o, _ = _clean(ood_scores)
+    if len(i) < MIN_VALID or len(o) < MIN_VALID:
         return math.nan
-    fpr, tpr_arr, _ = roc_curve(p[0], p[1], drop_intermediate=False)
-    return float(fpr[np.argmax(tpr_arr >= tpr - 1e-12)])
+    return float(np.mean(o <= _threshold(i, tpr)))
 
 
 def aupr_in(id_scores, ood_scores) -> float:

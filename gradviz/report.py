@@ -15,18 +15,22 @@ import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from gradviz.analysis import severity_metrics, severity_scores
+from gradviz.data import load_dataset
 from gradviz.data.corruptions import list_corruptions
 from gradviz.errors import GradvizError
-from gradviz.methods.registry import resolve_methods
+from gradviz.methods import resolve_methods
 from gradviz.models import GradvizModel, load_model
-from gradviz.scoring import RunConfig, layer_table, run, score_dataset
+from gradviz.scoring import RunConfig, layer_table, run
 from gradviz.store import ResultStore
+from gradviz.tables import join_layers, join_samples
 
 Progress = Callable[[int, int, str], None]
 OOD_SETS = ["letters", "noise-uniform", "noise-gaussian"]
@@ -78,51 +82,41 @@ def ood_section(model: GradvizModel, cfg: ReportConfig, store: ResultStore | Non
 
 def corruption_section(model: GradvizModel, cfg: ReportConfig, store: ResultStore | None, progress: Progress | None):
     """Clean ID vs corrupted ID: AUROC and FPR95 per (corruption, severity, method) for every method, plus the
-    softmax reading of the confounding label (``confounding_softmax``)."""
-    from gradviz.data import load_dataset
-    from gradviz.metrics import summary
+    softmax reading of the confounding label (``confounding_softmax``).
 
-    infos = resolve_methods("all")
-    conf = resolve_methods(["confounding"])
-
-    def scores_of(spec: str, role: str) -> pd.DataFrame:
-        data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
-        frame = score_dataset(model, data, role, infos, store=store, progress=progress, seed=cfg.seed)
-        soft = score_dataset(model, data, role, conf, params={"confounding": {"reading": "softmax"}}, store=store,
-                             seed=cfg.seed)
-        frame["confounding_softmax"] = soft["confounding"].to_numpy()
-        return frame
-
-    clean = scores_of("mnist", "id")
-    rows = []
+    The Corruption lab's sweep (:func:`gradviz.analysis.severity_scores`) per corruption, the clean set scored
+    once; the softmax reading of the confounding label is a second sweep of ``confounding``, joined by sample."""
+    base = [i.name for i in resolve_methods("all")]
+    softmax = {"confounding": {"reading": "softmax"}}
+    # both sweeps of a corruption read the same sets: keep that corruption's (and the clean set) loaded, no more
+    load = lru_cache(maxsize=len(cfg.severities) + 1)(lambda spec: load_dataset(spec, model.card, limit=cfg.limit,
+                                                                               seed=cfg.seed))
+    common = dict(severities=cfg.severities, seed=cfg.seed, store=store, loader=load)
+    clean = soft_clean = None
+    tables = []
     for name in cfg.corruptions:
-        for s in cfg.severities:
-            part = scores_of(f"corrupt:{name}:{s}", "ood")
-            for m in [i.name for i in infos] + ["confounding_softmax"]:
-                metrics = summary(clean[m], part[m])
-                rows.append({"corruption": name, "severity": s, "method": m, "auroc": metrics["auroc"],
-                             "fpr95": metrics["fpr95"]})
-    return pd.DataFrame(rows)
+        scores = severity_scores(model, name, base, progress=progress, clean=clean, **common)
+        soft = severity_scores(model, name, ["confounding"], params=softmax, clean=soft_clean, **common)
+        clean = scores[scores["severity"] == 0].drop(columns="severity")
+        soft_clean = soft[soft["severity"] == 0].drop(columns="severity")
+        reading = soft[["dataset", "role", "index", "confounding"]].rename(columns={"confounding": "confounding_softmax"})
+        metrics = severity_metrics(join_samples(scores, reading), base + ["confounding_softmax"])
+        tables.append(metrics[["severity", "method", "auroc", "fpr95"]].assign(corruption=name))
+    return pd.concat(tables, ignore_index=True)[["corruption", "severity", "method", "auroc", "fpr95"]]
 
 
 def meta_section(model: GradvizModel, cfg: ReportConfig, scores: pd.DataFrame, store: ResultStore | None,
                  progress: Progress | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Oberdiek et al.: correct-vs-incorrect and ID-vs-OOD (unknown and known-unknowns settings)."""
-    from gradviz.data import load_dataset
     from gradviz.meta import meta_report
 
     specs = ["mnist", *OOD_SETS, "corrupt:fog:5"]
     extra = run(RunConfig(model=cfg.model, id="mnist", ood=["corrupt:fog:5"], methods=["entropy", "msp"],
                           limit=cfg.limit, seed=cfg.seed), store=store, model=model).scores
     base = pd.concat([scores[scores["dataset"].isin(specs)], extra[extra["dataset"] == "corrupt:fog:5"]], ignore_index=True)
-    layers = []
-    for spec in specs:
-        data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
-        t = layer_table(model, data, store=store, progress=progress)
-        t.columns = [f"{layer}/{stat}" for layer, stat in t.columns]
-        layers.append(t.reset_index(drop=True))
-    table = pd.concat([base[["dataset", "role", "index", "label", "prediction", "correct", "entropy", "msp"]].reset_index(drop=True),
-                       pd.concat(layers, ignore_index=True)], axis=1)
+    layers = pd.concat([layer_table(model, load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed), store=store,
+                                    progress=progress) for spec in specs])
+    table = join_layers(base[["dataset", "role", "index", "label", "prediction", "correct", "entropy", "msp"]], layers)
     correct = meta_report(table[table["role"] == "id"], task="correct", model=["logistic", "boosting"], seed=cfg.seed)
     ood = meta_report(table, task="ood", known_ood=list(cfg.known_ood), model="logistic", seed=cfg.seed)
     keep = ["setting", "feature_set", "model", "evaluation", "auroc", "accuracy", "n", "n_positive"]

@@ -44,12 +44,16 @@ class ConfigError(GradvizError):
     """A run configuration with wrong fields (the message names each one)."""
 
 
+_LINE_BREAKS = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}
+
+
 def _show(value: Any, n: int = 60) -> str:
     """``value`` as JSON would spell it (null, true, "fifty"), cut to ``n`` characters."""
     try:
         text = json.dumps(value, ensure_ascii=False, default=repr)
     except (TypeError, ValueError, RecursionError):
         text = repr(value)
+    text = text.translate(_LINE_BREAKS)  # JSON keeps these raw; each would split the one-line message
     return text if len(text) <= n else text[: n - 1] + "…"
 
 

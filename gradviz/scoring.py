@@ -3,7 +3,7 @@
 This is the engine the CLI and the dashboard share::
 
     cfg = RunConfig(id="mnist", ood=["letters", "noise-uniform"], methods="all", limit=1000)
-    result = run(cfg, progress=print_progress)
+    result = run(cfg, progress=lambda done, total, label: print(label, done, total))
     result.scores   # one row per sample: dataset, role, index, path, label, prediction, correct, <methods>
     result.metrics  # one row per OOD set × method: auroc, fpr95, aupr_in, aupr_out, ...
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from cachetools import LRUCache, cached
 
 from gradviz.data import ImageSet, load_dataset, short_spec
 from gradviz.metrics import MIN_VALID
@@ -56,28 +56,23 @@ def images_digest(images: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-# Fitted detectors are deterministic functions of (model, method, params, fit set): keep a few.
-_FITTED: "OrderedDict[str, MethodRunner]" = OrderedDict()
-_FITTED_LOCK = threading.Lock()
-
-
 def make_runner(model: GradvizModel, info: MethodInfo, params: dict | None = None,
                 fit_set: str = "mnist:train", seed: int = 0) -> MethodRunner:
     """A method with parameters set; fitted methods are fitted on ``fit_set`` (memoised)."""
     runner = info.create(**(params or {}))
-    if not info.needs_fit:
-        return runner
-    key = cache_key(model=model.digest, method=info.name, params=runner.params, fit=fit_set, seed=seed)
-    with _FITTED_LOCK:
-        if key in _FITTED:
-            _FITTED.move_to_end(key)
-            return _FITTED[key]
+    return _fitted(model, runner, fit_set, seed) if info.needs_fit else runner
+
+
+# Fitted detectors are deterministic functions of (model, method, params, fit set, seed): keep a few.
+_FITTED: LRUCache = LRUCache(maxsize=16)
+
+
+@cached(_FITTED, lock=threading.Lock(),
+        key=lambda model, runner, fit_set, seed: cache_key(model=model.digest, method=runner.info.name,
+                                                           params=runner.params, fit=fit_set, seed=seed))
+def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int) -> MethodRunner:
     fit_data = load_dataset(fit_set, model.card, seed=seed)
     runner.fit(model, fit_data.images, fit_data.labels)
-    with _FITTED_LOCK:
-        _FITTED[key] = runner
-        while len(_FITTED) > 16:
-            _FITTED.popitem(last=False)
     return runner
 
 

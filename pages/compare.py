@@ -5,11 +5,12 @@ from dataclasses import replace
 
 import streamlit as st
 
-from gradviz import inspect as gi
+from gradviz import samples as gi
 from gradviz import plots
 from gradviz.errors import GradvizError
 from gradviz.methods.registry import methods_by_family
-from gradviz.ui.cache import get_model, get_result, images_of_rows, show_error
+from gradviz.metrics import threshold_at_tpr
+from gradviz.ui.cache import get_result, images_of_rows, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.uploads import UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports, show_upload_errors
 from gradviz.ui.widgets import decomposition, download_figure, download_results, image_tiles, metrics_dataframe
@@ -61,7 +62,7 @@ def distributions() -> None:
     if len(result.metrics):
         st.caption(method_caption(result.metrics, method))
     try:
-        default_thr = gi.threshold_at_tpr(scores.loc[scores["role"] == "id", method])
+        default_thr = threshold_at_tpr(scores.loc[scores["role"] == "id", method])
     except GradvizError:  # every ID score NaN/inf: nothing to threshold or plot
         st.warning(f"**{method}** gave no finite score on the ID set, so it cannot be shown here. Check its parameters "
                    "(sidebar → Method parameters) or the model's weights, or pick another method.")

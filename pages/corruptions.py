@@ -6,7 +6,7 @@ from gradviz import analysis, plots
 from gradviz.data.corruptions import list_corruptions
 from gradviz.ui.cache import get_dataset, get_severity_scores, get_severity_table, show_error
 from gradviz.ui.sidebar import current_config
-from gradviz.ui.widgets import download_figure, image_tiles, to_uint8
+from gradviz.ui.widgets import download_figure, download_table, image_tiles, to_uint8
 from gradviz.ui.sidebar import ensure_frame
 
 ensure_frame()
@@ -57,10 +57,10 @@ st.dataframe(table, hide_index=True, width="stretch", key="cl_table",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("auroc", "fpr95", "aupr_in",
                                                                                        "aupr_out", "detection_error")})
 d1, d2, d3, d4 = st.columns(4)
-d1.download_button("⬇ severity_metrics.csv", lambda: table.to_csv(index=False), f"severity_{corruption}.csv",
-                   "text/csv", key="cl_dl_metrics", on_click="ignore")  # built when clicked, not on every rerun
-d2.download_button("⬇ severity_scores.csv", lambda: scores.to_csv(index=False), f"severity_scores_{corruption}.csv",
-                   "text/csv", key="cl_dl_scores", on_click="ignore")
+with d1:
+    download_table("⬇ severity_metrics.csv", table, f"severity_{corruption}.csv", key="cl_dl_metrics")
+with d2:
+    download_table("⬇ severity_scores.csv", scores, f"severity_scores_{corruption}.csv", key="cl_dl_scores")
 with d3:
     download_figure(fig_curve, f"severity_auroc_{corruption}", key="cl_dl_curve")
 with d4:

@@ -4,6 +4,7 @@ import streamlit as st
 
 from gradviz import plots
 from gradviz.ui.cache import get_result, show_error
+from gradviz.ui.pages import PAGES
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import metrics_dataframe
 from gradviz.ui.sidebar import ensure_frame
@@ -37,10 +38,7 @@ with right:
     st.plotly_chart(plots.score_histogram(result.scores, method), width="stretch")
 
 st.subheader("Where next")
-c1, c2, c3 = st.columns(3)
-c1.page_link("pages/compare.py", label="Compare distributions", icon=":material/bar_chart:", help="Histograms, ROC, threshold, gallery")
-c1.page_link("pages/inspect.py", label="Inspect a sample", icon=":material/search:", help="Upload an image, see its scores and saliency")
-c2.page_link("pages/layers.py", label="Layer profiles", icon=":material/layers:", help="Which layer's gradient separates best")
-c2.page_link("pages/meta.py", label="Meta classifier", icon=":material/calculate:", help="Learn to predict errors and OOD from gradients")
-c3.page_link("pages/corruptions.py", label="Corruption lab", icon=":material/blur_on:", help="Scores as corruption severity grows")
-c3.page_link("pages/learn.py", label="Learn", icon=":material/school:", help="Each method explained with its formula")
+links = [p for p in PAGES if not p.default]
+for i, column in enumerate(st.columns(3)):
+    for p in links[i::3]:
+        column.page_link(p.path, label=p.title, icon=p.icon, help=p.description)

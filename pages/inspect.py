@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from gradviz import inspect as gi
+from gradviz import samples as gi
 from gradviz import plots
 from gradviz.attributions import list_attributions, to_png_bytes
 from gradviz.gradients import STATS
@@ -11,7 +11,8 @@ from gradviz.layers import layer_bands
 from gradviz.scoring import images_digest
 from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result, show_error
 from gradviz.ui.samples import attribution, per_sample, sample_report
-from gradviz.ui.sidebar import current_config, dataset_options
+from gradviz.data import dataset_options
+from gradviz.ui.sidebar import current_config
 from gradviz.ui.sidebar import ensure_frame
 from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, set_reports, show_file_reports,
                                 show_upload_errors)

@@ -8,9 +8,10 @@ from gradviz import analysis, plots
 from gradviz.gradients import LOSSES
 from gradviz.layers import entropy_correlation, layer_bands
 from gradviz.scoring import too_few_samples
+from gradviz.tables import aligned_column, flat_layer_table
 from gradviz.ui.cache import get_coverage, get_layer_auroc, get_layer_table, get_result, show_error
 from gradviz.ui.sidebar import current_config
-from gradviz.ui.widgets import download_figure
+from gradviz.ui.widgets import download_figure, download_table
 from gradviz.ui.sidebar import ensure_frame
 
 ensure_frame()
@@ -70,7 +71,7 @@ st.caption("Lines: median per dataset; shaded: 5–95 % of samples. Where the ba
            "gradient alone tells ID from OOD.")
 
 st.subheader("How much of each metric is just entropy?")
-entropy = analysis.aligned_column(entropy_scores, table.index, "entropy")
+entropy = aligned_column(entropy_scores, table.index, "entropy")
 corr = entropy_correlation(table, entropy)
 fig_corr = plots.heatmap(corr, "Spearman correlation with softmax entropy (all samples)", zmid=0.0, zlabel="ρ")
 fig_corr.update_yaxes(autorange="reversed", title="layer (input at top)")
@@ -88,8 +89,8 @@ with st.expander("How the gradient engine covers this model's parameters"):
 
 st.subheader("Downloads")
 d1, d2, d3, d4 = st.columns(4)
-d1.download_button("⬇ layers.csv", lambda: analysis.flat_layer_table(table).to_csv(index=False), f"layers_{loss}.csv",
-                   "text/csv", key="ly_dl_csv", on_click="ignore")  # built when clicked, not on every rerun
+with d1:
+    download_table("⬇ layers.csv", flat_layer_table(table), f"layers_{loss}.csv", key="ly_dl_csv")
 with d2:
     download_figure(fig_auroc, "layer_auroc", key="ly_dl_auroc")
 with d3:

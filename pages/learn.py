@@ -4,6 +4,7 @@ the bundled model), a guided tour, honest notes and the papers. Everything comes
 import streamlit as st
 
 from gradviz.methods import FAMILIES, list_methods, methods_by_family
+from gradviz.ui.pages import page
 from gradviz.ui.sidebar import ensure_frame
 
 ensure_frame()
@@ -42,23 +43,24 @@ for family, infos in methods_by_family().items():
 st.header("A guided tour of the embedded default")
 st.markdown("The default run: the bundled MNIST CNN, MNIST test digits as ID, and three OOD sets — rendered "
             "letters, uniform noise, and heavily noised digits (`corrupt:gaussian_noise:5`).")
-tour = [
-    ("pages/home.py", "1. Home", ":material/home:", "The metrics table: which method wins per OOD set? Noise is easy for almost "
-     "everything; letters are hard — they look like strokes, just like digits."),
-    ("pages/compare.py", "2. Compare distributions", ":material/bar_chart:", "Pick `msp`, then `gaia_z`: do the letter scores overlap "
-     "the digits less? Read the ROC's FPR95 marker — the fraction of letters accepted when 95 % of digits are."),
-    ("pages/inspect.py", "3. Inspect a sample", ":material/search:", "Select the most uncertain ID digits: are they misclassified? "
-     "The saliency maps show which strokes the prediction rests on."),
-    ("pages/layers.py", "4. Layer profiles", ":material/layers:", "Which layer's gradient separates ID from letters best? Is it the "
-     "last layer (cheap, closed form) or an early convolution? Compare with the entropy correlation."),
-    ("pages/meta.py", "5. Meta classifier", ":material/calculate:", "Does adding gradient metrics to entropy help? Train with noise as a "
-     "'known unknown' and test on letters: transfer to unseen concepts is uneven (Oberdiek et al.)."),
-    ("pages/corruptions.py", "6. Corruption lab", ":material/blur_on:", "Raise the severity: which scores climb? Lee & AlRegib's "
-     "claim is that gradients detect corruption better than confidence does."),
-]
-for page, label, icon, look_for in tour:
+tour = {  # what to look for on each page; titles and icons come from the page registry (gradviz.ui.pages)
+    "home": "The metrics table: which method wins per OOD set? Noise is easy for almost everything; letters are "
+            "hard — they look like strokes, just like digits.",
+    "compare": "Pick `msp`, then `gaia_z`: do the letter scores overlap the digits less? Read the ROC's FPR95 marker "
+               "— the fraction of letters accepted when 95 % of digits are.",
+    "inspect": "Select the most uncertain ID digits: are they misclassified? The saliency maps show which strokes "
+               "the prediction rests on.",
+    "layers": "Which layer's gradient separates ID from letters best? Is it the last layer (cheap, closed form) or an "
+              "early convolution? Compare with the entropy correlation.",
+    "meta": "Does adding gradient metrics to entropy help? Train with noise as a 'known unknown' and test on letters: "
+            "transfer to unseen concepts is uneven (Oberdiek et al.).",
+    "corruptions": "Raise the severity: which scores climb? Lee & AlRegib's claim is that gradients detect corruption "
+                   "better than confidence does.",
+}
+for n, (key, look_for) in enumerate(tour.items(), 1):
+    p = page(key)
     c1, c2 = st.columns([1, 3])
-    c1.page_link(page, label=label, icon=icon)
+    c1.page_link(p.path, label=f"{n}. {p.title}", icon=p.icon)
     c2.markdown(look_for)
 
 st.header("Honest notes")

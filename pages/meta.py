@@ -7,9 +7,10 @@ import streamlit as st
 from gradviz import analysis, plots
 from gradviz.errors import GradvizError
 from gradviz.meta import FEATURE_SETS, MODELS
+from gradviz.tables import join_layers
 from gradviz.ui.cache import get_layer_table, get_meta_report, get_result, show_error
 from gradviz.ui.sidebar import current_config
-from gradviz.ui.widgets import download_figure
+from gradviz.ui.widgets import download_figure, download_table
 from gradviz.ui.sidebar import ensure_frame
 
 ensure_frame()
@@ -42,7 +43,7 @@ if not feature_sets:
 try:
     scores = get_result(replace(cfg, methods=["entropy", "msp"])).scores
     layers = get_layer_table(cfg, [cfg.id, *(cfg.ood if task == "ood" else [])], loss="nll_pred")
-    table = analysis.meta_table(scores, layers)
+    table = join_layers(scores, layers)
 except Exception as exc:  # user errors shown, bugs re-raised by show_error
     show_error(exc, "Pick other datasets or a smaller sample count in the sidebar.")
 
@@ -89,10 +90,10 @@ st.plotly_chart(fig_imp, width="stretch", key="mc_imp")
 st.caption(f"Importances of {report.importance_for}.")
 
 d1, d2, d3, d4 = st.columns(4)
-d1.download_button("⬇ meta_results.csv", lambda: report.results.drop(columns=["curve"]).to_csv(index=False),
-                   f"meta_{task}.csv", "text/csv", key="mc_dl_results", on_click="ignore")  # built when clicked
-d2.download_button("⬇ importances.csv", lambda: report.feature_importances.to_csv(index=False),
-                   "meta_importances.csv", "text/csv", key="mc_dl_imp", on_click="ignore")
+with d1:
+    download_table("⬇ meta_results.csv", report.results.drop(columns=["curve"]), f"meta_{task}.csv", key="mc_dl_results")
+with d2:
+    download_table("⬇ importances.csv", report.feature_importances, "meta_importances.csv", key="mc_dl_imp")
 with d3:
     download_figure(fig_bars, f"meta_auroc_{task}", key="mc_dl_bars")
 with d4:

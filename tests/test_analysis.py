@@ -1,4 +1,4 @@
-"""gradviz.analysis: severity sweeps, the meta feature table, best-layer call-out, teaching text."""
+"""gradviz.analysis: severity sweeps, best-layer call-out, teaching text; gradviz.tables on layer tables."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gradviz import analysis
+from gradviz import analysis, tables
 from gradviz.errors import GradvizError
 from gradviz.metrics import auroc
 from gradviz.store import ResultStore
@@ -75,7 +75,7 @@ def test_meta_table_joins_scores_and_flattened_layers():
     layers = _layer_table({"mnist": 3, "letters": 2})
     scores = pd.DataFrame({"dataset": ["letters", "letters", "mnist", "mnist", "mnist", "noise"],
                            "index": [1, 0, 2, 0, 1, 0], "entropy": [5.0, 4.0, 3.0, 1.0, 2.0, 9.0]})
-    table = analysis.meta_table(scores, layers)
+    table = tables.join_layers(scores, layers)
     assert len(table) == 5  # the noise row has no layer metrics
     assert {"conv/l1", "fc/min"} <= set(table.columns)
     row = table[(table["dataset"] == "mnist") & (table["index"] == 2)].iloc[0]
@@ -85,16 +85,16 @@ def test_meta_table_joins_scores_and_flattened_layers():
 
 def test_meta_table_rejects_flat_columns():
     with pytest.raises(GradvizError, match="layer, stat"):
-        analysis.meta_table(pd.DataFrame({"dataset": [], "index": []}), pd.DataFrame({"a": []}))
+        tables.join_layers(pd.DataFrame({"dataset": [], "index": []}), pd.DataFrame({"a": []}))
 
 
 def test_aligned_column_follows_layer_table_order():
     layers = _layer_table({"mnist": 2, "letters": 2})
     scores = pd.DataFrame({"dataset": ["letters", "mnist", "letters", "mnist"], "index": [1, 1, 0, 0],
                            "entropy": [4.0, 2.0, 3.0, 1.0]})
-    assert analysis.aligned_column(scores, layers.index, "entropy").tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert tables.aligned_column(scores, layers.index, "entropy").tolist() == [1.0, 2.0, 3.0, 4.0]
     with pytest.raises(GradvizError, match="no 'gaia_z' column"):
-        analysis.aligned_column(scores, layers.index, "gaia_z")
+        tables.aligned_column(scores, layers.index, "gaia_z")
 
 
 def test_best_layer_stat_finds_cell_farthest_from_chance():
@@ -117,7 +117,7 @@ def test_log_scale_ok_only_for_positive_bands():
 
 
 def test_flat_layer_table_is_csv_ready():
-    flat = analysis.flat_layer_table(_layer_table({"mnist": 2}))
+    flat = tables.flat_layer_table(_layer_table({"mnist": 2}))
     assert list(flat.columns[:3]) == ["dataset", "index", "conv/l1"]
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
@@ -231,3 +232,70 @@ def test_fuzzed_config_files_exit_0_or_2_with_one_error_line(data, tmp_path_fact
     else:
         lines = err.getvalue().strip().splitlines()
         assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
+
+
+# --------------------------------------------------------------------------- layers, meta, report end to end (issue 20)
+
+
+def test_layers_writes_every_sample_with_the_library_values(tmp_path, capsys, bundled_model):
+    from gradviz.data import load_dataset
+    from gradviz.scoring import layer_table
+
+    out = tmp_path / "o"
+    assert main(["layers", "--id", "mnist", "--ood", "letters", "--limit", "12", "--loss", "confounding_softmax",
+                 "--out", str(out), "--cache", "none"]) == 0
+    table = pd.read_csv(out / "layers.csv")
+    assert len(table) == 24 and list(table.columns[:2]) == ["dataset", "index"]
+    assert all("/" in c for c in table.columns[2:]) and "fc/l2" in table.columns
+    assert "24 samples" in capsys.readouterr().out
+    # the letters rows hold the library's layer statistics of the same images, sample for sample
+    want = layer_table(bundled_model, load_dataset("letters", bundled_model.card, limit=12), loss="confounding_softmax")
+    got = table[table["dataset"] == "letters"].set_index("index")
+    np.testing.assert_allclose(got["fc/l2"].to_numpy(), want[("fc", "l2")].to_numpy(), rtol=1e-4)
+    assert main(["layers", "--loss", "nope", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown loss 'nope'")
+
+
+def test_meta_cross_validates_on_the_joined_tables(tmp_path, capsys):
+    """Rotated digits (severity 5) give the bundled model errors to learn from; n and n_positive are the run's
+    own ID samples and errors (scores.csv of the same configuration), so every row met its layer metrics."""
+    cache = str(tmp_path / "cache")
+    common = ["--id", "corrupt:rotate:5", "--ood", "noise-uniform", "--ood", "letters", "--limit", "40",
+              "--cache", cache]
+    assert main(["score", *common, "--methods", "entropy,msp", "--out", str(tmp_path / "s")]) == 0
+    scores = pd.read_csv(tmp_path / "s" / "scores.csv")
+    errors = int((~scores.loc[scores["role"] == "id", "correct"].astype(bool)).sum())
+    assert errors >= 4
+    assert main(["meta", *common, "--task", "correct", "--out", str(tmp_path / "c")]) == 0
+    correct = pd.read_csv(tmp_path / "c" / "meta.csv")
+    assert {"entropy", "msp", "gradient", "gradient+entropy", "all"} <= set(correct["feature_set"])
+    assert (correct["n"] == 40).all() and (correct["n_positive"] == errors).all()
+    assert correct["auroc"].between(0, 1).all()
+    assert main(["meta", *common, "--task", "ood", "--known", "noise-uniform", "--classifier", "boosting",
+                 "--out", str(tmp_path / "d")]) == 0
+    ood = pd.read_csv(tmp_path / "d" / "meta.csv")
+    assert {"unseen:letters", "unseen:noise-uniform", "unseen:all", "cv", "seen:noise-uniform"} <= set(ood["evaluation"])
+    seen = ood[(ood["evaluation"] == "seen:noise-uniform") & (ood["feature_set"] == "gradient")].iloc[0]
+    assert (seen["n"], seen["n_positive"]) == (80, 40)
+    capsys.readouterr()
+    assert main(["meta", "--id", "mnist", "--limit", "10", "--out", str(tmp_path / "e"), "--cache", cache]) == 2
+    assert "too few samples" in capsys.readouterr().err  # the bundled model makes no error on 10 digits
+
+
+def test_report_command_writes_every_section_for_the_chosen_corruptions(tmp_path, capsys):
+    out = tmp_path / "docs"
+    assert main(["report", "--limit", "30", "--corruptions", "fog", "--severities", "5", "--out", str(out),
+                 "--cache", str(tmp_path / "cache")]) == 0
+    text = (out / "RESULTS.md").read_text()
+    assert "`python -m gradviz report --limit 30 --corruptions fog --severities 5`" in text
+    for heading in ["## 1. OOD detection", "## 2. Corrupted-input detection", "## 3. Meta classification", "## 4."]:
+        assert heading in text
+    section2 = text.split("## 2.")[1].split("## 3.")[0]
+    assert "| fog |" in section2 and "rotate" not in section2
+    assert (out / "results" / "corruption_severity.png").stat().st_size > 1000
+    assert f"wrote {out / 'RESULTS.md'}" in capsys.readouterr().out
+    for flags, message in ((["--corruptions", "fgo"], "unknown corruption(s) ['fgo']"),
+                           (["--severities", "0,6"], "--severities takes")):
+        assert main(["report", *flags, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]

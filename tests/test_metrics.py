@@ -52,6 +52,23 @@ def test_hand_computed_fpr95_detection_error_and_auroc():
     assert metrics.fpr_at_tpr(HAND_ID, HAND_OOD, 1.0) == pytest.approx(0.5)
 
 
+def test_fpr95_and_its_threshold_are_the_first_roc_point_with_tpr_95():
+    """One operating point: threshold_at_tpr (ID scores alone) is roc_curve's first threshold with TPR ≥ 95 %,
+    and fpr_at_tpr is the FPR there — checked against scikit-learn's curve, with ties and several sizes."""
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(7)
+    for n_id, n_ood in [(20, 4), (37, 50), (100, 9), (401, 300)]:
+        for decimals in (0, 1, 6):  # heavy ties, some ties, none
+            id_s = np.round(rng.normal(0, 1, n_id), decimals)
+            ood_s = np.round(rng.normal(0.8, 1, n_ood), decimals)
+            y = np.r_[np.ones(n_id), np.zeros(n_ood)]
+            fpr, tpr, thr = roc_curve(y, -np.r_[id_s, ood_s], drop_intermediate=False)
+            first = np.argmax(tpr >= 0.95)
+            assert metrics.threshold_at_tpr(id_s) == -thr[first]
+            assert metrics.fpr_at_tpr(id_s, ood_s) == fpr[first]
+
+
 def test_aupr_in_and_out_use_opposite_positive_classes():
     # one OOD sample hidden among ID: it hurts AUPR-Out far more than AUPR-In.
     id_s = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from gradviz.errors import DatasetError
 from gradviz.models.card import ModelCard
 
-__all__ = ["ImageSet", "load_dataset", "list_datasets", "register_dataset", "adapt_images", "check_spec",
-           "short_spec", "DATASETS"]
+__all__ = ["ImageSet", "load_dataset", "list_datasets", "dataset_options", "register_dataset", "adapt_images",
+           "check_spec", "short_spec", "DATASETS"]
 
 
 @dataclass
@@ -60,33 +60,52 @@ class DatasetEntry:
     offline: bool = True
     example: str = ""
     reads_paths: bool = False  # ``load`` takes ``allowed_roots=`` and must refuse paths outside them
+    offers: Callable[[], list[str]] = lambda: []  # specs the dashboard's pickers offer (none: typed by name)
 
 
 DATASETS: dict[str, DatasetEntry] = {}
+# The modules whose @register_dataset run on first use; their order is the order of list_datasets() and the pickers.
+_MODULES = ("mnist", "letters", "noise", "corruptions", "folder", "tv")
 
 
-def register_dataset(prefix: str, description: str, offline: bool = True, example: str = "", reads_paths: bool = False):
+def register_dataset(prefix: str, description: str, offline: bool = True, example: str = "", reads_paths: bool = False,
+                     offers: Sequence[str] | Callable[[], list[str]] | None = None):
     """Decorator: ``fn(arg: str | None, limit: int | None, seed: int) -> ImageSet`` handles ``prefix[:arg]``.
 
     ``reads_paths``: the argument names a path on the server; ``fn`` then also takes
-    ``allowed_roots`` (None = anywhere, for the CLI) and refuses paths outside them."""
+    ``allowed_roots`` (None = anywhere, for the CLI) and refuses paths outside them.
+    ``offers``: the specs of this kind that the dashboard lists in its dataset pickers (a list, or a
+    function returning one); by default none — the kind is then added by name."""
+    listed = offers if callable(offers) else (lambda specs=tuple(offers or ()): list(specs))
 
     def deco(fn):
-        DATASETS[prefix] = DatasetEntry(prefix, description, fn, offline, example or prefix, reads_paths)
+        DATASETS[prefix] = DatasetEntry(prefix, description, fn, offline, example or prefix, reads_paths, listed)
         return fn
 
     return deco
 
 
 def _ensure_registered() -> None:
-    # Importing the modules runs their @register_dataset decorators.
-    from gradviz.data import corruptions, folder, letters, mnist, noise, tv  # noqa: F401
+    import importlib
+
+    for name in _MODULES:  # importing a module runs its @register_dataset decorators
+        importlib.import_module(f"gradviz.data.{name}")
+
+
+def _rank(entry: DatasetEntry) -> int:
+    module = entry.load.__module__.rsplit(".", 1)[-1]
+    return _MODULES.index(module) if module in _MODULES else len(_MODULES)
 
 
 def list_datasets() -> list[DatasetEntry]:
-    """All dataset kinds with a description and an example spec."""
+    """All dataset kinds with a description and an example spec, in :data:`_MODULES` order."""
     _ensure_registered()
-    return list(DATASETS.values())
+    return sorted(DATASETS.values(), key=_rank)  # stable: registration order within a module
+
+
+def dataset_options() -> list[str]:
+    """Every spec the dashboard offers in its ID and OOD pickers, from the registry (each kind's ``offers``)."""
+    return [spec for entry in list_datasets() for spec in entry.offers()]
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gradviz.data import ImageSet, register_dataset
+from gradviz.data import ImageSet, register_dataset, warps
 from gradviz.errors import DatasetError
 
 Corruption = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
@@ -91,33 +91,17 @@ def speckle_noise(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor
 
 
 # ---------------------------------------------------------------- blur
-def _gauss_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    return k / k.sum()
-
-
-def _separable_blur(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    n, c, h, w = x.shape
-    r = k.numel() // 2
-    y = x.reshape(n * c, 1, h, w)
-    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-    return y.reshape(n, c, h, w)
-
-
 @_corruption("gaussian_blur")
 def gaussian_blur(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     """Gaussian blur, σ = 0.5 … 2.0 px (at 28 px)."""
     sigma = (0.5, 0.75, 1.0, 1.5, 2.0)[s - 1] * _rel(x)
-    return _separable_blur(x, _gauss_kernel(sigma))
+    return warps.gaussian_blur(x, sigma)
 
 
 def _shift(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     """Translate each image by (dx, dy) pixels (N,), bilinear, black outside."""
     eye = torch.eye(2).expand(x.shape[0], 2, 2)
-    return _affine(x, eye, torch.stack([dx, dy], -1))
+    return warps.warp_pixels(x, eye, torch.stack([dx, dy], -1))
 
 
 @_corruption("motion_blur")
@@ -188,20 +172,6 @@ def inverse(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- geometry
-def _affine(x: torch.Tensor, mat: torch.Tensor, shift_px: torch.Tensor | None = None) -> torch.Tensor:
-    """Warp images (N, C, H, W) by pixel-space matrices ``mat`` (N, 2, 2) about the centre, plus a shift (N, 2) px.
-
-    ``mat`` maps output pixel offsets to input offsets (the inverse warp grid_sample needs).
-    """
-    n, _, h, w = x.shape
-    d = torch.tensor([w / 2.0, h / 2.0])
-    theta_lin = mat / d.view(1, 2, 1) * d.view(1, 1, 2)  # D⁻¹ A D: the same map in normalised coords
-    trans = torch.zeros(n, 2) if shift_px is None else -(mat @ shift_px[..., None])[..., 0] / d
-    theta = torch.cat([theta_lin, trans[..., None]], -1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
 def _signs(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1
 
@@ -213,7 +183,7 @@ def rotate(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     a = torch.deg2rad(deg * _signs(x.shape[0], gen))
     c, sn = torch.cos(a), torch.sin(a)
     mat = torch.stack([torch.stack([c, -sn], -1), torch.stack([sn, c], -1)], -2)
-    return _affine(x, mat)
+    return warps.warp_pixels(x, mat)
 
 
 @_corruption("shear")
@@ -222,7 +192,7 @@ def shear(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     k = (0.1, 0.2, 0.3, 0.45, 0.6)[s - 1] * _signs(x.shape[0], gen)
     one, zero = torch.ones_like(k), torch.zeros_like(k)
     mat = torch.stack([torch.stack([one, k], -1), torch.stack([zero, one], -1)], -2)
-    return _affine(x, mat)
+    return warps.warp_pixels(x, mat)
 
 
 @_corruption("scale")
@@ -230,7 +200,7 @@ def scale(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     """Shrink about the centre to 0.9 … 0.5 of the size (black border)."""
     f = (0.9, 0.8, 0.7, 0.6, 0.5)[s - 1]
     mat = torch.eye(2).expand(x.shape[0], 2, 2) / f
-    return _affine(x, mat)
+    return warps.warp_pixels(x, mat)
 
 
 @_corruption("translate")
@@ -251,7 +221,7 @@ def elastic(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
     field = field / field.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-6)
     disp = alpha * field.permute(0, 2, 3, 1) * torch.tensor([2.0 / w, 2.0 / h])  # px -> normalised
     base = F.affine_grid(torch.eye(2, 3).expand(n, 2, 3), list(x.shape), align_corners=False)
-    return F.grid_sample(x, base + disp, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warps.sample(x, base + disp)
 
 
 def parse_corruption(arg: str | None) -> tuple[str, int]:
@@ -267,7 +237,12 @@ def parse_corruption(arg: str | None) -> tuple[str, int]:
     return name, int(sev)
 
 
-@register_dataset("corrupt", "Held-out MNIST digits with a corruption at severity 1–5 (MNIST-C / CIFAR-10-C style), true labels", example="corrupt:fog:3")
+OFFERED_SEVERITIES = (3, 5)  # the pickers list every corruption at these; any severity 1–5 can be typed
+
+
+@register_dataset("corrupt", "Held-out MNIST digits with a corruption at severity 1–5 (MNIST-C / CIFAR-10-C style), true labels",
+                  example="corrupt:fog:3",
+                  offers=lambda: [f"corrupt:{c}:{s}" for c in list_corruptions() for s in OFFERED_SEVERITIES])
 def load_corrupted(arg: str | None, limit: int | None, seed: int) -> ImageSet:
     from gradviz.data.mnist import mnist_split
 

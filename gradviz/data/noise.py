@@ -33,11 +33,13 @@ def _unlabelled(spec: str, images: torch.Tensor) -> ImageSet:
     return ImageSet(spec, images, np.full(len(images), -1, dtype=np.int64))
 
 
-@register_dataset("noise-uniform", "Uniform noise U[0,1], 1×28×28 (offline, seeded)", example="noise-uniform")
+@register_dataset("noise-uniform", "Uniform noise U[0,1], 1×28×28 (offline, seeded)", example="noise-uniform",
+                  offers=["noise-uniform"])
 def load_uniform(arg: str | None, limit: int | None, seed: int) -> ImageSet:
     return _unlabelled("noise-uniform", uniform_noise(int(limit or DEFAULT_N), seed))
 
 
-@register_dataset("noise-gaussian", "Gaussian noise N(0.5, 0.25²) clipped to [0,1], 1×28×28 (offline, seeded)", example="noise-gaussian")
+@register_dataset("noise-gaussian", "Gaussian noise N(0.5, 0.25²) clipped to [0,1], 1×28×28 (offline, seeded)",
+                  example="noise-gaussian", offers=["noise-gaussian"])
 def load_gaussian(arg: str | None, limit: int | None, seed: int) -> ImageSet:
     return _unlabelled("noise-gaussian", gaussian_noise(int(limit or DEFAULT_N), seed))

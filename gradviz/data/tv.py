@@ -35,6 +35,7 @@ class TvDataset:
     build: Callable[[str, bool, bool], Any]
     transpose: bool = False  # EMNIST stores images transposed
     invert: bool = False  # Omniglot is black on white
+    listed: bool = True  # offered in the dashboard's dataset pickers (the others are typed by name)
 
 
 def _tv(cls_name: str, **fixed) -> Callable[[str, bool, bool], Any]:
@@ -67,13 +68,13 @@ TV_DATASETS: dict[str, TvDataset] = {
         TvDataset("MNIST", _tv("MNIST")),
         TvDataset("FashionMNIST", _tv("FashionMNIST")),
         TvDataset("KMNIST", _tv("KMNIST")),
-        TvDataset("QMNIST", _tv("QMNIST")),
+        TvDataset("QMNIST", _tv("QMNIST"), listed=False),
         TvDataset("EMNIST", _tv("EMNIST", split="letters"), transpose=True),
-        TvDataset("USPS", _tv("USPS")),
+        TvDataset("USPS", _tv("USPS"), listed=False),
         TvDataset("CIFAR10", _tv("CIFAR10")),
         TvDataset("CIFAR100", _tv("CIFAR100")),
         TvDataset("SVHN", _split_kw("SVHN")),
-        TvDataset("STL10", _split_kw("STL10")),
+        TvDataset("STL10", _split_kw("STL10"), listed=False),
         TvDataset("Omniglot", _omniglot, invert=True),
     )
 }
@@ -175,7 +176,8 @@ def load_torchvision(name: str, train: bool = False, limit: int | None = None, s
 
 
 @register_dataset("torchvision", "A torchvision dataset (MNIST, FashionMNIST, KMNIST, EMNIST letters, CIFAR10/100, SVHN, Omniglot, ...), downloaded on demand",
-                  offline=False, example="torchvision:FashionMNIST")
+                  offline=False, example="torchvision:FashionMNIST",
+                  offers=lambda: [f"torchvision:{d.name}" for d in TV_DATASETS.values() if d.listed])
 def load_tv_spec(arg: str | None, limit: int | None, seed: int) -> ImageSet:
     entry, train = parse_tv(arg)
     return load_torchvision(entry.name, train, limit, seed)

@@ -9,12 +9,11 @@ results store; the progress bar lives outside any cached function.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
-from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 import streamlit as st
+from cachetools import LRUCache
 
 from gradviz.config import settings
 from gradviz.data import ImageSet, load_dataset
@@ -69,25 +68,19 @@ def images_of_rows(rows: pd.DataFrame, cfg: RunConfig, uploads: dict[str, ImageS
 
 
 class _Memo:
-    """A small thread-safe LRU of finished results (deterministic values; safe to share)."""
+    """A thread-safe LRU of finished results (deterministic values; safe to share): cachetools' LRUCache."""
 
     def __init__(self, size: int = 24) -> None:
-        self.size = size
-        self.items: OrderedDict[str, object] = OrderedDict()
+        self.items: LRUCache = LRUCache(maxsize=size)
         self.lock = threading.Lock()
 
     def get(self, key: str):
         with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-        return None
+            return self.items.get(key)
 
     def put(self, key: str, value) -> None:
         with self.lock:
             self.items[key] = value
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
 
 
 @st.cache_resource
@@ -181,12 +174,6 @@ def show_error(exc: Exception, hint: str = "") -> None:
         raise exc
     st.error(f"{exc}" + (f"\n\n{hint}" if hint else ""))
     st.stop()
-
-
-def asset_path(name: str) -> Path:
-    from gradviz.config import ASSETS
-
-    return ASSETS / name
 
 
 def get_severity_scores(cfg: RunConfig, corruption: str) -> pd.DataFrame:

@@ -9,22 +9,13 @@ from typing import Iterator
 import streamlit as st
 
 from gradviz.config import settings
-from gradviz.data.corruptions import list_corruptions
+from gradviz.data import dataset_options
 from gradviz.methods import list_methods
 from gradviz.models import list_models
 from gradviz.models import zoo  # noqa: F401  (registers the bundled model)
 from gradviz.scoring import RunConfig
 
 MAX_SPEC_CHARS = 4096  # the browser stops a giant paste; the library refuses folder paths over 1,024 with a message
-BUILTIN_SETS = ["mnist", "mnist:train", "letters", "noise-uniform", "noise-gaussian"]
-TORCHVISION_SETS = ["MNIST", "FashionMNIST", "KMNIST", "EMNIST", "CIFAR10", "CIFAR100", "SVHN", "Omniglot"]
-
-
-def dataset_options() -> list[str]:
-    """Specs offered in the pickers: built-ins, every corruption at severity 3 and 5, torchvision."""
-    corr = [f"corrupt:{c}:{s}" for c in list_corruptions() for s in (3, 5)]
-    return BUILTIN_SETS + corr + [f"torchvision:{n}" for n in TORCHVISION_SETS]
-
 
 _FRAME = threading.local()
 
@@ -125,10 +116,14 @@ def render_sidebar() -> RunConfig:
                     continue
                 if isinstance(default, bool) or not isinstance(default, (int, float)):
                     continue
-                value = st.number_input(f"{info.name}: {pname}", value=float(start), key=f"gv_p_{info.name}_{pname}",
-                                        format="%g")
-                if value != float(default):
-                    params.setdefault(info.name, {})[pname] = type(default)(value)
+                low, high = info.bounds.get(pname, (None, None))  # checked by the library, which says the range
+                span = f"from {low:g} to {high:g}" if low is not None and high is not None else ""
+                whole = isinstance(default, int)  # a whole-number parameter gets a whole-number box
+                value = st.number_input(f"{info.name}: {pname}", value=int(start) if whole else float(start),
+                                        step=1 if whole else None, format=None if whole else "%g",
+                                        key=f"gv_p_{info.name}_{pname}", help=f"default {default:g}; {span}".strip("; "))
+                if value != default:
+                    params.setdefault(info.name, {})[pname] = value
     sb.caption("Runs locally: your data is not sent anywhere.")
     cfg = RunConfig(model=model, id=id_spec, ood=ood, methods=methods or all_methods, limit=int(limit), seed=seed,
                     params=params)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -97,6 +95,35 @@ def decomposition(cfg, uploads: dict | None, key: str) -> None:
         c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if c.startswith(("auroc", "spearman"))})
 
 
+# Why data files are prepared with the page. A file built on click (a callable ``data``) is stored by
+# Streamlit referenced by no session, and every script run that finishes, in any session, sweeps
+# unreferenced files (marked on the first sweep, deleted on the second). With other sessions busy,
+# two sweeps often land between the click and the browser fetching the file: the download is
+# cancelled (24 of 30 metrics.csv downloads under 4 busy sessions before this; 0 of 30 since, see
+# tests/app/test_downloads.py). A file passed with the page stays referenced by its session until that
+# session's next run, so other sessions never delete it. Tables up to EAGER_MAX_CELLS cells (a ~5 MB
+# CSV: the Compare scores at 5,000 samples per set, the layer table at 1,000) go that way; larger ones
+# and the ~4 MB figure HTML are still built on click (a cancelled download there is retried by clicking).
+EAGER_MAX_CELLS = 500_000
+
+
+def _serialise(frame: pd.DataFrame, fmt: str) -> str:
+    return frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=2)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _serialised(frame: pd.DataFrame, fmt: str) -> str:
+    """The table's file text, built once per table content (not on every rerun)."""
+    return _serialise(frame, fmt)
+
+
+def download_table(label: str, frame: pd.DataFrame, file_name: str, key: str, fmt: str = "csv") -> None:
+    """A button downloading ``frame`` as CSV or JSON (``fmt``), prepared with the page when small (see above)."""
+    data = _serialised(frame, fmt) if frame.size <= EAGER_MAX_CELLS else (lambda: _serialise(frame, fmt))
+    st.download_button(label, data, file_name, "text/csv" if fmt == "csv" else "application/json", key=key,
+                       on_click="ignore")
+
+
 def download_figure(fig: go.Figure, name: str, key: str) -> None:
     """A button downloading ``fig`` as self-contained HTML (plotly.js inlined)."""
     # deferred: the ~4 MB HTML is built only when clicked, not on every rerun
@@ -105,18 +132,15 @@ def download_figure(fig: go.Figure, name: str, key: str) -> None:
 
 
 def download_results(result, key: str = "dl") -> None:
-    """Download buttons: scores CSV, metrics CSV + JSON, and the CLI-replayable run config.
-
-    The files are built when clicked (callables), not on every rerun: the scores CSV of a few
-    thousand rows costs tens of milliseconds each time. Uploaded images cannot be replayed from a
-    file: the config leaves them out, and its button says so."""
+    """Download buttons: scores CSV, metrics CSV + JSON (:func:`download_table`), and the CLI-replayable run
+    config. Uploaded images cannot be replayed from a file: the config leaves them out, and its button says so."""
     c1, c2, c3, c4 = st.columns(4)
-    c1.download_button("⬇ scores.csv", lambda: result.scores.to_csv(index=False), "scores.csv", "text/csv",
-                       key=f"{key}_scores", on_click="ignore")
-    c2.download_button("⬇ metrics.csv", lambda: result.metrics.to_csv(index=False), "metrics.csv", "text/csv",
-                       key=f"{key}_mcsv", on_click="ignore")
-    c3.download_button("⬇ metrics.json", lambda: result.metrics.to_json(orient="records", indent=2), "metrics.json",
-                       "application/json", key=f"{key}_mjson", on_click="ignore")
+    with c1:
+        download_table("⬇ scores.csv", result.scores, "scores.csv", key=f"{key}_scores")
+    with c2:
+        download_table("⬇ metrics.csv", result.metrics, "metrics.csv", key=f"{key}_mcsv")
+    with c3:
+        download_table("⬇ metrics.json", result.metrics, "metrics.json", key=f"{key}_mjson", fmt="json")
     config, uploads = result.config.replayable()
     replay = "Replay with: python -m gradviz score --config config.json --out results/"
     if uploads:
@@ -145,7 +169,3 @@ def image_tiles(images: list, captions: list[str], columns: int = 8, width: int 
         cols = st.columns(columns)
         for col, img, cap in zip(cols, images[start:start + columns], captions[start:start + columns]):
             col.image(to_uint8(img), caption=cap, width=width)
-
-
-def config_json(cfg) -> str:
-    return json.dumps(json.loads(cfg.to_json()), indent=2)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from gradviz.ui.pages import PAGES
+
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
@@ -30,7 +32,7 @@ def test_home_page_shows_metrics_and_histogram(monkeypatch, tmp_path):
     assert set(metrics["method"]) == {"msp", "energy"}
     assert metrics["auroc"].between(0, 1).all()
     assert len(at.get("plotly_chart")) == 1
-    assert len(at.get("page_link")) == 6
+    assert len(at.get("page_link")) == len(PAGES) - 1  # every page but Home itself
 
 
 def test_home_page_follows_sidebar_ood_choice(monkeypatch, tmp_path):
@@ -58,3 +60,13 @@ def test_home_table_is_grouped_by_family_and_marks_the_best_of_each(monkeypatch,
     assert marked == {"msp": (True, True), "energy": (False, False), "knn": (True, True), "gradnorm": (True, True)}
     overall = best_cells(table, ["auroc", "fpr95"])
     assert list(table["method"][overall["auroc"]]) == ["msp"] and list(table["method"][overall["fpr95"]]) == ["knn"]
+
+
+def test_home_links_and_navigation_come_from_the_page_registry(monkeypatch, tmp_path):
+    at = _home(monkeypatch, tmp_path)
+    links = [(link.proto.label, link.proto.icon, link.proto.help) for link in at.get("page_link")]
+    expected = [(p.title, p.icon, p.description) for p in PAGES if not p.default]
+    assert sorted(links) == sorted(expected)
+    root = Path(APP).parent
+    assert all((root / p.path).is_file() for p in PAGES) and sum(p.default for p in PAGES) == 1
+    assert len({p.key for p in PAGES}) == len(PAGES)  # keys name pages in the browser tests

@@ -1,6 +1,7 @@
 """Load test (issue: concurrent sessions): 8 headless-browser sessions on one `streamlit run app.py`.
 
-Half run Compare (their metrics CSV must equal a single-session run), half Inspect with their own uploaded
+Half run Compare (their metrics CSV, downloaded three times, must equal a single-session run: issue 20's
+"read back empty" was other sessions' runs deleting a download built on click), half Inspect with their own uploaded
 PNG (each sees its own file name and prediction, never another session's upload). No session may error,
 the server must log no traceback, and its peak RSS stays bounded. Sample slider at its minimum (100/set).
 The scenario lives in benchmarks/load_test.py (run it directly for bigger runs and a table).

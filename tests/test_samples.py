@@ -1,4 +1,4 @@
-"""gradviz.inspect: percentiles, thresholds, galleries, selections, uploads and per-sample reports."""
+"""gradviz.samples: percentiles, thresholds, galleries, selections, uploads and per-sample reports."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from gradviz import inspect as gi
+from gradviz import samples as gi
 from gradviz.errors import GradvizError
+from gradviz.images import uploads_to_imageset
 from gradviz.methods.registry import ModelOutputs, get_method
-from gradviz.metrics import fpr_at_tpr
+from gradviz.metrics import fpr_at_tpr, threshold_at_tpr
 from gradviz.scoring import make_runner
 
 
@@ -39,17 +40,17 @@ def test_percentile_within_known_values():
 
 
 def test_threshold_at_tpr_accepts_95_percent_of_id():
-    assert gi.threshold_at_tpr(np.arange(1.0, 21.0)) == 19.0  # 19/20 = 95 % accepted at score ≤ 19
-    assert gi.threshold_at_tpr(np.arange(1.0, 101.0), 0.5) == 50.0
-    assert gi.threshold_at_tpr([3.0, np.nan, 1.0, 2.0], 1.0) == 3.0
+    assert threshold_at_tpr(np.arange(1.0, 21.0)) == 19.0  # 19/20 = 95 % accepted at score ≤ 19
+    assert threshold_at_tpr(np.arange(1.0, 101.0), 0.5) == 50.0
+    assert threshold_at_tpr([3.0, np.nan, 1.0, 2.0], 1.0) == 3.0
     with pytest.raises(GradvizError):
-        gi.threshold_at_tpr([np.nan])
+        threshold_at_tpr([np.nan])
 
 
 def test_threshold_matches_fpr95_operating_point():
     rng = np.random.default_rng(0)
     id_s, ood_s = rng.normal(0, 1, 500), rng.normal(1.5, 1, 300)
-    t = gi.threshold_at_tpr(id_s)
+    t = threshold_at_tpr(id_s)
     assert np.mean(ood_s <= t) == pytest.approx(fpr_at_tpr(id_s, ood_s))
 
 
@@ -94,14 +95,14 @@ def test_rows_from_selection_maps_customdata_to_rows():
 
 
 def test_uploads_to_imageset_decodes_good_files_and_reports_bad(tiny_model):
-    data, errors = gi.uploads_to_imageset([("a.png", _png()), ("x.png", b"hello, not an image"), ("b.png", _png(0))],
-                                          tiny_model.card)
+    data, errors = uploads_to_imageset([("a.png", _png()), ("x.png", b"hello, not an image"), ("b.png", _png(0))],
+                                       tiny_model.card)
     assert data is not None and data.spec == "upload:2 files"
     assert tuple(data.images.shape) == (2, 1, 28, 28)
     assert data.paths == ["a.png", "b.png"] and (data.labels == -1).all()
     assert float(data.images[0].mean()) == pytest.approx(128 / 255, abs=1e-3)
     assert [n for n, _ in errors] == ["x.png"] and "not a supported image" in errors[0][1]
-    none, errs = gi.uploads_to_imageset([("x.png", b"text")], tiny_model.card)
+    none, errs = uploads_to_imageset([("x.png", b"text")], tiny_model.card)
     assert none is None and len(errs) == 1
 
 

@@ -1,10 +1,11 @@
-"""Per-sample inspection and score-table helpers behind the "Compare" and "Inspect" pages.
+"""Single samples of a scores table and of the model: what the "Compare" and "Inspect" pages show per sample.
 
-Everything here is plain data in, plain data out (tensors, NumPy, DataFrames), no Streamlit:
+Everything here is plain data in, plain data out (tensors, NumPy, DataFrames), no Streamlit
+(:mod:`gradviz.ui.samples` caches these calls for the pages):
 
-- :func:`uploads_to_imageset` — uploaded files -> an OOD :class:`ImageSet` + per-file errors;
-- :func:`threshold_at_tpr`, :func:`threshold_summary` — accept/reject counts at a threshold
-  and the samples whose decision flips against the default 95 %-ID-TPR threshold;
+- :func:`threshold_summary` — accept/reject counts at a threshold and the samples whose decision
+  flips against the default threshold (:func:`gradviz.metrics.threshold_at_tpr`, the FPR95 point);
+- :func:`score_range`, :func:`sample_captions` — a threshold slider's range, gallery captions;
 - :func:`extremes`, :func:`rows_from_selection` — which samples to show in a gallery;
 - :func:`inspect_images`, :func:`percentile_within` — a sample's scores, probabilities and its
   percentile within the ID distribution ("more uncertain than 97 % of mnist");
@@ -25,24 +26,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from gradviz.data import ImageSet
 from gradviz.errors import GradvizError
 from gradviz.methods.registry import MethodRunner, ModelOutputs, needs_graph
+from gradviz.metrics import threshold_at_tpr
 from gradviz.models import GradvizModel
 
 __all__ = [
-    "upload_spec", "uploads_to_imageset", "threshold_at_tpr", "ThresholdSummary", "threshold_summary",
-    "extremes", "rows_from_selection", "percentile_within", "SampleReport", "inspect_images",
-    "compute_attributions", "Panel", "attribution_panels", "gaia_channel_table", "sample_layer_profile",
-    "display_image",
+    "ThresholdSummary", "threshold_summary", "score_range", "sample_captions", "extremes", "rows_from_selection",
+    "percentile_within", "SampleReport", "inspect_images", "compute_attributions", "Panel", "attribution_panels",
+    "gaia_channel_table", "sample_layer_profile", "display_image",
 ]
-
-
-# --------------------------------------------------------------------------- uploads
-
-
-# Moved to gradviz.images (decoding reduces each image to the card's size; the set carries the decoder's notes).
-from gradviz.images import upload_spec, uploads_to_imageset  # noqa: E402,F401  (kept importable from here)
 
 
 # --------------------------------------------------------------------------- thresholds and galleries
@@ -51,20 +44,6 @@ from gradviz.images import upload_spec, uploads_to_imageset  # noqa: E402,F401  
 def _finite(values) -> np.ndarray:
     a = np.asarray(values, dtype=np.float64).reshape(-1)
     return a[np.isfinite(a)]
-
-
-def threshold_at_tpr(id_scores, tpr: float = 0.95) -> float:
-    """The smallest uncertainty threshold that accepts (score ≤ t) at least ``tpr`` of the finite ID scores.
-
-    The same operating point as FPR@95 in :mod:`gradviz.metrics` (first ROC threshold with TPR ≥ 95 %).
-    """
-    if not 0.0 < tpr <= 1.0:
-        raise GradvizError(f"tpr must be in (0, 1], got {tpr}")
-    s = np.sort(_finite(id_scores))
-    if len(s) == 0:
-        raise GradvizError("no finite ID scores to set a threshold from")
-    k = int(np.ceil(tpr * len(s) - 1e-9))  # number of ID samples that must be accepted
-    return float(s[max(k, 1) - 1])
 
 
 @dataclass
@@ -81,7 +60,7 @@ def threshold_summary(scores: pd.DataFrame, method: str, threshold: float, defau
                       tpr: float = 0.95) -> ThresholdSummary:
     """Counts of accepted (score ≤ threshold) and rejected samples per dataset, and the flipped rows.
 
-    ``default`` is the reference threshold (None: :func:`threshold_at_tpr` of the ID rows at ``tpr``).
+    ``default`` is the reference threshold (None: :func:`gradviz.metrics.threshold_at_tpr` of the ID rows at ``tpr``).
     Non-finite scores are counted as ``invalid`` and never accepted or flipped.
     """
     if method not in scores.columns:
