@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from gradviz import inspect as gi
+from gradviz import samples as gi
 from gradviz import plots
 from gradviz.gradients import STATS
 from gradviz.playground import PATHS, figures

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from gradviz.errors import GradvizError
-from gradviz.inspect import percentile_within
+from gradviz.samples import percentile_within
 from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, needs_graph
 from gradviz.models import GradvizModel
 

@@ -184,7 +184,7 @@ def attributions(digest: str, model: str, weights: str | None, _x: torch.Tensor)
     """Attribution maps of one image, on demand: the registry's first two pixel methods and first layer
     method (it lists the most robust first: saliency, integrated gradients, Grad-CAM)."""
     from gradviz.attributions import list_attributions
-    from gradviz.inspect import compute_attributions
+    from gradviz.samples import compute_attributions
 
     infos = list_attributions()
     names = [a.name for a in infos if a.kind == "pixel"][:2] + [a.name for a in infos if a.kind == "layer"][:1]
