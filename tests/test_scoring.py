@@ -94,8 +94,8 @@ def test_fitted_methods_fit_once_on_the_fit_set_and_say_so(model, tmp_path, monk
     fits, seen = [], []
     real_fit, real_load = KNN.fit, scoring.load_dataset
     monkeypatch.setattr(KNN, "fit", lambda self, *a, **k: fits.append(1) or real_fit(self, *a, **k))
-    monkeypatch.setattr(scoring, "load_dataset", lambda spec, card, limit=None, seed=0: real_load(
-        spec, card, limit=64 if spec == "mnist:train" else limit, seed=seed))  # a small fit set: fast
+    monkeypatch.setattr(scoring, "load_dataset", lambda spec, card, limit=None, seed=0, **kw: real_load(
+        spec, card, limit=64 if spec == "mnist:train" else limit, seed=seed, **kw))  # a small fit set: fast
     cfg = RunConfig(id="mnist", ood=["noise-uniform", "letters"], methods=["knn", "msp"], limit=30,
                     fit_set="mnist:train", params={"knn": {"k": 5}})
     res = run(cfg, progress=lambda d, t, label: seen.append(label), model=model)
