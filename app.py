@@ -9,6 +9,7 @@ from gradviz.ui.sidebar import frame, render_sidebar  # noqa: E402  (after set_p
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/compare.py", title="Compare distributions", icon=":material/bar_chart:"),
+    st.Page("pages/compare_models.py", title="Compare models", icon=":material/compare:"),
     st.Page("pages/inspect.py", title="Inspect a sample", icon=":material/search:"),
     st.Page("pages/layers.py", title="Layer profiles", icon=":material/layers:"),
     st.Page("pages/meta.py", title="Meta classifier", icon=":material/calculate:"),

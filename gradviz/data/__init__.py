@@ -67,7 +67,7 @@ def register_dataset(prefix: str, description: str, offline: bool = True, exampl
 
 def _ensure_registered() -> None:
     # Importing the modules runs their @register_dataset decorators.
-    from gradviz.data import corruptions, folder, letters, mnist, noise, tv  # noqa: F401
+    from gradviz.data import corruptions, folder, letters, mnist, noise, session, splits, tv, zipset  # noqa: F401
 
 
 def list_datasets() -> list[DatasetEntry]:
@@ -105,7 +105,8 @@ def load_dataset(spec: str, card: ModelCard | None = None, limit: int | None = N
 
 
 def adapt_images(images: torch.Tensor, card: ModelCard) -> torch.Tensor:
-    """Convert (N, c, h, w) images in [0, 1] to the card's (C, H, W): grey<->RGB, bilinear resize."""
+    """Convert (N, c, h, w) images in [0, 1] to the card's (C, H, W): grey<->RGB, resize with the card's
+    interpolation (bilinear unless the card says bicubic or nearest; antialiased)."""
     c, h, w = card.input_size
     x = images.float()
     if x.shape[1] != c:
@@ -116,5 +117,9 @@ def adapt_images(images: torch.Tensor, card: ModelCard) -> torch.Tensor:
         else:
             raise DatasetError(f"cannot convert {x.shape[1]}-channel images to {c} channels")
     if tuple(x.shape[-2:]) != (h, w):
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        mode = getattr(card, "interpolation", "bilinear")  # the card's (timm's pretrained_cfg), bilinear by default
+        if mode == "nearest":
+            x = F.interpolate(x, size=(h, w), mode="nearest")
+        else:
+            x = F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True)
     return x.clamp_(0, 1).contiguous()
