@@ -31,9 +31,16 @@ def _tqdm_progress():
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="mnist-cnn", help="mnist-cnn or torchvision:<arch> (default: mnist-cnn)")
-    p.add_argument("--weights", default=None, help="weights file (.safetensors or a weights-only state dict)")
+    p.add_argument("--model", default="mnist-cnn",
+                   help="mnist-cnn (default), mnist-vit, torchvision:<arch>, timm:<name>, an installed plugin "
+                        "(entry-point group gradviz.models), or path/to/file.py:build (runs that file)")
+    p.add_argument("--weights", default=None, help="weights file (.safetensors or a weights-only state dict); a JSON "
+                                                    "card with the same stem beside it sets input size, mean/std, classes")
     p.add_argument("--id", default="mnist", help="in-distribution dataset spec (default: mnist)")
+    p.add_argument("--id-split", type=float, default=None, metavar="FRACTION",
+                   help="split your own ID set (e.g. folder:PATH or zip:FILE): FRACTION of it (per class, seeded) fits "
+                        "the fitted methods, the rest is scored as ID (same as --id test:[F:]SPEC --fit-set fit:[F:]SPEC)")
+    p.add_argument("--fit-set", default=None, help="dataset the fitted methods (Mahalanobis) fit on (default: mnist:train)")
     p.add_argument("--ood", action="append", default=None, help="OOD dataset spec; repeat for several")
     p.add_argument("--limit", type=int, default=None, help="at most N samples per dataset")
     p.add_argument("--seed", type=int, default=0)
@@ -54,11 +61,33 @@ def _config(args) -> "RunConfig":
         if not path.is_file():
             raise GradvizError(f"config file not found: {path}")
         return RunConfig.from_json(path.read_text())
+    id_spec, fit_set = _id_and_fit(args)
     return RunConfig(
-        model=args.model, weights=args.weights, id=args.id, ood=args.ood or [],
+        model=args.model, weights=args.weights, id=id_spec, ood=args.ood or [],
         methods=getattr(args, "methods", "all"), limit=args.limit, seed=args.seed, device=args.device,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, fit_set=fit_set,
     )
+
+
+def _id_and_fit(args) -> tuple[str, str]:
+    """The ID spec and the fitting set from --id, --id-split and --fit-set."""
+    from gradviz.data.splits import split_spec
+    from gradviz.scoring import RunConfig
+
+    if args.id_split is None:
+        return args.id, args.fit_set or RunConfig.fit_set
+    if not 0 < args.id_split < 1:
+        raise GradvizError(f"--id-split must lie strictly between 0 and 1, got {args.id_split}")
+    if args.fit_set:
+        raise GradvizError("--id-split sets the fitting set itself; drop --fit-set")
+    return split_spec("test", args.id, args.id_split), split_spec("fit", args.id, args.id_split)
+
+
+def _load_model(name: str, weights: str | None, device: str):
+    """The model of the command line: here, and only here, ``file.py:build`` may run (the user asked for it)."""
+    from gradviz.models import load_model
+
+    return load_model(name, weights, device, allow_code=True)
 
 
 def _store(args):
@@ -88,7 +117,7 @@ def cmd_score(args) -> int:
         if result is None:  # non-zero ranks write nothing
             return 0
     else:
-        result = run(cfg, progress=_tqdm_progress(), store=_store(args))
+        result = run(cfg, progress=_tqdm_progress(), store=_store(args), model=_load_model(cfg.model, cfg.weights, cfg.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result.scores.to_csv(out / "scores.csv", index=False)
@@ -106,13 +135,12 @@ def cmd_score(args) -> int:
 
 def cmd_layers(args) -> int:
     from gradviz.data import load_dataset
-    from gradviz.models import load_model
     from gradviz.scoring import layer_table
 
     _check_device(args.device)
-    model = load_model(args.model, args.weights, args.device)
+    model = _load_model(args.model, args.weights, args.device)
     frames = []
-    for spec in [args.id] + (args.ood or []):
+    for spec in [_id_and_fit(args)[0]] + (args.ood or []):
         data = load_dataset(spec, model.card, limit=args.limit, seed=args.seed)
         frames.append(layer_table(model, data, loss=args.loss, batch_size=args.batch_size,
                                   store=_store(args), progress=_tqdm_progress()))
@@ -139,10 +167,9 @@ def cmd_meta(args) -> int:
     cfg = _config(args)
     cfg.methods = ["entropy", "msp"]
     _check_device(cfg.device)
-    from gradviz.models import load_model
     from gradviz.data import load_dataset
 
-    model = load_model(cfg.model, cfg.weights, cfg.device)
+    model = _load_model(cfg.model, cfg.weights, cfg.device)
     store = _store(args)
     result = run(cfg, progress=_tqdm_progress(), store=store, model=model)
     layers = []
@@ -184,6 +211,10 @@ def cmd_list(args) -> int:
     for m in list_models():
         print(f"  {m.name:24s} {m.description}")
     print("  torchvision:<arch>       any torchvision classifier (ImageNet weights downloaded, or --weights FILE)")
+    print("  timm:<name>              any timm model, e.g. timm:resnet18 (pretrained from the Hugging Face Hub when "
+          "online, or --weights FILE.safetensors)")
+    print("  path/to/file.py:build    your own nn.Module: build() returns (net, card) (runs that file)")
+    print("  plugins: packages declaring entry points in the group gradviz.models are listed above as 'plugin'")
     print("datasets:")
     for d in list_datasets():
         print(f"  {d.example:24s} {d.description}")
@@ -207,7 +238,8 @@ def cmd_train(argv: list[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradviz", description="Gradient-based uncertainty for image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="reproduce the bundled mnist-cnn weights (options: --epochs --seed --out)", add_help=False)
+    sub.add_parser("train", help="reproduce a bundled model's weights (options: --arch cnn|vit --epochs --seed --out)",
+                   add_help=False)
     p = sub.add_parser("score", help="score ID and OOD sets with uncertainty methods; writes scores.csv, metrics.csv")
     _add_common(p)
     p.add_argument("--methods", default="all", help="comma-separated method names or 'all'")

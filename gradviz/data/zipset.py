@@ -57,15 +57,20 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
     return info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16)  # 3 = Unix
 
 
+def _check_size(archive_bytes: int, max_mb: int | None) -> int:
+    limit = int(max_mb or settings().max_zip_mb) * 2**20
+    if archive_bytes > limit:
+        raise DatasetError(f"refused archive: {archive_bytes / 2**20:.1f} MB exceeds the limit of {limit / 2**20:.0f} MB "
+                           "(GRADVIZ_MAX_ZIP_MB)")
+    return limit
+
+
 def check_members(archive: zipfile.ZipFile, archive_bytes: int, max_mb: int | None = None
                   ) -> tuple[list[tuple[zipfile.ZipInfo, tuple[str, ...]]], list[tuple[str, str]]]:
     """(members to read with their relative parts, skipped (name, reason)); refuses unsafe archives."""
     from gradviz.data.folder import IMAGE_EXTENSIONS
 
-    limit = int(max_mb or settings().max_zip_mb) * 2**20
-    if archive_bytes > limit:
-        raise DatasetError(f"refused archive: {archive_bytes / 2**20:.1f} MB exceeds the limit of {limit / 2**20:.0f} MB "
-                           "(GRADVIZ_MAX_ZIP_MB)")
+    limit = _check_size(archive_bytes, max_mb)
     infos = archive.infolist()
     if len(infos) > MAX_MEMBERS:
         raise DatasetError(f"refused archive: {len(infos):,} members exceed the limit of {MAX_MEMBERS:,}")
@@ -113,6 +118,7 @@ def load_zip_bytes(data: bytes, name: str = "upload.zip", limit: int | None = No
     """An :class:`ImageSet` from the bytes of a .zip of images (see the module doc for what is refused)."""
     from gradviz.data.folder import load_folder
 
+    _check_size(len(data), max_mb)
     try:
         archive = zipfile.ZipFile(io.BytesIO(bytes(data)))
     except (zipfile.BadZipFile, OSError, ValueError) as exc:

@@ -91,7 +91,7 @@ def apply_state_dict(net: nn.Module, state: dict[str, torch.Tensor], source: str
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
     """Refuse weights holding NaN or infinite values (naming a few tensors)."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if bad:
         raise ModelError(f"{source} holds NaN or infinite values in {len(bad)} tensor(s): {_examples(bad)}")
 
