@@ -64,7 +64,7 @@ def _add(whole, inner: str, name: str, fraction: float, seed: int, card) -> None
     skipped = list(whole.skipped)
     if skipped:
         shown = "; ".join(f"{f}: {why}" for f, why in skipped[:5])
-        notes[id_spec] += f" Skipped {len(skipped)} file(s): {shown}{' …' if len(skipped) > 5 else ''}"
+        notes[id_spec] += f" Skipped {len(skipped)} file(s): {shown}{' …' if len(skipped) > 5 else ''}."
     st.session_state[PENDING] = id_spec
 
 
