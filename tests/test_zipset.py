@@ -141,3 +141,25 @@ def test_zip_spec_on_disk_for_the_command_line(tmp_path):
     assert len(data) == 6 and data.class_names == ["0", "1", "2"]
     with pytest.raises(DatasetError, match="zip file not found"):
         load_dataset(f"zip:{tmp_path / 'nope.zip'}")
+
+
+def test_cli_id_split_scores_the_test_part_and_fits_on_the_other(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from gradviz.cli import main
+
+    path = tmp_path / "digits.zip"
+    path.write_bytes(digits_zip(per_class=6))
+    out = tmp_path / "out"
+    assert main(["score", "--id", f"zip:{path}", "--id-split", "0.5", "--ood", "noise-uniform", "--methods",
+                 "msp,mahalanobis", "--limit", "20", "--out", str(out), "--cache", "none"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["id"] == f"test:zip:{path}" and cfg["fit_set"] == f"fit:zip:{path}"
+    scores = pd.read_csv(out / "scores.csv")
+    ids = scores[scores["role"] == "id"]
+    assert len(ids) == 9 and np.isfinite(ids["mahalanobis"]).all()
+    capsys.readouterr()
+    assert main(["score", "--id", f"zip:{path}", "--id-split", "1.5", "--out", str(out)]) == 2
+    assert "--id-split must lie strictly between 0 and 1" in capsys.readouterr().err

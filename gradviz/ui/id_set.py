@@ -74,9 +74,9 @@ def render(container, seed: int, card_of_model) -> None:
     with container.expander("Your own ID set (.zip or folder)"):
         source = st.radio("Images from", ["a .zip upload", "a folder on the server"], key="gv_id_source",
                           horizontal=True)
-        fraction = st.slider("Share used for fitting", 0.2, 0.8, DEFAULT_FIT_FRACTION, 0.05, key="gv_id_fraction",
-                             help="Fitted methods (Mahalanobis, meta classifier) fit on this share; the rest is scored "
-                                  "as the ID set. Split per class with the sidebar's seed.")
+        fraction = st.number_input("Share used for fitting", 0.1, 0.9, DEFAULT_FIT_FRACTION, 0.05, key="gv_id_fraction",
+                                   help="Fitted methods (Mahalanobis, meta classifier) fit on this share; the rest is scored "
+                                        "as the ID set. Split per class with the sidebar's seed.")
         try:
             if source == "a .zip upload":
                 upload = st.file_uploader("Images in a .zip (class sub-folders become labels)", type=["zip"],
