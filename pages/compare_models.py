@@ -36,7 +36,7 @@ for name, reason in comparison.errors.items():
 for name, refused in comparison.unsupported.items():
     first = next(iter(refused.values()))
     st.warning(f"**{name}**: {len(refused)} method(s) cannot run on this model and are left out "
-               f"({', '.join(refused)}) — e.g. {first}")
+               f"({', '.join(refused)}) — e.g. {first if len(first) < 160 else first[:159] + '…'}")
 if len(comparison.results) < 1:
     st.stop()
 scored = comparison.models

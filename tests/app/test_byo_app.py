@@ -242,3 +242,25 @@ def test_compare_models_page_scores_two_models_side_by_side(open_page):
     assert len(at.get("download_button")) == 4 and not at.error
     at.segmented_control(key="cm_metric").set_value("fpr95").run()
     assert not at.exception and "FPR95" in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+
+
+def test_folder_under_the_allowed_roots_as_the_id_set(open_page, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    for c in range(2):
+        (root / "mine" / str(c)).mkdir(parents=True)
+        for i in range(4):
+            (root / "mine" / str(c) / f"{i}.png").write_bytes(png(60 * c + i))
+    (tmp_path / "secret").mkdir()
+    monkeypatch.setenv("GRADVIZ_ALLOWED_ROOTS", str(root))
+    at = open_page("pages/learn.py", RunConfig(**SMALL))
+    at.run()  # settle (see submit_weights)
+    at.radio(key="gv_id_source").set_value("a folder on the server").run()
+    at.text_input(key="gv_id_folder").input(str(tmp_path / "secret")).run()
+    at.button(key="gv_id_add_folder").click().run()
+    assert "outside the allowed data roots" in texts(at.error) and at.session_state["gv_config"].id == "mnist"
+    at.text_input(key="gv_id_folder").input("mine").run()
+    at.button(key="gv_id_add_folder").click().run()
+    assert not at.exception, at.exception
+    cfg = at.session_state["gv_config"]
+    assert cfg.id == f"test:folder:{(root / 'mine').resolve()}" and cfg.fit_set == "fit:" + cfg.id[len("test:"):]
+    assert "8 images in 2 classes; 4 (50%) fit" in texts(at.sidebar.caption)

@@ -38,7 +38,7 @@ def open_expander(page, title: str):
 
 def pick(page, container, label: str, option: str) -> None:
     """Choose ``option`` in the selectbox labelled ``label`` inside ``container``."""
-    container.locator('[data-testid="stSelectbox"]', has_text=label).first.click()
+    container.get_by_role("combobox", name=label, exact=True).click()
     page.locator('[role="option"]', has_text=option).first.click()
 
 
@@ -59,8 +59,15 @@ def upload_weights(page, data: bytes, name: str, card: dict | None = None, torch
 
 
 def model_options(page) -> str:
-    page.locator(f'{SIDEBAR} [data-testid="stSelectbox"]', has_text="Model").first.click()
-    page.locator('[role="option"]').first.wait_for()
+    """The Model picker's options as shown (the list is opened again if a rerun closed it)."""
+    for _ in range(5):
+        wait_idle(page)
+        page.locator(SIDEBAR).get_by_role("combobox", name="Model", exact=True).click()
+        try:
+            page.locator('[role="option"]').first.wait_for(timeout=10_000)
+            break
+        except Exception:  # noqa: BLE001 — playwright's TimeoutError: try again
+            page.keyboard.press("Escape")
     text = " | ".join(o.inner_text() for o in page.locator('[role="option"]').all())
     page.keyboard.press("Escape")
     return text
