@@ -89,7 +89,8 @@ def check_members(archive: zipfile.ZipFile, archive_bytes: int, max_mb: int | No
             raise DatasetError(f"refused archive: it unpacks to more than {UNCOMPRESSED_FACTOR * limit / 2**20:.0f} MB "
                                "(possible zip bomb)")
         if info.file_size > MAX_RATIO * max(info.compress_size, 1) and info.file_size > 2**20:
-            raise DatasetError(f"refused archive: member {info.filename!r} expands {info.file_size / max(info.compress_size, 1):,.0f}× "
+            ratio = info.file_size / max(info.compress_size, 1)
+            raise DatasetError(f"refused archive: member {info.filename!r} expands {ratio:,.0f}× "
                                f"(limit {MAX_RATIO}×; possible zip bomb)")
         rel = "/".join(parts)
         suffix = PurePosixPath(parts[-1]).suffix.lower()

@@ -111,8 +111,9 @@ def check_card_fits(net: nn.Module, card: ModelCard, source: str) -> None:
         with torch.no_grad():
             out = net(torch.zeros(1, *card.input_size))
     except Exception as exc:  # noqa: BLE001 — any failure here means the card and the network disagree
-        raise ModelError(f"{source}: the network does not take images of the card's input size "
-                         f"{'×'.join(map(str, card.input_size))} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        size, why = "×".join(map(str, card.input_size)), str(exc).splitlines()[0][:160]
+        raise ModelError(f"{source}: the network does not take images of the card's input size {size} "
+                         f"({type(exc).__name__}: {why})") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise ModelError(f"{source}: the network must return logits (B, classes); it returned "
                          f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")

@@ -235,7 +235,8 @@ def train_mnist_vit(epochs: int | None = None, seed: int = 0, out_dir: Path = AS
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m gradviz train [--arch cnn|vit] [--epochs N] [--seed S] [--out DIR]``."""
-    parser = argparse.ArgumentParser(prog="gradviz train", description="Train a bundled model (mnist-cnn or mnist-vit) reproducibly.")
+    parser = argparse.ArgumentParser(prog="gradviz train",
+                                     description="Train a bundled model (mnist-cnn or mnist-vit) reproducibly.")
     parser.add_argument("--arch", choices=sorted(RECIPES), default="cnn",
                         help="cnn: mnist-cnn (default); vit: mnist-vit, the small vision transformer")
     parser.add_argument("--epochs", type=int, default=None,

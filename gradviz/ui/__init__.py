@@ -7,6 +7,8 @@ Session-state keys (shared by every page):
 | ``gv_config``     | the current :class:`gradviz.scoring.RunConfig`           |
 | ``gv_uploads``    | {name: ImageSet} of images this session uploaded as OOD  |
 | ``gv_selected``   | (dataset, index) of the sample chosen for inspection     |
+
+A session's own uploads (weights, ID sets) live under the keys listed in :mod:`gradviz.ui.private`.
 """
 
 from gradviz.reductions import build_in_background as _build_in_background
