@@ -69,9 +69,13 @@ def _add(whole, inner: str, name: str, fraction: float, seed: int, card) -> None
 
 
 def render(container, seed: int, card_of_model) -> None:
-    """The "Your own ID set" expander: upload a .zip or name a folder, choose the fitting share, add it.
+    """The "your own ID set" switch and, when on, a .zip upload or a folder name, the fitting share, "Use as ID set"
+    (a switch, like the weights upload: no file input in the sidebar while it is off).
     ``card_of_model()`` gives the chosen model's card (or None), asked only when a set is added."""
-    with container.expander("Your own ID set (.zip or folder)"):
+    if not container.toggle("Use your own images as the ID set (.zip or folder)", key="gv_id_on",
+                            help="Split into a part the fitted methods fit on and a part scored as ID."):
+        return
+    with container.container(border=True):
         source = st.radio("Images from", ["a .zip upload", "a folder on the server"], key="gv_id_source",
                           horizontal=True)
         fraction = st.number_input("Share used for fitting", 0.1, 0.9, DEFAULT_FIT_FRACTION, 0.05, key="gv_id_fraction",

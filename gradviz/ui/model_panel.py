@@ -57,7 +57,7 @@ def render(sb, cur_model: str) -> str:
     model = sb.selectbox("Model", options, index=options.index(cur_model) if cur_model in options else 0, key="gv_model",
                          format_func=describe,
                          help="The bundled models work offline. torchvision / timm: 'Other model'; your own "
-                              "weights: 'Your own weights'.")
+                              "weights: 'Upload your own weights'.")
     with sb.expander("Other model (torchvision, timm)"):
         arch = st.text_input("torchvision architecture", key="gv_arch", placeholder="e.g. resnet18",
                              value=cur_model.split(":", 1)[1] if cur_model.startswith("torchvision:") else "",
@@ -65,7 +65,7 @@ def render(sb, cur_model: str) -> str:
         timm_name = st.text_input("timm model", key="gv_timm", placeholder="e.g. resnet18, vit_tiny_patch16_224",
                                   value=cur_model.split(":", 1)[1] if cur_model.startswith("timm:") else "",
                                   help="Pretrained weights download from the Hugging Face Hub when online; offline, "
-                                       "upload a .safetensors file under 'Your own weights'.")
+                                       "upload a .safetensors file with 'Upload your own weights'.")
     if arch.strip():
         model = f"torchvision:{arch.strip()}"
     elif timm_name.strip():
@@ -100,8 +100,14 @@ def _load(kind: str, name: str, weights, card_file, form: dict[str, str]):
 
 
 def weights_upload(sb) -> None:
-    """The "Your own weights" expander (a form: nothing runs until "Load weights")."""
-    with sb.expander("Your own weights (.safetensors)"):
+    """The "Upload your own weights" switch and, when on, its form (nothing runs until "Load weights").
+
+    A switch rather than an expander: the file inputs exist only while it is on, so the sidebar holds no
+    upload field a page's own uploader could be mistaken for."""
+    if not sb.toggle("Upload your own weights (.safetensors)", key="gv_up_on",
+                     help="An architecture + a .safetensors file + a card; the model stays in this browser session."):
+        return
+    with sb.container(border=True):
         done = st.session_state.pop("gv_up_msg", None)
         if done:
             st.success(done)

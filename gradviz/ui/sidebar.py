@@ -98,9 +98,10 @@ def render_sidebar() -> RunConfig:
                            index=id_options.index(cur.id) if cur.id in id_options else 0, key="gv_id",
                            format_func=id_set.label)
     fit_set = id_set.fit_spec_for(id_spec) or RunConfig.fit_set
+    seed_now = int(st.session_state.get("gv_seed", cur.seed))  # the Seed widget below, as last set
     if id_set.note_for(id_spec):
-        sb.caption(id_set.note_for(id_spec) + f" Seed {int(cur.seed)}.")
-    id_set.render(sb, int(cur.seed), lambda: _card_or_none(model))
+        sb.caption(id_set.note_for(id_spec) + f" Seed {seed_now}.")
+    id_set.render(sb, seed_now, lambda: _card_or_none(model))
     ood = sb.multiselect("OOD sets", [o for o in options if o != id_spec],
                          default=[o for o in cur.ood if o in options and o != id_spec], key="gv_ood",
                          help="Corruptions use the ID test images. Add a folder or torchvision set below.")
@@ -138,7 +139,8 @@ def render_sidebar() -> RunConfig:
     sb.caption("Runs locally: your data is not sent anywhere.")
     methods = methods or all_methods
     if fit_set != RunConfig.fit_set and not id_set.labelled(id_spec):  # no labels to fit on: leave those methods out
-        methods = [m for m in methods if not get_method(m).needs_fit] or [m for m in all_methods if not get_method(m).needs_fit]
+        unfitted = [m for m in all_methods if not get_method(m).needs_fit]
+        methods = [m for m in methods if m in unfitted] or unfitted
     cfg = RunConfig(model=model, id=id_spec, ood=ood, methods=methods, limit=int(limit), seed=seed,
                     params=params, fit_set=fit_set)
     st.session_state["gv_config"] = cfg

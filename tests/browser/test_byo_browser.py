@@ -29,11 +29,13 @@ CARD = {"input_size": [3, 16, 16], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 
         "class_names": [f"digit {i}" for i in range(10)]}
 
 
-def open_expander(page, title: str):
-    expander = page.locator(f'{SIDEBAR} [data-testid="stExpander"]', has_text=title).first
-    if expander.locator("details").get_attribute("open") is None:  # a click on an open one would close it
-        expander.locator("summary").click()
-    return expander
+def switch_on(page, label: str) -> None:
+    """Turn on the sidebar switch ``label`` (its panel then appears below it)."""
+    switch = page.locator(f'{SIDEBAR} [data-testid="stCheckbox"]', has_text=label).first
+    if not switch.locator("input").is_checked():
+        switch.locator("label").first.click()
+    time.sleep(0.5)
+    wait_idle(page)
 
 
 def pick(page, container, label: str, option: str) -> None:
@@ -43,7 +45,8 @@ def pick(page, container, label: str, option: str) -> None:
 
 
 def upload_weights(page, data: bytes, name: str, card: dict | None = None, torchvision_arch: str = "") -> None:
-    form = open_expander(page, "Your own weights")
+    switch_on(page, "Upload your own weights")
+    form = page.locator(f'{SIDEBAR} [data-testid="stForm"]').first
     if torchvision_arch:
         pick(page, form, "Architecture", "torchvision: <name below>")
         form.get_by_label("torchvision / timm name").fill(torchvision_arch)
@@ -124,10 +127,10 @@ def _zip() -> bytes:
 def test_zip_as_the_id_set(server, browser, shots_dir):
     context, page = new_session(server, browser)
     try:
-        panel = open_expander(page, "Your own ID set")
-        panel.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(
+        switch_on(page, "Use your own images")
+        page.locator(f'{SIDEBAR} [data-testid="stFileUploader"] input[type="file"][accept*="zip"]').set_input_files(
             {"name": "digits.zip", "mimeType": "application/zip", "buffer": _zip()})
-        panel.get_by_role("button", name="Use as ID set").click()
+        page.locator(SIDEBAR).get_by_role("button", name="Use as ID set").click()
         note = page.locator(f'{SIDEBAR} [data-testid="stCaptionContainer"]', has_text="as the ID set")
         note.first.wait_for()
         time.sleep(1.0)
