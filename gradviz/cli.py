@@ -32,7 +32,7 @@ def _tqdm_progress():
 
 # Run-configuration fields the flags set; given beside --config, a flag overrides that field of the file.
 _FLAG_FIELDS = {"model": "model", "weights": "weights", "id": "id", "ood": "ood", "methods": "methods", "limit": "limit",
-                "seed": "seed", "device": "device", "batch_size": "batch_size"}
+                "seed": "seed", "device": "device", "batch_size": "batch_size", "fit_set": "fit_set"}
 
 
 def _add_common(p: argparse.ArgumentParser, methods: bool = False) -> None:
@@ -40,9 +40,16 @@ def _add_common(p: argparse.ArgumentParser, methods: bool = False) -> None:
                                                   "fields neither sets take their defaults.")
     g.add_argument("--config", default=None, help="run configuration JSON, as exported by the dashboard (checked whole "
                                                    "before anything runs; flags given beside it override its fields)")
-    g.add_argument("--model", default=None, help="mnist-cnn or torchvision:<arch> (default: mnist-cnn)")
-    g.add_argument("--weights", default=None, help="weights file (.safetensors or a weights-only state dict)")
+    g.add_argument("--model", default=None,
+                   help="mnist-cnn (default), mnist-vit, torchvision:<arch>, timm:<name>, an installed plugin "
+                        "(entry-point group gradviz.models), or path/to/file.py:build (runs that file)")
+    g.add_argument("--weights", default=None, help="weights file (.safetensors or a weights-only state dict); a JSON "
+                                                    "card with the same stem beside it sets input size, mean/std, classes")
     g.add_argument("--id", default=None, help="in-distribution dataset spec (default: mnist)")
+    g.add_argument("--id-split", type=float, default=None, metavar="FRACTION",
+                   help="split your own ID set (e.g. folder:PATH or zip:FILE): FRACTION of it (per class, seeded) fits "
+                        "the fitted methods, the rest is scored as ID (same as --id test:[F:]SPEC --fit-set fit:[F:]SPEC)")
+    g.add_argument("--fit-set", default=None, help="dataset the fitted methods (Mahalanobis) fit on (default: mnist:train)")
     g.add_argument("--ood", action="append", default=None,
                    help="OOD dataset spec; repeat for several (given with --config: replaces the file's list)")
     g.add_argument("--limit", type=int, default=None, help="at most N samples per dataset (default: all)")
@@ -83,6 +90,15 @@ def _config(args) -> "RunConfig":
         value = getattr(args, flag, None)
         if value is not None:
             setattr(cfg, name, value)
+    split = getattr(args, "id_split", None)
+    if split is not None:  # your own ID set: a seeded per-class split into fitting and scored parts
+        from gradviz.data.splits import split_spec
+
+        if not 0 < split < 1:
+            raise GradvizError(f"--id-split must lie strictly between 0 and 1, got {split}")
+        if getattr(args, "fit_set", None):
+            raise GradvizError("--id-split sets the fitting set itself; drop --fit-set")
+        cfg.id, cfg.fit_set = split_spec("test", cfg.id, split), split_spec("fit", cfg.id, split)
     return cfg.validate()
 
 
@@ -94,6 +110,13 @@ def _report_files(result) -> None:
     for spec, items in result.notes.items():
         print(f"note: {spec}: {len(items)} file(s) altered while decoding (first: {items[0][0]}: {items[0][1][:120]})",
               file=sys.stderr)
+
+
+def _load_model(name: str, weights: str | None, device: str):
+    """The model of the command line: here, and only here, ``file.py:build`` may run (the user asked for it)."""
+    from gradviz.models import load_model
+
+    return load_model(name, weights, device, allow_code=True)
 
 
 def _store(args):
@@ -123,7 +146,7 @@ def cmd_score(args) -> int:
         if result is None:  # non-zero ranks write nothing
             return 0
     else:
-        result = run(cfg, progress=_tqdm_progress(), store=_store(args))
+        result = run(cfg, progress=_tqdm_progress(), store=_store(args), model=_load_model(cfg.model, cfg.weights, cfg.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result.scores.to_csv(out / "scores.csv", index=False)
@@ -151,11 +174,10 @@ def cmd_score(args) -> int:
 def cmd_coverage(args) -> int:
     """``layers --coverage``: which plan computes each parameter group's per-sample gradient."""
     from gradviz.gradients import coverage
-    from gradviz.models import load_model
 
     cfg = _config(args)
     _check_device(cfg.device)
-    report = coverage(load_model(cfg.model, cfg.weights, cfg.device))
+    report = coverage(_load_model(cfg.model, cfg.weights, cfg.device))
     print(report)
     if args.out:
         out = Path(args.out)
@@ -171,7 +193,6 @@ def cmd_layers(args) -> int:
 
     from gradviz.data import load_dataset
     from gradviz.gradients import LOSSES
-    from gradviz.models import load_model
     from gradviz.scoring import layer_table
     from gradviz.tables import flat_layer_table
 
@@ -183,7 +204,7 @@ def cmd_layers(args) -> int:
     if args.loss not in LOSSES:
         raise GradvizError(f"unknown loss {args.loss!r}; known: {', '.join(LOSSES)}")
     _check_device(cfg.device)
-    model = load_model(cfg.model, cfg.weights, cfg.device)
+    model = _load_model(cfg.model, cfg.weights, cfg.device)
     frames = []
     for spec in [cfg.id] + cfg.ood:
         data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
@@ -204,14 +225,13 @@ def cmd_meta(args) -> int:
 
     from gradviz.data import load_dataset
     from gradviz.meta import meta_report
-    from gradviz.models import load_model
     from gradviz.scoring import layer_table, run
     from gradviz.tables import join_layers
 
     cfg = _config(args)
     cfg.methods = ["entropy", "msp"]
     _check_device(cfg.device)
-    model = load_model(cfg.model, cfg.weights, cfg.device)
+    model = _load_model(cfg.model, cfg.weights, cfg.device)
     store = _store(args)
     result = run(cfg, progress=_tqdm_progress(), store=store, model=model)
     layers = []
@@ -276,6 +296,10 @@ def cmd_list(args) -> int:
     for m in list_models():
         print(f"  {m.name:24s} {m.description}")
     print("  torchvision:<arch>       any torchvision classifier (ImageNet weights downloaded, or --weights FILE)")
+    print("  timm:<name>              any timm model, e.g. timm:resnet18 (pretrained from the Hugging Face Hub when "
+          "online, or --weights FILE.safetensors)")
+    print("  path/to/file.py:build    your own nn.Module: build() returns (net, card) (runs that file)")
+    print("  plugins: packages declaring entry points in the group gradviz.models are listed above as 'plugin'")
     print("datasets:")
     for d in list_datasets():
         print(f"  {d.example:24s} {d.description}")
@@ -299,7 +323,8 @@ def cmd_train(argv: list[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradviz", description="Gradient-based uncertainty for image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="reproduce the bundled mnist-cnn weights (options: --epochs --seed --out)", add_help=False)
+    sub.add_parser("train", help="reproduce a bundled model's weights (options: --arch cnn|vit --epochs --seed --out)",
+                   add_help=False)
     p = sub.add_parser("score", help="score ID and OOD sets with uncertainty methods; writes scores.csv, metrics.csv")
     _add_common(p, methods=True)
     p.add_argument("--out", required=True, help="output folder")

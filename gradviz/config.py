@@ -7,6 +7,8 @@
 | allowed_roots      | GRADVIZ_ALLOWED_ROOTS (os.pathsep-separated) | data_root |
 | max_upload_mb      | GRADVIZ_MAX_UPLOAD_MB       | 20                   |
 | max_upload_files   | GRADVIZ_MAX_UPLOAD_FILES    | 64                   |
+| max_weights_mb     | GRADVIZ_MAX_WEIGHTS_MB      | 200                  |
+| max_zip_mb         | GRADVIZ_MAX_ZIP_MB          | 100                  |
 | max_pixels         | GRADVIZ_MAX_PIXELS          | 16_000_000           |
 | max_upload_pixels  | GRADVIZ_MAX_UPLOAD_PIXELS   | 256_000_000          |
 | max_session_pixels | GRADVIZ_MAX_SESSION_PIXELS  | 1_024_000_000        |
@@ -57,6 +59,8 @@ class Settings:
     cache_max_mb: int = 512
     compile: str = "auto"
     fold_bn: bool = True
+    max_weights_mb: int = 200
+    max_zip_mb: int = 100
 
 
 def settings() -> Settings:
@@ -89,6 +93,8 @@ def _resolve(env: tuple[tuple[str, str], ...]) -> Settings:
         cache_max_mb=_env_int("GRADVIZ_CACHE_MAX_MB", 512),
         compile=os.environ.get("GRADVIZ_COMPILE", "auto").strip().lower() or "auto",
         fold_bn=os.environ.get("GRADVIZ_FOLD_BN", "on").strip().lower() not in ("off", "0", "false", "no"),
+        max_weights_mb=_env_int("GRADVIZ_MAX_WEIGHTS_MB", 200),
+        max_zip_mb=_env_int("GRADVIZ_MAX_ZIP_MB", 100),
     )
 
 

@@ -311,3 +311,23 @@ def severity_histogram(scores: pd.DataFrame, method: str, nbins: int = 50) -> go
     fig.update_layout(barmode="overlay", title=f"{method}: uncertainty as severity grows",
                       xaxis_title=f"{method} uncertainty (higher = more uncertain)", yaxis_title="density", **LAYOUT)
     return fig
+
+
+def model_metric_bars(metrics: pd.DataFrame, metric: str = "auroc", models: list[str] | None = None) -> go.Figure:
+    """Grouped bars for several models: ``metric`` per method, one bar colour per model, one panel per OOD set
+    (``metrics`` has a ``model`` column, as :attr:`gradviz.model_compare.ModelComparison.metrics`)."""
+    oods = list(dict.fromkeys(metrics["ood_dataset"])) if len(metrics) else []
+    models = models or (list(dict.fromkeys(metrics["model"])) if len(metrics) else [])
+    fig = make_subplots(rows=max(1, len(oods)), cols=1, shared_xaxes=True, subplot_titles=oods or None,
+                        vertical_spacing=0.12 if len(oods) > 1 else 0.02)
+    for m, model in enumerate(models):
+        for row, ood in enumerate(oods, 1):
+            part = metrics[(metrics["model"] == model) & (metrics["ood_dataset"] == ood)]
+            fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=model, legendgroup=model, showlegend=row == 1,
+                                 marker_color=METHOD_PALETTE[m % len(METHOD_PALETTE)],
+                                 hovertemplate=f"{model}<br>%{{x}}<br>{metric}=%{{y:.3f}}<extra>{ood}</extra>"),
+                          row=row, col=1)
+    fig.update_layout(barmode="group", title=f"{metric.upper()} per method, model and OOD set",
+                      height=max(320, 230 * max(1, len(oods))), **LAYOUT)
+    fig.update_yaxes(title_text=metric)
+    return fig

@@ -65,7 +65,7 @@ class DatasetEntry:
 
 DATASETS: dict[str, DatasetEntry] = {}
 # The modules whose @register_dataset run on first use; their order is the order of list_datasets() and the pickers.
-_MODULES = ("mnist", "letters", "noise", "corruptions", "folder", "tv")
+_MODULES = ("mnist", "letters", "noise", "corruptions", "folder", "zipset", "splits", "session", "tv")
 
 
 def register_dataset(prefix: str, description: str, offline: bool = True, example: str = "", reads_paths: bool = False,
@@ -165,7 +165,8 @@ def load_dataset(spec: str, card: ModelCard | None = None, limit: int | None = N
 
 
 def adapt_images(images: torch.Tensor, card: ModelCard) -> torch.Tensor:
-    """Convert (N, c, h, w) images in [0, 1] to the card's (C, H, W): grey<->RGB, bilinear resize."""
+    """Convert (N, c, h, w) images in [0, 1] to the card's (C, H, W): grey<->RGB, resize with the card's
+    interpolation (bilinear unless the card says bicubic or nearest; antialiased)."""
     c, h, w = card.input_size
     x = images.float()
     if x.shape[1] != c:
@@ -176,5 +177,9 @@ def adapt_images(images: torch.Tensor, card: ModelCard) -> torch.Tensor:
         else:
             raise DatasetError(f"cannot convert {x.shape[1]}-channel images to {c} channels")
     if tuple(x.shape[-2:]) != (h, w):
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        mode = getattr(card, "interpolation", "bilinear")  # the card's (timm's pretrained_cfg), bilinear by default
+        if mode == "nearest":
+            x = F.interpolate(x, size=(h, w), mode="nearest")
+        else:
+            x = F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True)
     return x.clamp_(0, 1).contiguous()

@@ -54,30 +54,43 @@ def resolve_folder(path: str | os.PathLike, allowed_roots: Sequence[str | os.Pat
     (else to the working directory). Symlinks and ``..`` are resolved before the check. With
     roots, "outside", "missing", "not a folder" and "unreadable" share one message.
     """
+    return resolve_path(path, allowed_roots, noun="folder")
+
+
+def resolve_path(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathLike] | None = None,
+                 noun: str = "folder") -> Path:
+    """:func:`resolve_folder` for a ``noun`` = "folder" or a file (any other noun, e.g. "zip file"):
+    the same checks and, with roots, the same one answer for outside / missing / wrong kind / unreadable."""
+    want_dir = noun == "folder"
+    example = "folder:/data/my_images" if want_dir else "zip:/data/my_images.zip"
     raw = str(path).strip() if path is not None else ""
     if not raw:
-        raise DatasetError("folder needs a path, e.g. folder:/data/my_images")
+        raise DatasetError(f"{noun} needs a path, e.g. {example}")
     if len(raw) > MAX_PATH_CHARS or "\x00" in raw:
         what = f"{len(raw):,} characters; at most {MAX_PATH_CHARS:,}" if len(raw) > MAX_PATH_CHARS else "a NUL character"
-        raise DatasetError(f"folder path {short_spec(raw)!r} is not a usable path ({what})")
+        raise DatasetError(f"{noun} path {short_spec(raw)!r} is not a usable path ({what})")
+
+    def usable(p: Path) -> bool:
+        return p.is_dir() and os.access(p, os.R_OK | os.X_OK) if want_dir else p.is_file() and os.access(p, os.R_OK)
+
     if allowed_roots is None:
         try:
             resolved = Path(raw).expanduser().resolve()
-            if resolved.is_dir():
+            if usable(resolved):
                 return resolved
         except (OSError, RuntimeError) as exc:  # ENAMETOOLONG, ELOOP, EACCES, ...
-            raise DatasetError(f"folder {short_spec(raw)!r} cannot be read ({exc.strerror or type(exc).__name__})") from None
-        raise DatasetError(f"folder {short_spec(raw)!r} does not exist or is not a folder")
+            raise DatasetError(f"{noun} {short_spec(raw)!r} cannot be read ({exc.strerror or type(exc).__name__})") from None
+        raise DatasetError(f"{noun} {short_spec(raw)!r} does not exist or is not a {'folder' if want_dir else 'file'}")
     roots = [Path(r).expanduser().resolve() for r in allowed_roots]
     names = ", ".join(str(r) for r in roots)
-    refused = DatasetError(f"folder {short_spec(raw)!r} is not available: give an existing folder under the allowed "
+    refused = DatasetError(f"{noun} {short_spec(raw)!r} is not available: give an existing {noun} under the allowed "
                            f"data roots ({names or 'none on this server'})")
     if not roots:
         raise refused
     try:
         p = Path(raw).expanduser()
         resolved = (p if p.is_absolute() else roots[0] / p).resolve()
-        if any(_inside(resolved, r) for r in roots) and resolved.is_dir() and os.access(resolved, os.R_OK | os.X_OK):
+        if any(_inside(resolved, r) for r in roots) and usable(resolved):
             return resolved
     except (OSError, RuntimeError, ValueError):
         pass  # too long, a loop, no permission: the same answer as "not there"

@@ -1,4 +1,6 @@
-"""Models by name: the bundled ``mnist-cnn`` and torchvision architectures.
+"""Models by name: the bundled ``mnist-cnn`` and ``mnist-vit``, torchvision and timm architectures,
+installed plugins (entry-point group ``gradviz.models``) and, from the command line,
+``path/to/file.py:build``.
 
 Every model is wrapped in a :class:`GradvizModel`: it takes images in [0, 1] of the card's
 input size, normalises them itself, and exposes the penultimate features and the last
@@ -99,12 +101,14 @@ def state_digest(net: nn.Module) -> str:
 
 @dataclass
 class ModelEntry:
-    """A registry row: name, one-line description, and a builder ``(weights, device) -> model``."""
+    """A registry row: name, one-line description, a builder ``(weights) -> model``, and where it
+    comes from (``bundled`` or ``plugin``)."""
 
     name: str
     description: str
     build: Callable[..., GradvizModel]
     offline: bool
+    source: str = "bundled"
 
 
 MODEL_REGISTRY: dict[str, ModelEntry] = {}
@@ -120,25 +124,59 @@ def register_model(name: str, description: str, offline: bool = False):
     return deco
 
 
+def _plugin_entry(name: str, description: str) -> ModelEntry:
+    def build(weights: str | Path | None = None) -> GradvizModel:
+        from gradviz.models.architectures import model_from_state
+        from gradviz.models.plugins import build_plugin
+
+        if weights is None:
+            return build_plugin(name)
+        return model_from_state(name, load_state_dict_file(weights), None, Path(weights).name)
+
+    return ModelEntry(name, description, build, offline=True, source="plugin")
+
+
 def list_models() -> list[ModelEntry]:
-    """Registered models (bundled first)."""
-    return list(MODEL_REGISTRY.values())
+    """Registered models: the bundled ones first, then installed ``gradviz.models`` plugins (not imported)."""
+    from gradviz.models import zoo  # noqa: F401  (registers the builders)
+    from gradviz.models.plugins import describe_plugin, plugin_entry_points
+
+    plugins = [_plugin_entry(n, describe_plugin(ep)) for n, ep in plugin_entry_points().items() if n not in MODEL_REGISTRY]
+    return [*MODEL_REGISTRY.values(), *plugins]
 
 
-def load_model(name: str = "mnist-cnn", weights: str | Path | None = None, device: str | torch.device = "cpu") -> GradvizModel:
+def load_model(name: str = "mnist-cnn", weights: str | Path | None = None, device: str | torch.device = "cpu", *,
+               allow_code: bool = False) -> GradvizModel:
     """Build the model ``name`` (see :func:`list_models`), optionally with a weights file.
 
-    ``name`` may also be ``torchvision:<arch>`` for any torchvision classification model.
-    Weights files are read without unpickling code (safetensors or ``weights_only=True``).
+    ``name`` may also be ``torchvision:<arch>`` or ``timm:<name>``, an installed plugin, or
+    ``path/to/file.py:build`` — the last runs that file, so only with ``allow_code=True`` (the
+    command line, or the dashboard's server configuration). Weights files are read without
+    unpickling code (safetensors or ``weights_only=True``).
     """
-    from gradviz.models import zoo  # noqa: F401  (registers the builders)
+    from gradviz.models import plugins, timm_models, zoo
 
-    if name.startswith("torchvision:"):
-        model = zoo.torchvision_model(name.split(":", 1)[1], weights)
-    elif name in MODEL_REGISTRY:
+    if name in MODEL_REGISTRY:
         model = MODEL_REGISTRY[name].build(weights)
+    elif name.startswith("torchvision:"):
+        model = zoo.torchvision_model(name.split(":", 1)[1], weights)
+    elif name.startswith(timm_models.PREFIX):
+        model = timm_models.timm_model(name[len(timm_models.PREFIX):], weights)
+    elif plugins.is_file_spec(name):
+        from gradviz.models.architectures import model_from_state
+
+        if not allow_code:
+            raise ModelError(f"{name} runs a Python file; it is loaded only when the person running gradviz asks for it "
+                             "(command line --model, or the dashboard's server configuration GRADVIZ_MODELS)")
+        model = plugins.build_from_file(name) if weights is None else \
+            model_from_state(name, load_state_dict_file(weights), None, Path(weights).name, allow_code=True)
+    elif name in plugins.plugin_entry_points():
+        model = _plugin_entry(name, "").build(weights)
+    elif name.startswith("upload:"):
+        raise ModelError(f"{name} was uploaded in a web session and lives only there; load its architecture with "
+                         "--model <arch> --weights FILE.safetensors instead")
     else:
-        known = ", ".join(MODEL_REGISTRY) + ", torchvision:<arch>"
+        known = ", ".join(m.name for m in list_models()) + ", torchvision:<arch>, timm:<name>, path/to/file.py:build"
         raise ModelError(f"unknown model {name!r}; known: {known}")
     try:
         model = model.to(device)

@@ -1,8 +1,9 @@
-"""Reproducible training of the bundled ``mnist-cnn`` (``python -m gradviz train``).
+"""Reproducible training of the bundled models (``python -m gradviz train [--arch cnn|vit]``).
 
-Trains :class:`~gradviz.models.cnn.MnistResNet` on the 4,000 training digits of
-:func:`gradviz.data.mnist.mnist_split`, evaluates on the 1,000 held-out digits, and writes
-``mnist_cnn.safetensors`` (float32 state dict) and ``mnist_cnn.json`` (the model card).
+Trains ``mnist-cnn`` (:class:`~gradviz.models.cnn.MnistResNet`, ``--arch cnn``, the default) or
+``mnist-vit`` (:func:`~gradviz.models.vit.mnist_vit`, ``--arch vit``) on the 4,000 training
+digits of :func:`gradviz.data.mnist.mnist_split`, evaluates on the 1,000 held-out digits, and
+writes ``<name>.safetensors`` (float32 state dict) and ``<name>.json`` (the model card).
 Seeded end to end: parameter init, data order and augmentation draw from one seed.
 """
 
@@ -13,6 +14,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,15 +34,48 @@ MAX_TRANSLATE_PX = 2.0
 SCALE_RANGE = (0.9, 1.1)
 
 
-def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+@dataclass(frozen=True)
+class Recipe:
+    """How one bundled architecture is trained (every number that decides the weights)."""
+
+    arch: str
+    model_name: str
+    epochs: int
+    batch_size: int
+    max_lr: float
+    weight_decay: float
+    pct_start: float
+    max_rotation_deg: float = MAX_ROTATION_DEG
+    max_translate_px: float = MAX_TRANSLATE_PX
+    scale_range: tuple[float, float] = SCALE_RANGE
+    clip_grad_norm: float | None = None
+
+    @property
+    def weights_name(self) -> str:
+        return self.model_name.replace("-", "_") + ".safetensors"
+
+    @property
+    def card_name(self) -> str:
+        return self.model_name.replace("-", "_") + ".json"
+
+
+RECIPES = {
+    "cnn": Recipe("cnn", "mnist-cnn", DEFAULT_EPOCHS, BATCH_SIZE, MAX_LR, WEIGHT_DECAY, pct_start=0.25),
+    "vit": Recipe("vit", "mnist-vit", epochs=60, batch_size=64, max_lr=2e-3, weight_decay=0.05, pct_start=0.15,
+                  max_rotation_deg=12.0, max_translate_px=2.5, scale_range=(0.9, 1.1), clip_grad_norm=1.0),
+}
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator, max_rotation_deg: float = MAX_ROTATION_DEG,
+                  max_translate_px: float = MAX_TRANSLATE_PX, scale_range: tuple[float, float] = SCALE_RANGE) -> torch.Tensor:
     """Batched small random affine of (B, C, H, W) images in [0, 1]: rotation ±10°,
-    translation ±2 px, scale 0.9–1.1; zero (black) fill, bilinear sampling."""
+    translation ±2 px, scale 0.9–1.1 by default; zero (black) fill, bilinear sampling."""
     b, _, h, w = x.shape
     u = torch.rand(b, 4, generator=generator)  # (B, 4) uniform draws: angle, scale, tx, ty
-    angle = (2 * u[:, 0] - 1) * math.radians(MAX_ROTATION_DEG)
-    scale = SCALE_RANGE[0] + (SCALE_RANGE[1] - SCALE_RANGE[0]) * u[:, 1]
-    tx = (2 * u[:, 2] - 1) * MAX_TRANSLATE_PX * 2 / w  # pixels -> normalised [-1, 1] coords
-    ty = (2 * u[:, 3] - 1) * MAX_TRANSLATE_PX * 2 / h
+    angle = (2 * u[:, 0] - 1) * math.radians(max_rotation_deg)
+    scale = scale_range[0] + (scale_range[1] - scale_range[0]) * u[:, 1]
+    tx = (2 * u[:, 2] - 1) * max_translate_px * 2 / w  # pixels -> normalised [-1, 1] coords
+    ty = (2 * u[:, 3] - 1) * max_translate_px * 2 / h
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -58,29 +93,52 @@ def evaluate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: t
     return correct / len(images)
 
 
-def train_mnist_cnn(
-    epochs: int = DEFAULT_EPOCHS,
+def _build(arch: str) -> nn.Module:
+    if arch == "cnn":
+        from gradviz.models.cnn import MnistResNet
+
+        return MnistResNet()
+    from gradviz.models.vit import mnist_vit
+
+    return mnist_vit()
+
+
+def _card(recipe: Recipe, test_accuracy: float):
+    from gradviz.models.zoo import mnist_card, mnist_vit_card
+
+    make = mnist_card if recipe.arch == "cnn" else mnist_vit_card
+    return make(test_accuracy=round(test_accuracy, 4))
+
+
+def train_model(
+    arch: str = "cnn",
+    epochs: int | None = None,
     seed: int = 0,
     out_dir: Path = ASSETS,
     progress: bool = True,
     limit: int | None = None,
 ) -> dict:
-    """Train the bundled MnistResNet, write weights + card into ``out_dir``, return a summary.
+    """Train the bundled ``arch`` ("cnn" or "vit"), write weights + card into ``out_dir``, return a summary.
 
     AdamW with a one-cycle learning-rate schedule, cross-entropy (no label smoothing, so the
     softmax stays a plain maximum-likelihood fit for the uncertainty methods), light batched
-    affine augmentation. ``limit`` trains and evaluates on the first ``limit`` images only
-    (smoke tests). Returns test accuracy, train time, file paths and the training details.
+    affine augmentation; the numbers are the arch's :data:`RECIPES` entry. ``limit`` trains
+    and evaluates on the first ``limit`` images only (smoke tests). Returns test accuracy,
+    train time, file paths and the training details.
     """
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     from gradviz.data.mnist import mnist_split
-    from gradviz.models.cnn import MnistResNet
-    from gradviz.models.zoo import MNIST_MEAN, MNIST_STD, mnist_card
+    from gradviz.models.zoo import MNIST_MEAN, MNIST_STD
 
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if arch not in RECIPES:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(RECIPES)}")
+    recipe = RECIPES[arch]
+    if epochs is not None:
+        recipe = replace(recipe, epochs=int(epochs))
+    if recipe.epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {recipe.epochs}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -94,26 +152,30 @@ def train_mnist_cnn(
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    net = MnistResNet()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=MAX_LR, weight_decay=WEIGHT_DECAY)
-    steps_per_epoch = math.ceil(len(x_train) / BATCH_SIZE)
+    net = _build(arch)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)
+    steps_per_epoch = math.ceil(len(x_train) / recipe.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=MAX_LR, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25
+        optimizer, max_lr=recipe.max_lr, epochs=recipe.epochs, steps_per_epoch=steps_per_epoch,
+        pct_start=recipe.pct_start,
     )
 
     started = time.perf_counter()
     history = []
-    bar = tqdm(range(epochs), desc="train mnist-cnn", unit="epoch", disable=not progress)
+    bar = tqdm(range(recipe.epochs), desc=f"train {recipe.model_name}", unit="epoch", disable=not progress)
     for epoch in bar:
         net.train()
         order = torch.randperm(len(x_train), generator=generator)
         total_loss, seen = 0.0, 0
-        for start in range(0, len(order), BATCH_SIZE):
-            idx = order[start : start + BATCH_SIZE]
-            xb = (random_affine(x_train[idx], generator) - mean) / std  # (B, 1, 28, 28)
-            loss = F.cross_entropy(net(xb), y_train[idx])
+        for start in range(0, len(order), recipe.batch_size):
+            idx = order[start : start + recipe.batch_size]
+            xb = random_affine(x_train[idx], generator, recipe.max_rotation_deg, recipe.max_translate_px,
+                               recipe.scale_range)
+            loss = F.cross_entropy(net((xb - mean) / std), y_train[idx])  # (B, 1, 28, 28) normalised
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if recipe.clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad_norm)
             optimizer.step()
             schedule.step()
             total_loss += loss.item() * len(idx)
@@ -128,19 +190,19 @@ def train_mnist_cnn(
 
     # float tensors as float32; BatchNorm's int64 num_batches_tracked counters kept as they are
     state = {k: (v.float() if v.is_floating_point() else v).detach().contiguous() for k, v in net.state_dict().items()}
-    weights_path = out_dir / WEIGHTS_NAME
-    card_path = out_dir / CARD_NAME
-    save_file(state, str(weights_path), metadata={"format": "pt", "model": "mnist-cnn", "seed": str(seed)})
+    weights_path = out_dir / recipe.weights_name
+    card_path = out_dir / recipe.card_name
+    save_file(state, str(weights_path), metadata={"format": "pt", "model": recipe.model_name, "seed": str(seed)})
 
     details = {
-        "epochs": epochs,
+        "epochs": recipe.epochs,
         "seed": seed,
-        "batch_size": BATCH_SIZE,
-        "optimizer": f"AdamW(lr={MAX_LR}, weight_decay={WEIGHT_DECAY}) + OneCycleLR(pct_start=0.25)",
+        "batch_size": recipe.batch_size,
+        "optimizer": f"AdamW(lr={recipe.max_lr}, weight_decay={recipe.weight_decay}) + OneCycleLR(pct_start={recipe.pct_start})",
         "loss": "cross-entropy (no label smoothing)",
         "augmentation": (
-            f"random affine: rotation ±{MAX_ROTATION_DEG:g}°, translate ±{MAX_TRANSLATE_PX:g} px, "
-            f"scale {SCALE_RANGE[0]}–{SCALE_RANGE[1]}"
+            f"random affine: rotation ±{recipe.max_rotation_deg:g}°, translate ±{recipe.max_translate_px:g} px, "
+            f"scale {recipe.scale_range[0]}–{recipe.scale_range[1]}"
         ),
         "train_images": len(x_train),
         "test_images": len(x_test),
@@ -149,25 +211,43 @@ def train_mnist_cnn(
         "train_time_s": round(train_time, 1),
         "torch_version": torch.__version__,
     }
-    card = mnist_card(test_accuracy=round(test_accuracy, 4))
-    if weights_path.resolve() != (ASSETS / WEIGHTS_NAME).resolve():
+    if recipe.clip_grad_norm is not None:
+        details["optimizer"] += f", gradient norm clipped at {recipe.clip_grad_norm:g}"
+    card = _card(recipe, test_accuracy)
+    if weights_path.resolve() != (ASSETS / recipe.weights_name).resolve():
         card.weights = str(weights_path)
     card.extra.update(details)
     card_path.write_text(card.to_json() + "\n")
     return {"test_accuracy": test_accuracy, "weights": weights_path, "card": card_path, **details}
 
 
+def train_mnist_cnn(epochs: int = DEFAULT_EPOCHS, seed: int = 0, out_dir: Path = ASSETS, progress: bool = True,
+                    limit: int | None = None) -> dict:
+    """Train the bundled ``mnist-cnn`` (:func:`train_model` with ``arch="cnn"``)."""
+    return train_model("cnn", epochs, seed, out_dir, progress, limit)
+
+
+def train_mnist_vit(epochs: int | None = None, seed: int = 0, out_dir: Path = ASSETS, progress: bool = True,
+                    limit: int | None = None) -> dict:
+    """Train the bundled ``mnist-vit`` (:func:`train_model` with ``arch="vit"``)."""
+    return train_model("vit", epochs, seed, out_dir, progress, limit)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m gradviz.models.train [--epochs N] [--seed S] [--out DIR]``."""
-    parser = argparse.ArgumentParser(prog="gradviz train", description="Train the bundled mnist-cnn reproducibly.")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs (default {DEFAULT_EPOCHS})")
+    """Command line: ``python -m gradviz train [--arch cnn|vit] [--epochs N] [--seed S] [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="gradviz train",
+                                     description="Train a bundled model (mnist-cnn or mnist-vit) reproducibly.")
+    parser.add_argument("--arch", choices=sorted(RECIPES), default="cnn",
+                        help="cnn: mnist-cnn (default); vit: mnist-vit, the small vision transformer")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=", ".join(f"{a}: {r.epochs}" for a, r in RECIPES.items()).join(["training epochs (default ", ")"]))
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", type=Path, default=ASSETS, help=f"output folder (default {ASSETS})")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images (smoke test)")
     args = parser.parse_args(argv)
-    if args.epochs < 1:
+    if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be at least 1")
-    result = train_mnist_cnn(epochs=args.epochs, seed=args.seed, out_dir=args.out, limit=args.limit)
+    result = train_model(args.arch, epochs=args.epochs, seed=args.seed, out_dir=args.out, limit=args.limit)
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2, ensure_ascii=False))
     return 0
 

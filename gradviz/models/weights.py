@@ -2,12 +2,20 @@
 
 Weights holding NaN or infinite values are refused (they score every sample alike). Messages
 never repeat torch's advice to retry with ``weights_only=False`` and carry no terminal escapes.
+Weights from a browser (:func:`read_safetensors_bytes`) are read as safetensors only, from
+memory: the bytes are sniffed first, so a pickle, a ``torch.save`` zip, TorchScript or an
+exported ``.pt2`` renamed ``.safetensors`` is refused by name and never parsed, and every
+tensor is checked for NaN/inf.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import pickle
 import re
+import struct
+import zipfile
 from pathlib import Path
 
 import torch
@@ -79,8 +87,17 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+SAFETENSORS_HEADER_MAX = 100 * 1024 * 1024  # the format's own bound on the JSON header
+
+
+def _examples(keys: list[str], n: int = 4) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", … ({len(keys) - n} more)" if len(keys) > n else "")
+
+
 def apply_state_dict(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``net`` strictly, turning mismatches into one readable error."""
+    """Load ``state`` into ``net`` strictly, turning mismatches into one readable error
+    (a few of the missing / unexpected keys and of the shape mismatches are named)."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
@@ -93,10 +110,85 @@ def apply_state_dict(net: nn.Module, state: dict[str, torch.Tensor], source: str
     if missing or unexpected or wrong:
         parts = []
         if wrong:
-            parts.append("wrong shapes: " + "; ".join(wrong[:3]))
+            parts.append("wrong shapes: " + "; ".join(wrong[:3]) + (f"; … ({len(wrong)} in all)" if len(wrong) > 3 else ""))
         if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+            parts.append(f"{len(missing)} missing key(s): {_examples(missing)}")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise ModelError(f"{source} does not fit this architecture: " + ", ".join(parts))
+            parts.append(f"{len(unexpected)} unexpected key(s): {_examples(unexpected)}")
+        raise ModelError(f"{source} does not fit this architecture — " + "; ".join(parts))
     net.load_state_dict(state, strict=True)
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinite values (naming a few tensors)."""
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ModelError(f"{source} holds NaN or infinite values in {len(bad)} tensor(s): {_examples(bad)}")
+
+
+def _zip_kind(data: bytes) -> str:
+    """What a zip archive with PyTorch inside is, from its member names only (nothing is unpickled)."""
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return "a zip archive"
+    tails = {n.split("/", 1)[-1] for n in names}
+    if any(t.startswith("code/") or t == "constants.pkl" for t in tails):
+        return "a TorchScript archive (torch.jit.save)"
+    if "archive_format" in tails or any(t.startswith("models/") for t in tails):
+        return "an exported program (.pt2, torch.export.save)"
+    if "data.pkl" in tails:
+        return "a torch.save checkpoint (a pickle inside a zip)"
+    return "a zip archive"
+
+
+def sniff_weights(data: bytes) -> str | None:
+    """None for bytes that start like safetensors; else what they look like (pickle, zip, ...)."""
+    if data[:4] == b"PK\x03\x04":
+        return _zip_kind(data)
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (e.g. a legacy torch.save file)"
+    if data[:2] == b"\x1f\x8b":
+        return "a gzip archive"
+    if len(data) < 10:
+        return "too short to be a safetensors file"
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len == 0 or header_len > min(SAFETENSORS_HEADER_MAX, len(data) - 8) or data[8:9] != b"{":
+        return "not a safetensors file (no valid header)"
+    return None
+
+
+def read_safetensors_bytes(data: bytes, name: str = "upload", max_bytes: int | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from untrusted safetensors bytes (a browser upload), decoded in memory.
+
+    Refused with a :class:`ModelError` naming the problem: empty or oversized files, pickles,
+    ``torch.save`` / TorchScript / ``.pt2`` archives renamed ``.safetensors``, damaged headers,
+    files without tensors, and NaN/inf weights.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ModelError(f"{name}: expected file bytes")
+    data = bytes(data)
+    if not data:
+        raise ModelError(f"{name}: empty file (0 bytes)")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ModelError(f"{name}: {len(data) / 2**20:.1f} MB exceeds the weights limit of {max_bytes / 2**20:.0f} MB "
+                         "(GRADVIZ_MAX_WEIGHTS_MB)")
+    kind = sniff_weights(data)
+    if kind is not None:
+        raise ModelError(f"{name}: refused — this is {kind}, not safetensors. Only .safetensors weights are read from "
+                         "the browser (never pickles or code); convert with safetensors.torch.save_file(model.state_dict(), ...)"
+                         if not kind.startswith(("not ", "too ")) else f"{name}: refused — {kind}")
+    try:
+        header = json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{name}: refused — damaged safetensors header ({exc})") from None
+    if not isinstance(header, dict) or not [k for k in header if k != "__metadata__"]:
+        raise ModelError(f"{name}: the safetensors file holds no tensors")
+    try:
+        from safetensors.torch import load
+
+        state = load(data)
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise ModelError(f"{name}: refused — cannot read the safetensors data ({str(exc).splitlines()[0][:160]})") from None
+    check_finite(state, name)
+    return state

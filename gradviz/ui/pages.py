@@ -30,6 +30,8 @@ class PageInfo:
 PAGES: tuple[PageInfo, ...] = (
     PageInfo("pages/home.py", "Home", ":material/home:", "The run's metrics and a score histogram", default=True),
     PageInfo("pages/compare.py", "Compare distributions", ":material/bar_chart:", "Histograms, ROC, threshold, gallery"),
+    PageInfo("pages/compare_models.py", "Compare models", ":material/compare:", "Several models on the same sets, "
+             "side by side"),
     PageInfo("pages/inspect.py", "Inspect a sample", ":material/search:", "Upload an image, see its scores and saliency"),
     PageInfo("pages/playground.py", "Playground", ":material/draw:", "Draw a digit, walk it out of distribution, watch "
              "every score live", charts=False),

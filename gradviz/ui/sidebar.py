@@ -11,9 +11,10 @@ import streamlit as st
 from gradviz.config import settings
 from gradviz.data import dataset_options
 from gradviz.methods import list_methods
-from gradviz.models import list_models
+from gradviz.methods.registry import get_method
 from gradviz.models import zoo  # noqa: F401  (registers the bundled model)
 from gradviz.scoring import RunConfig
+from gradviz.ui import id_set, model_panel
 
 MAX_SPEC_CHARS = 4096  # the browser stops a giant paste; the library refuses folder paths over 1,024 with a message
 
@@ -54,6 +55,17 @@ def ensure_frame() -> None:
     render_sidebar()
 
 
+def _card_or_none(model: str):
+    """The chosen model's card where the model is already loaded or cheap to load (None on error)."""
+    from gradviz.errors import GradvizError
+    from gradviz.ui.cache import get_model
+
+    try:
+        return get_model(model).card
+    except GradvizError:
+        return None
+
+
 def current_config() -> RunConfig:
     """The run configuration chosen in the sidebar (defaults before the sidebar has run)."""
     return st.session_state.get("gv_config") or RunConfig()
@@ -71,18 +83,18 @@ def render_sidebar() -> RunConfig:
     families = {m.name: m.family for m in list_methods()}
     sb = st.sidebar
     sb.header("Controls")
-    names = [m.name for m in list_models()]
-    model = sb.selectbox("Model", names, index=names.index(cur.model) if cur.model in names else 0, key="gv_model",
-                         help="The bundled model works offline. torchvision models: use 'Other model' below.")
-    with sb.expander("Other model (torchvision)"):
-        arch = st.text_input("torchvision architecture", key="gv_arch", placeholder="e.g. resnet18",
-                             value=cur.model.split(":", 1)[1] if cur.model.startswith("torchvision:") else "",
-                             help="Downloads ImageNet weights when online.")
-    if arch.strip():
-        model = f"torchvision:{arch.strip()}"
+    model = model_panel.render(sb, cur.model)
+    id_set.apply_pending()
     options = dataset_options()
-    id_spec = sb.selectbox("In-distribution (ID) set", options, index=options.index(cur.id) if cur.id in options else 0,
-                           key="gv_id")
+    id_options = [*options, *id_set.own_specs()]
+    id_spec = sb.selectbox("In-distribution (ID) set", id_options,
+                           index=id_options.index(cur.id) if cur.id in id_options else 0, key="gv_id",
+                           format_func=id_set.label)
+    fit_set = id_set.fit_spec_for(id_spec) or RunConfig.fit_set
+    seed_now = int(st.session_state.get("gv_seed", cur.seed))  # the Seed widget below, as last set
+    if id_set.note_for(id_spec):
+        sb.caption(id_set.note_for(id_spec) + f" Seed {seed_now}.")
+    id_set.render(sb, seed_now, lambda: _card_or_none(model))
     ood = sb.multiselect("OOD sets", [o for o in options if o != id_spec],
                          default=[o for o in cur.ood if o in options and o != id_spec], key="gv_ood",
                          help="Corruptions use the ID test images. Add a folder or torchvision set below.")
@@ -125,7 +137,11 @@ def render_sidebar() -> RunConfig:
                 if value != default:
                     params.setdefault(info.name, {})[pname] = value
     sb.caption("Runs locally: your data is not sent anywhere.")
-    cfg = RunConfig(model=model, id=id_spec, ood=ood, methods=methods or all_methods, limit=int(limit), seed=seed,
-                    params=params)
+    methods = methods or all_methods
+    if fit_set != RunConfig.fit_set and not id_set.labelled(id_spec):  # no labels to fit on: leave those methods out
+        unfitted = [m for m in all_methods if not get_method(m).needs_fit]
+        methods = [m for m in methods if m in unfitted] or unfitted
+    cfg = RunConfig(model=model, id=id_spec, ood=ood, methods=methods, limit=int(limit), seed=seed,
+                    params=params, fit_set=fit_set)
     st.session_state["gv_config"] = cfg
     return cfg

@@ -1,0 +1,135 @@
+"""Architectures without weights, sized to a weights file: the first half of "bring your own weights".
+
+:func:`build_untrained` makes an untrained network of an architecture — bundled
+(``mnist-cnn``, ``mnist-vit``), ``torchvision:<arch>``, ``timm:<name>``, an installed plugin, or
+a server-allowed ``file.py:build`` — with as many classes (and input channels, for the bundled
+ones) as a state dict's head holds, plus a default card. :func:`model_from_state` loads the
+weights strictly, checks the card against the network with one dry forward pass, and wraps it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gradviz.errors import ModelError
+from gradviz.models.card import ModelCard
+
+BUNDLED_ARCHS = ("mnist-cnn", "mnist-vit")
+# state-dict keys that decide the shape of a bundled network: (first layer weight, head weight)
+_BUNDLED_KEYS = {"mnist-cnn": ("stem.0.weight", "fc.weight"), "mnist-vit": ("conv_proj.weight", "heads.head.weight")}
+
+
+def _rows(state: dict | None, key: str, dim: int, default: int) -> int:
+    if state:
+        for k in (key, f"module.{key}"):
+            if k in state and state[k].ndim > dim:
+                return int(state[k].shape[dim])
+    return default
+
+
+def _resized(card: ModelCard, channels: int, num_classes: int) -> ModelCard:
+    """``card`` with ``channels`` input channels and ``num_classes`` classes (defaults for what changed)."""
+    from dataclasses import replace
+
+    mean, std = card.mean, card.std
+    if channels != card.channels:
+        mean, std = (mean[0],) * channels, (std[0],) * channels
+    names = card.class_names if num_classes == card.num_classes else [f"class {i}" for i in range(num_classes)]
+    return replace(card, input_size=(channels, *card.input_size[1:]), mean=mean, std=std, class_names=names,
+                   test_accuracy=None, weights=None, extra={})
+
+
+def _bundled(arch: str, state: dict | None) -> tuple[nn.Module, ModelCard]:
+    from gradviz.models.zoo import bundled_card
+
+    first, head = _BUNDLED_KEYS[arch]
+    channels, classes = _rows(state, first, 1, 1), _rows(state, head, 0, 10)
+    if arch == "mnist-cnn":
+        from gradviz.models.cnn import MnistResNet
+
+        net: nn.Module = MnistResNet(in_channels=channels, num_classes=classes)
+    else:
+        from gradviz.models.vit import mnist_vit
+
+        net = mnist_vit(in_channels=channels, num_classes=classes)
+    return net, _resized(bundled_card(arch), channels, classes)
+
+
+def _torchvision(arch: str, state: dict | None) -> tuple[nn.Module, ModelCard]:
+    import torchvision
+
+    from gradviz.models.zoo import IMAGENET_MEAN, IMAGENET_STD, _num_classes_in
+
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise ModelError(f"unknown torchvision classification model {arch!r}; e.g. resnet18, mobilenet_v3_small")
+    classes = _num_classes_in(arch, state) if state else 1000
+    try:
+        net = torchvision.models.get_model(arch, weights=None, num_classes=classes)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot build {arch} with {classes} classes: {exc}") from None
+    card = ModelCard(name=f"torchvision:{arch}", architecture=arch, input_size=(3, 224, 224), mean=IMAGENET_MEAN,
+                     std=IMAGENET_STD, class_names=[f"class {i}" for i in range(classes)])
+    return net, card
+
+
+def build_untrained(arch: str, state: dict[str, torch.Tensor] | None = None, *,
+                    allow_code: bool = False) -> tuple[nn.Module, ModelCard]:
+    """An untrained network of ``arch`` shaped for ``state`` (classes from its head) and a default card.
+
+    ``allow_code`` must be True for ``file.py:build`` (it runs that file); plugins are
+    installed packages and always allowed.
+    """
+    from gradviz.models import plugins, timm_models
+
+    arch = str(arch).strip()
+    if arch in BUNDLED_ARCHS:
+        return _bundled(arch, state)
+    if arch.startswith("torchvision:"):
+        return _torchvision(arch.split(":", 1)[1], state)
+    if arch.startswith(timm_models.PREFIX):
+        name = arch[len(timm_models.PREFIX):]
+        return timm_models.build_timm(name, timm_models.num_classes_in(name, state) if state else None)
+    if plugins.is_file_spec(arch):
+        if not allow_code:
+            raise ModelError(f"{arch} runs a Python file; it is loaded only when the person running gradviz asks for it "
+                             "(command line --model, or the dashboard's server configuration GRADVIZ_MODELS)")
+        model = plugins.build_from_file(arch)
+        return model.net, model.card
+    if arch in plugins.plugin_entry_points():
+        model = plugins.build_plugin(arch)
+        return model.net, model.card
+    raise ModelError(f"unknown architecture {arch!r}; choose mnist-cnn, mnist-vit, torchvision:<arch>, timm:<name> "
+                     "or an installed gradviz.models plugin")
+
+
+def check_card_fits(net: nn.Module, card: ModelCard, source: str) -> None:
+    """One dry forward pass of a zero image of ``card.input_size``: the network must take it and give
+    ``card.num_classes`` outputs; otherwise one :class:`ModelError` says which part disagrees."""
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(1, *card.input_size))
+    except Exception as exc:  # noqa: BLE001 — any failure here means the card and the network disagree
+        size, why = "×".join(map(str, card.input_size)), str(exc).splitlines()[0][:160]
+        raise ModelError(f"{source}: the network does not take images of the card's input size {size} "
+                         f"({type(exc).__name__}: {why})") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ModelError(f"{source}: the network must return logits (B, classes); it returned "
+                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    if out.shape[1] != card.num_classes:
+        raise ModelError(f"{source}: the network has {out.shape[1]} outputs but the card names {card.num_classes} "
+                         "classes; give one class name per output")
+
+
+def model_from_state(arch: str, state: dict[str, torch.Tensor], card: ModelCard | None = None, source: str = "weights",
+                     *, allow_code: bool = False):
+    """``arch`` with ``state`` loaded strictly and ``card`` (default: the architecture's) checked against it."""
+    from gradviz.models import GradvizModel
+    from gradviz.models.weights import apply_state_dict
+
+    net, default = build_untrained(arch, state, allow_code=allow_code)
+    apply_state_dict(net, state, source)
+    card = (card or default).validate()
+    check_card_fits(net, card, source)
+    return GradvizModel(net, card)

@@ -1,0 +1,62 @@
+"""Weights uploaded in the web app: an architecture + a ``.safetensors`` file + a card -> a model.
+
+Nothing here touches the disk: the bytes are checked and decoded in memory
+(:func:`gradviz.models.weights.read_safetensors_bytes`), loaded strictly into an untrained
+network of the chosen architecture (:func:`gradviz.models.architectures.model_from_state`),
+and the card is checked with one dry forward pass. The model is named
+``upload:<file>#<digest>``; the digest covers the weights *and* the card, so two uploads that
+differ in either never share a cached result. The caller keeps the model in the uploading
+session only (``st.session_state``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from gradviz.config import settings
+from gradviz.errors import ModelError
+from gradviz.models.card import ModelCard
+
+PREFIX = "upload:"
+
+
+def upload_name(filename: str, digest: str) -> str:
+    return f"{PREFIX}{filename}#{digest[:8]}"
+
+
+def model_from_upload(arch: str, data: bytes, filename: str, card: ModelCard | None = None, *,
+                      form: dict[str, str] | None = None, max_mb: int | None = None, allow_code: bool = False):
+    """A :class:`~gradviz.models.GradvizModel` from uploaded safetensors ``data`` for ``arch``.
+
+    ``card`` replaces the architecture's default card; ``form`` (``input_size``, ``mean``,
+    ``std``, ``class_names`` as typed, empty = keep) then edits it; the result is checked
+    against the network. Every
+    problem ends in one :class:`ModelError` naming it: not ``.safetensors``, over the size limit
+    (``GRADVIZ_MAX_WEIGHTS_MB``), a pickle / TorchScript / ``.pt2`` in disguise, NaN/inf values,
+    missing or unexpected keys, shape mismatches, a card that does not fit.
+    """
+    from gradviz.models import GradvizModel
+    from gradviz.models.architectures import build_untrained, check_card_fits
+    from gradviz.models.card import card_from_form
+    from gradviz.models.weights import apply_state_dict, read_safetensors_bytes
+
+    filename = str(filename or "weights.safetensors")
+    if not filename.lower().endswith(".safetensors"):
+        raise ModelError(f"{filename}: only .safetensors weights are accepted from the browser (never pickles or code)")
+    limit_mb = int(max_mb or settings().max_weights_mb)
+    state = read_safetensors_bytes(data, filename, max_bytes=limit_mb * 2**20)
+    net, default = build_untrained(arch, state, allow_code=allow_code)
+    apply_state_dict(net, state, filename)
+    card = (card or default).validate()
+    if form and any(str(v).strip() for v in form.values()):
+        card = card_from_form(card, **{k: str(v) for k, v in form.items()})
+    check_card_fits(net, card, filename)
+    model = GradvizModel(net, card)
+    digest = hashlib.sha256((model.digest + model.card.to_json()).encode()).hexdigest()[:16]
+    model.digest = digest
+    model.card.name = upload_name(filename, digest)
+    model.card.weights = f"uploaded {filename}"
+    if not model.card.architecture:
+        model.card.architecture = arch
+    model.card.extra = {**model.card.extra, "uploaded_architecture": arch}
+    return model
