@@ -12,7 +12,8 @@ from gradviz.methods.registry import methods_by_family
 from gradviz.metrics import threshold_at_tpr
 from gradviz.ui.cache import get_result, images_of_rows, show_error
 from gradviz.ui.sidebar import current_config
-from gradviz.ui.uploads import UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports, show_upload_errors
+from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports,
+                                show_upload_errors, upload_max_mb)
 from gradviz.ui.widgets import decomposition, download_figure, download_results, image_tiles, metrics_dataframe
 from gradviz.ui.widgets import method_caption, method_label
 from gradviz.ui.sidebar import ensure_frame
@@ -25,6 +26,7 @@ cfg = current_config()
 
 with st.expander("Add your own images as an extra OOD set", expanded=False):
     files = st.file_uploader(UPLOAD_LABEL, type=UPLOAD_TYPES, accept_multiple_files=True, key="cmp_upload",
+                             max_upload_size=upload_max_mb(),
                              help=UPLOAD_HELP)
     if files:
         data, errors = decode_uploads(files, cfg)

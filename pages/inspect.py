@@ -15,7 +15,7 @@ from gradviz.data import dataset_options
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.sidebar import ensure_frame
 from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, set_reports, show_file_reports,
-                                show_upload_errors)
+                                show_upload_errors, upload_max_mb)
 
 ensure_frame()
 
@@ -36,6 +36,7 @@ source = st.radio("Image source", SOURCES, horizontal=True, key="ins_source")
 try:
     if source == SOURCES[0]:
         files = st.file_uploader(UPLOAD_LABEL, type=UPLOAD_TYPES, accept_multiple_files=True, key="ins_upload",
+                                 max_upload_size=upload_max_mb(),
                                  help=UPLOAD_HELP)
         data, errors = decode_uploads(files, cfg)
         show_upload_errors(errors)

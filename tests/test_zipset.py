@@ -139,7 +139,7 @@ def test_zip_spec_on_disk_for_the_command_line(tmp_path):
     path.write_bytes(digits_zip(per_class=4))
     data = load_dataset(f"test:zip:{path}", seed=1)
     assert len(data) == 6 and data.class_names == ["0", "1", "2"]
-    with pytest.raises(DatasetError, match="zip file not found"):
+    with pytest.raises(DatasetError, match="does not exist or is not a file"):
         load_dataset(f"zip:{tmp_path / 'nope.zip'}")
 
 
@@ -163,3 +163,23 @@ def test_cli_id_split_scores_the_test_part_and_fits_on_the_other(tmp_path, capsy
     capsys.readouterr()
     assert main(["score", "--id", f"zip:{path}", "--id-split", "1.5", "--out", str(out)]) == 2
     assert "--id-split must lie strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_zip_and_split_specs_meet_the_allowed_roots(tmp_path):
+    """In the web app (allowed roots given) zip: and the fit:/test: splits read only under the roots, with the
+    same one answer as folder: for outside, missing or not a file; inside the roots they load."""
+    root, outside = tmp_path / "root", tmp_path / "elsewhere"
+    root.mkdir(), outside.mkdir()
+    (root / "digits.zip").write_bytes(digits_zip(per_class=4))
+    (outside / "digits.zip").write_bytes(digits_zip(per_class=4))
+    roots = [root]
+    assert len(load_dataset("zip:digits.zip", allowed_roots=roots)) == 12
+    assert len(load_dataset(f"test:zip:{root / 'digits.zip'}", allowed_roots=roots, seed=1)) == 6
+    answers = set()
+    for spec in (f"zip:{outside / 'digits.zip'}", "zip:../elsewhere/digits.zip", "zip:/etc/passwd", "zip:nope.zip",
+                 f"zip:{root}", f"test:zip:{outside / 'digits.zip'}", f"fit:0.3:folder:{outside}", "test:folder:/etc"):
+        with pytest.raises(DatasetError, match="is not available") as err:
+            load_dataset(spec, allowed_roots=roots)
+        answers.add(str(err.value).split("'")[0] + str(err.value).rsplit(":", 1)[-1])
+    assert len(answers) == 2, answers  # one answer for zip files, one for folders: no oracle
+

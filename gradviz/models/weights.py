@@ -40,13 +40,6 @@ def _clean(text: str) -> str:
     return _ESCAPES.sub("", text)
 
 
-def _check_finite(state: dict[str, torch.Tensor], name: str) -> None:
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ModelError(f"weights file {name}: {len(bad)} tensor(s) hold NaN or infinite values (e.g. {_clean(bad[0])!r}); "
-                         "such a model scores every sample alike — retrain or re-export the weights")
-
-
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from ``path`` (``.safetensors``, or a torch file read with weights_only).
 
@@ -83,7 +76,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{_clean(path.name)} does not hold a state dict of tensors")
-    _check_finite(state, _clean(path.name))
+    check_finite(state, f"weights file {_clean(path.name)}")
     return state
 
 
@@ -120,10 +113,12 @@ def apply_state_dict(net: nn.Module, state: dict[str, torch.Tensor], source: str
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
-    """Refuse weights holding NaN or infinite values (naming a few tensors)."""
+    """Refuse weights holding NaN or infinite values (naming a few tensors): such a model scores every
+    sample alike (files and uploads alike)."""
     bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if bad:
-        raise ModelError(f"{source} holds NaN or infinite values in {len(bad)} tensor(s): {_examples(bad)}")
+        raise ModelError(f"{source} holds NaN or infinite values in {len(bad)} tensor(s): {_examples(bad)} — such a "
+                         "model scores every sample alike; retrain or re-export the weights")
 
 
 def _zip_kind(data: bytes) -> str:

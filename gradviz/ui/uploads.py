@@ -26,6 +26,12 @@ UPLOAD_LABEL = "Images (PNG, JPEG, BMP, TIFF, WebP, GIF)"
 UPLOAD_HELP = "Decoded locally and reduced to the model's input size; nothing leaves this machine."
 
 
+def upload_max_mb() -> int:
+    """Per-file image upload limit in MB (GRADVIZ_MAX_UPLOAD_MB): the browser refuses bigger files at once
+    (Streamlit's own server.maxUploadSize is the largest limit of any uploader, the weights')."""
+    return settings().max_upload_mb
+
+
 @st.cache_data(max_entries=8, show_spinner="Decoding uploaded images…")
 def _decode(ids: tuple, model: str, weights: str | None, budget: int, limit_text: str, _files: tuple):
     """(ImageSet | None, errors) of the files ``ids`` names; ``_files`` ((name, bytes), ...) is not hashed."""

@@ -63,6 +63,20 @@ def test_folder_specs_outside_the_roots_get_one_answer_on_every_page(open_page, 
     assert not at.get("image")  # the secret image is never shown
 
 
+def test_zip_and_split_specs_outside_the_roots_are_refused_on_the_page(open_page, roots, tmp_path):
+    """The specs that read server paths beside folder: (zip:, and fit:/test: around any of them) meet the roots too."""
+    import zipfile
+
+    archive = tmp_path / "secret.zip"  # outside the allowed root
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(tmp_path / "secret" / "s.png", "a/s.png")
+    for spec in [f"zip:{archive}", "zip:/etc/passwd", f"test:zip:{archive}", f"fit:folder:{tmp_path / 'secret'}"]:
+        at = open_page("pages/home.py", RunConfig(limit=100, ood=[spec], methods=["msp"]))
+        (message,) = _errors(at)
+        assert "is not available" in message and "allowed data roots" in message, (spec, message)
+        assert not at.dataframe
+
+
 def test_folder_inside_the_roots_loads_and_lists_its_skipped_file(open_page, roots):
     at = open_page("pages/compare.py", RunConfig(limit=100, ood=["folder:cats"], methods=["msp"]))
     assert not _errors(at)

@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import os
@@ -289,6 +290,9 @@ class _Compiled:
                 return
             self.thread = threading.Thread(target=self._build_once, name="gradviz-kernel-build", daemon=True)
             self.thread.start()
+            # A process that ends while the build still runs torch code in this thread can abort during
+            # interpreter teardown ("terminate called without an active exception"): let the build finish first.
+            atexit.register(self.thread.join, 120)
 
     def get(self, warn: bool) -> FusedKernel | None:
         if self.kernel is None and self.error is None:
