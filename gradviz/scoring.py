@@ -22,6 +22,7 @@ import torch
 from cachetools import LRUCache, cached
 
 from gradviz.data import ImageSet, load_dataset, short_spec
+from gradviz.errors import MethodError
 from gradviz.metrics import MIN_VALID
 from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, needs_graph, resolve_methods
 from gradviz.models import GradvizModel, load_model
@@ -98,8 +99,11 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
 def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[MethodInfo], *,
                   params: dict[str, dict] | None = None, fit_set: str = "mnist:train", seed: int = 0,
                   batch_size: int = 256, store: ResultStore | None = None,
-                  progress: Progress | None = None) -> pd.DataFrame:
-    """Score one dataset with every method; cached per method in ``store`` (only misses run)."""
+                  progress: Progress | None = None, unfitted: dict[str, str] | None = None) -> pd.DataFrame:
+    """Score one dataset with every method; cached per method in ``store`` (only misses run).
+
+    With ``unfitted`` (a dict) a fitted method that cannot be fitted on ``fit_set`` (too few images, labels
+    the model does not know) gets a NaN column and its reason in ``unfitted``; without, the error is raised."""
     params = params or {}
     digest = images_digest(data.images)
 
@@ -122,7 +126,14 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
         for n, info in enumerate(missing):
             if info.needs_fit and progress:  # fits are one-off but take seconds: say what is running
                 progress(n, len(missing), f"fitting {info.name} on {fit_set} (once)")
-            runners.append(make_runner(model, info, params.get(info.name), fit_set, seed))
+            if info.name in (unfitted or {}):
+                continue
+            try:
+                runners.append(make_runner(model, info, params.get(info.name), fit_set, seed))
+            except MethodError as exc:
+                if unfitted is None or not info.needs_fit:
+                    raise
+                unfitted[info.name] = str(exc)
         fresh = score_images(model, data.images, runners, batch_size, progress, label=data.spec)
         if store is not None:
             store.put(key("_base"), {"prediction": fresh["prediction"], "confidence": fresh["confidence"]},
@@ -143,7 +154,7 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
         "label": labels, "prediction": pred, "confidence": cached["confidence"], "correct": correct,
     })
     for info in infos:
-        frame[info.name] = cached[info.name]
+        frame[info.name] = cached[info.name] if info.name in cached else np.full(n, np.nan)
     return frame
 
 
@@ -217,16 +228,23 @@ def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | N
         data = datasets[spec] if datasets and spec in datasets else load_dataset(
             spec, model.card, limit=cfg.limit, seed=cfg.seed, allowed_roots=allowed_roots)
         loaded.append((role, data))
-    frames = []
+    frames, unfitted = [], {}
     for role, data in loaded:
-        frames.append(score_dataset(model, data, role, infos, params=cfg.params, fit_set=cfg.fit_set,
-                                    seed=cfg.seed, batch_size=cfg.batch_size, store=store, progress=progress))
+        frames.append(score_dataset(model, data, role, infos, params=cfg.params, fit_set=cfg.fit_set, seed=cfg.seed,
+                                    batch_size=cfg.batch_size, store=store, progress=progress, unfitted=unfitted))
     scores = pd.concat(frames, ignore_index=True)
+    for name in unfitted:  # one fit failure blanks the method everywhere (an earlier set may have a cached column)
+        scores[name] = np.nan
     names = [i.name for i in infos]
     metrics = metrics_table(scores, names) if cfg.ood else pd.DataFrame()
+    fitted = [n for n in names if n not in unfitted]
+    warnings = [f"{name} is left blank: it could not be fitted on {short_spec(cfg.fit_set, 120)} ({reason})"
+                for name, reason in unfitted.items()]
+    warnings += invalid_rows(scores, fitted) + _metric_warnings(metrics[~metrics["method"].isin(list(unfitted))]
+                                                                if len(metrics) else metrics)
     skipped = {data.spec: list(data.skipped) for _, data in loaded if data.skipped}
     notes = {data.spec: list(data.notes) for _, data in loaded if data.notes}
-    return ScoreResult(scores, metrics, cfg, invalid_rows(scores, names) + _metric_warnings(metrics), skipped, notes)
+    return ScoreResult(scores, metrics, cfg, warnings, skipped, notes)
 
 
 def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, batch_size: int = 256,

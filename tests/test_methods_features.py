@@ -37,9 +37,17 @@ def test_knn_matches_numpy_loop_and_chunks_do_not_change_it(fitted_data):
         np.testing.assert_allclose(det.score(batch).numpy(), want, rtol=1e-4, atol=1e-6)
 
 
-def test_knn_rejects_k_larger_than_the_fit_set(tiny_model):
-    with pytest.raises(MethodError, match="k = 50"):
-        get_method("knn").create().fit(tiny_model, torch.rand(10, 1, 28, 28), np.zeros(10))
+def test_knn_caps_k_at_a_small_fit_set(fitted_data):
+    """k = 50 on 10 fit images uses k = 10: the distance to the farthest of them (numpy reference)."""
+    model, images, labels, batch = fitted_data
+    det = get_method("knn").create().fit(model, images[:10], labels[:10])
+    bank = _features(model, images[:10])
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    z = batch.features.double().numpy()
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    want = np.linalg.norm(z[:, None] - bank[None], axis=-1).max(1)
+    assert det.state.k == 50 and det.state.k_ == 10
+    np.testing.assert_allclose(det.score(batch).numpy(), want, rtol=1e-4, atol=1e-6)
     with pytest.raises(MethodError, match="k must be"):
         get_method("knn").impl(k=0)
 

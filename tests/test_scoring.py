@@ -102,3 +102,26 @@ def test_fitted_methods_fit_once_on_the_fit_set_and_say_so(model, tmp_path, monk
     assert fits == [1]
     assert any(label.startswith("fitting knn on mnist:train") for label in seen)
     assert res.metrics.query("method == 'knn'")["auroc"].between(0, 1).all()
+
+
+def test_a_method_that_cannot_be_fitted_is_left_blank_with_its_reason(model, tmp_path, monkeypatch):
+    """One fitted method failing to fit (e.g. a small own ID set) blanks its column with one warning; the other
+    methods, their metrics and the stored results are unaffected, and a store hit does not hide the failure."""
+    from gradviz.errors import MethodError
+    from gradviz.methods.knn import KNN
+
+    def refuse(self, *args, **kwargs):
+        raise MethodError("knn: the reason")
+
+    scoring._FITTED.clear()
+    monkeypatch.setattr(KNN, "fit", refuse)
+    store = ResultStore(tmp_path)
+    cfg = RunConfig(id="mnist", ood=["noise-uniform"], methods=["msp", "knn"], limit=30, fit_set="mnist:train")
+    for _ in range(2):  # the second run reads msp from the store
+        res = run(cfg, model=model, store=store)
+        assert res.scores["knn"].isna().all() and np.isfinite(res.scores["msp"]).all()
+        assert res.warnings == ["knn is left blank: it could not be fitted on mnist:train (knn: the reason)"]
+        assert res.metrics.query("method == 'msp'")["auroc"].between(0, 1).all()
+    with pytest.raises(MethodError, match="the reason"):  # the library call without ``unfitted`` still raises
+        scoring.score_dataset(model, scoring.load_dataset("noise-uniform", model.card, limit=4), "ood",
+                              [scoring.resolve_methods(["knn"])[0]], fit_set="mnist:train")

@@ -124,10 +124,11 @@ def test_fit_and_test_specs_and_a_run_with_mahalanobis_on_the_own_set():
         part_fit, part_test = split_id_set(whole, 0.5, 0)
         assert "18 images in 3 classes; 9 (50%) fit" in split_summary("digits.zip", part_fit, part_test, 0.5, 0)
         cfg = RunConfig(model="random", id=split_spec("test", spec), fit_set=split_spec("fit", spec), ood=["noise-uniform"],
-                        methods=["msp", "mahalanobis"], limit=9)
+                        methods=["msp", "mahalanobis", "knn"], limit=9)
         result = run(cfg, model=model)
         ids = result.scores[result.scores["role"] == "id"]
-        assert len(ids) == 9 and ids["label"].between(0, 2).all() and np.isfinite(ids["mahalanobis"]).all()
+        assert len(ids) == 9 and ids["label"].between(0, 2).all()
+        assert np.isfinite(ids[["mahalanobis", "knn"]].to_numpy()).all() and not result.warnings  # knn: k capped at 9
     finally:
         use_session_sets(None)
     with pytest.raises(DatasetError, match="not among this session's uploads"):

@@ -104,7 +104,7 @@ def split_summary(name: str, fit: ImageSet, test: ImageSet, fit_fraction: float,
     classes = fit.class_names or []
     n = len(fit) + len(test)
     text = (f"**{name}** as the ID set: {n:,} images{f' in {len(classes)} classes' if classes else ''}; "
-            f"{len(fit):,} ({fit_fraction:.0%}) fit the fitted methods (Mahalanobis, meta classifier) and "
+            f"{len(fit):,} ({fit_fraction:.0%}) fit the fitted methods (Mahalanobis, kNN, ViM, the meta classifier, …) and "
             f"{len(test):,} are the ID test images that are scored — split per class"
             + (f", seed {seed}." if seed is not None else "."))
     if not classes or (fit.labels < 0).all():

@@ -8,7 +8,8 @@ normalised training feature:
     u(x) = ‖z − z_(k)‖₂,   z_(k) the k-th nearest of {z_i} (ID training set)
 
 (the paper's ID score is its negative). Non-parametric: no Gaussian or class assumption.
-k = 50 as in the paper's CIFAR-10 setting and OpenOOD's default. Batched: the (B, N) distance
+k = 50 as in the paper's CIFAR-10 setting and OpenOOD's default; a fit set smaller than k caps k at
+its size (``k_``, the k actually used: a user's own ID set of a few dozen images still works). Batched: the (B, N) distance
 matrix of a batch against the fit set (``torch.cdist``, in chunks of ``chunk`` fit samples for
 large fit sets) and ``kthvalue``; exact, no approximate index (the fit set is a few thousand).
 """
@@ -47,13 +48,13 @@ class KNN:
             raise MethodError(f"knn: chunk must be >= 1, got {chunk}")
         self.k, self.chunk = int(k), int(chunk)
         self.bank_: torch.Tensor | None = None  # (N, D) normalised ID training features
+        self.k_ = self.k  # the k used: min(k, N)
 
     def fit(self, model: GradvizModel, images: torch.Tensor, labels=None) -> "KNN":
-        """Keep the normalised penultimate features of the ID training ``images`` (labels unused)."""
+        """Keep the normalised penultimate features of the ID training ``images`` (labels unused); k is capped
+        at their number."""
         bank = _normalised(fit_outputs(model, images)[1])
-        if bank.shape[0] < self.k:
-            raise MethodError(f"knn: k = {self.k} needs at least {self.k} ID training images, got {bank.shape[0]}")
-        self.bank_ = bank
+        self.bank_, self.k_ = bank, min(self.k, int(bank.shape[0]))
         return self
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
@@ -63,6 +64,6 @@ class KNN:
         if z.shape[1] != self.bank_.shape[1]:
             raise MethodError(f"knn was fitted on {self.bank_.shape[1]}-d features, got {z.shape[1]}-d")
         # the k smallest distances of each chunk of the bank, then the k-th of those (exact)
-        best = torch.cat([torch.cdist(z, part).topk(min(self.k, part.shape[0]), dim=1, largest=False).values
+        best = torch.cat([torch.cdist(z, part).topk(min(self.k_, part.shape[0]), dim=1, largest=False).values
                           for part in self.bank_.split(self.chunk)], dim=1)  # (B, ≤ k·chunks)
-        return best.kthvalue(self.k, dim=1).values
+        return best.kthvalue(self.k_, dim=1).values

@@ -79,7 +79,7 @@ def render(container, seed: int, card_of_model) -> None:
         source = st.radio("Images from", ["a .zip upload", "a folder on the server"], key="gv_id_source",
                           horizontal=True)
         fraction = st.number_input("Share used for fitting", 0.1, 0.9, DEFAULT_FIT_FRACTION, 0.05, key="gv_id_fraction",
-                                   help="Fitted methods (Mahalanobis, meta classifier) fit on this share; the rest is scored "
+                                   help="Fitted methods (Mahalanobis, kNN, ViM, the meta classifier, …) fit on this share; the rest is scored "
                                         "as the ID set. Split per class with the sidebar's seed.")
         try:
             if source == "a .zip upload":

@@ -137,8 +137,10 @@ def test_zip_as_the_id_set(server, browser, shots_dir):
         wait_idle(page)
         assert "18 images in 3 classes; 9 (50%) fit" in note.first.inner_text()
         assert not exceptions(page), exceptions(page)
-        page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first.wait_for()
-        save_shot(page, shots_dir / "byo_zip.png")
+        try:
+            page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
+        finally:
+            save_shot(page, shots_dir / "byo_zip.png")
     finally:
         context.close()
 
