@@ -27,6 +27,7 @@ import copy
 import json
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -161,7 +162,6 @@ RUNNERS = {
 
 
 def best_of(fn, repeats: int, budget: float) -> float:
-    fn()  # warm-up: first calls of a shape, calibration
     times, start = [], time.perf_counter()
     while len(times) < repeats and (not times or time.perf_counter() - start < budget):
         t0 = time.perf_counter()
@@ -170,22 +170,31 @@ def best_of(fn, repeats: int, budget: float) -> float:
     return min(times)
 
 
-def measure(case: str, quick: bool, rows: list[str]) -> list[dict]:
+def measure(case: str, quick: bool, rows: list[str], rounds: int) -> list[dict]:
+    """Per row: ``rounds`` back-to-back pairs (best-of-k plain fwd+bwd, best-of-k row), so a drift of the
+    shared cores' speed hits both sides of each ratio; the median ratio and its range are reported."""
     model, x = build(case, quick)
-    repeats, budget = (2, 10.0) if quick else (3, 40.0)
+    repeats, budget = (2, 10.0) if quick or x.shape[-1] >= 224 else (3, 20.0)  # 224² calls take seconds
+    forward_backward(model, x)  # warm
     results = []
     for row in rows:
         out = {"case": case, "row": row, "batch": int(x.shape[0])}
         try:
-            base = best_of(lambda: forward_backward(model, x), repeats, budget)
-            if row in PEERS:  # one timed call (they are slow); warm on two samples
+            if row in PEERS:  # one timed call each (they are slow); warm on two samples
                 RUNNERS[row](model, x[:2])
-                t0 = time.perf_counter()
-                RUNNERS[row](model, x)
-                t = time.perf_counter() - t0
+                pairs = []
+                for _ in range(1 if row == "loop" else min(rounds, 2)):
+                    base = best_of(lambda: forward_backward(model, x), repeats, budget)
+                    t0 = time.perf_counter()
+                    RUNNERS[row](model, x)
+                    pairs.append((base, time.perf_counter() - t0))
             else:
-                t = best_of(lambda: RUNNERS[row](model, x), repeats, budget)
-            out.update(seconds=t, base=base, ratio=base / t)
+                RUNNERS[row](model, x)  # warm-up: first calls of a shape, calibration
+                pairs = [(best_of(lambda: forward_backward(model, x), repeats, budget),
+                          best_of(lambda: RUNNERS[row](model, x), repeats, budget)) for _ in range(rounds)]
+            ratios = sorted(b / t for b, t in pairs)
+            out.update(seconds=statistics.median(t for _, t in pairs), base=statistics.median(b for b, _ in pairs),
+                       ratio=statistics.median(ratios), low=ratios[0], high=ratios[-1], rounds=len(pairs))
         except Exception as exc:  # a peer refusing a model: say why
             out["refused"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}" if str(exc).strip() \
                 else type(exc).__name__
@@ -195,14 +204,19 @@ def measure(case: str, quick: bool, rows: list[str]) -> list[dict]:
 
 
 _MEMORY = r"""
-import resource, sys, json, torch
+import sys, json, torch
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 import bench_transformers as b
+
+def kib(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
+
 model, x = b.build({case!r}, {quick!r})
 b.forward_backward(model, x[:1])  # allocator and kernels warm; the model resident
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from the current RSS (Linux)
+before = kib("VmRSS:")
 {call}
-print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024))
+print(json.dumps((kib("VmHWM:") - before) / 1024))
 """
 
 
@@ -231,7 +245,8 @@ def table(results: list[dict], memory: dict) -> str:
             elif "refused" in r:
                 cells.append(f"refuses ({r['refused'][:70]})")
             else:
-                cells.append(f"**{r['ratio']:.2f}×** ({r['seconds'] * 1e3:,.0f} ms)")
+                spread = f", {r['low']:.2f}–{r['high']:.2f}" if r["rounds"] > 1 else ""
+                cells.append(f"**{r['ratio']:.2f}×** ({r['seconds'] * 1e3:,.0f} ms{spread})")
         lines.append(f"| {ROWS[row]} | " + " | ".join(cells) + " |")
     if memory:
         lines.append("| peak memory above the model: fwd+bwd / six statistics / ‖∇θ‖² | " + " | ".join(
@@ -245,13 +260,14 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--quick", action="store_true", help="small batches, fewer repeats")
+    parser.add_argument("--rounds", type=int, default=5, help="back-to-back (fwd+bwd, row) pairs per row")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--write", action="store_true", help="update docs/PERFORMANCE.md's transformer section")
     args = parser.parse_args()
     kernels.warm_up()
     results, memory = [], {}
     for case in args.cases:
-        results += measure(case, args.quick, args.rows)
+        results += measure(case, args.quick, args.rows, args.rounds)
         if not args.no_memory:
             for what in ("fwd+bwd", "six", "l2"):
                 memory[(case, what)] = peak_memory(case, args.quick, what)
@@ -265,7 +281,8 @@ def main() -> None:
         text = doc.read_text()
         block = (f"<!-- transformers:begin -->\nMeasured by `python benchmarks/bench_transformers.py` ({machine}); "
                  f"ratio = throughput relative to one plain forward+backward of the same model and batch "
-                 f"(higher is faster).\n\n{md}\n<!-- transformers:end -->")
+                 f"(higher is faster), median of {args.rounds} back-to-back pairs (best-of-3 each, best-of-2 at 224²; range after the "
+                 f"time; peers: one or two timed calls).\n\n{md}\n<!-- transformers:end -->")
         if "<!-- transformers:begin -->" in text:
             text = re.sub(r"<!-- transformers:begin -->.*<!-- transformers:end -->", lambda _: block, text, flags=re.S)
         else:

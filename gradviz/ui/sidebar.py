@@ -111,8 +111,12 @@ def render_sidebar() -> RunConfig:
                              default=[m for m in cur.method_names() if m in all_methods], key="gv_methods",
                              format_func=lambda m: f"{m} · {families[m]}")
     max_samples = settings().max_samples_web
-    limit = sb.slider("Samples per set", 100, max_samples, int(min(max(100, cur.limit or 1000), max_samples)), step=100,
-                      key="gv_limit")
+    if max_samples > 100:
+        limit = sb.slider("Samples per set", 100, max_samples, int(min(max(100, cur.limit or 1000), max_samples)),
+                          step=100, key="gv_limit")
+    else:  # a server capped at 100 or fewer: nothing to choose (a slider needs min < max)
+        limit = max_samples
+        sb.caption(f"Samples per set: {limit} (the server's limit, GRADVIZ_MAX_SAMPLES_WEB)")
     seed = int(sb.number_input("Seed", 0, 10_000, int(cur.seed), key="gv_seed"))
     params: dict[str, dict] = {}
     with sb.expander("Method parameters"):

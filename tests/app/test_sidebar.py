@@ -53,3 +53,14 @@ def test_out_of_range_parameter_from_the_sidebar_is_refused_with_its_range(open_
     at.number_input(key="gv_p_odin_epsilon").set_value(0.0014)  # back in range: the page scores again
     at.run()
     assert not at.exception and not at.error and at.dataframe
+
+
+def test_a_server_capped_at_100_samples_or_fewer_shows_the_cap_instead_of_a_slider(open_page, monkeypatch):
+    """GRADVIZ_MAX_SAMPLES_WEB below the slider's step: no slider (it would need min < max), the cap is the limit."""
+    monkeypatch.setenv("GRADVIZ_MAX_SAMPLES_WEB", "60")
+    at = _settled(open_page("pages/learn.py", RunConfig(limit=1000, ood=["letters"], methods=["msp"])))
+    assert not [s for s in at.sidebar.slider if s.key == "gv_limit"]
+    assert any("Samples per set: 60" in c.value for c in at.sidebar.caption) and _config(at).limit == 60
+    monkeypatch.setenv("GRADVIZ_MAX_SAMPLES_WEB", "300")
+    at.run()
+    assert at.slider(key="gv_limit").max == 300 and _config(at).limit == 100  # from 60, up to the slider minimum
