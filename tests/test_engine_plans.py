@@ -233,3 +233,34 @@ def test_batch_layout_that_is_not_sample_major_is_refused():
         with pytest.raises(GradvizError, match="whole samples"):
             layer_gradient_stats(model, batch((1, 4, 4), 3))
         assert coverage(model).fraction < 1.0
+
+
+def test_calibration_never_tries_the_gram_form_where_it_would_explode(monkeypatch, fresh_calibration):
+    """The Gram form costs P²·(Og+Kg) per group: on a depthwise 7×7 conv over 32×32 positions that is ~1M
+    entries per channel and sample (ConvNeXt at 224²: 12 GB for one L2 call). Calibration skips it there but
+    still times it on a token Linear (P = 17), where it can win; forced, it serves any layer exactly."""
+    from gradviz.engine.plans.dense import DensePlan
+
+    tried: dict[str, set[str]] = {}
+    real = DensePlan.plans
+
+    def spy(self):
+        out = real(self)
+        tried.setdefault(self.kind, set()).update(name for name, _ in out)
+        return out
+
+    monkeypatch.setattr(DensePlan, "plans", spy)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 7, padding=3, groups=8), nn.Flatten(2),
+                        nn.Linear(32 * 32, 17), Transpose(), nn.Linear(8, 24), nn.Flatten(), nn.Linear(17 * 24, 10))
+    model = wrap(net, (1, 32, 32))
+    x = batch((1, 32, 32), 3, seed=2)
+    names, sq = layer_sq_l2_norms(model, x, loss="nll_pred")
+    ref = reference_stats(model, x, "nll_pred")
+    want = torch.stack([ref[n]["l2"] ** 2 for n in names], 1)
+    assert ((sq.double() - want).abs() / want).max() < 1e-4
+    assert "gram" not in tried["conv2d"] and "gram" in tried["linear"]
+
+
+class Transpose(nn.Module):
+    def forward(self, x):
+        return x.transpose(1, 2)

@@ -34,6 +34,7 @@ __all__ = ["DensePlan", "Strategy", "SPEED_CHUNK_BYTES", "scratch_buffer"]
 # the memory budget: each pass over a chunk in cache is ~2x faster than one in L3. Calibration
 # tries these sizes (and the budget's); the best depends on the per-op overhead of the layer.
 SPEED_CHUNK_BYTES = (2 * 2**20, 4 * 2**20)
+GRAM_SLACK = 8  # the Gram form is tried where its cost is within this factor of materialising
 
 
 class Strategy:
@@ -152,6 +153,16 @@ class DensePlan(Plan):
         if self.job.stats is None:
             self.candidates.append("gram")
 
+    def worth_trying(self, strategy: str) -> bool:
+        """Whether calibration times ``strategy`` (every candidate is exact; a forced one always runs): one
+        sample's memory within the budget, and the Gram form only where its cost P²·(Og + Kg) per group is
+        within :data:`GRAM_SLACK` of materialising's P·Og·Kg — a depthwise 7×7 conv on 56×56 positions
+        would need P² = 9.8M entries per channel and sample."""
+        if self.sample_bytes(strategy) > self.job.budget:
+            return False
+        og, kg = self.o // self.groups, self.k // self.groups
+        return strategy != "gram" or self.positions * (og + kg) <= GRAM_SLACK * og * kg
+
     @property
     def rank1(self) -> bool:
         return self.candidates == ["rank1"]
@@ -194,7 +205,7 @@ class DensePlan(Plan):
         budget-sized chunks (compute-bound layers: fewer, larger matmuls). The first is the default."""
         out: list[tuple[str, int]] = []
         threads = torch.get_num_threads()
-        for name in self.candidates:
+        for name in [n for n in self.candidates if self.worth_trying(n)] or self.candidates[:1]:
             materialises = name != "rank1" and self.STRATEGIES[name].materialises
             for limit in (*SPEED_CHUNK_BYTES, None) if materialises else (None,):
                 step = self.chunk(name, limit)
