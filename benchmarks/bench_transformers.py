@@ -262,18 +262,26 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small batches, fewer repeats")
     parser.add_argument("--rounds", type=int, default=5, help="back-to-back (fwd+bwd, row) pairs per row")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--results", nargs="*", default=[], metavar="JSONL",
+                        help="rows printed by an earlier run (one JSON object per line): their cases are not measured "
+                             "again (a long run in parts)")
     parser.add_argument("--write", action="store_true", help="update docs/PERFORMANCE.md's transformer section")
     args = parser.parse_args()
     kernels.warm_up()
     results, memory = [], {}
+    for path in args.results:
+        results += [json.loads(line) for line in Path(path).read_text().splitlines() if line.startswith('{"case"')]
+    done = {r["case"] for r in results}
     for case in args.cases:
-        results += measure(case, args.quick, args.rows, args.rounds)
+        if case not in done:
+            results += measure(case, args.quick, args.rows, args.rounds)
         if not args.no_memory:
             for what in ("fwd+bwd", "six", "l2"):
                 memory[(case, what)] = peak_memory(case, args.quick, what)
     machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
                f"kernel {kernels.compiled_status()}, {time.strftime('%Y-%m-%d %H:%M')}")
-    md = table(results, memory)
+    order = {c: i for i, c in enumerate(CASES)}
+    md = table(sorted(results, key=lambda r: order[r["case"]]), memory)
     print(md)
     print(machine)
     if args.write:
