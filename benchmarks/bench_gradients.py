@@ -60,7 +60,8 @@ ROWS = {
     "gaia_z": ("gaia_z (one backward to BN outputs)", "method"),
     "gaia_a": ("gaia_a (one backward to the BN outputs of the last two stages)", "method"),
     "odin": ("odin (input gradient + second forward)", "method"),
-    "all_methods": ("all 14 unfitted methods on one shared forward", "method"),
+    "all_methods": (f"all {sum(not m.needs_fit for m in list_methods())} unfitted methods on one shared forward",
+                    "method"),
     "loop": ("per-sample autograd loop + stats", "peer"),
     "vmap": ("torch.func vmap(grad) + functional_call + stats", "peer"),
     "backpack": ("BackPACK BatchGrad + stats", "peer"),
@@ -241,7 +242,8 @@ def best_time(fn, device, min_time: float, max_reps: int) -> float:
 
 
 def _in_layer_order(model, names: list[str], values: torch.Tensor) -> torch.Tensor:
-    order = [n for n, _ in parametrised_layers(model)]  # the engine reports forward order
+    # the engine reports forward order; the references (loop, vmap, BackPACK, Opacus) the network's registration order
+    order = [n for n, _ in parametrised_layers(model.net)]
     return values[:, [names.index(n) for n in order]]
 
 
