@@ -214,9 +214,13 @@ def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = Non
     if sample is not None:
         fig.add_trace(go.Scatter(x=layers, y=[sample.get(l, np.nan) for l in layers], mode="lines+markers", name="this sample",
                                  line=dict(color="black", width=3)))
-    fig.update_layout(title=f"Per-layer gradient {stat}", yaxis_title=stat, yaxis_type="log" if log else "linear",
+    # the legend sits between the title and the plot: room for as many rows as its names need (~700 px wide)
+    names = [t.name for t in fig.data if t.showlegend is not False]
+    rows = max(1, -(-sum(len(n) * 7 + 60 for n in names) // 700))
+    fig.update_layout(title=dict(text=f"Per-layer gradient {stat}", y=1.0, yanchor="top", pad=dict(t=12)),
+                      yaxis_title=stat, yaxis_type="log" if log else "linear",
                       **{**LAYOUT, "legend": dict(orientation="h", y=1.02, yanchor="bottom", x=0),
-                         "margin": dict(l=50, r=20, t=80, b=110)})
+                         "margin": dict(l=50, r=20, t=50 + 24 * rows, b=110)})
     fig.update_xaxes(title_text="layer (input → output)", tickangle=-45, automargin=True)
     return fig
 
