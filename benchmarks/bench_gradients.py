@@ -158,7 +158,9 @@ def run_loop(model, x, dtype=None):
     return stats_of([torch.stack(v) for v in per_layer])
 
 
-def run_vmap(model, x):
+def vmap_grads(model, x) -> dict[str, torch.Tensor]:
+    """Per-sample gradients {qualified parameter name: (B, *shape)} by ``torch.func`` vmap(grad) (a peer;
+    also bench_transformers')."""
     from torch.func import functional_call, grad, vmap
 
     net = model.net
@@ -168,9 +170,13 @@ def run_vmap(model, x):
     def loss(p, xb):
         return nll_pred(functional_call(net, (p, buffers), (xb.unsqueeze(0),)))
 
-    grads = vmap(grad(loss), in_dims=(None, 0))(params, model.normalize(x))
+    return vmap(grad(loss), in_dims=(None, 0))(params, model.normalize(x))
+
+
+def run_vmap(model, x):
+    grads = vmap_grads(model, x)
     vectors = []
-    for name, m in parametrised_layers(net):
+    for name, m in parametrised_layers(model.net):
         keys = [f"{name}.{k}" for k, _ in m.named_parameters(recurse=False)]
         vectors.append(torch.cat([grads[k].reshape(x.shape[0], -1) for k in keys], 1))
     return stats_of(vectors)

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +44,9 @@ from gradviz.gradients import layer_gradient_stats, layer_parameters, layer_sq_l
 from gradviz.methods import ModelOutputs, run_method  # noqa: E402
 from gradviz.models import GradvizModel  # noqa: E402
 from gradviz.models.card import ModelCard  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_gradients import nll_pred, vmap_grads  # noqa: E402  (the peers' loss and vmap, one copy)
 
 CASES = {  # name -> (builder, input size, classes, batch, quick batch)
     "vit-tiny-28": ("vit-tiny-28", (1, 28, 28), 10, 256, 64),
@@ -83,10 +85,6 @@ def build(name: str, quick: bool, batch: int | None = None) -> tuple[GradvizMode
     return model, x
 
 
-def nll_pred(z: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(z, z.argmax(-1).detach(), reduction="sum")
-
-
 def forward_backward(model, x):
     return torch.autograd.grad(nll_pred(model(x)), [p for p in model.parameters()])
 
@@ -112,16 +110,7 @@ def run_loop(model, x):
 
 
 def run_vmap(model, x):
-    from torch.func import functional_call, grad, vmap
-
-    net = model.net
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    buffers = {k: v.detach() for k, v in net.named_buffers()}
-
-    def loss(p, xb):
-        return nll_pred(functional_call(net, (p, buffers), (xb.unsqueeze(0),)))
-
-    return stats_of(vmap(grad(loss), in_dims=(None, 0))(params, model.normalize(x)), model)
+    return stats_of(vmap_grads(model, x), model)
 
 
 def run_opacus(model, x):

@@ -3,7 +3,10 @@ statistics paths of the gradient engine."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 
 from gradviz.models import GradvizModel, load_model
 from gradviz.models.zoo import random_model
@@ -39,3 +42,23 @@ def fresh_calibration():
     CALIBRATION.reset()
     yield CALIBRATION
     CALIBRATION.reset()
+
+
+@pytest.fixture
+def timm_weights(tmp_path):
+    """``timm_weights(name, input_size, std)`` -> a seeded random 10-class timm ``name`` saved as
+    ``<name>.safetensors`` with its card (``<name>.json``) beside it, in a tmp dir."""
+    from safetensors.torch import save_file
+
+    from gradviz.models.timm_models import build_timm
+
+    def _save(name: str, input_size: list[int], std: float):
+        torch.manual_seed(0)
+        net, _ = build_timm(name, 10)
+        path = tmp_path / f"{name}.safetensors"
+        save_file(net.state_dict(), str(path))
+        card = {"input_size": input_size, "mean": [0.5] * 3, "std": [std] * 3, "class_names": [str(i) for i in range(10)]}
+        path.with_suffix(".json").write_text(json.dumps(card))
+        return path
+
+    return _save

@@ -68,14 +68,9 @@ def test_weights_file_offline_sets_the_classes_and_a_card_beside_it(tmp_path):
     assert torch.allclose(model(x), net.eval()((x - 0.5) / 0.5), atol=1e-5)
 
 
-def test_timm_cnn_with_random_weights_through_score(tmp_path, capsys):
+def test_timm_cnn_with_random_weights_through_score(tmp_path, capsys, timm_weights):
     """The issue's test: a timm model with random weights, saved to safetensors, scored by the CLI (offline)."""
-    torch.manual_seed(0)
-    net, _ = build_timm("test_resnet", 10)
-    weights = tmp_path / "timm_resnet.safetensors"
-    save_file(net.state_dict(), str(weights))
-    card = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": [str(i) for i in range(10)]}
-    weights.with_suffix(".json").write_text(json.dumps(card))
+    weights = timm_weights("test_resnet", [3, 32, 32], 0.25)
     out = tmp_path / "out"
     code = main(["score", "--model", "timm:test_resnet", "--weights", str(weights), "--id", "mnist", "--ood",
                  "noise-uniform", "--methods", "msp,energy,gradnorm,grad_l2", "--limit", "12", "--out", str(out),

@@ -7,12 +7,9 @@ gradient methods refuse ViTs with a MethodError.
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from gradviz.cli import main
 from gradviz.data import load_dataset
@@ -20,7 +17,6 @@ from gradviz.methods import ModelOutputs, list_methods
 from gradviz.methods.registry import needs_graph
 from gradviz.model_compare import supported_methods
 from gradviz.models import load_model
-from gradviz.models.timm_models import build_timm
 from gradviz.scoring import make_runner
 
 METHODS = [m.name for m in list_methods()]
@@ -50,14 +46,9 @@ def test_compare_models_finds_no_unsupported_method_on_mnist_vit(vit_batch):
     assert refused == {} and ok == METHODS
 
 
-def test_timm_vit_with_random_weights_through_score_with_gradient_methods(tmp_path, monkeypatch, capsys):
+def test_timm_vit_with_random_weights_through_score_with_gradient_methods(tmp_path, monkeypatch, capsys, timm_weights):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    torch.manual_seed(0)
-    net, _ = build_timm("test_vit", 10)
-    weights = tmp_path / "vit.safetensors"
-    save_file(net.state_dict(), str(weights))
-    card = {"input_size": [3, 160, 160], "mean": [0.5] * 3, "std": [0.5] * 3, "class_names": [str(i) for i in range(10)]}
-    weights.with_suffix(".json").write_text(json.dumps(card))
+    weights = timm_weights("test_vit", [3, 160, 160], 0.5)
     methods = "msp,gradnorm,grad_l2,confounding,gaia_z,mahalanobis"
     code = main(["score", "--model", "timm:test_vit", "--weights", str(weights), "--ood", "noise-uniform", "--methods",
                  methods, "--limit", "6", "--out", str(tmp_path / "out"), "--cache", "none"])

@@ -42,11 +42,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``streamlit run app.py`` on a free loopback port, GRADVIZ_CACHE_DIR in a tmp dir; killed at teardown."""
+def server(request, tmp_path_factory):
+    """``streamlit run app.py`` on a free loopback port, GRADVIZ_CACHE_DIR in a tmp dir; killed at teardown.
+    A test module may set ``SERVER_ENV`` (extra environment variables) for its own server."""
     if not Path(CHROMIUM).exists():
         pytest.skip(NO_CHROMIUM)
-    srv = StreamlitServer(tmp_path_factory.mktemp("gv-cache"))
+    srv = StreamlitServer(tmp_path_factory.mktemp("gv-cache"), env=getattr(request.module, "SERVER_ENV", None))
     try:
         srv.wait_healthy()
         yield srv

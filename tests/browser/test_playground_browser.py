@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from gv_load_test import APP_STATE, VIEWPORT, StreamlitServer  # benchmarks/load_test.py, loaded by conftest
+from gv_load_test import APP_STATE, VIEWPORT  # benchmarks/load_test.py, loaded by conftest
 from test_browser import TIMEOUT_S, exceptions, save_shot, wait_idle
 
 GAUGES_JS = """() => {
@@ -67,16 +67,9 @@ def state(page) -> tuple[str, dict]:
     return value, page.evaluate(GAUGES_JS)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """This module's own server: at most 200 samples per set, so the page's first computation (the ID
-    reference of every method) is small from the start; the page is then opened by its address."""
-    srv = StreamlitServer(tmp_path_factory.mktemp("gv-cache"), env={"GRADVIZ_MAX_SAMPLES_WEB": "200"})
-    try:
-        srv.wait_healthy()
-        yield srv
-    finally:
-        srv.stop()
+# This module's own server (conftest's fixture reads it): at most 200 samples per set, so the page's first
+# computation (the ID reference of every method) is small from the start; the page is opened by its address.
+SERVER_ENV = {"GRADVIZ_MAX_SAMPLES_WEB": "200"}
 
 
 @pytest.fixture(scope="module")
