@@ -84,7 +84,8 @@ def _load_torch_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-SAFETENSORS_HEADER_MAX = 16 * 1024**2  # (the format allows 100 MB) 100,000 tensors' entries take about 10 MB
+FORMAT_HEADER_MAX = 100 * 1024**2  # the format's own bound on the JSON header (what sniffing accepts)
+SAFETENSORS_HEADER_MAX = 16 * 1024**2  # what gradviz parses: 100,000 tensors' entries take about 10 MB
 MAX_TENSORS = 100_000  # far above any real network (a ViT-g has ~1,000), far below what costs memory to list
 MAX_DIM = 2**31  # one dimension of a declared shape (only an empty tensor could declare more)
 MAX_NDIM = 16
@@ -111,9 +112,7 @@ def safetensors_shapes(header: bytes, data_len: int, name: str = "weights") -> d
     lies inside the data and overlaps no other; at most :data:`MAX_TENSORS` entries (counted before the
     JSON is parsed), and no nesting deeper than Python's parser takes. One :class:`ModelError` otherwise.
     """
-    if len(header) > SAFETENSORS_HEADER_MAX:
-        raise _refuse(name, f"its safetensors header is {len(header) / 2**20:.0f} MB; at most "
-                            f"{SAFETENSORS_HEADER_MAX // 2**20} MB (about {MAX_TENSORS:,} tensors) is read")
+    _check_header_length(len(header), name)
     if header.count(b"{") > MAX_TENSORS + 2:  # every tensor entry is one object: an upper bound, before parsing
         raise _refuse(name, f"the file declares more than {MAX_TENSORS:,} tensors; no network gradviz reads has as many")
     try:
@@ -185,6 +184,12 @@ class WeightsFile:
         return state
 
 
+def _check_header_length(length: int, name: str) -> None:
+    if length > SAFETENSORS_HEADER_MAX:
+        raise _refuse(name, f"its safetensors header is {length / 2**20:.0f} MB; at most "
+                            f"{SAFETENSORS_HEADER_MAX // 2**20} MB (about {MAX_TENSORS:,} tensors) is read")
+
+
 def _header_of_file(path: Path, size: int) -> bytes:
     with path.open("rb") as f:
         head = f.read(8)
@@ -193,9 +198,7 @@ def _header_of_file(path: Path, size: int) -> bytes:
         (length,) = struct.unpack("<Q", head)
         if length == 0 or length > size - 8:
             raise _refuse(path.name, "not a safetensors file (its header length does not fit the file)")
-        if length > SAFETENSORS_HEADER_MAX:
-            raise _refuse(path.name, f"its safetensors header is {length / 2**20:.0f} MB; at most "
-                                     f"{SAFETENSORS_HEADER_MAX // 2**20} MB (about {MAX_TENSORS:,} tensors) is read")
+        _check_header_length(length, path.name)
         return f.read(length)
 
 
@@ -236,6 +239,7 @@ def open_weights_bytes(data: bytes, name: str = "upload", max_bytes: int | None 
                          "the browser (never pickles or code); convert with safetensors.torch.save_file(model.state_dict(), ...)"
                          if not kind.startswith(("not ", "too ")) else f"{name}: refused — {kind}")
     length = struct.unpack("<Q", data[:8])[0]
+    _check_header_length(length, name)  # before the header is copied out
     shapes = safetensors_shapes(data[8:8 + length], len(data) - 8 - length, name)
 
     def read() -> dict[str, torch.Tensor]:
@@ -321,7 +325,7 @@ def sniff_weights(data: bytes) -> str | None:
     if len(data) < 10:
         return "too short to be a safetensors file"
     (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len == 0 or header_len > min(SAFETENSORS_HEADER_MAX, len(data) - 8) or data[8:9] != b"{":
+    if header_len == 0 or header_len > min(FORMAT_HEADER_MAX, len(data) - 8) or data[8:9] != b"{":
         return "not a safetensors file (no valid header)"
     return None
 
