@@ -118,13 +118,15 @@ def build_untrained(arch: str, state: dict[str, torch.Tensor] | None = None, *,
 
 
 def check_card_fits(net: nn.Module, card: ModelCard, source: str) -> None:
-    """One dry forward pass of two blank images of ``card.input_size``: the network must take them and
-    return one finite tensor of logits (2, ``card.num_classes``); otherwise one :class:`ModelError`
-    says which part disagrees. Uploads, ``--weights`` files, plugins and ``file.py:build`` all pass here."""
+    """One dry forward pass of two images of ``card.input_size`` (seeded noise in [0, 1]; not blank, which
+    a feature-normalising head would turn into 0/0): the network must take them and return one finite
+    tensor of logits (2, ``card.num_classes``); otherwise one :class:`ModelError` says which part
+    disagrees. Uploads, ``--weights`` files, plugins and ``file.py:build`` all pass here."""
     net.eval()
+    x = torch.rand(2, *card.input_size, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
-            out = net(torch.zeros(2, *card.input_size))
+            out = net(x.to(next(net.parameters(), x).device))
     except Exception as exc:  # noqa: BLE001 — any failure here means the card and the network disagree
         size, why = "×".join(map(str, card.input_size)), str(exc).splitlines()[0][:160] if str(exc) else ""
         raise ModelError(f"{source}: the network does not take images of the card's input size {size} "
@@ -139,7 +141,7 @@ def check_card_fits(net: nn.Module, card: ModelCard, source: str) -> None:
         raise ModelError(f"{source}: the network has {out.shape[1]} outputs but the card names {card.num_classes} "
                          "classes; give one class name per output")
     if not out.is_floating_point() or not bool(torch.isfinite(out).all()):
-        raise ModelError(f"{source}: the network's logits for a blank image are "
+        raise ModelError(f"{source}: the network's logits for a test image are "
                          f"{'not floating point' if not out.is_floating_point() else 'NaN or infinite'}; "
                          "check its weights and its forward")
 

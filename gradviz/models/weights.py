@@ -142,6 +142,13 @@ def safetensors_shapes(header: bytes, data_len: int, name: str = "weights") -> d
     return shapes
 
 
+def _brief(value, n: int = 60) -> str:
+    """A short text of a header value that may be huge (a list of millions of numbers)."""
+    if isinstance(value, list) and len(value) > MAX_NDIM:
+        value = [*value[:MAX_NDIM], "…"]
+    return _reason(ValueError(str(value)), n)
+
+
 def _short_key(key: str, n: int = 60) -> str:
     key = _clean(key)
     return repr(key if len(key) <= n else key[: n - 1] + "…")
@@ -154,14 +161,14 @@ def _declared(key: str, entry, data_len: int, name: str) -> torch.Tensor:
         raise _refuse(name, f"damaged safetensors header ({what} needs exactly dtype, shape and data_offsets)")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise _refuse(name, f"{what} has the unknown dtype {_short_key(str(dtype), 20)}; known: {', '.join(_DTYPES)}")
+        raise _refuse(name, f"{what} has the unknown dtype {_brief(dtype, 20)}; known: {', '.join(_DTYPES)}")
     if not (isinstance(shape, list) and len(shape) <= MAX_NDIM and all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape)):
-        raise _refuse(name, f"{what} declares the shape {_reason(ValueError(str(shape)), 60)}; expected up to {MAX_NDIM} "
+        raise _refuse(name, f"{what} declares the shape {_brief(shape)}; expected up to {MAX_NDIM} "
                             f"sizes of 0–{MAX_DIM:,}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
             and 0 <= offsets[0] <= offsets[1] <= data_len):
         raise _refuse(name, f"{what} points outside the file's {data_len:,} data bytes (data_offsets "
-                            f"{_reason(ValueError(str(offsets)), 60)}); the file is truncated or damaged")
+                            f"{_brief(offsets)}); the file is truncated or damaged")
     dt = _DTYPES[dtype]
     need, have = math.prod(shape) * dt.itemsize, offsets[1] - offsets[0]
     if need != have:
