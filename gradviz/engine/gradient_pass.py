@@ -38,16 +38,10 @@ __all__ = ["GradientPass", "Group", "root_of"]
 _LAYOUT: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def root_of(model: nn.Module) -> nn.Module:
-    """The wrapped network (names without the ``net.`` prefix) for a GradvizModel."""
-    net = getattr(model, "net", None)
-    return net if isinstance(net, nn.Module) else model
-
-
 def _eager(model: nn.Module) -> nn.Module:
     """``model`` itself, or the module a root-level ``torch.compile`` wrapped; refused if compiled inside
     (a compiled graph skips the capture's hooks: the norms came out 10–13 % low, silently)."""
-    from gradviz.models.compiled import is_compiled, uncompiled
+    from gradviz.models.compiled import is_compiled
 
     if not is_compiled(model):
         return model
@@ -57,6 +51,14 @@ def _eager(model: nn.Module) -> nn.Module:
     raise GradvizError("the model runs parts of itself through torch.compile; per-sample gradients need the eager "
                        "module: wrap it in GradvizModel (which removes torch.compile) or use "
                        "gradviz.models.compiled.uncompiled(net)")
+
+
+def root_of(model: nn.Module) -> nn.Module:
+    """The wrapped network (names without the ``net.`` prefix) for a GradvizModel; the eager module
+    for a ``torch.compile``'d one (see :func:`_eager`)."""
+    model = _eager(model)
+    net = getattr(model, "net", None)
+    return net if isinstance(net, nn.Module) else model
 
 
 @dataclass(eq=False)
