@@ -135,16 +135,19 @@ def build_timm(name: str, num_classes: int | None = None) -> tuple[nn.Module, Mo
 def timm_model(name: str, weights: str | Path | None = None):
     """``timm:<name>`` as a :class:`~gradviz.models.GradvizModel`: pretrained (online) or from ``weights``."""
     from gradviz.models import GradvizModel
-    from gradviz.models.weights import apply_state_dict, load_state_dict_file
+    from gradviz.models.architectures import build_for_weights, check_card_fits
+    from gradviz.models.weights import apply_state_dict, open_weights
 
     timm = _timm()
     name = _check_name(name)
     if weights is not None:
-        state = load_state_dict_file(weights)
-        net, card = build_timm(name, num_classes_in(name, state))
-        apply_state_dict(net, state, Path(weights).name)
+        weights_file = open_weights(weights)
+        net, card = build_for_weights(f"{PREFIX}{name}", weights_file.shapes, Path(weights).name)
+        apply_state_dict(net, weights_file.tensors(), Path(weights).name)
         card_path = Path(weights).with_suffix(".json")
-        card = ModelCard.from_json(card_path) if card_path.is_file() else card
+        if card_path.is_file():
+            card = ModelCard.from_json(card_path)
+            check_card_fits(net, card, card_path.name)
         card.weights = str(weights)
         return GradvizModel(net, card)
     reason = _offline_reason()
