@@ -4,6 +4,7 @@ import streamlit as st
 
 from gradviz import plots
 from gradviz.model_compare import HIGHER_BETTER
+from gradviz.tables import to_csv
 from gradviz.ui.cache import show_error
 from gradviz.ui.compare_models import get_model_comparison
 from gradviz.ui.model_panel import describe, model_options
@@ -75,9 +76,9 @@ for col, name in zip(columns, scored):
 
 st.subheader("Exports")
 c1, c2, c3 = st.columns(3)
-c1.download_button("⬇ metrics.csv (all models)", lambda: comparison.metrics.to_csv(index=False), "model_metrics.csv",
+c1.download_button("⬇ metrics.csv (all models)", lambda: to_csv(comparison.metrics), "model_metrics.csv",
                    "text/csv", key="cm_dl_metrics", on_click="ignore")
-c2.download_button("⬇ scores.csv (all models)", lambda: comparison.scores.to_csv(index=False), "model_scores.csv",
+c2.download_button("⬇ scores.csv (all models)", lambda: to_csv(comparison.scores), "model_scores.csv",
                    "text/csv", key="cm_dl_scores", on_click="ignore")
 c3.download_button("⬇ metrics.json", lambda: comparison.metrics.to_json(orient="records", indent=2),
                    "model_metrics.json", "application/json", key="cm_dl_json", on_click="ignore")

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from gradviz import plots
+from gradviz.tables import to_csv
 
 # Higher is better for these columns, lower for the rest (fpr95, detection_error).
 HIGHER_BETTER = {"auroc", "aupr_in", "aupr_out", "accuracy"}
@@ -108,7 +109,7 @@ EAGER_MAX_CELLS = 500_000
 
 
 def _serialise(frame: pd.DataFrame, fmt: str) -> str:
-    return frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=2)
+    return to_csv(frame) if fmt == "csv" else frame.to_json(orient="records", indent=2)  # to_csv: spreadsheet-safe
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

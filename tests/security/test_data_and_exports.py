@@ -109,3 +109,84 @@ def test_a_fifo_named_like_a_zip_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "x.zip")
     with pytest.raises(DatasetError, match="not available"):
         load_dataset("zip:x.zip", limit=4, allowed_roots=[tmp_path])
+
+
+# --- CSV exports ----------------------------------------------------------------------------------------------
+
+FORMULA_NAMES = ["=HYPERLINK(1).png", "+SUM(1+1).png", "@cmd.png", "-x.png"]
+
+
+def _formula_folder(root):
+    folder = root / "imgs"
+    folder.mkdir()
+    for i, name in enumerate(FORMULA_NAMES):
+        Image.new("L", (28, 28), 30 * i).save(folder / name)
+    (folder / "=broken.png").write_bytes(b"not a png")  # lands in files.csv
+    return folder
+
+
+def _cells(path) -> list[str]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return [cell for row in csv.reader(fh) for cell in row]
+
+
+def test_cli_score_csvs_neutralise_formula_file_names_and_keep_numbers(tmp_path):
+    import pandas as pd
+
+    from gradviz.cli import main
+
+    folder, out = _formula_folder(tmp_path), tmp_path / "o"
+    assert main(["score", "--ood", f"folder:{folder}", "--methods", "msp,energy", "--limit", "8", "--out", str(out),
+                 "--cache", "none"]) == 0
+    for name in ("scores.csv", "metrics.csv", "files.csv"):
+        bad = [c for c in _cells(out / name) if c[:1] in ("=", "+", "@", "\t", "\r") or c.startswith("-x")]
+        assert bad == [], (name, bad)
+    scores = pd.read_csv(out / "scores.csv")
+    assert sorted(scores.loc[scores["role"] == "ood", "path"]) == sorted("'" + n for n in FORMULA_NAMES)
+    assert scores["energy"].dtype == float and (scores["energy"] < 0).all()  # negative numbers stay numbers
+    assert pd.read_csv(out / "files.csv")["file"].tolist() == ["'=broken.png"]
+
+
+def test_the_csv_helper_touches_text_only():
+    import pandas as pd
+
+    from gradviz.tables import to_csv
+
+    frame = pd.DataFrame({"name": ["=1+1", "-2", "ok", "\tx", "\rx", "@a", "+b", None],
+                          "value": [-1.5, -2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+                          "count": [-1, -2, 0, 1, 2, 3, 4, 5],
+                          "cat": pd.Categorical(["-a", "b"] * 4),
+                          "mixed": pd.Series([-7, "=x", 1.5, "y", None, "-", "+", "@"], dtype=object)})
+    back = pd.read_csv(io.StringIO(to_csv(frame)), keep_default_na=False)
+    assert back["name"].tolist() == ["'=1+1", "'-2", "ok", "'\tx", "'\rx", "'@a", "'+b", ""]
+    assert back["value"].tolist() == frame["value"].tolist() and back["count"].tolist() == frame["count"].tolist()
+    assert back["cat"].tolist() == ["'-a", "b"] * 4
+    assert back["mixed"].tolist() == ["-7", "'=x", "1.5", "y", "", "'-", "'+", "'@"]  # only text is prefixed
+    assert frame["name"][0] == "=1+1"  # the caller's table is not changed
+
+
+def test_ui_download_table_neutralises_formula_cells(monkeypatch):
+    import pandas as pd
+
+    from gradviz.ui import widgets
+
+    sent = {}
+    monkeypatch.setattr(widgets.st, "download_button", lambda label, data, *a, **k: sent.update(data=data))
+    frame = pd.DataFrame({"path": FORMULA_NAMES, "score": [-0.5, 0.25, -3.0, 1.0]})
+    widgets.download_table("⬇ scores.csv", frame, "scores.csv", key="k")
+    back = pd.read_csv(io.StringIO(sent["data"]))
+    assert back["path"].tolist() == ["'" + n for n in FORMULA_NAMES]
+    assert back["score"].tolist() == [-0.5, 0.25, -3.0, 1.0]
+
+
+def test_every_csv_is_written_through_the_one_helper():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sources = [*root.joinpath("gradviz").rglob("*.py"), *root.joinpath("pages").glob("*.py"), root / "app.py"]
+    raw = [f"{p.relative_to(root)}" for p in sources
+           if p.name != "tables.py" and re.search(r"\.to_csv\(", p.read_text(encoding="utf-8"))]
+    assert raw == []  # pandas' to_csv writes formulas raw; gradviz.tables.to_csv neutralises them
