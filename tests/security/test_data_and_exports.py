@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import zipfile
 
@@ -190,3 +191,103 @@ def test_every_csv_is_written_through_the_one_helper():
     raw = [f"{p.relative_to(root)}" for p in sources
            if p.name != "tables.py" and re.search(r"\.to_csv\(", p.read_text(encoding="utf-8"))]
     assert raw == []  # pandas' to_csv writes formulas raw; gradviz.tables.to_csv neutralises them
+
+
+# --- names shown as plain text ------------------------------------------------------------------------------
+
+IMAGE_MD = "![b{i}](http://x/b{i}.png)"
+LINK_HTML = "<a href='http://x/{i}'>y{i}</a>"
+
+
+def test_md_text_leaves_no_markup_and_reads_as_written():
+    from gradviz.plaintext import md_text
+
+    for name in ["![b](http://host/b.png)", "[x](http://host)", "<img src=x>", "# head", "- item", "$x^2$",
+                 "a\n\n# b", "`code`", "**bold**", "| a | b |", "&lt;", "http://host/x"]:
+        out = md_text(name)
+        assert "\n" not in out
+        # every ASCII punctuation character is backslash-escaped, so nothing in it can open markup
+        unescaped = [c for k, c in enumerate(out) if not c.isalnum() and not c.isspace() and c != "\\" and c.isascii()
+                     and (k == 0 or out[k - 1] != "\\")]
+        assert unescaped == [], (name, out)
+        assert out.replace("\\", "") == re.sub("\n+", " ", name)  # the same characters otherwise, on one line
+
+
+def _figure_text(fig) -> str:
+    """Every string of a figure as Plotly's browser side reads it (its JSON, with \\u003c etc. decoded)."""
+    import json
+
+    return json.dumps(json.loads(fig.to_json()), ensure_ascii=False)
+
+
+def test_plots_hold_no_live_html_from_names():
+    import pandas as pd
+
+    from gradviz import plots
+
+    name = "<a href='http://x'>y</a>"
+    figures = [plots.probability_bars(np.array([0.7, 0.3]), [name, "ok"])]
+    scores = pd.DataFrame({"dataset": ["mnist"] * 5 + [name] * 5, "role": ["id"] * 5 + ["ood"] * 5,
+                           "index": list(range(10)), "label": [0] * 10, "prediction": [0] * 10,
+                           "msp": np.linspace(0, 1, 10)})
+    figures += [plots.score_histogram(scores, "msp"), plots.score_strip(scores, "msp"),
+                plots.roc_figure(scores, ["msp"], name), plots.heatmap(pd.DataFrame([[0.5]], index=[name], columns=[name]), name)]
+    for fig in figures:
+        text = _figure_text(fig)
+        assert "<a" not in text and "&lt;a href='http://x'&gt;y&lt;/a&gt;" in text, text[:300]
+
+
+def test_playground_path_figure_escapes_class_names_in_hover_and_axis():
+    import pandas as pd
+
+    from gradviz.playground.figures import path_figure
+
+    fig = path_figure(pd.DataFrame({"msp": [10.0, 90.0]}), np.array([0.0, 1.0]), ["start", "end"],
+                      [LINK_HTML.format(i=0)] * 2, np.array([0.9, 0.8]), {"msp": "#000"}, "step", "<b>id</b>")
+    text = _figure_text(fig)
+    assert "<a" not in text and "<b>id" not in text and "&lt;b&gt;id" in text
+
+
+@pytest.mark.timeout(600)
+def test_inspect_shows_hostile_class_names_as_plain_text(tmp_path, monkeypatch):
+    """Weights uploaded with class names that are a Markdown image and an HTML link, then Inspect a sample."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from streamlit.testing.v1 import AppTest
+
+    from gradviz.models.zoo import BUNDLED_WEIGHTS
+    from gradviz.plaintext import md_text
+    from gradviz.scoring import RunConfig
+
+    monkeypatch.setenv("GRADVIZ_CACHE_DIR", str(tmp_path))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CPU is shared (as tests/app's open_page does)
+    try:
+        at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=300)
+        at.session_state["gv_config"] = RunConfig(limit=40, ood=["noise-uniform"], methods=["msp"])
+        at.session_state["ins_layers"] = False
+        at.switch_page("pages/inspect.py")
+        at.run()
+        at.run()  # settle outside app.py's frame before using the sidebar form (as tests/app/test_byo_app.py)
+        names = [IMAGE_MD.format(i=i) + LINK_HTML.format(i=i) for i in range(10)]
+        at.toggle(key="gv_up_on").set_value(True).run()
+        at.selectbox(key="gv_up_arch").set_value("mnist-cnn")
+        at.file_uploader(key="gv_up_file").set_value(("w.safetensors", BUNDLED_WEIGHTS.read_bytes(),
+                                                      "application/octet-stream"))
+        at.text_area(key="gv_up_classes").input("\n".join(names))
+        next(b for b in at.button if b.label == "Load weights").click()
+        at.run()
+        assert not at.exception, at.exception
+        assert at.session_state["gv_config"].model.startswith("upload:"), [e.value for e in at.error]
+        at.radio(key="ins_source").set_value("A dataset sample").run()
+        assert not at.exception, at.exception
+    finally:
+        torch.set_num_threads(threads)
+    value = at.metric[0].value
+    # no image, link or tag survives: every ! [ ] < > of the name is backslash-escaped (shown as the character)
+    assert "![" not in value and "](" not in value and not re.search(r"(?<!\\)[!\[\]<>]", value), value
+    assert any(value.startswith(md_text(n)) for n in names), value
+    spec = json.dumps(json.loads(next(c for c in at.get("plotly_chart") if c.key == "ins_probs").proto.spec))
+    assert "<a" not in spec and "&lt;a href=" in spec
