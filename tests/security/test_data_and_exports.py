@@ -291,3 +291,87 @@ def test_inspect_shows_hostile_class_names_as_plain_text(tmp_path, monkeypatch):
     assert any(value.startswith(md_text(n)) for n in names), value
     spec = json.dumps(json.loads(next(c for c in at.get("plotly_chart") if c.key == "ins_probs").proto.spec))
     assert "<a" not in spec and "&lt;a href=" in spec
+
+
+# --- a Hub that never answers ---------------------------------------------------------------------------------
+
+class _SilentHub:
+    """A local server that accepts every connection and never answers it (with ``answer_probe``, it answers
+    the liveness probe ``HEAD /`` and nothing else)."""
+
+    def __init__(self, answer_probe: bool = False):
+        import socket
+        import threading
+
+        self.answer_probe, self.held, self.requests = answer_probe, [], []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            self.held.append(conn)
+            if self.answer_probe:
+                conn.settimeout(5)
+                try:
+                    first = conn.recv(4096).split(b"\r\n", 1)[0].decode("latin-1")
+                except OSError:
+                    continue
+                self.requests.append(first)
+                if first.startswith("HEAD / "):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    def close(self):
+        self.server.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def silent_hub(monkeypatch):
+    from huggingface_hub import constants
+
+    hubs = []
+
+    def _start(answer_probe: bool = False) -> _SilentHub:
+        hub = _SilentHub(answer_probe)
+        hubs.append(hub)
+        endpoint = f"http://127.0.0.1:{hub.port}"
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # what HF_ENDPOINT sets when the Hub client is imported
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        return hub
+
+    yield _start
+    for hub in hubs:
+        hub.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_hub_that_accepts_but_never_answers_is_one_clear_error(silent_hub, tmp_path, monkeypatch):
+    from gradviz.errors import ModelError
+    from gradviz.models.timm_models import timm_model
+
+    silent_hub()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelError, match=r"timm:resnet18 needs its pretrained weights .* did not answer within 3 s"
+                                         r".*--weights"):
+        timm_model("resnet18")
+
+
+@pytest.mark.timeout(90)
+def test_a_hub_that_stalls_after_the_probe_is_cut_off_by_the_deadline(silent_hub, tmp_path, monkeypatch):
+    from gradviz.errors import ModelError
+    from gradviz.models import timm_models
+
+    hub = silent_hub(answer_probe=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(timm_models, "HUB_READ_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(timm_models, "HUB_DEADLINE_S", 3.0)
+    with pytest.raises(ModelError, match=r"did not answer within 1 s per request, 3 s in all"):
+        timm_models.timm_model("resnet18")
+    assert hub.requests[0].startswith("HEAD / ") and any("resnet18" in r for r in hub.requests[1:])
