@@ -13,7 +13,6 @@ from gradviz.data import dataset_options
 from gradviz.methods import list_methods
 from gradviz.methods.registry import get_method
 from gradviz.models import zoo  # noqa: F401  (registers the bundled model)
-from gradviz.plaintext import md_text
 from gradviz.scoring import RunConfig
 from gradviz.ui import id_set, model_panel
 
@@ -94,7 +93,7 @@ def render_sidebar() -> RunConfig:
     fit_set = id_set.fit_spec_for(id_spec) or RunConfig.fit_set
     seed_now = int(st.session_state.get("gv_seed", cur.seed))  # the Seed widget below, as last set
     if id_set.note_for(id_spec):
-        sb.caption(md_text(id_set.note_for(id_spec)) + f" Seed {seed_now}.")
+        sb.caption(id_set.note_for(id_spec) + f" Seed {seed_now}.")
     id_set.render(sb, seed_now, lambda: _card_or_none(model))
     ood = sb.multiselect("OOD sets", [o for o in options if o != id_spec],
                          default=[o for o in cur.ood if o in options and o != id_spec], key="gv_ood",

@@ -200,17 +200,22 @@ LINK_HTML = "<a href='http://x/{i}'>y{i}</a>"
 
 
 def test_md_text_leaves_no_markup_and_reads_as_written():
-    from gradviz.plaintext import md_text
+    from gradviz.plaintext import WORD_JOINER, md_code, md_text
 
-    for name in ["![b](http://host/b.png)", "[x](http://host)", "<img src=x>", "# head", "- item", "$x^2$",
-                 "a\n\n# b", "`code`", "**bold**", "| a | b |", "&lt;", "http://host/x"]:
+    hostile = ["![b](http://host/b.png)", "[x](http://host)", "<img src=x>", "# head", "- item", "12. item", "$x^2$",
+               "a\n\n# b", "`code`", "**bold** _it_ ~~s~~", "&lt;", "http://host/x", "www.host.com", "me@host.com",
+               ":red[x]", "a\\[b]"]
+    for name in hostile:
         out = md_text(name)
         assert "\n" not in out
-        # every ASCII punctuation character is backslash-escaped, so nothing in it can open markup
-        unescaped = [c for k, c in enumerate(out) if not c.isalnum() and not c.isspace() and c != "\\" and c.isascii()
-                     and (k == 0 or out[k - 1] != "\\")]
-        assert unescaped == [], (name, out)
-        assert out.replace("\\", "") == re.sub("\n+", " ", name)  # the same characters otherwise, on one line
+        assert not re.search(r"(?<!\\)(?:\\\\)*[\[\]<>`*~$&]", out), (name, out)  # every markup opener escaped
+        assert not re.search(r"https?://|www\.|\w@", out, re.IGNORECASE), (name, out)  # no bare URL or e-mail link
+        assert not re.match(r"\s*[#\->]|\s*\d+\.", out), (name, out)  # no heading, list or quote
+        plain = re.sub(r"\\(.)", r"\1", out).replace(WORD_JOINER, "")
+        assert plain == re.sub("\n+", " ", name), (name, out)  # reads as written
+    for name in ["x.png", "noise-uniform", "mnist-cnn: mnist (ID)", "snake_case_name", "folder:/data/my_set"]:
+        assert md_text(name) == name  # ordinary names stay as they are (and searchable)
+    assert md_code("letters") == "`letters`" and md_code("a`b") == "``a`b``"
 
 
 def _figure_text(fig) -> str:
@@ -286,8 +291,8 @@ def test_inspect_shows_hostile_class_names_as_plain_text(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     value = at.metric[0].value
-    # no image, link or tag survives: every ! [ ] < > of the name is backslash-escaped (shown as the character)
-    assert "![" not in value and "](" not in value and not re.search(r"(?<!\\)[!\[\]<>]", value), value
+    # no image, link or tag survives: every [ ] < > of the name is backslash-escaped, and no bare URL is left
+    assert not re.search(r"(?<!\\)[\[\]<>]", value) and "http://" not in value, value
     assert any(value.startswith(md_text(n)) for n in names), value
     spec = json.dumps(json.loads(next(c for c in at.get("plotly_chart") if c.key == "ins_probs").proto.spec))
     assert "<a" not in spec and "&lt;a href=" in spec
