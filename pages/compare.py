@@ -12,12 +12,11 @@ from gradviz.methods.registry import methods_by_family
 from gradviz.metrics import threshold_at_tpr
 from gradviz.plaintext import md_code, md_text
 from gradviz.ui.cache import get_result, images_of_rows, show_error
-from gradviz.ui.sidebar import current_config
+from gradviz.ui.sidebar import current_config, ensure_frame
 from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports,
                                 show_upload_errors, upload_max_mb)
 from gradviz.ui.widgets import decomposition, download_figure, download_results, image_tiles, metrics_dataframe
 from gradviz.ui.widgets import method_caption, method_label
-from gradviz.ui.sidebar import ensure_frame
 
 ensure_frame()
 
