@@ -136,6 +136,7 @@ def _check_device(device: str) -> None:
 
 def cmd_score(args) -> int:
     from gradviz.scoring import run
+    from gradviz.tables import to_csv
 
     cfg = _config(args)
     _check_device(cfg.device)
@@ -149,15 +150,15 @@ def cmd_score(args) -> int:
         result = run(cfg, progress=_tqdm_progress(), store=_store(args), model=_load_model(cfg.model, cfg.weights, cfg.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result.scores.to_csv(out / "scores.csv", index=False)
-    result.metrics.to_csv(out / "metrics.csv", index=False)
+    to_csv(result.scores, out / "scores.csv")
+    to_csv(result.metrics, out / "metrics.csv")
     (out / "config.json").write_text(cfg.to_json())
     rows = [(spec, f, "skipped", why) for spec, items in result.skipped.items() for f, why in items]
     rows += [(spec, f, "note", what) for spec, items in result.notes.items() for f, what in items]
     if rows:
         import pandas as pd
 
-        pd.DataFrame(rows, columns=["dataset", "file", "kind", "reason"]).to_csv(out / "files.csv", index=False)
+        to_csv(pd.DataFrame(rows, columns=["dataset", "file", "kind", "reason"]), out / "files.csv")
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     _report_files(result)
@@ -174,6 +175,7 @@ def cmd_score(args) -> int:
 def cmd_coverage(args) -> int:
     """``layers --coverage``: which plan computes each parameter group's per-sample gradient."""
     from gradviz.gradients import coverage
+    from gradviz.tables import to_csv
 
     cfg = _config(args)
     _check_device(cfg.device)
@@ -182,7 +184,7 @@ def cmd_coverage(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        report.to_frame().to_csv(out / "coverage.csv", index=False)
+        to_csv(report.to_frame(), out / "coverage.csv")
         print(f"-> {out / 'coverage.csv'}")
     report.check()
     return 0
@@ -194,7 +196,7 @@ def cmd_layers(args) -> int:
     from gradviz.data import load_dataset
     from gradviz.gradients import LOSSES
     from gradviz.scoring import layer_table
-    from gradviz.tables import flat_layer_table
+    from gradviz.tables import flat_layer_table, to_csv
 
     if args.coverage:
         return cmd_coverage(args)
@@ -213,7 +215,7 @@ def cmd_layers(args) -> int:
     table = pd.concat(frames)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    flat_layer_table(table).to_csv(out / "layers.csv", index=False)
+    to_csv(flat_layer_table(table), out / "layers.csv")
     summary = table.groupby(level="dataset").median().T.unstack("stat") if len(table) else table
     print(f"{len(table)} samples × {table.shape[1]} (layer, statistic) columns -> {out / 'layers.csv'}")
     print(summary.xs("l2", axis=1, level="stat").to_string(float_format=lambda v: f"{v:.4g}") if "l2" in table.columns.get_level_values("stat") else "")
@@ -226,7 +228,7 @@ def cmd_meta(args) -> int:
     from gradviz.data import load_dataset
     from gradviz.meta import meta_report
     from gradviz.scoring import layer_table, run
-    from gradviz.tables import join_layers
+    from gradviz.tables import join_layers, to_csv
 
     cfg = _config(args)
     cfg.methods = ["entropy", "msp"]
@@ -242,7 +244,7 @@ def cmd_meta(args) -> int:
     report = meta_report(table, task=args.task, known_ood=args.known or None, model=args.classifier, seed=cfg.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report.results.to_csv(out / "meta.csv", index=False)
+    to_csv(report.results, out / "meta.csv")
     print(report.results.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 

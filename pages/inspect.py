@@ -8,6 +8,7 @@ from gradviz import plots
 from gradviz.attributions import list_attributions, to_png_bytes
 from gradviz.gradients import STATS
 from gradviz.layers import layer_bands
+from gradviz.plaintext import md_text
 from gradviz.scoring import images_digest
 from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result, show_error
 from gradviz.ui.samples import attribution, per_sample, sample_report
@@ -68,12 +69,12 @@ classes = model.card.class_names
 pred = int(report.prediction[0])
 left, right = st.columns([1, 2])
 with left:
-    st.image(gi.display_image(x[0]), caption=f"{name}: {tuple(x.shape[1:])} input as the model sees it (upscaled)")
+    st.image(gi.display_image(x[0]), caption=f"{md_text(name)}: {tuple(x.shape[1:])} input as the model sees it (upscaled)")
 with right:
-    st.metric("Prediction", f"{classes[pred]}  (p = {report.probs[0, pred]:.3f})")
+    st.metric("Prediction", f"{md_text(classes[pred])}  (p = {report.probs[0, pred]:.3f})")
     st.plotly_chart(plots.probability_bars(report.probs[0], classes), width="stretch", key="ins_probs")
 
-st.subheader(f"Uncertainty scores vs the ID set ({cfg.id})")
+st.subheader(f"Uncertainty scores vs the ID set ({md_text(cfg.id)})")
 table = report.scores.assign(verdict=[f"more uncertain than {p:.0f} % of {cfg.id}" if np.isfinite(p) else "n/a"
                                       for p in report.scores["percentile"]])
 st.dataframe(table[["method", "title", "score", "id_median", "percentile", "verdict"]], hide_index=True,

@@ -19,6 +19,7 @@ import numpy as np
 
 from gradviz.data import ImageSet, load_dataset, register_dataset
 from gradviz.errors import DatasetError
+from gradviz.plaintext import md_text
 
 DEFAULT_FIT_FRACTION = 0.5
 PARTS = ("fit", "test")
@@ -100,10 +101,11 @@ def load_test_part(arg: str | None, limit: int | None, seed: int, allowed_roots=
 
 def split_summary(name: str, fit: ImageSet, test: ImageSet, fit_fraction: float, seed: int | None = None,
                   model_classes: list[str] | None = None) -> str:
-    """One paragraph stating how an own ID set was split (shown on the pages), with what labels mean."""
+    """One paragraph of Markdown stating how an own ID set was split (shown on the pages), with what labels mean;
+    the set's name and folder names in it are plain text (:func:`gradviz.plaintext.md_text`)."""
     classes = fit.class_names or []
     n = len(fit) + len(test)
-    text = (f"**{name}** as the ID set: {n:,} images{f' in {len(classes)} classes' if classes else ''}; "
+    text = (f"**{md_text(name)}** as the ID set: {n:,} images{f' in {len(classes)} classes' if classes else ''}; "
             f"{len(fit):,} ({fit_fraction:.0%}) fit the fitted methods (Mahalanobis, kNN, ViM, the meta classifier, …) and "
             f"{len(test):,} are the ID test images that are scored — split per class"
             + (f", seed {seed}." if seed is not None else "."))
@@ -111,7 +113,7 @@ def split_summary(name: str, fit: ImageSet, test: ImageSet, fit_fraction: float,
         text += (" No class sub-folders: labels are unknown, so accuracy is not measured and methods that need "
                  "labels to fit (Mahalanobis) are left out.")
     elif model_classes is not None and [c for c in classes if c not in model_classes]:
-        text += (f" Folder names ({', '.join(classes[:4])}{', …' if len(classes) > 4 else ''}) are not the model's class "
+        text += (f" Folder names ({', '.join(md_text(c) for c in classes[:4])}{', …' if len(classes) > 4 else ''}) are not the model's class "
                  "names: label i is the i-th folder in sorted order, compared with the model's output i.")
     elif model_classes is not None and classes != list(model_classes)[:len(classes)]:
         text += " Note: labels follow the folders' sorted order, which differs from the model's class order."

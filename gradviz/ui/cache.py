@@ -19,6 +19,7 @@ from gradviz.config import settings
 from gradviz.data import ImageSet, load_dataset
 from gradviz.errors import GradvizError, ModelError
 from gradviz.models import GradvizModel, load_model
+from gradviz.plaintext import md_text
 from gradviz.scoring import RunConfig, ScoreResult, images_digest, layer_table, run
 from gradviz.store import ResultStore
 from gradviz.store import cache_key as _cache_key
@@ -221,10 +222,11 @@ def get_coverage(cfg: RunConfig) -> pd.DataFrame:
 
 
 def show_error(exc: Exception, hint: str = "") -> None:
-    """Show a user error with a next step and stop the page (bugs are re-raised)."""
+    """Show a user error with a next step and stop the page (bugs are re-raised). The message is plain text
+    (it may quote a file, folder or class name); the hint is the page's own Markdown."""
     if not isinstance(exc, GradvizError):
         raise exc
-    st.error(f"{exc}" + (f"\n\n{hint}" if hint else ""))
+    st.error("\n\n".join(md_text(line) for line in str(exc).splitlines()) + (f"\n\n{hint}" if hint else ""))
     st.stop()
 
 

@@ -18,6 +18,7 @@ import torch
 from gradviz.errors import GradvizError
 from gradviz.images import decode_image
 from gradviz.methods.registry import MethodRunner, resolve_methods
+from gradviz.plaintext import md_text
 from gradviz.playground import LiveReport, Reference, Walk, build_reference, score_batch, walk
 from gradviz.playground.preprocess import canvas_to_input, photo_to_input
 from gradviz.scoring import RunConfig, make_runner
@@ -132,7 +133,7 @@ def source_image(source: str, cfg: RunConfig, card) -> tuple[torch.Tensor | None
     try:
         x, note = _to_input(kind, data, card.to_json(), card)
     except GradvizError as exc:
-        st.warning(f"{exc}. Try again, or start from a dataset sample.")
+        st.warning(f"{md_text(exc)}. Try again, or start from a dataset sample.")
         return None, name
     if note and kind == "photo":
         st.caption(note)
@@ -166,8 +167,8 @@ def current_image(x_src: torch.Tensor, source_digest: str, name: str) -> tuple[t
     """The image the live panels show: a loaded path step of this start image, else the start image."""
     loaded = st.session_state.get("pg_loaded")
     if loaded and loaded.get("source") == source_digest:
-        st.info(f"Showing {loaded['label']} of the path below.", icon=":material/route:")
-        st.button(f"Back to {name}", key="pg_back", on_click=_back_to_start, icon=":material/undo:")
+        st.info(f"Showing {md_text(loaded['label'])} of the path below.", icon=":material/route:")
+        st.button(f"Back to {md_text(name)}", key="pg_back", on_click=_back_to_start, icon=":material/undo:")
         return loaded["image"], loaded["label"], loaded
     return x_src, name, None
 

@@ -18,6 +18,7 @@ import streamlit as st
 from gradviz.config import settings
 from gradviz.data import ImageSet
 from gradviz.images import ALLOWED_FORMATS, uploads_to_imageset
+from gradviz.plaintext import md_text
 from gradviz.runconfig import RunConfig
 from gradviz.ui.cache import get_model
 
@@ -69,9 +70,9 @@ def show_upload_errors(errors: list[tuple[str, str]]) -> None:
     """One warning per refused file (a handful), or one warning listing them when there are many."""
     if len(errors) <= 5:
         for _, message in errors:
-            st.warning(message)
+            st.warning(md_text(message))
         return
-    st.warning(f"{len(errors)} files were not loaded; first: {errors[0][1]}")
+    st.warning(f"{len(errors)} files were not loaded; first: {md_text(errors[0][1])}")
     with st.expander(f"All {len(errors)} files not loaded"):
         st.dataframe(pd.DataFrame(errors, columns=["file", "reason"]), hide_index=True, width="stretch")
 
