@@ -269,7 +269,7 @@ def test_folder_under_the_allowed_roots_as_the_id_set(open_page, tmp_path, monke
     assert "8 images in 2 classes; 4 (50%) fit" in texts(at.sidebar.caption)
 
 
-def test_three_channel_model_with_a_28px_card_renders_home_and_inspect(open_page):
+def test_three_channel_model_with_a_28px_card_renders_home_inspect_and_the_playground(open_page):
     """Grey digits expanded to 3 channels at the card's native 28×28 (no resize) once crashed every page."""
     at = open_page("pages/home.py", RunConfig(limit=40, ood=["letters"], methods=["msp", "gradnorm"]))
     submit_weights(at, resnet18_bytes(), "r18.safetensors", "torchvision:", "resnet18", size="3, 28, 28", mean="0.5",
@@ -285,3 +285,10 @@ def test_three_channel_model_with_a_28px_card_renders_home_and_inspect(open_page
     assert not at.exception and not at.error, (at.exception, texts(at.error))
     assert list(at.dataframe[0].value["method"]) == ["msp", "gradnorm"]
     assert "(3, 28, 28) input" in at.get("image")[0].proto.imgs[0].caption
+    from test_playground_page import drawing, gauges
+    from gradviz.ui.canvas import canvas_state
+
+    at.session_state["pg_canvas"] = canvas_state(drawing("three"))
+    at.switch_page("pages/playground.py").run()
+    assert not at.exception and not at.error, (at.exception, texts(at.error))
+    assert set(gauges(at)) == {"msp", "gradnorm"}
