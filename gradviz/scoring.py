@@ -61,7 +61,12 @@ def make_runner(model: GradvizModel, info: MethodInfo, params: dict | None = Non
                 fit_set: str = "mnist:train", seed: int = 0) -> MethodRunner:
     """A method with parameters set; fitted methods are fitted on ``fit_set`` (memoised)."""
     runner = info.create(**(params or {}))
-    return _fitted(model, runner, fit_set, seed) if info.needs_fit else runner
+    if not info.needs_fit:
+        return runner
+    fitted = _fitted(model, runner, fit_set, seed)
+    if isinstance(fitted, MethodError):
+        raise MethodError(str(fitted))
+    return fitted
 
 
 def make_runners(model: GradvizModel, infos: list[MethodInfo], params: dict[str, dict] | None = None,
@@ -102,9 +107,14 @@ _FITTED: LRUCache = LRUCache(maxsize=16)
 @cached(_FITTED, lock=threading.Lock(),
         key=lambda model, runner, fit_set, seed: cache_key(model=model.digest, method=runner.info.name,
                                                            params=runner.params, fit=fit_set, seed=seed))
-def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int) -> MethodRunner:
+def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int) -> MethodRunner | MethodError:
+    """The fitted runner, or the MethodError saying why it cannot be fitted: a failure is as deterministic
+    as a fit, and remembering it spares the Playground a doomed fit on every stroke."""
     fit_data = load_dataset(fit_set, model.card, seed=seed)
-    runner.fit(model, fit_data.images, fit_data.labels)
+    try:
+        runner.fit(model, fit_data.images, fit_data.labels)
+    except MethodError as exc:
+        return exc
     return runner
 
 
