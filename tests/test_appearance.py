@@ -96,3 +96,14 @@ def test_clean_up_decode_size_is_four_times_the_card_at_most_400(size, fit):
 
     c = size[0]
     assert photo_fit(ModelCard("c", "t", size, (0.5,) * c, (0.5,) * c, ["a", "b"])) == fit
+
+
+def test_the_id_description_samples_a_sorted_set_evenly():
+    from gradviz.appearance import describe_id
+
+    dark = torch.zeros(600, 1, 8, 8)
+    sorted_set = torch.cat([dark, 1 - dark])  # 600 black images, then 600 white ones
+    look = describe_id(sorted_set, "two kinds")
+    assert look.light_share == pytest.approx(0.5, abs=0.01) and look.polarity is None
+    assert describe_id(dark).polarity == "light on a dark background"
+    assert describe_id(1 - dark).polarity == "dark on a light background"

@@ -15,7 +15,7 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from gradviz.appearance import unlike_id
+from gradviz.appearance import IdLook, describe_id, unlike
 from gradviz.config import settings
 from gradviz.data import ImageSet, short_spec
 from gradviz.images import ALLOWED_FORMATS, uploads_to_imageset
@@ -68,11 +68,16 @@ def decode_uploads(files: list | None, cfg: RunConfig, clean_up: bool = False) -
     return data, errors
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _id_look(model: str, weights: str | None, spec: str, limit: int | None, seed: int) -> IdLook:
+    """How the ID set looks (gradviz.appearance.describe_id): three numbers, computed once per choice."""
+    return describe_id(get_dataset(model, weights, spec, limit, seed).images, short_spec(spec, 60))
+
+
 def offer_clean_up(files: list, data: ImageSet, cfg: RunConfig, key: str) -> ImageSet:
     """Say which uploads look unlike the ID set (:func:`gradviz.appearance.unlike_id`) and offer the Playground
     camera's clean-up, on by default when one does; the uploads (cleaned up or not) as the model will see them."""
-    id_set = get_dataset(cfg.model, cfg.weights, cfg.id, cfg.limit, cfg.seed)
-    reasons = unlike_id(data.images, id_set.images, short_spec(cfg.id, 60))
+    reasons = unlike(data.images, _id_look(cfg.model, cfg.weights, cfg.id, cfg.limit, cfg.seed))
     flagged = [(path, why) for path, why in zip(data.paths or [], reasons) if why]
     for path, why in flagged[:5]:
         st.warning(f"{path} looks unlike the ID set: {why}. The model has seen nothing like it, so its prediction and "
