@@ -75,13 +75,14 @@ def _id_look(model: str, weights: str | None, spec: str, limit: int | None, seed
 
 
 def offer_clean_up(files: list, data: ImageSet, cfg: RunConfig, key: str) -> ImageSet:
-    """Say which uploads look unlike the ID set (:func:`gradviz.appearance.unlike_id`) and offer the Playground
+    """Say which uploads look unlike the ID set (:func:`gradviz.appearance.unlike`) and offer the Playground
     camera's clean-up, on by default when one does; the uploads (cleaned up or not) as the model will see them."""
     reasons = unlike(data.images, _id_look(cfg.model, cfg.weights, cfg.id, cfg.limit, cfg.seed))
     flagged = [(path, why) for path, why in zip(data.paths or [], reasons) if why]
     for path, why in flagged[:5]:
         st.warning(f"{path} looks unlike the ID set: {why}. The model has seen nothing like it, so its prediction and "
-                   "scores say little about the content; try the clean-up below.", icon=":material/contrast:")
+                   "scores say little about what it shows. The clean-up below (on by default for such an upload) "
+                   "redraws it the way the MNIST digits were made.", icon=":material/contrast:")
     if len(flagged) > 5:
         st.warning(f"… and {len(flagged) - 5} more uploads look unlike the ID set.")
     on = st.toggle("Clean up like the Playground camera: invert dark ink on light paper, subtract the paper, centre "
