@@ -54,7 +54,8 @@ def _budget(key: str) -> tuple[int, str]:
     return cfg.max_upload_pixels, "GRADVIZ_MAX_UPLOAD_PIXELS"
 
 
-def decode_uploads(files: list | None, cfg: RunConfig, clean_up: bool = False) -> tuple[ImageSet | None, list[tuple[str, str]]]:
+def decode_uploads(files: list | None, cfg: RunConfig,
+                   clean_up: bool = False) -> tuple[ImageSet | None, list[tuple[str, str]]]:
     """Streamlit ``UploadedFile`` objects -> (an OOD ImageSet at ``cfg``'s model input, or None; errors per file).
     ``clean_up``: through the Playground camera's clean-up (:func:`gradviz.images.uploads_to_imageset`)."""
     if not files:
