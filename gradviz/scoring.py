@@ -61,7 +61,43 @@ def make_runner(model: GradvizModel, info: MethodInfo, params: dict | None = Non
                 fit_set: str = "mnist:train", seed: int = 0) -> MethodRunner:
     """A method with parameters set; fitted methods are fitted on ``fit_set`` (memoised)."""
     runner = info.create(**(params or {}))
-    return _fitted(model, runner, fit_set, seed) if info.needs_fit else runner
+    if not info.needs_fit:
+        return runner
+    fitted = _fitted(model, runner, fit_set, seed)
+    if isinstance(fitted, MethodError):
+        raise MethodError(str(fitted))
+    return fitted
+
+
+def make_runners(model: GradvizModel, infos: list[MethodInfo], params: dict[str, dict] | None = None,
+                 fit_set: str = "mnist:train", seed: int = 0, *, unfitted: dict[str, str] | None = None,
+                 progress: Progress | None = None) -> list[MethodRunner]:
+    """:func:`make_runner` for each of ``infos``, in order.
+
+    With ``unfitted`` (a dict) a fitted method that cannot be fitted on ``fit_set`` (too few images, labels
+    the model does not know) is left out and its reason recorded there — the caller leaves it blank and
+    says why (:func:`blank_method_warnings`); a method already in ``unfitted`` is not tried again.
+    Without it, the error is raised."""
+    params = params or {}
+    runners = []
+    for n, info in enumerate(infos):
+        if info.needs_fit and progress:  # fits are one-off but take seconds: say what is running
+            progress(n, len(infos), f"fitting {info.name} on {fit_set} (once)")
+        if unfitted is not None and info.name in unfitted:
+            continue
+        try:
+            runners.append(make_runner(model, info, params.get(info.name), fit_set, seed))
+        except MethodError as exc:
+            if unfitted is None or not info.needs_fit:
+                raise
+            unfitted[info.name] = str(exc)
+    return runners
+
+
+def blank_method_warnings(unfitted: dict[str, str], fit_set: str) -> list[str]:
+    """One line per method left blank because it could not be fitted on ``fit_set`` (``unfitted``: name -> reason)."""
+    return [f"{name} is left blank: it could not be fitted on {short_spec(fit_set, 120)} ({reason})"
+            for name, reason in unfitted.items()]
 
 
 # Fitted detectors are deterministic functions of (model, method, params, fit set, seed): keep a few.
@@ -71,9 +107,14 @@ _FITTED: LRUCache = LRUCache(maxsize=16)
 @cached(_FITTED, lock=threading.Lock(),
         key=lambda model, runner, fit_set, seed: cache_key(model=model.digest, method=runner.info.name,
                                                            params=runner.params, fit=fit_set, seed=seed))
-def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int) -> MethodRunner:
+def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int) -> MethodRunner | MethodError:
+    """The fitted runner, or the MethodError saying why it cannot be fitted: a failure is as deterministic
+    as a fit, and remembering it spares the Playground a doomed fit on every stroke."""
     fit_data = load_dataset(fit_set, model.card, seed=seed)
-    runner.fit(model, fit_data.images, fit_data.labels)
+    try:
+        runner.fit(model, fit_data.images, fit_data.labels)
+    except MethodError as exc:
+        return exc
     return runner
 
 
@@ -122,18 +163,7 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
             missing.append(next(i for i in infos if i.name == name))
     need_base = "prediction" not in cached
     if missing or need_base:
-        runners = []
-        for n, info in enumerate(missing):
-            if info.needs_fit and progress:  # fits are one-off but take seconds: say what is running
-                progress(n, len(missing), f"fitting {info.name} on {fit_set} (once)")
-            if info.name in (unfitted or {}):
-                continue
-            try:
-                runners.append(make_runner(model, info, params.get(info.name), fit_set, seed))
-            except MethodError as exc:
-                if unfitted is None or not info.needs_fit:
-                    raise
-                unfitted[info.name] = str(exc)
+        runners = make_runners(model, missing, params, fit_set, seed, unfitted=unfitted, progress=progress)
         fresh = score_images(model, data.images, runners, batch_size, progress, label=data.spec)
         if store is not None:
             store.put(key("_base"), {"prediction": fresh["prediction"], "confidence": fresh["confidence"]},
@@ -238,8 +268,7 @@ def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | N
     names = [i.name for i in infos]
     metrics = metrics_table(scores, names) if cfg.ood else pd.DataFrame()
     fitted = [n for n in names if n not in unfitted]
-    warnings = [f"{name} is left blank: it could not be fitted on {short_spec(cfg.fit_set, 120)} ({reason})"
-                for name, reason in unfitted.items()]
+    warnings = blank_method_warnings(unfitted, cfg.fit_set)
     warnings += invalid_rows(scores, fitted) + _metric_warnings(metrics[~metrics["method"].isin(list(unfitted))]
                                                                 if len(metrics) else metrics)
     skipped = {data.spec: list(data.skipped) for _, data in loaded if data.skipped}

@@ -30,9 +30,11 @@ method = c3.selectbox("Method for the histogram", methods, key="cl_method",
 try:
     sets = {s: get_dataset(cfg.model, cfg.weights, cfg.id if s == 0 else analysis.corruption_spec(corruption, s),
                            cfg.limit, cfg.seed) for s in (0, *analysis.SEVERITIES)}
-    scores = get_severity_scores(cfg, corruption)
+    scores, blank = get_severity_scores(cfg, corruption)
 except Exception as exc:  # user errors shown, bugs re-raised by show_error
     show_error(exc, "Pick another corruption, or the built-in MNIST model and ID set in the sidebar.")
+for message in blank:  # a method that cannot be fitted on the fit set (e.g. a small own ID set)
+    st.warning(message)
 
 st.subheader("What the corruption does")
 images, titles = analysis.severity_examples(sets, index=0)

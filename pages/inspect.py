@@ -15,8 +15,8 @@ from gradviz.ui.samples import attribution, per_sample, sample_report
 from gradviz.data import dataset_options
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.sidebar import ensure_frame
-from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, set_reports, show_file_reports,
-                                show_upload_errors, upload_max_mb)
+from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, offer_clean_up, set_reports,
+                                show_file_reports, show_upload_errors, upload_max_mb)
 
 ensure_frame()
 
@@ -44,6 +44,7 @@ try:
         if data is None:
             st.info("Upload one or more images, or switch to a dataset sample.")
             st.stop()
+        data = offer_clean_up(files, data, cfg, key="ins_clean")  # a photo of dark ink on paper looks unlike MNIST
         i = st.selectbox("Image", range(len(data)), format_func=lambda k: data.paths[k], key="ins_which") if len(data) > 1 else 0
         name = data.paths[i]
     else:

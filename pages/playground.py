@@ -30,9 +30,11 @@ with st.container():
     try:
         model = get_model(cfg.model, cfg.weights)
         ref, band_note = pg.get_reference(cfg)  # once per choice, shared with Compare / Inspect
-        runners = pg.get_runners(cfg, ref)
+        runners, blank = pg.get_runners(cfg, ref)
     except Exception as exc:  # user errors are shown, bugs re-raised by show_error
         show_error(exc, "Choose the bundled model and built-in sets in the sidebar.")
+    for message in blank:  # methods that cannot be fitted on the fit set are left out, with the reason
+        st.warning(message)
 card, classes = model.card, model.card.class_names
 
 source = st.radio("Start from", pg.SOURCES, horizontal=True, key="pg_source")

@@ -182,4 +182,6 @@ def adapt_images(images: torch.Tensor, card: ModelCard) -> torch.Tensor:
             x = F.interpolate(x, size=(h, w), mode="nearest")
         else:
             x = F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True)
-    return x.clamp_(0, 1).contiguous()
+    # Out of place: ``x`` may be an expanded view (grey -> RGB at the card's size), where an in-place
+    # clamp is refused, or the caller's own tensor (same channels and size), which must stay untouched.
+    return x.clamp(0, 1).contiguous()

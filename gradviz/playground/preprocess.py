@@ -26,13 +26,14 @@ from PIL import Image, ImageFilter
 from gradviz.errors import ImageError
 
 __all__ = ["ink_from_array", "photo_to_ink", "mnist_style", "to_model_input", "canvas_to_input", "photo_to_input",
-           "BOX_FRACTION", "INK_LEVEL"]
+           "photo_fit", "BOX_FRACTION", "INK_LEVEL"]
 
 BOX_FRACTION = 20 / 28  # the longer side of the digit's box, as a fraction of the input side
 INK_LEVEL = 0.05  # values above this count as ink for the bounding box
 MIN_INK_COVER = 0.2  # thin photo strokes are thickened until ink covers this fraction of their box
 PHOTO_FLOOR = 0.3  # photo shading below this (after normalisation) is dropped as background
 PHOTO_SIDE = 400  # photos are shrunk (area-averaged) to at most this many pixels a side first
+PHOTO_OVERSAMPLE = 4  # uploads to clean up are decoded at this many times the card's side (at most PHOTO_SIDE)
 
 
 def ink_from_array(array: np.ndarray) -> np.ndarray:
@@ -155,3 +156,12 @@ def photo_to_input(array: np.ndarray, card) -> torch.Tensor | None:
     """A decoded photo (C, H, W) in [0, 1] -> (1, C, H, W) model input; None if no ink stands out."""
     plane = mnist_style(photo_to_ink(ink_from_array(array)), tuple(card.input_size[1:]))
     return None if plane is None else to_model_input(plane, card)
+
+
+def photo_fit(card) -> tuple[int, int]:
+    """(H, W) to decode an upload at before :func:`photo_to_input`: ``PHOTO_OVERSAMPLE`` × the card's input
+    (at most ``PHOTO_SIDE`` a side, never below the card's): the clean-up crops the digit's box out of the
+    photo, so it needs more pixels than the model's input, but not a 12-megapixel array."""
+    h, w = (int(v) for v in card.input_size[1:])
+    f = max(1.0, min(float(PHOTO_OVERSAMPLE), PHOTO_SIDE / max(h, w)))
+    return max(h, round(h * f)), max(w, round(w * f))
