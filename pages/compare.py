@@ -44,7 +44,7 @@ try:
 except Exception as exc:  # user errors are shown, bugs re-raised by show_error
     show_error(exc, "Pick other datasets in the sidebar or remove the failing one.")
 for message in result.warnings:
-    st.warning(message)
+    st.warning(md_text(message))
 show_file_reports(result.skipped, result.notes, key="cmp_report")  # folder files skipped, uploads altered
 scores, methods = result.scores, [m.name for ms in methods_by_family(run_cfg.method_names()).values() for m in ms]
 ood_sets = list(dict.fromkeys(scores.loc[scores["role"] == "ood", "dataset"]))

@@ -5,6 +5,7 @@ import streamlit as st
 from gradviz import analysis, plots
 from gradviz.data.corruptions import list_corruptions
 from gradviz.ui.cache import get_dataset, get_severity_scores, get_severity_table, show_error
+from gradviz.plaintext import md_text
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure, download_table, image_tiles, to_uint8
 from gradviz.ui.sidebar import ensure_frame
@@ -34,7 +35,7 @@ try:
 except Exception as exc:  # user errors shown, bugs re-raised by show_error
     show_error(exc, "Pick another corruption, or the built-in MNIST model and ID set in the sidebar.")
 for message in blank:  # a method that cannot be fitted on the fit set (e.g. a small own ID set)
-    st.warning(message)
+    st.warning(md_text(message))
 
 st.subheader("What the corruption does")
 images, titles = analysis.severity_examples(sets, index=0)

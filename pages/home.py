@@ -26,7 +26,7 @@ try:
 except Exception as exc:  # user errors are shown, bugs re-raised by show_error
     show_error(exc, "Pick another dataset or model in the sidebar.")
 for message in result.warnings:  # NaN/inf scores, sets too small for metrics: said, never a silent NaN
-    st.warning(message)
+    st.warning(md_text(message))
 
 st.subheader(md_text(f"{cfg.model}: {cfg.id} (ID) vs {', '.join(cfg.ood) or 'no OOD set'}"))
 left, right = st.columns([3, 2])

@@ -34,7 +34,7 @@ with st.container():
     except Exception as exc:  # user errors are shown, bugs re-raised by show_error
         show_error(exc, "Choose the bundled model and built-in sets in the sidebar.")
     for message in blank:  # methods that cannot be fitted on the fit set are left out, with the reason
-        st.warning(message)
+        st.warning(md_text(message))
 card, classes = model.card, model.card.class_names
 
 source = st.radio("Start from", pg.SOURCES, horizontal=True, key="pg_source")

@@ -82,7 +82,7 @@ def offer_clean_up(files: list, data: ImageSet, cfg: RunConfig, key: str) -> Ima
     reasons = unlike(data.images, _id_look(cfg.model, cfg.weights, cfg.id, cfg.limit, cfg.seed))
     flagged = [(path, why) for path, why in zip(data.paths or [], reasons) if why]
     for path, why in flagged[:5]:
-        st.warning(f"{path} looks unlike the ID set: {why}. The model has seen nothing like it, so its prediction and "
+        st.warning(f"{md_text(path)} looks unlike the ID set: {why}. The model has seen nothing like it, so its prediction and "
                    "scores say little about what it shows. The clean-up below (on by default for such an upload) "
                    "redraws it the way the MNIST digits were made.", icon=":material/contrast:")
     if len(flagged) > 5:
