@@ -198,34 +198,41 @@ def _layer_by_name(model: GradvizModel, name: str) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- runners
-# Each runner: (model, x (B,C,H,W) requiring grad, target (B,), params) -> (raw, layer, note)
+# Each runner: (model, forward, x (B,C,H,W) requiring grad, target (B,) or None, params) -> (raw, layer, note).
+# ``forward`` is what captum differentiates: the model (logits, ``target`` picks the class) or a score
+# function x -> (B,) (gradviz.explain; ``target`` None).
 
-Runner = Callable[[GradvizModel, torch.Tensor, torch.Tensor, dict], tuple[torch.Tensor, str | None, str]]
+Runner = Callable[[GradvizModel, Callable, torch.Tensor, torch.Tensor | None, dict],
+                  tuple[torch.Tensor, str | None, str]]
 
 
-def _saliency(model, x, target, p):
-    return Saliency(model).attribute(x, target=target, abs=bool(p["abs"])), None, ""
+def _saliency(model, f, x, target, p):
+    return Saliency(f).attribute(x, target=target, abs=bool(p["abs"])), None, ""
 
 
-def _integrated_gradients(model, x, target, p):
+def _integrated_gradients(model, f, x, target, p):
     n_steps = int(p["n_steps"])
     if n_steps < 1:
         raise MethodError("integrated_gradients: n_steps must be >= 1")
     base = _baseline(p["baseline"], x)
-    attr, delta = IntegratedGradients(model).attribute(
+    attr, delta = IntegratedGradients(f).attribute(
         x, baselines=base, target=target, n_steps=n_steps,
         internal_batch_size=int(p["internal_batch_size"]) if p["internal_batch_size"] else None,
         return_convergence_delta=True,
     )
-    note = f"completeness gap max |Σ attr − (z(x) − z(x₀))| = {delta.abs().max().item():.3g} ({n_steps} steps)"
+    what = "z" if f is model else "u"
+    note = f"completeness gap max |Σ attr − ({what}(x) − {what}(x₀))| = {delta.abs().max().item():.3g} ({n_steps} steps)"
     return attr, None, note
 
 
-def _input_x_gradient(model, x, target, p):
-    return InputXGradient(model).attribute(x, target=target), None, ""
+def _input_x_gradient(model, f, x, target, p):
+    return InputXGradient(f).attribute(x, target=target), None, ""
 
 
-def _guided_backprop(model, x, target, p):
+def _guided_backprop(model, f, x, target, p):
+    if f is not model:
+        raise MethodError("guided_backprop rewrites every ReLU's backward, which a score's own gradient uses — "
+                          "explain the score with saliency, integrated_gradients, smoothgrad or gradcam")
     # captum clones each ReLU's input in a pre-hook and clamps the gradient on the tensor, so
     # in-place and reused ReLU modules (torchvision ResNets) give the same result as unique
     # non-in-place ones (checked in tests). Functional F.relu calls are not overridden.
@@ -238,10 +245,14 @@ def _guided_backprop(model, x, target, p):
     return attr, None, "negative gradients zeroed at every nn.ReLU module"
 
 
-def _gradcam(model, x, target, p):
+def _gradcam(model, f, x, target, p):
+    if not getattr(f, "layer_maps", True):
+        raise MethodError("Grad-CAM reads one layer's activations, but this score re-runs the network for each "
+                          "sample's parameter gradient (double backprop) — explain it with saliency, "
+                          "integrated_gradients or smoothgrad")
     name = p["layer"] or default_gradcam_layer(model)
     layer = _layer_by_name(model, name)
-    layer_map = LayerGradCam(model, layer).attribute(
+    layer_map = LayerGradCam(f, layer).attribute(
         x, target=target, relu_attributions=bool(p["relu_attributions"])
     )  # (B, 1, h, w)
     if layer_map.ndim != 4:
@@ -251,21 +262,21 @@ def _gradcam(model, x, target, p):
     return (layer_map, up), name, note
 
 
-def _occlusion(model, x, target, p):
+def _occlusion(model, f, x, target, p):
     c, h, w = x.shape[1:]
     window = int(p["window"] or max(2, min(h, w) // 7))
     stride = int(p["stride"] or max(1, window // 2))
     if window < 1 or window > min(h, w) or stride < 1:
         raise MethodError(f"occlusion: window must be in 1..{min(h, w)} and stride >= 1 (got {window}, {stride})")
-    attr = Occlusion(model).attribute(
+    attr = Occlusion(f).attribute(
         x, sliding_window_shapes=(c, window, window), strides=(c, stride, stride),
         baselines=float(p["baseline"]), target=target, perturbations_per_eval=int(p["perturbations_per_eval"]),
     )
     return attr, None, f"{window}×{window} window, stride {stride}, baseline {p['baseline']}"
 
 
-def _smoothgrad(model, x, target, p):
-    attr = NoiseTunnel(Saliency(model)).attribute(
+def _smoothgrad(model, f, x, target, p):
+    attr = NoiseTunnel(Saliency(f)).attribute(
         x, nt_type="smoothgrad", nt_samples=int(p["nt_samples"]),
         nt_samples_batch_size=int(p["nt_samples_batch_size"]) if p["nt_samples_batch_size"] else None,
         stdevs=float(p["stdevs"]), target=target, abs=bool(p["abs"]),
@@ -289,12 +300,16 @@ def attribute(
     x: torch.Tensor,
     method: str,
     target: int | torch.Tensor | None = None,
+    *,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     **params: Any,
 ) -> Attribution:
     """Attribute the target logit of ``model`` to the pixels of ``x`` (B, C, H, W) in [0, 1].
 
     ``target`` None explains each sample's predicted class. ``params`` override the method's
     defaults (see ``ATTRIBUTIONS[method].defaults``); unknown names raise :class:`MethodError`.
+    ``forward``: a score function x -> (B,) to explain instead of a class logit
+    (:func:`gradviz.explain.score_fn`); ``target`` is then ignored.
     """
     if method not in ATTRIBUTIONS:
         raise MethodError(f"unknown attribution method {method!r}; known: {', '.join(ATTRIBUTIONS)}")
@@ -311,7 +326,7 @@ def attribute(
             with warnings.catch_warnings():
                 # captum announces its (always removed) ReLU hooks on every call
                 warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
-                raw, layer, note = _RUNNERS[method](model, inputs, t, p)
+                raw, layer, note = _RUNNERS[method](model, forward or model, inputs, None if forward else t, p)
         except GradvizError:
             raise
         except (RuntimeError, ValueError, AssertionError) as exc:

@@ -10,6 +10,7 @@ from gradviz.gradients import STATS
 from gradviz.layers import layer_bands
 from gradviz.plaintext import md_text
 from gradviz.scoring import images_digest
+from gradviz.ui.explain import explain_picker, explained
 from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result, show_error
 from gradviz.ui.samples import attribution, per_sample, sample_report
 from gradviz.data import dataset_options
@@ -83,7 +84,8 @@ st.dataframe(table[["method", "title", "score", "id_median", "percentile", "verd
                  "percentile": st.column_config.ProgressColumn("ID percentile", min_value=0, max_value=100, format="%.0f %%"),
                  "score": st.column_config.NumberColumn(format="%.4g"), "id_median": st.column_config.NumberColumn(format="%.4g")})
 
-st.subheader("Attributions (why this prediction)")
+st.subheader("Attributions (why this prediction, or why this score)")
+score = explain_picker(cfg, "ins")
 names = [a.name for a in list_attributions()]
 a1, a2, a3, a4 = st.columns([3, 1, 1, 1])
 chosen = a1.multiselect("Methods", names, default=["saliency", "integrated_gradients", "gradcam"], key="ins_attr")
@@ -91,7 +93,9 @@ alpha = a2.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="ins_alpha")
 mode = a3.radio("Sign", ["absolute", "signed", "positive"], key="ins_mode")
 cmap = a4.selectbox("Colour map", ["default", "inferno", "viridis", "magma", "RdBu_r", "coolwarm", "seismic"], key="ins_cmap")
 try:
-    atts = {m: attribution(digest, cfg.model, cfg.weights, m, x) for m in chosen}
+    atts, failed = explained(digest, cfg, chosen, x, score, lambda m: attribution(digest, cfg.model, cfg.weights, m, x))
+    for line in failed:
+        st.warning(md_text(line))
     panels = gi.attribution_panels(x[0], atts, mode=mode, cmap=None if cmap == "default" else cmap, alpha=alpha)
 except Exception as exc:
     show_error(exc, "Deselect the failing attribution method or pick another colour map.")

@@ -26,9 +26,10 @@ from typing import Callable
 
 import torch
 
-from gradviz.methods.registry import ModelOutputs, register
+from gradviz.methods.registry import ModelOutputs, differentiable, register
 
 
+@differentiable()
 @register("exgrad", title="ExGrad (expected last-layer gradient norm)",
           paper="Igoe, Chung, Char & Schneider, 2022", year=2022,
           formula=r"u(x) = \mathbb{E}_{y\sim p}\lVert \nabla_W \log p_y \rVert_1 "

@@ -1,0 +1,24 @@
+"""AppTest: Inspect explains an uncertainty score ("explain: this score"), and says so when a map cannot."""
+
+from __future__ import annotations
+
+from gradviz.scoring import RunConfig
+
+
+def test_inspect_switches_to_explaining_a_score(open_page):
+    app = open_page("pages/inspect.py", RunConfig(limit=60, ood=["noise-uniform"], methods=["msp", "knn", "grad_l2"]),
+                    ins_layers=False, ins_source="A dataset sample", ins_attr=["saliency", "gradcam"])
+    assert app.radio(key="ins_explain").value == "the class"
+    app.radio(key="ins_explain").set_value("this score").run()
+    assert not app.exception, app.exception
+    picker = app.selectbox(key="ins_score")
+    assert picker.options == ["msp — Maximum softmax probability", "grad_l2 — Gradient L2 norm (predicted label)"]
+    assert "explains msp's score" in " ".join(m.value for m in app.markdown)
+    picker.set_value("grad_l2").run()
+    assert not app.exception, app.exception
+    text = " ".join(m.value for m in app.markdown)
+    assert "explains grad_l2's score" in text
+    # Grad-CAM cannot read a double-backprop score: a warning, and saliency is still shown
+    assert any("Grad-CAM reads one layer's activations" in w.value for w in app.warning)
+    assert len(app.get("image")) == 1 + 3
+    assert not app.error
