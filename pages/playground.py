@@ -12,6 +12,7 @@ from gradviz.playground.lesson import exercise_markdown
 from gradviz.scoring import images_digest
 from gradviz.ui import playground as pg
 from gradviz.ui.cache import get_model, show_error
+from gradviz.ui.explain import explain_picker, explained
 from gradviz.ui.sidebar import current_config, ensure_frame
 
 ensure_frame()
@@ -80,8 +81,12 @@ with g2:
 st.plotly_chart(figures.marker_histograms(ref, dict(zip(one["method"], one["score"]))), width="stretch", key="pg_hists")
 
 if pg.explain_button(digest):
+    score = explain_picker(cfg, "pg")
     try:
-        atts = pg.attributions(digest, cfg.model, cfg.weights, x)
+        atts, failed = explained(digest, cfg, pg.attribution_names(), x, score,
+                                 lambda m: pg.attributions(digest, cfg.model, cfg.weights, x)[m])
+        for line in failed:
+            st.warning(md_text(line))
     except Exception as exc:
         show_error(exc, "Attributions need a model captum can hook; the scores above are unaffected.")
     for p in gi.attribution_panels(x[0], atts, size=168):

@@ -18,7 +18,7 @@ def explain_picker(cfg: RunConfig, key: str) -> str | None:
     """Radio "Explain: the class | this score" and, for a score, a picker of the chosen methods whose score
     is differentiable. Returns the score's method name, or None for the predicted class."""
     c1, c2 = st.columns([2, 3])
-    target = c1.radio("Explain", EXPLAIN_TARGETS, horizontal=True, key=f"{key}_explain",
+    target = c1.radio("Explain", EXPLAIN_TARGETS, horizontal=True, key=f"{key}_explains",
                       help="the class: why the model predicts its class (the class logit). this score: which pixels "
                            "make the chosen uncertainty score high (its gradient w.r.t. the input).")
     if target == EXPLAIN_TARGETS[0]:

@@ -8,8 +8,8 @@ from gradviz.scoring import RunConfig
 def test_inspect_switches_to_explaining_a_score(open_page):
     app = open_page("pages/inspect.py", RunConfig(limit=60, ood=["noise-uniform"], methods=["msp", "knn", "grad_l2"]),
                     ins_layers=False, ins_source="A dataset sample", ins_attr=["saliency", "gradcam"])
-    assert app.radio(key="ins_explain").value == "the class"
-    app.radio(key="ins_explain").set_value("this score").run()
+    assert app.radio(key="ins_explains").value == "the class"
+    app.radio(key="ins_explains").set_value("this score").run()
     assert not app.exception, app.exception
     picker = app.selectbox(key="ins_score")
     assert picker.options == ["msp — Maximum softmax probability", "grad_l2 — Gradient L2 norm (predicted label)"]
@@ -21,4 +21,20 @@ def test_inspect_switches_to_explaining_a_score(open_page):
     # Grad-CAM cannot read a double-backprop score: a warning, and saliency is still shown
     assert any("Grad-CAM reads one layer's activations" in w.value for w in app.warning)
     assert len(app.get("image")) == 1 + 3
+    assert not app.error
+
+
+def test_playground_explains_the_drawing_s_score(open_page):
+    from gradviz.ui.canvas import canvas_state
+    from test_playground_page import drawing  # tests/app is on the path (rootdir conftest)
+
+    app = open_page("pages/playground.py", RunConfig(limit=60, ood=["noise-uniform"], methods=["energy", "gaia_z"]))
+    app.session_state["pg_canvas"] = canvas_state(drawing("three"))
+    app.run()
+    app.button(key="pg_explain").click().run()
+    assert not app.exception, app.exception
+    app.radio(key="pg_explains").set_value("this score").run()
+    assert not app.exception, app.exception
+    assert app.selectbox(key="pg_score").options == ["energy — Energy score"]  # gaia_z is not differentiable
+    assert "explains energy's score" in " ".join(m.value for m in app.markdown)
     assert not app.error
