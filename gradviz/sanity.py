@@ -177,3 +177,36 @@ def gini_sparseness(attribution: torch.Tensor | np.ndarray) -> np.ndarray:
     total = a.sum(1)
     g = np.where(total > 0, ((2 * i - n - 1) * a).sum(1) / (n * np.where(total > 0, total, 1)), 0.0)
     return g[0] if single else g
+
+
+def map_checks(model: GradvizModel, x: torch.Tensor, methods: list[str], score=None, n_layers: int = 3,
+               threshold: float = 0.5, steps: int = 20) -> "pd.DataFrame":  # noqa: F821
+    """One row per attribution method for one image ``x`` (1, C, H, W): randomisation similarity (top
+    ``n_layers`` re-initialised) and its flag, deletion / insertion AUC, Gini sparseness.
+
+    ``score``: None explains the predicted class (curves read its probability); a method name or fitted
+    :class:`~gradviz.methods.registry.MethodRunner` explains that uncertainty score (curves read the score)."""
+    import pandas as pd
+
+    from gradviz.attributions import attribute
+    from gradviz.explain import score_fn
+
+    with torch.no_grad():
+        target = model(x.to(model.device)).argmax(-1)
+
+    def explainer(name: str) -> Explainer:
+        if score is None:
+            return lambda m, xs, t: attribute(m, xs, name, target=t).maps
+        return lambda m, xs, t: attribute(m, xs, name, forward=score_fn(m, score)).maps
+
+    output = (lambda imgs: model(imgs).softmax(-1)[:, int(target[0])]) if score is None else score_fn(model, score)
+    rows = []
+    for name in methods:
+        ex = explainer(name)
+        att = ex(model, x, target)[0]
+        rand = randomization_check(model, x, ex, n_layers=n_layers, threshold=threshold, target=target)
+        curves = deletion_insertion(output, x, att, steps=steps)
+        rows.append(dict(method=name, randomisation_similarity=float(rand.final[0]), flagged=bool(rand.flagged[0]),
+                         deletion_auc=curves.deletion_auc, insertion_auc=curves.insertion_auc,
+                         sparseness=float(gini_sparseness(att))))
+    return pd.DataFrame(rows)

@@ -11,7 +11,7 @@ from gradviz.layers import layer_bands
 from gradviz.plaintext import md_text
 from gradviz.scoring import images_digest
 from gradviz.ui.datamap import where_it_lands
-from gradviz.ui.explain import explain_picker, explained
+from gradviz.ui.explain import explain_picker, explained, map_checks
 from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result, show_error
 from gradviz.ui.samples import attribution, per_sample, sample_report
 from gradviz.data import dataset_options
@@ -107,7 +107,7 @@ for p in panels:
         col.image(img, width="stretch")
     c[3].download_button("⬇ overlay.png", to_png_bytes(p.overlay), f"{p.method}_overlay.png", "image/png",
                          key=f"ins_png_{p.method}", on_click="ignore")
-
+map_checks(digest, cfg, x, list(atts), score)
 where_it_lands(cfg, result.scores, x, name, cfg.method_names())
 st.subheader("Gradients inside the network")
 stat = st.selectbox("Layer statistic", list(STATS), index=list(STATS).index("l2"), key="ins_stat")

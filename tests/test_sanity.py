@@ -97,3 +97,16 @@ def test_bad_inputs_are_clear(bundled_model, digits):
         deletion_insertion(prob, digits[:1], torch.zeros(10))
     with pytest.raises(GradvizError, match="threshold must be"):
         randomization_check(bundled_model, digits[:1], edge_detector, threshold=2)
+
+
+def test_map_checks_table_for_the_class_and_for_a_score(bundled_model, digits):
+    from gradviz.sanity import map_checks
+
+    x = digits[:1]
+    table = map_checks(bundled_model, x, ["saliency", "gradcam"], steps=5)
+    assert list(table["method"]) == ["saliency", "gradcam"]
+    assert table[["deletion_auc", "insertion_auc"]].stack().between(0, 1).all()  # class probabilities
+    assert table["sparseness"].between(0, 1).all() and table["flagged"].dtype == bool
+    score = map_checks(bundled_model, x, ["saliency"], score="energy", steps=5)
+    assert score["deletion_auc"].iloc[0] < 0  # the energy score itself (negative on digits), not a probability
+    assert not score["flagged"].iloc[0]

@@ -9,6 +9,7 @@ import torch
 from gradviz.errors import GradvizError
 from gradviz.explain import EXPLAIN_TARGETS, differentiable_methods, explain_score
 from gradviz.methods.registry import get_method
+from gradviz.plaintext import md_text
 from gradviz.runconfig import RunConfig
 from gradviz.scoring import make_runner
 from gradviz.ui.cache import get_model
@@ -53,3 +54,31 @@ def explained(digest: str, cfg: RunConfig, methods: list[str], x: torch.Tensor, 
         except GradvizError as exc:  # e.g. Grad-CAM on a double-backprop score: say so, show the others
             errors.append(f"{m}: {exc}")
     return out, errors
+
+
+@st.cache_data(max_entries=64, show_spinner="Checking the maps (randomised copies, deletion and insertion)…")
+def _checks(digest: str, cfg_json: str, methods: tuple[str, ...], score: str | None, _x: torch.Tensor):
+    from gradviz.sanity import map_checks
+
+    cfg = RunConfig.from_json(cfg_json)
+    model = get_model(cfg.model, cfg.weights)
+    runner = None if score is None else make_runner(model, get_method(score), cfg.params.get(score), cfg.fit_set,
+                                                    cfg.seed)
+    return map_checks(model, _x, list(methods), runner)
+
+
+def map_checks(digest: str, cfg: RunConfig, x: torch.Tensor, methods: list[str], score: str | None) -> None:
+    """On demand: can these maps be trusted? A table per map (randomisation, deletion/insertion, sparseness)."""
+    if not methods or not st.toggle("Can these maps be trusted? (sanity checks, on demand)", False, key="ins_checks"):
+        return
+    try:
+        table = _checks(digest, cfg.to_json(), tuple(methods), score, x)
+    except GradvizError as exc:
+        st.warning(md_text(str(exc)))
+        return
+    st.dataframe(table, hide_index=True, width="stretch", key="ins_checks_table", column_config={
+        c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if c not in ("method", "flagged")})
+    what = "the class probability" if score is None else f"{score}'s score"
+    st.caption(f"Randomisation (Adebayo et al. 2018): Spearman similarity of |map| after re-initialising the top 3 "
+               f"layers; flagged above 0.5 — the map does not depend on the model. Deletion AUC ↓ / insertion AUC ↑: "
+               f"{what} as the map's top pixels are removed / inserted (Petsiuk et al. 2018). Sparseness: Gini of |map|.")

@@ -38,3 +38,14 @@ def test_playground_explains_the_drawing_s_score(open_page):
     assert app.selectbox(key="pg_score").options == ["energy — Energy score"]  # gaia_z is not differentiable
     assert "explains energy's score" in " ".join(m.value for m in app.markdown)
     assert not app.error
+
+
+def test_inspect_runs_the_map_checks_on_demand(open_page):
+    app = open_page("pages/inspect.py", RunConfig(limit=60, ood=["noise-uniform"], methods=["msp"]),
+                    ins_layers=False, ins_map=False, ins_source="A dataset sample", ins_attr=["saliency"])
+    assert app.toggle(key="ins_checks").value is False
+    app.toggle(key="ins_checks").set_value(True).run()
+    assert not app.exception, app.exception
+    table = next(d for d in app.dataframe if "randomisation_similarity" in d.value.columns).value
+    assert list(table["method"]) == ["saliency"] and not table["flagged"].iloc[0]
+    assert any("Adebayo" in c.value for c in app.caption)
