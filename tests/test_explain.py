@@ -139,3 +139,22 @@ def test_explaining_leaves_no_grad_or_hook_on_the_shared_model(model64, images):
     assert all(p.grad is None for p in model64.parameters())
     assert all(type(p) is torch.nn.Parameter for p in model64.parameters())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model64.modules())
+
+
+def test_double_backprop_through_attention_matches_finite_differences():
+    """A transformer (the bundled mnist-vit): fused attention kernels have no second derivative; the math one does."""
+    from gradviz.models import load_model
+
+    vit = load_model("mnist-vit").double()
+    x = torch.rand(1, *vit.card.input_size, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    f = score_fn(vit, "grad_l2")
+    xr = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(f(xr).sum(), xr)
+    k = int(grad.abs().reshape(-1).argmax())
+    idx = (0, 0, k // x.shape[-1], k % x.shape[-1])
+    plus, minus = x.clone(), x.clone()
+    plus[idx] += 1e-6
+    minus[idx] -= 1e-6
+    with torch.no_grad():
+        fd = (f(plus) - f(minus)).item() / 2e-6
+    assert fd == pytest.approx(grad[idx].item(), rel=1e-4)
