@@ -42,6 +42,7 @@ __all__ = [
     "Attribution",
     "AttributionInfo",
     "attribute",
+    "default_attributions",
     "default_gradcam_layer",
     "heatmap_rgb",
     "list_attributions",
@@ -57,7 +58,7 @@ class AttributionInfo:
     name: str
     title: str
     captum_class: type
-    kind: str  # "pixel" (input-sized map) | "layer" (layer map upsampled to the input)
+    kind: str  # "pixel" (input-sized map) | "layer" (layer map upsampled) | "attention" (transformers, patch grid)
     defaults: dict = field(default_factory=dict)
     description: str = ""
 
@@ -102,6 +103,16 @@ ATTRIBUTIONS: dict[str, AttributionInfo] = {
             "(Selvaraju et al. 2017).",
         ),
         AttributionInfo(
+            "attention_rollout", "Attention rollout", object, "attention", {"discard_ratio": 0.0},
+            "Head-averaged attention plus the residual, multiplied through the layers; the class token's row over "
+            "the patches (Abnar & Zuidema 2020). Transformers only; the same for every class.",
+        ),
+        AttributionInfo(
+            "transformer_relevance", "Attention relevance (Chefer et al. 2021)", object, "attention", {},
+            "R ← R + E_h[(∇A ⊙ A)⁺]·R through the layers: attention weighted by its gradient for the target "
+            "(Chefer, Gur & Wolf, ICCV 2021). Transformers only.",
+        ),
+        AttributionInfo(
             "occlusion", "Occlusion", Occlusion, "pixel",
             {"window": None, "stride": None, "baseline": 0.0, "perturbations_per_eval": 16},
             "Drop of the target logit when a sliding square is set to the baseline (Zeiler & Fergus 2014).",
@@ -118,6 +129,16 @@ ATTRIBUTIONS: dict[str, AttributionInfo] = {
 def list_attributions() -> list[AttributionInfo]:
     """The registered attribution methods, most robust first."""
     return list(ATTRIBUTIONS.values())
+
+
+def default_attributions(model: GradvizModel) -> list[str]:
+    """The maps shown first: saliency, integrated gradients and Grad-CAM; for a transformer saliency, attention
+    rollout, the gradient-weighted relevance and token Grad-CAM."""
+    from gradviz.transformer_maps import is_transformer
+
+    if is_transformer(model):
+        return ["saliency", "attention_rollout", "transformer_relevance", "gradcam"]
+    return ["saliency", "integrated_gradients", "gradcam"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -246,6 +267,13 @@ def _guided_backprop(model, f, x, target, p):
 
 
 def _gradcam(model, f, x, target, p):
+    from gradviz.transformer_maps import default_token_layer, is_transformer, token_gradcam
+
+    if p["layer"] is None and is_transformer(model):  # tokens (B, 1+N, D): Grad-CAM over the patch grid
+        name = default_token_layer(model)
+        up, grid = token_gradcam(model, _layer_by_name(model, name), x, target, None if f is model else f)
+        note = f"tokens of {name} on the {grid.shape[-2]}×{grid.shape[-1]} patch grid, upsampled to {x.shape[-2]}×{x.shape[-1]}"
+        return (grid, up[:, None]), name, note
     if not getattr(f, "layer_maps", True):
         raise MethodError("Grad-CAM reads one layer's activations, but this score re-runs the network for each "
                           "sample's parameter gradient (double backprop) — explain it with saliency, "
@@ -284,7 +312,23 @@ def _smoothgrad(model, f, x, target, p):
     return attr, None, f"{p['nt_samples']} noisy copies, σ = {p['stdevs']} (input units)"
 
 
+def _attention_rollout(model, f, x, target, p):
+    from gradviz.transformer_maps import attention_rollout
+
+    up, grid = attention_rollout(model, x, float(p["discard_ratio"]))
+    return (grid, up[:, None]), None, "class token's attention rolled out over the patch grid (no gradient)"
+
+
+def _transformer_relevance(model, f, x, target, p):
+    from gradviz.transformer_maps import attention_relevance
+
+    up, grid = attention_relevance(model, x, target, None if f is model else f)
+    return (grid, up[:, None]), None, "gradient-weighted attention over the patch grid"
+
+
 _RUNNERS: dict[str, Runner] = {
+    "attention_rollout": _attention_rollout,
+    "transformer_relevance": _transformer_relevance,
     "saliency": _saliency,
     "integrated_gradients": _integrated_gradients,
     "input_x_gradient": _input_x_gradient,

@@ -5,7 +5,7 @@ import streamlit as st
 
 from gradviz import samples as gi
 from gradviz import plots
-from gradviz.attributions import list_attributions, to_png_bytes
+from gradviz.attributions import default_attributions, list_attributions, to_png_bytes
 from gradviz.gradients import STATS
 from gradviz.layers import layer_bands
 from gradviz.plaintext import md_text
@@ -89,7 +89,7 @@ st.subheader("Attributions (why this prediction, or why this score)")
 score = explain_picker(cfg, "ins")
 names = [a.name for a in list_attributions()]
 a1, a2, a3, a4 = st.columns([3, 1, 1, 1])
-chosen = a1.multiselect("Methods", names, default=["saliency", "integrated_gradients", "gradcam"], key="ins_attr")
+chosen = a1.multiselect("Methods", names, default=default_attributions(model), key="ins_attr")
 alpha = a2.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="ins_alpha")
 mode = a3.radio("Sign", ["absolute", "signed", "positive"], key="ins_mode")
 cmap = a4.selectbox("Colour map", ["default", "inferno", "viridis", "magma", "RdBu_r", "coolwarm", "seismic"], key="ins_cmap")
