@@ -49,3 +49,13 @@ def test_inspect_runs_the_map_checks_on_demand(open_page):
     table = next(d for d in app.dataframe if "randomisation_similarity" in d.value.columns).value
     assert list(table["method"]) == ["saliency"] and not table["flagged"].iloc[0]
     assert any("Adebayo" in c.value for c in app.caption)
+
+
+def test_inspect_shows_transformer_maps_by_default_for_mnist_vit(open_page):
+    app = open_page("pages/inspect.py", RunConfig(model="mnist-vit", limit=40, ood=["noise-uniform"], methods=["msp"]),
+                    ins_layers=False, ins_map=False, ins_source="A dataset sample")
+    assert app.multiselect(key="ins_attr").value == ["saliency", "attention_rollout", "transformer_relevance", "gradcam"]
+    captions = " ".join(m.value for m in app.markdown)
+    assert "Attention rollout" in captions and "Chefer" in captions and "patch grid" in captions
+    assert len(app.get("image")) == 1 + 3 * 4
+    assert not app.error
