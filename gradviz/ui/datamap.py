@@ -75,12 +75,14 @@ def _data_map_body(cfg: RunConfig, scores: pd.DataFrame, uploads: dict | None, m
         st.switch_page("pages/inspect.py")
 
 
-def where_it_lands(cfg: RunConfig, scores: pd.DataFrame, x: torch.Tensor, name: str, methods: list[str]) -> None:
-    """Inspect: the map of the ID and OOD sets with this image placed on it (same projection, not refitted)."""
-    st.subheader("Where does this image land? (map of the data)")
-    if not st.toggle("Show the map: penultimate features of every scored sample, projected once", True, key="ins_map"):
+def where_it_lands(cfg: RunConfig, scores: pd.DataFrame, x: torch.Tensor, name: str, methods: list[str],
+                   key: str = "ins_map") -> None:
+    """Inspect / Playground: the map of the ID and OOD sets with this image placed on it (same projection, not
+    refitted; the map is computed once per choice, each new image costs one forward)."""
+    st.subheader(f"Where does {md_text(name)} land? (map of the data)")
+    if not st.toggle("Show the map: penultimate features of every scored sample, projected once", True, key=key):
         return
-    method, colour = _controls(methods, "ins_map")
+    method, colour = _controls(methods, key)
     try:
         m = get_data_map(cfg, scores, None, method)
         where = m.place(get_model(cfg.model, cfg.weights), x)[0]  # one forward: redrawn for every new image
@@ -88,5 +90,5 @@ def where_it_lands(cfg: RunConfig, scores: pd.DataFrame, x: torch.Tensor, name: 
         st.warning(md_text(str(exc)))
         return
     st.plotly_chart(data_map_figure(m, colour, (float(where[0]), float(where[1])), name), width="stretch",
-                    key="ins_map_chart")
+                    key=f"{key}_chart")
     st.caption("Star: this image. Points: the ID and OOD samples scored for the sidebar's choice.")

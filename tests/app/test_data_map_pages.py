@@ -39,3 +39,19 @@ def test_inspect_places_the_sample_on_the_map(open_page):
     app.toggle(key="ins_map").set_value(False).run()
     assert not app.exception, app.exception
     assert not any("ins_map_chart" in c.proto.id for c in app.get("plotly_chart"))
+
+
+def test_playground_places_the_drawing_on_the_map(open_page):
+    from gradviz.ui.canvas import canvas_state
+    from test_playground_page import drawing  # tests/app is on the path (rootdir conftest)
+
+    app = open_page("pages/playground.py", RunConfig(limit=60, ood=["noise-uniform"], methods=["energy"]))
+    app.session_state["pg_canvas"] = canvas_state(drawing("three"))
+    app.run()
+    assert not app.exception, app.exception
+    first = _spec(app, "pg_map_chart")["data"][-1]
+    assert first["marker"]["symbol"] == "star" and first["name"] == "this image"
+    app.session_state["pg_canvas"] = canvas_state(drawing("scribble"))
+    app.run()
+    second = _spec(app, "pg_map_chart")["data"][-1]
+    assert (second["x"], second["y"]) != (first["x"], first["y"])  # the new drawing lands elsewhere
