@@ -30,7 +30,7 @@ from gradviz.runconfig import RunConfig
 from gradviz.store import ResultStore, cache_key
 
 __all__ = ["RunConfig", "ScoreResult", "run", "score_dataset", "score_images", "make_runner", "layer_table",
-           "images_digest", "invalid_rows", "too_few_samples"]
+           "images_digest", "invalid_rows", "too_few_samples", "fit_inputs"]
 
 Progress = Callable[[int, int, str], None]
 BASE_COLUMNS = ["dataset", "role", "index", "path", "label", "prediction", "confidence", "correct"]
@@ -64,15 +64,22 @@ def make_runner(model: GradvizModel, info: MethodInfo, params: dict | None = Non
     return _fitted(model, runner, fit_set, seed) if info.needs_fit else runner
 
 
-# Fitted detectors are deterministic functions of (model, method, params, fit set, seed): keep a few.
+def fit_inputs(fit_set: str, seed: int) -> dict:
+    """What a fitted method's state depends on besides the model and its parameters, as a cache-key part: the fit
+    set's spec (a ``fit:`` split names its share), the seed (it draws the split and any sampled set) and the number
+    of images read (all of them: fits take no ``limit``). The in-memory and the on-disk keys both use it."""
+    return {"spec": fit_set, "seed": int(seed), "limit": None}
+
+
+# Fitted detectors are deterministic functions of (model, method, params, fit inputs): keep a few.
 _FITTED: LRUCache = LRUCache(maxsize=16)
 
 
 @cached(_FITTED, lock=threading.Lock(),
         key=lambda model, runner, fit_set, seed: cache_key(model=model.digest, method=runner.info.name,
-                                                           params=runner.params, fit=fit_set, seed=seed))
+                                                           params=runner.params, fit=fit_inputs(fit_set, seed)))
 def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int) -> MethodRunner:
-    fit_data = load_dataset(fit_set, model.card, seed=seed)
+    fit_data = load_dataset(fit_set, model.card, seed=seed, limit=fit_inputs(fit_set, seed)["limit"])
     runner.fit(model, fit_data.images, fit_data.labels)
     return runner
 
@@ -106,11 +113,12 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
     the model does not know) gets a NaN column and its reason in ``unfitted``; without, the error is raised."""
     params = params or {}
     digest = images_digest(data.images)
+    fitted = {i.name for i in infos if i.needs_fit}
 
     def key(name: str) -> str:
         p = {**get_defaults(name), **params.get(name, {})} if name != "_base" else {}
         return cache_key(model=model.digest, data=digest, method=name, params=p,
-                         fit=fit_set if name != "_base" else None)
+                         fit=fit_inputs(fit_set, seed) if name in fitted else None)
 
     cached: dict[str, np.ndarray] = {}
     missing: list[MethodInfo] = []

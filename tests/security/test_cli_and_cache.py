@@ -46,3 +46,39 @@ def test_code_version_changes_when_any_source_file_changes(tmp_path, monkeypatch
     path = root / edit
     path.write_text((path.read_text() if path.exists() else "") + "\n# changed\n")
     assert store_mod.code_version(root) != before
+
+
+# --------------------------------------------------------------------------- fitted methods are keyed by their seed
+
+
+def test_runs_differing_only_in_seed_with_a_fit_split_are_not_served_each_others_fitted_scores(tmp_path):
+    import numpy as np
+
+    from gradviz.models.zoo import random_model
+    from gradviz.scoring import RunConfig, run
+    from gradviz.store import ResultStore
+
+    model = random_model("mnist-cnn")
+    store = ResultStore(tmp_path)
+
+    def scores(seed: int, store) -> np.ndarray:
+        # The ID set (the first 24 held-out digits) is the same for every seed; only the fit split is drawn from it.
+        cfg = RunConfig(id="mnist", ood=[], methods=["mahalanobis", "msp"], limit=24, seed=seed,
+                        fit_set="fit:0.1:mnist:train")
+        return run(cfg, store=store, model=model).scores
+
+    first = scores(0, store)
+    second = scores(1, store)  # old key: (model, images, method, params, fit spec) — the seed-0 column came back
+    fresh = scores(1, None)
+    assert np.array_equal(second["mahalanobis"], fresh["mahalanobis"])
+    assert not np.array_equal(first["mahalanobis"], second["mahalanobis"])  # the fit split did change
+    assert np.array_equal(first["msp"], second["msp"])  # unfitted scores are shared across seeds: a hit
+    assert len(list(tmp_path.glob("*.npz"))) == 4  # base + msp once, mahalanobis once per seed
+
+
+def test_fitted_key_holds_every_input_of_the_fitted_state():
+    from gradviz.scoring import fit_inputs
+
+    assert fit_inputs("fit:mnist:train", 0) != fit_inputs("fit:mnist:train", 1)
+    assert fit_inputs("fit:0.3:mnist:train", 0) != fit_inputs("fit:mnist:train", 0)
+    assert set(fit_inputs("mnist:train", 0)) == {"spec", "seed", "limit"}
