@@ -86,7 +86,8 @@ def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int) 
 
 def score_images(model: GradvizModel, images: torch.Tensor, runners: list[MethodRunner],
                  batch_size: int = 256, progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
-    """Prediction, confidence and every runner's uncertainty for ``images``, batch by batch."""
+    """Prediction, confidence and every runner's uncertainty for ``images``, batch by batch (confidence is NaN
+    where the logits are NaN or infinite: the softmax is undefined there)."""
     n = int(images.shape[0])
     out: dict[str, list] = {"prediction": [], "confidence": [], **{r.info.name: [] for r in runners}}
     total = max(1, -(-n // batch_size))
@@ -154,8 +155,9 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
     n = len(data)
     labels = np.asarray(data.labels, dtype=np.int64)
     pred = cached["prediction"].astype(np.int64)
+    no_prediction = ~np.isfinite(cached["confidence"])  # NaN/inf logits: the argmax is no prediction
     correct = pd.array(np.where(labels >= 0, labels == pred, False), dtype="boolean")
-    correct[labels < 0] = pd.NA
+    correct[(labels < 0) | no_prediction] = pd.NA  # neither right nor wrong: no label, or no prediction
     frame = pd.DataFrame({
         "dataset": data.spec, "role": role, "index": np.arange(n),
         "path": data.paths if data.paths is not None else [""] * n,
@@ -172,14 +174,28 @@ def get_defaults(name: str) -> dict:
     return dict(get_method(name).defaults)
 
 
+def _which(rows: pd.DataFrame, shown: int = 5) -> str:
+    """``mnist#0, mnist#3, … 80 in all``: the first ``shown`` samples of ``rows`` (dataset#index), then the count."""
+    where = ", ".join(f"{short_spec(d, 60)}#{i}" for d, i in zip(rows["dataset"][:shown], rows["index"][:shown]))
+    return where + (f", … {len(rows)} in all" if len(rows) > shown else "")
+
+
 def invalid_rows(scores: pd.DataFrame, methods: list[str]) -> list[str]:
-    """Human-readable warnings for samples whose scores are NaN/inf (never silently dropped)."""
+    """Human-readable warnings for samples without a finite number (never silently dropped): first the samples whose
+    logits are NaN/inf (the model's own output: every score of them is void), then per method its other NaN/inf scores."""
     msgs = []
+    no_logits = ~np.isfinite(scores["confidence"].to_numpy(dtype=float)) if "confidence" in scores else np.zeros(
+        len(scores), dtype=bool)
+    if no_logits.any():
+        msgs.append(f"the model's logits are NaN or infinite for {int(no_logits.sum())} sample(s) "
+                    f"({_which(scores[no_logits])}): the model gives no prediction for them, so every score read "
+                    "from the logits is NaN there and left out of the metrics, and they count neither as right nor "
+                    "wrong; check the model and its weights (NaN weights, an overflow, a division by zero)")
     for m in methods:
-        bad = scores[~np.isfinite(scores[m].to_numpy(dtype=float))]
-        if len(bad):
-            where = ", ".join(f"{d}#{i}" for d, i in zip(bad["dataset"][:5], bad["index"][:5]))
-            msgs.append(f"{m}: {len(bad)} sample(s) gave NaN/inf ({where}{', …' if len(bad) > 5 else ''}); "
+        bad = ~np.isfinite(scores[m].to_numpy(dtype=float)) & ~no_logits
+        if bad.any():
+            further = " further" if no_logits.any() else ""
+            msgs.append(f"{m}: {int(bad.sum())}{further} sample(s) gave NaN/inf ({_which(scores[bad])}); "
                         "they are left out of the metrics")
     return msgs
 
@@ -191,8 +207,10 @@ def too_few_samples(counts: dict[str, int], what: str = "samples") -> str:
     if not few:
         return ""
     listed = ", ".join(f"{short_spec(spec, 120)} has {n}" for spec, n in few.items())
+    advice = ("add images to the set or raise the samples per set" if what == "samples"
+              else "the rest are NaN/inf (see the warning naming them)")
     return (f"too few {what} for AUROC, FPR95 and AUPR ({listed}; each side needs at least {MIN_VALID}), "
-            "so these metrics are left blank (NaN): add images to the set or raise the samples per set")
+            f"so these metrics are left blank (NaN): {advice}")
 
 
 def _metric_warnings(metrics: pd.DataFrame) -> list[str]:
@@ -205,7 +223,9 @@ def _metric_warnings(metrics: pd.DataFrame) -> list[str]:
         if not len(blank):
             continue
         if len(blank) == len(rows) and blank["n_ood"].nunique() == 1 and blank["n_id"].nunique() == 1:
-            message = too_few_samples({ood: int(blank["n_ood"].iloc[0]), "the ID set": int(blank["n_id"].iloc[0])})
+            what = "finite scores" if blank["n_invalid"].sum() else "samples"  # NaN scores are not missing images
+            message = too_few_samples({ood: int(blank["n_ood"].iloc[0]), "the ID set": int(blank["n_id"].iloc[0])},
+                                      what=what)
             out.append(f"{short_spec(ood, 120)}: {message}" if message else "")
             continue
         for r in blank.itertuples():

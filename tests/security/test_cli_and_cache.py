@@ -82,3 +82,80 @@ def test_fitted_key_holds_every_input_of_the_fitted_state():
     assert fit_inputs("fit:mnist:train", 0) != fit_inputs("fit:mnist:train", 1)
     assert fit_inputs("fit:0.3:mnist:train", 0) != fit_inputs("fit:mnist:train", 0)
     assert set(fit_inputs("mnist:train", 0)) == {"spec", "seed", "limit"}
+
+
+# --------------------------------------------------------------------------- NaN logits are named as such
+
+
+def _nan_logits_model():
+    """A tiny classifier whose logits are NaN for images whose first pixel is above 0.5 (about half of uniform noise,
+    no MNIST digit: their corners are black) — per sample, so the same in any batch."""
+    import torch
+    from torch import nn
+
+    from gradviz.models import GradvizModel
+    from gradviz.models.card import ModelCard
+
+    class NanNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(784, 16)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            z = self.fc(torch.relu(self.body(x.flatten(1))))
+            bad = (x.flatten(1)[:, :1] > 0.0)  # normalised: (pixel - 0.5) / 0.25 > 0
+            return torch.where(bad, torch.full_like(z, float("nan")), z)
+
+    torch.manual_seed(0)
+    card = ModelCard(name="nan-logits", architecture="nan-logits", input_size=(1, 28, 28), mean=(0.5,), std=(0.25,),
+                     class_names=[str(i) for i in range(10)])
+    return GradvizModel(NanNet(), card)
+
+
+def test_nan_logits_are_reported_as_the_models_logits_naming_the_samples():
+    import numpy as np
+
+    from gradviz.data import load_dataset
+    from gradviz.scoring import RunConfig, run
+
+    model = _nan_logits_model()
+    noise = load_dataset("noise-uniform", model.card, limit=30)
+    expected = np.flatnonzero(noise.images.flatten(1)[:, 0].numpy() > 0.5)
+    assert 5 < len(expected) < 30
+    result = run(RunConfig(id="mnist", ood=["noise-uniform"], methods=["msp", "energy", "gradnorm"], limit=30),
+                 model=model)
+    logits = [w for w in result.warnings if "logits" in w]
+    assert len(logits) == 1, result.warnings
+    shown = ", ".join(f"noise-uniform#{i}" for i in expected[:5])
+    assert f"logits are NaN or infinite for {len(expected)} sample(s) ({shown}, … {len(expected)} in all)" in logits[0]
+    # not once more per method, and never "0 samples"
+    assert not any(w.startswith(("msp:", "energy:", "gradnorm:")) for w in result.warnings), result.warnings
+    assert not any(" has 0" in w or "0 sample" in w for w in result.warnings), result.warnings
+    noise_rows = result.scores[result.scores["dataset"] == "noise-uniform"]
+    assert noise_rows["confidence"].isna().sum() == len(expected)
+    id_rows = result.scores[result.scores["role"] == "id"]
+    assert id_rows["correct"].notna().all()  # digits have finite logits: predicted and counted
+
+
+def test_all_nan_logits_name_the_logits_not_zero_samples():
+    from gradviz.scoring import RunConfig, run
+
+    model = _nan_logits_model()
+    model.net.fc.bias.data[0] = float("nan")  # every logit vector now holds a NaN
+    result = run(RunConfig(id="mnist", ood=["noise-uniform"], methods=["msp"], limit=12), model=model)
+    text = " | ".join(result.warnings)
+    assert "logits are NaN or infinite for 24 sample(s) (mnist#0, mnist#1, mnist#2, mnist#3, mnist#4, … 24 in all)" in text
+    assert "add images" not in text  # the sets are not empty: their scores are NaN
+    assert result.scores["correct"].isna().all()  # no prediction is counted right or wrong
+
+
+def test_cli_warns_that_the_logits_are_nan(tmp_path, monkeypatch, capsys):
+    import gradviz.cli as cli
+
+    monkeypatch.setattr(cli, "_load_model", lambda name, weights, device: _nan_logits_model())
+    assert cli.main(["score", "--ood", "noise-uniform", "--methods", "msp,energy", "--limit", "20",
+                     "--out", str(tmp_path / "o"), "--cache", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the model's logits are NaN or infinite for" in err
+    assert "noise-uniform#" in err
