@@ -159,3 +159,117 @@ def test_cli_warns_that_the_logits_are_nan(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "warning: the model's logits are NaN or infinite for" in err
     assert "noise-uniform#" in err
+
+
+# --------------------------------------------------------------------------- the CLI: sizes and numbers are checked first
+
+
+def _one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    return lines[0]
+
+
+def _no_work(monkeypatch) -> None:
+    """Fail the test if a command starts working (loads a model, builds the report, trains) before its checks."""
+    import gradviz.cli as cli
+    import gradviz.models.train as train
+    import gradviz.report as report
+
+    def too_early(*args, **kwargs):
+        pytest.fail("work started before the command line was checked")
+
+    monkeypatch.setattr(cli, "_load_model", too_early)  # the first step of score, layers and meta
+    monkeypatch.setattr(report, "build_report", too_early)
+    monkeypatch.setattr(train, "train_model", too_early)
+
+
+def _config_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ('{"limit": 1e18, "ood": ["letters"]}', "limit: expected a positive whole number up to 1,000,000"),
+    ('{"limit": 1000001}', "limit: expected a positive whole number up to 1,000,000"),
+    ('{"limit": -1e18}', "limit: expected a positive whole number"),
+    ('{"limit": 1e400}', "limit: expected a positive whole number"),  # JSON's 1e400 is inf in Python
+    ('{"seed": 1e18}', "seed: expected a whole number from 0 to 4294967295"),
+    ('{"batch_size": 1e18}', "batch_size: expected a whole number from 1 to 65,536"),
+    ('{"id": "test:nan:mnist", "fit_set": "fit:nan:mnist"}', "must lie strictly between 0 and 1, got nan"),
+    ('{"id": "test:1e400:mnist", "fit_set": "fit:0:mnist"}', "must lie strictly between 0 and 1, got inf"),
+    ('{"fit_set": "fit:2:mnist"}', "must lie strictly between 0 and 1, got 2"),
+    ('{"fit_set": "fit:fit:mnist"}', "cannot split a part of a set again"),
+    ('{"ood": ["corrupt:fog:99999999999999999999"]}', "severity must be 1–5"),
+])
+def test_config_numbers_out_of_range_end_in_one_error_line(tmp_path, capsys, monkeypatch, text, phrase):
+    from gradviz.cli import main
+
+    _no_work(monkeypatch)
+    assert main(["score", "--config", _config_file(tmp_path, text), "--out", str(tmp_path / "o"), "--cache", "none"]) == 2
+    assert phrase in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["score", "--limit", str(10**18)], "limit: expected a positive whole number up to 1,000,000"),
+    (["score", "--batch-size", str(10**18)], "batch_size"),
+    (["score", "--seed", "-1"], "seed"),
+    (["layers", "--limit", str(10**18)], "limit"),
+    (["meta", "--limit", str(10**18)], "limit"),
+    (["report", "--limit", str(10**18)], "--limit must be a whole number from 1 to 1,000,000"),
+    (["report", "--limit", "0"], "--limit must be a whole number from 1 to 1,000,000"),
+    (["report", "--seed", "-3"], "--seed must be a whole number from 0 to 4,294,967,295"),
+    (["train", "--limit", "-5"], "--limit must be a whole number from 1 to 1,000,000"),
+    (["train", "--seed", str(2**40)], "--seed must be a whole number from 0"),
+])
+def test_cli_numbers_out_of_range_end_in_one_error_line(tmp_path, capsys, monkeypatch, argv, phrase):
+    from gradviz.cli import main
+
+    _no_work(monkeypatch)
+    assert main([*argv, "--out", str(tmp_path / "o")] + (["--cache", "none"] if argv[0] != "train" else [])) == 2
+    assert phrase in _one_error_line(capsys)
+
+
+def test_generated_sets_cap_their_size_before_drawing(monkeypatch):
+    import gradviz.data as data_mod
+    from gradviz.data import MAX_GENERATED, load_dataset
+    from gradviz.data.letters import render_letters
+    from gradviz.data.noise import gaussian_noise, uniform_noise
+    from gradviz.errors import DatasetError
+    from gradviz.runconfig import MAX_LIMIT
+
+    for make in (render_letters, uniform_noise, gaussian_noise):  # asked directly: refused, nothing allocated
+        with pytest.raises(DatasetError, match=f"at most {MAX_GENERATED:,}|1 to {MAX_GENERATED:,}"):
+            make(10**18)
+    monkeypatch.setattr(data_mod, "MAX_GENERATED", 40)  # (the real cap, 50,000, takes seconds to render)
+    for spec in ("letters", "noise-uniform", "noise-gaussian"):
+        assert len(load_dataset(spec, limit=MAX_LIMIT)) == 40  # a limit is "at most": the set holds what it can
+
+
+# --------------------------------------------------------------------------- the CLI: --out naming a file
+
+
+@pytest.mark.parametrize("argv", [
+    ["score", "--ood", "noise-uniform", "--methods", "msp", "--limit", "5"],
+    ["layers", "--limit", "5"],
+    ["layers", "--coverage"],
+    ["meta", "--limit", "5"],
+    ["report", "--quick", "--limit", "5"],
+    ["train", "--limit", "10"],
+])
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_out_naming_an_existing_file_ends_in_one_error_line_before_any_work(tmp_path, capsys, monkeypatch, argv, where):
+    import gradviz.cli as cli
+
+    _no_work(monkeypatch)
+    target = tmp_path / "taken"
+    target.write_text("not a folder")
+    out = target if where == "file" else target / "sub"
+    cache = ["--cache", "none"] if argv[0] != "train" else []
+    assert cli.main([*argv, "--out", str(out), *cache]) == 2
+    line = _one_error_line(capsys)
+    assert f"--out {out}" in line and ("existing file" in line or "cannot make that folder" in line)
+    assert target.read_text() == "not a folder"
