@@ -3,7 +3,7 @@
 :class:`RunConfig` is what the dashboard's sidebar builds, what ``config.json`` exports hold and
 what ``python -m gradviz score --config`` replays. :meth:`RunConfig.validate` checks every field
 once, before anything is loaded, scored or cached, and reports every problem in one line that
-names the field (``limit: expected a positive whole number or null, got 'fifty'``):
+names the field (``limit: expected a positive whole number up to 1,000,000, or null, got a string "fifty"``):
 
 | field        | accepted                                                                    |
 |--------------|-----------------------------------------------------------------------------|
