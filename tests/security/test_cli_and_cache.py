@@ -224,6 +224,8 @@ def test_config_numbers_out_of_range_end_in_one_error_line(tmp_path, capsys, mon
     (["report", "--seed", "-3"], "--seed must be a whole number from 0 to 4,294,967,295"),
     (["train", "--limit", "-5"], "--limit must be a whole number from 1 to 1,000,000"),
     (["train", "--seed", str(2**40)], "--seed must be a whole number from 0"),
+    (["score", "--id", "mnist:train", "--id-split", "nan"], "--id-split must lie strictly between 0 and 1"),
+    (["score", "--id", "mnist:train", "--id-split", "inf"], "--id-split must lie strictly between 0 and 1"),
 ])
 def test_cli_numbers_out_of_range_end_in_one_error_line(tmp_path, capsys, monkeypatch, argv, phrase):
     from gradviz.cli import main
@@ -273,3 +275,16 @@ def test_out_naming_an_existing_file_ends_in_one_error_line_before_any_work(tmp_
     line = _one_error_line(capsys)
     assert f"--out {out}" in line and ("existing file" in line or "cannot make that folder" in line)
     assert target.read_text() == "not a folder"
+
+
+def test_a_file_that_cannot_be_written_mid_run_is_one_error_line(tmp_path, capsys):
+    from gradviz.cli import main
+
+    out = tmp_path / "o"
+    (out / "scores.csv").mkdir(parents=True)  # the folder is fine; the file inside cannot be written
+    assert main(["score", "--ood", "noise-uniform", "--methods", "msp", "--limit", "4", "--out", str(out),
+                 "--cache", "none"]) == 2
+    err = capsys.readouterr().err  # (progress bars come first: the run did start)
+    errors = [line for line in err.replace("\r", "\n").splitlines() if "error" in line.lower()]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert "error: cannot read or write" in errors[0] and "scores.csv" in errors[0]
