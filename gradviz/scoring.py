@@ -30,7 +30,7 @@ from gradviz.runconfig import RunConfig
 from gradviz.store import ResultStore, cache_key
 
 __all__ = ["RunConfig", "ScoreResult", "run", "score_dataset", "score_images", "make_runner", "layer_table",
-           "images_digest", "invalid_rows", "too_few_samples", "fit_inputs"]
+           "images_digest", "invalid_rows", "too_few_samples", "fit_inputs", "model_inputs", "FitSet"]
 
 Progress = Callable[[int, int, str], None]
 BASE_COLUMNS = ["dataset", "role", "index", "path", "label", "prediction", "confidence", "correct"]
@@ -58,17 +58,65 @@ def images_digest(images: torch.Tensor) -> str:
 
 
 def make_runner(model: GradvizModel, info: MethodInfo, params: dict | None = None,
-                fit_set: str = "mnist:train", seed: int = 0) -> MethodRunner:
-    """A method with parameters set; fitted methods are fitted on ``fit_set`` (memoised)."""
+                fit_set: str = "mnist:train", seed: int = 0, fit: "FitSet | None" = None) -> MethodRunner:
+    """A method with parameters set; fitted methods are fitted on ``fit`` (default: ``fit_set`` drawn with ``seed``,
+    identified by its spec alone), memoised by :meth:`FitSet.key`."""
     runner = info.create(**(params or {}))
-    return _fitted(model, runner, fit_set, seed) if info.needs_fit else runner
+    return _fitted(model, runner, fit or FitSet(fit_set, seed)) if info.needs_fit else runner
 
 
-def fit_inputs(fit_set: str, seed: int) -> dict:
+def fit_inputs(fit_set: str, seed: int, content: str | None = None) -> dict:
     """What a fitted method's state depends on besides the model and its parameters, as a cache-key part: the fit
-    set's spec (a ``fit:`` split names its share), the seed (it draws the split and any sampled set) and the number
-    of images read (all of them: fits take no ``limit``). The in-memory and the on-disk keys both use it."""
-    return {"spec": fit_set, "seed": int(seed), "limit": None}
+    set's spec (a ``fit:`` split names its share), the seed (it draws the split and any sampled set), the number
+    of images read (all of them: fits take no ``limit``) and, for a set read from files, a digest of what was read.
+    The in-memory and the on-disk keys both use it."""
+    return {"spec": fit_set, "seed": int(seed), "limit": None, "content": content}
+
+
+def model_inputs(model: GradvizModel) -> dict:
+    """A model's identity in cache keys: its parameters' digest and the card fields every number depends on (the
+    normalisation and how images are adapted to the input), so the same weights under another card never share a
+    result."""
+    card = model.card
+    return {"digest": model.digest, "input_size": [int(v) for v in card.input_size],
+            "mean": [float(v) for v in card.mean], "std": [float(v) for v in card.std],
+            "interpolation": str(getattr(card, "interpolation", ""))}
+
+
+@dataclass
+class FitSet:
+    """The set fitted methods fit on. Bundled and generated sets are fixed by (spec, seed) and the code; a set read
+    from files (``folder:``, ``zip:`` and their ``fit:`` parts) can change on disk, so :meth:`identify` reads it and
+    adds a digest of its images and labels: an edited folder gives new keys, never the old fit."""
+
+    spec: str
+    seed: int = 0
+    content: str | None = None
+    native: ImageSet | None = field(default=None, repr=False, compare=False)  # as read, before the card's adaptation
+
+    @classmethod
+    def identify(cls, spec: str, seed: int = 0, allowed_roots: Sequence[str | Path] | None = None) -> "FitSet":
+        """``spec`` identified for cache keys (reads it when it comes from files, confined to ``allowed_roots``)."""
+        from gradviz.data import DATASETS, check_spec, parse_spec
+
+        problem = check_spec(spec)  # (also registers every kind)
+        if problem or not DATASETS[parse_spec(spec)[0]].reads_paths:
+            return cls(spec, int(seed))
+        data = load_dataset(spec, None, seed=seed, allowed_roots=allowed_roots)
+        labels = np.ascontiguousarray(np.asarray(data.labels, dtype=np.int64))
+        content = hashlib.sha256((images_digest(data.images) + hashlib.sha256(labels.tobytes()).hexdigest()).encode())
+        return cls(spec, int(seed), content.hexdigest()[:16], data)
+
+    def key(self) -> dict:
+        return fit_inputs(self.spec, self.seed, self.content)
+
+    def load(self, card) -> ImageSet:
+        """The fit set at ``card``'s input (the images already read when :meth:`identify` read them)."""
+        if self.native is None:
+            return load_dataset(self.spec, card, seed=self.seed, limit=self.key()["limit"])
+        from gradviz.data import adapt_images
+
+        return ImageSet(self.native.spec, adapt_images(self.native.images, card), self.native.labels)
 
 
 # Fitted detectors are deterministic functions of (model, method, params, fit inputs): keep a few.
@@ -76,10 +124,10 @@ _FITTED: LRUCache = LRUCache(maxsize=16)
 
 
 @cached(_FITTED, lock=threading.Lock(),
-        key=lambda model, runner, fit_set, seed: cache_key(model=model.digest, method=runner.info.name,
-                                                           params=runner.params, fit=fit_inputs(fit_set, seed)))
-def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int) -> MethodRunner:
-    fit_data = load_dataset(fit_set, model.card, seed=seed, limit=fit_inputs(fit_set, seed)["limit"])
+        key=lambda model, runner, fit: cache_key(model=model_inputs(model), method=runner.info.name,
+                                                 params=runner.params, fit=fit.key()))
+def _fitted(model: GradvizModel, runner: MethodRunner, fit: FitSet) -> MethodRunner:
+    fit_data = fit.load(model.card)
     runner.fit(model, fit_data.images, fit_data.labels)
     return runner
 
@@ -107,19 +155,24 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
 def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[MethodInfo], *,
                   params: dict[str, dict] | None = None, fit_set: str = "mnist:train", seed: int = 0,
                   batch_size: int = 256, store: ResultStore | None = None,
-                  progress: Progress | None = None, unfitted: dict[str, str] | None = None) -> pd.DataFrame:
+                  progress: Progress | None = None, unfitted: dict[str, str] | None = None,
+                  fit: FitSet | None = None) -> pd.DataFrame:
     """Score one dataset with every method; cached per method in ``store`` (only misses run).
 
     With ``unfitted`` (a dict) a fitted method that cannot be fitted on ``fit_set`` (too few images, labels
-    the model does not know) gets a NaN column and its reason in ``unfitted``; without, the error is raised."""
+    the model does not know) gets a NaN column and its reason in ``unfitted``; without, the error is raised.
+    ``fit``: the fit set already identified (:meth:`FitSet.identify`, as :func:`run` does once for all sets);
+    by default it is identified here when a fitted method is asked for."""
     params = params or {}
     digest = images_digest(data.images)
     fitted = {i.name for i in infos if i.needs_fit}
+    if fitted and fit is None:
+        fit = FitSet.identify(fit_set, seed)
 
     def key(name: str) -> str:
         p = {**get_defaults(name), **params.get(name, {})} if name != "_base" else {}
-        return cache_key(model=model.digest, data=digest, method=name, params=p,
-                         fit=fit_inputs(fit_set, seed) if name in fitted else None)
+        return cache_key(model=model_inputs(model), data=digest, method=name, params=p,
+                         fit=fit.key() if name in fitted else None)
 
     cached: dict[str, np.ndarray] = {}
     missing: list[MethodInfo] = []
@@ -138,7 +191,7 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
             if info.name in (unfitted or {}):
                 continue
             try:
-                runners.append(make_runner(model, info, params.get(info.name), fit_set, seed))
+                runners.append(make_runner(model, info, params.get(info.name), fit_set, seed, fit=fit))
             except MethodError as exc:
                 if unfitted is None or not info.needs_fit:
                     raise
@@ -256,10 +309,13 @@ def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | N
         data = datasets[spec] if datasets and spec in datasets else load_dataset(
             spec, model.card, limit=cfg.limit, seed=cfg.seed, allowed_roots=allowed_roots)
         loaded.append((role, data))
+    # The fit set, identified once for every set's keys (read now when it comes from files, confined like the rest).
+    fit = FitSet.identify(cfg.fit_set, cfg.seed, allowed_roots) if any(i.needs_fit for i in infos) else None
     frames, unfitted = [], {}
     for role, data in loaded:
         frames.append(score_dataset(model, data, role, infos, params=cfg.params, fit_set=cfg.fit_set, seed=cfg.seed,
-                                    batch_size=cfg.batch_size, store=store, progress=progress, unfitted=unfitted))
+                                    batch_size=cfg.batch_size, store=store, progress=progress, unfitted=unfitted,
+                                    fit=fit))
     scores = pd.concat(frames, ignore_index=True)
     for name in unfitted:  # one fit failure blanks the method everywhere (an earlier set may have a cached column)
         scores[name] = np.nan
@@ -283,7 +339,7 @@ def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, 
     """
     from gradviz.gradients import layer_gradient_stats
 
-    key = cache_key(model=model.digest, data=images_digest(data.images), kind="layers", loss=loss)
+    key = cache_key(model=model_inputs(model), data=images_digest(data.images), kind="layers", loss=loss)
     hit = store.get(key) if store is not None else None
     if hit is not None:
         values, meta = hit[0]["values"], hit[1]

@@ -77,11 +77,67 @@ def test_runs_differing_only_in_seed_with_a_fit_split_are_not_served_each_others
 
 
 def test_fitted_key_holds_every_input_of_the_fitted_state():
-    from gradviz.scoring import fit_inputs
+    from gradviz.scoring import FitSet, fit_inputs
 
     assert fit_inputs("fit:mnist:train", 0) != fit_inputs("fit:mnist:train", 1)
     assert fit_inputs("fit:0.3:mnist:train", 0) != fit_inputs("fit:mnist:train", 0)
-    assert set(fit_inputs("mnist:train", 0)) == {"spec", "seed", "limit"}
+    assert set(fit_inputs("mnist:train", 0)) == {"spec", "seed", "limit", "content"}
+    assert FitSet.identify("mnist:train", 0).content is None  # fixed by spec, seed and code: nothing read
+
+
+def _digits_folder(root: Path, n: int, start: int = 0) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from gradviz.data.mnist import mnist_split
+
+    images, labels = mnist_split("train")
+    for i in range(start, start + n):
+        folder = root / str(int(labels[i]))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((images[i, 0].numpy() * 255).astype(np.uint8)).save(folder / f"{i}.png")
+
+
+def test_a_fit_folder_edited_on_disk_is_fitted_again_not_served_from_the_cache(tmp_path):
+    import numpy as np
+
+    from gradviz.models.zoo import random_model
+    from gradviz.scoring import RunConfig, run
+    from gradviz.store import ResultStore
+
+    model = random_model("mnist-cnn")
+    store = ResultStore(tmp_path / "cache")
+    fit_folder = tmp_path / "fit"
+    _digits_folder(fit_folder, 60)
+    cfg = dict(id="mnist", ood=[], methods=["mahalanobis"], limit=16, fit_set=f"folder:{fit_folder}")
+    before = run(RunConfig(**cfg), store=store, model=model).scores["mahalanobis"].to_numpy()
+    _digits_folder(fit_folder, 60, start=60)  # the same spec now names 120 images
+    after = run(RunConfig(**cfg), store=store, model=model).scores["mahalanobis"].to_numpy()
+    fresh = run(RunConfig(**cfg), store=None, model=model).scores["mahalanobis"].to_numpy()
+    assert np.array_equal(after, fresh) and not np.array_equal(before, after)
+
+
+def test_the_same_weights_under_another_card_never_share_a_cached_result(tmp_path):
+    import copy
+
+    import numpy as np
+
+    from gradviz.models import GradvizModel
+    from gradviz.models.zoo import random_model
+    from gradviz.scoring import RunConfig, run
+    from gradviz.store import ResultStore
+
+    first = random_model("mnist-cnn")
+    card = copy.deepcopy(first.card)
+    card.mean, card.std = (0.3,), (0.5,)  # another normalisation: every number changes, the parameters do not
+    second = GradvizModel(copy.deepcopy(first.net), card)
+    store = ResultStore(tmp_path)
+    cfg = dict(id="mnist", ood=["noise-uniform"], methods=["msp", "mahalanobis"], limit=12)
+    a = run(RunConfig(**cfg), store=store, model=first).scores
+    b = run(RunConfig(**cfg), store=store, model=second).scores
+    fresh = run(RunConfig(**cfg), store=None, model=second).scores
+    for column in ("confidence", "msp", "mahalanobis"):
+        assert np.array_equal(b[column], fresh[column]) and not np.array_equal(a[column], b[column])
 
 
 # --------------------------------------------------------------------------- NaN logits are named as such
