@@ -2,7 +2,8 @@
 
 Each test reproduces one case of the probe: a config ``limit`` of 1e18, ``--out`` naming a file,
 NaN logits, a fitted method's on-disk key without the seed, a code-version hash that missed
-most of the package. See tests/security/README.md for the whole catalogue.
+most of the package — and two more inputs a cache key missed (an edited fit folder, the same
+weights under another card). See tests/security/README.md for the whole catalogue.
 """
 
 from __future__ import annotations
