@@ -234,8 +234,8 @@ def _which(rows: pd.DataFrame, shown: int = 5) -> str:
 
 
 def invalid_rows(scores: pd.DataFrame, methods: list[str]) -> list[str]:
-    """Human-readable warnings for samples without a finite number (never silently dropped): first the samples whose
-    logits are NaN/inf (the model's own output: every score of them is void), then per method its other NaN/inf scores."""
+    """Human-readable warnings for samples without a finite number (never silently dropped): first the samples
+    whose logits are NaN/inf (the model's own output, so no prediction), then per method its other NaN/inf scores."""
     msgs = []
     no_logits = ~np.isfinite(scores["confidence"].to_numpy(dtype=float)) if "confidence" in scores else np.zeros(
         len(scores), dtype=bool)

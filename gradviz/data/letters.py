@@ -139,8 +139,9 @@ def render_letters(n: int = DEFAULT_N, seed: int = 0) -> tuple[torch.Tensor, lis
     return images.clone(), list(chars)
 
 
-@register_dataset("letters", "Letters A–Z, a–z rendered from matplotlib's fonts, MNIST-style 28×28 (offline, near-OOD; "
-                  f"{DEFAULT_N:,} or the limit, at most {MAX_GENERATED:,})", example="letters", offers=["letters"])
+@register_dataset("letters", "Letters A–Z, a–z rendered from matplotlib's fonts, MNIST-style 28×28 "
+                  f"(offline, near-OOD; {DEFAULT_N:,} or the limit, at most {MAX_GENERATED:,})",
+                  example="letters", offers=["letters"])
 def load_letters(arg: str | None, limit: int | None, seed: int) -> ImageSet:
     images, _ = render_letters(generated_count(limit, DEFAULT_N), seed)
     return ImageSet("letters", images, np.full(len(images), -1, dtype=np.int64))
