@@ -30,6 +30,29 @@ def _tqdm_progress():
     return progress
 
 
+def output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as the folder a command writes into, made if missing; checked before any work starts, so a
+    file of that name (or a folder that cannot be made) ends in one ``error:`` line, not a traceback at the end."""
+    out = Path(path)
+    shown = str(path) if len(str(path)) <= 200 else f"{str(path)[:199]}… ({len(str(path)):,} characters)"
+    if out.exists() and not out.is_dir():
+        raise GradvizError(f"{flag} {shown} is an existing file, not a folder; name a folder (it is made if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, no permission, read-only disk, name too long
+        raise GradvizError(f"{flag} {shown}: cannot make that folder ({exc.strerror or type(exc).__name__}); "
+                           "name a folder you can write to") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise GradvizError(f"{flag} {shown}: the folder is not writable; name a folder you can write to")
+    return out
+
+
+def check_count(value: int | None, flag: str, low: int, high: int) -> None:
+    """A whole-number flag given on the command line within [low, high] (None: not given), else one error line."""
+    if value is not None and not low <= value <= high:
+        raise GradvizError(f"{flag} must be a whole number from {low:,} to {high:,}, got {value:,}")
+
+
 # Run-configuration fields the flags set; given beside --config, a flag overrides that field of the file.
 _FLAG_FIELDS = {"model": "model", "weights": "weights", "id": "id", "ood": "ood", "methods": "methods", "limit": "limit",
                 "seed": "seed", "device": "device", "batch_size": "batch_size", "fit_set": "fit_set"}
@@ -140,6 +163,7 @@ def cmd_score(args) -> int:
 
     cfg = _config(args)
     _check_device(cfg.device)
+    output_folder(args.out)
     if args.shard:
         from gradviz.distributed import run_sharded
 
@@ -179,6 +203,8 @@ def cmd_coverage(args) -> int:
 
     cfg = _config(args)
     _check_device(cfg.device)
+    if args.out:
+        output_folder(args.out)
     report = coverage(_load_model(cfg.model, cfg.weights, cfg.device))
     print(report)
     if args.out:
@@ -206,6 +232,7 @@ def cmd_layers(args) -> int:
     if args.loss not in LOSSES:
         raise GradvizError(f"unknown loss {args.loss!r}; known: {', '.join(LOSSES)}")
     _check_device(cfg.device)
+    output_folder(args.out)
     model = _load_model(cfg.model, cfg.weights, cfg.device)
     frames = []
     for spec in [cfg.id] + cfg.ood:
@@ -233,6 +260,7 @@ def cmd_meta(args) -> int:
     cfg = _config(args)
     cfg.methods = ["entropy", "msp"]
     _check_device(cfg.device)
+    output_folder(args.out)
     model = _load_model(cfg.model, cfg.weights, cfg.device)
     store = _store(args)
     result = run(cfg, progress=_tqdm_progress(), store=store, model=model)
@@ -254,7 +282,10 @@ def _report_config(args) -> "ReportConfig":
     from gradviz.analysis import SEVERITIES
     from gradviz.data.corruptions import list_corruptions
     from gradviz.report import ReportConfig
+    from gradviz.runconfig import MAX_LIMIT, MAX_SEED
 
+    check_count(args.limit, "--limit", 1, MAX_LIMIT)
+    check_count(args.seed, "--seed", 0, MAX_SEED)
     cfg = ReportConfig.quick() if args.quick else ReportConfig()
     if args.limit:
         cfg.limit = args.limit
@@ -280,6 +311,7 @@ def cmd_report(args) -> int:
     from gradviz.report import build_report
 
     cfg = _report_config(args)
+    output_folder(args.out)
     flags = [("--quick", args.quick), (f"--limit {args.limit}", args.limit), (f"--corruptions {args.corruptions}",
              args.corruptions), (f"--severities {args.severities}", args.severities)]
     argv = " ".join(["python -m gradviz report", *(flag for flag, given in flags if given)])
@@ -378,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except GradvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that vanished or cannot be written mid-run: said in one line, as the rest
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot read or write{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
