@@ -9,8 +9,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gradviz.errors import GradvizError
+
+if TYPE_CHECKING:  # imported inside the commands, so `gradviz --help` does not load torch
+    from gradviz.report import ReportConfig
+    from gradviz.runconfig import RunConfig
 
 
 def _tqdm_progress():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 
@@ -113,4 +114,12 @@ def _resolve(env: tuple[tuple[str, str], ...]) -> Settings:
     )
 
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+def asset_path(name: str = "") -> Path:
+    """The bundled file ``name`` (weights, cards), or the folder of them for ``""``: ``gradviz/_assets`` in an
+    installed package (read through importlib.resources), else the checkout's top-level ``assets/``."""
+    packaged = resources.files("gradviz").joinpath("_assets")
+    folder = Path(str(packaged)) if packaged.is_dir() else Path(__file__).resolve().parent.parent / "assets"
+    return folder / name if name else folder
+
+
+ASSETS = asset_path()
