@@ -30,6 +30,34 @@ def _tqdm_progress():
     return progress
 
 
+class _PlanLines:
+    """Prints each distinct batch plan of :mod:`gradviz.budget` once, as one stderr line, while a command runs."""
+
+    def __enter__(self):
+        import logging
+
+        seen: set[str] = set()
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                text = record.getMessage()
+                if text not in seen:
+                    from tqdm.auto import tqdm
+
+                    seen.add(text)
+                    tqdm.write(text, file=sys.stderr)  # above any progress bar, not inside it
+
+        self.logger = logging.getLogger("gradviz.budget")
+        self.handler, self.level = Handler(logging.INFO), self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+
 # Run-configuration fields the flags set; given beside --config, a flag overrides that field of the file.
 _FLAG_FIELDS = {"model": "model", "weights": "weights", "id": "id", "ood": "ood", "methods": "methods", "limit": "limit",
                 "seed": "seed", "device": "device", "batch_size": "batch_size", "fit_set": "fit_set"}
@@ -55,7 +83,8 @@ def _add_common(p: argparse.ArgumentParser, methods: bool = False) -> None:
     g.add_argument("--limit", type=int, default=None, help="at most N samples per dataset (default: all)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
-    g.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 256)")
+    g.add_argument("--batch-size", type=int, default=None, help="at most N images per batch (default: as many as the memory budget "
+                                                              "allows, GRADVIZ_MEMORY_MB)")
     if methods:
         g.add_argument("--methods", default=None, help="comma-separated method names or 'all' (default: all)")
     p.add_argument("--cache", default=None, help="results cache folder (default: ~/.cache/gradviz/results); 'none' disables")
@@ -373,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "compile", None):
         os.environ["GRADVIZ_COMPILE"] = args.compile  # read by the engine through gradviz.config.settings()
     try:
-        return int(args.func(args) or 0)
+        with _PlanLines():
+            return int(args.func(args) or 0)
     except GradvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

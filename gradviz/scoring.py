@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from cachetools import LRUCache, cached
 
+from gradviz.budget import batch_size_for, scoring_kind
 from gradviz.data import ImageSet, load_dataset, short_spec
 from gradviz.errors import MethodError
 from gradviz.metrics import MIN_VALID
@@ -78,9 +79,12 @@ def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int) 
 
 
 def score_images(model: GradvizModel, images: torch.Tensor, runners: list[MethodRunner],
-                 batch_size: int = 256, progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
-    """Prediction, confidence and every runner's uncertainty for ``images``, batch by batch."""
+                 batch_size: int | None = None, progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
+    """Prediction, confidence and every runner's uncertainty for ``images``, batch by batch.
+
+    The batch is planned for the memory budget (:mod:`gradviz.budget`); ``batch_size`` is an upper bound."""
     n = int(images.shape[0])
+    batch_size = batch_size_for(model, scoring_kind(runners), "scoring", upper=batch_size, n=n)
     out: dict[str, list] = {"prediction": [], "confidence": [], **{r.info.name: [] for r in runners}}
     total = max(1, -(-n // batch_size))
     keep_graph = needs_graph(runners)  # gradient methods share one hooked forward per batch
@@ -98,7 +102,7 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
 
 def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[MethodInfo], *,
                   params: dict[str, dict] | None = None, fit_set: str = "mnist:train", seed: int = 0,
-                  batch_size: int = 256, store: ResultStore | None = None,
+                  batch_size: int | None = None, store: ResultStore | None = None,
                   progress: Progress | None = None, unfitted: dict[str, str] | None = None) -> pd.DataFrame:
     """Score one dataset with every method; cached per method in ``store`` (only misses run).
 
@@ -247,7 +251,7 @@ def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | N
     return ScoreResult(scores, metrics, cfg, warnings, skipped, notes)
 
 
-def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, batch_size: int = 256,
+def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, batch_size: int | None = None,
                 store: ResultStore | None = None, progress: Progress | None = None) -> pd.DataFrame:
     """Layerwise gradient metrics (Oberdiek et al. 2018): one row per sample, columns (layer, stat).
 
@@ -265,6 +269,7 @@ def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, 
     else:
         parts, layers, stats = [], None, None
         n = len(data)
+        batch_size = batch_size_for(model, "gradients", "layer gradients", upper=batch_size, n=n)
         total = max(1, -(-n // batch_size))
         for i, start in enumerate(range(0, n, batch_size)):
             ls = layer_gradient_stats(model, data.images[start:start + batch_size].to(model.device), loss=loss)
