@@ -34,6 +34,7 @@ import math
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterator
 
 import torch
@@ -285,3 +286,103 @@ def scoring_kind(runners) -> str:
     if needs_graph(runners) or any(r.info.backprop for r in runners):
         return "gradients"
     return "forward"
+
+
+# --- bounds before work (the web app) -------------------------------------------------------------
+
+_META_PATCH = threading.Lock()
+
+
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Within the block, parameters this thread registers move to the meta device as they are made
+    (one tensor alive at a time): for builders that compute on tensors and fail on the meta device."""
+    me, original = threading.get_ident(), nn.Module.register_parameter
+
+    def register(module, name, param):
+        if param is not None and threading.get_ident() == me and param.device.type != "meta":
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        return original(module, name, param)
+
+    with _META_PATCH:
+        nn.Module.register_parameter = register
+        try:
+            yield
+        finally:
+            nn.Module.register_parameter = original
+
+
+def _meta_build(arch: str, state: dict | None):
+    from gradviz.models.architectures import build_untrained
+
+    try:
+        with torch.device("meta"):
+            return build_untrained(arch, state)
+    except Exception:  # noqa: BLE001 — a builder that reads tensor values (e.g. RegNet's widths): parameters only
+        with _parameters_on_meta():
+            return build_untrained(arch, state)
+
+
+@lru_cache(maxsize=64)
+def _default_shape(arch: str) -> tuple[int, object]:
+    net, card = _meta_build(arch, None)
+    return sum(p.numel() for p in net.parameters()), card
+
+
+def count_parameters(arch: str, state: dict | None = None) -> int:
+    """Parameters of the untrained ``arch`` (``torchvision:<name>``, ``timm:<name>``, a bundled
+    architecture) shaped for ``state``, counted without allocating them (built on the meta device)."""
+    if state is None:
+        return _default_shape(arch)[0]
+    net, _ = _meta_build(arch, state)
+    return sum(p.numel() for p in net.parameters())
+
+
+def check_parameters_web(arch: str, state: dict | None = None, limit: int | None = None) -> int:
+    """The parameter count of a torchvision / timm ``arch``, or :class:`ModelError` over ``limit``
+    (``GRADVIZ_MAX_PARAMS_WEB``) or when its default card is wider than ``GRADVIZ_MAX_SIDE_WEB``,
+    before anything of it is allocated. Other names pass (0)."""
+    from gradviz.config import settings
+    from gradviz.errors import ModelError
+
+    if not str(arch).startswith(("torchvision:", "timm:")):
+        return 0
+    limit = int(limit or settings().max_params_web)
+    n = count_parameters(arch, state)
+    if n > limit:
+        raise ModelError(f"{arch} has {n:,} parameters ({n * 4 / 1e9:.2f} GB as float32); the web app builds models "
+                         f"of at most {limit:,} (GRADVIZ_MAX_PARAMS_WEB): choose a smaller model, or run this one "
+                         "from the command line")
+    if state is None:  # the architecture's own card (an upload's card is checked where it is made)
+        check_side_web(_default_shape(arch)[1])
+    return n
+
+
+def check_side_web(card, limit: int | None = None) -> None:
+    """:class:`ModelError` when a card's input is wider or taller than ``limit`` (``GRADVIZ_MAX_SIDE_WEB``)."""
+    from gradviz.config import settings
+    from gradviz.errors import ModelError
+
+    limit = int(limit or settings().max_side_web)
+    c, h, w = (int(s) for s in card.input_size)
+    if max(h, w) > limit:
+        raise ModelError(f"the card's input size {c}×{h}×{w} is larger than the web app allows: at most {limit} "
+                         f"pixels per side (GRADVIZ_MAX_SIDE_WEB); every image would be resized to {h}×{w} and "
+                         f"each pass would need {h * w / (limit * limit):.1f}× the memory of {limit}×{limit}")
+
+
+def set_session_budget(mb: int | None = None) -> None:
+    """Plan this thread's passes for a web session's budget from now on (the dashboard calls it at the
+    start of every script run; Streamlit runs each session's script in its own thread)."""
+    from gradviz.config import settings
+
+    _SESSION.set((int(mb if mb is not None else settings().session_memory_mb),
+                  "this session's budget (GRADVIZ_SESSION_MEMORY_MB)"))
+
+
+def fit_limit() -> int | None:
+    """Images a fitted method may fit on: the web sample cap (``GRADVIZ_MAX_SAMPLES_WEB``) inside a web
+    session, else None (the whole fit set)."""
+    from gradviz.config import settings
+
+    return settings().max_samples_web if _SESSION.get() is not None else None

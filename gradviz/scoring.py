@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from cachetools import LRUCache, cached
 
-from gradviz.budget import batch_size_for, scoring_kind
+from gradviz.budget import batch_size_for, fit_limit, scoring_kind
 from gradviz.data import ImageSet, load_dataset, short_spec
 from gradviz.errors import MethodError
 from gradviz.metrics import MIN_VALID
@@ -62,18 +62,20 @@ def make_runner(model: GradvizModel, info: MethodInfo, params: dict | None = Non
                 fit_set: str = "mnist:train", seed: int = 0) -> MethodRunner:
     """A method with parameters set; fitted methods are fitted on ``fit_set`` (memoised)."""
     runner = info.create(**(params or {}))
-    return _fitted(model, runner, fit_set, seed) if info.needs_fit else runner
+    return _fitted(model, runner, fit_set, seed, fit_limit()) if info.needs_fit else runner
 
 
-# Fitted detectors are deterministic functions of (model, method, params, fit set, seed): keep a few.
+# Fitted detectors are deterministic functions of (model, method, params, fit set, seed, limit): keep a few.
 _FITTED: LRUCache = LRUCache(maxsize=16)
 
 
 @cached(_FITTED, lock=threading.Lock(),
-        key=lambda model, runner, fit_set, seed: cache_key(model=model.digest, method=runner.info.name,
-                                                           params=runner.params, fit=fit_set, seed=seed))
-def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int) -> MethodRunner:
-    fit_data = load_dataset(fit_set, model.card, seed=seed)
+        key=lambda model, runner, fit_set, seed, limit: cache_key(model=model.digest, method=runner.info.name,
+                                                                  params=runner.params, fit=fit_set, seed=seed,
+                                                                  limit=limit))
+def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int, limit: int | None) -> MethodRunner:
+    """``runner`` fitted on ``fit_set`` (at most ``limit`` images of it, seeded: the web app's sample cap)."""
+    fit_data = load_dataset(fit_set, model.card, limit=limit, seed=seed)
     runner.fit(model, fit_data.images, fit_data.labels)
     return runner
 
@@ -110,11 +112,13 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
     the model does not know) gets a NaN column and its reason in ``unfitted``; without, the error is raised."""
     params = params or {}
     digest = images_digest(data.images)
+    cap = fit_limit()  # the web app fits on at most its sample cap: such fits get keys of their own
+    fitted_on = fit_set if cap is None else f"{fit_set}|at most {cap}"
 
     def key(name: str) -> str:
         p = {**get_defaults(name), **params.get(name, {})} if name != "_base" else {}
         return cache_key(model=model.digest, data=digest, method=name, params=p,
-                         fit=fit_set if name != "_base" else None)
+                         fit=fitted_on if name != "_base" else None)
 
     cached: dict[str, np.ndarray] = {}
     missing: list[MethodInfo] = []

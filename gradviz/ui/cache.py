@@ -43,6 +43,9 @@ def get_model(name: str, weights: str | None = None) -> GradvizModel:
             raise ModelError(f"{name} is not among this session's uploaded models (uploads belong to the session "
                              "that made them); upload the weights again")
         return own
+    from gradviz.budget import check_parameters_web
+
+    check_parameters_web(name)  # torchvision / timm names: counted on the meta device, refused before they are built
     return _shared_model(name, weights, name in allowed_code_models())
 
 
