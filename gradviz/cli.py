@@ -16,16 +16,26 @@ from gradviz.errors import GradvizError
 def _tqdm_progress():
     from tqdm.auto import tqdm
 
+    from gradviz.progress import SHOW_AFTER_S
+
     bars: dict[str, tqdm] = {}
 
     def progress(done: int, total: int, label: str) -> None:
+        # "fitting mahalanobis on mnist:train (once): 40/125 batches, ~00:30 left", drawn once a pass has run 2 s
         bar = bars.get(label)
+        if bar is not None and (done < bar.n or bar.total != total):  # the same pass again, or its batches now
+            bar.close()
+            bar = None
+        if bar is None and total <= 1 and done == 0:  # a pass announcing itself (e.g. a fit loading its set)
+            return
         if bar is None:
-            bar = bars[label] = tqdm(total=total, desc=label, unit="batch", leave=False, file=sys.stderr)
-        bar.n = done
-        bar.refresh()
+            bar = bars[label] = tqdm(total=total, desc=label, unit="batch", leave=False, file=sys.stderr,
+                                     delay=SHOW_AFTER_S, bar_format="{desc}: {n_fmt}/{total_fmt} batches, "
+                                                                    "~{remaining} left {bar:12}")
+        bar.update(done - bar.n)  # (tqdm draws it only after the delay, at most every 0.1 s)
         if done >= total:
             bar.close()
+            bars.pop(label, None)
 
     return progress
 

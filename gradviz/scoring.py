@@ -27,6 +27,7 @@ from gradviz.errors import MethodError
 from gradviz.metrics import MIN_VALID
 from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, needs_graph, resolve_methods
 from gradviz.models import GradvizModel, load_model
+from gradviz.progress import reporting
 from gradviz.runconfig import RunConfig
 from gradviz.store import ResultStore, cache_key
 
@@ -90,6 +91,8 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
     out: dict[str, list] = {"prediction": [], "confidence": [], **{r.info.name: [] for r in runners}}
     total = max(1, -(-n // batch_size))
     keep_graph = needs_graph(runners)  # gradient methods share one hooked forward per batch
+    if progress:
+        progress(0, total, label)  # the clock of the pass's ETA starts here
     for i, start in enumerate(range(0, n, batch_size)):
         with model.lock:  # one session's forward+backward passes never interleave with another's hooks
             batch = ModelOutputs.from_model(model, images[start:start + batch_size], keep_graph=keep_graph)
@@ -131,18 +134,22 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
     need_base = "prediction" not in cached
     if missing or need_base:
         runners = []
-        for n, info in enumerate(missing):
-            if info.needs_fit and progress:  # fits are one-off but take seconds: say what is running
-                progress(n, len(missing), f"fitting {info.name} on {fit_set} (once)")
+        for info in missing:
             if info.name in (unfitted or {}):
                 continue
+            fitting = f"fitting {info.name} on {fit_set} (once)"
+            if info.needs_fit and progress:  # fits are one-off but take seconds: say what is running
+                progress(0, 1, fitting)
             try:
-                runners.append(make_runner(model, info, params.get(info.name), fit_set, seed))
+                with reporting(progress if info.needs_fit else None, fitting):  # the fit's batches, with an ETA
+                    runners.append(make_runner(model, info, params.get(info.name), fit_set, seed))
             except MethodError as exc:
                 if unfitted is None or not info.needs_fit:
                     raise
                 unfitted[info.name] = str(exc)
-        fresh = score_images(model, data.images, runners, batch_size, progress, label=data.spec)
+            if info.needs_fit and progress:
+                progress(1, 1, fitting)
+        fresh = score_images(model, data.images, runners, batch_size, progress, label=f"scoring {data.spec}")
         if store is not None:
             store.put(key("_base"), {"prediction": fresh["prediction"], "confidence": fresh["confidence"]},
                       {"dataset": data.spec})
@@ -275,6 +282,8 @@ def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, 
         n = len(data)
         batch_size = batch_size_for(model, "gradients", "layer gradients", upper=batch_size, n=n)
         total = max(1, -(-n // batch_size))
+        if progress:
+            progress(0, total, f"{data.spec} layers")
         for i, start in enumerate(range(0, n, batch_size)):
             ls = layer_gradient_stats(model, data.images[start:start + batch_size].to(model.device), loss=loss)
             parts.append(ls.values.detach().float().cpu().numpy())

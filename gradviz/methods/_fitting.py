@@ -17,6 +17,7 @@ import torch
 
 from gradviz.errors import MethodError
 from gradviz.models import GradvizModel
+from gradviz.progress import report
 
 COVARIANCES = ("ledoit-wolf", "empirical")
 
@@ -49,9 +50,12 @@ def fit_outputs(model: GradvizModel, images: torch.Tensor, chunk: int | None = N
             return _OUTPUTS[key]
     logits, feats = [], []
     chunk = batch_size_for(model, "forward", name, upper=chunk, n=int(images.shape[0]))
+    total = -(-int(images.shape[0]) // chunk)
+    report(0, total)
     with torch.no_grad():
-        for start in range(0, int(images.shape[0]), chunk):
+        for i, start in enumerate(range(0, int(images.shape[0]), chunk)):
             z, h = model.logits_and_features(images[start:start + chunk].to(model.device))
+            report(i + 1, total)
             logits.append(z.detach().float().cpu())
             feats.append(h.detach().float().reshape(h.shape[0], -1).cpu())
     out = (torch.cat(logits), torch.cat(feats))
