@@ -6,7 +6,8 @@ using a fixed one. The planner sizes the batch from the model *at its input size
 
 * one no-grad forward of a single zero image, with a forward hook on every leaf module, sums the
   bytes of every leaf output — ``A``, the activation bytes of one sample (memoised per model and
-  input size; the probe itself holds one sample's activations, nothing of the pass);
+  input size). It runs on fake tensors (shapes without memory) where the model allows, else on one
+  real image: the probe allocates nothing of the pass;
 * a pass of kind ``k`` needs about ``FACTORS[k] · A`` bytes per sample (plus the input), and a
   fixed part: the parameter bytes, again for the parameter gradients of passes that backprop
   to the parameters (``PARAM_COPIES``), and the gradient engine's chunks;
@@ -158,7 +159,8 @@ def _device(model: nn.Module) -> torch.device:
 def activation_bytes(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> int:
     """Bytes of every leaf module's output for ONE sample at ``input_shape`` (default: the card's).
 
-    One no-grad forward of a zero image with a hook on each leaf module; memoised per model and shape."""
+    One no-grad forward of a zero image with a hook on each leaf module — on fake tensors (shapes only, no
+    memory) where the model's ops allow, else for real; memoised per model and shape."""
     shape = _input_shape(model, input_shape)
     key = (getattr(model, "digest", None), id(model), shape, str(_device(model)))
     with _PROFILES_LOCK:
@@ -169,13 +171,21 @@ def activation_bytes(model: nn.Module, input_shape: tuple[int, ...] | None = Non
     def hook(_module, _inputs, out):
         total[0] += _tensor_bytes(out)
 
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
     from gradviz.models.hooks import forward_hooks
 
-    x = torch.zeros((1, *shape), device=_device(model))
-    with torch.no_grad(), forward_hooks(model, hooks={m: hook for m in leaves}):
-        model(x)
-    value = max(total[0], x.numel() * x.element_size())
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = {m: hook for m in leaves}
+    try:  # shapes only, nothing allocated: fake tensors (the meta device under the real parameters)
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            with torch.no_grad(), forward_hooks(model, hooks=hooks):
+                model(torch.zeros((1, *shape), device=_device(model)))
+    except Exception:  # noqa: BLE001 — an op without a fake kernel: one real image then (no grad, transient)
+        total[0] = 0
+        with torch.no_grad(), forward_hooks(model, hooks=hooks):
+            model(torch.zeros((1, *shape), device=_device(model)))
+    value = max(total[0], 4 * math.prod(shape))
     with _PROFILES_LOCK:
         _PROFILES[key] = value
         if len(_PROFILES) > 64:
