@@ -325,12 +325,21 @@ def _parameters_on_meta() -> Iterator[None]:
 def _meta_build(arch: str, state: dict | None):
     from gradviz.models.architectures import build_untrained
 
+    from gradviz.errors import ModelError
+
     try:
         with torch.device("meta"):
             return build_untrained(arch, state)
     except Exception:  # noqa: BLE001 — a builder that reads tensor values (e.g. RegNet's widths): parameters only
+        pass
+    try:
         with _parameters_on_meta():
             return build_untrained(arch, state)
+    except GradvizError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — never build what cannot be counted first
+        raise ModelError(f"cannot count the parameters of {arch} before building it ({type(exc).__name__}: "
+                         f"{str(exc)[:120]}); the web app loads only models it can count") from None
 
 
 @lru_cache(maxsize=64)
