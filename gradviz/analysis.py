@@ -40,13 +40,16 @@ def severity_scores(model: GradvizModel, corruption: str, methods: list[str] | s
                     severities: tuple[int, ...] = SEVERITIES, limit: int | None = 500, seed: int = 0,
                     params: dict[str, dict] | None = None, fit_set: str = "mnist:train", batch_size: int | None = None,
                     store: ResultStore | None = None, progress: Progress | None = None,
-                    loader: Callable[[str], ImageSet] | None = None, clean: pd.DataFrame | None = None) -> pd.DataFrame:
+                    loader: Callable[[str], ImageSet] | None = None, clean: pd.DataFrame | None = None,
+                    unfitted: dict[str, str] | None = None) -> pd.DataFrame:
     """Scores of the clean ID set (severity 0) and its corrupted copies at ``severities`` (default 1–5).
 
     One row per sample, the columns of :func:`gradviz.scoring.score_dataset` plus ``severity``.
     Each set goes through the results ``store`` per method, so repeated sweeps only load data.
     ``loader(spec)`` may supply already-loaded sets (the dashboard's shared dataset cache);
     ``clean`` the clean set's scores already computed (a sweep over several corruptions scores it once).
+    With ``unfitted`` (a dict) a fitted method that cannot be fitted on ``fit_set`` gets a NaN column
+    and its reason there (as in :func:`gradviz.scoring.run`); without, the error is raised.
     """
     from gradviz.scoring import score_dataset
 
@@ -57,11 +60,15 @@ def severity_scores(model: GradvizModel, corruption: str, methods: list[str] | s
 
     def scores(spec: str, role: str) -> pd.DataFrame:
         return score_dataset(model, load(spec), role, infos, params=params, fit_set=fit_set, seed=seed,
-                             batch_size=batch_size, store=store, progress=progress)
+                             batch_size=batch_size, store=store, progress=progress, unfitted=unfitted)
 
     frames = [(scores(id_spec, "id") if clean is None else clean).assign(severity=0)]
     frames += [scores(corruption_spec(corruption, s), "ood").assign(severity=int(s)) for s in severities]
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    for name in unfitted or {}:  # blank everywhere (the clean set's column may come from a cache or ``clean``)
+        if name in out.columns:
+            out[name] = np.nan
+    return out
 
 
 def severity_metrics(scores: pd.DataFrame, methods: list[str]) -> pd.DataFrame:

@@ -68,6 +68,29 @@ class _PlanLines:
         self.logger.setLevel(self.level)
 
 
+def output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as the folder a command writes into, made if missing; checked before any work starts, so a
+    file of that name (or a folder that cannot be made) ends in one ``error:`` line, not a traceback at the end."""
+    out = Path(path)
+    shown = str(path) if len(str(path)) <= 200 else f"{str(path)[:199]}… ({len(str(path)):,} characters)"
+    if out.exists() and not out.is_dir():
+        raise GradvizError(f"{flag} {shown} is an existing file, not a folder; name a folder (it is made if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, no permission, read-only disk, name too long
+        raise GradvizError(f"{flag} {shown}: cannot make that folder ({exc.strerror or type(exc).__name__}); "
+                           "name a folder you can write to") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise GradvizError(f"{flag} {shown}: the folder is not writable; name a folder you can write to")
+    return out
+
+
+def check_count(value: int | None, flag: str, low: int, high: int) -> None:
+    """A whole-number flag given on the command line within [low, high] (None: not given), else one error line."""
+    if value is not None and not low <= value <= high:
+        raise GradvizError(f"{flag} must be a whole number from {low:,} to {high:,}, got {value:,}")
+
+
 # Run-configuration fields the flags set; given beside --config, a flag overrides that field of the file.
 _FLAG_FIELDS = {"model": "model", "weights": "weights", "id": "id", "ood": "ood", "methods": "methods", "limit": "limit",
                 "seed": "seed", "device": "device", "batch_size": "batch_size", "fit_set": "fit_set"}
@@ -175,9 +198,11 @@ def _check_device(device: str) -> None:
 
 def cmd_score(args) -> int:
     from gradviz.scoring import run
+    from gradviz.tables import to_csv
 
     cfg = _config(args)
     _check_device(cfg.device)
+    output_folder(args.out)
     if args.shard:
         from gradviz.distributed import run_sharded
 
@@ -188,15 +213,15 @@ def cmd_score(args) -> int:
         result = run(cfg, progress=_tqdm_progress(), store=_store(args), model=_load_model(cfg.model, cfg.weights, cfg.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result.scores.to_csv(out / "scores.csv", index=False)
-    result.metrics.to_csv(out / "metrics.csv", index=False)
+    to_csv(result.scores, out / "scores.csv")
+    to_csv(result.metrics, out / "metrics.csv")
     (out / "config.json").write_text(cfg.to_json())
     rows = [(spec, f, "skipped", why) for spec, items in result.skipped.items() for f, why in items]
     rows += [(spec, f, "note", what) for spec, items in result.notes.items() for f, what in items]
     if rows:
         import pandas as pd
 
-        pd.DataFrame(rows, columns=["dataset", "file", "kind", "reason"]).to_csv(out / "files.csv", index=False)
+        to_csv(pd.DataFrame(rows, columns=["dataset", "file", "kind", "reason"]), out / "files.csv")
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     _report_files(result)
@@ -213,15 +238,18 @@ def cmd_score(args) -> int:
 def cmd_coverage(args) -> int:
     """``layers --coverage``: which plan computes each parameter group's per-sample gradient."""
     from gradviz.gradients import coverage
+    from gradviz.tables import to_csv
 
     cfg = _config(args)
     _check_device(cfg.device)
+    if args.out:
+        output_folder(args.out)
     report = coverage(_load_model(cfg.model, cfg.weights, cfg.device))
     print(report)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        report.to_frame().to_csv(out / "coverage.csv", index=False)
+        to_csv(report.to_frame(), out / "coverage.csv")
         print(f"-> {out / 'coverage.csv'}")
     report.check()
     return 0
@@ -233,7 +261,7 @@ def cmd_layers(args) -> int:
     from gradviz.data import load_dataset
     from gradviz.gradients import LOSSES
     from gradviz.scoring import layer_table
-    from gradviz.tables import flat_layer_table
+    from gradviz.tables import flat_layer_table, to_csv
 
     if args.coverage:
         return cmd_coverage(args)
@@ -243,6 +271,7 @@ def cmd_layers(args) -> int:
     if args.loss not in LOSSES:
         raise GradvizError(f"unknown loss {args.loss!r}; known: {', '.join(LOSSES)}")
     _check_device(cfg.device)
+    output_folder(args.out)
     model = _load_model(cfg.model, cfg.weights, cfg.device)
     frames = []
     for spec in [cfg.id] + cfg.ood:
@@ -252,7 +281,7 @@ def cmd_layers(args) -> int:
     table = pd.concat(frames)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    flat_layer_table(table).to_csv(out / "layers.csv", index=False)
+    to_csv(flat_layer_table(table), out / "layers.csv")
     summary = table.groupby(level="dataset").median().T.unstack("stat") if len(table) else table
     print(f"{len(table)} samples × {table.shape[1]} (layer, statistic) columns -> {out / 'layers.csv'}")
     print(summary.xs("l2", axis=1, level="stat").to_string(float_format=lambda v: f"{v:.4g}") if "l2" in table.columns.get_level_values("stat") else "")
@@ -265,11 +294,12 @@ def cmd_meta(args) -> int:
     from gradviz.data import load_dataset
     from gradviz.meta import meta_report
     from gradviz.scoring import layer_table, run
-    from gradviz.tables import join_layers
+    from gradviz.tables import join_layers, to_csv
 
     cfg = _config(args)
     cfg.methods = ["entropy", "msp"]
     _check_device(cfg.device)
+    output_folder(args.out)
     model = _load_model(cfg.model, cfg.weights, cfg.device)
     store = _store(args)
     result = run(cfg, progress=_tqdm_progress(), store=store, model=model)
@@ -281,7 +311,7 @@ def cmd_meta(args) -> int:
     report = meta_report(table, task=args.task, known_ood=args.known or None, model=args.classifier, seed=cfg.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report.results.to_csv(out / "meta.csv", index=False)
+    to_csv(report.results, out / "meta.csv")
     print(report.results.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
@@ -291,7 +321,10 @@ def _report_config(args) -> "ReportConfig":
     from gradviz.analysis import SEVERITIES
     from gradviz.data.corruptions import list_corruptions
     from gradviz.report import ReportConfig
+    from gradviz.runconfig import MAX_LIMIT, MAX_SEED
 
+    check_count(args.limit, "--limit", 1, MAX_LIMIT)
+    check_count(args.seed, "--seed", 0, MAX_SEED)
     cfg = ReportConfig.quick() if args.quick else ReportConfig()
     if args.limit:
         cfg.limit = args.limit
@@ -317,6 +350,7 @@ def cmd_report(args) -> int:
     from gradviz.report import build_report
 
     cfg = _report_config(args)
+    output_folder(args.out)
     flags = [("--quick", args.quick), (f"--limit {args.limit}", args.limit), (f"--corruptions {args.corruptions}",
              args.corruptions), (f"--severities {args.severities}", args.severities)]
     argv = " ".join(["python -m gradviz report", *(flag for flag, given in flags if given)])
@@ -416,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except GradvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that vanished or cannot be written mid-run: said in one line, as the rest
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot read or write{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -17,6 +17,7 @@
 | cache_max_mb       | GRADVIZ_CACHE_MAX_MB        | 512                  |
 | compile            | GRADVIZ_COMPILE (auto/on/off) | auto               |
 | fold_bn            | GRADVIZ_FOLD_BN (on/off)    | on                   |
+| torch_threads      | GRADVIZ_TORCH_THREADS       | 0 = 1 in the web server unless OMP_NUM_THREADS is set |
 | memory_mb          | GRADVIZ_MEMORY_MB           | CLI: 50 % of MemAvailable |
 | session_memory_mb  | GRADVIZ_SESSION_MEMORY_MB   | 2048 (web, per session) |
 | max_params_web     | GRADVIZ_MAX_PARAMS_WEB      | 100_000_000          |
@@ -74,6 +75,19 @@ class Settings:
     session_memory_mb: int = 2048
     max_params_web: int = 100_000_000
     max_side_web: int = 384
+    torch_threads: int = 0  # torch threads of the web server; 0 = see server_torch_threads
+
+
+def server_torch_threads() -> int | None:
+    """Torch threads for the web server: ``GRADVIZ_TORCH_THREADS`` when set; None (torch follows it) when
+    ``OMP_NUM_THREADS`` is set; else 1. A stroke or a click scores one image or a small batch, where the
+    OpenMP threads of one pass wait on each other (and on other sessions) longer than they save: 1 thread
+    was 6× faster per stroke on a busy 2-core machine and no slower on a quiet one (README, the Playground).
+    The command line keeps torch's default (its batches are large)."""
+    chosen = settings().torch_threads
+    if chosen > 0:
+        return chosen
+    return None if os.environ.get("OMP_NUM_THREADS", "").strip() else 1
 
 
 def settings() -> Settings:
@@ -112,6 +126,7 @@ def _resolve(env: tuple[tuple[str, str], ...]) -> Settings:
         session_memory_mb=_env_int("GRADVIZ_SESSION_MEMORY_MB", 2048),
         max_params_web=_env_int("GRADVIZ_MAX_PARAMS_WEB", 100_000_000),
         max_side_web=_env_int("GRADVIZ_MAX_SIDE_WEB", 384),
+        torch_threads=_env_int("GRADVIZ_TORCH_THREADS", 0),
     )
 
 

@@ -427,24 +427,54 @@ def upload_spec(n_files: int) -> str:
 
 
 def uploads_to_imageset(files: list[tuple[str, bytes]], card: "ModelCard", *, max_total_pixels: int | None = None,
-                        pixels_setting: str = "GRADVIZ_MAX_UPLOAD_PIXELS") -> tuple["ImageSet | None", list[tuple[str, str]]]:
+                        pixels_setting: str = "GRADVIZ_MAX_UPLOAD_PIXELS",
+                        clean_up: bool = False) -> tuple["ImageSet | None", list[tuple[str, str]]]:
     """Decode uploaded ``(name, bytes)`` files for ``card``'s input: (ImageSet or None if none decoded, errors).
 
     Each image is reduced to the card's input size while it is decoded. Bad files never stop the
     others; each gets one ``(name, message)`` entry in ``errors``. The set's ``notes`` hold what the
     decoder did to each file (EXIF orientation, 16-bit scaling, ...) and ``decoded_pixels`` what
-    the upload cost (for a session's budget).
+    the upload cost (for a session's budget). ``clean_up``: each image goes through the Playground
+    camera's clean-up instead (dark ink on light paper inverted, the paper subtracted, the digit
+    put in a 20/28 box centred by mass: :func:`gradviz.playground.preprocess.photo_to_input`),
+    decoded a little larger for it (``photo_fit``); an image where no ink stands out is kept as it is.
     """
     from gradviz.data import ImageSet
 
     _, h, w = card.input_size
-    decoded, errors = load_uploads(list(files), fit=(int(h), int(w)), max_total_pixels=max_total_pixels,
+    if clean_up:
+        from gradviz.playground.preprocess import photo_fit
+
+        fit = photo_fit(card)
+    else:
+        fit = (int(h), int(w))
+    decoded, errors = load_uploads(list(files), fit=fit, max_total_pixels=max_total_pixels,
                                    pixels_setting=pixels_setting)
     if not decoded:
         return None, errors
-    images = images_to_tensor(decoded, card)  # (N, C, H, W) in [0, 1]
+    if clean_up:
+        images, notes = _cleaned(decoded, card)
+    else:
+        images, notes = images_to_tensor(decoded, card), [(d.name, d.note) for d in decoded if d.note]
     labels = np.full(len(decoded), -1, dtype=np.int64)
-    data = ImageSet(upload_spec(len(decoded)), images, labels, paths=[d.name for d in decoded],
-                    class_names=list(card.class_names), notes=[(d.name, d.note) for d in decoded if d.note],
+    data = ImageSet(upload_spec(len(decoded)), images, labels, paths=[d.name for d in decoded],  # images (N, C, H, W)
+                    class_names=list(card.class_names), notes=notes,
                     decoded_pixels=sum(d.pixels for d in decoded))
     return data, errors
+
+
+def _cleaned(decoded: list[DecodedImage], card: "ModelCard") -> tuple[torch.Tensor, list[tuple[str, str]]]:
+    """Each image through the camera clean-up, or as it is when no ink stands out: ((N, C, H, W), notes)."""
+    from gradviz.playground.preprocess import photo_to_input
+
+    out, notes = [], []
+    for d in decoded:
+        x = photo_to_input(d.array, card)  # (1, C, H, W) or None
+        if x is None:
+            x = images_to_tensor([d], card)
+            what = "clean-up found no ink standing out of the background: used as it is"
+        else:
+            what = "cleaned up like the Playground camera (polarity, paper, centred by mass)"
+        notes.append((d.name, "; ".join(filter(None, [d.note, what]))))
+        out.append(x)
+    return torch.cat(out, 0), notes

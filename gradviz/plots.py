@@ -2,6 +2,10 @@
 
 Colours are fixed per dataset everywhere (ID blue; each OOD set its own colour), and
 per method, so a set or a method looks the same on every page and in every export.
+
+Every name drawn (dataset, class, file, layer, model names and titles built from them) goes
+through :func:`gradviz.plaintext.html_text`: Plotly renders HTML in its text, and a class named
+``<a href=...>`` must read as written, not become a link.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from gradviz.plaintext import html_text as _h
 
 ID_COLOR = "#1f77b4"
 OOD_PALETTE = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -70,11 +76,11 @@ def score_histogram(scores: pd.DataFrame, method: str, title: str | None = None,
     lo, hi, size = bins
     for (spec, role), part in scores.groupby(["dataset", "role"], sort=False):
         fig.add_trace(go.Histogram(
-            x=part[method], name=f"{spec} ({role.upper()})", histnorm="probability density", opacity=0.55,
+            x=part[method], name=f"{_h(spec)} ({role.upper()})", histnorm="probability density", opacity=0.55,
             marker_color=dataset_color(spec, role), xbins=dict(start=lo, end=hi + size, size=size),
-            hovertemplate=f"{spec}<br>{method}=%{{x}}<br>density=%{{y:.3g}}<extra></extra>",
+            hovertemplate=f"{_h(spec)}<br>{method}=%{{x}}<br>density=%{{y:.3g}}<extra></extra>",
         ))
-    fig.update_layout(barmode="overlay", title=title or f"{method}: uncertainty by dataset",
+    fig.update_layout(barmode="overlay", title=_h(title) if title else f"{method}: uncertainty by dataset",
                       xaxis_title=f"{method} uncertainty (higher = more uncertain)", yaxis_title="density", **LAYOUT)
     return fig
 
@@ -95,15 +101,15 @@ def score_strip(scores: pd.DataFrame, method: str, threshold: float | None = Non
         custom = np.stack([part.index.to_numpy(), part["index"], part["label"], part["prediction"]], axis=1).astype(np.int64)
         fig.add_trace(Scatter(
             x=part[method].to_numpy(dtype=np.float32), y=y.astype(np.float32), mode="markers",
-            name=f"{spec} ({role.upper()})", customdata=custom,
+            name=f"{_h(spec)} ({role.upper()})", customdata=custom,
             marker=dict(color=dataset_color(spec, role), size=5, opacity=0.6),
-            hovertemplate=f"{spec} #%{{customdata[1]}}<br>label %{{customdata[2]}}, predicted %{{customdata[3]}}"
+            hovertemplate=f"{_h(spec)} #%{{customdata[1]}}<br>label %{{customdata[2]}}, predicted %{{customdata[3]}}"
                           f"<br>{method}=%{{x:.4g}}<extra></extra>",
         ))
     if threshold is not None:
         fig.add_vline(x=threshold, line_dash="dash", line_color="black", annotation_text="threshold")
     fig.update_layout(title=f"{method}: every sample (select points to inspect them)", xaxis_title=f"{method} uncertainty",
-                      yaxis=dict(tickvals=list(range(len(order))), ticktext=order), dragmode="select", **LAYOUT)
+                      yaxis=dict(tickvals=list(range(len(order))), ticktext=[_h(o) for o in order]), dragmode="select", **LAYOUT)
     return fig
 
 
@@ -151,8 +157,8 @@ def roc_figure(scores: pd.DataFrame, methods: list[str], ood: str, order: list[s
         fig.add_trace(go.Scatter(x=[s["fpr95"]], y=[0.95], mode="markers", marker=dict(color=color, size=9, symbol="x"),
                                  showlegend=False, hovertemplate=f"{m}: FPR95 %{{x:.3f}}<extra></extra>"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False, hoverinfo="skip"))
-    fig.update_layout(title=f"ROC: {scores['dataset'][scores['role'] == 'id'].iloc[0] if len(id_part) else 'ID'} vs {ood}",
-                      xaxis_title=f"FPR (fraction of {ood} accepted)", yaxis_title="TPR (fraction of ID accepted)", **LAYOUT)
+    id_name = _h(id_part["dataset"].iloc[0]) if len(id_part) else "ID"
+    fig.update_layout(title=f"ROC: {id_name} vs {_h(ood)}", xaxis_title=f"FPR (fraction of {_h(ood)} accepted)", yaxis_title="TPR (fraction of ID accepted)", **LAYOUT)
     return fig
 
 
@@ -172,7 +178,7 @@ def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str 
         recall, precision = thin_curve(pts["recall"], pts["precision"])
         fig.add_trace(go.Scatter(x=recall, y=precision, mode="lines", name=f"{m} ({key.upper()} {s[key]:.3f})",
                                  line=dict(color=method_color(m, order or methods))))
-    fig.update_layout(title=f"Precision-recall ({'ID' if positive == 'id' else 'OOD'} positive): vs {ood}",
+    fig.update_layout(title=f"Precision-recall ({'ID' if positive == 'id' else 'OOD'} positive): vs {_h(ood)}",
                       xaxis_title="recall", yaxis_title="precision", yaxis_range=[0, 1.02], **LAYOUT)
     return fig
 
@@ -181,7 +187,7 @@ def metric_bars(metrics: pd.DataFrame, metric: str = "auroc") -> go.Figure:
     """Grouped bars: ``metric`` per method, one group colour per OOD set."""
     fig = go.Figure()
     for ood, part in metrics.groupby("ood_dataset", sort=False):
-        fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=ood, marker_color=dataset_color(ood)))
+        fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=_h(ood), marker_color=dataset_color(ood)))
     fig.update_layout(barmode="group", title=f"{metric.upper()} per method and OOD set", yaxis_title=metric, **LAYOUT)
     return fig
 
@@ -190,7 +196,7 @@ def probability_bars(probs: np.ndarray, class_names: list[str], top: int = 10) -
     """Class probabilities of one sample, largest first (at most ``top`` bars)."""
     probs = np.asarray(probs, dtype=float)
     order = np.argsort(-probs)[:top]
-    fig = go.Figure(go.Bar(x=[class_names[i] for i in order], y=probs[order], marker_color=ID_COLOR,
+    fig = go.Figure(go.Bar(x=[_h(class_names[i]) for i in order], y=probs[order], marker_color=ID_COLOR,
                            hovertemplate="class %{x}: p=%{y:.4f}<extra></extra>"))
     fig.update_layout(title="Class probabilities", yaxis_range=[0, 1], yaxis_title="softmax probability",
                       xaxis_type="category", height=300, **LAYOUT)
@@ -206,13 +212,14 @@ def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = Non
     layers = list(dict.fromkeys(bands["layer"]))
     for (spec, role), part in bands.groupby(["dataset", "role"], sort=False):
         color = dataset_color(spec, role)
-        fig.add_trace(go.Scatter(x=list(part["layer"]) + list(part["layer"])[::-1], y=list(part["q95"]) + list(part["q05"])[::-1],
+        names = [_h(l) for l in part["layer"]]
+        fig.add_trace(go.Scatter(x=names + names[::-1], y=list(part["q95"]) + list(part["q05"])[::-1],
                                  fill="toself", fillcolor=color, opacity=0.18, line=dict(width=0), hoverinfo="skip",
                                  showlegend=False, legendgroup=spec))
-        fig.add_trace(go.Scatter(x=part["layer"], y=part["q50"], mode="lines+markers", name=f"{spec} median (5–95 %)",
+        fig.add_trace(go.Scatter(x=names, y=part["q50"], mode="lines+markers", name=f"{_h(spec)} median (5–95 %)",
                                  line=dict(color=color), legendgroup=spec))
     if sample is not None:
-        fig.add_trace(go.Scatter(x=layers, y=[sample.get(l, np.nan) for l in layers], mode="lines+markers", name="this sample",
+        fig.add_trace(go.Scatter(x=[_h(l) for l in layers], y=[sample.get(l, np.nan) for l in layers], mode="lines+markers", name="this sample",
                                  line=dict(color="black", width=3)))
     # the legend sits between the title and the plot: room for as many rows as its names need (~700 px wide)
     names = [t.name for t in fig.data if t.showlegend is not False]
@@ -228,13 +235,13 @@ def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = Non
 def heatmap(values: pd.DataFrame, title: str, colorscale: str = "RdBu_r", zmid: float | None = 0.5,
             zlabel: str = "AUROC", fmt: str = ".2f") -> go.Figure:
     """Annotated heat map of a (rows × columns) table, e.g. layer × statistic AUROC."""
-    fig = go.Figure(go.Heatmap(z=values.to_numpy(dtype=float), x=[str(c) for c in values.columns], y=[str(i) for i in values.index],
+    fig = go.Figure(go.Heatmap(z=values.to_numpy(dtype=float), x=[_h(c) for c in values.columns], y=[_h(i) for i in values.index],
                                colorscale=colorscale, zmid=zmid, colorbar=dict(title=zlabel),
                                texttemplate=f"%{{z:{fmt}}}" if values.size <= 400 else None,
                                hovertemplate="%{y} / %{x}: %{z:.3f}<extra></extra>"))
     # tall maps: column labels on top, readable without scrolling to the bottom of the map
     top = len(values) > 12
-    fig.update_layout(title=title, **{**LAYOUT, "legend": {}, "margin": {**LAYOUT["margin"], "t": 95 if top else 50}},
+    fig.update_layout(title=_h(title), **{**LAYOUT, "legend": {}, "margin": {**LAYOUT["margin"], "t": 95 if top else 50}},
                       height=max(300, 28 * len(values) + 120), xaxis_side="top" if top else "bottom")
     return fig
 
@@ -247,7 +254,7 @@ def severity_curve(table: pd.DataFrame, corruption: str, metric: str = "auroc", 
         part = table[table["method"] == m].sort_values("severity")
         fig.add_trace(go.Scatter(x=part["severity"], y=part[metric], mode="lines+markers", name=m,
                                  line=dict(color=method_color(m, order or methods))))
-    fig.update_layout(title=f"{metric.upper()} vs severity: {corruption}",
+    fig.update_layout(title=f"{metric.upper()} vs severity: {_h(corruption)}",
                       xaxis=dict(title="severity", dtick=1), yaxis_title=f"{metric} (clean ID vs corrupted)", **LAYOUT)
     return fig
 
@@ -255,7 +262,7 @@ def severity_curve(table: pd.DataFrame, corruption: str, metric: str = "auroc", 
 def importance_bars(importances: pd.DataFrame, top: int = 20) -> go.Figure:
     """Horizontal bars of the ``top`` feature importances (columns feature, importance)."""
     part = importances.sort_values("importance", ascending=False).head(top)[::-1]
-    fig = go.Figure(go.Bar(x=part["importance"], y=part["feature"], orientation="h", marker_color=ID_COLOR))
+    fig = go.Figure(go.Bar(x=part["importance"], y=[_h(f) for f in part["feature"]], orientation="h", marker_color=ID_COLOR))
     fig.update_layout(title="Feature importance", height=max(300, 22 * len(part) + 100), **LAYOUT)
     return fig
 
@@ -264,16 +271,16 @@ def curves_figure(curves: dict[str, pd.DataFrame], title: str, x: str = "fpr", y
     """Several named curves (e.g. meta-classifier ROC per feature set) on one chart."""
     fig = go.Figure()
     for i, (name, pts) in enumerate(curves.items()):
-        fig.add_trace(go.Scatter(x=pts[x], y=pts[y], mode="lines", name=name, line=dict(color=METHOD_PALETTE[i % len(METHOD_PALETTE)])))
+        fig.add_trace(go.Scatter(x=pts[x], y=pts[y], mode="lines", name=_h(name), line=dict(color=METHOD_PALETTE[i % len(METHOD_PALETTE)])))
     if x == "fpr":
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False))
-    fig.update_layout(title=title, xaxis_title=x.upper(), yaxis_title=y.upper(), **LAYOUT)
+    fig.update_layout(title=_h(title), xaxis_title=x.upper(), yaxis_title=y.upper(), **LAYOUT)
     return fig
 
 
 def image_row(images: list[np.ndarray], titles: list[str]) -> go.Figure:
     """Images side by side (uint8 (H, W, 3) arrays), e.g. one corruption at severities 1–5."""
-    fig = make_subplots(rows=1, cols=len(images), subplot_titles=titles, horizontal_spacing=0.02)
+    fig = make_subplots(rows=1, cols=len(images), subplot_titles=[_h(t) for t in titles], horizontal_spacing=0.02)
     for i, img in enumerate(images):
         fig.add_trace(go.Image(z=img), row=1, col=i + 1)
     fig.update_xaxes(visible=False)
@@ -322,14 +329,14 @@ def model_metric_bars(metrics: pd.DataFrame, metric: str = "auroc", models: list
     (``metrics`` has a ``model`` column, as :attr:`gradviz.model_compare.ModelComparison.metrics`)."""
     oods = list(dict.fromkeys(metrics["ood_dataset"])) if len(metrics) else []
     models = models or (list(dict.fromkeys(metrics["model"])) if len(metrics) else [])
-    fig = make_subplots(rows=max(1, len(oods)), cols=1, shared_xaxes=True, subplot_titles=oods or None,
+    fig = make_subplots(rows=max(1, len(oods)), cols=1, shared_xaxes=True, subplot_titles=[_h(o) for o in oods] or None,
                         vertical_spacing=0.12 if len(oods) > 1 else 0.02)
     for m, model in enumerate(models):
         for row, ood in enumerate(oods, 1):
             part = metrics[(metrics["model"] == model) & (metrics["ood_dataset"] == ood)]
-            fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=model, legendgroup=model, showlegend=row == 1,
+            fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=_h(model), legendgroup=model, showlegend=row == 1,
                                  marker_color=METHOD_PALETTE[m % len(METHOD_PALETTE)],
-                                 hovertemplate=f"{model}<br>%{{x}}<br>{metric}=%{{y:.3f}}<extra>{ood}</extra>"),
+                                 hovertemplate=f"{_h(model)}<br>%{{x}}<br>{metric}=%{{y:.3f}}<extra>{_h(ood)}</extra>"),
                           row=row, col=1)
     fig.update_layout(barmode="group", title=f"{metric.upper()} per method, model and OOD set",
                       height=max(320, 230 * max(1, len(oods))), **LAYOUT)

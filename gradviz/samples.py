@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from gradviz.errors import GradvizError
-from gradviz.methods.registry import MethodRunner, ModelOutputs, needs_graph
+from gradviz.methods.registry import MethodRunner, ModelOutputs, get_method, needs_graph
 from gradviz.metrics import threshold_at_tpr
 from gradviz.models import GradvizModel
 
@@ -159,11 +159,12 @@ class SampleReport:
 
 
 def inspect_images(model: GradvizModel, x: torch.Tensor, runners: list[MethodRunner],
-                   id_scores: pd.DataFrame | None = None) -> SampleReport:
+                   id_scores: pd.DataFrame | None = None, blank: dict[str, str] | None = None) -> SampleReport:
     """Score images ``x`` (B, C, H, W) in [0, 1] with every runner, in one batch.
 
     With ``id_scores`` (a scores table or its ID rows: one column per method) each score gets its
-    percentile within the ID distribution (:func:`percentile_within`) and the ID median.
+    percentile within the ID distribution (:func:`percentile_within`) and the ID median. ``blank``:
+    methods that could not be fitted (name -> why), each given NaN rows, as in the scores table.
     """
     from gradviz.budget import batch_size_for, scoring_kind
 
@@ -189,6 +190,10 @@ def inspect_images(model: GradvizModel, x: torch.Tensor, runners: list[MethodRun
         med = float(np.median(_finite(ref))) if ref is not None and len(_finite(ref)) else np.nan
         for b, (v, p) in enumerate(zip(vals, pct)):
             rows.append({"sample": b, "method": name, "title": r.info.title, "score": v, "percentile": p, "id_median": med})
+    for name in blank or {}:
+        title = get_method(name).title
+        rows += [{"sample": b, "method": name, "title": title, "score": np.nan, "percentile": np.nan, "id_median": np.nan}
+                 for b in range(len(probs))]
     frame = pd.DataFrame(rows, columns=["sample", "method", "title", "score", "percentile", "id_median"])
     return SampleReport(probs, probs.argmax(-1), frame)
 

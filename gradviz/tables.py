@@ -9,6 +9,9 @@ Rows of two tables are matched by key (:data:`SAMPLE_KEY`), never by position: a
 sorted, filtered or built in another order still joins sample to sample. Layer columns
 become ``"<layer>/<stat>"`` strings (CSV files, the meta classifier's features) through
 :func:`flatten_columns` only.
+
+Every CSV gradviz writes (CLI files, download buttons) goes through :func:`to_csv`, which
+neutralises text that a spreadsheet would run as a formula (:func:`csv_safe`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import pandas as pd
 from gradviz.errors import GradvizError
 
 __all__ = ["SAMPLE_KEY", "column_name", "flatten_columns", "flat_layer_table", "join_samples", "join_layers",
-           "aligned_column"]
+           "aligned_column", "csv_safe", "to_csv"]
 
 SAMPLE_KEY = ("dataset", "role", "index")  # what names one sample in every table; ``role`` where a table has it
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula
 
 
 def column_name(column) -> str:
@@ -86,3 +90,33 @@ def aligned_column(scores: pd.DataFrame, index: pd.MultiIndex, column: str) -> n
     series = scores.set_index(["dataset", "index"])[column]
     series = series[~series.index.duplicated()]
     return series.reindex(index).to_numpy(dtype=float)
+
+
+def _neutralise(value):
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every text cell (and column name) that starts with ``= + - @``, a tab or a carriage
+    return prefixed by a single quote, so a spreadsheet shows it as text instead of running it (OWASP, CSV
+    injection). Numeric, boolean and date columns are returned untouched: -1.5 stays a number."""
+    out = frame.copy()
+    for i in range(out.shape[1]):
+        col = out.iloc[:, i]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            col = col.astype(object)
+        elif not (pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype)):
+            continue
+        out.isetitem(i, col.map(_neutralise))
+    if not isinstance(out.columns, pd.MultiIndex):
+        out.columns = [_neutralise(c) for c in out.columns]
+    return out
+
+
+def to_csv(frame: pd.DataFrame, path=None) -> str | None:
+    """``frame`` as CSV without its index, made safe for spreadsheets (:func:`csv_safe`): the text when
+    ``path`` is None, else written to ``path``. The one way gradviz writes a CSV.
+
+    Rows end in CRLF (RFC 4180, Python's csv default): with a bare LF the writer would not quote a cell
+    holding a carriage return (a file name may), and a reader would split the row there."""
+    return csv_safe(frame).to_csv(path, index=False, lineterminator="\r\n")

@@ -10,13 +10,13 @@ from gradviz import plots
 from gradviz.errors import GradvizError
 from gradviz.methods.registry import methods_by_family
 from gradviz.metrics import threshold_at_tpr
+from gradviz.plaintext import md_code, md_text
 from gradviz.ui.cache import get_result, images_of_rows, show_error
-from gradviz.ui.sidebar import current_config
+from gradviz.ui.sidebar import current_config, ensure_frame
 from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports,
                                 show_upload_errors, upload_max_mb)
 from gradviz.ui.widgets import decomposition, download_figure, download_results, image_tiles, metrics_dataframe
 from gradviz.ui.widgets import method_caption, method_label
-from gradviz.ui.sidebar import ensure_frame
 
 ensure_frame()
 
@@ -36,7 +36,7 @@ with st.expander("Add your own images as an extra OOD set", expanded=False):
     if uploads and st.button("Forget the uploaded set", key="cmp_forget"):
         st.session_state["gv_uploads"] = uploads = {}
     for spec, data in uploads.items():
-        st.caption(f"`{spec}` joins the OOD sets: {', '.join(data.paths or [])}")
+        st.caption(f"{md_code(spec)} joins the OOD sets: {md_text(', '.join(data.paths or []))}")
 
 run_cfg = replace(cfg, ood=[*cfg.ood, *[s for s in uploads if s not in cfg.ood]])
 try:
@@ -44,7 +44,7 @@ try:
 except Exception as exc:  # user errors are shown, bugs re-raised by show_error
     show_error(exc, "Pick other datasets in the sidebar or remove the failing one.")
 for message in result.warnings:
-    st.warning(message)
+    st.warning(md_text(message))
 show_file_reports(result.skipped, result.notes, key="cmp_report")  # folder files skipped, uploads altered
 scores, methods = result.scores, [m.name for ms in methods_by_family(run_cfg.method_names()).values() for m in ms]
 ood_sets = list(dict.fromkeys(scores.loc[scores["role"] == "ood", "dataset"]))
@@ -102,10 +102,10 @@ def distributions() -> None:
     st.subheader("Most and least uncertain samples per set")
     gallery = gi.extremes(scores, method, k=6)
     sets = list(dict.fromkeys(gallery["dataset"]))
-    spec = st.segmented_control("Set", sets, default=sets[0], key="cmp_gallery_set") or sets[0]
+    spec = st.segmented_control("Set", sets, default=sets[0], key="cmp_gallery_set", format_func=md_text) or sets[0]
     for which, label in (("most", "Most uncertain"), ("least", "Least uncertain")):
         rows = gallery[(gallery["dataset"] == spec) & (gallery["which"] == which)]
-        st.markdown(f"**{label}** in `{spec}`")
+        st.markdown(f"**{md_text(label)}** in {md_code(spec)}")
         image_tiles(images_of_rows(rows, cfg, uploads), gi.sample_captions(rows, method), columns=6)
     candidates = [*zip(selected["dataset"], selected["index"]), *zip(gallery["dataset"], gallery["index"])]
     candidates = {f"{d} #{i}": (str(d), int(i)) for d, i in candidates}

@@ -4,6 +4,8 @@ import streamlit as st
 
 from gradviz import plots
 from gradviz.model_compare import HIGHER_BETTER
+from gradviz.plaintext import md_text
+from gradviz.tables import to_csv
 from gradviz.ui.cache import show_error
 from gradviz.ui.compare_models import get_model_comparison
 from gradviz.ui.model_panel import describe, model_options
@@ -32,11 +34,11 @@ try:
 except Exception as exc:  # user errors are shown, bugs re-raised by show_error
     show_error(exc, "Pick other models or datasets.")
 for name, reason in comparison.errors.items():
-    st.error(f"**{name}** could not be scored: {reason}")
+    st.error(f"**{md_text(name)}** could not be scored: {md_text(reason)}")
 for name, refused in comparison.unsupported.items():
     first = next(iter(refused.values()))
-    st.warning(f"**{name}**: {len(refused)} method(s) cannot run on this model and are left out "
-               f"({', '.join(refused)}) — e.g. {first if len(first) < 160 else first[:159] + '…'}")
+    st.warning(f"**{md_text(name)}**: {len(refused)} method(s) cannot run on this model and are left out "
+               f"({', '.join(refused)}) — e.g. {md_text(first if len(first) < 160 else first[:159] + '…')}")
 if len(comparison.results) < 1:
     st.stop()
 scored = comparison.models
@@ -66,7 +68,7 @@ histograms = {}
 for col, name in zip(columns, scored):
     scores = comparison.results[name].scores
     if method not in scores:
-        col.info(f"{method} does not run on {name}.")
+        col.info(f"{method} does not run on {md_text(name)}.")
         continue
     histograms[name] = plots.score_histogram(scores, method, title=f"{describe(name)}: {method}")
     col.plotly_chart(histograms[name], width="stretch", key=f"cm_hist_{name}")
@@ -75,9 +77,9 @@ for col, name in zip(columns, scored):
 
 st.subheader("Exports")
 c1, c2, c3 = st.columns(3)
-c1.download_button("⬇ metrics.csv (all models)", lambda: comparison.metrics.to_csv(index=False), "model_metrics.csv",
+c1.download_button("⬇ metrics.csv (all models)", lambda: to_csv(comparison.metrics), "model_metrics.csv",
                    "text/csv", key="cm_dl_metrics", on_click="ignore")
-c2.download_button("⬇ scores.csv (all models)", lambda: comparison.scores.to_csv(index=False), "model_scores.csv",
+c2.download_button("⬇ scores.csv (all models)", lambda: to_csv(comparison.scores), "model_scores.csv",
                    "text/csv", key="cm_dl_scores", on_click="ignore")
 c3.download_button("⬇ metrics.json", lambda: comparison.metrics.to_json(orient="records", indent=2),
                    "model_metrics.json", "application/json", key="cm_dl_json", on_click="ignore")

@@ -5,6 +5,7 @@ import streamlit as st
 from gradviz import analysis, plots
 from gradviz.data.corruptions import list_corruptions
 from gradviz.ui.cache import get_dataset, get_severity_scores, get_severity_table, show_error
+from gradviz.plaintext import md_text
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure, download_table, image_tiles, to_uint8
 from gradviz.ui.sidebar import ensure_frame
@@ -30,9 +31,11 @@ method = c3.selectbox("Method for the histogram", methods, key="cl_method",
 try:
     sets = {s: get_dataset(cfg.model, cfg.weights, cfg.id if s == 0 else analysis.corruption_spec(corruption, s),
                            cfg.limit, cfg.seed) for s in (0, *analysis.SEVERITIES)}
-    scores = get_severity_scores(cfg, corruption)
+    scores, blank = get_severity_scores(cfg, corruption)
 except Exception as exc:  # user errors shown, bugs re-raised by show_error
     show_error(exc, "Pick another corruption, or the built-in MNIST model and ID set in the sidebar.")
+for message in blank:  # a method that cannot be fitted on the fit set (e.g. a small own ID set)
+    st.warning(md_text(message))
 
 st.subheader("What the corruption does")
 images, titles = analysis.severity_examples(sets, index=0)

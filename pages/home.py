@@ -3,6 +3,7 @@
 import streamlit as st
 
 from gradviz import plots
+from gradviz.plaintext import md_text
 from gradviz.ui.cache import get_result, show_error
 from gradviz.ui.pages import PAGES
 from gradviz.ui.sidebar import current_config
@@ -25,9 +26,9 @@ try:
 except Exception as exc:  # user errors are shown, bugs re-raised by show_error
     show_error(exc, "Pick another dataset or model in the sidebar.")
 for message in result.warnings:  # NaN/inf scores, sets too small for metrics: said, never a silent NaN
-    st.warning(message)
+    st.warning(md_text(message))
 
-st.subheader(f"{cfg.model}: {cfg.id} (ID) vs {', '.join(cfg.ood) or 'no OOD set'}")
+st.subheader(md_text(f"{cfg.model}: {cfg.id} (ID) vs {', '.join(cfg.ood) or 'no OOD set'}"))
 left, right = st.columns([3, 2])
 with left:
     st.markdown("**Detection metrics** (AUROC ↑, FPR95 ↓) by method family — the best **output**, **feature** and "

@@ -8,14 +8,15 @@ from gradviz import plots
 from gradviz.attributions import list_attributions, to_png_bytes
 from gradviz.gradients import STATS
 from gradviz.layers import layer_bands
+from gradviz.plaintext import md_text
 from gradviz.scoring import images_digest
 from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result, show_error
 from gradviz.ui.samples import attribution, per_sample, sample_report
 from gradviz.data import dataset_options
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.sidebar import ensure_frame
-from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, set_reports, show_file_reports,
-                                show_upload_errors, upload_max_mb)
+from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, offer_clean_up, set_reports,
+                                show_file_reports, show_upload_errors, upload_max_mb)
 
 ensure_frame()
 
@@ -43,6 +44,7 @@ try:
         if data is None:
             st.info("Upload one or more images, or switch to a dataset sample.")
             st.stop()
+        data = offer_clean_up(files, data, cfg, key="ins_clean")  # a photo of dark ink on paper looks unlike MNIST
         i = st.selectbox("Image", range(len(data)), format_func=lambda k: data.paths[k], key="ins_which") if len(data) > 1 else 0
         name = data.paths[i]
     else:
@@ -68,12 +70,12 @@ classes = model.card.class_names
 pred = int(report.prediction[0])
 left, right = st.columns([1, 2])
 with left:
-    st.image(gi.display_image(x[0]), caption=f"{name}: {tuple(x.shape[1:])} input as the model sees it (upscaled)")
+    st.image(gi.display_image(x[0]), caption=f"{md_text(name)}: {tuple(x.shape[1:])} input as the model sees it (upscaled)")
 with right:
-    st.metric("Prediction", f"{classes[pred]}  (p = {report.probs[0, pred]:.3f})")
+    st.metric("Prediction", f"{md_text(classes[pred])}  (p = {report.probs[0, pred]:.3f})")
     st.plotly_chart(plots.probability_bars(report.probs[0], classes), width="stretch", key="ins_probs")
 
-st.subheader(f"Uncertainty scores vs the ID set ({cfg.id})")
+st.subheader(f"Uncertainty scores vs the ID set ({md_text(cfg.id)})")
 table = report.scores.assign(verdict=[f"more uncertain than {p:.0f} % of {cfg.id}" if np.isfinite(p) else "n/a"
                                       for p in report.scores["percentile"]])
 st.dataframe(table[["method", "title", "score", "id_median", "percentile", "verdict"]], hide_index=True,

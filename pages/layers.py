@@ -7,6 +7,7 @@ import streamlit as st
 from gradviz import analysis, plots
 from gradviz.gradients import LOSSES
 from gradviz.layers import entropy_correlation, layer_bands
+from gradviz.plaintext import md_text
 from gradviz.scoring import too_few_samples
 from gradviz.tables import aligned_column, flat_layer_table
 from gradviz.ui.cache import get_coverage, get_layer_auroc, get_layer_table, get_result, show_error
@@ -41,7 +42,7 @@ except Exception as exc:  # user errors shown, bugs re-raised by show_error
 stats = list(dict.fromkeys(table.columns.get_level_values("stat")))
 stat = c3.selectbox("Statistic", stats, index=stats.index("l2") if "l2" in stats else 0, key="ly_stat")
 
-st.subheader(f"Which layer separates {cfg.id} (ID) from {ood}?")
+st.subheader(md_text(f"Which layer separates {cfg.id} (ID) from {ood}?"))
 counts = table.groupby(level="dataset").size()
 problem = too_few_samples({s: int(counts.get(s, 0)) for s in (cfg.id, ood)})
 if problem:

@@ -6,6 +6,7 @@ import streamlit as st
 from gradviz import samples as gi
 from gradviz import plots
 from gradviz.gradients import STATS
+from gradviz.plaintext import md_text
 from gradviz.playground import PATHS, figures
 from gradviz.playground.lesson import exercise_markdown
 from gradviz.scoring import images_digest
@@ -29,9 +30,11 @@ with st.container():
     try:
         model = get_model(cfg.model, cfg.weights)
         ref, band_note = pg.get_reference(cfg)  # once per choice, shared with Compare / Inspect
-        runners = pg.get_runners(cfg, ref)
+        runners, blank = pg.get_runners(cfg, ref)
     except Exception as exc:  # user errors are shown, bugs re-raised by show_error
         show_error(exc, "Choose the bundled model and built-in sets in the sidebar.")
+    for message in blank:  # methods that cannot be fitted on the fit set are left out, with the reason
+        st.warning(md_text(message))
 card, classes = model.card, model.card.class_names
 
 source = st.radio("Start from", pg.SOURCES, horizontal=True, key="pg_source")
@@ -53,8 +56,8 @@ pred = int(report.prediction[0])
 with right:
     c1, c2 = st.columns([1, 2])
     made = " (MNIST-style: 20 px box, centred by mass)" if source != pg.SOURCES[2] and loaded is None else ""
-    c1.image(gi.display_image(x[0], 168), caption=f"The model's input: {name}, {card.input_size[1]}×{card.input_size[2]}{made}")
-    c1.metric("Prediction", f"{classes[pred]}", f"p = {report.probs[0, pred]:.3f}", delta_color="off", delta_arrow="off")
+    c1.image(gi.display_image(x[0], 168), caption=f"The model's input: {md_text(name)}, {card.input_size[1]}×{card.input_size[2]}{made}")
+    c1.metric("Prediction", md_text(classes[pred]), f"p = {report.probs[0, pred]:.3f}", delta_color="off", delta_arrow="off")
     c1.caption(f"Scored in {1000 * report.seconds:.0f} ms (server)")
     c2.plotly_chart(plots.probability_bars(report.probs[0], classes), width="stretch", key="pg_probs")
 
@@ -71,7 +74,7 @@ with g2:
         many = profile.size > 24  # a transformer has many named layers: more room for the tick labels
         fig.update_layout(height=560 if many else 420).update_xaxes(tickfont=dict(size=9 if many else 12))
         st.plotly_chart(fig, width="stretch", key="pg_profile")
-        st.caption(f"Black: this image (gradient of −log p of its prediction). Blue: 5–95 % of {ref.id_spec}.")
+        st.caption(f"Black: this image (gradient of −log p of its prediction). Blue: 5–95 % of {md_text(ref.id_spec)}.")
     else:
         st.info(band_note or report.note or "No per-layer gradient profile for this model.")
 st.plotly_chart(figures.marker_histograms(ref, dict(zip(one["method"], one["score"]))), width="stretch", key="pg_hists")
@@ -87,7 +90,7 @@ if pg.explain_button(digest):
         for col, img in zip(cols, (p.original, p.heat, p.overlay)):
             col.image(img, width="stretch")
 
-st.subheader(f"Walk {src_name} out of the data")
+st.subheader(f"Walk {md_text(src_name)} out of the data")
 p1, p2, p3 = st.columns([2, 1, 3], vertical_alignment="bottom")
 kind = p1.selectbox("Path", list(PATHS), format_func=lambda k: PATHS[k].title, key="pg_path")
 steps = p2.slider("Steps", 20, 50, 31, key="pg_steps", help="All steps are scored together, as one batch.")
@@ -114,4 +117,4 @@ st.caption(f"{len(path.values)} steps scored as one batch in {1000 * path_report
 show = np.linspace(0, len(path.values) - 1, 8).round().astype(int)
 cols = st.columns(len(show))
 for col, k in zip(cols, show):
-    col.image(gi.display_image(path.images[k], 84), caption=f"{path.labels()[k]} → {step_preds[k]}", width="stretch")
+    col.image(gi.display_image(path.images[k], 84), caption=f"{md_text(path.labels()[k])} → {md_text(step_preds[k])}", width="stretch")

@@ -64,6 +64,21 @@ def test_severity_scores_reuse_the_store_and_keep_same_images(bundled_model, tmp
     assert (labels.nunique(axis=1) == 1).all()
 
 
+def test_severity_scores_leave_an_unfittable_method_blank_with_its_reason(bundled_model):
+    from gradviz.errors import MethodError
+
+    # unlabelled noise as the fit set: GROOD (class prototypes of correctly classified images) cannot be fitted
+    kw = dict(limit=16, fit_set="noise-uniform", severities=(1, 5))
+    with pytest.raises(MethodError, match="grood"):
+        analysis.severity_scores(bundled_model, "fog", ["msp", "grood"], **kw)
+    unfitted: dict[str, str] = {}
+    scores = analysis.severity_scores(bundled_model, "fog", ["msp", "grood"], unfitted=unfitted, **kw)
+    assert list(unfitted) == ["grood"] and "grood" in unfitted["grood"]
+    assert scores["grood"].isna().all() and scores["msp"].notna().all() and len(scores) == 3 * 16
+    table = analysis.severity_metrics(scores, ["msp", "grood"]).set_index("method")
+    assert table.loc["grood", "auroc"].isna().all() and table.loc["msp", "auroc"].notna().all()
+
+
 def test_severity_scores_reject_bad_inputs(tiny_model):
     with pytest.raises(GradvizError, match="severity"):
         analysis.corruption_spec("fog", 6)

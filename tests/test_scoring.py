@@ -125,3 +125,24 @@ def test_a_method_that_cannot_be_fitted_is_left_blank_with_its_reason(model, tmp
     with pytest.raises(MethodError, match="the reason"):  # the library call without ``unfitted`` still raises
         scoring.score_dataset(model, scoring.load_dataset("noise-uniform", model.card, limit=4), "ood",
                               [scoring.resolve_methods(["knn"])[0]], fit_set="mnist:train")
+
+
+def test_a_fit_that_cannot_work_is_remembered_not_retried(bundled_model, monkeypatch):
+    """GROOD on an unlabelled fit set fails the same way every time: the second call does not fit again."""
+    from gradviz import scoring
+    from gradviz.errors import MethodError
+    from gradviz.methods.registry import get_method
+
+    loads = []
+    real = scoring.load_dataset
+    monkeypatch.setattr(scoring, "load_dataset", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    scoring._FITTED.clear()
+    unfitted: dict[str, str] = {}
+    for _ in range(2):
+        with pytest.raises(MethodError, match="grood"):
+            scoring.make_runner(bundled_model, get_method("grood"), None, "noise-uniform")
+        runners = scoring.make_runners(bundled_model, [get_method("msp"), get_method("grood")], fit_set="noise-uniform",
+                                       unfitted=unfitted)
+        assert [r.info.name for r in runners] == ["msp"] and "grood" in unfitted["grood"]
+        unfitted.clear()
+    assert loads == ["noise-uniform"]  # fitted (and failed) once

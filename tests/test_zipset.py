@@ -87,7 +87,8 @@ def test_zip_bombs_are_refused_by_ratio_and_total_size():
         load_zip_bytes(bomb, "bomb.zip")
     with pytest.raises(DatasetError, match="exceeds the limit of 1 MB"):
         load_zip_bytes(b"PK" + b"\0" * (2**20 + 10), "big.zip", max_mb=1)
-    many = make_zip({f"0/{i}.png": b"\0" * 2**20 for i in range(6)})  # each member under the ratio rule; 6 MB in all
+    rng = np.random.default_rng(0)  # ~10× per member: under every ratio rule; 6 MB from a 0.6 MB archive
+    many = make_zip({f"0/{i}.png": rng.bytes(100_000) + b"\0" * (2**20 - 100_000) for i in range(6)})
     with pytest.raises(DatasetError, match="unpacks to more than 4 MB"):
         load_zip_bytes(many, "many.zip", max_mb=1)
 

@@ -20,12 +20,15 @@
   oracle for what exists on the server). Relative paths are taken from the first root.
   While walking, symbolic links (files or folders) that resolve outside the chosen folder
   are skipped and listed. Paths longer than ``MAX_PATH_CHARS`` are refused before any
-  file-system call.
+  file-system call. Anything that is not a regular file (a named pipe, a device, a socket),
+  whatever its name, is skipped and listed without being opened for reading: opening a FIFO
+  would wait forever for a writer. The file is checked again on the open handle.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Sequence
 
@@ -97,6 +100,35 @@ def resolve_path(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathL
     raise refused
 
 
+def _special_kind(mode: int) -> str | None:
+    """What a non-regular file is ("named pipe (FIFO)", ...), or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+             (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder"))
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; ImageError for anything else.
+
+    Opened without blocking and checked on the handle, so a FIFO or device swapped in after the
+    folder was listed is refused instead of waited on (or read without end).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        kind = _special_kind(info.st_mode)
+        if kind:
+            raise ImageError(f"not a regular file ({kind}): not read")
+        if info.st_size > max_bytes:
+            raise ImageError(f"larger than {max_bytes / 2**20:.0f} MB")
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageError(f"larger than {max_bytes / 2**20:.0f} MB")
+    return data
+
+
 def _image_files(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image files under ``root`` (sorted, relative) and symlinks skipped for pointing outside it."""
     files: list[Path] = []
@@ -123,6 +155,14 @@ def _image_files(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
             rel = f.relative_to(root)
             if f.is_symlink() and not _inside(f.resolve(), root):
                 skipped.append((rel.as_posix(), "symbolic link points outside the folder"))
+                continue
+            try:
+                kind = _special_kind(os.stat(f).st_mode)  # stat never blocks, unlike open on a FIFO
+            except OSError as exc:
+                skipped.append((rel.as_posix(), f"cannot be read ({exc.strerror or type(exc).__name__})"))
+                continue
+            if kind:
+                skipped.append((rel.as_posix(), f"not a regular file ({kind}): not read"))
                 continue
             files.append(rel)
     return sorted(files, key=lambda r: r.as_posix()), skipped
@@ -160,9 +200,8 @@ def load_folder(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathLi
     for rel in files:
         full = root / rel
         try:
-            if full.stat().st_size > MAX_FILE_MB * 2**20:
-                raise ImageError(f"larger than {MAX_FILE_MB} MB")
-            decoded = decode_image(full.read_bytes(), rel.as_posix(), max_bytes=MAX_FILE_MB * 2**20,
+            decoded = decode_image(read_regular_file(full, MAX_FILE_MB * 2**20), rel.as_posix(),
+                                   max_bytes=MAX_FILE_MB * 2**20,
                                    fit=(FOLDER_SIZE, FOLDER_SIZE))  # larger images: reduced while decoding
         except (ImageError, OSError) as exc:
             skipped.append((rel.as_posix(), str(exc)))

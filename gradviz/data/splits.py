@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradviz.data import ImageSet, load_dataset, register_dataset
+from gradviz.data import ImageSet, load_dataset, register_dataset, short_spec
 from gradviz.errors import DatasetError
+from gradviz.plaintext import md_text
 
 DEFAULT_FIT_FRACTION = 0.5
 PARTS = ("fit", "test")
@@ -76,6 +77,22 @@ def parse_split(arg: str | None) -> tuple[float, str]:
     return fraction, rest
 
 
+def check_split(arg: str | None) -> None:
+    """Refuse a ``fit:``/``test:`` argument whose share is not strictly between 0 and 1 (NaN, 1e400, 0, 2), whose
+    set is itself a part, or whose set is unknown — without loading anything."""
+    from gradviz.data import check_spec
+
+    fraction, inner = parse_split(arg)
+    if not 0.0 < fraction < 1.0:  # NaN and ±inf fail too
+        raise DatasetError(f"the fitting share of fit:/test: must lie strictly between 0 and 1, got {fraction:g} "
+                           "(e.g. fit:0.3:folder:/data/mine)")
+    if inner.split(":", 1)[0] in PARTS:
+        raise DatasetError(f"cannot split a part of a set again: {short_spec(arg)}")
+    problem = check_spec(inner)
+    if problem:
+        raise DatasetError(problem)
+
+
 def _load_part(part: str, arg: str | None, seed: int, allowed_roots=None) -> ImageSet:
     fraction, inner = parse_split(arg)
     if inner.split(":", 1)[0] in PARTS:
@@ -87,23 +104,24 @@ def _load_part(part: str, arg: str | None, seed: int, allowed_roots=None) -> Ima
 
 
 @register_dataset("fit", "The fitting part of your own ID set (default half; stratified, seeded)",
-                  example="fit:folder:/path/to/images", reads_paths=True)
+                  example="fit:folder:/path/to/images", reads_paths=True, check=check_split)
 def load_fit_part(arg: str | None, limit: int | None, seed: int, allowed_roots=None) -> ImageSet:
     return _load_part("fit", arg, seed, allowed_roots)
 
 
 @register_dataset("test", "The test part of your own ID set: the images fit:SPEC does not hold",
-                  example="test:folder:/path/to/images", reads_paths=True)
+                  example="test:folder:/path/to/images", reads_paths=True, check=check_split)
 def load_test_part(arg: str | None, limit: int | None, seed: int, allowed_roots=None) -> ImageSet:
     return _load_part("test", arg, seed, allowed_roots)
 
 
 def split_summary(name: str, fit: ImageSet, test: ImageSet, fit_fraction: float, seed: int | None = None,
                   model_classes: list[str] | None = None) -> str:
-    """One paragraph stating how an own ID set was split (shown on the pages), with what labels mean."""
+    """One paragraph of Markdown stating how an own ID set was split (shown on the pages), with what labels mean;
+    the set's name and folder names in it are plain text (:func:`gradviz.plaintext.md_text`)."""
     classes = fit.class_names or []
     n = len(fit) + len(test)
-    text = (f"**{name}** as the ID set: {n:,} images{f' in {len(classes)} classes' if classes else ''}; "
+    text = (f"**{md_text(name)}** as the ID set: {n:,} images{f' in {len(classes)} classes' if classes else ''}; "
             f"{len(fit):,} ({fit_fraction:.0%}) fit the fitted methods (Mahalanobis, kNN, ViM, the meta classifier, …) and "
             f"{len(test):,} are the ID test images that are scored — split per class"
             + (f", seed {seed}." if seed is not None else "."))
@@ -111,7 +129,7 @@ def split_summary(name: str, fit: ImageSet, test: ImageSet, fit_fraction: float,
         text += (" No class sub-folders: labels are unknown, so accuracy is not measured and methods that need "
                  "labels to fit (Mahalanobis) are left out.")
     elif model_classes is not None and [c for c in classes if c not in model_classes]:
-        text += (f" Folder names ({', '.join(classes[:4])}{', …' if len(classes) > 4 else ''}) are not the model's class "
+        text += (f" Folder names ({', '.join(md_text(c) for c in classes[:4])}{', …' if len(classes) > 4 else ''}) are not the model's class "
                  "names: label i is the i-th folder in sorted order, compared with the model's output i.")
     elif model_classes is not None and classes != list(model_classes)[:len(classes)]:
         text += " Note: labels follow the folders' sorted order, which differs from the model's class order."

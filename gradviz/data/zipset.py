@@ -7,8 +7,10 @@ member) for:
 - a path that escapes the archive (``../``, a drive letter) or is absolute ("zip slip"),
 - a symbolic link member,
 - a zip bomb: more than ``MAX_MEMBERS`` members, a total uncompressed size over the limit
-  (``GRADVIZ_MAX_ZIP_MB`` × ``UNCOMPRESSED_FACTOR``), or a member whose compression ratio
-  exceeds ``MAX_RATIO`` (sizes are also enforced while reading, so a lying header gains nothing),
+  (``GRADVIZ_MAX_ZIP_MB`` × ``UNCOMPRESSED_FACTOR``) or over ``MAX_RATIO`` × the archive's own
+  size (whole-archive ratio, so many small members cannot add up to a bomb), or a member over
+  ``SMALL_MEMBER_BYTES`` whose compression ratio exceeds ``MAX_RATIO`` (no member is read past its
+  declared size, so a lying header gains nothing and the bytes written stay under the same bound),
 - an encrypted member.
 
 Members that are merely not wanted are **skipped** and listed in ``ImageSet.skipped``: nested
@@ -33,11 +35,13 @@ from pathlib import Path, PurePosixPath
 
 from gradviz.config import settings
 from gradviz.data import ImageSet, register_dataset
-from gradviz.errors import DatasetError
+from gradviz.errors import DatasetError, ImageError
 
 MAX_MEMBERS = 20_000
 MAX_RATIO = 100  # uncompressed / compressed per member; images rarely compress beyond ~10
 UNCOMPRESSED_FACTOR = 4  # total uncompressed bytes allowed = this × the archive size limit
+SMALL_MEMBER_BYTES = 16 * 2**10  # tiny members (headers, blank icons) may compress better than MAX_RATIO
+MIN_ARCHIVE_BYTES = 64 * 2**10  # the whole-archive ratio is taken over at least this many archive bytes
 ARCHIVE_EXTENSIONS = frozenset({".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".jar", ".whl", ".zst"})
 ARCHIVE_MAGIC = (b"PK\x03\x04", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07")
 
@@ -74,6 +78,8 @@ def check_members(archive: zipfile.ZipFile, archive_bytes: int, max_mb: int | No
     infos = archive.infolist()
     if len(infos) > MAX_MEMBERS:
         raise DatasetError(f"refused archive: {len(infos):,} members exceed the limit of {MAX_MEMBERS:,}")
+    # whole archive: every member's bytes together, at most MAX_RATIO × the archive (and the absolute cap)
+    cap = min(UNCOMPRESSED_FACTOR * limit, MAX_RATIO * max(archive_bytes, MIN_ARCHIVE_BYTES))
     total = 0
     keep, skipped = [], []
     for info in infos:
@@ -84,14 +90,14 @@ def check_members(archive: zipfile.ZipFile, archive_bytes: int, max_mb: int | No
             continue
         if info.flag_bits & 0x1:
             raise DatasetError(f"refused archive: member {info.filename!r} is encrypted")
-        total += info.file_size
-        if total > UNCOMPRESSED_FACTOR * limit:
-            raise DatasetError(f"refused archive: it unpacks to more than {UNCOMPRESSED_FACTOR * limit / 2**20:.0f} MB "
-                               "(possible zip bomb)")
-        if info.file_size > MAX_RATIO * max(info.compress_size, 1) and info.file_size > 2**20:
+        if info.file_size > SMALL_MEMBER_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             ratio = info.file_size / max(info.compress_size, 1)
             raise DatasetError(f"refused archive: member {info.filename!r} expands {ratio:,.0f}× "
                                f"(limit {MAX_RATIO}×; possible zip bomb)")
+        total += info.file_size
+        if total > cap:
+            raise DatasetError(f"refused archive: it unpacks to more than {cap / 2**20:,.0f} MB, over {MAX_RATIO}× "
+                               f"its own size or {UNCOMPRESSED_FACTOR * limit / 2**20:,.0f} MB (possible zip bomb)")
         rel = "/".join(parts)
         suffix = PurePosixPath(parts[-1]).suffix.lower()
         if any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX":
@@ -132,6 +138,7 @@ def load_zip_bytes(data: bytes, name: str = "upload.zip", limit: int | None = No
         # one folder wrapping everything is the archive's name, not a class
         tops = {parts[0] for _, parts in keep}
         strip = 1 if len(tops) == 1 and all(len(parts) > 1 for _, parts in keep) else 0
+        # bytes written <= the sum of declared sizes (checked above): _read_member never reads past one
         with tempfile.TemporaryDirectory(prefix="gradviz-zip-") as tmp:
             root = Path(tmp).resolve()
             for info, parts in keep:
@@ -160,11 +167,15 @@ def zip_digest(data: bytes) -> str:
 def load_zip_spec(arg: str | None, limit: int | None, seed: int, allowed_roots=None) -> ImageSet:
     """A zip file on the server: anywhere for the CLI; in the web app only under the allowed roots (the same
     one answer as ``folder:`` for outside / missing / not a file)."""
-    from gradviz.data.folder import resolve_path
+    from gradviz.data.folder import read_regular_file, resolve_path
 
     path = resolve_path(arg, allowed_roots, noun="zip file")
     max_bytes = settings().max_zip_mb * 2**20
     if path.stat().st_size > max_bytes:
         raise DatasetError(f"refused archive: {path.stat().st_size / 2**20:.1f} MB exceeds the limit of "
                            f"{settings().max_zip_mb} MB (GRADVIZ_MAX_ZIP_MB)")
-    return load_zip_bytes(path.read_bytes(), path.name, limit, seed)
+    try:
+        data = read_regular_file(path, max_bytes)  # a FIFO swapped in after the check is not waited on
+    except (ImageError, OSError) as exc:
+        raise DatasetError(f"zip file {path.name!r} cannot be read: {exc}") from None
+    return load_zip_bytes(data, path.name, limit, seed)

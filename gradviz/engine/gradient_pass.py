@@ -38,8 +38,25 @@ __all__ = ["GradientPass", "Group", "root_of"]
 _LAYOUT: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
+def _eager(model: nn.Module) -> nn.Module:
+    """``model`` itself, or the module a root-level ``torch.compile`` wrapped; refused if compiled inside
+    (a compiled graph skips the capture's hooks: the norms came out 10–13 % low, silently)."""
+    from gradviz.models.compiled import is_compiled
+
+    if not is_compiled(model):
+        return model
+    inner = getattr(model, "_orig_mod", None)
+    if isinstance(inner, nn.Module) and not is_compiled(inner):
+        return inner
+    raise GradvizError("the model runs parts of itself through torch.compile; per-sample gradients need the eager "
+                       "module: wrap it in GradvizModel (which removes torch.compile) or use "
+                       "gradviz.models.compiled.uncompiled(net)")
+
+
 def root_of(model: nn.Module) -> nn.Module:
-    """The wrapped network (names without the ``net.`` prefix) for a GradvizModel."""
+    """The wrapped network (names without the ``net.`` prefix) for a GradvizModel; the eager module
+    for a ``torch.compile``'d one (see :func:`_eager`)."""
+    model = _eager(model)
     net = getattr(model, "net", None)
     return net if isinstance(net, nn.Module) else model
 
@@ -104,6 +121,7 @@ class GradientPass:
                  fold_bn: bool | None = None) -> None:
         if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
             raise GradvizError("expected a non-empty batch tensor (B, C, H, W)")
+        model = _eager(model)
         if model.training:
             raise GradvizError("per-sample gradients need the model in eval() mode (BatchNorm and dropout mix or "
                                "perturb samples in train mode)")

@@ -22,8 +22,9 @@ from torch import nn
 from gradviz.config import ASSETS
 from gradviz.errors import ModelError
 from gradviz.models.card import ModelCard
+from gradviz.models.compiled import uncompiled
 from gradviz.models.hooks import forward_hooks
-from gradviz.models.weights import load_state_dict_file
+from gradviz.models.weights import open_weights
 
 __all__ = ["GradvizModel", "ModelCard", "load_model", "list_models", "register_model", "MODEL_REGISTRY"]
 
@@ -39,7 +40,7 @@ class GradvizModel(nn.Module):
 
     def __init__(self, net: nn.Module, card: ModelCard) -> None:
         super().__init__()
-        self.net = net
+        self.net = uncompiled(net)  # hooks and per-sample gradients need the eager module
         self.card = card
         c = card.channels
         self.register_buffer("mean", torch.tensor(card.mean, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
@@ -126,12 +127,12 @@ def register_model(name: str, description: str, offline: bool = False):
 
 def _plugin_entry(name: str, description: str) -> ModelEntry:
     def build(weights: str | Path | None = None) -> GradvizModel:
-        from gradviz.models.architectures import model_from_state
+        from gradviz.models.architectures import model_from_weights
         from gradviz.models.plugins import build_plugin
 
         if weights is None:
             return build_plugin(name)
-        return model_from_state(name, load_state_dict_file(weights), None, Path(weights).name)
+        return model_from_weights(name, open_weights(weights))
 
     return ModelEntry(name, description, build, offline=True, source="plugin")
 
@@ -163,13 +164,13 @@ def load_model(name: str = "mnist-cnn", weights: str | Path | None = None, devic
     elif name.startswith(timm_models.PREFIX):
         model = timm_models.timm_model(name[len(timm_models.PREFIX):], weights)
     elif plugins.is_file_spec(name):
-        from gradviz.models.architectures import model_from_state
+        from gradviz.models.architectures import model_from_weights
 
         if not allow_code:
             raise ModelError(f"{name} runs a Python file; it is loaded only when the person running gradviz asks for it "
                              "(command line --model, or the dashboard's server configuration GRADVIZ_MODELS)")
         model = plugins.build_from_file(name) if weights is None else \
-            model_from_state(name, load_state_dict_file(weights), None, Path(weights).name, allow_code=True)
+            model_from_weights(name, open_weights(weights), allow_code=True)
     elif name in plugins.plugin_entry_points():
         model = _plugin_entry(name, "").build(weights)
     elif name.startswith("upload:"):

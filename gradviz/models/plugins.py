@@ -75,10 +75,14 @@ def parse_file_spec(spec: str) -> tuple[Path, str]:
 
 
 def as_model(obj, name: str):
-    """What a builder returned -> a :class:`GradvizModel` (see the module doc for the accepted forms)."""
+    """What a builder returned -> a :class:`GradvizModel` (see the module doc for the accepted forms), checked
+    like an upload: the card validated and one dry forward pass (:func:`~gradviz.models.architectures.check_card_fits`)
+    must give one finite tensor of (batch, classes) logits."""
     from gradviz.models import GradvizModel
+    from gradviz.models.architectures import check_card_fits
 
     if isinstance(obj, GradvizModel):
+        check_card_fits(obj.net, obj.card.validate(), name)
         return obj
     card = None
     if isinstance(obj, tuple) and len(obj) == 2:
@@ -95,7 +99,9 @@ def as_model(obj, name: str):
         card = ModelCard.from_dict({"name": name, **card})
     if not isinstance(card, ModelCard):
         raise ModelError(f"{name}: the card must be a ModelCard or a dict, got {type(card).__name__}")
-    return GradvizModel(obj, card.validate())
+    model = GradvizModel(obj, card.validate())  # unwraps a torch.compile'd network first
+    check_card_fits(model.net, model.card, name)
+    return model
 
 
 def _call(builder, name: str):

@@ -4,6 +4,11 @@
   Face Hub (timm's own source). Offline (``HF_HUB_OFFLINE=1``, or the Hub unreachable within a
   few seconds) the weights come from a ``.safetensors`` file (``--weights``, or an upload in
   the web app); with neither, one :class:`ModelError` says what to do.
+- Never waiting forever: a probe first asks the Hub for an answer (connect *and* reply) within
+  ``HUB_PROBE_TIMEOUT_S``; during the download every Hub request waits at most
+  ``HUB_READ_TIMEOUT_S`` for the server (connect, each read) and no new request (the client's
+  retries included) starts after ``HUB_DEADLINE_S``. A Hub that accepts connections but never
+  answers ends in one :class:`ModelError` within seconds, not the client's ~400 s of retries.
 - The card comes from timm's ``pretrained_cfg``: input size, mean/std, interpolation, and the
   class names where timm knows them (ImageNet-1k/22k label sets via ``infer_imagenet_subset``).
   A JSON card beside a weights file (same stem) replaces it.
@@ -11,8 +16,12 @@
 
 from __future__ import annotations
 
+import contextvars
+import http.client
 import os
-import socket
+import ssl
+import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -23,7 +32,15 @@ from gradviz.errors import ModelError
 from gradviz.models.card import INTERPOLATIONS, ModelCard
 
 PREFIX = "timm:"
-HUB_PROBE_TIMEOUT_S = 3.0
+HUB_PROBE_TIMEOUT_S = 3.0  # the probe: connect and the first answer
+HUB_READ_TIMEOUT_S = 15.0  # any one Hub request: connect, and each read of its answer
+HUB_DEADLINE_S = 60.0  # no Hub request starts later than this after the download began
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("gradviz_hub_deadline", default=None)
+_CLIENT_LOCK = threading.Lock()
+
+
+class HubTimeout(Exception):
+    """The Hub download ran past its deadline. Not an HTTP client error, so the Hub client does not retry it."""
 
 
 def _timm():
@@ -45,18 +62,65 @@ def _check_name(name: str) -> str:
 
 
 def _offline_reason() -> str | None:
-    """Why the Hugging Face Hub cannot be reached now (None: it can), without hanging on retries."""
+    """Why the Hugging Face Hub cannot be used now (None: it can): a HEAD request that must be answered, with
+    any status, within HUB_PROBE_TIMEOUT_S (a server that accepts the connection and stays silent fails it)."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set"
     from huggingface_hub import constants
 
     url = urlparse(constants.ENDPOINT)
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    if url.scheme == "https":
+        liveness = ssl.create_default_context()  # only "does it answer": the download checks certificates
+        liveness.check_hostname, liveness.verify_mode = False, ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(host, port, timeout=HUB_PROBE_TIMEOUT_S, context=liveness)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=HUB_PROBE_TIMEOUT_S)
     try:
-        with socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S):
-            return None
-    except OSError as exc:
+        conn.request("HEAD", "/")
+        conn.getresponse()
+        return None
+    except TimeoutError:
+        return f"{host} did not answer within {HUB_PROBE_TIMEOUT_S:g} s"
+    except (OSError, http.client.HTTPException) as exc:
         return f"{host} is not reachable ({type(exc).__name__})"
+    finally:
+        conn.close()
+
+
+def _bound_request(request) -> None:
+    """A request hook on the Hub client: inside a gradviz download, cap the request's timeouts at
+    HUB_READ_TIMEOUT_S and the time left, and start no request after the deadline (huggingface_hub's client
+    otherwise waits 10–60 s per try and retries five times per file). Elsewhere it does nothing."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise HubTimeout(f"no answer from the Hub within {HUB_DEADLINE_S:g} s")
+    cap = min(left, HUB_READ_TIMEOUT_S)
+    asked = dict(request.extensions.get("timeout") or {})
+    request.extensions["timeout"] = {k: cap if asked.get(k) is None else min(asked[k], cap)
+                                     for k in ("connect", "read", "write", "pool")}
+
+
+def _bound_hub_client() -> None:
+    """Add :func:`_bound_request` to the Hub's shared client (once per client; a new client gets it again)."""
+    from huggingface_hub import get_session
+
+    with _CLIENT_LOCK:
+        session = get_session()
+        if _bound_request not in session.event_hooks["request"]:
+            session.event_hooks = {**session.event_hooks, "request": [*session.event_hooks["request"], _bound_request]}
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a timeout of the Hub download."""
+    while exc is not None:
+        if isinstance(exc, (HubTimeout, TimeoutError)) or "Timeout" in type(exc).__name__:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _offline_error(name: str, reason: str) -> ModelError:
@@ -135,25 +199,35 @@ def build_timm(name: str, num_classes: int | None = None) -> tuple[nn.Module, Mo
 def timm_model(name: str, weights: str | Path | None = None):
     """``timm:<name>`` as a :class:`~gradviz.models.GradvizModel`: pretrained (online) or from ``weights``."""
     from gradviz.models import GradvizModel
-    from gradviz.models.weights import apply_state_dict, load_state_dict_file
+    from gradviz.models.architectures import build_for_weights, check_card_fits
+    from gradviz.models.weights import apply_state_dict, open_weights
 
     timm = _timm()
     name = _check_name(name)
     if weights is not None:
-        state = load_state_dict_file(weights)
-        net, card = build_timm(name, num_classes_in(name, state))
-        apply_state_dict(net, state, Path(weights).name)
+        weights_file = open_weights(weights)
+        net, card = build_for_weights(f"{PREFIX}{name}", weights_file.shapes, Path(weights).name)
+        apply_state_dict(net, weights_file.tensors(), Path(weights).name)
         card_path = Path(weights).with_suffix(".json")
-        card = ModelCard.from_json(card_path) if card_path.is_file() else card
+        if card_path.is_file():
+            card = ModelCard.from_json(card_path)
+            check_card_fits(net, card, card_path.name)
         card.weights = str(weights)
         return GradvizModel(net, card)
     reason = _offline_reason()
     if reason is not None:
         raise _offline_error(name, reason)
+    _bound_hub_client()
+    token = _DEADLINE.set(time.monotonic() + HUB_DEADLINE_S)
     try:
         net = timm.create_model(name, pretrained=True)
     except Exception as exc:  # noqa: BLE001 — the Hub client raises many types (HTTP, cache, offline)
+        if _timed_out(exc):
+            raise _offline_error(name, f"the Hub did not answer within {HUB_READ_TIMEOUT_S:g} s per request, "
+                                       f"{HUB_DEADLINE_S:g} s in all") from None
         raise ModelError(f"could not download pretrained weights for timm:{name} ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:160]}); pass a .safetensors file instead") from None
+                         f"{(str(exc).splitlines() or [''])[0][:160]}); pass a .safetensors file instead") from None
+    finally:
+        _DEADLINE.reset(token)
     k = int(getattr(net, "num_classes", 1000))
     return GradvizModel(net.eval(), timm_card(net, name, k, pretrained=True))

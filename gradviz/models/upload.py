@@ -1,8 +1,9 @@
 """Weights uploaded in the web app: an architecture + a ``.safetensors`` file + a card -> a model.
 
-Nothing here touches the disk: the bytes are checked and decoded in memory
-(:func:`gradviz.models.weights.read_safetensors_bytes`), loaded strictly into an untrained
-network of the chosen architecture (:func:`gradviz.models.architectures.model_from_state`),
+Nothing here touches the disk: the bytes are sniffed and their header checked
+(:func:`gradviz.models.weights.open_weights_bytes`), the declared names and shapes compared with
+the chosen architecture before any tensor is made
+(:func:`gradviz.models.architectures.build_for_weights`), then decoded in memory, loaded strictly,
 and the card is checked with one dry forward pass. The model is named
 ``upload:<file>#<digest>``; the digest covers the weights *and* the card, so two uploads that
 differ in either never share a cached result. The caller keeps the model in the uploading
@@ -39,25 +40,25 @@ def model_from_upload(arch: str, data: bytes, filename: str, card: ModelCard | N
     meta device, before it is built) or a card wider or taller than that.
     """
     from gradviz.models import GradvizModel
-    from gradviz.models.architectures import build_untrained, check_card_fits
+    from gradviz.models.architectures import build_for_weights, check_card_fits
     from gradviz.models.card import card_from_form
-    from gradviz.models.weights import apply_state_dict, read_safetensors_bytes
+    from gradviz.models.weights import apply_state_dict, open_weights_bytes
 
     filename = str(filename or "weights.safetensors")
     if not filename.lower().endswith(".safetensors"):
         raise ModelError(f"{filename}: only .safetensors weights are accepted from the browser (never pickles or code)")
     limit_mb = int(max_mb or settings().max_weights_mb)
-    state = read_safetensors_bytes(data, filename, max_bytes=limit_mb * 2**20)
+    weights = open_weights_bytes(data, filename, max_bytes=limit_mb * 2**20)
     if max_params is not None:
         from gradviz.budget import check_parameters_web
 
-        check_parameters_web(arch, state, max_params)
+        check_parameters_web(arch, weights.shapes, max_params)
     if max_side is not None and card is not None:  # the checks before the network is built
         from gradviz.budget import check_side_web
 
         check_side_web(card, max_side)
-    net, default = build_untrained(arch, state, allow_code=allow_code)
-    apply_state_dict(net, state, filename)
+    net, default = build_for_weights(arch, weights.shapes, filename, allow_code=allow_code)
+    apply_state_dict(net, weights.tensors(), filename)
     card = (card or default).validate()
     if form and any(str(v).strip() for v in form.values()):
         card = card_from_form(card, **{k: str(v) for k, v in form.items()})

@@ -12,7 +12,7 @@ from gradviz.config import ASSETS
 from gradviz.models import BUNDLED_CARD, BUNDLED_WEIGHTS, GradvizModel, register_model
 from gradviz.models.card import ModelCard
 from gradviz.models.cnn import MnistResNet
-from gradviz.models.weights import apply_state_dict, load_state_dict_file
+from gradviz.models.weights import apply_state_dict, check_state_fits, open_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,7 +69,9 @@ def _bundled(name: str, net: nn.Module, default: Path, command: str, weights: st
     path = Path(weights) if weights else default
     if not path.is_file():
         raise ModelError(f"weights not found at {path}; reproduce them with `{command}`")
-    apply_state_dict(net, load_state_dict_file(path), path.name)
+    weights_file = open_weights(path)
+    check_state_fits(net, weights_file.shapes, path.name)  # before a tensor of the file is made
+    apply_state_dict(net, weights_file.tensors(), path.name)
     return GradvizModel(net, bundled_card(name))
 
 
@@ -99,22 +101,16 @@ def torchvision_model(arch: str, weights: str | Path | None = None) -> GradvizMo
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise ModelError(f"unknown torchvision classification model {arch!r}; e.g. resnet18, mobilenet_v3_small")
     if weights is not None:
-        state = load_state_dict_file(weights)
-        num_classes = _num_classes_in(arch, state)
-        try:
-            net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"cannot build {arch} with {num_classes} classes: {exc}") from None
-        apply_state_dict(net, state, Path(weights).name)
+        from gradviz.models.architectures import build_for_weights, check_card_fits
+
+        weights_file = open_weights(weights)
+        net, card = build_for_weights(f"torchvision:{arch}", weights_file.shapes, Path(weights).name)
+        apply_state_dict(net, weights_file.tensors(), Path(weights).name)
         card_path = Path(weights).with_suffix(".json")
         if card_path.is_file():
             card = ModelCard.from_json(card_path)
-        else:
-            card = ModelCard(
-                name=f"torchvision:{arch}", architecture=arch, input_size=(3, 224, 224),
-                mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=[f"class {i}" for i in range(num_classes)],
-                weights=str(weights),
-            )
+            check_card_fits(net, card, card_path.name)
+        card.weights = str(weights)
         return GradvizModel(net, card)
     try:
         w = torchvision.models.get_model_weights(arch).DEFAULT

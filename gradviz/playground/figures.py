@@ -19,6 +19,7 @@ import plotly.colors as pc
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from gradviz.plaintext import html_text as _h
 from gradviz.playground.live import Reference
 from gradviz.plots import LAYOUT, dataset_color
 
@@ -83,10 +84,10 @@ def percentile_gauges(scores: pd.DataFrame, id_spec: str, height_per_row: int = 
             marker_color=family_color(fam), text=[f"{p:.0f} %" if np.isfinite(p) else "n/a" for p in pct],
             textposition="outside", cliponaxis=False, customdata=np.stack([sub["title"], sub["score"]], axis=1),
             hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.4g}<br>more uncertain than %{x:.0f} % of "
-                          + id_spec + "<extra></extra>"))
+                          + _h(id_spec) + "<extra></extra>"))
     layout = _layout(
-        barmode="overlay", title=f"Uncertainty as ID percentile (vs {id_spec})", bargap=0.25,
-        xaxis=dict(range=[0, 112], title=f"% of {id_spec} samples less uncertain", tickvals=[0, 25, 50, 75, 95]),
+        barmode="overlay", title=f"Uncertainty as ID percentile (vs {_h(id_spec)})", bargap=0.25,
+        xaxis=dict(range=[0, 112], title=f"% of {_h(id_spec)} samples less uncertain", tickvals=[0, 25, 50, 75, 95]),
         height=height_per_row * len(part) + 130, legend=dict(orientation="h", y=-0.25, title_text="family"),
         shapes=[dict(type="line", x0=95, x1=95, y0=0, y1=1, yref="paper", line=dict(dash="dot", color="#444"))],
         annotations=[dict(x=95, y=1, yref="paper", text="95 %", showarrow=False, yanchor="bottom")])
@@ -114,7 +115,7 @@ def histogram_base(reference: Reference, cols: int = 4, row_height: int = 150) -
         part = reference.histograms[reference.histograms["method"] == m]
         panels[m] = (ax, float(part["density"].max()) * 1.05 if len(part) else 1.0)
         for (spec, role), sets in part.groupby(["dataset", "role"], sort=False):
-            name = f"{spec} ({role.upper()})"
+            name = f"{_h(spec)} ({role.upper()})"
             data.append(dict(type="bar", x=((sets["left"] + sets["right"]) / 2).to_numpy(), y=sets["density"].to_numpy(),
                              width=(sets["right"] - sets["left"]).to_numpy(), marker_color=dataset_color(spec, role),
                              opacity=0.55, name=name, legendgroup=name, showlegend=name not in shown, xaxis=f"x{ax}",
@@ -166,6 +167,7 @@ def path_figure(percentiles: pd.DataFrame, values: np.ndarray, labels: list[str]
     its step index, so a click (``on_select``) tells which step to load.
     """
     dashes = dashes or {}
+    labels, predictions = [_h(t) for t in labels], [_h(t) for t in predictions]  # class names: plain text
     steps = np.arange(len(values))
     custom = np.stack([steps, labels, [f"{p} (p={c:.2f})" for p, c in zip(predictions, confidence)]], axis=1)
     data = [dict(type="scatter", x=values, y=percentiles[m].to_numpy(), mode="lines+markers", name=m,
@@ -187,6 +189,6 @@ def path_figure(percentiles: pd.DataFrame, values: np.ndarray, labels: list[str]
         margin=dict(l=60, r=20, t=60, b=50),
         xaxis=dict(anchor="y", matches="x2", showticklabels=False),
         xaxis2=dict(anchor="y2", title=axis_title),
-        yaxis=dict(domain=[0.3, 1.0], range=[-3, 103], title=f"ID percentile (vs {id_spec})"),
+        yaxis=dict(domain=[0.3, 1.0], range=[-3, 103], title=f"ID percentile (vs {_h(id_spec)})"),
         yaxis2=dict(domain=[0.0, 0.24], type="category", title="prediction<br>(dark = confident)"))
     return go.Figure(dict(data=data, layout=layout))

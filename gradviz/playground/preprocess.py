@@ -26,13 +26,14 @@ from PIL import Image, ImageFilter
 from gradviz.errors import ImageError
 
 __all__ = ["ink_from_array", "photo_to_ink", "mnist_style", "to_model_input", "canvas_to_input", "photo_to_input",
-           "BOX_FRACTION", "INK_LEVEL"]
+           "photo_fit", "frame_to_input", "BOX_FRACTION", "INK_LEVEL"]
 
 BOX_FRACTION = 20 / 28  # the longer side of the digit's box, as a fraction of the input side
 INK_LEVEL = 0.05  # values above this count as ink for the bounding box
 MIN_INK_COVER = 0.2  # thin photo strokes are thickened until ink covers this fraction of their box
 PHOTO_FLOOR = 0.3  # photo shading below this (after normalisation) is dropped as background
 PHOTO_SIDE = 400  # photos are shrunk (area-averaged) to at most this many pixels a side first
+PHOTO_OVERSAMPLE = 4  # uploads to clean up are decoded at this many times the card's side (at most PHOTO_SIDE)
 
 
 def ink_from_array(array: np.ndarray) -> np.ndarray:
@@ -167,3 +168,12 @@ def frame_to_input(kind: str, data: bytes, card) -> tuple[torch.Tensor | None, s
     decoded = decode_image(data, "drawing" if kind == "canvas" else "camera picture", fit=fit_within(data, side))
     convert = canvas_to_input if kind == "canvas" else photo_to_input
     return convert(decoded.array, card), decoded.note
+
+
+def photo_fit(card) -> tuple[int, int]:
+    """(H, W) to decode an upload at before :func:`photo_to_input`: ``PHOTO_OVERSAMPLE`` × the card's input
+    (at most ``PHOTO_SIDE`` a side, never below the card's): the clean-up crops the digit's box out of the
+    photo, so it needs more pixels than the model's input, but not a 12-megapixel array."""
+    h, w = (int(v) for v in card.input_size[1:])
+    f = max(1.0, min(float(PHOTO_OVERSAMPLE), PHOTO_SIDE / max(h, w)))
+    return max(h, round(h * f)), max(w, round(w * f))

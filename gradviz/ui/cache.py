@@ -19,7 +19,8 @@ from gradviz.config import settings
 from gradviz.data import ImageSet, load_dataset
 from gradviz.errors import GradvizError, ModelError
 from gradviz.models import GradvizModel, load_model
-from gradviz.scoring import RunConfig, ScoreResult, images_digest, layer_table, run
+from gradviz.plaintext import md_text
+from gradviz.scoring import RunConfig, ScoreResult, blank_method_warnings, images_digest, layer_table, run
 from gradviz.store import ResultStore
 from gradviz.store import cache_key as _cache_key
 
@@ -196,13 +197,16 @@ def get_layer_table(cfg: RunConfig, specs: list[str], uploads: dict[str, ImageSe
     hit = _memo(cfg).get(key)
     if hit is not None:
         return hit
-    update, done = _progress_bar("Layerwise gradients")
     model = get_model(cfg.model, cfg.weights)
     frames = []
-    for spec in specs:
-        data = uploads.get(spec) or get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
-        frames.append(layer_table(model, data, loss=loss, batch_size=cfg.batch_size, store=_store(cfg), progress=update))
-    done()
+    update, done = _progress_bar("Layerwise gradients")
+    try:
+        for spec in specs:
+            data = uploads.get(spec) or get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
+            frames.append(layer_table(model, data, loss=loss, batch_size=cfg.batch_size, store=_store(cfg),
+                                      progress=update))
+    finally:
+        done()
     table = pd.concat(frames)
     _memo(cfg).put(key, table)
     return table
@@ -226,30 +230,36 @@ def get_coverage(cfg: RunConfig) -> pd.DataFrame:
 
 
 def show_error(exc: Exception, hint: str = "") -> None:
-    """Show a user error with a next step and stop the page (bugs are re-raised)."""
+    """Show a user error with a next step and stop the page (bugs are re-raised). The message is plain text
+    (it may quote a file, folder or class name); the hint is the page's own Markdown."""
     if not isinstance(exc, GradvizError):
         raise exc
-    st.error(f"{exc}" + (f"\n\n{hint}" if hint else ""))
+    st.error("\n\n".join(md_text(line) for line in str(exc).splitlines()) + (f"\n\n{hint}" if hint else ""))
     st.stop()
 
 
-def get_severity_scores(cfg: RunConfig, corruption: str) -> pd.DataFrame:
-    """Scores of the clean ID set and ``corruption`` at severities 1–5 (gradviz.analysis.severity_scores), memoised."""
+def get_severity_scores(cfg: RunConfig, corruption: str) -> tuple[pd.DataFrame, list[str]]:
+    """Scores of the clean ID set and ``corruption`` at severities 1–5 (gradviz.analysis.severity_scores), and
+    one warning per method left blank (it cannot be fitted on the fit set, e.g. a small own ID set); memoised."""
     from gradviz.analysis import severity_scores
 
     key = cache_key(kind="severity", cfg=cfg.to_json(), corruption=corruption)
     hit = _memo(cfg).get(key)
     if hit is not None:
         return hit
-    update, done = _progress_bar(f"Severity sweep: {corruption}")
     model = get_model(cfg.model, cfg.weights)
-    scores = severity_scores(model, corruption, cfg.methods, id_spec=cfg.id, limit=cfg.limit, seed=cfg.seed,
-                             params=cfg.params, fit_set=cfg.fit_set, batch_size=cfg.batch_size, store=_store(cfg),
-                             progress=update,
-                             loader=lambda spec: get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed))
-    done()
-    _memo(cfg).put(key, scores)
-    return scores
+    unfitted: dict[str, str] = {}
+    update, done = _progress_bar(f"Severity sweep: {corruption}")
+    try:
+        scores = severity_scores(model, corruption, cfg.methods, id_spec=cfg.id, limit=cfg.limit, seed=cfg.seed,
+                                 params=cfg.params, fit_set=cfg.fit_set, batch_size=cfg.batch_size, store=_store(cfg),
+                                 progress=update, unfitted=unfitted,
+                                 loader=lambda spec: get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed))
+    finally:
+        done()  # an error never leaves a bar standing at "23/24 methods"
+    out = (scores, blank_method_warnings(unfitted, cfg.fit_set))
+    _memo(cfg).put(key, out)
+    return out
 
 
 def get_severity_table(cfg: RunConfig, corruption: str, scores: pd.DataFrame, methods: list[str]) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from gradviz.data.session import session_spec
 from gradviz.data.splits import DEFAULT_FIT_FRACTION, has_labels, split_id_set, split_spec, split_summary
 from gradviz.data.zipset import load_zip_bytes, zip_digest
 from gradviz.errors import GradvizError
+from gradviz.plaintext import md_text
 from gradviz.ui.private import id_notes, session_sets
 
 PENDING = "gv_pending_id"
@@ -63,7 +64,7 @@ def _add(whole, inner: str, name: str, fraction: float, seed: int, card) -> None
     st.session_state.setdefault("gv_id_labelled", {})[id_spec] = has_labels(whole)
     skipped = list(whole.skipped)
     if skipped:
-        shown = "; ".join(f"{f}: {why}" for f, why in skipped[:5])
+        shown = "; ".join(f"{md_text(f)}: {md_text(why)}" for f, why in skipped[:5])
         notes[id_spec] += f" Skipped {len(skipped)} file(s): {shown}{' …' if len(skipped) > 5 else ''}."
     st.session_state[PENDING] = id_spec
 
@@ -109,7 +110,7 @@ def render(container, seed: int, card_of_model) -> None:
                     _add(whole, whole.spec, str(folder), fraction, seed, card_of_model())
                     st.rerun()
         except GradvizError as exc:
-            st.error(str(exc))
+            st.error(md_text(exc))
 
 
 def note_for(spec: str) -> str | None:

@@ -15,6 +15,7 @@ from gradviz.errors import GradvizError
 from gradviz.models import list_models
 from gradviz.models.card import ModelCard
 from gradviz.models.plugins import is_file_spec
+from gradviz.plaintext import md_text
 from gradviz.ui.private import is_private_model, session_models
 from gradviz.ui.server import allowed_code_models, configured_models
 
@@ -135,13 +136,13 @@ def weights_upload(sb) -> None:
                 with st.spinner("Checking and loading the weights…"):
                     model = _load(kind, name, weights, card_file, form)
             except GradvizError as exc:
-                st.error(f"Weights refused: {exc}")
+                st.error(f"Weights refused: {md_text(exc)}")
                 return
             own = session_models()
             own[model.card.name] = model
             while len(own) > MAX_SESSION_MODELS:
                 own.pop(next(iter(own)))
             st.session_state[PENDING] = model.card.name
-            st.session_state["gv_up_msg"] = (f"Loaded {model.card.name}: {model.card.num_classes} classes, input "
+            st.session_state["gv_up_msg"] = (f"Loaded {md_text(model.card.name)}: {model.card.num_classes} classes, input "
                                              f"{'×'.join(map(str, model.card.input_size))}. It is selected above.")
             st.rerun()

@@ -15,11 +15,13 @@ import numpy as np
 import streamlit as st
 import torch
 
+from gradviz.data import short_spec
 from gradviz.errors import GradvizError
 from gradviz.methods.registry import MethodRunner, resolve_methods
+from gradviz.plaintext import md_text
 from gradviz.playground import LiveReport, Reference, Walk, build_reference, score_batch, walk
 from gradviz.playground.preprocess import frame_to_input
-from gradviz.scoring import RunConfig, make_runner
+from gradviz.scoring import RunConfig, blank_method_warnings, make_runners
 from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result
 from gradviz.ui.canvas import digit_canvas
 from gradviz.ui.sidebar import dataset_options
@@ -48,14 +50,19 @@ def get_reference(cfg: RunConfig) -> tuple[Reference, str]:
     return _reference(cfg.to_json(), result.scores, table), note
 
 
-def get_runners(cfg: RunConfig, ref: Reference) -> list[MethodRunner]:
+def get_runners(cfg: RunConfig, ref: Reference) -> tuple[list[MethodRunner], list[str]]:
     """The chosen methods with their parameters (fitted ones fitted once, shared with the scoring pipeline),
-    warmed up once per choice so that the first stroke is as fast as the next ones."""
+    warmed up once per choice so that the first stroke is as fast as the next ones; and one warning per
+    method left blank because it cannot be fitted on the fit set (e.g. GROOD on a small own ID set)."""
     model = get_model(cfg.model, cfg.weights)
+    unfitted: dict[str, str] = {}
     with st.spinner("Preparing the methods…", show_time=True):
-        runners = [make_runner(model, i, cfg.params.get(i.name), cfg.fit_set, cfg.seed) for i in resolve_methods(cfg.methods)]
+        runners = make_runners(model, resolve_methods(cfg.methods), cfg.params, cfg.fit_set, cfg.seed, unfitted=unfitted)
+        if not runners:
+            raise GradvizError(f"none of the chosen methods can be fitted on {short_spec(cfg.fit_set, 120)}; "
+                               "add methods that need no fitting (msp, energy, gradnorm, …) in the sidebar")
         _warm_up(cfg.to_json(), runners, ref)
-    return runners
+    return runners, blank_method_warnings(unfitted, cfg.fit_set)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -129,7 +136,7 @@ def source_image(source: str, cfg: RunConfig, card) -> tuple[torch.Tensor | None
     try:
         x, note = _to_input(kind, data, card.to_json(), card)
     except GradvizError as exc:
-        st.warning(f"{exc}. Try again, or start from a dataset sample.")
+        st.warning(f"{md_text(exc)}. Try again, or start from a dataset sample.")
         return None, name
     if note and kind == "photo":
         st.caption(note)
@@ -163,8 +170,8 @@ def current_image(x_src: torch.Tensor, source_digest: str, name: str) -> tuple[t
     """The image the live panels show: a loaded path step of this start image, else the start image."""
     loaded = st.session_state.get("pg_loaded")
     if loaded and loaded.get("source") == source_digest:
-        st.info(f"Showing {loaded['label']} of the path below.", icon=":material/route:")
-        st.button(f"Back to {name}", key="pg_back", on_click=_back_to_start, icon=":material/undo:")
+        st.info(f"Showing {md_text(loaded['label'])} of the path below.", icon=":material/route:")
+        st.button(f"Back to {md_text(name)}", key="pg_back", on_click=_back_to_start, icon=":material/undo:")
         return loaded["image"], loaded["label"], loaded
     return x_src, name, None
 

@@ -10,7 +10,7 @@ import torch
 from gradviz import samples as gi
 from gradviz.methods.registry import resolve_methods
 from gradviz.runconfig import RunConfig
-from gradviz.scoring import make_runner
+from gradviz.scoring import make_runners
 from gradviz.ui.cache import get_model
 
 
@@ -19,8 +19,9 @@ def sample_report(digest: str, cfg_json: str, _x: torch.Tensor, _id_scores: pd.D
     """Every method's score of ``_x`` (1, C, H, W) and its percentile among the ID rows of ``_id_scores``."""
     cfg = RunConfig.from_json(cfg_json)
     model = get_model(cfg.model, cfg.weights)
-    runners = [make_runner(model, i, cfg.params.get(i.name), cfg.fit_set, cfg.seed) for i in resolve_methods(cfg.methods)]
-    return gi.inspect_images(model, _x, runners, _id_scores)
+    unfitted: dict[str, str] = {}  # methods that cannot be fitted on the fit set: left blank, as in the scores table
+    runners = make_runners(model, resolve_methods(cfg.methods), cfg.params, cfg.fit_set, cfg.seed, unfitted=unfitted)
+    return gi.inspect_images(model, _x, runners, _id_scores, blank=unfitted)
 
 
 @st.cache_data(max_entries=128, show_spinner="Attributing…")

@@ -1,4 +1,5 @@
-"""Server configuration of the dashboard: which models that run the user's own code it may load.
+"""Server configuration of the dashboard: which models that run the user's own code it may load, and torch's
+threads (:func:`apply_torch_threads`).
 
 The person who starts the server chooses them, never a browser::
 
@@ -10,6 +11,9 @@ Each appears in the sidebar's Model picker (and as an architecture for weight up
 
 from __future__ import annotations
 
+import torch
+
+from gradviz.config import server_torch_threads
 from gradviz.models.plugins import is_file_spec, server_model_specs
 
 
@@ -21,3 +25,12 @@ def configured_models() -> list[str]:
 def allowed_code_models() -> set[str]:
     """The ``file.py:build`` models among them: the only code-running models the web app loads."""
     return {s for s in configured_models() if is_file_spec(s)}
+
+
+def apply_torch_threads() -> int:
+    """Set torch's threads for the web server (:func:`gradviz.config.server_torch_threads`: 1 unless
+    ``GRADVIZ_TORCH_THREADS`` or ``OMP_NUM_THREADS`` says otherwise); the threads torch now uses."""
+    n = server_torch_threads()
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()

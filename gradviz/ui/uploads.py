@@ -15,11 +15,14 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
+from gradviz.appearance import IdLook, describe_id, unlike
 from gradviz.config import settings
-from gradviz.data import ImageSet
+from gradviz.data import ImageSet, short_spec
 from gradviz.images import ALLOWED_FORMATS, uploads_to_imageset
+from gradviz.plaintext import md_text
 from gradviz.runconfig import RunConfig
-from gradviz.ui.cache import get_model
+from gradviz.scoring import images_digest
+from gradviz.ui.cache import get_dataset, get_model
 
 UPLOAD_TYPES = [f.lower() for f in ALLOWED_FORMATS] + ["jpg", "tif"]
 UPLOAD_LABEL = "Images (PNG, JPEG, BMP, TIFF, WebP, GIF)"
@@ -33,10 +36,10 @@ def upload_max_mb() -> int:
 
 
 @st.cache_data(max_entries=8, show_spinner="Decoding uploaded images…")
-def _decode(ids: tuple, model: str, weights: str | None, budget: int, limit_text: str, _files: tuple):
+def _decode(ids: tuple, model: str, weights: str | None, budget: int, limit_text: str, clean_up: bool, _files: tuple):
     """(ImageSet | None, errors) of the files ``ids`` names; ``_files`` ((name, bytes), ...) is not hashed."""
     return uploads_to_imageset(list(_files), get_model(model, weights).card, max_total_pixels=budget,
-                               pixels_setting=limit_text)
+                               pixels_setting=limit_text, clean_up=clean_up)
 
 
 def _budget(key: str) -> tuple[int, str]:
@@ -52,26 +55,55 @@ def _budget(key: str) -> tuple[int, str]:
     return cfg.max_upload_pixels, "GRADVIZ_MAX_UPLOAD_PIXELS"
 
 
-def decode_uploads(files: list | None, cfg: RunConfig) -> tuple[ImageSet | None, list[tuple[str, str]]]:
-    """Streamlit ``UploadedFile`` objects -> (an OOD ImageSet at ``cfg``'s model input, or None; errors per file)."""
+def decode_uploads(files: list | None, cfg: RunConfig,
+                   clean_up: bool = False) -> tuple[ImageSet | None, list[tuple[str, str]]]:
+    """Streamlit ``UploadedFile`` objects -> (an OOD ImageSet at ``cfg``'s model input, or None; errors per file).
+    ``clean_up``: through the Playground camera's clean-up (:func:`gradviz.images.uploads_to_imageset`)."""
     if not files:
         return None, []
     ids = tuple((f.file_id, f.name, f.size) for f in files)
-    key = hashlib.sha256(repr(ids).encode()).hexdigest()[:16]
+    key = hashlib.sha256(repr((ids, clean_up)).encode()).hexdigest()[:16]  # a cleaned decode counts on its own
     budget, limit_text = _budget(key)
-    data, errors = _decode(ids, cfg.model, cfg.weights, budget, limit_text,
+    data, errors = _decode(ids, cfg.model, cfg.weights, budget, limit_text, clean_up,
                            _files=tuple((f.name, f.getvalue()) for f in files))
     st.session_state["gv_upload_pixels"][key] = (budget, limit_text, data.decoded_pixels if data is not None else 0)
     return data, errors
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _id_look(model: str, weights: str | None, spec: str, limit: int | None, seed: int) -> IdLook:
+    """How the ID set looks (gradviz.appearance.describe_id): three numbers, computed once per choice."""
+    return describe_id(get_dataset(model, weights, spec, limit, seed).images, short_spec(spec, 60))
+
+
+def offer_clean_up(files: list, data: ImageSet, cfg: RunConfig, key: str) -> ImageSet:
+    """Say which uploads look unlike the ID set (:func:`gradviz.appearance.unlike`) and offer the Playground
+    camera's clean-up, on by default when one does; the uploads (cleaned up or not) as the model will see them."""
+    reasons = unlike(data.images, _id_look(cfg.model, cfg.weights, cfg.id, cfg.limit, cfg.seed))
+    flagged = [(path, why) for path, why in zip(data.paths or [], reasons) if why]
+    for path, why in flagged[:5]:
+        st.warning(f"{md_text(path)} looks unlike the ID set: {why}. The model has seen nothing like it, so its prediction and "
+                   "scores say little about what it shows. The clean-up below (on by default for such an upload) "
+                   "redraws it the way the MNIST digits were made.", icon=":material/contrast:")
+    if len(flagged) > 5:
+        st.warning(f"… and {len(flagged) - 5} more uploads look unlike the ID set.")
+    on = st.toggle("Clean up like the Playground camera: invert dark ink on light paper, subtract the paper, centre "
+                   "the digit by mass in a 20/28 box", value=bool(flagged),
+                   key=f"{key}_{images_digest(data.images)[:12]}")  # each new upload starts from its own default
+    if not on:
+        return data
+    cleaned, errors = decode_uploads(files, cfg, clean_up=True)
+    show_upload_errors(errors)
+    return cleaned if cleaned is not None else data
 
 
 def show_upload_errors(errors: list[tuple[str, str]]) -> None:
     """One warning per refused file (a handful), or one warning listing them when there are many."""
     if len(errors) <= 5:
         for _, message in errors:
-            st.warning(message)
+            st.warning(md_text(message))
         return
-    st.warning(f"{len(errors)} files were not loaded; first: {errors[0][1]}")
+    st.warning(f"{len(errors)} files were not loaded; first: {md_text(errors[0][1])}")
     with st.expander(f"All {len(errors)} files not loaded"):
         st.dataframe(pd.DataFrame(errors, columns=["file", "reason"]), hide_index=True, width="stretch")
 

@@ -8,6 +8,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from gradviz import plots
+from gradviz.plaintext import md_code, md_text
+from gradviz.tables import to_csv
 
 # Higher is better for these columns, lower for the rest (fpr95, detection_error).
 HIGHER_BETTER = {"auroc", "aupr_in", "aupr_out", "accuracy"}
@@ -75,7 +77,7 @@ def method_caption(metrics: pd.DataFrame, method: str) -> str:
     rows = metrics[metrics["method"] == method]
     factors = LAST_LAYER_SCORES.get(method)
     return (f"**{method}** — AUROC ↑ / FPR95 ↓ per OOD set: "
-            + " · ".join(f"`{r.ood_dataset}` {r.auroc:.3f} / {r.fpr95:.3f}" for r in rows.itertuples())
+            + " · ".join(f"{md_code(r.ood_dataset)} {r.auroc:.3f} / {r.fpr95:.3f}" for r in rows.itertuples())
             + (f" · a last-layer gradient = {factors.feature} × {factors.output} (how much of it is feature norm: "
                "metrics tab)" if factors else ""))
 
@@ -108,7 +110,7 @@ EAGER_MAX_CELLS = 500_000
 
 
 def _serialise(frame: pd.DataFrame, fmt: str) -> str:
-    return frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=2)
+    return to_csv(frame) if fmt == "csv" else frame.to_json(orient="records", indent=2)  # to_csv: spreadsheet-safe
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -168,4 +170,4 @@ def image_tiles(images: list, captions: list[str], columns: int = 8, width: int 
     for start in range(0, len(images), columns):
         cols = st.columns(columns)
         for col, img, cap in zip(cols, images[start:start + columns], captions[start:start + columns]):
-            col.image(to_uint8(img), caption=cap, width=width)
+            col.image(to_uint8(img), caption=md_text(cap), width=width)

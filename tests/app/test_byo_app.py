@@ -267,3 +267,28 @@ def test_folder_under_the_allowed_roots_as_the_id_set(open_page, tmp_path, monke
     cfg = at.session_state["gv_config"]
     assert cfg.id == f"test:folder:{(root / 'mine').resolve()}" and cfg.fit_set == "fit:" + cfg.id[len("test:"):]
     assert "8 images in 2 classes; 4 (50%) fit" in texts(at.sidebar.caption)
+
+
+def test_three_channel_model_with_a_28px_card_renders_home_inspect_and_the_playground(open_page):
+    """Grey digits expanded to 3 channels at the card's native 28×28 (no resize) once crashed every page."""
+    at = open_page("pages/home.py", RunConfig(limit=40, ood=["letters"], methods=["msp", "gradnorm"]))
+    submit_weights(at, resnet18_bytes(), "r18.safetensors", "torchvision:", "resnet18", size="3, 28, 28", mean="0.5",
+                   std="0.25")
+    cfg = at.session_state["gv_config"]
+    assert cfg.model.startswith("upload:r18.safetensors#"), texts(at.error)
+    assert at.session_state["gv_models"][cfg.model].card.input_size == (3, 28, 28)
+    assert len(at.dataframe) == 1 and set(at.dataframe[0].value["method"]) == {"msp", "gradnorm"}
+    assert not at.error, texts(at.error)
+    at.session_state["ins_layers"] = False
+    at.switch_page("pages/inspect.py").run()
+    at.radio(key="ins_source").set_value("A dataset sample").run()
+    assert not at.exception and not at.error, (at.exception, texts(at.error))
+    assert list(at.dataframe[0].value["method"]) == ["msp", "gradnorm"]
+    assert "(3, 28, 28) input" in at.get("image")[0].proto.imgs[0].caption
+    from test_playground_page import drawing, gauges
+    from gradviz.ui.canvas import canvas_state
+
+    at.session_state["pg_canvas"] = canvas_state(drawing("three"))
+    at.switch_page("pages/playground.py").run()
+    assert not at.exception and not at.error, (at.exception, texts(at.error))
+    assert set(gauges(at)) == {"msp", "gradnorm"}

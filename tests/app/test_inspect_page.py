@@ -62,3 +62,26 @@ def test_inspect_opens_sample_sent_from_compare(app):
     assert app.radio(key="ins_source").value == "A dataset sample"
     assert app.selectbox(key="ins_spec").value == "noise-uniform"
     assert app.number_input(key="ins_index").value == 5
+
+
+def test_inspect_flags_a_photo_of_ink_on_paper_and_cleans_it_up(app):
+    from test_appearance import paper_photo  # tests/ is on the path (rootdir conftest)
+
+    app.file_uploader(key="ins_upload").set_value([("two.jpg", paper_photo("2"), "image/jpeg")]).run()
+    assert not app.exception, app.exception
+    warned = " ".join(w.value for w in app.warning)
+    assert "two.jpg looks unlike the ID set: it is dark on a light background" in warned, warned
+    toggle = next(t for t in app.toggle if t.key.startswith("ins_clean_"))
+    assert toggle.value is True  # on by default for an upload unlike the ID set
+    assert prediction(app).startswith("2 ")
+    toggle.set_value(False).run()
+    assert not app.exception, app.exception
+    assert not prediction(app).startswith("2 ")  # as-is, the photo is misread (the bug)
+    # an MNIST-like upload gets no note and the clean-up starts off
+    app.file_uploader(key="ins_upload").set_value([("digit.png", _png(), "image/png")]).run()
+    assert not any("looks unlike" in w.value for w in app.warning)
+    assert next(t for t in app.toggle if t.key.startswith("ins_clean_")).value is False
+
+
+def prediction(at) -> str:
+    return next(m for m in at.metric if m.label == "Prediction").value

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save
 
 from gv_load_test import APP_STATE  # benchmarks/load_test.py, loaded by conftest
-from test_browser import exceptions, new_session, save_shot, wait_idle
+from test_browser import exceptions, go, new_session, save_shot, wait_idle
 
 SIDEBAR = '[data-testid="stSidebar"]'
 
@@ -93,6 +93,31 @@ def test_upload_resnet18_weights_with_a_card_then_score(first, server, shots_dir
     first.locator('[data-testid="stMain"] .js-plotly-plot .main-svg').first.wait_for()
     save_shot(first, shots_dir / "byo_weights.png")
     assert not server.tracebacks(), server.tracebacks()[0][-3000:]
+
+
+def test_a_three_channel_28px_card_renders_home_inspect_and_the_playground(server, browser):
+    """Grey sets expanded to 3 channels at the card's own 28×28 (no resize) once crashed every page."""
+    context, page = new_session(server, browser)
+    try:
+        upload_weights(page, resnet18_bytes(), "r18_28.safetensors", {**CARD, "input_size": [3, 28, 28]},
+                       torchvision_arch="resnet18")
+        page.locator('[data-testid="stAlert"]', has_text="Loaded upload:r18_28.safetensors").first.wait_for()
+        wait_idle(page)
+        page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first.wait_for()
+        assert not exceptions(page), exceptions(page)
+        go(page, "inspect")
+        page.locator('[data-testid="stMain"]').get_by_text("A dataset sample", exact=True).click()
+        time.sleep(0.5)
+        wait_idle(page)
+        page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first.wait_for()
+        assert "(3, 28, 28) input" in page.locator('[data-testid="stMain"]').inner_text()
+        assert not exceptions(page), exceptions(page)
+        go(page, "playground")
+        page.locator('[data-testid="stMain"] [data-testid="stAlert"]', has_text="Draw a digit").first.wait_for()
+        assert not exceptions(page), exceptions(page)
+        assert not server.tracebacks(), server.tracebacks()[0][-3000:]
+    finally:
+        context.close()
 
 
 def test_a_renamed_pickle_is_refused_with_its_message(first):

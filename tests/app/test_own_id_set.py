@@ -1,0 +1,57 @@
+"""AppTest: an own ID set (a zip) on the pages that fit methods on it outside the scoring run — the Playground and
+the Corruption lab. A method that cannot be fitted there is left blank with its reason, as on Home and Compare."""
+
+from __future__ import annotations
+
+from gradviz.scoring import RunConfig
+from gradviz.ui.canvas import canvas_state
+
+from test_byo_app import add_zip, png, texts, zip_of
+from test_playground_page import chart, drawing, gauges
+
+METHODS = ["msp", "energy", "grood", "gradnorm"]
+
+
+def grey_zip() -> bytes:
+    """24 flat grey images in 3 classes: the bundled model classifies none of them correctly, so GROOD (which
+    needs correctly classified images of each class) cannot be fitted on them."""
+    return zip_of({f"digits/{c}/{i}.png": png(20 * c + i) for c in range(3) for i in range(8)})
+
+
+def test_playground_with_an_own_id_set_leaves_an_unfittable_method_blank(open_page):
+    at = open_page("pages/playground.py", RunConfig(limit=100, ood=["noise-uniform"], methods=METHODS),
+                   pg_canvas=canvas_state(drawing("three")))
+    add_zip(at, grey_zip(), "digits.zip")  # (AppTest cannot rerun after it: the ID picker's labels are formatted)
+    assert at.session_state["gv_config"].id.startswith("test:session:digits.zip#")
+    assert not at.exception, at.exception
+    assert not at.error, texts(at.error)
+    warned = texts(at.warning)
+    assert "grood is left blank: it could not be fitted on fit:session:digits.zip" in warned, warned
+    assert set(gauges(at)) == set(METHODS) - {"grood"}
+    assert {t.get("name") for t in chart(at, "pg_path_chart")["data"]} == set(METHODS) - {"grood"} | {None}
+    assert not at.get("progress")  # every progress bar finished and was removed
+
+
+def test_corruption_lab_with_an_own_id_set_leaves_an_unfittable_method_blank(open_page):
+    at = open_page("pages/corruptions.py", RunConfig(limit=100, ood=["noise-uniform"], methods=METHODS))
+    add_zip(at, grey_zip(), "digits.zip")
+    assert not at.exception, at.exception
+    assert not at.error, texts(at.error)
+    assert "grood is left blank: it could not be fitted on fit:session:digits.zip" in texts(at.warning)
+    table = at.dataframe[0].value
+    assert set(table["method"]) == set(METHODS)
+    assert table.loc[table["method"] == "grood", "auroc"].isna().all()
+    assert table.loc[table["method"] == "msp", "auroc"].notna().all()
+    assert not at.get("progress")
+
+
+def test_inspect_with_an_own_id_set_leaves_an_unfittable_method_blank(open_page):
+    at = open_page("pages/inspect.py", RunConfig(limit=100, ood=["noise-uniform"], methods=METHODS),
+                   ins_source="A dataset sample", ins_layers=False)
+    add_zip(at, grey_zip(), "digits.zip")
+    assert not at.exception, at.exception
+    assert not at.error, texts(at.error)
+    table = at.dataframe[0].value.set_index("method")
+    assert set(table.index) == set(METHODS)
+    assert table.loc["grood", ["score", "percentile"]].isna().all() and table.loc["grood", "verdict"] == "n/a"
+    assert table.drop(index="grood")["score"].notna().all()
