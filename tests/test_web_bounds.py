@@ -121,3 +121,25 @@ def test_a_builder_that_cannot_be_counted_is_refused_not_built(monkeypatch):
     with pytest.raises(ModelError, match="cannot count the parameters of torchvision:resnet18 before building it"):
         check_parameters_web("torchvision:resnet18")
     budget._default_shape.cache_clear()
+
+
+def test_a_fit_set_read_from_files_is_drawn_down_to_the_web_cap(monkeypatch):
+    """Own ID sets (folders, zips) are read whole, then a seeded draw of at most the cap is fitted on (such sets
+    are often ordered by class, so not the first N), under a cache key of its own."""
+    import numpy as np
+
+    from gradviz.data import ImageSet
+    from gradviz.models.zoo import random_model
+    from gradviz.scoring import FitSet
+
+    labels = np.repeat(np.arange(2), 20)  # ordered by class, as a folder of class folders reads
+    native = ImageSet("folder:own", torch.rand(40, 1, 28, 28), labels)
+    card = random_model("mnist-cnn").card
+    monkeypatch.setenv("GRADVIZ_MAX_SAMPLES_WEB", "10")
+    with session_budget():
+        web = FitSet("folder:own", 0, "digest", native)
+    cli = FitSet("folder:own", 0, "digest", native)
+    drawn = web.load(card)
+    assert len(drawn) == 10 and set(drawn.labels) == {0, 1}
+    assert len(cli.load(card)) == 40
+    assert web.key()["limit"] == 10 and cli.key()["limit"] is None and web.key() != cli.key()
