@@ -21,18 +21,56 @@ if TYPE_CHECKING:  # imported inside the commands, so `gradviz --help` does not 
 def _tqdm_progress():
     from tqdm.auto import tqdm
 
+    from gradviz.progress import SHOW_AFTER_S
+
     bars: dict[str, tqdm] = {}
 
     def progress(done: int, total: int, label: str) -> None:
+        # "fitting mahalanobis on mnist:train (once): 40/125 batches, ~00:30 left", drawn once a pass has run 2 s
         bar = bars.get(label)
+        if bar is not None and (done < bar.n or bar.total != total):  # the same pass again, or its batches now
+            bar.close()
+            bar = None
+        if bar is None and total <= 1 and done == 0:  # a pass announcing itself (e.g. a fit loading its set)
+            return
         if bar is None:
-            bar = bars[label] = tqdm(total=total, desc=label, unit="batch", leave=False, file=sys.stderr)
-        bar.n = done
-        bar.refresh()
+            bar = bars[label] = tqdm(total=total, desc=label, unit="batch", leave=False, file=sys.stderr,
+                                     delay=SHOW_AFTER_S, bar_format="{desc}: {n_fmt}/{total_fmt} batches, "
+                                                                    "~{remaining} left {bar:12}")
+        bar.update(done - bar.n)  # (tqdm draws it only after the delay, at most every 0.1 s)
         if done >= total:
             bar.close()
+            bars.pop(label, None)
 
     return progress
+
+
+class _PlanLines:
+    """Prints each distinct batch plan of :mod:`gradviz.budget` once, as one stderr line, while a command runs."""
+
+    def __enter__(self):
+        import logging
+
+        seen: set[str] = set()
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                text = record.getMessage()
+                if text not in seen:
+                    from tqdm.auto import tqdm
+
+                    seen.add(text)
+                    tqdm.write(text, file=sys.stderr)  # above any progress bar, not inside it
+
+        self.logger = logging.getLogger("gradviz.budget")
+        self.handler, self.level = Handler(logging.INFO), self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
 
 
 def output_folder(path: str | Path, flag: str = "--out") -> Path:
@@ -83,7 +121,8 @@ def _add_common(p: argparse.ArgumentParser, methods: bool = False) -> None:
     g.add_argument("--limit", type=int, default=None, help="at most N samples per dataset (default: all)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
-    g.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 256)")
+    g.add_argument("--batch-size", type=int, default=None, help="at most N images per batch (default: as many as the memory budget "
+                                                              "allows, GRADVIZ_MEMORY_MB)")
     if methods:
         g.add_argument("--methods", default=None, help="comma-separated method names or 'all' (default: all)")
     p.add_argument("--cache", default=None, help="results cache folder (default: ~/.cache/gradviz/results); 'none' disables")
@@ -412,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "compile", None):
         os.environ["GRADVIZ_COMPILE"] = args.compile  # read by the engine through gradviz.config.settings()
     try:
-        return int(args.func(args) or 0)
+        with _PlanLines():
+            return int(args.func(args) or 0)
     except GradvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ names the field (``limit: expected a positive whole number up to 1,000,000, or n
 | limit        | null or a positive whole number up to 1,000,000 (12.0 is 12; 12.7, NaN, 1e18 are errors) |
 | seed         | a whole number in [0, 2**32)                                                |
 | device       | ``cpu``, ``cuda``, ``cuda:N`` or ``mps``                                    |
-| batch_size   | a whole number in [1, 65536]                                                |
+| batch_size   | null (the memory planner chooses) or a whole number in [1, 65536]: an upper bound |
 | params       | {method: {parameter: value}}; methods and parameters known, values in range |
 
 Unknown fields, unknown methods (in ``methods`` or ``params``), unknown dataset kinds and
@@ -88,7 +88,7 @@ class RunConfig:
     limit: int | None = 1000
     seed: int = 0
     device: str = "cpu"
-    batch_size: int = 256
+    batch_size: int | None = None  # an upper bound; the memory planner (gradviz.budget) chooses each pass's batch
     fit_set: str = "mnist:train"
     params: dict[str, dict] = field(default_factory=dict)
 
@@ -180,11 +180,12 @@ class RunConfig:
             self.seed = seed
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
             bad("device", "cpu, cuda, cuda:N or mps", self.device)
-        batch = _whole(self.batch_size)
-        if batch is None or not 1 <= batch <= MAX_BATCH:
-            bad("batch_size", f"a whole number from 1 to {MAX_BATCH:,}", self.batch_size)
-        else:
-            self.batch_size = batch
+        if self.batch_size is not None:
+            batch = _whole(self.batch_size)
+            if batch is None or not 1 <= batch <= MAX_BATCH:
+                bad("batch_size", f"null or a whole number from 1 to {MAX_BATCH:,}", self.batch_size)
+            else:
+                self.batch_size = batch
         if problems:
             raise ConfigError("invalid run configuration: " + "; ".join(problems))
         return self

@@ -21,11 +21,13 @@ import pandas as pd
 import torch
 from cachetools import LRUCache, cached
 
+from gradviz.budget import batch_size_for, fit_limit, scoring_kind
 from gradviz.data import ImageSet, load_dataset, short_spec
 from gradviz.errors import MethodError
 from gradviz.metrics import MIN_VALID
 from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, needs_graph, resolve_methods
 from gradviz.models import GradvizModel, load_model
+from gradviz.progress import reporting
 from gradviz.runconfig import RunConfig
 from gradviz.store import ResultStore, cache_key
 
@@ -81,17 +83,21 @@ def make_runners(model: GradvizModel, infos: list[MethodInfo], params: dict[str,
     Without it, the error is raised."""
     params = params or {}
     runners = []
-    for n, info in enumerate(infos):
-        if info.needs_fit and progress:  # fits are one-off but take seconds: say what is running
-            progress(n, len(infos), f"fitting {info.name} on {fit_set} (once)")
+    for info in infos:
         if unfitted is not None and info.name in unfitted:
             continue
+        fitting = f"fitting {info.name} on {fit_set} (once)"
+        if info.needs_fit and progress:  # fits are one-off but take seconds: say what is running
+            progress(0, 1, fitting)
         try:
-            runners.append(make_runner(model, info, params.get(info.name), fit_set, seed, fit=fit))
+            with reporting(progress if info.needs_fit else None, fitting):  # the fit's batches, with an ETA
+                runners.append(make_runner(model, info, params.get(info.name), fit_set, seed, fit=fit))
         except MethodError as exc:
             if unfitted is None or not info.needs_fit:
                 raise
             unfitted[info.name] = str(exc)
+        if info.needs_fit and progress:
+            progress(1, 1, fitting)
     return runners
 
 
@@ -101,12 +107,12 @@ def blank_method_warnings(unfitted: dict[str, str], fit_set: str) -> list[str]:
             for name, reason in unfitted.items()]
 
 
-def fit_inputs(fit_set: str, seed: int, content: str | None = None) -> dict:
+def fit_inputs(fit_set: str, seed: int, content: str | None = None, limit: int | None = None) -> dict:
     """What a fitted method's state depends on besides the model and its parameters, as a cache-key part: the fit
     set's spec (a ``fit:`` split names its share), the seed (it draws the split and any sampled set), the number
-    of images read (all of them: fits take no ``limit``) and, for a set read from files, a digest of what was read.
-    The in-memory and the on-disk keys both use it."""
-    return {"spec": fit_set, "seed": int(seed), "limit": None, "content": content}
+    of images read (all of them, except in a web session: at most ``GRADVIZ_MAX_SAMPLES_WEB``) and, for a set read
+    from files, a digest of what was read. The in-memory and the on-disk keys both use it."""
+    return {"spec": fit_set, "seed": int(seed), "limit": None if limit is None else int(limit), "content": content}
 
 
 def model_inputs(model: GradvizModel) -> dict:
@@ -129,6 +135,7 @@ class FitSet:
     seed: int = 0
     content: str | None = None
     native: ImageSet | None = field(default=None, repr=False, compare=False)  # as read, before the card's adaptation
+    limit: int | None = field(default_factory=fit_limit)  # the web app's sample cap in a session, else None (all)
 
     @classmethod
     def identify(cls, spec: str, seed: int = 0, allowed_roots: Sequence[str | Path] | None = None) -> "FitSet":
@@ -144,15 +151,20 @@ class FitSet:
         return cls(spec, int(seed), content.hexdigest()[:16], data)
 
     def key(self) -> dict:
-        return fit_inputs(self.spec, self.seed, self.content)
+        return fit_inputs(self.spec, self.seed, self.content, self.limit)
 
     def load(self, card) -> ImageSet:
-        """The fit set at ``card``'s input (the images already read when :meth:`identify` read them)."""
+        """The fit set at ``card``'s input (the images already read when :meth:`identify` read them), at most
+        ``limit`` of them (a seeded draw from a set read from files: those are often ordered by class)."""
         if self.native is None:
-            return load_dataset(self.spec, card, seed=self.seed, limit=self.key()["limit"])
+            return load_dataset(self.spec, card, seed=self.seed, limit=self.limit)
         from gradviz.data import adapt_images
 
-        return ImageSet(self.native.spec, adapt_images(self.native.images, card), self.native.labels)
+        native = self.native
+        if self.limit is not None and len(native) > self.limit:
+            keep = np.sort(np.random.default_rng(self.seed).choice(len(native), self.limit, replace=False))
+            native = native.subset(keep)
+        return ImageSet(native.spec, adapt_images(native.images, card), native.labels)
 
 
 # Fitted detectors are deterministic functions of (model, method, params, fit inputs): keep a few.
@@ -174,13 +186,18 @@ def _fitted(model: GradvizModel, runner: MethodRunner, fit: FitSet) -> MethodRun
 
 
 def score_images(model: GradvizModel, images: torch.Tensor, runners: list[MethodRunner],
-                 batch_size: int = 256, progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
+                 batch_size: int | None = None, progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
     """Prediction, confidence and every runner's uncertainty for ``images``, batch by batch (confidence is NaN
-    where the logits are NaN or infinite: the softmax is undefined there)."""
+    where the logits are NaN or infinite: the softmax is undefined there).
+
+    The batch is planned for the memory budget (:mod:`gradviz.budget`); ``batch_size`` is an upper bound."""
     n = int(images.shape[0])
+    batch_size = batch_size_for(model, scoring_kind(runners), "scoring", upper=batch_size, n=n)
     out: dict[str, list] = {"prediction": [], "confidence": [], **{r.info.name: [] for r in runners}}
     total = max(1, -(-n // batch_size))
     keep_graph = needs_graph(runners)  # gradient methods share one hooked forward per batch
+    if progress:
+        progress(0, total, label)  # the clock of the pass's ETA starts here
     for i, start in enumerate(range(0, n, batch_size)):
         with model.lock:  # one session's forward+backward passes never interleave with another's hooks
             batch = ModelOutputs.from_model(model, images[start:start + batch_size], keep_graph=keep_graph)
@@ -195,7 +212,7 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
 
 def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[MethodInfo], *,
                   params: dict[str, dict] | None = None, fit_set: str = "mnist:train", seed: int = 0,
-                  batch_size: int = 256, store: ResultStore | None = None,
+                  batch_size: int | None = None, store: ResultStore | None = None,
                   progress: Progress | None = None, unfitted: dict[str, str] | None = None,
                   fit: FitSet | None = None) -> pd.DataFrame:
     """Score one dataset with every method; cached per method in ``store`` (only misses run).
@@ -226,7 +243,7 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
     need_base = "prediction" not in cached
     if missing or need_base:
         runners = make_runners(model, missing, params, fit_set, seed, unfitted=unfitted, progress=progress, fit=fit)
-        fresh = score_images(model, data.images, runners, batch_size, progress, label=data.spec)
+        fresh = score_images(model, data.images, runners, batch_size, progress, label=f"scoring {data.spec}")
         if store is not None:
             store.put(key("_base"), {"prediction": fresh["prediction"], "confidence": fresh["confidence"]},
                       {"dataset": data.spec})
@@ -360,7 +377,7 @@ def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | N
     return ScoreResult(scores, metrics, cfg, warnings, skipped, notes)
 
 
-def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, batch_size: int = 256,
+def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, batch_size: int | None = None,
                 store: ResultStore | None = None, progress: Progress | None = None) -> pd.DataFrame:
     """Layerwise gradient metrics (Oberdiek et al. 2018): one row per sample, columns (layer, stat).
 
@@ -378,7 +395,10 @@ def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, 
     else:
         parts, layers, stats = [], None, None
         n = len(data)
+        batch_size = batch_size_for(model, "gradients", "layer gradients", upper=batch_size, n=n)
         total = max(1, -(-n // batch_size))
+        if progress:
+            progress(0, total, f"{data.spec} layers")
         for i, start in enumerate(range(0, n, batch_size)):
             ls = layer_gradient_stats(model, data.images[start:start + batch_size].to(model.device), loss=loss)
             parts.append(ls.values.detach().float().cpu().numpy())

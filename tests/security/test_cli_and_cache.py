@@ -255,7 +255,7 @@ def _config_file(tmp_path: Path, text: str) -> str:
     ('{"limit": -1e18}', "limit: expected a positive whole number"),
     ('{"limit": 1e400}', "limit: expected a positive whole number"),  # JSON's 1e400 is inf in Python
     ('{"seed": 1e18}', "seed: expected a whole number from 0 to 4294967295"),
-    ('{"batch_size": 1e18}', "batch_size: expected a whole number from 1 to 65,536"),
+    ('{"batch_size": 1e18}', "batch_size: expected null or a whole number from 1 to 65,536"),
     ('{"id": "test:nan:mnist", "fit_set": "fit:nan:mnist"}', "must lie strictly between 0 and 1, got nan"),
     ('{"id": "test:1e400:mnist", "fit_set": "fit:0:mnist"}', "must lie strictly between 0 and 1, got inf"),
     ('{"fit_set": "fit:2:mnist"}', "must lie strictly between 0 and 1, got 2"),
