@@ -40,7 +40,6 @@ SECTION = "## Real-size models"
 
 _WORKER = textwrap.dedent("""
     import ctypes, gc, json, sys, time
-    sys.path.insert(0, {root!r})
     import torch
     from gradviz.budget import plan_batch, scoring_kind
     from gradviz.errors import GradvizError
@@ -114,7 +113,7 @@ def save_weights(arch: str, folder: Path) -> Path:
 
 def measure(arch: str, weights: Path, what: str, images: int, batch: int | None, threads: int) -> dict:
     """One measurement in a fresh process."""
-    code = _WORKER.format(root=str(ROOT), name=f"torchvision:{arch}", weights=str(weights), images=images,
+    code = _WORKER.format(name=f"torchvision:{arch}", weights=str(weights), images=images,
                           what=what, batch=batch)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=6 * 3600, env=env)
@@ -172,7 +171,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--write", action="store_true", help="write the tables into docs/PERFORMANCE.md")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     from gradviz.methods.registry import list_methods
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
