@@ -34,13 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gradviz.engine import kernels as reductions
+from gradviz.gradients import STATS, layer_gradient_stats, layer_sq_l2_norms, parametrised_layers
+from gradviz.methods import ModelOutputs, list_methods, run_method
+from gradviz.models.zoo import random_model
 
-from gradviz.engine import kernels as reductions  # noqa: E402
-from gradviz.gradients import STATS, layer_gradient_stats, layer_sq_l2_norms, parametrised_layers  # noqa: E402
-from gradviz.methods import ModelOutputs, list_methods, run_method  # noqa: E402
-from gradviz.models.zoo import random_model  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CASES = {  # name -> (arch, input size, batch, quick batch, memory batches)
     "mnist-cnn": ("mnist-cnn", (1, 28, 28), 256, 64, (256, 1024)),
@@ -522,8 +521,7 @@ def main() -> None:
     md = report(results, floors, memory, args.quick, time.perf_counter() - t0)
     print(md)
     if args.write:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from report_md import replace_section
+        from report_md import replace_section  # beside this script
 
         heading = "Per-sample gradient engine" + ("" if args.device == "cpu" else f" ({args.device})")
         replace_section(ROOT / "docs" / "PERFORMANCE.md", heading, md)

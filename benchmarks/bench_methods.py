@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gradviz.methods import ModelOutputs, list_methods
+from gradviz.methods import _fitting
+from gradviz.methods.registry import needs_graph
 
-from gradviz.methods import ModelOutputs, list_methods  # noqa: E402
-from gradviz.methods import _fitting  # noqa: E402
-from gradviz.methods.registry import needs_graph  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 HEADING = "Cost of each method"
 

@@ -23,7 +23,6 @@ import argparse
 import io
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -31,16 +30,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gradviz import plots
+from gradviz.data import load_dataset
+from gradviz.images import decode_image
+from gradviz.methods.registry import resolve_methods
+from gradviz.models import load_model
+from gradviz.playground import PATHS, build_reference, canvas_to_input, figures, score_batch, walk
+from gradviz.scoring import RunConfig, layer_table, make_runner, run
 
-from gradviz import plots  # noqa: E402
-from gradviz.data import load_dataset  # noqa: E402
-from gradviz.images import decode_image  # noqa: E402
-from gradviz.methods.registry import resolve_methods  # noqa: E402
-from gradviz.models import load_model  # noqa: E402
-from gradviz.playground import PATHS, build_reference, canvas_to_input, figures, score_batch, walk  # noqa: E402
-from gradviz.scoring import RunConfig, layer_table, make_runner, run  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CANVAS = 280
 

@@ -36,17 +36,15 @@ from pathlib import Path
 import torch
 import torchvision
 
+from gradviz.engine import kernels
+from gradviz.gradients import layer_gradient_stats, layer_parameters, layer_sq_l2_norms
+from gradviz.methods import ModelOutputs, run_method
+from gradviz.models import GradvizModel
+from gradviz.models.card import ModelCard
+
+from bench_gradients import nll_pred, vmap_grads  # beside this script: the peers' loss and vmap, one copy
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from gradviz.engine import kernels  # noqa: E402
-from gradviz.gradients import layer_gradient_stats, layer_parameters, layer_sq_l2_norms  # noqa: E402
-from gradviz.methods import ModelOutputs, run_method  # noqa: E402
-from gradviz.models import GradvizModel  # noqa: E402
-from gradviz.models.card import ModelCard  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_gradients import nll_pred, vmap_grads  # noqa: E402  (the peers' loss and vmap, one copy)
 
 CASES = {  # name -> (builder, input size, classes, batch, quick batch)
     "vit-tiny-28": ("vit-tiny-28", (1, 28, 28), 10, 256, 64),
@@ -193,9 +191,8 @@ def measure(case: str, quick: bool, rows: list[str], rounds: int) -> list[dict]:
 
 
 _MEMORY = r"""
-import sys, json, torch
-sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
-import bench_transformers as b
+import json
+import bench_transformers as b  # run in benchmarks/
 
 def kib(field):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
@@ -213,8 +210,9 @@ def peak_memory(case: str, quick: bool, what: str) -> float | None:
     """MiB of peak resident memory above a warm model, in a fresh process."""
     call = {"fwd+bwd": "b.forward_backward(model, x)", "six": "b.RUNNERS['six'](model, x)",
             "l2": "b.RUNNERS['l2'](model, x)"}[what]
-    code = _MEMORY.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), case=case, quick=quick, call=call)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+    code = _MEMORY.format(case=case, quick=quick, call=call)
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "benchmarks", capture_output=True, text=True,
+                         timeout=1800)
     try:
         return float(run.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import signal
 import statistics
 import sys
@@ -30,11 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from load_test import append_section, load_average  # benchmarks/load_test.py, beside this script
+
+from gradviz.testing import browser as lt
+
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("gv_load_test", ROOT / "benchmarks" / "load_test.py")
-lt = importlib.util.module_from_spec(_spec)
-sys.modules["gv_load_test"] = lt
-_spec.loader.exec_module(lt)
 
 DEFAULT_SAMPLES = 1000  # the sidebar default
 RERUN_METHODS = ("gaia_z", "confounding", "energy", "grad_l2", "msp")
@@ -215,8 +214,6 @@ def speed_probe() -> float:
     these shared cores are right now (the dashboard's times scale with it)."""
     import torch
 
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from gradviz.models import load_model
 
     model = load_model("mnist-cnn")
@@ -240,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(lt.CHROMIUM).exists():
         print(f"{lt.CHROMIUM} not found", file=sys.stderr)
         return 2
-    load0, probe0 = lt.load_average(), speed_probe()
+    load0, probe0 = load_average(), speed_probe()
     t0 = time.perf_counter()
     ab = asyncio.run(measure_default(args.samples))
     pages = [] if args.skip_pages else asyncio.run(measure_pages(args.page_samples))
@@ -253,14 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     note = (f"{time.strftime('%Y-%m-%d %H:%M')} · `benchmarks/dashboard_timing.py --samples {args.samples} "
             f"--page-samples {args.page_samples}` · headless Chromium 1280×900; a time runs from the navigation, "
             f"click or upload to the first moment the script run was over, nothing was stale and every Plotly "
-            f"chart was drawn (no exception). Load average before/after: {load0} / {lt.load_average()} on 2 "
+            f"chart was drawn (no exception). Load average before/after: {load0} / {load_average()} on 2 "
             f"shared cores; one plain forward+backward of mnist-cnn at batch 256 took {probe0:.0f} / "
             f"{speed_probe():.0f} ms before/after (the dashboard's times scale with it); total "
             f"{time.perf_counter() - t0:.0f} s.")
     text = "\n".join(lines) + "\n\n" + note
     print(text)
     if args.write:
-        lt.append_section(ROOT / "docs" / "PERFORMANCE.md", "Dashboard responsiveness", text)
+        append_section(ROOT / "docs" / "PERFORMANCE.md", "Dashboard responsiveness", text)
     return 0
 
 

@@ -38,7 +38,7 @@ def corruption_spec(name: str, severity: int) -> str:
 
 def severity_scores(model: GradvizModel, corruption: str, methods: list[str] | str, *, id_spec: str = "mnist",
                     severities: tuple[int, ...] = SEVERITIES, limit: int | None = 500, seed: int = 0,
-                    params: dict[str, dict] | None = None, fit_set: str = "mnist:train", batch_size: int = 256,
+                    params: dict[str, dict] | None = None, fit_set: str = "mnist:train", batch_size: int | None = None,
                     store: ResultStore | None = None, progress: Progress | None = None,
                     loader: Callable[[str], ImageSet] | None = None, clean: pd.DataFrame | None = None,
                     unfitted: dict[str, str] | None = None) -> pd.DataFrame:

@@ -227,6 +227,21 @@ Runner = Callable[[GradvizModel, Callable, torch.Tensor, torch.Tensor | None, di
                   tuple[torch.Tensor, str | None, str]]
 
 
+def _planned(model, name: str, upper, n: int) -> int:
+    """Images per internal forward+backward of an attribution, planned for the memory budget (``upper``,
+    the method's parameter, is an upper bound)."""
+    from gradviz.budget import batch_size_for
+
+    return batch_size_for(model, "backward", name, upper=int(upper) if upper else None, n=max(1, int(n)))
+
+
+def _noisy_per_batch(model, x, p) -> int:
+    """SmoothGrad's noisy copies per image and batch (captum runs that many × B images at once), planned."""
+    b = max(1, int(x.shape[0]))
+    upper = int(p["nt_samples_batch_size"]) * b if p["nt_samples_batch_size"] else None
+    return max(1, _planned(model, "smoothgrad", upper, int(p["nt_samples"]) * b) // b)
+
+
 def _saliency(model, f, x, target, p):
     return Saliency(f).attribute(x, target=target, abs=bool(p["abs"])), None, ""
 
@@ -238,7 +253,7 @@ def _integrated_gradients(model, f, x, target, p):
     base = _baseline(p["baseline"], x)
     attr, delta = IntegratedGradients(f).attribute(
         x, baselines=base, target=target, n_steps=n_steps,
-        internal_batch_size=int(p["internal_batch_size"]) if p["internal_batch_size"] else None,
+        internal_batch_size=_planned(model, "integrated gradients", p["internal_batch_size"], n_steps * x.shape[0]),
         return_convergence_delta=True,
     )
     what = "z" if f is model else "u"
@@ -306,7 +321,7 @@ def _occlusion(model, f, x, target, p):
 def _smoothgrad(model, f, x, target, p):
     attr = NoiseTunnel(Saliency(f)).attribute(
         x, nt_type="smoothgrad", nt_samples=int(p["nt_samples"]),
-        nt_samples_batch_size=int(p["nt_samples_batch_size"]) if p["nt_samples_batch_size"] else None,
+        nt_samples_batch_size=_noisy_per_batch(model, x, p),
         stdevs=float(p["stdevs"]), target=target, abs=bool(p["abs"]),
     )
     return attr, None, f"{p['nt_samples']} noisy copies, σ = {p['stdevs']} (input units)"

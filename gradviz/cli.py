@@ -9,25 +9,91 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gradviz.errors import GradvizError
+
+if TYPE_CHECKING:  # imported inside the commands, so `gradviz --help` does not load torch
+    from gradviz.report import ReportConfig
+    from gradviz.runconfig import RunConfig
 
 
 def _tqdm_progress():
     from tqdm.auto import tqdm
 
+    from gradviz.progress import SHOW_AFTER_S
+
     bars: dict[str, tqdm] = {}
 
     def progress(done: int, total: int, label: str) -> None:
+        # "fitting mahalanobis on mnist:train (once): 40/125 batches, ~00:30 left", drawn once a pass has run 2 s
         bar = bars.get(label)
+        if bar is not None and (done < bar.n or bar.total != total):  # the same pass again, or its batches now
+            bar.close()
+            bar = None
+        if bar is None and total <= 1 and done == 0:  # a pass announcing itself (e.g. a fit loading its set)
+            return
         if bar is None:
-            bar = bars[label] = tqdm(total=total, desc=label, unit="batch", leave=False, file=sys.stderr)
-        bar.n = done
-        bar.refresh()
+            bar = bars[label] = tqdm(total=total, desc=label, unit="batch", leave=False, file=sys.stderr,
+                                     delay=SHOW_AFTER_S, bar_format="{desc}: {n_fmt}/{total_fmt} batches, "
+                                                                    "~{remaining} left {bar:12}")
+        bar.update(done - bar.n)  # (tqdm draws it only after the delay, at most every 0.1 s)
         if done >= total:
             bar.close()
+            bars.pop(label, None)
 
     return progress
+
+
+class _PlanLines:
+    """Prints each distinct batch plan of :mod:`gradviz.budget` once, as one stderr line, while a command runs."""
+
+    def __enter__(self):
+        import logging
+
+        seen: set[str] = set()
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                text = record.getMessage()
+                if text not in seen:
+                    from tqdm.auto import tqdm
+
+                    seen.add(text)
+                    tqdm.write(text, file=sys.stderr)  # above any progress bar, not inside it
+
+        self.logger = logging.getLogger("gradviz.budget")
+        self.handler, self.level = Handler(logging.INFO), self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+
+def output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as the folder a command writes into, made if missing; checked before any work starts, so a
+    file of that name (or a folder that cannot be made) ends in one ``error:`` line, not a traceback at the end."""
+    out = Path(path)
+    shown = str(path) if len(str(path)) <= 200 else f"{str(path)[:199]}… ({len(str(path)):,} characters)"
+    if out.exists() and not out.is_dir():
+        raise GradvizError(f"{flag} {shown} is an existing file, not a folder; name a folder (it is made if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, no permission, read-only disk, name too long
+        raise GradvizError(f"{flag} {shown}: cannot make that folder ({exc.strerror or type(exc).__name__}); "
+                           "name a folder you can write to") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise GradvizError(f"{flag} {shown}: the folder is not writable; name a folder you can write to")
+    return out
+
+
+def check_count(value: int | None, flag: str, low: int, high: int) -> None:
+    """A whole-number flag given on the command line within [low, high] (None: not given), else one error line."""
+    if value is not None and not low <= value <= high:
+        raise GradvizError(f"{flag} must be a whole number from {low:,} to {high:,}, got {value:,}")
 
 
 # Run-configuration fields the flags set; given beside --config, a flag overrides that field of the file.
@@ -55,7 +121,8 @@ def _add_common(p: argparse.ArgumentParser, methods: bool = False) -> None:
     g.add_argument("--limit", type=int, default=None, help="at most N samples per dataset (default: all)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
-    g.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 256)")
+    g.add_argument("--batch-size", type=int, default=None, help="at most N images per batch (default: as many as the memory budget "
+                                                              "allows, GRADVIZ_MEMORY_MB)")
     if methods:
         g.add_argument("--methods", default=None, help="comma-separated method names or 'all' (default: all)")
     p.add_argument("--cache", default=None, help="results cache folder (default: ~/.cache/gradviz/results); 'none' disables")
@@ -140,6 +207,7 @@ def cmd_score(args) -> int:
 
     cfg = _config(args)
     _check_device(cfg.device)
+    output_folder(args.out)
     if args.shard:
         from gradviz.distributed import run_sharded
 
@@ -179,6 +247,8 @@ def cmd_coverage(args) -> int:
 
     cfg = _config(args)
     _check_device(cfg.device)
+    if args.out:
+        output_folder(args.out)
     report = coverage(_load_model(cfg.model, cfg.weights, cfg.device))
     print(report)
     if args.out:
@@ -206,6 +276,7 @@ def cmd_layers(args) -> int:
     if args.loss not in LOSSES:
         raise GradvizError(f"unknown loss {args.loss!r}; known: {', '.join(LOSSES)}")
     _check_device(cfg.device)
+    output_folder(args.out)
     model = _load_model(cfg.model, cfg.weights, cfg.device)
     frames = []
     for spec in [cfg.id] + cfg.ood:
@@ -233,6 +304,7 @@ def cmd_meta(args) -> int:
     cfg = _config(args)
     cfg.methods = ["entropy", "msp"]
     _check_device(cfg.device)
+    output_folder(args.out)
     model = _load_model(cfg.model, cfg.weights, cfg.device)
     store = _store(args)
     result = run(cfg, progress=_tqdm_progress(), store=store, model=model)
@@ -254,7 +326,10 @@ def _report_config(args) -> "ReportConfig":
     from gradviz.analysis import SEVERITIES
     from gradviz.data.corruptions import list_corruptions
     from gradviz.report import ReportConfig
+    from gradviz.runconfig import MAX_LIMIT, MAX_SEED
 
+    check_count(args.limit, "--limit", 1, MAX_LIMIT)
+    check_count(args.seed, "--seed", 0, MAX_SEED)
     cfg = ReportConfig.quick() if args.quick else ReportConfig()
     if args.limit:
         cfg.limit = args.limit
@@ -280,6 +355,7 @@ def cmd_report(args) -> int:
     from gradviz.report import build_report
 
     cfg = _report_config(args)
+    output_folder(args.out)
     flags = [("--quick", args.quick), (f"--limit {args.limit}", args.limit), (f"--corruptions {args.corruptions}",
              args.corruptions), (f"--severities {args.severities}", args.severities)]
     argv = " ".join(["python -m gradviz report", *(flag for flag, given in flags if given)])
@@ -375,9 +451,14 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "compile", None):
         os.environ["GRADVIZ_COMPILE"] = args.compile  # read by the engine through gradviz.config.settings()
     try:
-        return int(args.func(args) or 0)
+        with _PlanLines():
+            return int(args.func(args) or 0)
     except GradvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that vanished or cannot be written mid-run: said in one line, as the rest
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot read or write{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

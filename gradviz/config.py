@@ -18,6 +18,15 @@
 | compile            | GRADVIZ_COMPILE (auto/on/off) | auto               |
 | fold_bn            | GRADVIZ_FOLD_BN (on/off)    | on                   |
 | torch_threads      | GRADVIZ_TORCH_THREADS       | 0 = 1 in the web server unless OMP_NUM_THREADS is set |
+| memory_mb          | GRADVIZ_MEMORY_MB           | CLI: 50 % of MemAvailable |
+| session_memory_mb  | GRADVIZ_SESSION_MEMORY_MB   | 2048 (web, per session) |
+| max_params_web     | GRADVIZ_MAX_PARAMS_WEB      | 100_000_000          |
+| max_side_web       | GRADVIZ_MAX_SIDE_WEB        | 384                  |
+
+``memory_mb`` is the memory budget every pass plans its batch for (gradviz.budget); unset, the
+command line takes half of the memory available when a pass starts. The web app plans each
+session's passes for ``session_memory_mb`` instead, and refuses models of more than
+``max_params_web`` parameters (counted before they are built) and cards wider than ``max_side_web``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 
@@ -62,6 +72,10 @@ class Settings:
     fold_bn: bool = True
     max_weights_mb: int = 200
     max_zip_mb: int = 100
+    memory_mb: int | None = None  # None: a share of the available memory (gradviz.budget)
+    session_memory_mb: int = 2048
+    max_params_web: int = 100_000_000
+    max_side_web: int = 384
     torch_threads: int = 0  # torch threads of the web server; 0 = see server_torch_threads
 
 
@@ -109,8 +123,20 @@ def _resolve(env: tuple[tuple[str, str], ...]) -> Settings:
         fold_bn=os.environ.get("GRADVIZ_FOLD_BN", "on").strip().lower() not in ("off", "0", "false", "no"),
         max_weights_mb=_env_int("GRADVIZ_MAX_WEIGHTS_MB", 200),
         max_zip_mb=_env_int("GRADVIZ_MAX_ZIP_MB", 100),
+        memory_mb=_env_int("GRADVIZ_MEMORY_MB", 0) or None,
+        session_memory_mb=_env_int("GRADVIZ_SESSION_MEMORY_MB", 2048),
+        max_params_web=_env_int("GRADVIZ_MAX_PARAMS_WEB", 100_000_000),
+        max_side_web=_env_int("GRADVIZ_MAX_SIDE_WEB", 384),
         torch_threads=_env_int("GRADVIZ_TORCH_THREADS", 0),
     )
 
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+def asset_path(name: str = "") -> Path:
+    """The bundled file ``name`` (weights, cards), or the folder of them for ``""``: ``gradviz/_assets`` in an
+    installed package (read through importlib.resources), else the checkout's top-level ``assets/``."""
+    packaged = resources.files("gradviz").joinpath("_assets")
+    folder = Path(str(packaged)) if packaged.is_dir() else Path(__file__).resolve().parent.parent / "assets"
+    return folder / name if name else folder
+
+
+ASSETS = asset_path()

@@ -24,9 +24,12 @@ from gradviz.models import GradvizModel
 __all__ = ["factor_frame", "decomposition_table"]
 
 
-def factor_frame(model: GradvizModel, data: ImageSet, batch_size: int = 256) -> pd.DataFrame:
+def factor_frame(model: GradvizModel, data: ImageSet, batch_size: int | None = None) -> pd.DataFrame:
     """Every feature and output factor per sample of ``data`` (one row per sample, one column per factor)."""
+    from gradviz.budget import batch_size_for
+
     parts: dict[str, list[np.ndarray]] = {}
+    batch_size = batch_size_for(model, "forward", "decomposition", upper=batch_size, n=len(data))
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             batch = ModelOutputs.from_model(model, data.images[start:start + batch_size])
@@ -36,7 +39,7 @@ def factor_frame(model: GradvizModel, data: ImageSet, batch_size: int = 256) -> 
 
 
 def decomposition_table(model: GradvizModel, id_data: ImageSet, ood: dict[str, ImageSet],
-                        methods: list[str] | None = None, batch_size: int = 256) -> pd.DataFrame:
+                        methods: list[str] | None = None, batch_size: int | None = None) -> pd.DataFrame:
     """One row per (last-layer gradient score, OOD set): AUROC of the score, of its feature factor alone and of
     its output factor alone (each as an uncertainty in the score's direction), and the Spearman correlation of
     the score with its feature factor over all samples (1 = the score ranks samples exactly like ‖h‖)."""

@@ -252,6 +252,27 @@ def _shrink(img: Image.Image, fit: tuple[int, int], notes: list[str]) -> Image.I
     return img.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
+def fit_within(data: bytes, side: int) -> tuple[int, int] | None:
+    """(H, W) of the upright image scaled so its longer side is ``side`` (aspect kept), read from the
+    header only; None when it is no larger or the header cannot be read (then :func:`decode_image` decides).
+
+    Pass it as ``decode_image(..., fit=...)``: a 4000×3000 camera frame is then decoded already reduced."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(bytes(data)), formats=list(ALLOWED_FORMATS)) as img:
+                w, h = (int(v) for v in img.size)
+                orientation = _orientation(img)
+    except Exception:  # noqa: BLE001 — untrusted bytes: decode_image refuses them with its own message
+        return None
+    if orientation in _SWAPS_SIDES:
+        w, h = h, w
+    if max(h, w) <= side or min(h, w) <= 0:
+        return None
+    f = side / max(h, w)
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
 def _minmax(x: np.ndarray) -> np.ndarray:
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
     if not np.isfinite(hi - lo) or hi - lo <= 0:

@@ -42,7 +42,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.impute import SimpleImputer

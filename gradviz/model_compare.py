@@ -35,10 +35,14 @@ def supported_methods(model: GradvizModel, images: torch.Tensor, methods: list[s
     supported"; anything else is a bug and is raised.
     """
     ok, refused = [], {}
-    x = images[:PROBE_IMAGES].to(model.device)
+    from gradviz.budget import batch_size_for, scoring_kind
+
     for info in resolve_methods(methods):
         try:
             runner = make_runner(model, info, (params or {}).get(info.name), fit_set, seed)
+            probe = batch_size_for(model, scoring_kind([runner]), f"probing {info.name}", upper=PROBE_IMAGES,
+                                   n=int(images.shape[0]))
+            x = images[:probe].to(model.device)
             with model.lock:
                 batch = ModelOutputs.from_model(model, x, keep_graph=needs_graph([runner]))
                 values = runner.score(batch)

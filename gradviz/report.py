@@ -300,7 +300,7 @@ def build_report(cfg: ReportConfig | None = None, out_dir: str | Path = "docs", 
         "",
         "Correct vs incorrect prediction on ID digits, cross-validated (`cv` = out-of-fold). `threshold` rows threshold "
         "one score; other rows are meta classifiers on the named feature set (accuracy at probability 0.5, so with "
-        f"few errors it mostly mirrors the class balance — compare AUROC).",
+        "few errors it mostly mirrors the class balance — compare AUROC).",
         "",
         meta_note or _fmt(correct),
         "",

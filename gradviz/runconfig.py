@@ -3,7 +3,7 @@
 :class:`RunConfig` is what the dashboard's sidebar builds, what ``config.json`` exports hold and
 what ``python -m gradviz score --config`` replays. :meth:`RunConfig.validate` checks every field
 once, before anything is loaded, scored or cached, and reports every problem in one line that
-names the field (``limit: expected a positive whole number or null, got 'fifty'``):
+names the field (``limit: expected a positive whole number up to 1,000,000, or null, got a string "fifty"``):
 
 | field        | accepted                                                                    |
 |--------------|-----------------------------------------------------------------------------|
@@ -12,10 +12,10 @@ names the field (``limit: expected a positive whole number or null, got 'fifty'`
 | id, fit_set  | one dataset spec                                                            |
 | ood          | a list of dataset specs, or one spec as a string (``"letters"``)           |
 | methods      | ``"all"``, a list of method names, or one comma-separated string            |
-| limit        | null or a positive whole number (12.0 is 12; 12.7, "fifty", NaN are errors) |
+| limit        | null or a positive whole number up to 1,000,000 (12.0 is 12; 12.7, NaN, 1e18 are errors) |
 | seed         | a whole number in [0, 2**32)                                                |
 | device       | ``cpu``, ``cuda``, ``cuda:N`` or ``mps``                                    |
-| batch_size   | a whole number in [1, 65536]                                                |
+| batch_size   | null (the memory planner chooses) or a whole number in [1, 65536]: an upper bound |
 | params       | {method: {parameter: value}}; methods and parameters known, values in range |
 
 Unknown fields, unknown methods (in ``methods`` or ``params``), unknown dataset kinds and
@@ -32,10 +32,11 @@ from typing import Any, Collection
 
 from gradviz.errors import GradvizError, MethodError
 
-__all__ = ["RunConfig", "ConfigError", "MAX_CONFIG_BYTES"]
+__all__ = ["RunConfig", "ConfigError", "MAX_CONFIG_BYTES", "MAX_LIMIT", "MAX_BATCH", "MAX_SEED"]
 
 MAX_CONFIG_BYTES = 1_000_000
 MAX_BATCH = 65_536
+MAX_LIMIT = 1_000_000  # samples per set: far beyond what one run scores; a limit of 1e18 is a typo, not a request
 MAX_SEED = 2**32 - 1
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d{1,2})?)$")
 
@@ -87,7 +88,7 @@ class RunConfig:
     limit: int | None = 1000
     seed: int = 0
     device: str = "cpu"
-    batch_size: int = 256
+    batch_size: int | None = None  # an upper bound; the memory planner (gradviz.budget) chooses each pass's batch
     fit_set: str = "mnist:train"
     params: dict[str, dict] = field(default_factory=dict)
 
@@ -168,8 +169,8 @@ class RunConfig:
         problems += self._check_methods()
         if self.limit is not None:
             limit = _whole(self.limit)
-            if limit is None or limit <= 0:
-                bad("limit", "a positive whole number or null", self.limit)
+            if limit is None or not 1 <= limit <= MAX_LIMIT:
+                bad("limit", f"a positive whole number up to {MAX_LIMIT:,}, or null", self.limit)
             else:
                 self.limit = limit
         seed = _whole(self.seed)
@@ -179,11 +180,12 @@ class RunConfig:
             self.seed = seed
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
             bad("device", "cpu, cuda, cuda:N or mps", self.device)
-        batch = _whole(self.batch_size)
-        if batch is None or not 1 <= batch <= MAX_BATCH:
-            bad("batch_size", f"a whole number from 1 to {MAX_BATCH:,}", self.batch_size)
-        else:
-            self.batch_size = batch
+        if self.batch_size is not None:
+            batch = _whole(self.batch_size)
+            if batch is None or not 1 <= batch <= MAX_BATCH:
+                bad("batch_size", f"null or a whole number from 1 to {MAX_BATCH:,}", self.batch_size)
+            else:
+                self.batch_size = batch
         if problems:
             raise ConfigError("invalid run configuration: " + "; ".join(problems))
         return self

@@ -166,10 +166,18 @@ def inspect_images(model: GradvizModel, x: torch.Tensor, runners: list[MethodRun
     percentile within the ID distribution (:func:`percentile_within`) and the ID median. ``blank``:
     methods that could not be fitted (name -> why), each given NaN rows, as in the scores table.
     """
+    from gradviz.budget import batch_size_for, scoring_kind
+
+    step = batch_size_for(model, scoring_kind(runners), "inspecting images", n=int(x.shape[0]))
+    probs_parts, raw_parts = [], {r.info.name: [] for r in runners}
     with model.lock:  # the shared model: no other session's hooks during these passes
-        batch = ModelOutputs.from_model(model, x, keep_graph=needs_graph(runners))
-        probs = batch.probs.detach().cpu().numpy()
-        raw = {r.info.name: r.score(batch).numpy().astype(np.float64) for r in runners}  # (B,) each
+        for start in range(0, int(x.shape[0]), step):  # one batch unless the memory budget says otherwise
+            batch = ModelOutputs.from_model(model, x[start:start + step], keep_graph=needs_graph(runners))
+            probs_parts.append(batch.probs.detach().cpu().numpy())
+            for r in runners:
+                raw_parts[r.info.name].append(r.score(batch).numpy().astype(np.float64))  # (b,) each
+    probs = np.concatenate(probs_parts)
+    raw = {name: np.concatenate(v) for name, v in raw_parts.items()}
     rows = []
     for r in runners:
         name = r.info.name

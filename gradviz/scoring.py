@@ -21,16 +21,18 @@ import pandas as pd
 import torch
 from cachetools import LRUCache, cached
 
+from gradviz.budget import batch_size_for, fit_limit, scoring_kind
 from gradviz.data import ImageSet, load_dataset, short_spec
 from gradviz.errors import MethodError
 from gradviz.metrics import MIN_VALID
 from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, needs_graph, resolve_methods
 from gradviz.models import GradvizModel, load_model
+from gradviz.progress import reporting
 from gradviz.runconfig import RunConfig
 from gradviz.store import ResultStore, cache_key
 
 __all__ = ["RunConfig", "ScoreResult", "run", "score_dataset", "score_images", "make_runner", "layer_table",
-           "images_digest", "invalid_rows", "too_few_samples"]
+           "images_digest", "invalid_rows", "too_few_samples", "fit_inputs", "model_inputs", "FitSet"]
 
 Progress = Callable[[int, int, str], None]
 BASE_COLUMNS = ["dataset", "role", "index", "path", "label", "prediction", "confidence", "correct"]
@@ -58,12 +60,13 @@ def images_digest(images: torch.Tensor) -> str:
 
 
 def make_runner(model: GradvizModel, info: MethodInfo, params: dict | None = None,
-                fit_set: str = "mnist:train", seed: int = 0) -> MethodRunner:
-    """A method with parameters set; fitted methods are fitted on ``fit_set`` (memoised)."""
+                fit_set: str = "mnist:train", seed: int = 0, fit: "FitSet | None" = None) -> MethodRunner:
+    """A method with parameters set; fitted methods are fitted on ``fit`` (default: ``fit_set`` drawn with ``seed``,
+    identified by its spec alone), memoised by :meth:`FitSet.key`."""
     runner = info.create(**(params or {}))
     if not info.needs_fit:
         return runner
-    fitted = _fitted(model, runner, fit_set, seed)
+    fitted = _fitted(model, runner, fit or FitSet(fit_set, seed))
     if isinstance(fitted, MethodError):
         raise MethodError(str(fitted))
     return fitted
@@ -71,7 +74,7 @@ def make_runner(model: GradvizModel, info: MethodInfo, params: dict | None = Non
 
 def make_runners(model: GradvizModel, infos: list[MethodInfo], params: dict[str, dict] | None = None,
                  fit_set: str = "mnist:train", seed: int = 0, *, unfitted: dict[str, str] | None = None,
-                 progress: Progress | None = None) -> list[MethodRunner]:
+                 progress: Progress | None = None, fit: "FitSet | None" = None) -> list[MethodRunner]:
     """:func:`make_runner` for each of ``infos``, in order.
 
     With ``unfitted`` (a dict) a fitted method that cannot be fitted on ``fit_set`` (too few images, labels
@@ -80,17 +83,21 @@ def make_runners(model: GradvizModel, infos: list[MethodInfo], params: dict[str,
     Without it, the error is raised."""
     params = params or {}
     runners = []
-    for n, info in enumerate(infos):
-        if info.needs_fit and progress:  # fits are one-off but take seconds: say what is running
-            progress(n, len(infos), f"fitting {info.name} on {fit_set} (once)")
+    for info in infos:
         if unfitted is not None and info.name in unfitted:
             continue
+        fitting = f"fitting {info.name} on {fit_set} (once)"
+        if info.needs_fit and progress:  # fits are one-off but take seconds: say what is running
+            progress(0, 1, fitting)
         try:
-            runners.append(make_runner(model, info, params.get(info.name), fit_set, seed))
+            with reporting(progress if info.needs_fit else None, fitting):  # the fit's batches, with an ETA
+                runners.append(make_runner(model, info, params.get(info.name), fit_set, seed, fit=fit))
         except MethodError as exc:
             if unfitted is None or not info.needs_fit:
                 raise
             unfitted[info.name] = str(exc)
+        if info.needs_fit and progress:
+            progress(1, 1, fitting)
     return runners
 
 
@@ -100,17 +107,77 @@ def blank_method_warnings(unfitted: dict[str, str], fit_set: str) -> list[str]:
             for name, reason in unfitted.items()]
 
 
-# Fitted detectors are deterministic functions of (model, method, params, fit set, seed): keep a few.
+def fit_inputs(fit_set: str, seed: int, content: str | None = None, limit: int | None = None) -> dict:
+    """What a fitted method's state depends on besides the model and its parameters, as a cache-key part: the fit
+    set's spec (a ``fit:`` split names its share), the seed (it draws the split and any sampled set), the number
+    of images read (all of them, except in a web session: at most ``GRADVIZ_MAX_SAMPLES_WEB``) and, for a set read
+    from files, a digest of what was read. The in-memory and the on-disk keys both use it."""
+    return {"spec": fit_set, "seed": int(seed), "limit": None if limit is None else int(limit), "content": content}
+
+
+def model_inputs(model: GradvizModel) -> dict:
+    """A model's identity in cache keys: its parameters' digest and the card fields every number depends on (the
+    normalisation and how images are adapted to the input), so the same weights under another card never share a
+    result."""
+    card = model.card
+    return {"digest": model.digest, "input_size": [int(v) for v in card.input_size],
+            "mean": [float(v) for v in card.mean], "std": [float(v) for v in card.std],
+            "interpolation": str(getattr(card, "interpolation", ""))}
+
+
+@dataclass
+class FitSet:
+    """The set fitted methods fit on. Bundled and generated sets are fixed by (spec, seed) and the code; a set read
+    from files (``folder:``, ``zip:`` and their ``fit:`` parts) can change on disk, so :meth:`identify` reads it and
+    adds a digest of its images and labels: an edited folder gives new keys, never the old fit."""
+
+    spec: str
+    seed: int = 0
+    content: str | None = None
+    native: ImageSet | None = field(default=None, repr=False, compare=False)  # as read, before the card's adaptation
+    limit: int | None = field(default_factory=fit_limit)  # the web app's sample cap in a session, else None (all)
+
+    @classmethod
+    def identify(cls, spec: str, seed: int = 0, allowed_roots: Sequence[str | Path] | None = None) -> "FitSet":
+        """``spec`` identified for cache keys (reads it when it comes from files, confined to ``allowed_roots``)."""
+        from gradviz.data import DATASETS, check_spec, parse_spec
+
+        problem = check_spec(spec)  # (also registers every kind)
+        if problem or not DATASETS[parse_spec(spec)[0]].reads_paths:
+            return cls(spec, int(seed))
+        data = load_dataset(spec, None, seed=seed, allowed_roots=allowed_roots)
+        labels = np.ascontiguousarray(np.asarray(data.labels, dtype=np.int64))
+        content = hashlib.sha256((images_digest(data.images) + hashlib.sha256(labels.tobytes()).hexdigest()).encode())
+        return cls(spec, int(seed), content.hexdigest()[:16], data)
+
+    def key(self) -> dict:
+        return fit_inputs(self.spec, self.seed, self.content, self.limit)
+
+    def load(self, card) -> ImageSet:
+        """The fit set at ``card``'s input (the images already read when :meth:`identify` read them), at most
+        ``limit`` of them (a seeded draw from a set read from files: those are often ordered by class)."""
+        if self.native is None:
+            return load_dataset(self.spec, card, seed=self.seed, limit=self.limit)
+        from gradviz.data import adapt_images
+
+        native = self.native
+        if self.limit is not None and len(native) > self.limit:
+            keep = np.sort(np.random.default_rng(self.seed).choice(len(native), self.limit, replace=False))
+            native = native.subset(keep)
+        return ImageSet(native.spec, adapt_images(native.images, card), native.labels)
+
+
+# Fitted detectors are deterministic functions of (model, method, params, fit inputs): keep a few.
 _FITTED: LRUCache = LRUCache(maxsize=16)
 
 
 @cached(_FITTED, lock=threading.Lock(),
-        key=lambda model, runner, fit_set, seed: cache_key(model=model.digest, method=runner.info.name,
-                                                           params=runner.params, fit=fit_set, seed=seed))
-def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int) -> MethodRunner | MethodError:
+        key=lambda model, runner, fit: cache_key(model=model_inputs(model), method=runner.info.name,
+                                                 params=runner.params, fit=fit.key()))
+def _fitted(model: GradvizModel, runner: MethodRunner, fit: FitSet) -> MethodRunner | MethodError:
     """The fitted runner, or the MethodError saying why it cannot be fitted: a failure is as deterministic
     as a fit, and remembering it spares the Playground a doomed fit on every stroke."""
-    fit_data = load_dataset(fit_set, model.card, seed=seed)
+    fit_data = fit.load(model.card)
     try:
         runner.fit(model, fit_data.images, fit_data.labels)
     except MethodError as exc:
@@ -119,12 +186,18 @@ def _fitted(model: GradvizModel, runner: MethodRunner, fit_set: str, seed: int) 
 
 
 def score_images(model: GradvizModel, images: torch.Tensor, runners: list[MethodRunner],
-                 batch_size: int = 256, progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
-    """Prediction, confidence and every runner's uncertainty for ``images``, batch by batch."""
+                 batch_size: int | None = None, progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
+    """Prediction, confidence and every runner's uncertainty for ``images``, batch by batch (confidence is NaN
+    where the logits are NaN or infinite: the softmax is undefined there).
+
+    The batch is planned for the memory budget (:mod:`gradviz.budget`); ``batch_size`` is an upper bound."""
     n = int(images.shape[0])
+    batch_size = batch_size_for(model, scoring_kind(runners), "scoring", upper=batch_size, n=n)
     out: dict[str, list] = {"prediction": [], "confidence": [], **{r.info.name: [] for r in runners}}
     total = max(1, -(-n // batch_size))
     keep_graph = needs_graph(runners)  # gradient methods share one hooked forward per batch
+    if progress:
+        progress(0, total, label)  # the clock of the pass's ETA starts here
     for i, start in enumerate(range(0, n, batch_size)):
         with model.lock:  # one session's forward+backward passes never interleave with another's hooks
             batch = ModelOutputs.from_model(model, images[start:start + batch_size], keep_graph=keep_graph)
@@ -139,19 +212,25 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
 
 def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[MethodInfo], *,
                   params: dict[str, dict] | None = None, fit_set: str = "mnist:train", seed: int = 0,
-                  batch_size: int = 256, store: ResultStore | None = None,
-                  progress: Progress | None = None, unfitted: dict[str, str] | None = None) -> pd.DataFrame:
+                  batch_size: int | None = None, store: ResultStore | None = None,
+                  progress: Progress | None = None, unfitted: dict[str, str] | None = None,
+                  fit: FitSet | None = None) -> pd.DataFrame:
     """Score one dataset with every method; cached per method in ``store`` (only misses run).
 
     With ``unfitted`` (a dict) a fitted method that cannot be fitted on ``fit_set`` (too few images, labels
-    the model does not know) gets a NaN column and its reason in ``unfitted``; without, the error is raised."""
+    the model does not know) gets a NaN column and its reason in ``unfitted``; without, the error is raised.
+    ``fit``: the fit set already identified (:meth:`FitSet.identify`, as :func:`run` does once for all sets);
+    by default it is identified here when a fitted method is asked for."""
     params = params or {}
     digest = images_digest(data.images)
+    fitted = {i.name for i in infos if i.needs_fit}
+    if fitted and fit is None:
+        fit = FitSet.identify(fit_set, seed)
 
     def key(name: str) -> str:
         p = {**get_defaults(name), **params.get(name, {})} if name != "_base" else {}
-        return cache_key(model=model.digest, data=digest, method=name, params=p,
-                         fit=fit_set if name != "_base" else None)
+        return cache_key(model=model_inputs(model), data=digest, method=name, params=p,
+                         fit=fit.key() if name in fitted else None)
 
     cached: dict[str, np.ndarray] = {}
     missing: list[MethodInfo] = []
@@ -163,8 +242,8 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
             missing.append(next(i for i in infos if i.name == name))
     need_base = "prediction" not in cached
     if missing or need_base:
-        runners = make_runners(model, missing, params, fit_set, seed, unfitted=unfitted, progress=progress)
-        fresh = score_images(model, data.images, runners, batch_size, progress, label=data.spec)
+        runners = make_runners(model, missing, params, fit_set, seed, unfitted=unfitted, progress=progress, fit=fit)
+        fresh = score_images(model, data.images, runners, batch_size, progress, label=f"scoring {data.spec}")
         if store is not None:
             store.put(key("_base"), {"prediction": fresh["prediction"], "confidence": fresh["confidence"]},
                       {"dataset": data.spec})
@@ -176,8 +255,9 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
     n = len(data)
     labels = np.asarray(data.labels, dtype=np.int64)
     pred = cached["prediction"].astype(np.int64)
+    no_prediction = ~np.isfinite(cached["confidence"])  # NaN/inf logits: the argmax is no prediction
     correct = pd.array(np.where(labels >= 0, labels == pred, False), dtype="boolean")
-    correct[labels < 0] = pd.NA
+    correct[(labels < 0) | no_prediction] = pd.NA  # neither right nor wrong: no label, or no prediction
     frame = pd.DataFrame({
         "dataset": data.spec, "role": role, "index": np.arange(n),
         "path": data.paths if data.paths is not None else [""] * n,
@@ -194,14 +274,28 @@ def get_defaults(name: str) -> dict:
     return dict(get_method(name).defaults)
 
 
+def _which(rows: pd.DataFrame, shown: int = 5) -> str:
+    """``mnist#0, mnist#3, … 80 in all``: the first ``shown`` samples of ``rows`` (dataset#index), then the count."""
+    where = ", ".join(f"{short_spec(d, 60)}#{i}" for d, i in zip(rows["dataset"][:shown], rows["index"][:shown]))
+    return where + (f", … {len(rows)} in all" if len(rows) > shown else "")
+
+
 def invalid_rows(scores: pd.DataFrame, methods: list[str]) -> list[str]:
-    """Human-readable warnings for samples whose scores are NaN/inf (never silently dropped)."""
+    """Human-readable warnings for samples without a finite number (never silently dropped): first the samples
+    whose logits are NaN/inf (the model's own output, so no prediction), then per method its other NaN/inf scores."""
     msgs = []
+    no_logits = ~np.isfinite(scores["confidence"].to_numpy(dtype=float)) if "confidence" in scores else np.zeros(
+        len(scores), dtype=bool)
+    if no_logits.any():
+        msgs.append(f"the model's logits are NaN or infinite for {int(no_logits.sum())} sample(s) "
+                    f"({_which(scores[no_logits])}): the model gives no prediction for them, so every score read "
+                    "from the logits is NaN there and left out of the metrics, and they count neither as right nor "
+                    "wrong; check the model and its weights (NaN weights, an overflow, a division by zero)")
     for m in methods:
-        bad = scores[~np.isfinite(scores[m].to_numpy(dtype=float))]
-        if len(bad):
-            where = ", ".join(f"{d}#{i}" for d, i in zip(bad["dataset"][:5], bad["index"][:5]))
-            msgs.append(f"{m}: {len(bad)} sample(s) gave NaN/inf ({where}{', …' if len(bad) > 5 else ''}); "
+        bad = ~np.isfinite(scores[m].to_numpy(dtype=float)) & ~no_logits
+        if bad.any():
+            further = " further" if no_logits.any() else ""
+            msgs.append(f"{m}: {int(bad.sum())}{further} sample(s) gave NaN/inf ({_which(scores[bad])}); "
                         "they are left out of the metrics")
     return msgs
 
@@ -213,8 +307,10 @@ def too_few_samples(counts: dict[str, int], what: str = "samples") -> str:
     if not few:
         return ""
     listed = ", ".join(f"{short_spec(spec, 120)} has {n}" for spec, n in few.items())
+    advice = ("add images to the set or raise the samples per set" if what == "samples"
+              else "the rest are NaN/inf (see the warning naming them)")
     return (f"too few {what} for AUROC, FPR95 and AUPR ({listed}; each side needs at least {MIN_VALID}), "
-            "so these metrics are left blank (NaN): add images to the set or raise the samples per set")
+            f"so these metrics are left blank (NaN): {advice}")
 
 
 def _metric_warnings(metrics: pd.DataFrame) -> list[str]:
@@ -227,7 +323,9 @@ def _metric_warnings(metrics: pd.DataFrame) -> list[str]:
         if not len(blank):
             continue
         if len(blank) == len(rows) and blank["n_ood"].nunique() == 1 and blank["n_id"].nunique() == 1:
-            message = too_few_samples({ood: int(blank["n_ood"].iloc[0]), "the ID set": int(blank["n_id"].iloc[0])})
+            what = "finite scores" if blank["n_invalid"].sum() else "samples"  # NaN scores are not missing images
+            message = too_few_samples({ood: int(blank["n_ood"].iloc[0]), "the ID set": int(blank["n_id"].iloc[0])},
+                                      what=what)
             out.append(f"{short_spec(ood, 120)}: {message}" if message else "")
             continue
         for r in blank.itertuples():
@@ -258,10 +356,13 @@ def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | N
         data = datasets[spec] if datasets and spec in datasets else load_dataset(
             spec, model.card, limit=cfg.limit, seed=cfg.seed, allowed_roots=allowed_roots)
         loaded.append((role, data))
+    # The fit set, identified once for every set's keys (read now when it comes from files, confined like the rest).
+    fit = FitSet.identify(cfg.fit_set, cfg.seed, allowed_roots) if any(i.needs_fit for i in infos) else None
     frames, unfitted = [], {}
     for role, data in loaded:
         frames.append(score_dataset(model, data, role, infos, params=cfg.params, fit_set=cfg.fit_set, seed=cfg.seed,
-                                    batch_size=cfg.batch_size, store=store, progress=progress, unfitted=unfitted))
+                                    batch_size=cfg.batch_size, store=store, progress=progress, unfitted=unfitted,
+                                    fit=fit))
     scores = pd.concat(frames, ignore_index=True)
     for name in unfitted:  # one fit failure blanks the method everywhere (an earlier set may have a cached column)
         scores[name] = np.nan
@@ -276,7 +377,7 @@ def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | N
     return ScoreResult(scores, metrics, cfg, warnings, skipped, notes)
 
 
-def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, batch_size: int = 256,
+def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, batch_size: int | None = None,
                 store: ResultStore | None = None, progress: Progress | None = None) -> pd.DataFrame:
     """Layerwise gradient metrics (Oberdiek et al. 2018): one row per sample, columns (layer, stat).
 
@@ -284,7 +385,7 @@ def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, 
     """
     from gradviz.gradients import layer_gradient_stats
 
-    key = cache_key(model=model.digest, data=images_digest(data.images), kind="layers", loss=loss)
+    key = cache_key(model=model_inputs(model), data=images_digest(data.images), kind="layers", loss=loss)
     hit = store.get(key) if store is not None else None
     if hit is not None:
         values, meta = hit[0]["values"], hit[1]
@@ -294,7 +395,10 @@ def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, 
     else:
         parts, layers, stats = [], None, None
         n = len(data)
+        batch_size = batch_size_for(model, "gradients", "layer gradients", upper=batch_size, n=n)
         total = max(1, -(-n // batch_size))
+        if progress:
+            progress(0, total, f"{data.spec} layers")
         for i, start in enumerate(range(0, n, batch_size)):
             ls = layer_gradient_stats(model, data.images[start:start + batch_size].to(model.device), loss=loss)
             parts.append(ls.values.detach().float().cpu().numpy())

@@ -1,9 +1,10 @@
 """On-disk results cache: arrays keyed by (model digest, dataset spec, method, params, ...).
 
-Every key also holds :func:`code_version` — the package version plus a hash of the sources of
-the scoring code (every ``.py`` under ``gradviz/methods/`` and ``gradviz/engine/``, the C
-kernels, ``gradients.py``, ``folding.py``, ``reductions.py``, found by glob) — so a change to a
-method's or the engine's math makes every cached result a miss instead of a stale answer.
+Every key also holds :func:`code_version` — the package version plus a hash of every source
+file of the package (each ``.py`` under ``gradviz/`` and the C kernel sources, found by
+:func:`source_files`, never listed by hand) — so a change to any code that a number passes
+through (a method, the engine, a model, a dataset loader, the scoring pipeline) makes every
+cached result a miss instead of a stale answer.
 
 Each entry is one ``.npz`` file written atomically (temporary file in the same folder,
 fsync, ``os.replace``), so a killed computation never leaves a half-written entry. The
@@ -33,16 +34,23 @@ from gradviz.config import settings
 SCHEMA = 1
 _META = "__meta__"
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The code whose change changes scores (globs under the package; a file moving between them needs no edit here).
-SCORING_CODE = ("methods/**/*.py", "engine/**/*.py", "engine/**/*.c", "gradients.py", "folding.py", "reductions.py",
-                "kernels/*.c")
+# Every source of the package: a score passes through models/, data/, scoring.py, methods/, engine/ and more,
+# so each one counts (a hand-written list goes stale as files move; these globs cannot).
+SOURCE_GLOBS = ("**/*.py", "**/*.c", "**/*.h")
 _RECHECK_S = 1.0  # stat the sources at most once a second (cache_key runs several times per page rerun)
 _code_lock = threading.Lock()
 _code_memo: dict[Path, tuple[float, tuple, str]] = {}  # root -> (checked at, (path, mtime, size)..., version)
 
 
+def source_files(root: Path | None = None) -> list[Path]:
+    """Every source file under ``root`` (default: this package): ``.py`` files and the C kernel sources, sorted."""
+    root = Path(root) if root is not None else PACKAGE_DIR
+    return sorted({p for pattern in SOURCE_GLOBS for p in root.glob(pattern)
+                   if p.is_file() and "__pycache__" not in p.relative_to(root).parts})
+
+
 def code_version(root: Path | None = None) -> str:
-    """Package version + a hash of the scoring code's sources under ``root`` (default: this package).
+    """Package version + a hash of every source file under ``root`` (default: this package; :func:`source_files`).
 
     Rehashed only when a file's path, size or modification time changes (checked at most once a
     second), so an edited method makes new keys even in a running server.
@@ -53,15 +61,16 @@ def code_version(root: Path | None = None) -> str:
         memo = _code_memo.get(root)
         if memo is not None and now - memo[0] < _RECHECK_S:
             return memo[2]
-    files = sorted({p for pattern in SCORING_CODE for p in root.glob(pattern) if p.is_file()})
+    files = source_files(root)
     signature = tuple((p.relative_to(root).as_posix(), st.st_mtime_ns, st.st_size) for p in files for st in [p.stat()])
     if memo is not None and memo[1] == signature:
         version = memo[2]
     else:
         h = hashlib.sha256(__version__.encode())
         for p in files:
-            h.update(p.relative_to(root).as_posix().encode() + b"\0")
-            h.update(p.read_bytes())
+            data = p.read_bytes()
+            h.update(f"{p.relative_to(root).as_posix()}\0{len(data)}\0".encode())  # unambiguous file boundaries
+            h.update(data)
         version = f"{__version__}+{h.hexdigest()[:16]}"
     with _code_lock:
         _code_memo[root] = (now, signature, version)

@@ -52,7 +52,7 @@ fig = plots.model_metric_bars(comparison.metrics, metric, scored)
 st.plotly_chart(fig, width="stretch", key="cm_bars")
 wide = comparison.table(metric)
 model_cols = [m for m in scored if m in wide.columns]
-highlight = (lambda row: ["background-color: #c7e9c0; font-weight: bold" if c in model_cols and
+highlight = (lambda row: ["background-color: #c7e9c0; font-weight: bold" if c in model_cols and  # noqa: E731
                           row[c] == (row[model_cols].max() if metric in HIGHER_BETTER else row[model_cols].min())
                           else "" for c in row.index])
 st.dataframe(wide.style.apply(highlight, axis=1).format({m: "{:.3f}" for m in model_cols}, na_rep="—"),

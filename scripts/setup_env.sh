@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project's virtual environment in .venv and install the pinned packages.
+# Create (or reuse) the project's virtual environment in .venv, install the pinned packages, then gradviz itself
+# (editable: the checkout's code is what runs; the `gradviz` command is on the venv's PATH).
 # Usage: bash scripts/setup_env.sh [--test]   (--test adds the test-only packages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 stamp="$VENV/.gradviz-installed"
-want=$(cat requirements.txt requirements-test.txt | sha256sum | cut -c1-16)$*
+want=$(cat requirements.txt requirements-test.txt pyproject.toml setup.py | sha256sum | cut -c1-16)$*
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   if [ "${1:-}" = "--test" ]; then
@@ -17,5 +18,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   else
     "$VENV/bin/python" -m pip install -q -r requirements.txt
   fi
+  # the build backend named in pyproject.toml [build-system], then the package without build isolation
+  "$VENV/bin/python" -m pip install -q "setuptools==84.2.1"
+  "$VENV/bin/python" -m pip install -q -e . --no-deps --no-build-isolation
   echo "$want" > "$stamp"
 fi

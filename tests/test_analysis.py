@@ -8,7 +8,6 @@ import pytest
 
 from gradviz import analysis, tables
 from gradviz.errors import GradvizError
-from gradviz.metrics import auroc
 from gradviz.store import ResultStore
 
 

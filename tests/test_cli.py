@@ -87,6 +87,7 @@ def test_compile_flag_reaches_the_engine(tmp_path, monkeypatch):
         main(["score", *common, "--compile", "fast", "--out", str(tmp_path / "c")])
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_single_process(tmp_path):
     common = ["--id", "mnist", "--ood", "noise-uniform", "--methods", "msp,gradnorm,gaia_z", "--limit", "37", "--cache", "none"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADVIZ_DIST_BACKEND": "gloo"}
@@ -256,6 +257,7 @@ def test_layers_writes_every_sample_with_the_library_values(tmp_path, capsys, bu
     assert capsys.readouterr().err.strip().startswith("error: unknown loss 'nope'")
 
 
+@pytest.mark.slow
 def test_meta_cross_validates_on_the_joined_tables(tmp_path, capsys):
     """Rotated digits (severity 5) give the bundled model errors to learn from; n and n_positive are the run's
     own ID samples and errors (scores.csv of the same configuration), so every row met its layer metrics."""
@@ -282,6 +284,7 @@ def test_meta_cross_validates_on_the_joined_tables(tmp_path, capsys):
     assert "too few samples" in capsys.readouterr().err  # the bundled model makes no error on 10 digits
 
 
+@pytest.mark.slow
 def test_report_command_writes_every_section_for_the_chosen_corruptions(tmp_path, capsys):
     out = tmp_path / "docs"
     assert main(["report", "--limit", "30", "--corruptions", "fog", "--severities", "5", "--out", str(out),

@@ -16,6 +16,8 @@ from gradviz.models.zoo import random_model
 
 from engine_reference import assert_stats_close, batch, randomise_bn, reference_stats, wrap
 
+pytestmark = pytest.mark.slow  # every architecture, exact against autograd: ~2 min on two cores
+
 tv = torchvision.models
 
 

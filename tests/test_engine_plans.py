@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gradviz.errors import GradvizError
-from gradviz.gradients import GradientPass, coverage, layer_gradient_stats, layer_sq_l2_norms
+from gradviz.gradients import coverage, layer_gradient_stats, layer_sq_l2_norms
 
 from engine_reference import assert_stats_close, batch, reference_stats, wrap
 

@@ -16,7 +16,7 @@ from gradviz.engine import CALIBRATION
 from gradviz.engine.plans.conv import ConvPlan
 from gradviz.errors import GradvizError
 from gradviz.gradients import (
-    LOSSES, STATS, GradientPass, head_gradient_stats, layer_gradient_stats, layer_sq_l2_norms, parametrised_layers,
+    LOSSES, GradientPass, head_gradient_stats, layer_gradient_stats, layer_sq_l2_norms, parametrised_layers,
 )
 from gradviz.models.zoo import random_model
 

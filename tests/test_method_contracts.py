@@ -9,7 +9,6 @@ trained model — do on each OOD set what its registration declares, reversals i
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

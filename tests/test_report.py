@@ -1,8 +1,11 @@
 """The report command runs end to end on a tiny subset and writes every section."""
 
+import pytest
+
 from gradviz.report import ReportConfig, build_report
 
 
+@pytest.mark.slow
 def test_report_end_to_end_tiny(tmp_path):
     cfg = ReportConfig(limit=150, corruptions=["gaussian_noise"], severities=(1, 5))
     path = build_report(cfg, tmp_path)

@@ -70,7 +70,7 @@ def test_invalid_key_rejected(tmp_path):
 # --------------------------------------------------------------------------- results are never stale (issue 20)
 
 
-def test_code_version_follows_the_scoring_sources_only(tmp_path, monkeypatch):
+def test_code_version_follows_every_source_file(tmp_path, monkeypatch):
     import time
 
     import gradviz.store as store_mod
@@ -80,10 +80,15 @@ def test_code_version_follows_the_scoring_sources_only(tmp_path, monkeypatch):
     (tmp_path / "methods" / "msp.py").write_text("T = 1\n")
     (tmp_path / "gradients.py").write_text("engine\n")
     (tmp_path / "plots.py").write_text("figures\n")
+    (tmp_path / "notes.txt").write_text("not a source\n")
     first = store_mod.code_version(tmp_path)
     assert first.startswith(store_mod.__version__ + "+")
-    (tmp_path / "plots.py").write_text("other figures\n")  # not scoring code
+    (tmp_path / "notes.txt").write_text("still not a source\n")
     assert store_mod.code_version(tmp_path) == first
+    time.sleep(0.01)
+    (tmp_path / "plots.py").write_text("other figures\n")  # every .py counts (issue 23: no hand-written list)
+    assert store_mod.code_version(tmp_path) != first
+    first = store_mod.code_version(tmp_path)
     time.sleep(0.01)
     (tmp_path / "methods" / "msp.py").write_text("T = 20\n")  # a fix to a method's math
     second = store_mod.code_version(tmp_path)

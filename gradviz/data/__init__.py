@@ -61,6 +61,7 @@ class DatasetEntry:
     example: str = ""
     reads_paths: bool = False  # ``load`` takes ``allowed_roots=`` and must refuse paths outside them
     offers: Callable[[], list[str]] = lambda: []  # specs the dashboard's pickers offer (none: typed by name)
+    check: Callable[[str | None], None] | None = None  # raises DatasetError for a bad argument, loading nothing
 
 
 DATASETS: dict[str, DatasetEntry] = {}
@@ -69,17 +70,20 @@ _MODULES = ("mnist", "letters", "noise", "corruptions", "folder", "zipset", "spl
 
 
 def register_dataset(prefix: str, description: str, offline: bool = True, example: str = "", reads_paths: bool = False,
-                     offers: Sequence[str] | Callable[[], list[str]] | None = None):
+                     offers: Sequence[str] | Callable[[], list[str]] | None = None,
+                     check: Callable[[str | None], None] | None = None):
     """Decorator: ``fn(arg: str | None, limit: int | None, seed: int) -> ImageSet`` handles ``prefix[:arg]``.
 
     ``reads_paths``: the argument names a path on the server; ``fn`` then also takes
     ``allowed_roots`` (None = anywhere, for the CLI) and refuses paths outside them.
     ``offers``: the specs of this kind that the dashboard lists in its dataset pickers (a list, or a
-    function returning one); by default none — the kind is then added by name."""
+    function returning one); by default none — the kind is then added by name.
+    ``check``: ``check(arg)`` raises :class:`DatasetError` for an argument the loader would refuse (a severity, a
+    split share), so a run configuration is refused before anything is loaded."""
     listed = offers if callable(offers) else (lambda specs=tuple(offers or ()): list(specs))
 
     def deco(fn):
-        DATASETS[prefix] = DatasetEntry(prefix, description, fn, offline, example or prefix, reads_paths, listed)
+        DATASETS[prefix] = DatasetEntry(prefix, description, fn, offline, example or prefix, reads_paths, listed, check)
         return fn
 
     return deco
@@ -116,6 +120,16 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return prefix, (arg or None)
 
 
+# Generated sets (letters, noise) make ``limit`` images, at most this many (a limit is "at most N per set", and
+# MNIST's 60,000 training digits are already more than a run needs): a huge limit never renders billions of images.
+MAX_GENERATED = 50_000
+
+
+def generated_count(limit: int | None, default: int) -> int:
+    """How many images a generated set makes: ``limit`` (else ``default``), capped at :data:`MAX_GENERATED`."""
+    return min(int(limit or default), MAX_GENERATED)
+
+
 UPLOAD_PREFIX = "upload"  # images uploaded in the dashboard (gradviz.images.upload_spec); never loadable by name
 
 
@@ -135,6 +149,12 @@ def check_spec(spec: str) -> str:
     if prefix not in DATASETS:
         known = ", ".join(e.example for e in DATASETS.values())
         return f"unknown dataset {short_spec(spec)!r}; known: {known}"
+    check = DATASETS[prefix].check
+    if check is not None:
+        try:
+            check(parse_spec(spec)[1])
+        except DatasetError as exc:
+            return str(exc)
     return ""
 
 

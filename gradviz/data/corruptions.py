@@ -241,7 +241,7 @@ OFFERED_SEVERITIES = (3, 5)  # the pickers list every corruption at these; any s
 
 
 @register_dataset("corrupt", "Held-out MNIST digits with a corruption at severity 1–5 (MNIST-C / CIFAR-10-C style), true labels",
-                  example="corrupt:fog:3",
+                  example="corrupt:fog:3", check=parse_corruption,
                   offers=lambda: [f"corrupt:{c}:{s}" for c in list_corruptions() for s in OFFERED_SEVERITIES])
 def load_corrupted(arg: str | None, limit: int | None, seed: int) -> ImageSet:
     from gradviz.data.mnist import mnist_split

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from gradviz.data import ImageSet, register_dataset, warps
+from gradviz.data import MAX_GENERATED, ImageSet, generated_count, register_dataset, warps
 from gradviz.errors import DatasetError
 
 DEFAULT_N = 1000
@@ -88,42 +88,60 @@ def glyph_bank() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 BLUR_SIGMAS = (0.0, 0.3, 0.5, 0.7)  # px; a few levels so each is one plain convolution
 
 
-@lru_cache(maxsize=8)
-def _render_cached(n: int, seed: int) -> tuple[torch.Tensor, tuple[str, ...]]:
-    bank, coms, chars = glyph_bank()
-    gen = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(len(chars), (n,), generator=gen)
-    stroke = torch.randint(0, 2, (n,), generator=gen)
-    x = bank[stroke, idx]  # (N, 1, 56, 56)
-    scale = 0.75 + 0.30 * torch.rand(n, generator=gen)
-    angle = math.radians(15.0) * (2 * torch.rand(n, generator=gen) - 1)
-    shift = (2 * torch.rand(n, 2, generator=gen) - 1) * (2.0 * 2 / SIDE)  # ±2 px in normalised coords
+_CHUNK = 2048  # images transformed at once: the 2× canvases cost ~50 KB an image, so memory stays ~100 MB
+
+
+def _draw(bank, coms, idx, stroke, scale, angle, shift, level) -> torch.Tensor:
+    """One chunk of letter images (n, 1, 28, 28) from its drawn parameters."""
+    x = bank[stroke, idx]  # (n, 1, 56, 56)
     side = SIDE * SCALE
-    com = (coms[idx] + 0.5) * (2.0 / side) - 1.0  # (N, 2) glyph centre of mass in normalised coords
+    com = (coms[idx] + 0.5) * (2.0 / side) - 1.0  # (n, 2) glyph centre of mass in normalised coords
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (N, 2, 2) output->input
+    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (n, 2, 2) output->input
     offset = com - (rot @ shift[..., None])[..., 0]
-    x = warps.warp(x, torch.cat([rot, offset[..., None]], -1))  # theta (N, 2, 3)
-    x = F.avg_pool2d(x, SCALE)  # (N, 1, 28, 28)
-    level = torch.randint(len(BLUR_SIGMAS), (n,), generator=gen)
+    x = warps.warp(x, torch.cat([rot, offset[..., None]], -1))  # theta (n, 2, 3)
+    x = F.avg_pool2d(x, SCALE)  # (n, 1, 28, 28)
     for i, sigma in enumerate(BLUR_SIGMAS):
         m = level == i
         if sigma > 0 and m.any():
             x[m] = warps.gaussian_blur(x[m], sigma)
     x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
-    return x.clamp_(0.0, 1.0).contiguous(), tuple(chars[i] for i in idx.tolist())
+    return x.clamp_(0.0, 1.0)
+
+
+@lru_cache(maxsize=8)
+def _render_cached(n: int, seed: int) -> tuple[torch.Tensor, tuple[str, ...]]:
+    bank, coms, chars = glyph_bank()
+    gen = torch.Generator().manual_seed(int(seed))
+    # Every random draw first (a few numbers an image), then the images chunk by chunk.
+    idx = torch.randint(len(chars), (n,), generator=gen)
+    stroke = torch.randint(0, 2, (n,), generator=gen)
+    scale = 0.75 + 0.30 * torch.rand(n, generator=gen)
+    angle = math.radians(15.0) * (2 * torch.rand(n, generator=gen) - 1)
+    shift = (2 * torch.rand(n, 2, generator=gen) - 1) * (2.0 * 2 / SIDE)  # ±2 px in normalised coords
+    level = torch.randint(len(BLUR_SIGMAS), (n,), generator=gen)
+    out = torch.empty(n, 1, SIDE, SIDE)
+    for start in range(0, n, _CHUNK):
+        part = slice(start, start + _CHUNK)
+        out[part] = _draw(bank, coms, idx[part], stroke[part], scale[part], angle[part], shift[part], level[part])
+    return out, tuple(chars[i] for i in idx.tolist())
 
 
 def render_letters(n: int = DEFAULT_N, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """``n`` letter images (n, 1, 28, 28) in [0, 1] and the letter drawn in each; deterministic for ``seed``."""
+    """``n`` letter images (n, 1, 28, 28) in [0, 1] and the letter drawn in each; deterministic for ``seed``.
+
+    At most :data:`gradviz.data.MAX_GENERATED` images (else :class:`DatasetError`, before anything is drawn)."""
     if int(n) <= 0:
         raise DatasetError(f"number of letters must be positive, got {n}")
+    if int(n) > MAX_GENERATED:
+        raise DatasetError(f"the letters set renders at most {MAX_GENERATED:,} images, asked for {int(n):,}")
     images, chars = _render_cached(int(n), int(seed))
     return images.clone(), list(chars)
 
 
-@register_dataset("letters", "Letters A–Z, a–z rendered from matplotlib's fonts, MNIST-style 28×28 (offline, near-OOD)",
+@register_dataset("letters", "Letters A–Z, a–z rendered from matplotlib's fonts, MNIST-style 28×28 "
+                  f"(offline, near-OOD; {DEFAULT_N:,} or the limit, at most {MAX_GENERATED:,})",
                   example="letters", offers=["letters"])
 def load_letters(arg: str | None, limit: int | None, seed: int) -> ImageSet:
-    images, _ = render_letters(int(limit or DEFAULT_N), seed)
+    images, _ = render_letters(generated_count(limit, DEFAULT_N), seed)
     return ImageSet("letters", images, np.full(len(images), -1, dtype=np.int64))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradviz.data import ImageSet, load_dataset, register_dataset
+from gradviz.data import ImageSet, load_dataset, register_dataset, short_spec
 from gradviz.errors import DatasetError
 from gradviz.plaintext import md_text
 
@@ -77,6 +77,22 @@ def parse_split(arg: str | None) -> tuple[float, str]:
     return fraction, rest
 
 
+def check_split(arg: str | None) -> None:
+    """Refuse a ``fit:``/``test:`` argument whose share is not strictly between 0 and 1 (NaN, 1e400, 0, 2), whose
+    set is itself a part, or whose set is unknown — without loading anything."""
+    from gradviz.data import check_spec
+
+    fraction, inner = parse_split(arg)
+    if not 0.0 < fraction < 1.0:  # NaN and ±inf fail too
+        raise DatasetError(f"the fitting share of fit:/test: must lie strictly between 0 and 1, got {fraction:g} "
+                           "(e.g. fit:0.3:folder:/data/mine)")
+    if inner.split(":", 1)[0] in PARTS:
+        raise DatasetError(f"cannot split a part of a set again: {short_spec(arg)}")
+    problem = check_spec(inner)
+    if problem:
+        raise DatasetError(problem)
+
+
 def _load_part(part: str, arg: str | None, seed: int, allowed_roots=None) -> ImageSet:
     fraction, inner = parse_split(arg)
     if inner.split(":", 1)[0] in PARTS:
@@ -88,13 +104,13 @@ def _load_part(part: str, arg: str | None, seed: int, allowed_roots=None) -> Ima
 
 
 @register_dataset("fit", "The fitting part of your own ID set (default half; stratified, seeded)",
-                  example="fit:folder:/path/to/images", reads_paths=True)
+                  example="fit:folder:/path/to/images", reads_paths=True, check=check_split)
 def load_fit_part(arg: str | None, limit: int | None, seed: int, allowed_roots=None) -> ImageSet:
     return _load_part("fit", arg, seed, allowed_roots)
 
 
 @register_dataset("test", "The test part of your own ID set: the images fit:SPEC does not hold",
-                  example="test:folder:/path/to/images", reads_paths=True)
+                  example="test:folder:/path/to/images", reads_paths=True, check=check_split)
 def load_test_part(arg: str | None, limit: int | None, seed: int, allowed_roots=None) -> ImageSet:
     return _load_part("test", arg, seed, allowed_roots)
 

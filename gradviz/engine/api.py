@@ -22,7 +22,7 @@ from gradviz.engine.kernels import fused_kernel, resolve_mode
 from gradviz.engine.losses import loss_gradient
 from gradviz.engine.plans import Job
 from gradviz.engine.reduce import PARTS, STATS, LayerStats, check_stats, finish, rank_one_parts, rescale
-from gradviz.errors import GradvizError, MethodError
+from gradviz.errors import GradvizError
 
 __all__ = ["STATS", "LayerStats", "layer_gradient_stats", "layer_sq_l2_norms", "head_gradient_stats",
            "parametrised_layers", "layer_parameters", "FORWARD_BATCH"]

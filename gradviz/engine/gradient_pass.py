@@ -147,7 +147,6 @@ class GradientPass:
     # ---- the forward
 
     def _forward(self, clone_inputs: bool) -> None:
-        root, twin = root_of(self.model), self.twin
         head = getattr(self.model, "head", None)
         self.features: torch.Tensor | None = None
         sink = self._sink

@@ -17,6 +17,7 @@ import torch
 
 from gradviz.errors import MethodError
 from gradviz.models import GradvizModel
+from gradviz.progress import report
 
 COVARIANCES = ("ledoit-wolf", "empirical")
 
@@ -25,28 +26,36 @@ _OUTPUTS_LOCK = threading.Lock()
 _KEEP = 4  # fit sets remembered (4,000 MNIST digits: 0.2 MB of features each)
 
 
-def _images_key(model: GradvizModel, images: torch.Tensor, chunk: int) -> tuple:
+def _images_key(model: GradvizModel, images: torch.Tensor) -> tuple:
     t = images.detach().cpu().contiguous()
     h = hashlib.sha256(str(tuple(t.shape)).encode())
     h.update(t.numpy().tobytes())
-    return getattr(model, "digest", id(model)), id(model), h.hexdigest(), chunk
+    return getattr(model, "digest", id(model)), id(model), h.hexdigest()
 
 
-def fit_outputs(model: GradvizModel, images: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (N, K), penultimate features (N, D)) of ``images``, float32 on the CPU, in chunks of ``chunk``.
+def fit_outputs(model: GradvizModel, images: torch.Tensor, chunk: int | None = None,
+                name: str = "fitting") -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, K), penultimate features (N, D)) of ``images``, float32 on the CPU, in batches planned
+    for the memory budget (:mod:`gradviz.budget`; ``chunk`` is an upper bound).
 
     Memoised per (model, image content): every fitted method of a run reads the same forward."""
-    if int(chunk) <= 0:
+    from gradviz.budget import batch_size_for
+
+    if chunk is not None and int(chunk) <= 0:
         raise MethodError(f"chunk must be a positive number of images, got {chunk}")
-    key = _images_key(model, images, int(chunk))
+    key = _images_key(model, images)
     with _OUTPUTS_LOCK:
         if key in _OUTPUTS:
             _OUTPUTS.move_to_end(key)
             return _OUTPUTS[key]
     logits, feats = [], []
+    chunk = batch_size_for(model, "forward", name, upper=chunk, n=int(images.shape[0]))
+    total = -(-int(images.shape[0]) // chunk)
+    report(0, total)
     with torch.no_grad():
-        for start in range(0, int(images.shape[0]), int(chunk)):
-            z, h = model.logits_and_features(images[start:start + int(chunk)].to(model.device))
+        for i, start in enumerate(range(0, int(images.shape[0]), chunk)):
+            z, h = model.logits_and_features(images[start:start + chunk].to(model.device))
+            report(i + 1, total)
             logits.append(z.detach().float().cpu())
             feats.append(h.detach().float().reshape(h.shape[0], -1).cpu())
     out = (torch.cat(logits), torch.cat(feats))

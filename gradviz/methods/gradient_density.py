@@ -93,8 +93,16 @@ class GradientDensity:
         n = int(images.shape[0])
         if n > self.fit_samples:
             images = images[np.sort(np.random.default_rng(self.seed).choice(n, self.fit_samples, replace=False))]
-        parts = [layer_sq_l2_norms(model, images[i:i + 256].to(model.device), loss=self.loss)[1]
-                 for i in range(0, int(images.shape[0]), 256)]
+        from gradviz.budget import batch_size_for
+        from gradviz.progress import report
+
+        step = batch_size_for(model, "gradients", "fitting gradient_density", n=int(images.shape[0]))
+        total = -(-int(images.shape[0]) // step)
+        parts = []
+        for k, i in enumerate(range(0, int(images.shape[0]), step)):
+            report(k, total)
+            parts.append(layer_sq_l2_norms(model, images[i:i + step].to(model.device), loss=self.loss)[1])
+        report(total, total)
         v = torch.cat(parts).double().cpu().clamp_min(FLOOR).log().numpy()
         if v.shape[0] < 2:
             raise MethodError("gradient_density needs at least 2 ID training images to fit")

@@ -247,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    from gradviz.cli import check_count, output_folder
+    from gradviz.runconfig import MAX_LIMIT, MAX_SEED
+
+    check_count(args.limit, "--limit", 1, MAX_LIMIT)
+    check_count(args.seed, "--seed", 0, MAX_SEED)
+    output_folder(args.out)  # before the minutes of training, not after
     result = train_model(args.arch, epochs=args.epochs, seed=args.seed, out_dir=args.out, limit=args.limit)
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2, ensure_ascii=False))
     return 0

@@ -26,7 +26,8 @@ def upload_name(filename: str, digest: str) -> str:
 
 
 def model_from_upload(arch: str, data: bytes, filename: str, card: ModelCard | None = None, *,
-                      form: dict[str, str] | None = None, max_mb: int | None = None, allow_code: bool = False):
+                      form: dict[str, str] | None = None, max_mb: int | None = None, allow_code: bool = False,
+                      max_params: int | None = None, max_side: int | None = None):
     """A :class:`~gradviz.models.GradvizModel` from uploaded safetensors ``data`` for ``arch``.
 
     ``card`` replaces the architecture's default card; ``form`` (``input_size``, ``mean``,
@@ -34,7 +35,9 @@ def model_from_upload(arch: str, data: bytes, filename: str, card: ModelCard | N
     against the network. Every
     problem ends in one :class:`ModelError` naming it: not ``.safetensors``, over the size limit
     (``GRADVIZ_MAX_WEIGHTS_MB``), a pickle / TorchScript / ``.pt2`` in disguise, NaN/inf values,
-    missing or unexpected keys, shape mismatches, a card that does not fit.
+    missing or unexpected keys, shape mismatches, a card that does not fit; with ``max_params`` /
+    ``max_side`` (the web app's bounds) a torchvision / timm network of more parameters (counted on the
+    meta device, before it is built) or a card wider or taller than that.
     """
     from gradviz.models import GradvizModel
     from gradviz.models.architectures import build_for_weights, check_card_fits
@@ -46,11 +49,23 @@ def model_from_upload(arch: str, data: bytes, filename: str, card: ModelCard | N
         raise ModelError(f"{filename}: only .safetensors weights are accepted from the browser (never pickles or code)")
     limit_mb = int(max_mb or settings().max_weights_mb)
     weights = open_weights_bytes(data, filename, max_bytes=limit_mb * 2**20)
+    if max_params is not None:
+        from gradviz.budget import check_parameters_web
+
+        check_parameters_web(arch, weights.shapes, max_params)
+    if max_side is not None and card is not None:  # the checks before the network is built
+        from gradviz.budget import check_side_web
+
+        check_side_web(card, max_side)
     net, default = build_for_weights(arch, weights.shapes, filename, allow_code=allow_code)
     apply_state_dict(net, weights.tensors(), filename)
     card = (card or default).validate()
     if form and any(str(v).strip() for v in form.values()):
         card = card_from_form(card, **{k: str(v) for k, v in form.items()})
+    if max_side is not None:
+        from gradviz.budget import check_side_web
+
+        check_side_web(card, max_side)
     check_card_fits(net, card, filename)
     model = GradvizModel(net, card)
     digest = hashlib.sha256((model.digest + model.card.to_json()).encode()).hexdigest()[:16]

@@ -148,15 +148,27 @@ def score_batch(model: GradvizModel, x: torch.Tensor, runners: list[MethodRunner
         raise GradvizError(f"images must be (B, C, H, W); got {tuple(x.shape)}")
     t0 = time.perf_counter()
     layers, note = None, ""
+    from gradviz.budget import batch_size_for
+
+    graph = layer_profile or needs_graph(runners)
+    step = batch_size_for(model, "gradients" if graph else "forward", "playground", n=int(x.shape[0]))
+    parts: dict[str, list] = {"probs": [], "layers": [], **{r.info.name: [] for r in runners}}
     with model.lock:  # the shared model: no other session's hooks during these passes
-        batch = ModelOutputs.from_model(model, x, keep_graph=layer_profile or needs_graph(runners))
-        probs = batch.probs.detach().cpu().numpy()
-        raw = {r.info.name: r.score(batch).numpy().astype(np.float64) for r in runners}  # (B,) each
-        if layer_profile:
-            try:
-                layers = gradient_metrics(batch).to_frame()
-            except GradvizError as exc:  # e.g. a layer kind the engine cannot read: the rest still works
-                note = f"no per-layer gradients for this model: {exc}"
+        for start in range(0, int(x.shape[0]), step):  # one batch unless the memory budget says otherwise
+            batch = ModelOutputs.from_model(model, x[start:start + step], keep_graph=graph)
+            parts["probs"].append(batch.probs.detach().cpu().numpy())
+            for r in runners:
+                parts[r.info.name].append(r.score(batch).numpy().astype(np.float64))  # (b,) each
+            if layer_profile and not note:
+                try:
+                    parts["layers"].append(gradient_metrics(batch).to_frame())
+                except GradvizError as exc:  # e.g. a layer kind the engine cannot read: the rest still works
+                    note = f"no per-layer gradients for this model: {exc}"
+            del batch
+    probs = np.concatenate(parts["probs"])
+    raw = {r.info.name: np.concatenate(parts[r.info.name]) for r in runners}
+    if parts["layers"] and not note:
+        layers = parts["layers"][0] if len(parts["layers"]) == 1 else pd.concat(parts["layers"], ignore_index=True)
     rows = []
     for r in runners:
         name = r.info.name

@@ -26,7 +26,7 @@ from PIL import Image, ImageFilter
 from gradviz.errors import ImageError
 
 __all__ = ["ink_from_array", "photo_to_ink", "mnist_style", "to_model_input", "canvas_to_input", "photo_to_input",
-           "photo_fit", "BOX_FRACTION", "INK_LEVEL"]
+           "photo_fit", "frame_to_input", "BOX_FRACTION", "INK_LEVEL"]
 
 BOX_FRACTION = 20 / 28  # the longer side of the digit's box, as a fraction of the input side
 INK_LEVEL = 0.05  # values above this count as ink for the bounding box
@@ -156,6 +156,18 @@ def photo_to_input(array: np.ndarray, card) -> torch.Tensor | None:
     """A decoded photo (C, H, W) in [0, 1] -> (1, C, H, W) model input; None if no ink stands out."""
     plane = mnist_style(photo_to_ink(ink_from_array(array)), tuple(card.input_size[1:]))
     return None if plane is None else to_model_input(plane, card)
+
+
+def frame_to_input(kind: str, data: bytes, card) -> tuple[torch.Tensor | None, str]:
+    """A drawing (``kind="canvas"``) or camera picture's bytes -> ((1, C, H, W) model input or None if no
+    ink, the decoder's note). Decoded already reduced to the working size (:data:`PHOTO_SIDE`, or the
+    model's side if larger): a 4000×4000 frame never exists at full resolution in memory."""
+    from gradviz.images import decode_image, fit_within
+
+    side = max(PHOTO_SIDE, *(int(v) for v in card.input_size[1:]))
+    decoded = decode_image(data, "drawing" if kind == "canvas" else "camera picture", fit=fit_within(data, side))
+    convert = canvas_to_input if kind == "canvas" else photo_to_input
+    return convert(decoded.array, card), decoded.note
 
 
 def photo_fit(card) -> tuple[int, int]:

@@ -44,6 +44,9 @@ def get_model(name: str, weights: str | None = None) -> GradvizModel:
             raise ModelError(f"{name} is not among this session's uploaded models (uploads belong to the session "
                              "that made them); upload the weights again")
         return own
+    from gradviz.budget import check_parameters_web
+
+    check_parameters_web(name)  # torchvision / timm names: counted on the meta device, refused before they are built
     return _shared_model(name, weights, name in allowed_code_models())
 
 
@@ -151,11 +154,13 @@ def _memoised(key: str, compute: Callable[[], object], cfg: RunConfig | None = N
 
 
 def _progress_bar(text: str) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
-    bar = st.progress(0.0, text=text)
+    from gradviz.progress import Eta
+
+    bar, eta = st.progress(0.0, text=text), Eta()
 
     def update(done: int, total: int, label: str) -> None:
-        unit = " methods" if label.startswith("fitting") else " batches"  # scoring.score_dataset reports fits too
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} — {label}: {done}/{total}{unit}")
+        # "Scoring samples — fitting mahalanobis on mnist:train (once): 40/125 batches, ~30 s left"
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} — {eta.text(done, total, label)}")
 
     return update, bar.empty
 

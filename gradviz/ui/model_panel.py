@@ -97,7 +97,8 @@ def _load(kind: str, name: str, weights, card_file, form: dict[str, str]):
     arch = _architecture(kind, name)
     card = ModelCard.from_json_text(card_file.getvalue(), card_file.name) if card_file is not None else None
     return model_from_upload(arch, weights.getvalue(), weights.name, card, form=form,
-                             allow_code=arch in allowed_code_models())
+                             allow_code=arch in allowed_code_models(), max_params=settings().max_params_web,
+                             max_side=settings().max_side_web)
 
 
 def weights_upload(sb) -> None:

@@ -17,11 +17,10 @@ import torch
 
 from gradviz.data import short_spec
 from gradviz.errors import GradvizError
-from gradviz.images import decode_image
 from gradviz.methods.registry import MethodRunner, resolve_methods
 from gradviz.plaintext import md_text
 from gradviz.playground import LiveReport, Reference, Walk, build_reference, score_batch, walk
-from gradviz.playground.preprocess import canvas_to_input, photo_to_input
+from gradviz.playground.preprocess import frame_to_input
 from gradviz.scoring import RunConfig, blank_method_warnings, make_runners
 from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result
 from gradviz.ui.canvas import digit_canvas
@@ -94,9 +93,7 @@ def path_report(digest: str, cfg_json: str, kind: str, steps: int, target_digest
 @st.cache_data(max_entries=64, show_spinner=False)
 def _to_input(kind: str, data: bytes, card_json: str, _card) -> tuple[torch.Tensor | None, str]:
     """Decoded, MNIST-style model input of a drawing or photo (None if no ink), and the decoder's note."""
-    decoded = decode_image(data, "drawing" if kind == "canvas" else "camera picture")
-    convert = canvas_to_input if kind == "canvas" else photo_to_input
-    return convert(decoded.array, _card), decoded.note
+    return frame_to_input(kind, data, _card)
 
 
 # --------------------------------------------------------------------------- image sources

@@ -31,6 +31,7 @@ def _ok(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
+@pytest.mark.slow
 def test_layers_page_calls_out_best_layer_and_reacts(monkeypatch, tmp_path):
     at = _open(monkeypatch, tmp_path, "pages/layers.py")
     _ok(at)
@@ -61,6 +62,7 @@ def test_meta_page_explains_too_few_errors(monkeypatch, tmp_path):
     assert not at.get("plotly_chart")
 
 
+@pytest.mark.slow
 def test_meta_page_reports_feature_sets_and_ood_settings(monkeypatch, tmp_path):
     # A harder ID set (low-contrast digits) gives the model enough errors to learn from.
     at = _open(monkeypatch, tmp_path, "pages/meta.py", id="corrupt:contrast:3")

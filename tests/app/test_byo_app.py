@@ -156,6 +156,7 @@ def add_zip(at: AppTest, data: bytes, name: str) -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_zip_as_the_id_set_is_split_stated_and_scored(open_page):
     at = open_page("pages/home.py", RunConfig(limit=100, ood=["noise-uniform"], methods=["msp", "mahalanobis"]))
     members = {f"digits/{c}/{i}.png": png(20 * c + i) for c in range(3) for i in range(8)}

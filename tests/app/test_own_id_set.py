@@ -3,6 +3,8 @@ the Corruption lab. A method that cannot be fitted there is left blank with its 
 
 from __future__ import annotations
 
+import pytest
+
 from gradviz.scoring import RunConfig
 from gradviz.ui.canvas import canvas_state
 
@@ -18,6 +20,7 @@ def grey_zip() -> bytes:
     return zip_of({f"digits/{c}/{i}.png": png(20 * c + i) for c in range(3) for i in range(8)})
 
 
+@pytest.mark.slow
 def test_playground_with_an_own_id_set_leaves_an_unfittable_method_blank(open_page):
     at = open_page("pages/playground.py", RunConfig(limit=100, ood=["noise-uniform"], methods=METHODS),
                    pg_canvas=canvas_state(drawing("three")))

@@ -1,44 +1,31 @@
 """Fixtures for real-browser tests: one streamlit server per module (tmp cache dir) and a headless Chromium.
 
-Everything is skipped with a clear reason when /usr/bin/chromium is absent. Server helpers live in
-benchmarks/load_test.py (shared with the load test and the timing benchmark).
+Every test here is marked ``browser`` and skipped with a clear reason when /usr/bin/chromium is absent. Server
+helpers live in gradviz/testing/browser.py (shared with the load test and the timing benchmark).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from gradviz.testing.browser import CHROMIUM, CHROMIUM_ARGS, StreamlitServer
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_helpers():
-    """benchmarks/load_test.py as module ``gv_load_test`` (a site-packages 'benchmarks' package shadows the folder)."""
-    if "gv_load_test" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("gv_load_test", ROOT / "benchmarks" / "load_test.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["gv_load_test"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["gv_load_test"]
-
-
-_helpers = _load_helpers()
-CHROMIUM, CHROMIUM_ARGS, StreamlitServer = _helpers.CHROMIUM, _helpers.CHROMIUM_ARGS, _helpers.StreamlitServer
-
 NO_CHROMIUM = f"{CHROMIUM} is not installed (apt-get install chromium); real-browser tests skipped"
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m "not browser"` deselects by marker
 def pytest_collection_modifyitems(config, items):
-    """Skip every test in this folder when Chromium is missing."""
-    if Path(CHROMIUM).exists():
-        return
+    """Mark every test in this folder ``browser``; skip them when Chromium is missing."""
+    here = Path(__file__).parent
     for item in items:
-        if Path(str(item.fspath)).parent == Path(__file__).parent:
-            item.add_marker(pytest.mark.skip(reason=NO_CHROMIUM))
+        if Path(str(item.path)).parent == here:
+            item.add_marker(pytest.mark.browser)
+            if not Path(CHROMIUM).exists():
+                item.add_marker(pytest.mark.skip(reason=NO_CHROMIUM))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gv_load_test import APP_STATE, PAGES, VIEWPORT, StreamlitServer, digit_png  # benchmarks/load_test.py, loaded by conftest
+from gradviz.testing.browser import APP_STATE, PAGES, VIEWPORT, StreamlitServer, digit_png
 
 TIMEOUT_S = 300  # the first computation on this shared 2-core machine can take minutes
 

@@ -14,7 +14,7 @@ import torchvision
 from PIL import Image
 from safetensors.torch import save
 
-from gv_load_test import APP_STATE  # benchmarks/load_test.py, loaded by conftest
+from gradviz.testing.browser import APP_STATE
 from test_browser import exceptions, go, new_session, save_shot, wait_idle
 
 SIDEBAR = '[data-testid="stSidebar"]'

@@ -4,16 +4,14 @@ Half run Compare (their metrics CSV, downloaded three times, must equal a single
 "read back empty" was other sessions' runs deleting a download built on click), half Inspect with their own uploaded
 PNG (each sees its own file name and prediction, never another session's upload). No session may error,
 the server must log no traceback, and its peak RSS stays bounded. Sample slider at its minimum (100/set).
-The scenario lives in benchmarks/load_test.py (run it directly for bigger runs and a table).
+The scenario lives in gradviz/testing/browser.py (benchmarks/load_test.py runs it for bigger runs and a table).
 """
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from gv_load_test import run_load  # benchmarks/load_test.py, loaded by conftest
+from gradviz.testing.browser import run_load
 
 SESSIONS = 8
 MAX_RSS_MIB = 6000  # bounded: the model and datasets are shared, sessions only add page state

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from gv_load_test import APP_STATE, VIEWPORT  # benchmarks/load_test.py, loaded by conftest
+from gradviz.testing.browser import APP_STATE, VIEWPORT
 from test_browser import TIMEOUT_S, exceptions, save_shot, wait_idle
 
 GAUGES_JS = """() => {

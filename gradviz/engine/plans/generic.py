@@ -55,7 +55,7 @@ class GenericPlan(Plan):
         return -(-self.batch // self.step)
 
     def _per_sample_vmap(self, sl: slice) -> list[torch.Tensor]:
-        use, k = self.use, self.k
+        use = self.use
         lo, hi = sl.start, min(sl.stop, self.batch)
         batch_ids = [id(t) for t in use.batch]
         slices = [batch_rows(t, self.batch)[lo:hi] for t in use.batch]  # (b, k, ...)

@@ -1,0 +1,1 @@
+"""Helpers for testing gradviz and measuring it (used by tests/ and benchmarks/)."""
