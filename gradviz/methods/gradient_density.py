@@ -14,11 +14,14 @@ score their deviation; here the loss is the classifier's own-prediction likeliho
 (``loss="nll_pred"``, the Fisher view of Oberdiek et al.'s metrics) or the confounding label
 (``"confounding_sigmoid"``). Two-sided: gradients that are too SMALL (an overconfident input) are as
 atypical as too large ones — which is what the one-sided gradient scores miss. It is the
-unsupervised twin of the meta classifier (the Meta classifier page shows both). Σ is estimated with
-Ledoit-Wolf shrinkage; norms are floored at float32's smallest normal number before the log.
+unsupervised twin of the meta classifier (the Meta classifier page shows both). The norms are
+computed for the loss gradient scaled to max 1 and scaled back in logs (no float32 underflow on a
+saturated softmax).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,17 +35,37 @@ from gradviz.models import GradvizModel
 FLOOR = float(torch.finfo(torch.float32).tiny)
 
 
+def _unit_loss(loss: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``loss``'s logit gradient divided by its largest entry per sample (the norms are scaled back in logs)."""
+    fn = LOSSES[loss]
+
+    def unit(z: torch.Tensor) -> torch.Tensor:
+        g = fn(z)
+        return g / g.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+
+    return unit
+
+
+def _log_scale(loss: str, logits: torch.Tensor) -> torch.Tensor:
+    """2·log max_c |∂ℓ/∂z_c| per sample, (B, 1) float64: what :func:`_unit_loss` divided out, squared."""
+    return 2 * LOSSES[loss](logits.detach().double().cpu()).abs().amax(-1, keepdim=True).clamp_min(1e-300).log()
+
+
 def log_layer_norms(batch: ModelOutputs, loss: str = "nll_pred") -> torch.Tensor:
-    """v = log ‖∇θ_l ℓ‖² per layer, (B, L) float64; one backward on the batch's shared forward (memoised)."""
+    """v = log ‖∇θ_l ℓ‖² per layer, (B, L) float64; one backward on the batch's shared forward (memoised).
+
+    The engine backpropagates ∂ℓ/∂z / max|∂ℓ/∂z| and 2·log max|∂ℓ/∂z| is added back: on a saturated softmax
+    ‖∇θ_l ℓ‖² ∝ (1 − p_ŷ)² falls below float32's smallest number (1e-40 for 1 − p_ŷ = 1e-20), where the
+    float32 norms would all clamp to the same floor."""
     if loss not in LOSSES:
         raise MethodError(f"gradient_density: loss must be one of {sorted(LOSSES)}, got {loss!r}")
 
     def compute() -> tuple[list[str], torch.Tensor]:
-        gp = batch.gradient_pass()
-        return gp.sq_l2_norms(loss=loss) if gp is not None else layer_sq_l2_norms(batch.model, batch.x, loss=loss)
+        gp, unit = batch.gradient_pass(), _unit_loss(loss)
+        return gp.sq_l2_norms(loss=unit) if gp is not None else layer_sq_l2_norms(batch.model, batch.x, loss=unit)
 
-    _, norms = batch.memo(("layer_sq_l2", loss), compute)
-    return norms.detach().double().cpu().clamp_min(FLOOR).log()
+    _, norms = batch.memo(("layer_sq_l2_unit", loss), compute)
+    return norms.detach().double().cpu().clamp_min(FLOOR).log() + _log_scale(loss, batch.logits)
 
 
 class GaussianDensity:
@@ -93,9 +116,14 @@ class GradientDensity:
         n = int(images.shape[0])
         if n > self.fit_samples:
             images = images[np.sort(np.random.default_rng(self.seed).choice(n, self.fit_samples, replace=False))]
-        parts = [layer_sq_l2_norms(model, images[i:i + 256].to(model.device), loss=self.loss)[1]
-                 for i in range(0, int(images.shape[0]), 256)]
-        v = torch.cat(parts).double().cpu().clamp_min(FLOOR).log().numpy()
+        parts = []
+        for i in range(0, int(images.shape[0]), 256):
+            x = images[i:i + 256].to(model.device)
+            with torch.no_grad():
+                logits = model(x)
+            norms = layer_sq_l2_norms(model, x, loss=_unit_loss(self.loss))[1]
+            parts.append(norms.double().cpu().clamp_min(FLOOR).log() + _log_scale(self.loss, logits))
+        v = torch.cat(parts).numpy()
         if v.shape[0] < 2:
             raise MethodError("gradient_density needs at least 2 ID training images to fit")
         self.density_ = GaussianDensity().fit(v)
