@@ -16,7 +16,7 @@ score their deviation; here the loss is the classifier's own-prediction likeliho
 atypical as too large ones — which is what the one-sided gradient scores miss. It is the
 unsupervised twin of the meta classifier (the Meta classifier page shows both). The norms are
 computed for the loss gradient scaled to max 1 and scaled back in logs (no float32 underflow on a
-saturated softmax).
+saturated softmax). Σ: Ledoit-Wolf shrinkage (default) or the empirical estimate (``covariance``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 from gradviz.errors import MethodError
 from gradviz.gradients import LOSSES, layer_sq_l2_norms
-from gradviz.methods._fitting import precision_of, require_fitted
+from gradviz.methods._fitting import COVARIANCES, check_covariance, precision_of, require_fitted
 from gradviz.methods.registry import ModelOutputs, register
 from gradviz.models import GradvizModel
 
@@ -71,13 +71,17 @@ def log_layer_norms(batch: ModelOutputs, loss: str = "nll_pred") -> torch.Tensor
 class GaussianDensity:
     """A full-covariance Gaussian on rows of a matrix: ``fit(v)``, ``neg_log_density(v)``."""
 
+    def __init__(self, covariance: str = "ledoit-wolf") -> None:
+        self.covariance = check_covariance("gradient_density", covariance)
+
     def fit(self, v: np.ndarray) -> "GaussianDensity":
         v = np.asarray(v, dtype=np.float64)
         self.mean_ = v.mean(0)
-        self.precision_ = precision_of(v - self.mean_, "ledoit-wolf")
+        self.precision_ = precision_of(v - self.mean_, self.covariance)
         sign, logdet = np.linalg.slogdet(self.precision_)
         if sign <= 0:
-            raise MethodError("gradient_density: the fitted covariance is not positive definite")
+            raise MethodError(f"gradient_density: the fitted {self.covariance} covariance is singular (a layer's "
+                              "log norm is constant on the fit set?); use covariance='ledoit-wolf'")
         self.log_norm_ = 0.5 * (v.shape[1] * np.log(2 * np.pi) - logdet)  # ½ log det(2πΣ)
         return self
 
@@ -96,17 +100,22 @@ class GaussianDensity:
                     "then ask how typical a new fingerprint is. Too-small gradients (overconfidence) are as "
                     "suspicious as too-large ones.",
           reading="The unsupervised twin of the meta classifier: no labels, no OOD data. See the Meta classifier "
-                  "page for both side by side, and Layer profiles for the per-layer norms it reads.",
-          expected={"noise-uniform": "higher", "letters": "higher"})
+                  "page for both side by side, and Layer profiles for the per-layer norms it reads. Choice "
+                  "(`covariance` of the Gaussian): `ledoit-wolf` (default) or `empirical` (maximum likelihood); "
+                  "the Gaussian itself is gradviz's adaptation, the paper fits none.",
+          expected={"noise-uniform": "higher", "letters": "higher"},
+          bounds={"fit_samples": (2, None)}, choices={"loss": tuple(sorted(LOSSES)), "covariance": COVARIANCES})
 class GradientDensity:
     """−log density of the per-layer log gradient norms under a Gaussian fitted on ID training data."""
 
-    def __init__(self, loss: str = "nll_pred", fit_samples: int = 1000, seed: int = 0) -> None:
+    def __init__(self, loss: str = "nll_pred", fit_samples: int = 1000, seed: int = 0,
+                 covariance: str = "ledoit-wolf") -> None:
         if loss not in LOSSES:
             raise MethodError(f"gradient_density: loss must be one of {sorted(LOSSES)}, got {loss!r}")
         if int(fit_samples) < 2:
             raise MethodError(f"gradient_density: fit_samples must be >= 2, got {fit_samples}")
         self.loss, self.fit_samples, self.seed = loss, int(fit_samples), int(seed)
+        self.covariance = check_covariance("gradient_density", covariance)
         self.density_: GaussianDensity | None = None
 
     def fit(self, model: GradvizModel, images: torch.Tensor, labels=None) -> "GradientDensity":
@@ -126,7 +135,7 @@ class GradientDensity:
         v = torch.cat(parts).numpy()
         if v.shape[0] < 2:
             raise MethodError("gradient_density needs at least 2 ID training images to fit")
-        self.density_ = GaussianDensity().fit(v)
+        self.density_ = GaussianDensity(self.covariance).fit(v)
         return self
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
