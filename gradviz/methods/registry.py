@@ -142,8 +142,11 @@ def check_param(info: MethodInfo, key: str, value: Any) -> Any:
     default = info.defaults[key]
     where = f"{info.name}: parameter {key!r}"
     if key in info.choices:
-        if value not in info.choices[key] or type(value) is not type(default):
-            raise MethodError(f"{where} must be one of {', '.join(map(str, info.choices[key]))}, got {value!r:.60}")
+        allowed = ", ".join(map(str, info.choices[key]))
+        if type(value) is not type(default):
+            raise MethodError(f"{where} must be {type(default).__name__} (one of {allowed}), got {value!r:.60}")
+        if value not in info.choices[key]:
+            raise MethodError(f"{where} must be one of {allowed}, got {value!r:.60}")
         return value
     if isinstance(default, bool) or not isinstance(default, (int, float)):
         if type(value) is not type(default) and default is not None:
