@@ -195,3 +195,12 @@ def test_grood_layer_mixup_refuses_an_unknown_or_reused_module(data):
     with pytest.raises(MethodError, match="'act' runs 2 times per forward"):
         get_method("grood").create(mixup_layer="act").fit(model, images, np.arange(30) % 3)
     assert not model.net.act._forward_hooks
+
+
+def test_metrics_footnote_states_each_setting_against_the_paper():
+    from gradviz.methods.registry import adaptation_notes
+
+    notes = adaptation_notes(["msp", "mahalanobis", "grood", "vim"], {"vim": {"rule": "benchmark"}})
+    assert notes == ["`mahalanobis` covariance = ledoit-wolf (paper: empirical)",
+                     "`grood` mixup_layer = input (paper: an intermediate layer (e.g. layer2))",
+                     "`vim` rule = benchmark (as the paper)"]

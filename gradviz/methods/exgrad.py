@@ -59,7 +59,7 @@ def gini(z: torch.Tensor) -> torch.Tensor:
           reading="Read it beside its two factors (Compare → metrics tab, 'feature norm vs output' table): "
                   "where ‖h‖₁ alone separates as well, the gradient adds nothing.",
           expected={"noise-uniform": "lower", "letters": "higher"},
-          choices={"norm": NORMS})
+          choices={"norm": NORMS}, paper_settings={"norm": "l2sq"})  # the authors' code
 def exgrad(batch: ModelOutputs, norm: str = "l1") -> torch.Tensor:
     """E_{y~p} of a norm of the head's gradient of log p_y: ‖h‖₁ · 2(1 − Σp²) (``norm="l1"``, ∇W) or
     (‖h‖₂² + 1)(1 − Σp²) (``norm="l2sq"``, squared L2 of ∇[W | b], as the authors' code)."""

@@ -126,7 +126,8 @@ def layer_mixup_features(model: GradvizModel, name: str, images: torch.Tensor, l
                   "output — give its module name (e.g. `layer2` on mnist-cnn). The two can rank inputs very "
                   "differently: on mnist-cnn, noise AUROC is 1.00 with input mixup and far lower with layer2.",
           expected={"noise-uniform": "higher", "letters": "higher"},
-          bounds={"mixup": (0.0, 0.999), "k": (1, None), "chunk": (1, None)})
+          bounds={"mixup": (0.0, 0.999), "k": (1, None), "chunk": (1, None)},
+          paper_settings={"mixup_layer": "an intermediate layer (e.g. layer2)"})
 class GROOD:
     """Nearest-neighbour distance of the gradient w.r.t. a synthetic OOD prototype (closed form)."""
 

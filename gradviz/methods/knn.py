@@ -43,7 +43,8 @@ def _normalised(h: torch.Tensor) -> torch.Tensor:
                   "50,000 training images) or `k_fraction` > 0, k as a share of the fit set (the paper's ImageNet "
                   "setting; 0.001 = CIFAR-10's 50 of 50,000). 0 = use `k`.",
           expected={"noise-uniform": "higher", "letters": "higher"},
-          bounds={"k": (1, None), "k_fraction": (0.0, 1.0), "chunk": (1, None)})
+          bounds={"k": (1, None), "k_fraction": (0.0, 1.0), "chunk": (1, None)},
+          paper_settings={"k_fraction": "k = 50 of 50,000 CIFAR-10 images, i.e. 0.001"})
 class KNN:
     """Distance to the k-th nearest L2-normalised ID training feature (higher = more uncertain)."""
 

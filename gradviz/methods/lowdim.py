@@ -48,7 +48,8 @@ def _with_one(h: torch.Tensor) -> torch.Tensor:
                   "`empirical` (the maximum-likelihood estimate of Lee et al.'s Mahalanobis score, which the "
                   "paper applies).",
           expected={"noise-uniform": "higher", "letters": "higher"},
-          bounds={"components": (1, None), "max_entries": (1, None)}, choices={"covariance": COVARIANCES})
+          bounds={"components": (1, None), "max_entries": (1, None)}, choices={"covariance": COVARIANCES},
+          paper_settings={"covariance": "empirical"})
 class LowDimGradient:
     """Mahalanobis distance of the head's energy gradient projected on its ID principal components."""
 

@@ -43,7 +43,8 @@ def extract_features(model: GradvizModel, images: torch.Tensor, chunk: int = 512
                   "Choice (`covariance`): `ledoit-wolf` (default, an adaptation: shrinkage keeps Σ⁻¹ stable with "
                   "few images or dead features) or `empirical` (the paper's maximum-likelihood estimate).",
           expected={"noise-uniform": "higher", "letters": "higher"},
-          bounds={"chunk": (1, 65536)}, choices={"covariance": COVARIANCES})
+          bounds={"chunk": (1, 65536)}, choices={"covariance": COVARIANCES},
+          paper_settings={"covariance": "empirical"})
 class Mahalanobis:
     """Minimum class-conditional Mahalanobis distance² of the penultimate features (tied covariance)."""
 

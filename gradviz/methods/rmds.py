@@ -33,7 +33,7 @@ from gradviz.models import GradvizModel
                   "the near-OOD set. Choice (`covariance`, both Gaussians): `ledoit-wolf` (default, an adaptation) "
                   "or `empirical` (the paper's maximum-likelihood estimate).",
           expected={"noise-uniform": "higher", "letters": "higher"},
-          choices={"covariance": COVARIANCES})
+          choices={"covariance": COVARIANCES}, paper_settings={"covariance": "empirical"})
 class RelativeMahalanobis:
     """min_c MD_c(h) − MD_0(h): class-conditional minus background Mahalanobis distance²."""
 

@@ -52,7 +52,7 @@ def principal_dim(d: int, rule: str = "auto") -> int:
                   "is 0): `benchmark` = the ViM code's principal dimension (1000 for D ≥ 2048, else 512, below D); "
                   "`half` = D/2 (an adaptation); `auto` (default) = benchmark from D = 768 up, D/2 below.",
           expected={"noise-uniform": "higher", "letters": "higher"},
-          bounds={"dim": (0, None)}, choices={"rule": RULES})
+          bounds={"dim": (0, None)}, choices={"rule": RULES}, paper_settings={"rule": "benchmark"})
 class ViM:
     """Virtual-logit matching: α·‖residual of h outside the principal subspace‖ − logsumexp(z)."""
 
