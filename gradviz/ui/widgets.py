@@ -60,6 +60,13 @@ def metrics_dataframe(metrics: pd.DataFrame, key: str | None = None, per_family:
 
     styled = table.style.apply(highlight, axis=None).format({c: "{:.3f}" for c in cols})
     st.dataframe(styled, hide_index=True, width="stretch", key=key)
+    from gradviz.methods.registry import adaptation_notes
+
+    cfg = st.session_state.get("gv_config")  # the sidebar's run configuration, which produced these metrics
+    notes = adaptation_notes(list(dict.fromkeys(table["method"])), getattr(cfg, "params", None))
+    if notes:
+        st.caption("Settings that change these scores (method parameters in the sidebar; Learn explains each): "
+                   + " · ".join(notes))
 
 
 def method_label(name: str) -> str:
