@@ -16,7 +16,7 @@ from gradviz.ui.sidebar import current_config, ensure_frame
 from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports,
                                 show_upload_errors, upload_max_mb)
 from gradviz.ui.widgets import decomposition, download_figure, download_results, image_tiles, metrics_dataframe
-from gradviz.ui.widgets import method_caption, method_label
+from gradviz.ui.widgets import line_picker, method_caption, method_label
 
 ensure_frame()
 
@@ -77,8 +77,7 @@ def distributions() -> None:
                                      "those images and send one to the Inspect page.") or VIEWS[0]
     selected = scores.iloc[:0]
     if view == VIEWS[0]:
-        fig = plots.score_histogram(scores, method)
-        fig.add_vline(x=threshold, line_dash="dash", line_color="black")
+        fig = plots.score_histogram(scores, method, threshold=threshold)
         st.plotly_chart(fig, width="stretch", key="cmp_hist")
     else:
         fig = plots.score_strip(scores, method, threshold)
@@ -124,11 +123,12 @@ def curves() -> None:
     ood = ood_col.selectbox("OOD set", ood_sets, key="cmp_ood")
     kinds = {"ROC": "roc", "Precision-recall (ID positive)": "pr_in", "Precision-recall (OOD positive)": "pr_out"}
     kind = kinds[kind_col.segmented_control("Curve", list(kinds), default="ROC", key="cmp_curve") or "ROC"]
+    rows = result.metrics[result.metrics["ood_dataset"] == ood] if len(result.metrics) else result.metrics
+    lines = line_picker(methods, dict(zip(rows.get("method", []), rows.get("auroc", []))), key="cmp_lines")
     if kind == "roc":
-        fig = plots.roc_figure(scores, methods, ood, order=methods, metrics=result.metrics)
+        fig = plots.roc_figure(scores, lines, ood, metrics=result.metrics)
     else:
-        fig = plots.pr_figure(scores, methods, ood, positive={"pr_in": "id", "pr_out": "ood"}[kind], order=methods,
-                              metrics=result.metrics)
+        fig = plots.pr_figure(scores, lines, ood, positive={"pr_in": "id", "pr_out": "ood"}[kind], metrics=result.metrics)
     st.plotly_chart(fig, width="stretch", key=f"cmp_{kind}")
     download_figure(fig, f"{kind}_{ood.replace(':', '_')}", key=f"cmp_dl_{kind}")
 

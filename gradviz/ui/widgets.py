@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hashlib import md5
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -68,6 +70,24 @@ def method_label(name: str) -> str:
 
     info = get_method(name)
     return f"{name} — {info.title} · {info.family}"
+
+
+def line_picker(methods: list[str], ranking: dict[str, float] | None, key: str, what: str = "AUROC") -> list[str]:
+    """A family filter and a method picker for a chart with one line per method; by default the two best of
+    each family by ``ranking`` (:func:`gradviz.palette.default_lines`), at most 8 lines. Returns the picks."""
+    from gradviz.palette import default_lines, family_of
+
+    families = list(dict.fromkeys(family_of(m) for m in methods))
+    c1, c2 = st.columns([1, 3])
+    shown = c1.pills("Families", families, selection_mode="multi", default=families, key=f"{key}_fam") or families
+    pool = [m for m in methods if family_of(m) in shown]
+    best = default_lines(pool, ranking)
+    # keyed by the families and the default: a new OOD set or filter starts again from its best lines
+    picks = c2.multiselect(f"Lines (default: the best of each family by {what})", pool, default=best,
+                           key=f"{key}_{md5(repr((shown, best)).encode()).hexdigest()[:8]}", placeholder="Choose methods",
+                           help="Two per family by default; add or remove methods. Click a legend entry to hide a line, "
+                                "double-click to show it alone.")
+    return picks or best
 
 
 def method_caption(metrics: pd.DataFrame, method: str) -> str:
