@@ -277,12 +277,28 @@ def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str 
     return fig
 
 
+def _bar_labels(values) -> dict:
+    """Every bar labelled with its value, outside the bar (a 0.000 bar draws nothing and would read as missing data)."""
+    v = np.asarray(values, dtype=float)
+    return dict(text=[f"{x:.3f}" if np.isfinite(x) else "n/a" for x in v], textposition="outside", cliponaxis=False,
+                textangle=-90 if len(v) > 6 else 0, textfont=dict(size=10))
+
+
+def _bar_range(values) -> list[float] | None:
+    """A y range with room above the tallest bar for its label (metrics in [0, 1]); None (auto) otherwise."""
+    v = _finite(values)
+    top = float(v.max()) if len(v) else 1.0
+    return [0.0, 1.25] if 0.0 <= top <= 1.0 and (v >= 0).all() else None
+
+
 def metric_bars(metrics: pd.DataFrame, metric: str = "auroc") -> go.Figure:
     """Grouped bars: ``metric`` per method, one group colour per OOD set."""
     fig = go.Figure()
     for ood, part in metrics.groupby("ood_dataset", sort=False):
-        fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=_h(ood), marker_color=dataset_color(ood)))
-    fig.update_layout(barmode="group", title=f"{metric.upper()} per method and OOD set", yaxis_title=metric, **LAYOUT)
+        fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=_h(ood), marker_color=dataset_color(ood),
+                             **_bar_labels(part[metric])))
+    fig.update_layout(barmode="group", title=f"{metric.upper()} per method and OOD set", uniformtext=dict(minsize=8, mode="show"),
+                      yaxis=dict(title=metric, range=_bar_range(metrics[metric])), **LAYOUT)
     return fig
 
 
@@ -295,6 +311,16 @@ def probability_bars(probs: np.ndarray, class_names: list[str], top: int = 10) -
     fig.update_layout(title="Class probabilities", yaxis_range=[0, 1], yaxis_title="softmax probability",
                       xaxis_type="category", height=300, **LAYOUT)
     return fig
+
+
+# What each per-layer statistic of a layer's weight gradient is, for axis titles (gradviz.engine.reduce.STATS).
+STAT_TITLES = {"l1": "L1 norm", "l2": "L2 norm", "max": "maximum entry", "min": "minimum entry", "mean": "mean entry",
+               "std": "standard deviation of the entries"}
+
+
+def stat_title(stat: str) -> str:
+    """Axis title of a per-layer gradient statistic, e.g. ``l2`` -> "gradient L2 norm (l2)"."""
+    return f"gradient {STAT_TITLES[stat]} ({stat})" if stat in STAT_TITLES else f"gradient {stat}"
 
 
 def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = None, log: bool = True) -> go.Figure:
@@ -318,8 +344,9 @@ def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = Non
     # the legend sits between the title and the plot: room for as many rows as its names need (~700 px wide)
     names = [t.name for t in fig.data if t.showlegend is not False]
     rows = max(1, -(-sum(len(n) * 7 + 60 for n in names) // 700))
-    fig.update_layout(title=dict(text=f"Per-layer gradient {stat}", y=1.0, yanchor="top", pad=dict(t=12)),
-                      yaxis_title=stat, yaxis_type="log" if log else "linear",
+    fig.update_layout(title=dict(text=f"Per-layer {stat_title(stat)}", y=1.0, yanchor="top", pad=dict(t=12)),
+                      yaxis=dict(title=stat_title(stat) + (", log scale" if log else ""), type="log" if log else "linear",
+                                 exponentformat="power", showexponent="all"),
                       **{**LAYOUT, "legend": dict(orientation="h", y=1.02, yanchor="bottom", x=0),
                          "margin": dict(l=50, r=20, t=50 + 24 * rows, b=110)})
     fig.update_xaxes(title_text="layer (input → output)", tickangle=-45, automargin=True)
@@ -419,10 +446,10 @@ def model_metric_bars(metrics: pd.DataFrame, metric: str = "auroc", models: list
         for row, ood in enumerate(oods, 1):
             part = metrics[(metrics["model"] == model) & (metrics["ood_dataset"] == ood)]
             fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=_h(model), legendgroup=model, showlegend=row == 1,
-                                 marker_color=SERIES_PALETTE[m % len(SERIES_PALETTE)],
+                                 marker_color=SERIES_PALETTE[m % len(SERIES_PALETTE)], **_bar_labels(part[metric]),
                                  hovertemplate=f"{_h(model)}<br>%{{x}}<br>{metric}=%{{y:.3f}}<extra>{_h(ood)}</extra>"),
                           row=row, col=1)
     fig.update_layout(barmode="group", title=f"{metric.upper()} per method, model and OOD set",
-                      height=max(320, 230 * max(1, len(oods))), **LAYOUT)
-    fig.update_yaxes(title_text=metric)
+                      height=max(320, 260 * max(1, len(oods))), uniformtext=dict(minsize=8, mode="show"), **LAYOUT)
+    fig.update_yaxes(title_text=metric, range=_bar_range(metrics[metric]) if len(metrics) else None)
     return fig

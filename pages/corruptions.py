@@ -7,7 +7,7 @@ from gradviz.data.corruptions import list_corruptions
 from gradviz.ui.cache import get_dataset, get_severity_scores, get_severity_table, show_error
 from gradviz.plaintext import md_text
 from gradviz.ui.sidebar import current_config
-from gradviz.ui.widgets import download_figure, download_table, image_tiles, line_picker, to_uint8
+from gradviz.ui.widgets import column_config, download_figure, download_table, image_tiles, line_picker, to_uint8
 from gradviz.ui.sidebar import ensure_frame
 
 ensure_frame()
@@ -57,9 +57,7 @@ st.caption("Left: one method's scores, clean (blue) then severity 1 → 5 (light
            "certain (over-confidence: e.g. MSP on heavy noise for the bundled model).")
 
 st.subheader("Metrics per method and severity")
-st.dataframe(table, hide_index=True, width="stretch", key="cl_table",
-             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("auroc", "fpr95", "aupr_in",
-                                                                                       "aupr_out", "detection_error")})
+st.dataframe(table, hide_index=True, width="stretch", key="cl_table", column_config=column_config(table.columns, "%.3f"))
 d1, d2, d3, d4 = st.columns(4)
 with d1:
     download_table("⬇ severity_metrics.csv", table, f"severity_{corruption}.csv", key="cl_dl_metrics")

@@ -90,6 +90,7 @@ if pg.explain_button(digest):
         cols[3].markdown(f"**{p.caption}**  \noriginal | heat map | overlay")
         for col, img in zip(cols, (p.original, p.heat, p.overlay)):
             col.image(img, width="stretch")
+        cols[1].image(p.scale, caption=p.scale_caption, width="stretch")  # the heat map's colour bar
 
 st.subheader(f"Walk {md_text(src_name)} out of the data")
 p1, p2, p3 = st.columns([2, 1, 3], vertical_alignment="bottom")

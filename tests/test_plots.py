@@ -150,3 +150,69 @@ def test_msp_is_shown_as_one_minus_msp_and_only_the_display_changes():
     (line,) = [t for t in fig.data if t.name == "threshold"]
     assert np.isclose(line.x[0], 0.1)
     assert scores["msp"].max() < 0  # the scores table keeps the raw, negated score
+
+
+# --------------------------------------------------------------------------- threshold slider
+
+
+@pytest.mark.parametrize("accept", [1.0, 37.5, 95.0, 99.5, 100.0])
+def test_id_quantile_slider_maps_to_the_id_quantile_and_accepts_that_share(accept):
+    from gradviz.metrics import threshold_at_tpr
+    from gradviz.samples import id_quantile_threshold
+
+    scores = _heavy()
+    scores.loc[3, "mahalanobis"] = np.nan  # non-finite ID scores are left out of the quantile
+    ids = scores.loc[scores.role == "id", "mahalanobis"].dropna().to_numpy()
+    t = id_quantile_threshold(scores, "mahalanobis", accept)
+    assert t == np.quantile(ids, accept / 100, method="inverted_cdf")
+    assert (ids <= t).mean() >= accept / 100 > ((ids < t).mean() - 1e-12)  # at least that share, and no more than needed
+    if accept == 95.0:
+        assert t == threshold_at_tpr(ids)  # the default is the ROC's FPR95 operating point
+
+
+def test_id_quantile_threshold_refuses_a_share_out_of_range():
+    from gradviz.errors import GradvizError
+    from gradviz.samples import id_quantile_threshold
+
+    for bad in (0.0, -5.0, 100.5):
+        with pytest.raises(GradvizError, match="share of ID"):
+            id_quantile_threshold(_heavy(), "msp", bad)
+
+
+# --------------------------------------------------------------------------- values that read as missing or odd
+
+
+def test_every_auroc_bar_is_labelled_with_its_value_even_at_zero():
+    metrics = pd.DataFrame({"ood_dataset": ["noise-uniform"] * 3 + ["letters"] * 3, "model": "cnn",
+                            "method": ["msp", "energy", "gradnorm"] * 2, "auroc": [0.0, 0.0004, 0.91, 0.8, 0.75, np.nan]})
+    for fig in (plots.metric_bars(metrics, "auroc"), plots.model_metric_bars(metrics, "auroc")):
+        bars = [t for t in fig.data if t.type == "bar"]
+        texts = [x for t in bars for x in t.text]
+        assert len(texts) == len(metrics) and texts[:3] == ["0.000", "0.000", "0.910"] and "n/a" in texts
+        assert all(t.textposition == "outside" and t.cliponaxis is False for t in bars)
+        assert fig.layout.yaxis.range[1] > 1.0  # room above a bar at 1.0 for its label
+
+
+def test_layer_profile_axis_has_a_full_title_and_one_exponent_format():
+    bands = pd.DataFrame({"dataset": "mnist", "role": "id", "layer": ["conv1", "fc"], "q05": [1e-16, 1e-4],
+                          "q50": [1e-12, 1e-2], "q95": [1e-8, 1.0]})
+    fig = plots.layer_profile(bands, "l2", log=True)
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.exponentformat == "power"
+    assert "L2 norm" in fig.layout.yaxis.title.text and "log" in fig.layout.yaxis.title.text
+
+
+@pytest.mark.parametrize("mode", ["signed", "absolute", "positive"])
+def test_attribution_panels_come_with_a_colour_bar(mode):
+    import torch
+
+    from gradviz import samples as gi
+    from gradviz.attributions import colorbar_rgb
+
+    att = type("A", (), {"maps": torch.rand(1, 8, 8) - 0.5, "layer": None, "note": ""})()
+    (panel,) = gi.attribution_panels(torch.rand(1, 8, 8), {"saliency": att}, mode=mode, size=56)
+    assert panel.scale.dtype == np.uint8 and panel.scale.shape[1] == panel.heat.shape[1] and panel.scale.shape[2] == 3
+    assert ("−1" in panel.scale_caption) == (mode == "signed") and "99th percentile" in panel.scale_caption
+    bar = colorbar_rgb(mode, width=50)
+    assert not np.array_equal(bar[0, 0], bar[0, -1])  # low and high ends differ
+    if mode == "signed":  # zero in the middle of a diverging map: near white
+        assert bar[0, 25].min() > 200

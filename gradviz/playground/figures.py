@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 from gradviz.palette import family_color, method_styles
 from gradviz.plaintext import html_text as _h
 from gradviz.playground.live import Reference
-from gradviz.plots import LAYOUT, dataset_color, with_alpha
+from gradviz.plots import LAYOUT, dataset_color, shown_score, with_alpha
 
 __all__ = ["family_color", "method_shades", "method_dashes", "percentile_gauges", "histogram_base", "marker_histograms",
            "path_figure"]
@@ -68,6 +68,11 @@ def _axis_id(k: int) -> str:
     return "" if k == 0 else str(k + 1)
 
 
+def _offset(reference: Reference, method: str) -> float:
+    """The display shift of a method's histogram axis (MSP as 1 − MSP); none on log10-binned axes."""
+    return 0.0 if method in reference.log_axis else shown_score(method)[1]
+
+
 def histogram_base(reference: Reference, cols: int = 4, row_height: int = 150) -> dict:
     """The ID/OOD densities of every method as a grid of small histograms (a figure dict): the part of
     :func:`marker_histograms` that does not change from stroke to stroke. Memoised on ``reference``."""
@@ -77,7 +82,8 @@ def histogram_base(reference: Reference, cols: int = 4, row_height: int = 150) -
         return cached
     methods = [m for m in reference.methods if m in set(reference.histograms["method"])]
     rows = max(1, -(-len(methods) // cols))
-    titles = [f"{m} (log₁₀)" if m in reference.log_axis else m for m in methods]
+    # MSP reads as 1 − MSP (display only, as on every page); log-binned scores say so
+    titles = [f"{m} (log₁₀)" if m in reference.log_axis else shown_score(m)[0] for m in methods]
     grid = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.5 / rows)
     data, shown, panels = [], set(), {}
     for k, m in enumerate(methods):
@@ -87,7 +93,7 @@ def histogram_base(reference: Reference, cols: int = 4, row_height: int = 150) -
         for (spec, role), sets in part.groupby(["dataset", "role"], sort=False):
             name = f"{_h(spec)} ({role.upper()})"
             color = dataset_color(spec, role)
-            edges = np.append(sets["left"].to_numpy(), sets["right"].to_numpy()[-1:])
+            edges = np.append(sets["left"].to_numpy(), sets["right"].to_numpy()[-1:]) + _offset(reference, m)
             density = sets["density"].to_numpy()
             # a step outline over a light fill: a set under another's spike still shows its outline
             data.append(dict(type="scatter", x=np.concatenate([edges[:1], edges]), y=np.concatenate([[0.0], density, [0.0]]),
@@ -121,7 +127,7 @@ def marker_histograms(reference: Reference, sample: dict[str, float], cols: int 
     base = histogram_base(reference, cols, row_height)
     data, first = list(base["data"]), True
     for m, (ax, top) in base["panels"].items():
-        v = float(reference.hist_axis(m, [sample.get(m, np.nan)])[0])
+        v = float(reference.hist_axis(m, [sample.get(m, np.nan)])[0]) + _offset(reference, m)
         if not np.isfinite(v):
             continue
         data.append(dict(type="scatter", x=[v, v], y=[0, top], mode="lines", line=dict(color="black", width=3),
