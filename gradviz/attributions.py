@@ -407,9 +407,9 @@ def colorbar_rgb(mode: str = "absolute", cmap: str | None = None, width: int = 2
 def colorbar_caption(mode: str = "absolute") -> str:
     """What the ends of :func:`colorbar_rgb` mean: every map is scaled by its own 99th percentile of |attribution|."""
     if mode == "signed":
-        return "−1 ← 0 → +1: attribution ÷ its 99th percentile of |a| (against ← → for the class)"
+        return "−1 (against the class) … 0 … +1 (for it): attribution ÷ its 99th percentile of |a|"
     what = "|attribution|" if mode == "absolute" else "positive attribution"
-    return f"0 → 1: {what} ÷ its 99th percentile (no effect → strongest)"
+    return f"0 (none) … 1 (strongest): {what} ÷ its 99th percentile"
 
 
 def render_overlay(

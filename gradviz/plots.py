@@ -345,7 +345,7 @@ def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = Non
     names = [t.name for t in fig.data if t.showlegend is not False]
     rows = max(1, -(-sum(len(n) * 7 + 60 for n in names) // 700))
     fig.update_layout(title=dict(text=f"Per-layer {stat_title(stat)}", y=1.0, yanchor="top", pad=dict(t=12)),
-                      yaxis=dict(title=stat_title(stat) + (", log scale" if log else ""), type="log" if log else "linear",
+                      yaxis=dict(title=stat_title(stat), type="log" if log else "linear",
                                  exponentformat="power", showexponent="all"),
                       **{**LAYOUT, "legend": dict(orientation="h", y=1.02, yanchor="bottom", x=0),
                          "margin": dict(l=50, r=20, t=50 + 24 * rows, b=110)})

@@ -87,7 +87,9 @@ def distributions() -> None:
     c1.markdown(f"**Accepted / rejected at {label} ≤ {threshold + offset:.4g}** (default {default_thr + offset:.4g} "
                 "accepts 95 % of ID)")
     c1.dataframe(summary.counts, hide_index=True, width="stretch", key="cmp_counts",
-                 column_config={c: st.column_config.NumberColumn(format="%.1f %%") for c in ("accepted_pct", "accepted_pct_default")})
+                 column_config={"accepted_pct": st.column_config.NumberColumn("acc. %", format="%.1f %%", help="Accepted, %"),
+                                "accepted_pct_default": st.column_config.NumberColumn(
+                                    "at default", format="%.1f %%", help="Accepted at the default threshold, %")})
     c2.markdown(f"**{len(summary.flips)} sample(s) change decision** vs the default threshold")
     c2.dataframe(summary.flips[["dataset", "index", "label", "prediction", method, "change"]], hide_index=True,
                  width="stretch", height=240, key="cmp_flips")

@@ -82,7 +82,9 @@ table = report.scores.assign(verdict=[f"more uncertain than {p:.0f} % of {cfg.id
                              id_median=report.scores["id_median"] + shift)
 st.dataframe(table[["method", "title", "score", "id_median", "percentile", "verdict"]], hide_index=True,
              width="stretch", height=35 * (len(table) + 1) + 3, key="ins_scores", column_config={
-                 "method": st.column_config.TextColumn("method", width="medium"),  # "gradient_density" was cut off
+                 # widths that fit "gradient_density" and the verdict side by side (auto widths cut both)
+                 "method": st.column_config.TextColumn("method", width=130), "title": st.column_config.TextColumn(width=230),
+                 "verdict": st.column_config.TextColumn(width=230),
                  "percentile": st.column_config.ProgressColumn("ID percentile", min_value=0, max_value=100, format="%.0f %%"),
                  "score": st.column_config.NumberColumn(format="%.4g", help="Higher = more uncertain (msp shown as 1 − MSP)"), "id_median": st.column_config.NumberColumn(format="%.4g")})
 

@@ -78,9 +78,10 @@ def best_cells(frame: pd.DataFrame, cols: list[str], per_family: bool = False) -
     return mask
 
 
-def metrics_dataframe(metrics: pd.DataFrame, key: str | None = None, per_family: bool = False) -> None:
+def metrics_dataframe(metrics: pd.DataFrame, key: str | None = None, per_family: bool = False,
+                      columns: list[str] | None = None) -> None:
     """Show a metrics table grouped by method family, with the best method per OOD set and column highlighted
-    (per OOD set and family with ``per_family``)."""
+    (per OOD set and family with ``per_family``); ``columns``: only these (a narrow column: the rest is cut off)."""
     if metrics is None or len(metrics) == 0:
         st.info("Choose at least one OOD set in the sidebar to see detection metrics.")
         return
@@ -92,7 +93,8 @@ def metrics_dataframe(metrics: pd.DataFrame, key: str | None = None, per_family:
         return mask.map(lambda best: "background-color: #c7e9c0; font-weight: bold" if best else "")
 
     styled = table.style.apply(highlight, axis=None).format({c: "{:.3f}" for c in cols})
-    st.dataframe(styled, hide_index=True, width="stretch", key=key, column_config=column_config(table.columns))
+    st.dataframe(styled, hide_index=True, width="stretch", key=key, column_config=column_config(table.columns),
+                 column_order=[c for c in columns if c in table.columns] if columns else None)
 
 
 def method_label(name: str) -> str:
@@ -109,12 +111,12 @@ def line_picker(methods: list[str], ranking: dict[str, float] | None, key: str, 
     from gradviz.palette import default_lines, family_of
 
     families = list(dict.fromkeys(family_of(m) for m in methods))
-    c1, c2 = st.columns([1, 3])
-    shown = c1.pills("Families", families, selection_mode="multi", default=families, key=f"{key}_fam") or families
+    # one row each: eight method chips need the full width (a narrower box clips them)
+    shown = st.pills("Families", families, selection_mode="multi", default=families, key=f"{key}_fam") or families
     pool = [m for m in methods if family_of(m) in shown]
     best = default_lines(pool, ranking)
     # keyed by the families and the default: a new OOD set or filter starts again from its best lines
-    picks = c2.multiselect(f"Lines (default: the best of each family by {what})", pool, default=best,
+    picks = st.multiselect(f"Lines (default: the best of each family by {what})", pool, default=best,
                            key=f"{key}_{md5(repr((shown, best)).encode()).hexdigest()[:8]}", placeholder="Choose methods",
                            help="Two per family by default; add or remove methods. Click a legend entry to hide a line, "
                                 "double-click to show it alone.")
