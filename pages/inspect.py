@@ -81,11 +81,13 @@ table = report.scores.assign(verdict=[f"more uncertain than {p:.0f} % of {cfg.id
                                       for p in report.scores["percentile"]], score=report.scores["score"] + shift,
                              id_median=report.scores["id_median"] + shift)
 st.dataframe(table[["method", "title", "score", "id_median", "percentile", "verdict"]], hide_index=True,
-             width="stretch", height=35 * (len(table) + 1) + 3, key="ins_scores", column_config={
-                 # widths that fit "gradient_density" and the verdict side by side (auto widths cut both)
-                 "method": st.column_config.TextColumn("method", width=130), "title": st.column_config.TextColumn(width=230),
-                 "verdict": st.column_config.TextColumn(width=230),
-                 "percentile": st.column_config.ProgressColumn("ID percentile", min_value=0, max_value=100, format="%.0f %%"),
+             width="stretch", height=35 * (len(table) + 1) + 3, key="ins_scores",
+             # the verdict repeats the percentile in words: in the data (CSV, tests), not on screen, where it was cut off
+             column_order=["method", "title", "score", "id_median", "percentile"], column_config={
+                 "method": st.column_config.TextColumn("method", width=130),  # "gradient_density" was cut at auto width
+                 "percentile": st.column_config.ProgressColumn(
+                     "ID percentile", min_value=0, max_value=100, format="%.0f %%",
+                     help=f"More uncertain than this share of {cfg.id}; empty: the method gave no score"),
                  "score": st.column_config.NumberColumn(format="%.4g", help="Higher = more uncertain (msp shown as 1 − MSP)"), "id_median": st.column_config.NumberColumn(format="%.4g")})
 
 st.subheader("Attributions (why this prediction)")
