@@ -18,11 +18,11 @@ OVERCONFIDENT_NOISE = {"noise-uniform": "lower", "letters": "higher"}
           link="https://arxiv.org/abs/1610.02136",
           intuition="A confident network puts almost all probability on one class. The less it puts on its "
                     "favourite class, the more uncertain it is. No gradients, one forward pass.",
-          reading="ID digits pile up near −1 (p_max ≈ 1). OOD sets that the model still classifies confidently "
-                  "(over-confidence) overlap with them — the classic failure this baseline exposes. Where the "
-                  "softmax saturates (p_max within 3e-8 of 1) the scores tie at −1 in float32 by definition; "
-                  "entropy, energy and ExGrad keep ranking such inputs.",
-          expected=OVERCONFIDENT_NOISE,
+          reading="Charts show it as 1 − MSP (the score + 1; ranks and AUROCs unchanged): ID digits pile up near 0 "
+                  "(p_max ≈ 1). OOD sets that the model still classifies confidently (over-confidence) overlap with "
+                  "them — the classic failure this baseline exposes. Where the softmax saturates (p_max within 3e-8 "
+                  "of 1) the scores tie in float32 by definition; entropy, energy and ExGrad keep ranking such inputs.",
+          expected=OVERCONFIDENT_NOISE, shown_as="1 − MSP", shown_offset=1.0,
           bounds={"temperature": TEMPERATURE_BOUNDS})
 def msp(batch: ModelOutputs, temperature: float = 1.0) -> torch.Tensor:
     """Negative maximum softmax probability: a confident prediction is certain."""

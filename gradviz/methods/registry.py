@@ -128,6 +128,18 @@ class MethodInfo:
     intuition: str = ""  # why the score should separate ID from OOD, in plain words
     reading: str = ""  # how to read its histograms and ROC
     expected: dict[str, str] = field(default_factory=dict)  # bundled model: OOD set -> one of DIRECTIONS
+    # How charts show the score when the raw value reads oddly (MSP's −max p as 1 − max p): the name shown
+    # and the constant added for display only; ranks, thresholds and AUROCs use the raw score.
+    shown_as: str = ""
+    shown_offset: float = 0.0
+
+    def shown(self, values):
+        """``values`` as charts show them (raw + ``shown_offset``)."""
+        return values + self.shown_offset if self.shown_offset else values
+
+    @property
+    def shown_name(self) -> str:
+        return self.shown_as or self.name
 
     def create(self, **params) -> "MethodRunner":
         unknown = set(params) - set(self.defaults)
@@ -202,7 +214,8 @@ def needs_graph(runners: list["MethodRunner"]) -> bool:
 def register(name: str, *, title: str, paper: str, year: int, formula: str, family: str, link: str,
              intuition: str, reading: str = "", expected: dict[str, str] | None = None, summary: str = "",
              backprop: bool | None = None, bounds: dict[str, tuple[float | None, float | None]] | None = None,
-             choices: dict[str, tuple] | None = None, paper_settings: dict[str, Any] | None = None):
+             choices: dict[str, tuple] | None = None, paper_settings: dict[str, Any] | None = None,
+             shown_as: str = "", shown_offset: float = 0.0):
     """Decorator adding a method function or fitted class to the registry under ``name``.
 
     ``family``: "output", "feature" or "gradient" (:data:`FAMILIES`). ``link``: the paper's URL.
@@ -217,6 +230,7 @@ def register(name: str, *, title: str, paper: str, year: int, formula: str, fami
     sidebar shows a select box; any other value is refused with the list). ``paper_settings``: {parameter:
     the paper's (or its authors' code's) setting} for parameters whose default is an adaptation; the metrics
     table's footnote (:func:`adaptation_notes`) says which setting produced a score.
+    ``shown_as`` / ``shown_offset``: how charts name and shift a score that reads oddly raw (display only).
     """
     if family not in FAMILIES:
         raise MethodError(f"{name}: family must be one of {list(FAMILIES)}, got {family!r}")
@@ -236,6 +250,7 @@ def register(name: str, *, title: str, paper: str, year: int, formula: str, fami
             defaults=defaults, summary=summary or (inspect.getdoc(impl) or "").split("\n")[0],
             backprop=family == "gradient" if backprop is None else backprop,
             link=link, intuition=intuition, reading=reading, expected=dict(expected or {}),
+            shown_as=shown_as, shown_offset=float(shown_offset),
             bounds=_checked_bounds(name, bounds or {}, defaults),
             choices=_checked_choices(name, choices or {}, defaults),
             paper_settings=_checked_paper_settings(name, paper_settings or {}, defaults),
