@@ -1,0 +1,149 @@
+"""A run's trust report: misclassification detection for every score and the model's calibration.
+
+Shared by the CLI (``metrics.csv`` rows with ``task = misclassification``, ``calibration.csv``) and the
+Trust page::
+
+    result = run(cfg)                                   # gradviz.scoring
+    report = trust_report(result, model, datasets, fit_data)
+    report.misclassification   # per evaluation set × method: aurc, e_aurc, auroc, fpr95 (gradviz.selective)
+    report.calibration         # per evaluation set, before/after temperature: ece, mce, brier, nll
+    report.temperature, report.temperature_source
+
+Only sets with labels take part: the ID test set and the covariate-shifted sets whose every image keeps
+its label (corruptions); letters and noise have none. Logits are kept for those sets only (n × classes
+float32 each), from one no-grad forward per set, cached in the results store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gradviz.calibration import CALIBRATION_KEYS, calibration_summary, fit_temperature
+from gradviz.data import ImageSet, short_spec
+from gradviz.errors import GradvizError
+from gradviz.models import GradvizModel
+from gradviz.selective import labelled_sets, misclassification_table
+from gradviz.store import ResultStore, cache_key
+
+__all__ = ["TrustReport", "trust_report", "set_logits", "metrics_with_task", "fit_split", "TEMPERATURE_FIT_LIMIT", "N_BINS"]
+
+TEMPERATURE_FIT_LIMIT = 5000  # labelled images of the fit split the temperature is fitted on (seeded subset)
+N_BINS = 15  # reliability-diagram bins (Guo et al. 2017 use 15)
+
+
+@dataclass
+class TrustReport:
+    """Misclassification metrics per method, calibration per evaluation set, the temperature and where it was
+    fitted; ``logits``/``labels`` of each labelled set (by spec) for the page's diagrams."""
+
+    misclassification: pd.DataFrame
+    calibration: pd.DataFrame
+    temperature: float
+    temperature_source: str
+    logits: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def evaluation(self, shifted: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """(logits, labels) of the ID set alone (``shifted=""``) or of ID + ``shifted``, rows as in the scores."""
+        specs = [s for s in self.logits if s == self.id_spec or s == shifted]
+        return np.concatenate([self.logits[s] for s in specs]), np.concatenate([self.labels[s] for s in specs])
+
+    @property
+    def id_spec(self) -> str:
+        return next(iter(self.logits), "")
+
+
+def set_logits(model: GradvizModel, data: ImageSet, batch_size: int = 256, store: ResultStore | None = None) -> np.ndarray:
+    """(N, K) float32 logits of ``data``, one no-grad forward per batch, cached in ``store``."""
+    from gradviz.scoring import images_digest
+
+    key = cache_key(model=model.digest, data=images_digest(data.images), kind="logits")
+    hit = store.get(key) if store is not None else None
+    if hit is not None:
+        return hit[0]["logits"]
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            parts.append(model(data.images[start:start + batch_size].to(model.device)).float().cpu().numpy())
+    logits = np.concatenate(parts) if parts else np.zeros((0, model.card.num_classes), dtype=np.float32)
+    if store is not None:
+        store.put(key, {"logits": logits}, {"dataset": data.spec, "kind": "logits"})
+    return logits
+
+
+def _labelled(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows whose label is one of the model's classes."""
+    y = np.asarray(labels, dtype=np.int64)
+    ok = (y >= 0) & (y < logits.shape[1])
+    return logits[ok], y[ok]
+
+
+def _temperature(fit_logits, fit_labels, id_logits, id_labels, fit_spec: str) -> tuple[float, str]:
+    if fit_logits is not None and len(fit_labels) >= 2:
+        return fit_temperature(fit_logits, fit_labels), (f"fitted on {len(fit_labels):,} labelled images of the fit "
+                                                         f"split {short_spec(fit_spec, 80)}")
+    if len(id_labels) < 2:
+        raise GradvizError("calibration needs labelled ID images: the ID set has fewer than 2 with a known class")
+    return fit_temperature(id_logits, id_labels), (f"fitted on the ID test set itself ({len(id_labels):,} images; "
+                                                   "no labelled fit split), so the 'after' numbers are optimistic")
+
+
+def trust_report(scores: pd.DataFrame, methods: list[str], model: GradvizModel, datasets: dict[str, ImageSet],
+                 fit_data: ImageSet | None = None, *, batch_size: int = 256, store: ResultStore | None = None,
+                 n_bins: int = N_BINS, strategy: str = "uniform") -> TrustReport:
+    """Misclassification metrics of every method and calibration (before/after temperature scaling) of the model.
+
+    ``scores``: a run's scores table; ``datasets``: its sets by spec (only the ID set and labelled shifted sets
+    are read); ``fit_data``: the labelled split the temperature is fitted on (else the ID test set, stated in
+    ``temperature_source``).
+    """
+    misc = misclassification_table(scores, methods)
+    id_spec = str(scores.loc[scores["role"] == "id", "dataset"].iloc[0])
+    specs = [id_spec, *labelled_sets(scores)]
+    logits, labels = {}, {}
+    for spec in specs:
+        z = set_logits(model, datasets[spec], batch_size, store)
+        logits[spec], labels[spec] = _labelled(z, datasets[spec].labels)
+    fit_z = fit_y = None
+    if fit_data is not None:
+        fit_z, fit_y = _labelled(set_logits(model, fit_data, batch_size, store), fit_data.labels)
+    t, source = _temperature(fit_z, fit_y, logits[id_spec], labels[id_spec], fit_data.spec if fit_data else "")
+    report = TrustReport(misc, pd.DataFrame(), t, source, logits, labels)
+    rows = []
+    for shifted in ["", *specs[1:]]:
+        z, y = report.evaluation(shifted)
+        for scaled, temp in ((False, 1.0), (True, t)):
+            rows.append({"task": "calibration", "id_dataset": id_spec, "shifted": shifted, "temperature": temp,
+                         "scaled": scaled, **calibration_summary(z, y, temp, n_bins, strategy),
+                         "bins": f"{n_bins} {'equal-width' if strategy == 'uniform' else 'equal-mass'}"})
+    report.calibration = pd.DataFrame(rows, columns=["task", "id_dataset", "shifted", "temperature", "scaled",
+                                                     *CALIBRATION_KEYS, "accuracy", "n", "bins"])
+    return report
+
+
+def metrics_with_task(ood_metrics: pd.DataFrame, misclassification: pd.DataFrame) -> pd.DataFrame:
+    """One table for ``metrics.csv``: the OOD rows (``task = ood``) then the misclassification rows, a ``task``
+    column first; columns one task lacks are blank."""
+    ood = ood_metrics.copy()
+    ood.insert(0, "task", "ood")
+    return pd.concat([ood, misclassification], ignore_index=True) if len(ood) else misclassification.copy()
+
+
+def fit_split(fit_spec: str, model: GradvizModel, seed: int = 0, allowed_roots=None, loader=None) -> ImageSet | None:
+    """The labelled fit split for the temperature (at most :data:`TEMPERATURE_FIT_LIMIT` images), or None when it
+    cannot be loaded or has no label the model knows (the ID test set is used then, and the report says so)."""
+    from gradviz.data import load_dataset
+    from gradviz.errors import DatasetError
+
+    try:
+        data = loader(fit_spec) if loader else load_dataset(fit_spec, model.card, limit=TEMPERATURE_FIT_LIMIT,
+                                                            seed=seed, allowed_roots=allowed_roots)
+    except DatasetError:
+        return None
+    labels = np.asarray(data.labels)
+    return data if ((labels >= 0) & (labels < model.card.num_classes)).sum() >= 2 else None

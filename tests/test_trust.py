@@ -1,0 +1,70 @@
+"""gradviz.trust: a run's misclassification metrics per method and the model's calibration, on the bundled model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gradviz.calibration import calibration_summary, fit_temperature
+from gradviz.data import load_dataset
+from gradviz.runconfig import RunConfig
+from gradviz.scoring import images_digest, run
+from gradviz.selective import aurc
+from gradviz.store import ResultStore, cache_key
+from gradviz.trust import fit_split, metrics_with_task, set_logits, trust_report
+
+METHODS = ["msp", "energy"]
+SHIFT = "corrupt:gaussian_noise:4"
+
+
+@pytest.fixture(scope="module")
+def setup(bundled_model):
+    cfg = RunConfig(id="mnist", ood=["letters", SHIFT], methods=METHODS, limit=150)
+    result = run(cfg, model=bundled_model)
+    datasets = {s: load_dataset(s, bundled_model.card, limit=150) for s in ["mnist", SHIFT]}
+    return result, datasets
+
+
+def test_trust_report_covers_id_and_labelled_shifted_sets(setup, bundled_model, tmp_path):
+    result, datasets = setup
+    fit = fit_split("mnist:train", bundled_model)
+    store = ResultStore(tmp_path)
+    report = trust_report(result.scores, METHODS, bundled_model, datasets, fit, store=store)
+    misc = report.misclassification
+    assert list(misc["shifted"]) == ["", "", SHIFT, SHIFT]  # letters have no labels: left out
+    ids = result.scores[result.scores["role"] == "id"]
+    assert misc.loc[0, "aurc"] == pytest.approx(aurc(ids["correct"].astype(bool), ids["msp"]))
+    assert misc.loc[2, "n"] == 300 and misc.loc[2, "error_rate"] > misc.loc[0, "error_rate"]  # noise adds errors
+    # the logits agree with the scores table's predictions, and the temperature is the fit split's
+    z, y = report.evaluation(SHIFT)
+    assert z.shape == (300, 10) and (z.argmax(1) == result.scores.loc[result.scores["dataset"] != "letters",
+                                                                       "prediction"].to_numpy()).all()
+    fit_z = set_logits(bundled_model, fit)
+    assert report.temperature == pytest.approx(fit_temperature(fit_z, fit.labels))
+    assert "4,000 labelled images of the fit split mnist:train" in report.temperature_source
+    cal = report.calibration
+    assert list(zip(cal["shifted"], cal["scaled"])) == [("", False), ("", True), (SHIFT, False), (SHIFT, True)]
+    expected = calibration_summary(*report.evaluation(""), temperature=report.temperature)
+    assert cal.loc[1, "ece"] == pytest.approx(expected["ece"]) and cal.loc[1, "nll"] == pytest.approx(expected["nll"])
+    key = cache_key(model=bundled_model.digest, data=images_digest(datasets["mnist"].images), kind="logits")
+    np.testing.assert_array_equal(store.get(key)[0]["logits"], report.logits["mnist"])  # cached for the page
+
+
+def test_without_a_labelled_fit_split_the_id_set_is_used_and_said(setup, bundled_model):
+    result, datasets = setup
+    assert fit_split("letters", bundled_model) is None  # no digit labels
+    report = trust_report(result.scores, METHODS, bundled_model, datasets, None)
+    assert "ID test set itself" in report.temperature_source
+    assert report.temperature == pytest.approx(fit_temperature(*report.evaluation("")))
+
+
+def test_metrics_with_task_puts_both_tasks_in_one_table(setup, bundled_model):
+    result, datasets = setup
+    report = trust_report(result.scores, METHODS, bundled_model, datasets, None)
+    table = metrics_with_task(result.metrics, report.misclassification)
+    assert table.columns[0] == "task"
+    assert list(table["task"].value_counts().sort_index().items()) == [("misclassification", 4), ("ood", 4)]
+    assert table.loc[table["task"] == "ood", "aurc"].isna().all()
+    assert metrics_with_task(pd.DataFrame(), report.misclassification)["task"].eq("misclassification").all()
+    assert np.isfinite(table.loc[table["task"] == "misclassification", "e_aurc"]).all()
