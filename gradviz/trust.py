@@ -22,14 +22,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gradviz.calibration import CALIBRATION_KEYS, calibration_summary, fit_temperature
+from gradviz.calibration import CALIBRATION_KEYS, calibration_summary, fit_temperature, reliability_diagram, softmax
 from gradviz.data import ImageSet, short_spec
 from gradviz.errors import GradvizError
 from gradviz.models import GradvizModel
-from gradviz.selective import labelled_sets, misclassification_table
+from gradviz.selective import (labelled_sets, misclassification_table, risk_coverage_curve,
+                               selective_at_coverage)
 from gradviz.store import ResultStore, cache_key
 
-__all__ = ["TrustReport", "trust_report", "set_logits", "metrics_with_task", "fit_split", "TEMPERATURE_FIT_LIMIT", "N_BINS"]
+__all__ = ["TrustReport", "trust_report", "set_logits", "metrics_with_task", "fit_split", "evaluation_rows",
+           "risk_coverage_frame", "Selection", "select_at_coverage", "reliability_frames", "TEMPERATURE_FIT_LIMIT", "N_BINS"]
 
 TEMPERATURE_FIT_LIMIT = 5000  # labelled images of the fit split the temperature is fitted on (seeded subset)
 N_BINS = 15  # reliability-diagram bins (Guo et al. 2017 use 15)
@@ -102,6 +104,10 @@ def trust_report(scores: pd.DataFrame, methods: list[str], model: GradvizModel, 
     are read); ``fit_data``: the labelled split the temperature is fitted on (else the ID test set, stated in
     ``temperature_source``).
     """
+    if not scores.loc[scores["role"] == "id", "correct"].notna().any():
+        raise GradvizError("the ID set has no labels, so no prediction can be called right or wrong: misclassification "
+                           "and calibration need the true class of each ID image (choose mnist, or a folder with one "
+                           "sub-folder per class)")
     misc = misclassification_table(scores, methods)
     id_spec = str(scores.loc[scores["role"] == "id", "dataset"].iloc[0])
     specs = [id_spec, *labelled_sets(scores)]
@@ -138,12 +144,66 @@ def fit_split(fit_spec: str, model: GradvizModel, seed: int = 0, allowed_roots=N
     """The labelled fit split for the temperature (at most :data:`TEMPERATURE_FIT_LIMIT` images), or None when it
     cannot be loaded or has no label the model knows (the ID test set is used then, and the report says so)."""
     from gradviz.data import load_dataset
-    from gradviz.errors import DatasetError
 
     try:
         data = loader(fit_spec) if loader else load_dataset(fit_spec, model.card, limit=TEMPERATURE_FIT_LIMIT,
                                                             seed=seed, allowed_roots=allowed_roots)
-    except DatasetError:
+    except GradvizError:  # e.g. a folder outside the allowed roots: the ID set is used, and the report says so
         return None
     labels = np.asarray(data.labels)
     return data if ((labels >= 0) & (labels < model.card.num_classes)).sum() >= 2 else None
+
+
+def evaluation_rows(scores: pd.DataFrame, shifted: str = "", id_role: str = "id") -> pd.DataFrame:
+    """The labelled rows of the ID set, plus those of ``shifted`` when given (an evaluation set of the report)."""
+    keep = (scores["role"] == id_role) | (scores["dataset"] == shifted)
+    return scores[keep & scores["correct"].notna()]
+
+
+def risk_coverage_frame(rows: pd.DataFrame, method: str) -> pd.DataFrame:
+    """The risk–coverage curve of ``method`` on ``rows`` beside the oracle's and a random score's (the error
+    rate at every coverage): columns coverage, risk, threshold, oracle, random."""
+    score = rows[method].to_numpy(dtype=np.float64)
+    correct = rows["correct"].astype(bool).to_numpy()[np.isfinite(score)]
+    coverage, risk, threshold = risk_coverage_curve(correct, score[np.isfinite(score)])
+    _, oracle, _ = risk_coverage_curve(correct, (~correct).astype(np.float64))
+    return pd.DataFrame({"coverage": coverage, "risk": risk, "threshold": threshold, "oracle": oracle,
+                         "random": np.full(len(coverage), float((~correct).mean()) if len(correct) else np.nan)})
+
+
+@dataclass
+class Selection:
+    """What accepting about ``coverage`` of the predictions does: the outcome (gradviz.selective.selective_at_coverage),
+    the rejected rows (most uncertain first) and the accepted rows that are wrong (most confident first)."""
+
+    outcome: dict
+    rejected: pd.DataFrame
+    accepted_wrong: pd.DataFrame
+
+    def sentence(self) -> str:
+        """'Accept predictions whose score is at most t: 87 % of images kept, 0.4 % of them wrong'."""
+        o = self.outcome
+        wrong = "none kept" if not o["n_kept"] else f"{100 * o['risk']:.1f} % of them wrong ({o['n_wrong_kept']:,})"
+        return (f"Accept predictions whose score is at most t = {o['threshold']:.4g}: "
+                f"{100 * o['kept_share']:.1f} % of images kept ({o['n_kept']:,} of {o['n']:,}), {wrong}")
+
+
+def select_at_coverage(rows: pd.DataFrame, method: str, coverage: float) -> Selection:
+    """Split ``rows`` at the threshold that keeps about ``coverage`` of them (ties at it kept whole)."""
+    finite = rows[np.isfinite(rows[method].to_numpy(dtype=np.float64))]
+    outcome = selective_at_coverage(finite["correct"].astype(bool), finite[method], coverage)
+    kept = finite[method] <= outcome["threshold"]
+    rejected = finite[~kept].sort_values(method, ascending=False, kind="stable")
+    wrong = finite[kept & ~finite["correct"].astype(bool)].sort_values(method, kind="stable")
+    return Selection(outcome, rejected, wrong)
+
+
+def reliability_frames(report: TrustReport, shifted: str = "", n_bins: int = N_BINS,
+                       strategy: str = "uniform") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Reliability-diagram bins (gradviz.calibration.reliability_diagram) before and after temperature scaling."""
+    z, y = report.evaluation(shifted)
+    out = []
+    for t in (1.0, report.temperature):
+        p = softmax(z, t)
+        out.append(reliability_diagram(p, p.argmax(axis=1) == y, n_bins, strategy))
+    return out[0], out[1]

@@ -12,7 +12,8 @@ from gradviz.runconfig import RunConfig
 from gradviz.scoring import images_digest, run
 from gradviz.selective import aurc
 from gradviz.store import ResultStore, cache_key
-from gradviz.trust import fit_split, metrics_with_task, set_logits, trust_report
+from gradviz.trust import (fit_split, metrics_with_task, risk_coverage_frame, select_at_coverage, set_logits,
+                           trust_report)
 
 METHODS = ["msp", "energy"]
 SHIFT = "corrupt:gaussian_noise:4"
@@ -68,3 +69,35 @@ def test_metrics_with_task_puts_both_tasks_in_one_table(setup, bundled_model):
     assert table.loc[table["task"] == "ood", "aurc"].isna().all()
     assert metrics_with_task(pd.DataFrame(), report.misclassification)["task"].eq("misclassification").all()
     assert np.isfinite(table.loc[table["task"] == "misclassification", "e_aurc"]).all()
+
+
+def _rows():
+    return pd.DataFrame({"dataset": "mnist", "role": "id", "index": np.arange(10),
+                         "correct": pd.array([True] * 7 + [False] * 3, dtype="boolean"),
+                         "msp": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.15, 0.8, 0.9]})
+
+
+def test_selection_splits_rejected_and_accepted_wrong_and_states_the_outcome():
+    sel = select_at_coverage(_rows(), "msp", 0.8)
+    assert list(sel.rejected["index"]) == [9, 8]  # most uncertain first
+    assert list(sel.accepted_wrong["index"]) == [7]
+    assert sel.sentence() == ("Accept predictions whose score is at most t = 0.7: 80.0 % of images kept (8 of 10), "
+                              "12.5 % of them wrong (1)")
+    assert "none kept" in select_at_coverage(_rows(), "msp", 0.0).sentence()
+
+
+def test_risk_coverage_frame_and_figures():
+    from gradviz.plots_trust import reliability_figure, risk_coverage_figure
+    from gradviz.calibration import reliability_diagram
+
+    curve = risk_coverage_frame(_rows(), "msp")
+    assert list(curve.columns) == ["coverage", "risk", "threshold", "oracle", "random"]
+    assert curve["oracle"].iloc[6] == 0 and curve["oracle"].iloc[-1] == pytest.approx(0.3)
+    assert (curve["random"] == 0.3).all() and curve["risk"].iloc[-1] == pytest.approx(0.3)
+    fig = risk_coverage_figure(curve, "msp", 0.1, 0.05, coverage=0.8)
+    assert [t.name for t in fig.data][0] == "msp (AURC 0.1000, E-AURC 0.0500)" and len(fig.data) == 3
+    bins = reliability_diagram(np.linspace(0.05, 1, 10), np.ones(10, bool), n_bins=5)
+    summary = {"ece": 0.1, "mce": 0.2, "brier": 0.3, "nll": 0.4}
+    fig = reliability_figure(bins, bins, summary, summary, 1.5)
+    counts = [t for t in fig.data if t.name == "images per bin"]
+    assert len(counts) == 2 and sum(counts[0].y) == 10 and "T = 1.500" in fig.layout.annotations[1].text
