@@ -21,6 +21,7 @@ st.caption("Selective prediction: reject the most uncertain predictions and see 
            "falls (risk–coverage, AURC; Geifman et al. 2019). Calibration: does a confidence of 0.9 mean right 90 % "
            "of the time (reliability diagram, ECE; Guo et al. 2017)? Only labelled images count: the ID set and the "
            "corruptions, never letters or noise.")
+st.page_link("pages/learn.py", label="What each curve and number means (Learn)", icon=":material/school:")
 cfg = current_config()
 try:
     result = get_result(cfg)

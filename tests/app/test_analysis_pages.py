@@ -108,9 +108,12 @@ def test_learn_page_explains_every_registered_method(monkeypatch, tmp_path):
     at = _open(monkeypatch, tmp_path, "pages/learn.py")
     _ok(at)
     infos = list_methods()
-    assert len(at.main.expander) == len(infos)
-    assert len(at.main.latex) == len(infos)
+    from gradviz.trust_terms import TRUST_TERMS
+
+    assert len(at.main.expander) == len(infos) + len(TRUST_TERMS)  # + what each Trust curve means
+    assert len(at.main.latex) == len(infos) + len(TRUST_TERMS)
     text = " ".join(m.value for m in at.markdown)
+    assert all(t.meaning in text and t.reading in text for t in TRUST_TERMS)
     for info in infos:  # every paper link comes from the registry
         assert info.link in text and info.intuition in text
     for arxiv in ("1805.08440", "2008.08030", "2311.09620", "2110.00218", "2205.10439", "2204.06507"):
