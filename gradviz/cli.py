@@ -188,7 +188,7 @@ def _trust_report(cfg, result, store):
     specs = [cfg.id, *labelled_sets(scores)]
     datasets = {spec: load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed) for spec in specs}
     return trust_report(scores, cfg.method_names(), model, datasets, fit_split(cfg.fit_set, model, cfg.seed),
-                        batch_size=cfg.batch_size, store=store)
+                        batch_size=cfg.batch_size, store=store, seed=cfg.seed)
 
 
 def _write_metrics(out: Path, result, trust) -> None:
@@ -210,8 +210,10 @@ def _print_trust(trust) -> None:
     print(misc[["method", "aurc", "e_aurc", "auroc", "fpr95", "n_errors"]].to_string(
         index=False, float_format=lambda v: f"{v:.4f}"))
     cal = trust.calibration[trust.calibration["shifted"] == ""]
-    print(f"calibration on the ID set (temperature {trust.temperature:.3f}, {trust.temperature_source}):")
-    print(cal[["scaled", "ece", "mce", "brier", "nll", "accuracy"]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"calibration on the ID set (fit split: T = {trust.temperature:.3f}, {trust.temperature_source}; "
+          "crossfit: each half of the ID set scaled by the T fitted on the other):")
+    print(cal[["temperature_fit", "temperature", "ece", "mce", "brier", "nll", "accuracy"]].to_string(
+        index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 def cmd_coverage(args) -> int:

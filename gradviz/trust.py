@@ -7,7 +7,7 @@ Trust page::
     report = trust_report(result, model, datasets, fit_data)
     report.misclassification   # per evaluation set × method: aurc, e_aurc, auroc, fpr95 (gradviz.selective)
     report.calibration         # per evaluation set, before/after temperature: ece, mce, brier, nll
-    report.temperature, report.temperature_source
+    report.temperature, report.temperature_source, report.crossfit  # fit split / ID halves
 
 Only sets with labels take part: the ID test set and the covariate-shifted sets whose every image keeps
 its label (corruptions); letters and noise have none. Logits are kept for those sets only (n × classes
@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gradviz.calibration import CALIBRATION_KEYS, calibration_summary, fit_temperature, reliability_diagram, softmax
+from gradviz.calibration import (CALIBRATION_KEYS, calibration_summary, crossfit_temperatures, fit_temperature,
+                                 reliability_diagram, softmax)
 from gradviz.data import ImageSet, short_spec
 from gradviz.errors import GradvizError
 from gradviz.models import GradvizModel
@@ -30,17 +31,26 @@ from gradviz.selective import (labelled_sets, misclassification_table, risk_cove
                                selective_at_coverage)
 from gradviz.store import ResultStore, cache_key
 
-__all__ = ["TrustReport", "trust_report", "set_logits", "metrics_with_task", "fit_split", "evaluation_rows",
-           "risk_coverage_frame", "Selection", "select_at_coverage", "reliability_frames", "TEMPERATURE_FIT_LIMIT", "N_BINS"]
+__all__ = ["TrustReport", "TEMPERATURE_FITS", "trust_report", "set_logits", "metrics_with_task", "fit_split",
+           "evaluation_rows", "risk_coverage_frame", "Selection", "select_at_coverage", "reliability_frames",
+           "TEMPERATURE_FIT_LIMIT", "N_BINS"]
 
 TEMPERATURE_FIT_LIMIT = 5000  # labelled images of the fit split the temperature is fitted on (seeded subset)
 N_BINS = 15  # reliability-diagram bins (Guo et al. 2017 use 15)
 
 
+# How the "after" temperature was fitted: the calibration table has one row per evaluation set and choice.
+TEMPERATURE_FITS = {"none": "none (T = 1)", "fit": "fit split", "crossfit": "ID test halves (cross-fitted)"}
+
+
 @dataclass
 class TrustReport:
-    """Misclassification metrics per method, calibration per evaluation set, the temperature and where it was
-    fitted; ``logits``/``labels`` of each labelled set (by spec) for the page's diagrams."""
+    """Misclassification metrics per method, calibration per evaluation set and temperature fit, the temperatures
+    and where they were fitted; ``logits``/``labels`` of each labelled set (by spec, ID first) for the diagrams.
+
+    Temperatures: ``temperature`` from the fit split (``temperature_source`` says where); ``crossfit`` one per ID
+    row, each fitted on the other half of the ID set; ``crossfit_all`` fitted on the whole ID set, applied to
+    shifted sets (never part of its fit)."""
 
     misclassification: pd.DataFrame
     calibration: pd.DataFrame
@@ -48,12 +58,30 @@ class TrustReport:
     temperature_source: str
     logits: dict[str, np.ndarray] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    crossfit: np.ndarray | None = None
+    crossfit_all: float = float("nan")
 
     def evaluation(self, shifted: str = "") -> tuple[np.ndarray, np.ndarray]:
         """(logits, labels) of the ID set alone (``shifted=""``) or of ID + ``shifted``, rows as in the scores."""
         specs = [s for s in self.logits if s == self.id_spec or s == shifted]
         return np.concatenate([self.logits[s] for s in specs]), np.concatenate([self.labels[s] for s in specs])
+
+    def temperatures(self, shifted: str = "", fit: str = "fit"):
+        """The temperature of each row of :meth:`evaluation` for ``fit`` (a key of :data:`TEMPERATURE_FITS`):
+        a float, or one per row for ``crossfit``."""
+        if fit not in TEMPERATURE_FITS:
+            raise GradvizError(f"fit must be one of {', '.join(TEMPERATURE_FITS)}, got {fit!r}")
+        if fit != "crossfit":
+            return 1.0 if fit == "none" else self.temperature
+        if self.crossfit is None:
+            raise GradvizError("too few labelled ID images to cross-fit a temperature (at least 4 are needed)")
+        extra = len(self.labels[shifted]) if shifted else 0
+        return np.concatenate([self.crossfit, np.full(extra, self.crossfit_all)])
+
+    @property
+    def fits(self) -> list[str]:
+        """The temperature fits this report has (``crossfit`` needs 4 labelled ID images)."""
+        return [f for f in TEMPERATURE_FITS if f != "crossfit" or self.crossfit is not None]
 
     @property
     def id_spec(self) -> str:
@@ -97,12 +125,13 @@ def _temperature(fit_logits, fit_labels, id_logits, id_labels, fit_spec: str) ->
 
 def trust_report(scores: pd.DataFrame, methods: list[str], model: GradvizModel, datasets: dict[str, ImageSet],
                  fit_data: ImageSet | None = None, *, batch_size: int = 256, store: ResultStore | None = None,
-                 n_bins: int = N_BINS, strategy: str = "uniform") -> TrustReport:
+                 n_bins: int = N_BINS, strategy: str = "uniform", seed: int = 0) -> TrustReport:
     """Misclassification metrics of every method and calibration (before/after temperature scaling) of the model.
 
     ``scores``: a run's scores table; ``datasets``: its sets by spec (only the ID set and labelled shifted sets
     are read); ``fit_data``: the labelled split the temperature is fitted on (else the ID test set, stated in
-    ``temperature_source``).
+    ``temperature_source``). Besides, a temperature cross-fitted on the ID set's two halves (``seed``): the fit
+    split of the bundled models is their training set, on which T comes out too small.
     """
     if not scores.loc[scores["role"] == "id", "correct"].notna().any():
         raise GradvizError("the ID set has no labels, so no prediction can be called right or wrong: misclassification "
@@ -120,14 +149,18 @@ def trust_report(scores: pd.DataFrame, methods: list[str], model: GradvizModel, 
         fit_z, fit_y = _labelled(set_logits(model, fit_data, batch_size, store), fit_data.labels)
     t, source = _temperature(fit_z, fit_y, logits[id_spec], labels[id_spec], fit_data.spec if fit_data else "")
     report = TrustReport(misc, pd.DataFrame(), t, source, logits, labels)
+    if len(labels[id_spec]) >= 4:
+        report.crossfit = crossfit_temperatures(logits[id_spec], labels[id_spec], seed)
+        report.crossfit_all = fit_temperature(logits[id_spec], labels[id_spec])
     rows = []
     for shifted in ["", *specs[1:]]:
         z, y = report.evaluation(shifted)
-        for scaled, temp in ((False, 1.0), (True, t)):
-            rows.append({"task": "calibration", "id_dataset": id_spec, "shifted": shifted, "temperature": temp,
-                         "scaled": scaled, **calibration_summary(z, y, temp, n_bins, strategy),
+        for fit in report.fits:
+            temp = report.temperatures(shifted, fit)
+            rows.append({"task": "calibration", "id_dataset": id_spec, "shifted": shifted, "temperature_fit": fit,
+                         "temperature": float(np.mean(temp)), **calibration_summary(z, y, temp, n_bins, strategy),
                          "bins": f"{n_bins} {'equal-width' if strategy == 'uniform' else 'equal-mass'}"})
-    report.calibration = pd.DataFrame(rows, columns=["task", "id_dataset", "shifted", "temperature", "scaled",
+    report.calibration = pd.DataFrame(rows, columns=["task", "id_dataset", "shifted", "temperature_fit", "temperature",
                                                      *CALIBRATION_KEYS, "accuracy", "n", "bins"])
     return report
 
@@ -198,12 +231,12 @@ def select_at_coverage(rows: pd.DataFrame, method: str, coverage: float) -> Sele
     return Selection(outcome, rejected, wrong)
 
 
-def reliability_frames(report: TrustReport, shifted: str = "", n_bins: int = N_BINS,
+def reliability_frames(report: TrustReport, shifted: str = "", fit: str = "fit", n_bins: int = N_BINS,
                        strategy: str = "uniform") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Reliability-diagram bins (gradviz.calibration.reliability_diagram) before and after temperature scaling."""
     z, y = report.evaluation(shifted)
     out = []
-    for t in (1.0, report.temperature):
+    for t in (1.0, report.temperatures(shifted, fit)):
         p = softmax(z, t)
         out.append(reliability_diagram(p, p.argmax(axis=1) == y, n_bins, strategy))
     return out[0], out[1]

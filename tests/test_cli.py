@@ -32,7 +32,7 @@ def test_score_writes_tables_and_prints_metrics(tmp_path, capsys):
     assert len(metrics) == 3 * 4 and list(misc["method"]) == ["msp", "energy", "gradnorm", "confounding"]
     assert misc["shifted"].isna().all() and misc["aurc"].between(0, 1).all() and misc["n"].eq(60).all()
     calibration = pd.read_csv(out / "calibration.csv")
-    assert list(calibration["scaled"]) == [False, True] and calibration["ece"].between(0, 1).all()
+    assert list(calibration["temperature_fit"]) == ["none", "fit", "crossfit"] and calibration["ece"].between(0, 1).all()
     printed = capsys.readouterr().out
     assert "auroc" in printed and "noise-uniform" in printed
     # the saved config replays to the same numbers

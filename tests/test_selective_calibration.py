@@ -10,7 +10,7 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import log_loss, roc_auc_score
 
-from gradviz.calibration import (brier_score, calibration_summary, ece, fit_temperature, mce, nll, reliability_diagram,
+from gradviz.calibration import (brier_score, calibration_summary, crossfit_temperatures, ece, fit_temperature, mce, nll, reliability_diagram,
                                  softmax)
 from gradviz.errors import GradvizError
 from gradviz.selective import (aurc, e_aurc, labelled_sets, misclassification_auroc, misclassification_fpr95,
@@ -214,3 +214,22 @@ def test_temperature_scaling_recovers_a_known_temperature(t_true):
 def test_fit_temperature_refuses_no_labels():
     with pytest.raises(GradvizError, match="labelled"):
         fit_temperature(np.zeros((0, 3)), np.zeros(0))
+
+
+def test_crossfit_scales_each_half_by_the_other_halfs_temperature():
+    rng = np.random.default_rng(3)
+    clean = rng.normal(scale=3.0, size=(400, 6))
+    labels = np.array([rng.choice(6, p=p) for p in softmax(clean)])
+    logits = 2.0 * clean
+    t = crossfit_temperatures(logits, labels, seed=1)
+    order = np.random.default_rng(1).permutation(400)
+    half, other = order[:200], order[200:]
+    np.testing.assert_allclose(t[half], fit_temperature(logits[other], labels[other]))
+    np.testing.assert_allclose(t[other], fit_temperature(logits[half], labels[half]))
+    assert t[half[0]] != pytest.approx(t[other[0]])
+    per_row = np.mean([-np.log(softmax(logits[i:i + 1], t[i])[0, labels[i]]) for i in range(400)])
+    assert nll(logits, labels, t) == pytest.approx(per_row)
+    with pytest.raises(GradvizError, match="temperatures"):
+        nll(logits, labels, t[:5])
+    with pytest.raises(GradvizError, match="at least 4"):
+        crossfit_temperatures(logits[:3], labels[:3])

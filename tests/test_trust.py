@@ -45,9 +45,15 @@ def test_trust_report_covers_id_and_labelled_shifted_sets(setup, bundled_model, 
     assert report.temperature == pytest.approx(fit_temperature(fit_z, fit.labels))
     assert "4,000 labelled images of the fit split mnist:train" in report.temperature_source
     cal = report.calibration
-    assert list(zip(cal["shifted"], cal["scaled"])) == [("", False), ("", True), (SHIFT, False), (SHIFT, True)]
+    fits = ["none", "fit", "crossfit"]
+    assert list(zip(cal["shifted"], cal["temperature_fit"])) == [("", f) for f in fits] + [(SHIFT, f) for f in fits]
     expected = calibration_summary(*report.evaluation(""), temperature=report.temperature)
     assert cal.loc[1, "ece"] == pytest.approx(expected["ece"]) and cal.loc[1, "nll"] == pytest.approx(expected["nll"])
+    # cross-fitted: ID rows scaled by the other half's T, the shifted rows by the T of the whole ID set
+    t = report.temperatures(SHIFT, "crossfit")
+    assert len(t) == 300 and len(np.unique(t[:150])) == 2 and (t[150:] == report.crossfit_all).all()
+    assert report.crossfit_all == pytest.approx(fit_temperature(*report.evaluation("")))
+    assert cal.loc[5, "nll"] == pytest.approx(calibration_summary(z, y, t)["nll"])
     key = cache_key(model=bundled_model.digest, data=images_digest(datasets["mnist"].images), kind="logits")
     np.testing.assert_array_equal(store.get(key)[0]["logits"], report.logits["mnist"])  # cached for the page
 

@@ -23,6 +23,6 @@ def get_trust(cfg: RunConfig) -> TrustReport:
             fit = fit_split(cfg.fit_set, model, cfg.seed,
                             loader=lambda spec: get_dataset(cfg.model, cfg.weights, spec, TEMPERATURE_FIT_LIMIT, cfg.seed))
             return trust_report(result.scores, cfg.method_names(), model, datasets, fit, batch_size=cfg.batch_size,
-                                store=_store(cfg))
+                                store=_store(cfg), seed=cfg.seed)
 
     return _memoised(cache_key(kind="trust", cfg=cfg.to_json()), compute, cfg)

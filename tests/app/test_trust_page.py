@@ -35,6 +35,10 @@ def test_trust_page_shows_curves_table_and_calibration(app):
     calibration = app.dataframe[1].value
     assert len(calibration) == 2 and calibration["temperature"].iloc[0] == 1.0
     assert any("fit split mnist:train" in c.value for c in app.caption)
+    app.radio(key="trust_fit").set_value("crossfit").run()
+    assert not app.exception, app.exception
+    assert any("mean of the two halves' temperatures" in c.value for c in app.caption)
+    assert app.dataframe[1].value["temperature"].iloc[1] != calibration["temperature"].iloc[1]
     labels = {b.proto.label for b in app.get("download_button")}
     assert {"⬇ risk_coverage.csv", "⬇ misclassification.csv", "⬇ calibration.csv"} <= labels
 
