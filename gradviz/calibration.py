@@ -35,6 +35,7 @@ __all__ = ["reliability_diagram", "ece", "mce", "brier_score", "nll", "fit_tempe
 
 STRATEGIES = ("uniform", "quantile")
 CALIBRATION_KEYS = ("ece", "mce", "brier", "nll")
+T_MAX = 100.0  # fitted temperatures lie in [1/T_MAX, T_MAX]
 
 
 def _confidence(probs_or_confidence) -> np.ndarray:
@@ -147,22 +148,23 @@ def softmax(logits, temperature=1.0) -> np.ndarray:
 
 def fit_temperature(logits, labels, max_iter: int = 100) -> float:
     """Temperature scaling (Guo et al. 2017): the T > 0 minimising NLL(softmax(z/T), y), by L-BFGS on log T
-    (start T = 1). Needs at least one labelled sample; float64 throughout."""
+    (start T = 1), kept in [1/T_MAX, T_MAX]. Needs at least one labelled sample; float64 throughout."""
     z = _logits(logits)
     y = torch.as_tensor(_labels(labels, z.shape[0], z.shape[1]))
     if len(y) == 0:
         raise GradvizError("temperature scaling needs labelled samples; got none")
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+    bound = math.log(T_MAX)  # every prediction right: the NLL falls as T -> 0, so T stops at the bound
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss = F.cross_entropy(z / log_t.clamp(-bound, bound).exp(), y)
         loss.backward()
         return loss
 
     opt.step(closure)
-    t = float(log_t.detach().exp())
+    t = float(log_t.detach().clamp(-bound, bound).exp())
     if not math.isfinite(t) or t <= 0:
         raise GradvizError("temperature scaling did not converge (check the logits are finite)")
     return t

@@ -211,6 +211,12 @@ def test_temperature_scaling_recovers_a_known_temperature(t_true):
     assert after["accuracy"] == before["accuracy"]  # scaling never changes a prediction
 
 
+def test_fit_temperature_stays_bounded_when_every_prediction_is_right():
+    logits = np.array([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 4.0]])
+    t = fit_temperature(logits, [0, 1, 2])  # the NLL keeps falling as T -> 0
+    assert 0.01 <= t < 0.2  # sharpened, finite, never below the bound
+
+
 def test_fit_temperature_refuses_no_labels():
     with pytest.raises(GradvizError, match="labelled"):
         fit_temperature(np.zeros((0, 3)), np.zeros(0))
