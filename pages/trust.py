@@ -41,39 +41,47 @@ table = report.misclassification[report.misclassification["shifted"] == shifted]
 this = table[table["method"] == method].iloc[0]
 
 st.header("Selective prediction")
-coverage = st.slider("Coverage: share of predictions accepted (the least uncertain first)", 0.05, 1.0, 0.9, 0.01,
-                     format="%.2f", key="trust_coverage")
-selection = select_at_coverage(rows, method, coverage)
-st.markdown(f"**{selection.sentence()}.** Without rejecting anything, {100 * this['error_rate']:.1f} % are wrong.")
-curve = risk_coverage_frame(rows, method)
-fig = plots_trust.risk_coverage_figure(curve, method, this["aurc"], this["e_aurc"], coverage, order=methods)
-st.plotly_chart(fig, width="stretch", key="trust_rc")
-d1, d2 = st.columns(2)
-with d1:
-    download_figure(fig, f"risk_coverage_{method}", key="trust_dl_rc")
-with d2:
-    download_table("⬇ risk_coverage.csv", curve, f"risk_coverage_{method}.csv", key="trust_dl_rc_csv")
-
 GALLERY = 16
-for title, part, empty in (
-        ("Rejected (most uncertain first)", selection.rejected, "Nothing is rejected at this coverage."),
-        ("Accepted but wrong (least uncertain first)", selection.accepted_wrong, "No accepted prediction is wrong.")):
-    st.subheader(f"{title}: {len(part):,}")
-    if len(part):
-        shown = part.head(GALLERY)
-        captions = [f"{c} · pred {p}/{lab}" for c, p, lab in zip(gi.sample_captions(shown, method), shown["prediction"],
-                                                                 shown["label"])]
-        image_tiles(images_of_rows(shown, cfg), captions, columns=8)
-    else:
-        st.caption(empty)
-candidates = [*zip(selection.accepted_wrong["dataset"], selection.accepted_wrong["index"]),
-              *zip(selection.rejected["dataset"], selection.rejected["index"])][:2 * GALLERY]
-candidates = {f"{d} #{i}": (str(d), int(i)) for d, i in candidates}
-pick_col, go_col = st.columns([3, 1])
-pick = pick_col.selectbox("Send a sample to the Inspect page", list(candidates), key="trust_pick")
-if go_col.button("Inspect", icon=":material/search:", key="trust_inspect", disabled=pick is None):
-    st.session_state["gv_selected"] = candidates[pick]
-    st.switch_page("pages/inspect.py")
+
+
+@st.fragment
+def selective() -> None:
+    """Coverage slider, outcome, curve and galleries: moving the slider reruns only this part."""
+    coverage = st.slider("Coverage: share of predictions accepted (the least uncertain first)", 0.05, 1.0, 0.9, 0.01,
+                         format="%.2f", key="trust_coverage")
+    selection = select_at_coverage(rows, method, coverage)
+    st.markdown(f"**{selection.sentence()}.** Without rejecting anything, {100 * this['error_rate']:.1f} % are wrong.")
+    curve = risk_coverage_frame(rows, method)
+    fig = plots_trust.risk_coverage_figure(curve, method, this["aurc"], this["e_aurc"], coverage, order=methods)
+    st.plotly_chart(fig, width="stretch", key="trust_rc")
+    d1, d2 = st.columns(2)
+    with d1:
+        download_figure(fig, f"risk_coverage_{method}", key="trust_dl_rc")
+    with d2:
+        download_table("⬇ risk_coverage.csv", curve, f"risk_coverage_{method}.csv", key="trust_dl_rc_csv")
+
+    for title, part, empty in (
+            ("Rejected (most uncertain first)", selection.rejected, "Nothing is rejected at this coverage."),
+            ("Accepted but wrong (least uncertain first)", selection.accepted_wrong, "No accepted prediction is wrong.")):
+        st.subheader(f"{title}: {len(part):,}")
+        if len(part):
+            shown = part.head(GALLERY)
+            captions = [f"{c} · pred {p}/{lab}" for c, p, lab in zip(gi.sample_captions(shown, method), shown["prediction"],
+                                                                     shown["label"])]
+            image_tiles(images_of_rows(shown, cfg), captions, columns=8)
+        else:
+            st.caption(empty)
+    candidates = [*zip(selection.accepted_wrong["dataset"], selection.accepted_wrong["index"]),
+                  *zip(selection.rejected["dataset"], selection.rejected["index"])][:2 * GALLERY]
+    candidates = {f"{d} #{i}": (str(d), int(i)) for d, i in candidates}
+    pick_col, go_col = st.columns([3, 1])
+    pick = pick_col.selectbox("Send a sample to the Inspect page", list(candidates), key="trust_pick")
+    if go_col.button("Inspect", icon=":material/search:", key="trust_inspect", disabled=pick is None):
+        st.session_state["gv_selected"] = candidates[pick]
+        st.switch_page("pages/inspect.py")
+
+
+selective()
 
 st.subheader("Every score at detecting errors")
 st.caption("AURC ↓ (mean error among accepted over all coverages), E-AURC ↓ (AURC minus the oracle's), AUROC ↑ "
@@ -100,8 +108,8 @@ fig = plots_trust.reliability_figure(before, after, *summaries, t_after)
 st.plotly_chart(fig, width="stretch", key="trust_reliability")
 source = report.temperature_source if fit == "fit" else "mean of the two halves' temperatures of the ID test set"
 st.caption(f"Temperature T = {t_after:.3f}, {source}. Scaling the logits by 1/T never changes a prediction, only "
-           "how confident it is. T below 1 sharpens the probabilities: fitted on images the model was trained on "
-           "(the bundled models' mnist:train) T comes out too small, and calibration on new images gets worse.")
+           "how confident it is. Fitted on images the model was trained on (the bundled models' mnist:train), T tends to "
+           "come out too small (sharper than the model deserves): compare with the cross-fitted one.")
 st.dataframe(pd.DataFrame([{"temperature": float(np.mean(t)), **sm} for t, sm in zip(temps, summaries)]),
              hide_index=True, width="stretch", key="trust_calibration",
              column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("ece", "mce", "brier", "nll")})

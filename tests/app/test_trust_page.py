@@ -65,3 +65,11 @@ def test_choosing_another_score_redraws_its_curve(app):
     assert title == "Risk–coverage: gradnorm (lower = better)"
     app.segmented_control(key="trust_strategy").set_value("quantile").run()
     assert not app.exception, app.exception
+
+
+def test_trust_sends_a_gallery_sample_to_inspect(app):
+    spec, index = app.selectbox(key="trust_pick").value.split(" #")
+    app.button(key="trust_inspect").click().run()
+    assert not app.exception, app.exception
+    assert app.session_state["gv_selected"] == (spec, int(index))
+    assert app.selectbox(key="ins_spec").value == spec  # now on the Inspect page, showing that sample
