@@ -9,7 +9,7 @@ from plotly.subplots import make_subplots
 
 from gradviz.plots import LAYOUT, method_color, thin_curve
 
-__all__ = ["risk_coverage_figure", "reliability_figure"]
+__all__ = ["risk_coverage_figure", "reliability_figure", "calibration_severity_figure"]
 
 ORACLE_COLOR, RANDOM_COLOR = "#2ca02c", "#7f7f7f"
 
@@ -73,4 +73,18 @@ def reliability_figure(before: pd.DataFrame, after: pd.DataFrame, summary_before
     fig.update_yaxes(type="log", row=2, col=2)
     fig.update_xaxes(range=[0, 1], title_text="confidence (max softmax probability)", row=2)
     fig.update_layout(title="Reliability diagram", barmode="overlay", height=560, **{**LAYOUT, "margin": dict(l=50, r=20, t=90, b=45)})
+    return fig
+
+
+def calibration_severity_figure(table: pd.DataFrame, corruption: str) -> go.Figure:
+    """Accuracy, mean confidence and ECE against corruption severity (gradviz.trust.calibration_by_severity): the
+    gap between the first two is the over-confidence a growing corruption brings."""
+    fig = go.Figure()
+    for col, name, color, dash in (("accuracy", "accuracy", "#2ca02c", None), ("confidence", "mean confidence",
+                                   "#4c78a8", None), ("ece", "ECE", "#d62728", "dash")):
+        fig.add_trace(go.Scatter(x=table["severity"], y=table[col], name=name, mode="lines+markers",
+                                 line=dict(color=color, dash=dash), customdata=table["n"],
+                                 hovertemplate=f"severity %{{x}}<br>{name} %{{y:.3f}}<br>%{{customdata}} images<extra></extra>"))
+    fig.update_layout(title=f"Calibration vs severity: {corruption}", xaxis_title="severity (0 = clean)",
+                      yaxis_title="share", yaxis_range=[0, 1.02], xaxis=dict(tickmode="linear", dtick=1), **LAYOUT)
     return fig

@@ -33,7 +33,7 @@ from gradviz.store import ResultStore, cache_key
 
 __all__ = ["TrustReport", "TEMPERATURE_FITS", "trust_report", "set_logits", "metrics_with_task", "fit_split",
            "evaluation_rows", "risk_coverage_frame", "Selection", "select_at_coverage", "reliability_frames",
-           "TEMPERATURE_FIT_LIMIT", "N_BINS"]
+           "calibration_by_severity", "TEMPERATURE_FIT_LIMIT", "N_BINS"]
 
 TEMPERATURE_FIT_LIMIT = 5000  # labelled images of the fit split the temperature is fitted on (seeded subset)
 N_BINS = 15  # reliability-diagram bins (Guo et al. 2017 use 15)
@@ -240,3 +240,18 @@ def reliability_frames(report: TrustReport, shifted: str = "", fit: str = "fit",
         p = softmax(z, t)
         out.append(reliability_diagram(p, p.argmax(axis=1) == y, n_bins, strategy))
     return out[0], out[1]
+
+
+def calibration_by_severity(scores: pd.DataFrame, n_bins: int = N_BINS, strategy: str = "uniform") -> pd.DataFrame:
+    """Per corruption severity (a sweep of gradviz.analysis.severity_scores, 0 = clean): accuracy, mean confidence,
+    ECE and MCE of the model's max-softmax confidence (before temperature scaling), and n. Unlabelled rows are
+    left out."""
+    from gradviz.calibration import ece, mce
+
+    rows = []
+    for severity, part in scores[scores["correct"].notna()].groupby("severity", sort=True):
+        conf, correct = part["confidence"].to_numpy(dtype=np.float64), part["correct"].astype(bool).to_numpy()
+        rows.append({"severity": int(severity), "accuracy": float(correct.mean()), "confidence": float(conf.mean()),
+                     "ece": ece(conf, correct, n_bins, strategy), "mce": mce(conf, correct, n_bins, strategy),
+                     "n": len(part)})
+    return pd.DataFrame(rows, columns=["severity", "accuracy", "confidence", "ece", "mce", "n"])

@@ -12,7 +12,7 @@ from gradviz.runconfig import RunConfig
 from gradviz.scoring import images_digest, run
 from gradviz.selective import aurc
 from gradviz.store import ResultStore, cache_key
-from gradviz.trust import (fit_split, metrics_with_task, risk_coverage_frame, select_at_coverage, set_logits,
+from gradviz.trust import (calibration_by_severity, fit_split, metrics_with_task, risk_coverage_frame, select_at_coverage, set_logits,
                            trust_report)
 
 METHODS = ["msp", "energy"]
@@ -107,3 +107,21 @@ def test_risk_coverage_frame_and_figures():
     fig = reliability_figure(bins, bins, summary, summary, 1.5)
     counts = [t for t in fig.data if t.name == "images per bin"]
     assert len(counts) == 2 and sum(counts[0].y) == 10 and "T = 1.500" in fig.layout.annotations[1].text
+
+
+def test_calibration_by_severity_matches_ece_per_severity():
+    from gradviz.calibration import ece
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for severity, acc in ((0, 0.95), (3, 0.7), (5, 0.3)):
+        correct = rng.random(200) < acc
+        frames.append(pd.DataFrame({"severity": severity, "confidence": rng.uniform(0.8, 1.0, 200),
+                                    "correct": pd.array(correct, dtype="boolean")}))
+    frames.append(pd.DataFrame({"severity": 5, "confidence": [0.9], "correct": pd.array([pd.NA], dtype="boolean")}))
+    scores = pd.concat(frames, ignore_index=True)
+    table = calibration_by_severity(scores)
+    assert list(table["severity"]) == [0, 3, 5] and list(table["n"]) == [200, 200, 200]  # the unlabelled row left out
+    part = scores[(scores["severity"] == 3)]
+    assert table.loc[1, "ece"] == pytest.approx(ece(part["confidence"], part["correct"].astype(bool)))
+    assert table["ece"].is_monotonic_increasing  # confidence stays ~0.9 while accuracy falls

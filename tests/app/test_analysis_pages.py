@@ -90,7 +90,8 @@ def test_corruption_lab_sweeps_severities(monkeypatch, tmp_path):
     at = _open(monkeypatch, tmp_path, "pages/corruptions.py")
     _ok(at)
     assert at.selectbox(key="cl_corruption").value == "gaussian_noise"
-    assert len(at.get("plotly_chart")) == 3  # example row, severity histogram, AUROC vs severity
+    charts = at.get("plotly_chart")  # example row, severity histogram, AUROC vs severity, calibration vs severity
+    assert len(charts) == 4 and "Calibration vs severity: gaussian_noise" in charts[3].proto.spec
     table = at.dataframe[0].value
     assert sorted(table["severity"].unique()) == [1, 2, 3, 4, 5]
     assert set(table["method"]) == {"msp", "energy"}

@@ -57,7 +57,8 @@ def _data_buttons(at) -> dict[str, object]:
     ("pages/compare.py", {"cmp_tab": "Detection metrics & exports"},
      {"⬇ scores.csv", "⬇ metrics.csv", "⬇ metrics.json", "⬇ config.json"}),
     ("pages/layers.py", {}, {"⬇ layers.csv"}),
-    ("pages/corruptions.py", {}, {"⬇ severity_metrics.csv", "⬇ severity_scores.csv"}),
+    ("pages/corruptions.py", {}, {"⬇ severity_metrics.csv", "⬇ severity_scores.csv",
+                                     "⬇ severity_calibration.csv"}),
     ("pages/meta.py", {}, {"⬇ meta_results.csv", "⬇ importances.csv"}),
     ("pages/trust.py", {}, {"⬇ risk_coverage.csv", "⬇ misclassification.csv", "⬇ calibration.csv"}),
 ])
