@@ -89,7 +89,12 @@ st.caption("AURC ↓ (mean error among accepted over all coverages), E-AURC ↓ 
 shown = table.sort_values("aurc", kind="stable")[["method", "aurc", "e_aurc", "auroc", "fpr95", "n", "n_errors"]]
 st.dataframe(shown, hide_index=True, width="stretch", key="trust_table",
              column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("aurc", "e_aurc", "auroc", "fpr95")})
-download_table("⬇ misclassification.csv", report.misclassification, "misclassification.csv", key="trust_dl_misc")
+m1, m2 = st.columns(2)
+with m1:
+    download_table("⬇ misclassification.csv", report.misclassification, "misclassification.csv", key="trust_dl_misc")
+m2.download_button("⬇ config.json", result.config.replayable()[0].to_json(), "config.json", "application/json",
+                   key="trust_cfg", on_click="ignore", help="Replay with: python -m gradviz score --config config.json "
+                   "--out results/ (metrics.csv rows with task = misclassification, and calibration.csv)")
 
 st.header("Calibration")
 b1, b2, b3 = st.columns(3)

@@ -40,7 +40,7 @@ def test_trust_page_shows_curves_table_and_calibration(app):
     assert any("mean of the two halves' temperatures" in c.value for c in app.caption)
     assert app.dataframe[1].value["temperature"].iloc[1] != calibration["temperature"].iloc[1]
     labels = {b.proto.label for b in app.get("download_button")}
-    assert {"⬇ risk_coverage.csv", "⬇ misclassification.csv", "⬇ calibration.csv"} <= labels
+    assert {"⬇ risk_coverage.csv", "⬇ misclassification.csv", "⬇ calibration.csv", "⬇ config.json"} <= labels
 
 
 def test_moving_the_coverage_slider_changes_the_kept_share_and_galleries(app):
