@@ -469,6 +469,23 @@ def heatmap_rgb(
     return _to_uint8(_heat_float(v, mode, cmap))
 
 
+def colorbar_rgb(mode: str = "absolute", cmap: str | None = None, width: int = 224, height: int = 12) -> np.ndarray:
+    """The heat maps' colour bar: a (height, width, 3) uint8 strip, low values left (see :func:`colorbar_caption`)."""
+    if mode not in _MODES:
+        raise GradvizError(f"unknown mode {mode!r}; use one of {', '.join(_MODES)}")
+    lo = -1.0 if mode == "signed" else 0.0
+    row = torch.linspace(lo, 1.0, max(2, int(width)))
+    return _to_uint8(np.repeat(_heat_float(row[None], mode, cmap), max(1, int(height)), axis=0))
+
+
+def colorbar_caption(mode: str = "absolute") -> str:
+    """What the ends of :func:`colorbar_rgb` mean: every map is scaled by its own 99th percentile of |attribution|."""
+    if mode == "signed":
+        return "−1 (against the class) … 0 … +1 (for it): attribution ÷ its 99th percentile of |a|"
+    what = "|attribution|" if mode == "absolute" else "positive attribution"
+    return f"0 (none) … 1 (strongest): {what} ÷ its 99th percentile"
+
+
 def render_overlay(
     image: torch.Tensor | np.ndarray,
     attribution: torch.Tensor | np.ndarray,

@@ -219,7 +219,8 @@ def cmd_score(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     to_csv(result.scores, out / "scores.csv")
-    to_csv(result.metrics, out / "metrics.csv")
+    trust = _trust_report(cfg, result, _store(args))
+    _write_metrics(out, result, trust)
     (out / "config.json").write_text(cfg.to_json())
     rows = [(spec, f, "skipped", why) for spec, items in result.skipped.items() for f, why in items]
     rows += [(spec, f, "note", what) for spec, items in result.notes.items() for f, what in items]
@@ -235,9 +236,54 @@ def cmd_score(args) -> int:
     if len(result.metrics):
         with_cols = [c for c in ["ood_dataset", "method", "auroc", "fpr95", "aupr_in", "aupr_out"] if c in result.metrics]
         print(result.metrics[with_cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    _print_trust(trust)
     acc = result.scores.loc[result.scores["role"] == "id", "correct"].astype("float").mean()
-    print(f"\nID accuracy: {acc:.4f}   wrote {out / 'scores.csv'}, {out / 'metrics.csv'}")
+    print(f"\nID accuracy: {acc:.4f}   wrote {out / 'scores.csv'}, {out / 'metrics.csv'}"
+          + (f", {out / 'calibration.csv'}" if trust is not None else ""))
     return 0
+
+
+def _trust_report(cfg, result, store):
+    """Misclassification metrics of every method and the model's calibration (gradviz.trust), or None when the
+    ID set has no labels."""
+    from gradviz.data import load_dataset
+    from gradviz.selective import labelled_sets
+    from gradviz.trust import fit_split, trust_report
+
+    scores = result.scores
+    if not scores.loc[scores["role"] == "id", "correct"].notna().any():
+        return None
+    model = _load_model(cfg.model, cfg.weights, cfg.device)
+    specs = [cfg.id, *labelled_sets(scores)]
+    datasets = {spec: load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed) for spec in specs}
+    return trust_report(scores, cfg.method_names(), model, datasets, fit_split(cfg.fit_set, model, cfg.seed),
+                        batch_size=cfg.batch_size, store=store, seed=cfg.seed)
+
+
+def _write_metrics(out: Path, result, trust) -> None:
+    """metrics.csv with a ``task`` column (ood / misclassification) and, with labels, calibration.csv."""
+    from gradviz.tables import to_csv
+    from gradviz.trust import metrics_with_task
+
+    if trust is None:
+        to_csv(result.metrics.assign(task="ood")[["task", *result.metrics.columns]], out / "metrics.csv")
+        return
+    to_csv(metrics_with_task(result.metrics, trust.misclassification), out / "metrics.csv")
+    to_csv(trust.calibration, out / "calibration.csv")
+
+
+def _print_trust(trust) -> None:
+    if trust is None:
+        return
+    misc = trust.misclassification[trust.misclassification["shifted"] == ""]
+    print("\nmisclassification on the ID set (AURC, E-AURC, FPR95 lower = better; AUROC higher = better):")
+    print(misc[["method", "aurc", "e_aurc", "auroc", "fpr95", "n_errors"]].to_string(
+        index=False, float_format=lambda v: f"{v:.4f}"))
+    cal = trust.calibration[trust.calibration["shifted"] == ""]
+    print(f"calibration on the ID set (fit split: T = {trust.temperature:.3f}, {trust.temperature_source}; "
+          "crossfit: each half of the ID set scaled by the T fitted on the other):")
+    print(cal[["temperature_fit", "temperature", "ece", "mce", "brier", "nll", "accuracy"]].to_string(
+        index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 def cmd_coverage(args) -> int:
@@ -403,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="reproduce a bundled model's weights (options: --arch cnn|vit --epochs --seed --out)",
                    add_help=False)
-    p = sub.add_parser("score", help="score ID and OOD sets with uncertainty methods; writes scores.csv, metrics.csv")
+    p = sub.add_parser("score", help="score ID and OOD sets with uncertainty methods; writes scores.csv, metrics.csv "
+                       "(OOD and misclassification), calibration.csv")
     _add_common(p, methods=True)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--shard", action="store_true", help="split datasets over torchrun processes (torch.distributed)")

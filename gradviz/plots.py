@@ -17,19 +17,35 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from gradviz.palette import method_styles
 from gradviz.plaintext import html_text as _h
 
 ID_COLOR = "#1f77b4"
 OOD_PALETTE = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 _KNOWN = {"letters": "#ff7f0e", "noise-uniform": "#d62728", "noise-gaussian": "#9467bd"}
-METHOD_PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6",
-                  "#9d755d", "#bab0ac", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#a6761d"]
+# Colours of things that are not methods (models, meta feature sets): methods take theirs from gradviz.palette.
+SERIES_PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d", "#1b9e77"]
 WEBGL_THRESHOLD = 1000
 # Curves are drawn with at most this many points (evenly spaced along the curve): at dashboard
 # size the difference is under a pixel, and 15 methods × 2,000 raw ROC points made the browser
 # parse and draw ~0.8 MB per figure.
 CURVE_POINTS = 300
-LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=45), legend=dict(orientation="h", y=-0.2))
+LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=45), legend=dict(orientation="h", y=-0.2),
+              hoverlabel=dict(namelength=-1))
+# Line charts of methods: the legend in its own column right of the plot (never over the title or the
+# axis titles), the hovered line named in its own colour; a click on a legend entry hides that line,
+# a double-click shows it alone.
+LINES_LAYOUT = {**LAYOUT, "legend": dict(orientation="v", x=1.02, xanchor="left", y=1.0, yanchor="top",
+                                         itemdoubleclick="toggleothers", font=dict(size=11)),
+                "hovermode": "closest", "margin": dict(l=55, r=10, t=50, b=45)}
+
+
+def legend_below(names: list[str], width: int = 700, bottom: int = 50) -> dict:
+    """Layout keys putting a horizontal legend of ``names`` below the x-axis title (container bottom), with
+    a bottom margin holding the tick labels and title (``bottom`` px) and as many legend rows as needed."""
+    rows = max(1, -(-sum(len(n) * 7 + 45 for n in names) // width))
+    return dict(legend=dict(orientation="h", yref="container", y=0.0, yanchor="bottom", x=0.0),
+                margin=dict(l=55, r=20, t=50, b=bottom + 22 * rows))
 
 
 def dataset_color(spec: str, role: str = "ood") -> str:
@@ -43,11 +59,9 @@ def dataset_color(spec: str, role: str = "ood") -> str:
     return free[h % len(free)]
 
 
-def method_color(name: str, order: list[str] | None = None) -> str:
-    """A method's colour (by its position in ``order`` — the registry order — else hashed)."""
-    if order and name in order:
-        return METHOD_PALETTE[order.index(name) % len(METHOD_PALETTE)]
-    return METHOD_PALETTE[int(hashlib.md5(name.encode()).hexdigest(), 16) % len(METHOD_PALETTE)]
+def method_color(name: str) -> str:
+    """A method's colour on every chart (:func:`gradviz.palette.method_styles`: its family's hue)."""
+    return method_styles([name])[name][0]
 
 
 def _finite(a) -> np.ndarray:
@@ -55,34 +69,100 @@ def _finite(a) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def _shared_bins(values, nbins: int) -> tuple[float, float, float] | None:
-    """(start, end, width) of ``nbins`` bins over the finite values, shared by every trace; None if none."""
-    vals = _finite(values)
-    if len(vals) == 0:
+HEAVY_TAIL_RATIO = 50.0  # positive scores whose max exceeds this many lower quartiles get a log axis
+
+
+def axis_type(values) -> str:
+    """The x-axis for a score: ``"log"`` when every finite value is > 0 and max / lower quartile > HEAVY_TAIL_RATIO
+    (gradient norms, Mahalanobis: on a linear axis ID and most OOD sets fall into one or two bins), else linear.
+    The lower quartile, not the median: with several OOD sets half the samples may lie far out."""
+    v = _finite(values)
+    if len(v) == 0 or v.min() <= 0:
+        return "linear"
+    return "log" if v.max() / np.quantile(v, 0.25) > HEAVY_TAIL_RATIO else "linear"
+
+
+def shown_score(method: str) -> tuple[str, float]:
+    """(name, offset) a chart shows ``method``'s score with: the registry's display form (MSP as 1 − MSP)
+    for registered methods, else the raw score. Display only: ranks, thresholds and AUROCs are unchanged."""
+    from gradviz.methods.registry import REGISTRY, _ensure_registered
+
+    _ensure_registered()
+    info = REGISTRY.get(method)
+    return (info.shown_name, info.shown_offset) if info is not None else (method, 0.0)
+
+
+def _bin_edges(values, nbins: int, log: bool) -> np.ndarray | None:
+    """``nbins + 1`` edges over the finite values (log-spaced on a log axis); None if there is none."""
+    v = _finite(values)
+    if log:
+        v = v[v > 0]
+    if len(v) == 0:
         return None
-    lo, hi = float(vals.min()), float(vals.max())
-    return lo, hi, (hi - lo) / nbins if hi > lo else 1.0
+    lo, hi = float(v.min()), float(v.max())
+    if log:
+        return np.logspace(np.log10(lo), np.log10(hi) if hi > lo else np.log10(lo) + 1.0, nbins + 1)
+    return np.linspace(lo, hi if hi > lo else lo + 1.0, nbins + 1)
 
 
-def score_histogram(scores: pd.DataFrame, method: str, title: str | None = None, nbins: int = 50) -> go.Figure:
-    """Overlaid score densities of every dataset in ``scores`` (shared bins, density, opacity .55).
+def with_alpha(color: str, alpha: float) -> str:
+    """``color`` (hex or rgb()) as an rgba() string with opacity ``alpha``."""
+    import plotly.colors as pc
 
-    Each bar's ``customdata`` is unused; use :func:`score_strip` for per-sample selection.
-    """
+    r, g, b = pc.hex_to_rgb(color) if color.startswith("#") else pc.unlabel_rgb(color)
+    return f"rgba({int(r)}, {int(g)}, {int(b)}, {alpha})"
+
+
+def _step_density(values, edges: np.ndarray, log: bool, name: str, color: str, label: str, dash: str = "solid") -> dict:
+    """One set's density as a step outline over a light fill: overlapping sets all stay visible (a set
+    under another's spike still shows its outline). On a log axis the density is per decade."""
+    v = _finite(values)
+    if log:
+        v = v[v > 0]
+    counts, _ = np.histogram(v, bins=edges)
+    widths = np.diff(np.log10(edges)) if log else np.diff(edges)
+    density = counts / max(1, len(v)) / widths
+    return dict(type="scatter", x=np.concatenate([edges[:1], edges]), y=np.concatenate([[0.0], density, [0.0]]),
+                mode="lines", line=dict(shape="hv", color=color, width=2, dash=dash), fill="tozeroy",
+                fillcolor=with_alpha(color, 0.12), name=name, legendgroup=name,
+                hovertemplate=f"{name}<br>{_h(label)} from %{{x:.3g}}<br>density %{{y:.3g}}<extra></extra>")
+
+
+def _density_figure(parts: list[tuple[str, str, pd.Series]], method: str, title: str, nbins: int,
+                    threshold: float | None = None) -> go.Figure:
+    """Step-outline densities of ``parts`` [(name, colour, raw scores)] of one method on shared bins, on the
+    axis :func:`axis_type` picks for the shown score, with an optional threshold line (raw units)."""
+    label, offset = shown_score(method)
+    shown = pd.concat([p[2] for p in parts]) + offset
+    log = axis_type(shown) == "log"
+    edges = _bin_edges(shown, nbins, log)
     fig = go.Figure()
-    bins = _shared_bins(scores[method], nbins)
-    if bins is None:
-        return fig.update_layout(title=f"{method}: no finite scores", **LAYOUT)
-    lo, hi, size = bins
-    for (spec, role), part in scores.groupby(["dataset", "role"], sort=False):
-        fig.add_trace(go.Histogram(
-            x=part[method], name=f"{_h(spec)} ({role.upper()})", histnorm="probability density", opacity=0.55,
-            marker_color=dataset_color(spec, role), xbins=dict(start=lo, end=hi + size, size=size),
-            hovertemplate=f"{_h(spec)}<br>{method}=%{{x}}<br>density=%{{y:.3g}}<extra></extra>",
-        ))
-    fig.update_layout(barmode="overlay", title=_h(title) if title else f"{method}: uncertainty by dataset",
-                      xaxis_title=f"{method} uncertainty (higher = more uncertain)", yaxis_title="density", **LAYOUT)
+    if edges is None:
+        return fig.update_layout(title=f"{_h(label)}: no finite scores", **LAYOUT)
+    top = 0.0
+    for name, color, values in parts:
+        trace = _step_density(np.asarray(values, dtype=float) + offset, edges, log, name, color, label)
+        top = max(top, float(np.max(trace["y"])))
+        fig.add_trace(trace)
+    if threshold is not None and np.isfinite(threshold):
+        t = float(threshold) + offset
+        fig.add_trace(go.Scatter(x=[t, t], y=[0, top * 1.05 or 1.0], mode="lines", name="threshold",
+                                 line=dict(color="black", dash="dash", width=2),
+                                 hovertemplate=f"threshold {t:.4g}<extra></extra>"))
+    fig.update_layout(title=title, xaxis=dict(title=f"{_h(label)} (higher = more uncertain)" + (", log scale" if log else ""),
+                                              type="log" if log else "linear", exponentformat="power"),
+                      yaxis_title="density" + (" per decade" if log else ""), hovermode="closest",
+                      **{**LAYOUT, **legend_below([p[0] for p in parts])})
     return fig
+
+
+def score_histogram(scores: pd.DataFrame, method: str, title: str | None = None, nbins: int = 50,
+                    threshold: float | None = None) -> go.Figure:
+    """Every dataset's score density of ``method`` on shared bins, as step outlines (each set stays visible),
+    on a log axis for heavy-tailed positive scores (:func:`axis_type`); ``threshold`` (raw) as a dashed line."""
+    parts = [(f"{_h(spec)} ({role.upper()})", dataset_color(spec, role), part[method])
+             for (spec, role), part in scores.groupby(["dataset", "role"], sort=False)]
+    return _density_figure(parts, method, _h(title) if title else f"{method}: uncertainty by dataset", nbins, threshold)
 
 
 def score_strip(scores: pd.DataFrame, method: str, threshold: float | None = None) -> go.Figure:
@@ -92,6 +172,8 @@ def score_strip(scores: pd.DataFrame, method: str, threshold: float | None = Non
     name), so a selection maps back to rows and the figure stays light for thousands of points.
     """
     fig = go.Figure()
+    label, offset = shown_score(method)
+    log = axis_type(scores[method] + offset) == "log"
     rng = np.random.default_rng(0)
     order = list(dict.fromkeys(scores["dataset"]))
     big = len(scores) > WEBGL_THRESHOLD
@@ -100,16 +182,21 @@ def score_strip(scores: pd.DataFrame, method: str, threshold: float | None = Non
         y = order.index(spec) + rng.uniform(-0.3, 0.3, len(part))
         custom = np.stack([part.index.to_numpy(), part["index"], part["label"], part["prediction"]], axis=1).astype(np.int64)
         fig.add_trace(Scatter(
-            x=part[method].to_numpy(dtype=np.float32), y=y.astype(np.float32), mode="markers",
+            x=(part[method] + offset).to_numpy(dtype=np.float32), y=y.astype(np.float32), mode="markers",
             name=f"{_h(spec)} ({role.upper()})", customdata=custom,
             marker=dict(color=dataset_color(spec, role), size=5, opacity=0.6),
             hovertemplate=f"{_h(spec)} #%{{customdata[1]}}<br>label %{{customdata[2]}}, predicted %{{customdata[3]}}"
-                          f"<br>{method}=%{{x:.4g}}<extra></extra>",
+                          f"<br>{_h(label)}=%{{x:.4g}}<extra></extra>",
         ))
-    if threshold is not None:
-        fig.add_vline(x=threshold, line_dash="dash", line_color="black", annotation_text="threshold")
-    fig.update_layout(title=f"{method}: every sample (select points to inspect them)", xaxis_title=f"{method} uncertainty",
-                      yaxis=dict(tickvals=list(range(len(order))), ticktext=[_h(o) for o in order]), dragmode="select", **LAYOUT)
+    if threshold is not None and np.isfinite(threshold):  # a trace, not a shape: right on a log axis too
+        t = float(threshold) + offset
+        fig.add_trace(go.Scatter(x=[t, t], y=[-0.5, len(order) - 0.5], mode="lines", name="threshold",
+                                 line=dict(color="black", dash="dash", width=2), hovertemplate=f"threshold {t:.4g}<extra></extra>"))
+    fig.update_layout(title=f"{method}: every sample (select points to inspect them)",
+                      xaxis=dict(title=f"{_h(label)} (higher = more uncertain)" + (", log scale" if log else ""),
+                                 type="log" if log else "linear", exponentformat="power"),
+                      yaxis=dict(tickvals=list(range(len(order))), ticktext=[_h(o) for o in order]), dragmode="select",
+                      **{**LAYOUT, **legend_below([t.name for t in fig.data])})
     return fig
 
 
@@ -136,33 +223,38 @@ def _summaries(scores: pd.DataFrame, methods: list[str], ood: str, metrics: pd.D
     return {m: summary(id_part[m], ood_part[m]) for m in methods}
 
 
-def roc_figure(scores: pd.DataFrame, methods: list[str], ood: str, order: list[str] | None = None,
-               metrics: pd.DataFrame | None = None) -> go.Figure:
+def _line_style(m: str, styles: dict[str, tuple[str, str]], width: float = 2) -> dict:
+    color, dash = styles[m]
+    return dict(color=color, dash=dash, width=width)
+
+
+def roc_figure(scores: pd.DataFrame, methods: list[str], ood: str, metrics: pd.DataFrame | None = None) -> go.Figure:
     """ROC curves of ID (positive, accepted) vs one OOD set for each method; AUROC in the legend,
     a marker where 95 % of ID is accepted (its x is FPR95). ``metrics`` (the run's metrics table)
-    saves recomputing the legend values."""
+    saves recomputing the legend values. Each method keeps its (colour, dash) of :mod:`gradviz.palette`."""
     from gradviz.metrics import roc_curve_points
 
     id_part = scores[scores["role"] == "id"]
     ood_part = scores[scores["dataset"] == ood]
     values = _summaries(scores, methods, ood, metrics)
+    styles = method_styles(methods)
     fig = go.Figure()
     for m in methods:
         pts = roc_curve_points(id_part[m], ood_part[m])
         s = values[m]
-        color = method_color(m, order or methods)
         fpr, tpr = thin_curve(pts["fpr"], pts["tpr"])
-        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{m} (AUROC {s['auroc']:.3f})",
-                                 line=dict(color=color), hovertemplate=f"{m}<br>FPR %{{x:.3f}}<br>TPR %{{y:.3f}}<extra></extra>"))
-        fig.add_trace(go.Scatter(x=[s["fpr95"]], y=[0.95], mode="markers", marker=dict(color=color, size=9, symbol="x"),
-                                 showlegend=False, hovertemplate=f"{m}: FPR95 %{{x:.3f}}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{m} (AUROC {s['auroc']:.3f})", legendgroup=m,
+                                 line=_line_style(m, styles), hovertemplate=f"{m}<br>FPR %{{x:.3f}}<br>TPR %{{y:.3f}}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=[s["fpr95"]], y=[0.95], mode="markers", marker=dict(color=styles[m][0], size=9, symbol="x"),
+                                 showlegend=False, legendgroup=m, hovertemplate=f"{m}: FPR95 %{{x:.3f}}<extra></extra>"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False, hoverinfo="skip"))
     id_name = _h(id_part["dataset"].iloc[0]) if len(id_part) else "ID"
-    fig.update_layout(title=f"ROC: {id_name} vs {_h(ood)}", xaxis_title=f"FPR (fraction of {_h(ood)} accepted)", yaxis_title="TPR (fraction of ID accepted)", **LAYOUT)
+    fig.update_layout(title=f"ROC: {id_name} vs {_h(ood)}", xaxis_title=f"FPR (fraction of {_h(ood)} accepted)",
+                      yaxis_title="TPR (fraction of ID accepted)", **LINES_LAYOUT)
     return fig
 
 
-def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str = "id", order: list[str] | None = None,
+def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str = "id",
               metrics: pd.DataFrame | None = None) -> go.Figure:
     """Precision-recall curves with ID (``positive="id"``) or OOD (``"ood"``) as the positive class."""
     from gradviz.metrics import pr_curve_points
@@ -170,6 +262,7 @@ def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str 
     id_part = scores[scores["role"] == "id"]
     ood_part = scores[scores["dataset"] == ood]
     values = _summaries(scores, methods, ood, metrics)
+    styles = method_styles(methods)
     fig = go.Figure()
     for m in methods:
         pts = pr_curve_points(id_part[m], ood_part[m], positive=positive)
@@ -177,18 +270,35 @@ def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str 
         key = "aupr_in" if positive == "id" else "aupr_out"
         recall, precision = thin_curve(pts["recall"], pts["precision"])
         fig.add_trace(go.Scatter(x=recall, y=precision, mode="lines", name=f"{m} ({key.upper()} {s[key]:.3f})",
-                                 line=dict(color=method_color(m, order or methods))))
+                                 line=_line_style(m, styles),
+                                 hovertemplate=f"{m}<br>recall %{{x:.3f}}<br>precision %{{y:.3f}}<extra></extra>"))
     fig.update_layout(title=f"Precision-recall ({'ID' if positive == 'id' else 'OOD'} positive): vs {_h(ood)}",
-                      xaxis_title="recall", yaxis_title="precision", yaxis_range=[0, 1.02], **LAYOUT)
+                      xaxis_title="recall", yaxis_title="precision", yaxis_range=[0, 1.02], **LINES_LAYOUT)
     return fig
+
+
+def _bar_labels(values) -> dict:
+    """Every bar labelled with its value, outside the bar (a 0.000 bar draws nothing and would read as missing data)."""
+    v = np.asarray(values, dtype=float)
+    return dict(text=[f"{x:.3f}" if np.isfinite(x) else "n/a" for x in v], textposition="outside", cliponaxis=False,
+                textangle=-90 if len(v) > 6 else 0, textfont=dict(size=10))
+
+
+def _bar_range(values) -> list[float] | None:
+    """A y range with room above the tallest bar for its label (metrics in [0, 1]); None (auto) otherwise."""
+    v = _finite(values)
+    top = float(v.max()) if len(v) else 1.0
+    return [0.0, 1.25] if 0.0 <= top <= 1.0 and (v >= 0).all() else None
 
 
 def metric_bars(metrics: pd.DataFrame, metric: str = "auroc") -> go.Figure:
     """Grouped bars: ``metric`` per method, one group colour per OOD set."""
     fig = go.Figure()
     for ood, part in metrics.groupby("ood_dataset", sort=False):
-        fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=_h(ood), marker_color=dataset_color(ood)))
-    fig.update_layout(barmode="group", title=f"{metric.upper()} per method and OOD set", yaxis_title=metric, **LAYOUT)
+        fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=_h(ood), marker_color=dataset_color(ood),
+                             **_bar_labels(part[metric])))
+    fig.update_layout(barmode="group", title=f"{metric.upper()} per method and OOD set", uniformtext=dict(minsize=8, mode="show"),
+                      yaxis=dict(title=metric, range=_bar_range(metrics[metric])), **LAYOUT)
     return fig
 
 
@@ -201,6 +311,16 @@ def probability_bars(probs: np.ndarray, class_names: list[str], top: int = 10) -
     fig.update_layout(title="Class probabilities", yaxis_range=[0, 1], yaxis_title="softmax probability",
                       xaxis_type="category", height=300, **LAYOUT)
     return fig
+
+
+# What each per-layer statistic of a layer's weight gradient is, for axis titles (gradviz.engine.reduce.STATS).
+STAT_TITLES = {"l1": "L1 norm", "l2": "L2 norm", "max": "maximum entry", "min": "minimum entry", "mean": "mean entry",
+               "std": "standard deviation of the entries"}
+
+
+def stat_title(stat: str) -> str:
+    """Axis title of a per-layer gradient statistic, e.g. ``l2`` -> "gradient L2 norm (l2)"."""
+    return f"gradient {STAT_TITLES[stat]} ({stat})" if stat in STAT_TITLES else f"gradient {stat}"
 
 
 def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = None, log: bool = True) -> go.Figure:
@@ -224,8 +344,9 @@ def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = Non
     # the legend sits between the title and the plot: room for as many rows as its names need (~700 px wide)
     names = [t.name for t in fig.data if t.showlegend is not False]
     rows = max(1, -(-sum(len(n) * 7 + 60 for n in names) // 700))
-    fig.update_layout(title=dict(text=f"Per-layer gradient {stat}", y=1.0, yanchor="top", pad=dict(t=12)),
-                      yaxis_title=stat, yaxis_type="log" if log else "linear",
+    fig.update_layout(title=dict(text=f"Per-layer {stat_title(stat)}", y=1.0, yanchor="top", pad=dict(t=12)),
+                      yaxis=dict(title=stat_title(stat), type="log" if log else "linear",
+                                 exponentformat="power", showexponent="all"),
                       **{**LAYOUT, "legend": dict(orientation="h", y=1.02, yanchor="bottom", x=0),
                          "margin": dict(l=50, r=20, t=50 + 24 * rows, b=110)})
     fig.update_xaxes(title_text="layer (input → output)", tickangle=-45, automargin=True)
@@ -246,16 +367,18 @@ def heatmap(values: pd.DataFrame, title: str, colorscale: str = "RdBu_r", zmid: 
     return fig
 
 
-def severity_curve(table: pd.DataFrame, corruption: str, metric: str = "auroc", order: list[str] | None = None) -> go.Figure:
-    """``metric`` vs corruption severity, one line per method. ``table``: rows (method, severity, metric)."""
+def severity_curve(table: pd.DataFrame, corruption: str, metric: str = "auroc", methods: list[str] | None = None) -> go.Figure:
+    """``metric`` vs corruption severity, one line per method (``methods``: which, default all).
+    ``table``: rows (method, severity, metric)."""
     fig = go.Figure()
-    methods = list(dict.fromkeys(table["method"]))
+    methods = methods if methods is not None else list(dict.fromkeys(table["method"]))
+    styles = method_styles(methods)
     for m in methods:
         part = table[table["method"] == m].sort_values("severity")
-        fig.add_trace(go.Scatter(x=part["severity"], y=part[metric], mode="lines+markers", name=m,
-                                 line=dict(color=method_color(m, order or methods))))
+        fig.add_trace(go.Scatter(x=part["severity"], y=part[metric], mode="lines+markers", name=m, line=_line_style(m, styles),
+                                 hovertemplate=f"{m}<br>severity %{{x}}: {metric} %{{y:.3f}}<extra></extra>"))
     fig.update_layout(title=f"{metric.upper()} vs severity: {_h(corruption)}",
-                      xaxis=dict(title="severity", dtick=1), yaxis_title=f"{metric} (clean ID vs corrupted)", **LAYOUT)
+                      xaxis=dict(title="severity", dtick=1), yaxis_title=f"{metric} (clean ID vs corrupted)", **LINES_LAYOUT)
     return fig
 
 
@@ -271,7 +394,7 @@ def curves_figure(curves: dict[str, pd.DataFrame], title: str, x: str = "fpr", y
     """Several named curves (e.g. meta-classifier ROC per feature set) on one chart."""
     fig = go.Figure()
     for i, (name, pts) in enumerate(curves.items()):
-        fig.add_trace(go.Scatter(x=pts[x], y=pts[y], mode="lines", name=_h(name), line=dict(color=METHOD_PALETTE[i % len(METHOD_PALETTE)])))
+        fig.add_trace(go.Scatter(x=pts[x], y=pts[y], mode="lines", name=_h(name), line=dict(color=SERIES_PALETTE[i % len(SERIES_PALETTE)])))
     if x == "fpr":
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False))
     fig.update_layout(title=_h(title), xaxis_title=x.upper(), yaxis_title=y.upper(), **LAYOUT)
@@ -305,23 +428,11 @@ def severity_color(severity: int, max_severity: int = 5) -> str:
 
 
 def severity_histogram(scores: pd.DataFrame, method: str, nbins: int = 50) -> go.Figure:
-    """Overlaid score densities of one method per corruption severity (column ``severity``; 0 = clean)."""
-    fig = go.Figure()
-    bins = _shared_bins(scores[method], nbins)
-    if bins is None:
-        return fig.update_layout(title=f"{method}: no finite scores", **LAYOUT)
-    lo, hi, size = bins
-    top = int(scores["severity"].max())
-    for severity, part in scores.groupby("severity", sort=True):
-        name = "clean (ID)" if severity == 0 else f"severity {severity}"
-        fig.add_trace(go.Histogram(
-            x=part[method], name=name, histnorm="probability density", opacity=0.55,
-            marker_color=severity_color(int(severity), top), xbins=dict(start=lo, end=hi + size, size=size),
-            hovertemplate=f"{name}<br>{method}=%{{x}}<br>density=%{{y:.3g}}<extra></extra>",
-        ))
-    fig.update_layout(barmode="overlay", title=f"{method}: uncertainty as severity grows",
-                      xaxis_title=f"{method} uncertainty (higher = more uncertain)", yaxis_title="density", **LAYOUT)
-    return fig
+    """Score densities of one method per corruption severity (column ``severity``; 0 = clean), step outlines."""
+    top = int(scores["severity"].max()) if len(scores) else 0
+    parts = [("clean (ID)" if k == 0 else f"severity {k}", severity_color(int(k), top), part[method])
+             for k, part in scores.groupby("severity", sort=True)]
+    return _density_figure(parts, method, f"{method}: uncertainty as severity grows", nbins)
 
 
 def model_metric_bars(metrics: pd.DataFrame, metric: str = "auroc", models: list[str] | None = None) -> go.Figure:
@@ -335,10 +446,10 @@ def model_metric_bars(metrics: pd.DataFrame, metric: str = "auroc", models: list
         for row, ood in enumerate(oods, 1):
             part = metrics[(metrics["model"] == model) & (metrics["ood_dataset"] == ood)]
             fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=_h(model), legendgroup=model, showlegend=row == 1,
-                                 marker_color=METHOD_PALETTE[m % len(METHOD_PALETTE)],
+                                 marker_color=SERIES_PALETTE[m % len(SERIES_PALETTE)], **_bar_labels(part[metric]),
                                  hovertemplate=f"{_h(model)}<br>%{{x}}<br>{metric}=%{{y:.3f}}<extra>{_h(ood)}</extra>"),
                           row=row, col=1)
     fig.update_layout(barmode="group", title=f"{metric.upper()} per method, model and OOD set",
-                      height=max(320, 230 * max(1, len(oods))), **LAYOUT)
-    fig.update_yaxes(title_text=metric)
+                      height=max(320, 260 * max(1, len(oods))), uniformtext=dict(minsize=8, mode="show"), **LAYOUT)
+    fig.update_yaxes(title_text=metric, range=_bar_range(metrics[metric]) if len(metrics) else None)
     return fig

@@ -32,7 +32,7 @@ from gradviz.metrics import threshold_at_tpr
 from gradviz.models import GradvizModel
 
 __all__ = [
-    "ThresholdSummary", "threshold_summary", "score_range", "sample_captions", "extremes", "rows_from_selection",
+    "ThresholdSummary", "threshold_summary", "id_quantile_threshold", "score_range", "sample_captions", "extremes", "rows_from_selection",
     "percentile_within", "SampleReport", "inspect_images", "compute_attributions", "Panel", "attribution_panels",
     "gaia_channel_table", "sample_layer_profile", "display_image",
 ]
@@ -86,6 +86,18 @@ def threshold_summary(scores: pd.DataFrame, method: str, threshold: float, defau
     flips = scores[changed].copy()
     flips["change"] = np.where(now[changed], "now accepted", "now rejected")
     return ThresholdSummary(float(threshold), float(default), counts, flips)
+
+
+def id_quantile_threshold(scores: pd.DataFrame, method: str, accept_pct: float) -> float:
+    """The raw threshold that accepts (score ≤ t) at least ``accept_pct`` % of the finite ID scores: their
+    ``accept_pct`` % quantile, ``numpy.quantile(..., method="inverted_cdf")`` (a score the ID set has; at 95 %
+    the ROC's FPR95 operating point, :func:`gradviz.metrics.threshold_at_tpr`)."""
+    if not 0.0 < float(accept_pct) <= 100.0:
+        raise GradvizError(f"the share of ID to accept must be in (0, 100] %, got {accept_pct}")
+    ids = _finite(scores.loc[scores["role"] == "id", method])
+    if len(ids) == 0:
+        raise GradvizError(f"{method} gave no finite score on the ID set: no threshold to set from it")
+    return float(np.quantile(ids, float(accept_pct) / 100.0, method="inverted_cdf"))
 
 
 def score_range(scores: pd.DataFrame, method: str) -> tuple[float, float]:
@@ -214,6 +226,8 @@ class Panel:
     heat: np.ndarray
     overlay: np.ndarray
     caption: str
+    scale: np.ndarray | None = None  # the heat map's colour bar, (h, W', 3) uint8
+    scale_caption: str = ""  # what its ends mean
 
 
 def display_image(image: torch.Tensor, size: int = 224) -> np.ndarray:
@@ -229,16 +243,17 @@ def display_image(image: torch.Tensor, size: int = 224) -> np.ndarray:
 def attribution_panels(image: torch.Tensor, attributions: dict, mode: str = "absolute", cmap: str | None = None,
                        alpha: float = 0.5, size: int = 224) -> list[Panel]:
     """Render each attribution of ``image`` (C, H, W) as original | heat map | overlay."""
-    from gradviz.attributions import ATTRIBUTIONS, heatmap_rgb, render_overlay
+    from gradviz.attributions import ATTRIBUTIONS, colorbar_caption, colorbar_rgb, heatmap_rgb, render_overlay
 
     original = display_image(image, size)
+    scale, scale_caption = colorbar_rgb(mode, cmap, original.shape[1], max(8, size // 14)), colorbar_caption(mode)
     panels = []
     for name, att in attributions.items():
         m = att.maps[0]
         layer = f" (layer {att.layer})" if att.layer and att.layer not in (att.note or "") else ""
         caption = ATTRIBUTIONS[name].title + layer + (f" — {att.note}" if att.note else "")
         panels.append(Panel(name, original, heatmap_rgb(m, mode, cmap, size), render_overlay(image, m, mode, cmap, alpha, size),
-                            caption))
+                            caption, scale, scale_caption))
     return panels
 
 

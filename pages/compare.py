@@ -6,9 +6,7 @@ import streamlit as st
 
 from gradviz import samples as gi
 from gradviz import plots
-from gradviz.errors import GradvizError
 from gradviz.methods.registry import methods_by_family
-from gradviz.metrics import threshold_at_tpr
 from gradviz.plaintext import md_code, md_text
 from gradviz.ui.cache import get_result, images_of_rows, show_error
 from gradviz.ui.datamap import data_map_tab
@@ -16,7 +14,7 @@ from gradviz.ui.sidebar import current_config, ensure_frame
 from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports,
                                 show_upload_errors, upload_max_mb)
 from gradviz.ui.widgets import decomposition, download_figure, download_results, image_tiles, metrics_dataframe
-from gradviz.ui.widgets import method_caption, method_label
+from gradviz.ui.widgets import line_picker, method_caption, method_label, threshold_picker
 
 ensure_frame()
 
@@ -62,22 +60,16 @@ def distributions() -> None:
     method = st.selectbox("Method (by family)", methods, key="cmp_method", format_func=method_label)
     if len(result.metrics):
         st.caption(method_caption(result.metrics, method))
-    try:
-        default_thr = threshold_at_tpr(scores.loc[scores["role"] == "id", method])
-    except GradvizError:  # every ID score NaN/inf: nothing to threshold or plot
-        st.warning(f"**{method}** gave no finite score on the ID set, so it cannot be shown here. Check its parameters "
-                   "(sidebar → Method parameters) or the model's weights, or pick another method.")
+    picked = threshold_picker(scores, method, key=f"cmp_accept_{method}")
+    if picked is None:  # every ID score NaN/inf: said by the picker
         return
-    lo, hi = gi.score_range(scores, method)
-    threshold = st.slider("Threshold: accept as ID when score ≤ threshold (default: 95 % of ID accepted)", lo, hi,
-                          default_thr, step=(hi - lo) / 500, format="%.4g", key=f"cmp_thr_{method}")
+    threshold, default_thr, label, offset = picked
     view = st.segmented_control("Chart", VIEWS, default=VIEWS[0], key="cmp_view",
                                 help="Every sample: one point per image; select points (click, box or lasso) to see "
                                      "those images and send one to the Inspect page.") or VIEWS[0]
     selected = scores.iloc[:0]
     if view == VIEWS[0]:
-        fig = plots.score_histogram(scores, method)
-        fig.add_vline(x=threshold, line_dash="dash", line_color="black")
+        fig = plots.score_histogram(scores, method, threshold=threshold)
         st.plotly_chart(fig, width="stretch", key="cmp_hist")
     else:
         fig = plots.score_strip(scores, method, threshold)
@@ -91,9 +83,12 @@ def distributions() -> None:
             st.caption("Select points (click, box or lasso) to see those images here.")
     summary = gi.threshold_summary(scores, method, threshold, default=default_thr)
     c1, c2 = st.columns([3, 2])
-    c1.markdown(f"**Accepted / rejected at {threshold:.4g}** (default {default_thr:.4g} accepts 95 % of ID)")
+    c1.markdown(f"**Accepted / rejected at {label} ≤ {threshold + offset:.4g}** (default {default_thr + offset:.4g} "
+                "accepts 95 % of ID)")
     c1.dataframe(summary.counts, hide_index=True, width="stretch", key="cmp_counts",
-                 column_config={c: st.column_config.NumberColumn(format="%.1f %%") for c in ("accepted_pct", "accepted_pct_default")})
+                 column_config={"accepted_pct": st.column_config.NumberColumn("acc. %", format="%.1f %%", help="Accepted, %"),
+                                "accepted_pct_default": st.column_config.NumberColumn(
+                                    "at default", format="%.1f %%", help="Accepted at the default threshold, %")})
     c2.markdown(f"**{len(summary.flips)} sample(s) change decision** vs the default threshold")
     c2.dataframe(summary.flips[["dataset", "index", "label", "prediction", method, "change"]], hide_index=True,
                  width="stretch", height=240, key="cmp_flips")
@@ -123,11 +118,12 @@ def curves() -> None:
     ood = ood_col.selectbox("OOD set", ood_sets, key="cmp_ood")
     kinds = {"ROC": "roc", "Precision-recall (ID positive)": "pr_in", "Precision-recall (OOD positive)": "pr_out"}
     kind = kinds[kind_col.segmented_control("Curve", list(kinds), default="ROC", key="cmp_curve") or "ROC"]
+    rows = result.metrics[result.metrics["ood_dataset"] == ood] if len(result.metrics) else result.metrics
+    lines = line_picker(methods, dict(zip(rows.get("method", []), rows.get("auroc", []))), key="cmp_lines")
     if kind == "roc":
-        fig = plots.roc_figure(scores, methods, ood, order=methods, metrics=result.metrics)
+        fig = plots.roc_figure(scores, lines, ood, metrics=result.metrics)
     else:
-        fig = plots.pr_figure(scores, methods, ood, positive={"pr_in": "id", "pr_out": "ood"}[kind], order=methods,
-                              metrics=result.metrics)
+        fig = plots.pr_figure(scores, lines, ood, positive={"pr_in": "id", "pr_out": "ood"}[kind], metrics=result.metrics)
     st.plotly_chart(fig, width="stretch", key=f"cmp_{kind}")
     download_figure(fig, f"{kind}_{ood.replace(':', '_')}", key=f"cmp_dl_{kind}")
 

@@ -2,12 +2,13 @@
 
 import streamlit as st
 
-from gradviz import analysis, plots
+from gradviz import analysis, plots, plots_trust
 from gradviz.data.corruptions import list_corruptions
+from gradviz.trust import calibration_by_severity
 from gradviz.ui.cache import get_dataset, get_severity_scores, get_severity_table, show_error
 from gradviz.plaintext import md_text
 from gradviz.ui.sidebar import current_config
-from gradviz.ui.widgets import download_figure, download_table, image_tiles, to_uint8
+from gradviz.ui.widgets import column_config, download_figure, download_table, image_tiles, line_picker, to_uint8
 from gradviz.ui.sidebar import ensure_frame
 
 ensure_frame()
@@ -44,22 +45,29 @@ st.markdown(f"**Severity {severity}**: the first samples of the set")
 image_tiles(list(sets[severity].images[:8]), [f"#{i}" for i in range(min(8, len(sets[severity])))], columns=8, width=72)
 
 table = get_severity_table(cfg, corruption, scores, methods)
+lines = line_picker(methods, table.groupby("method")["auroc"].mean().to_dict(), key="cl_lines", what="mean AUROC")
 left, right = st.columns(2)
 with left:
     fig_hist = plots.severity_histogram(scores, method)
     st.plotly_chart(fig_hist, width="stretch", key="cl_hist")
 with right:
-    fig_curve = plots.severity_curve(table, corruption, "auroc", order=methods)
+    fig_curve = plots.severity_curve(table, corruption, "auroc", lines)
     st.plotly_chart(fig_curve, width="stretch", key="cl_curve")
 st.caption("Left: one method's scores, clean (blue) then severity 1 → 5 (light → dark). Right: AUROC of clean vs "
-           "corrupted for every method; 0.5 = the corrupted images look as certain as clean ones, below 0.5 = *more* "
+           "corrupted for the methods picked above; 0.5 = the corrupted images look as certain as clean ones, below 0.5 = *more* "
            "certain (over-confidence: e.g. MSP on heavy noise for the bundled model).")
 
+st.subheader("Calibration vs severity")
+calibration = calibration_by_severity(scores)
+fig_cal = plots_trust.calibration_severity_figure(calibration, corruption)
+st.plotly_chart(fig_cal, width="stretch", key="cl_calibration")
+st.caption("The model's max-softmax confidence (before temperature scaling) against its accuracy on the same images; "
+           "ECE with 15 equal-width bins. A confidence that stays high while accuracy falls is over-confidence. "
+           "Temperature scaling and the reliability diagram: the Trust page.")
+
 st.subheader("Metrics per method and severity")
-st.dataframe(table, hide_index=True, width="stretch", key="cl_table",
-             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("auroc", "fpr95", "aupr_in",
-                                                                                       "aupr_out", "detection_error")})
-d1, d2, d3, d4 = st.columns(4)
+st.dataframe(table, hide_index=True, width="stretch", key="cl_table", column_config=column_config(table.columns, "%.3f"))
+d1, d2, d3, d4, d5 = st.columns(5)
 with d1:
     download_table("⬇ severity_metrics.csv", table, f"severity_{corruption}.csv", key="cl_dl_metrics")
 with d2:
@@ -68,3 +76,6 @@ with d3:
     download_figure(fig_curve, f"severity_auroc_{corruption}", key="cl_dl_curve")
 with d4:
     download_figure(fig_hist, f"severity_hist_{corruption}_{method}", key="cl_dl_hist")
+with d5:
+    download_table("⬇ severity_calibration.csv", calibration, f"severity_calibration_{corruption}.csv",
+                   key="cl_dl_calibration")

@@ -33,7 +33,8 @@ left, right = st.columns([3, 2])
 with left:
     st.markdown("**Detection metrics** (AUROC ↑, FPR95 ↓) by method family — the best **output**, **feature** and "
                 "**gradient** method per OOD set and column highlighted")
-    metrics_dataframe(result.metrics, per_family=True)
+    metrics_dataframe(result.metrics, per_family=True,  # all columns: Compare distributions → metrics tab
+                      columns=["ood_dataset", "method", "family", "auroc", "fpr95", "detection_error"])
 with right:
     method = "gaia_z" if "gaia_z" in result.scores else cfg.method_names()[0]
     st.plotly_chart(plots.score_histogram(result.scores, method), width="stretch")

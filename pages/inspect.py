@@ -78,12 +78,20 @@ with right:
     st.plotly_chart(plots.probability_bars(report.probs[0], classes), width="stretch", key="ins_probs")
 
 st.subheader(f"Uncertainty scores vs the ID set ({md_text(cfg.id)})")
+shift = [plots.shown_score(m)[1] for m in report.scores["method"]]  # MSP shown as 1 − MSP: display only
 table = report.scores.assign(verdict=[f"more uncertain than {p:.0f} % of {cfg.id}" if np.isfinite(p) else "n/a"
-                                      for p in report.scores["percentile"]])
+                                      for p in report.scores["percentile"]], score=report.scores["score"] + shift,
+                             id_median=report.scores["id_median"] + shift)
 st.dataframe(table[["method", "title", "score", "id_median", "percentile", "verdict"]], hide_index=True,
-             width="stretch", height=35 * (len(table) + 1) + 3, key="ins_scores", column_config={
-                 "percentile": st.column_config.ProgressColumn("ID percentile", min_value=0, max_value=100, format="%.0f %%"),
-                 "score": st.column_config.NumberColumn(format="%.4g"), "id_median": st.column_config.NumberColumn(format="%.4g")})
+             width="stretch", height=35 * (len(table) + 1) + 3, key="ins_scores",
+             # the verdict repeats the percentile in words: in the data (CSV, tests), not on screen, where it was cut off
+             column_order=["method", "title", "score", "id_median", "percentile"], column_config={
+                 "method": st.column_config.TextColumn("method", width=130),  # "gradient_density" was cut at auto width
+                 "percentile": st.column_config.ProgressColumn(
+                     "ID percentile", min_value=0, max_value=100, format="%.0f %%",
+                     help=f"More uncertain than this share of {cfg.id}; empty: the method gave no score"),
+                 "score": st.column_config.NumberColumn(format="%.4g", help="Higher = more uncertain (msp shown as 1 − MSP)"),
+                 "id_median": st.column_config.NumberColumn(format="%.4g")})
 
 st.subheader("Attributions (why this prediction, or why this score)")
 score = explain_picker(cfg, "ins")
@@ -105,6 +113,7 @@ for p in panels:
     c = st.columns([1, 1, 1, 1])
     for col, img in zip(c, (p.original, p.heat, p.overlay)):
         col.image(img, width="stretch")
+    c[1].image(p.scale, caption=p.scale_caption, width="stretch")  # the heat map's colour bar
     c[3].download_button("⬇ overlay.png", to_png_bytes(p.overlay), f"{p.method}_overlay.png", "image/png",
                          key=f"ins_png_{p.method}", on_click="ignore")
 map_checks(digest, cfg, x, list(atts), score)

@@ -4,6 +4,7 @@ the bundled model), a guided tour, honest notes and the papers. Everything comes
 import streamlit as st
 
 from gradviz.methods import FAMILIES, list_methods, methods_by_family
+from gradviz.trust_terms import TRUST_TERMS
 from gradviz.ui.pages import page
 from gradviz.ui.sidebar import ensure_frame
 
@@ -40,6 +41,15 @@ for family, infos in methods_by_family().items():
                 st.caption("Fitted once on ID training data (cached).")
             st.markdown(f"Paper: [{paper}]({info.link})")
 
+st.header("Can I trust a prediction? Selective prediction and calibration")
+st.markdown("Beyond *is this input out of distribution*: should I act on this prediction, and do its probabilities "
+            "mean what they say? The Trust page draws each of these for the run.")
+for term in TRUST_TERMS:
+    with st.expander(f"**{term.name}**"):
+        st.markdown(term.meaning)
+        st.latex(term.formula)
+        st.markdown(f"**Reading it.** {term.reading}")
+
 st.header("A guided tour of the embedded default")
 st.markdown("The default run: the bundled MNIST CNN, MNIST test digits as ID, and three OOD sets — rendered "
             "letters, uniform noise, and heavily noised digits (`corrupt:gaussian_noise:5`).")
@@ -54,6 +64,8 @@ tour = {  # what to look for on each page; titles and icons come from the page r
               "early convolution? Compare with the entropy correlation.",
     "meta": "Does adding gradient metrics to entropy help? Train with noise as a 'known unknown' and test on letters: "
             "transfer to unseen concepts is uneven (Oberdiek et al.).",
+    "trust": "Pick `msp`, then `gradnorm`: whose risk–coverage curve drops faster when the most uncertain digits are "
+             "rejected? Move the slider and look at the accepted-but-wrong digits.",
     "corruptions": "Raise the severity: which scores climb? Lee & AlRegib's claim is that gradients detect corruption "
                    "better than confidence does.",
 }

@@ -15,6 +15,7 @@ from gradviz.ui.cache import get_model, get_result, show_error
 from gradviz.ui.datamap import where_it_lands
 from gradviz.ui.explain import explain_picker, explained
 from gradviz.ui.sidebar import current_config, ensure_frame
+from gradviz.ui.widgets import line_picker
 
 ensure_frame()
 
@@ -96,6 +97,7 @@ if pg.explain_button(digest):
         cols[3].markdown(f"**{p.caption}**  \noriginal | heat map | overlay")
         for col, img in zip(cols, (p.original, p.heat, p.overlay)):
             col.image(img, width="stretch")
+        cols[1].image(p.scale, caption=p.scale_caption, width="stretch")  # the heat map's colour bar
 
 st.subheader(f"Walk {md_text(src_name)} out of the data")
 p1, p2, p3 = st.columns([2, 1, 3], vertical_alignment="bottom")
@@ -113,9 +115,11 @@ except Exception as exc:
 step_preds = [classes[int(k)] for k in path_report.prediction]
 conf = path_report.probs.max(axis=1)
 selected = loaded["step"] if loaded and loaded.get("kind") == kind and loaded["step"] < len(path.values) else None
-fig = figures.path_figure(path_report.wide(), path.values, path.labels(), step_preds, conf,
-                          figures.method_shades(ref.methods, ref.families), PATHS[kind].axis, ref.id_spec, selected,
-                          figures.method_dashes(ref.methods, ref.families))
+metrics, wide = get_result(cfg).metrics, path_report.wide()  # lines drawn first: the best of each family on the run
+lines = line_picker(list(wide.columns), metrics.groupby("method")["auroc"].mean().to_dict() if len(metrics) else {},
+                    "pg_lines", "mean AUROC over the OOD sets")
+fig = figures.path_figure(wide[lines], path.values, path.labels(), step_preds, conf, None, PATHS[kind].axis,
+                          ref.id_spec, selected, families=ref.families)
 chart = "pg_path_chart"
 st.plotly_chart(fig, width="stretch", key=chart, on_select=pg.load_step_callback(chart, src_digest, path),
                 selection_mode="points")

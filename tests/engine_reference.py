@@ -63,6 +63,12 @@ def reference_stats(model: GradvizModel, x: torch.Tensor, loss: str) -> dict[str
     names = list(groups)
     plist = [params[q] for g in names for q, _ in groups[g]]
     rows: dict[str, list[torch.Tensor]] = {g: [] for g in names}
+    # PyTorch's CPU eval-mode BatchNorm backward returns wrong ∇γ, ∇β for ONE sample whose output gradient has
+    # channels-last strides (a (1, C, H, W) map flattened and transposed into tokens: timm LeViT's stem); a
+    # contiguous copy of that gradient gives the right ones (the engine computes them from δ and x itself)
+    for m in net64.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.register_forward_hook(lambda _m, _i, out: out.register_hook(torch.Tensor.contiguous) and None)
     for b in range(x.shape[0]):
         z = net64((x[b:b + 1].double() - mean) / std)
         grads = torch.autograd.grad(z, plist, grad_outputs=LOSSES[loss](z.detach()), allow_unused=True)

@@ -26,7 +26,13 @@ def test_score_writes_tables_and_prints_metrics(tmp_path, capsys):
     metrics = pd.read_csv(out / "metrics.csv")
     assert len(scores) == 180
     assert {"dataset", "role", "index", "path", "label", "prediction", "correct", "msp", "confounding"} <= set(scores.columns)
-    assert len(metrics) == 2 * 4 and {"auroc", "fpr95", "aupr_in", "aupr_out"} <= set(metrics.columns)
+    ood = metrics[metrics["task"] == "ood"]
+    assert len(ood) == 2 * 4 and {"auroc", "fpr95", "aupr_in", "aupr_out"} <= set(metrics.columns)
+    misc = metrics[metrics["task"] == "misclassification"]  # letters and noise have no labels: the ID set alone
+    assert len(metrics) == 3 * 4 and list(misc["method"]) == ["msp", "energy", "gradnorm", "confounding"]
+    assert misc["shifted"].isna().all() and misc["aurc"].between(0, 1).all() and misc["n"].eq(60).all()
+    calibration = pd.read_csv(out / "calibration.csv")
+    assert list(calibration["temperature_fit"]) == ["none", "fit", "crossfit"] and calibration["ece"].between(0, 1).all()
     printed = capsys.readouterr().out
     assert "auroc" in printed and "noise-uniform" in printed
     # the saved config replays to the same numbers
@@ -195,7 +201,8 @@ def test_skipped_files_notes_and_too_small_sets_are_reported(tmp_path, capsys):
     assert "too few samples for AUROC" in err and f"folder:{folder} has 1" in err  # why the metrics are NaN
     files = pd.read_csv(out / "files.csv")
     assert sorted(files["kind"]) == ["note", "skipped"]
-    assert pd.read_csv(out / "metrics.csv")["auroc"].isna().all()
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics.loc[metrics["task"] == "ood", "auroc"].isna().all()
 
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),

@@ -45,6 +45,14 @@ ARCHITECTURES = {
     "timm:convnext_atto": (lambda: _timm("convnext_atto"), (3, 32, 32)),
     "timm:swin_tiny": (lambda: _timm("swin_tiny_patch4_window7_224", img_size=56, window_size=7,
                                      depths=(1, 1, 1, 1)), (3, 56, 56)),
+    # eval-mode attention-bias cache (recomputed per forward by GradvizModel); a stem whose BatchNorm output
+    # gradient has channels-last strides (the reference loop works around PyTorch's BatchNorm backward there)
+    "timm:levit_128s": (lambda: _timm("levit_128s", img_size=64), (3, 64, 64)),
+    # each 16×16 patch embedded as its own image: the pixel conv's batch holds several images per sample
+    "timm:tnt_s": (lambda: _timm("tnt_s_patch16_224", img_size=32, depth=1), (3, 32, 32)),
+    # cross-covariance attention; a Fourier position encoding computed from parameters, repeated per sample
+    "timm:xcit_nano": (lambda: _timm("xcit_nano_12_p16_224", depth=1), (3, 64, 64)),
+    "timm:edgenext_xx_small": (lambda: _timm("edgenext_xx_small"), (3, 64, 64)),
 }
 
 

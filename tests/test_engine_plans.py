@@ -263,3 +263,27 @@ def test_calibration_never_tries_the_gram_form_where_it_would_explode(monkeypatc
 class Transpose(nn.Module):
     def forward(self, x):
         return x.transpose(1, 2)
+
+
+class _RowsFromParameters(nn.Module):
+    """A tensor computed from a parameter alone but carrying the batch dimension: repeated per sample (XCiT's
+    position encoding: reduced exactly through row 0), or scaled by the row index (rows differ: refused)."""
+
+    def __init__(self, differ: bool) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(16) * 0.3)
+        self.head = nn.Linear(16, 10)
+        self.differ = differ
+
+    def forward(self, x):
+        b = x.shape[0]
+        rows = torch.arange(1, b + 1, dtype=x.dtype).view(b, 1) if self.differ else torch.ones(b, 1, dtype=x.dtype)
+        return self.head(x.flatten(1) + (self.pos.tanh().repeat(b, 1) * rows))
+
+
+def test_a_parameter_tensor_with_the_batch_dimension_is_exact_when_repeated_and_refused_when_rows_differ():
+    _check(_RowsFromParameters(differ=False), (1, 4, 4), {"broadcast"})
+    model = wrap(_RowsFromParameters(differ=True), (1, 4, 4)).double()
+    with pytest.raises(GradvizError, match="add of a tensor of shape \\(2, 16\\) computed from the parameters "
+                                           "of pos alone differs between batch rows"):
+        layer_gradient_stats(model, batch((1, 4, 4), 2))

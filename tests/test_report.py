@@ -11,7 +11,7 @@ def test_report_end_to_end_tiny(tmp_path):
     path = build_report(cfg, tmp_path)
     text = path.read_text()
     for heading in ["## 1. OOD detection", "## 2. Corrupted-input detection", "## 3. Meta classification",
-                    "## 4. Beyond the three papers", "## 5."]:
+                    "## 4. Beyond the three papers", "## 5.", "## 6. Can a prediction be trusted?"]:
         assert heading in text
     assert "gaia_z" in text and "confounding_softmax" in text
     assert (tmp_path / "results" / "histograms.png").stat().st_size > 1000
@@ -24,3 +24,6 @@ def test_report_end_to_end_tiny(tmp_path):
     for name in ("exgrad", "gradorth", "lowdim_grad", "grood", "gradient_density", "knn", "vim", "rmds", "react"):
         assert f"- `{name}` " in new  # one measured sentence per method added beyond the three papers
     assert "nan |" not in new
+    trust = text.split("## 6.")[1]
+    assert "### `mnist-cnn`" in trust and "### `mnist-vit`" in trust and "| ID | crossfit |" in trust
+    assert "Oberdiek et al.'s layerwise gradient norm" in trust

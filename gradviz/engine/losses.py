@@ -15,17 +15,27 @@ import torch
 
 from gradviz.errors import MethodError
 
-__all__ = ["LOSSES", "loss_gradient"]
+__all__ = ["LOSSES", "loss_gradient", "top_complement"]
+
+
+def top_complement(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(p = softmax(z), ŷ = argmax z (B, 1), q = 1 − p_ŷ = Σ_{c≠ŷ} p_c (B, 1)) for logits ``z`` (B, C).
+
+    q is exp(logsumexp_{c≠ŷ} z − logsumexp z): full relative precision where p_ŷ rounds to 1 and
+    1 − p_ŷ would be 0 (every score built from 1 − p_ŷ or 1 − Σp² reads q instead)."""
+    lse = torch.logsumexp(z, -1, keepdim=True)
+    p = (z - lse).exp()
+    top = z.argmax(-1, keepdim=True)
+    if z.shape[-1] == 1:
+        return p, top, torch.zeros_like(lse)
+    others = z.scatter(-1, top, float("-inf"))
+    return p, top, (torch.logsumexp(others, -1, keepdim=True) - lse).exp()
 
 
 def nll_pred(z: torch.Tensor) -> torch.Tensor:
     """∂/∂z of −log softmax(z)_ŷ with ŷ = argmax z: p − onehot(ŷ), with g_ŷ = −Σ_{c≠ŷ} p_c exactly."""
-    lse = torch.logsumexp(z, -1, keepdim=True)
-    g = (z - lse).exp()
-    top = z.argmax(-1, keepdim=True)
-    others = z.scatter(-1, top, float("-inf"))
-    g_top = -(torch.logsumexp(others, -1, keepdim=True) - lse).exp() if z.shape[-1] > 1 else torch.zeros_like(lse)
-    return g.scatter(-1, top, g_top)
+    p, top, q = top_complement(z)
+    return p.scatter(-1, top, -q)
 
 
 def confounding_sigmoid(z: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from gradviz.engine.losses import top_complement
 from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, differentiable, register
 
 # Far from the data a ReLU network's logits grow along a ray (Hein, Andriushchenko & Bitterwolf, CVPR 2019):
@@ -18,9 +19,11 @@ OVERCONFIDENT_NOISE = {"noise-uniform": "lower", "letters": "higher"}
           link="https://arxiv.org/abs/1610.02136",
           intuition="A confident network puts almost all probability on one class. The less it puts on its "
                     "favourite class, the more uncertain it is. No gradients, one forward pass.",
-          reading="ID digits pile up near −1 (p_max ≈ 1). OOD sets that the model still classifies confidently "
-                  "(over-confidence) overlap with them — the classic failure this baseline exposes.",
-          expected=OVERCONFIDENT_NOISE,
+          reading="Charts show it as 1 − MSP (the score + 1; ranks and AUROCs unchanged): ID digits pile up near 0 "
+                  "(p_max ≈ 1). OOD sets that the model still classifies confidently (over-confidence) overlap with "
+                  "them — the classic failure this baseline exposes. Where the softmax saturates (p_max within 3e-8 "
+                  "of 1) the scores tie in float32 by definition; entropy, energy and ExGrad keep ranking such inputs.",
+          expected=OVERCONFIDENT_NOISE, shown_as="1 − MSP", shown_offset=1.0,
           bounds={"temperature": TEMPERATURE_BOUNDS})
 def msp(batch: ModelOutputs, temperature: float = 1.0) -> torch.Tensor:
     """Negative maximum softmax probability: a confident prediction is certain."""
@@ -63,6 +66,10 @@ def energy(batch: ModelOutputs, temperature: float = 1.0) -> torch.Tensor:
                   "each gradient metric is 'just entropy'.",
           expected=OVERCONFIDENT_NOISE)
 def entropy(batch: ModelOutputs) -> torch.Tensor:
-    """Entropy of the softmax distribution."""
-    logp = batch.logits.log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1)
+    """Entropy of the softmax distribution, −Σ p log p from log-probabilities.
+
+    log p_ŷ is taken as log1p(−q) with q = Σ_{c≠ŷ} p_c (logsumexp): where p_ŷ rounds to 1, log_softmax
+    gives log p_ŷ = 0 and drops the term p_ŷ·q ≈ q, a share 1/(1 + mean_c |log p_c|) of the entropy."""
+    p, top, q = top_complement(batch.logits)
+    logp = batch.logits.log_softmax(-1).scatter(-1, top, torch.log1p(-q))
+    return -(p * logp).sum(-1)

@@ -71,7 +71,8 @@ _confounding_input_form.layer_maps = False  # re-runs the network per sample (no
                     "it pushes back: the squared gradient norm of every layer, summed. No label needed.",
           reading="The Corruption lab reproduces the paper's corrupted-input experiment: this score should "
                   "climb with severity. On the bundled model letters score BELOW digits (reported, not hidden).",
-          expected={"noise-uniform": "higher", "letters": "lower"})
+          expected={"noise-uniform": "higher", "letters": "lower"},
+          choices={"reading": tuple(READINGS)})
 def confounding(batch: ModelOutputs, reading: str = "sigmoid") -> torch.Tensor:
     """Sum over layers of the squared gradient norm for the all-ones confounding label (higher = more uncertain)."""
     _, norms = confounding_layer_norms(batch, reading)

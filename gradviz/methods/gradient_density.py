@@ -14,47 +14,74 @@ score their deviation; here the loss is the classifier's own-prediction likeliho
 (``loss="nll_pred"``, the Fisher view of Oberdiek et al.'s metrics) or the confounding label
 (``"confounding_sigmoid"``). Two-sided: gradients that are too SMALL (an overconfident input) are as
 atypical as too large ones — which is what the one-sided gradient scores miss. It is the
-unsupervised twin of the meta classifier (the Meta classifier page shows both). Σ is estimated with
-Ledoit-Wolf shrinkage; norms are floored at float32's smallest normal number before the log.
+unsupervised twin of the meta classifier (the Meta classifier page shows both). The norms are
+computed for the loss gradient scaled to max 1 and scaled back in logs (no float32 underflow on a
+saturated softmax). Σ: Ledoit-Wolf shrinkage (default) or the empirical estimate (``covariance``).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
 
 from gradviz.errors import MethodError
 from gradviz.gradients import LOSSES, layer_sq_l2_norms
-from gradviz.methods._fitting import precision_of, require_fitted
+from gradviz.methods._fitting import COVARIANCES, check_covariance, precision_of, require_fitted
 from gradviz.methods.registry import ModelOutputs, register
 from gradviz.models import GradvizModel
 
 FLOOR = float(torch.finfo(torch.float32).tiny)
 
 
+def _unit_loss(loss: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``loss``'s logit gradient divided by its largest entry per sample (the norms are scaled back in logs)."""
+    fn = LOSSES[loss]
+
+    def unit(z: torch.Tensor) -> torch.Tensor:
+        g = fn(z)
+        return g / g.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+
+    return unit
+
+
+def _log_scale(loss: str, logits: torch.Tensor) -> torch.Tensor:
+    """2·log max_c |∂ℓ/∂z_c| per sample, (B, 1) float64: what :func:`_unit_loss` divided out, squared."""
+    return 2 * LOSSES[loss](logits.detach().double().cpu()).abs().amax(-1, keepdim=True).clamp_min(1e-300).log()
+
+
 def log_layer_norms(batch: ModelOutputs, loss: str = "nll_pred") -> torch.Tensor:
-    """v = log ‖∇θ_l ℓ‖² per layer, (B, L) float64; one backward on the batch's shared forward (memoised)."""
+    """v = log ‖∇θ_l ℓ‖² per layer, (B, L) float64; one backward on the batch's shared forward (memoised).
+
+    The engine backpropagates ∂ℓ/∂z / max|∂ℓ/∂z| and 2·log max|∂ℓ/∂z| is added back: on a saturated softmax
+    ‖∇θ_l ℓ‖² ∝ (1 − p_ŷ)² falls below float32's smallest number (1e-40 for 1 − p_ŷ = 1e-20), where the
+    float32 norms would all clamp to the same floor."""
     if loss not in LOSSES:
         raise MethodError(f"gradient_density: loss must be one of {sorted(LOSSES)}, got {loss!r}")
 
     def compute() -> tuple[list[str], torch.Tensor]:
-        gp = batch.gradient_pass()
-        return gp.sq_l2_norms(loss=loss) if gp is not None else layer_sq_l2_norms(batch.model, batch.x, loss=loss)
+        gp, unit = batch.gradient_pass(), _unit_loss(loss)
+        return gp.sq_l2_norms(loss=unit) if gp is not None else layer_sq_l2_norms(batch.model, batch.x, loss=unit)
 
-    _, norms = batch.memo(("layer_sq_l2", loss), compute)
-    return norms.detach().double().cpu().clamp_min(FLOOR).log()
+    _, norms = batch.memo(("layer_sq_l2_unit", loss), compute)
+    return norms.detach().double().cpu().clamp_min(FLOOR).log() + _log_scale(loss, batch.logits)
 
 
 class GaussianDensity:
     """A full-covariance Gaussian on rows of a matrix: ``fit(v)``, ``neg_log_density(v)``."""
 
+    def __init__(self, covariance: str = "ledoit-wolf") -> None:
+        self.covariance = check_covariance("gradient_density", covariance)
+
     def fit(self, v: np.ndarray) -> "GaussianDensity":
         v = np.asarray(v, dtype=np.float64)
         self.mean_ = v.mean(0)
-        self.precision_ = precision_of(v - self.mean_, "ledoit-wolf")
+        self.precision_ = precision_of(v - self.mean_, self.covariance)
         sign, logdet = np.linalg.slogdet(self.precision_)
         if sign <= 0:
-            raise MethodError("gradient_density: the fitted covariance is not positive definite")
+            raise MethodError(f"gradient_density: the fitted {self.covariance} covariance is singular (a layer's "
+                              "log norm is constant on the fit set?); use covariance='ledoit-wolf'")
         self.log_norm_ = 0.5 * (v.shape[1] * np.log(2 * np.pi) - logdet)  # ½ log det(2πΣ)
         return self
 
@@ -73,17 +100,22 @@ class GaussianDensity:
                     "then ask how typical a new fingerprint is. Too-small gradients (overconfidence) are as "
                     "suspicious as too-large ones.",
           reading="The unsupervised twin of the meta classifier: no labels, no OOD data. See the Meta classifier "
-                  "page for both side by side, and Layer profiles for the per-layer norms it reads.",
-          expected={"noise-uniform": "higher", "letters": "higher"})
+                  "page for both side by side, and Layer profiles for the per-layer norms it reads. Choice "
+                  "(`covariance` of the Gaussian): `ledoit-wolf` (default) or `empirical` (maximum likelihood); "
+                  "the Gaussian itself is gradviz's adaptation, the paper fits none.",
+          expected={"noise-uniform": "higher", "letters": "higher"},
+          bounds={"fit_samples": (2, None)}, choices={"loss": tuple(sorted(LOSSES)), "covariance": COVARIANCES})
 class GradientDensity:
     """−log density of the per-layer log gradient norms under a Gaussian fitted on ID training data."""
 
-    def __init__(self, loss: str = "nll_pred", fit_samples: int = 1000, seed: int = 0) -> None:
+    def __init__(self, loss: str = "nll_pred", fit_samples: int = 1000, seed: int = 0,
+                 covariance: str = "ledoit-wolf") -> None:
         if loss not in LOSSES:
             raise MethodError(f"gradient_density: loss must be one of {sorted(LOSSES)}, got {loss!r}")
         if int(fit_samples) < 2:
             raise MethodError(f"gradient_density: fit_samples must be >= 2, got {fit_samples}")
         self.loss, self.fit_samples, self.seed = loss, int(fit_samples), int(seed)
+        self.covariance = check_covariance("gradient_density", covariance)
         self.density_: GaussianDensity | None = None
 
     def fit(self, model: GradvizModel, images: torch.Tensor, labels=None) -> "GradientDensity":
@@ -101,12 +133,16 @@ class GradientDensity:
         parts = []
         for k, i in enumerate(range(0, int(images.shape[0]), step)):
             report(k, total)
-            parts.append(layer_sq_l2_norms(model, images[i:i + step].to(model.device), loss=self.loss)[1])
+            x = images[i:i + step].to(model.device)
+            with torch.no_grad():
+                logits = model(x)
+            norms = layer_sq_l2_norms(model, x, loss=_unit_loss(self.loss))[1]
+            parts.append(norms.double().cpu().clamp_min(FLOOR).log() + _log_scale(self.loss, logits))
         report(total, total)
-        v = torch.cat(parts).double().cpu().clamp_min(FLOOR).log().numpy()
+        v = torch.cat(parts).numpy()
         if v.shape[0] < 2:
             raise MethodError("gradient_density needs at least 2 ID training images to fit")
-        self.density_ = GaussianDensity().fit(v)
+        self.density_ = GaussianDensity(self.covariance).fit(v)
         return self
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:

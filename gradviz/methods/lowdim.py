@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.methods._fitting import check_covariance, check_labels, class_gaussians, fit_outputs, require_fitted, \
+from gradviz.methods._fitting import COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs, require_fitted, \
     sq_mahalanobis
 from gradviz.methods.registry import ModelOutputs, register
 from gradviz.models import GradvizModel
@@ -43,8 +43,13 @@ def _with_one(h: torch.Tensor) -> torch.Tensor:
                     "in which ID gradients vary most (PCA of the ID training gradients), then ask how typical those "
                     "few numbers are for the predicted class — a Mahalanobis distance in gradient space.",
           reading="gradviz projects the classifier head's gradient (closed form); the paper projects every "
-                  "parameter's. Compare with `mahalanobis`: features vs the gradient those features produce.",
-          expected={"noise-uniform": "higher", "letters": "higher"})
+                  "parameter's. Compare with `mahalanobis`: features vs the gradient those features produce. "
+                  "Choice (`covariance` of the projected gradients): `ledoit-wolf` (default, an adaptation) or "
+                  "`empirical` (the maximum-likelihood estimate of Lee et al.'s Mahalanobis score, which the "
+                  "paper applies).",
+          expected={"noise-uniform": "higher", "letters": "higher"},
+          bounds={"components": (1, None), "max_entries": (1, None)}, choices={"covariance": COVARIANCES},
+          paper_settings={"covariance": "empirical"})
 class LowDimGradient:
     """Mahalanobis distance of the head's energy gradient projected on its ID principal components."""
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.methods._fitting import (check_covariance, check_labels, class_gaussians, fit_outputs, require_fitted,
+from gradviz.methods._fitting import (COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs, require_fitted,
                                       score_dtype, sq_mahalanobis)
 from gradviz.methods.registry import ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
@@ -40,9 +40,12 @@ def extract_features(model: GradvizModel, images: torch.Tensor, chunk: int = 512
           link="https://arxiv.org/abs/1807.03888",
           intuition="Fit one Gaussian per class on penultimate features of training images (shared covariance). "
                     "An input far from every class mean, in Mahalanobis distance, is unfamiliar.",
-          reading="Needs fitting on ID training data (done once, cached). Strong on far-OOD such as noise.",
+          reading="Needs fitting on ID training data (done once, cached). Strong on far-OOD such as noise. "
+                  "Choice (`covariance`): `ledoit-wolf` (default, an adaptation: shrinkage keeps Σ⁻¹ stable with "
+                  "few images or dead features) or `empirical` (the paper's maximum-likelihood estimate).",
           expected={"noise-uniform": "higher", "letters": "higher"},
-          bounds={"chunk": (1, 65536)})
+          bounds={"chunk": (1, 65536)}, choices={"covariance": COVARIANCES},
+          paper_settings={"covariance": "empirical"})
 class Mahalanobis:
     """Minimum class-conditional Mahalanobis distance² of the penultimate features (tied covariance)."""
 

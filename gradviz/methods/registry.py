@@ -27,7 +27,7 @@ from gradviz.gradients import GradientPass
 from gradviz.models import GradvizModel
 
 __all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method",
-           "needs_graph", "check_param", "TEMPERATURE_BOUNDS", "FAMILIES", "DIRECTIONS", "methods_by_family",
+           "needs_graph", "check_param", "adaptation_notes", "TEMPERATURE_BOUNDS", "FAMILIES", "DIRECTIONS", "methods_by_family",
            "meets_expectation", "differentiable", "not_differentiable"]
 
 # The three families, in display order, with what a method of each reads.
@@ -122,6 +122,8 @@ class MethodInfo:
     summary: str = ""
     backprop: bool = False  # runs a backward pass (closed-form gradient methods do not)
     bounds: dict = field(default_factory=dict)  # {parameter: (low, high)} inclusive; None = open end
+    choices: dict = field(default_factory=dict)  # {parameter: (allowed values, ...)}; the default is one of them
+    paper_settings: dict = field(default_factory=dict)  # {parameter: the paper's setting} where gradviz adapts it
     link: str = ""  # the paper (arXiv or proceedings)
     intuition: str = ""  # why the score should separate ID from OOD, in plain words
     reading: str = ""  # how to read its histograms and ROC
@@ -131,6 +133,18 @@ class MethodInfo:
     # ``form(batch, **params) -> (B,)`` written with autograd (double backprop, ODIN's input step)
     input_form: Callable | str | None = None
     not_differentiable: str = ""  # why the score is not a differentiable function of the input
+    # How charts show the score when the raw value reads oddly (MSP's −max p as 1 − max p): the name shown
+    # and the constant added for display only; ranks, thresholds and AUROCs use the raw score.
+    shown_as: str = ""
+    shown_offset: float = 0.0
+
+    def shown(self, values):
+        """``values`` as charts show them (raw + ``shown_offset``)."""
+        return values + self.shown_offset if self.shown_offset else values
+
+    @property
+    def shown_name(self) -> str:
+        return self.shown_as or self.name
 
     def create(self, **params) -> "MethodRunner":
         unknown = set(params) - set(self.defaults)
@@ -145,6 +159,13 @@ def check_param(info: MethodInfo, key: str, value: Any) -> Any:
     within its declared bounds; else :class:`MethodError` naming the method, parameter and range."""
     default = info.defaults[key]
     where = f"{info.name}: parameter {key!r}"
+    if key in info.choices:
+        allowed = ", ".join(map(str, info.choices[key]))
+        if type(value) is not type(default):
+            raise MethodError(f"{where} must be {type(default).__name__} (one of {allowed}), got {value!r:.60}")
+        if value not in info.choices[key]:
+            raise MethodError(f"{where} must be one of {allowed}, got {value!r:.60}")
+        return value
     if isinstance(default, bool) or not isinstance(default, (int, float)):
         if type(value) is not type(default) and default is not None:
             raise MethodError(f"{where} must be {type(default).__name__}, got {value!r:.60}")
@@ -197,7 +218,9 @@ def needs_graph(runners: list["MethodRunner"]) -> bool:
 
 def register(name: str, *, title: str, paper: str, year: int, formula: str, family: str, link: str,
              intuition: str, reading: str = "", expected: dict[str, str] | None = None, summary: str = "",
-             backprop: bool | None = None, bounds: dict[str, tuple[float | None, float | None]] | None = None):
+             backprop: bool | None = None, bounds: dict[str, tuple[float | None, float | None]] | None = None,
+             choices: dict[str, tuple] | None = None, paper_settings: dict[str, Any] | None = None,
+             shown_as: str = "", shown_offset: float = 0.0):
     """Decorator adding a method function or fitted class to the registry under ``name``.
 
     ``family``: "output", "feature" or "gradient" (:data:`FAMILIES`). ``link``: the paper's URL.
@@ -208,6 +231,11 @@ def register(name: str, *, title: str, paper: str, year: int, formula: str, fami
     backward pass (default: its family is "gradient"); closed forms pass False, ODIN True.
     ``bounds``: {parameter: (low, high)} inclusive ranges of numeric parameters (None = open end);
     every value given to :meth:`MethodInfo.create` is checked against its type and range.
+    ``choices``: {parameter: (allowed values, ...)} for a parameter that picks one of a few settings (the
+    sidebar shows a select box; any other value is refused with the list). ``paper_settings``: {parameter:
+    the paper's (or its authors' code's) setting} for parameters whose default is an adaptation; the metrics
+    table's footnote (:func:`adaptation_notes`) says which setting produced a score.
+    ``shown_as`` / ``shown_offset``: how charts name and shift a score that reads oddly raw (display only).
     """
     if family not in FAMILIES:
         raise MethodError(f"{name}: family must be one of {list(FAMILIES)}, got {family!r}")
@@ -227,7 +255,10 @@ def register(name: str, *, title: str, paper: str, year: int, formula: str, fami
             defaults=defaults, summary=summary or (inspect.getdoc(impl) or "").split("\n")[0],
             backprop=family == "gradient" if backprop is None else backprop,
             link=link, intuition=intuition, reading=reading, expected=dict(expected or {}),
+            shown_as=shown_as, shown_offset=float(shown_offset),
             bounds=_checked_bounds(name, bounds or {}, defaults),
+            choices=_checked_choices(name, choices or {}, defaults),
+            paper_settings=_checked_paper_settings(name, paper_settings or {}, defaults),
         )
         return impl
 
@@ -268,6 +299,33 @@ def _checked_bounds(name: str, bounds: dict, defaults: dict) -> dict:
         if key not in defaults or (low is not None and defaults[key] < low) or (high is not None and defaults[key] > high):
             raise ValueError(f"{name}: bounds {key}={low, high} do not fit its parameters/defaults {defaults}")
     return dict(bounds)
+
+
+def _checked_choices(name: str, choices: dict, defaults: dict) -> dict:
+    """``choices`` of parameters the method has, each listing its default (a registration bug otherwise)."""
+    for key, allowed in choices.items():
+        if key not in defaults or defaults[key] not in allowed:
+            raise ValueError(f"{name}: choices {key}={allowed} do not fit its parameters/defaults {defaults}")
+    return {key: tuple(allowed) for key, allowed in choices.items()}
+
+
+def _checked_paper_settings(name: str, settings: dict, defaults: dict) -> dict:
+    unknown = set(settings) - set(defaults)
+    if unknown:
+        raise ValueError(f"{name}: paper settings for unknown parameters {sorted(unknown)}")
+    return dict(settings)
+
+
+def adaptation_notes(names: list[str], params: dict[str, dict] | None = None) -> list[str]:
+    """One line per (method, parameter) whose paper setting is registered: the setting used (``params`` over the
+    defaults) and whether it is the paper's — the footnote of a metrics table, so a score is read with its choice."""
+    notes = []
+    for name in names:
+        info = REGISTRY.get(name)
+        for key, paper in (info.paper_settings if info else {}).items():
+            used = (params or {}).get(name, {}).get(key, info.defaults[key])
+            notes.append(f"`{name}` {key} = {used} ({'as the paper' if used == paper else f'paper: {paper}'})")
+    return notes
 
 
 def _ensure_registered() -> None:

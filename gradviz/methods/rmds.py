@@ -9,14 +9,15 @@ Gaussian fitted on all ID training features, MD_0(h) = (h − μ_0)ᵀΣ_0⁻¹(
 
 The background term removes what is far from *everything* (feature directions common to all
 classes), which is what makes the plain distance weak on near-OOD inputs. Both covariances use
-the same estimate (``covariance``, Ledoit-Wolf by default as for ``mahalanobis``). Batched.
+the same estimate (``covariance``: Ledoit-Wolf by default as for ``mahalanobis``, an adaptation;
+``"empirical"`` is the paper's maximum-likelihood estimate). Batched.
 """
 
 from __future__ import annotations
 
 import torch
 
-from gradviz.methods._fitting import (check_covariance, check_labels, class_gaussians, fit_outputs, precision_of,
+from gradviz.methods._fitting import (COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs, precision_of,
                                       require_fitted, score_dtype, sq_mahalanobis)
 from gradviz.methods.registry import ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
@@ -30,8 +31,10 @@ from gradviz.models import GradvizModel
                     "training features. What is unusual for every class alike (e.g. overall brightness) cancels; "
                     "what is unusual for the predicted class remains — aimed at near-OOD inputs.",
           reading="Can be negative (closer to a class than to the bulk). Compare with `mahalanobis` on letters, "
-                  "the near-OOD set.",
-          expected={"noise-uniform": "higher", "letters": "higher"})
+                  "the near-OOD set. Choice (`covariance`, both Gaussians): `ledoit-wolf` (default, an adaptation) "
+                  "or `empirical` (the paper's maximum-likelihood estimate).",
+          expected={"noise-uniform": "higher", "letters": "higher"},
+          choices={"covariance": COVARIANCES}, paper_settings={"covariance": "empirical"})
 class RelativeMahalanobis:
     """min_c MD_c(h) − MD_0(h): class-conditional minus background Mahalanobis distance²."""
 

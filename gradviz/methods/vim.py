@@ -10,8 +10,12 @@ residual x^{P⊥} = (I − PPᵀ)(h − o) is what it ignores. A virtual logit �
     u(x) = α ‖x^{P⊥}‖ − log Σ_c e^{z_c}
 
 (the paper's ID score is −u: the virtual class's softmax probability, up to a monotone map).
-``dim = 0`` picks the paper's rule: 1000 if D ≥ 2048, 512 if D ≥ 768, else D/2 (32 of the
-bundled model's 64 features). Forward only, batched.
+
+The principal dimension is a choice: ``dim > 0`` gives it; ``dim = 0`` applies ``rule``:
+``"benchmark"`` = the ViM code's setting, 1000 for D ≥ 2048, else 512, capped at D − 1;
+``"half"`` = D/2, an adaptation for small feature spaces; ``"auto"`` (default) = the benchmark rule
+where D ≥ 768, D/2 below (32 of the bundled model's 64 features, where the benchmark rule would keep
+63 and leave a one-dimensional residual). Forward only, batched.
 """
 
 from __future__ import annotations
@@ -25,9 +29,16 @@ from gradviz.methods.registry import ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
 
 
-def principal_dim(d: int) -> int:
-    """The paper's choice of the principal subspace's dimension for D features."""
-    return 1000 if d >= 2048 else 512 if d >= 768 else max(1, d // 2)
+RULES = ("auto", "benchmark", "half")
+
+
+def principal_dim(d: int, rule: str = "auto") -> int:
+    """The principal subspace's dimension for D features under ``rule`` (:data:`RULES`, see the module doc)."""
+    if rule not in RULES:
+        raise MethodError(f"vim: rule must be one of {RULES}, got {rule!r}")
+    benchmark = min(1000 if d >= 2048 else 512, d - 1)
+    half = max(1, d // 2)
+    return benchmark if rule == "benchmark" or (rule == "auto" and d >= 768) else half
 
 
 @differentiable()
@@ -38,15 +49,19 @@ def principal_dim(d: int) -> int:
                     "principal subspace is invisible to the logits — ViM turns its size into a 'virtual logit' for "
                     "an extra 'none of these' class, so an input with a large residual and weak logits is OOD.",
           reading="Combines a feature score (the residual) with an output score (energy); when one of them fails "
-                  "(e.g. energy on overconfident noise) the other can carry it.",
-          expected={"noise-uniform": "higher", "letters": "higher"})
+                  "(e.g. energy on overconfident noise) the other can carry it. Choice (`rule`, used when `dim` "
+                  "is 0): `benchmark` = the ViM code's principal dimension (1000 for D ≥ 2048, else 512, below D); "
+                  "`half` = D/2 (an adaptation); `auto` (default) = benchmark from D = 768 up, D/2 below.",
+          expected={"noise-uniform": "higher", "letters": "higher"},
+          bounds={"dim": (0, None)}, choices={"rule": RULES}, paper_settings={"rule": "benchmark"})
 class ViM:
     """Virtual-logit matching: α·‖residual of h outside the principal subspace‖ − logsumexp(z)."""
 
-    def __init__(self, dim: int = 0) -> None:
+    def __init__(self, dim: int = 0, rule: str = "auto") -> None:
         if int(dim) < 0:
-            raise MethodError(f"vim: dim must be >= 0 (0 = the paper's rule), got {dim}")
-        self.dim = int(dim)
+            raise MethodError(f"vim: dim must be >= 0 (0 = by `rule`), got {dim}")
+        principal_dim(2, rule)  # validates the rule
+        self.dim, self.rule = int(dim), rule
         self.origin_: torch.Tensor | None = None  # (D,) float64
         self.residual_basis_: torch.Tensor | None = None  # (D, D - dim) float64
         self.alpha_: float | None = None
@@ -56,7 +71,7 @@ class ViM:
         logits, feats = fit_outputs(model, images)
         h = feats.double().numpy()  # (N, D)
         d = h.shape[1]
-        dim = self.dim or principal_dim(d)
+        dim = self.dim or principal_dim(d, self.rule)
         if dim >= d:
             raise MethodError(f"vim: dim must be below the feature dimension {d}, got {dim}")
         head = model.head

@@ -41,6 +41,7 @@ class GradvizModel(nn.Module):
     def __init__(self, net: nn.Module, card: ModelCard) -> None:
         super().__init__()
         self.net = uncompiled(net)  # hooks and per-sample gradients need the eager module
+        _uncache_attention_biases(self.net)
         self.card = card
         c = card.channels
         self.register_buffer("mean", torch.tensor(card.mean, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
@@ -81,6 +82,25 @@ class GradvizModel(nn.Module):
         with torch.no_grad(), self.capture_features() as store:
             logits = self(x)
         return logits, store["h"]
+
+
+def _uncached_attention_biases(self: nn.Module, device: torch.device) -> torch.Tensor:
+    return self.attention_biases[:, self.attention_bias_idxs]
+
+
+def _uncache_attention_biases(net: nn.Module) -> None:
+    """Attention modules that cache their bias table across eval-mode forwards (timm LeViT, EfficientFormer,
+    TinyViT: ``attention_bias_cache``) recompute it every forward instead. A cached table is either detached
+    (filled under no_grad: ``attention_biases`` would get no gradient) or holds the graph of the forward that
+    filled it (the next backward through it fails: "backward through the graph a second time"). The gather is
+    cheap; the override is a bound method, so a deep copy of the network keeps it."""
+    import types
+
+    for m in net.modules():
+        if isinstance(getattr(m, "attention_bias_cache", None), dict) and hasattr(m, "attention_biases") \
+                and hasattr(m, "attention_bias_idxs") and callable(getattr(m, "get_attention_biases", None)):
+            m.attention_bias_cache.clear()
+            m.get_attention_biases = types.MethodType(_uncached_attention_biases, m)
 
 
 def _last_linear(net: nn.Module) -> nn.Linear:

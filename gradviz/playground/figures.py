@@ -1,8 +1,7 @@
 """Plotly figures of the playground (data in, ``go.Figure`` out, no Streamlit).
 
-Methods are coloured by family everywhere on the page: one hue per family (output scores blue,
-feature-space green, gradient red, input-gradient orange, any other family from a spare hue),
-and within a family each method its own shade (and line dash), so the gauges and the path lines agree.
+Methods are coloured by family everywhere (:mod:`gradviz.palette`, shared with every page): one hue range
+per family, and within a family each method its own colour and, past the family's ramp, its own dash.
 
 These figures are drawn after every stroke, so each is built as one figure dict in one construction
 (``make_subplots`` + ``add_trace`` per trace took ~0.4 s for the 15-method histogram grid); the
@@ -11,57 +10,28 @@ histograms' bars are built and validated once per reference, and a stroke only a
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
-import plotly.colors as pc
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from gradviz.palette import family_color, method_styles
 from gradviz.plaintext import html_text as _h
 from gradviz.playground.live import Reference
-from gradviz.plots import LAYOUT, dataset_color
+from gradviz.plots import LAYOUT, dataset_color, shown_score, with_alpha
 
 __all__ = ["family_color", "method_shades", "method_dashes", "percentile_gauges", "histogram_base", "marker_histograms",
            "path_figure"]
 
-FAMILY_SCALES = {"output": "Blues", "feature": "Greens", "gradient": "Reds", "input-gradient": "Oranges"}
-SPARE_SCALES = ["Purples", "Greys", "BuPu", "YlOrBr"]
-
-
-def _scale(family: str) -> str:
-    if family in FAMILY_SCALES:
-        return FAMILY_SCALES[family]
-    return SPARE_SCALES[int(hashlib.md5(family.encode()).hexdigest(), 16) % len(SPARE_SCALES)]
-
-
-def family_color(family: str) -> str:
-    """The family's main colour (the gauges' bars)."""
-    return pc.sample_colorscale(_scale(family), [0.7])[0]
-
 
 def method_shades(methods: list[str], families: dict[str, str]) -> dict[str, str]:
-    """A colour per method: its family's hue, a different shade for each method of the family."""
-    out = {}
-    for fam in dict.fromkeys(families.get(m, "other") for m in methods):
-        members = [m for m in methods if families.get(m, "other") == fam]
-        points = [0.7] if len(members) == 1 else list(np.linspace(0.45, 0.95, len(members)))
-        for m, c in zip(members, pc.sample_colorscale(_scale(fam), points)):
-            out[m] = c
-    return out
+    """A colour per method: its family's hue (:func:`gradviz.palette.method_styles`, shared by every page)."""
+    return {m: c for m, (c, _) in method_styles(methods, families).items()}
 
 
 def method_dashes(methods: list[str], families: dict[str, str]) -> dict[str, str]:
-    """A line dash per method, cycling within each family (shades alone are hard to tell apart on lines)."""
-    dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
-    seen: dict[str, int] = {}
-    out = {}
-    for m in methods:
-        fam = families.get(m, "other")
-        out[m] = dashes[seen.get(fam, 0) % len(dashes)]
-        seen[fam] = seen.get(fam, 0) + 1
-    return out
+    """A line dash per method (:func:`gradviz.palette.method_styles`): with the colour, a pair no other method has."""
+    return {m: d for m, (_, d) in method_styles(methods, families).items()}
 
 
 def _layout(**kw) -> dict:
@@ -98,6 +68,11 @@ def _axis_id(k: int) -> str:
     return "" if k == 0 else str(k + 1)
 
 
+def _offset(reference: Reference, method: str) -> float:
+    """The display shift of a method's histogram axis (MSP as 1 − MSP); none on log10-binned axes."""
+    return 0.0 if method in reference.log_axis else shown_score(method)[1]
+
+
 def histogram_base(reference: Reference, cols: int = 4, row_height: int = 150) -> dict:
     """The ID/OOD densities of every method as a grid of small histograms (a figure dict): the part of
     :func:`marker_histograms` that does not change from stroke to stroke. Memoised on ``reference``."""
@@ -107,8 +82,9 @@ def histogram_base(reference: Reference, cols: int = 4, row_height: int = 150) -
         return cached
     methods = [m for m in reference.methods if m in set(reference.histograms["method"])]
     rows = max(1, -(-len(methods) // cols))
-    titles = [f"{m} (log₁₀)" if m in reference.log_axis else m for m in methods]
-    grid = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.05, vertical_spacing=0.5 / rows)
+    # MSP reads as 1 − MSP (display only, as on every page); log-binned scores say so
+    titles = [f"{m} (log₁₀)" if m in reference.log_axis else shown_score(m)[0] for m in methods]
+    grid = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.5 / rows)
     data, shown, panels = [], set(), {}
     for k, m in enumerate(methods):
         ax = _axis_id(k)
@@ -116,22 +92,26 @@ def histogram_base(reference: Reference, cols: int = 4, row_height: int = 150) -
         panels[m] = (ax, float(part["density"].max()) * 1.05 if len(part) else 1.0)
         for (spec, role), sets in part.groupby(["dataset", "role"], sort=False):
             name = f"{_h(spec)} ({role.upper()})"
-            data.append(dict(type="bar", x=((sets["left"] + sets["right"]) / 2).to_numpy(), y=sets["density"].to_numpy(),
-                             width=(sets["right"] - sets["left"]).to_numpy(), marker_color=dataset_color(spec, role),
-                             opacity=0.55, name=name, legendgroup=name, showlegend=name not in shown, xaxis=f"x{ax}",
-                             yaxis=f"y{ax}", hovertemplate=f"{name}<br>{m}=%{{x:.3g}}<extra></extra>"))
+            color = dataset_color(spec, role)
+            edges = np.append(sets["left"].to_numpy(), sets["right"].to_numpy()[-1:]) + _offset(reference, m)
+            density = sets["density"].to_numpy()
+            # a step outline over a light fill: a set under another's spike still shows its outline
+            data.append(dict(type="scatter", x=np.concatenate([edges[:1], edges]), y=np.concatenate([[0.0], density, [0.0]]),
+                             mode="lines", line=dict(shape="hv", color=color, width=1.5), fill="tozeroy",
+                             fillcolor=with_alpha(color, 0.12), name=name, legendgroup=name, showlegend=name not in shown,
+                             xaxis=f"x{ax}", yaxis=f"y{ax}", hovertemplate=f"{name}<br>{m} from %{{x:.3g}}<extra></extra>"))
             shown.add(name)
     layout = grid.layout.to_plotly_json()
     for name in list(layout):
-        if name.startswith("yaxis"):
-            layout[name]["showticklabels"] = False
+        if name.startswith("yaxis"):  # density ticks: how tall a spike is, compared across panels
+            layout[name].update(nticks=3, tickfont=dict(size=9), exponentformat="power")
         elif name.startswith("xaxis"):
             layout[name].update(nticks=4, tickfont=dict(size=10))
     for note in layout.get("annotations", []):
         note["font"] = dict(size=12)
     layout.update(_layout(barmode="overlay", height=rows * row_height + 130,
                           title="Where this image falls in each method's score distributions (black line)",
-                          margin=dict(l=30, r=10, t=70, b=60), legend=dict(orientation="h", y=-0.16 / rows, yanchor="top", x=0)))
+                          margin=dict(l=40, r=10, t=70, b=60), legend=dict(orientation="h", y=-0.16 / rows, yanchor="top", x=0)))
     figure = go.Figure(dict(data=data, layout=layout)).to_dict()  # validated once, here
     base = dict(data=figure["data"], layout=figure["layout"], panels=panels)
     reference.figure_cache[("histogram_base", key)] = base
@@ -147,7 +127,7 @@ def marker_histograms(reference: Reference, sample: dict[str, float], cols: int 
     base = histogram_base(reference, cols, row_height)
     data, first = list(base["data"]), True
     for m, (ax, top) in base["panels"].items():
-        v = float(reference.hist_axis(m, [sample.get(m, np.nan)])[0])
+        v = float(reference.hist_axis(m, [sample.get(m, np.nan)])[0]) + _offset(reference, m)
         if not np.isfinite(v):
             continue
         data.append(dict(type="scatter", x=[v, v], y=[0, top], mode="lines", line=dict(color="black", width=3),
@@ -159,14 +139,19 @@ def marker_histograms(reference: Reference, sample: dict[str, float], cols: int 
 
 
 def path_figure(percentiles: pd.DataFrame, values: np.ndarray, labels: list[str], predictions: list[str],
-                confidence: np.ndarray, colors: dict[str, str], axis_title: str, id_spec: str,
-                selected: int | None = None, dashes: dict[str, str] | None = None) -> go.Figure:
+                confidence: np.ndarray, colors: dict[str, str] | None, axis_title: str, id_spec: str,
+                selected: int | None = None, dashes: dict[str, str] | None = None,
+                families: dict[str, str] | None = None) -> go.Figure:
     """Every method's ID percentile along a path (top) and the prediction per step (bottom).
 
-    ``percentiles``: one row per step, one column per method. Every point's ``customdata[0]`` is
-    its step index, so a click (``on_select``) tells which step to load.
+    ``percentiles``: one row per step, one column per method (the lines drawn: pick a few, see
+    :func:`gradviz.palette.default_lines`). Colours and dashes come from :mod:`gradviz.palette` unless
+    ``colors`` / ``dashes`` override them. Every point's ``customdata[0]`` is its step index, so a click
+    (``on_select``) tells which step to load.
     """
-    dashes = dashes or {}
+    styles = method_styles(list(percentiles.columns), families)
+    colors = {m: c for m, (c, _) in styles.items()} | (colors or {})
+    dashes = {m: d for m, (_, d) in styles.items()} | (dashes or {})
     labels, predictions = [_h(t) for t in labels], [_h(t) for t in predictions]  # class names: plain text
     steps = np.arange(len(values))
     custom = np.stack([steps, labels, [f"{p} (p={c:.2f})" for p, c in zip(predictions, confidence)]], axis=1)
@@ -184,8 +169,9 @@ def path_figure(percentiles: pd.DataFrame, values: np.ndarray, labels: list[str]
         shapes.append(dict(type="line", x0=float(values[selected]), x1=float(values[selected]), xref="x", y0=0, y1=1,
                            yref="paper", line=dict(color="black", dash="dash")))
     layout = _layout(
-        height=max(560, 22 * len(percentiles.columns) + 160), title="Along the path: every score (as ID percentile) and the prediction — click a step to load it",
-        clickmode="event+select", dragmode=False, shapes=shapes, legend=dict(orientation="v", x=1.02, y=1.0),
+        height=max(560, 22 * len(percentiles.columns) + 160), title="Along the path: each score (as ID percentile) and the prediction — click a step to load it",
+        clickmode="event+select", dragmode=False, shapes=shapes, hovermode="closest",
+        legend=dict(orientation="v", x=1.02, xanchor="left", y=1.0, yanchor="top", itemdoubleclick="toggleothers"),
         margin=dict(l=60, r=20, t=60, b=50),
         xaxis=dict(anchor="y", matches="x2", showticklabels=False),
         xaxis2=dict(anchor="y2", title=axis_title),

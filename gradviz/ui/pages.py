@@ -37,6 +37,8 @@ PAGES: tuple[PageInfo, ...] = (
              "every score live", charts=False),
     PageInfo("pages/layers.py", "Layer profiles", ":material/layers:", "Which layer's gradient separates best"),
     PageInfo("pages/meta.py", "Meta classifier", ":material/calculate:", "Learn to predict errors and OOD from gradients"),
+    PageInfo("pages/trust.py", "Trust", ":material/verified_user:", "Selective prediction with every score, "
+             "calibration before and after temperature scaling"),
     PageInfo("pages/corruptions.py", "Corruption lab", ":material/blur_on:", "Scores as corruption severity grows"),
     PageInfo("pages/learn.py", "Learn", ":material/school:", "Each method explained with its formula", charts=False),
 )

@@ -128,6 +128,14 @@ def render_sidebar() -> RunConfig:
                 continue
             for pname, default in info.defaults.items():
                 start = cur.params.get(info.name, {}).get(pname, default)
+                if pname in info.choices:  # one of a few settings (each stated in the method's intuition text)
+                    allowed = list(info.choices[pname])
+                    value = st.selectbox(f"{info.name}: {pname}", allowed, key=f"gv_p_{info.name}_{pname}",
+                                         index=allowed.index(start) if start in allowed else allowed.index(default),
+                                         help=f"default {default}; see the method's description on the Learn page")
+                    if value != default:
+                        params.setdefault(info.name, {})[pname] = value
+                    continue
                 if isinstance(default, str):
                     text = st.text_input(f"{info.name}: {pname}", value=str(start), key=f"gv_p_{info.name}_{pname}")
                     if text.strip() and text.strip() != default:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hashlib import md5
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -14,6 +16,37 @@ from gradviz.tables import to_csv
 # Higher is better for these columns, lower for the rest (fpr95, detection_error).
 HIGHER_BETTER = {"auroc", "aupr_in", "aupr_out", "accuracy"}
 METRIC_COLUMNS = ["auroc", "fpr95", "aupr_in", "aupr_out", "detection_error"]
+# Short headers (a narrow column cut "detection_error" to "detection_e…"), the full meaning in the header's help.
+COLUMN_LABELS = {
+    "ood_dataset": ("OOD set", "The out-of-distribution set compared with the ID set"),
+    "method": ("method", "The uncertainty method (higher score = more uncertain)"),
+    "auroc": ("AUROC ↑", "Area under the ROC curve, ID vs this OOD set (0.5 = chance, < 0.5 = reversed)"),
+    "fpr95": ("FPR95 ↓", "Fraction of the OOD set accepted at the threshold that accepts 95 % of ID"),
+    "aupr_in": ("AUPR-in ↑", "Area under the precision-recall curve, ID as the positive class"),
+    "aupr_out": ("AUPR-out ↑", "Area under the precision-recall curve, OOD as the positive class"),
+    "detection_error": ("det. error ↓", "Detection error: min over thresholds of ½·(1 − TPR) + ½·FPR"),
+    "n_id": ("n ID", "ID samples with a finite score"), "n_ood": ("n OOD", "OOD samples with a finite score"),
+    "n_invalid": ("n invalid", "Samples left out: NaN or infinite score"),
+    "auroc_feature_only": ("AUROC feature", "AUROC of the feature-norm factor alone"),
+    "auroc_output_only": ("AUROC output", "AUROC of the output factor alone"),
+    "spearman_with_feature": ("ρ feature", "Spearman correlation of the score with its feature-norm factor over all "
+                                           "samples: ±1 = the score ranks samples like the feature norm"),
+    "feature_factor": ("feature factor", None), "output_factor": ("output factor", None),
+}
+
+
+def column_config(columns, number_format: str | None = None) -> dict:
+    """``st.dataframe`` column configs: short labels with the full meaning as help (see COLUMN_LABELS); numeric
+    metric columns formatted with ``number_format`` when given."""
+    config = {}
+    for c in columns:
+        if c not in COLUMN_LABELS:
+            continue
+        label, help_text = COLUMN_LABELS[c]
+        numeric = number_format and (c in METRIC_COLUMNS or c.startswith(("auroc", "spearman")))
+        config[c] = (st.column_config.NumberColumn(label, help=help_text, format=number_format) if numeric
+                     else st.column_config.Column(label, help=help_text))
+    return config
 
 
 def by_family(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -45,9 +78,10 @@ def best_cells(frame: pd.DataFrame, cols: list[str], per_family: bool = False) -
     return mask
 
 
-def metrics_dataframe(metrics: pd.DataFrame, key: str | None = None, per_family: bool = False) -> None:
+def metrics_dataframe(metrics: pd.DataFrame, key: str | None = None, per_family: bool = False,
+                      columns: list[str] | None = None) -> None:
     """Show a metrics table grouped by method family, with the best method per OOD set and column highlighted
-    (per OOD set and family with ``per_family``)."""
+    (per OOD set and family with ``per_family``); ``columns``: only these (a narrow column: the rest is cut off)."""
     if metrics is None or len(metrics) == 0:
         st.info("Choose at least one OOD set in the sidebar to see detection metrics.")
         return
@@ -59,7 +93,15 @@ def metrics_dataframe(metrics: pd.DataFrame, key: str | None = None, per_family:
         return mask.map(lambda best: "background-color: #c7e9c0; font-weight: bold" if best else "")
 
     styled = table.style.apply(highlight, axis=None).format({c: "{:.3f}" for c in cols})
-    st.dataframe(styled, hide_index=True, width="stretch", key=key)
+    st.dataframe(styled, hide_index=True, width="stretch", key=key, column_config=column_config(table.columns),
+                 column_order=[c for c in columns if c in table.columns] if columns else None)
+    from gradviz.methods.registry import adaptation_notes
+
+    cfg = st.session_state.get("gv_config")  # the sidebar's run configuration, which produced these metrics
+    notes = adaptation_notes(list(dict.fromkeys(table["method"])), getattr(cfg, "params", None))
+    if notes:
+        st.caption("Settings that change these scores (method parameters in the sidebar; Learn explains each): "
+                   + " · ".join(notes))
 
 
 def method_label(name: str) -> str:
@@ -68,6 +110,47 @@ def method_label(name: str) -> str:
 
     info = get_method(name)
     return f"{name} — {info.title} · {info.family}"
+
+
+def line_picker(methods: list[str], ranking: dict[str, float] | None, key: str, what: str = "AUROC") -> list[str]:
+    """A family filter and a method picker for a chart with one line per method; by default the two best of
+    each family by ``ranking`` (:func:`gradviz.palette.default_lines`), at most 8 lines. Returns the picks."""
+    from gradviz.palette import default_lines, family_of
+
+    families = list(dict.fromkeys(family_of(m) for m in methods))
+    # one row each: eight method chips need the full width (a narrower box clips them)
+    shown = st.pills("Families", families, selection_mode="multi", default=families, key=f"{key}_fam") or families
+    pool = [m for m in methods if family_of(m) in shown]
+    best = default_lines(pool, ranking)
+    # keyed by the families and the default: a new OOD set or filter starts again from its best lines
+    picks = st.multiselect(f"Lines (default: the best of each family by {what})", pool, default=best,
+                           key=f"{key}_{md5(repr((shown, best)).encode()).hexdigest()[:8]}", placeholder="Choose methods",
+                           help="Two per family by default; add or remove methods. Click a legend entry to hide a line, "
+                                "double-click to show it alone.")
+    return picks or best
+
+
+def threshold_picker(scores: pd.DataFrame, method: str, key: str) -> tuple[float, float, str, float] | None:
+    """A slider in ID-quantile space ("accept 95 % of ID") with the raw threshold beside it. Returns (threshold,
+    default threshold at 95 %, the name the score is shown with, its display offset), or None (said why) when
+    the method has no finite ID score."""
+    from gradviz.errors import GradvizError
+    from gradviz.samples import id_quantile_threshold
+
+    try:
+        default = id_quantile_threshold(scores, method, 95.0)
+    except GradvizError:
+        st.warning(f"**{method}** gave no finite score on the ID set, so it cannot be shown here. Check its parameters "
+                   "(sidebar → Method parameters) or the model's weights, or pick another method.")
+        return None
+    s1, s2 = st.columns([3, 1], vertical_alignment="bottom")
+    accept = s1.slider("Threshold: accept this share of the ID set (samples scoring at most its quantile count as ID)",
+                       1.0, 100.0, 95.0, step=0.5, format="%.1f %%", key=key)
+    threshold = id_quantile_threshold(scores, method, accept)
+    label, offset = plots.shown_score(method)
+    s2.metric(f"Threshold ({label})", f"{threshold + offset:.4g}", help="The score at that ID quantile; higher = more "
+              "uncertain." + (f" {method} is shown as {label} (the score + {offset:g})." if offset else ""))
+    return threshold, default, label, offset
 
 
 def method_caption(metrics: pd.DataFrame, method: str) -> str:
@@ -91,10 +174,9 @@ def decomposition(cfg, uploads: dict | None, key: str) -> None:
         return
     st.markdown("**Last-layer gradient scores = feature norm × output factor** (Igoe et al. 2022): AUROC of the "
                 "score and of each factor alone; where the feature factor alone does as well, the gradient adds "
-                "nothing. `spearman_with_feature` ±1: the score ranks samples like the feature norm.")
+                "nothing. ρ feature ±1: the score ranks samples like the feature norm.")
     table = get_decomposition(cfg, uploads)
-    st.dataframe(table, hide_index=True, width="stretch", key=key, column_config={
-        c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if c.startswith(("auroc", "spearman"))})
+    st.dataframe(table, hide_index=True, width="stretch", key=key, column_config=column_config(table.columns, "%.3f"))
 
 
 # Why data files are prepared with the page. A file built on click (a callable ``data``) is stored by

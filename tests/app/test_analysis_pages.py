@@ -92,7 +92,8 @@ def test_corruption_lab_sweeps_severities(monkeypatch, tmp_path):
     at = _open(monkeypatch, tmp_path, "pages/corruptions.py")
     _ok(at)
     assert at.selectbox(key="cl_corruption").value == "gaussian_noise"
-    assert len(at.get("plotly_chart")) == 3  # example row, severity histogram, AUROC vs severity
+    charts = at.get("plotly_chart")  # example row, severity histogram, AUROC vs severity, calibration vs severity
+    assert len(charts) == 4 and "Calibration vs severity: gaussian_noise" in charts[3].proto.spec
     table = at.dataframe[0].value
     assert sorted(table["severity"].unique()) == [1, 2, 3, 4, 5]
     assert set(table["method"]) == {"msp", "energy"}
@@ -110,9 +111,12 @@ def test_learn_page_explains_every_registered_method(monkeypatch, tmp_path):
     at = _open(monkeypatch, tmp_path, "pages/learn.py")
     _ok(at)
     infos = list_methods()
-    assert len(at.main.expander) == len(infos)
-    assert len(at.main.latex) == len(infos)
+    from gradviz.trust_terms import TRUST_TERMS
+
+    assert len(at.main.expander) == len(infos) + len(TRUST_TERMS)  # + what each Trust curve means
+    assert len(at.main.latex) == len(infos) + len(TRUST_TERMS)
     text = " ".join(m.value for m in at.markdown)
+    assert all(t.meaning in text and t.reading in text for t in TRUST_TERMS)
     for info in infos:  # every paper link comes from the registry
         assert info.link in text and info.intuition in text
     for arxiv in ("1805.08440", "2008.08030", "2311.09620", "2110.00218", "2205.10439", "2204.06507"):

@@ -73,7 +73,7 @@ def test_compare_every_sample_view_draws_the_selectable_strip(app):
     spec = json.loads(chart.proto.spec)
     assert spec["layout"]["title"]["text"].startswith("msp: every sample")
     assert sum(len(t["customdata"]["bdata"] if isinstance(t["customdata"], dict) else t["customdata"])
-               for t in spec["data"]) > 0
+               for t in spec["data"] if t.get("name") != "threshold") > 0  # the threshold line: a trace too
     assert chart.proto.selection_mode  # points, box, lasso
     assert any("Select points" in c.value for c in app.caption)
 
@@ -81,14 +81,16 @@ def test_compare_every_sample_view_draws_the_selectable_strip(app):
 def test_compare_method_and_threshold_change_counts(app):
     app.selectbox(key="cmp_method").set_value("energy").run()
     assert not app.exception, app.exception
-    slider = app.slider(key="cmp_thr_energy")
+    slider = app.slider(key="cmp_accept_energy")
+    assert (slider.min, slider.max, slider.value) == (1.0, 100.0, 95.0)  # a share of ID, not raw scores
     counts = app.dataframe[0].value.set_index("dataset")
     assert counts.loc["mnist", "accepted"] == 95  # default threshold accepts 95 % of 100 ID samples
-    slider.set_value(slider.max).run()
+    slider.set_value(100.0).run()
     assert not app.exception, app.exception
     counts = app.dataframe[0].value.set_index("dataset")
-    assert (counts["rejected"] == 0).all()
-    assert len(app.dataframe[1].value) > 0
+    assert counts.loc["mnist", "rejected"] == 0 and counts.loc["mnist", "accepted"] == 100
+    assert len(app.dataframe[1].value) > 0  # samples between the 95 % and the 100 % threshold flip
+    assert any(m.label.startswith("Threshold (energy)") for m in app.metric)  # the raw value beside the slider
     _open_tab(app, "ROC & precision-recall")
     app.selectbox(key="cmp_ood").set_value("noise-uniform").run()
     assert not app.exception, app.exception

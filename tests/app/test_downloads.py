@@ -57,8 +57,10 @@ def _data_buttons(at) -> dict[str, object]:
     ("pages/compare.py", {"cmp_tab": "Detection metrics & exports"},
      {"⬇ scores.csv", "⬇ metrics.csv", "⬇ metrics.json", "⬇ config.json"}),
     ("pages/layers.py", {}, {"⬇ layers.csv"}),
-    ("pages/corruptions.py", {}, {"⬇ severity_metrics.csv", "⬇ severity_scores.csv"}),
+    ("pages/corruptions.py", {}, {"⬇ severity_metrics.csv", "⬇ severity_scores.csv",
+                                     "⬇ severity_calibration.csv"}),
     ("pages/meta.py", {}, {"⬇ meta_results.csv", "⬇ importances.csv"}),
+    ("pages/trust.py", {}, {"⬇ risk_coverage.csv", "⬇ misclassification.csv", "⬇ calibration.csv", "⬇ config.json"}),
 ])
 def test_every_data_download_is_handed_over_with_the_page(open_page, page, state, labels):
     id_spec = "corrupt:rotate:5" if page == "pages/meta.py" else "mnist"  # rotated digits: errors to learn from

@@ -20,7 +20,7 @@ def test_inspect_switches_to_explaining_a_score(open_page):
     assert "explains grad_l2's score" in text
     # Grad-CAM cannot read a double-backprop score: a warning, and saliency is still shown
     assert any("Grad-CAM reads one layer's activations" in w.value for w in app.warning)
-    assert len(app.get("image")) == 1 + 3
+    assert len(app.get("image")) == 1 + 4  # the input + saliency's original, heat map, colour bar, overlay
     assert not app.error
 
 
@@ -57,5 +57,5 @@ def test_inspect_shows_transformer_maps_by_default_for_mnist_vit(open_page):
     assert app.multiselect(key="ins_attr").value == ["saliency", "attention_rollout", "transformer_relevance", "gradcam"]
     captions = " ".join(m.value for m in app.markdown)
     assert "Attention rollout" in captions and "Chefer" in captions and "patch grid" in captions
-    assert len(app.get("image")) == 1 + 3 * 4
+    assert len(app.get("image")) == 1 + 4 * 4  # the input + (original, heat map, colour bar, overlay) × 4 maps
     assert not app.error

@@ -21,15 +21,19 @@ def _settled(at):
 def test_parameter_widgets_appear_per_chosen_method_and_set_the_run_config(open_page):
     at = _settled(open_page("pages/learn.py", RunConfig(limit=100, ood=["letters"],
                                                         methods=["odin", "mahalanobis", "confounding"])))
-    keys = {w.key for w in [*at.sidebar.number_input, *at.sidebar.text_input] if (w.key or "").startswith("gv_p_")}
+    widgets = [*at.sidebar.number_input, *at.sidebar.text_input, *at.sidebar.selectbox]
+    keys = {w.key for w in widgets if (w.key or "").startswith("gv_p_")}
     assert keys == {"gv_p_odin_temperature", "gv_p_odin_epsilon", "gv_p_mahalanobis_chunk",
                     "gv_p_mahalanobis_covariance", "gv_p_confounding_reading"}  # msp, gaia_z, ... not chosen: none
+    # a parameter registered with choices is a select box of exactly those values, at its default
+    assert list(at.selectbox(key="gv_p_mahalanobis_covariance").options) == ["ledoit-wolf", "empirical"]
+    assert at.selectbox(key="gv_p_confounding_reading").value == "sigmoid"
     assert _config(at).params == {}  # every widget starts at its default
     assert "from 0.001 to 100000" in at.number_input(key="gv_p_odin_temperature").help
 
     at.number_input(key="gv_p_odin_temperature").set_value(500.0)
     at.number_input(key="gv_p_mahalanobis_chunk").set_value(256)
-    at.text_input(key="gv_p_confounding_reading").set_value("softmax")
+    at.selectbox(key="gv_p_confounding_reading").set_value("softmax")
     at.run()
     assert not at.exception, at.exception
     params = _config(at).params

@@ -10,6 +10,7 @@ over the batch) or to the exact generic fallback.
 from __future__ import annotations
 
 from gradviz.engine.capture import Use
+from gradviz.errors import GradvizError
 from gradviz.engine.plans.base import Job, Plan, Sink
 from gradviz.engine.plans.broadcast import BroadcastPlan
 from gradviz.engine.plans.conv import ConvPlan
@@ -40,4 +41,13 @@ def plan_class(use: Use, uses_per_param: dict[int, int]) -> type[Plan]:
 
 
 def make_plan(use: Use, job: Job, sink: Sink, batch: int, uses_per_param: dict[int, int]) -> Plan:
-    return plan_class(use, uses_per_param)(use, job, sink, batch)
+    cls = plan_class(use, uses_per_param)
+    if cls is ConvPlan and use.out.shape[0] != batch:
+        # several images per sample in the conv's batch (timm TNT embeds each patch as its own image): the
+        # conv plan's strategies read one image per sample, the exact generic plan sums a sample's rows
+        if any(r.fold is not None for r in use.refs):
+            raise GradvizError(f"conv2d {use.refs[0].group!r} runs on {use.out.shape[0]} images for a batch of "
+                               f"{batch} with a BatchNorm folded into it: not supported (GRADVIZ_FOLD_BN=off "
+                               "leaves BatchNorm unfolded)")
+        cls = GenericPlan
+    return cls(use, job, sink, batch)

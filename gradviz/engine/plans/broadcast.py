@@ -37,6 +37,20 @@ def sum_to(t: torch.Tensor, shape: torch.Size, batch: int) -> torch.Tensor:
     return out.reshape(batch, *shape)
 
 
+def _shared_row(use: Use, derived: torch.Tensor, deps: list) -> torch.Tensor:
+    """Row 0 of a tensor computed from parameters alone that carries the batch dimension (XCiT's and EdgeNeXt's
+    Fourier position encoding: a grid repeated B times, then projected), as a node of the kept graph. Its rows
+    are one function of the parameters repeated, so a sample's gradient is the vector-Jacobian product of row 0
+    with that sample's summed output gradient; rows that differ are refused, naming the op."""
+    if not bool((derived == derived[:1]).all()):
+        owners = sorted({ref.group for ref, _ in deps})
+        raise GradvizError(f"{use.spec['kind']} of a tensor of shape {tuple(derived.shape)} computed from the "
+                           f"parameters of {', '.join(owners)} alone differs between batch rows: its per-sample "
+                           "gradients are not supported")
+    with torch.enable_grad():
+        return derived[0]
+
+
 class BroadcastPlan(Plan):
     """add / sub / mul / expand of one parameter (or derived tensor) over the batch."""
 
@@ -60,6 +74,8 @@ class BroadcastPlan(Plan):
         else:
             self.used, deps = use.derived[0]
             self.target, self.deps, self.ref = self.used, deps, None
+        if self.deps is not None and self.used.dim() == use.out.dim() and self.used.shape[0] == use.out.shape[0] > 1:
+            self.target = _shared_row(use, self.used, self.deps)
         kind = use.spec["kind"]
         pos = next(i for i, a in enumerate(use.args) if a is self.used)
         self.other = None if kind == "expand" else use.args[1 - pos]
