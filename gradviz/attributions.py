@@ -42,6 +42,7 @@ __all__ = [
     "Attribution",
     "AttributionInfo",
     "attribute",
+    "default_attributions",
     "default_gradcam_layer",
     "heatmap_rgb",
     "list_attributions",
@@ -57,7 +58,7 @@ class AttributionInfo:
     name: str
     title: str
     captum_class: type
-    kind: str  # "pixel" (input-sized map) | "layer" (layer map upsampled to the input)
+    kind: str  # "pixel" (input-sized map) | "layer" (layer map upsampled) | "attention" (transformers, patch grid)
     defaults: dict = field(default_factory=dict)
     description: str = ""
 
@@ -102,6 +103,16 @@ ATTRIBUTIONS: dict[str, AttributionInfo] = {
             "(Selvaraju et al. 2017).",
         ),
         AttributionInfo(
+            "attention_rollout", "Attention rollout", object, "attention", {"discard_ratio": 0.0},
+            "Head-averaged attention plus the residual, multiplied through the layers; the class token's row over "
+            "the patches (Abnar & Zuidema 2020). Transformers only; the same for every class.",
+        ),
+        AttributionInfo(
+            "transformer_relevance", "Attention relevance (Chefer et al. 2021)", object, "attention", {},
+            "R ← R + E_h[(∇A ⊙ A)⁺]·R through the layers: attention weighted by its gradient for the target "
+            "(Chefer, Gur & Wolf, ICCV 2021). Transformers only.",
+        ),
+        AttributionInfo(
             "occlusion", "Occlusion", Occlusion, "pixel",
             {"window": None, "stride": None, "baseline": 0.0, "perturbations_per_eval": 16},
             "Drop of the target logit when a sliding square is set to the baseline (Zeiler & Fergus 2014).",
@@ -118,6 +129,16 @@ ATTRIBUTIONS: dict[str, AttributionInfo] = {
 def list_attributions() -> list[AttributionInfo]:
     """The registered attribution methods, most robust first."""
     return list(ATTRIBUTIONS.values())
+
+
+def default_attributions(model: GradvizModel) -> list[str]:
+    """The maps shown first: saliency, integrated gradients and Grad-CAM; for a transformer saliency, attention
+    rollout, the gradient-weighted relevance and token Grad-CAM."""
+    from gradviz.transformer_maps import is_transformer
+
+    if is_transformer(model):
+        return ["saliency", "attention_rollout", "transformer_relevance", "gradcam"]
+    return ["saliency", "integrated_gradients", "gradcam"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -198,9 +219,12 @@ def _layer_by_name(model: GradvizModel, name: str) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- runners
-# Each runner: (model, x (B,C,H,W) requiring grad, target (B,), params) -> (raw, layer, note)
+# Each runner: (model, forward, x (B,C,H,W) requiring grad, target (B,) or None, params) -> (raw, layer, note).
+# ``forward`` is what captum differentiates: the model (logits, ``target`` picks the class) or a score
+# function x -> (B,) (gradviz.explain; ``target`` None).
 
-Runner = Callable[[GradvizModel, torch.Tensor, torch.Tensor, dict], tuple[torch.Tensor, str | None, str]]
+Runner = Callable[[GradvizModel, Callable, torch.Tensor, torch.Tensor | None, dict],
+                  tuple[torch.Tensor, str | None, str]]
 
 
 def _planned(model, name: str, upper, n: int) -> int:
@@ -218,29 +242,33 @@ def _noisy_per_batch(model, x, p) -> int:
     return max(1, _planned(model, "smoothgrad", upper, int(p["nt_samples"]) * b) // b)
 
 
-def _saliency(model, x, target, p):
-    return Saliency(model).attribute(x, target=target, abs=bool(p["abs"])), None, ""
+def _saliency(model, f, x, target, p):
+    return Saliency(f).attribute(x, target=target, abs=bool(p["abs"])), None, ""
 
 
-def _integrated_gradients(model, x, target, p):
+def _integrated_gradients(model, f, x, target, p):
     n_steps = int(p["n_steps"])
     if n_steps < 1:
         raise MethodError("integrated_gradients: n_steps must be >= 1")
     base = _baseline(p["baseline"], x)
-    attr, delta = IntegratedGradients(model).attribute(
+    attr, delta = IntegratedGradients(f).attribute(
         x, baselines=base, target=target, n_steps=n_steps,
         internal_batch_size=_planned(model, "integrated gradients", p["internal_batch_size"], n_steps * x.shape[0]),
         return_convergence_delta=True,
     )
-    note = f"completeness gap max |Σ attr − (z(x) − z(x₀))| = {delta.abs().max().item():.3g} ({n_steps} steps)"
+    what = "z" if f is model else "u"
+    note = f"completeness gap max |Σ attr − ({what}(x) − {what}(x₀))| = {delta.abs().max().item():.3g} ({n_steps} steps)"
     return attr, None, note
 
 
-def _input_x_gradient(model, x, target, p):
-    return InputXGradient(model).attribute(x, target=target), None, ""
+def _input_x_gradient(model, f, x, target, p):
+    return InputXGradient(f).attribute(x, target=target), None, ""
 
 
-def _guided_backprop(model, x, target, p):
+def _guided_backprop(model, f, x, target, p):
+    if f is not model:
+        raise MethodError("guided_backprop rewrites every ReLU's backward, which a score's own gradient uses — "
+                          "explain the score with saliency, integrated_gradients, smoothgrad or gradcam")
     # captum clones each ReLU's input in a pre-hook and clamps the gradient on the tensor, so
     # in-place and reused ReLU modules (torchvision ResNets) give the same result as unique
     # non-in-place ones (checked in tests). Functional F.relu calls are not overridden.
@@ -253,10 +281,21 @@ def _guided_backprop(model, x, target, p):
     return attr, None, "negative gradients zeroed at every nn.ReLU module"
 
 
-def _gradcam(model, x, target, p):
+def _gradcam(model, f, x, target, p):
+    from gradviz.transformer_maps import default_token_layer, is_transformer, token_gradcam
+
+    if p["layer"] is None and is_transformer(model):  # tokens (B, 1+N, D): Grad-CAM over the patch grid
+        name = default_token_layer(model)
+        up, grid = token_gradcam(model, _layer_by_name(model, name), x, target, None if f is model else f)
+        note = f"tokens of {name} on the {grid.shape[-2]}×{grid.shape[-1]} patch grid, upsampled to {x.shape[-2]}×{x.shape[-1]}"
+        return (grid, up[:, None]), name, note
+    if not getattr(f, "layer_maps", True):
+        raise MethodError("Grad-CAM reads one layer's activations, but this score re-runs the network for each "
+                          "sample's parameter gradient (double backprop) — explain it with saliency, "
+                          "integrated_gradients or smoothgrad")
     name = p["layer"] or default_gradcam_layer(model)
     layer = _layer_by_name(model, name)
-    layer_map = LayerGradCam(model, layer).attribute(
+    layer_map = LayerGradCam(f, layer).attribute(
         x, target=target, relu_attributions=bool(p["relu_attributions"])
     )  # (B, 1, h, w)
     if layer_map.ndim != 4:
@@ -266,21 +305,21 @@ def _gradcam(model, x, target, p):
     return (layer_map, up), name, note
 
 
-def _occlusion(model, x, target, p):
+def _occlusion(model, f, x, target, p):
     c, h, w = x.shape[1:]
     window = int(p["window"] or max(2, min(h, w) // 7))
     stride = int(p["stride"] or max(1, window // 2))
     if window < 1 or window > min(h, w) or stride < 1:
         raise MethodError(f"occlusion: window must be in 1..{min(h, w)} and stride >= 1 (got {window}, {stride})")
-    attr = Occlusion(model).attribute(
+    attr = Occlusion(f).attribute(
         x, sliding_window_shapes=(c, window, window), strides=(c, stride, stride),
         baselines=float(p["baseline"]), target=target, perturbations_per_eval=int(p["perturbations_per_eval"]),
     )
     return attr, None, f"{window}×{window} window, stride {stride}, baseline {p['baseline']}"
 
 
-def _smoothgrad(model, x, target, p):
-    attr = NoiseTunnel(Saliency(model)).attribute(
+def _smoothgrad(model, f, x, target, p):
+    attr = NoiseTunnel(Saliency(f)).attribute(
         x, nt_type="smoothgrad", nt_samples=int(p["nt_samples"]),
         nt_samples_batch_size=_noisy_per_batch(model, x, p),
         stdevs=float(p["stdevs"]), target=target, abs=bool(p["abs"]),
@@ -288,7 +327,23 @@ def _smoothgrad(model, x, target, p):
     return attr, None, f"{p['nt_samples']} noisy copies, σ = {p['stdevs']} (input units)"
 
 
+def _attention_rollout(model, f, x, target, p):
+    from gradviz.transformer_maps import attention_rollout
+
+    up, grid = attention_rollout(model, x, float(p["discard_ratio"]))
+    return (grid, up[:, None]), None, "class token's attention rolled out over the patch grid (no gradient)"
+
+
+def _transformer_relevance(model, f, x, target, p):
+    from gradviz.transformer_maps import attention_relevance
+
+    up, grid = attention_relevance(model, x, target, None if f is model else f)
+    return (grid, up[:, None]), None, "gradient-weighted attention over the patch grid"
+
+
 _RUNNERS: dict[str, Runner] = {
+    "attention_rollout": _attention_rollout,
+    "transformer_relevance": _transformer_relevance,
     "saliency": _saliency,
     "integrated_gradients": _integrated_gradients,
     "input_x_gradient": _input_x_gradient,
@@ -304,12 +359,16 @@ def attribute(
     x: torch.Tensor,
     method: str,
     target: int | torch.Tensor | None = None,
+    *,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     **params: Any,
 ) -> Attribution:
     """Attribute the target logit of ``model`` to the pixels of ``x`` (B, C, H, W) in [0, 1].
 
     ``target`` None explains each sample's predicted class. ``params`` override the method's
     defaults (see ``ATTRIBUTIONS[method].defaults``); unknown names raise :class:`MethodError`.
+    ``forward``: a score function x -> (B,) to explain instead of a class logit
+    (:func:`gradviz.explain.score_fn`); ``target`` is then ignored.
     """
     if method not in ATTRIBUTIONS:
         raise MethodError(f"unknown attribution method {method!r}; known: {', '.join(ATTRIBUTIONS)}")
@@ -326,7 +385,7 @@ def attribute(
             with warnings.catch_warnings():
                 # captum announces its (always removed) ReLU hooks on every call
                 warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
-                raw, layer, note = _RUNNERS[method](model, inputs, t, p)
+                raw, layer, note = _RUNNERS[method](model, forward or model, inputs, None if forward else t, p)
         except GradvizError:
             raise
         except (RuntimeError, ValueError, AssertionError) as exc:

@@ -1,5 +1,4 @@
-"""Compare distributions: three tabs (distributions with a threshold, galleries and selection; ROC/PR per OOD
-set; metrics and exports), of which only the open one runs."""
+"""Compare distributions: tabs (distributions, threshold, galleries; ROC/PR; metrics, exports; map of the data)."""
 
 from dataclasses import replace
 
@@ -10,6 +9,7 @@ from gradviz import plots
 from gradviz.methods.registry import methods_by_family
 from gradviz.plaintext import md_code, md_text
 from gradviz.ui.cache import get_result, images_of_rows, show_error
+from gradviz.ui.datamap import data_map_tab
 from gradviz.ui.sidebar import current_config, ensure_frame
 from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports,
                                 show_upload_errors, upload_max_mb)
@@ -24,8 +24,7 @@ cfg = current_config()
 
 with st.expander("Add your own images as an extra OOD set", expanded=False):
     files = st.file_uploader(UPLOAD_LABEL, type=UPLOAD_TYPES, accept_multiple_files=True, key="cmp_upload",
-                             max_upload_size=upload_max_mb(),
-                             help=UPLOAD_HELP)
+                             max_upload_size=upload_max_mb(), help=UPLOAD_HELP)
     if files:
         data, errors = decode_uploads(files, cfg)
         show_upload_errors(errors)
@@ -51,7 +50,7 @@ if not ood_sets:
     st.stop()
 
 
-TABS = ("Score distributions", "ROC & precision-recall", "Detection metrics & exports")
+TABS = ("Score distributions", "ROC & precision-recall", "Detection metrics & exports", "Map of the data")
 VIEWS = ("Histogram", "Every sample")
 
 
@@ -130,7 +129,7 @@ def curves() -> None:
 
 
 # Only the open tab runs and is drawn (a page of every chart at once took the browser ~1 s to redraw).
-dist_tab, curve_tab, metric_tab = st.tabs(TABS, key="cmp_tab", on_change="rerun")
+dist_tab, curve_tab, metric_tab, map_tab = st.tabs(TABS, key="cmp_tab", on_change="rerun")
 if dist_tab.open:
     with dist_tab:
         distributions()
@@ -144,3 +143,4 @@ if metric_tab.open:
         decomposition(run_cfg, uploads, key="cmp_decomp")
         st.markdown("**Exports**")
         download_results(result, key="cmp_res")
+data_map_tab(map_tab, run_cfg, scores, uploads, methods)

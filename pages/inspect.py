@@ -5,11 +5,13 @@ import streamlit as st
 
 from gradviz import samples as gi
 from gradviz import plots
-from gradviz.attributions import list_attributions, to_png_bytes
+from gradviz.attributions import default_attributions, list_attributions, to_png_bytes
 from gradviz.gradients import STATS
 from gradviz.layers import layer_bands
 from gradviz.plaintext import md_text
 from gradviz.scoring import images_digest
+from gradviz.ui.datamap import where_it_lands
+from gradviz.ui.explain import explain_picker, explained, map_checks
 from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result, show_error
 from gradviz.ui.samples import attribution, per_sample, sample_report
 from gradviz.data import dataset_options
@@ -91,15 +93,18 @@ st.dataframe(table[["method", "title", "score", "id_median", "percentile", "verd
                  "score": st.column_config.NumberColumn(format="%.4g", help="Higher = more uncertain (msp shown as 1 − MSP)"),
                  "id_median": st.column_config.NumberColumn(format="%.4g")})
 
-st.subheader("Attributions (why this prediction)")
+st.subheader("Attributions (why this prediction, or why this score)")
+score = explain_picker(cfg, "ins")
 names = [a.name for a in list_attributions()]
 a1, a2, a3, a4 = st.columns([3, 1, 1, 1])
-chosen = a1.multiselect("Methods", names, default=["saliency", "integrated_gradients", "gradcam"], key="ins_attr")
+chosen = a1.multiselect("Methods", names, default=default_attributions(model), key="ins_attr")
 alpha = a2.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="ins_alpha")
 mode = a3.radio("Sign", ["absolute", "signed", "positive"], key="ins_mode")
 cmap = a4.selectbox("Colour map", ["default", "inferno", "viridis", "magma", "RdBu_r", "coolwarm", "seismic"], key="ins_cmap")
 try:
-    atts = {m: attribution(digest, cfg.model, cfg.weights, m, x) for m in chosen}
+    atts, failed = explained(digest, cfg, chosen, x, score, lambda m: attribution(digest, cfg.model, cfg.weights, m, x))
+    for line in failed:
+        st.warning(md_text(line))
     panels = gi.attribution_panels(x[0], atts, mode=mode, cmap=None if cmap == "default" else cmap, alpha=alpha)
 except Exception as exc:
     show_error(exc, "Deselect the failing attribution method or pick another colour map.")
@@ -111,7 +116,8 @@ for p in panels:
     c[1].image(p.scale, caption=p.scale_caption, width="stretch")  # the heat map's colour bar
     c[3].download_button("⬇ overlay.png", to_png_bytes(p.overlay), f"{p.method}_overlay.png", "image/png",
                          key=f"ins_png_{p.method}", on_click="ignore")
-
+map_checks(digest, cfg, x, list(atts), score)
+where_it_lands(cfg, result.scores, x, name, cfg.method_names())
 st.subheader("Gradients inside the network")
 stat = st.selectbox("Layer statistic", list(STATS), index=list(STATS).index("l2"), key="ins_stat")
 gaia, profile = per_sample(digest, cfg.model, cfg.weights, stat, x)

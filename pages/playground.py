@@ -12,6 +12,8 @@ from gradviz.playground.lesson import exercise_markdown
 from gradviz.scoring import images_digest
 from gradviz.ui import playground as pg
 from gradviz.ui.cache import get_model, get_result, show_error
+from gradviz.ui.datamap import where_it_lands
+from gradviz.ui.explain import explain_picker, explained
 from gradviz.ui.sidebar import current_config, ensure_frame
 from gradviz.ui.widgets import line_picker
 
@@ -80,9 +82,14 @@ with g2:
         st.info(band_note or report.note or "No per-layer gradient profile for this model.")
 st.plotly_chart(figures.marker_histograms(ref, dict(zip(one["method"], one["score"]))), width="stretch", key="pg_hists")
 
+where_it_lands(cfg, get_result(cfg).scores, x, "this image", cfg.method_names(), key="pg_map")
 if pg.explain_button(digest):
+    score = explain_picker(cfg, "pg")
     try:
-        atts = pg.attributions(digest, cfg.model, cfg.weights, x)
+        atts, failed = explained(digest, cfg, pg.attribution_names(), x, score,
+                                 lambda m: pg.attributions(digest, cfg.model, cfg.weights, x)[m])
+        for line in failed:
+            st.warning(md_text(line))
     except Exception as exc:
         show_error(exc, "Attributions need a model captum can hook; the scores above are unaffected.")
     for p in gi.attribution_panels(x[0], atts, size=168):

@@ -104,13 +104,20 @@ def class_gaussians(feats: np.ndarray, labels: np.ndarray, covariance: str) -> t
 def sq_mahalanobis(h: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
     """Squared Mahalanobis distance of every row of ``h`` (B, D) to every mean (C, D), (B, C) float64.
 
-    Batched through hᵀPh − 2hᵀPμ_c + μ_cᵀPμ_c: memory O(B·C), not O(B·C·D)."""
-    h = h.detach().double().cpu()
+    Batched through hᵀPh − 2hᵀPμ_c + μ_cᵀPμ_c: memory O(B·C), not O(B·C·D). Differentiable in ``h``
+    (gradviz.explain attributes the distance to the input)."""
+    h = h.double().cpu()
     if h.shape[-1] != means.shape[-1]:
         raise MethodError(f"fitted on {means.shape[-1]}-d vectors, got {h.shape[-1]}-d")
     hP = h @ precision  # (B, D)
     d = (hP * h).sum(-1, keepdim=True) - 2 * hP @ means.T + ((means @ precision) * means).sum(-1)  # (B, C)
     return d.clamp_min(0)
+
+
+def score_dtype(logits: torch.Tensor) -> torch.dtype:
+    """The dtype a fitted score is returned in: float32, or float64 for a float64 model (so that finite
+    differences of an explained score keep their precision)."""
+    return torch.promote_types(logits.dtype, torch.float32)
 
 
 def require_fitted(name: str, *state) -> None:

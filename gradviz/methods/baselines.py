@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gradviz.engine.losses import top_complement
-from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, register
+from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, differentiable, register
 
 # Far from the data a ReLU network's logits grow along a ray (Hein, Andriushchenko & Bitterwolf, CVPR 2019):
 # the bundled model gives uniform noise a max logit of ≈ 53 against ≈ 9 on digits, softmax ≈ 1.0. Every
@@ -13,6 +13,7 @@ from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, register
 OVERCONFIDENT_NOISE = {"noise-uniform": "lower", "letters": "higher"}
 
 
+@differentiable()
 @register("msp", title="Maximum softmax probability", paper="Hendrycks & Gimpel, ICLR 2017", year=2017,
           formula=r"u(x) = -\max_c \mathrm{softmax}(z/T)_c", family="output",
           link="https://arxiv.org/abs/1610.02136",
@@ -29,6 +30,7 @@ def msp(batch: ModelOutputs, temperature: float = 1.0) -> torch.Tensor:
     return -(batch.logits / temperature).softmax(-1).amax(-1)
 
 
+@differentiable()
 @register("maxlogit", title="Maximum logit", paper="Hendrycks et al., ICML 2022", year=2022,
           formula=r"u(x) = -\max_c z_c", family="output", link="https://arxiv.org/abs/1911.11132",
           intuition="The largest logit before the softmax: the softmax throws away the overall scale of the "
@@ -40,6 +42,7 @@ def maxlogit(batch: ModelOutputs) -> torch.Tensor:
     return -batch.logits.amax(-1)
 
 
+@differentiable()
 @register("energy", title="Energy score", paper="Liu et al., NeurIPS 2020", year=2020,
           formula=r"u(x) = -T \log \sum_c e^{z_c/T}", family="output", link="https://arxiv.org/abs/2010.03759",
           intuition="The free energy −T·logsumexp(z/T) sums the evidence of all classes. Low energy = the input "
@@ -53,6 +56,7 @@ def energy(batch: ModelOutputs, temperature: float = 1.0) -> torch.Tensor:
     return -temperature * torch.logsumexp(batch.logits / temperature, dim=-1)
 
 
+@differentiable()
 @register("entropy", title="Predictive entropy", paper="Shannon entropy of the softmax (baseline)", year=1948,
           formula=r"u(x) = -\sum_c p_c \log p_c", family="output",
           link="https://doi.org/10.1002/j.1538-7305.1948.tb01338.x",

@@ -25,7 +25,8 @@ import torch
 
 from gradviz.errors import MethodError
 from gradviz.gradients import layer_sq_l2_norms
-from gradviz.methods.registry import ModelOutputs, register
+from gradviz.methods._input_grad import chosen_parameters, per_sample_gradients
+from gradviz.methods.registry import ModelOutputs, differentiable, register
 
 READINGS = {"sigmoid": "confounding_sigmoid", "softmax": "confounding_softmax"}
 
@@ -43,6 +44,26 @@ def confounding_layer_norms(batch: ModelOutputs, reading: str = "sigmoid") -> tu
     return batch.memo(("layer_sq_l2", loss), compute)
 
 
+_LOSSES = {  # (z (B, K), unused label) -> per-sample loss against the all-ones label
+    "sigmoid": lambda z, _y: -torch.nn.functional.logsigmoid(z).sum(-1),
+    "softmax": lambda z, _y: -z.log_softmax(-1).sum(-1),
+}
+
+
+def _confounding_input_form(batch: ModelOutputs, reading: str = "sigmoid") -> torch.Tensor:
+    """The same score written with autograd (double backprop): Σ over all parameters of the squared
+    per-sample gradient, differentiable w.r.t. the input."""
+    if reading not in _LOSSES:
+        raise MethodError(f"confounding: reading must be one of {sorted(READINGS)}, got {reading!r}")
+    label = torch.zeros(batch.x.shape[0], dtype=torch.long, device=batch.x.device)
+    g = per_sample_gradients(batch.model, batch.x, _LOSSES[reading], label, chosen_parameters(batch.model))
+    return g.square().sum(1)
+
+
+_confounding_input_form.layer_maps = False  # re-runs the network per sample (no Grad-CAM)
+
+
+@differentiable(_confounding_input_form)
 @register("confounding", title="Confounding-label gradients", paper="Lee & AlRegib, ICIP 2020", year=2020,
           formula=r"u(x) = \sum_l \lVert \nabla_{\theta_l} \mathrm{BCE}(\sigma(z), \mathbf{1}) \rVert_2^2",
           family="gradient", link="https://arxiv.org/abs/2008.08030",

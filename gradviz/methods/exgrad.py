@@ -28,7 +28,7 @@ import torch
 
 from gradviz.engine.losses import top_complement
 from gradviz.errors import MethodError
-from gradviz.methods.registry import ModelOutputs, register
+from gradviz.methods.registry import ModelOutputs, differentiable, register
 
 
 NORMS = ("l1", "l2sq")  # ExGrad's norm: L1 of ∇W (gradviz's default), squared L2 of ∇[W | b] (the authors' code)
@@ -45,6 +45,7 @@ def gini(z: torch.Tensor) -> torch.Tensor:
     return p.gather(-1, top).squeeze(-1) * q.squeeze(-1) + (rest * (1 - rest)).sum(-1)
 
 
+@differentiable()
 @register("exgrad", title="ExGrad (expected last-layer gradient norm)",
           paper="Igoe, Chung, Char & Schneider, 2022", year=2022,
           formula=r"u(x) = \mathbb{E}_{y\sim p}\lVert \nabla_W \log p_y \rVert_1 "

@@ -53,7 +53,7 @@ from torch import nn
 
 from gradviz.errors import MethodError
 from gradviz.gradients import GradientPass
-from gradviz.methods.registry import ModelOutputs, register
+from gradviz.methods.registry import ModelOutputs, not_differentiable, register
 from gradviz.models import GradvizModel
 from gradviz.models.hooks import forward_hooks
 
@@ -241,6 +241,8 @@ def _mean_square(channels: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(channels.values()), dim=1).pow(2).mean(1)  # (B,)
 
 
+@not_differentiable("it counts non-zero gradient entries, a step function of the input: its "
+                    "gradient is zero almost everywhere")
 @register("gaia_z", title="GAIA-Z (zero deflation)", paper="Chen et al., NeurIPS 2023", year=2023,
           formula=r"u(x) = \tfrac{1}{K}\sum_k r_k^2,\; r_k = \tfrac{1}{HW}\sum_{h,w} "
                   r"\mathbb{1}\!\left[\tfrac{\partial \max_c z_c}{\partial A_{k,h,w}} \neq 0\right]",

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, register
+from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, differentiable, register
 
 
+@differentiable()
 @register("gradnorm", title="GradNorm", paper="Huang, Geng & Li, NeurIPS 2021", year=2021,
           formula=r"u(x) = -\tfrac{1}{T}\,\lVert h\rVert_1\,\lVert \mathrm{softmax}(z/T) - \tfrac{1}{C}\mathbf{1}\rVert_1",
           family="gradient", backprop=False, link="https://arxiv.org/abs/2110.00218",

@@ -23,7 +23,7 @@ import torch
 
 from gradviz.errors import MethodError
 from gradviz.methods._fitting import fit_outputs, require_fitted
-from gradviz.methods.registry import ModelOutputs, register
+from gradviz.methods.registry import ModelOutputs, not_differentiable, register
 from gradviz.models import GradvizModel
 
 
@@ -32,6 +32,8 @@ def _normalised(h: torch.Tensor) -> torch.Tensor:
     return h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+@not_differentiable("the distance to the k-th nearest of a fixed set of training features switches "
+                    "neighbour as the input moves (a sorted selection), so gradviz does not attribute it")
 @register("knn", title="k-th nearest neighbour distance", paper="Sun, Ming, Zhu & Li, ICML 2022", year=2022,
           formula=r"u(x) = \lVert z - z_{(k)} \rVert_2,\quad z = h/\lVert h\rVert_2", family="feature",
           link="https://arxiv.org/abs/2204.06507",

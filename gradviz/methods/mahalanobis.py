@@ -24,8 +24,8 @@ import torch
 
 from gradviz.errors import MethodError
 from gradviz.methods._fitting import (COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs, require_fitted,
-                                      sq_mahalanobis)
-from gradviz.methods.registry import ModelOutputs, register
+                                      score_dtype, sq_mahalanobis)
+from gradviz.methods.registry import ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
 
 
@@ -34,6 +34,7 @@ def extract_features(model: GradvizModel, images: torch.Tensor, chunk: int = 512
     return fit_outputs(model, images, chunk)[1]
 
 
+@differentiable()
 @register("mahalanobis", title="Mahalanobis distance", paper="Lee et al., NeurIPS 2018", year=2018,
           formula=r"u(x) = \min_c (h-\mu_c)^\top \Sigma^{-1} (h-\mu_c)", family="feature",
           link="https://arxiv.org/abs/1807.03888",
@@ -72,4 +73,4 @@ class Mahalanobis:
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """Uncertainty min_c Mahalanobis distance² (higher = farther from every class), (B,)."""
-        return self.distances(batch.features).amin(-1).float()
+        return self.distances(batch.features).amin(-1).to(score_dtype(batch.logits))

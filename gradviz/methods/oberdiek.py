@@ -26,7 +26,8 @@ import torch
 
 from gradviz.errors import MethodError
 from gradviz.gradients import STATS, LayerStats, head_gradient_stats, layer_gradient_stats, parametrised_layers
-from gradviz.methods.registry import ModelOutputs, register
+from gradviz.methods._input_grad import chosen_parameters, per_sample_gradients, vector_statistic
+from gradviz.methods.registry import ModelOutputs, differentiable, register
 
 LOSS = "nll_pred"
 
@@ -113,6 +114,21 @@ def _aggregate(batch: ModelOutputs, stat: str, layer: str) -> torch.Tensor:
     return (sq - mean * mean).clamp_min(0).sqrt()
 
 
+def _predicted_nll(z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    return -z.log_softmax(-1).gather(-1, label[:, None])[:, 0]
+
+
+def _input_form(stat: str, sign: int = 1):
+    """The ``grad_<stat>`` score written with autograd (double backprop), differentiable w.r.t. the input:
+    each sample's gradient of −log p_ŷ w.r.t. the layer's parameters (ŷ held fixed), then ``stat`` of it."""
+    def form(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
+        label = batch.logits.detach().argmax(-1)
+        g = per_sample_gradients(batch.model, batch.x, _predicted_nll, label, chosen_parameters(batch.model, layer))
+        return sign * vector_statistic(g, stat)
+    form.layer_maps = False  # re-runs the network per sample: no single layer activation to read (Grad-CAM)
+    return form
+
+
 _COMMON = dict(
     paper="Oberdiek, Rottmann & Gottschalk, ANNPR 2018", year=2018, family="gradient",
     link="https://arxiv.org/abs/1805.08440",
@@ -127,6 +143,7 @@ _COMMON = dict(
 )
 
 
+@differentiable(_input_form("l1"))
 @register("grad_l1", title="Gradient L1 norm (predicted label)",
           formula=r"u(x) = \lVert \nabla_\theta (-\log p_{\hat y}) \rVert_1", **_COMMON)
 def grad_l1(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
@@ -134,6 +151,7 @@ def grad_l1(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
     return _aggregate(batch, "l1", layer)
 
 
+@differentiable(_input_form("l2"))
 @register("grad_l2", title="Gradient L2 norm (predicted label)",
           formula=r"u(x) = \lVert \nabla_\theta (-\log p_{\hat y}) \rVert_2", **_COMMON)
 def grad_l2(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
@@ -141,6 +159,7 @@ def grad_l2(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
     return _aggregate(batch, "l2", layer)
 
 
+@differentiable(_input_form("max"))
 @register("grad_max", title="Gradient maximum (predicted label)",
           formula=r"u(x) = \max_i \nabla_{\theta_i} (-\log p_{\hat y})", **_COMMON)
 def grad_max(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
@@ -148,6 +167,7 @@ def grad_max(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
     return _aggregate(batch, "max", layer)
 
 
+@differentiable(_input_form("min", -1))
 @register("grad_min", title="Gradient minimum, negated (predicted label)",
           formula=r"u(x) = -\min_i \nabla_{\theta_i} (-\log p_{\hat y})", **_COMMON)
 def grad_min(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
@@ -155,6 +175,7 @@ def grad_min(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
     return -_aggregate(batch, "min", layer)
 
 
+@differentiable(_input_form("std"))
 @register("grad_std", title="Gradient standard deviation (predicted label)",
           formula=r"u(x) = \mathrm{std}_i\, \nabla_{\theta_i} (-\log p_{\hat y})", **_COMMON)
 def grad_std(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from gradviz.errors import MethodError
 from gradviz.gradients import GradientPass
-from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, register
+from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
 
 
@@ -55,6 +55,15 @@ def odin_perturb(model: GradvizModel, x: torch.Tensor, temperature: float = 1000
     return (x_in - epsilon * grad.sign()).detach()
 
 
+def _odin_input_form(batch: ModelOutputs, temperature: float = 1000.0, epsilon: float = 0.0014) -> torch.Tensor:
+    """ODIN as a function of the input: sign(∇_x CE) is piecewise constant, so x̃ = x − ε·s with the sign
+    s held fixed, and the gradient of u(x) is that of the tempered MSP at x̃ (exact wherever no entry of
+    ∇_x CE is zero)."""
+    x_tilde = batch.x + (odin_perturb(batch.model, batch.x, temperature, epsilon) - batch.x.detach())  # the step is constant
+    return -(batch.model(x_tilde) / temperature).softmax(-1).amax(-1)
+
+
+@differentiable(_odin_input_form)
 @register("odin", title="ODIN", paper="Liang, Li & Srikant, ICLR 2018", year=2018,
           formula=r"u(x) = -\max_c \mathrm{softmax}\!\big(z(\tilde x)/T\big)_c,\quad "
                   r"\tilde x = x - \varepsilon\,\mathrm{sign}\,\nabla_x \mathrm{CE}\big(z(x)/T, \hat y\big)",

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.methods._fitting import fit_outputs, require_fitted
-from gradviz.methods.registry import ModelOutputs, register
+from gradviz.methods._fitting import fit_outputs, require_fitted, score_dtype
+from gradviz.methods.registry import ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
 
 
+@differentiable()
 @register("react", title="ReAct (rectified activations + energy)", paper="Sun, Guo & Li, NeurIPS 2021", year=2021,
           formula=r"u(x) = -\log \sum_c e^{\bar z_c},\quad \bar z = W \min(h, c) + b", family="feature",
           link="https://arxiv.org/abs/2111.12797",
@@ -50,7 +51,7 @@ class ReAct:
         """−logsumexp of the rectified logits, (B,)."""
         require_fitted("react", self.threshold_)
         head = batch.model.head
-        with torch.no_grad():
-            h = batch.features.detach().clamp_max(self.threshold_).to(head.weight.dtype)
+        with torch.set_grad_enabled(batch.features.requires_grad):  # a graph only when explaining (gradviz.explain)
+            h = batch.features.clamp_max(self.threshold_).to(head.weight.dtype)
             logits = head(h.to(head.weight.device))
-        return -torch.logsumexp(logits.float(), dim=-1)
+        return -torch.logsumexp(logits.to(score_dtype(logits)), dim=-1)

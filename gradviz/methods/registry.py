@@ -28,7 +28,7 @@ from gradviz.models import GradvizModel
 
 __all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method",
            "needs_graph", "check_param", "adaptation_notes", "TEMPERATURE_BOUNDS", "FAMILIES", "DIRECTIONS", "methods_by_family",
-           "meets_expectation"]
+           "meets_expectation", "differentiable", "not_differentiable"]
 
 # The three families, in display order, with what a method of each reads.
 FAMILIES: dict[str, str] = {
@@ -128,6 +128,11 @@ class MethodInfo:
     intuition: str = ""  # why the score should separate ID from OOD, in plain words
     reading: str = ""  # how to read its histograms and ROC
     expected: dict[str, str] = field(default_factory=dict)  # bundled model: OOD set -> one of DIRECTIONS
+    # the score as a differentiable function of the input (gradviz.explain): None = not differentiable,
+    # "direct" = the method itself, given a batch whose logits/features carry the graph, or a form
+    # ``form(batch, **params) -> (B,)`` written with autograd (double backprop, ODIN's input step)
+    input_form: Callable | str | None = None
+    not_differentiable: str = ""  # why the score is not a differentiable function of the input
     # How charts show the score when the raw value reads oddly (MSP's −max p as 1 − max p): the name shown
     # and the constant added for display only; ranks, thresholds and AUROCs use the raw score.
     shown_as: str = ""
@@ -257,6 +262,34 @@ def register(name: str, *, title: str, paper: str, year: int, formula: str, fami
         )
         return impl
 
+    return deco
+
+
+def _info_of(impl) -> MethodInfo:
+    for info in REGISTRY.values():
+        if info.impl is impl:
+            return info
+    raise ValueError(f"{impl!r} is not a registered method: put @differentiable above @register")
+
+
+def differentiable(form: Callable | None = None):
+    """Decorator (above :func:`register`) declaring the method's score a differentiable function of the input.
+
+    Without ``form`` the method itself is differentiable once its batch's logits and features carry the
+    graph (output and closed-form scores, fitted feature scores); with ``form(batch, **params)`` that
+    function computes the same score with autograd from ``batch.model`` and ``batch.x`` (gradient scores
+    by double backprop). :func:`gradviz.explain.score_fn` reads it."""
+    def deco(impl):
+        _info_of(impl).input_form = form if form is not None else "direct"
+        return impl
+    return deco
+
+
+def not_differentiable(reason: str):
+    """Decorator (above :func:`register`) saying why the method's score is not a differentiable function of the input."""
+    def deco(impl):
+        _info_of(impl).not_differentiable = reason
+        return impl
     return deco
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 import torch
 
 from gradviz.methods._fitting import (COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs, precision_of,
-                                      require_fitted, sq_mahalanobis)
-from gradviz.methods.registry import ModelOutputs, register
+                                      require_fitted, score_dtype, sq_mahalanobis)
+from gradviz.methods.registry import ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
 
 
+@differentiable()
 @register("rmds", title="Relative Mahalanobis distance", paper="Ren et al., 2021", year=2021,
           formula=r"u(x) = \min_c \big[(h-\mu_c)^\top\Sigma^{-1}(h-\mu_c) - (h-\mu_0)^\top\Sigma_0^{-1}(h-\mu_0)\big]",
           family="feature", link="https://arxiv.org/abs/2106.09022",
@@ -60,4 +61,4 @@ class RelativeMahalanobis:
         require_fitted("rmds", self.means_, self.background_precision_)
         md = sq_mahalanobis(batch.features, self.means_, self.precision_)  # (B, C)
         md0 = sq_mahalanobis(batch.features, self.background_mean_, self.background_precision_)  # (B, 1)
-        return (md - md0).amin(-1).float()
+        return (md - md0).amin(-1).to(score_dtype(batch.logits))

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.methods._fitting import fit_outputs, require_fitted
-from gradviz.methods.registry import ModelOutputs, register
+from gradviz.methods._fitting import fit_outputs, require_fitted, score_dtype
+from gradviz.methods.registry import ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
 
 
@@ -41,6 +41,7 @@ def principal_dim(d: int, rule: str = "auto") -> int:
     return benchmark if rule == "benchmark" or (rule == "auto" and d >= 768) else half
 
 
+@differentiable()
 @register("vim", title="ViM (virtual-logit matching)", paper="Wang, Li, Feng & Zhang, CVPR 2022", year=2022,
           formula=r"u(x) = \alpha\,\lVert (I - PP^\top)(h - o) \rVert_2 - \log \sum_c e^{z_c}", family="feature",
           link="https://arxiv.org/abs/2203.10807",
@@ -88,8 +89,8 @@ class ViM:
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """α‖x^{P⊥}‖ − logsumexp(z), (B,)."""
         require_fitted("vim", self.origin_, self.residual_basis_, self.alpha_)
-        h = batch.features.detach().double().cpu()
+        h = batch.features.double().cpu()  # differentiable in h (gradviz.explain)
         if h.shape[1] != self.origin_.shape[0]:
             raise MethodError(f"vim was fitted on {self.origin_.shape[0]}-d features, got {h.shape[1]}-d")
         vlogit = ((h - self.origin_) @ self.residual_basis_).norm(dim=-1) * self.alpha_
-        return (vlogit - torch.logsumexp(batch.logits.detach().double().cpu(), dim=-1)).float()
+        return (vlogit - torch.logsumexp(batch.logits.double().cpu(), dim=-1)).to(score_dtype(batch.logits))

@@ -183,13 +183,18 @@ def explain_button(digest: str) -> bool:
     return st.session_state.get("pg_explained") == digest
 
 
-@st.cache_data(max_entries=32, show_spinner="Attribution maps…")
-def attributions(digest: str, model: str, weights: str | None, _x: torch.Tensor) -> dict:
-    """Attribution maps of one image, on demand: the registry's first two pixel methods and first layer
-    method (it lists the most robust first: saliency, integrated gradients, Grad-CAM)."""
+def attribution_names() -> list[str]:
+    """The maps shown: the registry's first two pixel methods and first layer method (it lists the most
+    robust first: saliency, integrated gradients, Grad-CAM)."""
     from gradviz.attributions import list_attributions
-    from gradviz.samples import compute_attributions
 
     infos = list_attributions()
-    names = [a.name for a in infos if a.kind == "pixel"][:2] + [a.name for a in infos if a.kind == "layer"][:1]
-    return compute_attributions(get_model(model, weights), _x, names)
+    return [a.name for a in infos if a.kind == "pixel"][:2] + [a.name for a in infos if a.kind == "layer"][:1]
+
+
+@st.cache_data(max_entries=32, show_spinner="Attribution maps…")
+def attributions(digest: str, model: str, weights: str | None, _x: torch.Tensor) -> dict:
+    """Attribution maps of one image's predicted class, on demand (:func:`attribution_names`)."""
+    from gradviz.samples import compute_attributions
+
+    return compute_attributions(get_model(model, weights), _x, attribution_names())

@@ -37,7 +37,8 @@ def _title(chart) -> str:
 
 
 def test_compare_page_runs_only_the_open_tab(app):
-    assert [t.label for t in app.tabs] == ["Score distributions", "ROC & precision-recall", "Detection metrics & exports"]
+    assert [t.label for t in app.tabs] == ["Score distributions", "ROC & precision-recall", "Detection metrics & exports",
+                                           "Map of the data"]
     charts = app.get("plotly_chart")
     assert len(charts) == 1 and "uncertainty by dataset" in _title(charts[0])  # the histogram; no ROC drawn yet
     assert app.selectbox(key="cmp_method").options[0].startswith("msp")  # by family: output first

@@ -35,7 +35,7 @@ def test_inspect_upload_prompt_then_dataset_sample_renders(app):
     scores = app.dataframe[0].value
     assert list(scores["method"]) == ["msp", "energy", "gradnorm"]
     assert scores["percentile"].between(0, 100).all()
-    assert [c.key for c in app.get("plotly_chart")] == ["ins_probs", "ins_gaia", "ins_profile"]
+    assert [c.key for c in app.get("plotly_chart")] == ["ins_probs", "ins_map_chart", "ins_gaia", "ins_profile"]
     assert len(app.get("image")) == 1 + 3 * 4  # the input + (original, heat map, colour bar, overlay) × 3 methods
     app.number_input(key="ins_index").set_value(7).run()
     app.button(key="ins_random").click().run()
