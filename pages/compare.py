@@ -14,7 +14,7 @@ from gradviz.ui.sidebar import current_config, ensure_frame
 from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports,
                                 show_upload_errors, upload_max_mb)
 from gradviz.ui.widgets import decomposition, download_figure, download_results, image_tiles, metrics_dataframe
-from gradviz.ui.widgets import line_picker, method_caption, method_label, threshold_picker
+from gradviz.ui.widgets import line_picker, method_caption, method_label, send_to_inspect, threshold_picker
 
 ensure_frame()
 
@@ -101,13 +101,7 @@ def distributions() -> None:
         rows = gallery[(gallery["dataset"] == spec) & (gallery["which"] == which)]
         st.markdown(f"**{md_text(label)}** in {md_code(spec)}")
         image_tiles(images_of_rows(rows, cfg, uploads), gi.sample_captions(rows, method), columns=6)
-    candidates = [*zip(selected["dataset"], selected["index"]), *zip(gallery["dataset"], gallery["index"])]
-    candidates = {f"{d} #{i}": (str(d), int(i)) for d, i in candidates}
-    pick_col, go_col = st.columns([3, 1])
-    pick = pick_col.selectbox("Send a sample to the Inspect page", list(candidates), key="cmp_pick")
-    if go_col.button("Inspect", icon=":material/search:", key="cmp_inspect", disabled=pick is None):
-        st.session_state["gv_selected"] = candidates[pick]
-        st.switch_page("pages/inspect.py")
+    send_to_inspect([*zip(selected["dataset"], selected["index"]), *zip(gallery["dataset"], gallery["index"])], key="cmp")
     download_figure(fig, f"{'histogram' if view == VIEWS[0] else 'strip'}_{method}", key="cmp_dl_dist")
 
 

@@ -13,7 +13,7 @@ from gradviz.trust import TEMPERATURE_FITS, evaluation_rows, reliability_frames,
 from gradviz.ui.cache import get_result, images_of_rows, show_error
 from gradviz.ui.sidebar import current_config, ensure_frame
 from gradviz.ui.trust import get_trust
-from gradviz.ui.widgets import download_figure, download_table, image_tiles, method_label
+from gradviz.ui.widgets import download_figure, download_table, image_tiles, method_label, send_to_inspect
 
 ensure_frame()
 
@@ -71,14 +71,8 @@ def selective() -> None:
             image_tiles(images_of_rows(shown, cfg), captions, columns=8)
         else:
             st.caption(empty)
-    candidates = [*zip(selection.accepted_wrong["dataset"], selection.accepted_wrong["index"]),
-                  *zip(selection.rejected["dataset"], selection.rejected["index"])][:2 * GALLERY]
-    candidates = {f"{d} #{i}": (str(d), int(i)) for d, i in candidates}
-    pick_col, go_col = st.columns([3, 1])
-    pick = pick_col.selectbox("Send a sample to the Inspect page", list(candidates), key="trust_pick")
-    if go_col.button("Inspect", icon=":material/search:", key="trust_inspect", disabled=pick is None):
-        st.session_state["gv_selected"] = candidates[pick]
-        st.switch_page("pages/inspect.py")
+    send_to_inspect([*zip(selection.accepted_wrong["dataset"], selection.accepted_wrong["index"]),
+                  *zip(selection.rejected["dataset"], selection.rejected["index"])][:2 * GALLERY], key="trust")
 
 
 selective()

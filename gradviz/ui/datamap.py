@@ -15,7 +15,7 @@ from gradviz.plaintext import md_text
 from gradviz.runconfig import RunConfig
 from gradviz.scoring import images_digest
 from gradviz.ui.cache import _memoised, cache_key, get_dataset, get_model, images_of_rows
-from gradviz.ui.widgets import image_tiles, method_label
+from gradviz.ui.widgets import image_tiles, method_label, send_to_inspect
 
 
 def get_data_map(cfg: RunConfig, scores: pd.DataFrame, uploads: dict | None, method: str) -> DataMap:
@@ -67,12 +67,7 @@ def _data_map_body(cfg: RunConfig, scores: pd.DataFrame, uploads: dict | None, m
     st.markdown(f"**{len(selected)} selected sample(s)**")
     caption_method = colour if colour != "set" else methods[0]
     image_tiles(images_of_rows(selected, cfg, uploads), gi.sample_captions(selected, caption_method), columns=8)
-    picks = {f"{d} #{i}": (str(d), int(i)) for d, i in zip(selected["dataset"], selected["index"])}
-    pick_col, go_col = st.columns([3, 1])
-    pick = pick_col.selectbox("Send a sample to the Inspect page", list(picks), key="map_pick", format_func=md_text)
-    if go_col.button("Inspect", icon=":material/search:", key="map_inspect", disabled=pick is None):
-        st.session_state["gv_selected"] = picks[pick]
-        st.switch_page("pages/inspect.py")
+    send_to_inspect(zip(selected["dataset"], selected["index"]), key="map")
 
 
 def where_it_lands(cfg: RunConfig, scores: pd.DataFrame, x: torch.Tensor, name: str, methods: list[str],

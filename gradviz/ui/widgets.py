@@ -253,3 +253,14 @@ def image_tiles(images: list, captions: list[str], columns: int = 8, width: int 
         cols = st.columns(columns)
         for col, img, cap in zip(cols, images[start:start + columns], captions[start:start + columns]):
             col.image(to_uint8(img), caption=md_text(cap), width=width)
+
+
+def send_to_inspect(samples, key: str) -> None:
+    """A picker of ``samples`` ((dataset, index) pairs, first ones first) and a button that opens that sample on
+    the Inspect page (through ``st.session_state["gv_selected"]``). Keys: ``{key}_pick`` and ``{key}_inspect``."""
+    picks = {f"{d} #{i}": (str(d), int(i)) for d, i in samples}
+    pick_col, go_col = st.columns([3, 1])
+    pick = pick_col.selectbox("Send a sample to the Inspect page", list(picks), key=f"{key}_pick", format_func=md_text)
+    if go_col.button("Inspect", icon=":material/search:", key=f"{key}_inspect", disabled=pick is None):
+        st.session_state["gv_selected"] = picks[pick]
+        st.switch_page("pages/inspect.py")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 from test_browser import exceptions, go, new_session, wait_idle
 
@@ -28,7 +27,7 @@ def test_moving_the_coverage_slider_changes_outcome_and_galleries(server, browse
     thumb.focus()
     page.keyboard.press("Home")  # the smallest coverage: nearly everything rejected
     page.wait_for_function("e => e.value === e.min", arg=thumb.element_handle())
-    time.sleep(0.5)
+    page.locator('[data-testid="stMain"]').get_by_text(re.compile(r"\b5\.0 % of images kept")).first.wait_for(timeout=120_000)
     wait_idle(page)
     kept_after, rejected_after, images_after = _state(page)
     assert kept == 90.0 and kept_after == 5.0
