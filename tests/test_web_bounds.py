@@ -18,10 +18,10 @@ from gradviz.models.upload import model_from_upload
 from gradviz.playground.preprocess import PHOTO_SIDE, frame_to_input
 
 
-@pytest.mark.parametrize("arch, expected", [("torchvision:resnet18", 11_689_512),
-                                            ("torchvision:regnet_y_400mf", 4_344_144)])  # RegNet: the fallback
-def test_parameters_are_counted_without_building_the_network(arch, expected, monkeypatch):
-    real = []
+@pytest.fixture
+def real_parameters(monkeypatch) -> list[str]:
+    """The names of the parameters created off the meta device (real memory) while the test runs."""
+    real: list[str] = []
     original = nn.Module.register_parameter
 
     def spy(module, name, param):
@@ -29,24 +29,23 @@ def test_parameters_are_counted_without_building_the_network(arch, expected, mon
             real.append(name)
         return original(module, name, param)
 
-    budget._default_shape.cache_clear()
     monkeypatch.setattr(nn.Module, "register_parameter", spy)
+    return real
+
+
+@pytest.mark.parametrize("arch, expected", [("torchvision:resnet18", 11_689_512),
+                                            ("torchvision:regnet_y_400mf", 4_344_144)])  # RegNet: the fallback
+def test_parameters_are_counted_without_building_the_network(arch, expected, real_parameters):
+    real = real_parameters
+    budget._default_shape.cache_clear()
     assert count_parameters(arch) == expected
     assert real == [] or arch.endswith("regnet_y_400mf")  # RegNet's parameters are moved to meta one by one
 
 
-def test_an_upload_over_the_parameter_limit_is_refused_before_it_is_built(monkeypatch):
+def test_an_upload_over_the_parameter_limit_is_refused_before_it_is_built(real_parameters):
     # only the head in the file: the refusal comes before the weights are even matched to the network
     data = save({"fc.weight": torch.zeros(2, 512), "fc.bias": torch.zeros(2)})
-    built = []
-    original = nn.Module.register_parameter
-
-    def spy(module, name, param):
-        if param is not None and param.device.type != "meta":
-            built.append(name)
-        return original(module, name, param)
-
-    monkeypatch.setattr(nn.Module, "register_parameter", spy)
+    built = real_parameters
     with pytest.raises(ModelError) as info:
         model_from_upload("torchvision:resnet18", data, "r18.safetensors", max_params=1_000_000)
     text = str(info.value)

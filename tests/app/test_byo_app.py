@@ -7,17 +7,17 @@ from __future__ import annotations
 import io
 import json
 import textwrap
-import zipfile
 
 import pytest
 import torch
 import torchvision
-from PIL import Image
 from safetensors.torch import save
 from streamlit.testing.v1 import AppTest
 
 from gradviz.models.cnn import MnistResNet
 from gradviz.scoring import RunConfig
+
+from image_bytes import png_bytes, zip_bytes
 
 SMALL = dict(limit=100, ood=["noise-uniform"], methods=["msp", "energy", "gradnorm"])
 
@@ -129,18 +129,6 @@ def test_two_sessions_uploading_different_weights_never_see_each_others_model(op
     assert not any("a.safetensors" in o for o in third.selectbox(key="gv_model").options)
 
 
-def png(value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", (28, 28), value).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def zip_of(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def add_zip(at: AppTest, data: bytes, name: str) -> AppTest:
@@ -159,9 +147,9 @@ def add_zip(at: AppTest, data: bytes, name: str) -> AppTest:
 @pytest.mark.slow
 def test_zip_as_the_id_set_is_split_stated_and_scored(open_page):
     at = open_page("pages/home.py", RunConfig(limit=100, ood=["noise-uniform"], methods=["msp", "mahalanobis"]))
-    members = {f"digits/{c}/{i}.png": png(20 * c + i) for c in range(3) for i in range(8)}
+    members = {f"digits/{c}/{i}.png": png_bytes(20 * c + i) for c in range(3) for i in range(8)}
     members["digits/readme.txt"] = b"not an image"
-    add_zip(at, zip_of(members), "digits.zip")
+    add_zip(at, zip_bytes(members), "digits.zip")
     cfg = at.session_state["gv_config"]
     assert cfg.id.startswith("test:session:digits.zip#") and cfg.fit_set == "fit:" + cfg.id[len("test:"):]
     note = texts(at.sidebar.caption)
@@ -177,7 +165,7 @@ def test_zip_as_the_id_set_is_split_stated_and_scored(open_page):
 ])
 def test_unsafe_zip_is_refused_in_the_app(open_page, members, message):
     at = open_page("pages/learn.py", RunConfig(**SMALL))
-    add_zip(at, zip_of(members), "bad.zip")
+    add_zip(at, zip_bytes(members), "bad.zip")
     assert message in texts(at.error) and at.session_state["gv_config"].id == "mnist"
 
 
@@ -252,7 +240,7 @@ def test_folder_under_the_allowed_roots_as_the_id_set(open_page, tmp_path, monke
     for c in range(2):
         (root / "mine" / str(c)).mkdir(parents=True)
         for i in range(4):
-            (root / "mine" / str(c) / f"{i}.png").write_bytes(png(60 * c + i))
+            (root / "mine" / str(c) / f"{i}.png").write_bytes(png_bytes(60 * c + i))
     (tmp_path / "secret").mkdir()
     monkeypatch.setenv("GRADVIZ_ALLOWED_ROOTS", str(root))
     at = open_page("pages/learn.py", RunConfig(**SMALL))

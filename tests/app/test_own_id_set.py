@@ -8,7 +8,8 @@ import pytest
 from gradviz.scoring import RunConfig
 from gradviz.ui.canvas import canvas_state
 
-from test_byo_app import add_zip, png, texts, zip_of
+from image_bytes import png_bytes, zip_bytes
+from test_byo_app import add_zip, texts
 from test_playground_page import chart, drawing, gauges
 
 METHODS = ["msp", "energy", "grood", "gradnorm"]
@@ -17,7 +18,7 @@ METHODS = ["msp", "energy", "grood", "gradnorm"]
 def grey_zip() -> bytes:
     """24 flat grey images in 3 classes: the bundled model classifies none of them correctly, so GROOD (which
     needs correctly classified images of each class) cannot be fitted on them."""
-    return zip_of({f"digits/{c}/{i}.png": png(20 * c + i) for c in range(3) for i in range(8)})
+    return zip_bytes({f"digits/{c}/{i}.png": png_bytes(20 * c + i) for c in range(3) for i in range(8)})
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import io
 import os
 import re
 import tempfile
-import zipfile
 
 import numpy as np
 import pytest
@@ -17,19 +16,9 @@ from gradviz.data.folder import load_folder
 from gradviz.data.zipset import MAX_RATIO, SMALL_MEMBER_BYTES, load_zip_bytes
 from gradviz.errors import DatasetError
 
-
-def _png(value: int, size: int = 8) -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", (size, size), value).save(buf, format="PNG")
-    return buf.getvalue()
+from image_bytes import png_bytes, zip_bytes
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -44,7 +33,7 @@ def private_tmp(tmp_path, monkeypatch):
 # --- zip ID sets --------------------------------------------------------------------------------------------
 
 def test_many_one_mib_members_at_1000x_are_refused_before_anything_is_written(private_tmp):
-    bomb = _zip({"0/ok.png": _png(1)} | {f"0/{i}.png": b"\0" * 2**20 for i in range(50)})  # 50 MiB from ~60 kB
+    bomb = zip_bytes({"0/ok.png": png_bytes(1, 8)} | {f"0/{i}.png": b"\0" * 2**20 for i in range(50)})  # 50 MiB from ~60 kB
     assert len(bomb) < 2**20
     with pytest.raises(DatasetError, match=r"expands [\d,]+× .*zip bomb"):
         load_zip_bytes(bomb, "bomb.zip")
@@ -54,7 +43,7 @@ def test_many_one_mib_members_at_1000x_are_refused_before_anything_is_written(pr
 def test_many_small_members_cannot_add_up_to_a_bomb(private_tmp):
     # each member is at the small-member allowance (no per-member ratio), the archive as a whole expands > 100×
     n = 2000
-    bomb = _zip({f"a/{i:04d}.png": b"\0" * SMALL_MEMBER_BYTES for i in range(n)})
+    bomb = zip_bytes({f"a/{i:04d}.png": b"\0" * SMALL_MEMBER_BYTES for i in range(n)})
     assert n * SMALL_MEMBER_BYTES > MAX_RATIO * len(bomb)
     with pytest.raises(DatasetError, match="unpacks to more than .* MB, over 100× its own size"):
         load_zip_bytes(bomb, "bomb.zip")
@@ -62,9 +51,9 @@ def test_many_small_members_cannot_add_up_to_a_bomb(private_tmp):
 
 
 def test_an_ordinary_image_zip_is_still_accepted(private_tmp):
-    members = {f"{c}/{i}.png": _png(40 * c + i) for c in range(2) for i in range(5)}
+    members = {f"{c}/{i}.png": png_bytes(40 * c + i, 8) for c in range(2) for i in range(5)}
     members["notes/readme.txt"] = b"\0" * 4000  # a tiny, very compressible member is fine
-    data = load_zip_bytes(_zip(members), "ok.zip")
+    data = load_zip_bytes(zip_bytes(members), "ok.zip")
     assert len(data) == 10 and list(private_tmp.iterdir()) == []
 
 
@@ -74,8 +63,8 @@ def test_an_ordinary_image_zip_is_still_accepted(private_tmp):
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_a_fifo_named_like_an_image_is_skipped_and_listed(tmp_path):
     (tmp_path / "0").mkdir()
-    (tmp_path / "0" / "a.png").write_bytes(_png(10))
-    (tmp_path / "0" / "b.png").write_bytes(_png(20))
+    (tmp_path / "0" / "a.png").write_bytes(png_bytes(10, 8))
+    (tmp_path / "0" / "b.png").write_bytes(png_bytes(20, 8))
     os.mkfifo(tmp_path / "0" / "x.png")  # opening it for reading would wait for a writer forever
     data = load_folder(tmp_path, allowed_roots=[tmp_path])
     assert data.paths == ["0/a.png", "0/b.png"]
@@ -87,8 +76,8 @@ def test_a_fifo_named_like_an_image_is_skipped_and_listed(tmp_path):
 def test_a_fifo_swapped_in_after_listing_is_not_waited_on(tmp_path, monkeypatch):
     from gradviz.data import folder
 
-    (tmp_path / "a.png").write_bytes(_png(10))
-    (tmp_path / "b.png").write_bytes(_png(20))
+    (tmp_path / "a.png").write_bytes(png_bytes(10, 8))
+    (tmp_path / "b.png").write_bytes(png_bytes(20, 8))
     listed = folder._image_files
 
     def list_then_swap(root):
