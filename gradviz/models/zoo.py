@@ -1,8 +1,7 @@
-"""Builders: the bundled ``mnist-cnn`` and ``mnist-vit``, and any torchvision classifier (weights on demand)."""
+"""The bundled ``mnist-cnn`` and ``mnist-vit`` (registered as :class:`~gradviz.models.resolver.Bundled` sources) and
+the builders of ``torchvision:<arch>`` (untrained, or with ImageNet weights on demand)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,7 +11,7 @@ from gradviz.config import ASSETS
 from gradviz.models import BUNDLED_CARD, BUNDLED_WEIGHTS, GradvizModel, register_model
 from gradviz.models.card import ModelCard
 from gradviz.models.cnn import MnistResNet
-from gradviz.models.weights import apply_state_dict, check_state_fits, open_weights
+from gradviz.models.resolver import Bundled
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,53 +64,52 @@ def bundled_card(name: str) -> ModelCard:
     return ModelCard.from_json(path) if path.is_file() else default()
 
 
-def _bundled(name: str, net: nn.Module, default: Path, command: str, weights: str | Path | None) -> GradvizModel:
-    path = Path(weights) if weights else default
-    if not path.is_file():
-        raise ModelError(f"weights not found at {path}; reproduce them with `{command}`")
-    weights_file = open_weights(path)
-    check_state_fits(net, weights_file.shapes, path.name)  # before a tensor of the file is made
-    apply_state_dict(net, weights_file.tensors(), path.name)
-    return GradvizModel(net, bundled_card(name))
+register_model(Bundled("mnist-cnn", lambda c, k: MnistResNet(in_channels=c, num_classes=k), BUNDLED_WEIGHTS,
+                       lambda: bundled_card("mnist-cnn"), "python -m gradviz train", ("stem.0.weight", "fc.weight")),
+               "Bundled small ResNet with BatchNorm for 28×28 digits (offline)", offline=True)
 
 
-@register_model("mnist-cnn", "Bundled small ResNet with BatchNorm for 28×28 digits (offline)", offline=True)
-def build_mnist_cnn(weights: str | Path | None = None) -> GradvizModel:
-    """The bundled model with its committed weights (or a compatible weights file)."""
-    return _bundled("mnist-cnn", MnistResNet(), BUNDLED_WEIGHTS, "python -m gradviz train", weights)
-
-
-@register_model("mnist-vit", "Bundled small vision transformer (4 layers, 16 patches) for 28×28 digits (offline)",
-                offline=True)
-def build_mnist_vit(weights: str | Path | None = None) -> GradvizModel:
-    """The bundled vision transformer with its committed weights (or a compatible weights file)."""
+def _mnist_vit(channels: int, classes: int) -> nn.Module:
     from gradviz.models.vit import mnist_vit
 
-    return _bundled("mnist-vit", mnist_vit(), VIT_WEIGHTS, "python -m gradviz train --arch vit", weights)
+    return mnist_vit(in_channels=channels, num_classes=classes)
 
 
-def torchvision_model(arch: str, weights: str | Path | None = None) -> GradvizModel:
-    """torchvision ``arch`` with a user's weights file, or its default ImageNet weights (download).
+register_model(Bundled("mnist-vit", _mnist_vit, VIT_WEIGHTS, lambda: bundled_card("mnist-vit"),
+                       "python -m gradviz train --arch vit", ("conv_proj.weight", "heads.head.weight")),
+               "Bundled small vision transformer (4 layers, 16 patches) for 28×28 digits (offline)", offline=True)
 
-    A user's file decides the number of classes (from the last linear layer's shape). An
-    optional JSON card beside it (same stem, ``.json``) sets input size, normalisation, classes.
-    """
+
+def check_torchvision_arch(arch: str) -> str:
+    """``arch`` when torchvision has a classification model of that name, else :class:`ModelError`."""
     import torchvision
 
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise ModelError(f"unknown torchvision classification model {arch!r}; e.g. resnet18, mobilenet_v3_small")
-    if weights is not None:
-        from gradviz.models.architectures import build_for_weights, check_card_fits
+    return arch
 
-        weights_file = open_weights(weights)
-        net, card = build_for_weights(f"torchvision:{arch}", weights_file.shapes, Path(weights).name)
-        apply_state_dict(net, weights_file.tensors(), Path(weights).name)
-        card_path = Path(weights).with_suffix(".json")
-        if card_path.is_file():
-            card = ModelCard.from_json(card_path)
-            check_card_fits(net, card, card_path.name)
-        card.weights = str(weights)
-        return GradvizModel(net, card)
+
+def torchvision_untrained(arch: str, state: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, ModelCard]:
+    """An untrained torchvision ``arch`` with as many classes as ``state``'s head (1000 without), and a default
+    card (3×224×224, ImageNet normalisation, ``class 0 … class K-1``)."""
+    import torchvision
+
+    from gradviz.models.resolver import check_class_count
+
+    classes = check_class_count(_num_classes_in(arch, state), f"the head of {arch}") if state else 1000
+    try:
+        net = torchvision.models.get_model(arch, weights=None, num_classes=classes)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot build {arch} with {classes} classes: {exc}") from None
+    card = ModelCard(name=f"torchvision:{arch}", architecture=arch, input_size=(3, 224, 224), mean=IMAGENET_MEAN,
+                     std=IMAGENET_STD, class_names=[f"class {i}" for i in range(classes)])
+    return net, card
+
+
+def torchvision_pretrained(arch: str) -> tuple[nn.Module, ModelCard]:
+    """torchvision ``arch`` with its default ImageNet weights (downloaded, or torch's cache) and their card."""
+    import torchvision
+
     try:
         w = torchvision.models.get_model_weights(arch).DEFAULT
         net = torchvision.models.get_model(arch, weights=w)
@@ -126,7 +124,7 @@ def torchvision_model(arch: str, weights: str | Path | None = None) -> GradvizMo
         name=f"torchvision:{arch}", architecture=arch, input_size=(3, int(size), int(size)),
         mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=list(w.meta["categories"]), weights=str(w),
     )
-    return GradvizModel(net, card)
+    return net, card
 
 
 def _num_classes_in(arch: str, state: dict[str, torch.Tensor]) -> int:
