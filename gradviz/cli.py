@@ -181,8 +181,10 @@ def _report_files(result) -> None:
 
 def _load_model(name: str, weights: str | None, device: str):
     """The model of the command line: here, and only here, ``file.py:build`` may run (the user asked for it)."""
+    from gradviz.engine.kernels import build_in_background
     from gradviz.models import load_model
 
+    build_in_background()  # the statistics kernel compiles beside the model and data loading that follow
     return load_model(name, weights, device, allow_code=True)
 
 
