@@ -50,11 +50,11 @@ def model_from_upload(arch: str, data: bytes, filename: str, card: ModelCard | N
     weights = open_weights_bytes(data, filename, max_bytes=limit_mb * 2**20)
     source = resolve(arch, allow_code=allow_code, architecture=True)
     if max_params is not None:
-        from gradviz.budget import check_parameters_web
+        from gradviz.runtime.budget import check_parameters_web
 
         check_parameters_web(arch, weights.shapes, max_params)
     if max_side is not None and card is not None:  # the checks before the network is built
-        from gradviz.budget import check_side_web
+        from gradviz.runtime.budget import check_side_web
 
         check_side_web(card, max_side)
     net, default = fit_weights(source, weights)
@@ -62,7 +62,7 @@ def model_from_upload(arch: str, data: bytes, filename: str, card: ModelCard | N
     if form and any(str(v).strip() for v in form.values()):
         card = card_from_form(card, **{k: str(v) for k, v in form.items()})
     if max_side is not None:
-        from gradviz.budget import check_side_web
+        from gradviz.runtime.budget import check_side_web
 
         check_side_web(card, max_side)
     model = finish(net, card, filename)
