@@ -46,7 +46,8 @@ def test_every_kind_of_spec_resolves_to_its_source(specs):
     assert resolve(specs["torchvision"]).arch == "resnet18" and resolve(specs["timm"]).name == "test_resnet"
     assert resolve("mnist-vit").weights.name == "mnist_vit.safetensors"
     sized = {kind for kind, spec in specs.items() if resolve(spec, allow_code=True).sized_by_weights}
-    assert sized == {"bundled", "torchvision", "timm"}  # built on the meta device first; code-built ones are not
+    assert sized == {"torchvision", "timm"}  # built on the meta device first; the rest have a fixed or coded shape
+    assert resolve("mnist-cnn", architecture=True).sized_by_weights  # an upload's bundled architecture follows it
 
 
 def test_each_source_builds_its_network_and_default_card(specs):

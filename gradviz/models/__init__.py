@@ -159,7 +159,6 @@ def load_model(name: str = "mnist-cnn", weights: str | Path | None = None, devic
     unpickling code (safetensors or ``weights_only=True``). How each kind is found and built:
     :mod:`gradviz.models.resolver`.
     """
-    from gradviz.models import zoo  # noqa: F401  (registers the bundled models)
     from gradviz.models.resolver import load
 
     model = load(name, weights, allow_code=allow_code)

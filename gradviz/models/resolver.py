@@ -4,7 +4,7 @@ The flow, for ``load_model(spec, weights)`` (and the same steps for uploads and 
 
     resolve(spec) -> Source                  which kind, checked before anything is built or imported
         "mnist-cnn", "mnist-vit"        Bundled      the net, its committed weights and card (zoo.py)
-        "torchvision:<arch>"            Torchvision  torchvision builders, ImageNet download (zoo.py)
+        "torchvision:<arch>"            Torchvision  torchvision builders, ImageNet download (below)
         "timm:<name>"                   Timm         timm builders, Hugging Face Hub download (timm_models.py)
         an installed entry point        Plugin       the package's build() (plugins.py)
         "path/to/file.py:build"         File         imports that file: only with allow_code (plugins.py)
@@ -38,6 +38,8 @@ from gradviz.models.card import MAX_CLASSES, ModelCard
 from gradviz.models.weights import WeightsFile, apply_state_dict, check_state_fits, open_weights
 
 KINDS = ("bundled", "torchvision", "timm", "plugin", "file")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 _CODE_ONLY = ("runs a Python file; it is loaded only when the person running gradviz asks for it (command line "
               "--model, or the dashboard's server configuration GRADVIZ_MODELS)")
 
@@ -48,7 +50,7 @@ class Source(Protocol):
 
     kind: str
     spec: str
-    sized_by_weights: bool  # the network's shape follows a weights file (built on meta first); else built by code
+    sized_by_weights: bool  # its shape follows a weights file (built on meta first); else fixed, or set by code
 
     def untrained(self, state: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, ModelCard]: ...
 
@@ -83,7 +85,8 @@ def _resized(card: ModelCard, channels: int, num_classes: int) -> ModelCard:
 
 @dataclass(frozen=True)
 class Bundled:
-    """A model shipped with gradviz: ``net(channels, classes)``, its committed ``weights`` and ``card()``.
+    """A model shipped with gradviz: ``net(channels, classes)``, its committed ``weights`` and card (``card_file``,
+    or ``default_card()`` before the model is trained).
 
     As a model name (``--model mnist-cnn``) the network has the committed shape and card; as an
     architecture for someone's weights (``architecture=True``: uploads) its channels and classes are
@@ -92,7 +95,8 @@ class Bundled:
     spec: str
     net: Callable[[int, int], nn.Module]
     weights: Path
-    card: Callable[[], ModelCard]
+    card_file: Path
+    default_card: Callable[[], ModelCard]
     command: str  # reproduces the committed weights
     keys: tuple[str, str]
     architecture: bool = False
@@ -100,7 +104,10 @@ class Bundled:
 
     @property
     def sized_by_weights(self) -> bool:
-        return True
+        return self.architecture
+
+    def card(self) -> ModelCard:
+        return ModelCard.from_json(self.card_file) if self.card_file.is_file() else self.default_card()
 
     def untrained(self, state=None):
         if not self.architecture:
@@ -127,15 +134,47 @@ class Torchvision:
     kind: str = field(default="torchvision", init=False)
     sized_by_weights: bool = field(default=True, init=False)
 
-    def untrained(self, state=None):
-        from gradviz.models.zoo import torchvision_untrained
+    def classes_in(self, state: dict[str, torch.Tensor]) -> int:
+        """Rows of the head's weight in ``state``; the head is found on a shape-only (meta) build, since file key
+        order is not module order (safetensors sorts keys by name)."""
+        import torchvision
 
-        return torchvision_untrained(self.arch, state)
+        with torch.device("meta"):
+            ref = torchvision.models.get_model(self.arch, weights=None)
+        linears = [name for name, m in ref.named_modules() if isinstance(m, nn.Linear)]
+        for key in (f"{linears[-1]}.weight", f"module.{linears[-1]}.weight") if linears else ():
+            if key in state and state[key].ndim == 2:
+                return int(state[key].shape[0])
+        return 1000
+
+    def untrained(self, state=None):
+        import torchvision
+
+        classes = check_class_count(self.classes_in(state), f"the head of {self.arch}") if state else 1000
+        try:
+            net = torchvision.models.get_model(self.arch, weights=None, num_classes=classes)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"cannot build {self.arch} with {classes} classes: {exc}") from None
+        return net, self._card((3, 224, 224), [f"class {i}" for i in range(classes)])
 
     def pretrained(self):
-        from gradviz.models.zoo import torchvision_pretrained
+        import torchvision
 
-        return torchvision_pretrained(self.arch)
+        try:
+            w = torchvision.models.get_model_weights(self.arch).DEFAULT
+            net = torchvision.models.get_model(self.arch, weights=w)
+        except Exception as exc:  # URLError / HTTPError / OSError when offline
+            raise ModelError(
+                f"could not download ImageNet weights for {self.arch} ({type(exc).__name__}); this machine may be "
+                f"offline. The bundled mnist-cnn works offline; for {self.arch}, weights already on this machine "
+                f"(a .safetensors file) can be used instead"
+            ) from None
+        size = int(w.transforms().crop_size[0]) if hasattr(w.transforms(), "crop_size") else 224
+        return net, self._card((3, size, size), list(w.meta["categories"]), str(w))
+
+    def _card(self, input_size: tuple[int, int, int], names: list[str], weights: str | None = None) -> ModelCard:
+        return ModelCard(name=self.spec, architecture=self.arch, input_size=input_size, mean=IMAGENET_MEAN,
+                         std=IMAGENET_STD, class_names=names, weights=weights)
 
 
 @dataclass(frozen=True)
@@ -204,9 +243,12 @@ def resolve(spec: str, *, allow_code: bool = False, architecture: bool = False) 
         source = MODEL_REGISTRY[spec].origin
         return replace(source, architecture=True) if architecture else source
     if spec.startswith("torchvision:"):
-        from gradviz.models.zoo import check_torchvision_arch
+        import torchvision
 
-        return Torchvision(spec, check_torchvision_arch(spec.split(":", 1)[1]))
+        arch = spec.split(":", 1)[1]
+        if arch not in torchvision.models.list_models(module=torchvision.models):
+            raise ModelError(f"unknown torchvision classification model {arch!r}; e.g. resnet18, mobilenet_v3_small")
+        return Torchvision(spec, arch)
     if spec.startswith(timm_models.PREFIX):
         return Timm(spec, timm_models.check_name(spec[len(timm_models.PREFIX):]))
     if plugins.is_file_spec(spec):
@@ -235,10 +277,11 @@ def build_untrained(arch: str, state: dict[str, torch.Tensor] | None = None, *,
 def fit_weights(source: Source, weights: WeightsFile) -> tuple[nn.Module, ModelCard]:
     """The network of ``source`` with ``weights`` loaded strictly, and the source's default card.
 
-    A network whose shape follows the file (bundled, torchvision, timm) is first built on the ``meta``
-    device and compared with the file's declared shapes, so a file that declares 2,000,000,000 classes
-    or tensors the network lacks is refused before any memory is spent; code-built networks (plugins,
-    ``file.py:build``) do not depend on the file and are built, then compared. Only then are the
+    A network whose shape follows the file (torchvision, timm, a bundled architecture for an upload) is
+    first built on the ``meta`` device and compared with the file's declared shapes, so a file that declares
+    2,000,000,000 classes or tensors the network lacks is refused before any memory is spent; the others (a
+    bundled model by name: its fixed small shape; plugins and ``file.py:build``: set by their code) are
+    built, then compared. Only then are the
     file's tensors made (NaN/inf refused) and loaded."""
     if source.sized_by_weights:
         try:
