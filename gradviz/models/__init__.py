@@ -14,7 +14,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from gradviz.errors import ModelError
 from gradviz.models.card import ModelCard
 from gradviz.models.compiled import uncompiled
 from gradviz.models.hooks import forward_hooks
+
+if TYPE_CHECKING:
+    from gradviz.models.resolver import Bundled
 
 __all__ = ["GradvizModel", "ModelCard", "load_model", "list_models", "register_model", "MODEL_REGISTRY"]
 
@@ -128,13 +131,13 @@ class ModelEntry:
     description: str
     offline: bool
     source: str = "bundled"
-    origin: object = None
+    origin: "Bundled | None" = None
 
 
 MODEL_REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(origin, description: str, offline: bool = False) -> None:
+def register_model(origin: "Bundled", description: str, offline: bool = False) -> None:
     """Add a bundled model (a :class:`~gradviz.models.resolver.Bundled` source) under its spec."""
     MODEL_REGISTRY[origin.spec] = ModelEntry(origin.spec, description, offline, "bundled", origin)
 

@@ -13,15 +13,18 @@ The flow, for ``load_model(spec, weights)`` (and the same steps for uploads and 
     no weights file:  source.pretrained() -> (net, card)        the weights and card the source ships
     a weights file:   open_weights(file)                        header checked, nothing allocated (weights.py)
                       fit_weights(source, file)
-                          source.untrained(shapes) on meta      shapes compared first: no memory spent
-                          source.untrained(shapes)              the real net, compared again
+                          source.untrained(shapes) on meta      where the shape follows the file (sized_by_weights):
+                                                                shapes compared first, no memory spent
+                          source.untrained(shapes)              the real net, compared (again)
                           file.tensors() -> apply_state_dict    NaN/inf refused, loaded strictly
                       card: a JSON card beside the file (same stem), else the source's default card
     finish(net, card): the card validated, one dry forward pass (check_card_fits), GradvizModel
                        (which runs the eager module of a torch.compile'd net)
 
-Uploads (upload.py) run the same ``fit_weights`` and ``finish`` on bytes; the web app's parameter bound
-(budget) counts ``source.untrained(state)`` on the meta device before anything is built.
+Uploads (upload.py) run the same ``fit_weights`` and ``finish`` on bytes (``architecture=True``: a bundled
+network takes its channels and classes from the file); the web app's parameter bound (runtime/budget.py)
+counts ``build_untrained(arch, state)`` on the meta device before anything is built. ``file.py:build`` is
+resolved only with ``allow_code`` (the command line, or a spec the server's configuration lists).
 """
 
 from __future__ import annotations
