@@ -167,3 +167,110 @@ def test_checkpoint_stops_the_work_of_a_gone_session(server):
         with pytest.raises(PassStopped):
             admit(200, "next pass")
     assert server.in_use_mb == 0
+
+
+# --- the planner and the ledger together (what a web session's passes do) ----------------------------------
+
+def _scorer(methods):
+    from gradviz.methods.registry import resolve_methods
+    from gradviz.models import load_model
+    from gradviz.scoring import make_runners
+
+    model = load_model("mnist-cnn")
+    return model, make_runners(model, resolve_methods(methods), {}, "mnist:train", 0)
+
+
+def _real_forwards(model) -> list[int]:
+    """Batch sizes of the real (not fake-tensor) forwards of ``model`` from now on."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    seen: list[int] = []
+    model.register_forward_pre_hook(
+        lambda _m, args: None if isinstance(args[0], FakeTensor) else seen.append(int(args[0].shape[0])))
+    return seen
+
+
+def test_a_web_pass_over_the_server_budget_is_refused_before_it_allocates(server):
+    import contextvars
+
+    import torch
+
+    from gradviz.runtime.budget import session_budget
+    from gradviz.scoring import score_images
+
+    model, runners = _scorer(["msp", "grad_l2"])
+    seen = _real_forwards(model)
+
+    def web_pass():
+        with session_budget(4096), serving():  # the session could, the server (1,000 MB) could not
+            score_images(model, torch.rand(16, 1, 28, 28), runners)
+
+    server.budget_mb = 60.0  # below a gradient pass's fixed part on mnist-cnn
+    with pytest.raises(GradvizError) as err:
+        contextvars.copy_context().run(web_pass)
+    text = str(err.value)
+    assert "one image does not fit the memory budget for 'scoring'" in text
+    assert "budget is 60 MB (the server's budget for all sessions (GRADVIZ_SERVER_MEMORY_MB))" in text
+    assert seen == [] and server.in_use_mb == 0  # refused before any real forward
+
+
+def test_a_web_pass_reserves_its_plan_while_it_runs(server):
+    import contextvars
+
+    import torch
+
+    from gradviz.runtime.budget import plan_batch, session_budget
+    from gradviz.scoring import score_images
+
+    model, runners = _scorer(["msp", "grad_l2"])
+    held = []
+
+    def web_pass():
+        with session_budget(4096), serving():
+            score_images(model, torch.rand(24, 1, 28, 28), runners,
+                         progress=lambda done, total, label: held.append(server.in_use_mb))
+        held.append(server.in_use_mb)
+
+    contextvars.copy_context().run(web_pass)
+    plan = plan_batch(model, "gradients", "scoring", n=24, budget_mb=1000)
+    assert held[0] == pytest.approx(plan.total_mb) and 0 < plan.total_mb <= 1000
+    assert set(held[:-1]) == {held[0]} and held[-1] == 0  # held during every batch, given back afterwards
+
+
+def test_a_closed_tabs_scoring_stops_at_its_next_batch(server):
+    import torch
+
+    from gradviz.runtime.progress import report, reporting
+    from gradviz.scoring import score_images
+
+    model, runners = _scorer(["msp"])
+    seen = _real_forwards(model)
+    gone, batches = [], []
+
+    def progress(done, total, label):  # what the page's progress bar does first (gradviz.ui.cache._progress)
+        checkpoint()
+        batches.append(done)
+        if done == 2:
+            gone.append(True)  # the browser tab is closed after the second batch
+
+    with serving(should_stop=lambda: bool(gone)):
+        with pytest.raises(PassStopped):
+            score_images(model, torch.rand(64, 1, 28, 28), runners, batch_size=8, progress=progress)
+        assert batches == [0, 1, 2] and len(seen) == 2  # 2 of the 8 batches ran; the third never started
+        with reporting(lambda *a: None, "fitting"), pytest.raises(PassStopped):
+            report(1, 10)  # a fit pass's batches stop the same way
+    assert server.in_use_mb == 0
+
+
+def test_own_id_sets_are_taken_from_the_sessions_budget():
+    import contextvars
+
+    from gradviz.runtime.budget import memory_budget_mb, set_session_budget
+
+    def planned(held):
+        set_session_budget(2048, held_mb=held)
+        return memory_budget_mb()
+
+    assert contextvars.copy_context().run(planned, 0) == (2048, "this session's budget (GRADVIZ_SESSION_MEMORY_MB)")
+    mb, source = contextvars.copy_context().run(planned, 700)
+    assert mb == 1348 and "less 700 MB of its own ID sets" in source

@@ -198,10 +198,9 @@ def server_budget_mb(device=None) -> tuple[float, str]:
 
     key = _memory_key(device)
     if key.startswith("cuda"):
-        import torch
+        from gradviz.runtime.budget import cuda_free_mb
 
-        free, _total = torch.cuda.mem_get_info(torch.device(key))
-        free_mb = free // 2**20
+        free_mb = cuda_free_mb(key)
         budget = int(free_mb * CUDA_SHARE)
         configured = settings().server_memory_mb
         if configured is not None and configured < budget:

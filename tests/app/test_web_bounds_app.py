@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gradviz.scoring import RunConfig
 
 
@@ -74,3 +76,32 @@ def test_forgetting_the_own_id_sets_gives_their_memory_back(open_page):
     assert not at.exception, at.exception
     assert not at.session_state["gv_id_sets"] and not at.session_state["gv_id_notes"]
     assert not [b for b in at.sidebar.button if b.key == "gv_id_forget"]
+
+
+def test_a_session_is_gone_once_streamlits_runtime_no_longer_lists_it(monkeypatch):
+    """How a closed tab is noticed: Streamlit takes a session whose websocket closed out of the runtime's active
+    sessions at once (it may keep it a while for a reconnect); the check asks ``Runtime.is_active_session``."""
+    from types import SimpleNamespace
+
+    import streamlit.runtime as st_runtime
+    import streamlit.runtime.scriptrunner as scriptrunner
+
+    from gradviz.runtime.ledger import PassStopped, checkpoint
+    from gradviz.ui.server import session_gone_check, session_work
+
+    active = {"tab-1"}
+    monkeypatch.setattr(st_runtime, "exists", lambda: True)
+    monkeypatch.setattr(st_runtime, "get_instance",
+                        lambda: SimpleNamespace(is_active_session=lambda session_id: session_id in active))
+    monkeypatch.setattr(scriptrunner, "get_script_run_ctx",
+                        lambda suppress_warning=False: SimpleNamespace(session_id="tab-1"))
+    gone = session_gone_check()
+    assert gone is not None and not gone()
+    with session_work():
+        checkpoint()  # the tab is open: the work goes on
+        active.clear()  # the tab is closed
+        assert gone()
+        with pytest.raises(PassStopped):
+            checkpoint()
+    monkeypatch.setattr(st_runtime, "exists", lambda: False)
+    assert session_gone_check() is None  # no server (the command line, AppTest): nothing to check
