@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=32, help="--mix: images it fits on and scores (each, ID and OOD)")
     ap.add_argument("--playgrounds", type=int, default=2, help="--mix: Playground sessions drawing beside it")
     ap.add_argument("--alone-strokes", type=int, default=10, help="--mix: strokes per Playground before the heavy one")
-    ap.add_argument("--server-mb", type=int, default=None, help="--mix: GRADVIZ_SERVER_MEMORY_MB (default: the setting)")
+    ap.add_argument("--server-mb", type=int, default=None,
+                    help="--mix: GRADVIZ_SERVER_MEMORY_MB (default: the setting)")
     args = ap.parse_args(argv)
     if args.mix:
         from load_mix import run_mix  # benchmarks/load_mix.py, beside this script

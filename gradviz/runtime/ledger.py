@@ -214,7 +214,8 @@ def server_budget_mb(device=None) -> tuple[float, str]:
     free = available_mb()
     if free is None:
         return FALLBACK_MB, "default (available memory unknown)"
-    return max(64, int(free * SERVER_SHARE)), f"{SERVER_SHARE:.0%} of the {free:,} MB available when the server started"
+    return max(64, int(free * SERVER_SHARE)), (f"{SERVER_SHARE:.0%} of the {free:,} MB available at the server's "
+                                                "first pass")
 
 
 def server_ledger(device=None) -> Ledger:

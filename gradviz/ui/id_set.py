@@ -4,8 +4,8 @@ The zip is checked and decoded by :mod:`gradviz.data.zipset` (nothing written ou
 temporary folder that is removed at once); its images stay in this session
 (:mod:`gradviz.ui.private`), bounded by the session's budget for its own sets
 (:func:`gradviz.data.session.own_set_room`: a random subset that fits, stated in the set's note,
-or a refusal with the numbers); "Forget my own ID sets" gives their memory back. A folder is checked against the allowed roots
-(:func:`gradviz.data.folder.resolve_folder`). Either becomes ``test:…`` (the ID set that is
+or a refusal with the numbers); "Forget my own ID sets" gives their memory back. A folder is checked
+against the allowed roots (:func:`gradviz.data.folder.resolve_folder`). Either becomes ``test:…`` (the ID set that is
 scored) and ``fit:…`` (what fitted methods fit on), split by :mod:`gradviz.data.splits`.
 """
 
