@@ -20,12 +20,14 @@
 | torch_threads      | GRADVIZ_TORCH_THREADS       | 0 = 1 in the web server unless OMP_NUM_THREADS is set |
 | memory_mb          | GRADVIZ_MEMORY_MB           | CLI: 50 % of MemAvailable |
 | session_memory_mb  | GRADVIZ_SESSION_MEMORY_MB   | 2048 (web, per session) |
+| server_memory_mb   | GRADVIZ_SERVER_MEMORY_MB    | web: 50 % of MemAvailable, all sessions together |
 | max_params_web     | GRADVIZ_MAX_PARAMS_WEB      | 100_000_000          |
 | max_side_web       | GRADVIZ_MAX_SIDE_WEB        | 384                  |
 
 ``memory_mb`` is the memory budget every pass plans its batch for (gradviz.runtime.budget); unset, the
 command line takes half of the memory available when a pass starts. The web app plans each
-session's passes for ``session_memory_mb`` instead, and refuses models of more than
+session's passes for ``session_memory_mb`` instead (less what the session's own ID sets hold), all
+sessions' passes together for ``server_memory_mb`` (gradviz.runtime.ledger), and refuses models of more than
 ``max_params_web`` parameters (counted before they are built) and cards wider than ``max_side_web``.
 """
 
@@ -74,6 +76,7 @@ class Settings:
     max_zip_mb: int = 100
     memory_mb: int | None = None  # None: a share of the available memory (gradviz.runtime.budget)
     session_memory_mb: int = 2048
+    server_memory_mb: int | None = None  # None: a share of the available memory (gradviz.runtime.ledger)
     max_params_web: int = 100_000_000
     max_side_web: int = 384
     torch_threads: int = 0  # torch threads of the web server; 0 = see server_torch_threads
@@ -125,6 +128,7 @@ def _resolve(env: tuple[tuple[str, str], ...]) -> Settings:
         max_zip_mb=_env_int("GRADVIZ_MAX_ZIP_MB", 100),
         memory_mb=_env_int("GRADVIZ_MEMORY_MB", 0) or None,
         session_memory_mb=_env_int("GRADVIZ_SESSION_MEMORY_MB", 2048),
+        server_memory_mb=_env_int("GRADVIZ_SERVER_MEMORY_MB", 0) or None,
         max_params_web=_env_int("GRADVIZ_MAX_PARAMS_WEB", 100_000_000),
         max_side_web=_env_int("GRADVIZ_MAX_SIDE_WEB", 384),
         torch_threads=_env_int("GRADVIZ_TORCH_THREADS", 0),
