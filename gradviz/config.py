@@ -7,7 +7,8 @@ naming the variable, never a silent fallback to the default.
 
 ``memory_mb`` is the memory budget every pass plans its batch for (gradviz.runtime.budget); unset, the
 command line takes half of the memory available when a pass starts. The web app plans each
-session's passes for ``session_memory_mb`` instead, and refuses models of more than
+session's passes for ``session_memory_mb`` instead (less what the session's own ID sets hold), all
+sessions' passes together for ``server_memory_mb`` (gradviz.runtime.ledger), and refuses models of more than
 ``max_params_web`` parameters (counted before they are built) and cards wider than ``max_side_web``.
 
 The command line does not write its options into the environment: :func:`use_settings` makes a changed
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     max_zip_mb: PositiveInt = 100
     memory_mb: PositiveInt | None = None  # None: a share of the available memory (gradviz.runtime.budget)
     session_memory_mb: PositiveInt = 2048
+    server_memory_mb: PositiveInt | None = None  # None: a share of the available memory (gradviz.runtime.ledger)
     max_params_web: PositiveInt = 100_000_000
     max_side_web: PositiveInt = 384
     torch_threads: int = Field(default=0, ge=0)  # torch threads of the web server; 0 = see server_torch_threads

@@ -84,6 +84,7 @@ def test_defaults_without_any_variable(monkeypatch, tmp_path):
     assert (s.max_pixels, s.max_upload_pixels, s.max_session_pixels) == (16_000_000, 256_000_000, 1_024_000_000)
     assert (s.max_samples_web, s.chunk_mib, s.cache_max_mb, s.session_memory_mb) == (5000, 16, 512, 2048)
     assert (s.max_params_web, s.max_side_web, s.torch_threads, s.memory_mb) == (100_000_000, 384, 0, None)
+    assert s.server_memory_mb is None
     assert (s.compile, s.fold_bn) == ("auto", True)
 
 
@@ -134,7 +135,7 @@ def _readme_settings() -> dict[str, str]:
 
 
 # Defaults the table describes in words (computed from other settings or at run time), not as a value.
-DESCRIBED = {"cache_dir", "data_root", "allowed_roots", "memory_mb", "torch_threads"}
+DESCRIBED = {"cache_dir", "data_root", "allowed_roots", "memory_mb", "server_memory_mb", "torch_threads"}
 NOT_SETTINGS = {"GRADVIZ_MODELS"}  # server configuration read by gradviz.models.plugins.server_model_specs
 
 

@@ -20,7 +20,11 @@ before the pass allocates anything.
 The budget (:func:`memory_budget_mb`): ``GRADVIZ_MEMORY_MB`` when set, else — from the command
 line — half of the memory the machine has available now (``MemAvailable``); in the web app
 each session's passes run inside :func:`session_budget` (``GRADVIZ_SESSION_MEMORY_MB``,
-default 2,048).
+default 2,048, less what the session's own ID sets hold), and never beyond the server's budget
+for all sessions together (:mod:`gradviz.runtime.ledger`, ``GRADVIZ_SERVER_MEMORY_MB``), from
+which :func:`batch_size_for` reserves each plan's bytes before the pass runs. A model on a CUDA
+device is planned for that GPU's memory instead: :data:`CUDA_SHARE` of what
+``torch.cuda.mem_get_info`` reports free (and at most ``GRADVIZ_MEMORY_MB`` when set).
 
 The factors are upper bounds measured on the real passes (peak RSS above a warm model, in a
 fresh process; see ``benchmarks/bench_realsize.py`` and docs/PERFORMANCE.md): e.g. all 24
@@ -72,6 +76,7 @@ WHAT = {"forward": "forward passes", "backward": "forward+backward passes",
         "gradients": "per-sample gradient passes"}
 OVERHEAD_MB = 64  # allocator, thread pools, small buffers of any pass
 CLI_SHARE = 0.5  # of MemAvailable, when GRADVIZ_MEMORY_MB is not set
+CUDA_SHARE = 0.8  # of the GPU memory free now, for a model on a CUDA device
 FALLBACK_MB = 2048  # where the available memory cannot be read
 MAX_BATCH = 65_536  # a sanity ceiling, as RunConfig's batch_size
 
@@ -96,20 +101,40 @@ def available_mb() -> int | None:
         return None
 
 
-def memory_budget_mb() -> tuple[int, str]:
-    """(MiB one pass may use, where that number comes from)."""
-    from gradviz.config import settings
+def cuda_free_mb(device) -> int:
+    """MiB free now on the CUDA ``device`` (``torch.cuda.mem_get_info``)."""
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free // MB)
 
+
+def memory_budget_mb(device=None) -> tuple[int, str]:
+    """(MiB one pass on ``device`` (default the CPU) may use, where that number comes from)."""
+    from gradviz.config import settings
+    from gradviz.runtime.ledger import server_ledger
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
     scoped = _SESSION.get()
-    if scoped is not None:
-        return scoped
-    configured = settings().memory_mb
-    if configured is not None:
-        return configured, "GRADVIZ_MEMORY_MB"
-    free = available_mb()
-    if free is None:
-        return FALLBACK_MB, "default (available memory unknown)"
-    return max(64, int(free * CLI_SHARE)), f"{CLI_SHARE:.0%} of the {free:,} MB available"
+    if device.type == "cuda":
+        free = cuda_free_mb(device)
+        budget = (max(1, int(free * CUDA_SHARE)), f"{CUDA_SHARE:.0%} of the {free:,} MB free on {device}")
+        configured = scoped or ((settings().memory_mb, "GRADVIZ_MEMORY_MB") if settings().memory_mb else None)
+        if configured is not None and configured[0] < budget[0]:
+            budget = configured
+    elif scoped is not None:
+        budget = scoped
+    else:
+        configured = settings().memory_mb
+        if configured is not None:
+            return configured, "GRADVIZ_MEMORY_MB"
+        free = available_mb()
+        if free is None:
+            return FALLBACK_MB, "default (available memory unknown)"
+        return max(64, int(free * CLI_SHARE)), f"{CLI_SHARE:.0%} of the {free:,} MB available"
+    if scoped is not None:  # a web session: never beyond what the server's passes may use together
+        server = server_ledger(device)
+        if server.budget_mb < budget[0]:
+            return int(server.budget_mb), f"the server's budget for all sessions ({server.source})"
+    return budget
 
 
 @contextmanager
@@ -214,6 +239,11 @@ class Plan:
     input_shape: tuple[int, ...]
     limited_by: str  # "budget", "batch size", "images" or "engine"
 
+    @property
+    def total_mb(self) -> float:
+        """MiB the pass is planned to use: the fixed part and ``batch`` samples."""
+        return self.fixed_mb + self.batch * self.per_sample_mb
+
     def describe(self) -> str:
         shape = "×".join(str(s) for s in self.input_shape)
         why = {"budget": "", "batch size": ", capped by --batch-size", "images": ", all images at once",
@@ -254,7 +284,7 @@ def plan_batch(model: nn.Module, kind: str, pass_name: str | None = None, *, upp
     if upper is not None and int(upper) < 1:
         raise GradvizError(f"batch size must be at least 1, got {upper}")
     if budget_mb is None:
-        budget_mb, source = memory_budget_mb()
+        budget_mb, source = memory_budget_mb(_device(model))
     else:
         source = "given"
     shape = _input_shape(model, input_shape)
@@ -282,9 +312,15 @@ def plan_batch(model: nn.Module, kind: str, pass_name: str | None = None, *, upp
 
 def batch_size_for(model: nn.Module, kind: str, pass_name: str, *, upper: int | None = None,
                    n: int | None = None, budget_mb: int | None = None) -> int:
-    """:func:`plan_batch`'s batch, logged at INFO (logger ``gradviz.runtime.budget``; the CLI prints it)."""
+    """:func:`plan_batch`'s batch, logged at INFO (logger ``gradviz.runtime.budget``; the CLI prints it).
+
+    Inside a web session's work (:func:`gradviz.runtime.ledger.serving`) the plan's bytes are reserved from
+    the server's ledger first: the call waits there while the server's budget is taken."""
+    from gradviz.runtime.ledger import admit
+
     plan = plan_batch(model, kind, pass_name, upper=upper, n=n, budget_mb=budget_mb)
     log.info(plan.describe())
+    admit(plan.total_mb, plan.pass_name, _device(model))
     return plan.batch
 
 
@@ -390,13 +426,17 @@ def check_side_web(card, limit: int | None = None) -> None:
                          f"each pass would need {h * w / (limit * limit):.1f}× the memory of {limit}×{limit}")
 
 
-def set_session_budget(mb: int | None = None) -> None:
+def set_session_budget(mb: int | None = None, held_mb: int = 0) -> None:
     """Plan this thread's passes for a web session's budget from now on (the dashboard calls it at the
-    start of every script run; Streamlit runs each session's script in its own thread)."""
+    start of every script run; Streamlit runs each session's script in its own thread), less ``held_mb``
+    (what the session's own ID sets hold)."""
     from gradviz.config import settings
 
-    _SESSION.set((int(mb if mb is not None else settings().session_memory_mb),
-                  "this session's budget (GRADVIZ_SESSION_MEMORY_MB)"))
+    total = int(mb if mb is not None else settings().session_memory_mb)
+    source = "this session's budget (GRADVIZ_SESSION_MEMORY_MB)"
+    if held_mb > 0:
+        source = f"this session's {total:,} MB (GRADVIZ_SESSION_MEMORY_MB) less {int(held_mb):,} MB of its own ID sets"
+    _SESSION.set((max(1, total - int(held_mb)), source))
 
 
 def fit_limit() -> int | None:

@@ -9,7 +9,8 @@ results store; the progress bar lives outside any cached function.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import pandas as pd
 import streamlit as st
@@ -153,16 +154,27 @@ def _memoised(key: str, compute: Callable[[], object], cfg: RunConfig | None = N
     return hit
 
 
-def _progress_bar(text: str) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
+@contextmanager
+def _progress(text: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A progress callback drawing one bar (removed afterwards, also on an error) for a group of passes that
+    run as the session's work (:func:`gradviz.ui.server.session_work`: they reserve their memory from the
+    server's budget, and the callback stops them between batches once the session's tab is gone)."""
+    from gradviz.runtime.ledger import checkpoint
     from gradviz.runtime.progress import Eta
+    from gradviz.ui.server import session_work
 
     bar, eta = st.progress(0.0, text=text), Eta()
 
     def update(done: int, total: int, label: str) -> None:
+        checkpoint()
         # "Scoring samples — fitting mahalanobis on mnist:train (once): 40/125 batches, ~30 s left"
         bar.progress(min(1.0, done / max(total, 1)), text=f"{text} — {eta.text(done, total, label)}")
 
-    return update, bar.empty
+    try:
+        with session_work():
+            yield update
+    finally:
+        bar.empty()  # an error never leaves a bar standing at "23/24 methods"
 
 
 def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> ScoreResult:
@@ -178,12 +190,9 @@ def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> Sc
     for spec in [cfg.id, *cfg.ood]:  # a refused or missing set fails here, before any progress bar is drawn
         if spec not in datasets:
             datasets[spec] = get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
-    update, done = _progress_bar("Scoring samples")
-    try:
+    with _progress("Scoring samples") as update:
         result = run(cfg, progress=update, store=_store(cfg), model=model, datasets=datasets,
                      allowed_roots=allowed_roots())
-    finally:
-        done()
     _memo(cfg).put(key, result)
     return result
 
@@ -199,14 +208,11 @@ def get_layer_table(cfg: RunConfig, specs: list[str], uploads: dict[str, ImageSe
         return hit
     model = get_model(cfg.model, cfg.weights)
     frames = []
-    update, done = _progress_bar("Layerwise gradients")
-    try:
+    with _progress("Layerwise gradients") as update:
         for spec in specs:
             data = uploads.get(spec) or get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
             frames.append(layer_table(model, data, loss=loss, batch_size=cfg.batch_size, store=_store(cfg),
                                       progress=update))
-    finally:
-        done()
     table = pd.concat(frames)
     _memo(cfg).put(key, table)
     return table
@@ -249,14 +255,11 @@ def get_severity_scores(cfg: RunConfig, corruption: str) -> tuple[pd.DataFrame, 
         return hit
     model = get_model(cfg.model, cfg.weights)
     unfitted: dict[str, str] = {}
-    update, done = _progress_bar(f"Severity sweep: {corruption}")
-    try:
+    with _progress(f"Severity sweep: {corruption}") as update:
         scores = severity_scores(model, corruption, cfg.methods, id_spec=cfg.id, limit=cfg.limit, seed=cfg.seed,
                                  params=cfg.params, fit_set=cfg.fit_set, batch_size=cfg.batch_size, store=_store(cfg),
                                  progress=update, unfitted=unfitted,
                                  loader=lambda spec: get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed))
-    finally:
-        done()  # an error never leaves a bar standing at "23/24 methods"
     out = (scores, blank_method_warnings(unfitted, cfg.fit_set))
     _memo(cfg).put(key, out)
     return out
@@ -296,7 +299,9 @@ def get_decomposition(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None
                     uploads={k: images_digest(v.images) for k, v in uploads.items() if k in cfg.ood})
 
     def compute() -> pd.DataFrame:
-        with st.spinner("Splitting last-layer gradient scores into feature norm × output factor…"):
+        from gradviz.ui.server import session_work
+
+        with st.spinner("Splitting last-layer gradient scores into feature norm × output factor…"), session_work():
             def data(spec: str) -> ImageSet:
                 return uploads.get(spec) or get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
 
