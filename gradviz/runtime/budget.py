@@ -359,7 +359,7 @@ def _parameters_on_meta() -> Iterator[None]:
 
 
 def _meta_build(arch: str, state: dict | None):
-    from gradviz.models.architectures import build_untrained
+    from gradviz.models.resolver import build_untrained
 
     from gradviz.errors import ModelError
 

@@ -169,3 +169,17 @@ def test_session_pixel_budget_refuses_further_uploads_with_the_setting(open_page
     at.file_uploader(key="ins_upload").set_value([("b.png", _png(size=(60, 60), value=7), "image/png")]).run()
     assert not _errors(at)
     assert any("b.png: not loaded" in w.value and "GRADVIZ_MAX_SESSION_PIXELS" in w.value for w in at.warning)
+
+
+def test_a_bad_setting_is_shown_as_the_servers_configuration_error(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("GRADVIZ_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GRADVIZ_MAX_SAMPLES_WEB", "lots")
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["Server configuration: invalid setting: GRADVIZ_MAX_SAMPLES_WEB='lots': "
+                                           "input should be a valid integer, unable to parse string as an integer"]
+    assert not at.sidebar.selectbox  # nothing else ran

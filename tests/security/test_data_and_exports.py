@@ -347,13 +347,13 @@ def silent_hub(monkeypatch):
 @pytest.mark.timeout(60)
 def test_a_hub_that_accepts_but_never_answers_is_one_clear_error(silent_hub, tmp_path, monkeypatch):
     from gradviz.errors import ModelError
-    from gradviz.models.timm_models import timm_model
+    from gradviz.models.timm_models import timm_pretrained
 
     silent_hub()
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelError, match=r"timm:resnet18 needs its pretrained weights .* did not answer within 3 s"
                                          r".*--weights"):
-        timm_model("resnet18")
+        timm_pretrained("resnet18")
 
 
 @pytest.mark.timeout(90)
@@ -366,5 +366,5 @@ def test_a_hub_that_stalls_after_the_probe_is_cut_off_by_the_deadline(silent_hub
     monkeypatch.setattr(timm_models, "HUB_READ_TIMEOUT_S", 1.0)
     monkeypatch.setattr(timm_models, "HUB_DEADLINE_S", 3.0)
     with pytest.raises(ModelError, match=r"did not answer within 1 s per request, 3 s in all"):
-        timm_models.timm_model("resnet18")
+        timm_models.timm_pretrained("resnet18")
     assert hub.requests[0].startswith("HEAD / ") and any("resnet18" in r for r in hub.requests[1:])

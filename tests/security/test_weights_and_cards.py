@@ -220,7 +220,7 @@ PEAK_PROBE = textwrap.dedent('''
     from safetensors.torch import save
     from gradviz.errors import ModelError
     from gradviz.models import load_model
-    from gradviz.models.architectures import build_untrained
+    from gradviz.models.resolver import build_untrained
     from gradviz.models.upload import model_from_upload
 
     def peak_bytes():
