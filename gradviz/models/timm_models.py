@@ -68,6 +68,8 @@ def _offline_reason() -> str | None:
         return "HF_HUB_OFFLINE is set"
     from huggingface_hub import constants
 
+    if constants.HF_HUB_OFFLINE:  # read once when huggingface_hub was first imported
+        return "HF_HUB_OFFLINE was set when the Hub client was loaded"
     url = urlparse(constants.ENDPOINT)
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     if url.scheme == "https":

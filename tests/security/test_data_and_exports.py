@@ -335,6 +335,7 @@ def silent_hub(monkeypatch):
         hubs.append(hub)
         endpoint = f"http://127.0.0.1:{hub.port}"
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # frozen at import: an earlier test may have set it
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # what HF_ENDPOINT sets when the Hub client is imported
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
         return hub
