@@ -281,18 +281,28 @@ def _guided_backprop(model, f, x, target, p):
     return attr, None, "negative gradients zeroed at every nn.ReLU module"
 
 
+_NO_LAYER_MAPS = ("Grad-CAM reads one layer's activations, but this score re-runs the network for each sample's "
+                  "parameter gradient (double backprop) — explain it with saliency, integrated_gradients or smoothgrad")
+
+
 def _gradcam(model, f, x, target, p):
     from gradviz.transformer_maps import default_token_layer, is_transformer, token_gradcam
+    from gradviz.window_maps import default_stage_layer, is_windowed, stage_gradcam
 
+    if is_windowed(model) and (p["layer"] is None or not isinstance(_layer_by_name(model, p["layer"]), nn.Conv2d)):
+        name = p["layer"] or default_stage_layer(model)  # a stage's (B, H, W, C) map: channels last
+        if not getattr(f, "layer_maps", True):
+            raise MethodError(_NO_LAYER_MAPS)
+        up, grid = stage_gradcam(model, _layer_by_name(model, name), x, target, None if f is model else f)
+        note = f"stage {name} ({grid.shape[-2]}×{grid.shape[-1]}, channels last) upsampled to {x.shape[-2]}×{x.shape[-1]}"
+        return (grid, up[:, None]), name, note
     if p["layer"] is None and is_transformer(model):  # tokens (B, 1+N, D): Grad-CAM over the patch grid
         name = default_token_layer(model)
         up, grid = token_gradcam(model, _layer_by_name(model, name), x, target, None if f is model else f)
         note = f"tokens of {name} on the {grid.shape[-2]}×{grid.shape[-1]} patch grid, upsampled to {x.shape[-2]}×{x.shape[-1]}"
         return (grid, up[:, None]), name, note
     if not getattr(f, "layer_maps", True):
-        raise MethodError("Grad-CAM reads one layer's activations, but this score re-runs the network for each "
-                          "sample's parameter gradient (double backprop) — explain it with saliency, "
-                          "integrated_gradients or smoothgrad")
+        raise MethodError(_NO_LAYER_MAPS)
     name = p["layer"] or default_gradcam_layer(model)
     layer = _layer_by_name(model, name)
     layer_map = LayerGradCam(f, layer).attribute(
