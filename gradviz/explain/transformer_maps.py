@@ -6,7 +6,7 @@ token layers — each with the patch grid mapped back onto the image.
   gradient: the same for every class and score.
 - Gradient-weighted relevance (Chefer, Gur & Wolf, "Generic Attention-model Explainability", ICCV 2021):
   R = I; for each layer in order Ā = E_h[(∇_A y ⊙ A)⁺], R ← R + Ā R; the class token's row over the patches.
-  y = the target logit, or an uncertainty score (:func:`gradviz.explain.score_fn`).
+  y = the target logit, or an uncertainty score (:func:`gradviz.explain.scores.score_fn`).
 - Token Grad-CAM: at a block's output tokens T (B, 1+N, D), w_d = mean over patch tokens of ∂y/∂T, map =
   ReLU(Σ_d w_d T_{·,d}) over the patch tokens, reshaped to the patch grid.
 
@@ -15,7 +15,7 @@ Attention probabilities are captured inside a ``with`` block (:func:`capture_att
 ``Attention`` runs its explicit (non-fused) path and its ``attn_drop`` output is read; hooks and the fused flag
 are restored on exit. Works for ViT/DeiT-style models with a class token (torchvision, timm, the bundled
 ``mnist-vit``). Windowed attention (Swin) has no class token and no global token grid: its maps are in
-:mod:`gradviz.window_maps`, and :func:`attention_rollout`, :func:`attention_relevance` hand such models over.
+:mod:`gradviz.explain.window_maps`, and :func:`attention_rollout`, :func:`attention_relevance` hand such models over.
 """
 
 from __future__ import annotations
@@ -39,15 +39,15 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     out = []
     for name, m in root.named_modules():
         timm_global = (hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)
-                       and not hasattr(m, "window_size"))  # timm's windowed attention: gradviz.window_maps
+                       and not hasattr(m, "window_size"))  # timm's windowed attention: gradviz.explain.window_maps
         if isinstance(m, nn.MultiheadAttention) or timm_global:
             out.append((name, m))
     return out
 
 
 def is_transformer(model: nn.Module) -> bool:
-    """True for a model with global or windowed (Swin, :mod:`gradviz.window_maps`) self-attention layers."""
-    from gradviz.window_maps import is_windowed
+    """True for a model with global or windowed (Swin, :mod:`gradviz.explain.window_maps`) self-attention layers."""
+    from gradviz.explain.window_maps import is_windowed
 
     return bool(attention_modules(model)) or is_windowed(model)
 
@@ -147,7 +147,7 @@ def _run(model, forward: Callable | None, x: torch.Tensor, target: torch.Tensor 
 def attention_rollout(model: nn.Module, x: torch.Tensor, discard_ratio: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(maps (B, H, W), patch relevance (B, 1, gh, gw)) of attention rollout; ``discard_ratio`` drops that fraction
     of the smallest head-averaged attention entries per layer (Gildenblat's variant; 0 = the paper)."""
-    from gradviz.window_maps import is_windowed, window_rollout
+    from gradviz.explain.window_maps import is_windowed, window_rollout
 
     if not 0.0 <= float(discard_ratio) < 1.0:
         raise MethodError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
@@ -179,7 +179,7 @@ def attention_relevance(model: nn.Module, x: torch.Tensor, target: torch.Tensor 
     if forward is not None and not getattr(forward, "layer_maps", True):
         raise MethodError("this score re-runs the network per sample (double backprop), so its attention has no "
                           "single gradient — explain it with saliency, integrated_gradients or smoothgrad")
-    from gradviz.window_maps import is_windowed, window_relevance
+    from gradviz.explain.window_maps import is_windowed, window_relevance
 
     if is_windowed(model):
         return window_relevance(model, x, target, forward)
