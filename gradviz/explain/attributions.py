@@ -105,7 +105,8 @@ ATTRIBUTIONS: dict[str, AttributionInfo] = {
         AttributionInfo(
             "attention_rollout", "Attention rollout", object, "attention", {"discard_ratio": 0.0},
             "Head-averaged attention plus the residual, multiplied through the layers; the class token's row over "
-            "the patches (Abnar & Zuidema 2020). Transformers only; the same for every class.",
+            "the patches (Abnar & Zuidema 2020); for Swin, the mean readout through the shifted windows. "
+            "Transformers only; the same for every class.",
         ),
         AttributionInfo(
             "transformer_relevance", "Attention relevance (Chefer et al. 2021)", object, "attention", {},
@@ -282,20 +283,23 @@ def _guided_backprop(model, f, x, target, p):
 
 
 _NO_LAYER_MAPS = ("Grad-CAM reads one layer's activations, but this score re-runs the network for each sample's "
-                  "parameter gradient (double backprop) — explain it with saliency, integrated_gradients or smoothgrad")
+                  "parameter gradient (double backprop) — explain it with saliency, integrated_gradients or "
+                  "smoothgrad")
 
 
 def _gradcam(model, f, x, target, p):
     from gradviz.explain.transformer_maps import default_token_layer, is_transformer, token_gradcam
     from gradviz.explain.window_maps import default_stage_layer, is_windowed, stage_gradcam
 
-    if is_windowed(model) and (p["layer"] is None or not isinstance(_layer_by_name(model, p["layer"]), nn.Conv2d)):
-        name = p["layer"] or default_stage_layer(model)  # a stage's (B, H, W, C) map: channels last
+    chosen = p["layer"]
+    stage = is_windowed(model) and (chosen is None or not isinstance(_layer_by_name(model, chosen), nn.Conv2d))
+    if stage:  # Swin: a stage's (B, H, W, C) map, channels last
         if not getattr(f, "layer_maps", True):
             raise MethodError(_NO_LAYER_MAPS)
+        name = p["layer"] or default_stage_layer(model)
         up, grid = stage_gradcam(model, _layer_by_name(model, name), x, target, None if f is model else f)
-        note = f"stage {name} ({grid.shape[-2]}×{grid.shape[-1]}, channels last) upsampled to {x.shape[-2]}×{x.shape[-1]}"
-        return (grid, up[:, None]), name, note
+        size = f"{x.shape[-2]}×{x.shape[-1]}"
+        return (grid, up[:, None]), name, f"stage {name} ({grid.shape[-2]}×{grid.shape[-1]}, channels last) to {size}"
     if p["layer"] is None and is_transformer(model):  # tokens (B, 1+N, D): Grad-CAM over the patch grid
         name = default_token_layer(model)
         up, grid = token_gradcam(model, _layer_by_name(model, name), x, target, None if f is model else f)
@@ -339,16 +343,20 @@ def _smoothgrad(model, f, x, target, p):
 
 def _attention_rollout(model, f, x, target, p):
     from gradviz.explain.transformer_maps import attention_rollout
+    from gradviz.explain.window_maps import READOUT_NOTE, is_windowed
 
     up, grid = attention_rollout(model, x, float(p["discard_ratio"]))
-    return (grid, up[:, None]), None, "class token's attention rolled out over the patch grid (no gradient)"
+    what = READOUT_NOTE if is_windowed(model) else "class token's attention"
+    return (grid, up[:, None]), None, f"{what} rolled out over the patch grid (no gradient)"
 
 
 def _transformer_relevance(model, f, x, target, p):
     from gradviz.explain.transformer_maps import attention_relevance
+    from gradviz.explain.window_maps import READOUT_NOTE, is_windowed
 
     up, grid = attention_relevance(model, x, target, None if f is model else f)
-    return (grid, up[:, None]), None, "gradient-weighted attention over the patch grid"
+    what = f" ({READOUT_NOTE})" if is_windowed(model) else ""
+    return (grid, up[:, None]), None, f"gradient-weighted attention over the patch grid{what}"
 
 
 _RUNNERS: dict[str, Runner] = {

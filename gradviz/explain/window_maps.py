@@ -7,7 +7,8 @@ stage's tokens. The ViT definitions carry over with three substitutions:
 
 - the class token's row becomes the head's readout, the uniform mean over the last stage's tokens;
 - a layer's token-to-token matrix is block diagonal: its windows' attention A (B, windows, heads, N, N), placed
-  at the tokens each window holds (the block's own padding, cyclic shift and partition; padded tokens dropped);
+  at the tokens each window holds (the block's own padding, cyclic shift and partition); the padding tokens a
+  window holds where the grid does not divide into windows are dropped (rollout renormalises each row without them);
 - patch merging splits a merged token's relevance equally among the (up to) 2×2 tokens it was made of.
 
 Rollout (Abnar & Zuidema 2020): r ← r · Â_l from the last layer to the first, Â = rownorm(E_h[A] + I).
@@ -33,10 +34,11 @@ from torch.overrides import TorchFunctionMode
 
 from gradviz.errors import MethodError
 
-__all__ = ["window_blocks", "is_windowed", "capture_windows", "window_rollout", "window_relevance",
+__all__ = ["READOUT_NOTE", "window_blocks", "is_windowed", "capture_windows", "window_rollout", "window_relevance",
            "default_stage_layer", "stage_gradcam"]
 
 _SOFTMAX = (F.softmax, torch.softmax, torch.Tensor.softmax)
+READOUT_NOTE = "Swin: the head's mean over the last stage's tokens, through the shifted windows and patch merging"
 
 
 @dataclass(frozen=True)
@@ -184,10 +186,16 @@ def _mix(r: torch.Tensor, index: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 def _split(r: torch.Tensor, coarse: tuple[int, int], fine: tuple[int, int]) -> torch.Tensor:
-    """Relevance on the merged grid -> the grid before patch merging, split equally among each token's parts."""
+    """Relevance on the merged grid -> the grid before patch merging, split equally among each token's parts
+    (those inside the finer grid: merging pads an odd grid)."""
     fy, fx = -(-fine[0] // coarse[0]), -(-fine[1] // coarse[1])
-    g = r.reshape(-1, *coarse).repeat_interleave(fy, 1).repeat_interleave(fx, 2)[:, :fine[0], :fine[1]]
-    return g.reshape(r.shape[0], -1) / (fy * fx)
+
+    def up(t: torch.Tensor) -> torch.Tensor:  # (B, h, w) -> (B, fine) by repetition, cropped
+        return t.repeat_interleave(fy, 1).repeat_interleave(fx, 2)[:, :fine[0], :fine[1]]
+
+    parts = F.pad(torch.ones(1, 1, *fine, device=r.device), (0, coarse[1] * fx - fine[1], 0, coarse[0] * fy - fine[0]))
+    parts = F.avg_pool2d(parts, (fy, fx), divisor_override=1)[0]  # (1, coarse): parts of each merged token
+    return up(r.reshape(-1, *coarse) / parts).reshape(r.shape[0], -1)
 
 
 def _readout(model: nn.Module, records: list[WindowAttention], mats: list[torch.Tensor]):
@@ -210,6 +218,7 @@ def window_rollout(model: nn.Module, x: torch.Tensor, discard_ratio: float = 0.0
     mats = []
     for rec in records:
         a = rec.per_window(rec.attn.detach().float()).mean(2)  # (B, windows, N, N)
+        a = a * (rec.index >= 0)[None, :, None, :]  # attention to the padding carries nothing of the image
         if discard_ratio > 0:
             flat = a.reshape(a.shape[0], -1)
             k = int(flat.shape[1] * discard_ratio)
