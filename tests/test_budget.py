@@ -161,3 +161,16 @@ def test_the_probe_reads_shapes_and_falls_back_to_one_real_image(monkeypatch):
 
     monkeypatch.setattr(fake_tensor, "FakeTensorMode", broken)
     assert budget.activation_bytes(model) == fake  # the same bytes, counted on a real image
+
+
+def test_explaining_a_gradient_score_plans_for_its_second_order_graph(resnets):
+    from gradviz.models import load_model
+
+    for model in (load_model("mnist-cnn"), resnets[64]):
+        cls = plan_batch(model, "backward", "saliency of the class", budget_mb=2000)
+        grad = plan_batch(model, "second_order", "saliency of grad_l2", budget_mb=2000)
+        assert 1 <= grad.batch < cls.batch and grad.per_sample_mb > 3 * cls.per_sample_mb, (grad, cls)
+    # measured (benchmarks/bench_explain_memory.py): ~192 MB per sample for grad_l2's saliency on ResNet-18 at 64²
+    assert plan_batch(resnets[64], "second_order", budget_mb=2000).per_sample_mb > 192
+    assert "double-backprop passes" in pytest.raises(GradvizError, plan_batch, resnets[64], "second_order",
+                                                     budget_mb=150).value.args[0]

@@ -185,3 +185,27 @@ def test_a_form_must_name_its_route():
         differentiable(lambda batch: batch.logits.sum(-1))
     with pytest.raises(ValueError, match="route"):
         differentiable(route="double backprop")
+
+
+def test_attribution_passes_are_planned_for_what_they_explain(monkeypatch):
+    from gradviz.runtime import budget
+
+    kinds = []
+    real = budget.plan_batch
+    monkeypatch.setattr(budget, "plan_batch",
+                        lambda model, kind, *a, **k: kinds.append(kind) or real(model, kind, *a, **k))
+    model = random_model("mnist-cnn")
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    attribute(model, x, "saliency")
+    explain_score(model, x, "saliency", "energy")
+    assert kinds == ["backward", "backward"]
+    whole = explain_score(model, x, "saliency", "grad_l2")
+    assert kinds[-1] == "second_order"
+    with budget.session_budget(80):  # ~6 MB per image + ~65 MB fixed: a few images per pass
+        assert budget.plan_batch(model, "second_order", n=5).batch < 5
+        chunked = explain_score(model, x, "saliency", "grad_l2")
+    torch.testing.assert_close(chunked.maps, whole.maps, rtol=1e-4, atol=1e-7)
+    cam = attribute(model, x, "gradcam")
+    with budget.session_budget(68):
+        assert budget.plan_batch(model, "backward", n=5).batch < 5
+        torch.testing.assert_close(attribute(model, x, "gradcam").maps, cam.maps, rtol=1e-4, atol=1e-6)

@@ -228,19 +228,25 @@ Runner = Callable[[GradvizModel, Callable, torch.Tensor, torch.Tensor | None, di
                   tuple[torch.Tensor, str | None, str]]
 
 
-def _planned(model, name: str, upper, n: int) -> int:
+def _pass_kind(f) -> str:
+    """The planner's kind of an attribution pass: ``second_order`` where the explained score is taken by double
+    backprop (each sample's parameter gradient kept with its graph), else one forward+backward."""
+    return "second_order" if getattr(f, "route", "") == "double backprop" else "backward"
+
+
+def _planned(model, f, name: str, upper, n: int) -> int:
     """Images per internal forward+backward of an attribution, planned for the memory budget (``upper``,
     the method's parameter, is an upper bound)."""
     from gradviz.runtime.budget import batch_size_for
 
-    return batch_size_for(model, "backward", name, upper=int(upper) if upper else None, n=max(1, int(n)))
+    return batch_size_for(model, _pass_kind(f), name, upper=int(upper) if upper else None, n=max(1, int(n)))
 
 
-def _noisy_per_batch(model, x, p) -> int:
+def _noisy_per_batch(model, f, x, p) -> int:
     """SmoothGrad's noisy copies per image and batch (captum runs that many × B images at once), planned."""
     b = max(1, int(x.shape[0]))
     upper = int(p["nt_samples_batch_size"]) * b if p["nt_samples_batch_size"] else None
-    return max(1, _planned(model, "smoothgrad", upper, int(p["nt_samples"]) * b) // b)
+    return max(1, _planned(model, f, "smoothgrad", upper, int(p["nt_samples"]) * b) // b)
 
 
 def _saliency(model, f, x, target, p):
@@ -254,7 +260,7 @@ def _integrated_gradients(model, f, x, target, p):
     base = _baseline(p["baseline"], x)
     attr, delta = IntegratedGradients(f).attribute(
         x, baselines=base, target=target, n_steps=n_steps,
-        internal_batch_size=_planned(model, "integrated gradients", p["internal_batch_size"], n_steps * x.shape[0]),
+        internal_batch_size=_planned(model, f, "integrated gradients", p["internal_batch_size"], n_steps * x.shape[0]),
         return_convergence_delta=True,
     )
     what = "z" if f is model else "u"
@@ -335,7 +341,7 @@ def _occlusion(model, f, x, target, p):
 def _smoothgrad(model, f, x, target, p):
     attr = NoiseTunnel(Saliency(f)).attribute(
         x, nt_type="smoothgrad", nt_samples=int(p["nt_samples"]),
-        nt_samples_batch_size=_noisy_per_batch(model, x, p),
+        nt_samples_batch_size=_noisy_per_batch(model, f, x, p),
         stdevs=float(p["stdevs"]), target=target, abs=bool(p["abs"]),
     )
     return attr, None, f"{p['nt_samples']} noisy copies, σ = {p['stdevs']} (input units)"
@@ -372,6 +378,13 @@ _RUNNERS: dict[str, Runner] = {
 }
 
 
+def _detached(result: tuple) -> tuple:
+    """A runner's (raw, layer, note) with its tensors cut from the graph (a chunk's graph is freed at once)."""
+    raw, layer, note = result
+    raw = tuple(r.detach() for r in raw) if isinstance(raw, tuple) else raw.detach()
+    return raw, layer, note
+
+
 def attribute(
     model: GradvizModel,
     x: torch.Tensor,
@@ -396,18 +409,26 @@ def attribute(
         raise MethodError(f"{method}: unknown parameter(s) {sorted(unknown)}; known: {sorted(info.defaults) or 'none'}")
     p = {**info.defaults, **params}
     x = _check_input(model, x)
+    f = forward or model
+    # images per pass, planned (IG and SmoothGrad plan their own inner batches of steps / noisy copies)
+    step = x.shape[0] if method in ("integrated_gradients", "smoothgrad") else _planned(model, f, info.title, None,
+                                                                                        x.shape[0])
     with model.lock:
         t = _resolve_target(model, x, target)
-        inputs = x.clone().requires_grad_()
         try:
             with warnings.catch_warnings():
                 # captum announces its (always removed) ReLU hooks on every call
                 warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
-                raw, layer, note = _RUNNERS[method](model, forward or model, inputs, None if forward else t, p)
+                parts = [_detached(_RUNNERS[method](model, f, xc.clone().requires_grad_(), None if forward else tc, p))
+                         for xc, tc in zip(x.split(step), t.split(step))]
         except GradvizError:
             raise
         except (RuntimeError, ValueError, AssertionError) as exc:
             raise MethodError(f"{info.title} failed on this model: {exc}".strip()) from exc
+    (raw, layer, note), rest = parts[0], parts[1:]
+    if rest:
+        raw = (tuple(torch.cat([r[0][i] for r in parts]) for i in range(len(raw))) if isinstance(raw, tuple)
+               else torch.cat([r[0] for r in parts]))
     if isinstance(raw, tuple):  # layer method: (layer map, upsampled map)
         raw, up = raw
         maps = up.sum(1)
