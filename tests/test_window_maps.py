@@ -1,13 +1,13 @@
-"""Swin maps: the captured window attention placed at its tokens reproduces each block's own output (torchvision
-and timm, shifted windows), and every map a random torchvision swin_t offers has the image's shape, is finite,
-responds to the input and leaves the model clean."""
+"""Swin maps: the captured window attention placed at its tokens reproduces each block's own output (torchvision's
+V1 and V2 and timm's blocks, shifted windows), and every map a random swin_t offers has the image's shape, is
+finite, responds to the input and leaves the model clean."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torchvision
-from torchvision.models.swin_transformer import ShiftedWindowAttention
+from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
 from gradviz.errors import MethodError
 from gradviz.explain.attributions import attribute, default_attributions
@@ -40,9 +40,10 @@ def _check_block_output(attention, qkv, proj, out, x, heads):
     torch.testing.assert_close(out.reshape(b, h * w, c), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_torchvision_shifted_windows_are_placed_at_their_tokens():
+@pytest.mark.parametrize("kind", [ShiftedWindowAttention, ShiftedWindowAttentionV2])
+def test_torchvision_shifted_windows_are_placed_at_their_tokens(kind):
     torch.manual_seed(0)
-    block = ShiftedWindowAttention(dim=8, window_size=[4, 4], shift_size=[2, 2], num_heads=2).eval()
+    block = kind(dim=8, window_size=[4, 4], shift_size=[2, 2], num_heads=2).eval()
     x = torch.randn(2, 8, 8, 8)  # (B, H, W, C): 4 windows of 16, shifted by 2
     with torch.no_grad(), capture_windows(block) as records:
         out = block(x)
