@@ -134,15 +134,27 @@ def test_gradcam_on_a_chosen_swin_stage(swin):
     assert patch.raw.shape == (2, 1, 16, 16)
 
 
-def test_timm_swin_offers_the_same_maps():
+def _timm_swin(**kwargs) -> GradvizModel:
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     net = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=4, img_size=64, window_size=4,
-                            depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 2, 2, 4))
+                            depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 2, 2, 4), **kwargs)
     card = ModelCard(name="random:timm-swin", architecture="timm:swin", input_size=SIZE, mean=(0.5,) * 3,
                      std=(0.25,) * 3, class_names=list("abcd"))
-    model = GradvizModel(net, card).eval()
+    return GradvizModel(net, card).eval()
+
+
+def test_timm_swin_offers_the_same_maps():
+    model = _timm_swin()
     for name in default_attributions(model):
         att = attribute(model, _images(1), name)
         assert att.maps.shape == (2, 64, 64) and torch.isfinite(att.maps).all() and att.maps.abs().sum() > 0, name
     assert attribute(model, _images(1), "gradcam").layer == "layers.3.blocks"
+
+
+def test_a_swin_head_without_a_mean_readout_says_why_there_is_no_rollout():
+    model = _timm_swin(global_pool="max")
+    for name in ("attention_rollout", "transformer_relevance"):
+        with pytest.raises(MethodError, match="follow the head's mean over the last stage's tokens.+'max'"):
+            attribute(model, _images(1), name)
+    assert attribute(model, _images(1), "gradcam").maps.shape == (2, 64, 64)  # Grad-CAM needs no readout row

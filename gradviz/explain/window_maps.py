@@ -162,8 +162,19 @@ def capture_windows(model: nn.Module) -> Iterator[list[WindowAttention]]:
             m.fused_attn = flag
 
 
+def _check_mean_readout(model: nn.Module) -> None:
+    """Rollout and relevance start from the head's mean over the last stage's tokens (Swin's own head); a head
+    that pools otherwise (timm's ``global_pool``: max, avgmax, none) reads no such row, so they are not defined."""
+    pool = getattr(getattr(model, "net", model), "global_pool", "avg")
+    if isinstance(pool, str) and pool != "avg":
+        raise MethodError("attention rollout and relevance on Swin follow the head's mean over the last stage's "
+                          f"tokens, but this model's head pools them with {pool!r}; they are not defined for it — "
+                          "use saliency or Grad-CAM")
+
+
 def _run(model, forward: Callable | None, x: torch.Tensor, target: torch.Tensor | None, need_grad: bool):
     """(records of the last forward, y (B,) the explained output or None)."""
+    _check_mean_readout(model)
     n = len(window_blocks(model))
     with model.lock, capture_windows(model) as records, torch.set_grad_enabled(need_grad):
         if forward is None:
