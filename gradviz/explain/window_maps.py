@@ -5,7 +5,8 @@ Swin has no class token and no global attention: each block attends inside (shif
 token grid, stages are joined by patch merging (2×2 tokens -> 1), and the head reads the mean of the last
 stage's tokens. The ViT definitions carry over with three substitutions:
 
-- the class token's row becomes the head's readout, the uniform mean over the last stage's tokens;
+- the class token's row becomes the head's readout, the uniform mean over the last stage's tokens (a head that
+  pools otherwise, e.g. timm's ``global_pool="max"``, has no such row: rollout and relevance refuse it, saying so);
 - a layer's token-to-token matrix is block diagonal: its windows' attention A (B, windows, heads, N, N), placed
   at the tokens each window holds (the block's own padding, cyclic shift and partition); the padding tokens a
   window holds where the grid does not divide into windows are dropped (rollout renormalises each row without them);
