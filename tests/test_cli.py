@@ -120,7 +120,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
 
 
-# --------------------------------------------------------------------------- score --config (issue 19)
+# --------------------------------------------------------------------------- score --config
 
 
 def _write(tmp_path, text: str, name: str = "c.json") -> str:
@@ -252,7 +252,7 @@ def test_fuzzed_config_files_exit_0_or_2_with_one_error_line(data, tmp_path_fact
         assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
 
 
-# --------------------------------------------------------------------------- layers, meta, report end to end (issue 20)
+# --------------------------------------------------------------------------- layers, meta, report end to end
 
 
 def test_layers_writes_every_sample_with_the_library_values(tmp_path, capsys, bundled_model):

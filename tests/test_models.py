@@ -284,7 +284,7 @@ def test_torchvision_head_found_by_module_not_by_key_order():
     assert _num_classes_in("resnet18", {"module.fc.weight": torch.zeros(3, 512)}) == 3
 
 
-# --------------------------------------------------------------------------- weights messages (issue 19)
+# --------------------------------------------------------------------------- weights messages
 
 
 def test_weights_full_of_nan_or_inf_are_refused(tmp_path):

@@ -18,9 +18,8 @@ from cachetools import LRUCache
 
 from gradviz.config import settings
 from gradviz.data import ImageSet, load_dataset
-from gradviz.errors import GradvizError, ModelError
+from gradviz.errors import ModelError
 from gradviz.models import GradvizModel, load_model
-from gradviz.reporting.plaintext import md_text
 from gradviz.scoring import RunConfig, ScoreResult, blank_method_warnings, images_digest, layer_table, run
 from gradviz.runtime.store import ResultStore
 from gradviz.runtime.store import cache_key as _cache_key
@@ -233,15 +232,6 @@ def get_coverage(cfg: RunConfig) -> pd.DataFrame:
 
     key = cache_key(kind="coverage", model=cfg.model, weights=cfg.weights)
     return _memoised(key, lambda: coverage(get_model(cfg.model, cfg.weights)).to_frame(), cfg)
-
-
-def show_error(exc: Exception, hint: str = "") -> None:
-    """Show a user error with a next step and stop the page (bugs are re-raised). The message is plain text
-    (it may quote a file, folder or class name); the hint is the page's own Markdown."""
-    if not isinstance(exc, GradvizError):
-        raise exc
-    st.error("\n\n".join(md_text(line) for line in str(exc).splitlines()) + (f"\n\n{hint}" if hint else ""))
-    st.stop()
 
 
 def get_severity_scores(cfg: RunConfig, corruption: str) -> tuple[pd.DataFrame, list[str]]:

@@ -1,4 +1,4 @@
-"""AppTest: hostile or odd input on the pages (issue 19) ends in one clear message, never a traceback.
+"""AppTest: hostile or odd input on the pages ends in one clear message, never a traceback.
 
 Folder specs outside GRADVIZ_ALLOWED_ROOTS are refused with the same answer as missing folders;
 parameters out of range, non-finite scores and too-small sets are explained; uploads show what the

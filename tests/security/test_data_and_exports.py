@@ -1,4 +1,4 @@
-"""Bad input, round 3 (issue 23): zip ID sets, special files in folders, CSV exports, names shown as
+"""Bad input: zip ID sets, special files in folders, CSV exports, names shown as
 plain text, and a Hub that never answers. Each test reproduces one hostile case."""
 
 from __future__ import annotations
