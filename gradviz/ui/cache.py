@@ -3,14 +3,13 @@
 Models are shared across sessions (``st.cache_resource``; the model object is read-only
 and locks its own hooked passes). Results are deterministic functions of the run config
 (plus upload digests), so they are memoised in a bounded in-process LRU and on disk in the
-results store; the progress bar lives outside any cached function.
+results store; the progress bar (gradviz.ui.progress) is drawn outside any cached function.
 """
 
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import pandas as pd
 import streamlit as st
@@ -23,6 +22,7 @@ from gradviz.models import GradvizModel, load_model
 from gradviz.scoring import RunConfig, ScoreResult, blank_method_warnings, images_digest, layer_table, run
 from gradviz.runtime.store import ResultStore
 from gradviz.runtime.store import cache_key as _cache_key
+from gradviz.ui.progress import progress_bar
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -153,29 +153,6 @@ def _memoised(key: str, compute: Callable[[], object], cfg: RunConfig | None = N
     return hit
 
 
-@contextmanager
-def _progress(text: str) -> Iterator[Callable[[int, int, str], None]]:
-    """A progress callback drawing one bar (removed afterwards, also on an error) for a group of passes that
-    run as the session's work (:func:`gradviz.ui.server.session_work`: they reserve their memory from the
-    server's budget, and the callback stops them between batches once the session's tab is gone)."""
-    from gradviz.runtime.ledger import checkpoint
-    from gradviz.runtime.progress import Eta
-    from gradviz.ui.server import session_work
-
-    bar, eta = st.progress(0.0, text=text), Eta()
-
-    def update(done: int, total: int, label: str) -> None:
-        checkpoint()
-        # "Scoring samples — fitting mahalanobis on mnist:train (once): 40/125 batches, ~30 s left"
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} — {eta.text(done, total, label)}")
-
-    try:
-        with session_work():
-            yield update
-    finally:
-        bar.empty()  # an error never leaves a bar standing at "23/24 methods"
-
-
 def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> ScoreResult:
     """Scores + metrics for ``cfg``, computed once per choice (progress bar on first run)."""
     uploads = {k: v for k, v in (uploads or {}).items() if k in cfg.ood or k == cfg.id}
@@ -189,7 +166,7 @@ def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> Sc
     for spec in [cfg.id, *cfg.ood]:  # a refused or missing set fails here, before any progress bar is drawn
         if spec not in datasets:
             datasets[spec] = get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
-    with _progress("Scoring samples") as update:
+    with progress_bar("Scoring samples") as update:
         result = run(cfg, progress=update, store=_store(cfg), model=model, datasets=datasets,
                      allowed_roots=allowed_roots())
     _memo(cfg).put(key, result)
@@ -207,7 +184,7 @@ def get_layer_table(cfg: RunConfig, specs: list[str], uploads: dict[str, ImageSe
         return hit
     model = get_model(cfg.model, cfg.weights)
     frames = []
-    with _progress("Layerwise gradients") as update:
+    with progress_bar("Layerwise gradients") as update:
         for spec in specs:
             data = uploads.get(spec) or get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
             frames.append(layer_table(model, data, loss=loss, batch_size=cfg.batch_size, store=_store(cfg),
@@ -245,7 +222,7 @@ def get_severity_scores(cfg: RunConfig, corruption: str) -> tuple[pd.DataFrame, 
         return hit
     model = get_model(cfg.model, cfg.weights)
     unfitted: dict[str, str] = {}
-    with _progress(f"Severity sweep: {corruption}") as update:
+    with progress_bar(f"Severity sweep: {corruption}") as update:
         scores = severity_scores(model, corruption, cfg.methods, id_spec=cfg.id, limit=cfg.limit, seed=cfg.seed,
                                  params=cfg.params, fit_set=cfg.fit_set, batch_size=cfg.batch_size, store=_store(cfg),
                                  progress=update, unfitted=unfitted,
