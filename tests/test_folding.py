@@ -150,8 +150,8 @@ def test_zero_gamma_channel_in_float32_direct_kernel():
         model.net.layer2.bn2.weight[:5] = 0.0
     x = _batch((1, 28, 28), 3, seed=6)
     ref = reference_stats(model, x, "nll_pred")
-    res = GradientPass(model, x, fold_bn=True).layer_stats(compile="on")
-    plain = GradientPass(model, x, fold_bn=False).layer_stats(compile="off")
+    res = GradientPass(model, x, fold_bn=True).layer_stats(c_kernel="on")
+    plain = GradientPass(model, x, fold_bn=False).layer_stats(c_kernel="off")
     assert res.values.isfinite().all()
     # float32 is only as close to the float64 loop as the unfolded eager engine is (~3e-4 here) ...
     assert_stats_close(res, ref, rtol=1e-3)
@@ -167,11 +167,11 @@ def test_both_routes_to_the_folded_gamma_gradient(dot_route, dtype, mode, monkey
         require_kernel()
     model = _randomise_bn(random_model("resnet18", 10, (3, 32, 32), seed=0)).to(dtype)
     x = _batch((3, 32, 32), 3, seed=7)
-    plain = GradientPass(model, x, fold_bn=False).layer_stats(compile=mode)
+    plain = GradientPass(model, x, fold_bn=False).layer_stats(c_kernel=mode)
     real = ConvPlan._dot_route
     monkeypatch.setattr(ConvPlan, "_dot_route",
                         lambda self, strategy: dot_route and real(self, strategy) or dot_route and strategy != "gram")
-    folded = GradientPass(model, x, fold_bn=True).layer_stats(compile=mode)
+    folded = GradientPass(model, x, fold_bn=True).layer_stats(c_kernel=mode)
     # float32: as close as the unfolded float32 engine is to float64 on this model (max/min of a
     # rank-one layer relative to its RMS: 1.8e-4); float64: to rounding
     assert folded.layers == plain.layers
