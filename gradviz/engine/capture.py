@@ -36,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from gradviz.engine.attention import mha_forward
 from gradviz.engine.folding import Fold, Twin
-from gradviz.engine.rules import RULES, named_args as rule_args, rule_of
+from gradviz.engine.rules import named_args, rule_of
 
 __all__ = ["ParamRef", "Use", "Capturer", "param_table", "FOLD_KEEP_BYTES"]
 
@@ -151,11 +151,6 @@ def _replace(obj: Any, swap: dict[int, torch.Tensor]) -> Any:
     return obj
 
 
-def named_args(op: str, args: tuple, kwargs: dict) -> dict:
-    """The arguments of a call of ``op`` (a kind with a registered rule) by name."""
-    return rule_args(RULES[op], args, kwargs)
-
-
 class Capturer(TorchFunctionMode):
     """Records the uses of parameters during one forward (see the module docstring)."""
 
@@ -228,7 +223,7 @@ class Capturer(TorchFunctionMode):
             swap[id(t)] = t.detach().clone() if self.clone_inputs or changed else t.detach()
         extra: dict = {}
         if entry is not None and entry.forward is not None:  # the rule's own forward (e.g. keeping statistics)
-            out, extra = entry.forward(rule_args(entry, args, kwargs))
+            out, extra = entry.forward(named_args(entry, args, kwargs))
         else:
             out = func(*args, **kwargs)
         if not isinstance(out, torch.Tensor):
@@ -243,7 +238,7 @@ class Capturer(TorchFunctionMode):
                   [t._version for t in batch])
         use.live = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if entry is not None and op == entry.op:
-            use.spec = {**rule_args(entry, call_args, call_kwargs), **extra}
+            use.spec = {**named_args(entry, call_args, call_kwargs), **extra}
         elif op == "broadcast":
             use.spec = {"kind": "expand" if func in _EXPAND else _ELEMENTWISE[func], "alpha": kwargs.get("alpha", 1)}
         use.from_input = any(t.requires_grad for t in batch)

@@ -57,7 +57,8 @@ def plan_class(use: Use, uses_per_param: dict[int, int]) -> type[Plan]:
     if use.source is not None:
         return FoldedBatchNormPlan
     direct = (not use.derived and use.refs and len({r.group for r in use.refs}) == 1
-              and all(uses_per_param.get(id(r.param), 0) == 1 for r in use.refs))
+              and all(uses_per_param.get(id(r.param), 0) == 1 for r in use.refs)
+              and not any(use.inp is t for t in use.used))  # the batch is the input, not a parameter
     folded = any(r.fold is not None for r in use.refs)
     if direct or folded:
         fast = FAST_PLANS.get(use.op)

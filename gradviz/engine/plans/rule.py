@@ -18,6 +18,7 @@ from gradviz.engine.capture import Use
 from gradviz.engine.plans.base import Job, Plan, Sink, batch_rows
 from gradviz.engine.reduce import Parts
 from gradviz.engine.rules import RULES
+from gradviz.errors import GradvizError
 
 __all__ = ["RulePlan"]
 
@@ -41,7 +42,8 @@ class RulePlan(Plan):
                         for t, ref in zip(use.used, use.refs) if value is t]
         self.k = batch_rows(use.inp, batch).shape[1]  # rows per sample
         grads = sum(ref.param.numel() for _, ref in self.targets)
-        rows = (use.inp[0].numel() + use.out[0].numel()) * 2  # the rows and their working copies
+        work = self.rule.workspace(use.spec) if self.rule.workspace is not None else 0
+        rows = (use.inp[0].numel() + use.out[0].numel()) * 2 + work  # a row, working copies, the rule's own
         per_sample = (grads * (self.k + 1) + rows * self.k) * max(use.out.element_size(), 4)
         self.step = max(1, min(batch, int(job.budget // max(1, per_sample))))
 
@@ -56,7 +58,10 @@ class RulePlan(Plan):
             rows = slice(sl.start * k, sl.stop * k)
             got = self.rule.per_sample(self.use.spec, self.use.inp[rows], self.grad[rows])
             for name, ref in self.targets:
-                g = got[name]
+                g = got.get(name)
+                if g is None:
+                    raise GradvizError(f"the {self.kind} rule returns no gradient for its argument {name!r}, a "
+                                       f"parameter here ({ref.name})")
                 if k > 1:
                     g = g.reshape(sl.stop - sl.start, k, *g.shape[1:]).sum(1)
                 self.sink.emit(ref, g, sl)

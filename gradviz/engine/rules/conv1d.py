@@ -18,7 +18,8 @@ def _one(v) -> int:
 
 @rule("conv1d", torch.conv1d, signature=("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
       defaults={"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1},
-      accepts=lambda layer: layer["input"].dim() == 3)
+      accepts=lambda layer: layer["input"].dim() == 3,
+      workspace=lambda layer: layer["input"][0].numel() * layer["weight"].shape[-1])  # the windows, copied
 def conv1d(layer: dict, activations: torch.Tensor, backprops: torch.Tensor) -> dict[str, torch.Tensor]:
     w, g = layer["weight"], int(layer["groups"])
     o, k = w.shape[0], w.shape[2]

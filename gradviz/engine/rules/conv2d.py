@@ -14,7 +14,8 @@ def _pair(v) -> tuple[int, int]:
 
 @rule("conv2d", torch.conv2d, signature=("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
       defaults={"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1},
-      accepts=lambda layer: layer["input"].dim() == 4)
+      accepts=lambda layer: layer["input"].dim() == 4,
+      workspace=lambda layer: layer["input"][0].numel() * layer["weight"][0, 0].numel())  # the unfolded input
 def conv2d(layer: dict, activations: torch.Tensor, backprops: torch.Tensor) -> dict[str, torch.Tensor]:
     w, g = layer["weight"], int(layer["groups"])
     kernel, dilation, padding = tuple(w.shape[2:]), _pair(layer["dilation"]), layer["padding"]

@@ -39,6 +39,8 @@ class Rule:
     # replaces the call in the capture: (named arguments) -> (output, extra entries of ``layer``)
     forward: Callable[[dict], tuple[torch.Tensor, dict]] | None = None
     accepts: Callable[[dict], bool] | None = None  # whether the rule serves a call (default: any)
+    # entries of working memory per row beyond its input, output and gradients (default: none)
+    workspace: Callable[[dict], int] | None = None
 
 
 RULES: dict[str, Rule] = {}
@@ -47,8 +49,9 @@ _BY_FUNCTION: dict[Callable, Rule] = {}
 
 def rule(op: str, *functions: Callable, signature: tuple[str, ...], defaults: dict[str, Any] | None = None,
          forward: Callable[[dict], tuple[torch.Tensor, dict]] | None = None,
-         accepts: Callable[[dict], bool] | None = None) -> Callable[[PerSample], PerSample]:
-    """Register the decorated function as the per-sample gradient rule of layer kind ``op``."""
+         accepts: Callable[[dict], bool] | None = None,
+         workspace: Callable[[dict], int] | None = None) -> Callable[[PerSample], PerSample]:
+    """Register the decorated function as the per-sample gradient rule of layer kind ``op`` (fields: :class:`Rule`)."""
     if not functions:
         raise ValueError(f"rule {op!r} names no torch function")
     if "input" not in signature:
@@ -60,7 +63,7 @@ def rule(op: str, *functions: Callable, signature: tuple[str, ...], defaults: di
         taken = [f for f in functions if f in _BY_FUNCTION]
         if taken:
             raise ValueError(f"rule {op!r}: {taken} belong to the rule {_BY_FUNCTION[taken[0]].op!r}")
-        entry = Rule(op, tuple(functions), tuple(signature), dict(defaults or {}), fn, forward, accepts)
+        entry = Rule(op, tuple(functions), tuple(signature), dict(defaults or {}), fn, forward, accepts, workspace)
         RULES[op] = entry
         _BY_FUNCTION.update(dict.fromkeys(functions, entry))
         return fn
