@@ -31,6 +31,8 @@ class RulePlan(Plan):
         entry = RULES.get(use.op)
         if entry is None or entry.per_sample is None or use.inp is None or use.derived:
             return False
+        if not all(any(v is t for v in use.spec.values()) for t in use.used):
+            return False  # a parameter passed other than as a named argument (inside a list): the generic plan
         return entry.accepts is None or bool(entry.accepts(use.spec))
 
     def __init__(self, use: Use, job: Job, sink: Sink, batch: int) -> None:
