@@ -11,7 +11,7 @@ from torchvision.models import maxvit as tv_maxvit
 
 from gradviz.engine import fast_plans
 from gradviz.errors import GradvizError
-from gradviz.gradients import coverage, layer_gradient_stats
+from gradviz.engine import coverage, layer_gradient_stats
 from gradviz.methods import ModelOutputs, list_methods
 from gradviz.models.zoo import random_model
 
