@@ -369,12 +369,12 @@ def test_compiled_network_is_unwrapped_and_gives_the_eager_per_sample_norms(tmp_
     card = ModelCard.from_dict({**CARD, "class_names": ["a", "b", "c"]})
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     net, calls = _tiny_net(), []
-    eager = layer_gradient_stats(GradvizModel(_tiny_net(), card), x, compile="off")
+    eager = layer_gradient_stats(GradvizModel(_tiny_net(), card), x, c_kernel="off")
     compiled = GradvizModel(torch.compile(net, backend=_recording_backend(calls)), card)
     nested = nn.Sequential(torch.compile(_tiny_net()[0], backend=_recording_backend(calls)), *list(_tiny_net())[1:])
     nested_model = GradvizModel(nested, card)
     for model in (compiled, nested_model):
-        got = layer_gradient_stats(model, x, compile="off")
+        got = layer_gradient_stats(model, x, c_kernel="off")
         torch.testing.assert_close(got.values, eager.values)
         assert got.layers == eager.layers
     assert compiled.net is net and isinstance(nested_model.net[0], nn.Conv2d)
@@ -386,14 +386,14 @@ def test_engine_given_a_compiled_module_uses_the_eager_one_or_refuses():
 
     x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     calls: list = []
-    names, eager = layer_sq_l2_norms(_tiny_net(), x, compile="off")
-    names_c, got = layer_sq_l2_norms(torch.compile(_tiny_net(), backend=_recording_backend(calls)), x, compile="off")
+    names, eager = layer_sq_l2_norms(_tiny_net(), x, c_kernel="off")
+    names_c, got = layer_sq_l2_norms(torch.compile(_tiny_net(), backend=_recording_backend(calls)), x, c_kernel="off")
     assert names_c == names and not calls
     torch.testing.assert_close(got, eager)
     inner = _tiny_net()
     inner[0] = torch.compile(inner[0], backend=_recording_backend(calls))
     with pytest.raises(GradvizError, match="torch.compile"):
-        layer_sq_l2_norms(inner, x, compile="off")
+        layer_sq_l2_norms(inner, x, c_kernel="off")
     assert not calls
 
 
