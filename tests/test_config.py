@@ -100,7 +100,7 @@ def test_locations_and_switches_are_parsed(monkeypatch, tmp_path):
     assert s.data_root == tmp_path / "c" / "data"
     assert s.allowed_roots == (tmp_path / "a", Path("~/b").expanduser())
     assert s.fold_bn is False and s.compile == "off"
-    monkeypatch.setenv("GRADVIZ_COMPILE", "1")  # the spellings the engine's compile= takes
+    monkeypatch.setenv("GRADVIZ_COMPILE", "1")  # the spellings the engine's c_kernel= takes
     assert settings().compile == "on"
 
 
