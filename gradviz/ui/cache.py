@@ -165,6 +165,28 @@ def _progress_bar(text: str) -> tuple[Callable[[int, int, str], None], Callable[
     return update, bar.empty
 
 
+@st.cache_resource(show_spinner=False)
+def start_warm_up():
+    """The background computation of the quick start's default results (:mod:`gradviz.ui.warmup`), started once
+    per server process (``app.py`` calls this on every run; only the first call starts the threads)."""
+    from gradviz.ui.warmup import WarmJob, WarmUp, default_config, warm_models
+
+    limit = settings().max_samples_web
+    jobs = [WarmJob(default_config(m, limit), layers=m == RunConfig.model) for m in warm_models()]
+    return WarmUp(jobs, get_store(), allowed_roots()).start()
+
+
+def _wait_for_warm_up(cfg: RunConfig, text: str) -> None:
+    """Wait, with the background thread's progress shown, when it is computing what ``cfg`` reads."""
+    if not start_warm_up().pending(cfg):
+        return
+    bar = st.progress(0.0, text=text)
+    try:
+        start_warm_up().wait_for(cfg, lambda fraction, status: bar.progress(fraction, text=f"{text} — {status}"))
+    finally:
+        bar.empty()
+
+
 def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> ScoreResult:
     """Scores + metrics for ``cfg``, computed once per choice (progress bar on first run)."""
     uploads = {k: v for k, v in (uploads or {}).items() if k in cfg.ood or k == cfg.id}
@@ -178,6 +200,8 @@ def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> Sc
     for spec in [cfg.id, *cfg.ood]:  # a refused or missing set fails here, before any progress bar is drawn
         if spec not in datasets:
             datasets[spec] = get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
+    if _store(cfg) is not None:  # results of this session's uploads are not read from the store
+        _wait_for_warm_up(cfg, "Scoring samples")
     update, done = _progress_bar("Scoring samples")
     try:
         result = run(cfg, progress=update, store=_store(cfg), model=model, datasets=datasets,

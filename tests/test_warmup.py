@@ -1,0 +1,76 @@
+"""The quick start's default results computed in the background (gradviz.ui.warmup): what a job computes is
+exactly what a session then reads from the store, a page waits only for a job whose results it reads, and the
+sidebar's defaults are what the server warms."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gradviz.budget import session_budget
+from gradviz.scoring import RunConfig, run
+from gradviz.store import ResultStore
+from gradviz.ui.warmup import WarmJob, WarmUp, covers, default_config, warm_models
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+SMALL = RunConfig(limit=100, ood=["noise-uniform"], methods=["msp", "mahalanobis", "gradnorm", "grad_l2"])
+
+
+def test_a_warm_job_leaves_what_a_session_reads_in_the_store(tmp_path):
+    store = ResultStore(tmp_path)
+    job = WarmJob(SMALL, layers=True)
+    warm = WarmUp([job], store).start()
+    shown = []
+    assert warm.wait_for(SMALL, lambda fraction, text: shown.append((fraction, text)), poll_s=0.005)
+    assert job.finished.is_set() and job.error == "" and job.text == "mnist-cnn: done"
+    assert all(0 <= f <= 1 and text.startswith("started with the server: ") for f, text in shown)
+    assert any(text.startswith("started with the server: mnist-cnn, scoring mnist: ") for _, text in shown), shown
+    labels = []
+    with session_budget():  # what a web session computes: its fits and batches
+        result = run(SMALL, progress=lambda done, total, label: labels.append(label), store=store)
+    assert labels == ["mnist (cached)", "noise-uniform (cached)"]
+    assert result.scores[SMALL.method_names()].notna().all().all()
+    assert len(list(tmp_path.glob("*.npz"))) == 2 * 5 + 1  # two sets × (base + 4 methods), one layer table
+    assert not warm.wait_for(SMALL, lambda *a: None)  # finished: nothing to wait for
+
+
+def test_a_failing_job_is_recorded_and_releases_the_pages(tmp_path):
+    job = WarmJob(replace(SMALL, model="no-such-model"))
+    warm = WarmUp([job], ResultStore(tmp_path)).start()
+    warm.threads[0].join(60)
+    assert job.finished.is_set() and "no-such-model" in job.error
+    assert warm.pending(replace(SMALL, model="no-such-model")) is None
+
+
+@pytest.mark.parametrize("change, read", [({}, True), ({"methods": ["msp"]}, True), ({"ood": ["letters"]}, True),
+                                          ({"limit": 200}, False), ({"model": "mnist-vit"}, False),
+                                          ({"seed": 1}, False), ({"params": {"knn": {"k": 5}}}, False),
+                                          ({"methods": ["energy"]}, False)])
+def test_a_page_waits_only_for_a_job_whose_results_it_reads(change, read):
+    assert covers(SMALL, replace(SMALL, **change)) is read
+
+
+def test_the_models_warmed_are_set_by_the_environment(monkeypatch):
+    monkeypatch.delenv("GRADVIZ_WARM_MODELS", raising=False)
+    assert warm_models() == ["mnist-cnn", "mnist-vit"]
+    monkeypatch.setenv("GRADVIZ_WARM_MODELS", "")
+    assert warm_models() == []
+    monkeypatch.setenv("GRADVIZ_WARM_MODELS", "mnist-vit, ")
+    assert warm_models() == ["mnist-vit"]
+
+
+@pytest.mark.parametrize("max_samples", [5000, 300, 50])
+def test_the_sidebar_starts_from_the_configuration_the_server_warms(max_samples, monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("GRADVIZ_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GRADVIZ_MAX_SAMPLES_WEB", str(max_samples))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/learn.py")  # a page that computes nothing: only the sidebar's configuration is read
+    at.run()
+    assert not at.exception, at.exception
+    cfg = at.session_state["gv_config"]
+    warmed = default_config("mnist-cnn", max_samples)
+    assert covers(warmed, cfg) and cfg.ood == warmed.ood and cfg.method_names() == warmed.method_names()
