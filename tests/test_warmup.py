@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gradviz.budget import session_budget
+from gradviz.runtime.budget import session_budget
 from gradviz.scoring import RunConfig, run
-from gradviz.store import ResultStore
+from gradviz.runtime.store import ResultStore
 from gradviz.ui.warmup import WarmJob, WarmUp, covers, default_config, warm_models
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")

@@ -84,11 +84,11 @@ class WarmUp:
         return self
 
     def _run(self, job: WarmJob) -> None:
-        from gradviz.budget import session_budget
+        from gradviz.runtime.budget import session_budget
         from gradviz.data import load_dataset
         from gradviz.errors import GradvizError
         from gradviz.models import load_model
-        from gradviz.progress import Eta
+        from gradviz.runtime.progress import Eta
         from gradviz.scoring import layer_table, run
 
         eta, t0 = Eta(), time.perf_counter()
