@@ -91,6 +91,26 @@ def test_a_shipped_fit_is_refused_when_its_key_does_not_match(change, bundled_mo
     assert prefit.shipped_state(model, runner, images, labels) is None
 
 
+def test_the_code_in_the_key_ignores_imports_docstrings_and_decorators_only():
+    source = '''"""Doc."""
+from a import b
+
+
+@register("x", intuition="one")
+class X:
+    """Doc."""
+
+    def fit(self, v):
+        from c import d
+        return v.mean(0)
+'''
+    moved = source.replace("from a import b", "from a.b import b").replace("from c import d", "import d")
+    described = source.replace('intuition="one"', 'intuition="two"').replace("Doc.", "Other words.")
+    edited = source.replace("v.mean(0)", "v.mean(1)")
+    assert prefit.code_text(moved) == prefit.code_text(described) == prefit.code_text(source)
+    assert prefit.code_text(edited) != prefit.code_text(source)
+
+
 def test_an_unmatched_key_fits_as_before(fresh_fits, bundled_model):
     runner = make_runner(bundled_model, get_method("knn"), {"k": 7}, "mnist:train", 0)
     data = load_dataset("mnist:train", bundled_model.card, seed=0)

@@ -11,14 +11,18 @@ A shipped state is used only when its key matches the fit that would be made exa
 the model's parameters and card (:func:`gradviz.scoring.model_inputs`), the method and all of its
 parameters (defaults included), a digest of the fit images as the model sees them and of their labels,
 and a digest of the method's module and the shared fitting code. Anything else (another model, other
-weights, a parameter changed in the sidebar, an own ID set, an edited method) fits as before. That a
+weights, a parameter changed in the sidebar, an own ID set, an edited method) fits as before. The code in the
+key is the method module's and the shared fitting code's syntax tree without imports, docstrings and
+decorators, so a moved import or a reworded description keeps the shipped fits. That a
 shipped state equals a fresh fit (up to floating-point noise) is checked by ``tests/test_prefit.py``;
 ``python -m gradviz fits --check`` checks it against the files on disk.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import inspect
 import json
 import threading
 from pathlib import Path
@@ -47,13 +51,44 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def code_digest(info: MethodInfo) -> str:
-    """Digest of the method's module source and of the fitting code every fitted method shares."""
-    import inspect
+class _CodeOnly(ast.NodeTransformer):
+    """A module's syntax tree without imports, docstrings and decorators: what it computes, not where it imports
+    from (a moved module) or how it is described (the registration's texts)."""
 
+    def visit_Import(self, node):  # noqa: N802  (ast.NodeTransformer's naming)
+        return None
+
+    visit_ImportFrom = visit_Import
+
+    def generic_visit(self, node):
+        super().generic_visit(node)
+        if hasattr(node, "decorator_list"):
+            node.decorator_list = []
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body and \
+                    isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                body = body[1:]
+            node.body = body or [ast.Pass()]
+        return node
+
+
+def code_text(source: str) -> str:
+    """The code of Python ``source`` as it counts in the key (:class:`_CodeOnly`), as text."""
+    return ast.dump(_CodeOnly().visit(ast.parse(source)))
+
+
+def _code_of(module) -> str:
+    return code_text(inspect.getsource(module))
+
+
+def code_digest(info: MethodInfo) -> str:
+    """Digest of the code of the method's module and of the fitting code every fitted method shares (syntax trees
+    without imports, docstrings and decorators: see :class:`_CodeOnly`)."""
     from gradviz.methods import _fitting
 
-    return _sha((inspect.getsource(inspect.getmodule(info.impl)) + inspect.getsource(_fitting)).encode())
+    return _sha((_code_of(inspect.getmodule(info.impl)) + _code_of(_fitting)).encode())
 
 
 def state_key(model, info: MethodInfo, params: dict, images: torch.Tensor, labels) -> dict:
@@ -128,6 +163,7 @@ def write_fits(path: str | Path, model, runners: list[MethodRunner], images: tor
                                          sort_keys=True)}
     path = Path(path)
     save_file(tensors, str(path), metadata=header)
+    path.chmod(0o644)  # package data, readable like the weights beside it
     global _index
     with _lock:
         _index = None  # read the folder afresh
