@@ -74,3 +74,25 @@ def test_the_sidebar_starts_from_the_configuration_the_server_warms(max_samples,
     cfg = at.session_state["gv_config"]
     warmed = default_config("mnist-cnn", max_samples)
     assert covers(warmed, cfg) and cfg.ood == warmed.ood and cfg.method_names() == warmed.method_names()
+
+
+def test_two_jobs_started_in_a_fresh_process_import_without_racing(tmp_path):
+    """Two threads importing torchvision's circular modules at once fail; the jobs start with them loaded."""
+    import subprocess
+    import sys
+
+    code = f"""
+from gradviz.runtime.store import ResultStore
+from gradviz.scoring import RunConfig
+from gradviz.ui.warmup import WarmJob, WarmUp
+jobs = [WarmJob(RunConfig(model=m, limit=100, ood=["letters"], methods=["msp", "mahalanobis"]))
+        for m in ("mnist-cnn", "mnist-vit")]
+warm = WarmUp(jobs, ResultStore({str(tmp_path)!r})).start()
+for thread in warm.threads:
+    thread.join(600)
+print([job.error for job in jobs])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "['', '']", out.stdout + out.stderr[-3000:]

@@ -23,7 +23,7 @@ from typing import Callable
 
 from gradviz.runconfig import RunConfig
 
-__all__ = ["default_config", "WarmJob", "WarmUp", "warm_models", "covers"]
+__all__ = ["default_config", "WarmJob", "WarmUp", "warm_models", "covers", "preload"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
@@ -54,6 +54,22 @@ def covers(job_cfg: RunConfig, cfg: RunConfig) -> bool:
     return bool(set(job_cfg.method_names()) & set(cfg.method_names()))
 
 
+def preload() -> None:
+    """Import, in the calling thread, the modules a job imports on first use. Two threads importing torchvision's
+    circular modules at once fail ("cannot import name … from partially initialized module"), so the jobs'
+    threads start with them loaded (the page thread needs them as well)."""
+    import sklearn.covariance  # noqa: F401  (the fitted methods' Gaussians)
+    import torchvision.models  # noqa: F401
+    import torchvision.transforms.v2.functional  # noqa: F401
+
+    import gradviz.analysis.metrics  # noqa: F401
+    import gradviz.methods  # noqa: F401  (every method module)
+    from gradviz.data import check_spec
+    from gradviz.models import zoo  # noqa: F401  (the bundled models)
+
+    check_spec("mnist")  # registers every dataset kind
+
+
 @dataclass
 class WarmJob:
     """One model's background computation and what it is doing now (read by pages while they wait)."""
@@ -76,6 +92,8 @@ class WarmUp:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> "WarmUp":
+        if self.jobs:
+            preload()
         for job in self.jobs:
             thread = threading.Thread(target=self._run, args=(job,), name=f"gradviz-warm-{job.cfg.model}",
                                       daemon=True)
