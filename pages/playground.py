@@ -82,7 +82,7 @@ with g2:
         st.info(band_note or report.note or "No per-layer gradient profile for this model.")
 st.plotly_chart(figures.marker_histograms(ref, dict(zip(one["method"], one["score"]))), width="stretch", key="pg_hists")
 
-where_it_lands(cfg, get_result(cfg).scores, x, "this image", cfg.method_names(), key="pg_map")
+where_it_lands(cfg, get_result(cfg).scores, x, "this image", cfg.method_names(), key="pg_map", shown=False)
 if pg.explain_button(digest):
     score = explain_picker(cfg, "pg")
     try:
