@@ -173,7 +173,7 @@ def start_warm_up():
 
     limit = settings().max_samples_web
     jobs = [WarmJob(default_config(m, limit), layers=m == RunConfig.model) for m in warm_models()]
-    return WarmUp(jobs, get_store(), allowed_roots()).start()
+    return WarmUp(jobs, get_store(), allowed_roots(), load_model=get_model).start()  # the pages' model objects
 
 
 def _wait_for_warm_up(cfg: RunConfig, text: str) -> None:

@@ -23,7 +23,7 @@ from typing import Callable
 
 from gradviz.runconfig import RunConfig
 
-__all__ = ["default_config", "WarmJob", "WarmUp", "warm_models", "covers", "preload"]
+__all__ = ["default_config", "WarmJob", "WarmUp", "warm_models", "covers", "preload", "trace"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
@@ -70,6 +70,22 @@ def preload() -> None:
     check_spec("mnist")  # registers every dataset kind
 
 
+def trace(model) -> None:
+    """Build the gradient engine's traced twin of ``model`` now (:mod:`gradviz.engine.folding`). torch.fx patches
+    ``nn.Module.__call__`` process-wide while it traces, so a forward in another thread during a trace fails; the
+    jobs' threads (and the pages, which share these model objects) then never trace them."""
+    import torch
+
+    from gradviz.errors import GradvizError
+    from gradviz.methods.registry import ModelOutputs
+
+    try:
+        with model.lock:
+            ModelOutputs.from_model(model, torch.zeros(1, *model.card.input_size), keep_graph=True)
+    except GradvizError:  # a model the engine cannot hook: its methods say so when they run
+        pass
+
+
 @dataclass
 class WarmJob:
     """One model's background computation and what it is doing now (read by pages while they wait)."""
@@ -84,7 +100,8 @@ class WarmJob:
 
 
 class WarmUp:
-    """Background threads computing :class:`WarmJob` s into ``store`` (one thread per job)."""
+    """Background threads computing :class:`WarmJob` s into ``store`` (one thread per job). ``load_model(name)``
+    gives the model objects (the dashboard passes its shared ones)."""
 
     def __init__(self, jobs: list[WarmJob], store, allowed_roots=None, load_model=None) -> None:
         self.jobs, self.store, self.allowed_roots = jobs, store, allowed_roots
@@ -92,20 +109,30 @@ class WarmUp:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> "WarmUp":
+        """Load each job's model and trace it here, then start one thread per job."""
+        from gradviz.errors import GradvizError
+        from gradviz.models import load_model
+
         if self.jobs:
             preload()
         for job in self.jobs:
-            thread = threading.Thread(target=self._run, args=(job,), name=f"gradviz-warm-{job.cfg.model}",
+            try:
+                model = (self._load_model or load_model)(job.cfg.model)
+                trace(model)
+            except GradvizError as exc:  # e.g. a model that cannot be loaded here: the pages say why when asked
+                job.error, job.text = str(exc), f"{job.cfg.model}: {exc}"
+                job.finished.set()
+                continue
+            thread = threading.Thread(target=self._run, args=(job, model), name=f"gradviz-warm-{job.cfg.model}",
                                       daemon=True)
             thread.start()
             self.threads.append(thread)
         return self
 
-    def _run(self, job: WarmJob) -> None:
-        from gradviz.runtime.budget import session_budget
+    def _run(self, job: WarmJob, model) -> None:
         from gradviz.data import load_dataset
         from gradviz.errors import GradvizError
-        from gradviz.models import load_model
+        from gradviz.runtime.budget import session_budget
         from gradviz.runtime.progress import Eta
         from gradviz.scoring import layer_table, run
 
@@ -116,14 +143,13 @@ class WarmUp:
 
         try:
             with session_budget():  # the budget, and so the batches and fit limit, of a web session
-                model = (self._load_model or load_model)(job.cfg.model)
                 run(job.cfg, progress=progress, store=self.store, model=model, allowed_roots=self.allowed_roots)
                 if job.layers:
                     data = load_dataset(job.cfg.id, model.card, limit=job.cfg.limit, seed=job.cfg.seed,
                                         allowed_roots=self.allowed_roots)
                     layer_table(model, data, store=self.store, progress=progress)
             job.text = f"{job.cfg.model}: done"
-        except GradvizError as exc:  # e.g. a model that cannot be loaded here: the pages say why when asked
+        except GradvizError as exc:  # e.g. a set that cannot be read here: the pages say why when asked
             job.error = str(exc)
             log.warning("warming %s failed: %s", job.cfg.model, exc)
         except Exception as exc:  # noqa: BLE001  (a bug here must not take the server down; the pages recompute)
