@@ -18,6 +18,7 @@
 | compile            | GRADVIZ_COMPILE (auto/on/off) | auto               |
 | fold_bn            | GRADVIZ_FOLD_BN (on/off)    | on                   |
 | torch_threads      | GRADVIZ_TORCH_THREADS       | 0 = 1 in the web server unless OMP_NUM_THREADS is set |
+| warm_models        | GRADVIZ_WARM_MODELS (comma-separated; empty = none) | mnist-cnn,mnist-vit |
 | memory_mb          | GRADVIZ_MEMORY_MB           | CLI: 50 % of MemAvailable |
 | session_memory_mb  | GRADVIZ_SESSION_MEMORY_MB   | 2048 (web, per session) |
 | max_params_web     | GRADVIZ_MAX_PARAMS_WEB      | 100_000_000          |
@@ -49,6 +50,14 @@ def _env_int(name: str, default: int) -> int:
     return value if value > 0 else default
 
 
+def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated variable as a tuple (unset: ``default``; empty or ``none``: no item)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return tuple(v.strip() for v in raw.split(",") if v.strip() and v.strip().lower() != "none")
+
+
 def _default_cache() -> Path:
     return Path(os.environ.get("GRADVIZ_CACHE_DIR", Path.home() / ".cache" / "gradviz")).expanduser()
 
@@ -77,6 +86,7 @@ class Settings:
     max_params_web: int = 100_000_000
     max_side_web: int = 384
     torch_threads: int = 0  # torch threads of the web server; 0 = see server_torch_threads
+    warm_models: tuple[str, ...] = ("mnist-cnn", "mnist-vit")  # default results computed in the background (web)
 
 
 def server_torch_threads() -> int | None:
@@ -128,6 +138,7 @@ def _resolve(env: tuple[tuple[str, str], ...]) -> Settings:
         max_params_web=_env_int("GRADVIZ_MAX_PARAMS_WEB", 100_000_000),
         max_side_web=_env_int("GRADVIZ_MAX_SIDE_WEB", 384),
         torch_threads=_env_int("GRADVIZ_TORCH_THREADS", 0),
+        warm_models=_env_list("GRADVIZ_WARM_MODELS", Settings.warm_models),
     )
 
 

@@ -37,12 +37,9 @@ def default_config(model: str, max_samples: int) -> RunConfig:
 
 def warm_models() -> list[str]:
     """The models to warm (``GRADVIZ_WARM_MODELS``, comma-separated; unset = the bundled two, empty = none)."""
-    import os
+    from gradviz.config import settings
 
-    raw = os.environ.get("GRADVIZ_WARM_MODELS")
-    if raw is None:
-        return ["mnist-cnn", "mnist-vit"]
-    return [m.strip() for m in raw.split(",") if m.strip() and m.strip().lower() != "none"]
+    return list(settings().warm_models)
 
 
 def covers(job_cfg: RunConfig, cfg: RunConfig) -> bool:
