@@ -24,6 +24,8 @@ def test_a_warm_job_leaves_what_a_session_reads_in_the_store(tmp_path):
     warm = WarmUp([job], store).start()
     shown = []
     assert warm.wait_for(SMALL, lambda fraction, text: shown.append((fraction, text)), poll_s=0.005)
+    assert job.scored.is_set()  # the scores: what Home and Compare read (the layer table may still run)
+    warm.wait_for(SMALL, lambda *a: None, layers=True)  # the ID set's layer table: what the Playground reads
     assert job.finished.is_set() and job.error == "" and job.text == "mnist-cnn: done"
     assert all(0 <= f <= 1 and text.startswith("started with the server: ") for f, text in shown)
     assert any(text.startswith("started with the server: mnist-cnn, scoring mnist: ") for _, text in shown), shown
@@ -33,7 +35,7 @@ def test_a_warm_job_leaves_what_a_session_reads_in_the_store(tmp_path):
     assert labels == ["mnist (cached)", "noise-uniform (cached)"]
     assert result.scores[SMALL.method_names()].notna().all().all()
     assert len(list(tmp_path.glob("*.npz"))) == 2 * 5 + 1  # two sets × (base + 4 methods), one layer table
-    assert not warm.wait_for(SMALL, lambda *a: None)  # finished: nothing to wait for
+    assert not warm.wait_for(SMALL, lambda *a: None) and not warm.wait_for(SMALL, lambda *a: None, layers=True)
 
 
 def test_a_failing_job_is_recorded_and_releases_the_pages(tmp_path):
@@ -41,6 +43,7 @@ def test_a_failing_job_is_recorded_and_releases_the_pages(tmp_path):
     warm = WarmUp([job], ResultStore(tmp_path)).start()
     assert warm.threads == [] and job.finished.is_set() and "no-such-model" in job.error
     assert warm.pending(replace(SMALL, model="no-such-model")) is None
+    assert warm.pending(replace(SMALL, model="no-such-model"), layers=True) is None
 
 
 @pytest.mark.parametrize("change, read", [({}, True), ({"methods": ["msp"]}, True), ({"ood": ["letters"]}, True),

@@ -176,13 +176,15 @@ def start_warm_up():
     return WarmUp(jobs, get_store(), allowed_roots(), load_model=get_model).start()  # the pages' model objects
 
 
-def _wait_for_warm_up(cfg: RunConfig, text: str) -> None:
-    """Wait, with the background thread's progress shown, when it is computing what ``cfg`` reads."""
-    if not start_warm_up().pending(cfg):
+def _wait_for_warm_up(cfg: RunConfig, text: str, layers: bool = False) -> None:
+    """Wait, with the background thread's progress shown, when it is computing what ``cfg`` reads (its scores;
+    with ``layers`` the ID set's layer table)."""
+    if not start_warm_up().pending(cfg, layers):
         return
     bar = st.progress(0.0, text=text)
     try:
-        start_warm_up().wait_for(cfg, lambda fraction, status: bar.progress(fraction, text=f"{text} — {status}"))
+        start_warm_up().wait_for(cfg, lambda fraction, status: bar.progress(fraction, text=f"{text} — {status}"),
+                                 layers=layers)
     finally:
         bar.empty()
 
@@ -222,6 +224,8 @@ def get_layer_table(cfg: RunConfig, specs: list[str], uploads: dict[str, ImageSe
     if hit is not None:
         return hit
     model = get_model(cfg.model, cfg.weights)
+    if specs == [cfg.id] and _store(cfg) is not None:  # the ID set's table is warmed with the default results
+        _wait_for_warm_up(cfg, "Layerwise gradients", layers=True)
     frames = []
     update, done = _progress_bar("Layerwise gradients")
     try:

@@ -89,7 +89,8 @@ class WarmJob:
 
     cfg: RunConfig
     layers: bool = False  # also the ID set's layerwise gradient table (the Playground's bands)
-    finished: threading.Event = field(default_factory=threading.Event)
+    scored: threading.Event = field(default_factory=threading.Event)  # the scores are in the store
+    finished: threading.Event = field(default_factory=threading.Event)  # and the layer table; or it failed
     text: str = "waiting to start"
     fraction: float = 0.0
     seconds: float = 0.0
@@ -118,6 +119,7 @@ class WarmUp:
                 trace(model)
             except GradvizError as exc:  # e.g. a model that cannot be loaded here: the pages say why when asked
                 job.error, job.text = str(exc), f"{job.cfg.model}: {exc}"
+                job.scored.set()
                 job.finished.set()
                 continue
             thread = threading.Thread(target=self._run, args=(job, model), name=f"gradviz-warm-{job.cfg.model}",
@@ -141,6 +143,7 @@ class WarmUp:
         try:
             with session_budget():  # the budget, and so the batches and fit limit, of a web session
                 run(job.cfg, progress=progress, store=self.store, model=model, allowed_roots=self.allowed_roots)
+                job.scored.set()
                 if job.layers:
                     data = load_dataset(job.cfg.id, model.card, limit=job.cfg.limit, seed=job.cfg.seed,
                                         allowed_roots=self.allowed_roots)
@@ -154,18 +157,22 @@ class WarmUp:
             log.exception("warming %s failed", job.cfg.model)
         finally:
             job.seconds = time.perf_counter() - t0
+            job.scored.set()
             job.finished.set()
 
-    def pending(self, cfg: RunConfig) -> WarmJob | None:
-        """The unfinished job whose results ``cfg`` reads, if any."""
-        return next((j for j in self.jobs if not j.finished.is_set() and covers(j.cfg, cfg)), None)
+    def pending(self, cfg: RunConfig, layers: bool = False) -> WarmJob | None:
+        """The job whose results ``cfg`` reads and that has not computed them yet (its scores; with ``layers``
+        its layer table), if any."""
+        return next((j for j in self.jobs if covers(j.cfg, cfg) and (j.layers or not layers)
+                     and not (j.finished if layers else j.scored).is_set()), None)
 
-    def wait_for(self, cfg: RunConfig, show: Callable[[float, str], None], poll_s: float = 0.25) -> bool:
-        """Block until the job ``cfg`` reads from has finished, calling ``show(fraction, text)`` meanwhile;
-        False at once when there is none."""
-        job = self.pending(cfg)
+    def wait_for(self, cfg: RunConfig, show: Callable[[float, str], None], poll_s: float = 0.25,
+                 layers: bool = False) -> bool:
+        """Block until the job ``cfg`` reads from has its scores (with ``layers``: its layer table) in the store,
+        calling ``show(fraction, text)`` meanwhile; False at once when there is none."""
+        job = self.pending(cfg, layers)
         if job is None:
             return False
-        while not job.finished.wait(poll_s):
+        while not (job.finished if layers else job.scored).wait(poll_s):
             show(job.fraction, f"started with the server: {job.text}")
         return True
