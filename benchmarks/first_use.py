@@ -65,7 +65,9 @@ SETTLED_JS = """([since, quiet]) => {
   if (!drawn) { gv.drawnAt = null; return false; }
   gv.drawnAt = gv.drawnAt || now;
   if (now - Math.max(idleAt, gv.drawnAt) < quiet) return false;
-  gv.result = {idle: idleAt - since, drawn: Math.max(idleAt, gv.drawnAt) - since, runs: runs.length};
+  const started = runs.find(r => r[0] === 'running')[1];
+  gv.result = {idle: idleAt - since, drawn: Math.max(idleAt, gv.drawnAt) - since, runs: runs.length,
+               started: started - since};
   return true;
 }"""
 
@@ -78,7 +80,7 @@ def settle(page, since: float, timeout_s: float) -> dict:
     errors = page.locator('[data-testid="stException"]')
     if errors.count():
         raise RuntimeError(f"exception on the page: {errors.first.inner_text()[:300]}")
-    return {"idle": out["idle"] / 1000, "drawn": out["drawn"] / 1000, "runs": out["runs"]}
+    return {"idle": out["idle"] / 1000, "drawn": out["drawn"] / 1000, "runs": out["runs"], "started": out["started"] / 1000}
 
 
 def stroke_points(i: int) -> list[tuple[float, float]]:
@@ -128,7 +130,8 @@ def compare_models_first_visit(browser, timeout_s: float) -> dict:
                 break
             except Exception:  # noqa: BLE001  (not settled yet: read the progress text and wait on)
                 shown = page.locator('[data-testid="stProgress"], [data-testid="stSpinner"]').all_inner_texts()
-                texts += [t.strip() for t in shown if t.strip() and (not texts or texts[-1] != t.strip())]
+                at = time.perf_counter() - t0
+                texts += [f"{at:.0f} s: {t.strip()}" for t in shown if t.strip() and (not texts or not texts[-1].endswith(t.strip()))]
         out = page.evaluate("() => window.__gv.result")
         if out is None:
             raise TimeoutError(f"Compare models had not settled after {timeout_s:.0f} s")
@@ -156,8 +159,8 @@ def playground_strokes(browser, strokes: int, timeout_s: float) -> dict:
         for i in range(strokes):
             up = draw(page, stroke_points(i))
             times.append(settle(page, up, timeout_s))
-            print(f"  stroke {i + 1}: idle {times[-1]['idle']:.2f} s, drawn {times[-1]['drawn']:.2f} s "
-                  f"({times[-1]['runs']} state changes)", flush=True)
+            print(f"  stroke {i + 1}: run started after {times[-1]['started']:.2f} s, idle {times[-1]['idle']:.2f} s, "
+                  f"drawn {times[-1]['drawn']:.2f} s ({times[-1]['runs']} state changes)", flush=True)
         path = None
         button = page.locator('[data-testid="stButton"] button', has_text="Score the path")
         if button.count():
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_compare:
                 compare = compare_models_first_visit(browser, args.timeout)
                 print(f"Compare models, first visit: idle {compare['idle']:.1f} s, drawn {compare['drawn']:.1f} s; "
-                      f"progress shown: {compare['progress'][:12]}", flush=True)
+                      "progress shown:\n  " + "\n  ".join(compare["progress"]), flush=True)
                 if compare["errors"] or compare["tracebacks"]:
                     print(f"  errors: {compare['errors'][:2]}, server tracebacks: {compare['tracebacks']}")
             if not args.skip_playground:

@@ -20,7 +20,7 @@ SMALL = RunConfig(limit=100, ood=["noise-uniform"], methods=["msp", "mahalanobis
 
 def test_a_warm_job_leaves_what_a_session_reads_in_the_store(tmp_path):
     store = ResultStore(tmp_path)
-    job = WarmJob(SMALL, layers=True)
+    job = WarmJob(SMALL, layers=True, nice=5)  # (a lower priority changes when it runs, not what it computes)
     warm = WarmUp([job], store).start()
     shown = []
     assert warm.wait_for(SMALL, lambda fraction, text: shown.append((fraction, text)), poll_s=0.005)

@@ -172,7 +172,9 @@ def start_warm_up():
     from gradviz.ui.warmup import WarmJob, WarmUp, default_config, warm_models
 
     limit = settings().max_samples_web
-    jobs = [WarmJob(default_config(m, limit), layers=m == RunConfig.model) for m in warm_models()]
+    # the default model's results first (Home, the Playground, Inspect open with it); the others yield the CPU
+    jobs = [WarmJob(default_config(m, limit), layers=m == RunConfig.model, nice=0 if m == RunConfig.model else 10)
+            for m in warm_models()]
     return WarmUp(jobs, get_store(), allowed_roots(), load_model=get_model).start()  # the pages' model objects
 
 

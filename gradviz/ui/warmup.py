@@ -16,6 +16,7 @@ are exactly the ones a session would compute. A failure is logged and leaves the
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -89,6 +90,7 @@ class WarmJob:
 
     cfg: RunConfig
     layers: bool = False  # also the ID set's layerwise gradient table (the Playground's bands)
+    nice: int = 0  # added to the thread's niceness (Linux): a job no first page waits for yields the CPU
     scored: threading.Event = field(default_factory=threading.Event)  # the scores are in the store
     finished: threading.Event = field(default_factory=threading.Event)  # and the layer table; or it failed
     text: str = "waiting to start"
@@ -136,6 +138,11 @@ class WarmUp:
         from gradviz.scoring import layer_table, run
 
         eta, t0 = Eta(), time.perf_counter()
+        if job.nice:
+            try:  # per thread on Linux: the pages' threads and the default model's job keep their priority
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + job.nice)
+            except (AttributeError, OSError):  # another OS: the job runs at the process's priority
+                pass
 
         def progress(done: int, total: int, label: str) -> None:
             job.fraction, job.text = min(1.0, done / max(total, 1)), f"{job.cfg.model}, {eta.text(done, total, label)}"
