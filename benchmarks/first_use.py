@@ -173,6 +173,14 @@ def playground_strokes(browser, strokes: int, timeout_s: float) -> dict:
                 "tracebacks": len(server.tracebacks())}
 
 
+INTRO = """Measured by `benchmarks/first_use.py` in headless Chromium against `streamlit run app.py` with a fresh server and
+an empty cache, as the quick start runs it. A time runs from the navigation (Compare models opened by its
+address) or from the mouse-up of a stroke on the canvas to the moment the page has settled: **idle** = Streamlit's
+running indicator gone (the app's script state `notRunning`, read by a MutationObserver in the page), **drawn** =
+also nothing stale and every Plotly chart drawn, confirmed by 0.6 s without change (not counted). Strokes draw a
+growing figure with mouse events, each a new image; the first stroke of a session is reported apart."""
+
+
 def table(compare: dict | None, play: dict | None, strokes: int) -> str:
     rows = ["| measurement | idle s (running indicator gone) | drawn s (every chart drawn) |", "|---|---:|---:|"]
     if compare is not None:
@@ -233,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.perf_counter() - t0:.0f} s.")
     print(body + "\n\n" + footer)
     if args.write:
-        append_section(ROOT / "docs" / "PERFORMANCE.md", HEADING, body + "\n\n" + footer)
+        append_section(ROOT / "docs" / "PERFORMANCE.md", HEADING, INTRO + "\n\n" + body + "\n\n" + footer)
     return 0
 
 
