@@ -170,8 +170,8 @@ class WarmUp:
     def pending(self, cfg: RunConfig, layers: bool = False) -> WarmJob | None:
         """The job whose results ``cfg`` reads and that has not computed them yet (its scores; with ``layers``
         its layer table), if any."""
-        return next((j for j in self.jobs if covers(j.cfg, cfg) and (j.layers or not layers)
-                     and not (j.finished if layers else j.scored).is_set()), None)
+        return next((j for j in self.jobs if not (j.finished if layers else j.scored).is_set()
+                     and (j.layers or not layers) and covers(j.cfg, cfg)), None)
 
     def wait_for(self, cfg: RunConfig, show: Callable[[float, str], None], poll_s: float = 0.25,
                  layers: bool = False) -> bool:
