@@ -17,7 +17,7 @@ from engine_reference import require_kernel
 # The dashboard computes the quick start's default results in background threads (gradviz/ui/warmup.py). In the
 # tests that would only take CPU from the test itself: a test (or a browser test's server) that wants it sets
 # GRADVIZ_WARM_MODELS itself.
-os.environ.setdefault("GRADVIZ_WARM_MODELS", "")
+os.environ.setdefault("GRADVIZ_WARM_MODELS", "none")
 
 
 @pytest.fixture(scope="session")

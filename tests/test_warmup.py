@@ -57,7 +57,7 @@ def test_a_page_waits_only_for_a_job_whose_results_it_reads(change, read):
 def test_the_models_warmed_are_set_by_the_environment(monkeypatch):
     monkeypatch.delenv("GRADVIZ_WARM_MODELS", raising=False)
     assert warm_models() == ["mnist-cnn", "mnist-vit"]
-    monkeypatch.setenv("GRADVIZ_WARM_MODELS", "")
+    monkeypatch.setenv("GRADVIZ_WARM_MODELS", "none")
     assert warm_models() == []
     monkeypatch.setenv("GRADVIZ_WARM_MODELS", "mnist-vit, ")
     assert warm_models() == ["mnist-vit"]
