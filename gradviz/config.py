@@ -67,12 +67,22 @@ class Settings(BaseSettings):
     max_params_web: PositiveInt = 100_000_000
     max_side_web: PositiveInt = 384
     torch_threads: int = Field(default=0, ge=0)  # torch threads of the web server; 0 = see server_torch_threads
+    # models whose default results the web server computes in the background (gradviz.ui.warmup); comma-separated,
+    # "none" for none
+    warm_models: Annotated[tuple[str, ...], NoDecode] = ("mnist-cnn", "mnist-vit")
 
     @field_validator("allowed_roots", mode="before")
     @classmethod
     def _split_roots(cls, value):
         if isinstance(value, str):
             return tuple(p.strip() for p in value.split(os.pathsep) if p.strip())
+        return value
+
+    @field_validator("warm_models", mode="before")
+    @classmethod
+    def _split_models(cls, value):
+        if isinstance(value, str):
+            return tuple(m.strip() for m in value.split(",") if m.strip() and m.strip().lower() != "none")
         return value
 
     @field_validator("compile", mode="before")

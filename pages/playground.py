@@ -79,7 +79,7 @@ with g2:
         st.info(band_note or report.note or "No per-layer gradient profile for this model.")
 st.plotly_chart(figures.marker_histograms(ref, dict(zip(one["method"], one["score"]))), width="stretch", key="pg_hists")
 
-where_it_lands(cfg, get_result(cfg).scores, x, "this image", cfg.method_names(), key="pg_map")
+where_it_lands(cfg, get_result(cfg).scores, x, "this image", cfg.method_names(), key="pg_map", shown=False)
 if pg.explain_button(digest):
     score = explain_picker(cfg, "pg")
     with user_errors("Attributions need a model captum can hook; the scores above are unaffected."):
@@ -103,6 +103,8 @@ target, target_digest = None, None
 if PATHS[kind].needs_target:
     target, target_name = pg.sample_picker(cfg, "pg_target", default_index=1, label="Morph into")
     target_digest = images_digest(target)
+if not pg.path_wanted(source, src_digest, steps):  # a stroke scores the drawing; its path only when asked
+    st.stop()
 with user_errors("Pick another path or target image."):
     path, path_report = pg.path_report(src_digest, cfg.to_json(), kind, steps, target_digest, x_src, target, runners, ref)
 step_preds = [classes[int(k)] for k in path_report.prediction]
@@ -116,6 +118,7 @@ fig = figures.path_figure(wide[lines], path.values, path.labels(), step_preds, c
 chart = "pg_path_chart"
 st.plotly_chart(fig, width="stretch", key=chart, on_select=pg.load_step_callback(chart, src_digest, path),
                 selection_mode="points")
+pg.remember_path_time(path_report.seconds)
 st.caption(f"{len(path.values)} steps scored as one batch in {1000 * path_report.seconds:.0f} ms. Click a point to load "
            "that step into the panels above.")
 show = np.linspace(0, len(path.values) - 1, 8).round().astype(int)

@@ -135,7 +135,7 @@ def _readme_settings() -> dict[str, str]:
 
 
 # Defaults the table describes in words (computed from other settings or at run time), not as a value.
-DESCRIBED = {"cache_dir", "data_root", "allowed_roots", "memory_mb", "server_memory_mb", "torch_threads"}
+DESCRIBED = {"cache_dir", "data_root", "allowed_roots", "memory_mb", "server_memory_mb", "torch_threads", "warm_models"}
 NOT_SETTINGS = {"GRADVIZ_MODELS"}  # server configuration read by gradviz.models.plugins.server_model_specs
 
 

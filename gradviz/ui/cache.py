@@ -22,7 +22,7 @@ from gradviz.models import GradvizModel, load_model
 from gradviz.scoring import RunConfig, ScoreResult, blank_method_warnings, images_digest, layer_table, run
 from gradviz.runtime.store import ResultStore
 from gradviz.runtime.store import cache_key as _cache_key
-from gradviz.ui.progress import progress_bar
+from gradviz.ui.progress import progress_bar, wait_for_warm_up
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -153,6 +153,19 @@ def _memoised(key: str, compute: Callable[[], object], cfg: RunConfig | None = N
     return hit
 
 
+@st.cache_resource(show_spinner=False)
+def start_warm_up():
+    """The background computation of the quick start's default results (:mod:`gradviz.ui.warmup`), started once
+    per server process (``app.py`` calls this on every run; only the first call starts the threads)."""
+    from gradviz.ui.warmup import WarmJob, WarmUp, default_config, warm_models
+
+    limit = settings().max_samples_web
+    # the default model's results first (Home, the Playground, Inspect open with it); the others yield the CPU
+    jobs = [WarmJob(default_config(m, limit), layers=m == RunConfig.model, nice=0 if m == RunConfig.model else 10)
+            for m in warm_models()]
+    return WarmUp(jobs, get_store(), allowed_roots(), load_model=get_model).start()  # the pages' model objects
+
+
 def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> ScoreResult:
     """Scores + metrics for ``cfg``, computed once per choice (progress bar on first run)."""
     uploads = {k: v for k, v in (uploads or {}).items() if k in cfg.ood or k == cfg.id}
@@ -166,6 +179,8 @@ def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> Sc
     for spec in [cfg.id, *cfg.ood]:  # a refused or missing set fails here, before any progress bar is drawn
         if spec not in datasets:
             datasets[spec] = get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
+    if _store(cfg) is not None:  # results of this session's uploads are not read from the store
+        wait_for_warm_up(start_warm_up(), cfg, "Scoring samples")
     with progress_bar("Scoring samples") as update:
         result = run(cfg, progress=update, store=_store(cfg), model=model, datasets=datasets,
                      allowed_roots=allowed_roots())
@@ -183,6 +198,8 @@ def get_layer_table(cfg: RunConfig, specs: list[str], uploads: dict[str, ImageSe
     if hit is not None:
         return hit
     model = get_model(cfg.model, cfg.weights)
+    if specs == [cfg.id] and _store(cfg) is not None:  # the ID set's table is warmed with the default results
+        wait_for_warm_up(start_warm_up(), cfg, "Layerwise gradients", layers=True)
     frames = []
     with progress_bar("Layerwise gradients") as update:
         for spec in specs:

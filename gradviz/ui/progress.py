@@ -29,3 +29,15 @@ def progress_bar(text: str) -> Iterator[Callable[[int, int, str], None]]:
             yield update
     finally:
         bar.empty()  # an error never leaves a bar standing at "23/24 methods"
+
+
+def wait_for_warm_up(warm, cfg, text: str, layers: bool = False) -> None:
+    """Wait, with its progress shown in a bar, while the background warm-up ``warm`` (:mod:`gradviz.ui.warmup`)
+    computes what ``cfg`` reads (its scores; with ``layers`` the ID set's layer table); at once when it does not."""
+    if not warm.pending(cfg, layers):
+        return
+    bar = st.progress(0.0, text=text)
+    try:
+        warm.wait_for(cfg, lambda fraction, status: bar.progress(fraction, text=f"{text} — {status}"), layers=layers)
+    finally:
+        bar.empty()

@@ -49,6 +49,10 @@ def test_playground_places_the_drawing_on_the_map(open_page):
     app.session_state["pg_canvas"] = canvas_state(drawing("three"))
     app.run()
     assert not app.exception, app.exception
+    # off at first: a stroke would redraw every scored sample of the map
+    assert not any("pg_map_chart" in c.proto.id for c in app.get("plotly_chart"))
+    app.toggle(key="pg_map").set_value(True).run()
+    assert not app.exception, app.exception
     first = _spec(app, "pg_map_chart")["data"][-1]
     assert first["marker"]["symbol"] == "star" and first["name"] == "this image"
     app.session_state["pg_canvas"] = canvas_state(drawing("scribble"))

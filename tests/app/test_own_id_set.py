@@ -24,7 +24,7 @@ def grey_zip() -> bytes:
 @pytest.mark.slow
 def test_playground_with_an_own_id_set_leaves_an_unfittable_method_blank(open_page):
     at = open_page("pages/playground.py", RunConfig(limit=100, ood=["noise-uniform"], methods=METHODS),
-                   pg_canvas=canvas_state(drawing("three")))
+                   pg_canvas=canvas_state(drawing("three")), pg_path_live=True)
     add_zip(at, grey_zip(), "digits.zip")  # (AppTest cannot rerun after it: the ID picker's labels are formatted)
     assert at.session_state["gv_config"].id.startswith("test:session:digits.zip#")
     assert not at.exception, at.exception

@@ -97,8 +97,13 @@ def test_drawing_then_scribble_changes_prediction_scores_and_path(open_page, mod
     assert {"mnist (ID)", "noise-uniform (OOD)", "this image"} <= hist_names
     profile = chart(app, "pg_profile")["data"]
     assert profile[-1]["name"] == "this sample" and len(values(profile[-1]["y"])) > 3
+    # a stroke scores the drawing alone: its path waits for the button
+    assert not [c for c in app.get("plotly_chart") if "pg_path_chart" in c.proto.id]
+    app.button(key="pg_walk").click().run()
+    assert not app.exception, app.exception
     path = chart(app, "pg_path_chart")["data"]
     assert len(path) == len(METHODS) + 1 and all(len(values(t["x"])) == 31 for t in path)  # default 31 steps, one batch
+    assert gauges(app) == first  # asking for the path leaves the drawing's own scores as they were
 
     app.session_state["pg_canvas"] = canvas_state(drawing("scribble"))
     app.run()
@@ -107,6 +112,20 @@ def test_drawing_then_scribble_changes_prediction_scores_and_path(open_page, mod
     assert second != first
     # a scribble is far from every digit in feature space
     assert second["mahalanobis"] > first["mahalanobis"] and second["mahalanobis"] >= 90
+    # a new drawing: the path of the old one is gone, the button asks again
+    assert not [c for c in app.get("plotly_chart") if "pg_path_chart" in c.proto.id]
+    assert app.button(key="pg_walk").label == "Score the path"
+
+
+def test_the_path_follows_every_stroke_when_asked_to(app):
+    app.session_state["pg_path_live"] = True  # the toggle below the canvas (drawn once there is a drawing)
+    app.session_state["pg_canvas"] = canvas_state(drawing("three"))
+    app.run()
+    first = [values(t["y"]) for t in chart(app, "pg_path_chart")["data"][:-1]]
+    app.session_state["pg_canvas"] = canvas_state(drawing("scribble"))
+    app.run()
+    assert not app.exception, app.exception
+    assert [values(t["y"]) for t in chart(app, "pg_path_chart")["data"][:-1]] != first  # the scribble's own path
 
 
 @pytest.mark.parametrize("data", ["not a data url", "data:image/png;base64,%%%", "data:image/png;base64,aGVsbG8="])

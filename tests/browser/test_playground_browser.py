@@ -113,9 +113,16 @@ def test_strokes_change_prediction_and_scores(page, server, shots_dir):
 
 
 def test_clicking_a_path_step_loads_it_and_reset_clears(page, server, shots_dir):
+    from playwright.sync_api import expect
+
     page.locator("button[aria-label=Undo]").click()  # the 3 again, without the scribble
     settle(page)
     start = state(page)
+    path_chart = page.locator('[data-testid="stPlotlyChart"]', has_text="Along the path")
+    expect(path_chart).to_have_count(0)  # a stroke scores the drawing alone: the path waits for the button
+    page.locator('[data-testid="stButton"] button', has_text="Score the path").click()
+    expect(path_chart).to_have_count(1, timeout=TIMEOUT_S * 1000)
+    wait_idle(page)
     x, y = page.evaluate(PATH_POINT_JS, 15)  # rotate, step 15 of 31 = 90°
     page.mouse.click(x, y)
     settle(page)
