@@ -204,9 +204,6 @@ def load_model(name: str = "mnist-cnn", weights: str | Path | None = None, devic
     except (RuntimeError, AssertionError) as exc:
         raise ModelError(f"cannot move the model to {device!r}: {exc}") from None
     model.eval()
-    from gradviz.engine.kernels import build_in_background
-
-    build_in_background()  # the statistics kernel compiles beside the data loading that usually follows
     return model
 
 
