@@ -13,9 +13,8 @@ from gradviz.methods.gaia import gaia_a_channels, gaia_z_channels
 from gradviz.models.zoo import random_model
 
 from engine_reference import require_kernel
-from engine_reference import assert_stats_close, reference_stats, wrap as _wrap_model
+from engine_reference import assert_stats_close, conv_variants_model, reference_stats, wrap as _wrap_model
 from engine_reference import batch as _batch, randomise_bn as _randomise_bn
-from test_gradients import _conv_variants_model
 
 
 def _mnist64():
@@ -58,7 +57,7 @@ def test_folded_pass_gives_the_unfolded_statistics(kind):
     elif kind == "resnet":
         model, x = _randomise_bn(random_model("resnet18", 10, (3, 32, 32), seed=0)).double(), _batch((3, 32, 32), 3)
     else:  # the BN follows a grouped, dilated, strided conv with an in-place ReLU after it
-        model, x = _conv_variants_model(), _batch((2, 9, 9), 5, seed=11)
+        model, x = conv_variants_model(), _batch((2, 9, 9), 5, seed=11)
     assert twin_of(model.net) is not None
     for loss in LOSSES:
         folded, plain = _both(model, x, loss)

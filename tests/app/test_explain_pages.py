@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from gradviz.scoring import RunConfig
 
+from image_bytes import canvas_png
+
 
 def test_inspect_switches_to_explaining_a_score(open_page):
     app = open_page("pages/inspect.py", RunConfig(limit=60, ood=["noise-uniform"], methods=["msp", "knn", "grad_l2"]),
@@ -26,10 +28,9 @@ def test_inspect_switches_to_explaining_a_score(open_page):
 
 def test_playground_explains_the_drawing_s_score(open_page):
     from gradviz.ui.canvas import canvas_state
-    from test_playground_page import drawing  # tests/app is on the path (rootdir conftest)
 
     app = open_page("pages/playground.py", RunConfig(limit=60, ood=["noise-uniform"], methods=["energy", "gaia_z"]))
-    app.session_state["pg_canvas"] = canvas_state(drawing("three"))
+    app.session_state["pg_canvas"] = canvas_state(canvas_png("three"))
     app.run()
     app.button(key="pg_explain").click().run()
     assert not app.exception, app.exception

@@ -8,6 +8,9 @@ import pytest
 from PIL import Image
 
 from gradviz.scoring import RunConfig
+from gradviz.testing.apptest import prediction
+
+from image_bytes import paper_photo
 
 
 
@@ -65,7 +68,6 @@ def test_inspect_opens_sample_sent_from_compare(app):
 
 
 def test_inspect_flags_a_photo_of_ink_on_paper_and_cleans_it_up(app):
-    from test_appearance import paper_photo  # tests/ is on the path (rootdir conftest)
 
     app.file_uploader(key="ins_upload").set_value([("two.jpg", paper_photo("2"), "image/jpeg")]).run()
     assert not app.exception, app.exception
@@ -81,7 +83,3 @@ def test_inspect_flags_a_photo_of_ink_on_paper_and_cleans_it_up(app):
     app.file_uploader(key="ins_upload").set_value([("digit.png", _png(), "image/png")]).run()
     assert not any("looks unlike" in w.value for w in app.warning)
     assert next(t for t in app.toggle if t.key.startswith("ins_clean_")).value is False
-
-
-def prediction(at) -> str:
-    return next(m for m in at.metric if m.label == "Prediction").value
