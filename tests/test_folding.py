@@ -50,6 +50,7 @@ def test_bundled_architectures_fold_every_conv_bn_pair_and_keep_the_model():
         assert all(not m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mnist", "resnet", "variants"])
 def test_folded_pass_gives_the_unfolded_statistics(kind):
     if kind == "mnist":
@@ -120,6 +121,7 @@ def test_only_safe_pairs_are_folded_and_statistics_stay_exact(cls):
     assert_stats_close(folded, ref, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_twin_follows_weight_changes():
     model, x = _mnist64(), _batch((1, 28, 28), 2, seed=4)
     first = twin_of(model.net)
@@ -158,6 +160,7 @@ def test_zero_gamma_channel_in_float32_direct_kernel():
     assert_stats_close(res, _as_ref(plain), rtol=2e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dot_route", [True, False])
 @pytest.mark.parametrize("dtype, mode", [(torch.float64, "off"), (torch.float32, "on")])
 def test_both_routes_to_the_folded_gamma_gradient(dot_route, dtype, mode, monkeypatch):

@@ -61,6 +61,7 @@ def test_every_stat_of_every_layer_matches_autograd_mnist_cnn(loss, mode):
     assert_stats_close(res, _reference("mnist", loss), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_every_stat_of_every_layer_matches_autograd_resnet18(loss, mode):
     _, model, x = _case("resnet")
@@ -444,6 +445,7 @@ def test_forced_calibration_is_exact_and_remembers_nothing(fresh_calibration):
     assert CALIBRATION.choices() and torch.allclose(a.values, b.values, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_a_small_budget_never_unfolds_the_whole_batch(monkeypatch, fresh_calibration):
     """Where U of a layer does not fit the budget it is unfolded chunk by chunk only (the folded
     convs' scaled δ included), and the statistics stay exact."""

@@ -203,6 +203,7 @@ def test_file_models_run_only_when_the_server_configuration_names_them(open_page
     assert at.selectbox(key="gv_model").value == spec and marker.exists() and not at.error, texts(at.error)
 
 
+@pytest.mark.slow
 def test_compare_models_page_scores_two_models_side_by_side(open_page):
     at = open_page("pages/compare_models.py", RunConfig(limit=100, ood=["letters", "noise-uniform"],
                                                         methods=["msp", "energy", "mahalanobis"]))
@@ -242,6 +243,7 @@ def test_folder_under_the_allowed_roots_as_the_id_set(open_page, tmp_path, monke
     assert "8 images in 2 classes; 4 (50%) fit" in texts(at.sidebar.caption)
 
 
+@pytest.mark.slow
 def test_three_channel_model_with_a_28px_card_renders_home_inspect_and_the_playground(open_page):
     """Grey digits expanded to 3 channels at the card's native 28×28 (no resize) once crashed every page."""
     at = open_page("pages/home.py", RunConfig(limit=40, ood=["letters"], methods=["msp", "gradnorm"]))

@@ -35,6 +35,7 @@ def test_playground_with_an_own_id_set_leaves_an_unfittable_method_blank(open_pa
     assert not at.get("progress")  # every progress bar finished and was removed
 
 
+@pytest.mark.slow
 def test_corruption_lab_with_an_own_id_set_leaves_an_unfittable_method_blank(open_page):
     at = open_page("pages/corruptions.py", RunConfig(limit=100, ood=["noise-uniform"], methods=METHODS))
     add_zip(at, grey_zip(), "digits.zip")

@@ -118,6 +118,7 @@ def test_a_fit_folder_edited_on_disk_is_fitted_again_not_served_from_the_cache(t
     assert np.array_equal(after, fresh) and not np.array_equal(before, after)
 
 
+@pytest.mark.slow
 def test_the_same_weights_under_another_card_never_share_a_cached_result(tmp_path):
     import copy
 
