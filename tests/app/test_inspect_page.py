@@ -14,6 +14,9 @@ from image_bytes import paper_photo
 
 
 
+ASK = "Upload one or more images, or switch to a dataset sample."
+
+
 @pytest.fixture
 def app(open_page):
     # the layer table is exercised once, in the first test
@@ -30,7 +33,7 @@ def _png() -> bytes:
 
 
 def test_inspect_upload_prompt_then_dataset_sample_renders(app):
-    assert app.info  # no upload yet: asks for one, no error
+    assert [i.value for i in app.info] == [ASK]  # no upload yet: asks for one, no error
     app.radio(key="ins_source").set_value("A dataset sample")
     app.session_state["ins_layers"] = True
     app.run()
@@ -55,7 +58,7 @@ def test_inspect_uploaded_png_works_and_bad_upload_warns(app):
     app.file_uploader(key="ins_upload").set_value([("x.png", b"hello, I am text", "image/png")]).run()
     assert not app.exception, app.exception
     assert any("x.png" in w.value for w in app.warning)
-    assert app.info  # nothing usable: asks again
+    assert [i.value for i in app.info] == [ASK]  # nothing usable: asks again
 
 
 def test_inspect_opens_sample_sent_from_compare(app):

@@ -72,12 +72,17 @@ def test_drawing_then_scribble_changes_prediction_scores_and_path(open_page, mod
     assert second["mahalanobis"] > first["mahalanobis"] and second["mahalanobis"] >= 90
 
 
-@pytest.mark.parametrize("data", ["not a data url", "data:image/png;base64,%%%", "data:image/png;base64,aGVsbG8="])
-def test_malformed_canvas_data_gives_a_message_not_an_exception(app, data):
+@pytest.mark.parametrize("data, message", [
+    ("not a data url", "The drawing could not be read; reset the canvas and draw again."),
+    ("data:image/png;base64,%%%", "drawing: empty file (0 bytes). Try again, or start from a dataset sample."),
+    ("data:image/png;base64,aGVsbG8=", "drawing: not a supported image (PNG, JPEG, BMP, TIFF, WebP, GIF). Try again, "
+                                       "or start from a dataset sample."),
+])
+def test_malformed_canvas_data_gives_a_message_not_an_exception(app, data, message):
     app.session_state["pg_canvas"] = {"drawing": {"raw": {"objects": []}, "data": data}, "backgroundFit": None}
     app.run()
     assert not app.exception, app.exception
-    assert app.warning and not app.metric
+    assert [w.value for w in app.warning] == [message] and not app.metric
 
 
 def test_camera_photo_is_read_as_dark_ink_on_paper(app):
