@@ -40,7 +40,7 @@ def offline_models() -> list[str]:
     return [m.name for m in list_models() if m.offline]
 
 
-def test_blank_canvas_asks_for_a_canvas_png(app):
+def test_blank_canvas_asks_for_a_drawing(app):
     assert app.radio(key="pg_source").value == "Draw"
     assert any("Draw a digit" in i.value for i in app.info)
     assert not app.error
@@ -55,7 +55,7 @@ def test_drawing_then_scribble_changes_prediction_scores_and_path(open_page, mod
     assert not app.error
     assert prediction(app) == "3"
     first = gauges(app)
-    assert set(first) == set(METHODS) and all(0 <= v <= 100 for v in first.trace_values())
+    assert set(first) == set(METHODS) and all(0 <= v <= 100 for v in first.values())
     hist_names = {t["name"] for t in chart_spec(app, "pg_hists")["data"]}
     assert {"mnist (ID)", "noise-uniform (OOD)", "this image"} <= hist_names
     profile = chart_spec(app, "pg_profile")["data"]
