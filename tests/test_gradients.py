@@ -93,6 +93,7 @@ def test_one_layer_order_everywhere_the_forward_order():
     assert [n for n, _ in parametrised_layers(model.net, x)] == ["conv1", "conv2", "head"]
 
 
+@pytest.mark.slow
 def test_float32_model_close_to_float64_reference(mode):
     model, _, x = _case("resnet")
     assert_stats_close(layer_gradient_stats(model, x, compile=mode), _reference("resnet", "nll_pred"), rtol=1e-3)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gradviz.scoring import RunConfig
 
 from image_bytes import canvas_png
 
 
+@pytest.mark.slow
 def test_inspect_switches_to_explaining_a_score(open_page):
     app = open_page("pages/inspect.py", RunConfig(limit=60, ood=["noise-uniform"], methods=["msp", "knn", "grad_l2"]),
                     ins_layers=False, ins_source="A dataset sample", ins_attr=["saliency", "gradcam"])

@@ -49,6 +49,7 @@ def test_corruption_lab_with_an_own_id_set_leaves_an_unfittable_method_blank(ope
     assert not at.get("progress")
 
 
+@pytest.mark.slow
 def test_inspect_with_an_own_id_set_leaves_an_unfittable_method_blank(open_page):
     at = open_page("pages/inspect.py", RunConfig(limit=100, ood=["noise-uniform"], methods=METHODS),
                    ins_source="A dataset sample", ins_layers=False)

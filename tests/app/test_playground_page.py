@@ -46,7 +46,8 @@ def test_blank_canvas_asks_for_a_drawing(app):
     assert not app.error
 
 
-@pytest.mark.parametrize("model", offline_models())
+@pytest.mark.parametrize("model", [m if m == "mnist-cnn" else pytest.param(m, marks=pytest.mark.slow)
+                                   for m in offline_models()])
 def test_drawing_then_scribble_changes_prediction_scores_and_path(open_page, model):
     app = open_page("pages/playground.py", RunConfig(model=model, limit=100, ood=["noise-uniform"], methods=METHODS))
     app.session_state["pg_canvas"] = canvas_state(canvas_png("three"))

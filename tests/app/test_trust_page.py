@@ -13,6 +13,7 @@ from gradviz.testing.apptest import chart_spec
 
 METHODS = ["msp", "energy", "gradnorm"]
 SHIFT = "corrupt:gaussian_noise:4"
+pytestmark = pytest.mark.slow  # the page's first run scores three sets and fits temperatures
 
 
 @pytest.fixture

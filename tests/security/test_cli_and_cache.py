@@ -52,6 +52,7 @@ def test_code_version_changes_when_any_source_file_changes(tmp_path, monkeypatch
 # --------------------------------------------------------------------------- fitted methods are keyed by their seed
 
 
+@pytest.mark.slow
 def test_runs_differing_only_in_seed_with_a_fit_split_are_not_served_each_others_fitted_scores(tmp_path):
     import numpy as np
 

@@ -91,6 +91,7 @@ def test_deeply_nested_card_json_is_refused(tmp_path):
         ModelCard.from_json(path)
 
 
+@pytest.mark.slow
 def test_card_beside_torchvision_weights_is_checked(tmp_path):
     import torchvision
     from safetensors.torch import save_file
@@ -398,6 +399,7 @@ def test_engine_given_a_compiled_module_uses_the_eager_one_or_refuses():
     assert not calls
 
 
+@pytest.mark.slow
 def test_file_model_returning_a_compiled_network_is_unwrapped(tmp_path):
     net_file = tmp_path / "nets.py"
     net_file.write_text(FILE_MODELS)
