@@ -9,8 +9,8 @@ from gradviz.cli import main
 @pytest.mark.slow
 def test_report_command_writes_every_section_for_the_chosen_corruptions(tmp_path, capsys):
     out = tmp_path / "docs"
-    assert main(["report", "--limit", "150", "--corruptions", "gaussian_noise", "--severities", "1,5", "--out", str(out),
-                 "--cache", str(tmp_path / "cache")]) == 0
+    assert main(["report", "--limit", "150", "--corruptions", "gaussian_noise", "--severities", "1,5",
+                 "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
     assert f"wrote {out / 'RESULTS.md'}" in capsys.readouterr().out
     text = (out / "RESULTS.md").read_text()
     assert "`python -m gradviz report --limit 150 --corruptions gaussian_noise --severities 1,5`" in text

@@ -1,9 +1,9 @@
 """Synchronous Playwright helpers for the real-browser tests (tests/browser): a session on the app, navigation through
 the sidebar, waits for the script run an action starts, exception boxes and screenshots.
 
-Every wait is a Playwright wait on a condition in the page (a count of script runs kept by the page itself, the
-run state staying idle, an element or a text appearing), never a fixed sleep. Playwright and Pillow are imported
-inside the functions that use them (test requirements, not runtime ones).
+Every wait is a Playwright wait on a condition in the page (the server's answer to an action, counted by the page
+itself; the run state staying idle; an element or a text appearing), never a fixed sleep. Playwright and Pillow are
+imported inside the functions that use them (test requirements, not runtime ones).
 """
 
 from __future__ import annotations
@@ -20,20 +20,19 @@ TIMEOUT_S = 300  # the first computation on a shared 2-core machine can take min
 SIDEBAR = '[data-testid="stSidebar"]'
 MAIN = '[data-testid="stMain"]'
 
-# Counts the script runs the page starts (stApp's data-test-script-state turning to "running") in window.__gvRuns.
-# Installed before any page script (context.add_init_script), so no run is missed; stApp is found once it exists.
-_COUNT_RUNS_JS = """(() => {
-  if (window.__gvRuns !== undefined) return;
-  window.__gvRuns = 0;
-  const watch = () => {
-    const app = document.querySelector('[data-testid="stApp"]');
-    if (!app) { setTimeout(watch, 20); return; }
-    if (app.getAttribute('data-test-script-state') === 'running') window.__gvRuns++;
-    new MutationObserver(changes => changes.forEach(c => {
-      if (c.oldValue !== 'running' && app.getAttribute('data-test-script-state') === 'running') window.__gvRuns++;
-    })).observe(app, {attributes: true, attributeOldValue: true, attributeFilter: ['data-test-script-state']});
+# Counts the messages the Streamlit server sends this page (window.__gvMsgs): a script run, however short, sends
+# some (its start, its elements, its end), and nothing else does while a page sits idle. Installed before any page
+# script (context.add_init_script), so the app's own WebSocket is the counted one.
+_COUNT_MESSAGES_JS = """(() => {
+  if (window.__gvMsgs !== undefined) return;
+  window.__gvMsgs = 0;
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', () => { window.__gvMsgs++; });
+    }
   };
-  watch();
 })();"""
 
 # True once the run state has read "notRunning" on `calm` polls in a row (no rerun queued right behind the last).
@@ -45,16 +44,16 @@ _CALM_JS = """calm => {
 
 
 def new_context(browser):
-    """A browser context at the test viewport whose pages count their script runs (see :func:`rerun`)."""
+    """A browser context at the test viewport whose pages count the server's messages (see :func:`rerun`)."""
     context = browser.new_context(viewport=VIEWPORT)
-    context.add_init_script(_COUNT_RUNS_JS)
+    context.add_init_script(_COUNT_MESSAGES_JS)
     context.set_default_timeout(TIMEOUT_S * 1000)
     return context
 
 
-def runs(page) -> int:
-    """Script runs this page has started so far."""
-    return page.evaluate("() => window.__gvRuns || 0")
+def messages(page) -> int:
+    """Messages the server has sent this page so far."""
+    return page.evaluate("() => window.__gvMsgs || 0")
 
 
 def wait_idle(page, timeout: float = TIMEOUT_S) -> None:
@@ -64,15 +63,16 @@ def wait_idle(page, timeout: float = TIMEOUT_S) -> None:
 
 
 def wait_run_after(page, before: int, timeout: float = TIMEOUT_S) -> None:
-    """Wait until a script run started after the count ``before`` (:func:`runs`) has begun and everything finished."""
-    page.wait_for_function("n => (window.__gvRuns || 0) > n", arg=before, timeout=timeout * 1000)
+    """Wait until the server has answered (a message after the count ``before`` of :func:`messages`) and the
+    script run has finished."""
+    page.wait_for_function("n => (window.__gvMsgs || 0) > n", arg=before, timeout=timeout * 1000)
     wait_idle(page, timeout)
 
 
 @contextmanager
 def rerun(page, timeout: float = TIMEOUT_S) -> Iterator[None]:
     """``with rerun(page): <an action that reruns the script>``: after the block, wait for that run to finish."""
-    before = runs(page)
+    before = messages(page)
     yield
     wait_run_after(page, before, timeout)
 

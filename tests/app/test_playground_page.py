@@ -62,7 +62,8 @@ def test_drawing_then_scribble_changes_prediction_scores_and_path(open_page, mod
     profile = chart_spec(app, "pg_profile")["data"]
     assert profile[-1]["name"] == "this sample" and len(trace_values(profile[-1]["y"])) > 3
     path = chart_spec(app, "pg_path_chart")["data"]
-    assert len(path) == len(METHODS) + 1 and all(len(trace_values(t["x"])) == 31 for t in path)  # default 31 steps, one batch
+    # default 31 steps, one batch
+    assert len(path) == len(METHODS) + 1 and all(len(trace_values(t["x"])) == 31 for t in path)
 
     app.session_state["pg_canvas"] = canvas_state(canvas_png("scribble"))
     app.run()

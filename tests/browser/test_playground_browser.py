@@ -14,7 +14,8 @@ import pytest
 from playwright.sync_api import expect
 
 from gradviz.testing.browser import VIEWPORT
-from gradviz.testing.browser_sync import exceptions, is_idle, open_session, rerun, save_shot, settle_layout, traceback_head
+from gradviz.testing.browser_sync import (exceptions, is_idle, open_session, rerun, save_shot, settle_layout,
+                                          traceback_head)
 
 GAUGES_JS = """() => {
   const gd = [...document.querySelectorAll('.js-plotly-plot')]
