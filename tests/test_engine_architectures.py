@@ -9,6 +9,7 @@ import torch
 import torchvision
 from torchvision.models import maxvit as tv_maxvit
 
+from gradviz.engine import fast_plans
 from gradviz.errors import GradvizError
 from gradviz.engine import coverage, layer_gradient_stats
 from gradviz.methods import ModelOutputs, list_methods
@@ -69,6 +70,8 @@ def test_engine_is_exact_and_covers_every_parameter(name):
     ref = reference_stats(model64, x, "nll_pred")
     res = layer_gradient_stats(model64, x, loss="nll_pred")
     assert_stats_close(res, ref, rtol=1e-5)
+    with fast_plans(False):  # every kind from its rule alone (no strategies, folding or kernel): the same numbers
+        assert_stats_close(layer_gradient_stats(model64, x, loss="nll_pred", c_kernel="off"), ref, rtol=1e-5)
     # the criterion: Σ over groups of ‖∇θ_g ℓ_b‖² = the full per-sample gradient's ‖∇θ ℓ_b‖²
     total = sum(ref[g]["l2"] ** 2 for g in ref)
     assert ((res.get("l2").double() ** 2).sum(1) - total).abs().max() / total.max() < 1e-5

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gradviz.engine.folding import twin_of
-from gradviz.engine.plans.conv import ConvPlan
+from gradviz.engine.plans.conv import DOT_PRODUCTS, RECOMPUTED, ConvPlan
 from gradviz.engine import STATS, GradientPass, LOSSES, parametrised_layers
 from gradviz.methods.gaia import gaia_a_channels, gaia_z_channels
 from gradviz.models.zoo import random_model
@@ -151,8 +151,8 @@ def test_zero_gamma_channel_in_float32_direct_kernel():
         model.net.layer2.bn2.weight[:5] = 0.0
     x = _batch((1, 28, 28), 3, seed=6)
     ref = reference_stats(model, x, "nll_pred")
-    res = GradientPass(model, x, fold_bn=True).layer_stats(compile="on")
-    plain = GradientPass(model, x, fold_bn=False).layer_stats(compile="off")
+    res = GradientPass(model, x, fold_bn=True).layer_stats(c_kernel="on")
+    plain = GradientPass(model, x, fold_bn=False).layer_stats(c_kernel="off")
     assert res.values.isfinite().all()
     # float32 is only as close to the float64 loop as the unfolded eager engine is (~3e-4 here) ...
     assert_stats_close(res, ref, rtol=1e-3)
@@ -161,19 +161,17 @@ def test_zero_gamma_channel_in_float32_direct_kernel():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dot_route", [True, False])
+@pytest.mark.parametrize("route", [DOT_PRODUCTS, RECOMPUTED])
 @pytest.mark.parametrize("dtype, mode", [(torch.float64, "off"), (torch.float32, "on")])
-def test_both_routes_to_the_folded_gamma_gradient(dot_route, dtype, mode, monkeypatch):
+def test_both_routes_to_the_folded_gamma_gradient(route, dtype, mode, monkeypatch):
     """Σ_p δz y from dot products with W, or from the recomputed conv output: the same numbers."""
     if mode == "on":
         require_kernel()
     model = _randomise_bn(random_model("resnet18", 10, (3, 32, 32), seed=0)).to(dtype)
     x = _batch((3, 32, 32), 3, seed=7)
-    plain = GradientPass(model, x, fold_bn=False).layer_stats(compile=mode)
-    real = ConvPlan._dot_route
-    monkeypatch.setattr(ConvPlan, "_dot_route",
-                        lambda self, strategy: dot_route and real(self, strategy) or dot_route and strategy != "gram")
-    folded = GradientPass(model, x, fold_bn=True).layer_stats(compile=mode)
+    plain = GradientPass(model, x, fold_bn=False).layer_stats(c_kernel=mode)
+    monkeypatch.setattr(ConvPlan, "fold_route", lambda self, strategy: RECOMPUTED if strategy == "gram" else route)
+    folded = GradientPass(model, x, fold_bn=True).layer_stats(c_kernel=mode)
     # float32: as close as the unfolded float32 engine is to float64 on this model (max/min of a
     # rank-one layer relative to its RMS: 1.8e-4); float64: to rounding
     assert folded.layers == plain.layers

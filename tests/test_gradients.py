@@ -56,7 +56,7 @@ def _sq_close(names, sq, ref, rtol=1e-5):
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_every_stat_of_every_layer_matches_autograd_mnist_cnn(loss, mode):
     _, model, x = _case("mnist")
-    res = layer_gradient_stats(model, x, loss=loss, compile=mode)
+    res = layer_gradient_stats(model, x, loss=loss, c_kernel=mode)
     assert len(res.layers) == 19 and res.values.dtype == torch.float32 and res.values.shape == (4, 19, 6)
     assert_stats_close(res, _reference("mnist", loss), rtol=1e-5)
 
@@ -65,7 +65,7 @@ def test_every_stat_of_every_layer_matches_autograd_mnist_cnn(loss, mode):
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_every_stat_of_every_layer_matches_autograd_resnet18(loss, mode):
     _, model, x = _case("resnet")
-    res = layer_gradient_stats(model, x, loss=loss, compile=mode)
+    res = layer_gradient_stats(model, x, loss=loss, c_kernel=mode)
     assert_stats_close(res, _reference("resnet", loss), rtol=1e-5)
 
 
@@ -96,7 +96,7 @@ def test_one_layer_order_everywhere_the_forward_order():
 @pytest.mark.slow
 def test_float32_model_close_to_float64_reference(mode):
     model, _, x = _case("resnet")
-    assert_stats_close(layer_gradient_stats(model, x, compile=mode), _reference("resnet", "nll_pred"), rtol=1e-3)
+    assert_stats_close(layer_gradient_stats(model, x, c_kernel=mode), _reference("resnet", "nll_pred"), rtol=1e-3)
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))
@@ -119,7 +119,7 @@ def test_results_independent_of_chunk_size_and_batch():
     big = layer_gradient_stats(model, x, chunk_mib=256)
     calls = []
     # eager: every conv is materialised chunk by chunk (the compiled direct plan needs no chunks)
-    tiny = layer_gradient_stats(model, x, chunk_mib=0.01, progress=lambda d, t: calls.append((d, t)), compile="off")
+    tiny = layer_gradient_stats(model, x, chunk_mib=0.01, progress=lambda d, t: calls.append((d, t)), c_kernel="off")
     assert torch.allclose(big.values, tiny.values, rtol=1e-5, atol=1e-7)
     assert calls[-1][0] == calls[-1][1] and len(calls) > len(big.layers)  # one call per chunk
     part = layer_gradient_stats(model, x[2:4])
@@ -182,7 +182,7 @@ def test_conv_variants_match_autograd(mode):
     model = conv_variants_model()
     x = batch((2, 9, 9), 3, seed=10)
     ref = reference_stats(model, x, "confounding_softmax")
-    res = layer_gradient_stats(model, x, loss="confounding_softmax", chunk_mib=0.001, compile=mode)
+    res = layer_gradient_stats(model, x, loss="confounding_softmax", chunk_mib=0.001, c_kernel=mode)
     assert_stats_close(res, ref, rtol=1e-5)
     names, sq = layer_sq_l2_norms(model, x, loss="confounding_softmax")
     _sq_close(names, sq, ref)
@@ -201,8 +201,8 @@ def test_bad_inputs_raise_clear_errors():
         layer_gradient_stats(model, x, chunk_mib=0)
     with pytest.raises(GradvizError, match="non-empty"):
         layer_gradient_stats(model, x[:0])
-    with pytest.raises(GradvizError, match="compile must be one of"):
-        layer_gradient_stats(model, x, compile="fast")
+    with pytest.raises(GradvizError, match="c_kernel .* must be one of"):
+        layer_gradient_stats(model, x, c_kernel="fast")
     res = layer_gradient_stats(model, x, stats=("l2",))
     with pytest.raises(GradvizError, match="not computed"):
         res.get("max")
@@ -237,7 +237,7 @@ def test_every_materialisation_strategy_matches_autograd(strategy, chunk_mib, mo
     _watch(monkeypatch, ConvPlan, "parts", used)
     with CALIBRATION.forced(strategy):
         if strategy != "gram":  # gram only measures the squared norm
-            res = layer_gradient_stats(model, x, loss="confounding_sigmoid", chunk_mib=chunk_mib, compile=mode)
+            res = layer_gradient_stats(model, x, loss="confounding_sigmoid", chunk_mib=chunk_mib, c_kernel=mode)
             assert_stats_close(res, ref, rtol=1e-5)
         names, sq = layer_sq_l2_norms(model, x, loss="confounding_sigmoid", chunk_mib=chunk_mib)
     _sq_close(names, sq, ref)
@@ -248,8 +248,8 @@ def test_one_pass_serves_several_losses_and_leaves_the_model_clean():
     _, model, x = _case("mnist")
     gp = GradientPass(model, x)
     for loss in LOSSES:
-        shared = gp.layer_stats(loss=loss, compile="off")
-        alone = layer_gradient_stats(model, x, loss=loss, compile="off")
+        shared = gp.layer_stats(loss=loss, c_kernel="off")
+        alone = layer_gradient_stats(model, x, loss=loss, c_kernel="off")
         assert shared.layers == alone.layers
         assert torch.allclose(shared.values, alone.values, rtol=1e-6, atol=1e-12)
         names, sq = gp.sq_l2_norms(loss=loss)
@@ -265,7 +265,7 @@ def test_scratch_buffer_stays_within_the_chunk_budget(monkeypatch, fresh_calibra
     monkeypatch.setattr(dense, "_SCRATCH", __import__("threading").local())
     model, _, x = _case("resnet")
     budget_mib = 0.5
-    layer_gradient_stats(model, x, chunk_mib=budget_mib, compile="off")
+    layer_gradient_stats(model, x, chunk_mib=budget_mib, c_kernel="off")
     biggest = max(m.weight.numel() for _, m in parametrised_layers(model) if isinstance(m, nn.Conv2d))
     held = max(b.numel() for b in dense._SCRATCH.buffers.values()) * 8  # float64 model
     assert held <= max(budget_mib * 2**20, biggest * 8)
@@ -284,8 +284,8 @@ def test_direct_plan_matches_autograd_in_float32(kind, monkeypatch, fresh_calibr
     used = []
     _watch(monkeypatch, ConvPlan, "parts", used)
     with CALIBRATION.forced("direct"):
-        res = layer_gradient_stats(model, x, loss="confounding_sigmoid", compile="on")
-        names, sq = layer_sq_l2_norms(model, x, loss="confounding_sigmoid", compile="on")
+        res = layer_gradient_stats(model, x, loss="confounding_sigmoid", c_kernel="on")
+        names, sq = layer_sq_l2_norms(model, x, loss="confounding_sigmoid", c_kernel="on")
     assert "direct" in {args[0] for _, args in used}
     assert_stats_close(res, ref, rtol=1e-4)
     _sq_close(names, sq, ref, rtol=1e-4)
@@ -334,8 +334,8 @@ def test_single_position_taps_in_closed_form_match_autograd(strategy, dtype, mon
             require_kernel()
         calls.clear()
         with CALIBRATION.forced(strategy):
-            res = layer_gradient_stats(model, x, compile=mode)
-            names, sq = layer_sq_l2_norms(model, x, loss="nll_pred", compile=mode)
+            res = layer_gradient_stats(model, x, c_kernel=mode)
+            names, sq = layer_sq_l2_norms(model, x, loss="nll_pred", c_kernel=mode)
         seen = {c if isinstance(c, str) else c.use.group for c, _ in calls}
         assert seen == {"conv2", "conv3"}, seen  # conv1 has one such tap only, conv4 none
         assert_stats_close(res, ref, rtol=1e-5 if dtype == torch.float64 else 1e-4)
@@ -353,7 +353,7 @@ def test_head_closed_form_equals_the_engine_on_the_head(compile_mode, monkeypatc
         logits, h = m.logits_and_features(x.to(next(m.parameters()).dtype))
         for loss in LOSSES:
             got = head_gradient_stats(m.head, logits, h, loss=loss)
-            want = layer_gradient_stats(m, x, loss=loss, layers=["fc"], compile="off").values[:, 0]
+            want = layer_gradient_stats(m, x, loss=loss, layers=["fc"], c_kernel="off").values[:, 0]
             assert torch.allclose(got.double(), want.double(), rtol=1e-5, atol=1e-6), loss  # mean may be 0 ± rounding
 
 
@@ -427,7 +427,7 @@ def test_calibration_stops_timing_a_plan_that_is_clearly_slower(monkeypatch, fre
 
     monkeypatch.setattr(ConvPlan, "plans", plans)
     monkeypatch.setattr(ConvPlan, "parts", parts)
-    layer_gradient_stats(model, x, compile="off")
+    layer_gradient_stats(model, x, c_kernel="off")
     sizes = {n for s, n in calls if s == "bmm"}
     assert len(sizes) == 3, calls  # every bmm chunk size was timed
     conv = [n for s, n in calls if s == "conv"]
@@ -440,9 +440,9 @@ def test_forced_calibration_is_exact_and_remembers_nothing(fresh_calibration):
     """CALIBRATION.forced fixes the strategy for reproducible runs: nothing is timed or kept."""
     model, x = conv_variants_model(), batch((2, 9, 9), 4, seed=13)
     with CALIBRATION.forced("bmm", samples=1):
-        a = layer_gradient_stats(model, x, compile="off")
+        a = layer_gradient_stats(model, x, c_kernel="off")
     assert CALIBRATION.choices() == {}
-    b = layer_gradient_stats(model, x, compile="off")
+    b = layer_gradient_stats(model, x, c_kernel="off")
     assert CALIBRATION.choices() and torch.allclose(a.values, b.values, rtol=1e-9, atol=1e-15)
 
 
@@ -458,7 +458,7 @@ def test_a_small_budget_never_unfolds_the_whole_batch(monkeypatch, fresh_calibra
     monkeypatch.setattr(ConvPlan, "_unfold", lambda self, v: (self.rank1 or sizes.append((self.unfold_once, v.shape[0])))
                         and False or real_unfold(self, v))  # rank-one convs (1x1 outputs) read one window
     with CALIBRATION.forced("bmm"):
-        res = layer_gradient_stats(model, x, chunk_mib=0.05, compile="off")
+        res = layer_gradient_stats(model, x, chunk_mib=0.05, c_kernel="off")
     per_chunk = [n for once, n in sizes if not once]
     assert per_chunk and max(per_chunk) < x.shape[0], sizes
     assert_stats_close(res, ref, rtol=1e-5)

@@ -107,14 +107,14 @@ def test_without_a_compiler_the_engine_falls_back_to_eager(monkeypatch, tmp_path
     model = random_model("mnist-cnn", 10, (1, 28, 28), seed=0)
     x = batch((1, 28, 28), 3)
     monkeypatch.setattr(loader, "_compilers", lambda: [])
-    eager = layer_gradient_stats(model, x, compile="off")
+    eager = layer_gradient_stats(model, x, c_kernel="off")
     with pytest.warns(RuntimeWarning, match="unavailable"):
-        got = layer_gradient_stats(model, x, compile="on")
+        got = layer_gradient_stats(model, x, c_kernel="on")
     assert torch.allclose(got.values, eager.values, rtol=1e-6, atol=1e-12)
     assert loader.compiled_status().startswith("failed") and "no C compiler" in loader.compiled_status()
     monkeypatch.setattr(loader, "_COMPILED", loader._Compiled())
     monkeypatch.setattr(loader, "_compilers", lambda: ["/bin/false"])  # a compiler that fails
-    layer_gradient_stats(model, x, compile="auto")  # auto: silent fallback
+    layer_gradient_stats(model, x, c_kernel="auto")  # auto: silent fallback
     assert loader.compiled_status().startswith("failed: GradvizError: could not compile")
 
 
@@ -147,7 +147,7 @@ def test_a_build_that_crashes_is_caught_in_a_child_process_and_never_loaded(monk
     assert "signal 4" in loader.compiled_status() and loaded == []
     assert list(fresh_kernel.glob("*.bad"))
     model = random_model("mnist-cnn", 10, (1, 28, 28), seed=0)
-    assert layer_gradient_stats(model, batch((1, 28, 28), 2), compile="auto").values.isfinite().all()
+    assert layer_gradient_stats(model, batch((1, 28, 28), 2), c_kernel="auto").values.isfinite().all()
 
 
 @pytest.mark.slow
