@@ -65,6 +65,7 @@ def test_inspect_shows_transformer_maps_by_default_for_mnist_vit(open_page):
     assert not app.error
 
 
+@pytest.mark.slow
 def test_inspect_shows_swin_maps(open_page):
     """A session's own torchvision swin_t (random weights, 3×64×64): the four transformer maps render on Inspect."""
     import torch
