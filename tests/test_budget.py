@@ -92,6 +92,7 @@ def test_budget_sources(monkeypatch):
     assert budget.memory_budget_mb()[0] == 777  # only within the block
 
 
+@pytest.mark.slow
 def test_the_cli_prints_the_chosen_batch(monkeypatch, capsys, tmp_path):
     from gradviz.cli import main
     from gradviz.models import load_model
@@ -138,6 +139,7 @@ _PEAK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak accounting")
 def test_a_real_scoring_pass_stays_within_its_budget(tmp_path):
     budget_mb = 320

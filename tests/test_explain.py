@@ -50,6 +50,7 @@ def test_the_main_scores_are_covered():
     assert "knn" not in COVERED
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COVERED)
 def test_score_fn_value_is_the_registered_score(name, model64, images):
     runner = _runner(name, model64)
@@ -60,6 +61,7 @@ def test_score_fn_value_is_the_registered_score(name, model64, images):
     torch.testing.assert_close(u.detach(), shown.detach().to(u.dtype), rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COVERED)
 def test_score_gradient_matches_finite_differences(name, model64, images):
     f = score_fn(model64, _runner(name, model64))

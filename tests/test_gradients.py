@@ -21,7 +21,9 @@ from gradviz.engine import (
 from gradviz.models.zoo import random_model
 
 from engine_reference import require_kernel
-from engine_reference import REFERENCE_LOSSES, assert_stats_close, batch, randomise_bn, reference_stats, wrap
+from engine_reference import (
+    REFERENCE_LOSSES, assert_stats_close, batch, conv_variants_model, randomise_bn, reference_stats, wrap,
+)
 
 
 def _mnist_model():
@@ -59,6 +61,7 @@ def test_every_stat_of_every_layer_matches_autograd_mnist_cnn(loss, mode):
     assert_stats_close(res, _reference("mnist", loss), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_every_stat_of_every_layer_matches_autograd_resnet18(loss, mode):
     _, model, x = _case("resnet")
@@ -90,6 +93,7 @@ def test_one_layer_order_everywhere_the_forward_order():
     assert [n for n, _ in parametrised_layers(model.net, x)] == ["conv1", "conv2", "head"]
 
 
+@pytest.mark.slow
 def test_float32_model_close_to_float64_reference(mode):
     model, _, x = _case("resnet")
     assert_stats_close(layer_gradient_stats(model, x, c_kernel=mode), _reference("resnet", "nll_pred"), rtol=1e-3)
@@ -173,24 +177,9 @@ def test_last_layer_closed_form_matches_methods_md():
     assert res.get("mean").abs().max() < 1e-7
 
 
-def _conv_variants_model():
-    """Grouped, dilated, strided, biased, reflect-padded convs, a 1x1-output conv, in-place ReLUs
-    (the first layer's output is modified in place: its gradient comes from a tensor hook)."""
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1, bias=True), nn.ReLU(inplace=True),
-        nn.Conv2d(4, 6, 3, stride=2, dilation=2, padding=2, groups=2), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
-        nn.Conv2d(6, 6, 3, padding="same", padding_mode="reflect", bias=False),
-        nn.Conv2d(6, 7, 2, padding="same"),  # an even kernel: 'same' pads unevenly
-        nn.Conv2d(7, 8, 5),  # 5x5 input -> 1x1 output: rank-one path
-        nn.Flatten(), nn.Linear(8, 5),
-    )
-    return randomise_bn(wrap(net, (2, 9, 9), 5)).double()
-
-
 def test_conv_variants_match_autograd(mode):
     """Grouped, dilated, strided, biased, reflect-padded, 'same'-padded convs and a 1x1-output conv."""
-    model = _conv_variants_model()
+    model = conv_variants_model()
     x = batch((2, 9, 9), 3, seed=10)
     ref = reference_stats(model, x, "confounding_softmax")
     res = layer_gradient_stats(model, x, loss="confounding_softmax", chunk_mib=0.001, c_kernel=mode)
@@ -241,7 +230,7 @@ def _watch(monkeypatch, cls, name, log):
 def test_every_materialisation_strategy_matches_autograd(strategy, chunk_mib, mode, monkeypatch, fresh_calibration):
     """Calibration may pick any plan: each one alone must give the autograd statistics, with U
     unfolded chunk by chunk (a tiny budget) or once for the layer (bmm's prepared operands)."""
-    model = _conv_variants_model()
+    model = conv_variants_model()
     x = batch((2, 9, 9), 5, seed=11)
     ref = reference_stats(model, x, "confounding_sigmoid")
     used = []
@@ -289,8 +278,8 @@ def test_direct_plan_matches_autograd_in_float32(kind, monkeypatch, fresh_calibr
     if kind == "mnist":
         model, model64, x = _case("mnist")
     else:
-        model64, x = _conv_variants_model(), batch((2, 9, 9), 5, seed=11)
-        model = _conv_variants_model().float()
+        model64, x = conv_variants_model(), batch((2, 9, 9), 5, seed=11)
+        model = conv_variants_model().float()
     ref = reference_stats(model64, x, "confounding_sigmoid")
     used = []
     _watch(monkeypatch, ConvPlan, "parts", used)
@@ -449,7 +438,7 @@ def test_calibration_stops_timing_a_plan_that_is_clearly_slower(monkeypatch, fre
 
 def test_forced_calibration_is_exact_and_remembers_nothing(fresh_calibration):
     """CALIBRATION.forced fixes the strategy for reproducible runs: nothing is timed or kept."""
-    model, x = _conv_variants_model(), batch((2, 9, 9), 4, seed=13)
+    model, x = conv_variants_model(), batch((2, 9, 9), 4, seed=13)
     with CALIBRATION.forced("bmm", samples=1):
         a = layer_gradient_stats(model, x, c_kernel="off")
     assert CALIBRATION.choices() == {}
@@ -457,6 +446,7 @@ def test_forced_calibration_is_exact_and_remembers_nothing(fresh_calibration):
     assert CALIBRATION.choices() and torch.allclose(a.values, b.values, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_a_small_budget_never_unfolds_the_whole_batch(monkeypatch, fresh_calibration):
     """Where U of a layer does not fit the budget it is unfolded chunk by chunk only (the folded
     convs' scaled δ included), and the statistics stay exact."""

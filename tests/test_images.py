@@ -394,6 +394,7 @@ print(len(images), len(errors), (after - before) / 1024)
 """
 
 
+@pytest.mark.slow
 def test_worst_case_upload_peak_memory_stays_small(tmp_path):
     """64 RGB PNGs of 4000×4000 (56 KB each, inside every per-file limit): the peak RSS of a fresh process
     (what ru_maxrss sees: Pillow's C buffers included) grows by one 8-bit decode, not 64 float32 arrays (~12 GB)."""

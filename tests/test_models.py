@@ -111,6 +111,7 @@ def test_random_affine_keeps_shape_range_and_is_near_identity():
     assert not torch.allclose(random_affine(x[:1].repeat(2, 1, 1, 1), gen)[0], random_affine(x[:1].repeat(2, 1, 1, 1), gen)[1])
 
 
+@pytest.mark.slow
 def test_train_cli_help_lists_options():
     result = subprocess.run(
         [sys.executable, "-m", "gradviz.models.train", "--help"], capture_output=True, text=True, timeout=60

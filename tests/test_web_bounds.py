@@ -72,6 +72,7 @@ def test_a_card_wider_than_the_web_cap_is_refused_before_any_forward():
     assert model.card.input_size == (1, 56, 56)
 
 
+@pytest.mark.slow
 def test_fitted_methods_fit_on_at_most_the_web_sample_cap(monkeypatch):
     from gradviz.methods.registry import get_method
     from gradviz.models.zoo import random_model

@@ -54,6 +54,7 @@ def test_layers_page_calls_out_best_layer_and_reacts(monkeypatch, tmp_path):
     assert len(at.get("plotly_chart")) == 3
 
 
+@pytest.mark.slow
 def test_meta_page_explains_too_few_errors(monkeypatch, tmp_path):
     at = _open(monkeypatch, tmp_path, "pages/meta.py")
     assert not at.exception, at.exception
@@ -88,6 +89,7 @@ def test_meta_page_reports_feature_sets_and_ood_settings(monkeypatch, tmp_path):
     assert len(at.get("plotly_chart")) == 3
 
 
+@pytest.mark.slow
 def test_corruption_lab_sweeps_severities(monkeypatch, tmp_path):
     at = _open(monkeypatch, tmp_path, "pages/corruptions.py")
     _ok(at)

@@ -45,6 +45,7 @@ def roots(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_folder_specs_outside_the_roots_get_one_answer_on_every_page(open_page, roots):
     secret = roots / "secret"
     answers = set()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gradviz.scoring import RunConfig
 
+from image_bytes import canvas_png
 
+
+@pytest.mark.slow
 def test_inspect_switches_to_explaining_a_score(open_page):
     app = open_page("pages/inspect.py", RunConfig(limit=60, ood=["noise-uniform"], methods=["msp", "knn", "grad_l2"]),
                     ins_layers=False, ins_source="A dataset sample", ins_attr=["saliency", "gradcam"])
@@ -26,10 +31,9 @@ def test_inspect_switches_to_explaining_a_score(open_page):
 
 def test_playground_explains_the_drawing_s_score(open_page):
     from gradviz.ui.canvas import canvas_state
-    from test_playground_page import drawing  # tests/app is on the path (rootdir conftest)
 
     app = open_page("pages/playground.py", RunConfig(limit=60, ood=["noise-uniform"], methods=["energy", "gaia_z"]))
-    app.session_state["pg_canvas"] = canvas_state(drawing("three"))
+    app.session_state["pg_canvas"] = canvas_state(canvas_png("three"))
     app.run()
     app.button(key="pg_explain").click().run()
     assert not app.exception, app.exception
@@ -61,6 +65,7 @@ def test_inspect_shows_transformer_maps_by_default_for_mnist_vit(open_page):
     assert not app.error
 
 
+@pytest.mark.slow
 def test_inspect_shows_swin_maps(open_page):
     """A session's own torchvision swin_t (random weights, 3×64×64): the four transformer maps render on Inspect."""
     import torch

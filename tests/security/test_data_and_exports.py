@@ -122,6 +122,7 @@ def _cells(path) -> list[str]:
         return [cell for row in csv.reader(fh) for cell in row]
 
 
+@pytest.mark.slow
 def test_cli_score_csvs_neutralise_formula_file_names_and_keep_numbers(tmp_path):
     import pandas as pd
 
@@ -345,6 +346,7 @@ def silent_hub(monkeypatch):
         hub.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_hub_that_accepts_but_never_answers_is_one_clear_error(silent_hub, tmp_path, monkeypatch):
     from gradviz.errors import ModelError
@@ -357,6 +359,7 @@ def test_a_hub_that_accepts_but_never_answers_is_one_clear_error(silent_hub, tmp
         timm_pretrained("resnet18")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_a_hub_that_stalls_after_the_probe_is_cut_off_by_the_deadline(silent_hub, tmp_path, monkeypatch):
     from gradviz.errors import ModelError

@@ -91,6 +91,7 @@ def test_deeply_nested_card_json_is_refused(tmp_path):
         ModelCard.from_json(path)
 
 
+@pytest.mark.slow
 def test_card_beside_torchvision_weights_is_checked(tmp_path):
     import torchvision
     from safetensors.torch import save_file
@@ -267,6 +268,7 @@ def hostile_files(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, message", [
     ("head 2e9", r"2,000,000,000 classes|file \(2000000000, 0\) vs model \(10, 64\)"),
     ("head 4e6", r"4,000,000 classes|file \(4000000, 0\) vs model \(10, 64\)"),
@@ -397,6 +399,7 @@ def test_engine_given_a_compiled_module_uses_the_eager_one_or_refuses():
     assert not calls
 
 
+@pytest.mark.slow
 def test_file_model_returning_a_compiled_network_is_unwrapped(tmp_path):
     net_file = tmp_path / "nets.py"
     net_file.write_text(FILE_MODELS)
@@ -407,6 +410,7 @@ def test_file_model_returning_a_compiled_network_is_unwrapped(tmp_path):
 # --------------------------------------------------------------------------- the web app
 
 
+@pytest.mark.slow
 def test_web_upload_of_a_nested_header_or_a_bad_card_ends_in_st_error(monkeypatch, tmp_path):
     from streamlit.testing.v1 import AppTest
 
