@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradviz.engine import kernels as reductions
-from gradviz.gradients import STATS, layer_gradient_stats, layer_sq_l2_norms, parametrised_layers
+from gradviz.engine import STATS, layer_gradient_stats, layer_sq_l2_norms, parametrised_layers
 from gradviz.methods import ModelOutputs, list_methods, run_method
 from gradviz.models.zoo import random_model
 
@@ -307,7 +307,7 @@ def measure_case(case: str, quick: bool, device: str, exact: bool = True) -> tup
             got = run_loop(m, xs).double()
         else:  # the engine's float64 values before LayerStats rounds them to float32
             from gradviz.engine.plans import Job
-            from gradviz.gradients import GradientPass
+            from gradviz.engine import GradientPass
 
             job = Job(STATS, None, "on" if "compiled" in name else "off")
             layers, _, values = GradientPass(m, xs.double()).reduce("nll_pred", None, job, None)

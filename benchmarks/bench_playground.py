@@ -1,7 +1,7 @@
 """The Playground's per-stroke fast path, server side: one drawn image -> every score, its ID percentiles,
 the per-layer profile and the figures; and one transformation path as one batch.
 
-A stroke = the canvas PNG the browser sends (280×280 RGBA, white on black) -> decode (gradviz.images) ->
+A stroke = the canvas PNG the browser sends (280×280 RGBA, white on black) -> decode (gradviz.data.images) ->
 MNIST-style input (gradviz.playground.preprocess) -> score_batch (every method on one shared hooked
 forward + the per-layer gradient profile) -> the four live figures built and serialised to JSON (what
 ``st.plotly_chart`` sends). Strokes are synthetic: a "3" drawn stroke by stroke, then a scribble growing
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from gradviz import plots
+from gradviz.plots import figures as plots
 from gradviz.data import load_dataset
-from gradviz.images import decode_image
+from gradviz.data.images import decode_image
 from gradviz.methods.registry import resolve_methods
 from gradviz.models import load_model
 from gradviz.playground import PATHS, build_reference, canvas_to_input, figures, score_batch, walk

@@ -41,7 +41,7 @@ SECTION = "## Real-size models"
 _WORKER = textwrap.dedent("""
     import ctypes, gc, json, sys, time
     import torch
-    from gradviz.budget import plan_batch, scoring_kind
+    from gradviz.runtime.budget import plan_batch, scoring_kind
     from gradviz.errors import GradvizError
     from gradviz.methods.registry import resolve_methods
     from gradviz.models import load_model

@@ -37,7 +37,7 @@ import torch
 import torchvision
 
 from gradviz.engine import kernels
-from gradviz.gradients import layer_gradient_stats, layer_parameters, layer_sq_l2_norms
+from gradviz.engine import layer_gradient_stats, layer_parameters, layer_sq_l2_norms
 from gradviz.methods import ModelOutputs, run_method
 from gradviz.models import GradvizModel
 from gradviz.models.card import ModelCard

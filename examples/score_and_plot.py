@@ -12,7 +12,7 @@ as a self-contained HTML file (plotly.js inlined: it opens offline).
 import argparse
 from pathlib import Path
 
-from gradviz import plots
+from gradviz.plots import figures as plots
 from gradviz.scoring import RunConfig, run
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

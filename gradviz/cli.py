@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 from gradviz.errors import GradvizError
 
 if TYPE_CHECKING:  # imported inside the commands, so `gradviz --help` does not load torch
-    from gradviz.report import ReportConfig
+    from gradviz.reporting.report import ReportConfig
     from gradviz.runconfig import RunConfig
 
 
 def _tqdm_progress():
     from tqdm.auto import tqdm
 
-    from gradviz.progress import SHOW_AFTER_S
+    from gradviz.runtime.progress import SHOW_AFTER_S
 
     bars: dict[str, tqdm] = {}
 
@@ -46,7 +46,7 @@ def _tqdm_progress():
 
 
 class _PlanLines:
-    """Prints each distinct batch plan of :mod:`gradviz.budget` once, as one stderr line, while a command runs."""
+    """Prints each distinct batch plan of :mod:`gradviz.runtime.budget` once, as one stderr line, while a command runs."""
 
     def __enter__(self):
         import logging
@@ -62,7 +62,7 @@ class _PlanLines:
                     seen.add(text)
                     tqdm.write(text, file=sys.stderr)  # above any progress bar, not inside it
 
-        self.logger = logging.getLogger("gradviz.budget")
+        self.logger = logging.getLogger("gradviz.runtime.budget")
         self.handler, self.level = Handler(logging.INFO), self.logger.level
         self.logger.addHandler(self.handler)
         self.logger.setLevel(logging.INFO)
@@ -187,7 +187,7 @@ def _load_model(name: str, weights: str | None, device: str):
 
 
 def _store(args):
-    from gradviz.store import ResultStore
+    from gradviz.runtime.store import ResultStore
 
     if args.cache and args.cache.lower() == "none":
         return None
@@ -203,13 +203,13 @@ def _check_device(device: str) -> None:
 
 def cmd_score(args) -> int:
     from gradviz.scoring import run
-    from gradviz.tables import to_csv
+    from gradviz.reporting.tables import to_csv
 
     cfg = _config(args)
     _check_device(cfg.device)
     output_folder(args.out)
     if args.shard:
-        from gradviz.distributed import run_sharded
+        from gradviz.runtime.distributed import run_sharded
 
         result = run_sharded(cfg, store=_store(args), progress=_tqdm_progress())
         if result is None:  # non-zero ranks write nothing
@@ -244,11 +244,11 @@ def cmd_score(args) -> int:
 
 
 def _trust_report(cfg, result, store):
-    """Misclassification metrics of every method and the model's calibration (gradviz.trust), or None when the
+    """Misclassification metrics of every method and the model's calibration (gradviz.trust.report), or None when the
     ID set has no labels."""
     from gradviz.data import load_dataset
-    from gradviz.selective import labelled_sets
-    from gradviz.trust import fit_split, trust_report
+    from gradviz.trust.selective import labelled_sets
+    from gradviz.trust.report import fit_split, trust_report
 
     scores = result.scores
     if not scores.loc[scores["role"] == "id", "correct"].notna().any():
@@ -262,8 +262,8 @@ def _trust_report(cfg, result, store):
 
 def _write_metrics(out: Path, result, trust) -> None:
     """metrics.csv with a ``task`` column (ood / misclassification) and, with labels, calibration.csv."""
-    from gradviz.tables import to_csv
-    from gradviz.trust import metrics_with_task
+    from gradviz.reporting.tables import to_csv
+    from gradviz.trust.report import metrics_with_task
 
     if trust is None:
         to_csv(result.metrics.assign(task="ood")[["task", *result.metrics.columns]], out / "metrics.csv")
@@ -288,8 +288,8 @@ def _print_trust(trust) -> None:
 
 def cmd_coverage(args) -> int:
     """``layers --coverage``: which plan computes each parameter group's per-sample gradient."""
-    from gradviz.gradients import coverage
-    from gradviz.tables import to_csv
+    from gradviz.engine import coverage
+    from gradviz.reporting.tables import to_csv
 
     cfg = _config(args)
     _check_device(cfg.device)
@@ -310,9 +310,9 @@ def cmd_layers(args) -> int:
     import pandas as pd
 
     from gradviz.data import load_dataset
-    from gradviz.gradients import LOSSES
+    from gradviz.engine import LOSSES
     from gradviz.scoring import layer_table
-    from gradviz.tables import flat_layer_table, to_csv
+    from gradviz.reporting.tables import flat_layer_table, to_csv
 
     if args.coverage:
         return cmd_coverage(args)
@@ -343,9 +343,9 @@ def cmd_meta(args) -> int:
     import pandas as pd
 
     from gradviz.data import load_dataset
-    from gradviz.meta import meta_report
+    from gradviz.analysis.meta import meta_report
     from gradviz.scoring import layer_table, run
-    from gradviz.tables import join_layers, to_csv
+    from gradviz.reporting.tables import join_layers, to_csv
 
     cfg = _config(args)
     cfg.methods = ["entropy", "msp"]
@@ -369,9 +369,9 @@ def cmd_meta(args) -> int:
 
 def _report_config(args) -> "ReportConfig":
     """The report's configuration: --quick or the full defaults, then --limit, --seed, --corruptions, --severities."""
-    from gradviz.analysis import SEVERITIES
+    from gradviz.analysis.sweeps import SEVERITIES
     from gradviz.data.corruptions import list_corruptions
-    from gradviz.report import ReportConfig
+    from gradviz.reporting.report import ReportConfig
     from gradviz.runconfig import MAX_LIMIT, MAX_SEED
 
     check_count(args.limit, "--limit", 1, MAX_LIMIT)
@@ -398,7 +398,7 @@ def _report_config(args) -> "ReportConfig":
 
 
 def cmd_report(args) -> int:
-    from gradviz.report import build_report
+    from gradviz.reporting.report import build_report
 
     cfg = _report_config(args)
     output_folder(args.out)

@@ -23,7 +23,7 @@
 | max_params_web     | GRADVIZ_MAX_PARAMS_WEB      | 100_000_000          |
 | max_side_web       | GRADVIZ_MAX_SIDE_WEB        | 384                  |
 
-``memory_mb`` is the memory budget every pass plans its batch for (gradviz.budget); unset, the
+``memory_mb`` is the memory budget every pass plans its batch for (gradviz.runtime.budget); unset, the
 command line takes half of the memory available when a pass starts. The web app plans each
 session's passes for ``session_memory_mb`` instead, and refuses models of more than
 ``max_params_web`` parameters (counted before they are built) and cards wider than ``max_side_web``.
@@ -72,7 +72,7 @@ class Settings:
     fold_bn: bool = True
     max_weights_mb: int = 200
     max_zip_mb: int = 100
-    memory_mb: int | None = None  # None: a share of the available memory (gradviz.budget)
+    memory_mb: int | None = None  # None: a share of the available memory (gradviz.runtime.budget)
     session_memory_mb: int = 2048
     max_params_web: int = 100_000_000
     max_side_web: int = 384

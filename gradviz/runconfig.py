@@ -88,7 +88,7 @@ class RunConfig:
     limit: int | None = 1000
     seed: int = 0
     device: str = "cpu"
-    batch_size: int | None = None  # an upper bound; the memory planner (gradviz.budget) chooses each pass's batch
+    batch_size: int | None = None  # an upper bound; the memory planner (gradviz.runtime.budget) chooses each pass's batch
     fit_set: str = "mnist:train"
     params: dict[str, dict] = field(default_factory=dict)
 

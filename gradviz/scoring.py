@@ -21,15 +21,15 @@ import pandas as pd
 import torch
 from cachetools import LRUCache, cached
 
-from gradviz.budget import batch_size_for, fit_limit, scoring_kind
+from gradviz.runtime.budget import batch_size_for, fit_limit, scoring_kind
 from gradviz.data import ImageSet, load_dataset, short_spec
 from gradviz.errors import MethodError
-from gradviz.metrics import MIN_VALID
+from gradviz.analysis.metrics import MIN_VALID
 from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, needs_graph, resolve_methods
 from gradviz.models import GradvizModel, load_model
-from gradviz.progress import reporting
+from gradviz.runtime.progress import reporting
 from gradviz.runconfig import RunConfig
-from gradviz.store import ResultStore, cache_key
+from gradviz.runtime.store import ResultStore, cache_key
 
 __all__ = ["RunConfig", "ScoreResult", "run", "score_dataset", "score_images", "make_runner", "layer_table",
            "images_digest", "invalid_rows", "too_few_samples", "fit_inputs", "model_inputs", "FitSet"]
@@ -190,7 +190,7 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
     """Prediction, confidence and every runner's uncertainty for ``images``, batch by batch (confidence is NaN
     where the logits are NaN or infinite: the softmax is undefined there).
 
-    The batch is planned for the memory budget (:mod:`gradviz.budget`); ``batch_size`` is an upper bound."""
+    The batch is planned for the memory budget (:mod:`gradviz.runtime.budget`); ``batch_size`` is an upper bound."""
     n = int(images.shape[0])
     batch_size = batch_size_for(model, scoring_kind(runners), "scoring", upper=batch_size, n=n)
     out: dict[str, list] = {"prediction": [], "confidence": [], **{r.info.name: [] for r in runners}}
@@ -302,7 +302,7 @@ def invalid_rows(scores: pd.DataFrame, methods: list[str]) -> list[str]:
 
 def too_few_samples(counts: dict[str, int], what: str = "samples") -> str:
     """Why detection metrics are blank: the sets in ``counts`` ({spec: n}) with fewer than
-    :data:`gradviz.metrics.MIN_VALID` samples, or "" when every set has enough."""
+    :data:`gradviz.analysis.metrics.MIN_VALID` samples, or "" when every set has enough."""
     few = {spec: n for spec, n in counts.items() if n < MIN_VALID}
     if not few:
         return ""
@@ -344,7 +344,7 @@ def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | N
     ``upload:<name>``); other specs are loaded with :func:`gradviz.data.load_dataset`, confined
     to ``allowed_roots`` when given (the web app).
     """
-    from gradviz.metrics import metrics_table
+    from gradviz.analysis.metrics import metrics_table
 
     cfg.validate(provided=set(datasets or {}))
     infos = resolve_methods(cfg.methods)
@@ -383,7 +383,7 @@ def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, 
 
     Rows are indexed like the scores table (``dataset``, ``index``). Cached in ``store``.
     """
-    from gradviz.gradients import layer_gradient_stats
+    from gradviz.engine import layer_gradient_stats
 
     key = cache_key(model=model_inputs(model), data=images_digest(data.images), kind="layers", loss=loss)
     hit = store.get(key) if store is not None else None

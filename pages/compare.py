@@ -4,10 +4,10 @@ from dataclasses import replace
 
 import streamlit as st
 
-from gradviz import samples as gi
-from gradviz import plots
+from gradviz.analysis import samples as gi
+from gradviz.plots import figures as plots
 from gradviz.methods.registry import methods_by_family
-from gradviz.plaintext import md_code, md_text
+from gradviz.reporting.plaintext import md_code, md_text
 from gradviz.ui.cache import get_result, images_of_rows, show_error
 from gradviz.ui.datamap import data_map_tab
 from gradviz.ui.sidebar import current_config, ensure_frame

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from gradviz import plots
-from gradviz.model_compare import HIGHER_BETTER
-from gradviz.plaintext import md_text
-from gradviz.tables import to_csv
+from gradviz.plots import figures as plots
+from gradviz.analysis.model_compare import HIGHER_BETTER
+from gradviz.reporting.plaintext import md_text
+from gradviz.reporting.tables import to_csv
 from gradviz.ui.cache import show_error
 from gradviz.ui.compare_models import get_model_comparison
 from gradviz.ui.model_panel import describe, model_options

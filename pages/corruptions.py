@@ -2,11 +2,15 @@
 
 import streamlit as st
 
-from gradviz import analysis, plots, plots_trust
+from gradviz.analysis import sweeps as analysis
+
+from gradviz.plots import figures as plots
+
+from gradviz.plots import trust as plots_trust
 from gradviz.data.corruptions import list_corruptions
-from gradviz.trust import calibration_by_severity
+from gradviz.trust.report import calibration_by_severity
 from gradviz.ui.cache import get_dataset, get_severity_scores, get_severity_table, show_error
-from gradviz.plaintext import md_text
+from gradviz.reporting.plaintext import md_text
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import column_config, download_figure, download_table, image_tiles, line_picker, to_uint8
 from gradviz.ui.sidebar import ensure_frame

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from gradviz import plots
-from gradviz.plaintext import md_text
+from gradviz.plots import figures as plots
+from gradviz.reporting.plaintext import md_text
 from gradviz.ui.cache import get_result, show_error
 from gradviz.ui.pages import PAGES
 from gradviz.ui.sidebar import current_config

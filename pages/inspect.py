@@ -3,12 +3,12 @@
 import numpy as np
 import streamlit as st
 
-from gradviz import samples as gi
-from gradviz import plots
-from gradviz.attributions import default_attributions, list_attributions, to_png_bytes
-from gradviz.gradients import STATS
-from gradviz.layers import layer_bands
-from gradviz.plaintext import md_text
+from gradviz.analysis import samples as gi
+from gradviz.plots import figures as plots
+from gradviz.explain.attributions import default_attributions, list_attributions, to_png_bytes
+from gradviz.engine import STATS
+from gradviz.analysis.layers import layer_bands
+from gradviz.reporting.plaintext import md_text
 from gradviz.scoring import images_digest
 from gradviz.ui.datamap import where_it_lands
 from gradviz.ui.explain import explain_picker, explained, map_checks

@@ -4,12 +4,14 @@ from dataclasses import replace
 
 import streamlit as st
 
-from gradviz import analysis, plots
-from gradviz.gradients import LOSSES
-from gradviz.layers import entropy_correlation, layer_bands
-from gradviz.plaintext import md_text
+from gradviz.analysis import sweeps as analysis
+
+from gradviz.plots import figures as plots
+from gradviz.engine import LOSSES
+from gradviz.analysis.layers import entropy_correlation, layer_bands
+from gradviz.reporting.plaintext import md_text
 from gradviz.scoring import too_few_samples
-from gradviz.tables import aligned_column, flat_layer_table
+from gradviz.reporting.tables import aligned_column, flat_layer_table
 from gradviz.ui.cache import get_coverage, get_layer_auroc, get_layer_table, get_result, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure, download_table

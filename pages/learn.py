@@ -4,7 +4,7 @@ the bundled model), a guided tour, honest notes and the papers. Everything comes
 import streamlit as st
 
 from gradviz.methods import FAMILIES, list_methods, methods_by_family
-from gradviz.trust_terms import TRUST_TERMS
+from gradviz.trust.terms import TRUST_TERMS
 from gradviz.ui.pages import page
 from gradviz.ui.sidebar import ensure_frame
 

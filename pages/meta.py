@@ -4,10 +4,12 @@ from dataclasses import replace
 
 import streamlit as st
 
-from gradviz import analysis, plots
+from gradviz.analysis import sweeps as analysis
+
+from gradviz.plots import figures as plots
 from gradviz.errors import GradvizError
-from gradviz.meta import FEATURE_SETS, MODELS
-from gradviz.tables import join_layers
+from gradviz.analysis.meta import FEATURE_SETS, MODELS
+from gradviz.reporting.tables import join_layers
 from gradviz.ui.cache import get_layer_table, get_meta_report, get_result, show_error
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure, download_table

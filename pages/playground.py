@@ -3,10 +3,10 @@
 import numpy as np
 import streamlit as st
 
-from gradviz import samples as gi
-from gradviz import plots
-from gradviz.gradients import STATS
-from gradviz.plaintext import md_text
+from gradviz.analysis import samples as gi
+from gradviz.plots import figures as plots
+from gradviz.engine import STATS
+from gradviz.reporting.plaintext import md_text
 from gradviz.playground import PATHS, figures
 from gradviz.playground.lesson import exercise_markdown
 from gradviz.scoring import images_digest

@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from gradviz import plots_trust
-from gradviz import samples as gi
-from gradviz.calibration import STRATEGIES, calibration_summary
+from gradviz.plots import trust as plots_trust
+from gradviz.analysis import samples as gi
+from gradviz.trust.calibration import STRATEGIES, calibration_summary
 from gradviz.methods.registry import methods_by_family
-from gradviz.trust import TEMPERATURE_FITS, evaluation_rows, reliability_frames, risk_coverage_frame, select_at_coverage
+from gradviz.trust.report import TEMPERATURE_FITS, evaluation_rows, reliability_frames, risk_coverage_frame, select_at_coverage
 from gradviz.ui.cache import get_result, images_of_rows, show_error
 from gradviz.ui.sidebar import current_config, ensure_frame
 from gradviz.ui.trust import get_trust

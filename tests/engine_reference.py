@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradviz.gradients import LOSSES, STATS, LayerStats, layer_parameters
+from gradviz.engine import LOSSES, STATS, LayerStats, layer_parameters
 from gradviz.models import GradvizModel
 from gradviz.models.card import ModelCard
 

@@ -1,4 +1,4 @@
-"""gradviz.analysis: severity sweeps, best-layer call-out, teaching text; gradviz.tables on layer tables."""
+"""gradviz.analysis.sweeps: severity sweeps, best-layer call-out, teaching text; gradviz.reporting.tables on layer tables."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gradviz import analysis, tables
+from gradviz.analysis import sweeps as analysis
+
+from gradviz.reporting import tables
 from gradviz.errors import GradvizError
-from gradviz.store import ResultStore
+from gradviz.runtime.store import ResultStore
 
 
 def _layer_table(specs: dict[str, int], seed: int = 0) -> pd.DataFrame:
@@ -115,7 +117,7 @@ def test_best_layer_stat_finds_cell_farthest_from_chance():
     table = _layer_table({"mnist": 200, "letters": 200}, seed=1)
     ood = table.index.get_level_values("dataset") == "letters"
     table.loc[ood, ("fc", "min")] -= 3.0  # OOD clearly *smaller* on one metric
-    from gradviz.layers import layer_auroc
+    from gradviz.analysis.layers import layer_auroc
 
     best = analysis.best_layer_stat(layer_auroc(table, "mnist", "letters"))
     assert (best["layer"], best["stat"], best["direction"]) == ("fc", "min", "lower")
@@ -149,7 +151,7 @@ def test_entropy_correlation_keeps_forward_layer_order():
     import numpy as np
     import pandas as pd
 
-    from gradviz.layers import entropy_correlation
+    from gradviz.analysis.layers import entropy_correlation
 
     rng = np.random.default_rng(0)
     cols = pd.MultiIndex.from_product([["stem.0", "layer1.conv1", "fc"], ["l2", "l1"]], names=["layer", "stat"])

@@ -1,4 +1,4 @@
-"""gradviz.appearance (does an upload look like the ID set?) and the camera clean-up of uploads (bug: a photo of a
+"""gradviz.data.appearance (does an upload look like the ID set?) and the camera clean-up of uploads (bug: a photo of a
 dark "2" on light paper was read as an "8" with p = 1.000)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from gradviz.appearance import background_level, unlike_id
+from gradviz.data.appearance import background_level, unlike_id
 from gradviz.data import load_dataset
 from gradviz.data.letters import font_dir
 from gradviz.data.mnist import mnist_split
-from gradviz.images import uploads_to_imageset
+from gradviz.data.images import uploads_to_imageset
 
 
 def paper_photo(digit: str = "2", side: int = 1000, seed: int = 0) -> bytes:
@@ -99,7 +99,7 @@ def test_clean_up_decode_size_is_four_times_the_card_at_most_400(size, fit):
 
 
 def test_the_id_description_samples_a_sorted_set_evenly():
-    from gradviz.appearance import describe_id
+    from gradviz.data.appearance import describe_id
 
     dark = torch.zeros(600, 1, 8, 8)
     sorted_set = torch.cat([dark, 1 - dark])  # 600 black images, then 600 white ones

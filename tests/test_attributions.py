@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradviz.attributions import (
+from gradviz.explain.attributions import (
     ATTRIBUTIONS,
     attribute,
     default_gradcam_layer,

@@ -12,8 +12,8 @@ import torch
 import torchvision
 
 import gradviz.scoring as scoring
-from gradviz import budget
-from gradviz.budget import plan_batch, session_budget
+from gradviz.runtime import budget
+from gradviz.runtime.budget import plan_batch, session_budget
 from gradviz.errors import GradvizError
 from gradviz.methods.registry import ModelOutputs, resolve_methods
 from gradviz.models import GradvizModel, ModelCard
@@ -112,7 +112,7 @@ _PEAK = textwrap.dedent("""
     from gradviz.models import GradvizModel, ModelCard
     from gradviz.methods.registry import resolve_methods
     from gradviz.scoring import score_images
-    from gradviz.budget import plan_batch
+    from gradviz.runtime.budget import plan_batch
 
     def kib(field):
         return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))

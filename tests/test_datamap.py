@@ -9,9 +9,9 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from gradviz.datamap import available_projections, build_data_map, data_map_figure, penultimate_features, project
+from gradviz.analysis.datamap import available_projections, build_data_map, data_map_figure, penultimate_features, project
 from gradviz.errors import GradvizError
-from gradviz.samples import rows_from_selection
+from gradviz.analysis.samples import rows_from_selection
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from gradviz.data import ImageSet
-from gradviz.decomposition import decomposition_table
+from gradviz.analysis.decomposition import decomposition_table
 from gradviz.errors import GradvizError
 from gradviz.methods import ModelOutputs, run_method
-from gradviz.metrics import auroc
+from gradviz.analysis.metrics import auroc
 
 
 def _set(spec: str, seed: int, scale: float = 1.0) -> ImageSet:

@@ -10,7 +10,7 @@ import torchvision
 from torchvision.models import maxvit as tv_maxvit
 
 from gradviz.errors import GradvizError
-from gradviz.gradients import coverage, layer_gradient_stats
+from gradviz.engine import coverage, layer_gradient_stats
 from gradviz.methods import ModelOutputs, list_methods
 from gradviz.models.zoo import random_model
 

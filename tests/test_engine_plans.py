@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gradviz.errors import GradvizError
-from gradviz.gradients import coverage, layer_gradient_stats, layer_sq_l2_norms
+from gradviz.engine import coverage, layer_gradient_stats, layer_sq_l2_norms
 
 from engine_reference import assert_stats_close, batch, reference_stats, wrap
 

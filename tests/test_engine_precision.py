@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from gradviz.data import load_dataset
-from gradviz.gradients import LOSSES, head_gradient_stats, layer_gradient_stats
+from gradviz.engine import LOSSES, head_gradient_stats, layer_gradient_stats
 from gradviz.methods import ModelOutputs, run_method
 
 from engine_reference import reference_stats

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradviz.attributions import attribute
+from gradviz.explain.attributions import attribute
 from gradviz.errors import GradvizError, MethodError
-from gradviz.explain import differentiable_methods, explain_score, score_fn
+from gradviz.explain.scores import differentiable_methods, explain_score, score_fn
 from gradviz.methods.registry import ModelOutputs, get_method, list_methods
 from gradviz.models.zoo import random_model
 

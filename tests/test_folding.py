@@ -8,7 +8,7 @@ from torch import nn
 
 from gradviz.engine.folding import twin_of
 from gradviz.engine.plans.conv import ConvPlan
-from gradviz.gradients import STATS, GradientPass, LOSSES, parametrised_layers
+from gradviz.engine import STATS, GradientPass, LOSSES, parametrised_layers
 from gradviz.methods.gaia import gaia_a_channels, gaia_z_channels
 from gradviz.models.zoo import random_model
 

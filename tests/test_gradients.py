@@ -15,7 +15,7 @@ import gradviz.engine.api as engine_api
 from gradviz.engine import CALIBRATION
 from gradviz.engine.plans.conv import ConvPlan
 from gradviz.errors import GradvizError
-from gradviz.gradients import (
+from gradviz.engine import (
     LOSSES, GradientPass, head_gradient_stats, layer_gradient_stats, layer_sq_l2_norms, parametrised_layers,
 )
 from gradviz.models.zoo import random_model

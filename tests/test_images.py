@@ -1,4 +1,4 @@
-"""Safe decoding of untrusted image bytes (gradviz.images): every bad file ends in ImageError."""
+"""Safe decoding of untrusted image bytes (gradviz.data.images): every bad file ends in ImageError."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from PIL import Image, ImageFile
 
 from gradviz.errors import ImageError
-from gradviz.images import decode_image, images_to_tensor, load_uploads, sniff_format
+from gradviz.data.images import decode_image, images_to_tensor, load_uploads, sniff_format
 from gradviz.models.card import ModelCard
 from gradviz.models.zoo import mnist_card
 
@@ -367,7 +367,7 @@ def test_bomb_messages_quote_the_configured_limit_and_the_setting(monkeypatch):
 
 
 def test_uploads_to_imageset_keeps_the_decoders_notes():
-    from gradviz.images import uploads_to_imageset
+    from gradviz.data.images import uploads_to_imageset
 
     deep = _save(Image.fromarray((np.arange(30 * 30).reshape(30, 30) * 60).astype(np.uint16)), "PNG")
     data, errors = uploads_to_imageset([("deep.png", deep), ("dot.png", _save(Image.new("L", (1, 1)), "PNG")),
@@ -380,7 +380,7 @@ def test_uploads_to_imageset_keeps_the_decoders_notes():
 
 _PEAK_SCRIPT = """
 import resource, sys, gc
-from gradviz.images import uploads_to_imageset
+from gradviz.data.images import uploads_to_imageset
 from gradviz.models.zoo import mnist_card
 card = mnist_card()
 data = open(sys.argv[1], "rb").read()

@@ -20,7 +20,7 @@ import gradviz.engine.kernels.loader as loader
 from gradviz.engine.kernels import FusedKernel, fused_kernel, transposed_weight
 from gradviz.engine.reduce import PARTS, reduce_rows
 from gradviz.errors import GradvizError
-from gradviz.gradients import layer_gradient_stats
+from gradviz.engine import layer_gradient_stats
 from gradviz.models.zoo import random_model
 
 from engine_reference import require_kernel

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from gradviz.errors import GradvizError
-from gradviz.meta import MetaClassifier, feature_sets, meta_report
-from gradviz.tables import flatten_columns
+from gradviz.analysis.meta import MetaClassifier, feature_sets, meta_report
+from gradviz.reporting.tables import flatten_columns
 
 NOISE_COLS = ["conv1/l1", "conv1/max", "fc/std"]
 

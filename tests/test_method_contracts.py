@@ -16,7 +16,7 @@ from torch import nn
 from gradviz.errors import MethodError
 from gradviz.methods import ModelOutputs, get_method, list_methods
 from gradviz.methods.registry import DIRECTIONS, FAMILIES, meets_expectation
-from gradviz.metrics import auroc
+from gradviz.analysis.metrics import auroc
 from gradviz.models import BUNDLED_WEIGHTS
 from gradviz.models.zoo import random_model
 

@@ -99,7 +99,7 @@ def test_react_matches_per_sample_head_on_clipped_features(fitted_data):
 
 
 def test_fitted_feature_methods_share_one_forward_of_the_fit_set(fitted_data):
-    from gradviz.budget import activation_bytes
+    from gradviz.runtime.budget import activation_bytes
 
     model, images, labels, _ = fitted_data
     activation_bytes(model)  # the memory planner's one-image probe (memoised), not a pass over the fit set

@@ -77,7 +77,7 @@ def test_grad_scores_match_autograd(layer):
 
 
 def test_grad_scores_share_one_engine_pass(monkeypatch):
-    from gradviz.gradients import GradientPass
+    from gradviz.engine import GradientPass
 
     calls = []
     real = GradientPass.layer_stats

@@ -129,7 +129,7 @@ def test_gradient_density_matches_per_sample_layer_norms_and_gaussian(data):
     from scipy.stats import multivariate_normal
     from sklearn.covariance import LedoitWolf
 
-    from gradviz.gradients import parametrised_layers
+    from gradviz.engine import parametrised_layers
 
     model, images, labels, batch = data
     net = copy.deepcopy(model.net).double()

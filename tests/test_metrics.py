@@ -1,4 +1,4 @@
-"""gradviz.metrics: known answers, the ID-positive convention, and NaN/inf handling."""
+"""gradviz.analysis.metrics: known answers, the ID-positive convention, and NaN/inf handling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gradviz import metrics
+from gradviz.analysis import metrics
 
 # Hand-computed example: ID uncertainties 0..19, OOD 10.5, 18.5, 30, 40.
 HAND_ID = np.arange(20, dtype=float)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from gradviz import model_compare, plots
+from gradviz.analysis import model_compare
+
+from gradviz.plots import figures as plots
 from gradviz.data import load_dataset
 from gradviz.errors import MethodError
-from gradviz.model_compare import ModelComparison, compare_models, supported_methods
+from gradviz.analysis.model_compare import ModelComparison, compare_models, supported_methods
 from gradviz.models import load_model
 from gradviz.models.zoo import random_model
 from gradviz.scoring import RunConfig, ScoreResult, run

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from gradviz.data.mnist import mnist_split
 from gradviz.errors import GradvizError
 from gradviz.methods.registry import get_method, resolve_methods
-from gradviz import plots
+from gradviz.plots import figures as plots
 from gradviz.playground import PATHS, build_reference, canvas_to_input, method_family, mnist_style, score_batch, walk
 from gradviz.playground import figures
 from gradviz.playground.preprocess import MIN_INK_COVER, photo_to_ink, photo_to_input
@@ -173,7 +173,7 @@ def test_percentiles_place_id_samples_by_rank(bundled_model, live):
 
 
 def test_layer_profile_of_a_sample_matches_layer_gradient_stats(bundled_model, live):
-    from gradviz.gradients import layer_gradient_stats
+    from gradviz.engine import layer_gradient_stats
 
     runners, _, ref = live
     x = digits(3)

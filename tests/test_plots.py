@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gradviz import plots
-from gradviz.metrics import metrics_table, roc_curve_points
+from gradviz.plots import figures as plots
+from gradviz.analysis.metrics import metrics_table, roc_curve_points
 
 
 def _scores(n: int = 1500, seed: int = 0) -> pd.DataFrame:
@@ -54,7 +54,7 @@ def test_pr_figure_thins_curves(positive):
 
 def test_palette_gives_every_registered_method_its_own_colour_and_dash():
     from gradviz.methods.registry import list_methods
-    from gradviz.palette import family_colors, method_styles
+    from gradviz.plots.palette import family_colors, method_styles
 
     infos = list_methods()
     styles = method_styles()
@@ -71,7 +71,7 @@ def test_palette_gives_every_registered_method_its_own_colour_and_dash():
 
 def test_default_lines_are_the_best_of_each_family_and_at_most_eight():
     from gradviz.methods.registry import list_methods
-    from gradviz.palette import MAX_DEFAULT_LINES, default_lines, family_of
+    from gradviz.plots.palette import MAX_DEFAULT_LINES, default_lines, family_of
 
     names = [m.name for m in list_methods()]
     ranking = {m: (i * 37 % 23) / 23 for i, m in enumerate(names)}
@@ -89,7 +89,7 @@ def test_default_lines_are_the_best_of_each_family_and_at_most_eight():
 
 
 def test_line_charts_keep_the_legend_right_of_the_plot_and_use_the_palette():
-    from gradviz.palette import method_styles
+    from gradviz.plots.palette import method_styles
 
     scores = _scores()
     fig = plots.roc_figure(scores, ["a", "b"], "letters")
@@ -157,8 +157,8 @@ def test_msp_is_shown_as_one_minus_msp_and_only_the_display_changes():
 
 @pytest.mark.parametrize("accept", [1.0, 37.5, 95.0, 99.5, 100.0])
 def test_id_quantile_slider_maps_to_the_id_quantile_and_accepts_that_share(accept):
-    from gradviz.metrics import threshold_at_tpr
-    from gradviz.samples import id_quantile_threshold
+    from gradviz.analysis.metrics import threshold_at_tpr
+    from gradviz.analysis.samples import id_quantile_threshold
 
     scores = _heavy()
     scores.loc[3, "mahalanobis"] = np.nan  # non-finite ID scores are left out of the quantile
@@ -172,7 +172,7 @@ def test_id_quantile_slider_maps_to_the_id_quantile_and_accepts_that_share(accep
 
 def test_id_quantile_threshold_refuses_a_share_out_of_range():
     from gradviz.errors import GradvizError
-    from gradviz.samples import id_quantile_threshold
+    from gradviz.analysis.samples import id_quantile_threshold
 
     for bad in (0.0, -5.0, 100.5):
         with pytest.raises(GradvizError, match="share of ID"):
@@ -205,8 +205,8 @@ def test_layer_profile_axis_has_a_full_title_and_one_exponent_format():
 def test_attribution_panels_come_with_a_colour_bar(mode):
     import torch
 
-    from gradviz import samples as gi
-    from gradviz.attributions import colorbar_rgb
+    from gradviz.analysis import samples as gi
+    from gradviz.explain.attributions import colorbar_rgb
 
     att = type("A", (), {"maps": torch.rand(1, 8, 8) - 0.5, "layer": None, "note": ""})()
     (panel,) = gi.attribution_panels(torch.rand(1, 8, 8), {"saliency": att}, mode=mode, size=56)

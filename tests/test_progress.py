@@ -6,7 +6,7 @@ import pytest
 import gradviz.scoring as scoring
 from gradviz.methods import _fitting
 from gradviz.models.zoo import random_model
-from gradviz.progress import Eta, format_seconds, report, reporting
+from gradviz.runtime.progress import Eta, format_seconds, report, reporting
 from gradviz.scoring import RunConfig, run
 
 

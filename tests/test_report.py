@@ -2,7 +2,7 @@
 
 import pytest
 
-from gradviz.report import ReportConfig, build_report
+from gradviz.reporting.report import ReportConfig, build_report
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""gradviz.samples: percentiles, thresholds, galleries, selections, uploads and per-sample reports."""
+"""gradviz.analysis.samples: percentiles, thresholds, galleries, selections, uploads and per-sample reports."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from gradviz import samples as gi
+from gradviz.analysis import samples as gi
 from gradviz.errors import GradvizError
-from gradviz.images import uploads_to_imageset
+from gradviz.data.images import uploads_to_imageset
 from gradviz.methods.registry import ModelOutputs, get_method
-from gradviz.metrics import fpr_at_tpr, threshold_at_tpr
+from gradviz.analysis.metrics import fpr_at_tpr, threshold_at_tpr
 from gradviz.scoring import make_runner
 
 
@@ -141,7 +141,7 @@ def test_attribution_panels_and_display_image_shapes(tiny_model):
 
 
 def test_gaia_table_and_layer_profile_match_library(tiny_model):
-    from gradviz.gradients import layer_gradient_stats
+    from gradviz.engine import layer_gradient_stats
     from gradviz.methods.gaia import gaia_abnormality_map
 
     x = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(2))

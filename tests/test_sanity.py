@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 
 from gradviz.data import load_dataset
 from gradviz.errors import GradvizError
-from gradviz.sanity import (deletion_insertion, gini_sparseness, randomization_check, randomized_copy,
+from gradviz.explain.sanity import (deletion_insertion, gini_sparseness, randomization_check, randomized_copy,
                             saliency_explainer, top_layers)
 
 
@@ -100,7 +100,7 @@ def test_bad_inputs_are_clear(bundled_model, digits):
 
 
 def test_map_checks_table_for_the_class_and_for_a_score(bundled_model, digits):
-    from gradviz.sanity import map_checks
+    from gradviz.explain.sanity import map_checks
 
     x = digits[:1]
     table = map_checks(bundled_model, x, ["saliency", "gradcam"], steps=5)

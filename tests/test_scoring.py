@@ -7,7 +7,7 @@ import gradviz.scoring as scoring
 from gradviz.errors import GradvizError
 from gradviz.models.zoo import random_model
 from gradviz.scoring import RunConfig, run
-from gradviz.store import ResultStore
+from gradviz.runtime.store import ResultStore
 
 METHODS = ["msp", "energy", "gradnorm"]
 

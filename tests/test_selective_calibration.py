@@ -1,4 +1,4 @@
-"""Selective prediction (gradviz.selective) and calibration (gradviz.calibration) against direct computations."""
+"""Selective prediction (gradviz.trust.selective) and calibration (gradviz.trust.calibration) against direct computations."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import log_loss, roc_auc_score
 
-from gradviz.calibration import (brier_score, calibration_summary, crossfit_temperatures, ece, fit_temperature, mce, nll, reliability_diagram,
+from gradviz.trust.calibration import (brier_score, calibration_summary, crossfit_temperatures, ece, fit_temperature, mce, nll, reliability_diagram,
                                  softmax)
 from gradviz.errors import GradvizError
-from gradviz.selective import (aurc, e_aurc, labelled_sets, misclassification_auroc, misclassification_fpr95,
+from gradviz.trust.selective import (aurc, e_aurc, labelled_sets, misclassification_auroc, misclassification_fpr95,
                                misclassification_table, oracle_aurc, risk_coverage_curve, selective_at_coverage)
 
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from gradviz.store import ResultStore, cache_key
+from gradviz.runtime.store import ResultStore, cache_key
 
 
 def test_round_trip_and_key_stability(tmp_path):
@@ -73,7 +73,7 @@ def test_invalid_key_rejected(tmp_path):
 def test_code_version_follows_every_source_file(tmp_path, monkeypatch):
     import time
 
-    import gradviz.store as store_mod
+    import gradviz.runtime.store as store_mod
 
     monkeypatch.setattr(store_mod, "_RECHECK_S", 0.0)
     (tmp_path / "methods").mkdir()
@@ -105,7 +105,7 @@ def test_code_version_follows_every_source_file(tmp_path, monkeypatch):
 
 def test_changed_scoring_code_recomputes_instead_of_reading_stale_results(tmp_path, monkeypatch):
     import gradviz.scoring as scoring
-    import gradviz.store as store_mod
+    import gradviz.runtime.store as store_mod
     from gradviz.models.zoo import random_model
     from gradviz.scoring import RunConfig, run
 

@@ -1,4 +1,4 @@
-"""gradviz.tables: scores and layer tables are joined by sample key (never by position) and flattened one way."""
+"""gradviz.reporting.tables: scores and layer tables are joined by sample key (never by position) and flattened one way."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from gradviz.errors import GradvizError
-from gradviz.tables import column_name, flat_layer_table, flatten_columns, join_layers, join_samples
+from gradviz.reporting.tables import column_name, flat_layer_table, flatten_columns, join_layers, join_samples
 
 
 def _layers(specs: dict[str, int]) -> pd.DataFrame:

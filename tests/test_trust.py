@@ -1,4 +1,4 @@
-"""gradviz.trust: a run's misclassification metrics per method and the model's calibration, on the bundled model."""
+"""gradviz.trust.report: a run's misclassification metrics per method and the model's calibration, on the bundled model."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gradviz.calibration import calibration_summary, fit_temperature
+from gradviz.trust.calibration import calibration_summary, fit_temperature
 from gradviz.data import load_dataset
 from gradviz.runconfig import RunConfig
 from gradviz.scoring import images_digest, model_inputs, run
-from gradviz.selective import aurc
-from gradviz.store import ResultStore, cache_key
-from gradviz.trust import (calibration_by_severity, fit_split, metrics_with_task, risk_coverage_frame, select_at_coverage, set_logits,
+from gradviz.trust.selective import aurc
+from gradviz.runtime.store import ResultStore, cache_key
+from gradviz.trust.report import (calibration_by_severity, fit_split, metrics_with_task, risk_coverage_frame, select_at_coverage, set_logits,
                            trust_report)
 
 METHODS = ["msp", "energy"]
@@ -93,8 +93,8 @@ def test_selection_splits_rejected_and_accepted_wrong_and_states_the_outcome():
 
 
 def test_risk_coverage_frame_and_figures():
-    from gradviz.plots_trust import reliability_figure, risk_coverage_figure
-    from gradviz.calibration import reliability_diagram
+    from gradviz.plots.trust import reliability_figure, risk_coverage_figure
+    from gradviz.trust.calibration import reliability_diagram
 
     curve = risk_coverage_frame(_rows(), "msp")
     assert list(curve.columns) == ["coverage", "risk", "threshold", "oracle", "random"]
@@ -110,7 +110,7 @@ def test_risk_coverage_frame_and_figures():
 
 
 def test_calibration_by_severity_matches_ece_per_severity():
-    from gradviz.calibration import ece
+    from gradviz.trust.calibration import ece
 
     rng = np.random.default_rng(0)
     frames = []

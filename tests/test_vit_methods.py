@@ -15,7 +15,7 @@ from gradviz.cli import main
 from gradviz.data import load_dataset
 from gradviz.methods import ModelOutputs, list_methods
 from gradviz.methods.registry import needs_graph
-from gradviz.model_compare import supported_methods
+from gradviz.analysis.model_compare import supported_methods
 from gradviz.models import load_model
 from gradviz.scoring import make_runner
 

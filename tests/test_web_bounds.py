@@ -9,11 +9,11 @@ from PIL import Image
 from safetensors.torch import save
 from torch import nn
 
-from gradviz import budget
-from gradviz.budget import check_parameters_web, count_parameters, session_budget
+from gradviz.runtime import budget
+from gradviz.runtime.budget import check_parameters_web, count_parameters, session_budget
 from gradviz.config import ASSETS
 from gradviz.errors import ModelError
-from gradviz.images import decode_image, fit_within
+from gradviz.data.images import decode_image, fit_within
 from gradviz.models.upload import model_from_upload
 from gradviz.playground.preprocess import PHOTO_SIDE, frame_to_input
 

@@ -130,7 +130,7 @@ def generated_count(limit: int | None, default: int) -> int:
     return min(int(limit or default), MAX_GENERATED)
 
 
-UPLOAD_PREFIX = "upload"  # images uploaded in the dashboard (gradviz.images.upload_spec); never loadable by name
+UPLOAD_PREFIX = "upload"  # images uploaded in the dashboard (gradviz.data.images.upload_spec); never loadable by name
 
 
 def short_spec(spec: str, n: int = 80) -> str:

@@ -2,7 +2,7 @@
 
 - Files: extensions .png .jpg .jpeg .bmp .tif .tiff .webp .gif (case-insensitive); hidden
   files/folders and other extensions are ignored. Each file is decoded by
-  :func:`gradviz.images.decode_image` (same safety rules as uploads); a file that fails is
+  :func:`gradviz.data.images.decode_image` (same safety rules as uploads); a file that fails is
   skipped and listed in ``ImageSet.skipped`` as (relative path, reason).
 - Labels: the first-level sub-folder names, sorted, become class indices (``class_names``);
   images directly in the folder get label -1. ``paths`` holds each image's relative path.
@@ -178,7 +178,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def load_folder(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathLike] | None = None,
                 limit: int | None = None, seed: int = 0) -> ImageSet:
     """Load every image under ``path`` (see module doc); refuses folders outside ``allowed_roots`` when given."""
-    from gradviz.images import decode_image
+    from gradviz.data.images import decode_image
 
     root = resolve_folder(path, allowed_roots)
     files, skipped = _image_files(root)

@@ -19,7 +19,7 @@ import numpy as np
 
 from gradviz.data import ImageSet, load_dataset, register_dataset, short_spec
 from gradviz.errors import DatasetError
-from gradviz.plaintext import md_text
+from gradviz.reporting.plaintext import md_text
 
 DEFAULT_FIT_FRACTION = 0.5
 PARTS = ("fit", "test")
@@ -118,7 +118,7 @@ def load_test_part(arg: str | None, limit: int | None, seed: int, allowed_roots=
 def split_summary(name: str, fit: ImageSet, test: ImageSet, fit_fraction: float, seed: int | None = None,
                   model_classes: list[str] | None = None) -> str:
     """One paragraph of Markdown stating how an own ID set was split (shown on the pages), with what labels mean;
-    the set's name and folder names in it are plain text (:func:`gradviz.plaintext.md_text`)."""
+    the set's name and folder names in it are plain text (:func:`gradviz.reporting.plaintext.md_text`)."""
     classes = fit.class_names or []
     n = len(fit) + len(test)
     text = (f"**{md_text(name)}** as the ID set: {n:,} images{f' in {len(classes)} classes' if classes else ''}; "

@@ -15,7 +15,7 @@ member) for:
 
 Members that are merely not wanted are **skipped** and listed in ``ImageSet.skipped``: nested
 archives (.zip, .tar, .gz, .7z, ...), files without an image extension, hidden files and
-``__MACOSX/`` metadata, and files that do not decode as images (gradviz.images rules).
+``__MACOSX/`` metadata, and files that do not decode as images (gradviz.data.images rules).
 
 The wanted members are written, with their checked relative paths, into a fresh temporary
 folder that is removed before the function returns, and read there by

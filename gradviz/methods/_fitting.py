@@ -17,7 +17,7 @@ import torch
 
 from gradviz.errors import MethodError
 from gradviz.models import GradvizModel
-from gradviz.progress import report
+from gradviz.runtime.progress import report
 
 COVARIANCES = ("ledoit-wolf", "empirical")
 
@@ -36,10 +36,10 @@ def _images_key(model: GradvizModel, images: torch.Tensor) -> tuple:
 def fit_outputs(model: GradvizModel, images: torch.Tensor, chunk: int | None = None,
                 name: str = "fitting") -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, K), penultimate features (N, D)) of ``images``, float32 on the CPU, in batches planned
-    for the memory budget (:mod:`gradviz.budget`; ``chunk`` is an upper bound).
+    for the memory budget (:mod:`gradviz.runtime.budget`; ``chunk`` is an upper bound).
 
     Memoised per (model, image content): every fitted method of a run reads the same forward."""
-    from gradviz.budget import batch_size_for
+    from gradviz.runtime.budget import batch_size_for
 
     if chunk is not None and int(chunk) <= 0:
         raise MethodError(f"chunk must be a positive number of images, got {chunk}")
@@ -105,7 +105,7 @@ def sq_mahalanobis(h: torch.Tensor, means: torch.Tensor, precision: torch.Tensor
     """Squared Mahalanobis distance of every row of ``h`` (B, D) to every mean (C, D), (B, C) float64.
 
     Batched through hᵀPh − 2hᵀPμ_c + μ_cᵀPμ_c: memory O(B·C), not O(B·C·D). Differentiable in ``h``
-    (gradviz.explain attributes the distance to the input)."""
+    (gradviz.explain.scores attributes the distance to the input)."""
     h = h.double().cpu()
     if h.shape[-1] != means.shape[-1]:
         raise MethodError(f"fitted on {means.shape[-1]}-d vectors, got {h.shape[-1]}-d")

@@ -29,8 +29,8 @@ _ELEMENTS = 2e7  # per-sample gradient entries held at once (chunks of the batch
 
 def chosen_parameters(model: nn.Module, layer: str = "all") -> dict[str, torch.Tensor]:
     """{name in the wrapped network: parameter} for ``layer``: "all" (every parameter the engine measures),
-    "last" (the classifier head) or a layer (group) name of :func:`gradviz.gradients.parametrised_layers`."""
-    from gradviz.gradients import layer_parameters
+    "last" (the classifier head) or a layer (group) name of :func:`gradviz.engine.parametrised_layers`."""
+    from gradviz.engine import layer_parameters
 
     by_id = {id(p): name for name, p in _root(model).named_parameters()}
     if layer == "last":

@@ -16,7 +16,7 @@ digits (AUROC 1.00 for both readings, where MSP gets 0.00 — the model is overc
 noise); EMNIST-style letters score slightly *lower* than digits (AUROC 0.38 sigmoid, 0.36
 softmax), where the predicted-label grad_* scores reach 0.92. Not uniformly better: show it.
 The per-layer vector [n_1..n_L] (:func:`confounding_layer_norms`) is the feature set for a
-meta classifier. Computed per sample in one batched backward (gradviz.gradients).
+meta classifier. Computed per sample in one batched backward (gradviz.engine).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.gradients import layer_sq_l2_norms
+from gradviz.engine import layer_sq_l2_norms
 from gradviz.methods._input_grad import chosen_parameters, per_sample_gradients
 from gradviz.methods.registry import ModelOutputs, differentiable, register
 

@@ -16,7 +16,7 @@ prediction). Exact closed form, no backward pass.
 
 :data:`LAST_LAYER_SCORES` lists the factors of every last-layer gradient score, and
 :func:`last_layer_factors` computes them for a batch, so a user can see how much of a "gradient"
-score is just the feature norm (:mod:`gradviz.decomposition` measures it per OOD set).
+score is just the feature norm (:mod:`gradviz.analysis.decomposition` measures it per OOD set).
 """
 
 from __future__ import annotations

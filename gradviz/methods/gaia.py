@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradviz.errors import MethodError
-from gradviz.gradients import GradientPass
+from gradviz.engine import GradientPass
 from gradviz.methods.registry import ModelOutputs, not_differentiable, register
 from gradviz.models import GradvizModel
 from gradviz.models.hooks import forward_hooks

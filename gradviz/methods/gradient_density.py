@@ -3,7 +3,7 @@ Fisher Information Metric of Deep Generative Models for Out-Of-Distribution Dete
 (arXiv 2403.01485).
 
 Per sample, the squared L2 norm of the gradient of a loss with respect to every parametrised layer,
-n_l = ‖∇_{θ_l} ℓ‖² (the engine's :func:`gradviz.gradients.layer_sq_l2_norms`, one batched
+n_l = ‖∇_{θ_l} ℓ‖² (the engine's :func:`gradviz.engine.layer_sq_l2_norms`, one batched
 backward), taken in logs, v = [log n_1, …, log n_L]. A Gaussian N(μ, Σ) is fitted to v over the
 ID training set — no labels, no OOD data — and the uncertainty is the negative log density:
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.gradients import LOSSES, layer_sq_l2_norms
+from gradviz.engine import LOSSES, layer_sq_l2_norms
 from gradviz.methods._fitting import COVARIANCES, check_covariance, precision_of, require_fitted
 from gradviz.methods.registry import ModelOutputs, register
 from gradviz.models import GradvizModel
@@ -125,8 +125,8 @@ class GradientDensity:
         n = int(images.shape[0])
         if n > self.fit_samples:
             images = images[np.sort(np.random.default_rng(self.seed).choice(n, self.fit_samples, replace=False))]
-        from gradviz.budget import batch_size_for
-        from gradviz.progress import report
+        from gradviz.runtime.budget import batch_size_for
+        from gradviz.runtime.progress import report
 
         step = batch_size_for(model, "gradients", "fitting gradient_density", n=int(images.shape[0]))
         total = -(-int(images.shape[0]) // step)

@@ -4,12 +4,12 @@ Deep Neural Networks Based on Gradient Information", ANNPR 2018 (arXiv 1805.0844
 Pseudo-label = the model's own prediction ŷ, loss ℓ(x) = −log p_ŷ(x) (∂ℓ/∂z = p − e_ŷ). For
 each parametrised layer l (conv, linear, BatchNorm affine; weights and biases as one vector)
 the per-sample gradient ∇_{θ_l} ℓ is summarised by L1, L2, max, min, mean, std
-(gradviz.gradients.layer_gradient_stats; one engine pass per batch is shared by every
+(gradviz.engine.layer_gradient_stats; one engine pass per batch is shared by every
 ``grad_*`` score through ``batch.memo``). Bigger gradients = more uncertain, so:
     grad_l1 = ‖∇‖₁,  grad_l2 = ‖∇‖₂,  grad_max = max ∇,  grad_min = −min ∇,  grad_std = std ∇.
 ``layer``: "last" = the classifier head (closed form from the logits and features, no backward
 and no graph), a qualified layer name
-(see :func:`gradviz.gradients.parametrised_layers`), or "all" = the gradient of *all*
+(see :func:`gradviz.engine.parametrised_layers`), or "all" = the gradient of *all*
 parameters as one vector: L1 summed over layers, L2 = sqrt(Σ_l L2_l²), max / min over layers,
 std the exact population std of the whole concatenated gradient (from per-layer sums).
 The full (layer × statistic) table feeds the meta classifiers (:func:`gradient_metrics`).
@@ -25,7 +25,7 @@ import weakref
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.gradients import STATS, LayerStats, head_gradient_stats, layer_gradient_stats, parametrised_layers
+from gradviz.engine import STATS, LayerStats, head_gradient_stats, layer_gradient_stats, parametrised_layers
 from gradviz.methods._input_grad import chosen_parameters, per_sample_gradients, vector_statistic
 from gradviz.methods.registry import ModelOutputs, differentiable, register
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from gradviz.errors import MethodError
-from gradviz.gradients import GradientPass
+from gradviz.engine import GradientPass
 from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
 

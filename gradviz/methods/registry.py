@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import torch
 
-from gradviz import gradients as _engine
+from gradviz import engine as _engine
 from gradviz.errors import GradvizError, MethodError
-from gradviz.gradients import GradientPass
+from gradviz.engine import GradientPass
 from gradviz.models import GradvizModel
 
 __all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method",
@@ -128,7 +128,7 @@ class MethodInfo:
     intuition: str = ""  # why the score should separate ID from OOD, in plain words
     reading: str = ""  # how to read its histograms and ROC
     expected: dict[str, str] = field(default_factory=dict)  # bundled model: OOD set -> one of DIRECTIONS
-    # the score as a differentiable function of the input (gradviz.explain): None = not differentiable,
+    # the score as a differentiable function of the input (gradviz.explain.scores): None = not differentiable,
     # "direct" = the method itself, given a batch whose logits/features carry the graph, or a form
     # ``form(batch, **params) -> (B,)`` written with autograd (double backprop, ODIN's input step)
     input_form: Callable | str | None = None
@@ -278,7 +278,7 @@ def differentiable(form: Callable | None = None):
     Without ``form`` the method itself is differentiable once its batch's logits and features carry the
     graph (output and closed-form scores, fitted feature scores); with ``form(batch, **params)`` that
     function computes the same score with autograd from ``batch.model`` and ``batch.x`` (gradient scores
-    by double backprop). :func:`gradviz.explain.score_fn` reads it."""
+    by double backprop). :func:`gradviz.explain.scores.score_fn` reads it."""
     def deco(impl):
         _info_of(impl).input_form = form if form is not None else "direct"
         return impl

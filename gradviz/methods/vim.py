@@ -89,7 +89,7 @@ class ViM:
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """α‖x^{P⊥}‖ − logsumexp(z), (B,)."""
         require_fitted("vim", self.origin_, self.residual_basis_, self.alpha_)
-        h = batch.features.double().cpu()  # differentiable in h (gradviz.explain)
+        h = batch.features.double().cpu()  # differentiable in h (gradviz.explain.scores)
         if h.shape[1] != self.origin_.shape[0]:
             raise MethodError(f"vim was fitted on {self.origin_.shape[0]}-d features, got {h.shape[1]}-d")
         vlogit = ((h - self.origin_) @ self.residual_basis_).norm(dim=-1) * self.alpha_

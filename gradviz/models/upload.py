@@ -50,11 +50,11 @@ def model_from_upload(arch: str, data: bytes, filename: str, card: ModelCard | N
     limit_mb = int(max_mb or settings().max_weights_mb)
     weights = open_weights_bytes(data, filename, max_bytes=limit_mb * 2**20)
     if max_params is not None:
-        from gradviz.budget import check_parameters_web
+        from gradviz.runtime.budget import check_parameters_web
 
         check_parameters_web(arch, weights.shapes, max_params)
     if max_side is not None and card is not None:  # the checks before the network is built
-        from gradviz.budget import check_side_web
+        from gradviz.runtime.budget import check_side_web
 
         check_side_web(card, max_side)
     net, default = build_for_weights(arch, weights.shapes, filename, allow_code=allow_code)
@@ -63,7 +63,7 @@ def model_from_upload(arch: str, data: bytes, filename: str, card: ModelCard | N
     if form and any(str(v).strip() for v in form.values()):
         card = card_from_form(card, **{k: str(v) for k, v in form.items()})
     if max_side is not None:
-        from gradviz.budget import check_side_web
+        from gradviz.runtime.budget import check_side_web
 
         check_side_web(card, max_side)
     check_card_fits(net, card, filename)

@@ -1,6 +1,6 @@
 """Plotly figures of the playground (data in, ``go.Figure`` out, no Streamlit).
 
-Methods are coloured by family everywhere (:mod:`gradviz.palette`, shared with every page): one hue range
+Methods are coloured by family everywhere (:mod:`gradviz.plots.palette`, shared with every page): one hue range
 per family, and within a family each method its own colour and, past the family's ramp, its own dash.
 
 These figures are drawn after every stroke, so each is built as one figure dict in one construction
@@ -15,22 +15,22 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from gradviz.palette import family_color, method_styles
-from gradviz.plaintext import html_text as _h
+from gradviz.plots.palette import family_color, method_styles
+from gradviz.reporting.plaintext import html_text as _h
 from gradviz.playground.live import Reference
-from gradviz.plots import LAYOUT, dataset_color, shown_score, with_alpha
+from gradviz.plots.figures import LAYOUT, dataset_color, shown_score, with_alpha
 
 __all__ = ["family_color", "method_shades", "method_dashes", "percentile_gauges", "histogram_base", "marker_histograms",
            "path_figure"]
 
 
 def method_shades(methods: list[str], families: dict[str, str]) -> dict[str, str]:
-    """A colour per method: its family's hue (:func:`gradviz.palette.method_styles`, shared by every page)."""
+    """A colour per method: its family's hue (:func:`gradviz.plots.palette.method_styles`, shared by every page)."""
     return {m: c for m, (c, _) in method_styles(methods, families).items()}
 
 
 def method_dashes(methods: list[str], families: dict[str, str]) -> dict[str, str]:
-    """A line dash per method (:func:`gradviz.palette.method_styles`): with the colour, a pair no other method has."""
+    """A line dash per method (:func:`gradviz.plots.palette.method_styles`): with the colour, a pair no other method has."""
     return {m: d for m, (_, d) in method_styles(methods, families).items()}
 
 
@@ -145,7 +145,7 @@ def path_figure(percentiles: pd.DataFrame, values: np.ndarray, labels: list[str]
     """Every method's ID percentile along a path (top) and the prediction per step (bottom).
 
     ``percentiles``: one row per step, one column per method (the lines drawn: pick a few, see
-    :func:`gradviz.palette.default_lines`). Colours and dashes come from :mod:`gradviz.palette` unless
+    :func:`gradviz.plots.palette.default_lines`). Colours and dashes come from :mod:`gradviz.plots.palette` unless
     ``colors`` / ``dashes`` override them. Every point's ``customdata[0]`` is its step index, so a click
     (``on_select``) tells which step to load.
     """

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from gradviz.errors import GradvizError
-from gradviz.samples import percentile_within
+from gradviz.analysis.samples import percentile_within
 from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, needs_graph
 from gradviz.models import GradvizModel
 
@@ -45,7 +45,7 @@ class Reference:
     families: dict[str, str]
     id_sorted: dict[str, np.ndarray]  # finite ID scores, sorted, per method
     histograms: pd.DataFrame  # method, dataset, role, left, right, density (shared bins per method, on hist_axis)
-    bands: dict[str, pd.DataFrame] = field(default_factory=dict)  # stat -> ID layer bands (gradviz.layers)
+    bands: dict[str, pd.DataFrame] = field(default_factory=dict)  # stat -> ID layer bands (gradviz.analysis.layers)
     log_axis: set[str] = field(default_factory=set)  # methods whose histogram bins log10(score)
     figure_cache: dict = field(default_factory=dict, repr=False, compare=False)  # figure parts built once (figures.py)
 
@@ -92,7 +92,7 @@ def build_reference(scores: pd.DataFrame, infos: list[MethodInfo], id_spec: str,
                     layer_table: pd.DataFrame | None = None, nbins: int = HIST_BINS) -> Reference:
     """The reference of a run: ``scores`` = its scores table (gradviz.scoring.run), ``layer_table`` =
     the ID set's layerwise gradient table (gradviz.scoring.layer_table), or None for no bands."""
-    from gradviz.layers import layer_bands
+    from gradviz.analysis.layers import layer_bands
 
     methods = [i.name for i in infos if i.name in scores.columns]
     if not methods:
@@ -148,7 +148,7 @@ def score_batch(model: GradvizModel, x: torch.Tensor, runners: list[MethodRunner
         raise GradvizError(f"images must be (B, C, H, W); got {tuple(x.shape)}")
     t0 = time.perf_counter()
     layers, note = None, ""
-    from gradviz.budget import batch_size_for
+    from gradviz.runtime.budget import batch_size_for
 
     graph = layer_profile or needs_graph(runners)
     step = batch_size_for(model, "gradients" if graph else "forward", "playground", n=int(x.shape[0]))

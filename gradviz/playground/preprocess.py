@@ -162,7 +162,7 @@ def frame_to_input(kind: str, data: bytes, card) -> tuple[torch.Tensor | None, s
     """A drawing (``kind="canvas"``) or camera picture's bytes -> ((1, C, H, W) model input or None if no
     ink, the decoder's note). Decoded already reduced to the working size (:data:`PHOTO_SIDE`, or the
     model's side if larger): a 4000×4000 frame never exists at full resolution in memory."""
-    from gradviz.images import decode_image, fit_within
+    from gradviz.data.images import decode_image, fit_within
 
     side = max(PHOTO_SIDE, *(int(v) for v in card.input_size[1:]))
     decoded = decode_image(data, "drawing" if kind == "canvas" else "camera picture", fit=fit_within(data, side))

@@ -19,10 +19,10 @@ from gradviz.config import settings
 from gradviz.data import ImageSet, load_dataset
 from gradviz.errors import GradvizError, ModelError
 from gradviz.models import GradvizModel, load_model
-from gradviz.plaintext import md_text
+from gradviz.reporting.plaintext import md_text
 from gradviz.scoring import RunConfig, ScoreResult, blank_method_warnings, images_digest, layer_table, run
-from gradviz.store import ResultStore
-from gradviz.store import cache_key as _cache_key
+from gradviz.runtime.store import ResultStore
+from gradviz.runtime.store import cache_key as _cache_key
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -44,7 +44,7 @@ def get_model(name: str, weights: str | None = None) -> GradvizModel:
             raise ModelError(f"{name} is not among this session's uploaded models (uploads belong to the session "
                              "that made them); upload the weights again")
         return own
-    from gradviz.budget import check_parameters_web
+    from gradviz.runtime.budget import check_parameters_web
 
     check_parameters_web(name)  # torchvision / timm names: counted on the meta device, refused before they are built
     return _shared_model(name, weights, name in allowed_code_models())
@@ -61,7 +61,7 @@ def allowed_roots() -> tuple[str, ...]:
 
 
 def cache_key(**parts) -> str:
-    """:func:`gradviz.store.cache_key` plus the allowed roots: a result read under other roots is never reused."""
+    """:func:`gradviz.runtime.store.cache_key` plus the allowed roots: a result read under other roots is never reused."""
     return _cache_key(roots=allowed_roots(), **parts)
 
 
@@ -154,7 +154,7 @@ def _memoised(key: str, compute: Callable[[], object], cfg: RunConfig | None = N
 
 
 def _progress_bar(text: str) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
-    from gradviz.progress import Eta
+    from gradviz.runtime.progress import Eta
 
     bar, eta = st.progress(0.0, text=text), Eta()
 
@@ -213,9 +213,9 @@ def get_layer_table(cfg: RunConfig, specs: list[str], uploads: dict[str, ImageSe
 
 
 def get_layer_auroc(cfg: RunConfig, loss: str, ood: str, table: pd.DataFrame) -> pd.DataFrame:
-    """gradviz.layers.layer_auroc of ``table`` (:func:`get_layer_table` of ``cfg`` and ``loss``) for ``ood``,
+    """gradviz.analysis.layers.layer_auroc of ``table`` (:func:`get_layer_table` of ``cfg`` and ``loss``) for ``ood``,
     memoised: ~100 AUROCs (every layer × statistic) took ~0.25 s of each rerun of the Layer profiles page."""
-    from gradviz.layers import layer_auroc
+    from gradviz.analysis.layers import layer_auroc
 
     key = cache_key(kind="layer_auroc", cfg=cfg.to_json(), loss=loss, ood=ood)
     return _memoised(key, lambda: layer_auroc(table, cfg.id, ood), cfg)
@@ -223,7 +223,7 @@ def get_layer_auroc(cfg: RunConfig, loss: str, ood: str, table: pd.DataFrame) ->
 
 def get_coverage(cfg: RunConfig) -> pd.DataFrame:
     """The engine's coverage report of the chosen model (one probe forward; memoised per model)."""
-    from gradviz.gradients import coverage
+    from gradviz.engine import coverage
 
     key = cache_key(kind="coverage", model=cfg.model, weights=cfg.weights)
     return _memoised(key, lambda: coverage(get_model(cfg.model, cfg.weights)).to_frame(), cfg)
@@ -239,9 +239,9 @@ def show_error(exc: Exception, hint: str = "") -> None:
 
 
 def get_severity_scores(cfg: RunConfig, corruption: str) -> tuple[pd.DataFrame, list[str]]:
-    """Scores of the clean ID set and ``corruption`` at severities 1–5 (gradviz.analysis.severity_scores), and
+    """Scores of the clean ID set and ``corruption`` at severities 1–5 (gradviz.analysis.sweeps.severity_scores), and
     one warning per method left blank (it cannot be fitted on the fit set, e.g. a small own ID set); memoised."""
-    from gradviz.analysis import severity_scores
+    from gradviz.analysis.sweeps import severity_scores
 
     key = cache_key(kind="severity", cfg=cfg.to_json(), corruption=corruption)
     hit = _memo(cfg).get(key)
@@ -263,17 +263,17 @@ def get_severity_scores(cfg: RunConfig, corruption: str) -> tuple[pd.DataFrame, 
 
 
 def get_severity_table(cfg: RunConfig, corruption: str, scores: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
-    """gradviz.analysis.severity_metrics of ``scores`` (those of :func:`get_severity_scores`), memoised: the
+    """gradviz.analysis.sweeps.severity_metrics of ``scores`` (those of :func:`get_severity_scores`), memoised: the
     methods × severities metrics (70 of them for all methods) are computed once per choice, not per rerun."""
-    from gradviz.analysis import severity_metrics
+    from gradviz.analysis.sweeps import severity_metrics
 
     key = cache_key(kind="severity_metrics", cfg=cfg.to_json(), corruption=corruption, methods=list(methods))
     return _memoised(key, lambda: severity_metrics(scores, methods), cfg)
 
 
 def get_meta_report(cfg: RunConfig, table: pd.DataFrame, **options):
-    """gradviz.meta.meta_report on ``table`` (the joined scores + layer table of ``cfg``), memoised by content + options."""
-    from gradviz.meta import meta_report
+    """gradviz.analysis.meta.meta_report on ``table`` (the joined scores + layer table of ``cfg``), memoised by content + options."""
+    from gradviz.analysis.meta import meta_report
 
     digest = int(pd.util.hash_pandas_object(table, index=False).sum())
     key = cache_key(kind="meta", cfg=cfg.to_json(), table=[len(table), list(map(str, table.columns)), digest],
@@ -287,9 +287,9 @@ def get_meta_report(cfg: RunConfig, table: pd.DataFrame, **options):
 
 
 def get_decomposition(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> pd.DataFrame:
-    """gradviz.decomposition.decomposition_table for the chosen last-layer gradient scores (feature norm ×
+    """gradviz.analysis.decomposition.decomposition_table for the chosen last-layer gradient scores (feature norm ×
     output factor, per OOD set), memoised per choice: one forward of each set."""
-    from gradviz.decomposition import decomposition_table
+    from gradviz.analysis.decomposition import decomposition_table
 
     uploads = uploads or {}
     key = cache_key(kind="decomposition", cfg=cfg.to_json(),

@@ -6,15 +6,15 @@ from dataclasses import replace
 
 import streamlit as st
 
-from gradviz.model_compare import ModelComparison, compare_models
+from gradviz.analysis.model_compare import ModelComparison, compare_models
 from gradviz.scoring import RunConfig
-from gradviz.store import cache_key
+from gradviz.runtime.store import cache_key
 from gradviz.ui.cache import _memoised, get_dataset, get_model, get_result
 from gradviz.ui.private import is_private_model
 
 
 def get_model_comparison(cfg: RunConfig, models: list[str]) -> ModelComparison:
-    """:func:`gradviz.model_compare.compare_models` of ``cfg`` over ``models``, once per choice (memoised;
+    """:func:`gradviz.analysis.model_compare.compare_models` of ``cfg`` over ``models``, once per choice (memoised;
     per session where a model or set is this session's upload). Each model's scores reuse the cache of
     the other pages (the same :func:`get_result`)."""
     key = cache_key(kind="compare_models", cfg=cfg.to_json(), models=list(models))

@@ -8,10 +8,10 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from gradviz import samples as gi
+from gradviz.analysis import samples as gi
 from gradviz.errors import GradvizError
-from gradviz.datamap import PROJECTIONS, DataMap, available_projections, build_data_map, data_map_figure
-from gradviz.plaintext import md_text
+from gradviz.analysis.datamap import PROJECTIONS, DataMap, available_projections, build_data_map, data_map_figure
+from gradviz.reporting.plaintext import md_text
 from gradviz.runconfig import RunConfig
 from gradviz.scoring import images_digest
 from gradviz.ui.cache import _memoised, cache_key, get_dataset, get_model, images_of_rows

@@ -7,9 +7,9 @@ import streamlit as st
 import torch
 
 from gradviz.errors import GradvizError
-from gradviz.explain import EXPLAIN_TARGETS, differentiable_methods, explain_score
+from gradviz.explain.scores import EXPLAIN_TARGETS, differentiable_methods, explain_score
 from gradviz.methods.registry import get_method
-from gradviz.plaintext import md_text
+from gradviz.reporting.plaintext import md_text
 from gradviz.runconfig import RunConfig
 from gradviz.scoring import make_runner
 from gradviz.ui.cache import get_model
@@ -58,7 +58,7 @@ def explained(digest: str, cfg: RunConfig, methods: list[str], x: torch.Tensor, 
 
 @st.cache_data(max_entries=64, show_spinner="Checking the maps (randomised copies, deletion and insertion)…")
 def _checks(digest: str, cfg_json: str, methods: tuple[str, ...], score: str | None, _x: torch.Tensor):
-    from gradviz.sanity import map_checks
+    from gradviz.explain.sanity import map_checks
 
     cfg = RunConfig.from_json(cfg_json)
     model = get_model(cfg.model, cfg.weights)

@@ -17,7 +17,7 @@ from gradviz.data.session import session_spec
 from gradviz.data.splits import DEFAULT_FIT_FRACTION, has_labels, split_id_set, split_spec, split_summary
 from gradviz.data.zipset import load_zip_bytes, zip_digest
 from gradviz.errors import GradvizError
-from gradviz.plaintext import md_text
+from gradviz.reporting.plaintext import md_text
 from gradviz.ui.private import id_notes, session_sets
 
 PENDING = "gv_pending_id"

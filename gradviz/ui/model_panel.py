@@ -15,7 +15,7 @@ from gradviz.errors import GradvizError
 from gradviz.models import list_models
 from gradviz.models.card import ModelCard
 from gradviz.models.plugins import is_file_spec
-from gradviz.plaintext import md_text
+from gradviz.reporting.plaintext import md_text
 from gradviz.ui.private import is_private_model, session_models
 from gradviz.ui.server import allowed_code_models, configured_models
 

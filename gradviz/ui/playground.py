@@ -18,7 +18,7 @@ import torch
 from gradviz.data import short_spec
 from gradviz.errors import GradvizError
 from gradviz.methods.registry import MethodRunner, resolve_methods
-from gradviz.plaintext import md_text
+from gradviz.reporting.plaintext import md_text
 from gradviz.playground import LiveReport, Reference, Walk, build_reference, score_batch, walk
 from gradviz.playground.preprocess import frame_to_input
 from gradviz.scoring import RunConfig, blank_method_warnings, make_runners
@@ -186,7 +186,7 @@ def explain_button(digest: str) -> bool:
 def attribution_names() -> list[str]:
     """The maps shown: the registry's first two pixel methods and first layer method (it lists the most
     robust first: saliency, integrated gradients, Grad-CAM)."""
-    from gradviz.attributions import list_attributions
+    from gradviz.explain.attributions import list_attributions
 
     infos = list_attributions()
     return [a.name for a in infos if a.kind == "pixel"][:2] + [a.name for a in infos if a.kind == "layer"][:1]
@@ -195,6 +195,6 @@ def attribution_names() -> list[str]:
 @st.cache_data(max_entries=32, show_spinner="Attribution maps…")
 def attributions(digest: str, model: str, weights: str | None, _x: torch.Tensor) -> dict:
     """Attribution maps of one image's predicted class, on demand (:func:`attribution_names`)."""
-    from gradviz.samples import compute_attributions
+    from gradviz.analysis.samples import compute_attributions
 
     return compute_attributions(get_model(model, weights), _x, attribution_names())

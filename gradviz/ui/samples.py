@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from gradviz import samples as gi
+from gradviz.analysis import samples as gi
 from gradviz.methods.registry import resolve_methods
 from gradviz.runconfig import RunConfig
 from gradviz.scoring import make_runners

@@ -78,7 +78,7 @@ def render_sidebar() -> RunConfig:
     there), so the controls and the config never disagree, even where Streamlit has dropped a
     widget's state (e.g. between page scripts).
     """
-    from gradviz.budget import set_session_budget
+    from gradviz.runtime.budget import set_session_budget
 
     set_session_budget()  # every pass of this script run plans for the session's memory budget
     cur = current_config()

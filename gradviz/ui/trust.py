@@ -1,12 +1,12 @@
-"""Cached trust report of the sidebar's run for the Trust page (gradviz.trust), memoised per run configuration."""
+"""Cached trust report of the sidebar's run for the Trust page (gradviz.trust.report), memoised per run configuration."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from gradviz.runconfig import RunConfig
-from gradviz.selective import labelled_sets
-from gradviz.trust import TEMPERATURE_FIT_LIMIT, TrustReport, fit_split, trust_report
+from gradviz.trust.selective import labelled_sets
+from gradviz.trust.report import TEMPERATURE_FIT_LIMIT, TrustReport, fit_split, trust_report
 from gradviz.ui.cache import _memoised, _store, cache_key, get_dataset, get_model, get_result
 
 

@@ -2,7 +2,7 @@
 
 Uploads are decoded once per upload (``st.cache_data`` keyed by the files' upload ids, not by
 hashing their bytes on every rerun), each image reduced to the model's input size while it is
-decoded (:func:`gradviz.images.uploads_to_imageset`). Two pixel budgets bound the work a web
+decoded (:func:`gradviz.data.images.uploads_to_imageset`). Two pixel budgets bound the work a web
 user can cause: ``settings().max_upload_pixels`` per upload and ``settings().max_session_pixels``
 over every upload of one browser session (counted in ``st.session_state["gv_upload_pixels"]``,
 an upload counted once however often the page reruns). Files beyond a budget get a message.
@@ -15,11 +15,11 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from gradviz.appearance import IdLook, describe_id, unlike
+from gradviz.data.appearance import IdLook, describe_id, unlike
 from gradviz.config import settings
 from gradviz.data import ImageSet, short_spec
-from gradviz.images import ALLOWED_FORMATS, uploads_to_imageset
-from gradviz.plaintext import md_text
+from gradviz.data.images import ALLOWED_FORMATS, uploads_to_imageset
+from gradviz.reporting.plaintext import md_text
 from gradviz.runconfig import RunConfig
 from gradviz.scoring import images_digest
 from gradviz.ui.cache import get_dataset, get_model
@@ -58,7 +58,7 @@ def _budget(key: str) -> tuple[int, str]:
 def decode_uploads(files: list | None, cfg: RunConfig,
                    clean_up: bool = False) -> tuple[ImageSet | None, list[tuple[str, str]]]:
     """Streamlit ``UploadedFile`` objects -> (an OOD ImageSet at ``cfg``'s model input, or None; errors per file).
-    ``clean_up``: through the Playground camera's clean-up (:func:`gradviz.images.uploads_to_imageset`)."""
+    ``clean_up``: through the Playground camera's clean-up (:func:`gradviz.data.images.uploads_to_imageset`)."""
     if not files:
         return None, []
     ids = tuple((f.file_id, f.name, f.size) for f in files)
@@ -72,12 +72,12 @@ def decode_uploads(files: list | None, cfg: RunConfig,
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _id_look(model: str, weights: str | None, spec: str, limit: int | None, seed: int) -> IdLook:
-    """How the ID set looks (gradviz.appearance.describe_id): three numbers, computed once per choice."""
+    """How the ID set looks (gradviz.data.appearance.describe_id): three numbers, computed once per choice."""
     return describe_id(get_dataset(model, weights, spec, limit, seed).images, short_spec(spec, 60))
 
 
 def offer_clean_up(files: list, data: ImageSet, cfg: RunConfig, key: str) -> ImageSet:
-    """Say which uploads look unlike the ID set (:func:`gradviz.appearance.unlike`) and offer the Playground
+    """Say which uploads look unlike the ID set (:func:`gradviz.data.appearance.unlike`) and offer the Playground
     camera's clean-up, on by default when one does; the uploads (cleaned up or not) as the model will see them."""
     reasons = unlike(data.images, _id_look(cfg.model, cfg.weights, cfg.id, cfg.limit, cfg.seed))
     flagged = [(path, why) for path, why in zip(data.paths or [], reasons) if why]

@@ -9,9 +9,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from gradviz import plots
-from gradviz.plaintext import md_code, md_text
-from gradviz.tables import to_csv
+from gradviz.plots import figures as plots
+from gradviz.reporting.plaintext import md_code, md_text
+from gradviz.reporting.tables import to_csv
 
 # Higher is better for these columns, lower for the rest (fpr95, detection_error).
 HIGHER_BETTER = {"auroc", "aupr_in", "aupr_out", "accuracy"}
@@ -114,8 +114,8 @@ def method_label(name: str) -> str:
 
 def line_picker(methods: list[str], ranking: dict[str, float] | None, key: str, what: str = "AUROC") -> list[str]:
     """A family filter and a method picker for a chart with one line per method; by default the two best of
-    each family by ``ranking`` (:func:`gradviz.palette.default_lines`), at most 8 lines. Returns the picks."""
-    from gradviz.palette import default_lines, family_of
+    each family by ``ranking`` (:func:`gradviz.plots.palette.default_lines`), at most 8 lines. Returns the picks."""
+    from gradviz.plots.palette import default_lines, family_of
 
     families = list(dict.fromkeys(family_of(m) for m in methods))
     # one row each: eight method chips need the full width (a narrower box clips them)
@@ -135,7 +135,7 @@ def threshold_picker(scores: pd.DataFrame, method: str, key: str) -> tuple[float
     default threshold at 95 %, the name the score is shown with, its display offset), or None (said why) when
     the method has no finite ID score."""
     from gradviz.errors import GradvizError
-    from gradviz.samples import id_quantile_threshold
+    from gradviz.analysis.samples import id_quantile_threshold
 
     try:
         default = id_quantile_threshold(scores, method, 95.0)

@@ -111,7 +111,7 @@ def test_learn_page_explains_every_registered_method(monkeypatch, tmp_path):
     at = _open(monkeypatch, tmp_path, "pages/learn.py")
     _ok(at)
     infos = list_methods()
-    from gradviz.trust_terms import TRUST_TERMS
+    from gradviz.trust.terms import TRUST_TERMS
 
     assert len(at.main.expander) == len(infos) + len(TRUST_TERMS)  # + what each Trust curve means
     assert len(at.main.latex) == len(infos) + len(TRUST_TERMS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import gradviz.store as store_mod
+import gradviz.runtime.store as store_mod
 
 # --------------------------------------------------------------------------- the code version covers every source
 
@@ -57,7 +57,7 @@ def test_runs_differing_only_in_seed_with_a_fit_split_are_not_served_each_others
 
     from gradviz.models.zoo import random_model
     from gradviz.scoring import RunConfig, run
-    from gradviz.store import ResultStore
+    from gradviz.runtime.store import ResultStore
 
     model = random_model("mnist-cnn")
     store = ResultStore(tmp_path)
@@ -104,7 +104,7 @@ def test_a_fit_folder_edited_on_disk_is_fitted_again_not_served_from_the_cache(t
 
     from gradviz.models.zoo import random_model
     from gradviz.scoring import RunConfig, run
-    from gradviz.store import ResultStore
+    from gradviz.runtime.store import ResultStore
 
     model = random_model("mnist-cnn")
     store = ResultStore(tmp_path / "cache")
@@ -126,7 +126,7 @@ def test_the_same_weights_under_another_card_never_share_a_cached_result(tmp_pat
     from gradviz.models import GradvizModel
     from gradviz.models.zoo import random_model
     from gradviz.scoring import RunConfig, run
-    from gradviz.store import ResultStore
+    from gradviz.runtime.store import ResultStore
 
     first = random_model("mnist-cnn")
     card = copy.deepcopy(first.card)
@@ -233,7 +233,7 @@ def _no_work(monkeypatch) -> None:
     """Fail the test if a command starts working (loads a model, builds the report, trains) before its checks."""
     import gradviz.cli as cli
     import gradviz.models.train as train
-    import gradviz.report as report
+    import gradviz.reporting.report as report
 
     def too_early(*args, **kwargs):
         pytest.fail("work started before the command line was checked")

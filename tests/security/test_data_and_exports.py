@@ -142,7 +142,7 @@ def test_cli_score_csvs_neutralise_formula_file_names_and_keep_numbers(tmp_path)
 def test_the_csv_helper_touches_text_only():
     import pandas as pd
 
-    from gradviz.tables import to_csv
+    from gradviz.reporting.tables import to_csv
 
     frame = pd.DataFrame({"name": ["=1+1", "-2", "ok", "\tx", "\rx", "@a", "+b", None],
                           "value": [-1.5, -2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
@@ -179,7 +179,7 @@ def test_every_csv_is_written_through_the_one_helper():
     sources = [*root.joinpath("gradviz").rglob("*.py"), *root.joinpath("pages").glob("*.py"), root / "app.py"]
     raw = [f"{p.relative_to(root)}" for p in sources
            if p.name != "tables.py" and re.search(r"\.to_csv\(", p.read_text(encoding="utf-8"))]
-    assert raw == []  # pandas' to_csv writes formulas raw; gradviz.tables.to_csv neutralises them
+    assert raw == []  # pandas' to_csv writes formulas raw; gradviz.reporting.tables.to_csv neutralises them
 
 
 # --- names shown as plain text ------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ LINK_HTML = "<a href='http://x/{i}'>y{i}</a>"
 
 
 def test_md_text_leaves_no_markup_and_reads_as_written():
-    from gradviz.plaintext import WORD_JOINER, md_code, md_text
+    from gradviz.reporting.plaintext import WORD_JOINER, md_code, md_text
 
     hostile = ["![b](http://host/b.png)", "[x](http://host)", "<img src=x>", "# head", "- item", "12. item", "$x^2$",
                "a\n\n# b", "`code`", "**bold** _it_ ~~s~~", "&lt;", "http://host/x", "www.host.com", "me@host.com",
@@ -217,8 +217,7 @@ def _figure_text(fig) -> str:
 def test_plots_hold_no_live_html_from_names():
     import pandas as pd
 
-    from gradviz import plots
-
+    from gradviz.plots import figures as plots
     name = "<a href='http://x'>y</a>"
     figures = [plots.probability_bars(np.array([0.7, 0.3]), [name, "ok"])]
     scores = pd.DataFrame({"dataset": ["mnist"] * 5 + [name] * 5, "role": ["id"] * 5 + ["ood"] * 5,
@@ -252,7 +251,7 @@ def test_inspect_shows_hostile_class_names_as_plain_text(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     from gradviz.models.zoo import BUNDLED_WEIGHTS
-    from gradviz.plaintext import md_text
+    from gradviz.reporting.plaintext import md_text
     from gradviz.scoring import RunConfig
 
     monkeypatch.setenv("GRADVIZ_CACHE_DIR", str(tmp_path))

@@ -56,7 +56,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from gradviz.errors import GradvizError
-from gradviz.tables import column_name, flatten_columns
+from gradviz.reporting.tables import column_name, flatten_columns
 
 __all__ = [
     "FEATURE_SETS", "MODELS", "MetaClassifier", "MetaReport", "feature_sets", "meta_report",

@@ -35,7 +35,7 @@ def supported_methods(model: GradvizModel, images: torch.Tensor, methods: list[s
     supported"; anything else is a bug and is raised.
     """
     ok, refused = [], {}
-    from gradviz.budget import batch_size_for, scoring_kind
+    from gradviz.runtime.budget import batch_size_for, scoring_kind
 
     for info in resolve_methods(methods):
         try:

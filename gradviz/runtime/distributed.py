@@ -21,7 +21,7 @@ from gradviz.errors import GradvizError
 from gradviz.methods.registry import resolve_methods
 from gradviz.models import load_model
 from gradviz.scoring import Progress, RunConfig, ScoreResult, invalid_rows, score_dataset
-from gradviz.store import ResultStore
+from gradviz.runtime.store import ResultStore
 
 
 def _init() -> tuple[int, int, bool]:
@@ -37,7 +37,7 @@ def _init() -> tuple[int, int, bool]:
 
 def run_sharded(cfg: RunConfig, store: ResultStore | None = None, progress: Progress | None = None) -> ScoreResult | None:
     """Score this rank's shard; rank 0 returns the merged result, other ranks return None."""
-    from gradviz.metrics import metrics_table
+    from gradviz.analysis.metrics import metrics_table
 
     rank, world, created = _init()
     try:

@@ -5,9 +5,9 @@ Sections: (1) OOD detection, all methods, every OOD set + average (GAIA's table 
 (2) corrupted-input detection per corruption and severity (Lee & AlRegib 2020);
 (3) meta classification from layerwise gradient metrics (Oberdiek et al. 2018);
 (4) every method by family on every OOD set and corruption, the methods added beyond the three
-papers measured one by one, and the last-layer feature-norm decomposition (gradviz.family_report);
+papers measured one by one, and the last-layer feature-norm decomposition (gradviz.reporting.family_report);
 (5) how to run the same on CIFAR-10 with a ResNet-18 (documented, not run in CI);
-(6) misclassification detection with every score and calibration, both bundled models (gradviz.trust_section).
+(6) misclassification detection with every score and calibration, both bundled models (gradviz.reporting.trust_section).
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from gradviz.analysis import severity_metrics, severity_scores
+from gradviz.analysis.sweeps import severity_metrics, severity_scores
 from gradviz.data import load_dataset
 from gradviz.data.corruptions import list_corruptions
 from gradviz.errors import GradvizError
 from gradviz.methods import resolve_methods
 from gradviz.models import GradvizModel, load_model
 from gradviz.scoring import RunConfig, layer_table, run
-from gradviz.store import ResultStore
-from gradviz.tables import join_layers, join_samples
-from gradviz.trust_section import section as trust_section
+from gradviz.runtime.store import ResultStore
+from gradviz.reporting.tables import join_layers, join_samples
+from gradviz.reporting.trust_section import section as trust_section
 
 Progress = Callable[[int, int, str], None]
 OOD_SETS = ["letters", "noise-uniform", "noise-gaussian"]
@@ -86,7 +86,7 @@ def corruption_section(model: GradvizModel, cfg: ReportConfig, store: ResultStor
     """Clean ID vs corrupted ID: AUROC and FPR95 per (corruption, severity, method) for every method, plus the
     softmax reading of the confounding label (``confounding_softmax``).
 
-    The Corruption lab's sweep (:func:`gradviz.analysis.severity_scores`) per corruption, the clean set scored
+    The Corruption lab's sweep (:func:`gradviz.analysis.sweeps.severity_scores`) per corruption, the clean set scored
     once; the softmax reading of the confounding label is a second sweep of ``confounding``, joined by sample."""
     base = [i.name for i in resolve_methods("all")]
     softmax = {"confounding": {"reading": "softmax"}}
@@ -110,7 +110,7 @@ def corruption_section(model: GradvizModel, cfg: ReportConfig, store: ResultStor
 def meta_section(model: GradvizModel, cfg: ReportConfig, scores: pd.DataFrame, store: ResultStore | None,
                  progress: Progress | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Oberdiek et al.: correct-vs-incorrect and ID-vs-OOD (unknown and known-unknowns settings)."""
-    from gradviz.meta import meta_report
+    from gradviz.analysis.meta import meta_report
 
     specs = ["mnist", *OOD_SETS, "corrupt:fog:5"]
     extra = run(RunConfig(model=cfg.model, id="mnist", ood=["corrupt:fog:5"], methods=["entropy", "msp"],
@@ -132,7 +132,7 @@ def _figures(scores: pd.DataFrame, corr: pd.DataFrame, out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gradviz.plots import dataset_color
+    from gradviz.plots.figures import dataset_color
 
     out.mkdir(parents=True, exist_ok=True)
     names = []
@@ -206,10 +206,10 @@ def _findings_oberdiek(correct: pd.DataFrame, ood: pd.DataFrame) -> list[str]:
 
 
 def family_section(model: GradvizModel, cfg: ReportConfig, result, corr: pd.DataFrame) -> list[str]:
-    """Section 4's lines (gradviz.family_report): the run's metrics, every corruption, the decomposition."""
+    """Section 4's lines (gradviz.reporting.family_report): the run's metrics, every corruption, the decomposition."""
     from gradviz.data import load_dataset
-    from gradviz.decomposition import decomposition_table
-    from gradviz.family_report import EARLIER, section
+    from gradviz.analysis.decomposition import decomposition_table
+    from gradviz.reporting.family_report import EARLIER, section
 
     def data(spec):
         return load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from gradviz.plots import LAYOUT, method_color, thin_curve
+from gradviz.plots.figures import LAYOUT, method_color, thin_curve
 
 __all__ = ["risk_coverage_figure", "reliability_figure", "calibration_severity_figure"]
 
@@ -16,7 +16,7 @@ ORACLE_COLOR, RANDOM_COLOR = "#2ca02c", "#7f7f7f"
 
 def risk_coverage_figure(curve: pd.DataFrame, method: str, aurc: float | None = None, e_aurc: float | None = None,
                          coverage: float | None = None) -> go.Figure:
-    """Selective risk against coverage for ``method`` (``curve`` from gradviz.trust.risk_coverage_frame), the
+    """Selective risk against coverage for ``method`` (``curve`` from gradviz.trust.report.risk_coverage_frame), the
     oracle's and a random score's; a dashed line at the chosen ``coverage``. AURC / E-AURC in the legend."""
     fig = go.Figure()
     if not len(curve):
@@ -57,7 +57,7 @@ def _bars(fig: go.Figure, bins: pd.DataFrame, col: int, color: str) -> None:
 
 def reliability_figure(before: pd.DataFrame, after: pd.DataFrame, summary_before: dict, summary_after: dict,
                        temperature: float) -> go.Figure:
-    """Reliability diagrams before and after temperature scaling (bins from gradviz.calibration.reliability_diagram),
+    """Reliability diagrams before and after temperature scaling (bins from gradviz.trust.calibration.reliability_diagram),
     accuracy bars over the diagonal, the count of images per bin below; ECE/MCE/Brier/NLL in the titles."""
 
     def title(name: str, s: dict) -> str:
@@ -77,7 +77,7 @@ def reliability_figure(before: pd.DataFrame, after: pd.DataFrame, summary_before
 
 
 def calibration_severity_figure(table: pd.DataFrame, corruption: str) -> go.Figure:
-    """Accuracy, mean confidence and ECE against corruption severity (gradviz.trust.calibration_by_severity): the
+    """Accuracy, mean confidence and ECE against corruption severity (gradviz.trust.report.calibration_by_severity): the
     gap between the first two is the over-confidence a growing corruption brings."""
     fig = go.Figure()
     for col, name, color, dash in (("accuracy", "accuracy", "#2ca02c", None), ("confidence", "mean confidence",

@@ -46,7 +46,7 @@ from gradviz.errors import GradvizError
 __all__ = ["KINDS", "FACTORS", "Plan", "plan_batch", "batch_size_for", "memory_budget_mb", "available_mb",
            "session_budget", "activation_bytes", "scoring_kind"]
 
-log = logging.getLogger("gradviz.budget")
+log = logging.getLogger("gradviz.runtime.budget")
 
 MB = 1024 * 1024
 
@@ -237,7 +237,7 @@ def _engine_fixed_bytes(kind: str) -> int:
 
 def _kind_ceiling(kind: str) -> int:
     if kind == "gradients":  # a larger batch would not share one hooked forward (the engine's sub-batch)
-        from gradviz.gradients import FORWARD_BATCH
+        from gradviz.engine import FORWARD_BATCH
 
         return FORWARD_BATCH
     return MAX_BATCH
@@ -282,7 +282,7 @@ def plan_batch(model: nn.Module, kind: str, pass_name: str | None = None, *, upp
 
 def batch_size_for(model: nn.Module, kind: str, pass_name: str, *, upper: int | None = None,
                    n: int | None = None, budget_mb: int | None = None) -> int:
-    """:func:`plan_batch`'s batch, logged at INFO (logger ``gradviz.budget``; the CLI prints it)."""
+    """:func:`plan_batch`'s batch, logged at INFO (logger ``gradviz.runtime.budget``; the CLI prints it)."""
     plan = plan_batch(model, kind, pass_name, upper=upper, n=n, budget_mb=budget_mb)
     log.info(plan.describe())
     return plan.batch

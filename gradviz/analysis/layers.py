@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gradviz.metrics import auroc
+from gradviz.analysis.metrics import auroc
 
 
 def layer_bands(table: pd.DataFrame, stat: str, roles: dict[str, str] | None = None) -> pd.DataFrame:

@@ -18,7 +18,7 @@ from gradviz.data import ImageSet, load_dataset
 from gradviz.errors import GradvizError
 from gradviz.methods.registry import MethodInfo, resolve_methods
 from gradviz.models import GradvizModel
-from gradviz.store import ResultStore
+from gradviz.runtime.store import ResultStore
 
 __all__ = [
     "SEVERITIES", "corruption_spec", "severity_scores", "severity_metrics", "severity_sweep", "severity_examples",
@@ -73,7 +73,7 @@ def severity_scores(model: GradvizModel, corruption: str, methods: list[str] | s
 
 def severity_metrics(scores: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     """Clean-vs-corrupted detection metrics per method and severity -> rows (method, severity, auroc, fpr95, ...)."""
-    from gradviz.metrics import summary
+    from gradviz.analysis.metrics import summary
 
     clean = scores[scores["severity"] == 0]
     rows = []
@@ -131,7 +131,7 @@ def best_layer_stat(auroc: pd.DataFrame) -> dict:
 
 
 def meta_curves(report, evaluation: str, setting: str | None = None) -> dict[str, pd.DataFrame]:
-    """ROC points of a :class:`gradviz.meta.MetaReport` for one evaluation, keyed by a short legend label."""
+    """ROC points of a :class:`gradviz.analysis.meta.MetaReport` for one evaluation, keyed by a short legend label."""
     rows = report.results[report.results["evaluation"] == evaluation]
     if setting is not None:
         rows = rows[rows["setting"] == setting]
@@ -143,7 +143,7 @@ def meta_curves(report, evaluation: str, setting: str | None = None) -> dict[str
 
 
 def meta_bar_frame(results: pd.DataFrame, setting: str | None = None) -> pd.DataFrame:
-    """Meta results reshaped for :func:`gradviz.plots.metric_bars`: one bar per (feature set · model), grouped by evaluation."""
+    """Meta results reshaped for :func:`gradviz.plots.figures.metric_bars`: one bar per (feature set · model), grouped by evaluation."""
     rows = results if setting is None else results[results["setting"] == setting]
     return pd.DataFrame({"method": rows["feature_set"] + " · " + rows["model"], "ood_dataset": rows["evaluation"],
                          "auroc": rows["auroc"], "accuracy": rows["accuracy"]})

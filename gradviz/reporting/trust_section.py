@@ -11,9 +11,9 @@ from gradviz.data import load_dataset
 from gradviz.methods import list_methods
 from gradviz.models import load_model
 from gradviz.scoring import RunConfig, run
-from gradviz.selective import labelled_sets
-from gradviz.store import ResultStore
-from gradviz.trust import fit_split, trust_report
+from gradviz.trust.selective import labelled_sets
+from gradviz.runtime.store import ResultStore
+from gradviz.trust.report import fit_split, trust_report
 
 SHIFTED = ["corrupt:rotate:3", "corrupt:gaussian_noise:3"]  # covariate shift that keeps the labels
 MODELS = ("mnist-cnn", "mnist-vit")

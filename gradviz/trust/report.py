@@ -5,7 +5,7 @@ Trust page::
 
     result = run(cfg)                                   # gradviz.scoring
     report = trust_report(result, model, datasets, fit_data)
-    report.misclassification   # per evaluation set × method: aurc, e_aurc, auroc, fpr95 (gradviz.selective)
+    report.misclassification   # per evaluation set × method: aurc, e_aurc, auroc, fpr95 (gradviz.trust.selective)
     report.calibration         # per evaluation set, before/after temperature: ece, mce, brier, nll
     report.temperature, report.temperature_source, report.crossfit  # fit split / ID halves
 
@@ -22,14 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gradviz.calibration import (CALIBRATION_KEYS, calibration_summary, crossfit_temperatures, fit_temperature,
+from gradviz.trust.calibration import (CALIBRATION_KEYS, calibration_summary, crossfit_temperatures, fit_temperature,
                                  reliability_diagram, softmax)
 from gradviz.data import ImageSet, short_spec
 from gradviz.errors import GradvizError
 from gradviz.models import GradvizModel
-from gradviz.selective import (labelled_sets, misclassification_table, risk_coverage_curve,
+from gradviz.trust.selective import (labelled_sets, misclassification_table, risk_coverage_curve,
                                selective_at_coverage)
-from gradviz.store import ResultStore, cache_key
+from gradviz.runtime.store import ResultStore, cache_key
 
 __all__ = ["TrustReport", "TEMPERATURE_FITS", "trust_report", "set_logits", "metrics_with_task", "fit_split",
            "evaluation_rows", "risk_coverage_frame", "Selection", "select_at_coverage", "reliability_frames",
@@ -92,7 +92,7 @@ def set_logits(model: GradvizModel, data: ImageSet, batch_size: int | None = Non
                store: ResultStore | None = None) -> np.ndarray:
     """(N, K) float32 logits of ``data``, one no-grad forward per batch (sized by the memory planner,
     ``batch_size`` an upper bound), cached in ``store``."""
-    from gradviz.budget import batch_size_for
+    from gradviz.runtime.budget import batch_size_for
     from gradviz.scoring import images_digest, model_inputs
 
     key = cache_key(model=model_inputs(model), data=images_digest(data.images), kind="logits")
@@ -210,7 +210,7 @@ def risk_coverage_frame(rows: pd.DataFrame, method: str) -> pd.DataFrame:
 
 @dataclass
 class Selection:
-    """What accepting about ``coverage`` of the predictions does: the outcome (gradviz.selective.selective_at_coverage),
+    """What accepting about ``coverage`` of the predictions does: the outcome (gradviz.trust.selective.selective_at_coverage),
     the rejected rows (most uncertain first) and the accepted rows that are wrong (most confident first)."""
 
     outcome: dict
@@ -237,7 +237,7 @@ def select_at_coverage(rows: pd.DataFrame, method: str, coverage: float) -> Sele
 
 def reliability_frames(report: TrustReport, shifted: str = "", fit: str = "fit", n_bins: int = N_BINS,
                        strategy: str = "uniform") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Reliability-diagram bins (gradviz.calibration.reliability_diagram) before and after temperature scaling."""
+    """Reliability-diagram bins (gradviz.trust.calibration.reliability_diagram) before and after temperature scaling."""
     z, y = report.evaluation(shifted)
     out = []
     for t in (1.0, report.temperatures(shifted, fit)):
@@ -247,10 +247,10 @@ def reliability_frames(report: TrustReport, shifted: str = "", fit: str = "fit",
 
 
 def calibration_by_severity(scores: pd.DataFrame, n_bins: int = N_BINS, strategy: str = "uniform") -> pd.DataFrame:
-    """Per corruption severity (a sweep of gradviz.analysis.severity_scores, 0 = clean): accuracy, mean confidence,
+    """Per corruption severity (a sweep of gradviz.analysis.sweeps.severity_scores, 0 = clean): accuracy, mean confidence,
     ECE and MCE of the model's max-softmax confidence (before temperature scaling), and n. Unlabelled rows are
     left out."""
-    from gradviz.calibration import ece, mce
+    from gradviz.trust.calibration import ece, mce
 
     rows = []
     for severity, part in scores[scores["correct"].notna()].groupby("severity", sort=True):

@@ -134,7 +134,7 @@ def list_attributions() -> list[AttributionInfo]:
 def default_attributions(model: GradvizModel) -> list[str]:
     """The maps shown first: saliency, integrated gradients and Grad-CAM; for a transformer saliency, attention
     rollout, the gradient-weighted relevance and token Grad-CAM."""
-    from gradviz.transformer_maps import is_transformer
+    from gradviz.explain.transformer_maps import is_transformer
 
     if is_transformer(model):
         return ["saliency", "attention_rollout", "transformer_relevance", "gradcam"]
@@ -221,7 +221,7 @@ def _layer_by_name(model: GradvizModel, name: str) -> nn.Module:
 # --------------------------------------------------------------------------- runners
 # Each runner: (model, forward, x (B,C,H,W) requiring grad, target (B,) or None, params) -> (raw, layer, note).
 # ``forward`` is what captum differentiates: the model (logits, ``target`` picks the class) or a score
-# function x -> (B,) (gradviz.explain; ``target`` None).
+# function x -> (B,) (gradviz.explain.scores; ``target`` None).
 
 Runner = Callable[[GradvizModel, Callable, torch.Tensor, torch.Tensor | None, dict],
                   tuple[torch.Tensor, str | None, str]]
@@ -230,7 +230,7 @@ Runner = Callable[[GradvizModel, Callable, torch.Tensor, torch.Tensor | None, di
 def _planned(model, name: str, upper, n: int) -> int:
     """Images per internal forward+backward of an attribution, planned for the memory budget (``upper``,
     the method's parameter, is an upper bound)."""
-    from gradviz.budget import batch_size_for
+    from gradviz.runtime.budget import batch_size_for
 
     return batch_size_for(model, "backward", name, upper=int(upper) if upper else None, n=max(1, int(n)))
 
@@ -282,7 +282,7 @@ def _guided_backprop(model, f, x, target, p):
 
 
 def _gradcam(model, f, x, target, p):
-    from gradviz.transformer_maps import default_token_layer, is_transformer, token_gradcam
+    from gradviz.explain.transformer_maps import default_token_layer, is_transformer, token_gradcam
 
     if p["layer"] is None and is_transformer(model):  # tokens (B, 1+N, D): Grad-CAM over the patch grid
         name = default_token_layer(model)
@@ -328,14 +328,14 @@ def _smoothgrad(model, f, x, target, p):
 
 
 def _attention_rollout(model, f, x, target, p):
-    from gradviz.transformer_maps import attention_rollout
+    from gradviz.explain.transformer_maps import attention_rollout
 
     up, grid = attention_rollout(model, x, float(p["discard_ratio"]))
     return (grid, up[:, None]), None, "class token's attention rolled out over the patch grid (no gradient)"
 
 
 def _transformer_relevance(model, f, x, target, p):
-    from gradviz.transformer_maps import attention_relevance
+    from gradviz.explain.transformer_maps import attention_relevance
 
     up, grid = attention_relevance(model, x, target, None if f is model else f)
     return (grid, up[:, None]), None, "gradient-weighted attention over the patch grid"
@@ -368,7 +368,7 @@ def attribute(
     ``target`` None explains each sample's predicted class. ``params`` override the method's
     defaults (see ``ATTRIBUTIONS[method].defaults``); unknown names raise :class:`MethodError`.
     ``forward``: a score function x -> (B,) to explain instead of a class logit
-    (:func:`gradviz.explain.score_fn`); ``target`` is then ignored.
+    (:func:`gradviz.explain.scores.score_fn`); ``target`` is then ignored.
     """
     if method not in ATTRIBUTIONS:
         raise MethodError(f"unknown attribution method {method!r}; known: {', '.join(ATTRIBUTIONS)}")

@@ -2,7 +2,7 @@
 Saliency, Integrated Gradients, SmoothGrad and Grad-CAM attribute *the score* instead of a class.
 
     f = score_fn(model, "energy")             # x (B, C, H, W) -> u(x) (B,), with its graph
-    att = explain_score(model, x, "saliency", "energy")   # a gradviz.attributions.Attribution
+    att = explain_score(model, x, "saliency", "energy")   # a gradviz.explain.attributions.Attribution
 
 How a method's score becomes a function of x is declared beside the method (its registration's
 ``input_form``, see :func:`gradviz.methods.registry.differentiable`):
@@ -99,8 +99,8 @@ def score_fn(model: GradvizModel, method: str | MethodRunner, params: dict | Non
 def explain_score(model: GradvizModel, x: torch.Tensor, attribution: str, method: str | MethodRunner,
                   params: dict | None = None, **attribution_params) -> "Attribution":  # noqa: F821
     """Attribute ``method``'s uncertainty score of ``x`` to its pixels with ``attribution`` (a name of
-    :data:`gradviz.attributions.ATTRIBUTIONS`); the note says which score was explained."""
-    from gradviz.attributions import attribute
+    :data:`gradviz.explain.attributions.ATTRIBUTIONS`); the note says which score was explained."""
+    from gradviz.explain.attributions import attribute
 
     f = score_fn(model, method, params)
     name = method.info.name if isinstance(method, MethodRunner) else method

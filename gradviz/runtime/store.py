@@ -33,7 +33,7 @@ from gradviz.config import settings
 
 SCHEMA = 1
 _META = "__meta__"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # Every source of the package: a score passes through models/, data/, scoring.py, methods/, engine/ and more,
 # so each one counts (a hand-written list goes stale as files move; these globs cannot).
 SOURCE_GLOBS = ("**/*.py", "**/*.c", "**/*.h")

@@ -2,7 +2,7 @@
 metrics, one measured sentence per method added beyond the three papers, the near-OOD (letters)
 headline, the check of every method's declared behaviour, and the last-layer decomposition.
 
-Pure pandas: :mod:`gradviz.report` runs the experiments and passes the numbers in.
+Pure pandas: :mod:`gradviz.reporting.report` runs the experiments and passes the numbers in.
 """
 
 from __future__ import annotations

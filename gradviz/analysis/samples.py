@@ -4,14 +4,14 @@ Everything here is plain data in, plain data out (tensors, NumPy, DataFrames), n
 (:mod:`gradviz.ui.samples` caches these calls for the pages):
 
 - :func:`threshold_summary` — accept/reject counts at a threshold and the samples whose decision
-  flips against the default threshold (:func:`gradviz.metrics.threshold_at_tpr`, the FPR95 point);
+  flips against the default threshold (:func:`gradviz.analysis.metrics.threshold_at_tpr`, the FPR95 point);
 - :func:`score_range`, :func:`sample_captions` — a threshold slider's range, gallery captions;
 - :func:`extremes`, :func:`rows_from_selection` — which samples to show in a gallery;
 - :func:`inspect_images`, :func:`percentile_within` — a sample's scores, probabilities and its
   percentile within the ID distribution ("more uncertain than 97 % of mnist");
 - :func:`compute_attributions`, :func:`attribution_panels` — original | heat map | overlay;
 - :func:`gaia_channel_table`, :func:`sample_layer_profile` — GAIA's channel × layer map and one
-  sample's per-layer gradient statistic for :func:`gradviz.plots.layer_profile`.
+  sample's per-layer gradient statistic for :func:`gradviz.plots.figures.layer_profile`.
 
 Convention (as everywhere in gradviz): scores are uncertainties, higher = more uncertain; a
 sample is *accepted* as in-distribution when its score is ≤ the threshold.
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from gradviz.errors import GradvizError
 from gradviz.methods.registry import MethodRunner, ModelOutputs, get_method, needs_graph
-from gradviz.metrics import threshold_at_tpr
+from gradviz.analysis.metrics import threshold_at_tpr
 from gradviz.models import GradvizModel
 
 __all__ = [
@@ -60,7 +60,7 @@ def threshold_summary(scores: pd.DataFrame, method: str, threshold: float, defau
                       tpr: float = 0.95) -> ThresholdSummary:
     """Counts of accepted (score ≤ threshold) and rejected samples per dataset, and the flipped rows.
 
-    ``default`` is the reference threshold (None: :func:`gradviz.metrics.threshold_at_tpr` of the ID rows at ``tpr``).
+    ``default`` is the reference threshold (None: :func:`gradviz.analysis.metrics.threshold_at_tpr` of the ID rows at ``tpr``).
     Non-finite scores are counted as ``invalid`` and never accepted or flipped.
     """
     if method not in scores.columns:
@@ -91,7 +91,7 @@ def threshold_summary(scores: pd.DataFrame, method: str, threshold: float, defau
 def id_quantile_threshold(scores: pd.DataFrame, method: str, accept_pct: float) -> float:
     """The raw threshold that accepts (score ≤ t) at least ``accept_pct`` % of the finite ID scores: their
     ``accept_pct`` % quantile, ``numpy.quantile(..., method="inverted_cdf")`` (a score the ID set has; at 95 %
-    the ROC's FPR95 operating point, :func:`gradviz.metrics.threshold_at_tpr`)."""
+    the ROC's FPR95 operating point, :func:`gradviz.analysis.metrics.threshold_at_tpr`)."""
     if not 0.0 < float(accept_pct) <= 100.0:
         raise GradvizError(f"the share of ID to accept must be in (0, 100] %, got {accept_pct}")
     ids = _finite(scores.loc[scores["role"] == "id", method])
@@ -136,7 +136,7 @@ def extremes(scores: pd.DataFrame, method: str, k: int = 6) -> pd.DataFrame:
 
 
 def rows_from_selection(scores: pd.DataFrame, points: list[dict], limit: int = 48) -> pd.DataFrame:
-    """Rows of ``scores`` picked on :func:`gradviz.plots.score_strip` (``customdata[0]`` = row label)."""
+    """Rows of ``scores`` picked on :func:`gradviz.plots.figures.score_strip` (``customdata[0]`` = row label)."""
     labels = []
     for p in points or []:
         custom = p.get("customdata") if isinstance(p, dict) else None
@@ -178,7 +178,7 @@ def inspect_images(model: GradvizModel, x: torch.Tensor, runners: list[MethodRun
     percentile within the ID distribution (:func:`percentile_within`) and the ID median. ``blank``:
     methods that could not be fitted (name -> why), each given NaN rows, as in the scores table.
     """
-    from gradviz.budget import batch_size_for, scoring_kind
+    from gradviz.runtime.budget import batch_size_for, scoring_kind
 
     step = batch_size_for(model, scoring_kind(runners), "inspecting images", n=int(x.shape[0]))
     probs_parts, raw_parts = [], {r.info.name: [] for r in runners}
@@ -211,8 +211,8 @@ def inspect_images(model: GradvizModel, x: torch.Tensor, runners: list[MethodRun
 
 
 def compute_attributions(model: GradvizModel, x: torch.Tensor, methods: list[str], target: int | None = None) -> dict:
-    """{method: :class:`gradviz.attributions.Attribution`} for one image ``x`` (1, C, H, W)."""
-    from gradviz.attributions import attribute
+    """{method: :class:`gradviz.explain.attributions.Attribution`} for one image ``x`` (1, C, H, W)."""
+    from gradviz.explain.attributions import attribute
 
     return {m: attribute(model, x, m, target=target) for m in methods}
 
@@ -243,7 +243,7 @@ def display_image(image: torch.Tensor, size: int = 224) -> np.ndarray:
 def attribution_panels(image: torch.Tensor, attributions: dict, mode: str = "absolute", cmap: str | None = None,
                        alpha: float = 0.5, size: int = 224) -> list[Panel]:
     """Render each attribution of ``image`` (C, H, W) as original | heat map | overlay."""
-    from gradviz.attributions import ATTRIBUTIONS, colorbar_caption, colorbar_rgb, heatmap_rgb, render_overlay
+    from gradviz.explain.attributions import ATTRIBUTIONS, colorbar_caption, colorbar_rgb, heatmap_rgb, render_overlay
 
     original = display_image(image, size)
     scale, scale_caption = colorbar_rgb(mode, cmap, original.shape[1], max(8, size // 14)), colorbar_caption(mode)
@@ -270,7 +270,7 @@ def gaia_channel_table(model: GradvizModel, x: torch.Tensor, variant: str = "z")
 
 def sample_layer_profile(model: GradvizModel, x: torch.Tensor, stat: str, loss: str = "nll_pred") -> pd.Series:
     """One image's per-layer gradient statistic ``stat`` (index = layer names as in the layer table)."""
-    from gradviz.gradients import layer_gradient_stats
+    from gradviz.engine import layer_gradient_stats
 
     ls = layer_gradient_stats(model, x[:1], loss=loss)
     return pd.Series(ls.get(stat)[0].double().cpu().numpy(), index=list(ls.layers), name="this sample")

@@ -18,7 +18,7 @@ from gradviz.data import ImageSet
 from gradviz.errors import GradvizError
 from gradviz.methods.exgrad import LAST_LAYER_SCORES, last_layer_factors
 from gradviz.methods.registry import ModelOutputs
-from gradviz.metrics import auroc
+from gradviz.analysis.metrics import auroc
 from gradviz.models import GradvizModel
 
 __all__ = ["factor_frame", "decomposition_table"]
@@ -26,7 +26,7 @@ __all__ = ["factor_frame", "decomposition_table"]
 
 def factor_frame(model: GradvizModel, data: ImageSet, batch_size: int | None = None) -> pd.DataFrame:
     """Every feature and output factor per sample of ``data`` (one row per sample, one column per factor)."""
-    from gradviz.budget import batch_size_for
+    from gradviz.runtime.budget import batch_size_for
 
     parts: dict[str, list[np.ndarray]] = {}
     batch_size = batch_size_for(model, "forward", "decomposition", upper=batch_size, n=len(data))

@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 import torch
 
 from gradviz.errors import GradvizError
-from gradviz.plaintext import html_text as _plain
+from gradviz.reporting.plaintext import html_text as _plain
 from gradviz.models import GradvizModel
 
 __all__ = ["PROJECTIONS", "available_projections", "penultimate_features", "project", "DataMap", "build_data_map",
@@ -125,8 +125,8 @@ def data_map_figure(m: DataMap, colour: str = "set", current: tuple[float, float
                     current_name: str = "this image") -> go.Figure:
     """The map: one point per sample, coloured by set (fixed set colours) or by a score column ``colour``;
     hover = set, index, label, prediction, score; ``customdata[0]`` = the row label (selection → rows,
-    :func:`gradviz.samples.rows_from_selection`). ``current``: a star where a new image lands."""
-    from gradviz.plots import LAYOUT, dataset_color
+    :func:`gradviz.analysis.samples.rows_from_selection`). ``current``: a star where a new image lands."""
+    from gradviz.plots.figures import LAYOUT, dataset_color
 
     pts = m.points
     by_set = colour == "set"

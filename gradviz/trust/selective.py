@@ -15,7 +15,7 @@ Plain NumPy in, plain NumPy / floats out, in scikit-learn's style.
   AURC* ≈ r + (1 − r) ln(1 − r)). 0 = the score ranks like the oracle.
 - **Misclassification AUROC / FPR95**: the score as a detector of errors (incorrect = positive for
   AUROC); FPR95 = the share of errors accepted when 95 % of the correct predictions are accepted.
-  These reuse :mod:`gradviz.metrics` (scikit-learn's ROC, no hand-written AUROC).
+  These reuse :mod:`gradviz.analysis.metrics` (scikit-learn's ROC, no hand-written AUROC).
 
 Ties: samples with equal scores are accepted or rejected together by a threshold, so inside a tied
 group the curve takes the *expected* error count over every order of the group: accepting j of a
@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from gradviz.errors import GradvizError
-from gradviz.metrics import MIN_VALID, fpr_at_tpr
-from gradviz.metrics import auroc as _auroc
+from gradviz.analysis.metrics import MIN_VALID, fpr_at_tpr
+from gradviz.analysis.metrics import auroc as _auroc
 
 __all__ = ["risk_coverage_curve", "aurc", "oracle_aurc", "e_aurc", "misclassification_auroc", "misclassification_fpr95",
            "selective_at_coverage", "misclassification_table", "labelled_sets", "SELECTIVE_KEYS"]

@@ -15,8 +15,8 @@ either way (1.0 = every OOD sample more uncertain than every ID sample, 0.5 = ch
 Non-finite scores (NaN, ±inf) are dropped and counted (``n_invalid``); with fewer than two
 valid scores on either side the metrics are NaN — never silently poisoned.
 
-Correct-vs-incorrect (selective prediction: risk–coverage, AURC, E-AURC) lives in :mod:`gradviz.selective`,
-calibration (reliability diagram, ECE, Brier, NLL, temperature scaling) in :mod:`gradviz.calibration`.
+Correct-vs-incorrect (selective prediction: risk–coverage, AURC, E-AURC) lives in :mod:`gradviz.trust.selective`,
+calibration (reliability diagram, ECE, Brier, NLL, temperature scaling) in :mod:`gradviz.trust.calibration`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ token layers — each with the patch grid mapped back onto the image.
   gradient: the same for every class and score.
 - Gradient-weighted relevance (Chefer, Gur & Wolf, "Generic Attention-model Explainability", ICCV 2021):
   R = I; for each layer in order Ā = E_h[(∇_A y ⊙ A)⁺], R ← R + Ā R; the class token's row over the patches.
-  y = the target logit, or an uncertainty score (:func:`gradviz.explain.score_fn`).
+  y = the target logit, or an uncertainty score (:func:`gradviz.explain.scores.score_fn`).
 - Token Grad-CAM: at a block's output tokens T (B, 1+N, D), w_d = mean over patch tokens of ∂y/∂T, map =
   ReLU(Σ_d w_d T_{·,d}) over the patch tokens, reshaped to the patch grid.
 

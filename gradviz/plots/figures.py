@@ -4,7 +4,7 @@ Colours are fixed per dataset everywhere (ID blue; each OOD set its own colour),
 per method, so a set or a method looks the same on every page and in every export.
 
 Every name drawn (dataset, class, file, layer, model names and titles built from them) goes
-through :func:`gradviz.plaintext.html_text`: Plotly renders HTML in its text, and a class named
+through :func:`gradviz.reporting.plaintext.html_text`: Plotly renders HTML in its text, and a class named
 ``<a href=...>`` must read as written, not become a link.
 """
 
@@ -17,13 +17,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from gradviz.palette import method_styles
-from gradviz.plaintext import html_text as _h
+from gradviz.plots.palette import method_styles
+from gradviz.reporting.plaintext import html_text as _h
 
 ID_COLOR = "#1f77b4"
 OOD_PALETTE = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 _KNOWN = {"letters": "#ff7f0e", "noise-uniform": "#d62728", "noise-gaussian": "#9467bd"}
-# Colours of things that are not methods (models, meta feature sets): methods take theirs from gradviz.palette.
+# Colours of things that are not methods (models, meta feature sets): methods take theirs from gradviz.plots.palette.
 SERIES_PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d", "#1b9e77"]
 WEBGL_THRESHOLD = 1000
 # Curves are drawn with at most this many points (evenly spaced along the curve): at dashboard
@@ -60,7 +60,7 @@ def dataset_color(spec: str, role: str = "ood") -> str:
 
 
 def method_color(name: str) -> str:
-    """A method's colour on every chart (:func:`gradviz.palette.method_styles`: its family's hue)."""
+    """A method's colour on every chart (:func:`gradviz.plots.palette.method_styles`: its family's hue)."""
     return method_styles([name])[name][0]
 
 
@@ -213,7 +213,7 @@ def thin_curve(x, y, n: int = CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
 
 def _summaries(scores: pd.DataFrame, methods: list[str], ood: str, metrics: pd.DataFrame | None) -> dict[str, dict]:
     """Per method the metric values of ID vs ``ood`` (from ``metrics`` when given, else computed)."""
-    from gradviz.metrics import summary
+    from gradviz.analysis.metrics import summary
 
     if metrics is not None and {"ood_dataset", "method"} <= set(metrics.columns):
         rows = metrics[metrics["ood_dataset"] == ood].set_index("method")
@@ -231,8 +231,8 @@ def _line_style(m: str, styles: dict[str, tuple[str, str]], width: float = 2) ->
 def roc_figure(scores: pd.DataFrame, methods: list[str], ood: str, metrics: pd.DataFrame | None = None) -> go.Figure:
     """ROC curves of ID (positive, accepted) vs one OOD set for each method; AUROC in the legend,
     a marker where 95 % of ID is accepted (its x is FPR95). ``metrics`` (the run's metrics table)
-    saves recomputing the legend values. Each method keeps its (colour, dash) of :mod:`gradviz.palette`."""
-    from gradviz.metrics import roc_curve_points
+    saves recomputing the legend values. Each method keeps its (colour, dash) of :mod:`gradviz.plots.palette`."""
+    from gradviz.analysis.metrics import roc_curve_points
 
     id_part = scores[scores["role"] == "id"]
     ood_part = scores[scores["dataset"] == ood]
@@ -257,7 +257,7 @@ def roc_figure(scores: pd.DataFrame, methods: list[str], ood: str, metrics: pd.D
 def pr_figure(scores: pd.DataFrame, methods: list[str], ood: str, positive: str = "id",
               metrics: pd.DataFrame | None = None) -> go.Figure:
     """Precision-recall curves with ID (``positive="id"``) or OOD (``"ood"``) as the positive class."""
-    from gradviz.metrics import pr_curve_points
+    from gradviz.analysis.metrics import pr_curve_points
 
     id_part = scores[scores["role"] == "id"]
     ood_part = scores[scores["dataset"] == ood]
@@ -326,7 +326,7 @@ def stat_title(stat: str) -> str:
 def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = None, log: bool = True) -> go.Figure:
     """Per-layer gradient statistic: a median line and a 5–95 % band per dataset, plus one sample.
 
-    ``bands``: rows (dataset, role, layer, q05, q50, q95) in layer order (see :func:`gradviz.layers.layer_bands`).
+    ``bands``: rows (dataset, role, layer, q05, q50, q95) in layer order (see :func:`gradviz.analysis.layers.layer_bands`).
     """
     fig = go.Figure()
     layers = list(dict.fromkeys(bands["layer"]))
@@ -437,7 +437,7 @@ def severity_histogram(scores: pd.DataFrame, method: str, nbins: int = 50) -> go
 
 def model_metric_bars(metrics: pd.DataFrame, metric: str = "auroc", models: list[str] | None = None) -> go.Figure:
     """Grouped bars for several models: ``metric`` per method, one bar colour per model, one panel per OOD set
-    (``metrics`` has a ``model`` column, as :attr:`gradviz.model_compare.ModelComparison.metrics`)."""
+    (``metrics`` has a ``model`` column, as :attr:`gradviz.analysis.model_compare.ModelComparison.metrics`)."""
     oods = list(dict.fromkeys(metrics["ood_dataset"])) if len(metrics) else []
     models = models or (list(dict.fromkeys(metrics["model"])) if len(metrics) else [])
     fig = make_subplots(rows=max(1, len(oods)), cols=1, shared_xaxes=True, subplot_titles=[_h(o) for o in oods] or None,

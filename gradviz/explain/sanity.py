@@ -33,15 +33,15 @@ Explainer = Callable[[GradvizModel, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def saliency_explainer(model: GradvizModel, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """|∂z_t/∂x| summed over channels (gradviz.attributions' saliency), (B, H, W)."""
-    from gradviz.attributions import attribute
+    """|∂z_t/∂x| summed over channels (gradviz.explain.attributions' saliency), (B, H, W)."""
+    from gradviz.explain.attributions import attribute
 
     return attribute(model, x, "saliency", target=target).maps
 
 
 def top_layers(model: GradvizModel, k: int) -> list[str]:
     """The ``k`` parametrised layers nearest the output (the head first), names inside ``model.net``."""
-    from gradviz.gradients import parametrised_layers
+    from gradviz.engine import parametrised_layers
 
     names = [name for name, _ in parametrised_layers(model)]
     if not 1 <= int(k) <= len(names):
@@ -138,7 +138,7 @@ def deletion_insertion(output: Callable[[torch.Tensor], torch.Tensor], x: torch.
     """Deletion / insertion curves of ``attribution`` (H, W) for one image ``x`` (1, C, H, W).
 
     ``output``: images (N, C, H, W) -> (N,) the explained quantity (e.g. the class probability, or a score
-    function of :func:`gradviz.explain.score_fn`). Pixels are ranked by the attribution (highest first); at
+    function of :func:`gradviz.explain.scores.score_fn`). Pixels are ranked by the attribution (highest first); at
     step k the top ⌈k·n/steps⌉ pixels (all channels) are set to ``baseline`` (deletion) or copied from ``x`` into
     a ``baseline`` image (insertion). All 2·(steps+1) images go through ``output`` as one batch."""
     if x.ndim != 4 or x.shape[0] != 1:
@@ -188,8 +188,8 @@ def map_checks(model: GradvizModel, x: torch.Tensor, methods: list[str], score=N
     :class:`~gradviz.methods.registry.MethodRunner` explains that uncertainty score (curves read the score)."""
     import pandas as pd
 
-    from gradviz.attributions import attribute
-    from gradviz.explain import score_fn
+    from gradviz.explain.attributions import attribute
+    from gradviz.explain.scores import score_fn
 
     with torch.no_grad():
         target = model(x.to(model.device)).argmax(-1)

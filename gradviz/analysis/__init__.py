@@ -1,0 +1,1 @@
+"""Analyses of a scores table: detection metrics, layer tables, meta classifiers, samples, sweeps, maps."""

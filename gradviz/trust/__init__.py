@@ -1,0 +1,1 @@
+"""Uncertainty beyond OOD: selective prediction (misclassification detection) and calibration."""
