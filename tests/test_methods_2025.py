@@ -8,7 +8,7 @@ import torch
 
 from gradviz.errors import MethodError
 from gradviz.methods import ModelOutputs, get_method, run_method
-from gradviz.metrics import auroc
+from gradviz.analysis.metrics import auroc
 from gradviz.models.zoo import random_model
 
 
