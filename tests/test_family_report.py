@@ -44,8 +44,10 @@ def test_choices_table_puts_each_setting_s_auroc_in_its_own_column():
         assert (got.method, got.parameter, got[2]) == (r["method"], r["parameter"], str(r["gradviz"]))
         assert got[4] == 0.25 and got[6] == 0.25
         assert got[5] == pytest.approx(0.6 + i / 100) and got[7] == pytest.approx(0.5 + i / 100)
+    for r, paper in zip(rows, table["paper setting"]):  # the value run for the paper's setting is always shown
+        assert str(r["value"]) in paper
     knn = table.set_index(["method", "parameter"]).loc[("knn", "k_fraction"), "paper setting"]
-    assert knn.endswith("(run: 0.001)")
+    assert knn.endswith("i.e. 0.001")  # already in the registry's words: no "(run: …)" added
     text = "\n".join(choices_section(table, "mnist-cnn"))
     assert text.count("\n| ") == len(rows) + 1 and "`mnist-cnn`" in text  # header row + one row per adaptation
 

@@ -273,7 +273,7 @@ def choices_table(rows: list[dict], default: pd.DataFrame, other: dict[tuple[str
     out = []
     for row in rows:
         o = other[(row["method"], row["parameter"])].set_index(["method", "ood_dataset"])["auroc"]
-        paper = row["paper"] if row["value"] == row["paper"] else f"{row['paper']} (run: {row['value']})"
+        paper = row["paper"] if str(row["value"]) in str(row["paper"]) else f"{row['paper']} (run: {row['value']})"
         cells = {"method": row["method"], "parameter": row["parameter"], "gradviz setting": str(row["gradviz"]),
                  "paper setting": paper}
         for ood in ood_sets:
