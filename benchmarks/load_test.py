@@ -12,6 +12,18 @@ run, and whether any session ever showed another session's upload.
 ``--write`` appends the table to docs/PERFORMANCE.md under "Load test". Needs /usr/bin/chromium.
 The server, the browser flows and the scenario live in gradviz/testing/browser.py (shared with tests/browser
 and benchmarks/dashboard_timing.py).
+
+``--mix``: one heavy session beside N Playground sessions drawing, in one process the way the web server runs
+them (one thread per session, one torch thread each, every session's work inside
+``gradviz.runtime.ledger.serving`` with its session budget, all of them sharing the server's ledger). The
+heavy session fits and scores every method on random images with a torchvision model at ``--side``²; each
+Playground session scores a growing stroke drawing on the bundled mnist-cnn (every method and the layer
+profile, as a stroke on the page does) until the heavy session is done. Reports the stroke latency (p50/p95)
+alone and beside the heavy session, the heavy session's time, and the process's peak RSS against the
+server's budget. No browser: it measures the library and the ledger, not Streamlit's websocket::
+
+    .venv/bin/python benchmarks/load_test.py --mix                      # small: resnet18 at 96², 2 Playgrounds
+    .venv/bin/python benchmarks/load_test.py --mix --heavy resnet50 --side 224 --playgrounds 8 --images 64
 """
 
 from __future__ import annotations
@@ -52,7 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", action="store_true", help="append to docs/PERFORMANCE.md under 'Load test'")
     ap.add_argument("--download-race", action="store_true",
                     help="instead: one session downloads metrics.csv 30 times while 4 sessions keep rerunning")
+    ap.add_argument("--mix", action="store_true", help="instead: one heavy session beside N Playground sessions")
+    ap.add_argument("--heavy", default="resnet18", help="--mix: the heavy session's torchvision model")
+    ap.add_argument("--side", type=int, default=96, help="--mix: its input side (224 for the real size)")
+    ap.add_argument("--images", type=int, default=32, help="--mix: images it fits on and scores (each, ID and OOD)")
+    ap.add_argument("--playgrounds", type=int, default=2, help="--mix: Playground sessions drawing beside it")
+    ap.add_argument("--alone-strokes", type=int, default=10, help="--mix: strokes per Playground before the heavy one")
+    ap.add_argument("--server-mb", type=int, default=None,
+                    help="--mix: GRADVIZ_SERVER_MEMORY_MB (default: the setting)")
     args = ap.parse_args(argv)
+    if args.mix:
+        from load_mix import run_mix  # benchmarks/load_mix.py, beside this script
+
+        return run_mix(args, ROOT, append_section)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup (stop servers) when killed
     if not Path(CHROMIUM).exists():
         print(f"{CHROMIUM} not found (apt-get install chromium)", file=sys.stderr)

@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gradviz.config import use_settings
 from gradviz.errors import GradvizError
 
 if TYPE_CHECKING:  # imported inside the commands, so `gradviz --help` does not load torch
+    from gradviz.config import Settings
     from gradviz.reporting.report import ReportConfig
     from gradviz.runconfig import RunConfig
 
@@ -181,8 +183,10 @@ def _report_files(result) -> None:
 
 def _load_model(name: str, weights: str | None, device: str):
     """The model of the command line: here, and only here, ``file.py:build`` may run (the user asked for it)."""
+    from gradviz.engine.kernels import build_in_background
     from gradviz.models import load_model
 
+    build_in_background()  # the statistics kernel compiles beside the model and data loading that follow
     return load_model(name, weights, device, allow_code=True)
 
 
@@ -485,6 +489,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings(args) -> "Settings":
+    """The environment's settings (a bad value is one error line naming its variable) with the options given."""
+    from gradviz.config import settings
+
+    chosen = settings()
+    if getattr(args, "compile", None):
+        chosen = chosen.model_copy(update={"compile": args.compile})
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
@@ -495,10 +509,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "compile", None):
-        os.environ["GRADVIZ_COMPILE"] = args.compile  # read by the engine through gradviz.config.settings()
     try:
-        with _PlanLines():
+        with use_settings(_settings(args)), _PlanLines():
             return int(args.func(args) or 0)
     except GradvizError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ from gradviz.errors import MethodError
 from gradviz.analysis.metrics import MIN_VALID
 from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, needs_graph, resolve_methods
 from gradviz.models import GradvizModel, load_model
+from gradviz.runtime.ledger import checkpoint
 from gradviz.runtime.progress import reporting
 from gradviz.runconfig import RunConfig
 from gradviz.runtime.store import ResultStore, cache_key
@@ -199,6 +200,7 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
     if progress:
         progress(0, total, label)  # the clock of the pass's ETA starts here
     for i, start in enumerate(range(0, n, batch_size)):
+        checkpoint()  # a web session whose tab is gone stops here (gradviz.runtime.ledger)
         with model.lock:  # one session's forward+backward passes never interleave with another's hooks
             batch = ModelOutputs.from_model(model, images[start:start + batch_size], keep_graph=keep_graph)
             out["prediction"].append(batch.prediction.cpu().numpy())
@@ -400,6 +402,7 @@ def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, 
         if progress:
             progress(0, total, f"{data.spec} layers")
         for i, start in enumerate(range(0, n, batch_size)):
+            checkpoint()
             ls = layer_gradient_stats(model, data.images[start:start + batch_size].to(model.device), loss=loss)
             parts.append(ls.values.detach().float().cpu().numpy())
             layers, stats = list(ls.layers), list(ls.stats)

@@ -161,3 +161,65 @@ def test_the_probe_reads_shapes_and_falls_back_to_one_real_image(monkeypatch):
 
     monkeypatch.setattr(fake_tensor, "FakeTensorMode", broken)
     assert budget.activation_bytes(model) == fake  # the same bytes, counted on a real image
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cuda_model_is_planned_for_the_gpus_memory(monkeypatch):
+    from gradviz.scoring import score_images
+
+    monkeypatch.delenv("GRADVIZ_MEMORY_MB", raising=False)
+    model = _resnet(64).to("cuda")
+    free = budget.cuda_free_mb("cuda")
+    plan = plan_batch(model, "gradients", "scoring", n=4096)
+    assert "MB free on cuda" in plan.source and plan.budget_mb <= free
+    monkeypatch.setenv("GRADVIZ_MEMORY_MB", "300")  # a smaller budget bounds the GPU's share too
+    small = plan_batch(model, "gradients", "scoring", n=4096)
+    assert (small.budget_mb, small.source) == (300, "GRADVIZ_MEMORY_MB") and 1 <= small.batch < plan.batch
+    runners = [info.create() for info in resolve_methods(["msp", "grad_l2", "gradnorm"])]
+    x = torch.rand(64, 3, 64, 64)
+    score_images(model, x[:1], runners)  # kernels and the caching allocator warm
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    scores = score_images(model, x, runners)
+    peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    assert len(scores["grad_l2"]) == 64 and 0 < peak_mb <= 300, peak_mb
+
+
+def test_a_cuda_device_is_planned_for_its_free_memory_everywhere(monkeypatch):
+    """The planner's CUDA arithmetic, with the GPU's free memory stubbed (runs without a GPU)."""
+    import contextvars
+
+    from gradviz.runtime import ledger
+
+    monkeypatch.setattr(budget, "cuda_free_mb", lambda device: 10_000)
+    monkeypatch.setattr(ledger, "_LEDGERS", {})
+    monkeypatch.delenv("GRADVIZ_MEMORY_MB", raising=False)
+    monkeypatch.delenv("GRADVIZ_SERVER_MEMORY_MB", raising=False)
+    assert budget.memory_budget_mb(torch.device("cuda")) == (8000, "80% of the 10,000 MB free on cuda")
+    monkeypatch.setenv("GRADVIZ_MEMORY_MB", "3000")
+    assert budget.memory_budget_mb(torch.device("cuda:1")) == (3000, "GRADVIZ_MEMORY_MB")
+
+    def web(session_mb):
+        with session_budget(session_mb):
+            return budget.memory_budget_mb(torch.device("cuda"))
+
+    assert contextvars.copy_context().run(web, 2048)[0] == 2048  # a session's budget bounds its GPU passes too
+    monkeypatch.setenv("GRADVIZ_SERVER_MEMORY_MB", "1500")  # and the server's, on the GPU as on the CPU
+    mb, source = contextvars.copy_context().run(web, 2048)
+    assert mb == 1500 and "the server's budget for all sessions (GRADVIZ_SERVER_MEMORY_MB)" == source
+    assert ledger.server_ledger("cuda").budget_mb == 1500 and ledger.server_ledger("cpu").budget_mb == 1500
+    assert ledger.server_ledger("cuda") is not ledger.server_ledger("cpu")  # one ledger per memory
+
+
+def test_explaining_a_gradient_score_plans_for_its_second_order_graph(resnets):
+    from gradviz.models import load_model
+
+    for model in (load_model("mnist-cnn"), resnets[64]):
+        cls = plan_batch(model, "backward", "saliency of the class", budget_mb=2000)
+        grad = plan_batch(model, "second_order", "saliency of grad_l2", budget_mb=2000)
+        assert 1 <= grad.batch < cls.batch and grad.per_sample_mb > 3 * cls.per_sample_mb, (grad, cls)
+    # measured (benchmarks/bench_explain_memory.py): ~192 MB per sample for grad_l2's saliency on ResNet-18 at 64²
+    assert plan_batch(resnets[64], "second_order", budget_mb=2000).per_sample_mb > 192
+    assert "double-backprop passes" in pytest.raises(GradvizError, plan_batch, resnets[64], "second_order",
+                                                     budget_mb=150).value.args[0]

@@ -82,11 +82,21 @@ def test_compile_flag_reaches_the_engine(tmp_path, monkeypatch):
     """--compile off is the eager path (same scores as the default path, within float32 round-off)."""
     import pandas as pd
 
-    monkeypatch.setenv("GRADVIZ_COMPILE", "auto")  # restored after the test (the flag sets it)
+    from gradviz.engine import api
+    from gradviz.engine.plans import base
+
+    modes: list[str] = []
+    for module in (api, base):
+        original = module.fused_kernel
+        monkeypatch.setattr(module, "fused_kernel", lambda mode, *a, _f=original: modes.append(mode) or _f(mode, *a))
+    monkeypatch.setenv("GRADVIZ_COMPILE", "auto")
     common = ["--id", "mnist", "--ood", "letters", "--methods", "grad_l2,grad_max", "--limit", "16", "--cache", "none"]
     assert main(["score", *common, "--out", str(tmp_path / "a")]) == 0
+    assert modes and set(modes) == {"auto"}
+    modes.clear()
     assert main(["score", *common, "--compile", "off", "--out", str(tmp_path / "b")]) == 0
-    assert os.environ["GRADVIZ_COMPILE"] == "off"
+    assert modes and set(modes) == {"off"}  # the engine saw the flag
+    assert os.environ["GRADVIZ_COMPILE"] == "auto"  # passed as settings, not through the environment
     a, b = pd.read_csv(tmp_path / "a" / "scores.csv"), pd.read_csv(tmp_path / "b" / "scores.csv")
     assert ((a["grad_l2"] - b["grad_l2"]).abs() <= 1e-5 * a["grad_l2"].abs() + 1e-9).all()
     with pytest.raises(SystemExit):  # argparse refuses an unknown mode
@@ -110,7 +120,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
 
 
-# --------------------------------------------------------------------------- score --config (issue 19)
+# --------------------------------------------------------------------------- score --config
 
 
 def _write(tmp_path, text: str, name: str = "c.json") -> str:
@@ -242,7 +252,7 @@ def test_fuzzed_config_files_exit_0_or_2_with_one_error_line(data, tmp_path_fact
         assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
 
 
-# --------------------------------------------------------------------------- layers, meta, report end to end (issue 20)
+# --------------------------------------------------------------------------- layers, meta, report end to end
 
 
 def test_layers_writes_every_sample_with_the_library_values(tmp_path, capsys, bundled_model):

@@ -313,11 +313,11 @@ def test_odd_valid_or_cut_images_decode_cleanly_or_raise_image_error(data, fit):
         assert out.array.shape[1] <= max(fit) and out.array.shape[2] <= max(fit)
 
 
-# --------------------------------------------------------------------------- reduced while decoding (issue 19)
+# --------------------------------------------------------------------------- reduced while decoding
 
 
 def test_fit_reduces_while_decoding_like_the_float_resize_did():
-    """Pillow's antialiased resize at decode ≈ the full-resolution float array resized by torch (the old path)."""
+    """Pillow's antialiased resize at decode ≈ the full-resolution float array resized by torch."""
     from gradviz.data import adapt_images
 
     rng = np.random.default_rng(1)

@@ -185,3 +185,41 @@ def test_zip_and_split_specs_meet_the_allowed_roots(tmp_path):
         answers.add(str(err.value).split("'")[0] + str(err.value).rsplit(":", 1)[-1])
     assert len(answers) == 2, answers  # one answer for zip files, one for folders: no oracle
 
+
+
+def test_a_byte_bound_keeps_a_random_subset_that_fits_and_says_so():
+    each = 4 * 12 * 12  # one 1×12×12 float32 image
+    full = load_zip_bytes(digits_zip(), "digits.zip")
+    data = load_zip_bytes(digits_zip(), "digits.zip", max_bytes=5 * each + 10, bytes_setting="the session's share")
+    assert len(data) == 5 and data.images.numel() * 4 <= 5 * each + 10
+    assert data.paths == sorted(data.paths, key=full.paths.index)  # in the files' order, labels with them
+    assert [int(data.labels[i]) for i in range(5)] == [int(full.labels[full.paths.index(p)]) for p in data.paths]
+    assert data.paths != full.paths[:5]  # a random subset, not the first files (classes 0 only)
+    note = dict(data.skipped)["."]
+    assert "only 5 of 18 image files loaded (random subset, seed 0)" in note
+    assert "the session's share" in note and "1×12×12" in note
+    again = load_zip_bytes(digits_zip(), "digits.zip", max_bytes=5 * each + 10)
+    assert again.paths == data.paths  # seeded
+
+
+def test_a_byte_bound_that_holds_no_image_is_refused_with_the_numbers():
+    with pytest.raises(DatasetError) as err:
+        load_zip_bytes(digits_zip(), "digits.zip", max_bytes=100, bytes_setting="what is left")
+    text = str(err.value)
+    assert text.startswith("digits.zip: not even one of the 18 images fits")
+    assert "1×12×12" in text and "0 MB (what is left)" in text and "gradviz-zip-" not in text
+
+
+def test_own_sets_share_the_session_budget_and_are_few():
+    from gradviz.data.session import MAX_OWN_SETS, held_mb, own_set_room
+
+    one = load_zip_bytes(digits_zip(), "digits.zip")
+    room, why = own_set_room({}, session_mb=100)
+    assert room == 50 * 2**20 and "50% of this session's 100 MB (GRADVIZ_SESSION_MEMORY_MB)" in why
+    room_after, why_after = own_set_room({"a#1": one}, session_mb=100)
+    assert room_after == room - one.images.numel() * 4 and "held by 1 set(s)" in why_after
+    assert own_set_room({"a#1": one}, replacing="a#1", session_mb=100)[0] == room  # the same upload again
+    assert held_mb({"a#1": one}) == 1
+    many = {f"s{i}#0": one for i in range(MAX_OWN_SETS)}
+    with pytest.raises(DatasetError, match=f"holds {MAX_OWN_SETS} own ID sets, the most it may"):
+        own_set_room(many, session_mb=100)

@@ -13,7 +13,9 @@
   1 if every image is grey, else 3 (grey images repeated). :func:`gradviz.data.load_dataset`
   then adapts to the model card. The decoder's notes per file land in ``ImageSet.notes``.
 - At most ``limit`` (or ``MAX_FOLDER_FILES``) files are decoded: a seeded random subset
-  when there are more, noted in ``skipped``.
+  when there are more, noted in ``skipped``. With ``max_bytes`` (the web app's bound on a
+  session's own ID sets) the decoded set also stays within that many bytes: a seeded random
+  subset again, noted, or a refusal with the numbers when not even one image fits.
 - Path safety (web app): :func:`resolve_folder` with ``allowed_roots`` refuses any folder
   whose resolved path (symlinks and ``..`` resolved) is outside the roots, and answers a
   folder that is outside, missing, not a folder or unreadable with the *same* message (no
@@ -175,9 +177,21 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
 
 
+def _final_shape(channels: int, sizes: set[tuple[int, int]]) -> tuple[int, int, int]:
+    """(C, H, W) every image is stacked at: one common size if they share it, else FOLDER_SIZE²."""
+    h, w = next(iter(sizes)) if len(sizes) == 1 else (FOLDER_SIZE, FOLDER_SIZE)
+    return channels, h, w
+
+
 def load_folder(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathLike] | None = None,
-                limit: int | None = None, seed: int = 0) -> ImageSet:
-    """Load every image under ``path`` (see module doc); refuses folders outside ``allowed_roots`` when given."""
+                limit: int | None = None, seed: int = 0, max_bytes: int | None = None,
+                bytes_setting: str = "") -> ImageSet:
+    """Load every image under ``path`` (see module doc); refuses folders outside ``allowed_roots`` when given.
+
+    ``max_bytes``: the decoded set (float32, as stacked) holds at most this many bytes. The files are then
+    decoded in a seeded random order until the next one would pass it, so the images kept are a random
+    subset (stated in ``skipped``, with ``bytes_setting`` naming the bound); DatasetError with the numbers
+    when not even one image fits."""
     from gradviz.data.images import decode_image
 
     root = resolve_folder(path, allowed_roots)
@@ -197,7 +211,11 @@ def load_folder(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathLi
     paths: list[str] = []
     notes: list[tuple[str, str]] = []
     pixels = 0
-    for rel in files:
+    order = range(len(files)) if max_bytes is None else np.random.default_rng(seed).permutation(len(files))
+    kept: list[int] = []
+    channels, sizes = 1, set()
+    for i in order:
+        rel = files[i]
         full = root / rel
         try:
             decoded = decode_image(read_regular_file(full, MAX_FILE_MB * 2**20), rel.as_posix(),
@@ -207,12 +225,22 @@ def load_folder(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathLi
             skipped.append((rel.as_posix(), str(exc)))
             continue
         x = torch.from_numpy(decoded.array)  # (C, H, W), sides ≤ FOLDER_SIZE
+        if max_bytes is not None:  # the bytes of the stacked set with this image, before keeping it
+            shape = _final_shape(max(channels, x.shape[0]), sizes | {tuple(x.shape[-2:])})
+            if 4 * (len(arrays) + 1) * int(np.prod(shape)) > max_bytes:
+                _refuse_or_note(len(arrays), len(files), shape, max_bytes, bytes_setting, seed, skipped)
+                break
+            channels, sizes = shape[0], sizes | {tuple(x.shape[-2:])}
         if decoded.note:
             notes.append((rel.as_posix(), decoded.note))
         pixels += decoded.pixels
         arrays.append(x)
+        kept.append(int(i))
         labels.append(class_index[rel.parts[0]] if len(rel.parts) > 1 else -1)
         paths.append(rel.as_posix())
+    if max_bytes is not None and arrays:  # back to the files' sorted order
+        back = np.argsort(kept, kind="stable")
+        arrays, labels, paths = [arrays[j] for j in back], [labels[j] for j in back], [paths[j] for j in back]
     if not arrays:
         first = f"; first problem: {skipped[-1][0]}: {skipped[-1][1]}" if skipped else ""
         raise DatasetError(f"none of the {len(files)} image files in folder {short_spec(path)!r} could be read{first}")
@@ -222,6 +250,18 @@ def load_folder(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathLi
     images = torch.stack([_resize(a, size).expand(channels, -1, -1) for a in arrays]).contiguous()  # (N, C, H, W)
     return ImageSet(f"folder:{path}", images, np.asarray(labels, dtype=np.int64), paths, class_names, skipped, notes,
                     pixels)
+
+
+def _refuse_or_note(n_kept: int, n_files: int, shape: tuple[int, int, int], max_bytes: int, setting: str,
+                    seed: int, skipped: list[tuple[str, str]]) -> None:
+    """Where ``load_folder``'s byte bound stops it: a DatasetError when nothing fits, else a note in ``skipped``."""
+    each = 4 * int(np.prod(shape)) / 2**20
+    bound = f"{max_bytes / 2**20:,.0f} MB{f' ({setting})' if setting else ''}"
+    if n_kept == 0:
+        raise DatasetError(f"not even one of the {n_files:,} images fits: decoded at {'×'.join(map(str, shape))} "
+                           f"(float32) each takes {each:.2f} MB, and the bound is {bound}")
+    skipped.append((".", f"only {n_kept:,} of {n_files:,} image files loaded (random subset, seed {seed}): decoded at "
+                         f"{'×'.join(map(str, shape))} ({each:.2f} MB each) they fill the bound of {bound}"))
 
 
 @register_dataset("folder", "Every image under a folder (recursive); class sub-folders become labels",

@@ -6,6 +6,12 @@ script is running in the calling thread. ``load_dataset("session:…")`` — whe
 e.g. when a fitted method loads its fitting set — therefore sees the calling session's sets and
 never another's. Library code and tests can instead set sets for the current context with
 :func:`use_session_sets`. Outside a session (CLI) there are none and the spec fails clearly.
+
+A session's own sets count in its memory budget: together they hold at most
+:data:`OWN_SETS_SHARE` of ``GRADVIZ_SESSION_MEMORY_MB`` (decoded bytes, :func:`own_set_room` gives
+what a new one may take; it is then decoded as a random subset that fits, or refused with the
+numbers), at most :data:`MAX_OWN_SETS` of them, and the session's passes plan for the budget
+less what the sets hold (:func:`held_mb`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from gradviz.data import ImageSet, register_dataset
 from gradviz.errors import DatasetError
 
 PREFIX = "session:"
+OWN_SETS_SHARE = 0.5  # of a web session's memory budget: what its own ID sets may hold together
+MAX_OWN_SETS = 4  # own ID sets one session may hold at once
 _SETS: ContextVar[Mapping[str, ImageSet] | None] = ContextVar("gradviz_session_sets", default=None)
 _RESOLVER: list[Callable[[], Mapping[str, ImageSet] | None]] = []  # at most one; set by the UI at import
 
@@ -44,6 +52,35 @@ def session_sets() -> Mapping[str, ImageSet]:
         if found is not None:
             return found
     return _SETS.get() or {}
+
+
+def held_bytes(sets: Mapping[str, ImageSet]) -> int:
+    """Bytes of the decoded images ``sets`` hold."""
+    return sum(int(d.images.numel()) * d.images.element_size() for d in sets.values())
+
+
+def held_mb(sets: Mapping[str, ImageSet]) -> int:
+    """MiB of the decoded images ``sets`` hold (rounded up): what a session's passes plan without."""
+    return -(-held_bytes(sets) // 2**20)
+
+
+def own_set_room(sets: Mapping[str, ImageSet], replacing: str | None = None,
+                 session_mb: int | None = None) -> tuple[int, str]:
+    """(bytes one more own ID set may decode to, that bound in words) for a session holding ``sets``
+    (``replacing``: the key of a set the new one replaces, not counted). DatasetError when the session
+    already holds :data:`MAX_OWN_SETS` sets."""
+    from gradviz.config import settings
+
+    others = {k: v for k, v in sets.items() if k != replacing}
+    if len(others) >= MAX_OWN_SETS:
+        raise DatasetError(f"this session holds {len(others)} own ID sets, the most it may ({MAX_OWN_SETS}); "
+                           "forget them (the button under the ID set switch) before adding another")
+    total_mb = int(session_mb if session_mb is not None else settings().session_memory_mb)
+    share = int(total_mb * OWN_SETS_SHARE * 2**20)
+    held = held_bytes(others)
+    why = (f"{OWN_SETS_SHARE:.0%} of this session's {total_mb:,} MB (GRADVIZ_SESSION_MEMORY_MB) for its own ID sets"
+           + (f", less {held / 2**20:,.0f} MB held by {len(others)} set(s) already" if others else ""))
+    return max(0, share - held), why
 
 
 def mentions_session(spec: str) -> bool:

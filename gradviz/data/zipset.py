@@ -121,8 +121,9 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
 
 
 def load_zip_bytes(data: bytes, name: str = "upload.zip", limit: int | None = None, seed: int = 0,
-                   max_mb: int | None = None) -> ImageSet:
-    """An :class:`ImageSet` from the bytes of a .zip of images (see the module doc for what is refused)."""
+                   max_mb: int | None = None, max_bytes: int | None = None, bytes_setting: str = "") -> ImageSet:
+    """An :class:`ImageSet` from the bytes of a .zip of images (see the module doc for what is refused);
+    ``max_bytes`` bounds the decoded images (:func:`gradviz.data.folder.load_folder`)."""
     from gradviz.data.folder import load_folder
 
     _check_size(len(data), max_mb)
@@ -152,7 +153,11 @@ def load_zip_bytes(data: bytes, name: str = "upload.zip", limit: int | None = No
                     skipped.append(("/".join(parts), f"damaged member ({type(exc).__name__})"))
                 except RuntimeError as exc:  # zipfile: CRC / decompression problems
                     skipped.append(("/".join(parts), f"damaged member ({exc})"))
-            data_set = load_folder(root, allowed_roots=[root], limit=limit, seed=seed)
+            try:
+                data_set = load_folder(root, allowed_roots=[root], limit=limit, seed=seed, max_bytes=max_bytes,
+                                       bytes_setting=bytes_setting)
+            except DatasetError as exc:  # name the archive, never the temporary folder
+                raise DatasetError(f"{name}: {str(exc).replace(str(root), '.')}") from None
     data_set.skipped = skipped + list(data_set.skipped)
     data_set.spec = f"zip:{name}"
     return data_set

@@ -3,7 +3,7 @@ speed of about one forward+backward, for any image classifier (CNNs, vision tran
 
 Oberdiek et al. 2018 and Lee & AlRegib 2020 need, for each sample b and each layer l, statistics of
 the per-sample gradient ∇_{θ_l} ℓ_b. A batched backward only yields the batch *sum* of parameter
-gradients, so the engine never asks autograd for them (METHODS.md §6):
+gradients, so the engine never asks autograd for them:
 
 1. :mod:`.capture` — one forward under a ``TorchFunctionMode`` records every *use* of a parameter
    (the call where it meets the batch), with its inputs, and hooks its output;

@@ -90,7 +90,7 @@ def head_gradient_stats(head: nn.Linear, logits: torch.Tensor, features: torch.T
                         loss: str | Callable = "nll_pred", stats: Sequence[str] = STATS) -> torch.Tensor:
     """Statistics of the classifier head's per-sample gradient in closed form, (B, S) float32.
 
-    With g = ∂ℓ/∂z and h the head input, ∇[W | b] = g [hᵀ | 1] is rank one (METHODS.md §1):
+    With g = ∂ℓ/∂z and h the head input, ∇[W | b] = g [hᵀ | 1] is rank one:
     L1 = ‖g‖₁(‖h‖₁ + 1), L2 = ‖g‖(‖h‖² + 1)^½, max/min from the extremes of g and h, and the
     mean and std from Σg·(Σh + 1) — no backward pass, only the logits and features of a forward.
     Like the engine, it works on g / max|g| and scales back in float64 (no underflow)."""

@@ -6,7 +6,7 @@ nothing else reads, the pair equals one convolution with weight s ⊙ W and bias
 s = γ/σ. The gradient engine's hooked forward (:class:`gradviz.engine.gradient_pass.GradientPass`) runs on
 such a *twin*: it skips every folded BatchNorm's forward and backward (about a fifth of a plain
 forward+backward of the bundled model), and still reports both layers exactly, from the output
-gradient δz of the folded convolution (METHODS.md §6):
+gradient δz of the folded convolution:
 
 - the convolution: δy = s ⊙ δz, so ∇W_b = s ⊙_o (δz ⋆ U_b) and ∇b_b = s ⊙ Σ_p δz;
 - the BatchNorm: ∇β_b = Σ_p δz and ∇γ_b = Σ_p δz x̂ with x̂ = (y − μ)/σ, y the conv output the

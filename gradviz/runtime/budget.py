@@ -8,9 +8,10 @@ using a fixed one. The planner sizes the batch from the model *at its input size
   bytes of every leaf output — ``A``, the activation bytes of one sample (memoised per model and
   input size). It runs on fake tensors (shapes without memory) where the model allows, else on one
   real image: the probe allocates nothing of the pass;
-* a pass of kind ``k`` needs about ``FACTORS[k] · A`` bytes per sample (plus the input), and a
-  fixed part: the parameter bytes, again for the parameter gradients of passes that backprop
-  to the parameters (``PARAM_COPIES``), and the gradient engine's chunks;
+* a pass of kind ``k`` needs about ``FACTORS[k] · A + SAMPLE_PARAM_COPIES[k] · P`` bytes per sample (plus
+  the input; ``P`` the parameter bytes: a double-backprop pass holds every sample's parameter gradient with
+  its graph), and a fixed part: the parameter bytes, again for the parameter gradients of passes that
+  backprop to the parameters (``PARAM_COPIES``), and the gradient engine's chunks;
 * ``batch = clamp(floor((budget − fixed) / per_sample), 1, upper)``, ``upper`` being the caller's
   ``--batch-size`` (an upper bound, never a target) or the number of images.
 
@@ -20,7 +21,11 @@ before the pass allocates anything.
 The budget (:func:`memory_budget_mb`): ``GRADVIZ_MEMORY_MB`` when set, else — from the command
 line — half of the memory the machine has available now (``MemAvailable``); in the web app
 each session's passes run inside :func:`session_budget` (``GRADVIZ_SESSION_MEMORY_MB``,
-default 2,048).
+default 2,048, less what the session's own ID sets hold), and never beyond the server's budget
+for all sessions together (:mod:`gradviz.runtime.ledger`, ``GRADVIZ_SERVER_MEMORY_MB``), from
+which :func:`batch_size_for` reserves each plan's bytes before the pass runs. A model on a CUDA
+device is planned for that GPU's memory instead: :data:`CUDA_SHARE` of what
+``torch.cuda.mem_get_info`` reports free (and at most ``GRADVIZ_MEMORY_MB`` when set).
 
 The factors are upper bounds measured on the real passes (peak RSS above a warm model, in a
 fresh process; see ``benchmarks/bench_realsize.py`` and docs/PERFORMANCE.md): e.g. all 24
@@ -43,8 +48,8 @@ from torch import nn
 
 from gradviz.errors import GradvizError
 
-__all__ = ["KINDS", "FACTORS", "Plan", "plan_batch", "batch_size_for", "memory_budget_mb", "available_mb",
-           "session_budget", "activation_bytes", "scoring_kind"]
+__all__ = ["KINDS", "FACTORS", "SAMPLE_PARAM_COPIES", "Plan", "plan_batch", "batch_size_for", "memory_budget_mb",
+           "available_mb", "session_budget", "activation_bytes", "scoring_kind"]
 
 log = logging.getLogger("gradviz.runtime.budget")
 
@@ -57,6 +62,7 @@ FACTORS: dict[str, float] = {
     "forward": 1.0,      # no-grad forward: logits + features (fit sets, output/feature methods, decomposition)
     "backward": 2.5,     # one forward+backward (attributions, the layer profile, Playground paths)
     "gradients": 4.0,    # the scoring pass with gradient methods: the engine's per-sample gradients, GAIA, ODIN…
+    "second_order": 6.0,  # explaining a gradient score: double backprop through each sample's parameter gradient
 }
 # Measured per sample, in units of A (peak RSS above a warm model; slope between two batch sizes):
 #                      forward  fwd+bwd  all 24 methods
@@ -65,13 +71,22 @@ FACTORS: dict[str, float] = {
 #   ResNet-50 3×96²      –       0.64      1.55
 #   ViT (4×128) 3×64²   0.43     1.7       2.8
 # and a fixed part of at most ~35 MB beyond the parameter gradients (OVERHEAD_MB).
+# Explaining with saliency (benchmarks/bench_explain_memory.py; two runs, the larger shown), per sample:
+#                      the class   energy   ODIN (input step)   grad_l2 (double backprop)
+#   mnist-cnn 1×28²     1.3 A      1.4 A    2.0 A               4.6 MB = 6.4 A = 15.6 P
+#   ResNet-18 3×64²     1.0 A      1.0 A    1.8 A               194 MB = 83 A = 4.5 P
+# (P: the parameter bytes). The class, output scores and ODIN stay within "backward"; grad_l2 fits
+# 4.7 A + 4.3 P on both models, and "second_order" plans 6 A + 5.5 P (~1.3× either measurement).
 KINDS = tuple(FACTORS)
 # Copies of the parameters a pass adds (their gradients; the engine's BN-folded weights).
-PARAM_COPIES = {"forward": 0, "backward": 1, "gradients": 2}
-WHAT = {"forward": "forward passes", "backward": "forward+backward passes",
-        "gradients": "per-sample gradient passes"}
+PARAM_COPIES = {"forward": 0, "backward": 1, "gradients": 2, "second_order": 2}
+# Copies of the parameters each sample adds (double backprop: its parameter gradient and that gradient's graph).
+SAMPLE_PARAM_COPIES = {"forward": 0.0, "backward": 0.0, "gradients": 0.0, "second_order": 5.5}
+WHAT = {"forward": "forward passes", "backward": "forward+backward passes", "gradients": "per-sample gradient passes",
+        "second_order": "double-backprop passes (explaining a gradient score)"}
 OVERHEAD_MB = 64  # allocator, thread pools, small buffers of any pass
 CLI_SHARE = 0.5  # of MemAvailable, when GRADVIZ_MEMORY_MB is not set
+CUDA_SHARE = 0.8  # of the GPU memory free now, for a model on a CUDA device
 FALLBACK_MB = 2048  # where the available memory cannot be read
 MAX_BATCH = 65_536  # a sanity ceiling, as RunConfig's batch_size
 
@@ -96,20 +111,40 @@ def available_mb() -> int | None:
         return None
 
 
-def memory_budget_mb() -> tuple[int, str]:
-    """(MiB one pass may use, where that number comes from)."""
-    from gradviz.config import settings
+def cuda_free_mb(device) -> int:
+    """MiB free now on the CUDA ``device`` (``torch.cuda.mem_get_info``)."""
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free // MB)
 
+
+def memory_budget_mb(device=None) -> tuple[int, str]:
+    """(MiB one pass on ``device`` (default the CPU) may use, where that number comes from)."""
+    from gradviz.config import settings
+    from gradviz.runtime.ledger import server_ledger
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
     scoped = _SESSION.get()
-    if scoped is not None:
-        return scoped
-    configured = settings().memory_mb
-    if configured is not None:
-        return configured, "GRADVIZ_MEMORY_MB"
-    free = available_mb()
-    if free is None:
-        return FALLBACK_MB, "default (available memory unknown)"
-    return max(64, int(free * CLI_SHARE)), f"{CLI_SHARE:.0%} of the {free:,} MB available"
+    if device.type == "cuda":
+        free = cuda_free_mb(device)
+        budget = (max(1, int(free * CUDA_SHARE)), f"{CUDA_SHARE:.0%} of the {free:,} MB free on {device}")
+        configured = scoped or ((settings().memory_mb, "GRADVIZ_MEMORY_MB") if settings().memory_mb else None)
+        if configured is not None and configured[0] < budget[0]:
+            budget = configured
+    elif scoped is not None:
+        budget = scoped
+    else:
+        configured = settings().memory_mb
+        if configured is not None:
+            return configured, "GRADVIZ_MEMORY_MB"
+        free = available_mb()
+        if free is None:
+            return FALLBACK_MB, "default (available memory unknown)"
+        return max(64, int(free * CLI_SHARE)), f"{CLI_SHARE:.0%} of the {free:,} MB available"
+    if scoped is not None:  # a web session: never beyond what the server's passes may use together
+        server = server_ledger(device)
+        if server.budget_mb < budget[0]:
+            return int(server.budget_mb), f"the server's budget for all sessions ({server.source})"
+    return budget
 
 
 @contextmanager
@@ -214,6 +249,11 @@ class Plan:
     input_shape: tuple[int, ...]
     limited_by: str  # "budget", "batch size", "images" or "engine"
 
+    @property
+    def total_mb(self) -> float:
+        """MiB the pass is planned to use: the fixed part and ``batch`` samples."""
+        return self.fixed_mb + self.batch * self.per_sample_mb
+
     def describe(self) -> str:
         shape = "×".join(str(s) for s in self.input_shape)
         why = {"budget": "", "batch size": ", capped by --batch-size", "images": ", all images at once",
@@ -254,13 +294,14 @@ def plan_batch(model: nn.Module, kind: str, pass_name: str | None = None, *, upp
     if upper is not None and int(upper) < 1:
         raise GradvizError(f"batch size must be at least 1, got {upper}")
     if budget_mb is None:
-        budget_mb, source = memory_budget_mb()
+        budget_mb, source = memory_budget_mb(_device(model))
     else:
         source = "given"
     shape = _input_shape(model, input_shape)
     card = getattr(model, "card", None)
     name = getattr(card, "name", None) or type(getattr(model, "net", model)).__name__
-    per_sample = FACTORS[kind] * activation_bytes(model, shape) + 2 * 4 * math.prod(shape)  # + the input, twice
+    per_sample = (FACTORS[kind] * activation_bytes(model, shape) + SAMPLE_PARAM_COPIES[kind] * parameter_bytes(model)
+                  + 2 * 4 * math.prod(shape))  # + the input, twice
     fixed = PARAM_COPIES[kind] * parameter_bytes(model) + _engine_fixed_bytes(kind) + OVERHEAD_MB * MB
     room = budget_mb * MB - fixed
     if room < per_sample:
@@ -282,9 +323,15 @@ def plan_batch(model: nn.Module, kind: str, pass_name: str | None = None, *, upp
 
 def batch_size_for(model: nn.Module, kind: str, pass_name: str, *, upper: int | None = None,
                    n: int | None = None, budget_mb: int | None = None) -> int:
-    """:func:`plan_batch`'s batch, logged at INFO (logger ``gradviz.runtime.budget``; the CLI prints it)."""
+    """:func:`plan_batch`'s batch, logged at INFO (logger ``gradviz.runtime.budget``; the CLI prints it).
+
+    Inside a web session's work (:func:`gradviz.runtime.ledger.serving`) the plan's bytes are reserved from
+    the server's ledger first: the call waits there while the server's budget is taken."""
+    from gradviz.runtime.ledger import admit
+
     plan = plan_batch(model, kind, pass_name, upper=upper, n=n, budget_mb=budget_mb)
     log.info(plan.describe())
+    admit(plan.total_mb, plan.pass_name, _device(model))
     return plan.batch
 
 
@@ -323,7 +370,7 @@ def _parameters_on_meta() -> Iterator[None]:
 
 
 def _meta_build(arch: str, state: dict | None):
-    from gradviz.models.architectures import build_untrained
+    from gradviz.models.resolver import build_untrained
 
     from gradviz.errors import ModelError
 
@@ -390,13 +437,17 @@ def check_side_web(card, limit: int | None = None) -> None:
                          f"each pass would need {h * w / (limit * limit):.1f}× the memory of {limit}×{limit}")
 
 
-def set_session_budget(mb: int | None = None) -> None:
+def set_session_budget(mb: int | None = None, held_mb: int = 0) -> None:
     """Plan this thread's passes for a web session's budget from now on (the dashboard calls it at the
-    start of every script run; Streamlit runs each session's script in its own thread)."""
+    start of every script run; Streamlit runs each session's script in its own thread), less ``held_mb``
+    (what the session's own ID sets hold)."""
     from gradviz.config import settings
 
-    _SESSION.set((int(mb if mb is not None else settings().session_memory_mb),
-                  "this session's budget (GRADVIZ_SESSION_MEMORY_MB)"))
+    total = int(mb if mb is not None else settings().session_memory_mb)
+    source = "this session's budget (GRADVIZ_SESSION_MEMORY_MB)"
+    if held_mb > 0:
+        source = f"this session's {total:,} MB (GRADVIZ_SESSION_MEMORY_MB) less {int(held_mb):,} MB of its own ID sets"
+    _SESSION.set((max(1, total - int(held_mb)), source))
 
 
 def fit_limit() -> int | None:

@@ -14,6 +14,8 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from gradviz.runtime.ledger import checkpoint
+
 __all__ = ["Progress", "Eta", "reporting", "report", "format_seconds", "SHOW_AFTER_S"]
 
 Progress = Callable[[int, int, str], None]
@@ -33,7 +35,9 @@ def reporting(progress: Progress | None, label: str) -> Iterator[None]:
 
 
 def report(done: int, total: int) -> None:
-    """Batch ``done`` of ``total`` of the current pass, to the callback :func:`reporting` installed."""
+    """Batch ``done`` of ``total`` of the current pass, to the callback :func:`reporting` installed; in a web
+    session's work, first :func:`gradviz.runtime.ledger.checkpoint` (the pass stops if its tab is gone)."""
+    checkpoint()
     current = _CURRENT.get()
     if current is not None:
         current[0](int(done), int(total), current[1])

@@ -11,7 +11,3 @@ Session-state keys (shared by every page):
 
 A session's own uploads (weights, ID sets) live under the keys listed in :mod:`gradviz.ui.private`.
 """
-
-from gradviz.engine.kernels import build_in_background as _build_in_background
-
-_build_in_background()  # every page computes: compile the statistics kernel while the page imports and loads

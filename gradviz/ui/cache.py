@@ -3,7 +3,7 @@
 Models are shared across sessions (``st.cache_resource``; the model object is read-only
 and locks its own hooked passes). Results are deterministic functions of the run config
 (plus upload digests), so they are memoised in a bounded in-process LRU and on disk in the
-results store; the progress bar lives outside any cached function.
+results store; the progress bar (gradviz.ui.progress) is drawn outside any cached function.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from cachetools import LRUCache
 
 from gradviz.config import settings
 from gradviz.data import ImageSet, load_dataset
-from gradviz.errors import GradvizError, ModelError
+from gradviz.errors import ModelError
 from gradviz.models import GradvizModel, load_model
-from gradviz.reporting.plaintext import md_text
 from gradviz.scoring import RunConfig, ScoreResult, blank_method_warnings, images_digest, layer_table, run
 from gradviz.runtime.store import ResultStore
 from gradviz.runtime.store import cache_key as _cache_key
+from gradviz.ui.progress import progress_bar
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -153,18 +153,6 @@ def _memoised(key: str, compute: Callable[[], object], cfg: RunConfig | None = N
     return hit
 
 
-def _progress_bar(text: str) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
-    from gradviz.runtime.progress import Eta
-
-    bar, eta = st.progress(0.0, text=text), Eta()
-
-    def update(done: int, total: int, label: str) -> None:
-        # "Scoring samples — fitting mahalanobis on mnist:train (once): 40/125 batches, ~30 s left"
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} — {eta.text(done, total, label)}")
-
-    return update, bar.empty
-
-
 def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> ScoreResult:
     """Scores + metrics for ``cfg``, computed once per choice (progress bar on first run)."""
     uploads = {k: v for k, v in (uploads or {}).items() if k in cfg.ood or k == cfg.id}
@@ -178,12 +166,9 @@ def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> Sc
     for spec in [cfg.id, *cfg.ood]:  # a refused or missing set fails here, before any progress bar is drawn
         if spec not in datasets:
             datasets[spec] = get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
-    update, done = _progress_bar("Scoring samples")
-    try:
+    with progress_bar("Scoring samples") as update:
         result = run(cfg, progress=update, store=_store(cfg), model=model, datasets=datasets,
                      allowed_roots=allowed_roots())
-    finally:
-        done()
     _memo(cfg).put(key, result)
     return result
 
@@ -199,14 +184,11 @@ def get_layer_table(cfg: RunConfig, specs: list[str], uploads: dict[str, ImageSe
         return hit
     model = get_model(cfg.model, cfg.weights)
     frames = []
-    update, done = _progress_bar("Layerwise gradients")
-    try:
+    with progress_bar("Layerwise gradients") as update:
         for spec in specs:
             data = uploads.get(spec) or get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
             frames.append(layer_table(model, data, loss=loss, batch_size=cfg.batch_size, store=_store(cfg),
                                       progress=update))
-    finally:
-        done()
     table = pd.concat(frames)
     _memo(cfg).put(key, table)
     return table
@@ -229,15 +211,6 @@ def get_coverage(cfg: RunConfig) -> pd.DataFrame:
     return _memoised(key, lambda: coverage(get_model(cfg.model, cfg.weights)).to_frame(), cfg)
 
 
-def show_error(exc: Exception, hint: str = "") -> None:
-    """Show a user error with a next step and stop the page (bugs are re-raised). The message is plain text
-    (it may quote a file, folder or class name); the hint is the page's own Markdown."""
-    if not isinstance(exc, GradvizError):
-        raise exc
-    st.error("\n\n".join(md_text(line) for line in str(exc).splitlines()) + (f"\n\n{hint}" if hint else ""))
-    st.stop()
-
-
 def get_severity_scores(cfg: RunConfig, corruption: str) -> tuple[pd.DataFrame, list[str]]:
     """Scores of the clean ID set and ``corruption`` at severities 1–5 (gradviz.analysis.sweeps.severity_scores), and
     one warning per method left blank (it cannot be fitted on the fit set, e.g. a small own ID set); memoised."""
@@ -249,14 +222,11 @@ def get_severity_scores(cfg: RunConfig, corruption: str) -> tuple[pd.DataFrame, 
         return hit
     model = get_model(cfg.model, cfg.weights)
     unfitted: dict[str, str] = {}
-    update, done = _progress_bar(f"Severity sweep: {corruption}")
-    try:
+    with progress_bar(f"Severity sweep: {corruption}") as update:
         scores = severity_scores(model, corruption, cfg.methods, id_spec=cfg.id, limit=cfg.limit, seed=cfg.seed,
                                  params=cfg.params, fit_set=cfg.fit_set, batch_size=cfg.batch_size, store=_store(cfg),
                                  progress=update, unfitted=unfitted,
                                  loader=lambda spec: get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed))
-    finally:
-        done()  # an error never leaves a bar standing at "23/24 methods"
     out = (scores, blank_method_warnings(unfitted, cfg.fit_set))
     _memo(cfg).put(key, out)
     return out
@@ -296,7 +266,9 @@ def get_decomposition(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None
                     uploads={k: images_digest(v.images) for k, v in uploads.items() if k in cfg.ood})
 
     def compute() -> pd.DataFrame:
-        with st.spinner("Splitting last-layer gradient scores into feature norm × output factor…"):
+        from gradviz.ui.server import session_work
+
+        with st.spinner("Splitting last-layer gradient scores into feature norm × output factor…"), session_work():
             def data(spec: str) -> ImageSet:
                 return uploads.get(spec) or get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
 

@@ -13,6 +13,7 @@ from gradviz.reporting.plaintext import md_text
 from gradviz.runconfig import RunConfig
 from gradviz.scoring import make_runner
 from gradviz.ui.cache import get_model
+from gradviz.ui.server import as_session_work
 
 
 def explain_picker(cfg: RunConfig, key: str) -> str | None:
@@ -35,6 +36,7 @@ def explain_picker(cfg: RunConfig, key: str) -> str | None:
 
 
 @st.cache_data(max_entries=128, show_spinner="Attributing the score…")
+@as_session_work
 def score_attribution(digest: str, cfg_json: str, attribution: str, score: str, _x: torch.Tensor):
     """One attribution of ``score``'s uncertainty of ``_x`` (fitted methods use the run's fit set)."""
     cfg = RunConfig.from_json(cfg_json)
@@ -57,6 +59,7 @@ def explained(digest: str, cfg: RunConfig, methods: list[str], x: torch.Tensor, 
 
 
 @st.cache_data(max_entries=64, show_spinner="Checking the maps (randomised copies, deletion and insertion)…")
+@as_session_work
 def _checks(digest: str, cfg_json: str, methods: tuple[str, ...], score: str | None, _x: torch.Tensor):
     from gradviz.explain.sanity import map_checks
 

@@ -2,8 +2,10 @@
 
 The zip is checked and decoded by :mod:`gradviz.data.zipset` (nothing written outside a
 temporary folder that is removed at once); its images stay in this session
-(:mod:`gradviz.ui.private`). A folder is checked against the allowed roots
-(:func:`gradviz.data.folder.resolve_folder`). Either becomes ``test:…`` (the ID set that is
+(:mod:`gradviz.ui.private`), bounded by the session's budget for its own sets
+(:func:`gradviz.data.session.own_set_room`: a random subset that fits, stated in the set's note,
+or a refusal with the numbers); "Forget my own ID sets" gives their memory back. A folder is checked
+against the allowed roots (:func:`gradviz.data.folder.resolve_folder`). Either becomes ``test:…`` (the ID set that is
 scored) and ``fit:…`` (what fitted methods fit on), split by :mod:`gradviz.data.splits`.
 """
 
@@ -13,7 +15,7 @@ import streamlit as st
 
 from gradviz.config import settings
 from gradviz.data.session import PREFIX as SESSION_PREFIX
-from gradviz.data.session import session_spec
+from gradviz.data.session import held_mb, own_set_room, session_spec
 from gradviz.data.splits import DEFAULT_FIT_FRACTION, has_labels, split_id_set, split_spec, split_summary
 from gradviz.data.zipset import load_zip_bytes, zip_digest
 from gradviz.errors import GradvizError
@@ -73,8 +75,11 @@ def render(container, seed: int, card_of_model) -> None:
     """The "your own ID set" switch and, when on, a .zip upload or a folder name, the fitting share, "Use as ID set"
     (a switch, like the weights upload: no file input in the sidebar while it is off).
     ``card_of_model()`` gives the chosen model's card (or None), asked only when a set is added."""
-    if not container.toggle("Use your own images as the ID set (.zip or folder)", key="gv_id_on",
-                            help="Split into a part the fitted methods fit on and a part scored as ID."):
+    on = container.toggle("Use your own images as the ID set (.zip or folder)", key="gv_id_on",
+                          help="Split into a part the fitted methods fit on and a part scored as ID.")
+    if session_sets():
+        _offer_forget(container)
+    if not on:
         return
     with container.container(border=True):
         source = st.radio("Images from", ["a .zip upload", "a folder on the server"], key="gv_id_source",
@@ -90,9 +95,10 @@ def render(container, seed: int, card_of_model) -> None:
                                                "refused; non-images and nested archives are skipped.")
                 if upload is not None and st.button("Use as ID set", key="gv_id_add_zip"):
                     data = upload.getvalue()
-                    with st.spinner("Checking and decoding the archive…"):
-                        whole = load_zip_bytes(data, upload.name, seed=seed)
                     key = session_spec(upload.name, zip_digest(data))[len(SESSION_PREFIX):]
+                    room, bound = own_set_room(session_sets(), replacing=key)
+                    with st.spinner("Checking and decoding the archive…"):
+                        whole = load_zip_bytes(data, upload.name, seed=seed, max_bytes=room, bytes_setting=bound)
                     session_sets()[key] = whole
                     _add(whole, SESSION_PREFIX + key, upload.name, fraction, seed, card_of_model())
                     st.rerun()
@@ -111,6 +117,26 @@ def render(container, seed: int, card_of_model) -> None:
                     st.rerun()
         except GradvizError as exc:
             st.error(md_text(exc))
+
+
+def _offer_forget(container) -> None:
+    """A button that drops this session's own (zip) ID sets and their notes: their memory is given back."""
+    held = session_sets()
+    clicked = container.button(f"Forget my own ID sets ({len(held)}, {held_mb(held):,} MB)", key="gv_id_forget",
+                               help="Uploaded ID sets stay in this session's memory and count in its budget until "
+                                    "forgotten.")
+    if not clicked:
+        return
+    gone = {k for k in id_notes() if SESSION_PREFIX in k}
+    for spec in gone:
+        id_notes().pop(spec, None)
+        st.session_state.setdefault("gv_id_labelled", {}).pop(spec, None)
+    held.clear()
+    if st.session_state.get("gv_id") in gone:
+        from gradviz.scoring import RunConfig
+
+        st.session_state[PENDING] = RunConfig.id  # the built-in ID set again
+    st.rerun()
 
 
 def note_for(spec: str) -> str | None:

@@ -24,6 +24,7 @@ from gradviz.playground.preprocess import frame_to_input
 from gradviz.scoring import RunConfig, blank_method_warnings, make_runners
 from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result
 from gradviz.ui.canvas import digit_canvas
+from gradviz.ui.server import as_session_work, session_work
 from gradviz.ui.sidebar import dataset_options
 
 SOURCES = ["Draw", "Take a picture", "Dataset sample"]
@@ -56,7 +57,7 @@ def get_runners(cfg: RunConfig, ref: Reference) -> tuple[list[MethodRunner], lis
     method left blank because it cannot be fitted on the fit set (e.g. GROOD on a small own ID set)."""
     model = get_model(cfg.model, cfg.weights)
     unfitted: dict[str, str] = {}
-    with st.spinner("Preparing the methods…", show_time=True):
+    with st.spinner("Preparing the methods…", show_time=True), session_work():
         runners = make_runners(model, resolve_methods(cfg.methods), cfg.params, cfg.fit_set, cfg.seed, unfitted=unfitted)
         if not runners:
             raise GradvizError(f"none of the chosen methods can be fitted on {short_spec(cfg.fit_set, 120)}; "
@@ -66,6 +67,7 @@ def get_runners(cfg: RunConfig, ref: Reference) -> tuple[list[MethodRunner], lis
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
+@as_session_work
 def _warm_up(cfg_json: str, _runners, _ref: Reference) -> bool:
     """Score one ID image: the first pass through a model sets up its engine plans (~0.4 s, once)."""
     cfg = RunConfig.from_json(cfg_json)
@@ -75,6 +77,7 @@ def _warm_up(cfg_json: str, _runners, _ref: Reference) -> bool:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
+@as_session_work
 def live_report(digest: str, cfg_json: str, _x: torch.Tensor, _runners, _ref: Reference) -> LiveReport:
     """Every score of one image, its ID percentiles and per-layer profile (the per-stroke fast path)."""
     cfg = RunConfig.from_json(cfg_json)
@@ -82,6 +85,7 @@ def live_report(digest: str, cfg_json: str, _x: torch.Tensor, _runners, _ref: Re
 
 
 @st.cache_data(max_entries=16, show_spinner="Walking the path…")
+@as_session_work
 def path_report(digest: str, cfg_json: str, kind: str, steps: int, target_digest: str | None, _x, _target, _runners,
                 _ref: Reference) -> tuple[Walk, LiveReport]:
     """The path ``kind`` from image ``_x`` in ``steps`` steps, scored as one batch."""

@@ -23,10 +23,14 @@ _FRAME = threading.local()
 
 @contextmanager
 def frame() -> Iterator[None]:
-    """``app.py`` runs the selected page inside this block: the page then knows the frame is drawn."""
+    """``app.py`` runs the selected page inside this block: the page then knows the frame is drawn, and its
+    work is the session's work on the server (:func:`gradviz.ui.server.session_work`)."""
+    from gradviz.ui.server import session_work
+
     _FRAME.active = True
     try:
-        yield
+        with session_work():
+            yield
     finally:
         _FRAME.active = False
 
@@ -80,7 +84,10 @@ def render_sidebar() -> RunConfig:
     """
     from gradviz.runtime.budget import set_session_budget
 
-    set_session_budget()  # every pass of this script run plans for the session's memory budget
+    from gradviz.data.session import held_mb
+    from gradviz.ui.private import session_sets
+
+    set_session_budget(held_mb=held_mb(session_sets()))  # every pass of this run: the session's budget less its sets
     cur = current_config()
     all_methods = [m.name for m in list_methods()]  # ordered by family
     families = {m.name: m.family for m in list_methods()}

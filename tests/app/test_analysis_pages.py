@@ -126,3 +126,10 @@ def test_learn_page_explains_every_registered_method(monkeypatch, tmp_path):
     assert "scores BELOW the digits (reversed)" in text  # the declared reversals are taught, not hidden
     assert "docs/RESULTS.md" in text
     assert "not uniformly better" in text
+    # which scores can be explained, and how: one row per registered method, from the registrations
+    table = next(d.value for d in at.dataframe if "how" in d.value.columns)
+    assert list(table["method"]) == [info.name for info in infos]
+    assert set(table.loc[table["explainable"], "method"]) == {i.name for i in infos if i.input_form is not None}
+    assert table.set_index("method").loc["knn", "how"].startswith("not explainable: ")
+    captions = " ".join(c.value for c in at.caption)
+    assert "Explain this score (Inspect, Playground → explain: this score): by double backprop" in captions

@@ -1,4 +1,4 @@
-"""Issue 23 (bad input, round 3): the CLI's bad input, and never a stale or silently wrong number.
+"""Bad input: the CLI's bad input, and never a stale or silently wrong number.
 
 Each test reproduces one case of the probe: a config ``limit`` of 1e18, ``--out`` naming a file,
 NaN logits, a fitted method's on-disk key without the seed, a code-version hash that missed

@@ -1,4 +1,4 @@
-"""Hostile weights files, model cards and models (issue 23): each ends in one clear ModelError (web: st.error,
+"""Hostile weights files, model cards and models: each ends in one clear ModelError (web: st.error,
 CLI: one ``error:`` line, exit 2), and a file that declares more than it holds is refused before memory is spent
 (peak RSS measured in a subprocess)."""
 
@@ -220,7 +220,7 @@ PEAK_PROBE = textwrap.dedent('''
     from safetensors.torch import save
     from gradviz.errors import ModelError
     from gradviz.models import load_model
-    from gradviz.models.architectures import build_untrained
+    from gradviz.models.resolver import build_untrained
     from gradviz.models.upload import model_from_upload
 
     def peak_bytes():
@@ -277,7 +277,7 @@ def hostile_files(tmp_path_factory) -> dict[str, Path]:
 def test_hostile_file_is_refused_within_a_few_hundred_mb(hostile_files, case, message, how):
     result = peak_rise(hostile_files[case], how)
     assert re.search(message, result["message"]), result["message"]
-    # before: +1.3 GB (4e6), a 512 GB allocation (2e9), +3.6 GB (1e6 tensors), +210 MB (9e4); now 0, 0, 0, ~105 MB
+    # unchecked, these files would take +1.3 GB (4e6), a 512 GB allocation (2e9), +3.6 GB (1e6 tensors), +210 MB (9e4)
     assert result["rise_mb"] < 300, result
 
 

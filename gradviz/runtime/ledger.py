@@ -1,0 +1,299 @@
+"""The server's memory ledger: what the passes of every web session may use together.
+
+Each web session plans its passes for its own budget (``GRADVIZ_SESSION_MEMORY_MB``); the
+ledger bounds them all together. A :class:`Ledger` holds the server's budget
+(``GRADVIZ_SERVER_MEMORY_MB``; unset, :data:`SERVER_SHARE` of the memory the machine has
+available when the first pass asks) and the reservations of the passes running now. A pass
+reserves its planned bytes before it allocates anything (:meth:`Ledger.reserve`, a context
+manager that releases them afterwards, also on an exception). When the budget is taken the
+pass waits in order of arrival, saying so ("waiting: 2 passes ahead, 3.1 GB in use of 4 GB");
+a pass larger than the whole budget is refused at once, with the numbers.
+
+The web app does not call :meth:`~Ledger.reserve` pass by pass. It runs a session's work inside
+:func:`serving` (a scope in the calling thread or task, with a callback that shows the waiting
+message and one that says whether the session is gone); every pass planned inside the scope
+(:func:`gradviz.runtime.budget.batch_size_for`) calls :func:`admit`, which reserves the plan's
+bytes for the scope until it ends. A scope holds the largest plan made in it; it never waits while
+holding memory (to grow, it gives back what it holds and queues again), and a nested scope gives
+back its parent's reservation first, so two sessions cannot wait on each other forever. A wait
+longer than ``max_wait_s`` ends in a refusal that states the numbers.
+
+:func:`checkpoint` (called between batches by the progress reports) raises :class:`PassStopped`
+when the scope's session is gone, e.g. its browser tab was closed, so its work stops at the next
+batch instead of running on for minutes. Outside any scope (the command line) all of this is a
+no-op.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from gradviz.errors import GradvizError
+
+__all__ = ["Ledger", "Ticket", "PassStopped", "server_ledger", "server_budget_mb", "serving", "admit",
+           "checkpoint", "SERVER_SHARE", "CUDA_SHARE"]
+
+SERVER_SHARE = 0.5  # of MemAvailable when GRADVIZ_SERVER_MEMORY_MB is not set
+CUDA_SHARE = 0.8  # of the GPU memory free when the first pass on that GPU asks
+FALLBACK_MB = 4096  # where the available memory cannot be read
+MAX_WAIT_S = 600.0  # a pass waiting longer than this is refused (the server stays busy that long)
+POLL_S = 0.25  # how often a waiting pass checks whether its session is gone
+
+Notify = Callable[[str], None]
+StopCheck = Callable[[], bool]
+
+
+class PassStopped(GradvizError):
+    """The session that started a pass is gone (its browser tab was closed): the pass stops."""
+
+
+def _gb(mb: float) -> str:
+    """4096 -> "4", 3174 -> "3.1" (GB, one decimal, no trailing zero)."""
+    return f"{mb / 1024:.1f}".removesuffix(".0")
+
+
+@dataclass
+class Ticket:
+    """One reservation: ``mb`` MiB for the pass ``label``."""
+
+    id: int
+    mb: float
+    label: str
+
+
+class Ledger:
+    """A memory budget shared by threads: passes reserve MiB from it, wait in order when it is taken."""
+
+    def __init__(self, budget_mb: float, source: str, *, max_wait_s: float = MAX_WAIT_S, poll_s: float = POLL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget_mb = float(budget_mb)
+        self.source = source
+        self.max_wait_s = float(max_wait_s)
+        self.poll_s = float(poll_s)
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._held: dict[int, Ticket] = {}
+        self._queue: deque[Ticket] = deque()
+        self._ids = itertools.count(1)
+        self.peak_mb = 0.0  # the most ever reserved at once
+
+    @property
+    def in_use_mb(self) -> float:
+        """MiB reserved by the passes running now."""
+        with self._cond:
+            return self._in_use()
+
+    @property
+    def waiting(self) -> int:
+        """Passes waiting for memory now."""
+        with self._cond:
+            return len(self._queue)
+
+    def _in_use(self) -> float:
+        return sum(t.mb for t in self._held.values())
+
+    def _admit_locked(self, ticket: Ticket) -> bool:
+        if self._queue[0] is not ticket:
+            return False
+        if self._held and self._in_use() + ticket.mb > self.budget_mb:
+            return False
+        self._queue.popleft()
+        self._held[ticket.id] = ticket
+        self.peak_mb = max(self.peak_mb, self._in_use())
+        self._cond.notify_all()
+        return True
+
+    def _wait_text(self, ticket: Ticket) -> str:
+        ahead = next(i for i, t in enumerate(self._queue) if t is ticket)
+        return (f"waiting: {ahead} pass{'' if ahead == 1 else 'es'} ahead, {_gb(self._in_use())} GB in use of "
+                f"{_gb(self.budget_mb)} GB (this server's memory budget; '{ticket.label}' needs {_gb(ticket.mb)} GB)")
+
+    def refuse_if_too_large(self, mb: float, label: str) -> None:
+        """:class:`GradvizError` with the numbers when ``mb`` exceeds the whole budget (it could never run)."""
+        if mb > self.budget_mb:
+            raise GradvizError(f"'{label}' needs ~{mb:,.0f} MB, more than this server's whole memory budget of "
+                               f"{self.budget_mb:,.0f} MB ({self.source}): it could never run here. Use a smaller "
+                               "model or input size, or ask whoever runs the server to raise GRADVIZ_SERVER_MEMORY_MB")
+
+    def acquire(self, mb: float, label: str, *, notify: Notify | None = None,
+                should_stop: StopCheck | None = None) -> Ticket:
+        """Reserve ``mb`` MiB, waiting in order while the budget is taken; call :meth:`release` afterwards.
+
+        ``notify(text)`` is told why the pass waits (and ``""`` once it may run); ``should_stop()`` is asked
+        while it waits (True: :class:`PassStopped`). Refused at once when ``mb`` exceeds the whole budget."""
+        self.refuse_if_too_large(mb, label)
+        ticket = Ticket(next(self._ids), max(0.0, float(mb)), label)
+        deadline = self.clock() + self.max_wait_s
+        shown = ""
+        with self._cond:
+            self._queue.append(ticket)
+        try:
+            while True:
+                with self._cond:
+                    if self._admit_locked(ticket):
+                        break
+                    text = self._wait_text(ticket)
+                if should_stop is not None and should_stop():
+                    raise PassStopped(f"'{label}' stopped while it waited for memory: its session is gone")
+                if notify is not None and text != shown:
+                    notify(text)  # outside the lock: the callback may draw on a page
+                    shown = text
+                if self.clock() >= deadline:
+                    raise GradvizError(f"'{label}' waited {self.max_wait_s:,.0f} s for memory and was refused: "
+                                       f"{text.removeprefix('waiting: ')}. Try again when the server is less busy")
+                with self._cond:
+                    if self._admit_locked(ticket):
+                        break
+                    self._cond.wait(self.poll_s)
+        except BaseException:
+            with self._cond:
+                if ticket in self._queue:
+                    self._queue.remove(ticket)
+                    self._cond.notify_all()  # the pass behind this one may be the head now
+            raise
+        if shown and notify is not None:
+            notify("")
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back what ``ticket`` reserved (a second call is a no-op)."""
+        with self._cond:
+            if self._held.pop(ticket.id, None) is not None:
+                self._cond.notify_all()
+
+    @contextmanager
+    def reserve(self, mb: float, label: str, *, notify: Notify | None = None,
+                should_stop: StopCheck | None = None) -> Iterator[Ticket]:
+        """Within the block ``mb`` MiB are reserved for the pass ``label`` (see :meth:`acquire`)."""
+        ticket = self.acquire(mb, label, notify=notify, should_stop=should_stop)
+        try:
+            yield ticket
+        finally:
+            self.release(ticket)
+
+
+# --- the server's ledgers (one per memory: the machine's, each GPU's) ------------------------------------
+
+_LEDGERS: dict[tuple, Ledger] = {}
+_LEDGERS_LOCK = threading.Lock()
+
+
+def _memory_key(device) -> str:
+    text = str(device) if device is not None else "cpu"
+    if text.startswith("cuda"):
+        return text if ":" in text else "cuda:0"
+    return "cpu"
+
+
+def server_budget_mb(device=None) -> tuple[float, str]:
+    """(MiB all web sessions' passes on ``device`` may use together, where that number comes from)."""
+    from gradviz.config import settings
+
+    key = _memory_key(device)
+    if key.startswith("cuda"):
+        from gradviz.runtime.budget import cuda_free_mb
+
+        free_mb = cuda_free_mb(key)
+        budget = int(free_mb * CUDA_SHARE)
+        configured = settings().server_memory_mb
+        if configured is not None and configured < budget:
+            return configured, "GRADVIZ_SERVER_MEMORY_MB"
+        return budget, f"{CUDA_SHARE:.0%} of the {free_mb:,} MB free on {key}"
+    configured = settings().server_memory_mb
+    if configured is not None:
+        return configured, "GRADVIZ_SERVER_MEMORY_MB"
+    from gradviz.runtime.budget import available_mb
+
+    free = available_mb()
+    if free is None:
+        return FALLBACK_MB, "default (available memory unknown)"
+    return max(64, int(free * SERVER_SHARE)), (f"{SERVER_SHARE:.0%} of the {free:,} MB available at the server's "
+                                                "first pass")
+
+
+def server_ledger(device=None) -> Ledger:
+    """The process-wide ledger of ``device``'s memory (made once per memory and setting)."""
+    from gradviz.config import settings
+
+    key = (_memory_key(device), settings().server_memory_mb)
+    with _LEDGERS_LOCK:
+        ledger = _LEDGERS.get(key)
+        if ledger is None:
+            ledger = _LEDGERS[key] = Ledger(*server_budget_mb(device))
+        return ledger
+
+
+# --- a session's work: the scope its passes reserve in ---------------------------------------------------
+
+@dataclass
+class _Scope:
+    notify: Notify | None
+    should_stop: StopCheck | None
+    ledger: Ledger | None = None
+    ticket: Ticket | None = None
+
+    def give_back(self) -> None:
+        if self.ledger is not None and self.ticket is not None:
+            self.ledger.release(self.ticket)
+        self.ledger = self.ticket = None
+
+
+_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("gradviz_serving", default=None)
+
+
+@contextmanager
+def serving(notify: Notify | None = None, should_stop: StopCheck | None = None) -> Iterator[None]:
+    """Within the block, passes reserve their planned memory from the server's ledger (:func:`admit`) and
+    stop between batches when ``should_stop()`` says their session is gone (:func:`checkpoint`).
+
+    Nested: the inner block inherits the callbacks it is not given, and its parent's reservation is
+    given back first (the parent's passes have finished: one thread runs one pass at a time)."""
+    outer = _SCOPE.get()
+    if outer is not None:
+        outer.give_back()
+        notify = notify or outer.notify
+        should_stop = should_stop or outer.should_stop
+    scope = _Scope(notify, should_stop)
+    token = _SCOPE.set(scope)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+        scope.give_back()
+
+
+def admit(mb: float, label: str, device=None) -> None:
+    """Reserve ``mb`` MiB for the pass ``label`` in the current :func:`serving` scope (no-op outside one).
+
+    The scope then holds the largest plan made in it: a smaller pass needs nothing new; a larger one gives
+    back what the scope holds and queues for the whole amount. A pass that could never fit is refused."""
+    scope = _SCOPE.get()
+    if scope is None:
+        return
+    checkpoint()
+    ledger = server_ledger(device)
+    if scope.ledger is ledger and scope.ticket is not None and scope.ticket.mb >= mb:
+        return
+    ledger.refuse_if_too_large(mb, label)  # before anything held is given back
+    scope.give_back()
+    scope.ticket = ledger.acquire(mb, label, notify=scope.notify, should_stop=scope.should_stop)
+    scope.ledger = ledger
+
+
+def checkpoint() -> None:
+    """Between batches: :class:`PassStopped` when the current scope's session is gone (no-op otherwise)."""
+    scope = _SCOPE.get()
+    if scope is not None and scope.should_stop is not None and scope.should_stop():
+        raise PassStopped("stopped: the browser tab that started this work was closed")
+
+
+def in_scope() -> bool:
+    """Whether the caller runs inside a :func:`serving` scope (a web session's work)."""
+    return _SCOPE.get() is not None
