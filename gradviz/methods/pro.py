@@ -74,7 +74,7 @@ def _pro_input_form(batch: ModelOutputs, epsilon: float = 0.003, steps: int = 1,
     return -confidence(batch.model(batch.x + delta), score)
 
 
-@differentiable(_pro_input_form)
+@differentiable(_pro_input_form, route="input step")
 @register("pro", title="PRO (perturbation-rectified score)", paper="Chen, Yeh, Mou & Gu, CVPR 2025", year=2025,
           formula=r"u(x) = -\min_{k=0..K} g(x_k),\quad x_{k+1} = x_k - \varepsilon\,\mathrm{sign}\,\nabla_x g(x_k),"
                   r"\quad g = \max_c \mathrm{softmax}(z)_c",
