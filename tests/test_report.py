@@ -27,9 +27,14 @@ def test_report_command_writes_every_section_for_the_chosen_corruptions(tmp_path
     for family in ("| output |", "| feature |", "| gradient |"):
         assert family in new
     assert "On letters (near-OOD)" in new and "feature norm" in new
-    for name in ("exgrad", "gradorth", "lowdim_grad", "grood", "gradient_density", "knn", "vim", "rmds", "react"):
+    for name in ("exgrad", "gradorth", "lowdim_grad", "grood", "gradient_density", "knn", "vim", "rmds", "react", "gsc",
+                 "pro"):
         assert f"- `{name}` " in new  # one measured sentence per method added beyond the three papers
     assert "nan |" not in new
+    vit = new.split("### Every method on the other bundled model, `mnist-vit`")[1].split("###")[0]
+    assert "| gradient | gsc |" in vit and "| feature | vim |" in vit
+    choices = new.split("### Choices that change results")[1]
+    assert "| exgrad | norm | l1 | l2sq |" in choices and "| grood | mixup_layer | input |" in choices
     trust = text.split("## 6.")[1]
     assert "### `mnist-cnn`" in trust and "### `mnist-vit`" in trust and "| ID | crossfit |" in trust
     assert "Oberdiek et al.'s layerwise gradient norm" in trust

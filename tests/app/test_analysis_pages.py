@@ -121,7 +121,8 @@ def test_learn_page_explains_every_registered_method(monkeypatch, tmp_path):
     assert all(t.meaning in text and t.reading in text for t in TRUST_TERMS)
     for info in infos:  # every paper link comes from the registry
         assert info.link in text and info.intuition in text
-    for arxiv in ("1805.08440", "2008.08030", "2311.09620", "2110.00218", "2205.10439", "2204.06507"):
+    for arxiv in ("1805.08440", "2008.08030", "2311.09620", "2110.00218", "2205.10439", "2204.06507", "2507.01417",
+                  "2503.18784"):
         assert arxiv in text
     assert [h.value.split(" ")[0] for h in at.subheader] == ["Output", "Feature", "Gradient"]
     assert "scores BELOW the digits (reversed)" in text  # the declared reversals are taught, not hidden
