@@ -85,7 +85,7 @@ _WORKER = textwrap.dedent("""
         def run(xs):
             score_images(model, xs, runners, batch_size=step)
 
-    run(x[:1])  # kernels and the allocator warm, the model resident
+    run(x[:step])  # one batch: kernels, the allocator and the engine's calibration warm, the model resident
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from the current RSS
