@@ -10,7 +10,7 @@ Measures (never asserts), with random weights saved as safetensors and loaded th
   - each method alone and all of them together (``--methods``; fitted methods are fitted first on
     ``--images`` // 2 other random images, outside the timing; their fit time is reported apart).
 
-Every measurement runs in its own fresh subprocess: the model is loaded and warmed up on one image,
+Every measurement runs in its own fresh subprocess: the model is loaded and warmed up on one batch,
 the freed memory handed back (``malloc_trim``) and the peak reset (``/proc/self/clear_refs``), then
 the pass runs. "time ×" is its time over the time of one plain forward+backward (the loss's gradient
 w.r.t. every parameter) over the same images and batches; "peak ×" is its peak RSS above the warm
@@ -85,7 +85,7 @@ _WORKER = textwrap.dedent("""
         def run(xs):
             score_images(model, xs, runners, batch_size=step)
 
-    run(x[:1])  # kernels and the allocator warm, the model resident
+    run(x[:step])  # one batch: kernels, the allocator and the engine's calibration warm, the model resident
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from the current RSS

@@ -26,7 +26,8 @@ from gradviz.data import ImageSet, load_dataset, short_spec
 from gradviz.errors import MethodError
 from gradviz.analysis.metrics import MIN_VALID
 from gradviz.methods.prefit import shipped_state
-from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, needs_graph, resolve_methods
+from gradviz.methods.registry import (MethodInfo, MethodRunner, ModelOutputs, list_methods, needs_graph,
+                                      resolve_methods)
 from gradviz.models import GradvizModel, load_model
 from gradviz.runtime.ledger import checkpoint
 from gradviz.runtime.progress import reporting
@@ -203,6 +204,10 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
     out: dict[str, list] = {"prediction": [], "confidence": [], **{r.info.name: [] for r in runners}}
     total = max(1, -(-n // batch_size))
     keep_graph = needs_graph(runners)  # gradient methods share one hooked forward per batch
+    # In the registry's order: a loss's full statistics (grad_*) come before its norms alone (gradient_density),
+    # which then read them from the same backward on the batch's pass.
+    rank = {info.name: i for i, info in enumerate(list_methods())}
+    ordered = sorted(runners, key=lambda r: rank.get(r.info.name, len(rank)))
     if progress:
         progress(0, total, label)  # the clock of the pass's ETA starts here
     for i, start in enumerate(range(0, n, batch_size)):
@@ -211,7 +216,7 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
             batch = ModelOutputs.from_model(model, images[start:start + batch_size], keep_graph=keep_graph)
             out["prediction"].append(batch.prediction.cpu().numpy())
             out["confidence"].append(batch.probs.amax(-1).cpu().numpy())
-            for r in runners:
+            for r in ordered:
                 out[r.info.name].append(r.score(batch).numpy())
         if progress:
             progress(i + 1, total, label)

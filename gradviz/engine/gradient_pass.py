@@ -140,6 +140,9 @@ class GradientPass:
                 break
         self.groups = self._groups(root)
         self.chosen = self.resolve(layers)
+        # (loss name, layers) -> (parts computed, groups, unscaled partial sums per group, scale): a loss asked
+        # for again (another statistic, its L2 norms, the unit-scaled norms) reuses its one backward
+        self._reduced: dict[tuple, tuple[frozenset, list[Group], list[Parts], torch.Tensor]] = {}
 
     # ---- the forward
 
@@ -340,8 +343,31 @@ class GradientPass:
         return [results[u.index] for u in uses], (None if x_grad is None else x_grad.detach())
 
     def reduce(self, loss, layers: Sequence[str] | None, job: Job,
-               progress: Callable[[int, int], None] | None) -> tuple[list[str], list[int], torch.Tensor]:
-        """(group names, numels, (B, L[, S]) float64): per-group statistics of one loss, one backward."""
+               progress: Callable[[int, int], None] | None, unit: bool = False
+               ) -> tuple[list[str], list[int], torch.Tensor]:
+        """(group names, numels, (B, L[, S]) float64): per-group statistics of one loss, one backward.
+
+        A loss named in :data:`~gradviz.engine.losses.LOSSES` is reduced once per pass and layer selection:
+        a later call for the same loss and layers whose parts were all computed (the six statistics hold
+        ‖∇‖²) reads them without a backward. ``unit=True``: statistics of the gradient of ℓ / max_c |∂ℓ/∂z_c|
+        (the scale the engine backpropagates at), not scaled back."""
+        key = (loss, None if layers is None else tuple(layers)) if isinstance(loss, str) else None
+        hit = self._reduced.get(key) if key is not None else None
+        if hit is not None and job.need <= hit[0]:
+            _, groups, parts, scale = hit
+        else:
+            groups, parts, scale = self._reduce_parts(loss, layers, job, progress)
+            if key is not None:
+                self._reduced[key] = (job.need, groups, parts, scale)
+        out = parts if unit else [rescale(p, scale) for p in parts]
+        with torch.no_grad():
+            values = finish(out, [g.numel for g in groups], job.stats)
+        return [g.name for g in groups], [g.numel for g in groups], values
+
+    def _reduce_parts(self, loss, layers: Sequence[str] | None, job: Job,
+                      progress: Callable[[int, int], None] | None
+                      ) -> tuple[list[Group], list[Parts], torch.Tensor]:
+        """(groups, partial sums of each group's gradient of ℓ / scale, scale (B,)): one backward."""
         dloss = loss_gradient(loss)
         groups = self.chosen if layers is None else self.resolve(layers)
         missing = self.uncovered(groups)
@@ -398,12 +424,10 @@ class GradientPass:
                     parts = merge(parts, per_param[id(ref.param)])
                 elif id(ref.param) not in covered:  # never reached by the forward: its gradient is 0
                     parts = merge(parts, _zeros(self.batch, job))
-            out.append(rescale(parts, scale))
-        with torch.no_grad():
-            values = finish(out, [g.numel for g in groups], job.stats)
+            out.append(parts)
         if progress is not None:
             progress(total, total)
-        return [g.name for g in groups], [g.numel for g in groups], values
+        return groups, out, scale
 
     def layer_stats(self, loss: str | Callable = "nll_pred", stats: Sequence[str] = STATS,
                     layers: Sequence[str] | None = None, chunk_mib: float | None = None,
@@ -420,6 +444,15 @@ class GradientPass:
         """:func:`~gradviz.engine.layer_sq_l2_norms` of this pass's batch (one backward on the kept graph)."""
         names, _, values = self.reduce(loss, layers, Job(None, chunk_mib, c_kernel), progress)
         return names, values.float()
+
+    def unit_sq_l2_norms(self, loss: str = "nll_pred", layers: Sequence[str] | None = None,
+                         chunk_mib: float | None = None, c_kernel: bool | str | None = None
+                         ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """(layer names, ‖∇θ_l (ℓ / s)‖² as (B, L) float64, s = max_c |∂ℓ/∂z_c| as (B,)): the squared norms of the
+        gradient at the scale the engine backpropagates at (no float32 underflow where the softmax saturates);
+        shares the backward of :meth:`layer_stats` / :meth:`sq_l2_norms` of the same loss."""
+        names, _, values = self.reduce(loss, layers, Job(None, chunk_mib, c_kernel), None, unit=True)
+        return names, values, self._reduced[(loss, None if layers is None else tuple(layers))][3]
 
     def plans(self, job: Job) -> dict[int, Plan]:
         """The plan of every use (for the coverage report; nothing is computed)."""

@@ -21,13 +21,11 @@ saturated softmax). Σ: Ledoit-Wolf shrinkage (default) or the empirical estimat
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.engine import LOSSES, layer_sq_l2_norms
+from gradviz.engine import FORWARD_BATCH, LOSSES, GradientPass
 from gradviz.methods._fitting import COVARIANCES, check_covariance, precision_of, require_fitted
 from gradviz.methods.registry import ModelOutputs, register
 from gradviz.models import GradvizModel
@@ -35,19 +33,15 @@ from gradviz.models import GradvizModel
 FLOOR = float(torch.finfo(torch.float32).tiny)
 
 
-def _unit_loss(loss: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``loss``'s logit gradient divided by its largest entry per sample (the norms are scaled back in logs)."""
-    fn = LOSSES[loss]
-
-    def unit(z: torch.Tensor) -> torch.Tensor:
-        g = fn(z)
-        return g / g.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
-
-    return unit
+def unit_norms(model: GradvizModel, x: torch.Tensor, loss: str) -> torch.Tensor:
+    """‖∇θ_l (ℓ / max_c |∂ℓ/∂z_c|)‖² per layer, (B, L) float32: one captured forward and backward per sub-batch."""
+    parts = [GradientPass(model, x[i:i + FORWARD_BATCH]).unit_sq_l2_norms(loss)[1]
+             for i in range(0, int(x.shape[0]), FORWARD_BATCH)]
+    return torch.cat(parts).float()
 
 
 def _log_scale(loss: str, logits: torch.Tensor) -> torch.Tensor:
-    """2·log max_c |∂ℓ/∂z_c| per sample, (B, 1) float64: what :func:`_unit_loss` divided out, squared."""
+    """2·log max_c |∂ℓ/∂z_c| per sample, (B, 1) float64: the scale the norms are taken at, squared."""
     return 2 * LOSSES[loss](logits.detach().double().cpu()).abs().amax(-1, keepdim=True).clamp_min(1e-300).log()
 
 
@@ -60,11 +54,11 @@ def log_layer_norms(batch: ModelOutputs, loss: str = "nll_pred") -> torch.Tensor
     if loss not in LOSSES:
         raise MethodError(f"gradient_density: loss must be one of {sorted(LOSSES)}, got {loss!r}")
 
-    def compute() -> tuple[list[str], torch.Tensor]:
-        gp, unit = batch.gradient_pass(), _unit_loss(loss)
-        return gp.sq_l2_norms(loss=unit) if gp is not None else layer_sq_l2_norms(batch.model, batch.x, loss=unit)
+    def compute() -> torch.Tensor:  # shares the backward of grad_* (the same loss) on the batch's pass
+        gp = batch.gradient_pass()
+        return gp.unit_sq_l2_norms(loss)[1].float() if gp is not None else unit_norms(batch.model, batch.x, loss)
 
-    _, norms = batch.memo(("layer_sq_l2_unit", loss), compute)
+    norms = batch.memo(("layer_sq_l2_unit", loss), compute)
     return norms.detach().double().cpu().clamp_min(FLOOR).log() + _log_scale(loss, batch.logits)
 
 
@@ -136,7 +130,7 @@ class GradientDensity:
             x = images[i:i + step].to(model.device)
             with torch.no_grad():
                 logits = model(x)
-            norms = layer_sq_l2_norms(model, x, loss=_unit_loss(self.loss))[1]
+            norms = unit_norms(model, x, self.loss)
             parts.append(norms.double().cpu().clamp_min(FLOOR).log() + _log_scale(self.loss, logits))
         report(total, total)
         v = torch.cat(parts).numpy()
