@@ -186,8 +186,8 @@ def _fitted(model: GradvizModel, runner: MethodRunner, fit: FitSet) -> MethodRun
     return runner
 
 
-def score_images(model: GradvizModel, images: torch.Tensor, runners: list[MethodRunner],
-                 batch_size: int | None = None, progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
+def score_images(model: GradvizModel, images: torch.Tensor, runners: list[MethodRunner], batch_size: int | None = None,
+                 progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
     """Prediction, confidence and every runner's uncertainty for ``images``, batch by batch (confidence is NaN
     where the logits are NaN or infinite: the softmax is undefined there).
 
@@ -413,5 +413,6 @@ def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, 
             store.put(key, {"values": values}, {"layers": layers, "stats": stats, "dataset": data.spec})
     columns = pd.MultiIndex.from_product([layers, stats], names=["layer", "stat"])
     frame = pd.DataFrame(values.reshape(len(values), -1), columns=columns)
-    frame.index = pd.MultiIndex.from_arrays([[data.spec] * len(frame), np.arange(len(frame))], names=["dataset", "index"])
+    frame.index = pd.MultiIndex.from_arrays([[data.spec] * len(frame), np.arange(len(frame))],
+                                            names=["dataset", "index"])
     return frame

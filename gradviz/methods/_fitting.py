@@ -93,7 +93,8 @@ def precision_of(centred: np.ndarray, covariance: str) -> np.ndarray:
     return np.asarray(est.fit(centred).precision_, dtype=np.float64)
 
 
-def class_gaussians(feats: np.ndarray, labels: np.ndarray, covariance: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def class_gaussians(feats: np.ndarray, labels: np.ndarray,
+                    covariance: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(classes, class means (C, D), tied precision (D, D)) of float64 rows ``feats`` (N, D)."""
     classes = np.unique(labels)
     means = np.stack([feats[labels == c].mean(0) for c in classes])  # (C, D)

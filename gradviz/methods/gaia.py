@@ -95,7 +95,8 @@ def hooked_maps(model: GradvizModel, x: torch.Tensor, layers=None):
     def make_hook(name: str, module: nn.Module):
         def hook(_module, _inputs, out):
             if not isinstance(out, torch.Tensor) or out.dim() < 3:
-                raise MethodError(f"GAIA: layer {name!r} does not output a feature map (B, C, H, W) or tokens (B, T, D)")
+                raise MethodError(f"GAIA: layer {name!r} does not output a feature map (B, C, H, W) "
+                                  "or tokens (B, T, D)")
             maps.pop(name, None)  # keep forward order of the last call
             maps[name] = out
             store.setdefault("last_channel", {})[name] = _channel_last(module, out)
@@ -225,7 +226,8 @@ def gaia_a_channels(model: GradvizModel, x: torch.Tensor, layers="auto",
         return {name: (m / o[:, None]).detach() for name, m in zip(src.names, means)}
 
 
-def gaia_abnormality_map(model: GradvizModel, x: torch.Tensor, variant: str = "z", layers=None) -> dict[str, torch.Tensor]:
+def gaia_abnormality_map(model: GradvizModel, x: torch.Tensor, variant: str = "z",
+                         layers=None) -> dict[str, torch.Tensor]:
     """Per-layer, per-channel abnormality {layer: (B, channels)}: r_k (``variant="z"``) or a_k/o (``"a"``).
 
     The uncertainty is the mean of the squares over all concatenated channels (GAIA-Z/-A).
@@ -258,7 +260,8 @@ def gaia_z(batch: ModelOutputs, layers: str = "all") -> torch.Tensor:
 
 
 @register("gaia_a", title="GAIA-A (channel-wise average abnormality)", paper="Chen et al., NeurIPS 2023", year=2023,
-          formula=r"u(x) = \tfrac{1}{K}\sum_k \big(|a_k|/o\big)^2,\; a_k = \overline{\partial \textstyle\sum_d h_d/\partial A_k},\; "
+          formula=r"u(x) = \tfrac{1}{K}\sum_k \big(|a_k|/o\big)^2,\; "
+                  r"a_k = \overline{\partial \textstyle\sum_d h_d/\partial A_k},\; "
                   r"o = \sqrt{\overline{|W^\top(1 - C p)|}/(HW)}",
           family="gradient", link="https://arxiv.org/abs/2311.09620",
           intuition="Channel-wise averages of feature-map gradients of the pooled features, scaled by the output "

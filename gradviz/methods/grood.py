@@ -113,7 +113,8 @@ def layer_mixup_features(model: GradvizModel, name: str, images: torch.Tensor, l
 
 
 @register("grood", title="GROOD (gradients toward an OOD prototype)", paper="ElAraby et al., TMLR 2025", year=2025,
-          formula=r"u(x) = \lVert g(x) - g_{(k)} \rVert_2,\; g(x) = \frac{\partial\, \mathrm{CE}(s, \hat y)}{\partial o} "
+          formula=r"u(x) = \lVert g(x) - g_{(k)} \rVert_2,\; "
+                  r"g(x) = \frac{\partial\, \mathrm{CE}(s, \hat y)}{\partial o} "
                   r"= q_o \frac{h - o}{\lVert h - o\rVert},\; s_j = -\lVert h - \mu_j \rVert",
           family="gradient", backprop=False, link="https://arxiv.org/abs/2312.14427",
           intuition="Place one prototype per class and one 'OOD prototype' (from synthetic, mixed-up images) in "

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.methods._fitting import COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs, require_fitted, \
-    sq_mahalanobis
+from gradviz.methods._fitting import (COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs,
+                                      require_fitted, sq_mahalanobis)
 from gradviz.methods.registry import ModelOutputs, register
 from gradviz.models import GradvizModel
 

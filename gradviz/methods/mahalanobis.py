@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.methods._fitting import (COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs, require_fitted,
-                                      score_dtype, sq_mahalanobis)
+from gradviz.methods._fitting import (COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs,
+                                      require_fitted, score_dtype, sq_mahalanobis)
 from gradviz.methods.registry import ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
 

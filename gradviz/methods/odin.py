@@ -59,7 +59,8 @@ def _odin_input_form(batch: ModelOutputs, temperature: float = 1000.0, epsilon: 
     """ODIN as a function of the input: sign(∇_x CE) is piecewise constant, so x̃ = x − ε·s with the sign
     s held fixed, and the gradient of u(x) is that of the tempered MSP at x̃ (exact wherever no entry of
     ∇_x CE is zero)."""
-    x_tilde = batch.x + (odin_perturb(batch.model, batch.x, temperature, epsilon) - batch.x.detach())  # the step is constant
+    # the step is constant
+    x_tilde = batch.x + (odin_perturb(batch.model, batch.x, temperature, epsilon) - batch.x.detach())
     return -(batch.model(x_tilde) / temperature).softmax(-1).amax(-1)
 
 

@@ -27,8 +27,8 @@ from gradviz.engine import GradientPass
 from gradviz.models import GradvizModel
 
 __all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method",
-           "needs_graph", "check_param", "adaptation_notes", "TEMPERATURE_BOUNDS", "FAMILIES", "DIRECTIONS", "methods_by_family",
-           "meets_expectation", "differentiable", "not_differentiable"]
+           "needs_graph", "check_param", "adaptation_notes", "TEMPERATURE_BOUNDS", "FAMILIES", "DIRECTIONS",
+           "methods_by_family", "meets_expectation", "differentiable", "not_differentiable"]
 
 # The three families, in display order, with what a method of each reads.
 FAMILIES: dict[str, str] = {
@@ -286,7 +286,8 @@ def differentiable(form: Callable | None = None):
 
 
 def not_differentiable(reason: str):
-    """Decorator (above :func:`register`) saying why the method's score is not a differentiable function of the input."""
+    """Decorator (above :func:`register`) saying why the method's score is not a differentiable function of the
+    input."""
     def deco(impl):
         _info_of(impl).not_differentiable = reason
         return impl
@@ -296,7 +297,8 @@ def not_differentiable(reason: str):
 def _checked_bounds(name: str, bounds: dict, defaults: dict) -> dict:
     """``bounds`` of parameters the method has, each holding its default (a registration bug otherwise)."""
     for key, (low, high) in bounds.items():
-        if key not in defaults or (low is not None and defaults[key] < low) or (high is not None and defaults[key] > high):
+        value = defaults.get(key)
+        if key not in defaults or (low is not None and value < low) or (high is not None and value > high):
             raise ValueError(f"{name}: bounds {key}={low, high} do not fit its parameters/defaults {defaults}")
     return dict(bounds)
 

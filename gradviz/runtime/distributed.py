@@ -35,7 +35,8 @@ def _init() -> tuple[int, int, bool]:
     return dist.get_rank(), dist.get_world_size(), created
 
 
-def run_sharded(cfg: RunConfig, store: ResultStore | None = None, progress: Progress | None = None) -> ScoreResult | None:
+def run_sharded(cfg: RunConfig, store: ResultStore | None = None,
+                progress: Progress | None = None) -> ScoreResult | None:
     """Score this rank's shard; rank 0 returns the merged result, other ranks return None."""
     from gradviz.analysis.metrics import metrics_table
 
