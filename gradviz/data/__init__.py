@@ -61,7 +61,7 @@ class DatasetEntry:
     example: str = ""
     reads_paths: bool = False  # ``load`` takes ``allowed_roots=`` and must refuse paths outside them
     offers: Callable[[], list[str]] = lambda: []  # specs the dashboard's pickers offer (none: typed by name)
-    check: Callable[[str | None], None] | None = None  # raises DatasetError for a bad argument, loading nothing
+    check: Callable[[str | None], object] | None = None  # raises DatasetError for a bad argument, loading nothing
 
 
 DATASETS: dict[str, DatasetEntry] = {}
@@ -71,7 +71,7 @@ _MODULES = ("mnist", "letters", "noise", "corruptions", "folder", "zipset", "spl
 
 def register_dataset(prefix: str, description: str, offline: bool = True, example: str = "", reads_paths: bool = False,
                      offers: Sequence[str] | Callable[[], list[str]] | None = None,
-                     check: Callable[[str | None], None] | None = None):
+                     check: Callable[[str | None], object] | None = None):
     """Decorator: ``fn(arg: str | None, limit: int | None, seed: int) -> ImageSet`` handles ``prefix[:arg]``.
 
     ``reads_paths``: the argument names a path on the server; ``fn`` then also takes
@@ -133,7 +133,7 @@ def generated_count(limit: int | None, default: int) -> int:
 UPLOAD_PREFIX = "upload"  # images uploaded in the dashboard (gradviz.data.images.upload_spec); never loadable by name
 
 
-def short_spec(spec: str, n: int = 80) -> str:
+def short_spec(spec: object, n: int = 80) -> str:
     """``spec`` cut to ``n`` characters for messages (a pasted 5,000-character path stays readable)."""
     text = str(spec)
     return text if len(text) <= n else f"{text[:n - 1]}… ({len(text):,} characters)"

@@ -309,7 +309,7 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int | None = Non
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Pillow's "Corrupt EXIF data" etc. on odd files
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our header check below decides
-            img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+            img: Image.Image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
             width, height = img.size
             if width <= 0 or height <= 0:
                 raise ImageError(f"{name}: image has no pixels ({width}×{height})")

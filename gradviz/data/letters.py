@@ -72,7 +72,7 @@ def glyph_bank() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
             glyph = img.crop(bbox)
             w, h = glyph.size
             f = box / max(w, h)
-            glyph = glyph.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR, reducing_gap=2.0)
+            glyph = glyph.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR, reducing_gap=2.0)
             out = Image.new("L", (side, side))
             out.paste(glyph, ((side - glyph.size[0]) // 2, (side - glyph.size[1]) // 2))
             images.append(np.frombuffer(out.tobytes(), dtype=np.uint8))
