@@ -60,7 +60,7 @@ def _confounding_input_form(batch: ModelOutputs, reading: str = "sigmoid") -> to
     return g.square().sum(1)
 
 
-_confounding_input_form.layer_maps = False  # re-runs the network per sample (no Grad-CAM)
+setattr(_confounding_input_form, "layer_maps", False)  # re-runs the network per sample (no Grad-CAM)
 
 
 @differentiable(_confounding_input_form)

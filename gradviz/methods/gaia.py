@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,7 @@ def _resolve_layers(model: GradvizModel, layers) -> tuple[list[tuple[str, nn.Mod
     """Modules to hook and the selection rule ("all" | "auto" | "names")."""
     named = [(n, m) for n, m in model.net.named_modules() if n]
     if layers is None or layers in ("all", "auto"):
-        norms = [(n, m) for n, m in named if isinstance(m, _BN)] or \
+        norms: list[tuple[str, nn.Module]] = [(n, m) for n, m in named if isinstance(m, _BN)] or \
             [(n, m) for n, m in named if isinstance(m, _OTHER_NORMS)]
         if not norms:
             raise MethodError("GAIA hooks normalisation outputs (BatchNorm, else LayerNorm/GroupNorm), but this model "
@@ -90,7 +90,7 @@ def hooked_maps(model: GradvizModel, x: torch.Tensor, layers=None):
     """
     modules, rule = _resolve_layers(model, layers)
     maps: dict[str, torch.Tensor] = {}
-    store: dict[str, torch.Tensor] = {}
+    store: dict[str, Any] = {}  # head input "h", {name: channel last} "last_channel", "last_hw"
 
     def make_hook(name: str, module: nn.Module):
         def hook(_module, _inputs, out):
@@ -174,20 +174,22 @@ def _maps(model: GradvizModel, x: torch.Tensor, layers, gp: GradientPass | None)
     rule = "all" if layers is None else layers
     batch = x.shape[0]
     uses = None
+    features = gp.features if gp is not None else None
     if gp is not None and rule in ("all", "auto"):
         norms = gp.norm_uses()
         uses = [u for u in norms if u.op == "batch_norm" and u.out.dim() == 4] or \
             [u for u in norms if u.op in ("layer_norm", "group_norm")]
         groups = [u.group for u in uses]
-        if not uses or len(set(groups)) < len(groups) or gp.features is None:
+        if not uses or len(set(groups)) < len(groups) or features is None:
             uses = None  # a norm run twice (or none captured): GAIA's own hooks keep the last call
-    if uses is not None:
+    if gp is not None and features is not None and uses is not None:
         last = {u.index: u.op == "layer_norm" for u in uses}
         shapes = [_positions(u.out, last[u.index], batch) for u in uses]
         last_hw = shapes[-1]
         if rule == "auto":
             uses = [uses[i] for i in _last_two_stages(shapes)]
-        return _Maps(gp.logits, gp.features, [u.group for u in uses], last_hw,
+        names = [cast(str, u.group) for u in uses]  # every use has its group once the forward ran
+        return _Maps(gp.logits, features, names, last_hw,
                      lambda root, grad, reduce: gp.output_grads(
                          root, grad, uses, each=lambda u, g: _per_channel(g, last[u.index], batch, reduce))[0])
     logits, maps, store = hooked_maps(model, x, layers if rule not in ("all", "auto") else rule)

@@ -72,11 +72,11 @@ class KNN:
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """Distance to the k-th nearest training feature, (B,)."""
-        require_fitted("knn", self.bank_)
+        bank = require_fitted("knn", self.bank_)
         z = _normalised(batch.features)  # (B, D)
-        if z.shape[1] != self.bank_.shape[1]:
-            raise MethodError(f"knn was fitted on {self.bank_.shape[1]}-d features, got {z.shape[1]}-d")
+        if z.shape[1] != bank.shape[1]:
+            raise MethodError(f"knn was fitted on {bank.shape[1]}-d features, got {z.shape[1]}-d")
         # the k smallest distances of each chunk of the bank, then the k-th of those (exact)
         best = torch.cat([torch.cdist(z, part).topk(min(self.k_, part.shape[0]), dim=1, largest=False).values
-                          for part in self.bank_.split(self.chunk)], dim=1)  # (B, ≤ k·chunks)
+                          for part in bank.split(self.chunk)], dim=1)  # (B, ≤ k·chunks)
         return best.kthvalue(self.k_, dim=1).values

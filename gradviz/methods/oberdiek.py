@@ -21,6 +21,7 @@ predicted-label gradient vanishes (use the confounding label for that case).
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 import torch
 
@@ -125,11 +126,11 @@ def _input_form(stat: str, sign: int = 1):
         label = batch.logits.detach().argmax(-1)
         g = per_sample_gradients(batch.model, batch.x, _predicted_nll, label, chosen_parameters(batch.model, layer))
         return sign * vector_statistic(g, stat)
-    form.layer_maps = False  # re-runs the network per sample: no single layer activation to read (Grad-CAM)
+    setattr(form, "layer_maps", False)  # re-runs the network per sample: no single layer activation to read (Grad-CAM)
     return form
 
 
-_COMMON = dict(
+_COMMON: dict[str, Any] = dict(  # the keyword arguments every statistic registers with
     paper="Oberdiek, Rottmann & Gottschalk, ANNPR 2018", year=2018, family="gradient",
     link="https://arxiv.org/abs/1805.08440",
     intuition="Take the model's own prediction as the label and backpropagate its loss −log p_ŷ: a sure "

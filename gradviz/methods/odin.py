@@ -46,6 +46,7 @@ def odin_perturb(model: GradvizModel, x: torch.Tensor, temperature: float = 1000
         z = gp.logits.detach()
         dz = ((z / temperature).softmax(-1) - F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)) / temperature
         _, grad = gp.output_grads(gp.logits, dz, [], input_grad=True)
+        assert grad is not None  # input_grad=True returns ∂/∂x_in
         return (x.detach() - epsilon * grad.to(x.dtype).sign()).detach()
     x_in = x.detach().clone().requires_grad_(True)  # (B, C, H, W)
     with torch.enable_grad():

@@ -324,7 +324,9 @@ def adaptation_notes(names: list[str], params: dict[str, dict] | None = None) ->
     notes = []
     for name in names:
         info = REGISTRY.get(name)
-        for key, paper in (info.paper_settings if info else {}).items():
+        if info is None:
+            continue
+        for key, paper in info.paper_settings.items():
             used = (params or {}).get(name, {}).get(key, info.defaults[key])
             notes.append(f"`{name}` {key} = {used} ({'as the paper' if used == paper else f'paper: {paper}'})")
     return notes
