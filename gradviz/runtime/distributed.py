@@ -47,7 +47,7 @@ def run_sharded(cfg: RunConfig, store: ResultStore | None = None,
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
         model = load_model(cfg.model, cfg.weights, device)
         infos = resolve_methods(cfg.methods)
-        frames = []
+        frames: list[pd.DataFrame] = []
         for role, spec in [("id", cfg.id)] + [("ood", s) for s in cfg.ood]:
             data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
             idx = np.arange(rank, len(data), world)
