@@ -91,7 +91,8 @@ class DataMap:
     def axis_titles(self) -> tuple[str, str]:
         if self.explained is None:
             return f"{self.method.upper()} 1", f"{self.method.upper()} 2"
-        return tuple(f"PC {k + 1} ({100 * v:.1f} % of variance)" for k, v in enumerate(self.explained))
+        first, second = (f"PC {k + 1} ({100 * v:.1f} % of variance)" for k, v in enumerate(self.explained))
+        return first, second
 
 
 def _subsample(scores: pd.DataFrame, max_points: int, seed: int) -> pd.DataFrame:

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -343,7 +344,10 @@ class _Density:
         return s, (s > self.threshold_).astype(float)
 
 
-def _held_out(make, X: pd.DataFrame, y: np.ndarray, outside: pd.DataFrame | None, folds) -> tuple:
+_Estimator = _Threshold | _Meta | _Density  # fit(X, y) -> self, then scores and predictions
+
+
+def _held_out(make: Callable[[], _Estimator], X: pd.DataFrame, y: np.ndarray, outside: pd.DataFrame | None, folds) -> tuple:
     """Out-of-fold (score, pred) on X, fold-averaged (score, pred) on ``outside``."""
     score, pred = np.full(len(y), np.nan), np.full(len(y), np.nan)
     o_score = np.zeros(0 if outside is None else len(outside))
@@ -430,8 +434,9 @@ def meta_report(
         raise GradvizError("cv must be at least 2 folds")
 
     # Each candidate: (feature set, model name, factory of a fresh estimator)
-    candidates = [(fs, m, (lambda cols=available[fs], m=m: _Meta(cols, m, seed))) for fs in chosen for m in models]
-    candidates += [(b, "threshold", (lambda b=b: _Threshold(b))) for b in BASELINE_SCORES if b in available]
+    candidates: list[tuple[str, str, Callable[[], _Estimator]]] = [
+        (fs, m, partial(_Meta, available[fs], m, seed)) for fs in chosen for m in models]
+    candidates += [(b, "threshold", partial(_Threshold, b)) for b in BASELINE_SCORES if b in available]
 
     rows: list[dict] = []
     roc: dict[str, pd.DataFrame] = {}
@@ -478,7 +483,8 @@ def meta_report(
                      f"({int(y_id.sum())} incorrect), {len(folds)} folds; OOD never seen")
         n_ood = len(ood)
         l2 = [c for c in available.get("gradient", []) if c.endswith("/l2")]
-        density = [(DENSITY[0], DENSITY[1], lambda: _Density(l2))] if l2 else []
+        density: list[tuple[str, str, Callable[[], _Estimator]]] = \
+            [(DENSITY[0], DENSITY[1], lambda: _Density(l2))] if l2 else []
         if density:
             notes.append("unknown setting also shows the unsupervised twin: a Gaussian density of the per-layer log "
                          "gradient norms of the ID training folds (no labels, no OOD), −log density as the score")

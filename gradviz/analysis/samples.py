@@ -181,7 +181,8 @@ def inspect_images(model: GradvizModel, x: torch.Tensor, runners: list[MethodRun
     from gradviz.runtime.budget import batch_size_for, scoring_kind
 
     step = batch_size_for(model, scoring_kind(runners), "inspecting images", n=int(x.shape[0]))
-    probs_parts, raw_parts = [], {r.info.name: [] for r in runners}
+    probs_parts: list[np.ndarray] = []
+    raw_parts: dict[str, list[np.ndarray]] = {r.info.name: [] for r in runners}
     with model.lock:  # the shared model: no other session's hooks during these passes
         for start in range(0, int(x.shape[0]), step):  # one batch unless the memory budget says otherwise
             batch = ModelOutputs.from_model(model, x[start:start + step], keep_graph=needs_graph(runners))
