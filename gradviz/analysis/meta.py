@@ -68,7 +68,8 @@ FEATURE_SETS = ("entropy", "msp", "gradient", "gradient+entropy", "all")
 META_COLUMNS = ("dataset", "role", "index", "path", "label", "prediction", "confidence", "correct", "sample")
 BASELINE_SCORES = ("entropy", "msp")
 DENSITY = ("gradient norms", "density")  # (feature set, model) of the unsupervised density rows
-RESULT_COLUMNS = ["task", "setting", "feature_set", "model", "evaluation", "auroc", "accuracy", "n", "n_positive", "curve"]
+RESULT_COLUMNS = ["task", "setting", "feature_set", "model", "evaluation", "auroc", "accuracy", "n", "n_positive",
+                  "curve"]
 
 
 def feature_sets(columns: Sequence) -> dict[str, list[str]]:
@@ -153,7 +154,8 @@ class MetaClassifier:
             sets = feature_sets(frame.columns)
             if self.features not in sets:
                 raise GradvizError(
-                    f"feature set {self.features!r} has no columns in this table; available: {', '.join(sets) or 'none'}"
+                    f"feature set {self.features!r} has no columns in this table; available: "
+                    f"{', '.join(sets) or 'none'}"
                 )
             cols = sets[self.features]
         else:
@@ -347,7 +349,8 @@ class _Density:
 _Estimator = _Threshold | _Meta | _Density  # fit(X, y) -> self, then scores and predictions
 
 
-def _held_out(make: Callable[[], _Estimator], X: pd.DataFrame, y: np.ndarray, outside: pd.DataFrame | None, folds) -> tuple:
+def _held_out(make: Callable[[], _Estimator], X: pd.DataFrame, y: np.ndarray, outside: pd.DataFrame | None,
+              folds) -> tuple:
     """Out-of-fold (score, pred) on X, fold-averaged (score, pred) on ``outside``."""
     score, pred = np.full(len(y), np.nan), np.full(len(y), np.nan)
     o_score = np.zeros(0 if outside is None else len(outside))
@@ -423,7 +426,8 @@ def meta_report(
         chosen = [feature_set] if isinstance(feature_set, str) else list(feature_set)
         bad = [f for f in chosen if f not in available]
         if bad:
-            raise GradvizError(f"feature set(s) {bad} not available in this table; available: {', '.join(available) or 'none'}")
+            raise GradvizError(f"feature set(s) {bad} not available in this table; available: "
+                               f"{', '.join(available) or 'none'}")
     if not chosen:
         raise GradvizError("the table has no feature columns (entropy, msp or 'layer/stat' gradient metrics)")
     models = [model] if isinstance(model, str) else list(model)
@@ -513,7 +517,8 @@ def meta_report(
             unseen_names = ood_name[~seen].to_numpy()
             folds = _folds(y_pool, cv, seed, "known OOD samples")
             notes.append(f"known setting: trained on {len(id_all)} ID + {int(seen.sum())} OOD samples of "
-                         f"{', '.join(known)}; {len(folds)} folds; unseen: {', '.join(sorted(set(unseen_names))) or 'none'}")
+                         f"{', '.join(known)}; {len(folds)} folds; "
+                         f"unseen: {', '.join(sorted(set(unseen_names))) or 'none'}")
             for fs, m, make in candidates:
                 score, pred, o_score, o_pred = _held_out(make, pool, y_pool, unseen, folds)
                 add("known", fs, m, "cv", y_pool, score, pred)

@@ -37,7 +37,8 @@ class ImageSet:
     paths: list[str] | None = None  # source file per image (folder/upload sets)
     class_names: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) not loaded
-    notes: list[tuple[str, str]] = field(default_factory=list)  # (file, what the decoder did: "EXIF orientation applied")
+    # (file, what the decoder did: "EXIF orientation applied")
+    notes: list[tuple[str, str]] = field(default_factory=list)
     decoded_pixels: int = 0  # pixels decoded from files (uploads, folders): what pixel budgets count
 
     def __len__(self) -> int:
@@ -193,7 +194,8 @@ def adapt_images(images: torch.Tensor, card: ModelCard) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, c, -1, -1)
         elif c == 1:
-            x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) if x.shape[1] >= 3 else x.mean(1, keepdim=True)
+            x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) if x.shape[1] >= 3 \
+                else x.mean(1, keepdim=True)
         else:
             raise DatasetError(f"cannot convert {x.shape[1]}-channel images to {c} channels")
     if tuple(x.shape[-2:]) != (h, w):

@@ -72,7 +72,8 @@ def resolve_path(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathL
     if not raw:
         raise DatasetError(f"{noun} needs a path, e.g. {example}")
     if len(raw) > MAX_PATH_CHARS or "\x00" in raw:
-        what = f"{len(raw):,} characters; at most {MAX_PATH_CHARS:,}" if len(raw) > MAX_PATH_CHARS else "a NUL character"
+        what = (f"{len(raw):,} characters; at most {MAX_PATH_CHARS:,}" if len(raw) > MAX_PATH_CHARS
+                else "a NUL character")
         raise DatasetError(f"{noun} path {short_spec(raw)!r} is not a usable path ({what})")
 
     def usable(p: Path) -> bool:

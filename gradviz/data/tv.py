@@ -175,7 +175,8 @@ def load_torchvision(name: str, train: bool = False, limit: int | None = None, s
     return ImageSet(spec, images.contiguous(), y, class_names=list(classes) if classes else None)
 
 
-@register_dataset("torchvision", "A torchvision dataset (MNIST, FashionMNIST, KMNIST, EMNIST letters, CIFAR10/100, SVHN, Omniglot, ...), downloaded on demand",
+@register_dataset("torchvision", "A torchvision dataset (MNIST, FashionMNIST, KMNIST, EMNIST letters, CIFAR10/100, "
+                  "SVHN, Omniglot, ...), downloaded on demand",
                   offline=False, example="torchvision:FashionMNIST",
                   offers=lambda: [f"torchvision:{d.name}" for d in TV_DATASETS.values() if d.listed])
 def load_tv_spec(arg: str | None, limit: int | None, seed: int) -> ImageSet:

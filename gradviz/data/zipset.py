@@ -64,8 +64,8 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
 def _check_size(archive_bytes: int, max_mb: int | None) -> int:
     limit = int(max_mb or settings().max_zip_mb) * 2**20
     if archive_bytes > limit:
-        raise DatasetError(f"refused archive: {archive_bytes / 2**20:.1f} MB exceeds the limit of {limit / 2**20:.0f} MB "
-                           "(GRADVIZ_MAX_ZIP_MB)")
+        raise DatasetError(f"refused archive: {archive_bytes / 2**20:.1f} MB exceeds the limit of "
+                           f"{limit / 2**20:.0f} MB (GRADVIZ_MAX_ZIP_MB)")
     return limit
 
 
