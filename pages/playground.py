@@ -59,8 +59,10 @@ pred = int(report.prediction[0])
 with right:
     c1, c2 = st.columns([1, 2])
     made = " (MNIST-style: 20 px box, centred by mass)" if source != pg.SOURCES[2] and loaded is None else ""
-    c1.image(gi.display_image(x[0], 168), caption=f"The model's input: {md_text(name)}, {card.input_size[1]}×{card.input_size[2]}{made}")
-    c1.metric("Prediction", md_text(classes[pred]), f"p = {report.probs[0, pred]:.3f}", delta_color="off", delta_arrow="off")
+    c1.image(gi.display_image(x[0], 168),
+             caption=f"The model's input: {md_text(name)}, {card.input_size[1]}×{card.input_size[2]}{made}")
+    c1.metric("Prediction", md_text(classes[pred]), f"p = {report.probs[0, pred]:.3f}", delta_color="off",
+              delta_arrow="off")
     c1.caption(f"Scored in {1000 * report.seconds:.0f} ms (server)")
     c2.plotly_chart(plots.probability_bars(report.probs[0], classes), width="stretch", key="pg_probs")
 
@@ -109,7 +111,8 @@ if PATHS[kind].needs_target:
     target, target_name = pg.sample_picker(cfg, "pg_target", default_index=1, label="Morph into")
     target_digest = images_digest(target)
 try:
-    path, path_report = pg.path_report(src_digest, cfg.to_json(), kind, steps, target_digest, x_src, target, runners, ref)
+    path, path_report = pg.path_report(src_digest, cfg.to_json(), kind, steps, target_digest, x_src, target, runners,
+                                       ref)
 except Exception as exc:
     show_error(exc, "Pick another path or target image.")
 step_preds = [classes[int(k)] for k in path_report.prediction]
@@ -123,9 +126,10 @@ fig = figures.path_figure(wide[lines], path.values, path.labels(), step_preds, c
 chart = "pg_path_chart"
 st.plotly_chart(fig, width="stretch", key=chart, on_select=pg.load_step_callback(chart, src_digest, path),
                 selection_mode="points")
-st.caption(f"{len(path.values)} steps scored as one batch in {1000 * path_report.seconds:.0f} ms. Click a point to load "
-           "that step into the panels above.")
+st.caption(f"{len(path.values)} steps scored as one batch in {1000 * path_report.seconds:.0f} ms. Click a point to "
+           "load that step into the panels above.")
 show = np.linspace(0, len(path.values) - 1, 8).round().astype(int)
 cols = st.columns(len(show))
 for col, k in zip(cols, show):
-    col.image(gi.display_image(path.images[k], 84), caption=f"{md_text(path.labels()[k])} → {md_text(step_preds[k])}", width="stretch")
+    col.image(gi.display_image(path.images[k], 84), caption=f"{md_text(path.labels()[k])} → {md_text(step_preds[k])}",
+              width="stretch")
