@@ -220,8 +220,8 @@ def run_opacus(model, x):
 
 
 RUNNERS = {
-    "six": lambda m, x: layer_gradient_stats(m, x, compile="on").values,
-    "six_eager": lambda m, x: layer_gradient_stats(m, x, compile="off").values,
+    "six": lambda m, x: layer_gradient_stats(m, x, c_kernel="on").values,
+    "six_eager": lambda m, x: layer_gradient_stats(m, x, c_kernel="off").values,
     "l2": lambda m, x: layer_sq_l2_norms(m, x, loss="nll_pred")[1],
     "msp": _method("msp"), "gradnorm": _method("gradnorm"), "grad_last": _method("grad_l2", layer="last"),
     "grad_all": run_grad_all, "confounding": _method("confounding"), "gaia_z": _method("gaia_z"),
@@ -263,7 +263,7 @@ def exactness(row: str, model, xs, reference: torch.Tensor) -> dict | None:
         got = RUNNERS[row](model, xs).double().sqrt()
         return {"l2": ((got - reference[..., 1]).abs() / reference[..., 1]).max().item()}
     if row in ("six", "six_eager"):
-        res = layer_gradient_stats(model, xs, compile="on" if row == "six" else "off")
+        res = layer_gradient_stats(model, xs, c_kernel="on" if row == "six" else "off")
         got = _in_layer_order(model, res.layers, res.values.double())
     elif row in ("loop", "vmap", "backpack", "opacus"):
         got = RUNNERS[row](model, xs).double()

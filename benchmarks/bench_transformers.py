@@ -139,8 +139,8 @@ def run_backpack(model, x):
 
 
 RUNNERS = {
-    "six": lambda m, x: layer_gradient_stats(m, x, compile="on"),
-    "six_eager": lambda m, x: layer_gradient_stats(m, x, compile="off"),
+    "six": lambda m, x: layer_gradient_stats(m, x, c_kernel="on"),
+    "six_eager": lambda m, x: layer_gradient_stats(m, x, c_kernel="off"),
     "l2": lambda m, x: layer_sq_l2_norms(m, x, loss="nll_pred"),
     "gaia_z": lambda m, x: run_method("gaia_z", ModelOutputs.from_model(m, x)),
     "gaia_a": lambda m, x: run_method("gaia_a", ModelOutputs.from_model(m, x)),

@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gradviz.config import use_settings
 from gradviz.errors import GradvizError
 
 if TYPE_CHECKING:  # imported inside the commands, so `gradviz --help` does not load torch
+    from gradviz.config import Settings
     from gradviz.reporting.report import ReportConfig
     from gradviz.runconfig import RunConfig
 
@@ -455,6 +457,34 @@ def cmd_train(argv: list[str]) -> int:
     return train_main(argv)
 
 
+def cmd_fits(args) -> int:
+    """Fit every fitted method of the bundled models on the default fit set and write (or check) the shipped fits."""
+    from gradviz.config import asset_path
+    from gradviz.methods import prefit
+
+    out = Path(args.out) if args.out else asset_path()
+    failed = 0
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        if name not in prefit.BUNDLED:
+            raise GradvizError(f"fits ship only for the bundled models ({', '.join(prefit.BUNDLED)}), not {name!r}")
+        path = out / f"{name.replace('-', '_')}{prefit.SUFFIX}"
+        model, runners, images, labels = prefit.fit_bundled(name)
+        if not args.check:
+            prefit.write_fits(path, model, runners, images, labels)
+            print(f"{path}: {len(runners)} fitted methods, {path.stat().st_size / 1e6:.2f} MB")
+            continue
+        for r in runners:
+            shipped = prefit.shipped_state(model, r, images, labels, folder=out)
+            problems = (["not shipped, or its key differs"] if shipped is None
+                        else prefit.compare_states(shipped, r.state))
+            failed += bool(problems)
+            print(f"{name} {r.info.name}: {'ok' if not problems else '; '.join(problems)}")
+    if failed:
+        print(f"error: {failed} shipped fit(s) differ from a fresh fit; regenerate with `python -m gradviz fits`",
+              file=sys.stderr)
+    return 2 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradviz",
                                      description="Gradient-based uncertainty for image classifiers.")
@@ -493,9 +523,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated severities 1–5 for section 2 (default: 1,2,3,4,5; --quick: 1,3,5)")
     p.add_argument("--cache", default=None, help="results cache folder; 'none' disables")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("fits", help="fit the bundled models' fitted methods on the default fit set and write them "
+                       "beside the weights (assets/*.fits.safetensors), or --check them against a fresh fit")
+    p.add_argument("--models", default="mnist-cnn,mnist-vit", help="comma-separated bundled models")
+    p.add_argument("--out", default=None, help="folder (default: the bundled assets)")
+    p.add_argument("--check", action="store_true", help="compare the files with a fresh fit instead of writing them")
+    p.set_defaults(func=cmd_fits)
     p = sub.add_parser("list", help="list models, datasets and methods")
     p.set_defaults(func=cmd_list)
     return parser
+
+
+def _settings(args) -> "Settings":
+    """The environment's settings (a bad value is one error line naming its variable) with the options given."""
+    from gradviz.config import settings
+
+    chosen = settings()
+    if getattr(args, "compile", None):
+        chosen = chosen.model_copy(update={"compile": args.compile})
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -508,10 +554,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "compile", None):
-        os.environ["GRADVIZ_COMPILE"] = args.compile  # read by the engine through gradviz.config.settings()
     try:
-        with _PlanLines():
+        with use_settings(_settings(args)), _PlanLines():
             return int(args.func(args) or 0)
     except GradvizError as exc:
         print(f"error: {exc}", file=sys.stderr)

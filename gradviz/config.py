@@ -1,85 +1,140 @@
-"""Limits and locations, with safe defaults, overridable by environment variables.
+"""Limits and locations: :class:`Settings`, each read from its ``GRADVIZ_<NAME>`` environment variable.
 
-| setting            | env var                     | default              |
-|--------------------|-----------------------------|----------------------|
-| cache_dir          | GRADVIZ_CACHE_DIR           | ~/.cache/gradviz     |
-| data_root          | GRADVIZ_DATA_ROOT           | ~/.cache/gradviz/data|
-| allowed_roots      | GRADVIZ_ALLOWED_ROOTS (os.pathsep-separated) | data_root |
-| max_upload_mb      | GRADVIZ_MAX_UPLOAD_MB       | 20                   |
-| max_upload_files   | GRADVIZ_MAX_UPLOAD_FILES    | 64                   |
-| max_weights_mb     | GRADVIZ_MAX_WEIGHTS_MB      | 200                  |
-| max_zip_mb         | GRADVIZ_MAX_ZIP_MB          | 100                  |
-| max_pixels         | GRADVIZ_MAX_PIXELS          | 16_000_000           |
-| max_upload_pixels  | GRADVIZ_MAX_UPLOAD_PIXELS   | 256_000_000          |
-| max_session_pixels | GRADVIZ_MAX_SESSION_PIXELS  | 1_024_000_000        |
-| max_samples_web    | GRADVIZ_MAX_SAMPLES_WEB     | 5000                 |
-| chunk_mib          | GRADVIZ_CHUNK_MIB           | 16                   |
-| cache_max_mb       | GRADVIZ_CACHE_MAX_MB        | 512                  |
-| compile            | GRADVIZ_COMPILE (auto/on/off) | auto               |
-| fold_bn            | GRADVIZ_FOLD_BN (on/off)    | on                   |
-| torch_threads      | GRADVIZ_TORCH_THREADS       | 0 = 1 in the web server unless OMP_NUM_THREADS is set |
-| memory_mb          | GRADVIZ_MEMORY_MB           | CLI: 50 % of MemAvailable |
-| session_memory_mb  | GRADVIZ_SESSION_MEMORY_MB   | 2048 (web, per session) |
-| server_memory_mb   | GRADVIZ_SERVER_MEMORY_MB    | web: 50 % of MemAvailable, all sessions together |
-| max_params_web     | GRADVIZ_MAX_PARAMS_WEB      | 100_000_000          |
-| max_side_web       | GRADVIZ_MAX_SIDE_WEB        | 384                  |
+Each default is stated once, in :class:`Settings`; the README's table of settings documents every field
+(``tests/test_config.py`` checks it against the class). A value that is not valid for its setting
+(``GRADVIZ_CHUNK_MIB=abc``, ``GRADVIZ_MAX_ZIP_MB=-1``, ``GRADVIZ_FOLD_BN=maybe``) is a :class:`SettingsError`
+naming the variable, never a silent fallback to the default.
 
 ``memory_mb`` is the memory budget every pass plans its batch for (gradviz.runtime.budget); unset, the
 command line takes half of the memory available when a pass starts. The web app plans each
 session's passes for ``session_memory_mb`` instead (less what the session's own ID sets hold), all
 sessions' passes together for ``server_memory_mb`` (gradviz.runtime.ledger), and refuses models of more than
 ``max_params_web`` parameters (counted before they are built) and cards wider than ``max_side_web``.
+
+The command line does not write its options into the environment: :func:`use_settings` makes a changed
+copy (``settings().model_copy(update={"compile": "off"})``) the settings of the code it runs.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
-from dataclasses import dataclass
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Annotated, Iterator, Literal
+
+from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from gradviz.errors import GradvizError
+
+ENV_PREFIX = "GRADVIZ_"
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        return default
-    return value if value > 0 else default
+class SettingsError(GradvizError):
+    """An environment variable holds a value its setting does not take (the message names the variable)."""
 
 
 def _default_cache() -> Path:
-    return Path(os.environ.get("GRADVIZ_CACHE_DIR", Path.home() / ".cache" / "gradviz")).expanduser()
+    return Path.home() / ".cache" / "gradviz"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """Resolved settings (immutable; :func:`settings` resolves them once per environment)."""
 
-    cache_dir: Path
-    data_root: Path
-    allowed_roots: tuple[Path, ...]
-    max_upload_mb: int = 20
-    max_upload_files: int = 64
-    max_pixels: int = 16_000_000
-    max_upload_pixels: int = 256_000_000  # decoded pixels per upload (all files together)
-    max_session_pixels: int = 1_024_000_000  # decoded pixels of all uploads of one web session
-    max_samples_web: int = 5000
-    chunk_mib: int = 16
-    cache_max_mb: int = 512
-    compile: str = "auto"
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore", env_ignore_empty=True)
+
+    cache_dir: Path = Field(default_factory=_default_cache)
+    data_root: Path | None = None  # unset: cache_dir / "data"
+    allowed_roots: Annotated[tuple[Path, ...], NoDecode] = ()  # os.pathsep-separated; empty: (data_root,)
+    max_upload_mb: PositiveInt = 20
+    max_upload_files: PositiveInt = 64
+    max_pixels: PositiveInt = 16_000_000
+    max_upload_pixels: PositiveInt = 256_000_000  # decoded pixels per upload (all files together)
+    max_session_pixels: PositiveInt = 1_024_000_000  # decoded pixels of all uploads of one web session
+    max_samples_web: PositiveInt = 5000
+    chunk_mib: PositiveInt = 16
+    cache_max_mb: PositiveInt = 512
+    compile: Literal["auto", "on", "off"] = "auto"
     fold_bn: bool = True
-    max_weights_mb: int = 200
-    max_zip_mb: int = 100
-    memory_mb: int | None = None  # None: a share of the available memory (gradviz.runtime.budget)
-    session_memory_mb: int = 2048
-    server_memory_mb: int | None = None  # None: a share of the available memory (gradviz.runtime.ledger)
-    max_params_web: int = 100_000_000
-    max_side_web: int = 384
-    torch_threads: int = 0  # torch threads of the web server; 0 = see server_torch_threads
+    max_weights_mb: PositiveInt = 200
+    max_zip_mb: PositiveInt = 100
+    memory_mb: PositiveInt | None = None  # None: a share of the available memory (gradviz.runtime.budget)
+    session_memory_mb: PositiveInt = 2048
+    server_memory_mb: PositiveInt | None = None  # None: a share of the available memory (gradviz.runtime.ledger)
+    max_params_web: PositiveInt = 100_000_000
+    max_side_web: PositiveInt = 384
+    torch_threads: int = Field(default=0, ge=0)  # torch threads of the web server; 0 = see server_torch_threads
+    # models whose default results the web server computes in the background (gradviz.ui.warmup); comma-separated,
+    # "none" for none
+    warm_models: Annotated[tuple[str, ...], NoDecode] = ("mnist-cnn", "mnist-vit")
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value):
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(os.pathsep) if p.strip())
+        return value
+
+    @field_validator("warm_models", mode="before")
+    @classmethod
+    def _split_models(cls, value):
+        if isinstance(value, str):
+            return tuple(m.strip() for m in value.split(",") if m.strip() and m.strip().lower() != "none")
+        return value
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _mode(cls, value):
+        if not isinstance(value, str):
+            return value
+        value = value.strip().lower()
+        return {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(value, value)
+
+    @model_validator(mode="after")
+    def _locations(self) -> "Settings":
+        """Paths with ``~`` expanded; the data root and the allowed roots default to the folders above them."""
+        cache = self.cache_dir.expanduser()
+        data_root = (cache / "data") if self.data_root is None else Path(self.data_root).expanduser()
+        roots = tuple(Path(p).expanduser() for p in self.allowed_roots) or (data_root,)
+        for name, value in (("cache_dir", cache), ("data_root", data_root), ("allowed_roots", roots)):
+            object.__setattr__(self, name, value)  # (frozen: set once, while validating)
+        return self
+
+    @classmethod
+    def env_var(cls, name: str) -> str:
+        """The environment variable of the setting ``name``."""
+        return f"{ENV_PREFIX}{name.upper()}"
+
+
+def _problem(error: dict) -> str:
+    name = str(error["loc"][0]) if error.get("loc") else "?"
+    value = error.get("input")
+    shown = repr(value if not isinstance(value, str) or len(value) <= 60 else value[:59] + "…")
+    return f"{Settings.env_var(name)}={shown}: {error['msg'][:1].lower()}{error['msg'][1:]}"
+
+
+def load_settings() -> Settings:
+    """Settings read from the environment now; :class:`SettingsError` names every variable with a bad value."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError("invalid setting: " + "; ".join(_problem(e) for e in exc.errors())) from None
+
+
+_CURRENT: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("gradviz_settings", default=None)
+
+
+@contextmanager
+def use_settings(chosen: Settings) -> Iterator[Settings]:
+    """Within the block (this thread / context), :func:`settings` returns ``chosen`` instead of the environment's."""
+    token = _CURRENT.set(chosen)
+    try:
+        yield chosen
+    finally:
+        _CURRENT.reset(token)
 
 
 def server_torch_threads() -> int | None:
@@ -95,44 +150,21 @@ def server_torch_threads() -> int | None:
 
 
 def settings() -> Settings:
-    """Current settings from the environment (cheap: resolved once per distinct environment; call
-    where needed)."""
+    """Current settings: those of :func:`use_settings`, else the environment's (resolved once per distinct
+    environment, so cheap to call where needed)."""
+    chosen = _CURRENT.get()
+    if chosen is not None:
+        return chosen
     # The key is every variable a setting can read (all GRADVIZ_*, and HOME for the default cache),
     # so a new setting needs no list kept in step with it.
-    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("GRADVIZ_") or k == "HOME")
+    env = sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX) or k == "HOME")
     return _resolve(tuple(env))
 
 
 @lru_cache(maxsize=16)
 def _resolve(env: tuple[tuple[str, str], ...]) -> Settings:
-    """Settings for one snapshot of those variables (paths are parsed once, not on every call)."""
-    cache = _default_cache()
-    data_root = Path(os.environ.get("GRADVIZ_DATA_ROOT", cache / "data")).expanduser()
-    roots_env = os.environ.get("GRADVIZ_ALLOWED_ROOTS", "")
-    roots = tuple(Path(p).expanduser() for p in roots_env.split(os.pathsep) if p.strip()) or (data_root,)
-    return Settings(
-        cache_dir=cache,
-        data_root=data_root,
-        allowed_roots=roots,
-        max_upload_mb=_env_int("GRADVIZ_MAX_UPLOAD_MB", 20),
-        max_upload_files=_env_int("GRADVIZ_MAX_UPLOAD_FILES", 64),
-        max_pixels=_env_int("GRADVIZ_MAX_PIXELS", 16_000_000),
-        max_upload_pixels=_env_int("GRADVIZ_MAX_UPLOAD_PIXELS", 256_000_000),
-        max_session_pixels=_env_int("GRADVIZ_MAX_SESSION_PIXELS", 1_024_000_000),
-        max_samples_web=_env_int("GRADVIZ_MAX_SAMPLES_WEB", 5000),
-        chunk_mib=_env_int("GRADVIZ_CHUNK_MIB", 16),
-        cache_max_mb=_env_int("GRADVIZ_CACHE_MAX_MB", 512),
-        compile=os.environ.get("GRADVIZ_COMPILE", "auto").strip().lower() or "auto",
-        fold_bn=os.environ.get("GRADVIZ_FOLD_BN", "on").strip().lower() not in ("off", "0", "false", "no"),
-        max_weights_mb=_env_int("GRADVIZ_MAX_WEIGHTS_MB", 200),
-        max_zip_mb=_env_int("GRADVIZ_MAX_ZIP_MB", 100),
-        memory_mb=_env_int("GRADVIZ_MEMORY_MB", 0) or None,
-        session_memory_mb=_env_int("GRADVIZ_SESSION_MEMORY_MB", 2048),
-        server_memory_mb=_env_int("GRADVIZ_SERVER_MEMORY_MB", 0) or None,
-        max_params_web=_env_int("GRADVIZ_MAX_PARAMS_WEB", 100_000_000),
-        max_side_web=_env_int("GRADVIZ_MAX_SIDE_WEB", 384),
-        torch_threads=_env_int("GRADVIZ_TORCH_THREADS", 0),
-    )
+    """Settings for one snapshot of those variables (parsed once, not on every call)."""
+    return load_settings()
 
 
 def asset_path(name: str = "") -> Path:

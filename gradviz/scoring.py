@@ -25,6 +25,7 @@ from gradviz.runtime.budget import batch_size_for, fit_limit, scoring_kind
 from gradviz.data import ImageSet, load_dataset, short_spec
 from gradviz.errors import MethodError
 from gradviz.analysis.metrics import MIN_VALID
+from gradviz.methods.prefit import shipped_state
 from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, needs_graph, resolve_methods
 from gradviz.models import GradvizModel, load_model
 from gradviz.runtime.ledger import checkpoint
@@ -177,8 +178,13 @@ _FITTED: LRUCache = LRUCache(maxsize=16)
                                                  params=runner.params, fit=fit.key()))
 def _fitted(model: GradvizModel, runner: MethodRunner, fit: FitSet) -> MethodRunner | MethodError:
     """The fitted runner, or the MethodError saying why it cannot be fitted: a failure is as deterministic
-    as a fit, and remembering it spares the Playground a doomed fit on every stroke."""
+    as a fit, and remembering it spares the Playground a doomed fit on every stroke. A state shipped with a
+    bundled model for exactly this fit (:mod:`gradviz.methods.prefit`) is read instead of fitted."""
     fit_data = fit.load(model.card)
+    shipped = shipped_state(model, runner, fit_data.images, fit_data.labels)
+    if shipped is not None:
+        runner.state = shipped
+        return runner
     try:
         runner.fit(model, fit_data.images, fit_data.labels)
     except MethodError as exc:

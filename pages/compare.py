@@ -8,7 +8,8 @@ from gradviz.analysis import samples as gi
 from gradviz.plots import figures as plots
 from gradviz.methods.registry import methods_by_family
 from gradviz.reporting.plaintext import md_code, md_text
-from gradviz.ui.cache import get_result, images_of_rows, show_error
+from gradviz.ui.cache import get_result, images_of_rows
+from gradviz.ui.errors import user_errors
 from gradviz.ui.datamap import data_map_tab
 from gradviz.ui.sidebar import current_config, ensure_frame
 from gradviz.ui.uploads import (UPLOAD_HELP, UPLOAD_LABEL, UPLOAD_TYPES, decode_uploads, show_file_reports,
@@ -36,10 +37,8 @@ with st.expander("Add your own images as an extra OOD set", expanded=False):
         st.caption(f"{md_code(spec)} joins the OOD sets: {md_text(', '.join(data.paths or []))}")
 
 run_cfg = replace(cfg, ood=[*cfg.ood, *[s for s in uploads if s not in cfg.ood]])
-try:
+with user_errors("Pick other datasets in the sidebar or remove the failing one."):
     result = get_result(run_cfg, uploads)
-except Exception as exc:  # user errors are shown, bugs re-raised by show_error
-    show_error(exc, "Pick other datasets in the sidebar or remove the failing one.")
 for message in result.warnings:
     st.warning(md_text(message))
 show_file_reports(result.skipped, result.notes, key="cmp_report")  # folder files skipped, uploads altered

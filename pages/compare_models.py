@@ -6,9 +6,9 @@ from gradviz.plots import figures as plots
 from gradviz.analysis.model_compare import HIGHER_BETTER
 from gradviz.reporting.plaintext import md_text
 from gradviz.reporting.tables import to_csv
-from gradviz.ui.cache import show_error
 from gradviz.ui.compare_models import get_model_comparison
 from gradviz.ui.model_panel import describe, model_options
+from gradviz.ui.errors import user_errors
 from gradviz.ui.sidebar import current_config, ensure_frame
 from gradviz.ui.widgets import download_figure
 
@@ -30,10 +30,8 @@ if not cfg.ood:
     st.info("Choose at least one OOD set in the sidebar to compare detection metrics.")
     st.stop()
 
-try:
+with user_errors("Pick other models or datasets."):
     comparison = get_model_comparison(cfg, models)
-except Exception as exc:  # user errors are shown, bugs re-raised by show_error
-    show_error(exc, "Pick other models or datasets.")
 for name, reason in comparison.errors.items():
     st.error(f"**{md_text(name)}** could not be scored: {md_text(reason)}")
 for name, refused in comparison.unsupported.items():

@@ -9,7 +9,8 @@ from gradviz.plots import figures as plots
 from gradviz.plots import trust as plots_trust
 from gradviz.data.corruptions import list_corruptions
 from gradviz.trust.report import calibration_by_severity
-from gradviz.ui.cache import get_dataset, get_severity_scores, get_severity_table, show_error
+from gradviz.ui.cache import get_dataset, get_severity_scores, get_severity_table
+from gradviz.ui.errors import user_errors
 from gradviz.reporting.plaintext import md_text
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import column_config, download_figure, download_table, image_tiles, line_picker, to_uint8
@@ -33,12 +34,10 @@ methods = cfg.method_names()
 method = c3.selectbox("Method for the histogram", methods, key="cl_method",
                       index=methods.index("msp") if "msp" in methods else 0)
 
-try:
+with user_errors("Pick another corruption, or the built-in MNIST model and ID set in the sidebar."):
     sets = {s: get_dataset(cfg.model, cfg.weights, cfg.id if s == 0 else analysis.corruption_spec(corruption, s),
                            cfg.limit, cfg.seed) for s in (0, *analysis.SEVERITIES)}
     scores, blank = get_severity_scores(cfg, corruption)
-except Exception as exc:  # user errors shown, bugs re-raised by show_error
-    show_error(exc, "Pick another corruption, or the built-in MNIST model and ID set in the sidebar.")
 for message in blank:  # a method that cannot be fitted on the fit set (e.g. a small own ID set)
     st.warning(md_text(message))
 

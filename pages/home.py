@@ -4,7 +4,8 @@ import streamlit as st
 
 from gradviz.plots import figures as plots
 from gradviz.reporting.plaintext import md_text
-from gradviz.ui.cache import get_result, show_error
+from gradviz.ui.cache import get_result
+from gradviz.ui.errors import user_errors
 from gradviz.ui.pages import PAGES
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import metrics_dataframe
@@ -21,10 +22,8 @@ st.markdown(
     "Everything runs locally on a bundled MNIST model, no network needed."
 )
 cfg = current_config()
-try:
+with user_errors("Pick another dataset or model in the sidebar."):
     result = get_result(cfg)
-except Exception as exc:  # user errors are shown, bugs re-raised by show_error
-    show_error(exc, "Pick another dataset or model in the sidebar.")
 for message in result.warnings:  # NaN/inf scores, sets too small for metrics: said, never a silent NaN
     st.warning(md_text(message))
 

@@ -12,7 +12,8 @@ from gradviz.reporting.plaintext import md_text
 from gradviz.scoring import images_digest
 from gradviz.ui.datamap import where_it_lands
 from gradviz.ui.explain import explain_picker, explained, map_checks
-from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result, show_error
+from gradviz.ui.cache import get_dataset, get_layer_table, get_model, get_result
+from gradviz.ui.errors import user_errors
 from gradviz.ui.samples import attribution, per_sample, sample_report
 from gradviz.data import dataset_options
 from gradviz.ui.sidebar import current_config
@@ -36,7 +37,7 @@ sel = st.session_state.get("gv_selected")
 if sel and st.session_state.get("ins_applied") != sel:  # a sample sent from the Compare page
     st.session_state.update(ins_applied=sel, ins_source=SOURCES[1], ins_spec=sel[0], ins_index=int(sel[1]))
 source = st.radio("Image source", SOURCES, horizontal=True, key="ins_source")
-try:
+with user_errors("Try another image or dataset."):
     if source == SOURCES[0]:
         files = st.file_uploader(UPLOAD_LABEL, type=UPLOAD_TYPES, accept_multiple_files=True, key="ins_upload",
                                  max_upload_size=upload_max_mb(),
@@ -66,8 +67,6 @@ try:
     digest = images_digest(x)
     result = get_result(cfg)  # the ID distribution: reused from the other pages' cache
     report = sample_report(digest, cfg.to_json(), x, result.scores)
-except Exception as exc:  # user errors are shown, bugs re-raised by show_error
-    show_error(exc, "Try another image or dataset.")
 
 model = get_model(cfg.model, cfg.weights)
 classes = model.card.class_names
@@ -107,13 +106,11 @@ alpha = a2.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="ins_alpha")
 mode = a3.radio("Sign", ["absolute", "signed", "positive"], key="ins_mode")
 cmap = a4.selectbox("Colour map", ["default", "inferno", "viridis", "magma", "RdBu_r", "coolwarm", "seismic"],
                     key="ins_cmap")
-try:
+with user_errors("Deselect the failing attribution method or pick another colour map."):
     atts, failed = explained(digest, cfg, chosen, x, score, lambda m: attribution(digest, cfg.model, cfg.weights, m, x))
     for line in failed:
         st.warning(md_text(line))
     panels = gi.attribution_panels(x[0], atts, mode=mode, cmap=None if cmap == "default" else cmap, alpha=alpha)
-except Exception as exc:
-    show_error(exc, "Deselect the failing attribution method or pick another colour map.")
 for p in panels:
     st.markdown(f"**{p.caption}** — original | heat map | overlay")
     c = st.columns([1, 1, 1, 1])
@@ -132,10 +129,8 @@ st.plotly_chart(plots.heatmap(gaia.T,
                               colorscale="Viridis", zmid=None, zlabel="r_k"), width="stretch", key="ins_gaia")
 if not st.toggle("Compare with every set's per-layer profile (computes the layer table once)", True, key="ins_layers"):
     st.stop()
-try:
+with user_errors("Remove the failing OOD set in the sidebar."):
     layer_tab = get_layer_table(cfg, [cfg.id, *cfg.ood], uploads)
-except Exception as exc:
-    show_error(exc, "Remove the failing OOD set in the sidebar.")
 bands = layer_bands(layer_tab, stat, roles={cfg.id: "id"})
 fig = plots.layer_profile(bands, stat, profile, log=stat in ("l1", "l2", "std"))
 st.plotly_chart(fig, width="stretch", key="ins_profile")

@@ -12,7 +12,8 @@ from gradviz.analysis.layers import entropy_correlation, layer_bands
 from gradviz.reporting.plaintext import md_text
 from gradviz.scoring import too_few_samples
 from gradviz.reporting.tables import aligned_column, flat_layer_table
-from gradviz.ui.cache import get_coverage, get_layer_auroc, get_layer_table, get_result, show_error
+from gradviz.ui.cache import get_coverage, get_layer_auroc, get_layer_table, get_result
+from gradviz.ui.errors import user_errors
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure, download_table
 from gradviz.ui.sidebar import ensure_frame
@@ -37,11 +38,9 @@ loss = c1.selectbox("Loss backpropagated", losses, index=losses.index("nll_pred"
                          "label (Lee & AlRegib 2020), sigmoid or softmax reading.")
 ood = c2.selectbox("OOD set", cfg.ood, key="ly_ood")
 
-try:
+with user_errors("Pick other datasets or a smaller sample count in the sidebar."):
     table = get_layer_table(cfg, [cfg.id, *cfg.ood], loss=loss)
     entropy_scores = get_result(replace(cfg, methods=["entropy"])).scores
-except Exception as exc:  # user errors shown, bugs re-raised by show_error
-    show_error(exc, "Pick other datasets or a smaller sample count in the sidebar.")
 
 stats = list(dict.fromkeys(table.columns.get_level_values("stat")))
 stat = c3.selectbox("Statistic", stats, index=stats.index("l2") if "l2" in stats else 0, key="ly_stat")
@@ -53,10 +52,8 @@ if problem:
     st.warning(f"No layer AUROC: {problem}.")
     st.stop()
 auroc = get_layer_auroc(cfg, loss, ood, table)
-try:
+with user_errors("Pick another loss or OOD set."):
     best = analysis.best_layer_stat(auroc)
-except Exception as exc:  # e.g. every statistic non-finite: said, bugs re-raised by show_error
-    show_error(exc, "Pick another loss or OOD set.")
 st.success(f"Best single metric: **{best['stat']} of layer `{best['layer']}`** — AUROC {best['auroc']:.3f} "
            f"(OOD has {best['direction']} values; separation {best['separation']:.3f}). "
            "AUROC < 0.5 means the statistic is *smaller* for OOD: it still separates, with the sign flipped.")

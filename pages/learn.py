@@ -1,8 +1,10 @@
 """Learn: every registered method explained by family (intuition, formula, how to read its plots, what it does on
 the bundled model), a guided tour, honest notes and the papers. Everything comes from the method registry."""
 
+import pandas as pd
 import streamlit as st
 
+from gradviz.explain.scores import explainability
 from gradviz.methods import FAMILIES, list_methods, methods_by_family
 from gradviz.trust.terms import TRUST_TERMS
 from gradviz.ui.pages import page
@@ -22,6 +24,7 @@ st.header("The methods")
 WORDS = {"higher": "scores above the digits", "lower": "scores BELOW the digits (reversed)",
          "chance": "does not separate from the digits"}
 first = list_methods()[0]
+explain_how = {row["method"]: row["how"] for row in explainability()}
 for family, infos in methods_by_family().items():
     st.subheader(f"{family.capitalize()} methods — {FAMILIES[family]}")
     for info in infos:
@@ -39,7 +42,16 @@ for family, infos in methods_by_family().items():
                            + ", ".join(f"`{k}` = {v}" for k, v in info.defaults.items()))
             if info.needs_fit:
                 st.caption("Fitted once on ID training data (cached).")
+            st.caption(f"Explain this score (Inspect, Playground → explain: this score): {explain_how[info.name]}.")
             st.markdown(f"Paper: [{paper}]({info.link})")
+
+st.header("Which scores can be explained")
+st.markdown("Inspect and the Playground attribute a score itself to the pixels (*explain: this score*) when it is a "
+            "differentiable function of the input: its gradient says which pixels make it high. How each score gets "
+            "there, as its method declares it:")
+st.dataframe(pd.DataFrame(explainability()), hide_index=True, width="stretch", key="learn_explainable",
+             column_order=["method", "family", "explainable", "how"],
+             column_config={"how": st.column_config.TextColumn("how", width="large")})
 
 st.header("Can I trust a prediction? Selective prediction and calibration")
 st.markdown("Beyond *is this input out of distribution*: should I act on this prediction, and do its probabilities "
@@ -91,6 +103,10 @@ st.markdown(
     "but in OpenOOD's CIFAR-10 leaderboard its AUROC is ~55–58 against ~88–91 for MSP.\n"
     "- **Names.** *GradNorm* here means Huang, Geng & Li 2021 (the KL-to-uniform norm). The confounding-label "
     "gradients are Lee & AlRegib 2020 — some libraries call those GradNorm too; gradviz does not.\n"
+    "- **Two 2025 methods, two kinds of default.** PRO's defaults (ε = 0.003, one step, MSP) are its authors' "
+    "code's, which tunes ε and the steps per benchmark. Gradient Short-Circuit's paper text was not available to "
+    "this project: its short-circuited share (10 %), ranking and score are gradviz's choices, each a parameter; on "
+    "penultimate features its gradient is the head's row for the predicted class.\n"
     "- **One sign convention.** Every score is an uncertainty: higher = more uncertain. Methods whose paper "
     "defines an ID score (MSP, energy, GradNorm) are negated.\n"
     "- **Small samples, wide error bars.** With a few hundred samples per set, AUROC differences below ~0.02 are "

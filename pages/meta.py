@@ -10,7 +10,8 @@ from gradviz.plots import figures as plots
 from gradviz.errors import GradvizError
 from gradviz.analysis.meta import FEATURE_SETS, MODELS
 from gradviz.reporting.tables import join_layers
-from gradviz.ui.cache import get_layer_table, get_meta_report, get_result, show_error
+from gradviz.ui.cache import get_layer_table, get_meta_report, get_result
+from gradviz.ui.errors import user_errors
 from gradviz.ui.sidebar import current_config
 from gradviz.ui.widgets import download_figure, download_table
 from gradviz.ui.sidebar import ensure_frame
@@ -42,12 +43,10 @@ if not feature_sets:
     st.info("Choose at least one feature set.")
     st.stop()
 
-try:
+with user_errors("Pick other datasets or a smaller sample count in the sidebar."):
     scores = get_result(replace(cfg, methods=["entropy", "msp"])).scores
     layers = get_layer_table(cfg, [cfg.id, *(cfg.ood if task == "ood" else [])], loss="nll_pred")
     table = join_layers(scores, layers)
-except Exception as exc:  # user errors shown, bugs re-raised by show_error
-    show_error(exc, "Pick other datasets or a smaller sample count in the sidebar.")
 
 try:
     report = get_meta_report(cfg, table, task=task, known_ood=known or None, feature_set=feature_sets, model=model,

@@ -11,7 +11,8 @@ from gradviz.playground import PATHS, figures
 from gradviz.playground.lesson import exercise_markdown
 from gradviz.scoring import images_digest
 from gradviz.ui import playground as pg
-from gradviz.ui.cache import get_model, get_result, show_error
+from gradviz.ui.cache import get_model, get_result
+from gradviz.ui.errors import user_errors
 from gradviz.ui.datamap import where_it_lands
 from gradviz.ui.explain import explain_picker, explained
 from gradviz.ui.sidebar import current_config, ensure_frame
@@ -30,12 +31,10 @@ cfg = current_config()
 # One fixed slot for whatever the first computation draws (progress bars, spinners): without it the
 # canvas below would move in the page's element tree on the next run, and the browser would remount it.
 with st.container():
-    try:
+    with user_errors("Choose the bundled model and built-in sets in the sidebar."):
         model = get_model(cfg.model, cfg.weights)
         ref, band_note = pg.get_reference(cfg)  # once per choice, shared with Compare / Inspect
         runners, blank = pg.get_runners(cfg, ref)
-    except Exception as exc:  # user errors are shown, bugs re-raised by show_error
-        show_error(exc, "Choose the bundled model and built-in sets in the sidebar.")
     for message in blank:  # methods that cannot be fitted on the fit set are left out, with the reason
         st.warning(md_text(message))
 card, classes = model.card, model.card.class_names
@@ -51,10 +50,8 @@ src_digest = images_digest(x_src)
 with left:
     x, name, loaded = pg.current_image(x_src, src_digest, src_name)
 digest = images_digest(x)
-try:
+with user_errors("Try another image, or fewer methods in the sidebar."):
     report = pg.live_report(digest, cfg.to_json(), x, runners, ref)
-except Exception as exc:
-    show_error(exc, "Try another image, or fewer methods in the sidebar.")
 pred = int(report.prediction[0])
 with right:
     c1, c2 = st.columns([1, 2])
@@ -84,16 +81,14 @@ with g2:
         st.info(band_note or report.note or "No per-layer gradient profile for this model.")
 st.plotly_chart(figures.marker_histograms(ref, dict(zip(one["method"], one["score"]))), width="stretch", key="pg_hists")
 
-where_it_lands(cfg, get_result(cfg).scores, x, "this image", cfg.method_names(), key="pg_map")
+where_it_lands(cfg, get_result(cfg).scores, x, "this image", cfg.method_names(), key="pg_map", shown=False)
 if pg.explain_button(digest):
     score = explain_picker(cfg, "pg")
-    try:
+    with user_errors("Attributions need a model captum can hook; the scores above are unaffected."):
         atts, failed = explained(digest, cfg, pg.attribution_names(), x, score,
                                  lambda m: pg.attributions(digest, cfg.model, cfg.weights, x)[m])
         for line in failed:
             st.warning(md_text(line))
-    except Exception as exc:
-        show_error(exc, "Attributions need a model captum can hook; the scores above are unaffected.")
     for p in gi.attribution_panels(x[0], atts, size=168):
         cols = st.columns([1, 1, 1, 2])
         cols[3].markdown(f"**{p.caption}**  \noriginal | heat map | overlay")
@@ -110,11 +105,11 @@ target, target_digest = None, None
 if PATHS[kind].needs_target:
     target, target_name = pg.sample_picker(cfg, "pg_target", default_index=1, label="Morph into")
     target_digest = images_digest(target)
-try:
+if not pg.path_wanted(source, src_digest, steps):  # a stroke scores the drawing; its path only when asked
+    st.stop()
+with user_errors("Pick another path or target image."):
     path, path_report = pg.path_report(src_digest, cfg.to_json(), kind, steps, target_digest, x_src, target, runners,
                                        ref)
-except Exception as exc:
-    show_error(exc, "Pick another path or target image.")
 step_preds = [classes[int(k)] for k in path_report.prediction]
 conf = path_report.probs.max(axis=1)
 selected = loaded["step"] if loaded and loaded.get("kind") == kind and loaded["step"] < len(path.values) else None
@@ -126,6 +121,7 @@ fig = figures.path_figure(wide[lines], path.values, path.labels(), step_preds, c
 chart = "pg_path_chart"
 st.plotly_chart(fig, width="stretch", key=chart, on_select=pg.load_step_callback(chart, src_digest, path),
                 selection_mode="points")
+pg.remember_path_time(path_report.seconds)
 st.caption(f"{len(path.values)} steps scored as one batch in {1000 * path_report.seconds:.0f} ms. Click a point to "
            "load that step into the panels above.")
 show = np.linspace(0, len(path.values) - 1, 8).round().astype(int)

@@ -11,7 +11,8 @@ from gradviz.trust.calibration import STRATEGIES, calibration_summary
 from gradviz.methods.registry import methods_by_family
 from gradviz.trust.report import (TEMPERATURE_FITS, evaluation_rows, reliability_frames, risk_coverage_frame,
                                   select_at_coverage)
-from gradviz.ui.cache import get_result, images_of_rows, show_error
+from gradviz.ui.cache import get_result, images_of_rows
+from gradviz.ui.errors import user_errors
 from gradviz.ui.sidebar import current_config, ensure_frame
 from gradviz.ui.trust import get_trust
 from gradviz.ui.widgets import download_figure, download_table, image_tiles, method_label, send_to_inspect
@@ -25,11 +26,9 @@ st.caption("Selective prediction: reject the most uncertain predictions and see 
            "corruptions, never letters or noise.")
 st.page_link("pages/learn.py", label="What each curve and number means (Learn)", icon=":material/school:")
 cfg = current_config()
-try:
+with user_errors("Pick a labelled ID set (mnist) in the sidebar."):
     result = get_result(cfg)
     report = get_trust(cfg)
-except Exception as exc:  # user errors shown, bugs re-raised by show_error
-    show_error(exc, "Pick a labelled ID set (mnist) in the sidebar.")
 scores = result.scores
 methods = [m.name for ms in methods_by_family(cfg.method_names()).values() for m in ms]
 shifted_sets = [s for s in report.misclassification["shifted"].unique() if s]

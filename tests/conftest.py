@@ -4,6 +4,7 @@ statistics paths of the gradient engine."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -12,6 +13,11 @@ from gradviz.models import GradvizModel, load_model
 from gradviz.models.zoo import random_model
 
 from engine_reference import require_kernel
+
+# The dashboard computes the quick start's default results in background threads (gradviz/ui/warmup.py). In the
+# tests that would only take CPU from the test itself: a test (or a browser test's server) that wants it sets
+# GRADVIZ_WARM_MODELS itself.
+os.environ.setdefault("GRADVIZ_WARM_MODELS", "none")
 
 
 @pytest.fixture(scope="session")

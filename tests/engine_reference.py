@@ -106,3 +106,18 @@ def require_kernel() -> None:
         if os.environ.get("GRADVIZ_REQUIRE_KERNEL") == "1":
             pytest.fail(reason + " (GRADVIZ_REQUIRE_KERNEL=1)")
         pytest.skip(reason)
+
+
+def conv_variants_model() -> GradvizModel:
+    """Grouped, dilated, strided, biased, reflect-padded convs, a 1x1-output conv, in-place ReLUs
+    (the first layer's output is modified in place: its gradient comes from a tensor hook)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, bias=True), nn.ReLU(inplace=True),
+        nn.Conv2d(4, 6, 3, stride=2, dilation=2, padding=2, groups=2), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
+        nn.Conv2d(6, 6, 3, padding="same", padding_mode="reflect", bias=False),
+        nn.Conv2d(6, 7, 2, padding="same"),  # an even kernel: 'same' pads unevenly
+        nn.Conv2d(7, 8, 5),  # 5x5 input -> 1x1 output: rank-one path
+        nn.Flatten(), nn.Linear(8, 5),
+    )
+    return randomise_bn(wrap(net, (2, 9, 9), 5)).double()

@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from gradviz.data.appearance import background_level, unlike_id
 from gradviz.data import load_dataset
-from gradviz.data.letters import font_dir
 from gradviz.data.mnist import mnist_split
 from gradviz.data.images import uploads_to_imageset
 
-
-def paper_photo(digit: str = "2", side: int = 1000, seed: int = 0) -> bytes:
-    """A JPEG like a phone photo: a dark digit on light, unevenly lit, slightly noisy paper."""
-    rng = np.random.default_rng(seed)
-    paper = (205 + rng.normal(0, 5, (side, side)) + np.linspace(-15, 15, side)[None]).clip(0, 255).astype(np.uint8)
-    img = Image.fromarray(paper).convert("RGB")
-    font = ImageFont.truetype(str(font_dir() / "DejaVuSans.ttf"), int(side * 0.55))
-    ImageDraw.Draw(img).text((side // 2, side // 2), digit, font=font, fill=(35, 35, 45), anchor="mm")
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+from image_bytes import paper_photo
 
 
 @pytest.fixture(scope="module")

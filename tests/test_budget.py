@@ -92,6 +92,7 @@ def test_budget_sources(monkeypatch):
     assert budget.memory_budget_mb()[0] == 777  # only within the block
 
 
+@pytest.mark.slow
 def test_the_cli_prints_the_chosen_batch(monkeypatch, capsys, tmp_path):
     from gradviz.cli import main
     from gradviz.models import load_model
@@ -138,6 +139,7 @@ _PEAK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak accounting")
 def test_a_real_scoring_pass_stays_within_its_budget(tmp_path):
     budget_mb = 320
@@ -210,3 +212,16 @@ def test_a_cuda_device_is_planned_for_its_free_memory_everywhere(monkeypatch):
     assert mb == 1500 and "the server's budget for all sessions (GRADVIZ_SERVER_MEMORY_MB)" == source
     assert ledger.server_ledger("cuda").budget_mb == 1500 and ledger.server_ledger("cpu").budget_mb == 1500
     assert ledger.server_ledger("cuda") is not ledger.server_ledger("cpu")  # one ledger per memory
+
+
+def test_explaining_a_gradient_score_plans_for_its_second_order_graph(resnets):
+    from gradviz.models import load_model
+
+    for model in (load_model("mnist-cnn"), resnets[64]):
+        cls = plan_batch(model, "backward", "saliency of the class", budget_mb=2000)
+        grad = plan_batch(model, "second_order", "saliency of grad_l2", budget_mb=2000)
+        assert 1 <= grad.batch < cls.batch and grad.per_sample_mb > 3 * cls.per_sample_mb, (grad, cls)
+    # measured (benchmarks/bench_explain_memory.py): ~192 MB per sample for grad_l2's saliency on ResNet-18 at 64²
+    assert plan_batch(resnets[64], "second_order", budget_mb=2000).per_sample_mb > 192
+    assert "double-backprop passes" in pytest.raises(GradvizError, plan_batch, resnets[64], "second_order",
+                                                     budget_mb=150).value.args[0]

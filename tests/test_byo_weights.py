@@ -12,7 +12,7 @@ import torchvision
 from safetensors.torch import save
 
 from gradviz.errors import ModelError
-from gradviz.models.architectures import build_untrained, model_from_state
+from gradviz.models.resolver import build_untrained, model_from_state
 from gradviz.models.card import ModelCard, card_from_form
 from gradviz.models.cnn import MnistResNet
 from gradviz.models.upload import model_from_upload

@@ -17,6 +17,7 @@ from gradviz.cli import build_parser, main
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_score_writes_tables_and_prints_metrics(tmp_path, capsys):
     out = tmp_path / "res"
     rc = main(["score", "--id", "mnist", "--ood", "letters", "--ood", "noise-uniform",
@@ -80,15 +81,26 @@ def test_list_shows_registries(capsys):
         assert name in out
 
 
+@pytest.mark.slow
 def test_compile_flag_reaches_the_engine(tmp_path, monkeypatch):
     """--compile off is the eager path (same scores as the default path, within float32 round-off)."""
     import pandas as pd
 
-    monkeypatch.setenv("GRADVIZ_COMPILE", "auto")  # restored after the test (the flag sets it)
+    from gradviz.engine import api
+    from gradviz.engine.plans import base
+
+    modes: list[str] = []
+    for module in (api, base):
+        original = module.fused_kernel
+        monkeypatch.setattr(module, "fused_kernel", lambda mode, *a, _f=original: modes.append(mode) or _f(mode, *a))
+    monkeypatch.setenv("GRADVIZ_COMPILE", "auto")
     common = ["--id", "mnist", "--ood", "letters", "--methods", "grad_l2,grad_max", "--limit", "16", "--cache", "none"]
     assert main(["score", *common, "--out", str(tmp_path / "a")]) == 0
+    assert modes and set(modes) == {"auto"}
+    modes.clear()
     assert main(["score", *common, "--compile", "off", "--out", str(tmp_path / "b")]) == 0
-    assert os.environ["GRADVIZ_COMPILE"] == "off"
+    assert modes and set(modes) == {"off"}  # the engine saw the flag
+    assert os.environ["GRADVIZ_COMPILE"] == "auto"  # passed as settings, not through the environment
     a, b = pd.read_csv(tmp_path / "a" / "scores.csv"), pd.read_csv(tmp_path / "b" / "scores.csv")
     assert ((a["grad_l2"] - b["grad_l2"]).abs() <= 1e-5 * a["grad_l2"].abs() + 1e-9).all()
     with pytest.raises(SystemExit):  # argparse refuses an unknown mode
@@ -113,7 +125,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
 
 
-# --------------------------------------------------------------------------- score --config (issue 19)
+# --------------------------------------------------------------------------- score --config
 
 
 def _write(tmp_path, text: str, name: str = "c.json") -> str:
@@ -146,6 +158,7 @@ def test_unreadable_config_files_are_one_error_line(tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("error: config file")
 
 
+@pytest.mark.slow
 def test_flags_beside_a_config_override_it(tmp_path, capsys):
     cfg = _write(tmp_path, '{"id": "mnist", "ood": ["letters"], "methods": ["energy", "gradnorm"], "limit": 20}')
     out = tmp_path / "o"
@@ -160,6 +173,7 @@ def test_flags_beside_a_config_override_it(tmp_path, capsys):
     assert "flags given beside it override its fields" in " ".join(help_text.split())
 
 
+@pytest.mark.slow
 def test_config_is_validated_before_the_cache_is_read(tmp_path, capsys):
     """A cached result must not let a bad field through (batch size is not part of the cache key)."""
     cache = str(tmp_path / "cache")
@@ -188,6 +202,7 @@ def test_absurd_folder_spec_is_one_error_line(tmp_path, capsys):
     assert len(err) == 1 and "not a usable path" in err[0] and len(err[0]) < 300
 
 
+@pytest.mark.slow
 def test_skipped_files_notes_and_too_small_sets_are_reported(tmp_path, capsys):
     from PIL import Image
 
@@ -215,6 +230,7 @@ _FIELD = st.sampled_from(["model", "weights", "id", "ood", "methods", "limit", "
                           "fit_set", "params", "other"])
 
 
+@pytest.mark.slow
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.one_of(_JSON,
                       st.dictionaries(_FIELD, _JSON | st.sampled_from(["letters", "msp", 5, -1, 2.5]), max_size=5)))
@@ -246,7 +262,7 @@ def test_fuzzed_config_files_exit_0_or_2_with_one_error_line(data, tmp_path_fact
         assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
 
 
-# --------------------------------------------------------------------------- layers, meta, report end to end (issue 20)
+# --------------------------------------------------------------------------- layers, meta, report end to end
 
 
 def test_layers_writes_every_sample_with_the_library_values(tmp_path, capsys, bundled_model):
@@ -297,25 +313,6 @@ def test_meta_cross_validates_on_the_joined_tables(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_report_command_writes_every_section_for_the_chosen_corruptions(tmp_path, capsys):
-    out = tmp_path / "docs"
-    assert main(["report", "--limit", "30", "--corruptions", "fog", "--severities", "5", "--out", str(out),
-                 "--cache", str(tmp_path / "cache")]) == 0
-    text = (out / "RESULTS.md").read_text()
-    assert "`python -m gradviz report --limit 30 --corruptions fog --severities 5`" in text
-    for heading in ["## 1. OOD detection", "## 2. Corrupted-input detection", "## 3. Meta classification", "## 4."]:
-        assert heading in text
-    section2 = text.split("## 2.")[1].split("## 3.")[0]
-    assert "| fog |" in section2 and "rotate" not in section2
-    assert (out / "results" / "corruption_severity.png").stat().st_size > 1000
-    assert f"wrote {out / 'RESULTS.md'}" in capsys.readouterr().out
-    for flags, message in ((["--corruptions", "fgo"], "unknown corruption(s) ['fgo']"),
-                           (["--severities", "0,6"], "--severities takes")):
-        assert main(["report", *flags, "--out", str(out)]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0]
-
-
 def test_score_with_a_three_channel_28px_card_loads_the_grey_sets(tmp_path, capsys):
     """A torchvision ResNet-18 with a 3×28×28 card: 1-channel digits are expanded to 3 channels without a resize."""
     import torch

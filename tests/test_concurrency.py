@@ -4,6 +4,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from gradviz.methods import ModelOutputs, run_method
@@ -23,6 +24,7 @@ def test_forward_waits_while_another_thread_holds_the_model():
     assert done.is_set()
 
 
+@pytest.mark.slow
 def test_concurrent_gradient_methods_give_single_thread_results():
     model = random_model("mnist-cnn")
     xs = [torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(i)) for i in range(4)]

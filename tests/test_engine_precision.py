@@ -27,7 +27,7 @@ def test_noise_on_the_bundled_model_float32_matches_the_float64_loop(bundled_mod
     """Uniform noise drives the bundled model's softmax to 1: per-sample gradients of ~1e-17 whose
     squares underflow float32. The engine rescales the loss gradient per sample and finishes in float64."""
     x = load_dataset("noise-uniform", bundled_model.card, limit=4, seed=0).images
-    res = layer_gradient_stats(bundled_model, x, compile="off")
+    res = layer_gradient_stats(bundled_model, x, c_kernel="off")
     ref = reference_stats(bundled_model, x, "nll_pred")
     assert max(float(ref[g]["l2"].max()) for g in ref) < 1e-6  # tiny gradients indeed
     # sums (L1, L2, mean, std) to float32 precision (the previous engine was 4e-4 off on L2 and std);

@@ -8,7 +8,7 @@ import torch
 
 from gradviz.explain.attributions import attribute
 from gradviz.errors import GradvizError, MethodError
-from gradviz.explain.scores import differentiable_methods, explain_score, score_fn
+from gradviz.explain.scores import differentiable_methods, explain_score, explainability, score_fn
 from gradviz.methods.registry import ModelOutputs, get_method, list_methods
 from gradviz.models.zoo import random_model
 
@@ -50,6 +50,7 @@ def test_the_main_scores_are_covered():
     assert "knn" not in COVERED
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COVERED)
 def test_score_fn_value_is_the_registered_score(name, model64, images):
     runner = _runner(name, model64)
@@ -60,6 +61,7 @@ def test_score_fn_value_is_the_registered_score(name, model64, images):
     torch.testing.assert_close(u.detach(), shown.detach().to(u.dtype), rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COVERED)
 def test_score_gradient_matches_finite_differences(name, model64, images):
     f = score_fn(model64, _runner(name, model64))
@@ -158,3 +160,54 @@ def test_double_backprop_through_attention_matches_finite_differences():
     with torch.no_grad():
         fd = (f(plus) - f(minus)).item() / 2e-6
     assert fd == pytest.approx(grad[idx].item(), rel=1e-4)
+
+
+def test_explainability_is_read_from_the_registrations():
+    rows = {r["method"]: r for r in explainability()}
+    assert set(rows) == {info.name for info in list_methods()}
+    assert [n for n, r in rows.items() if r["explainable"]] == differentiable_methods()
+    assert rows["energy"]["how"].startswith("directly")
+    assert rows["mahalanobis"]["how"].endswith("(the fitted state held fixed)")
+    assert rows["grad_l2"]["how"].startswith("by double backprop") and "Grad-CAM" in rows["grad_l2"]["how"]
+    assert rows["odin"]["how"].startswith("through its input step")
+    assert rows["knn"]["how"] == "not explainable: " + get_method("knn").not_differentiable
+    # the route also decides what the score function offers: one pass (layer maps) unless double backprop
+    assert score_fn_route("grad_l2") == ("double backprop", False) and score_fn_route("odin") == ("input step", True)
+
+
+def score_fn_route(name: str) -> tuple[str, bool]:
+    f = score_fn(random_model("mnist-cnn"), name)
+    return f.route, f.layer_maps
+
+
+def test_a_form_must_name_its_route():
+    from gradviz.methods.registry import differentiable
+
+    with pytest.raises(ValueError, match="route"):
+        differentiable(lambda batch: batch.logits.sum(-1))
+    with pytest.raises(ValueError, match="route"):
+        differentiable(route="double backprop")
+
+
+def test_attribution_passes_are_planned_for_what_they_explain(monkeypatch):
+    from gradviz.runtime import budget
+
+    kinds = []
+    real = budget.plan_batch
+    monkeypatch.setattr(budget, "plan_batch",
+                        lambda model, kind, *a, **k: kinds.append(kind) or real(model, kind, *a, **k))
+    model = random_model("mnist-cnn")
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    attribute(model, x, "saliency")
+    explain_score(model, x, "saliency", "energy")
+    assert kinds == ["backward", "backward"]
+    whole = explain_score(model, x, "saliency", "grad_l2")
+    assert kinds[-1] == "second_order"
+    with budget.session_budget(80):  # ~6 MB per image + ~65 MB fixed: a few images per pass
+        assert budget.plan_batch(model, "second_order", n=5).batch < 5
+        chunked = explain_score(model, x, "saliency", "grad_l2")
+    torch.testing.assert_close(chunked.maps, whole.maps, rtol=1e-4, atol=1e-7)
+    cam = attribute(model, x, "gradcam")
+    with budget.session_budget(68):
+        assert budget.plan_batch(model, "backward", n=5).batch < 5
+        torch.testing.assert_close(attribute(model, x, "gradcam").maps, cam.maps, rtol=1e-4, atol=1e-6)

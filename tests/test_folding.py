@@ -7,15 +7,14 @@ import torch
 from torch import nn
 
 from gradviz.engine.folding import twin_of
-from gradviz.engine.plans.conv import ConvPlan
+from gradviz.engine.plans.conv import DOT_PRODUCTS, RECOMPUTED, ConvPlan
 from gradviz.engine import STATS, GradientPass, LOSSES, parametrised_layers
 from gradviz.methods.gaia import gaia_a_channels, gaia_z_channels
 from gradviz.models.zoo import random_model
 
 from engine_reference import require_kernel
-from engine_reference import assert_stats_close, reference_stats, wrap as _wrap_model
+from engine_reference import assert_stats_close, conv_variants_model, reference_stats, wrap as _wrap_model
 from engine_reference import batch as _batch, randomise_bn as _randomise_bn
-from test_gradients import _conv_variants_model
 
 
 def _mnist64():
@@ -51,6 +50,7 @@ def test_bundled_architectures_fold_every_conv_bn_pair_and_keep_the_model():
         assert all(not m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mnist", "resnet", "variants"])
 def test_folded_pass_gives_the_unfolded_statistics(kind):
     if kind == "mnist":
@@ -58,7 +58,7 @@ def test_folded_pass_gives_the_unfolded_statistics(kind):
     elif kind == "resnet":
         model, x = _randomise_bn(random_model("resnet18", 10, (3, 32, 32), seed=0)).double(), _batch((3, 32, 32), 3)
     else:  # the BN follows a grouped, dilated, strided conv with an in-place ReLU after it
-        model, x = _conv_variants_model(), _batch((2, 9, 9), 5, seed=11)
+        model, x = conv_variants_model(), _batch((2, 9, 9), 5, seed=11)
     assert twin_of(model.net) is not None
     for loss in LOSSES:
         folded, plain = _both(model, x, loss)
@@ -121,6 +121,7 @@ def test_only_safe_pairs_are_folded_and_statistics_stay_exact(cls):
     assert_stats_close(folded, ref, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_twin_follows_weight_changes():
     model, x = _mnist64(), _batch((1, 28, 28), 2, seed=4)
     first = twin_of(model.net)
@@ -150,8 +151,8 @@ def test_zero_gamma_channel_in_float32_direct_kernel():
         model.net.layer2.bn2.weight[:5] = 0.0
     x = _batch((1, 28, 28), 3, seed=6)
     ref = reference_stats(model, x, "nll_pred")
-    res = GradientPass(model, x, fold_bn=True).layer_stats(compile="on")
-    plain = GradientPass(model, x, fold_bn=False).layer_stats(compile="off")
+    res = GradientPass(model, x, fold_bn=True).layer_stats(c_kernel="on")
+    plain = GradientPass(model, x, fold_bn=False).layer_stats(c_kernel="off")
     assert res.values.isfinite().all()
     # float32 is only as close to the float64 loop as the unfolded eager engine is (~3e-4 here) ...
     assert_stats_close(res, ref, rtol=1e-3)
@@ -159,19 +160,18 @@ def test_zero_gamma_channel_in_float32_direct_kernel():
     assert_stats_close(res, _as_ref(plain), rtol=2e-5)
 
 
-@pytest.mark.parametrize("dot_route", [True, False])
+@pytest.mark.slow
+@pytest.mark.parametrize("route", [DOT_PRODUCTS, RECOMPUTED])
 @pytest.mark.parametrize("dtype, mode", [(torch.float64, "off"), (torch.float32, "on")])
-def test_both_routes_to_the_folded_gamma_gradient(dot_route, dtype, mode, monkeypatch):
+def test_both_routes_to_the_folded_gamma_gradient(route, dtype, mode, monkeypatch):
     """Σ_p δz y from dot products with W, or from the recomputed conv output: the same numbers."""
     if mode == "on":
         require_kernel()
     model = _randomise_bn(random_model("resnet18", 10, (3, 32, 32), seed=0)).to(dtype)
     x = _batch((3, 32, 32), 3, seed=7)
-    plain = GradientPass(model, x, fold_bn=False).layer_stats(compile=mode)
-    real = ConvPlan._dot_route
-    monkeypatch.setattr(ConvPlan, "_dot_route",
-                        lambda self, strategy: dot_route and real(self, strategy) or dot_route and strategy != "gram")
-    folded = GradientPass(model, x, fold_bn=True).layer_stats(compile=mode)
+    plain = GradientPass(model, x, fold_bn=False).layer_stats(c_kernel=mode)
+    monkeypatch.setattr(ConvPlan, "fold_route", lambda self, strategy: RECOMPUTED if strategy == "gram" else route)
+    folded = GradientPass(model, x, fold_bn=True).layer_stats(c_kernel=mode)
     # float32: as close as the unfolded float32 engine is to float64 on this model (max/min of a
     # rank-one layer relative to its RMS: 1.8e-4); float64: to rounding
     assert folded.layers == plain.layers

@@ -21,7 +21,9 @@ from gradviz.engine import (
 from gradviz.models.zoo import random_model
 
 from engine_reference import require_kernel
-from engine_reference import REFERENCE_LOSSES, assert_stats_close, batch, randomise_bn, reference_stats, wrap
+from engine_reference import (
+    REFERENCE_LOSSES, assert_stats_close, batch, conv_variants_model, randomise_bn, reference_stats, wrap,
+)
 
 
 def _mnist_model():
@@ -54,15 +56,16 @@ def _sq_close(names, sq, ref, rtol=1e-5):
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_every_stat_of_every_layer_matches_autograd_mnist_cnn(loss, mode):
     _, model, x = _case("mnist")
-    res = layer_gradient_stats(model, x, loss=loss, compile=mode)
+    res = layer_gradient_stats(model, x, loss=loss, c_kernel=mode)
     assert len(res.layers) == 19 and res.values.dtype == torch.float32 and res.values.shape == (4, 19, 6)
     assert_stats_close(res, _reference("mnist", loss), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_every_stat_of_every_layer_matches_autograd_resnet18(loss, mode):
     _, model, x = _case("resnet")
-    res = layer_gradient_stats(model, x, loss=loss, compile=mode)
+    res = layer_gradient_stats(model, x, loss=loss, c_kernel=mode)
     assert_stats_close(res, _reference("resnet", loss), rtol=1e-5)
 
 
@@ -90,9 +93,10 @@ def test_one_layer_order_everywhere_the_forward_order():
     assert [n for n, _ in parametrised_layers(model.net, x)] == ["conv1", "conv2", "head"]
 
 
+@pytest.mark.slow
 def test_float32_model_close_to_float64_reference(mode):
     model, _, x = _case("resnet")
-    assert_stats_close(layer_gradient_stats(model, x, compile=mode), _reference("resnet", "nll_pred"), rtol=1e-3)
+    assert_stats_close(layer_gradient_stats(model, x, c_kernel=mode), _reference("resnet", "nll_pred"), rtol=1e-3)
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))
@@ -115,7 +119,7 @@ def test_results_independent_of_chunk_size_and_batch():
     big = layer_gradient_stats(model, x, chunk_mib=256)
     calls = []
     # eager: every conv is materialised chunk by chunk (the compiled direct plan needs no chunks)
-    tiny = layer_gradient_stats(model, x, chunk_mib=0.01, progress=lambda d, t: calls.append((d, t)), compile="off")
+    tiny = layer_gradient_stats(model, x, chunk_mib=0.01, progress=lambda d, t: calls.append((d, t)), c_kernel="off")
     assert torch.allclose(big.values, tiny.values, rtol=1e-5, atol=1e-7)
     assert calls[-1][0] == calls[-1][1] and len(calls) > len(big.layers)  # one call per chunk
     part = layer_gradient_stats(model, x[2:4])
@@ -173,27 +177,12 @@ def test_last_layer_closed_form_matches_methods_md():
     assert res.get("mean").abs().max() < 1e-7
 
 
-def _conv_variants_model():
-    """Grouped, dilated, strided, biased, reflect-padded convs, a 1x1-output conv, in-place ReLUs
-    (the first layer's output is modified in place: its gradient comes from a tensor hook)."""
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1, bias=True), nn.ReLU(inplace=True),
-        nn.Conv2d(4, 6, 3, stride=2, dilation=2, padding=2, groups=2), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
-        nn.Conv2d(6, 6, 3, padding="same", padding_mode="reflect", bias=False),
-        nn.Conv2d(6, 7, 2, padding="same"),  # an even kernel: 'same' pads unevenly
-        nn.Conv2d(7, 8, 5),  # 5x5 input -> 1x1 output: rank-one path
-        nn.Flatten(), nn.Linear(8, 5),
-    )
-    return randomise_bn(wrap(net, (2, 9, 9), 5)).double()
-
-
 def test_conv_variants_match_autograd(mode):
     """Grouped, dilated, strided, biased, reflect-padded, 'same'-padded convs and a 1x1-output conv."""
-    model = _conv_variants_model()
+    model = conv_variants_model()
     x = batch((2, 9, 9), 3, seed=10)
     ref = reference_stats(model, x, "confounding_softmax")
-    res = layer_gradient_stats(model, x, loss="confounding_softmax", chunk_mib=0.001, compile=mode)
+    res = layer_gradient_stats(model, x, loss="confounding_softmax", chunk_mib=0.001, c_kernel=mode)
     assert_stats_close(res, ref, rtol=1e-5)
     names, sq = layer_sq_l2_norms(model, x, loss="confounding_softmax")
     _sq_close(names, sq, ref)
@@ -212,8 +201,8 @@ def test_bad_inputs_raise_clear_errors():
         layer_gradient_stats(model, x, chunk_mib=0)
     with pytest.raises(GradvizError, match="non-empty"):
         layer_gradient_stats(model, x[:0])
-    with pytest.raises(GradvizError, match="compile must be one of"):
-        layer_gradient_stats(model, x, compile="fast")
+    with pytest.raises(GradvizError, match="c_kernel .* must be one of"):
+        layer_gradient_stats(model, x, c_kernel="fast")
     res = layer_gradient_stats(model, x, stats=("l2",))
     with pytest.raises(GradvizError, match="not computed"):
         res.get("max")
@@ -241,14 +230,14 @@ def _watch(monkeypatch, cls, name, log):
 def test_every_materialisation_strategy_matches_autograd(strategy, chunk_mib, mode, monkeypatch, fresh_calibration):
     """Calibration may pick any plan: each one alone must give the autograd statistics, with U
     unfolded chunk by chunk (a tiny budget) or once for the layer (bmm's prepared operands)."""
-    model = _conv_variants_model()
+    model = conv_variants_model()
     x = batch((2, 9, 9), 5, seed=11)
     ref = reference_stats(model, x, "confounding_sigmoid")
     used = []
     _watch(monkeypatch, ConvPlan, "parts", used)
     with CALIBRATION.forced(strategy):
         if strategy != "gram":  # gram only measures the squared norm
-            res = layer_gradient_stats(model, x, loss="confounding_sigmoid", chunk_mib=chunk_mib, compile=mode)
+            res = layer_gradient_stats(model, x, loss="confounding_sigmoid", chunk_mib=chunk_mib, c_kernel=mode)
             assert_stats_close(res, ref, rtol=1e-5)
         names, sq = layer_sq_l2_norms(model, x, loss="confounding_sigmoid", chunk_mib=chunk_mib)
     _sq_close(names, sq, ref)
@@ -259,8 +248,8 @@ def test_one_pass_serves_several_losses_and_leaves_the_model_clean():
     _, model, x = _case("mnist")
     gp = GradientPass(model, x)
     for loss in LOSSES:
-        shared = gp.layer_stats(loss=loss, compile="off")
-        alone = layer_gradient_stats(model, x, loss=loss, compile="off")
+        shared = gp.layer_stats(loss=loss, c_kernel="off")
+        alone = layer_gradient_stats(model, x, loss=loss, c_kernel="off")
         assert shared.layers == alone.layers
         assert torch.allclose(shared.values, alone.values, rtol=1e-6, atol=1e-12)
         names, sq = gp.sq_l2_norms(loss=loss)
@@ -276,7 +265,7 @@ def test_scratch_buffer_stays_within_the_chunk_budget(monkeypatch, fresh_calibra
     monkeypatch.setattr(dense, "_SCRATCH", __import__("threading").local())
     model, _, x = _case("resnet")
     budget_mib = 0.5
-    layer_gradient_stats(model, x, chunk_mib=budget_mib, compile="off")
+    layer_gradient_stats(model, x, chunk_mib=budget_mib, c_kernel="off")
     biggest = max(m.weight.numel() for _, m in parametrised_layers(model) if isinstance(m, nn.Conv2d))
     held = max(b.numel() for b in dense._SCRATCH.buffers.values()) * 8  # float64 model
     assert held <= max(budget_mib * 2**20, biggest * 8)
@@ -289,14 +278,14 @@ def test_direct_plan_matches_autograd_in_float32(kind, monkeypatch, fresh_calibr
     if kind == "mnist":
         model, model64, x = _case("mnist")
     else:
-        model64, x = _conv_variants_model(), batch((2, 9, 9), 5, seed=11)
-        model = _conv_variants_model().float()
+        model64, x = conv_variants_model(), batch((2, 9, 9), 5, seed=11)
+        model = conv_variants_model().float()
     ref = reference_stats(model64, x, "confounding_sigmoid")
     used = []
     _watch(monkeypatch, ConvPlan, "parts", used)
     with CALIBRATION.forced("direct"):
-        res = layer_gradient_stats(model, x, loss="confounding_sigmoid", compile="on")
-        names, sq = layer_sq_l2_norms(model, x, loss="confounding_sigmoid", compile="on")
+        res = layer_gradient_stats(model, x, loss="confounding_sigmoid", c_kernel="on")
+        names, sq = layer_sq_l2_norms(model, x, loss="confounding_sigmoid", c_kernel="on")
     assert "direct" in {args[0] for _, args in used}
     assert_stats_close(res, ref, rtol=1e-4)
     _sq_close(names, sq, ref, rtol=1e-4)
@@ -345,8 +334,8 @@ def test_single_position_taps_in_closed_form_match_autograd(strategy, dtype, mon
             require_kernel()
         calls.clear()
         with CALIBRATION.forced(strategy):
-            res = layer_gradient_stats(model, x, compile=mode)
-            names, sq = layer_sq_l2_norms(model, x, loss="nll_pred", compile=mode)
+            res = layer_gradient_stats(model, x, c_kernel=mode)
+            names, sq = layer_sq_l2_norms(model, x, loss="nll_pred", c_kernel=mode)
         seen = {c if isinstance(c, str) else c.use.group for c, _ in calls}
         assert seen == {"conv2", "conv3"}, seen  # conv1 has one such tap only, conv4 none
         assert_stats_close(res, ref, rtol=1e-5 if dtype == torch.float64 else 1e-4)
@@ -364,7 +353,7 @@ def test_head_closed_form_equals_the_engine_on_the_head(compile_mode, monkeypatc
         logits, h = m.logits_and_features(x.to(next(m.parameters()).dtype))
         for loss in LOSSES:
             got = head_gradient_stats(m.head, logits, h, loss=loss)
-            want = layer_gradient_stats(m, x, loss=loss, layers=["fc"], compile="off").values[:, 0]
+            want = layer_gradient_stats(m, x, loss=loss, layers=["fc"], c_kernel="off").values[:, 0]
             assert torch.allclose(got.double(), want.double(), rtol=1e-5, atol=1e-6), loss  # mean may be 0 ± rounding
 
 
@@ -438,7 +427,7 @@ def test_calibration_stops_timing_a_plan_that_is_clearly_slower(monkeypatch, fre
 
     monkeypatch.setattr(ConvPlan, "plans", plans)
     monkeypatch.setattr(ConvPlan, "parts", parts)
-    layer_gradient_stats(model, x, compile="off")
+    layer_gradient_stats(model, x, c_kernel="off")
     sizes = {n for s, n in calls if s == "bmm"}
     assert len(sizes) == 3, calls  # every bmm chunk size was timed
     conv = [n for s, n in calls if s == "conv"]
@@ -449,14 +438,15 @@ def test_calibration_stops_timing_a_plan_that_is_clearly_slower(monkeypatch, fre
 
 def test_forced_calibration_is_exact_and_remembers_nothing(fresh_calibration):
     """CALIBRATION.forced fixes the strategy for reproducible runs: nothing is timed or kept."""
-    model, x = _conv_variants_model(), batch((2, 9, 9), 4, seed=13)
+    model, x = conv_variants_model(), batch((2, 9, 9), 4, seed=13)
     with CALIBRATION.forced("bmm", samples=1):
-        a = layer_gradient_stats(model, x, compile="off")
+        a = layer_gradient_stats(model, x, c_kernel="off")
     assert CALIBRATION.choices() == {}
-    b = layer_gradient_stats(model, x, compile="off")
+    b = layer_gradient_stats(model, x, c_kernel="off")
     assert CALIBRATION.choices() and torch.allclose(a.values, b.values, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_a_small_budget_never_unfolds_the_whole_batch(monkeypatch, fresh_calibration):
     """Where U of a layer does not fit the budget it is unfolded chunk by chunk only (the folded
     convs' scaled δ included), and the statistics stay exact."""
@@ -470,7 +460,7 @@ def test_a_small_budget_never_unfolds_the_whole_batch(monkeypatch, fresh_calibra
                         lambda self, v: (self.rank1 or sizes.append((self.unfold_once, v.shape[0])))
                         and False or real_unfold(self, v))
     with CALIBRATION.forced("bmm"):
-        res = layer_gradient_stats(model, x, chunk_mib=0.05, compile="off")
+        res = layer_gradient_stats(model, x, chunk_mib=0.05, c_kernel="off")
     per_chunk = [n for once, n in sizes if not once]
     assert per_chunk and max(per_chunk) < x.shape[0], sizes
     assert_stats_close(res, ref, rtol=1e-5)

@@ -315,11 +315,11 @@ def test_odd_valid_or_cut_images_decode_cleanly_or_raise_image_error(data, fit):
         assert out.array.shape[1] <= max(fit) and out.array.shape[2] <= max(fit)
 
 
-# --------------------------------------------------------------------------- reduced while decoding (issue 19)
+# --------------------------------------------------------------------------- reduced while decoding
 
 
 def test_fit_reduces_while_decoding_like_the_float_resize_did():
-    """Pillow's antialiased resize at decode ≈ the full-resolution float array resized by torch (the old path)."""
+    """Pillow's antialiased resize at decode ≈ the full-resolution float array resized by torch."""
     from gradviz.data import adapt_images
 
     rng = np.random.default_rng(1)
@@ -396,6 +396,7 @@ print(len(images), len(errors), (after - before) / 1024)
 """
 
 
+@pytest.mark.slow
 def test_worst_case_upload_peak_memory_stays_small(tmp_path):
     """64 RGB PNGs of 4000×4000 (56 KB each, inside every per-file limit): the peak RSS of a fresh process
     (what ru_maxrss sees: Pillow's C buffers included) grows by one 8-bit decode, not 64 float32 arrays (~12 GB)."""

@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test starts a fresh interpreter that imports torch and the library
+
 PROBE = """
 import threading
 import gradviz.ui, gradviz.ui.cache, gradviz.scoring

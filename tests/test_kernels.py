@@ -107,17 +107,18 @@ def test_without_a_compiler_the_engine_falls_back_to_eager(monkeypatch, tmp_path
     model = random_model("mnist-cnn", 10, (1, 28, 28), seed=0)
     x = batch((1, 28, 28), 3)
     monkeypatch.setattr(loader, "_compilers", lambda: [])
-    eager = layer_gradient_stats(model, x, compile="off")
+    eager = layer_gradient_stats(model, x, c_kernel="off")
     with pytest.warns(RuntimeWarning, match="unavailable"):
-        got = layer_gradient_stats(model, x, compile="on")
+        got = layer_gradient_stats(model, x, c_kernel="on")
     assert torch.allclose(got.values, eager.values, rtol=1e-6, atol=1e-12)
     assert loader.compiled_status().startswith("failed") and "no C compiler" in loader.compiled_status()
     monkeypatch.setattr(loader, "_COMPILED", loader._Compiled())
     monkeypatch.setattr(loader, "_compilers", lambda: ["/bin/false"])  # a compiler that fails
-    layer_gradient_stats(model, x, compile="auto")  # auto: silent fallback
+    layer_gradient_stats(model, x, c_kernel="auto")  # auto: silent fallback
     assert loader.compiled_status().startswith("failed: GradvizError: could not compile")
 
 
+@pytest.mark.slow
 def test_cache_key_holds_the_cpu_features_and_the_compiler_version(monkeypatch, fresh_kernel):
     """A cache shared by machines with other CPUs (or another compiler) never reuses a build."""
     assert loader.warm_up() == "ready"
@@ -134,6 +135,7 @@ def test_cache_key_holds_the_cpu_features_and_the_compiler_version(monkeypatch, 
     assert "flags" in loader.cpu_features() or loader.cpu_features()
 
 
+@pytest.mark.slow
 def test_a_build_that_crashes_is_caught_in_a_child_process_and_never_loaded(monkeypatch, fresh_kernel):
     """A build whose code dies (SIGILL on a CPU without its instructions) kills the child that tries
     it, not this process; it is remembered as bad, and the engine stays eager."""
@@ -145,9 +147,10 @@ def test_a_build_that_crashes_is_caught_in_a_child_process_and_never_loaded(monk
     assert "signal 4" in loader.compiled_status() and loaded == []
     assert list(fresh_kernel.glob("*.bad"))
     model = random_model("mnist-cnn", 10, (1, 28, 28), seed=0)
-    assert layer_gradient_stats(model, batch((1, 28, 28), 2), compile="auto").values.isfinite().all()
+    assert layer_gradient_stats(model, batch((1, 28, 28), 2), c_kernel="auto").values.isfinite().all()
 
 
+@pytest.mark.slow
 def test_a_checked_build_loads_without_a_second_check(monkeypatch, fresh_kernel):
     assert loader.warm_up() == "ready"
     assert list(fresh_kernel.glob("*.ok"))
@@ -157,6 +160,7 @@ def test_a_checked_build_loads_without_a_second_check(monkeypatch, fresh_kernel)
     assert loader.warm_up() == "ready" and checks == []
 
 
+@pytest.mark.slow
 def test_interrupted_builds_are_cleaned_up(monkeypatch, fresh_kernel):
     fresh_kernel.mkdir(parents=True)
     stale, recent = fresh_kernel / "tmpold123.so", fresh_kernel / "tmpnew456.so"
@@ -168,6 +172,7 @@ def test_interrupted_builds_are_cleaned_up(monkeypatch, fresh_kernel):
     assert not stale.exists() and recent.exists()
 
 
+@pytest.mark.slow
 def test_one_version_number_and_a_mismatch_fails_loudly(monkeypatch, fresh_kernel):
     version = loader.source_version()
     assert f"#define GV_KERNEL_VERSION {version}" in loader.SOURCE.read_text()
@@ -191,6 +196,7 @@ def test_argument_structure_size_is_checked_at_load():
         FusedKernel(fake)
 
 
+@pytest.mark.slow
 def test_one_openmp_runtime_in_the_process():
     """Loading the kernel adds no OpenMP runtime to the process: it binds to the one PyTorch loaded (or
     uses none). Checked in a fresh process holding torch alone (scikit-learn vendors one of its own)."""

@@ -247,7 +247,7 @@ def test_a_closed_tabs_scoring_stops_at_its_next_batch(server):
     seen = _real_forwards(model)
     gone, batches = [], []
 
-    def progress(done, total, label):  # what the page's progress bar does first (gradviz.ui.cache._progress)
+    def progress(done, total, label):  # what the page's progress bar does first (gradviz.ui.progress.progress_bar)
         checkpoint()
         batches.append(done)
         if done == 2:

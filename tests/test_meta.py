@@ -54,6 +54,7 @@ def test_feature_sets_from_flat_and_multiindex_columns():
     assert "correct" not in sum(feature_sets(t.columns).values(), [])
 
 
+@pytest.mark.slow
 def test_perfectly_separating_feature_gives_auroc_one():
     report = meta_report(make_table(), task="correct", cv=3)
     grad = rows(report, feature_set="gradient", model="logistic", evaluation="cv").iloc[0]
@@ -67,6 +68,7 @@ def test_perfectly_separating_feature_gives_auroc_one():
     assert report.roc[grad.curve][["fpr", "tpr"]].iloc[-1].tolist() == [1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_pure_noise_features_give_chance_auroc():
     t = make_table(n_id=400, informative=False, seed=3)
     for model in ("logistic", "boosting"):
@@ -75,6 +77,7 @@ def test_pure_noise_features_give_chance_auroc():
         assert abs(auroc - 0.5) < 0.1, (model, auroc)
 
 
+@pytest.mark.slow
 def test_ood_known_and_unknown_evaluation_rows_have_the_right_sizes():
     t = make_table(n_id=200, error_rate=0.05, ood={"letters": 90, "noise": 60, "cifar": 50})
     report = meta_report(t, task="ood", known_ood=["letters"], feature_set=["gradient", "entropy"], cv=3)
@@ -127,6 +130,7 @@ def test_nan_and_constant_columns_are_dropped_or_imputed():
     assert report.results.auroc.notna().all() and report.results.auroc.iloc[0] > 0.8
 
 
+@pytest.mark.slow
 def test_multiindex_columns_give_the_same_report():
     flat = make_table(n_id=120)
     multi = flat.copy()
@@ -137,6 +141,7 @@ def test_multiindex_columns_give_the_same_report():
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow
 def test_reports_are_reproducible_with_a_seed():
     t = make_table(n_id=150, ood={"noise": 40})
     a = meta_report(t, task="ood", known_ood=["noise"], model="mlp", feature_set="gradient", cv=3, seed=7)

@@ -1,4 +1,4 @@
-"""Choices that change results (issue 26): each is a registered parameter with its allowed values, and each
+"""Choices that change results: each is a registered parameter with its allowed values, and each
 setting computes what it says, against a direct computation (sklearn's EmpiricalCovariance, a per-sample
 autograd loop, a hand-written layer mixup)."""
 

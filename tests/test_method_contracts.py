@@ -173,6 +173,7 @@ def _trained_auroc(name: str, trained, spec: str) -> float:
     return auroc(runner.score(batches["mnist"]).numpy(), runner.score(batches[spec]).numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, spec, direction", [
     (name, spec, direction) for name in METHOD_NAMES for spec, direction in get_method(name).expected.items()])
 def test_declared_behaviour_on_bundled_model(name, spec, direction, trained):

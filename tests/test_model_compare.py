@@ -71,3 +71,16 @@ def test_supported_methods_reports_user_errors_only():
     assert ok == ["msp", "gradnorm"] and refused == {}
     empty = compare_models(RunConfig(), [], get_model=load_model, probe_images=lambda m: x, run_config=run)
     assert empty.models == [] and len(empty.metrics) == 0 and empty.table().empty
+
+
+def test_fits_made_while_probing_report_their_batches():
+    from gradviz.scoring import _FITTED
+
+    _FITTED.clear()  # a fit remembered from another test would report nothing
+    model = random_model("mnist-cnn", seed=3)  # not a bundled model: nothing shipped, the fit runs
+    x = load_dataset("noise-uniform", model.card, limit=4).images
+    calls = []
+    ok, refused = supported_methods(model, x, ["msp", "mahalanobis"], progress=lambda *c: calls.append(c))
+    assert ok == ["msp", "mahalanobis"] and refused == {}
+    assert calls and {label for _, _, label in calls} == {"fitting mahalanobis on mnist:train"}
+    assert calls[-1][0] == calls[-1][1]  # the last batch reported as done

@@ -112,6 +112,7 @@ def test_random_affine_keeps_shape_range_and_is_near_identity():
                               random_affine(x[:1].repeat(2, 1, 1, 1), gen)[1])
 
 
+@pytest.mark.slow
 def test_train_cli_help_lists_options():
     result = subprocess.run(
         [sys.executable, "-m", "gradviz.models.train", "--help"], capture_output=True, text=True, timeout=60
@@ -274,7 +275,10 @@ def test_torchvision_download_offline_fails_fast_with_clear_error(tmp_path, monk
 
 
 def test_torchvision_head_found_by_module_not_by_key_order():
-    from gradviz.models.zoo import _num_classes_in
+    from gradviz.models.resolver import Torchvision
+
+    def _num_classes_in(arch, state):
+        return Torchvision(f"torchvision:{arch}", arch).classes_in(state)
 
     # safetensors returns keys sorted by name: a ConvNeXt block's MLP weight sorts after the head
     state = {"classifier.2.weight": torch.zeros(7, 768), "features.1.0.block.3.weight": torch.zeros(384, 96)}
@@ -282,7 +286,7 @@ def test_torchvision_head_found_by_module_not_by_key_order():
     assert _num_classes_in("resnet18", {"module.fc.weight": torch.zeros(3, 512)}) == 3
 
 
-# --------------------------------------------------------------------------- weights messages (issue 19)
+# --------------------------------------------------------------------------- weights messages
 
 
 def test_weights_full_of_nan_or_inf_are_refused(tmp_path):

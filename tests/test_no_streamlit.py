@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "gradviz"
 
@@ -47,6 +49,7 @@ def test_no_library_source_mentions_a_streamlit_import():
     assert not {k: v for k, v in offenders.items() if v}, offenders
 
 
+@pytest.mark.slow
 def test_importing_every_library_module_loads_no_streamlit():
     names = [n for n in _library_modules() if n != "gradviz.__main__"]  # __main__ runs the CLI when imported
     code = ("import importlib, json, sys\n"

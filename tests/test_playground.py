@@ -226,14 +226,3 @@ def test_figures_colour_by_family_mark_the_sample_and_carry_step_indices(bundled
                                figures.method_shades(ref.methods, ref.families), "rotation (°)", "mnist", selected=10)
     assert all([int(c[0]) for c in t.customdata] == list(range(21)) for t in path.data)
     assert len(path.data) == len(UNFITTED) + 1
-
-
-def test_playground_library_imports_no_streamlit():
-    import subprocess
-    import sys
-
-    code = ("import sys, gradviz.playground, gradviz.playground.figures, gradviz.playground.lesson; "
-            "print('streamlit' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -138,6 +138,28 @@ def _reference(name: str, params: dict, ref: dict, runner) -> torch.Tensor:
         dz = (lambda zz: -torch.sigmoid(-zz)) if params["reading"] == "sigmoid" else (
             lambda zz: c * zz.softmax(-1) - 1.0)
         return torch.stack([gr.square().sum() for gr in _param_grads(ref, dz)])
+    if name == "gsc":  # a second float64 forward of the head on the short-circuited features
+        w = ref["net"][7].weight
+        rank = w[top[:, 0]].abs() if params["rank_by"] == "gradient" else (w[top[:, 0]] * h).abs()
+        keep = torch.ones_like(h).scatter(-1, rank.topk(round(params["ratio"] * h.shape[-1]), -1).indices, 0.0)
+        return -torch.logsumexp(ref["net"][7](h * keep), -1)
+    if name == "pro":  # per sample: signed steps on the normalised input, the minimum confidence kept
+        def conf(zz):
+            pp, tt, qq = _softmax_parts(zz)
+            if params["score"] == "energy":
+                return torch.logsumexp(zz, -1)
+            return (pp * zz.log_softmax(-1).scatter(-1, tt, torch.log1p(-qq)[:, None])).sum(-1)
+        out = []
+        for b in range(ref["xn"].shape[0]):
+            xn, confs = ref["xn"][b:b + 1], []
+            for _ in range(params["steps"]):
+                xn = xn.detach().requires_grad_(True)
+                g = conf(ref["net"](xn))
+                confs.append(g.detach())
+                xn = xn - params["epsilon"] * torch.autograd.grad(g.sum(), xn)[0].sign()
+            confs.append(conf(ref["net"](xn)).detach())
+            out.append(-torch.cat(confs).min())
+        return torch.stack(out)
     if name.startswith("grad_"):
         grads = torch.stack(_param_grads(ref, _nll_pred_dz))  # (B, P)
         stat = name[5:]
@@ -150,7 +172,9 @@ CASES = [("maxlogit", {}), ("energy", {}), ("entropy", {}), ("exgrad", {"norm": 
          ("gradnorm", {}), ("gradorth", {}), ("grood", {}), ("knn", {"k": 5}), ("mahalanobis", {}), ("rmds", {}),
          ("vim", {"dim": 8}), ("react", {}), ("gradient_density", {}),
          ("confounding", {"reading": "sigmoid"}), ("confounding", {"reading": "softmax"}),
-         ("grad_l1", {}), ("grad_l2", {}), ("grad_max", {}), ("grad_min", {}), ("grad_std", {})]
+         ("grad_l1", {}), ("grad_l2", {}), ("grad_max", {}), ("grad_min", {}), ("grad_std", {}),
+         ("gsc", {}), ("gsc", {"rank_by": "contribution"}), ("pro", {"score": "energy", "steps": 2}),
+         ("pro", {"score": "entropy", "steps": 2})]
 
 
 @pytest.mark.parametrize("name, params", CASES, ids=[f"{n}-{'-'.join(map(str, p.values()))}" for n, p in CASES])

@@ -67,7 +67,7 @@ def test_invalid_key_rejected(tmp_path):
         ResultStore(tmp_path).get("../etc/passwd")
 
 
-# --------------------------------------------------------------------------- results are never stale (issue 20)
+# --------------------------------------------------------------------------- results are never stale
 
 
 def test_code_version_follows_every_source_file(tmp_path, monkeypatch):
@@ -86,7 +86,7 @@ def test_code_version_follows_every_source_file(tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("still not a source\n")
     assert store_mod.code_version(tmp_path) == first
     time.sleep(0.01)
-    (tmp_path / "plots.py").write_text("other figures\n")  # every .py counts (issue 23: no hand-written list)
+    (tmp_path / "plots.py").write_text("other figures\n")  # every .py counts (no hand-written list)
     assert store_mod.code_version(tmp_path) != first
     first = store_mod.code_version(tmp_path)
     time.sleep(0.01)

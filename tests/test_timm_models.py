@@ -68,6 +68,7 @@ def test_weights_file_offline_sets_the_classes_and_a_card_beside_it(tmp_path):
     assert torch.allclose(model(x), net.eval()((x - 0.5) / 0.5), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_timm_cnn_with_random_weights_through_score(tmp_path, capsys, timm_weights):
     """The issue's test: a timm model with random weights, saved to safetensors, scored by the CLI (offline)."""
     weights = timm_weights("test_resnet", [3, 32, 32], 0.25)

@@ -28,6 +28,7 @@ def setup(bundled_model):
     return result, datasets
 
 
+@pytest.mark.slow
 def test_trust_report_covers_id_and_labelled_shifted_sets(setup, bundled_model, tmp_path):
     result, datasets = setup
     fit = fit_split("mnist:train", bundled_model)

@@ -46,6 +46,7 @@ def test_compare_models_finds_no_unsupported_method_on_mnist_vit(vit_batch):
     assert refused == {} and ok == METHODS
 
 
+@pytest.mark.slow
 def test_timm_vit_with_random_weights_through_score_with_gradient_methods(tmp_path, monkeypatch, capsys, timm_weights):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     weights = timm_weights("test_vit", [3, 160, 160], 0.5)

@@ -72,6 +72,7 @@ def test_a_card_wider_than_the_web_cap_is_refused_before_any_forward():
     assert model.card.input_size == (1, 56, 56)
 
 
+@pytest.mark.slow
 def test_fitted_methods_fit_on_at_most_the_web_sample_cap(monkeypatch):
     from gradviz.methods.registry import get_method
     from gradviz.models.zoo import random_model
@@ -110,13 +111,13 @@ def test_camera_frames_are_decoded_already_reduced():
 
 
 def test_a_builder_that_cannot_be_counted_is_refused_not_built(monkeypatch):
-    import gradviz.models.architectures as architectures
+    import gradviz.models.resolver as resolver
 
     def broken(arch, state=None, **kwargs):
         raise NotImplementedError("Cannot copy out of meta tensor")
 
     budget._default_shape.cache_clear()
-    monkeypatch.setattr(architectures, "build_untrained", broken)
+    monkeypatch.setattr(resolver, "build_untrained", broken)
     with pytest.raises(ModelError, match="cannot count the parameters of torchvision:resnet18 before building it"):
         check_parameters_web("torchvision:resnet18")
     budget._default_shape.cache_clear()

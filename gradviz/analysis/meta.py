@@ -1,7 +1,7 @@
 """Meta classifiers on layerwise gradient metrics — Oberdiek, Rottmann & Gottschalk 2018.
 
 "Classification Uncertainty of Deep Neural Networks Based on Gradient Information"
-(arXiv 1805.08440; METHODS.md §1). Per sample, the six statistics (L1, L2, max, min, mean,
+(arXiv 1805.08440). Per sample, the six statistics (L1, L2, max, min, mean,
 std) of the gradient of ℓ(x) = −log p_ŷ(x) w.r.t. each layer's weights, plus softmax
 entropy and MSP, feed a small classifier (logistic regression, gradient boosting or an MLP)
 that predicts either

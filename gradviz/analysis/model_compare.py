@@ -24,22 +24,28 @@ from gradviz.scoring import RunConfig, ScoreResult, make_runner
 PROBE_IMAGES = 4
 METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out", "detection_error")
 HIGHER_BETTER = {"auroc", "aupr_in", "aupr_out"}
+Progress = Callable[[int, int, str], None]
 
 
 def supported_methods(model: GradvizModel, images: torch.Tensor, methods: list[str] | str, params: dict | None = None,
-                      fit_set: str = "mnist:train", seed: int = 0) -> tuple[list[str], dict[str, str]]:
+                      fit_set: str = "mnist:train", seed: int = 0,
+                      progress: Progress | None = None) -> tuple[list[str], dict[str, str]]:
     """(methods that score ``images[:4]`` on ``model``, {method: why not} for the others).
 
     Fitted methods are fitted here (memoised by :func:`gradviz.scoring.make_runner`, so the real
-    run reuses the fit). Only user-facing errors (:class:`GradvizError`) count as "not
-    supported"; anything else is a bug and is raised.
+    run reuses the fit; the bundled models' fits are shipped with them), each fit's batches reported
+    to ``progress``. Only user-facing errors (:class:`GradvizError`) count as "not supported";
+    anything else is a bug and is raised.
     """
     ok, refused = [], {}
+    from gradviz.data import short_spec
     from gradviz.runtime.budget import batch_size_for, scoring_kind
+    from gradviz.runtime.progress import reporting
 
     for info in resolve_methods(methods):
         try:
-            runner = make_runner(model, info, (params or {}).get(info.name), fit_set, seed)
+            with reporting(progress if info.needs_fit else None, f"fitting {info.name} on {short_spec(fit_set, 60)}"):
+                runner = make_runner(model, info, (params or {}).get(info.name), fit_set, seed)
             probe = batch_size_for(model, scoring_kind([runner]), f"probing {info.name}", upper=PROBE_IMAGES,
                                    n=int(images.shape[0]))
             x = images[:probe].to(model.device)
@@ -109,12 +115,13 @@ class ModelComparison:
 
 def compare_models(cfg: RunConfig, models: list[str], *, get_model: Callable[[str], GradvizModel],
                    probe_images: Callable[[str], torch.Tensor], run_config: Callable[[RunConfig], ScoreResult],
-                   progress: Callable[[int, int, str], None] | None = None) -> ModelComparison:
+                   progress: Progress | None = None, steps: Progress | None = None) -> ModelComparison:
     """Score ``cfg`` with every model of ``models`` (cfg.model is replaced; nothing else changes).
 
     The callables let the dashboard pass its cached loaders: ``get_model(name)``,
     ``probe_images(name)`` (a few ID images at that model's input size) and ``run_config(cfg)``.
     A model that cannot be loaded or run is recorded in ``errors`` and the others go on.
+    ``progress(i, n, model)`` is called as each model starts; ``steps`` gets the batches of its fits.
     """
     out = ModelComparison(cfg)
     for i, name in enumerate(dict.fromkeys(models)):
@@ -122,7 +129,8 @@ def compare_models(cfg: RunConfig, models: list[str], *, get_model: Callable[[st
             progress(i, len(models), name)
         try:
             model = get_model(name)
-            ok, refused = supported_methods(model, probe_images(name), cfg.methods, cfg.params, cfg.fit_set, cfg.seed)
+            ok, refused = supported_methods(model, probe_images(name), cfg.methods, cfg.params, cfg.fit_set, cfg.seed,
+                                            steps)
             if refused:
                 out.unsupported[name] = refused
             if not ok:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ TV_DATASETS: dict[str, TvDataset] = {
 
 def tv_root() -> Path:
     """Where torchvision datasets are stored: ``settings().data_root / "torchvision"``."""
-    return settings().data_root / "torchvision"
+    return cast(Path, settings().data_root) / "torchvision"  # always a Path once the settings are validated
 
 
 def _reason(exc: BaseException, n: int = 200) -> str:

@@ -51,38 +51,39 @@ def _over_sub_batches(model, x, layers, progress, run: Callable[[GradientPass, C
 def layer_gradient_stats(model: nn.Module, x: torch.Tensor, loss: str | Callable = "nll_pred",
                          stats: Sequence[str] = STATS, layers: Sequence[str] | None = None,
                          chunk_mib: float | None = None, progress: Callable[[int, int], None] | None = None,
-                         compile: bool | str | None = None) -> LayerStats:
+                         c_kernel: bool | str | None = None) -> LayerStats:
     """Per-sample statistics of ∇_{θ_l} ℓ_b for every parameter group l (Oberdiek et al. 2018).
 
     ``loss`` names a per-sample loss by its logit gradient (:data:`~gradviz.engine.losses.LOSSES`;
     default the pseudo-label NLL −log p_ŷ) or is a callable ``logits -> ∂ℓ/∂logits``. ``stats`` ⊆
     :data:`STATS`; ``layers`` restricts to some groups (see :func:`parametrised_layers`). Gradients are
     materialised in chunks of at most ``chunk_mib`` MiB (default ``settings().chunk_mib``);
-    ``progress(done, total)`` is called after each chunk. ``compile``: ``"auto"`` (default,
-    ``GRADVIZ_COMPILE``) uses the compiled kernel once it is built (in the background), ``"on"``/True
-    builds it now, ``"off"``/False stays eager; where compiling is impossible eager is used.
+    ``progress(done, total)`` is called after each chunk. ``c_kernel``, the compiled C statistics
+    kernel (:mod:`~gradviz.engine.kernels`; not ``torch.compile``): ``"auto"`` (default, ``GRADVIZ_COMPILE``)
+    uses it once it is built (in the background), ``"on"``/True builds it now, ``"off"``/False stays eager
+    PyTorch; where it cannot be built eager is used.
     Returns :class:`LayerStats` with values (B, L, S) float32, layers in forward order.
     """
     stats = check_stats(stats)
-    Job(stats, chunk_mib, compile)  # validate before any forward
+    Job(stats, chunk_mib, c_kernel)  # validate before any forward
     loss_gradient(loss)
     names, numels, values = _over_sub_batches(
-        model, x, layers, progress, lambda gp, prog: gp.reduce(loss, layers, Job(stats, chunk_mib, compile), prog))
+        model, x, layers, progress, lambda gp, prog: gp.reduce(loss, layers, Job(stats, chunk_mib, c_kernel), prog))
     return LayerStats(names, stats, values.float(), numels)
 
 
 def layer_sq_l2_norms(model: nn.Module, x: torch.Tensor, loss: str | Callable = "confounding_sigmoid",
                       layers: Sequence[str] | None = None, chunk_mib: float | None = None,
                       progress: Callable[[int, int], None] | None = None,
-                      compile: bool | str | None = None) -> tuple[list[str], torch.Tensor]:
+                      c_kernel: bool | str | None = None) -> tuple[list[str], torch.Tensor]:
     """(layer names, ‖∇_{θ_l} ℓ_b‖² as (B, L) float32): the fast L2-only path (Lee & AlRegib 2020).
 
     Per dense layer the fastest of the compiled direct kernel, materialising ∇W_b and the Gram
     ("ghost") norm Σ_{pq}(UᵀU ⊙ ΔᵀΔ)_{pq} is used; rank-one layers use ‖δ‖²(‖a‖² + 1)."""
-    Job(None, chunk_mib, compile)
+    Job(None, chunk_mib, c_kernel)
     loss_gradient(loss)
     names, _, values = _over_sub_batches(
-        model, x, layers, progress, lambda gp, prog: gp.reduce(loss, layers, Job(None, chunk_mib, compile), prog))
+        model, x, layers, progress, lambda gp, prog: gp.reduce(loss, layers, Job(None, chunk_mib, c_kernel), prog))
     return names, values.float()
 
 
@@ -90,7 +91,7 @@ def head_gradient_stats(head: nn.Linear, logits: torch.Tensor, features: torch.T
                         loss: str | Callable = "nll_pred", stats: Sequence[str] = STATS) -> torch.Tensor:
     """Statistics of the classifier head's per-sample gradient in closed form, (B, S) float32.
 
-    With g = ∂ℓ/∂z and h the head input, ∇[W | b] = g [hᵀ | 1] is rank one (METHODS.md §1):
+    With g = ∂ℓ/∂z and h the head input, ∇[W | b] = g [hᵀ | 1] is rank one:
     L1 = ‖g‖₁(‖h‖₁ + 1), L2 = ‖g‖(‖h‖² + 1)^½, max/min from the extremes of g and h, and the
     mean and std from Σg·(Σh + 1) — no backward pass, only the logits and features of a forward.
     Like the engine, it works on g / max|g| and scales back in float64 (no underflow)."""

@@ -15,7 +15,8 @@ a call whose tensor inputs are parameters (or such *derived* tensors) and consta
 another derived tensor; the first call that meets the batch is the use, and the per-sample
 gradient flows back to the parameters by a batched vector-Jacobian product.
 ``F.multi_head_attention_forward`` is replaced by a batch-first decomposition
-(:mod:`gradviz.engine.attention`).
+(:mod:`gradviz.engine.attention`). Which functions make a layer kind of its own, and their argument
+names, come from the registered rules (:mod:`gradviz.engine.rules`).
 
 Layout convention (checked where it can be): in the tensors a use reads and writes, dimension 0
 holds the samples, possibly several rows each, sample-major — (B, ...) or (B·k, ...) as in Swin's
@@ -35,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from gradviz.engine.attention import mha_forward
 from gradviz.engine.folding import Fold, Twin
+from gradviz.engine.rules import named_args, rule_of
 
 __all__ = ["ParamRef", "Use", "Capturer", "param_table", "FOLD_KEEP_BYTES"]
 
@@ -52,28 +54,6 @@ _ELEMENTWISE = {
 }
 _INPLACE = {_T.add_, _T.__iadd__, _T.sub_, _T.__isub__, _T.mul_, _T.__imul__}
 _EXPAND = {_T.expand, _T.expand_as, _T.broadcast_to, torch.broadcast_to}
-_OPS: dict[Callable, str] = {
-    torch.conv2d: "conv2d", F.linear: "linear", F.batch_norm: "batch_norm", torch.batch_norm: "batch_norm",
-    F.layer_norm: "layer_norm", torch.layer_norm: "layer_norm", F.group_norm: "group_norm",
-    torch.group_norm: "group_norm",
-}
-# Positional argument names of the ops with plans of their own.
-_SIGNATURES = {
-    "conv2d": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
-    "linear": ("input", "weight", "bias"),
-    "batch_norm": ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
-    "layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
-    "group_norm": ("input", "num_groups", "weight", "bias", "eps"),
-}
-_DEFAULTS = {
-    "conv2d": {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1},
-    "linear": {"bias": None},
-    "batch_norm": {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5},
-    "layer_norm": {"weight": None, "bias": None, "eps": 1e-5},
-    "group_norm": {"weight": None, "bias": None, "eps": 1e-5},
-}
-
-
 @dataclass(eq=False)
 class ParamRef:
     """A parameter of the original network: its group (the layer it is reported under) and names."""
@@ -109,7 +89,7 @@ class Use:
     """One call that combines parameters with the batch: its inputs and its output in the graph."""
 
     index: int
-    op: str  # conv2d | linear | batch_norm | layer_norm | group_norm | broadcast | generic
+    op: str  # a registered rule's kind (conv2d, linear, layer_norm, ...), broadcast or generic
     func: Callable
     args: tuple  # as called; batch tensors detached (their values at the call), parameters as given
     kwargs: dict
@@ -128,7 +108,7 @@ class Use:
     source: int | None = None
     fold: Fold | None = None
     z: torch.Tensor | None = None  # a folded conv's output as produced, kept if small
-    spec: dict = field(default_factory=dict)  # the call's arguments by name (ops with plans of their own)
+    spec: dict = field(default_factory=dict)  # the call's arguments by name (ops with a rule)
     live: torch.Tensor | None = None  # the first argument as passed (in the graph): the head's features
     group: str | None = None  # set after the forward: the group whose statistics this use serves
 
@@ -169,15 +149,6 @@ def _replace(obj: Any, swap: dict[int, torch.Tensor]) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_replace(o, swap) for o in obj)
     return obj
-
-
-def named_args(op: str, args: tuple, kwargs: dict) -> dict:
-    """The arguments of a call of ``op`` (one of the ops with plans of their own) by name."""
-    names = _SIGNATURES[op]
-    out = dict(_DEFAULTS[op])
-    out.update(zip(names, args))
-    out.update({k: v for k, v in kwargs.items() if k in names})
-    return out
 
 
 class Capturer(TorchFunctionMode):
@@ -243,20 +214,16 @@ class Capturer(TorchFunctionMode):
         return lead > 0 or src.shape[0] == 1
 
     def _use(self, func, args, kwargs, tensors, deps, batch) -> Any:
-        op = _OPS.get(func)
-        if op is None:
-            op = "broadcast" if func in _ELEMENTWISE or func in _EXPAND else "generic"
+        entry = rule_of(func)
+        op = entry.op if entry is not None else \
+            "broadcast" if func in _ELEMENTWISE or func in _EXPAND else "generic"
         swap = {}
         for t in batch:  # what the plan reads: the values at this call (copied if the call changes them)
             changed = func in _INPLACE and t is args[0]
             swap[id(t)] = t.detach().clone() if self.clone_inputs or changed else t.detach()
-        stats = None
-        if op == "layer_norm":  # the same kernel F.layer_norm runs, keeping its row statistics for the plan
-            a = named_args(op, args, kwargs)
-            shape = a["normalized_shape"]
-            out, mean, rstd = torch.native_layer_norm(a["input"], [shape] if isinstance(shape, int) else list(shape),
-                                                      a["weight"], a["bias"], a["eps"])
-            stats = (mean.detach(), rstd.detach())
+        extra: dict = {}
+        if entry is not None and entry.forward is not None:  # the rule's own forward (e.g. keeping statistics)
+            out, extra = entry.forward(named_args(entry, args, kwargs))
         else:
             out = func(*args, **kwargs)
         if not isinstance(out, torch.Tensor):
@@ -270,10 +237,8 @@ class Capturer(TorchFunctionMode):
                   out._version if isinstance(out, torch.Tensor) else 0, refs, used, derived, kept,
                   [t._version for t in batch])
         use.live = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if op in _SIGNATURES:
-            use.spec = named_args(op, call_args, call_kwargs)
-            if stats is not None:
-                use.spec["mean"], use.spec["rstd"] = stats
+        if entry is not None and op == entry.op:
+            use.spec = {**named_args(entry, call_args, call_kwargs), **extra}
         elif op == "broadcast":
             use.spec = {"kind": "expand" if func in _EXPAND else _ELEMENTWISE[func], "alpha": kwargs.get("alpha", 1)}
         use.from_input = any(t.requires_grad for t in batch)

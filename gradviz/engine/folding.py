@@ -6,14 +6,15 @@ nothing else reads, the pair equals one convolution with weight s ⊙ W and bias
 s = γ/σ. The gradient engine's hooked forward (:class:`gradviz.engine.gradient_pass.GradientPass`) runs on
 such a *twin*: it skips every folded BatchNorm's forward and backward (about a fifth of a plain
 forward+backward of the bundled model), and still reports both layers exactly, from the output
-gradient δz of the folded convolution (METHODS.md §6):
+gradient δz of the folded convolution:
 
 - the convolution: δy = s ⊙ δz, so ∇W_b = s ⊙_o (δz ⋆ U_b) and ∇b_b = s ⊙ Σ_p δz;
 - the BatchNorm: ∇β_b = Σ_p δz and ∇γ_b = Σ_p δz x̂ with x̂ = (y − μ)/σ, y the conv output the
   twin never forms. x̂ is read off the folded output, (z − β)/γ, where γ is a safe divisor and z
-  is small enough to keep or unchanged; else Σ_p δz_o y_o = Σ_k W_ok (δz ⋆ U_b)_ok comes from dot
-  products of the (unscaled) per-sample weight gradient with W, taken while the engine reduces
-  it, or y is recomputed by one convolution (:meth:`gradviz.engine.plans.conv.ConvPlan.finish_fold`).
+  is small enough to keep or unchanged (``FROM_OUTPUT``); else Σ_p δz_o y_o = Σ_k W_ok (δz ⋆ U_b)_ok
+  comes from dot products of the (unscaled) per-sample weight gradient with W, taken while the
+  engine reduces it (``DOT_PRODUCTS``), or y is recomputed by one convolution (``RECOMPUTED``); the
+  routes are named and chosen in :mod:`gradviz.engine.plans.conv` (``ConvPlan.fold_route``).
 
 The pairs are found on a ``torch.fx`` trace of a deep copy of the network (the model itself is
 never changed); a network that does not trace, or has no such pair, is run as it is. The twin is

@@ -28,7 +28,7 @@ from torch import nn
 from gradviz.engine.capture import FOLD_KEEP_BYTES, Capturer, ParamRef, Use, param_table
 from gradviz.engine.folding import fold_enabled, twin_of
 from gradviz.engine.losses import loss_gradient
-from gradviz.engine.plans import Job, Plan, Sink, make_plan
+from gradviz.engine.plans import Job, Plan, Sink, fast_plans_enabled, make_plan
 from gradviz.engine.reduce import STATS, LayerStats, Parts, check_stats, finish, merge, rescale
 from gradviz.errors import GradvizError, MethodError
 
@@ -73,10 +73,6 @@ class Group:
     @property
     def numel(self) -> int:
         return sum(r.param.numel() for r in self.refs)
-
-    @property
-    def module(self) -> nn.Module:
-        return self.refs[0].module
 
 
 class _HookSink:
@@ -130,7 +126,8 @@ class GradientPass:
         if not any(True for _ in root.parameters()):
             raise GradvizError("the model has no parameters")
         runnable = root is model or callable(getattr(model, "normalize", None))
-        self.twin = twin_of(root) if runnable and fold_enabled(fold_bn) else None
+        fold = runnable and fast_plans_enabled() and fold_enabled(fold_bn)
+        self.twin = twin_of(root) if fold else None
         param = next(root.parameters())
         self.x_in = x.detach().to(device=param.device, dtype=param.dtype).requires_grad_(True)
         self.batch = int(x.shape[0])
@@ -410,18 +407,18 @@ class GradientPass:
 
     def layer_stats(self, loss: str | Callable = "nll_pred", stats: Sequence[str] = STATS,
                     layers: Sequence[str] | None = None, chunk_mib: float | None = None,
-                    progress: Callable[[int, int], None] | None = None, compile: bool | str | None = None
+                    progress: Callable[[int, int], None] | None = None, c_kernel: bool | str | None = None
                     ) -> LayerStats:
         """:func:`~gradviz.engine.layer_gradient_stats` of this pass's batch (one backward on the kept graph)."""
         stats = check_stats(stats)
-        names, numels, values = self.reduce(loss, layers, Job(stats, chunk_mib, compile), progress)
+        names, numels, values = self.reduce(loss, layers, Job(stats, chunk_mib, c_kernel), progress)
         return LayerStats(names, stats, values.float(), numels)
 
     def sq_l2_norms(self, loss: str | Callable = "confounding_sigmoid", layers: Sequence[str] | None = None,
                     chunk_mib: float | None = None, progress: Callable[[int, int], None] | None = None,
-                    compile: bool | str | None = None) -> tuple[list[str], torch.Tensor]:
+                    c_kernel: bool | str | None = None) -> tuple[list[str], torch.Tensor]:
         """:func:`~gradviz.engine.layer_sq_l2_norms` of this pass's batch (one backward on the kept graph)."""
-        names, _, values = self.reduce(loss, layers, Job(None, chunk_mib, compile), progress)
+        names, _, values = self.reduce(loss, layers, Job(None, chunk_mib, c_kernel), progress)
         return names, values.float()
 
     def plans(self, job: Job) -> dict[int, Plan]:

@@ -105,7 +105,8 @@ ATTRIBUTIONS: dict[str, AttributionInfo] = {
         AttributionInfo(
             "attention_rollout", "Attention rollout", object, "attention", {"discard_ratio": 0.0},
             "Head-averaged attention plus the residual, multiplied through the layers; the class token's row over "
-            "the patches (Abnar & Zuidema 2020). Transformers only; the same for every class.",
+            "the patches (Abnar & Zuidema 2020); for Swin, the mean readout through the shifted windows. "
+            "Transformers only; the same for every class.",
         ),
         AttributionInfo(
             "transformer_relevance", "Attention relevance (Chefer et al. 2021)", object, "attention", {},
@@ -227,19 +228,25 @@ Runner = Callable[[GradvizModel, Callable, torch.Tensor, torch.Tensor | None, di
                   tuple[torch.Tensor, str | None, str]]
 
 
-def _planned(model, name: str, upper, n: int) -> int:
+def _pass_kind(f) -> str:
+    """The planner's kind of an attribution pass: ``second_order`` where the explained score is taken by double
+    backprop (each sample's parameter gradient kept with its graph), else one forward+backward."""
+    return "second_order" if getattr(f, "route", "") == "double backprop" else "backward"
+
+
+def _planned(model, f, name: str, upper, n: int) -> int:
     """Images per internal forward+backward of an attribution, planned for the memory budget (``upper``,
     the method's parameter, is an upper bound)."""
     from gradviz.runtime.budget import batch_size_for
 
-    return batch_size_for(model, "backward", name, upper=int(upper) if upper else None, n=max(1, int(n)))
+    return batch_size_for(model, _pass_kind(f), name, upper=int(upper) if upper else None, n=max(1, int(n)))
 
 
-def _noisy_per_batch(model, x, p) -> int:
+def _noisy_per_batch(model, f, x, p) -> int:
     """SmoothGrad's noisy copies per image and batch (captum runs that many × B images at once), planned."""
     b = max(1, int(x.shape[0]))
     upper = int(p["nt_samples_batch_size"]) * b if p["nt_samples_batch_size"] else None
-    return max(1, _planned(model, "smoothgrad", upper, int(p["nt_samples"]) * b) // b)
+    return max(1, _planned(model, f, "smoothgrad", upper, int(p["nt_samples"]) * b) // b)
 
 
 def _saliency(model, f, x, target, p):
@@ -253,7 +260,7 @@ def _integrated_gradients(model, f, x, target, p):
     base = _baseline(p["baseline"], x)
     attr, delta = IntegratedGradients(f).attribute(
         x, baselines=base, target=target, n_steps=n_steps,
-        internal_batch_size=_planned(model, "integrated gradients", p["internal_batch_size"], n_steps * x.shape[0]),
+        internal_batch_size=_planned(model, f, "integrated gradients", p["internal_batch_size"], n_steps * x.shape[0]),
         return_convergence_delta=True,
     )
     what = "z" if f is model else "u"
@@ -281,18 +288,31 @@ def _guided_backprop(model, f, x, target, p):
     return attr, None, "negative gradients zeroed at every nn.ReLU module"
 
 
+_NO_LAYER_MAPS = ("Grad-CAM reads one layer's activations, but this score re-runs the network for each sample's "
+                  "parameter gradient (double backprop) — explain it with saliency, integrated_gradients or "
+                  "smoothgrad")
+
+
 def _gradcam(model, f, x, target, p):
     from gradviz.explain.transformer_maps import default_token_layer, is_transformer, token_gradcam
+    from gradviz.explain.window_maps import default_stage_layer, is_windowed, stage_gradcam
 
+    chosen = p["layer"]
+    stage = is_windowed(model) and (chosen is None or not isinstance(_layer_by_name(model, chosen), nn.Conv2d))
+    if stage:  # Swin: a stage's (B, H, W, C) map, channels last
+        if not getattr(f, "layer_maps", True):
+            raise MethodError(_NO_LAYER_MAPS)
+        name = p["layer"] or default_stage_layer(model)
+        up, grid = stage_gradcam(model, _layer_by_name(model, name), x, target, None if f is model else f)
+        size = f"{x.shape[-2]}×{x.shape[-1]}"
+        return (grid, up[:, None]), name, f"stage {name} ({grid.shape[-2]}×{grid.shape[-1]}, channels last) to {size}"
     if p["layer"] is None and is_transformer(model):  # tokens (B, 1+N, D): Grad-CAM over the patch grid
         name = default_token_layer(model)
         up, grid = token_gradcam(model, _layer_by_name(model, name), x, target, None if f is model else f)
         note = f"tokens of {name} on the {grid.shape[-2]}×{grid.shape[-1]} patch grid, upsampled to {x.shape[-2]}×{x.shape[-1]}"
         return (grid, up[:, None]), name, note
     if not getattr(f, "layer_maps", True):
-        raise MethodError("Grad-CAM reads one layer's activations, but this score re-runs the network for each "
-                          "sample's parameter gradient (double backprop) — explain it with saliency, "
-                          "integrated_gradients or smoothgrad")
+        raise MethodError(_NO_LAYER_MAPS)
     name = p["layer"] or default_gradcam_layer(model)
     layer = _layer_by_name(model, name)
     layer_map = LayerGradCam(f, layer).attribute(
@@ -321,7 +341,7 @@ def _occlusion(model, f, x, target, p):
 def _smoothgrad(model, f, x, target, p):
     attr = NoiseTunnel(Saliency(f)).attribute(
         x, nt_type="smoothgrad", nt_samples=int(p["nt_samples"]),
-        nt_samples_batch_size=_noisy_per_batch(model, x, p),
+        nt_samples_batch_size=_noisy_per_batch(model, f, x, p),
         stdevs=float(p["stdevs"]), target=target, abs=bool(p["abs"]),
     )
     return attr, None, f"{p['nt_samples']} noisy copies, σ = {p['stdevs']} (input units)"
@@ -329,16 +349,20 @@ def _smoothgrad(model, f, x, target, p):
 
 def _attention_rollout(model, f, x, target, p):
     from gradviz.explain.transformer_maps import attention_rollout
+    from gradviz.explain.window_maps import READOUT_NOTE, is_windowed
 
     up, grid = attention_rollout(model, x, float(p["discard_ratio"]))
-    return (grid, up[:, None]), None, "class token's attention rolled out over the patch grid (no gradient)"
+    what = READOUT_NOTE if is_windowed(model) else "class token's attention"
+    return (grid, up[:, None]), None, f"{what} rolled out over the patch grid (no gradient)"
 
 
 def _transformer_relevance(model, f, x, target, p):
     from gradviz.explain.transformer_maps import attention_relevance
+    from gradviz.explain.window_maps import READOUT_NOTE, is_windowed
 
     up, grid = attention_relevance(model, x, target, None if f is model else f)
-    return (grid, up[:, None]), None, "gradient-weighted attention over the patch grid"
+    what = f" ({READOUT_NOTE})" if is_windowed(model) else ""
+    return (grid, up[:, None]), None, f"gradient-weighted attention over the patch grid{what}"
 
 
 _RUNNERS: dict[str, Runner] = {
@@ -352,6 +376,13 @@ _RUNNERS: dict[str, Runner] = {
     "occlusion": _occlusion,
     "smoothgrad": _smoothgrad,
 }
+
+
+def _detached(result: tuple) -> tuple:
+    """A runner's (raw, layer, note) with its tensors cut from the graph (a chunk's graph is freed at once)."""
+    raw, layer, note = result
+    raw = tuple(r.detach() for r in raw) if isinstance(raw, tuple) else raw.detach()
+    return raw, layer, note
 
 
 def attribute(
@@ -378,18 +409,26 @@ def attribute(
         raise MethodError(f"{method}: unknown parameter(s) {sorted(unknown)}; known: {sorted(info.defaults) or 'none'}")
     p = {**info.defaults, **params}
     x = _check_input(model, x)
+    f = forward or model
+    # images per pass, planned (IG and SmoothGrad plan their own inner batches of steps / noisy copies)
+    step = x.shape[0] if method in ("integrated_gradients", "smoothgrad") else _planned(model, f, info.title, None,
+                                                                                        x.shape[0])
     with model.lock:
         t = _resolve_target(model, x, target)
-        inputs = x.clone().requires_grad_()
         try:
             with warnings.catch_warnings():
                 # captum announces its (always removed) ReLU hooks on every call
                 warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
-                raw, layer, note = _RUNNERS[method](model, forward or model, inputs, None if forward else t, p)
+                parts = [_detached(_RUNNERS[method](model, f, xc.clone().requires_grad_(), None if forward else tc, p))
+                         for xc, tc in zip(x.split(step), t.split(step))]
         except GradvizError:
             raise
         except (RuntimeError, ValueError, AssertionError) as exc:
             raise MethodError(f"{info.title} failed on this model: {exc}".strip()) from exc
+    (raw, layer, note), rest = parts[0], parts[1:]
+    if rest:
+        raw = (tuple(torch.cat([r[0][i] for r in parts]) for i in range(len(raw))) if isinstance(raw, tuple)
+               else torch.cat([r[0] for r in parts]))
     if isinstance(raw, tuple):  # layer method: (layer map, upsampled map)
         raw, up = raw
         maps = up.sum(1)

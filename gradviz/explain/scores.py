@@ -5,7 +5,8 @@ Saliency, Integrated Gradients, SmoothGrad and Grad-CAM attribute *the score* in
     att = explain_score(model, x, "saliency", "energy")   # a gradviz.explain.attributions.Attribution
 
 How a method's score becomes a function of x is declared beside the method (its registration's
-``input_form``, see :func:`gradviz.methods.registry.differentiable`):
+``input_form`` and ``input_route``, see :func:`gradviz.methods.registry.differentiable`; :func:`explainability`
+lists them for the Learn page):
 
 - output scores (MSP, max logit, energy, entropy) and closed-form gradient scores (GradNorm,
   ExGrad) are the registered function itself, run on logits and features that keep the graph;
@@ -27,11 +28,11 @@ from typing import Callable
 import torch
 
 from gradviz.errors import GradvizError, MethodError
-from gradviz.methods.registry import MethodInfo, MethodRunner, ModelOutputs, get_method, list_methods
+from gradviz.methods.registry import INPUT_ROUTES, MethodInfo, MethodRunner, ModelOutputs, get_method, list_methods
 from gradviz.models import GradvizModel
 
 __all__ = ["EXPLAIN_TARGETS", "score_fn", "differentiable_methods", "graph_outputs", "explain_score",
-           "check_differentiable"]
+           "check_differentiable", "explainability"]
 
 # what an attribution explains: the predicted class's logit, or an uncertainty score
 EXPLAIN_TARGETS = ("the class", "this score")
@@ -90,10 +91,30 @@ def score_fn(model: GradvizModel, method: str | MethodRunner, params: dict | Non
         return out.reshape(-1).to(x.device)
 
     score.__name__ = f"score_{info.name}"
+    score.route = info.input_route
     # False where the score re-runs the network per sample (double backprop): Grad-CAM then has no one
     # activation of its layer to differentiate
-    score.layer_maps = getattr(form, "layer_maps", True)
+    score.layer_maps = info.input_route != "double backprop"
     return score
+
+
+def explainability() -> list[dict]:
+    """One row per registered method: method, title, family, explainable (bool) and how — the route by which its
+    score is a differentiable function of the input (:data:`~gradviz.methods.registry.INPUT_ROUTES`), or why
+    it is not. Read from the registrations (the Learn page shows it)."""
+    rows = []
+    for info in list_methods():
+        if info.input_form is not None:
+            how = INPUT_ROUTES[info.input_route]
+            if info.needs_fit:
+                how += " (the fitted state held fixed)"
+            if info.input_route == "double backprop":
+                how += "; Grad-CAM and the attention relevance need one pass and do not apply"
+        else:
+            how = "not explainable: " + (info.not_differentiable or "no differentiable form is registered")
+        rows.append({"method": info.name, "title": info.title, "family": info.family,
+                     "explainable": info.input_form is not None, "how": how})
+    return rows
 
 
 def explain_score(model: GradvizModel, x: torch.Tensor, attribution: str, method: str | MethodRunner,

@@ -14,7 +14,8 @@ Attention probabilities are captured inside a ``with`` block (:func:`capture_att
 ``nn.MultiheadAttention`` is asked for per-head weights (a forward pre-hook sets ``need_weights``), timm's
 ``Attention`` runs its explicit (non-fused) path and its ``attn_drop`` output is read; hooks and the fused flag
 are restored on exit. Works for ViT/DeiT-style models with a class token (torchvision, timm, the bundled
-``mnist-vit``); windowed attention (Swin) has no global token grid and is refused with a message.
+``mnist-vit``). Windowed attention (Swin) has no class token and no global token grid: its maps are in
+:mod:`gradviz.explain.window_maps`, and :func:`attention_rollout`, :func:`attention_relevance` hand such models over.
 """
 
 from __future__ import annotations
@@ -37,14 +38,18 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     root = getattr(model, "net", model)
     out = []
     for name, m in root.named_modules():
-        if isinstance(m, nn.MultiheadAttention) or (hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)):
+        timm_global = (hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)
+                       and not hasattr(m, "window_size"))  # timm's windowed attention: gradviz.explain.window_maps
+        if isinstance(m, nn.MultiheadAttention) or timm_global:
             out.append((name, m))
     return out
 
 
 def is_transformer(model: nn.Module) -> bool:
-    """True for a model with global self-attention layers (the maps of this module apply)."""
-    return bool(attention_modules(model))
+    """True for a model with global or windowed (Swin, :mod:`gradviz.explain.window_maps`) self-attention layers."""
+    from gradviz.explain.window_maps import is_windowed
+
+    return bool(attention_modules(model)) or is_windowed(model)
 
 
 @contextmanager
@@ -114,8 +119,8 @@ def _grid(model: nn.Module, tokens: int) -> tuple[int, int, int]:
     gh, gw = h // conv.stride[0], w // conv.stride[1]
     prefix = tokens - gh * gw
     if prefix < 0 or prefix > 8:
-        raise MethodError(f"{tokens} tokens do not form a {gh}×{gw} patch grid plus class token(s) — windowed "
-                          "attention (e.g. Swin) is not supported; use saliency or Grad-CAM")
+        raise MethodError(f"{tokens} tokens do not form a {gh}×{gw} patch grid plus class token(s), so they cannot "
+                          "be placed on the image; use saliency or Grad-CAM")
     return prefix, gh, gw
 
 
@@ -142,8 +147,12 @@ def _run(model, forward: Callable | None, x: torch.Tensor, target: torch.Tensor 
 def attention_rollout(model: nn.Module, x: torch.Tensor, discard_ratio: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(maps (B, H, W), patch relevance (B, 1, gh, gw)) of attention rollout; ``discard_ratio`` drops that fraction
     of the smallest head-averaged attention entries per layer (Gildenblat's variant; 0 = the paper)."""
+    from gradviz.explain.window_maps import is_windowed, window_rollout
+
     if not 0.0 <= float(discard_ratio) < 1.0:
         raise MethodError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+    if is_windowed(model):
+        return window_rollout(model, x, float(discard_ratio))
     attns, _ = _run(model, None, x, None, need_grad=False)
     rollout = None
     for a in attns:
@@ -170,6 +179,10 @@ def attention_relevance(model: nn.Module, x: torch.Tensor, target: torch.Tensor 
     if forward is not None and not getattr(forward, "layer_maps", True):
         raise MethodError("this score re-runs the network per sample (double backprop), so its attention has no "
                           "single gradient — explain it with saliency, integrated_gradients or smoothgrad")
+    from gradviz.explain.window_maps import is_windowed, window_relevance
+
+    if is_windowed(model):
+        return window_relevance(model, x, target, forward)
     attns, y = _run(model, forward, x, target, need_grad=True)
     grads = torch.autograd.grad(y.sum(), attns, allow_unused=True)
     t = attns[0].shape[-1]

@@ -60,10 +60,7 @@ def _confounding_input_form(batch: ModelOutputs, reading: str = "sigmoid") -> to
     return g.square().sum(1)
 
 
-setattr(_confounding_input_form, "layer_maps", False)  # re-runs the network per sample (no Grad-CAM)
-
-
-@differentiable(_confounding_input_form)
+@differentiable(_confounding_input_form, route="double backprop")
 @register("confounding", title="Confounding-label gradients", paper="Lee & AlRegib, ICIP 2020", year=2020,
           formula=r"u(x) = \sum_l \lVert \nabla_{\theta_l} \mathrm{BCE}(\sigma(z), \mathbf{1}) \rVert_2^2",
           family="gradient", link="https://arxiv.org/abs/2008.08030",

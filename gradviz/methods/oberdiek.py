@@ -126,7 +126,6 @@ def _input_form(stat: str, sign: int = 1):
         label = batch.logits.detach().argmax(-1)
         g = per_sample_gradients(batch.model, batch.x, _predicted_nll, label, chosen_parameters(batch.model, layer))
         return sign * vector_statistic(g, stat)
-    setattr(form, "layer_maps", False)  # re-runs the network per sample: no single layer activation to read (Grad-CAM)
     return form
 
 
@@ -144,7 +143,7 @@ _COMMON: dict[str, Any] = dict(  # the keyword arguments every statistic registe
 )
 
 
-@differentiable(_input_form("l1"))
+@differentiable(_input_form("l1"), route="double backprop")
 @register("grad_l1", title="Gradient L1 norm (predicted label)",
           formula=r"u(x) = \lVert \nabla_\theta (-\log p_{\hat y}) \rVert_1", **_COMMON)
 def grad_l1(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
@@ -152,7 +151,7 @@ def grad_l1(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
     return _aggregate(batch, "l1", layer)
 
 
-@differentiable(_input_form("l2"))
+@differentiable(_input_form("l2"), route="double backprop")
 @register("grad_l2", title="Gradient L2 norm (predicted label)",
           formula=r"u(x) = \lVert \nabla_\theta (-\log p_{\hat y}) \rVert_2", **_COMMON)
 def grad_l2(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
@@ -160,7 +159,7 @@ def grad_l2(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
     return _aggregate(batch, "l2", layer)
 
 
-@differentiable(_input_form("max"))
+@differentiable(_input_form("max"), route="double backprop")
 @register("grad_max", title="Gradient maximum (predicted label)",
           formula=r"u(x) = \max_i \nabla_{\theta_i} (-\log p_{\hat y})", **_COMMON)
 def grad_max(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
@@ -168,7 +167,7 @@ def grad_max(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
     return _aggregate(batch, "max", layer)
 
 
-@differentiable(_input_form("min", -1))
+@differentiable(_input_form("min", -1), route="double backprop")
 @register("grad_min", title="Gradient minimum, negated (predicted label)",
           formula=r"u(x) = -\min_i \nabla_{\theta_i} (-\log p_{\hat y})", **_COMMON)
 def grad_min(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
@@ -176,7 +175,7 @@ def grad_min(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:
     return -_aggregate(batch, "min", layer)
 
 
-@differentiable(_input_form("std"))
+@differentiable(_input_form("std"), route="double backprop")
 @register("grad_std", title="Gradient standard deviation (predicted label)",
           formula=r"u(x) = \mathrm{std}_i\, \nabla_{\theta_i} (-\log p_{\hat y})", **_COMMON)
 def grad_std(batch: ModelOutputs, layer: str = "all") -> torch.Tensor:

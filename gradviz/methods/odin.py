@@ -65,7 +65,7 @@ def _odin_input_form(batch: ModelOutputs, temperature: float = 1000.0, epsilon: 
     return -(batch.model(x_tilde) / temperature).softmax(-1).amax(-1)
 
 
-@differentiable(_odin_input_form)
+@differentiable(_odin_input_form, route="input step")
 @register("odin", title="ODIN", paper="Liang, Li & Srikant, ICLR 2018", year=2018,
           formula=r"u(x) = -\max_c \mathrm{softmax}\!\big(z(\tilde x)/T\big)_c,\quad "
                   r"\tilde x = x - \varepsilon\,\mathrm{sign}\,\nabla_x \mathrm{CE}\big(z(x)/T, \hat y\big)",

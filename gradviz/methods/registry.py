@@ -28,7 +28,7 @@ from gradviz.models import GradvizModel
 
 __all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method",
            "needs_graph", "check_param", "adaptation_notes", "TEMPERATURE_BOUNDS", "FAMILIES", "DIRECTIONS",
-           "methods_by_family", "meets_expectation", "differentiable", "not_differentiable"]
+           "methods_by_family", "meets_expectation", "differentiable", "not_differentiable", "INPUT_ROUTES"]
 
 # The three families, in display order, with what a method of each reads.
 FAMILIES: dict[str, str] = {
@@ -130,8 +130,9 @@ class MethodInfo:
     expected: dict[str, str] = field(default_factory=dict)  # bundled model: OOD set -> one of DIRECTIONS
     # the score as a differentiable function of the input (gradviz.explain.scores): None = not differentiable,
     # "direct" = the method itself, given a batch whose logits/features carry the graph, or a form
-    # ``form(batch, **params) -> (B,)`` written with autograd (double backprop, ODIN's input step)
+    # ``form(batch, **params) -> (B,)`` written with autograd; ``input_route`` names which (INPUT_ROUTES)
     input_form: Callable | str | None = None
+    input_route: str = ""
     not_differentiable: str = ""  # why the score is not a differentiable function of the input
     # How charts show the score when the raw value reads oddly (MSP's −max p as 1 − max p): the name shown
     # and the constant added for display only; ranks, thresholds and AUROCs use the raw score.
@@ -272,15 +273,30 @@ def _info_of(impl) -> MethodInfo:
     raise ValueError(f"{impl!r} is not a registered method: put @differentiable above @register")
 
 
-def differentiable(form: Callable | None = None):
+INPUT_ROUTES = {  # how a score becomes a differentiable function of the input: route -> what that means
+    "direct": "directly: the registered score itself, on logits and features that keep their graph to the input",
+    "double backprop": "by double backprop: each sample's parameter gradient is taken with its graph kept, and "
+                       "its statistic is differentiated with respect to the input (a second backward)",
+    "input step": "through its input step: the sign of the input gradient is piecewise constant, so the step "
+                  "x̃ = x − ε·sign(∇ₓ) is differentiated with that sign held fixed",
+}
+
+
+def differentiable(form: Callable | None = None, route: str = "direct"):
     """Decorator (above :func:`register`) declaring the method's score a differentiable function of the input.
 
     Without ``form`` the method itself is differentiable once its batch's logits and features carry the
     graph (output and closed-form scores, fitted feature scores); with ``form(batch, **params)`` that
-    function computes the same score with autograd from ``batch.model`` and ``batch.x`` (gradient scores
-    by double backprop). :func:`gradviz.explain.scores.score_fn` reads it."""
+    function computes the same score with autograd from ``batch.model`` and ``batch.x``, by ``route``
+    ("double backprop" or "input step", see :data:`INPUT_ROUTES`). :func:`gradviz.explain.scores.score_fn`
+    reads it."""
+    if route not in INPUT_ROUTES or (form is None) != (route == "direct"):
+        raise ValueError(f"differentiable: route {route!r} with form {form!r}; a form needs one of "
+                         f"{[r for r in INPUT_ROUTES if r != 'direct']}, no form means 'direct'")
+
     def deco(impl):
-        _info_of(impl).input_form = form if form is not None else "direct"
+        info = _info_of(impl)
+        info.input_form, info.input_route = (form if form is not None else "direct"), route
         return impl
     return deco
 

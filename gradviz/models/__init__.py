@@ -14,7 +14,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
@@ -24,7 +24,9 @@ from gradviz.errors import ModelError
 from gradviz.models.card import ModelCard
 from gradviz.models.compiled import uncompiled
 from gradviz.models.hooks import forward_hooks
-from gradviz.models.weights import open_weights
+
+if TYPE_CHECKING:
+    from gradviz.models.resolver import Bundled
 
 __all__ = ["GradvizModel", "ModelCard", "load_model", "list_models", "register_model", "MODEL_REGISTRY"]
 
@@ -122,47 +124,31 @@ def state_digest(net: nn.Module) -> str:
 
 @dataclass
 class ModelEntry:
-    """A registry row: name, one-line description, a builder ``(weights) -> model``, and where it
-    comes from (``bundled`` or ``plugin``)."""
+    """A row of :func:`list_models`: name, one-line description, whether it works offline, where it comes from
+    (``bundled`` or ``plugin``) and, for a bundled model, its :class:`~gradviz.models.resolver.Bundled` source."""
 
     name: str
     description: str
-    build: Callable[..., GradvizModel]
     offline: bool
     source: str = "bundled"
+    origin: "Bundled | None" = None
 
 
 MODEL_REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, description: str, offline: bool = False):
-    """Decorator: add a builder ``fn(weights: str | None) -> GradvizModel`` under ``name``."""
-
-    def deco(fn: Callable[..., GradvizModel]):
-        MODEL_REGISTRY[name] = ModelEntry(name, description, fn, offline)
-        return fn
-
-    return deco
-
-
-def _plugin_entry(name: str, description: str) -> ModelEntry:
-    def build(weights: str | Path | None = None) -> GradvizModel:
-        from gradviz.models.architectures import model_from_weights
-        from gradviz.models.plugins import build_plugin
-
-        if weights is None:
-            return build_plugin(name)
-        return model_from_weights(name, open_weights(weights))
-
-    return ModelEntry(name, description, build, offline=True, source="plugin")
+def register_model(origin: "Bundled", description: str, offline: bool = False) -> None:
+    """Add a bundled model (a :class:`~gradviz.models.resolver.Bundled` source) under its spec."""
+    MODEL_REGISTRY[origin.spec] = ModelEntry(origin.spec, description, offline, "bundled", origin)
 
 
 def list_models() -> list[ModelEntry]:
     """Registered models: the bundled ones first, then installed ``gradviz.models`` plugins (not imported)."""
-    from gradviz.models import zoo  # noqa: F401  (registers the builders)
+    from gradviz.models import zoo  # noqa: F401  (registers the bundled models)
     from gradviz.models.plugins import describe_plugin, plugin_entry_points
 
-    plugins = [_plugin_entry(n, describe_plugin(ep)) for n, ep in plugin_entry_points().items() if n not in MODEL_REGISTRY]
+    plugins = [ModelEntry(n, describe_plugin(ep), offline=True, source="plugin")
+               for n, ep in plugin_entry_points().items() if n not in MODEL_REGISTRY]
     return [*MODEL_REGISTRY.values(), *plugins]
 
 
@@ -173,32 +159,12 @@ def load_model(name: str = "mnist-cnn", weights: str | Path | None = None, devic
     ``name`` may also be ``torchvision:<arch>`` or ``timm:<name>``, an installed plugin, or
     ``path/to/file.py:build`` — the last runs that file, so only with ``allow_code=True`` (the
     command line, or the dashboard's server configuration). Weights files are read without
-    unpickling code (safetensors or ``weights_only=True``).
+    unpickling code (safetensors or ``weights_only=True``). How each kind is found and built:
+    :mod:`gradviz.models.resolver`.
     """
-    from gradviz.models import plugins, timm_models, zoo
+    from gradviz.models.resolver import load
 
-    if name in MODEL_REGISTRY:
-        model = MODEL_REGISTRY[name].build(weights)
-    elif name.startswith("torchvision:"):
-        model = zoo.torchvision_model(name.split(":", 1)[1], weights)
-    elif name.startswith(timm_models.PREFIX):
-        model = timm_models.timm_model(name[len(timm_models.PREFIX):], weights)
-    elif plugins.is_file_spec(name):
-        from gradviz.models.architectures import model_from_weights
-
-        if not allow_code:
-            raise ModelError(f"{name} runs a Python file; it is loaded only when the person running gradviz asks for it "
-                             "(command line --model, or the dashboard's server configuration GRADVIZ_MODELS)")
-        model = plugins.build_from_file(name) if weights is None else \
-            model_from_weights(name, open_weights(weights), allow_code=True)
-    elif name in plugins.plugin_entry_points():
-        model = _plugin_entry(name, "").build(weights)
-    elif name.startswith("upload:"):
-        raise ModelError(f"{name} was uploaded in a web session and lives only there; load its architecture with "
-                         "--model <arch> --weights FILE.safetensors instead")
-    else:
-        known = ", ".join(m.name for m in list_models()) + ", torchvision:<arch>, timm:<name>, path/to/file.py:build"
-        raise ModelError(f"unknown model {name!r}; known: {known}")
+    model = load(name, weights, allow_code=allow_code)
     try:
         model = model.to(device)
     except (RuntimeError, AssertionError) as exc:

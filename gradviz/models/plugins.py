@@ -74,16 +74,15 @@ def parse_file_spec(spec: str) -> tuple[Path, str]:
     return Path(path).expanduser(), func
 
 
-def as_model(obj, name: str):
-    """What a builder returned -> a :class:`GradvizModel` (see the module doc for the accepted forms), checked
-    like an upload: the card validated and one dry forward pass (:func:`~gradviz.models.architectures.check_card_fits`)
-    must give one finite tensor of (batch, classes) logits."""
+def net_and_card(obj, name: str) -> tuple[nn.Module, ModelCard]:
+    """What a builder returned -> (the eager network, its validated card) (see the module doc for the accepted
+    forms); :func:`gradviz.models.resolver.finish` then checks the card with one dry forward pass, as for an
+    upload."""
     from gradviz.models import GradvizModel
-    from gradviz.models.architectures import check_card_fits
+    from gradviz.models.compiled import uncompiled
 
     if isinstance(obj, GradvizModel):
-        check_card_fits(obj.net, obj.card.validate(), name)
-        return obj
+        return obj.net, obj.card.validate()
     card = None
     if isinstance(obj, tuple) and len(obj) == 2:
         obj, card = obj
@@ -99,24 +98,22 @@ def as_model(obj, name: str):
         card = ModelCard.from_dict({"name": name, **card})
     if not isinstance(card, ModelCard):
         raise ModelError(f"{name}: the card must be a ModelCard or a dict, got {type(card).__name__}")
-    model = GradvizModel(obj, card.validate())  # unwraps a torch.compile'd network first
-    check_card_fits(model.net, model.card, name)
-    return model
+    return uncompiled(obj), card.validate()  # hooks and per-sample gradients need the eager module
 
 
 def _call(builder, name: str):
     if not callable(builder):
         raise ModelError(f"{name}: {builder!r} is not callable")
     try:
-        return as_model(builder(), name)
+        return net_and_card(builder(), name)
     except ModelError:
         raise
     except Exception as exc:  # the user's own code: report it as theirs, with the type and message
         raise ModelError(f"{name}: the builder raised {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
-def build_plugin(name: str):
-    """Import and call the entry point ``name`` of the group ``gradviz.models``."""
+def build_plugin(name: str) -> tuple[nn.Module, ModelCard]:
+    """Import and call the entry point ``name`` of the group ``gradviz.models``: (net, card)."""
     eps = plugin_entry_points()
     if name not in eps:
         raise ModelError(f"no gradviz.models plugin named {name!r}; installed: {', '.join(eps) or 'none'}")
@@ -127,8 +124,8 @@ def build_plugin(name: str):
     return _call(builder, name)
 
 
-def build_from_file(spec: str):
-    """Import ``file.py`` (as a private module) and call its ``function`` (``spec = file.py:function``)."""
+def build_from_file(spec: str) -> tuple[nn.Module, ModelCard]:
+    """Import ``file.py`` (as a private module) and call its ``function`` (``spec = file.py:function``): (net, card)."""
     path, func = parse_file_spec(spec)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")

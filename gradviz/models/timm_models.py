@@ -22,7 +22,6 @@ import os
 import ssl
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
@@ -51,7 +50,8 @@ def _timm():
     return timm
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
+    """``name`` (stripped) when timm knows that model, else :class:`ModelError` naming similar ones."""
     name = str(name).strip()
     timm = _timm()
     if not name or not timm.is_model(name):
@@ -68,6 +68,8 @@ def _offline_reason() -> str | None:
         return "HF_HUB_OFFLINE is set"
     from huggingface_hub import constants
 
+    if constants.HF_HUB_OFFLINE:  # read once when huggingface_hub was first imported
+        return "HF_HUB_OFFLINE was set when the Hub client was loaded"
     url = urlparse(constants.ENDPOINT)
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     if url.scheme == "https":
@@ -186,7 +188,7 @@ def num_classes_in(name: str, state: dict[str, torch.Tensor], default: int = 100
 def build_timm(name: str, num_classes: int | None = None) -> tuple[nn.Module, ModelCard]:
     """An untrained timm ``name`` with ``num_classes`` outputs (no download) and its card."""
     timm = _timm()
-    name = _check_name(name)
+    name = check_name(name)
     kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
     try:
         net = timm.create_model(name, pretrained=False, **kwargs)
@@ -196,24 +198,11 @@ def build_timm(name: str, num_classes: int | None = None) -> tuple[nn.Module, Mo
     return net.eval(), timm_card(net, name, k, pretrained=False)
 
 
-def timm_model(name: str, weights: str | Path | None = None):
-    """``timm:<name>`` as a :class:`~gradviz.models.GradvizModel`: pretrained (online) or from ``weights``."""
-    from gradviz.models import GradvizModel
-    from gradviz.models.architectures import build_for_weights, check_card_fits
-    from gradviz.models.weights import apply_state_dict, open_weights
-
+def timm_pretrained(name: str) -> tuple[nn.Module, ModelCard]:
+    """``timm:<name>`` with its pretrained weights from the Hub (online) and their card; offline, or when the Hub
+    does not answer in time, one :class:`ModelError` saying to give a weights file."""
     timm = _timm()
-    name = _check_name(name)
-    if weights is not None:
-        weights_file = open_weights(weights)
-        net, card = build_for_weights(f"{PREFIX}{name}", weights_file.shapes, Path(weights).name)
-        apply_state_dict(net, weights_file.tensors(), Path(weights).name)
-        card_path = Path(weights).with_suffix(".json")
-        if card_path.is_file():
-            card = ModelCard.from_json(card_path)
-            check_card_fits(net, card, card_path.name)
-        card.weights = str(weights)
-        return GradvizModel(net, card)
+    name = check_name(name)
     reason = _offline_reason()
     if reason is not None:
         raise _offline_error(name, reason)
@@ -230,4 +219,4 @@ def timm_model(name: str, weights: str | Path | None = None):
     finally:
         _DEADLINE.reset(token)
     k = int(getattr(net, "num_classes", 1000))
-    return GradvizModel(net.eval(), timm_card(net, name, k, pretrained=True))
+    return net.eval(), timm_card(net, name, k, pretrained=True)

@@ -3,7 +3,7 @@
 Nothing here touches the disk: the bytes are sniffed and their header checked
 (:func:`gradviz.models.weights.open_weights_bytes`), the declared names and shapes compared with
 the chosen architecture before any tensor is made
-(:func:`gradviz.models.architectures.build_for_weights`), then decoded in memory, loaded strictly,
+(:func:`gradviz.models.resolver.fit_weights`), then decoded in memory, loaded strictly,
 and the card is checked with one dry forward pass. The model is named
 ``upload:<file>#<digest>``; the digest covers the weights *and* the card, so two uploads that
 differ in either never share a cached result. The caller keeps the model in the uploading
@@ -39,16 +39,16 @@ def model_from_upload(arch: str, data: bytes, filename: str, card: ModelCard | N
     ``max_side`` (the web app's bounds) a torchvision / timm network of more parameters (counted on the
     meta device, before it is built) or a card wider or taller than that.
     """
-    from gradviz.models import GradvizModel
-    from gradviz.models.architectures import build_for_weights, check_card_fits
     from gradviz.models.card import card_from_form
-    from gradviz.models.weights import apply_state_dict, open_weights_bytes
+    from gradviz.models.resolver import finish, fit_weights, resolve
+    from gradviz.models.weights import open_weights_bytes
 
     filename = str(filename or "weights.safetensors")
     if not filename.lower().endswith(".safetensors"):
         raise ModelError(f"{filename}: only .safetensors weights are accepted from the browser (never pickles or code)")
     limit_mb = int(max_mb or settings().max_weights_mb)
     weights = open_weights_bytes(data, filename, max_bytes=limit_mb * 2**20)
+    source = resolve(arch, allow_code=allow_code, architecture=True)
     if max_params is not None:
         from gradviz.runtime.budget import check_parameters_web
 
@@ -57,8 +57,7 @@ def model_from_upload(arch: str, data: bytes, filename: str, card: ModelCard | N
         from gradviz.runtime.budget import check_side_web
 
         check_side_web(card, max_side)
-    net, default = build_for_weights(arch, weights.shapes, filename, allow_code=allow_code)
-    apply_state_dict(net, weights.tensors(), filename)
+    net, default = fit_weights(source, weights)
     card = (card or default).validate()
     if form and any(str(v).strip() for v in form.values()):
         card = card_from_form(card, **{k: str(v) for k, v in form.items()})
@@ -66,8 +65,7 @@ def model_from_upload(arch: str, data: bytes, filename: str, card: ModelCard | N
         from gradviz.runtime.budget import check_side_web
 
         check_side_web(card, max_side)
-    check_card_fits(net, card, filename)
-    model = GradvizModel(net, card)
+    model = finish(net, card, filename)
     digest = hashlib.sha256((model.digest + model.card.to_json()).encode()).hexdigest()[:16]
     model.digest = digest
     model.card.name = upload_name(filename, digest)

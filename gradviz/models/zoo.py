@@ -1,21 +1,17 @@
-"""Builders: the bundled ``mnist-cnn`` and ``mnist-vit``, and any torchvision classifier (weights on demand)."""
+"""The bundled ``mnist-cnn`` and ``mnist-vit``, registered as :class:`~gradviz.models.resolver.Bundled` sources, and
+:func:`random_model` for tests and benchmarks."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from gradviz.errors import ModelError
 from gradviz.config import ASSETS
-from gradviz.models import BUNDLED_CARD, BUNDLED_WEIGHTS, GradvizModel, register_model
+from gradviz.models import BUNDLED_CARD, BUNDLED_WEIGHTS, MODEL_REGISTRY, GradvizModel, register_model
 from gradviz.models.card import ModelCard
 from gradviz.models.cnn import MnistResNet
-from gradviz.models.weights import apply_state_dict, check_state_fits, open_weights
+from gradviz.models.resolver import Bundled
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 
@@ -61,86 +57,23 @@ VIT_CARD = ASSETS / "mnist_vit.json"
 
 def bundled_card(name: str) -> ModelCard:
     """The committed card of a bundled model (its JSON in assets/), or the default one before training."""
-    path, default = {"mnist-cnn": (BUNDLED_CARD, mnist_card), "mnist-vit": (VIT_CARD, mnist_vit_card)}[name]
-    return ModelCard.from_json(path) if path.is_file() else default()
+    return MODEL_REGISTRY[name].origin.card()
 
 
-def _bundled(name: str, net: nn.Module, default: Path, command: str, weights: str | Path | None) -> GradvizModel:
-    path = Path(weights) if weights else default
-    if not path.is_file():
-        raise ModelError(f"weights not found at {path}; reproduce them with `{command}`")
-    weights_file = open_weights(path)
-    check_state_fits(net, weights_file.shapes, path.name)  # before a tensor of the file is made
-    apply_state_dict(net, weights_file.tensors(), path.name)
-    return GradvizModel(net, bundled_card(name))
+register_model(Bundled("mnist-cnn", lambda c, k: MnistResNet(in_channels=c, num_classes=k), BUNDLED_WEIGHTS, BUNDLED_CARD,
+                       mnist_card, "python -m gradviz train", ("stem.0.weight", "fc.weight")),
+               "Bundled small ResNet with BatchNorm for 28×28 digits (offline)", offline=True)
 
 
-@register_model("mnist-cnn", "Bundled small ResNet with BatchNorm for 28×28 digits (offline)", offline=True)
-def build_mnist_cnn(weights: str | Path | None = None) -> GradvizModel:
-    """The bundled model with its committed weights (or a compatible weights file)."""
-    return _bundled("mnist-cnn", MnistResNet(), BUNDLED_WEIGHTS, "python -m gradviz train", weights)
-
-
-@register_model("mnist-vit", "Bundled small vision transformer (4 layers, 16 patches) for 28×28 digits (offline)",
-                offline=True)
-def build_mnist_vit(weights: str | Path | None = None) -> GradvizModel:
-    """The bundled vision transformer with its committed weights (or a compatible weights file)."""
+def _mnist_vit(channels: int, classes: int) -> nn.Module:
     from gradviz.models.vit import mnist_vit
 
-    return _bundled("mnist-vit", mnist_vit(), VIT_WEIGHTS, "python -m gradviz train --arch vit", weights)
+    return mnist_vit(in_channels=channels, num_classes=classes)  # (imported here: torchvision's ViT is slow to import)
 
 
-def torchvision_model(arch: str, weights: str | Path | None = None) -> GradvizModel:
-    """torchvision ``arch`` with a user's weights file, or its default ImageNet weights (download).
-
-    A user's file decides the number of classes (from the last linear layer's shape). An
-    optional JSON card beside it (same stem, ``.json``) sets input size, normalisation, classes.
-    """
-    import torchvision
-
-    if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise ModelError(f"unknown torchvision classification model {arch!r}; e.g. resnet18, mobilenet_v3_small")
-    if weights is not None:
-        from gradviz.models.architectures import build_for_weights, check_card_fits
-
-        weights_file = open_weights(weights)
-        net, card = build_for_weights(f"torchvision:{arch}", weights_file.shapes, Path(weights).name)
-        apply_state_dict(net, weights_file.tensors(), Path(weights).name)
-        card_path = Path(weights).with_suffix(".json")
-        if card_path.is_file():
-            card = ModelCard.from_json(card_path)
-            check_card_fits(net, card, card_path.name)
-        card.weights = str(weights)
-        return GradvizModel(net, card)
-    try:
-        w = torchvision.models.get_model_weights(arch).DEFAULT
-        net = torchvision.models.get_model(arch, weights=w)
-    except Exception as exc:  # URLError / HTTPError / OSError when offline
-        raise ModelError(
-            f"could not download ImageNet weights for {arch} ({type(exc).__name__}); this machine may be offline. "
-            f"The bundled mnist-cnn works offline; for {arch}, weights already on this machine "
-            f"(a .safetensors file) can be used instead"
-        ) from None
-    size = w.transforms().crop_size[0] if hasattr(w.transforms(), "crop_size") else 224
-    card = ModelCard(
-        name=f"torchvision:{arch}", architecture=arch, input_size=(3, int(size), int(size)),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=list(w.meta["categories"]), weights=str(w),
-    )
-    return GradvizModel(net, card)
-
-
-def _num_classes_in(arch: str, state: dict[str, torch.Tensor]) -> int:
-    """Rows of the head's weight in ``state``; the head is found on a shape-only (meta) build,
-    since file key order is not module order (safetensors sorts keys by name)."""
-    import torchvision
-
-    with torch.device("meta"):
-        ref = torchvision.models.get_model(arch, weights=None)
-    linears = [name for name, m in ref.named_modules() if isinstance(m, nn.Linear)]
-    for key in (f"{linears[-1]}.weight", f"module.{linears[-1]}.weight") if linears else ():
-        if key in state and state[key].ndim == 2:
-            return int(state[key].shape[0])
-    return 1000
+register_model(Bundled("mnist-vit", _mnist_vit, VIT_WEIGHTS, VIT_CARD, mnist_vit_card,
+                       "python -m gradviz train --arch vit", ("conv_proj.weight", "heads.head.weight")),
+               "Bundled small vision transformer (4 layers, 16 patches) for 28×28 digits (offline)", offline=True)
 
 
 def random_model(arch: str = "mnist-cnn", num_classes: int = 10, input_size=(1, 28, 28), seed: int = 0) -> GradvizModel:

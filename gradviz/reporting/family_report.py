@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gradviz.methods.registry import FAMILIES, get_method, meets_expectation
+from gradviz.methods.registry import FAMILIES, get_method, list_methods, meets_expectation
 
 NEAR_OOD = "letters"
 # Reaching another method's AUROC = within this much (the sampling error of an AUROC at 500 vs 500 is ~0.01).
@@ -23,7 +23,7 @@ EARLIER = {
     "output": ["msp", "maxlogit", "energy", "entropy", "odin"],
 }
 # The earlier method each new one is closest to (same quantity or same idea), compared in its sentence.
-RELATIVE = {"exgrad": "gradnorm", "gradorth": "gradnorm", "lowdim_grad": "mahalanobis", "grood": "knn",
+RELATIVE = {"gsc": "energy", "pro": "msp", "exgrad": "gradnorm", "gradorth": "gradnorm", "lowdim_grad": "mahalanobis", "grood": "knn",
             "gradient_density": "grad_l2", "knn": "mahalanobis", "vim": "mahalanobis", "rmds": "mahalanobis",
             "react": "energy"}
 # Why a method behaves as it does here (what the numbers alone do not say), for the sentence per new method.
@@ -39,9 +39,19 @@ WHY = {
     "knn": "distance to the 50th nearest normalised training feature",
     "vim": "the residual outside the principal subspace plus energy",
     "rmds": "Mahalanobis minus a background Gaussian",
+    "gsc": "energy after zeroing the 10 % of features with the largest gradient of the predicted logit (the head's "
+           "row W_ŷ, so the zeroed features depend on the predicted class only)",
+    "pro": "the lowest MSP after one signed-gradient step of 0.003 that lowers it: where the softmax is saturated "
+           "the step barely moves it, so it ranks like MSP",
     "react": "energy after clipping the features at their 90th ID percentile: it softens, but does not remove, the "
              "overconfidence on noise",
 }
+
+
+# The paper's setting as a value the embedded default (mnist-cnn) runs, where the registry states it in words.
+PAPER_VALUES = {("knn", "k_fraction"): 0.001, ("grood", "mixup_layer"): "layer2"}
+# Choices with no registered paper setting that are measured both ways too: (method, parameter) -> the other value.
+OTHER_SETTINGS = {("gradient_density", "covariance"): "empirical"}
 
 
 def _fmt_cell(v) -> str:
@@ -236,3 +246,61 @@ def section(metrics: pd.DataFrame, corruption: pd.DataFrame, decomposition: pd.D
         markdown(dec),
         "",
     ]
+
+
+def adaptations() -> list[dict]:
+    """Every registered adaptation (a parameter whose default is not the paper's setting) and every choice in
+    :data:`OTHER_SETTINGS`: method, parameter, gradviz's default, the paper's setting as registered, and the value
+    run for the other setting (``value``)."""
+    rows = []
+    for info in list_methods():
+        for key, paper in info.paper_settings.items():
+            rows.append({"method": info.name, "parameter": key, "gradviz": info.defaults[key], "paper": paper,
+                         "value": PAPER_VALUES.get((info.name, key), paper)})
+    for (name, key), value in OTHER_SETTINGS.items():
+        rows.append({"method": name, "parameter": key, "gradviz": get_method(name).defaults[key],
+                     "paper": f"none stated (other choice: {value})", "value": value})
+    return rows
+
+
+def choices_table(rows: list[dict], default: pd.DataFrame, other: dict[tuple[str, str], pd.DataFrame],
+                  ood_sets: list[str]) -> pd.DataFrame:
+    """One row per adaptation: the two settings and the AUROC of each per OOD set.
+
+    ``default``: metrics (method, ood_dataset, auroc) of a run with every default; ``other``: {(method, parameter):
+    metrics of the run with ``value``}."""
+    d = default.set_index(["method", "ood_dataset"])["auroc"]
+    out = []
+    for row in rows:
+        o = other[(row["method"], row["parameter"])].set_index(["method", "ood_dataset"])["auroc"]
+        paper = row["paper"] if str(row["value"]) in str(row["paper"]) else f"{row['paper']} (run: {row['value']})"
+        cells = {"method": row["method"], "parameter": row["parameter"], "gradviz setting": str(row["gradviz"]),
+                 "paper setting": paper}
+        for ood in ood_sets:
+            cells[f"{ood} AUROC gradviz"] = float(d.loc[(row["method"], ood)])
+            cells[f"{ood} AUROC paper"] = float(o.loc[(row["method"], ood)])
+        out.append(cells)
+    return pd.DataFrame(out)
+
+
+def choices_section(table: pd.DataFrame, model: str) -> list[str]:
+    """The markdown lines of the choices subsection."""
+    return [
+        "### Choices that change results: gradviz's setting and the paper's",
+        "",
+        f"Each adaptation in the method registry (a parameter whose default is not the paper's or its authors' code's "
+        f"setting; the Learn page, the sidebar and the footnote under every metrics table say which one produced a "
+        f"score), run both ways on `{model}` with the same samples. *paper* = the setting the paper or its code uses; "
+        "where the registry states it in words, *run* gives the value used for the bundled model.",
+        "",
+        markdown(table),
+        "",
+    ]
+
+
+def model_table(metrics: pd.DataFrame, ood_sets: list[str]) -> str:
+    """A bundled model's OOD table by family (AUROC and FPR95 per set, best of each family in bold)."""
+    overview = overview_table(metrics, pd.DataFrame(columns=["method", "auroc", "fpr95"]), ood_sets)
+    overview = overview.drop(columns="as declared")
+    numeric = {c: "AUROC" in c for c in overview.columns if "AUROC" in c or "FPR95" in c}
+    return markdown(overview, _best_per_family(overview, numeric))

@@ -8,9 +8,10 @@ using a fixed one. The planner sizes the batch from the model *at its input size
   bytes of every leaf output — ``A``, the activation bytes of one sample (memoised per model and
   input size). It runs on fake tensors (shapes without memory) where the model allows, else on one
   real image: the probe allocates nothing of the pass;
-* a pass of kind ``k`` needs about ``FACTORS[k] · A`` bytes per sample (plus the input), and a
-  fixed part: the parameter bytes, again for the parameter gradients of passes that backprop
-  to the parameters (``PARAM_COPIES``), and the gradient engine's chunks;
+* a pass of kind ``k`` needs about ``FACTORS[k] · A + SAMPLE_PARAM_COPIES[k] · P`` bytes per sample (plus
+  the input; ``P`` the parameter bytes: a double-backprop pass holds every sample's parameter gradient with
+  its graph), and a fixed part: the parameter bytes, again for the parameter gradients of passes that
+  backprop to the parameters (``PARAM_COPIES``), and the gradient engine's chunks;
 * ``batch = clamp(floor((budget − fixed) / per_sample), 1, upper)``, ``upper`` being the caller's
   ``--batch-size`` (an upper bound, never a target) or the number of images.
 
@@ -47,8 +48,8 @@ from torch import nn
 
 from gradviz.errors import GradvizError
 
-__all__ = ["KINDS", "FACTORS", "Plan", "plan_batch", "batch_size_for", "memory_budget_mb", "available_mb",
-           "session_budget", "activation_bytes", "scoring_kind"]
+__all__ = ["KINDS", "FACTORS", "SAMPLE_PARAM_COPIES", "Plan", "plan_batch", "batch_size_for", "memory_budget_mb",
+           "available_mb", "session_budget", "activation_bytes", "scoring_kind"]
 
 log = logging.getLogger("gradviz.runtime.budget")
 
@@ -61,6 +62,7 @@ FACTORS: dict[str, float] = {
     "forward": 1.0,      # no-grad forward: logits + features (fit sets, output/feature methods, decomposition)
     "backward": 2.5,     # one forward+backward (attributions, the layer profile, Playground paths)
     "gradients": 4.0,    # the scoring pass with gradient methods: the engine's per-sample gradients, GAIA, ODIN…
+    "second_order": 6.0,  # explaining a gradient score: double backprop through each sample's parameter gradient
 }
 # Measured per sample, in units of A (peak RSS above a warm model; slope between two batch sizes):
 #                      forward  fwd+bwd  all 24 methods
@@ -69,11 +71,19 @@ FACTORS: dict[str, float] = {
 #   ResNet-50 3×96²      –       0.64      1.55
 #   ViT (4×128) 3×64²   0.43     1.7       2.8
 # and a fixed part of at most ~35 MB beyond the parameter gradients (OVERHEAD_MB).
+# Explaining with saliency (benchmarks/bench_explain_memory.py; two runs, the larger shown), per sample:
+#                      the class   energy   ODIN (input step)   grad_l2 (double backprop)
+#   mnist-cnn 1×28²     1.3 A      1.4 A    2.0 A               4.6 MB = 6.4 A = 15.6 P
+#   ResNet-18 3×64²     1.0 A      1.0 A    1.8 A               194 MB = 83 A = 4.5 P
+# (P: the parameter bytes). The class, output scores and ODIN stay within "backward"; grad_l2 fits
+# 4.7 A + 4.3 P on both models, and "second_order" plans 6 A + 5.5 P (~1.3× either measurement).
 KINDS = tuple(FACTORS)
 # Copies of the parameters a pass adds (their gradients; the engine's BN-folded weights).
-PARAM_COPIES = {"forward": 0, "backward": 1, "gradients": 2}
-WHAT = {"forward": "forward passes", "backward": "forward+backward passes",
-        "gradients": "per-sample gradient passes"}
+PARAM_COPIES = {"forward": 0, "backward": 1, "gradients": 2, "second_order": 2}
+# Copies of the parameters each sample adds (double backprop: its parameter gradient and that gradient's graph).
+SAMPLE_PARAM_COPIES = {"forward": 0.0, "backward": 0.0, "gradients": 0.0, "second_order": 5.5}
+WHAT = {"forward": "forward passes", "backward": "forward+backward passes", "gradients": "per-sample gradient passes",
+        "second_order": "double-backprop passes (explaining a gradient score)"}
 OVERHEAD_MB = 64  # allocator, thread pools, small buffers of any pass
 CLI_SHARE = 0.5  # of MemAvailable, when GRADVIZ_MEMORY_MB is not set
 CUDA_SHARE = 0.8  # of the GPU memory free now, for a model on a CUDA device
@@ -291,7 +301,8 @@ def plan_batch(model: nn.Module, kind: str, pass_name: str | None = None, *, upp
     shape = _input_shape(model, input_shape)
     card = getattr(model, "card", None)
     name = getattr(card, "name", None) or type(getattr(model, "net", model)).__name__
-    per_sample = FACTORS[kind] * activation_bytes(model, shape) + 2 * 4 * math.prod(shape)  # + the input, twice
+    per_sample = (FACTORS[kind] * activation_bytes(model, shape) + SAMPLE_PARAM_COPIES[kind] * parameter_bytes(model)
+                  + 2 * 4 * math.prod(shape))  # + the input, twice
     fixed = PARAM_COPIES[kind] * parameter_bytes(model) + _engine_fixed_bytes(kind) + OVERHEAD_MB * MB
     room = budget_mb * MB - fixed
     if room < per_sample:
@@ -360,7 +371,7 @@ def _parameters_on_meta() -> Iterator[None]:
 
 
 def _meta_build(arch: str, state: dict | None):
-    from gradviz.models.architectures import build_untrained
+    from gradviz.models.resolver import build_untrained
 
     from gradviz.errors import ModelError
 

@@ -194,8 +194,10 @@ async def exceptions(page) -> list[str]:
 
 
 async def open_app(browser, base_url: str, limit: int | None = None, timeout: float = 300.0):
-    """A fresh browser context + page on the app, with the sample slider at ``limit`` (minimum if None)."""
+    """A fresh browser context + page on the app, with the sample slider at ``limit`` (minimum if None); every
+    action on it (a click, a focus) waits up to ``timeout`` for its element, like the flows' own waits."""
     context = await browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(timeout * 1000)
     page = await context.new_page()
     await page.goto(base_url + "/", timeout=timeout * 1000)
     await set_sample_limit(page, limit, timeout)

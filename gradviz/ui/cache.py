@@ -3,14 +3,13 @@
 Models are shared across sessions (``st.cache_resource``; the model object is read-only
 and locks its own hooked passes). Results are deterministic functions of the run config
 (plus upload digests), so they are memoised in a bounded in-process LRU and on disk in the
-results store; the progress bar lives outside any cached function.
+results store; the progress bar (gradviz.ui.progress) is drawn outside any cached function.
 """
 
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import pandas as pd
 import streamlit as st
@@ -18,12 +17,12 @@ from cachetools import LRUCache
 
 from gradviz.config import settings
 from gradviz.data import ImageSet, load_dataset
-from gradviz.errors import GradvizError, ModelError
+from gradviz.errors import ModelError
 from gradviz.models import GradvizModel, load_model
-from gradviz.reporting.plaintext import md_text
 from gradviz.scoring import RunConfig, ScoreResult, blank_method_warnings, images_digest, layer_table, run
 from gradviz.runtime.store import ResultStore
 from gradviz.runtime.store import cache_key as _cache_key
+from gradviz.ui.progress import progress_bar, wait_for_warm_up
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -154,27 +153,17 @@ def _memoised(key: str, compute: Callable[[], object], cfg: RunConfig | None = N
     return hit
 
 
-@contextmanager
-def _progress(text: str) -> Iterator[Callable[[int, int, str], None]]:
-    """A progress callback drawing one bar (removed afterwards, also on an error) for a group of passes that
-    run as the session's work (:func:`gradviz.ui.server.session_work`: they reserve their memory from the
-    server's budget, and the callback stops them between batches once the session's tab is gone)."""
-    from gradviz.runtime.ledger import checkpoint
-    from gradviz.runtime.progress import Eta
-    from gradviz.ui.server import session_work
+@st.cache_resource(show_spinner=False)
+def start_warm_up():
+    """The background computation of the quick start's default results (:mod:`gradviz.ui.warmup`), started once
+    per server process (``app.py`` calls this on every run; only the first call starts the threads)."""
+    from gradviz.ui.warmup import WarmJob, WarmUp, default_config, warm_models
 
-    bar, eta = st.progress(0.0, text=text), Eta()
-
-    def update(done: int, total: int, label: str) -> None:
-        checkpoint()
-        # "Scoring samples — fitting mahalanobis on mnist:train (once): 40/125 batches, ~30 s left"
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} — {eta.text(done, total, label)}")
-
-    try:
-        with session_work():
-            yield update
-    finally:
-        bar.empty()  # an error never leaves a bar standing at "23/24 methods"
+    limit = settings().max_samples_web
+    # the default model's results first (Home, the Playground, Inspect open with it); the others yield the CPU
+    jobs = [WarmJob(default_config(m, limit), layers=m == RunConfig.model, nice=0 if m == RunConfig.model else 10)
+            for m in warm_models()]
+    return WarmUp(jobs, get_store(), allowed_roots(), load_model=get_model).start()  # the pages' model objects
 
 
 def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> ScoreResult:
@@ -190,7 +179,9 @@ def get_result(cfg: RunConfig, uploads: dict[str, ImageSet] | None = None) -> Sc
     for spec in [cfg.id, *cfg.ood]:  # a refused or missing set fails here, before any progress bar is drawn
         if spec not in datasets:
             datasets[spec] = get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
-    with _progress("Scoring samples") as update:
+    if _store(cfg) is not None:  # results of this session's uploads are not read from the store
+        wait_for_warm_up(start_warm_up(), cfg, "Scoring samples")
+    with progress_bar("Scoring samples") as update:
         result = run(cfg, progress=update, store=_store(cfg), model=model, datasets=datasets,
                      allowed_roots=allowed_roots())
     _memo(cfg).put(key, result)
@@ -207,8 +198,10 @@ def get_layer_table(cfg: RunConfig, specs: list[str], uploads: dict[str, ImageSe
     if hit is not None:
         return hit
     model = get_model(cfg.model, cfg.weights)
+    if specs == [cfg.id] and _store(cfg) is not None:  # the ID set's table is warmed with the default results
+        wait_for_warm_up(start_warm_up(), cfg, "Layerwise gradients", layers=True)
     frames = []
-    with _progress("Layerwise gradients") as update:
+    with progress_bar("Layerwise gradients") as update:
         for spec in specs:
             data = uploads.get(spec) or get_dataset(cfg.model, cfg.weights, spec, cfg.limit, cfg.seed)
             frames.append(layer_table(model, data, loss=loss, batch_size=cfg.batch_size, store=_store(cfg),
@@ -235,15 +228,6 @@ def get_coverage(cfg: RunConfig) -> pd.DataFrame:
     return _memoised(key, lambda: coverage(get_model(cfg.model, cfg.weights)).to_frame(), cfg)
 
 
-def show_error(exc: Exception, hint: str = "") -> None:
-    """Show a user error with a next step and stop the page (bugs are re-raised). The message is plain text
-    (it may quote a file, folder or class name); the hint is the page's own Markdown."""
-    if not isinstance(exc, GradvizError):
-        raise exc
-    st.error("\n\n".join(md_text(line) for line in str(exc).splitlines()) + (f"\n\n{hint}" if hint else ""))
-    st.stop()
-
-
 def get_severity_scores(cfg: RunConfig, corruption: str) -> tuple[pd.DataFrame, list[str]]:
     """Scores of the clean ID set and ``corruption`` at severities 1–5 (gradviz.analysis.sweeps.severity_scores), and
     one warning per method left blank (it cannot be fitted on the fit set, e.g. a small own ID set); memoised."""
@@ -255,7 +239,7 @@ def get_severity_scores(cfg: RunConfig, corruption: str) -> tuple[pd.DataFrame, 
         return hit
     model = get_model(cfg.model, cfg.weights)
     unfitted: dict[str, str] = {}
-    with _progress(f"Severity sweep: {corruption}") as update:
+    with progress_bar(f"Severity sweep: {corruption}") as update:
         scores = severity_scores(model, corruption, cfg.methods, id_spec=cfg.id, limit=cfg.limit, seed=cfg.seed,
                                  params=cfg.params, fit_set=cfg.fit_set, batch_size=cfg.batch_size, store=_store(cfg),
                                  progress=update, unfitted=unfitted,

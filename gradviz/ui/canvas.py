@@ -2,7 +2,7 @@
 Components v2 API; no build step here, its compiled frontend ships in the wheel and loads nothing from
 the network).
 
-Checked with the pinned Streamlit 1.67 in headless Chromium (tests/browser/test_playground.py): mouse
+Checked with the pinned Streamlit 1.67 in headless Chromium (tests/browser/test_playground_browser.py): mouse
 strokes, the toolbar's undo and its reset each send the canvas back as a PNG within a second.
 """
 

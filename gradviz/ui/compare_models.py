@@ -7,6 +7,7 @@ from dataclasses import replace
 import streamlit as st
 
 from gradviz.analysis.model_compare import ModelComparison, compare_models
+from gradviz.runtime.progress import Eta
 from gradviz.scoring import RunConfig
 from gradviz.runtime.store import cache_key
 from gradviz.ui.cache import _memoised, get_dataset, get_model, get_result
@@ -21,14 +22,20 @@ def get_model_comparison(cfg: RunConfig, models: list[str]) -> ModelComparison:
     owner = next((replace(cfg, model=m) for m in models if is_private_model(m)), cfg)
 
     def compute() -> ModelComparison:
-        bar = st.progress(0.0, text="Comparing models")
+        bar, eta, now = st.progress(0.0, text="Comparing models"), Eta(), {"model": "", "at": 0.0}
 
         def progress(done: int, total: int, name: str) -> None:
-            bar.progress(min(1.0, done / max(total, 1)), text=f"Comparing models — {name}: {done}/{total}")
+            now.update(model=f"{name} (model {done + 1} of {total})", at=done / max(total, 1))
+            bar.progress(min(1.0, now["at"]), text=f"Comparing models — {now['model']}")
 
-        result = compare_models(cfg, models, get_model=get_model, run_config=get_result, progress=progress,
-                                probe_images=lambda m: get_dataset(m, None, cfg.id, cfg.limit, cfg.seed).images)
-        bar.empty()
-        return result
+        def steps(done: int, total: int, label: str) -> None:  # a fit of the model's methods (none: shipped)
+            bar.progress(min(1.0, now["at"]), text=f"Comparing models — {now['model']}: {eta.text(done, total, label)}")
+
+        try:
+            return compare_models(cfg, models, get_model=get_model, run_config=get_result, progress=progress,
+                                  steps=steps,
+                                  probe_images=lambda m: get_dataset(m, None, cfg.id, cfg.limit, cfg.seed).images)
+        finally:
+            bar.empty()
 
     return _memoised(key, compute, owner)

@@ -71,11 +71,12 @@ def _data_map_body(cfg: RunConfig, scores: pd.DataFrame, uploads: dict | None, m
 
 
 def where_it_lands(cfg: RunConfig, scores: pd.DataFrame, x: torch.Tensor, name: str, methods: list[str],
-                   key: str = "ins_map") -> None:
+                   key: str = "ins_map", shown: bool = True) -> None:
     """Inspect / Playground: the map of the ID and OOD sets with this image placed on it (same projection, not
-    refitted; the map is computed once per choice, each new image costs one forward)."""
+    refitted; the map is computed once per choice, each new image costs one forward). ``shown``: whether the map
+    starts switched on (the Playground starts with it off: each stroke would redraw every scored sample)."""
     st.subheader(f"Where does {md_text(name)} land? (map of the data)")
-    if not st.toggle("Show the map: penultimate features of every scored sample, projected once", True, key=key):
+    if not st.toggle("Show the map: penultimate features of every scored sample, projected once", shown, key=key):
         return
     method, colour = _controls(methods, key)
     try:

@@ -3,7 +3,8 @@
 Session-state keys (all prefixed ``pg_``): ``pg_source`` (Draw | Take a picture | Dataset sample),
 ``pg_canvas`` (the canvas widget), ``pg_stroke``, ``pg_camera``, ``pg_spec``/``pg_index`` (dataset
 sample), ``pg_path``/``pg_steps``/``pg_target_spec``/``pg_target_index`` (path controls),
-``pg_path_chart`` (the path plot's selection), ``pg_loaded`` (a path step shown instead of the start
+``pg_path_chart`` (the path plot's selection), ``pg_walked`` (the drawing whose path was asked for),
+``pg_path_live`` (re-score the path after every stroke), ``pg_path_seconds`` (the last path's time), ``pg_loaded`` (a path step shown instead of the start
 image: {source digest, image, label, step}), ``pg_explained`` (digest whose attributions were asked for).
 """
 
@@ -150,6 +151,36 @@ def source_image(source: str, cfg: RunConfig, card) -> tuple[torch.Tensor | None
 
 
 # --------------------------------------------------------------------------- path steps
+
+
+def _ask_for_path(digest: str) -> None:
+    st.session_state["pg_walked"] = digest
+
+
+def path_wanted(source: str, digest: str, steps: int) -> bool:
+    """Whether the path of the start image (``digest``) is scored in this run. A photo or a dataset sample: yes
+    (each is one finished image). A drawing: only when asked — the "Score the path" button (for this drawing:
+    the next stroke makes a new one) or the toggle that re-scores it after every stroke — so that a stroke
+    scores the drawing alone, not every step of its path."""
+    if source != SOURCES[0]:
+        return True
+    live = st.toggle("Re-score the path after every stroke", key="pg_path_live",
+                     help="Off: a stroke scores only the drawing, and the path waits for the button.")
+    if live or st.session_state.get("pg_walked") == digest:
+        return True
+    last = st.session_state.get("pg_path_seconds")
+    st.button("Score the path", key="pg_walk", type="primary", icon=":material/route:", on_click=_ask_for_path,
+              args=(digest,))
+    st.caption(f"Scores all {steps} steps of your drawing as one batch"
+               + (f" (the last path took {last:.1f} s)." if last else ".") + " Draw on first: the path follows "
+               "the drawing as it is when you press the button.")
+    return False
+
+
+def remember_path_time(seconds: float) -> None:
+    """Keep the last path's scoring time: the button states it as the wait to expect."""
+    st.session_state["pg_path_seconds"] = float(seconds)
+
 
 
 def _load_step(chart_key: str, source: str, path: Walk) -> None:

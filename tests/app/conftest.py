@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,12 @@ def open_page(monkeypatch, tmp_path):
 
     yield _open
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def no_hidden_page_bugs(caplog):
+    """Fail an app test whose page met an unexpected exception: ``user_errors`` shows users a short message and
+    logs the traceback (logger ``gradviz.ui``), so ``not at.exception`` alone would not see it."""
+    yield
+    bugs = [r for r in caplog.get_records("call") if r.name == "gradviz.ui" and r.levelno >= logging.ERROR]
+    assert not bugs, "\n".join(logging.Formatter().format(r) for r in bugs)

@@ -54,6 +54,7 @@ def test_layers_page_calls_out_best_layer_and_reacts(monkeypatch, tmp_path):
     assert len(at.get("plotly_chart")) == 3
 
 
+@pytest.mark.slow
 def test_meta_page_explains_too_few_errors(monkeypatch, tmp_path):
     at = _open(monkeypatch, tmp_path, "pages/meta.py")
     assert not at.exception, at.exception
@@ -88,6 +89,7 @@ def test_meta_page_reports_feature_sets_and_ood_settings(monkeypatch, tmp_path):
     assert len(at.get("plotly_chart")) == 3
 
 
+@pytest.mark.slow
 def test_corruption_lab_sweeps_severities(monkeypatch, tmp_path):
     at = _open(monkeypatch, tmp_path, "pages/corruptions.py")
     _ok(at)
@@ -119,9 +121,17 @@ def test_learn_page_explains_every_registered_method(monkeypatch, tmp_path):
     assert all(t.meaning in text and t.reading in text for t in TRUST_TERMS)
     for info in infos:  # every paper link comes from the registry
         assert info.link in text and info.intuition in text
-    for arxiv in ("1805.08440", "2008.08030", "2311.09620", "2110.00218", "2205.10439", "2204.06507"):
+    for arxiv in ("1805.08440", "2008.08030", "2311.09620", "2110.00218", "2205.10439", "2204.06507", "2507.01417",
+                  "2503.18784"):
         assert arxiv in text
     assert [h.value.split(" ")[0] for h in at.subheader] == ["Output", "Feature", "Gradient"]
     assert "scores BELOW the digits (reversed)" in text  # the declared reversals are taught, not hidden
     assert "docs/RESULTS.md" in text
     assert "not uniformly better" in text
+    # which scores can be explained, and how: one row per registered method, from the registrations
+    table = next(d.value for d in at.dataframe if "how" in d.value.columns)
+    assert list(table["method"]) == [info.name for info in infos]
+    assert set(table.loc[table["explainable"], "method"]) == {i.name for i in infos if i.input_form is not None}
+    assert table.set_index("method").loc["knn", "how"].startswith("not explainable: ")
+    captions = " ".join(c.value for c in at.caption)
+    assert "Explain this score (Inspect, Playground → explain: this score): by double backprop" in captions

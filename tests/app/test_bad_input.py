@@ -1,4 +1,4 @@
-"""AppTest: hostile or odd input on the pages (issue 19) ends in one clear message, never a traceback.
+"""AppTest: hostile or odd input on the pages ends in one clear message, never a traceback.
 
 Folder specs outside GRADVIZ_ALLOWED_ROOTS are refused with the same answer as missing folders;
 parameters out of range, non-finite scores and too-small sets are explained; uploads show what the
@@ -45,6 +45,7 @@ def roots(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_folder_specs_outside_the_roots_get_one_answer_on_every_page(open_page, roots):
     secret = roots / "secret"
     answers = set()
@@ -169,3 +170,17 @@ def test_session_pixel_budget_refuses_further_uploads_with_the_setting(open_page
     at.file_uploader(key="ins_upload").set_value([("b.png", _png(size=(60, 60), value=7), "image/png")]).run()
     assert not _errors(at)
     assert any("b.png: not loaded" in w.value and "GRADVIZ_MAX_SESSION_PIXELS" in w.value for w in at.warning)
+
+
+def test_a_bad_setting_is_shown_as_the_servers_configuration_error(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("GRADVIZ_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GRADVIZ_MAX_SAMPLES_WEB", "lots")
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["Server configuration: invalid setting: GRADVIZ_MAX_SAMPLES_WEB='lots': "
+                                           "input should be a valid integer, unable to parse string as an integer"]
+    assert not at.sidebar.selectbox  # nothing else ran

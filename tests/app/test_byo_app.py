@@ -16,8 +16,9 @@ from streamlit.testing.v1 import AppTest
 
 from gradviz.models.cnn import MnistResNet
 from gradviz.scoring import RunConfig
+from gradviz.testing.apptest import add_zip, gauges, texts
 
-from image_bytes import png_bytes, zip_bytes
+from image_bytes import canvas_png, png_bytes, zip_bytes
 
 SMALL = dict(limit=100, ood=["noise-uniform"], methods=["msp", "energy", "gradnorm"])
 
@@ -83,10 +84,6 @@ def submit_weights(at: AppTest, data: bytes, name: str = "w.safetensors", arch: 
     return at
 
 
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
-
-
 def test_upload_resnet18_with_ten_classes_and_a_card_then_score(open_page):
     at = open_page("pages/home.py", RunConfig(**SMALL))
     submit_weights(at, resnet18_bytes(), "r18.safetensors", "torchvision:", "resnet18", size="3, 32, 32", mean="0.5",
@@ -129,19 +126,6 @@ def test_two_sessions_uploading_different_weights_never_see_each_others_model(op
     assert not any("a.safetensors" in o for o in third.selectbox(key="gv_model").options)
 
 
-
-
-def add_zip(at: AppTest, data: bytes, name: str) -> AppTest:
-    """Upload a .zip in the sidebar's "Your own ID set" and press "Use as ID set" (one plain rerun first, see
-    :func:`submit_weights`)."""
-    at.run()
-    at.toggle(key="gv_id_on").set_value(True).run()
-    at.file_uploader(key="gv_id_zip").set_value((name, data, "application/zip"))
-    at.run()
-    at.button(key="gv_id_add_zip").click()
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 @pytest.mark.slow
@@ -219,6 +203,7 @@ def test_file_models_run_only_when_the_server_configuration_names_them(open_page
     assert at.selectbox(key="gv_model").value == spec and marker.exists() and not at.error, texts(at.error)
 
 
+@pytest.mark.slow
 def test_compare_models_page_scores_two_models_side_by_side(open_page):
     at = open_page("pages/compare_models.py", RunConfig(limit=100, ood=["letters", "noise-uniform"],
                                                         methods=["msp", "energy", "mahalanobis"]))
@@ -258,6 +243,7 @@ def test_folder_under_the_allowed_roots_as_the_id_set(open_page, tmp_path, monke
     assert "8 images in 2 classes; 4 (50%) fit" in texts(at.sidebar.caption)
 
 
+@pytest.mark.slow
 def test_three_channel_model_with_a_28px_card_renders_home_inspect_and_the_playground(open_page):
     """Grey digits expanded to 3 channels at the card's native 28×28 (no resize) once crashed every page."""
     at = open_page("pages/home.py", RunConfig(limit=40, ood=["letters"], methods=["msp", "gradnorm"]))
@@ -274,10 +260,9 @@ def test_three_channel_model_with_a_28px_card_renders_home_inspect_and_the_playg
     assert not at.exception and not at.error, (at.exception, texts(at.error))
     assert list(at.dataframe[0].value["method"]) == ["msp", "gradnorm"]
     assert "(3, 28, 28) input" in at.get("image")[0].proto.imgs[0].caption
-    from test_playground_page import drawing, gauges
     from gradviz.ui.canvas import canvas_state
 
-    at.session_state["pg_canvas"] = canvas_state(drawing("three"))
+    at.session_state["pg_canvas"] = canvas_state(canvas_png("three"))
     at.switch_page("pages/playground.py").run()
     assert not at.exception and not at.error, (at.exception, texts(at.error))
     assert set(gauges(at)) == {"msp", "gradnorm"}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
-from PIL import Image
 
 from gradviz.scoring import RunConfig
+
+from image_bytes import png_bytes
 
 METHODS = ["msp", "energy", "gradnorm"]
 
@@ -15,12 +14,6 @@ METHODS = ["msp", "energy", "gradnorm"]
 @pytest.fixture
 def app(open_page):
     return open_page("pages/compare.py", RunConfig(limit=100, ood=["letters", "noise-uniform"], methods=METHODS))
-
-
-def _png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", (32, 32), 200).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _open_tab(app, label: str):
@@ -106,7 +99,7 @@ def test_compare_curve_picker_switches_roc_and_pr(app):
 
 
 def test_compare_upload_adds_ood_set_and_bad_file_warns(app):
-    app.file_uploader(key="cmp_upload").set_value([("a.png", _png(), "image/png"), ("x.png", b"not an image", "image/png")])
+    app.file_uploader(key="cmp_upload").set_value([("a.png", png_bytes(200, 32), "image/png"), ("x.png", b"not an image", "image/png")])
     app.run()
     assert not app.exception, app.exception
     assert any("x.png" in w.value for w in app.warning)

@@ -53,6 +53,7 @@ def _data_buttons(at) -> dict[str, object]:
             if b.proto.label.endswith((".csv", ".json"))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page, state, labels", [
     ("pages/compare.py", {"cmp_tab": "Detection metrics & exports"},
      {"⬇ scores.csv", "⬇ metrics.csv", "⬇ metrics.json", "⬇ config.json"}),

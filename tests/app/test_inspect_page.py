@@ -8,7 +8,13 @@ import pytest
 from PIL import Image
 
 from gradviz.scoring import RunConfig
+from gradviz.testing.apptest import prediction
 
+from image_bytes import paper_photo
+
+
+
+ASK = "Upload one or more images, or switch to a dataset sample."
 
 
 @pytest.fixture
@@ -27,7 +33,7 @@ def _png() -> bytes:
 
 
 def test_inspect_upload_prompt_then_dataset_sample_renders(app):
-    assert app.info  # no upload yet: asks for one, no error
+    assert [i.value for i in app.info] == [ASK]  # no upload yet: asks for one, no error
     app.radio(key="ins_source").set_value("A dataset sample")
     app.session_state["ins_layers"] = True
     app.run()
@@ -52,7 +58,7 @@ def test_inspect_uploaded_png_works_and_bad_upload_warns(app):
     app.file_uploader(key="ins_upload").set_value([("x.png", b"hello, I am text", "image/png")]).run()
     assert not app.exception, app.exception
     assert any("x.png" in w.value for w in app.warning)
-    assert app.info  # nothing usable: asks again
+    assert [i.value for i in app.info] == [ASK]  # nothing usable: asks again
 
 
 def test_inspect_opens_sample_sent_from_compare(app):
@@ -65,7 +71,6 @@ def test_inspect_opens_sample_sent_from_compare(app):
 
 
 def test_inspect_flags_a_photo_of_ink_on_paper_and_cleans_it_up(app):
-    from test_appearance import paper_photo  # tests/ is on the path (rootdir conftest)
 
     app.file_uploader(key="ins_upload").set_value([("two.jpg", paper_photo("2"), "image/jpeg")]).run()
     assert not app.exception, app.exception
@@ -81,7 +86,3 @@ def test_inspect_flags_a_photo_of_ink_on_paper_and_cleans_it_up(app):
     app.file_uploader(key="ins_upload").set_value([("digit.png", _png(), "image/png")]).run()
     assert not any("looks unlike" in w.value for w in app.warning)
     assert next(t for t in app.toggle if t.key.startswith("ins_clean_")).value is False
-
-
-def prediction(at) -> str:
-    return next(m for m in at.metric if m.label == "Prediction").value

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 
 from gradviz.scoring import RunConfig
+from gradviz.testing.apptest import add_zip, chart_spec, gauges, texts
 from gradviz.ui.canvas import canvas_state
 
-from image_bytes import png_bytes, zip_bytes
-from test_byo_app import add_zip, texts
-from test_playground_page import chart, drawing, gauges
+from image_bytes import canvas_png, png_bytes, zip_bytes
 
 METHODS = ["msp", "energy", "grood", "gradnorm"]
 
@@ -24,7 +23,7 @@ def grey_zip() -> bytes:
 @pytest.mark.slow
 def test_playground_with_an_own_id_set_leaves_an_unfittable_method_blank(open_page):
     at = open_page("pages/playground.py", RunConfig(limit=100, ood=["noise-uniform"], methods=METHODS),
-                   pg_canvas=canvas_state(drawing("three")))
+                   pg_canvas=canvas_state(canvas_png("three")), pg_path_live=True)
     add_zip(at, grey_zip(), "digits.zip")  # (AppTest cannot rerun after it: the ID picker's labels are formatted)
     assert at.session_state["gv_config"].id.startswith("test:session:digits.zip#")
     assert not at.exception, at.exception
@@ -32,10 +31,11 @@ def test_playground_with_an_own_id_set_leaves_an_unfittable_method_blank(open_pa
     warned = texts(at.warning)
     assert "grood is left blank: it could not be fitted on fit:session:digits.zip" in warned, warned
     assert set(gauges(at)) == set(METHODS) - {"grood"}
-    assert {t.get("name") for t in chart(at, "pg_path_chart")["data"]} == set(METHODS) - {"grood"} | {None}
+    assert {t.get("name") for t in chart_spec(at, "pg_path_chart")["data"]} == set(METHODS) - {"grood"} | {None}
     assert not at.get("progress")  # every progress bar finished and was removed
 
 
+@pytest.mark.slow
 def test_corruption_lab_with_an_own_id_set_leaves_an_unfittable_method_blank(open_page):
     at = open_page("pages/corruptions.py", RunConfig(limit=100, ood=["noise-uniform"], methods=METHODS))
     add_zip(at, grey_zip(), "digits.zip")
@@ -49,6 +49,7 @@ def test_corruption_lab_with_an_own_id_set_leaves_an_unfittable_method_blank(ope
     assert not at.get("progress")
 
 
+@pytest.mark.slow
 def test_inspect_with_an_own_id_set_leaves_an_unfittable_method_blank(open_page):
     at = open_page("pages/inspect.py", RunConfig(limit=100, ood=["noise-uniform"], methods=METHODS),
                    ins_source="A dataset sample", ins_layers=False)

@@ -9,9 +9,11 @@ import re
 import pytest
 
 from gradviz.scoring import RunConfig
+from gradviz.testing.apptest import chart_spec
 
 METHODS = ["msp", "energy", "gradnorm"]
 SHIFT = "corrupt:gaussian_noise:4"
+pytestmark = pytest.mark.slow  # the page's first run scores three sets and fits temperatures
 
 
 @pytest.fixture
@@ -63,8 +65,10 @@ def test_choosing_another_score_redraws_its_curve(app):
     assert not app.exception, app.exception
     title = json.loads(app.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
     assert title == "Risk–coverage: gradnorm (lower = better)"
+    equal_width = chart_spec(app, "trust_reliability")["data"]
     app.segmented_control(key="trust_strategy").set_value("quantile").run()
     assert not app.exception, app.exception
+    assert chart_spec(app, "trust_reliability")["data"] != equal_width  # equal-mass bins: other points
 
 
 def test_trust_sends_a_gallery_sample_to_inspect(app):

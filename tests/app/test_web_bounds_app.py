@@ -7,6 +7,7 @@ import pytest
 from gradviz.scoring import RunConfig
 
 
+@pytest.mark.slow
 def test_a_model_name_over_the_parameter_limit_is_refused_on_the_page(open_page, monkeypatch):
     monkeypatch.setenv("GRADVIZ_MAX_PARAMS_WEB", "1000000")
     at = open_page("pages/home.py", RunConfig(limit=30, ood=["letters"], methods=["msp"]))

@@ -1,7 +1,10 @@
-"""Fixtures for real-browser tests: one streamlit server per module (tmp cache dir) and a headless Chromium.
+"""Fixtures for real-browser tests: one streamlit server for the whole session, a headless Chromium per module.
 
-Every test here is marked ``browser`` and skipped with a clear reason when /usr/bin/chromium is absent. Server
-helpers live in gradviz/testing/browser.py (shared with the load test and the timing benchmark).
+The server's cache dir (GRADVIZ_CACHE_DIR) is shared by every module, so a set scored once is read back by the next
+module; each test opens its own browser context (its own Streamlit session). The server caps 'Samples per set', and
+so the images a method is fitted on, at 200 (GRADVIZ_MAX_SAMPLES_WEB): the tests check what the pages show, not
+numbers that need more images. Every test here is marked ``browser`` and skipped with a clear reason when
+/usr/bin/chromium is absent. Helpers live in gradviz/testing/browser.py and gradviz/testing/browser_sync.py.
 """
 
 from __future__ import annotations
@@ -28,13 +31,18 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=NO_CHROMIUM))
 
 
-@pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    """``streamlit run app.py`` on a free loopback port, GRADVIZ_CACHE_DIR in a tmp dir; killed at teardown.
-    A test module may set ``SERVER_ENV`` (extra environment variables) for its own server."""
+SERVER_ENV = {"GRADVIZ_MAX_SAMPLES_WEB": "200"}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """``streamlit run app.py`` on a free loopback port, GRADVIZ_CACHE_DIR in a tmp dir; killed at teardown."""
     if not Path(CHROMIUM).exists():
         pytest.skip(NO_CHROMIUM)
-    srv = StreamlitServer(tmp_path_factory.mktemp("gv-cache"), env=getattr(request.module, "SERVER_ENV", None))
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=60_000)  # after a finished run: a page still drawing its charts
+    srv = StreamlitServer(tmp_path_factory.mktemp("gv-cache"), env=SERVER_ENV)
     try:
         srv.wait_healthy()
         yield srv
@@ -44,7 +52,8 @@ def server(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium (system binary, never a downloaded one)."""
+    """One headless Chromium per module (system binary, never a downloaded one); module-scoped because the load
+    test drives its own (async) Playwright, which cannot run while a sync one is open."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -55,7 +64,7 @@ def browser():
             b.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shots_dir(tmp_path_factory) -> Path:
     """docs/screenshots when GRADVIZ_SCREENSHOTS=1, else a tmp dir."""
     if os.environ.get("GRADVIZ_SCREENSHOTS") == "1":

@@ -1,23 +1,22 @@
-"""Real browser: bring your own model and data — upload ResNet-18 weights with a card and score, a refused file,
-a zip as the ID set, a second session that never sees the first one's upload, and the Compare models page."""
+"""Real browser: bring your own model and data — upload ResNet-18 weights with a three-channel 28×28 card and score
+it on Home, Inspect and the Playground, a refused file, a second session that never sees the first one's upload, a
+zip as the ID set, and the Compare models page."""
 
 from __future__ import annotations
 
 import io
 import json
-import time
-import zipfile
 
 import pytest
 import torch
 import torchvision
-from PIL import Image
+from playwright.sync_api import expect
 from safetensors.torch import save
 
-from gradviz.testing.browser import APP_STATE
-from test_browser import exceptions, go, new_session, save_shot, wait_idle
+from gradviz.testing.browser_sync import (MAIN, SIDEBAR, exceptions, go, is_idle, new_session, pick, rerun, save_shot,
+                                          switch_on, traceback_head, wait_idle)
 
-SIDEBAR = '[data-testid="stSidebar"]'
+from image_bytes import png_bytes, zip_bytes
 
 
 def resnet18_bytes() -> bytes:
@@ -25,26 +24,13 @@ def resnet18_bytes() -> bytes:
     return save(torchvision.models.resnet18(num_classes=10).state_dict())
 
 
-CARD = {"input_size": [3, 16, 16], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+# grey sets expanded to 3 channels at the card's own 28×28 (no resize): the case that once crashed every page
+CARD = {"input_size": [3, 28, 28], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
         "class_names": [f"digit {i}" for i in range(10)]}
 
 
-def switch_on(page, label: str) -> None:
-    """Turn on the sidebar switch ``label`` (its panel then appears below it)."""
-    switch = page.locator(f'{SIDEBAR} [data-testid="stCheckbox"]', has_text=label).first
-    if not switch.locator("input").is_checked():
-        switch.locator("label").first.click()
-    time.sleep(0.5)
-    wait_idle(page)
-
-
-def pick(page, container, label: str, option: str) -> None:
-    """Choose ``option`` in the selectbox labelled ``label`` inside ``container``."""
-    container.get_by_role("combobox", name=label, exact=True).click()
-    page.locator('[role="option"]', has_text=option).first.click()
-
-
 def upload_weights(page, data: bytes, name: str, card: dict | None = None, torchvision_arch: str = "") -> None:
+    """Fill the sidebar's "Your own weights" form and press "Load weights" (the only step that reruns the script)."""
     switch_on(page, "Upload your own weights")
     form = page.locator(f'{SIDEBAR} [data-testid="stForm"]').first
     if torchvision_arch:
@@ -52,13 +38,13 @@ def upload_weights(page, data: bytes, name: str, card: dict | None = None, torch
         form.get_by_label("torchvision / timm name").fill(torchvision_arch)
     inputs = form.locator('[data-testid="stFileUploader"] input[type="file"]')
     inputs.nth(0).set_input_files({"name": name, "mimeType": "application/octet-stream", "buffer": data})
+    expect(form.get_by_text(name, exact=True)).to_be_visible()  # uploaded: listed under its uploader
     if card is not None:
         inputs.nth(1).set_input_files({"name": "card.json", "mimeType": "application/json",
                                        "buffer": json.dumps(card).encode()})
-    time.sleep(0.5)
-    form.get_by_role("button", name="Load weights").click()
-    time.sleep(1.0)
-    wait_idle(page)
+        expect(form.get_by_text("card.json", exact=True)).to_be_visible()
+    with rerun(page):
+        form.get_by_role("button", name="Load weights").click()
 
 
 def model_options(page) -> str:
@@ -83,41 +69,24 @@ def first(server, browser):
     context.close()
 
 
-def test_upload_resnet18_weights_with_a_card_then_score(first, server, shots_dir):
+def test_upload_resnet18_weights_with_a_card_then_score_on_home_inspect_and_the_playground(first, server, shots_dir):
     upload_weights(first, resnet18_bytes(), "r18.safetensors", CARD, torchvision_arch="resnet18")
-    first.locator('[data-testid="stAlert"]', has_text="Loaded upload:r18.safetensors").first.wait_for()
-    wait_idle(first)
+    expect(first.locator('[data-testid="stAlert"]', has_text="Loaded upload:r18.safetensors").first).to_be_visible()
     assert not exceptions(first), exceptions(first)
     assert "upload:r18.safetensors#" in first.locator("h3").first.inner_text()  # the Home page scores it
-    first.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first.wait_for()
-    first.locator('[data-testid="stMain"] .js-plotly-plot .main-svg').first.wait_for()
+    expect(first.locator(f'{MAIN} [data-testid="stDataFrame"]').first).to_be_visible()
+    expect(first.locator(f'{MAIN} .js-plotly-plot .main-svg').first).to_be_visible()
     save_shot(first, shots_dir / "byo_weights.png")
-    assert not server.tracebacks(), server.tracebacks()[0][-3000:]
-
-
-def test_a_three_channel_28px_card_renders_home_inspect_and_the_playground(server, browser):
-    """Grey sets expanded to 3 channels at the card's own 28×28 (no resize) once crashed every page."""
-    context, page = new_session(server, browser)
-    try:
-        upload_weights(page, resnet18_bytes(), "r18_28.safetensors", {**CARD, "input_size": [3, 28, 28]},
-                       torchvision_arch="resnet18")
-        page.locator('[data-testid="stAlert"]', has_text="Loaded upload:r18_28.safetensors").first.wait_for()
-        wait_idle(page)
-        page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first.wait_for()
-        assert not exceptions(page), exceptions(page)
-        go(page, "inspect")
-        page.locator('[data-testid="stMain"]').get_by_text("A dataset sample", exact=True).click()
-        time.sleep(0.5)
-        wait_idle(page)
-        page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first.wait_for()
-        assert "(3, 28, 28) input" in page.locator('[data-testid="stMain"]').inner_text()
-        assert not exceptions(page), exceptions(page)
-        go(page, "playground")
-        page.locator('[data-testid="stMain"] [data-testid="stAlert"]', has_text="Draw a digit").first.wait_for()
-        assert not exceptions(page), exceptions(page)
-        assert not server.tracebacks(), server.tracebacks()[0][-3000:]
-    finally:
-        context.close()
+    go(first, "inspect")
+    with rerun(first):
+        first.locator(MAIN).get_by_text("A dataset sample", exact=True).click()
+    expect(first.locator(f'{MAIN} [data-testid="stDataFrame"]').first).to_be_visible()
+    expect(first.locator(MAIN)).to_contain_text("(3, 28, 28) input")
+    assert not exceptions(first), exceptions(first)
+    go(first, "playground")
+    expect(first.locator(f'{MAIN} [data-testid="stAlert"]', has_text="Draw a digit").first).to_be_visible()
+    assert not exceptions(first), exceptions(first)
+    assert not server.tracebacks(), traceback_head(server)
 
 
 def test_a_renamed_pickle_is_refused_with_its_message(first):
@@ -125,7 +94,7 @@ def test_a_renamed_pickle_is_refused_with_its_message(first):
     torch.save({"w": torch.zeros(2)}, buf, _use_new_zipfile_serialization=False)
     upload_weights(first, buf.getvalue(), "sneaky.safetensors")
     message = first.locator('[data-testid="stAlert"]', has_text="Weights refused")
-    message.first.wait_for()
+    expect(message.first).to_be_visible()
     assert "a Python pickle" in message.first.inner_text() and not exceptions(first)
 
 
@@ -138,32 +107,21 @@ def test_a_second_session_never_sees_the_first_sessions_upload(server, browser):
         context.close()
 
 
-def _zip() -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for c in range(3):
-            for i in range(6):
-                img = io.BytesIO()
-                Image.new("L", (28, 28), 30 * c + i).save(img, format="PNG")
-                zf.writestr(f"{c}/{i}.png", img.getvalue())
-    return buf.getvalue()
-
-
 def test_zip_as_the_id_set(server, browser, shots_dir):
+    members = {f"{c}/{i}.png": png_bytes(30 * c + i) for c in range(3) for i in range(6)}
     context, page = new_session(server, browser)
     try:
         switch_on(page, "Use your own images")
-        page.locator(f'{SIDEBAR} [data-testid="stFileUploader"] input[type="file"][accept*="zip"]').set_input_files(
-            {"name": "digits.zip", "mimeType": "application/zip", "buffer": _zip()})
-        page.locator(SIDEBAR).get_by_role("button", name="Use as ID set").click()
+        with rerun(page):  # the "Use as ID set" button appears once a file is there
+            page.locator(f'{SIDEBAR} [data-testid="stFileUploader"] input[type="file"][accept*="zip"]').set_input_files(
+                {"name": "digits.zip", "mimeType": "application/zip", "buffer": zip_bytes(members)})
+        with rerun(page):
+            page.locator(SIDEBAR).get_by_role("button", name="Use as ID set").click()
         note = page.locator(f'{SIDEBAR} [data-testid="stCaptionContainer"]', has_text="as the ID set")
-        note.first.wait_for()
-        time.sleep(1.0)
-        wait_idle(page)
-        assert "18 images in 3 classes; 9 (50%) fit" in note.first.inner_text()
+        expect(note.first).to_contain_text("18 images in 3 classes; 9 (50%) fit")
         assert not exceptions(page), exceptions(page)
         try:
-            page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
+            expect(page.locator(f'{MAIN} [data-testid="stDataFrame"]').first).to_be_visible()
         finally:
             save_shot(page, shots_dir / "byo_zip.png")
     finally:
@@ -173,15 +131,12 @@ def test_zip_as_the_id_set(server, browser, shots_dir):
 def test_compare_models_page(server, browser, shots_dir):
     context, page = new_session(server, browser)
     try:
-        page.locator('[data-testid="stSidebarNav"] a', has_text="Compare models").first.click()
-        page.wait_for_url(lambda url: url.rstrip("/").endswith("/compare_models"), timeout=60_000)
-        time.sleep(0.5)
-        wait_idle(page)
-        page.locator('[data-testid="stMain"] .js-plotly-plot .main-svg').first.wait_for()
-        assert page.locator(".js-plotly-plot").count() == 3  # metric bars + a histogram per model
-        assert page.locator(APP_STATE).get_attribute("data-test-script-state") == "notRunning"
+        go(page, "compare_models")
+        expect(page.locator(f'{MAIN} .js-plotly-plot .main-svg').first).to_be_visible()
+        expect(page.locator(".js-plotly-plot")).to_have_count(3)  # metric bars + a histogram per model
+        assert is_idle(page)
         assert not exceptions(page), exceptions(page)
         save_shot(page, shots_dir / "compare_models.png")
-        assert not server.tracebacks(), server.tracebacks()[0][-3000:]
+        assert not server.tracebacks(), traceback_head(server)
     finally:
         context.close()

@@ -1,7 +1,7 @@
-"""Load test (issue: concurrent sessions): 8 headless-browser sessions on one `streamlit run app.py`.
+"""Load test of concurrent sessions: 8 headless-browser sessions on one `streamlit run app.py`.
 
-Half run Compare (their metrics CSV, downloaded three times, must equal a single-session run: issue 20's
-"read back empty" was other sessions' runs deleting a download built on click), half Inspect with their own uploaded
+Half run Compare (their metrics CSV, downloaded three times, must equal a single-session run: no other
+session's run may delete a download built on click), half Inspect with their own uploaded
 PNG (each sees its own file name and prediction, never another session's upload). No session may error,
 the server must log no traceback, and its peak RSS stays bounded. Sample slider at its minimum (100/set).
 The scenario lives in gradviz/testing/browser.py (benchmarks/load_test.py runs it for bigger runs and a table).

@@ -3,18 +3,19 @@ prediction and the scores change stroke by stroke; undo and reset send the canva
 plot loads that step; no exception box appears and the server logs no traceback.
 
 GRADVIZ_SCREENSHOTS=1 saves docs/screenshots/playground.png (a drawn 3) and playground_path.png (the path).
-The server caps 'Samples per set' at 200 (GRADVIZ_MAX_SAMPLES_WEB) to keep the first computation short.
+The page is opened by its address; the server caps 'Samples per set' at 200 (tests/browser/conftest.py), so the
+page's first computation (the ID reference of every method) is small from the start.
 """
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
+from playwright.sync_api import expect
 
-from gradviz.testing.browser import APP_STATE, VIEWPORT
-from test_browser import TIMEOUT_S, exceptions, save_shot, wait_idle
+from gradviz.testing.browser import VIEWPORT
+from gradviz.testing.browser_sync import (exceptions, is_idle, open_session, rerun, save_shot, settle_layout,
+                                          traceback_head)
 
 GAUGES_JS = """() => {
   const gd = [...document.querySelectorAll('.js-plotly-plot')]
@@ -45,19 +46,19 @@ SCRIBBLE = [(60, 60), (230, 220), (70, 230), (220, 50), (60, 140), (240, 140)]
 
 
 def stroke(page, points) -> None:
-    """One mouse stroke on the canvas (canvas pixel coordinates), then wait for the rerun it triggers."""
+    """One mouse stroke on the canvas (canvas pixel coordinates), then wait for the script run it starts."""
     box = page.locator("canvas.upper-canvas").first.bounding_box()
-    page.mouse.move(box["x"] + points[0][0], box["y"] + points[0][1])
-    page.mouse.down()
-    for x, y in points[1:]:
-        page.mouse.move(box["x"] + x, box["y"] + y, steps=4)
-    page.mouse.up()
-    settle(page)
+    with rerun(page):
+        page.mouse.move(box["x"] + points[0][0], box["y"] + points[0][1])
+        page.mouse.down()
+        for x, y in points[1:]:
+            page.mouse.move(box["x"] + x, box["y"] + y, steps=4)
+        page.mouse.up()
 
 
-def settle(page) -> None:
-    time.sleep(1.0)  # the component sends the PNG, the rerun starts
-    wait_idle(page)
+def click_and_rerun(page, locator) -> None:
+    with rerun(page):
+        locator.click()
 
 
 def state(page) -> tuple[str, dict]:
@@ -67,20 +68,10 @@ def state(page) -> tuple[str, dict]:
     return value, page.evaluate(GAUGES_JS)
 
 
-# This module's own server (conftest's fixture reads it): at most 200 samples per set, so the page's first
-# computation (the ID reference of every method) is small from the start; the page is opened by its address.
-SERVER_ENV = {"GRADVIZ_MAX_SAMPLES_WEB": "200"}
-
-
 @pytest.fixture(scope="module")
 def page(server, browser):
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_S * 1000)
-    page.goto(server.url + "/playground")
-    page.get_by_text("Draw a digit on the canvas").first.wait_for()
-    time.sleep(0.5)
-    wait_idle(page)
+    context, page = open_session(server, browser, "/playground")
+    expect(page.get_by_text("Draw a digit on the canvas").first).to_be_visible()
     yield page
     context.close()
 
@@ -97,39 +88,37 @@ def test_strokes_change_prediction_and_scores(page, server, shots_dir):
     assert all(0 <= v <= 100 for v in scores.values())
     assert not exceptions(page), exceptions(page)
     page.set_viewport_size({"width": VIEWPORT["width"], "height": 1350})
-    time.sleep(1.0)
+    settle_layout(page)
     save_shot(page, shots_dir / "playground.png")
     page.set_viewport_size(VIEWPORT)
 
-    page.locator("button[aria-label=Undo]").click()  # the canvas toolbar's undo: back to the upper half
-    settle(page)
+    click_and_rerun(page, page.locator("button[aria-label=Undo]"))  # the canvas toolbar's undo: back to the upper half
     assert state(page) == (first_pred, first)
     stroke(page, LOWER)
     stroke(page, SCRIBBLE)  # a scribble over the 3: far from every digit
     scribbled = state(page)[1]
     assert scribbled["mahalanobis"] > scores["mahalanobis"]
     assert not exceptions(page), exceptions(page)
-    assert not server.tracebacks(), server.tracebacks()[0][-3000:]
+    assert not server.tracebacks(), traceback_head(server)
 
 
 def test_clicking_a_path_step_loads_it_and_reset_clears(page, server, shots_dir):
-    page.locator("button[aria-label=Undo]").click()  # the 3 again, without the scribble
-    settle(page)
+    click_and_rerun(page, page.locator("button[aria-label=Undo]"))  # the 3 again, without the scribble
     start = state(page)
+    path_chart = page.locator('[data-testid="stPlotlyChart"]', has_text="Along the path")
+    expect(path_chart).to_have_count(0)  # a stroke scores the drawing alone: the path waits for the button
+    click_and_rerun(page, page.locator('[data-testid="stButton"] button', has_text="Score the path"))
+    expect(path_chart).to_have_count(1)
     x, y = page.evaluate(PATH_POINT_JS, 15)  # rotate, step 15 of 31 = 90°
-    page.mouse.click(x, y)
-    settle(page)
-    shown = page.locator('[data-testid="stAlert"]', has_text="Showing step")
-    shown.first.wait_for(timeout=30_000)
-    assert "rotate" in shown.first.inner_text()
+    with rerun(page):
+        page.mouse.click(x, y)
+    expect(page.locator('[data-testid="stAlert"]', has_text="Showing step").first).to_contain_text("rotate")
     assert state(page) != start  # the live panels show the rotated digit
     save_shot(page, shots_dir / "playground_path.png")
-    page.locator('[data-testid="stButton"] button', has_text="Back to your drawing").first.click()
-    settle(page)
+    click_and_rerun(page, page.locator('[data-testid="stButton"] button', has_text="Back to your drawing").first)
     assert state(page) == start
-    page.locator("button[aria-label='Reset canvas & history']").click()
-    settle(page)
-    assert page.get_by_text("Draw a digit on the canvas").count() == 1
-    assert page.locator(APP_STATE).get_attribute("data-test-script-state") == "notRunning"
+    click_and_rerun(page, page.locator("button[aria-label='Reset canvas & history']"))
+    expect(page.get_by_text("Draw a digit on the canvas")).to_have_count(1)
+    assert is_idle(page)
     assert not exceptions(page), exceptions(page)
-    assert not server.tracebacks(), server.tracebacks()[0][-3000:]
+    assert not server.tracebacks(), traceback_head(server)

@@ -1,4 +1,4 @@
-"""Issue 23 (bad input, round 3): the CLI's bad input, and never a stale or silently wrong number.
+"""Bad input: the CLI's bad input, and never a stale or silently wrong number.
 
 Each test reproduces one case of the probe: a config ``limit`` of 1e18, ``--out`` naming a file,
 NaN logits, a fitted method's on-disk key without the seed, a code-version hash that missed
@@ -52,6 +52,7 @@ def test_code_version_changes_when_any_source_file_changes(tmp_path, monkeypatch
 # --------------------------------------------------------------------------- fitted methods are keyed by their seed
 
 
+@pytest.mark.slow
 def test_runs_differing_only_in_seed_with_a_fit_split_are_not_served_each_others_fitted_scores(tmp_path):
     import numpy as np
 
@@ -118,6 +119,7 @@ def test_a_fit_folder_edited_on_disk_is_fitted_again_not_served_from_the_cache(t
     assert np.array_equal(after, fresh) and not np.array_equal(before, after)
 
 
+@pytest.mark.slow
 def test_the_same_weights_under_another_card_never_share_a_cached_result(tmp_path):
     import copy
 

@@ -307,22 +307,23 @@ class _Compiled:
 _COMPILED = _Compiled()
 
 
-def resolve_mode(compile: bool | str | None) -> str:
+def resolve_mode(c_kernel: bool | str | None) -> str:
     """``None`` -> ``GRADVIZ_COMPILE`` (default ``auto``); True -> ``on``; False -> ``off``.
 
     ``auto`` and ``on`` both use the compiled kernel where it can be built and eager otherwise;
     ``on`` also warns when it cannot.
     """
-    if compile is None:
-        compile = settings().compile
-    if compile is True:
+    if c_kernel is None:
+        c_kernel = settings().compile
+    if c_kernel is True:
         return "on"
-    if compile is False:
+    if c_kernel is False:
         return "off"
-    mode = str(compile).strip().lower()
+    mode = str(c_kernel).strip().lower()
     mode = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(mode, mode)
     if mode not in MODES:
-        raise GradvizError(f"compile must be one of {', '.join(MODES)} (or True/False), got {compile!r}")
+        raise GradvizError(f"c_kernel (the compiled statistics kernel) must be one of {', '.join(MODES)} "
+                           f"(or True/False), got {c_kernel!r}")
     return mode
 
 

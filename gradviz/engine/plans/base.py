@@ -29,14 +29,14 @@ class Job:
 
     stats: tuple[str, ...] | None
     chunk_mib: float | None
-    compile: bool | str | None
+    c_kernel: bool | str | None  # the compiled C statistics kernel: auto | on | off (None: GRADVIZ_COMPILE)
 
     def __post_init__(self) -> None:
         mib = settings().chunk_mib if self.chunk_mib is None else float(self.chunk_mib)
         if not mib > 0:
             raise GradvizError(f"chunk_mib must be positive, got {self.chunk_mib}")
         self.budget = mib * 2**20
-        self.mode = resolve_mode(self.compile)
+        self.mode = resolve_mode(self.c_kernel)
         self.need = frozenset(PARTS) if self.stats is not None else frozenset({"s2"})
 
     def kernel(self, dtype: torch.dtype) -> FusedKernel | None:

@@ -63,7 +63,7 @@ class BroadcastPlan(Plan):
         operands = [a for a in use.args if isinstance(a, torch.Tensor)]
         paramish = len(use.refs) + len(use.derived)
         if use.spec["kind"] == "expand":
-            return paramish == 1 and isinstance(use.args[0], torch.Tensor) and use.out.shape[0] % 1 == 0
+            return paramish == 1 and isinstance(use.args[0], torch.Tensor)
         return paramish == 1 and len(operands) == 2 and len(use.args) == 2
 
     def __init__(self, use: Use, job: Job, sink: Sink, batch: int) -> None:

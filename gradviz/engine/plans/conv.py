@@ -32,7 +32,12 @@ from gradviz.engine.plans.dense import DensePlan, Strategy, gram_sq
 from gradviz.engine.plans.norm import bn_sums
 from gradviz.engine.reduce import Parts, merge, rank_one_parts, reduce_rows
 
-__all__ = ["ConvPlan", "tap_split", "unfold_taps"]
+__all__ = ["ConvPlan", "tap_split", "unfold_taps", "FROM_OUTPUT", "DOT_PRODUCTS", "RECOMPUTED"]
+
+# How a folded BatchNorm's Σ_p δz x̂ is found (:meth:`ConvPlan.fold_route`, :meth:`ConvPlan.finish_fold`)
+FROM_OUTPUT = "from the folded output"  # x̂ = (z − β)/γ, z the folded conv's output
+DOT_PRODUCTS = "dot products with W"  # Σ_k W_ok G'_ok, taken while G' = δz ⋆ U is reduced
+RECOMPUTED = "recomputed conv output"  # y by one more convolution
 
 
 def _pair(v) -> tuple[int, int]:
@@ -104,7 +109,7 @@ class ConvPlan(DensePlan):
         self.inp = x
         self.fold = use.refs[0].fold if use.refs and use.refs[0].attr == "weight" else None
         self.source_of: Use | None = None  # set when a folded BatchNorm's plan reads this plan's results
-        # the folded output z (route 1 of finish_fold): the copy, or the output if nothing changed it
+        # the folded output z (FROM_OUTPUT): the copy, or the output if nothing changed it
         self.z = None
         if self.fold is not None and self.fold.z_safe:
             self.z = use.z if use.z is not None else (None if use.modified else use.out.detach())
@@ -252,7 +257,7 @@ class ConvPlan(DensePlan):
     def parts(self, strategy: str, sl: slice, buf: torch.Tensor | None) -> Parts | torch.Tensor:
         if strategy == "rank1":
             u, d = self.operands(sl)
-            if self.fold is not None and self.z is None:  # G' = δz aᵀ: Σ_k W_ok G'_ok = δz_o (W a)_o
+            if self._uses_dots("rank1"):  # G' = δz aᵀ: Σ_k W_ok G'_ok = δz_o (W a)_o
                 w = self._fold_weight(d.dtype)
                 wa = torch.matmul(u[:, 0, :, 0], w[0].t())[:, None] if self.groups == 1 else \
                     torch.einsum("bgk,gok->bgo", u[..., 0], w)
@@ -265,11 +270,11 @@ class ConvPlan(DensePlan):
         x = self.padded(self.inp[sl])
         fold = self.fold
         args = {} if fold is None else fold.direct_args()
-        if fold is not None and not self._dot_route("direct"):
+        if fold is not None and not self._uses_dots("direct"):
             args = {k: v for k, v in args.items() if k != "weight_t"}
             if "d_scale" not in args:  # no dot products: the scale may go on δz either way
                 args = {"d_scale": fold.scale}
-            if self.z is not None:  # route 1 of finish_fold, in the same pass over δz
+            if self.fold_route("direct") == FROM_OUTPUT:  # its sums in the same pass over δz
                 args.update(z=self.z[sl], z_shift=self._fold_beta())
         split = self.split("direct")
         if split is not None and split[0].numel():  # the closed-form columns inside the kernel, too
@@ -289,7 +294,7 @@ class ConvPlan(DensePlan):
     def materialised_parts(self, strategy: str, sl: slice, buf: torch.Tensor | None) -> Parts | torch.Tensor:
         """``bmm``/``conv``: form G_b for the chunk (only the multi-position columns where the taps split),
         take the folded BatchNorm's dot products from it where needed, reduce."""
-        dot = self.fold is not None and self._dot_route(strategy)
+        dot = self._uses_dots(strategy)
         split = self.split(strategy)
         if strategy == "bmm" and not dot and self.unfold_once and buf is not None and \
                 (split is None or split[0].numel()):
@@ -316,7 +321,7 @@ class ConvPlan(DensePlan):
         (none for the dot-product route of a folded BatchNorm, which reads the unscaled δz)."""
         if not self.unfold_once:
             return None
-        if self.fold is not None and self._dot_route("bmm"):
+        if self._uses_dots("bmm"):
             return self.operands(slice(None))
         if self._bmm_operands is None:
             every, split = slice(None), self.split("bmm")
@@ -342,7 +347,7 @@ class ConvPlan(DensePlan):
         where some taps of the kernel see one output position only (or none), as on 2×2 maps with a
         3×3 kernel; those columns of G_b are δ_b[:, p] times one input pixel, in closed form. None where
         nothing is gained, or for ``conv``/``gram`` and the dot-product route of a folded BatchNorm."""
-        if strategy not in ("direct", "bmm") or (self.fold is not None and self._dot_route(strategy)):
+        if strategy not in ("direct", "bmm") or self._uses_dots(strategy):
             return None
         if "info" not in self._split_info:
             self._split_info["info"] = tap_split(
@@ -442,14 +447,20 @@ class ConvPlan(DensePlan):
         t = self._fold_sums.get(name)
         return None if t is None or t.isnan().any() else t
 
-    def _dot_route(self, strategy: str) -> bool:
-        """Whether the folded BatchNorm's Σ_p δz y comes from dot products Σ_k W G' taken while G' is
-        reduced (cheap where a gradient entry sums many positions). Not needed where the folded output
-        z is at hand (:meth:`finish_fold`); otherwise, and always for ``gram`` (which never forms G'), y
-        is recomputed by one batched convolution (cheap where positions are few)."""
-        if strategy == "gram" or self.rank1 or self.z is not None:
-            return False
-        return self.positions >= (16 if strategy == "direct" else 32)
+    def fold_route(self, strategy: str) -> str:
+        """How the folded BatchNorm's Σ_p δz x̂ is found under ``strategy``: :data:`FROM_OUTPUT` where the
+        folded output z is at hand; else :data:`DOT_PRODUCTS` for a rank-one layer and where a gradient entry
+        sums many positions; else (and always for ``gram``, which never forms G') :data:`RECOMPUTED`,
+        cheap where positions are few."""
+        if self.z is not None:
+            return FROM_OUTPUT
+        if self.rank1 or (strategy != "gram" and self.positions >= (16 if strategy == "direct" else 32)):
+            return DOT_PRODUCTS
+        return RECOMPUTED
+
+    def _uses_dots(self, strategy: str) -> bool:
+        """Whether the chunks of ``strategy`` take the dot products Σ_k W G' for a folded BatchNorm."""
+        return self.fold is not None and self.fold_route(strategy) == DOT_PRODUCTS
 
     def finish(self, strategy: str) -> None:
         if self.fold is not None:
@@ -457,12 +468,13 @@ class ConvPlan(DensePlan):
 
     def finish_fold(self, strategy: str) -> None:
         """The folded BatchNorm's per-sample [∇γ, ∇β] (b, 2C): ∇β = Σ_p δz and ∇γ = Σ_p δz x̂ with
-        x̂ = (y − μ)/σ, by the first route that applies: (1) x̂ = (z − β)/γ from the folded output z
+        x̂ = (y − μ)/σ, by :meth:`fold_route`: :data:`FROM_OUTPUT`, x̂ = (z − β)/γ from the folded output z
         (kept in the forward when small, or unchanged since; only where γ is a safe divisor,
-        :attr:`Fold.z_safe`); (2) the dot products, ∇γ = (Σ_k W G' + (bias − μ) Σ_p δz)/σ;
-        (3) y recomputed by a convolution, centred exactly."""
+        :attr:`Fold.z_safe`); :data:`DOT_PRODUCTS`, ∇γ = (Σ_k W G' + (bias − μ) Σ_p δz)/σ;
+        :data:`RECOMPUTED`, y by a convolution, centred exactly."""
         fold, bn = self.fold, self.fold.bn
-        if self.z is not None:  # x̂ = (z − β)/γ from the folded output itself (Fold.z_safe)
+        route = self.fold_route(strategy)
+        if route == FROM_OUTPUT:
             dx, dz = self._fold_sum("zdots"), self._fold_sum("dz")
             if dx is None or dz is None:  # not from the direct kernel
                 dx, dz = bn_sums(self.z, self.grad, self._fold_beta(), self.job.kernel(self.dtype),
@@ -470,7 +482,7 @@ class ConvPlan(DensePlan):
             dz = dz.double()
             dy = None if dx is None or bn.weight is None else \
                 dx.double() / (bn.weight.detach().double() * fold.inv_std.double())
-        elif self.rank1 or self._dot_route(strategy):  # Σ_k W G' + (bias − μ) Σ_p δz
+        elif route == DOT_PRODUCTS:  # Σ_k W G' + (bias − μ) Σ_p δz
             dz = self._fold_sum("dz")
             if dz is None:
                 dz = self.grad.reshape(self.batch, self.o, -1).sum(-1).double()

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from typing import Callable
 
 import torch
 
 from gradviz.engine.capture import Use
 from gradviz.engine.plans.base import Job, Plan, Sink
-from gradviz.engine.reduce import Parts, merge, rank_one_parts, reduce_rows
+from gradviz.engine.reduce import Parts, rank_one_parts, reduce_rows
 
 __all__ = ["DensePlan", "Strategy", "SPEED_CHUNK_BYTES", "scratch_buffer"]
 
@@ -298,16 +297,3 @@ class DensePlan(Plan):
             return f"{self.kind}: {self.candidates[0]}"
         return f"{self.kind}: fastest of {' | '.join(self.candidates)} (timed at first use)"
 
-
-def timed(fn: Callable[[], object]) -> tuple[object, float]:
-    """(result, seconds) of one call."""
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
-def merged(*parts: Parts | None) -> Parts | None:
-    out = None
-    for p in parts:
-        out = merge(out, p)
-    return out

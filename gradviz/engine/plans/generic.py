@@ -1,7 +1,7 @@
 """The exact fallback for any other use: a per-sample vector-Jacobian product of the single op.
 
 For a call ``out = f(x, θ, ...)`` with no plan of its own (``torch.matmul(x, W)``, ``F.prelu``,
-``F.embedding``, a conv1d, a shared weight, a weight reached through ``chunk``), the per-sample
+``F.embedding``, a shared weight, a weight reached through ``chunk``), the per-sample
 gradient of each parameter-valued input is ∂⟨f(x_b, θ), δ_b⟩/∂θ, computed for a chunk of samples at
 once by ``torch.func.vmap`` over the samples of ``torch.func.vjp`` of ``f`` alone, with the captured
 inputs. Where ``f`` cannot run on one sample's rows under vmap, the same products come from the
@@ -79,11 +79,9 @@ class GenericPlan(Plan):
     def _per_sample_masked(self, sl: slice) -> list[torch.Tensor]:
         lo, hi = sl.start, min(sl.stop, self.batch)
         k = self.k
-        rows = self.grad.shape[0]
         grads = self.grad.new_zeros(hi - lo, *self.grad.shape)
         for j, b in enumerate(range(lo, hi)):
             grads[j, b * k:(b + 1) * k] = self.grad[b * k:(b + 1) * k]
-        assert grads.shape[1] == rows
         got = torch.autograd.grad(self.use.out, [t for t, _, _ in self.targets], grad_outputs=grads,
                                   retain_graph=True, allow_unused=True, is_grads_batched=True)
         return [torch.zeros(hi - lo, *t.shape, dtype=grads.dtype) if g is None else g

@@ -1,0 +1,64 @@
+"""The choices table (every registered adaptation, gradviz's setting and the paper's, AUROC of both) and the
+per-model OOD table of docs/RESULTS.md, on synthetic metrics: structure, placement of the numbers, and that every
+setting the report runs is a valid parameter value."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from gradviz.methods import get_method, list_methods
+from gradviz.reporting.family_report import (OTHER_SETTINGS, adaptations, choices_section, choices_table,
+                                             model_table)
+
+OOD = ["letters", "noise-uniform"]
+
+
+def _metrics(methods: list[str], auroc) -> pd.DataFrame:
+    return pd.DataFrame([{"method": m, "ood_dataset": o, "auroc": auroc(m, o), "fpr95": 0.5}
+                         for m in methods for o in OOD])
+
+
+def test_adaptations_cover_every_registered_paper_setting_with_a_runnable_value():
+    rows = adaptations()
+    registered = {(i.name, k) for i in list_methods() for k in i.paper_settings}
+    assert {(r["method"], r["parameter"]) for r in rows} == registered | set(OTHER_SETTINGS)
+    assert {"exgrad", "grood", "knn", "vim", "mahalanobis"} <= {r["method"] for r in rows}
+    for r in rows:
+        info = get_method(r["method"])
+        assert r["gradviz"] == info.defaults[r["parameter"]] and r["value"] != r["gradviz"]
+        info.create(**{r["parameter"]: r["value"]})  # the value the report runs is accepted (type, range, choices)
+
+
+def test_choices_table_puts_each_setting_s_auroc_in_its_own_column():
+    rows = adaptations()
+    names = sorted({r["method"] for r in rows})
+    default = _metrics(names, lambda m, o: 0.25)
+    other = {(r["method"], r["parameter"]): _metrics([r["method"]], lambda m, o, i=i: 0.5 + i / 100 + (o == "letters") / 10)
+             for i, r in enumerate(rows)}
+    table = choices_table(rows, default, other, OOD)
+    assert list(table.columns) == ["method", "parameter", "gradviz setting", "paper setting", "letters AUROC gradviz",
+                                   "letters AUROC paper", "noise-uniform AUROC gradviz", "noise-uniform AUROC paper"]
+    assert len(table) == len(rows)
+    for i, (r, got) in enumerate(zip(rows, table.itertuples(index=False))):
+        assert (got.method, got.parameter, got[2]) == (r["method"], r["parameter"], str(r["gradviz"]))
+        assert got[4] == 0.25 and got[6] == 0.25
+        assert got[5] == pytest.approx(0.6 + i / 100) and got[7] == pytest.approx(0.5 + i / 100)
+    for r, paper in zip(rows, table["paper setting"]):  # the value run for the paper's setting is always shown
+        assert str(r["value"]) in paper
+    knn = table.set_index(["method", "parameter"]).loc[("knn", "k_fraction"), "paper setting"]
+    assert knn.endswith("i.e. 0.001")  # already in the registry's words: no "(run: …)" added
+    text = "\n".join(choices_section(table, "mnist-cnn"))
+    assert text.count("\n| ") == len(rows) + 1 and "`mnist-cnn`" in text  # header row + one row per adaptation
+
+
+def test_model_table_lists_every_method_by_family_with_the_best_in_bold():
+    names = [i.name for i in list_methods()]
+    metrics = _metrics(names, lambda m, o: 0.9 if m in ("vim", "grood", "energy") else 0.6)
+    lines = model_table(metrics, OOD).splitlines()
+    assert lines[0].startswith("| family | method | letters AUROC↑ | letters FPR95↓") and "declared" not in lines[0]
+    body = [line.split(" | ")[:2] for line in lines[2:]]
+    assert [b[1] for b in body] == [i.name for i in list_methods()]  # list_methods is already by family
+    families = [b[0].strip("| ") for b in body]
+    assert families == sorted(families, key=["output", "feature", "gradient"].index)
+    assert "| feature | vim | **0.900** |" in model_table(metrics, OOD)
