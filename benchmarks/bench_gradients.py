@@ -405,15 +405,17 @@ def machine() -> str:
     except OSError:
         pass
     cc = shutil.which(os.environ.get("CC", "cc"))
-    cc_version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[0] if cc else "none"
+    cc_version = (subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[0] if cc
+                  else "none")
     libs = []
     for name in ("torch", "torchvision", "numpy", "backpack-for-pytorch", "opacus"):
         try:
             libs.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             libs.append(f"{name} not installed")
-    return (f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; Python {platform.python_version()}; "
-            f"{', '.join(libs)}; C compiler: {cc_version}; gradviz kernel: {reductions.compiled_status()}")
+    return (f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
+            f"Python {platform.python_version()}; {', '.join(libs)}; C compiler: {cc_version}; "
+            f"gradviz kernel: {reductions.compiled_status()}")
 
 
 def aggregate(rounds: list[list[dict]]) -> list[dict]:

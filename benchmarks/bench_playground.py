@@ -119,7 +119,8 @@ def main() -> None:
             one = rep.scores
             figs = [figures.percentile_gauges(one, ref.id_spec),
                     figures.marker_histograms(ref, dict(zip(one["method"], one["score"]))),
-                    plots.layer_profile(ref.bands["l2"], "l2", rep.profile("l2")), plots.probability_bars(rep.probs[0], classes)]
+                    plots.layer_profile(ref.bands["l2"], "l2", rep.profile("l2")),
+                    plots.probability_bars(rep.probs[0], classes)]
             for f in figs:
                 f.to_json()
             t4 = time.perf_counter()
@@ -144,10 +145,10 @@ def main() -> None:
 
     load = os.getloadavg()
     print(f"# Playground fast path — {args.model}, {len(runners)} methods ({', '.join(r.info.name for r in runners)})")
-    print(f"torch {torch.__version__}, {os.cpu_count()} cores; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-          "(1 / 5 / 15 min; shared busy cores: one run, read the ratios)")
-    print(f"reference set-up (scores of {args.samples}/set × {1 + len(cfg.ood)} sets, ID layer table, fits): {setup:.1f} s "
-          "(once per choice; the dashboard shares it with Compare/Inspect)")
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores; load average {load[0]:.1f} / {load[1]:.1f} / "
+          f"{load[2]:.1f} (1 / 5 / 15 min; shared busy cores: one run, read the ratios)")
+    print(f"reference set-up (scores of {args.samples}/set × {1 + len(cfg.ood)} sets, ID layer table, fits): "
+          f"{setup:.1f} s (once per choice; the dashboard shares it with Compare/Inspect)")
     print(f"strokes: {args.strokes} ({' '.join(results[next(iter(results))][3])})\n")
     head = " | ".join(f"{t} thread{'s' if t > 1 else ''}: median / p90 ms (× forward)" for t in results)
     print(f"| per stroke | {head} |\n|---|" + "---:|" * len(results))
@@ -161,7 +162,8 @@ def main() -> None:
     print(f"\n| path, {args.steps} steps as one batch (median of 3): images + score + figure ms | "
           + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in results) + " |\n|---|" + "---:|" * len(results))
     for kind in PATHS:
-        cells = [" + ".join(f"{1000 * v:.0f}" for v in r[2][kind]) + f" = {1000 * sum(r[2][kind]):.0f}" for r in results.values()]
+        cells = [" + ".join(f"{1000 * v:.0f}" for v in r[2][kind]) + f" = {1000 * sum(r[2][kind]):.0f}"
+                 for r in results.values()]
         print(f"| {kind} | " + " | ".join(cells) + " |")
 
 

@@ -276,8 +276,8 @@ def main() -> None:
         text = doc.read_text()
         block = (f"<!-- transformers:begin -->\nMeasured by `python benchmarks/bench_transformers.py` ({machine}); "
                  f"ratio = throughput relative to one plain forward+backward of the same model and batch "
-                 f"(higher is faster), median of {args.rounds} back-to-back pairs (best-of-3 each, best-of-2 at 224²; range after the "
-                 f"time; peers: one or two timed calls).\n\n{md}\n<!-- transformers:end -->")
+                 f"(higher is faster), median of {args.rounds} back-to-back pairs (best-of-3 each, best-of-2 at 224²; "
+                 f"range after the time; peers: one or two timed calls).\n\n{md}\n<!-- transformers:end -->")
         if "<!-- transformers:begin -->" in text:
             text = re.sub(r"<!-- transformers:begin -->.*<!-- transformers:end -->", lambda _: block, text, flags=re.S)
         else:

@@ -151,8 +151,8 @@ async def measure_default(samples: int) -> list[tuple[str, str, float]]:
                 for _ in range(2):
                     for label in ("ROC & precision-recall", "Detection metrics & exports", "Score distributions"):
                         tabs.append(await _click(page, _tab(page, label)))
-                rows.append((f"(a) Compare: rerun from cache, another tab (median of {len(tabs)}; max {max(tabs):.2f} s)",
-                             n, statistics.median(tabs)))
+                rows.append((f"(a) Compare: rerun from cache, another tab (median of {len(tabs)}; "
+                             f"max {max(tabs):.2f} s)", n, statistics.median(tabs)))
                 again = []
                 for _ in range(3):
                     await _timed_go(page, "home")
@@ -242,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     ab = asyncio.run(measure_default(args.samples))
     pages = [] if args.skip_pages else asyncio.run(measure_pages(args.page_samples))
     lines = ["| measurement | samples | seconds |", "|---|---:|---:|"]
-    lines += [f"| {name} | {n} | {v:.2f} |" if "RSS" not in name else f"| {name} | | {v:.0f} MiB |" for name, n, v in ab]
+    lines += [f"| {name} | {n} | {v:.2f} |" if "RSS" not in name else f"| {name} | | {v:.0f} MiB |"
+              for name, n, v in ab]
     if pages:
-        lines += ["", "| page: time to first full render | samples | cold s (fresh server + cache) | warm s (new session) |",
+        lines += ["", "| page: time to first full render | samples | cold s (fresh server + cache) "
+                      "| warm s (new session) |",
                   "|---|---:|---:|---:|"]
         lines += [f"| {name} | {n} | {c:.1f} | {w:.1f} |" for name, n, c, w in pages]
     note = (f"{time.strftime('%Y-%m-%d %H:%M')} · `benchmarks/dashboard_timing.py --samples {args.samples} "

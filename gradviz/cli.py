@@ -48,7 +48,8 @@ def _tqdm_progress():
 
 
 class _PlanLines:
-    """Prints each distinct batch plan of :mod:`gradviz.runtime.budget` once, as one stderr line, while a command runs."""
+    """Prints each distinct batch plan of :mod:`gradviz.runtime.budget` once, as one stderr line, while a command
+    runs."""
 
     def __enter__(self):
         import logging
@@ -99,8 +100,8 @@ def check_count(value: int | None, flag: str, low: int, high: int) -> None:
 
 
 # Run-configuration fields the flags set; given beside --config, a flag overrides that field of the file.
-_FLAG_FIELDS = {"model": "model", "weights": "weights", "id": "id", "ood": "ood", "methods": "methods", "limit": "limit",
-                "seed": "seed", "device": "device", "batch_size": "batch_size", "fit_set": "fit_set"}
+_FLAG_FIELDS = {"model": "model", "weights": "weights", "id": "id", "ood": "ood", "methods": "methods",
+                "limit": "limit", "seed": "seed", "device": "device", "batch_size": "batch_size", "fit_set": "fit_set"}
 
 
 def _add_common(p: argparse.ArgumentParser, methods: bool = False) -> None:
@@ -111,23 +112,27 @@ def _add_common(p: argparse.ArgumentParser, methods: bool = False) -> None:
     g.add_argument("--model", default=None,
                    help="mnist-cnn (default), mnist-vit, torchvision:<arch>, timm:<name>, an installed plugin "
                         "(entry-point group gradviz.models), or path/to/file.py:build (runs that file)")
-    g.add_argument("--weights", default=None, help="weights file (.safetensors or a weights-only state dict); a JSON "
-                                                    "card with the same stem beside it sets input size, mean/std, classes")
+    g.add_argument("--weights", default=None,
+                   help="weights file (.safetensors or a weights-only state dict); a JSON card with the same stem "
+                        "beside it sets input size, mean/std, classes")
     g.add_argument("--id", default=None, help="in-distribution dataset spec (default: mnist)")
     g.add_argument("--id-split", type=float, default=None, metavar="FRACTION",
-                   help="split your own ID set (e.g. folder:PATH or zip:FILE): FRACTION of it (per class, seeded) fits "
-                        "the fitted methods, the rest is scored as ID (same as --id test:[F:]SPEC --fit-set fit:[F:]SPEC)")
-    g.add_argument("--fit-set", default=None, help="dataset the fitted methods (Mahalanobis) fit on (default: mnist:train)")
+                   help="split your own ID set (e.g. folder:PATH or zip:FILE): FRACTION of it (per class, seeded) "
+                        "fits the fitted methods, the rest is scored as ID (same as --id test:[F:]SPEC "
+                        "--fit-set fit:[F:]SPEC)")
+    g.add_argument("--fit-set", default=None,
+                   help="dataset the fitted methods (Mahalanobis) fit on (default: mnist:train)")
     g.add_argument("--ood", action="append", default=None,
                    help="OOD dataset spec; repeat for several (given with --config: replaces the file's list)")
     g.add_argument("--limit", type=int, default=None, help="at most N samples per dataset (default: all)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
-    g.add_argument("--batch-size", type=int, default=None, help="at most N images per batch (default: as many as the memory budget "
-                                                              "allows, GRADVIZ_MEMORY_MB)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="at most N images per batch (default: as many as the memory budget allows, GRADVIZ_MEMORY_MB)")
     if methods:
         g.add_argument("--methods", default=None, help="comma-separated method names or 'all' (default: all)")
-    p.add_argument("--cache", default=None, help="results cache folder (default: ~/.cache/gradviz/results); 'none' disables")
+    p.add_argument("--cache", default=None,
+                   help="results cache folder (default: ~/.cache/gradviz/results); 'none' disables")
     p.add_argument("--compile", choices=["auto", "on", "off"], default=None,
                    help="compiled statistics kernel: auto (default: use it where it builds), on (warn if it "
                         "cannot), off (eager PyTorch); same as GRADVIZ_COMPILE")
@@ -219,7 +224,8 @@ def cmd_score(args) -> int:
         if result is None:  # non-zero ranks write nothing
             return 0
     else:
-        result = run(cfg, progress=_tqdm_progress(), store=_store(args), model=_load_model(cfg.model, cfg.weights, cfg.device))
+        result = run(cfg, progress=_tqdm_progress(), store=_store(args),
+                     model=_load_model(cfg.model, cfg.weights, cfg.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     to_csv(result.scores, out / "scores.csv")
@@ -238,7 +244,8 @@ def cmd_score(args) -> int:
     if rows:
         print(f"note: every skipped or altered file is listed in {out / 'files.csv'}", file=sys.stderr)
     if len(result.metrics):
-        with_cols = [c for c in ["ood_dataset", "method", "auroc", "fpr95", "aupr_in", "aupr_out"] if c in result.metrics]
+        with_cols = [c for c in ["ood_dataset", "method", "auroc", "fpr95", "aupr_in", "aupr_out"]
+                     if c in result.metrics]
         print(result.metrics[with_cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     _print_trust(trust)
     acc = result.scores.loc[result.scores["role"] == "id", "correct"].astype("float").mean()
@@ -339,7 +346,8 @@ def cmd_layers(args) -> int:
     to_csv(flat_layer_table(table), out / "layers.csv")
     summary = table.groupby(level="dataset").median().T.unstack("stat") if len(table) else table
     print(f"{len(table)} samples × {table.shape[1]} (layer, statistic) columns -> {out / 'layers.csv'}")
-    print(summary.xs("l2", axis=1, level="stat").to_string(float_format=lambda v: f"{v:.4g}") if "l2" in table.columns.get_level_values("stat") else "")
+    has_l2 = "l2" in table.columns.get_level_values("stat")
+    print(summary.xs("l2", axis=1, level="stat").to_string(float_format=lambda v: f"{v:.4g}") if has_l2 else "")
     return 0
 
 
@@ -396,7 +404,8 @@ def _report_config(args) -> "ReportConfig":
         except ValueError:
             levels = ()
         if not levels or any(v not in SEVERITIES for v in levels):
-            raise GradvizError(f"--severities takes a comma-separated subset of 1–5 (e.g. 1,3,5), got {args.severities!r}")
+            raise GradvizError(f"--severities takes a comma-separated subset of 1–5 (e.g. 1,3,5), "
+                               f"got {args.severities!r}")
         cfg.severities = levels
     return cfg
 
@@ -432,8 +441,8 @@ def cmd_list(args) -> int:
     for d in list_datasets():
         print(f"  {d.example:24s} {d.description}")
     print("methods (uncertainty, higher = more uncertain):")
-    for m in list_methods():
-        print(f"  {m.name:24s} [{m.family}] {m.title} — {m.paper}")
+    for info in list_methods():
+        print(f"  {info.name:24s} [{info.family}] {info.title} — {info.paper}")
     from gradviz.engine import kernels as reductions
     from gradviz.config import settings
 
@@ -466,7 +475,8 @@ def cmd_fits(args) -> int:
             continue
         for r in runners:
             shipped = prefit.shipped_state(model, r, images, labels, folder=out)
-            problems = ["not shipped, or its key differs"] if shipped is None else prefit.compare_states(shipped, r.state)
+            problems = (["not shipped, or its key differs"] if shipped is None
+                        else prefit.compare_states(shipped, r.state))
             failed += bool(problems)
             print(f"{name} {r.info.name}: {'ok' if not problems else '; '.join(problems)}")
     if failed:
@@ -476,7 +486,8 @@ def cmd_fits(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gradviz", description="Gradient-based uncertainty for image classifiers.")
+    parser = argparse.ArgumentParser(prog="python -m gradviz",
+                                     description="Gradient-based uncertainty for image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="reproduce a bundled model's weights (options: --arch cnn|vit --epochs --seed --out)",
                    add_help=False)
@@ -504,11 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs", help="folder for RESULTS.md and results/*.png (default: docs)")
     p.add_argument("--limit", type=int, default=None, help="samples per set (default 1000; --quick: 120)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="3 corruptions × severities 1/3/5, 120 samples (a minute or two)")
-    p.add_argument("--corruptions", default=None, help="comma-separated corruptions for section 2 (default: all; --quick: "
-                                                        "gaussian_noise,fog,rotate)")
-    p.add_argument("--severities", default=None, help="comma-separated severities 1–5 for section 2 (default: 1,2,3,4,5; "
-                                                       "--quick: 1,3,5)")
+    p.add_argument("--quick", action="store_true",
+                   help="3 corruptions × severities 1/3/5, 120 samples (a minute or two)")
+    p.add_argument("--corruptions", default=None,
+                   help="comma-separated corruptions for section 2 (default: all; --quick: gaussian_noise,fog,rotate)")
+    p.add_argument("--severities", default=None,
+                   help="comma-separated severities 1–5 for section 2 (default: 1,2,3,4,5; --quick: 1,3,5)")
     p.add_argument("--cache", default=None, help="results cache folder; 'none' disables")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("fits", help="fit the bundled models' fitted methods on the default fit set and write them "

@@ -193,8 +193,8 @@ def _fitted(model: GradvizModel, runner: MethodRunner, fit: FitSet) -> MethodRun
     return runner
 
 
-def score_images(model: GradvizModel, images: torch.Tensor, runners: list[MethodRunner],
-                 batch_size: int | None = None, progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
+def score_images(model: GradvizModel, images: torch.Tensor, runners: list[MethodRunner], batch_size: int | None = None,
+                 progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
     """Prediction, confidence and every runner's uncertainty for ``images``, batch by batch (confidence is NaN
     where the logits are NaN or infinite: the softmax is undefined there).
 
@@ -243,7 +243,7 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
     def key(name: str) -> str:
         p = {**get_defaults(name), **params.get(name, {})} if name != "_base" else {}
         return cache_key(model=model_inputs(model), data=digest, method=name, params=p,
-                         fit=fit.key() if name in fitted else None)
+                         fit=fit.key() if fit is not None and name in fitted else None)
 
     cached: dict[str, np.ndarray] = {}
     missing: list[MethodInfo] = []
@@ -328,7 +328,7 @@ def too_few_samples(counts: dict[str, int], what: str = "samples") -> str:
 
 def _metric_warnings(metrics: pd.DataFrame) -> list[str]:
     """One line per OOD set (or method) whose metrics are NaN for lack of finite scores."""
-    out = []
+    out: list[str] = []
     if not len(metrics) or "n_ood" not in metrics:
         return out
     for ood, rows in metrics.groupby("ood_dataset", sort=False):
@@ -371,7 +371,8 @@ def run(cfg: RunConfig, progress: Progress | None = None, store: ResultStore | N
         loaded.append((role, data))
     # The fit set, identified once for every set's keys (read now when it comes from files, confined like the rest).
     fit = FitSet.identify(cfg.fit_set, cfg.seed, allowed_roots) if any(i.needs_fit for i in infos) else None
-    frames, unfitted = [], {}
+    frames: list[pd.DataFrame] = []
+    unfitted: dict[str, str] = {}
     for role, data in loaded:
         frames.append(score_dataset(model, data, role, infos, params=cfg.params, fit_set=cfg.fit_set, seed=cfg.seed,
                                     batch_size=cfg.batch_size, store=store, progress=progress, unfitted=unfitted,
@@ -424,5 +425,6 @@ def layer_table(model: GradvizModel, data: ImageSet, loss: str = "nll_pred", *, 
             store.put(key, {"values": values}, {"layers": layers, "stats": stats, "dataset": data.spec})
     columns = pd.MultiIndex.from_product([layers, stats], names=["layer", "stat"])
     frame = pd.DataFrame(values.reshape(len(values), -1), columns=columns)
-    frame.index = pd.MultiIndex.from_arrays([[data.spec] * len(frame), np.arange(len(frame))], names=["dataset", "index"])
+    frame.index = pd.MultiIndex.from_arrays([[data.spec] * len(frame), np.arange(len(frame))],
+                                            names=["dataset", "index"])
     return frame

@@ -85,7 +85,8 @@ def distributions() -> None:
     c1.markdown(f"**Accepted / rejected at {label} ≤ {threshold + offset:.4g}** (default {default_thr + offset:.4g} "
                 "accepts 95 % of ID)")
     c1.dataframe(summary.counts, hide_index=True, width="stretch", key="cmp_counts",
-                 column_config={"accepted_pct": st.column_config.NumberColumn("acc. %", format="%.1f %%", help="Accepted, %"),
+                 column_config={"accepted_pct": st.column_config.NumberColumn("acc. %", format="%.1f %%",
+                                                                             help="Accepted, %"),
                                 "accepted_pct_default": st.column_config.NumberColumn(
                                     "at default", format="%.1f %%", help="Accepted at the default threshold, %")})
     c2.markdown(f"**{len(summary.flips)} sample(s) change decision** vs the default threshold")
@@ -100,7 +101,8 @@ def distributions() -> None:
         rows = gallery[(gallery["dataset"] == spec) & (gallery["which"] == which)]
         st.markdown(f"**{md_text(label)}** in {md_code(spec)}")
         image_tiles(images_of_rows(rows, cfg, uploads), gi.sample_captions(rows, method), columns=6)
-    send_to_inspect([*zip(selected["dataset"], selected["index"]), *zip(gallery["dataset"], gallery["index"])], key="cmp")
+    send_to_inspect([*zip(selected["dataset"], selected["index"]), *zip(gallery["dataset"], gallery["index"])],
+                    key="cmp")
     download_figure(fig, f"{'histogram' if view == VIEWS[0] else 'strip'}_{method}", key="cmp_dl_dist")
 
 
@@ -116,7 +118,8 @@ def curves() -> None:
     if kind == "roc":
         fig = plots.roc_figure(scores, lines, ood, metrics=result.metrics)
     else:
-        fig = plots.pr_figure(scores, lines, ood, positive={"pr_in": "id", "pr_out": "ood"}[kind], metrics=result.metrics)
+        fig = plots.pr_figure(scores, lines, ood, positive={"pr_in": "id", "pr_out": "ood"}[kind],
+                              metrics=result.metrics)
     st.plotly_chart(fig, width="stretch", key=f"cmp_{kind}")
     download_figure(fig, f"{kind}_{ood.replace(':', '_')}", key=f"cmp_dl_{kind}")
 
@@ -131,7 +134,8 @@ if curve_tab.open:
         curves()
 if metric_tab.open:
     with metric_tab:
-        st.caption("AUROC ↑, FPR95 ↓ (OOD accepted at 95 % ID), AUPR-In/Out ↑; by family, best per OOD set highlighted.")
+        st.caption("AUROC ↑, FPR95 ↓ (OOD accepted at 95 % ID), AUPR-In/Out ↑; by family, best per OOD set "
+                   "highlighted.")
         metrics_dataframe(result.metrics, key="cmp_metrics")
         decomposition(run_cfg, uploads, key="cmp_decomp")
         st.markdown("**Exports**")

@@ -21,7 +21,8 @@ cfg = current_config()
 options = list(dict.fromkeys([cfg.model, *model_options()]))
 default = [cfg.model] + [m for m in ("mnist-cnn", "mnist-vit") if m != cfg.model][:1]
 models = st.multiselect("Models", options, default=[m for m in default if m in options], key="cm_models",
-                        format_func=describe, help="Add your own upload, a plugin or a server model in the sidebar first.")
+                        format_func=describe,
+                        help="Add your own upload, a plugin or a server model in the sidebar first.")
 if len(models) < 2:
     st.info("Choose at least two models to compare.")
     st.stop()

@@ -57,8 +57,8 @@ with right:
     fig_curve = plots.severity_curve(table, corruption, "auroc", lines)
     st.plotly_chart(fig_curve, width="stretch", key="cl_curve")
 st.caption("Left: one method's scores, clean (blue) then severity 1 → 5 (light → dark). Right: AUROC of clean vs "
-           "corrupted for the methods picked above; 0.5 = the corrupted images look as certain as clean ones, below 0.5 = *more* "
-           "certain (over-confidence: e.g. MSP on heavy noise for the bundled model).")
+           "corrupted for the methods picked above; 0.5 = the corrupted images look as certain as clean ones, below "
+           "0.5 = *more* certain (over-confidence: e.g. MSP on heavy noise for the bundled model).")
 
 st.subheader("Calibration vs severity")
 calibration = calibration_by_severity(scores)
@@ -69,7 +69,8 @@ st.caption("The model's max-softmax confidence (before temperature scaling) agai
            "Temperature scaling and the reliability diagram: the Trust page.")
 
 st.subheader("Metrics per method and severity")
-st.dataframe(table, hide_index=True, width="stretch", key="cl_table", column_config=column_config(table.columns, "%.3f"))
+st.dataframe(table, hide_index=True, width="stretch", key="cl_table",
+             column_config=column_config(table.columns, "%.3f"))
 d1, d2, d3, d4, d5 = st.columns(5)
 with d1:
     download_table("⬇ severity_metrics.csv", table, f"severity_{corruption}.csv", key="cl_dl_metrics")

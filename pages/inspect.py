@@ -48,7 +48,8 @@ with user_errors("Try another image or dataset."):
             st.info("Upload one or more images, or switch to a dataset sample.")
             st.stop()
         data = offer_clean_up(files, data, cfg, key="ins_clean")  # a photo of dark ink on paper looks unlike MNIST
-        i = st.selectbox("Image", range(len(data)), format_func=lambda k: data.paths[k], key="ins_which") if len(data) > 1 else 0
+        i = st.selectbox("Image", range(len(data)), format_func=lambda k: data.paths[k], key="ins_which") \
+            if len(data) > 1 else 0
         name = data.paths[i]
     else:
         options = list(dict.fromkeys([cfg.id, *cfg.ood, *uploads, *dataset_options(), *([sel[0]] if sel else [])]))
@@ -59,7 +60,8 @@ with user_errors("Try another image or dataset."):
         i = int(c2.number_input(f"Index (0–{len(data) - 1})", 0, len(data) - 1, key="ins_index"))
         c3.button("Random", key="ins_random", on_click=random_index, args=(len(data),))
         label = int(data.labels[i])
-        name = f"{spec} #{i}" + (f" (label {data.class_names[label] if data.class_names else label})" if label >= 0 else "")
+        label_name = data.class_names[label] if data.class_names else label
+        name = f"{spec} #{i}" + (f" (label {label_name})" if label >= 0 else "")
     show_file_reports(*set_reports([data]), key="ins_report")
     x = data.images[i:i + 1]  # (1, C, H, W) in [0, 1], as the model sees it
     digest = images_digest(x)
@@ -71,7 +73,8 @@ classes = model.card.class_names
 pred = int(report.prediction[0])
 left, right = st.columns([1, 2])
 with left:
-    st.image(gi.display_image(x[0]), caption=f"{md_text(name)}: {tuple(x.shape[1:])} input as the model sees it (upscaled)")
+    st.image(gi.display_image(x[0]),
+             caption=f"{md_text(name)}: {tuple(x.shape[1:])} input as the model sees it (upscaled)")
 with right:
     st.metric("Prediction", f"{md_text(classes[pred])}  (p = {report.probs[0, pred]:.3f})")
     st.plotly_chart(plots.probability_bars(report.probs[0], classes), width="stretch", key="ins_probs")
@@ -83,13 +86,15 @@ table = report.scores.assign(verdict=[f"more uncertain than {p:.0f} % of {cfg.id
                              id_median=report.scores["id_median"] + shift)
 st.dataframe(table[["method", "title", "score", "id_median", "percentile", "verdict"]], hide_index=True,
              width="stretch", height=35 * (len(table) + 1) + 3, key="ins_scores",
-             # the verdict repeats the percentile in words: in the data (CSV, tests), not on screen, where it was cut off
+             # the verdict repeats the percentile in words: in the data (CSV, tests), not on screen, where it is
+             # cut off
              column_order=["method", "title", "score", "id_median", "percentile"], column_config={
                  "method": st.column_config.TextColumn("method", width=130),  # "gradient_density" was cut at auto width
                  "percentile": st.column_config.ProgressColumn(
                      "ID percentile", min_value=0, max_value=100, format="%.0f %%",
                      help=f"More uncertain than this share of {cfg.id}; empty: the method gave no score"),
-                 "score": st.column_config.NumberColumn(format="%.4g", help="Higher = more uncertain (msp shown as 1 − MSP)"),
+                 "score": st.column_config.NumberColumn(format="%.4g",
+                                                        help="Higher = more uncertain (msp shown as 1 − MSP)"),
                  "id_median": st.column_config.NumberColumn(format="%.4g")})
 
 st.subheader("Attributions (why this prediction, or why this score)")
@@ -99,7 +104,8 @@ a1, a2, a3, a4 = st.columns([3, 1, 1, 1])
 chosen = a1.multiselect("Methods", names, default=default_attributions(model), key="ins_attr")
 alpha = a2.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="ins_alpha")
 mode = a3.radio("Sign", ["absolute", "signed", "positive"], key="ins_mode")
-cmap = a4.selectbox("Colour map", ["default", "inferno", "viridis", "magma", "RdBu_r", "coolwarm", "seismic"], key="ins_cmap")
+cmap = a4.selectbox("Colour map", ["default", "inferno", "viridis", "magma", "RdBu_r", "coolwarm", "seismic"],
+                    key="ins_cmap")
 with user_errors("Deselect the failing attribution method or pick another colour map."):
     atts, failed = explained(digest, cfg, chosen, x, score, lambda m: attribution(digest, cfg.model, cfg.weights, m, x))
     for line in failed:
@@ -118,7 +124,8 @@ where_it_lands(cfg, result.scores, x, name, cfg.method_names())
 st.subheader("Gradients inside the network")
 stat = st.selectbox("Layer statistic", list(STATS), index=list(STATS).index("l2"), key="ins_stat")
 gaia, profile = per_sample(digest, cfg.model, cfg.weights, stat, x)
-st.plotly_chart(plots.heatmap(gaia.T, "GAIA-Z abnormality: fraction of non-zero gradients per channel (layer × channel)",
+st.plotly_chart(plots.heatmap(gaia.T,
+                              "GAIA-Z abnormality: fraction of non-zero gradients per channel (layer × channel)",
                               colorscale="Viridis", zmid=None, zlabel="r_k"), width="stretch", key="ins_gaia")
 if not st.toggle("Compare with every set's per-layer profile (computes the layer table once)", True, key="ins_layers"):
     st.stop()

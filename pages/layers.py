@@ -21,8 +21,9 @@ from gradviz.ui.sidebar import ensure_frame
 ensure_frame()
 
 st.title("Layer profiles")
-st.caption("Oberdiek, Rottmann & Gottschalk 2018 ([arXiv 1805.08440](https://arxiv.org/abs/1805.08440)): per sample, "
-           "the gradient of a loss w.r.t. every layer's weights, summarised by six statistics (L1, L2, max, min, mean, std).")
+st.caption("Oberdiek, Rottmann & Gottschalk 2018 ([arXiv 1805.08440](https://arxiv.org/abs/1805.08440)): per "
+           "sample, the gradient of a loss w.r.t. every layer's weights, summarised by six statistics (L1, L2, max, "
+           "min, mean, std).")
 
 cfg = current_config()
 if not cfg.ood:
@@ -32,8 +33,9 @@ if not cfg.ood:
 c1, c2, c3 = st.columns(3)
 losses = list(LOSSES)
 loss = c1.selectbox("Loss backpropagated", losses, index=losses.index("nll_pred") if "nll_pred" in losses else 0,
-                    key="ly_loss", help="nll_pred: −log p of the predicted class (Oberdiek). confounding_*: BCE against "
-                                        "the all-ones label (Lee & AlRegib 2020), sigmoid or softmax reading.")
+                    key="ly_loss",
+                    help="nll_pred: −log p of the predicted class (Oberdiek). confounding_*: BCE against the all-ones "
+                         "label (Lee & AlRegib 2020), sigmoid or softmax reading.")
 ood = c2.selectbox("OOD set", cfg.ood, key="ly_ood")
 
 with user_errors("Pick other datasets or a smaller sample count in the sidebar."):

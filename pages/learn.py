@@ -109,12 +109,14 @@ st.markdown(
     "penultimate features its gradient is the head's row for the predicted class.\n"
     "- **One sign convention.** Every score is an uncertainty: higher = more uncertain. Methods whose paper "
     "defines an ID score (MSP, energy, GradNorm) are negated.\n"
-    "- **Small samples, wide error bars.** With a few hundred samples per set, AUROC differences below ~0.02 are noise; "
-    "raise *Samples per set* in the sidebar before drawing conclusions.\n"
+    "- **Small samples, wide error bars.** With a few hundred samples per set, AUROC differences below ~0.02 are "
+    "noise; raise *Samples per set* in the sidebar before drawing conclusions.\n"
     "- **The bundled model errs rarely** (~1–2 % on MNIST), so misclassification detection has few positives."
 )
 
 st.header("Papers")
-papers = {info.link: info.paper if str(info.year) in info.paper else f"{info.paper} {info.year}" for info in list_methods()}
+papers = {info.link: info.paper if str(info.year) in info.paper else f"{info.paper} {info.year}"
+          for info in list_methods()}
 st.markdown("\n".join(f"- [{title}]({link})" for link, title in papers.items()))
-st.markdown("Measured results of this project: [docs/RESULTS.md](../docs/RESULTS.md) (in the repository: `docs/RESULTS.md`).")
+st.markdown("Measured results of this project: [docs/RESULTS.md](../docs/RESULTS.md) "
+            "(in the repository: `docs/RESULTS.md`).")

@@ -92,7 +92,8 @@ st.caption(f"Importances of {report.importance_for}.")
 
 d1, d2, d3, d4 = st.columns(4)
 with d1:
-    download_table("⬇ meta_results.csv", report.results.drop(columns=["curve"]), f"meta_{task}.csv", key="mc_dl_results")
+    download_table("⬇ meta_results.csv", report.results.drop(columns=["curve"]), f"meta_{task}.csv",
+                   key="mc_dl_results")
 with d2:
     download_table("⬇ importances.csv", report.feature_importances, "meta_importances.csv", key="mc_dl_imp")
 with d3:

@@ -56,8 +56,10 @@ pred = int(report.prediction[0])
 with right:
     c1, c2 = st.columns([1, 2])
     made = " (MNIST-style: 20 px box, centred by mass)" if source != pg.SOURCES[2] and loaded is None else ""
-    c1.image(gi.display_image(x[0], 168), caption=f"The model's input: {md_text(name)}, {card.input_size[1]}×{card.input_size[2]}{made}")
-    c1.metric("Prediction", md_text(classes[pred]), f"p = {report.probs[0, pred]:.3f}", delta_color="off", delta_arrow="off")
+    c1.image(gi.display_image(x[0], 168),
+             caption=f"The model's input: {md_text(name)}, {card.input_size[1]}×{card.input_size[2]}{made}")
+    c1.metric("Prediction", md_text(classes[pred]), f"p = {report.probs[0, pred]:.3f}", delta_color="off",
+              delta_arrow="off")
     c1.caption(f"Scored in {1000 * report.seconds:.0f} ms (server)")
     c2.plotly_chart(plots.probability_bars(report.probs[0], classes), width="stretch", key="pg_probs")
 
@@ -106,7 +108,8 @@ if PATHS[kind].needs_target:
 if not pg.path_wanted(source, src_digest, steps):  # a stroke scores the drawing; its path only when asked
     st.stop()
 with user_errors("Pick another path or target image."):
-    path, path_report = pg.path_report(src_digest, cfg.to_json(), kind, steps, target_digest, x_src, target, runners, ref)
+    path, path_report = pg.path_report(src_digest, cfg.to_json(), kind, steps, target_digest, x_src, target, runners,
+                                       ref)
 step_preds = [classes[int(k)] for k in path_report.prediction]
 conf = path_report.probs.max(axis=1)
 selected = loaded["step"] if loaded and loaded.get("kind") == kind and loaded["step"] < len(path.values) else None
@@ -119,9 +122,10 @@ chart = "pg_path_chart"
 st.plotly_chart(fig, width="stretch", key=chart, on_select=pg.load_step_callback(chart, src_digest, path),
                 selection_mode="points")
 pg.remember_path_time(path_report.seconds)
-st.caption(f"{len(path.values)} steps scored as one batch in {1000 * path_report.seconds:.0f} ms. Click a point to load "
-           "that step into the panels above.")
+st.caption(f"{len(path.values)} steps scored as one batch in {1000 * path_report.seconds:.0f} ms. Click a point to "
+           "load that step into the panels above.")
 show = np.linspace(0, len(path.values) - 1, 8).round().astype(int)
 cols = st.columns(len(show))
 for col, k in zip(cols, show):
-    col.image(gi.display_image(path.images[k], 84), caption=f"{md_text(path.labels()[k])} → {md_text(step_preds[k])}", width="stretch")
+    col.image(gi.display_image(path.images[k], 84), caption=f"{md_text(path.labels()[k])} → {md_text(step_preds[k])}",
+              width="stretch")

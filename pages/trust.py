@@ -9,7 +9,8 @@ from gradviz.plots import trust as plots_trust
 from gradviz.analysis import samples as gi
 from gradviz.trust.calibration import STRATEGIES, calibration_summary
 from gradviz.methods.registry import methods_by_family
-from gradviz.trust.report import TEMPERATURE_FITS, evaluation_rows, reliability_frames, risk_coverage_frame, select_at_coverage
+from gradviz.trust.report import (TEMPERATURE_FITS, evaluation_rows, reliability_frames, risk_coverage_frame,
+                                  select_at_coverage)
 from gradviz.ui.cache import get_result, images_of_rows
 from gradviz.ui.errors import user_errors
 from gradviz.ui.sidebar import current_config, ensure_frame
@@ -61,12 +62,13 @@ def selective() -> None:
 
     for title, part, empty in (
             ("Rejected (most uncertain first)", selection.rejected, "Nothing is rejected at this coverage."),
-            ("Accepted but wrong (least uncertain first)", selection.accepted_wrong, "No accepted prediction is wrong.")):
+            ("Accepted but wrong (least uncertain first)", selection.accepted_wrong,
+             "No accepted prediction is wrong.")):
         st.subheader(f"{title}: {len(part):,}")
         if len(part):
             shown = part.head(GALLERY)
-            captions = [f"{c} · pred {p}/{lab}" for c, p, lab in zip(gi.sample_captions(shown, method), shown["prediction"],
-                                                                     shown["label"])]
+            captions = [f"{c} · pred {p}/{lab}"
+                        for c, p, lab in zip(gi.sample_captions(shown, method), shown["prediction"], shown["label"])]
             image_tiles(images_of_rows(shown, cfg), captions, columns=8)
         else:
             st.caption(empty)
@@ -81,7 +83,8 @@ st.caption("AURC ↓ (mean error among accepted over all coverages), E-AURC ↓ 
            "(errors as positives), FPR95 ↓ (errors accepted when 95 % of correct predictions are). Best first.")
 shown = table.sort_values("aurc", kind="stable")[["method", "aurc", "e_aurc", "auroc", "fpr95", "n", "n_errors"]]
 st.dataframe(shown, hide_index=True, width="stretch", key="trust_table",
-             column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("aurc", "e_aurc", "auroc", "fpr95")})
+             column_config={c: st.column_config.NumberColumn(format="%.4f")
+                            for c in ("aurc", "e_aurc", "auroc", "fpr95")})
 m1, m2 = st.columns(2)
 with m1:
     download_table("⬇ misclassification.csv", report.misclassification, "misclassification.csv", key="trust_dl_misc")
@@ -105,9 +108,9 @@ t_after = float(np.mean(temps[1]))
 fig = plots_trust.reliability_figure(before, after, *summaries, t_after)
 st.plotly_chart(fig, width="stretch", key="trust_reliability")
 source = report.temperature_source if fit == "fit" else "mean of the two halves' temperatures of the ID test set"
-st.caption(f"Temperature T = {t_after:.3f}, {source}. Scaling the logits by 1/T never changes a prediction, only "
-           "how confident it is. Fitted on images the model was trained on (the bundled models' mnist:train), T tends to "
-           "come out too small (sharper than the model deserves): compare with the cross-fitted one.")
+st.caption(f"Temperature T = {t_after:.3f}, {source}. Scaling the logits by 1/T never changes a prediction, "
+           "only how confident it is. Fitted on images the model was trained on (the bundled models' mnist:train), T "
+           "tends to come out too small (sharper than the model deserves): compare with the cross-fitted one.")
 st.dataframe(pd.DataFrame([{"temperature": float(np.mean(t)), **sm} for t, sm in zip(temps, summaries)]),
              hide_index=True, width="stretch", key="trust_calibration",
              column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("ece", "mce", "brier", "nll")})

@@ -63,7 +63,8 @@ def timm_weights(tmp_path):
         net, _ = build_timm(name, 10)
         path = tmp_path / f"{name}.safetensors"
         save_file(net.state_dict(), str(path))
-        card = {"input_size": input_size, "mean": [0.5] * 3, "std": [std] * 3, "class_names": [str(i) for i in range(10)]}
+        card = {"input_size": input_size, "mean": [0.5] * 3, "std": [std] * 3,
+                "class_names": [str(i) for i in range(10)]}
         path.with_suffix(".json").write_text(json.dumps(card))
         return path
 

@@ -1,4 +1,5 @@
-"""gradviz.analysis.sweeps: severity sweeps, best-layer call-out, teaching text; gradviz.reporting.tables on layer tables."""
+"""gradviz.analysis.sweeps: severity sweeps, best-layer call-out, teaching text; gradviz.reporting.tables on layer
+tables."""
 
 from __future__ import annotations
 

@@ -75,8 +75,8 @@ def test_clean_up_keeps_an_image_without_ink_as_it_is(bundled_model):
     assert "no ink standing out" in dict(data.notes)["flat.png"]
 
 
-@pytest.mark.parametrize("size, fit", [((1, 28, 28), (112, 112)), ((3, 224, 224), (400, 400)), ((3, 32, 64), (128, 256)),
-                                       ((3, 150, 300), (200, 400)),
+@pytest.mark.parametrize("size, fit", [((1, 28, 28), (112, 112)), ((3, 224, 224), (400, 400)),
+                                       ((3, 32, 64), (128, 256)), ((3, 150, 300), (200, 400)),
                                        ((3, 512, 512), (512, 512))])
 def test_clean_up_decode_size_is_four_times_the_card_at_most_400(size, fit):
     from gradviz.models.card import ModelCard

@@ -143,14 +143,16 @@ def test_resnet18_upload_with_ten_classes_and_a_card(resnet18_bytes):
 def test_missing_and_unexpected_keys_are_listed(cnn_state):
     state = {k: v for k, v in cnn_state.items() if not k.startswith("layer3.")}
     state["extra.weight"] = torch.zeros(1)
-    with pytest.raises(ModelError, match=r"missing key\(s\): layer3\.\S+, layer3\.\S+, .*unexpected key\(s\): extra\.weight"):
+    with pytest.raises(ModelError,
+                       match=r"missing key\(s\): layer3\.\S+, layer3\.\S+, .*unexpected key\(s\): extra\.weight"):
         model_from_upload("mnist-cnn", save(state), "cnn.safetensors")
 
 
 def test_shape_mismatch_is_named(cnn_state):
     state = dict(cnn_state)
     state["layer1.conv1.weight"] = torch.zeros(16, 16, 5, 5)
-    with pytest.raises(ModelError, match=r"wrong shapes: layer1\.conv1\.weight: file \(16, 16, 5, 5\) vs model \(16, 16, 3, 3\)"):
+    with pytest.raises(ModelError,
+                       match=r"wrong shapes: layer1\.conv1\.weight: file \(16, 16, 5, 5\) vs model \(16, 16, 3, 3\)"):
         model_from_upload("mnist-cnn", save(state), "cnn.safetensors")
 
 

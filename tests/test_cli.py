@@ -26,14 +26,16 @@ def test_score_writes_tables_and_prints_metrics(tmp_path, capsys):
     scores = pd.read_csv(out / "scores.csv")
     metrics = pd.read_csv(out / "metrics.csv")
     assert len(scores) == 180
-    assert {"dataset", "role", "index", "path", "label", "prediction", "correct", "msp", "confounding"} <= set(scores.columns)
+    assert {"dataset", "role", "index", "path", "label", "prediction", "correct", "msp",
+            "confounding"} <= set(scores.columns)
     ood = metrics[metrics["task"] == "ood"]
     assert len(ood) == 2 * 4 and {"auroc", "fpr95", "aupr_in", "aupr_out"} <= set(metrics.columns)
     misc = metrics[metrics["task"] == "misclassification"]  # letters and noise have no labels: the ID set alone
     assert len(metrics) == 3 * 4 and list(misc["method"]) == ["msp", "energy", "gradnorm", "confounding"]
     assert misc["shifted"].isna().all() and misc["aurc"].between(0, 1).all() and misc["n"].eq(60).all()
     calibration = pd.read_csv(out / "calibration.csv")
-    assert list(calibration["temperature_fit"]) == ["none", "fit", "crossfit"] and calibration["ece"].between(0, 1).all()
+    assert list(calibration["temperature_fit"]) == ["none", "fit", "crossfit"]
+    assert calibration["ece"].between(0, 1).all()
     printed = capsys.readouterr().out
     assert "auroc" in printed and "noise-uniform" in printed
     # the saved config replays to the same numbers
@@ -107,7 +109,8 @@ def test_compile_flag_reaches_the_engine(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_single_process(tmp_path):
-    common = ["--id", "mnist", "--ood", "noise-uniform", "--methods", "msp,gradnorm,gaia_z", "--limit", "37", "--cache", "none"]
+    common = ["--id", "mnist", "--ood", "noise-uniform", "--methods", "msp,gradnorm,gaia_z", "--limit", "37",
+              "--cache", "none"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADVIZ_DIST_BACKEND": "gloo"}
     single = tmp_path / "single"
     assert main(["score", *common, "--out", str(single)]) == 0
@@ -229,7 +232,8 @@ _FIELD = st.sampled_from(["model", "weights", "id", "ood", "methods", "limit", "
 
 @pytest.mark.slow
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(_JSON, st.dictionaries(_FIELD, _JSON | st.sampled_from(["letters", "msp", 5, -1, 2.5]), max_size=5)))
+@given(data=st.one_of(_JSON,
+                      st.dictionaries(_FIELD, _JSON | st.sampled_from(["letters", "msp", 5, -1, 2.5]), max_size=5)))
 def test_fuzzed_config_files_exit_0_or_2_with_one_error_line(data, tmp_path_factory, monkeypatch):
     """Any JSON in --config: scoring starts on a valid config (stubbed here), else one error line and exit 2."""
     import gradviz.scoring
@@ -299,7 +303,8 @@ def test_meta_cross_validates_on_the_joined_tables(tmp_path, capsys):
     assert main(["meta", *common, "--task", "ood", "--known", "noise-uniform", "--classifier", "boosting",
                  "--out", str(tmp_path / "d")]) == 0
     ood = pd.read_csv(tmp_path / "d" / "meta.csv")
-    assert {"unseen:letters", "unseen:noise-uniform", "unseen:all", "cv", "seen:noise-uniform"} <= set(ood["evaluation"])
+    assert {"unseen:letters", "unseen:noise-uniform", "unseen:all", "cv",
+            "seen:noise-uniform"} <= set(ood["evaluation"])
     seen = ood[(ood["evaluation"] == "seen:noise-uniform") & (ood["feature_set"] == "gradient")].iloc[0]
     assert (seen["n"], seen["n_positive"]) == (80, 40)
     capsys.readouterr()

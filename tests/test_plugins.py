@@ -61,7 +61,8 @@ def plugin_path(tmp_path, monkeypatch):
 
 def test_plugin_is_listed_and_loads_with_its_card(plugin_path):
     entry = {m.name: m for m in list_models()}["tiny-net"]
-    assert entry.source == "plugin" and "gv_test_plugin:build" in entry.description and "gv-test-plugin 0.1" in entry.description
+    assert entry.source == "plugin"
+    assert "gv_test_plugin:build" in entry.description and "gv-test-plugin 0.1" in entry.description
     model = load_model("tiny-net")
     assert model.card.class_names == ["a", "b", "c"] and model.head.out_features == 3
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 3)
@@ -84,8 +85,8 @@ def test_plugin_in_cli_list_and_score(plugin_path, tmp_path, capsys):
     assert "tiny-net" in listed and "plugin gv_test_plugin:build" in listed and "timm:<name>" in listed
     assert "mnist-vit" in listed
     out = tmp_path / "out"
-    assert main(["score", "--model", "tiny-net", "--ood", "letters", "--methods", "msp,gradnorm,grad_l2", "--limit", "8",
-                 "--out", str(out), "--cache", "none"]) == 0
+    assert main(["score", "--model", "tiny-net", "--ood", "letters", "--methods", "msp,gradnorm,grad_l2",
+                 "--limit", "8", "--out", str(out), "--cache", "none"]) == 0
     scores = pd.read_csv(out / "scores.csv")
     assert len(scores) == 16 and scores["prediction"].between(0, 2).all() and scores["grad_l2"].notna().all()
 
@@ -108,6 +109,7 @@ def test_file_builder_runs_from_the_command_line_only(tmp_path, capsys):
 
 
 def test_server_model_specs_from_argv_and_environment():
-    specs = server_model_specs(["--model", "a.py:build", "--other", "--model=b.py:make"], {"GRADVIZ_MODELS": "c.py:f; d.py:g"})
+    specs = server_model_specs(["--model", "a.py:build", "--other", "--model=b.py:make"],
+                               {"GRADVIZ_MODELS": "c.py:f; d.py:g"})
     assert specs == ["c.py:f", "d.py:g", "a.py:build", "b.py:make"]
     assert server_model_specs([], {}) == []

@@ -101,11 +101,12 @@ def test_method_parameters_are_checked_against_type_and_declared_bounds():
 
 def test_register_refuses_bounds_that_do_not_fit_the_defaults():
     with pytest.raises(ValueError, match="bounds"):
-        registry.register("bad_bounds", title="t", paper="p", year=2000, formula="f", family="output", link="l", intuition="i",
-                          bounds={"temperature": (2.0, 3.0)})(lambda batch, temperature=1.0: batch.logits[:, 0])
+        registry.register("bad_bounds", title="t", paper="p", year=2000, formula="f", family="output", link="l",
+                          intuition="i", bounds={"temperature": (2.0, 3.0)},
+                          )(lambda batch, temperature=1.0: batch.logits[:, 0])
     with pytest.raises(ValueError, match="bounds"):
-        registry.register("bad_bounds", title="t", paper="p", year=2000, formula="f", family="output", link="l", intuition="i",
-                          bounds={"nope": (0, 1)})(lambda batch, temperature=1.0: batch.logits[:, 0])
+        registry.register("bad_bounds", title="t", paper="p", year=2000, formula="f", family="output", link="l",
+                          intuition="i", bounds={"nope": (0, 1)})(lambda batch, temperature=1.0: batch.logits[:, 0])
     assert "bad_bounds" not in registry.REGISTRY
 
 

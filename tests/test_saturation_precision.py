@@ -1,8 +1,8 @@
 """Scores stay exact where the softmax saturates: a tiny CNN whose logit gap is 34 to 52, so 1 − p_ŷ is 1e-22 to
-3e-15 and p_ŷ rounds to 1 in float32 (and in float64 for most inputs), against float64 references written with cancellation-free formulas
-(1 − p_ŷ = Σ_{c≠ŷ} p_c through logsumexp). Each method's float32 score must rank the inputs as the reference does
-(Spearman ≥ 0.99) and agree with it to a small relative error; none may collapse to one value (ExGrad's old
-2(1 − Σp²) was exactly 0 for all of them)."""
+3e-15 and p_ŷ rounds to 1 in float32 (and in float64 for most inputs), against float64 references written with
+cancellation-free formulas (1 − p_ŷ = Σ_{c≠ŷ} p_c through logsumexp). Each method's float32 score must rank the
+inputs as the reference does (Spearman ≥ 0.99) and agree with it to a small relative error; none may collapse to one
+value (ExGrad's old 2(1 − Σp²) was exactly 0 for all of them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Selective prediction (gradviz.trust.selective) and calibration (gradviz.trust.calibration) against direct computations."""
+"""Selective prediction (gradviz.trust.selective) and calibration (gradviz.trust.calibration) against direct
+computations."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import log_loss, roc_auc_score
 
-from gradviz.trust.calibration import (brier_score, calibration_summary, crossfit_temperatures, ece, fit_temperature, mce, nll, reliability_diagram,
-                                 softmax)
+from gradviz.trust.calibration import (brier_score, calibration_summary, crossfit_temperatures, ece, fit_temperature,
+                                       mce, nll, reliability_diagram, softmax)
 from gradviz.errors import GradvizError
 from gradviz.trust.selective import (aurc, e_aurc, labelled_sets, misclassification_auroc, misclassification_fpr95,
                                misclassification_table, oracle_aurc, risk_coverage_curve, selective_at_coverage)
@@ -190,7 +191,8 @@ def test_brier_and_nll_match_direct_computations():
     brute = np.mean([sum((p[i, k] - (labels[i] == k)) ** 2 for k in range(4)) for i in range(len(labels))])
     assert brier_score(p, labels) == pytest.approx(brute)
     assert nll(logits, labels) == pytest.approx(log_loss(labels, p, labels=range(4)))
-    assert nll(logits, labels, temperature=2.0) == pytest.approx(log_loss(labels, softmax(logits, 2.0), labels=range(4)))
+    assert nll(logits, labels, temperature=2.0) == pytest.approx(log_loss(labels, softmax(logits, 2.0),
+                                                                          labels=range(4)))
     # log_softmax: finite where log(softmax) underflows
     big = np.array([[0.0, 800.0]])
     assert math.isfinite(nll(big, [0])) and nll(big, [0]) == pytest.approx(800.0)

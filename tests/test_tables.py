@@ -1,4 +1,5 @@
-"""gradviz.reporting.tables: scores and layer tables are joined by sample key (never by position) and flattened one way."""
+"""gradviz.reporting.tables: scores and layer tables are joined by sample key (never by position) and flattened one
+way."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ from gradviz.explain.attributions import attribute, default_attributions
 from gradviz.errors import MethodError
 from gradviz.explain.scores import explain_score
 from gradviz.models.zoo import random_model
-from gradviz.explain.transformer_maps import attention_modules, attention_relevance, attention_rollout, capture_attention
+from gradviz.explain.transformer_maps import (attention_modules, attention_relevance, attention_rollout,
+                                              capture_attention)
 
 
 @pytest.fixture(scope="module")

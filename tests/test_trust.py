@@ -1,4 +1,5 @@
-"""gradviz.trust.report: a run's misclassification metrics per method and the model's calibration, on the bundled model."""
+"""gradviz.trust.report: a run's misclassification metrics per method and the model's calibration, on the bundled
+model."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from gradviz.runconfig import RunConfig
 from gradviz.scoring import images_digest, model_inputs, run
 from gradviz.trust.selective import aurc
 from gradviz.runtime.store import ResultStore, cache_key
-from gradviz.trust.report import (calibration_by_severity, fit_split, metrics_with_task, risk_coverage_frame, select_at_coverage, set_logits,
-                           trust_report)
+from gradviz.trust.report import (calibration_by_severity, fit_split, metrics_with_task, risk_coverage_frame,
+                                  select_at_coverage, set_logits, trust_report)
 
 METHODS = ["msp", "energy"]
 SHIFT = "corrupt:gaussian_noise:4"

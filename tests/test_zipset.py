@@ -121,11 +121,12 @@ def test_fit_and_test_specs_and_a_run_with_mahalanobis_on_the_own_set():
         fit = load_dataset(split_spec("fit", spec, 0.5), model.card, seed=0)
         test = load_dataset(split_spec("test", spec, 0.5), model.card, seed=0)
         assert len(fit) == len(test) == 9 and fit.images.shape[1:] == (1, 28, 28)
-        assert not {tuple(x.flatten()[:3].tolist()) for x in fit.images} & {tuple(x.flatten()[:3].tolist()) for x in test.images}
+        assert not ({tuple(x.flatten()[:3].tolist()) for x in fit.images}
+                    & {tuple(x.flatten()[:3].tolist()) for x in test.images})
         part_fit, part_test = split_id_set(whole, 0.5, 0)
         assert "18 images in 3 classes; 9 (50%) fit" in split_summary("digits.zip", part_fit, part_test, 0.5, 0)
-        cfg = RunConfig(model="random", id=split_spec("test", spec), fit_set=split_spec("fit", spec), ood=["noise-uniform"],
-                        methods=["msp", "mahalanobis", "knn"], limit=9)
+        cfg = RunConfig(model="random", id=split_spec("test", spec), fit_set=split_spec("fit", spec),
+                        ood=["noise-uniform"], methods=["msp", "mahalanobis", "knn"], limit=9)
         result = run(cfg, model=model)
         ids = result.scores[result.scores["role"] == "id"]
         assert len(ids) == 9 and ids["label"].between(0, 2).all()

@@ -58,7 +58,8 @@ def project(features: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[n
     if method not in PROJECTIONS:
         raise GradvizError(f"unknown projection {method!r}; use one of {', '.join(PROJECTIONS)}")
     if method not in available_projections():
-        raise GradvizError("UMAP needs the umap-learn package, which is not installed — use PCA (or pip install umap-learn)")
+        raise GradvizError("UMAP needs the umap-learn package, which is not installed — use PCA "
+                           "(or pip install umap-learn)")
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 3 or not np.isfinite(f).all():
         raise GradvizError(f"a map needs at least 3 samples with finite features; got shape {f.shape}")
@@ -91,7 +92,8 @@ class DataMap:
     def axis_titles(self) -> tuple[str, str]:
         if self.explained is None:
             return f"{self.method.upper()} 1", f"{self.method.upper()} 2"
-        return tuple(f"PC {k + 1} ({100 * v:.1f} % of variance)" for k, v in enumerate(self.explained))
+        first, second = (f"PC {k + 1} ({100 * v:.1f} % of variance)" for k, v in enumerate(self.explained))
+        return first, second
 
 
 def _subsample(scores: pd.DataFrame, max_points: int, seed: int) -> pd.DataFrame:
@@ -146,7 +148,8 @@ def data_map_figure(m: DataMap, colour: str = "set", current: tuple[float, float
                                             f"predicted %{{customdata[3]:.0f}}{score_txt}<extra></extra>"))
     if current is not None:
         fig.add_trace(go.Scatter(x=[current[0]], y=[current[1]], mode="markers", name=_plain(current_name),
-                                 marker=dict(symbol="star", size=20, color="black", line=dict(color="white", width=1.5)),
+                                 marker=dict(symbol="star", size=20, color="black",
+                                             line=dict(color="white", width=1.5)),
                                  hovertemplate=f"{_plain(current_name)}<extra></extra>"))
     xt, yt = m.axis_titles()
     fig.update_layout(title=f"Penultimate features, {m.method.upper()} ({len(pts)} samples)", xaxis_title=xt,

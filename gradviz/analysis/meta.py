@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -67,7 +68,8 @@ FEATURE_SETS = ("entropy", "msp", "gradient", "gradient+entropy", "all")
 META_COLUMNS = ("dataset", "role", "index", "path", "label", "prediction", "confidence", "correct", "sample")
 BASELINE_SCORES = ("entropy", "msp")
 DENSITY = ("gradient norms", "density")  # (feature set, model) of the unsupervised density rows
-RESULT_COLUMNS = ["task", "setting", "feature_set", "model", "evaluation", "auroc", "accuracy", "n", "n_positive", "curve"]
+RESULT_COLUMNS = ["task", "setting", "feature_set", "model", "evaluation", "auroc", "accuracy", "n", "n_positive",
+                  "curve"]
 
 
 def feature_sets(columns: Sequence) -> dict[str, list[str]]:
@@ -152,7 +154,8 @@ class MetaClassifier:
             sets = feature_sets(frame.columns)
             if self.features not in sets:
                 raise GradvizError(
-                    f"feature set {self.features!r} has no columns in this table; available: {', '.join(sets) or 'none'}"
+                    f"feature set {self.features!r} has no columns in this table; available: "
+                    f"{', '.join(sets) or 'none'}"
                 )
             cols = sets[self.features]
         else:
@@ -343,7 +346,11 @@ class _Density:
         return s, (s > self.threshold_).astype(float)
 
 
-def _held_out(make, X: pd.DataFrame, y: np.ndarray, outside: pd.DataFrame | None, folds) -> tuple:
+_Estimator = _Threshold | _Meta | _Density  # fit(X, y) -> self, then scores and predictions
+
+
+def _held_out(make: Callable[[], _Estimator], X: pd.DataFrame, y: np.ndarray, outside: pd.DataFrame | None,
+              folds) -> tuple:
     """Out-of-fold (score, pred) on X, fold-averaged (score, pred) on ``outside``."""
     score, pred = np.full(len(y), np.nan), np.full(len(y), np.nan)
     o_score = np.zeros(0 if outside is None else len(outside))
@@ -419,7 +426,8 @@ def meta_report(
         chosen = [feature_set] if isinstance(feature_set, str) else list(feature_set)
         bad = [f for f in chosen if f not in available]
         if bad:
-            raise GradvizError(f"feature set(s) {bad} not available in this table; available: {', '.join(available) or 'none'}")
+            raise GradvizError(f"feature set(s) {bad} not available in this table; available: "
+                               f"{', '.join(available) or 'none'}")
     if not chosen:
         raise GradvizError("the table has no feature columns (entropy, msp or 'layer/stat' gradient metrics)")
     models = [model] if isinstance(model, str) else list(model)
@@ -430,8 +438,9 @@ def meta_report(
         raise GradvizError("cv must be at least 2 folds")
 
     # Each candidate: (feature set, model name, factory of a fresh estimator)
-    candidates = [(fs, m, (lambda cols=available[fs], m=m: _Meta(cols, m, seed))) for fs in chosen for m in models]
-    candidates += [(b, "threshold", (lambda b=b: _Threshold(b))) for b in BASELINE_SCORES if b in available]
+    candidates: list[tuple[str, str, Callable[[], _Estimator]]] = [
+        (fs, m, partial(_Meta, available[fs], m, seed)) for fs in chosen for m in models]
+    candidates += [(b, "threshold", partial(_Threshold, b)) for b in BASELINE_SCORES if b in available]
 
     rows: list[dict] = []
     roc: dict[str, pd.DataFrame] = {}
@@ -478,7 +487,8 @@ def meta_report(
                      f"({int(y_id.sum())} incorrect), {len(folds)} folds; OOD never seen")
         n_ood = len(ood)
         l2 = [c for c in available.get("gradient", []) if c.endswith("/l2")]
-        density = [(DENSITY[0], DENSITY[1], lambda: _Density(l2))] if l2 else []
+        density: list[tuple[str, str, Callable[[], _Estimator]]] = \
+            [(DENSITY[0], DENSITY[1], lambda: _Density(l2))] if l2 else []
         if density:
             notes.append("unknown setting also shows the unsupervised twin: a Gaussian density of the per-layer log "
                          "gradient norms of the ID training folds (no labels, no OOD), −log density as the score")
@@ -507,7 +517,8 @@ def meta_report(
             unseen_names = ood_name[~seen].to_numpy()
             folds = _folds(y_pool, cv, seed, "known OOD samples")
             notes.append(f"known setting: trained on {len(id_all)} ID + {int(seen.sum())} OOD samples of "
-                         f"{', '.join(known)}; {len(folds)} folds; unseen: {', '.join(sorted(set(unseen_names))) or 'none'}")
+                         f"{', '.join(known)}; {len(folds)} folds; "
+                         f"unseen: {', '.join(sorted(set(unseen_names))) or 'none'}")
             for fs, m, make in candidates:
                 score, pred, o_score, o_pred = _held_out(make, pool, y_pool, unseen, folds)
                 add("known", fs, m, "cv", y_pool, score, pred)

@@ -84,7 +84,8 @@ def threshold_at_tpr(id_scores, tpr: float = 0.95) -> float:
 
 
 def fpr_at_tpr(id_scores, ood_scores, tpr: float = 0.95) -> float:
-    """Fraction of OOD accepted at the first threshold that accepts at least ``tpr`` of ID (:func:`threshold_at_tpr`)."""
+    """Fraction of OOD accepted at the first threshold that accepts at least ``tpr`` of ID
+    (:func:`threshold_at_tpr`)."""
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
     i, _ = _clean(id_scores)

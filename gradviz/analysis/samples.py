@@ -32,9 +32,9 @@ from gradviz.analysis.metrics import threshold_at_tpr
 from gradviz.models import GradvizModel
 
 __all__ = [
-    "ThresholdSummary", "threshold_summary", "id_quantile_threshold", "score_range", "sample_captions", "extremes", "rows_from_selection",
-    "percentile_within", "SampleReport", "inspect_images", "compute_attributions", "Panel", "attribution_panels",
-    "gaia_channel_table", "sample_layer_profile", "display_image",
+    "ThresholdSummary", "threshold_summary", "id_quantile_threshold", "score_range", "sample_captions", "extremes",
+    "rows_from_selection", "percentile_within", "SampleReport", "inspect_images", "compute_attributions", "Panel",
+    "attribution_panels", "gaia_channel_table", "sample_layer_profile", "display_image",
 ]
 
 
@@ -60,7 +60,8 @@ def threshold_summary(scores: pd.DataFrame, method: str, threshold: float, defau
                       tpr: float = 0.95) -> ThresholdSummary:
     """Counts of accepted (score ≤ threshold) and rejected samples per dataset, and the flipped rows.
 
-    ``default`` is the reference threshold (None: :func:`gradviz.analysis.metrics.threshold_at_tpr` of the ID rows at ``tpr``).
+    ``default`` is the reference threshold (None: :func:`gradviz.analysis.metrics.threshold_at_tpr` of the ID rows
+    at ``tpr``).
     Non-finite scores are counted as ``invalid`` and never accepted or flipped.
     """
     if method not in scores.columns:
@@ -181,7 +182,8 @@ def inspect_images(model: GradvizModel, x: torch.Tensor, runners: list[MethodRun
     from gradviz.runtime.budget import batch_size_for, scoring_kind
 
     step = batch_size_for(model, scoring_kind(runners), "inspecting images", n=int(x.shape[0]))
-    probs_parts, raw_parts = [], {r.info.name: [] for r in runners}
+    probs_parts: list[np.ndarray] = []
+    raw_parts: dict[str, list[np.ndarray]] = {r.info.name: [] for r in runners}
     with model.lock:  # the shared model: no other session's hooks during these passes
         for start in range(0, int(x.shape[0]), step):  # one batch unless the memory budget says otherwise
             batch = ModelOutputs.from_model(model, x[start:start + step], keep_graph=needs_graph(runners))
@@ -201,11 +203,12 @@ def inspect_images(model: GradvizModel, x: torch.Tensor, runners: list[MethodRun
         pct = percentile_within(ref, vals) if ref is not None else np.full(len(vals), np.nan)
         med = float(np.median(_finite(ref))) if ref is not None and len(_finite(ref)) else np.nan
         for b, (v, p) in enumerate(zip(vals, pct)):
-            rows.append({"sample": b, "method": name, "title": r.info.title, "score": v, "percentile": p, "id_median": med})
+            rows.append({"sample": b, "method": name, "title": r.info.title, "score": v, "percentile": p,
+                         "id_median": med})
     for name in blank or {}:
         title = get_method(name).title
-        rows += [{"sample": b, "method": name, "title": title, "score": np.nan, "percentile": np.nan, "id_median": np.nan}
-                 for b in range(len(probs))]
+        rows += [{"sample": b, "method": name, "title": title, "score": np.nan, "percentile": np.nan,
+                  "id_median": np.nan} for b in range(len(probs))]
     frame = pd.DataFrame(rows, columns=["sample", "method", "title", "score", "percentile", "id_median"])
     return SampleReport(probs, probs.argmax(-1), frame)
 
@@ -252,8 +255,8 @@ def attribution_panels(image: torch.Tensor, attributions: dict, mode: str = "abs
         m = att.maps[0]
         layer = f" (layer {att.layer})" if att.layer and att.layer not in (att.note or "") else ""
         caption = ATTRIBUTIONS[name].title + layer + (f" — {att.note}" if att.note else "")
-        panels.append(Panel(name, original, heatmap_rgb(m, mode, cmap, size), render_overlay(image, m, mode, cmap, alpha, size),
-                            caption, scale, scale_caption))
+        panels.append(Panel(name, original, heatmap_rgb(m, mode, cmap, size),
+                            render_overlay(image, m, mode, cmap, alpha, size), caption, scale, scale_caption))
     return panels
 
 

@@ -91,7 +91,8 @@ def severity_sweep(model: GradvizModel, corruption: str, methods: list[str] | st
 
     Returns one row per (method, severity) with AUROC, FPR95, AUPR-In/Out and detection error.
     """
-    scores = severity_scores(model, corruption, methods, limit=limit, seed=seed, store=store, progress=progress, **kwargs)
+    scores = severity_scores(model, corruption, methods, limit=limit, seed=seed, store=store, progress=progress,
+                             **kwargs)
     names = [i.name for i in resolve_methods(methods)]
     return severity_metrics(scores, names)
 
@@ -143,7 +144,8 @@ def meta_curves(report, evaluation: str, setting: str | None = None) -> dict[str
 
 
 def meta_bar_frame(results: pd.DataFrame, setting: str | None = None) -> pd.DataFrame:
-    """Meta results reshaped for :func:`gradviz.plots.figures.metric_bars`: one bar per (feature set · model), grouped by evaluation."""
+    """Meta results reshaped for :func:`gradviz.plots.figures.metric_bars`: one bar per (feature set · model), grouped
+    by evaluation."""
     rows = results if setting is None else results[results["setting"] == setting]
     return pd.DataFrame({"method": rows["feature_set"] + " · " + rows["model"], "ood_dataset": rows["evaluation"],
                          "auroc": rows["auroc"], "accuracy": rows["accuracy"]})

@@ -37,7 +37,8 @@ class ImageSet:
     paths: list[str] | None = None  # source file per image (folder/upload sets)
     class_names: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) not loaded
-    notes: list[tuple[str, str]] = field(default_factory=list)  # (file, what the decoder did: "EXIF orientation applied")
+    # (file, what the decoder did: "EXIF orientation applied")
+    notes: list[tuple[str, str]] = field(default_factory=list)
     decoded_pixels: int = 0  # pixels decoded from files (uploads, folders): what pixel budgets count
 
     def __len__(self) -> int:
@@ -61,7 +62,7 @@ class DatasetEntry:
     example: str = ""
     reads_paths: bool = False  # ``load`` takes ``allowed_roots=`` and must refuse paths outside them
     offers: Callable[[], list[str]] = lambda: []  # specs the dashboard's pickers offer (none: typed by name)
-    check: Callable[[str | None], None] | None = None  # raises DatasetError for a bad argument, loading nothing
+    check: Callable[[str | None], object] | None = None  # raises DatasetError for a bad argument, loading nothing
 
 
 DATASETS: dict[str, DatasetEntry] = {}
@@ -71,7 +72,7 @@ _MODULES = ("mnist", "letters", "noise", "corruptions", "folder", "zipset", "spl
 
 def register_dataset(prefix: str, description: str, offline: bool = True, example: str = "", reads_paths: bool = False,
                      offers: Sequence[str] | Callable[[], list[str]] | None = None,
-                     check: Callable[[str | None], None] | None = None):
+                     check: Callable[[str | None], object] | None = None):
     """Decorator: ``fn(arg: str | None, limit: int | None, seed: int) -> ImageSet`` handles ``prefix[:arg]``.
 
     ``reads_paths``: the argument names a path on the server; ``fn`` then also takes
@@ -133,7 +134,7 @@ def generated_count(limit: int | None, default: int) -> int:
 UPLOAD_PREFIX = "upload"  # images uploaded in the dashboard (gradviz.data.images.upload_spec); never loadable by name
 
 
-def short_spec(spec: str, n: int = 80) -> str:
+def short_spec(spec: object, n: int = 80) -> str:
     """``spec`` cut to ``n`` characters for messages (a pasted 5,000-character path stays readable)."""
     text = str(spec)
     return text if len(text) <= n else f"{text[:n - 1]}… ({len(text):,} characters)"
@@ -193,7 +194,8 @@ def adapt_images(images: torch.Tensor, card: ModelCard) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, c, -1, -1)
         elif c == 1:
-            x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) if x.shape[1] >= 3 else x.mean(1, keepdim=True)
+            x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) if x.shape[1] >= 3 \
+                else x.mean(1, keepdim=True)
         else:
             raise DatasetError(f"cannot convert {x.shape[1]}-channel images to {c} channels")
     if tuple(x.shape[-2:]) != (h, w):

@@ -78,7 +78,8 @@ def describe_id(id_images: torch.Tensor, name: str = "the ID set") -> IdLook:
 
 
 def unlike(images: torch.Tensor, look: IdLook) -> list[str]:
-    """Per image, why it looks unlike the ID set ``look`` describes (polarity, mean intensity), or "" when it does not."""
+    """Per image, why it looks unlike the ID set ``look`` describes (polarity, mean intensity), or "" when it
+    does not."""
     light = background_level(images) > LIGHT_BACKGROUND
     means = _grey(images).mean(dim=(1, 2)).numpy()
     lo, hi, polarity = look.mean_lo, look.mean_hi, look.polarity
@@ -91,8 +92,8 @@ def unlike(images: torch.Tensor, look: IdLook) -> list[str]:
             reasons.append(f"it is {POLARITIES[bool(is_light)]}, while {100 * agree:.0f} % of {look.name}'s images are "
                            f"{polarity}")
         if mean < lo - margin or mean > hi + margin:
-            reasons.append(f"its mean intensity {mean:.2f} is far from {look.name}'s ({lo:.2f}–{hi:.2f} for 98 % of its "
-                           "images)")
+            reasons.append(f"its mean intensity {mean:.2f} is far from {look.name}'s ({lo:.2f}–{hi:.2f} for 98 % "
+                           "of its images)")
         out.append("; ".join(reasons))
     return out
 

@@ -47,7 +47,8 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= int(severity) <= 5:
         raise DatasetError(f"corruption severity must be an integer 1–5, got {severity!r}")
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise DatasetError(f"corrupt expects images of shape (N, C, H, W), got {getattr(images, 'shape', type(images))}")
+        got = getattr(images, "shape", type(images))
+        raise DatasetError(f"corrupt expects images of shape (N, C, H, W), got {got}")
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         out = CORRUPTIONS[name](images.float(), int(severity), gen)
@@ -240,7 +241,8 @@ def parse_corruption(arg: str | None) -> tuple[str, int]:
 OFFERED_SEVERITIES = (3, 5)  # the pickers list every corruption at these; any severity 1–5 can be typed
 
 
-@register_dataset("corrupt", "Held-out MNIST digits with a corruption at severity 1–5 (MNIST-C / CIFAR-10-C style), true labels",
+@register_dataset("corrupt", "Held-out MNIST digits with a corruption at severity 1–5 (MNIST-C / CIFAR-10-C style), "
+                  "true labels",
                   example="corrupt:fog:3", check=parse_corruption,
                   offers=lambda: [f"corrupt:{c}:{s}" for c in list_corruptions() for s in OFFERED_SEVERITIES])
 def load_corrupted(arg: str | None, limit: int | None, seed: int) -> ImageSet:

@@ -72,7 +72,8 @@ def resolve_path(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathL
     if not raw:
         raise DatasetError(f"{noun} needs a path, e.g. {example}")
     if len(raw) > MAX_PATH_CHARS or "\x00" in raw:
-        what = f"{len(raw):,} characters; at most {MAX_PATH_CHARS:,}" if len(raw) > MAX_PATH_CHARS else "a NUL character"
+        what = (f"{len(raw):,} characters; at most {MAX_PATH_CHARS:,}" if len(raw) > MAX_PATH_CHARS
+                else "a NUL character")
         raise DatasetError(f"{noun} path {short_spec(raw)!r} is not a usable path ({what})")
 
     def usable(p: Path) -> bool:
@@ -84,7 +85,8 @@ def resolve_path(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathL
             if usable(resolved):
                 return resolved
         except (OSError, RuntimeError) as exc:  # ENAMETOOLONG, ELOOP, EACCES, ...
-            raise DatasetError(f"{noun} {short_spec(raw)!r} cannot be read ({exc.strerror or type(exc).__name__})") from None
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            raise DatasetError(f"{noun} {short_spec(raw)!r} cannot be read ({why})") from None
         raise DatasetError(f"{noun} {short_spec(raw)!r} does not exist or is not a {'folder' if want_dir else 'file'}")
     roots = [Path(r).expanduser().resolve() for r in allowed_roots]
     names = ", ".join(str(r) for r in roots)
@@ -177,6 +179,11 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
 
 
+def _side_lengths(x: torch.Tensor) -> tuple[int, int]:
+    """(H, W) of a (C, H, W) image."""
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
 def _final_shape(channels: int, sizes: set[tuple[int, int]]) -> tuple[int, int, int]:
     """(C, H, W) every image is stacked at: one common size if they share it, else FOLDER_SIZE²."""
     h, w = next(iter(sizes)) if len(sizes) == 1 else (FOLDER_SIZE, FOLDER_SIZE)
@@ -213,7 +220,7 @@ def load_folder(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathLi
     pixels = 0
     order = range(len(files)) if max_bytes is None else np.random.default_rng(seed).permutation(len(files))
     kept: list[int] = []
-    channels, sizes = 1, set()
+    channels, sizes = 1, set[tuple[int, int]]()
     for i in order:
         rel = files[i]
         full = root / rel
@@ -226,11 +233,11 @@ def load_folder(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathLi
             continue
         x = torch.from_numpy(decoded.array)  # (C, H, W), sides ≤ FOLDER_SIZE
         if max_bytes is not None:  # the bytes of the stacked set with this image, before keeping it
-            shape = _final_shape(max(channels, x.shape[0]), sizes | {tuple(x.shape[-2:])})
+            shape = _final_shape(max(channels, x.shape[0]), sizes | {_side_lengths(x)})
             if 4 * (len(arrays) + 1) * int(np.prod(shape)) > max_bytes:
                 _refuse_or_note(len(arrays), len(files), shape, max_bytes, bytes_setting, seed, skipped)
                 break
-            channels, sizes = shape[0], sizes | {tuple(x.shape[-2:])}
+            channels, sizes = shape[0], sizes | {_side_lengths(x)}
         if decoded.note:
             notes.append((rel.as_posix(), decoded.note))
         pixels += decoded.pixels
@@ -245,7 +252,7 @@ def load_folder(path: str | os.PathLike, allowed_roots: Sequence[str | os.PathLi
         first = f"; first problem: {skipped[-1][0]}: {skipped[-1][1]}" if skipped else ""
         raise DatasetError(f"none of the {len(files)} image files in folder {short_spec(path)!r} could be read{first}")
     channels = 1 if all(a.shape[0] == 1 for a in arrays) else 3
-    sizes = {tuple(a.shape[-2:]) for a in arrays}
+    sizes = {_side_lengths(a) for a in arrays}
     size = sizes.pop() if len(sizes) == 1 else (FOLDER_SIZE, FOLDER_SIZE)
     images = torch.stack([_resize(a, size).expand(channels, -1, -1) for a in arrays]).contiguous()  # (N, C, H, W)
     return ImageSet(f"folder:{path}", images, np.asarray(labels, dtype=np.int64), paths, class_names, skipped, notes,

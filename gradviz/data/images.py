@@ -122,7 +122,8 @@ def _pillow_bomb_error(name: str, exc: BaseException, limit: int) -> ImageError:
     """Pillow's own guard fired (a size it saw beyond the header, e.g. a later frame): quote our limit, not Pillow's."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = f"{int(found.group(1)):,} pixels" if found else "more pixels than allowed"
-    return ImageError(f"{name}: {size} exceeds the limit of {limit:,} pixels (possible decompression bomb; {PIXELS_HINT})")
+    return ImageError(f"{name}: {size} exceeds the limit of {limit:,} pixels (possible decompression bomb; "
+                      f"{PIXELS_HINT})")
 
 
 def _to_array(img: Image.Image, notes: list[str], stored_mode: str | None = None) -> np.ndarray:
@@ -197,7 +198,8 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               8: Image.Transpose.ROTATE_90}  # the table ImageOps.exif_transpose uses
 
 
-def _apply_exif_orientation(img: Image.Image, notes: list[str], orientation: int | Exception | None = None) -> Image.Image:
+def _apply_exif_orientation(img: Image.Image, notes: list[str],
+                            orientation: int | Exception | None = None) -> Image.Image:
     """Rotate/flip per the EXIF orientation tag; a malformed EXIF block is ignored with a note.
 
     ``orientation`` as read by :func:`_orientation` before the image was reduced (the tag of the
@@ -309,7 +311,7 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int | None = Non
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Pillow's "Corrupt EXIF data" etc. on odd files
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our header check below decides
-            img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+            img: Image.Image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
             width, height = img.size
             if width <= 0 or height <= 0:
                 raise ImageError(f"{name}: image has no pixels ({width}×{height})")
@@ -389,7 +391,8 @@ def load_uploads(
     for i, (name, data) in enumerate(files):
         name = str(name)
         if i >= max_files:
-            errors.append((name, str(ImageError(f"{name}: not loaded — more than {max_files} files (limit {max_files} per upload)"))))
+            refused = ImageError(f"{name}: not loaded — more than {max_files} files (limit {max_files} per upload)")
+            errors.append((name, str(refused)))
             continue
         size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
         if total + size > max_total:
@@ -401,7 +404,8 @@ def load_uploads(
             image = decode_image(data, name, max_pixels=max_pixels, fit=fit, pixel_budget=pixel_limit - pixels)
         except PixelBudgetError:  # say which limit, and how to change it
             errors.append((name, f"{name}: not loaded — with it this upload would pass the {pixel_limit:,} decoded "
-                                 f"pixels allowed ({pixels_setting}; {pixels:,} already used); upload fewer or smaller images"))
+                                 f"pixels allowed ({pixels_setting}; {pixels:,} already used); upload fewer or "
+                                 "smaller images"))
             continue
         except ImageError as exc:
             errors.append((name, str(exc)))
@@ -417,7 +421,8 @@ def images_to_tensor(decoded: list[DecodedImage], card: "ModelCard") -> torch.Te
 
     if not decoded:
         raise ImageError("no images to convert (every file was refused or none was given)")
-    out = [adapt_images(torch.from_numpy(np.ascontiguousarray(d.array))[None], card) for d in decoded]  # each (1, C, H, W)
+    # each (1, C, H, W)
+    out = [adapt_images(torch.from_numpy(np.ascontiguousarray(d.array))[None], card) for d in decoded]
     return torch.cat(out, 0)
 
 

@@ -54,7 +54,8 @@ def font_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def glyph_bank() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Every (font, letter) once: images (2, G, 1, 56, 56) in [0, 1] (plain, thickened), centres of mass (G, 2) as (x, y) px, letters."""
+    """Every (font, letter) once: images (2, G, 1, 56, 56) in [0, 1] (plain, thickened), centres of mass (G, 2)
+    as (x, y) px, letters."""
     fonts = [font_dir() / f for f in FONT_FILES if (font_dir() / f).is_file()]
     if not fonts:
         raise DatasetError(f"no matplotlib fonts found in {font_dir()}; cannot render the letters set")
@@ -72,7 +73,8 @@ def glyph_bank() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
             glyph = img.crop(bbox)
             w, h = glyph.size
             f = box / max(w, h)
-            glyph = glyph.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR, reducing_gap=2.0)
+            glyph = glyph.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR,
+                                 reducing_gap=2.0)
             out = Image.new("L", (side, side))
             out.paste(glyph, ((side - glyph.size[0]) // 2, (side - glyph.size[1]) // 2))
             images.append(np.frombuffer(out.tobytes(), dtype=np.uint8))
@@ -80,7 +82,8 @@ def glyph_bank() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     thin = torch.from_numpy(np.stack(images)).float().div_(255.0).view(-1, 1, side, side)  # (G, 1, 56, 56)
     grid = torch.arange(side, dtype=torch.float32)
     mass = thin.sum((1, 2, 3))
-    coms = torch.stack([(thin.sum(2)[:, 0] * grid).sum(1) / mass, (thin.sum(3)[:, 0] * grid).sum(1) / mass], 1)  # (x, y)
+    # (x, y)
+    coms = torch.stack([(thin.sum(2)[:, 0] * grid).sum(1) / mass, (thin.sum(3)[:, 0] * grid).sum(1) / mass], 1)
     thick = F.max_pool2d(thin, 3, stride=1, padding=1)  # strokes dilated by 1 px at 2×
     return torch.stack([thin, thick]), coms, chars
 

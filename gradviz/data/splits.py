@@ -45,7 +45,8 @@ def split_indices(labels: np.ndarray, fit_fraction: float = DEFAULT_FIT_FRACTION
     return fit_idx[rng.permutation(len(fit_idx))], test_idx[rng.permutation(len(test_idx))]
 
 
-def split_id_set(data: ImageSet, fit_fraction: float = DEFAULT_FIT_FRACTION, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+def split_id_set(data: ImageSet, fit_fraction: float = DEFAULT_FIT_FRACTION,
+                 seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """(fitting part, test part) of ``data`` (see :func:`split_indices`)."""
     if len(data) < 2:
         raise DatasetError(f"{data.spec}: {len(data)} image(s) cannot be split into a fitting and a test part")
@@ -122,14 +123,16 @@ def split_summary(name: str, fit: ImageSet, test: ImageSet, fit_fraction: float,
     classes = fit.class_names or []
     n = len(fit) + len(test)
     text = (f"**{md_text(name)}** as the ID set: {n:,} images{f' in {len(classes)} classes' if classes else ''}; "
-            f"{len(fit):,} ({fit_fraction:.0%}) fit the fitted methods (Mahalanobis, kNN, ViM, the meta classifier, …) and "
+            f"{len(fit):,} ({fit_fraction:.0%}) fit the fitted methods (Mahalanobis, kNN, ViM, the meta classifier, "
+            "…) and "
             f"{len(test):,} are the ID test images that are scored — split per class"
             + (f", seed {seed}." if seed is not None else "."))
     if not classes or (fit.labels < 0).all():
         text += (" No class sub-folders: labels are unknown, so accuracy is not measured and methods that need "
                  "labels to fit (Mahalanobis) are left out.")
     elif model_classes is not None and [c for c in classes if c not in model_classes]:
-        text += (f" Folder names ({', '.join(md_text(c) for c in classes[:4])}{', …' if len(classes) > 4 else ''}) are not the model's class "
+        shown = ", ".join(md_text(c) for c in classes[:4]) + (", …" if len(classes) > 4 else "")
+        text += (f" Folder names ({shown}) are not the model's class "
                  "names: label i is the i-th folder in sorted order, compared with the model's output i.")
     elif model_classes is not None and classes != list(model_classes)[:len(classes)]:
         text += " Note: labels follow the folders' sorted order, which differs from the model's class order."

@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ TV_DATASETS: dict[str, TvDataset] = {
 
 def tv_root() -> Path:
     """Where torchvision datasets are stored: ``settings().data_root / "torchvision"``."""
-    return settings().data_root / "torchvision"
+    return cast(Path, settings().data_root) / "torchvision"  # always a Path once the settings are validated
 
 
 def _reason(exc: BaseException, n: int = 200) -> str:
@@ -175,7 +175,8 @@ def load_torchvision(name: str, train: bool = False, limit: int | None = None, s
     return ImageSet(spec, images.contiguous(), y, class_names=list(classes) if classes else None)
 
 
-@register_dataset("torchvision", "A torchvision dataset (MNIST, FashionMNIST, KMNIST, EMNIST letters, CIFAR10/100, SVHN, Omniglot, ...), downloaded on demand",
+@register_dataset("torchvision", "A torchvision dataset (MNIST, FashionMNIST, KMNIST, EMNIST letters, CIFAR10/100, "
+                  "SVHN, Omniglot, ...), downloaded on demand",
                   offline=False, example="torchvision:FashionMNIST",
                   offers=lambda: [f"torchvision:{d.name}" for d in TV_DATASETS.values() if d.listed])
 def load_tv_spec(arg: str | None, limit: int | None, seed: int) -> ImageSet:

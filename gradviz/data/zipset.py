@@ -64,8 +64,8 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
 def _check_size(archive_bytes: int, max_mb: int | None) -> int:
     limit = int(max_mb or settings().max_zip_mb) * 2**20
     if archive_bytes > limit:
-        raise DatasetError(f"refused archive: {archive_bytes / 2**20:.1f} MB exceeds the limit of {limit / 2**20:.0f} MB "
-                           "(GRADVIZ_MAX_ZIP_MB)")
+        raise DatasetError(f"refused archive: {archive_bytes / 2**20:.1f} MB exceeds the limit of "
+                           f"{limit / 2**20:.0f} MB (GRADVIZ_MAX_ZIP_MB)")
     return limit
 
 
@@ -174,7 +174,7 @@ def load_zip_spec(arg: str | None, limit: int | None, seed: int, allowed_roots=N
     one answer as ``folder:`` for outside / missing / not a file)."""
     from gradviz.data.folder import read_regular_file, resolve_path
 
-    path = resolve_path(arg, allowed_roots, noun="zip file")
+    path = resolve_path(arg or "", allowed_roots, noun="zip file")
     max_bytes = settings().max_zip_mb * 2**20
     if path.stat().st_size > max_bytes:
         raise DatasetError(f"refused archive: {path.stat().st_size / 2**20:.1f} MB exceeds the limit of "

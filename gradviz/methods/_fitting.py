@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import torch
@@ -93,7 +94,8 @@ def precision_of(centred: np.ndarray, covariance: str) -> np.ndarray:
     return np.asarray(est.fit(centred).precision_, dtype=np.float64)
 
 
-def class_gaussians(feats: np.ndarray, labels: np.ndarray, covariance: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def class_gaussians(feats: np.ndarray, labels: np.ndarray,
+                    covariance: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(classes, class means (C, D), tied precision (D, D)) of float64 rows ``feats`` (N, D)."""
     classes = np.unique(labels)
     means = np.stack([feats[labels == c].mean(0) for c in classes])  # (C, D)
@@ -120,6 +122,22 @@ def score_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.promote_types(logits.dtype, torch.float32)
 
 
-def require_fitted(name: str, *state) -> None:
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
+D = TypeVar("D")
+
+
+@overload
+def require_fitted(name: str, a: A | None, /) -> A: ...
+@overload
+def require_fitted(name: str, a: A | None, b: B | None, /) -> tuple[A, B]: ...
+@overload
+def require_fitted(name: str, a: A | None, b: B | None, c: C | None, /) -> tuple[A, B, C]: ...
+@overload
+def require_fitted(name: str, a: A | None, b: B | None, c: C | None, d: D | None, /) -> tuple[A, B, C, D]: ...
+def require_fitted(name: str, *state: Any) -> Any:
+    """The fitted ``state`` (one value, or a tuple of several); a MethodError if any of it is None (not fitted)."""
     if any(s is None for s in state):
         raise MethodError(f"{name} must be fitted on ID training data first")
+    return state[0] if len(state) == 1 else state

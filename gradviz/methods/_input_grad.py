@@ -14,13 +14,16 @@ no ``.grad``.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gradviz.errors import MethodError
+
+if TYPE_CHECKING:
+    from gradviz.models import GradvizModel
 
 # a loss of the logits: (z (B, K), label (B,)) -> per-sample loss (B,)
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,7 +37,7 @@ def chosen_parameters(model: nn.Module, layer: str = "all") -> dict[str, torch.T
 
     by_id = {id(p): name for name, p in _root(model).named_parameters()}
     if layer == "last":
-        chosen = list(model.head.parameters(recurse=False))
+        chosen: list[torch.Tensor] = list(cast(nn.Module, model.head).parameters(recurse=False))
     else:
         groups = layer_parameters(model)
         if layer != "all" and layer not in groups:
@@ -50,7 +53,7 @@ def _root(model: nn.Module) -> nn.Module:
 def _net_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     # a GradvizModel normalises, then runs ``net``; functional_call runs ``net`` itself, because the
     # wrapper holds the head twice (``head`` and ``net.<fc>``), a tie functional_call does not restore
-    return model.normalize(x) if hasattr(model, "normalize") and hasattr(model, "net") else x
+    return cast("GradvizModel", model).normalize(x) if hasattr(model, "normalize") and hasattr(model, "net") else x
 
 
 def per_sample_gradients(model: nn.Module, x: torch.Tensor, loss: Loss, label: torch.Tensor,

@@ -92,6 +92,11 @@ FEATURE_FACTORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "(‖h‖₂² + 1)^½": lambda h: (h.square().sum(-1) + 1).sqrt(),
     "‖h‖₂² + 1": lambda h: h.square().sum(-1) + 1,
 }
+def _distance_to_one_hot(p: torch.Tensor, top: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """‖p − e_ŷ‖₂ from :func:`top_complement`'s (p, ŷ, q): p with its top entry replaced by q = 1 − p_ŷ."""
+    return p.scatter(-1, top, q).norm(dim=-1)
+
+
 # output factors: functions of the logits z (B, C) through the softmax p, each without cancellation
 # where p_ŷ rounds to 1 (1 − p_ŷ is read as q = Σ_{c≠ŷ} p_c, see :func:`top_complement`)
 OUTPUT_FACTORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -99,7 +104,7 @@ OUTPUT_FACTORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "2(1 − Σp²)": lambda z: 2 * gini(z),
     "(1 − Σp²)": gini,
     "2(1 − p_ŷ)": lambda z: 2 * top_complement(z)[2].squeeze(-1),
-    "‖p − e_ŷ‖₂": lambda z: (lambda p, top, q: p.scatter(-1, top, q).norm(dim=-1))(*top_complement(z)),
+    "‖p − e_ŷ‖₂": lambda z: _distance_to_one_hot(*top_complement(z)),
 }
 # method -> its factors (the head's parameters as gradviz computes them; grad_* only with layer="last")
 LAST_LAYER_SCORES: dict[str, Factors] = {

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,7 @@ def _resolve_layers(model: GradvizModel, layers) -> tuple[list[tuple[str, nn.Mod
     """Modules to hook and the selection rule ("all" | "auto" | "names")."""
     named = [(n, m) for n, m in model.net.named_modules() if n]
     if layers is None or layers in ("all", "auto"):
-        norms = [(n, m) for n, m in named if isinstance(m, _BN)] or \
+        norms: list[tuple[str, nn.Module]] = [(n, m) for n, m in named if isinstance(m, _BN)] or \
             [(n, m) for n, m in named if isinstance(m, _OTHER_NORMS)]
         if not norms:
             raise MethodError("GAIA hooks normalisation outputs (BatchNorm, else LayerNorm/GroupNorm), but this model "
@@ -90,12 +90,13 @@ def hooked_maps(model: GradvizModel, x: torch.Tensor, layers=None):
     """
     modules, rule = _resolve_layers(model, layers)
     maps: dict[str, torch.Tensor] = {}
-    store: dict[str, torch.Tensor] = {}
+    store: dict[str, Any] = {}  # head input "h", {name: channel last} "last_channel", "last_hw"
 
     def make_hook(name: str, module: nn.Module):
         def hook(_module, _inputs, out):
             if not isinstance(out, torch.Tensor) or out.dim() < 3:
-                raise MethodError(f"GAIA: layer {name!r} does not output a feature map (B, C, H, W) or tokens (B, T, D)")
+                raise MethodError(f"GAIA: layer {name!r} does not output a feature map (B, C, H, W) "
+                                  "or tokens (B, T, D)")
             maps.pop(name, None)  # keep forward order of the last call
             maps[name] = out
             store.setdefault("last_channel", {})[name] = _channel_last(module, out)
@@ -173,20 +174,22 @@ def _maps(model: GradvizModel, x: torch.Tensor, layers, gp: GradientPass | None)
     rule = "all" if layers is None else layers
     batch = x.shape[0]
     uses = None
+    features = gp.features if gp is not None else None
     if gp is not None and rule in ("all", "auto"):
         norms = gp.norm_uses()
         uses = [u for u in norms if u.op == "batch_norm" and u.out.dim() == 4] or \
             [u for u in norms if u.op in ("layer_norm", "group_norm")]
         groups = [u.group for u in uses]
-        if not uses or len(set(groups)) < len(groups) or gp.features is None:
+        if not uses or len(set(groups)) < len(groups) or features is None:
             uses = None  # a norm run twice (or none captured): GAIA's own hooks keep the last call
-    if uses is not None:
+    if gp is not None and features is not None and uses is not None:
         last = {u.index: u.op == "layer_norm" for u in uses}
         shapes = [_positions(u.out, last[u.index], batch) for u in uses]
         last_hw = shapes[-1]
         if rule == "auto":
             uses = [uses[i] for i in _last_two_stages(shapes)]
-        return _Maps(gp.logits, gp.features, [u.group for u in uses], last_hw,
+        names = [cast(str, u.group) for u in uses]  # every use has its group once the forward ran
+        return _Maps(gp.logits, features, names, last_hw,
                      lambda root, grad, reduce: gp.output_grads(
                          root, grad, uses, each=lambda u, g: _per_channel(g, last[u.index], batch, reduce))[0])
     logits, maps, store = hooked_maps(model, x, layers if rule not in ("all", "auto") else rule)
@@ -225,7 +228,8 @@ def gaia_a_channels(model: GradvizModel, x: torch.Tensor, layers="auto",
         return {name: (m / o[:, None]).detach() for name, m in zip(src.names, means)}
 
 
-def gaia_abnormality_map(model: GradvizModel, x: torch.Tensor, variant: str = "z", layers=None) -> dict[str, torch.Tensor]:
+def gaia_abnormality_map(model: GradvizModel, x: torch.Tensor, variant: str = "z",
+                         layers=None) -> dict[str, torch.Tensor]:
     """Per-layer, per-channel abnormality {layer: (B, channels)}: r_k (``variant="z"``) or a_k/o (``"a"``).
 
     The uncertainty is the mean of the squares over all concatenated channels (GAIA-Z/-A).
@@ -258,7 +262,8 @@ def gaia_z(batch: ModelOutputs, layers: str = "all") -> torch.Tensor:
 
 
 @register("gaia_a", title="GAIA-A (channel-wise average abnormality)", paper="Chen et al., NeurIPS 2023", year=2023,
-          formula=r"u(x) = \tfrac{1}{K}\sum_k \big(|a_k|/o\big)^2,\; a_k = \overline{\partial \textstyle\sum_d h_d/\partial A_k},\; "
+          formula=r"u(x) = \tfrac{1}{K}\sum_k \big(|a_k|/o\big)^2,\; "
+                  r"a_k = \overline{\partial \textstyle\sum_d h_d/\partial A_k},\; "
                   r"o = \sqrt{\overline{|W^\top(1 - C p)|}/(HW)}",
           family="gradient", link="https://arxiv.org/abs/2311.09620",
           intuition="Channel-wise averages of feature-map gradients of the pooled features, scaled by the output "

@@ -141,8 +141,8 @@ class GradientDensity:
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """−log N(v(x); μ, Σ), (B,)."""
-        require_fitted("gradient_density", self.density_)
+        density = require_fitted("gradient_density", self.density_)
         v = log_layer_norms(batch, self.loss).numpy()
-        if v.shape[1] != self.density_.mean_.shape[0]:
-            raise MethodError(f"gradient_density was fitted on {self.density_.mean_.shape[0]} layers, got {v.shape[1]}")
-        return torch.from_numpy(self.density_.neg_log_density(v)).float()
+        if v.shape[1] != density.mean_.shape[0]:
+            raise MethodError(f"gradient_density was fitted on {density.mean_.shape[0]} layers, got {v.shape[1]}")
+        return torch.from_numpy(density.neg_log_density(v)).float()

@@ -16,7 +16,8 @@ from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, different
 
 @differentiable()
 @register("gradnorm", title="GradNorm", paper="Huang, Geng & Li, NeurIPS 2021", year=2021,
-          formula=r"u(x) = -\tfrac{1}{T}\,\lVert h\rVert_1\,\lVert \mathrm{softmax}(z/T) - \tfrac{1}{C}\mathbf{1}\rVert_1",
+          formula=r"u(x) = -\tfrac{1}{T}\,\lVert h\rVert_1\,"
+                  r"\lVert \mathrm{softmax}(z/T) - \tfrac{1}{C}\mathbf{1}\rVert_1",
           family="gradient", backprop=False, link="https://arxiv.org/abs/2110.00218",
           intuition="Backpropagate the KL divergence between the uniform distribution and the softmax to the last "
                     "layer's weights. ID inputs give a LARGE gradient norm (the model has a lot to 'unlearn' to "

@@ -33,7 +33,7 @@ def energy_rank(singular_values: np.ndarray, energy: float) -> int:
     """Smallest k with Σ_{i≤k} s_i² ≥ energy · Σ_i s_i² (at least 1)."""
     sq = np.asarray(singular_values, dtype=np.float64) ** 2
     kept = np.cumsum(sq) / max(sq.sum(), 1e-300)
-    return int(min(len(sq), np.searchsorted(kept, energy - 1e-12) + 1))
+    return min(len(sq), int(np.searchsorted(kept, energy - 1e-12)) + 1)
 
 
 @register("gradorth", title="GradOrth (gradient projected on the ID subspace)",
@@ -67,10 +67,10 @@ class GradOrth:
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """−‖p − u‖₂ · ‖S_kᵀh‖₂, (B,)."""
-        require_fitted("gradorth", self.basis_)
+        basis = require_fitted("gradorth", self.basis_)
         h = batch.features.detach().double().cpu().reshape(batch.features.shape[0], -1)
-        if h.shape[1] != self.basis_.shape[0]:
-            raise MethodError(f"gradorth was fitted on {self.basis_.shape[0]}-d features, got {h.shape[1]}-d")
+        if h.shape[1] != basis.shape[0]:
+            raise MethodError(f"gradorth was fitted on {basis.shape[0]}-d features, got {h.shape[1]}-d")
         p = batch.logits.detach().double().cpu().softmax(-1)
         g = p - 1.0 / p.shape[-1]  # ∂KL(u‖softmax z)/∂z
-        return (-(g.norm(dim=-1) * (h @ self.basis_).norm(dim=-1))).float()
+        return (-(g.norm(dim=-1) * (h @ basis).norm(dim=-1))).float()

@@ -31,6 +31,8 @@ the reference set.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -62,7 +64,7 @@ def _hooked_passes(model: GradvizModel, name: str, images: torch.Tensor, chunk: 
     chunk's indices); the hook is removed afterwards, and a module that does not run exactly once per forward
     or whose output is not one batch-first tensor is refused."""
     module, feats = _module(model, name), []
-    state = {"calls": 0, "rows": None}
+    state: dict[str, Any] = {"calls": 0, "rows": None}  # forward calls in the chunk, the chunk's indices
 
     def forward_hook(_m, _inp, out):
         state["calls"] += 1
@@ -113,7 +115,8 @@ def layer_mixup_features(model: GradvizModel, name: str, images: torch.Tensor, l
 
 
 @register("grood", title="GROOD (gradients toward an OOD prototype)", paper="ElAraby et al., TMLR 2025", year=2025,
-          formula=r"u(x) = \lVert g(x) - g_{(k)} \rVert_2,\; g(x) = \frac{\partial\, \mathrm{CE}(s, \hat y)}{\partial o} "
+          formula=r"u(x) = \lVert g(x) - g_{(k)} \rVert_2,\; "
+                  r"g(x) = \frac{\partial\, \mathrm{CE}(s, \hat y)}{\partial o} "
                   r"= q_o \frac{h - o}{\lVert h - o\rVert},\; s_j = -\lVert h - \mu_j \rVert",
           family="gradient", backprop=False, link="https://arxiv.org/abs/2312.14427",
           intuition="Place one prototype per class and one 'OOD prototype' (from synthetic, mixed-up images) in "
@@ -172,16 +175,16 @@ class GROOD:
 
     def gradients(self, features: torch.Tensor) -> torch.Tensor:
         """g(x) for a batch of penultimate features, (B, D)."""
-        require_fitted("grood", self.prototypes_, self.ood_prototype_)
+        prototypes, ood_prototype = require_fitted("grood", self.prototypes_, self.ood_prototype_)
         h = features.detach().float().cpu().reshape(features.shape[0], -1)
-        if h.shape[1] != self.prototypes_.shape[1]:
-            raise MethodError(f"grood was fitted on {self.prototypes_.shape[1]}-d features, got {h.shape[1]}-d")
-        return prototype_gradient(h, self.prototypes_, self.ood_prototype_)
+        if h.shape[1] != prototypes.shape[1]:
+            raise MethodError(f"grood was fitted on {prototypes.shape[1]}-d features, got {h.shape[1]}-d")
+        return prototype_gradient(h, prototypes, ood_prototype)
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """Distance to the k-th nearest reference gradient, (B,)."""
-        require_fitted("grood", self.bank_)
+        bank = require_fitted("grood", self.bank_)
         g = self.gradients(batch.features)
         best = torch.cat([torch.cdist(g, part).topk(min(self.k, part.shape[0]), dim=1, largest=False).values
-                          for part in self.bank_.split(self.chunk)], dim=1)
+                          for part in bank.split(self.chunk)], dim=1)
         return best.kthvalue(self.k, dim=1).values

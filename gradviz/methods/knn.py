@@ -12,8 +12,8 @@ k = 50 as in the paper's CIFAR-10 setting and OpenOOD's default (50 of 50,000 tr
 smaller than k caps k at its size (``k_``, the k actually used: a user's own ID set of a few dozen images
 still works). ``k_fraction > 0`` sets k relative to the fit set instead, k = max(1, round(k_fraction · N)),
 as the paper does for ImageNet (k = 1000 for the full 1.28M images, scaled with the share sampled): the same
-fraction keeps the neighbourhood's share of the data when the fit set is smaller than the paper's. Batched: the (B, N) distance
-matrix of a batch against the fit set (``torch.cdist``, in chunks of ``chunk`` fit samples for
+fraction keeps the neighbourhood's share of the data when the fit set is smaller than the paper's. Batched: the
+(B, N) distance matrix of a batch against the fit set (``torch.cdist``, in chunks of ``chunk`` fit samples for
 large fit sets) and ``kthvalue``; exact, no approximate index (the fit set is a few thousand).
 """
 
@@ -72,11 +72,11 @@ class KNN:
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """Distance to the k-th nearest training feature, (B,)."""
-        require_fitted("knn", self.bank_)
+        bank = require_fitted("knn", self.bank_)
         z = _normalised(batch.features)  # (B, D)
-        if z.shape[1] != self.bank_.shape[1]:
-            raise MethodError(f"knn was fitted on {self.bank_.shape[1]}-d features, got {z.shape[1]}-d")
+        if z.shape[1] != bank.shape[1]:
+            raise MethodError(f"knn was fitted on {bank.shape[1]}-d features, got {z.shape[1]}-d")
         # the k smallest distances of each chunk of the bank, then the k-th of those (exact)
         best = torch.cat([torch.cdist(z, part).topk(min(self.k_, part.shape[0]), dim=1, largest=False).values
-                          for part in self.bank_.split(self.chunk)], dim=1)  # (B, ≤ k·chunks)
+                          for part in bank.split(self.chunk)], dim=1)  # (B, ≤ k·chunks)
         return best.kthvalue(self.k_, dim=1).values

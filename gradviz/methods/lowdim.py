@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.methods._fitting import COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs, require_fitted, \
-    sq_mahalanobis
+from gradviz.methods._fitting import (COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs,
+                                      require_fitted, sq_mahalanobis)
 from gradviz.methods.registry import ModelOutputs, register
 from gradviz.models import GradvizModel
 
@@ -68,13 +68,13 @@ class LowDimGradient:
 
     def project(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """γ (B, k): the normalised head gradients of the energy projected on the fitted components."""
-        require_fitted("lowdim_grad", self.weights_, self.offset_)
+        weights, offset = require_fitted("lowdim_grad", self.weights_, self.offset_)
         p = logits.detach().double().cpu().softmax(-1)  # ∂ logsumexp(z)/∂z, (B, C)
         h = _with_one(features.detach().double().cpu().reshape(features.shape[0], -1))  # (B, D + 1)
-        if h.shape[1] != self.weights_.shape[2] or p.shape[1] != self.weights_.shape[1]:
-            raise MethodError(f"lowdim_grad was fitted on a head of shape {tuple(self.weights_.shape[1:])}, "
+        if h.shape[1] != weights.shape[2] or p.shape[1] != weights.shape[1]:
+            raise MethodError(f"lowdim_grad was fitted on a head of shape {tuple(weights.shape[1:])}, "
                               f"got ({p.shape[1]}, {h.shape[1]})")
-        return torch.einsum("bc,kcd,bd->bk", p, self.weights_, h) - self.offset_
+        return torch.einsum("bc,kcd,bd->bk", p, weights, h) - offset
 
     def fit(self, model: GradvizModel, images: torch.Tensor, labels) -> "LowDimGradient":
         """Normalisation, principal components and class Gaussians on ID training ``images`` with ``labels``."""
@@ -102,5 +102,5 @@ class LowDimGradient:
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """min_c Mahalanobis distance² of γ(x) to the class means in the projected space, (B,)."""
-        require_fitted("lowdim_grad", self.means_, self.precision_)
-        return sq_mahalanobis(self.project(batch.logits, batch.features), self.means_, self.precision_).amin(-1).float()
+        means, precision = require_fitted("lowdim_grad", self.means_, self.precision_)
+        return sq_mahalanobis(self.project(batch.logits, batch.features), means, precision).amin(-1).float()

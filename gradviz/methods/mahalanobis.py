@@ -20,11 +20,12 @@ hᵀPh − 2hᵀPμ_c + μ_cᵀPμ_c, so memory is O(B·C), not O(B·C·D).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from gradviz.errors import MethodError
-from gradviz.methods._fitting import (COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs, require_fitted,
-                                      score_dtype, sq_mahalanobis)
+from gradviz.methods._fitting import (COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs,
+                                      require_fitted, score_dtype, sq_mahalanobis)
 from gradviz.methods.registry import ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
 
@@ -54,7 +55,7 @@ class Mahalanobis:
         self.chunk = int(chunk)
         if self.chunk <= 0:
             raise MethodError(f"mahalanobis: chunk must be a positive number of images, got {chunk}")
-        self.classes_ = None
+        self.classes_: np.ndarray | None = None
         self.means_: torch.Tensor | None = None  # (C, D) float64
         self.precision_: torch.Tensor | None = None  # (D, D) float64
 
@@ -68,8 +69,8 @@ class Mahalanobis:
 
     def distances(self, features: torch.Tensor) -> torch.Tensor:
         """Squared Mahalanobis distance to every class mean, (B, C) float64."""
-        require_fitted("mahalanobis", self.means_, self.precision_)
-        return sq_mahalanobis(features, self.means_, self.precision_)
+        means, precision = require_fitted("mahalanobis", self.means_, self.precision_)
+        return sq_mahalanobis(features, means, precision)
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """Uncertainty min_c Mahalanobis distance² (higher = farther from every class), (B,)."""

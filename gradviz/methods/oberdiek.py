@@ -21,6 +21,7 @@ predicted-label gradient vanishes (use the confounding label for that case).
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 import torch
 
@@ -128,7 +129,7 @@ def _input_form(stat: str, sign: int = 1):
     return form
 
 
-_COMMON = dict(
+_COMMON: dict[str, Any] = dict(  # the keyword arguments every statistic registers with
     paper="Oberdiek, Rottmann & Gottschalk, ANNPR 2018", year=2018, family="gradient",
     link="https://arxiv.org/abs/1805.08440",
     intuition="Take the model's own prediction as the label and backpropagate its loss −log p_ŷ: a sure "

@@ -46,6 +46,7 @@ def odin_perturb(model: GradvizModel, x: torch.Tensor, temperature: float = 1000
         z = gp.logits.detach()
         dz = ((z / temperature).softmax(-1) - F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)) / temperature
         _, grad = gp.output_grads(gp.logits, dz, [], input_grad=True)
+        assert grad is not None  # input_grad=True returns ∂/∂x_in
         return (x.detach() - epsilon * grad.to(x.dtype).sign()).detach()
     x_in = x.detach().clone().requires_grad_(True)  # (B, C, H, W)
     with torch.enable_grad():
@@ -59,7 +60,8 @@ def _odin_input_form(batch: ModelOutputs, temperature: float = 1000.0, epsilon: 
     """ODIN as a function of the input: sign(∇_x CE) is piecewise constant, so x̃ = x − ε·s with the sign
     s held fixed, and the gradient of u(x) is that of the tempered MSP at x̃ (exact wherever no entry of
     ∇_x CE is zero)."""
-    x_tilde = batch.x + (odin_perturb(batch.model, batch.x, temperature, epsilon) - batch.x.detach())  # the step is constant
+    # the step is constant
+    x_tilde = batch.x + (odin_perturb(batch.model, batch.x, temperature, epsilon) - batch.x.detach())
     return -(batch.model(x_tilde) / temperature).softmax(-1).amax(-1)
 
 

@@ -49,9 +49,10 @@ class ReAct:
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """−logsumexp of the rectified logits, (B,)."""
-        require_fitted("react", self.threshold_)
+        threshold = require_fitted("react", self.threshold_)
         head = batch.model.head
-        with torch.set_grad_enabled(batch.features.requires_grad):  # a graph only when explaining (gradviz.explain.scores)
-            h = batch.features.clamp_max(self.threshold_).to(head.weight.dtype)
+        # a graph only when explaining (gradviz.explain.scores)
+        with torch.set_grad_enabled(batch.features.requires_grad):
+            h = batch.features.clamp_max(threshold).to(head.weight.dtype)
             logits = head(h.to(head.weight.device))
         return -torch.logsumexp(logits.to(score_dtype(logits)), dim=-1)

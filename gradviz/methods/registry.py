@@ -27,8 +27,8 @@ from gradviz.engine import GradientPass
 from gradviz.models import GradvizModel
 
 __all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method",
-           "needs_graph", "check_param", "adaptation_notes", "TEMPERATURE_BOUNDS", "FAMILIES", "DIRECTIONS", "methods_by_family",
-           "meets_expectation", "differentiable", "not_differentiable", "INPUT_ROUTES"]
+           "needs_graph", "check_param", "adaptation_notes", "TEMPERATURE_BOUNDS", "FAMILIES", "DIRECTIONS",
+           "methods_by_family", "meets_expectation", "differentiable", "not_differentiable", "INPUT_ROUTES"]
 
 # The three families, in display order, with what a method of each reads.
 FAMILIES: dict[str, str] = {
@@ -302,7 +302,8 @@ def differentiable(form: Callable | None = None, route: str = "direct"):
 
 
 def not_differentiable(reason: str):
-    """Decorator (above :func:`register`) saying why the method's score is not a differentiable function of the input."""
+    """Decorator (above :func:`register`) saying why the method's score is not a differentiable function of the
+    input."""
     def deco(impl):
         _info_of(impl).not_differentiable = reason
         return impl
@@ -312,7 +313,8 @@ def not_differentiable(reason: str):
 def _checked_bounds(name: str, bounds: dict, defaults: dict) -> dict:
     """``bounds`` of parameters the method has, each holding its default (a registration bug otherwise)."""
     for key, (low, high) in bounds.items():
-        if key not in defaults or (low is not None and defaults[key] < low) or (high is not None and defaults[key] > high):
+        value = defaults.get(key)
+        if key not in defaults or (low is not None and value < low) or (high is not None and value > high):
             raise ValueError(f"{name}: bounds {key}={low, high} do not fit its parameters/defaults {defaults}")
     return dict(bounds)
 
@@ -338,7 +340,9 @@ def adaptation_notes(names: list[str], params: dict[str, dict] | None = None) ->
     notes = []
     for name in names:
         info = REGISTRY.get(name)
-        for key, paper in (info.paper_settings if info else {}).items():
+        if info is None:
+            continue
+        for key, paper in info.paper_settings.items():
             used = (params or {}).get(name, {}).get(key, info.defaults[key])
             notes.append(f"`{name}` {key} = {used} ({'as the paper' if used == paper else f'paper: {paper}'})")
     return notes

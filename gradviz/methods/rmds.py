@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from gradviz.methods._fitting import (COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs, precision_of,
-                                      require_fitted, score_dtype, sq_mahalanobis)
+from gradviz.methods._fitting import (COVARIANCES, check_covariance, check_labels, class_gaussians, fit_outputs,
+                                      precision_of, require_fitted, score_dtype, sq_mahalanobis)
 from gradviz.methods.registry import ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
 
@@ -58,7 +58,8 @@ class RelativeMahalanobis:
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """min_c (MD_c − MD_0), (B,)."""
-        require_fitted("rmds", self.means_, self.background_precision_)
-        md = sq_mahalanobis(batch.features, self.means_, self.precision_)  # (B, C)
-        md0 = sq_mahalanobis(batch.features, self.background_mean_, self.background_precision_)  # (B, 1)
+        means, precision, background_mean, background_precision = require_fitted(
+            "rmds", self.means_, self.precision_, self.background_mean_, self.background_precision_)
+        md = sq_mahalanobis(batch.features, means, precision)  # (B, C)
+        md0 = sq_mahalanobis(batch.features, background_mean, background_precision)  # (B, 1)
         return (md - md0).amin(-1).to(score_dtype(batch.logits))

@@ -88,9 +88,9 @@ class ViM:
 
     def score(self, batch: ModelOutputs) -> torch.Tensor:
         """α‖x^{P⊥}‖ − logsumexp(z), (B,)."""
-        require_fitted("vim", self.origin_, self.residual_basis_, self.alpha_)
+        origin, basis, alpha = require_fitted("vim", self.origin_, self.residual_basis_, self.alpha_)
         h = batch.features.double().cpu()  # differentiable in h (gradviz.explain.scores)
-        if h.shape[1] != self.origin_.shape[0]:
-            raise MethodError(f"vim was fitted on {self.origin_.shape[0]}-d features, got {h.shape[1]}-d")
-        vlogit = ((h - self.origin_) @ self.residual_basis_).norm(dim=-1) * self.alpha_
+        if h.shape[1] != origin.shape[0]:
+            raise MethodError(f"vim was fitted on {origin.shape[0]}-d features, got {h.shape[1]}-d")
+        vlogit = ((h - origin) @ basis).norm(dim=-1) * alpha
         return (vlogit - torch.logsumexp(batch.logits.double().cpu(), dim=-1)).to(score_dtype(batch.logits))

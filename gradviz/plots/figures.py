@@ -11,6 +11,7 @@ through :func:`gradviz.reporting.plaintext.html_text`: Plotly renders HTML in it
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,8 +31,8 @@ WEBGL_THRESHOLD = 1000
 # size the difference is under a pixel, and 15 methods × 2,000 raw ROC points made the browser
 # parse and draw ~0.8 MB per figure.
 CURVE_POINTS = 300
-LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=45), legend=dict(orientation="h", y=-0.2),
-              hoverlabel=dict(namelength=-1))
+LAYOUT: dict[str, Any] = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=45),
+                              legend=dict(orientation="h", y=-0.2), hoverlabel=dict(namelength=-1))
 # Line charts of methods: the legend in its own column right of the plot (never over the title or the
 # axis titles), the hovered line named in its own colour; a click on a legend entry hides that line,
 # a double-click shows it alone.
@@ -149,8 +150,8 @@ def _density_figure(parts: list[tuple[str, str, pd.Series]], method: str, title:
         fig.add_trace(go.Scatter(x=[t, t], y=[0, top * 1.05 or 1.0], mode="lines", name="threshold",
                                  line=dict(color="black", dash="dash", width=2),
                                  hovertemplate=f"threshold {t:.4g}<extra></extra>"))
-    fig.update_layout(title=title, xaxis=dict(title=f"{_h(label)} (higher = more uncertain)" + (", log scale" if log else ""),
-                                              type="log" if log else "linear", exponentformat="power"),
+    x_title = f"{_h(label)} (higher = more uncertain)" + (", log scale" if log else "")
+    fig.update_layout(title=title, xaxis=dict(title=x_title, type="log" if log else "linear", exponentformat="power"),
                       yaxis_title="density" + (" per decade" if log else ""), hovermode="closest",
                       **{**LAYOUT, **legend_below([p[0] for p in parts])})
     return fig
@@ -180,7 +181,8 @@ def score_strip(scores: pd.DataFrame, method: str, threshold: float | None = Non
     Scatter = go.Scattergl if big else go.Scatter
     for (spec, role), part in scores.groupby(["dataset", "role"], sort=False):
         y = order.index(spec) + rng.uniform(-0.3, 0.3, len(part))
-        custom = np.stack([part.index.to_numpy(), part["index"], part["label"], part["prediction"]], axis=1).astype(np.int64)
+        custom = np.stack([part.index.to_numpy(), part["index"], part["label"], part["prediction"]],
+                          axis=1).astype(np.int64)
         fig.add_trace(Scatter(
             x=(part[method] + offset).to_numpy(dtype=np.float32), y=y.astype(np.float32), mode="markers",
             name=f"{_h(spec)} ({role.upper()})", customdata=custom,
@@ -191,7 +193,8 @@ def score_strip(scores: pd.DataFrame, method: str, threshold: float | None = Non
     if threshold is not None and np.isfinite(threshold):  # a trace, not a shape: right on a log axis too
         t = float(threshold) + offset
         fig.add_trace(go.Scatter(x=[t, t], y=[-0.5, len(order) - 0.5], mode="lines", name="threshold",
-                                 line=dict(color="black", dash="dash", width=2), hovertemplate=f"threshold {t:.4g}<extra></extra>"))
+                                 line=dict(color="black", dash="dash", width=2),
+                                 hovertemplate=f"threshold {t:.4g}<extra></extra>"))
     fig.update_layout(title=f"{method}: every sample (select points to inspect them)",
                       xaxis=dict(title=f"{_h(label)} (higher = more uncertain)" + (", log scale" if log else ""),
                                  type="log" if log else "linear", exponentformat="power"),
@@ -244,10 +247,13 @@ def roc_figure(scores: pd.DataFrame, methods: list[str], ood: str, metrics: pd.D
         s = values[m]
         fpr, tpr = thin_curve(pts["fpr"], pts["tpr"])
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{m} (AUROC {s['auroc']:.3f})", legendgroup=m,
-                                 line=_line_style(m, styles), hovertemplate=f"{m}<br>FPR %{{x:.3f}}<br>TPR %{{y:.3f}}<extra></extra>"))
-        fig.add_trace(go.Scatter(x=[s["fpr95"]], y=[0.95], mode="markers", marker=dict(color=styles[m][0], size=9, symbol="x"),
-                                 showlegend=False, legendgroup=m, hovertemplate=f"{m}: FPR95 %{{x:.3f}}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False, hoverinfo="skip"))
+                                 line=_line_style(m, styles),
+                                 hovertemplate=f"{m}<br>FPR %{{x:.3f}}<br>TPR %{{y:.3f}}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=[s["fpr95"]], y=[0.95], mode="markers",
+                                 marker=dict(color=styles[m][0], size=9, symbol="x"), showlegend=False,
+                                 legendgroup=m, hovertemplate=f"{m}: FPR95 %{{x:.3f}}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False,
+                             hoverinfo="skip"))
     id_name = _h(id_part["dataset"].iloc[0]) if len(id_part) else "ID"
     fig.update_layout(title=f"ROC: {id_name} vs {_h(ood)}", xaxis_title=f"FPR (fraction of {_h(ood)} accepted)",
                       yaxis_title="TPR (fraction of ID accepted)", **LINES_LAYOUT)
@@ -297,7 +303,8 @@ def metric_bars(metrics: pd.DataFrame, metric: str = "auroc") -> go.Figure:
     for ood, part in metrics.groupby("ood_dataset", sort=False):
         fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=_h(ood), marker_color=dataset_color(ood),
                              **_bar_labels(part[metric])))
-    fig.update_layout(barmode="group", title=f"{metric.upper()} per method and OOD set", uniformtext=dict(minsize=8, mode="show"),
+    fig.update_layout(barmode="group", title=f"{metric.upper()} per method and OOD set",
+                      uniformtext=dict(minsize=8, mode="show"),
                       yaxis=dict(title=metric, range=_bar_range(metrics[metric])), **LAYOUT)
     return fig
 
@@ -326,7 +333,8 @@ def stat_title(stat: str) -> str:
 def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = None, log: bool = True) -> go.Figure:
     """Per-layer gradient statistic: a median line and a 5–95 % band per dataset, plus one sample.
 
-    ``bands``: rows (dataset, role, layer, q05, q50, q95) in layer order (see :func:`gradviz.analysis.layers.layer_bands`).
+    ``bands``: rows (dataset, role, layer, q05, q50, q95) in layer order (see
+    :func:`gradviz.analysis.layers.layer_bands`).
     """
     fig = go.Figure()
     layers = list(dict.fromkeys(bands["layer"]))
@@ -339,8 +347,8 @@ def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = Non
         fig.add_trace(go.Scatter(x=names, y=part["q50"], mode="lines+markers", name=f"{_h(spec)} median (5–95 %)",
                                  line=dict(color=color), legendgroup=spec))
     if sample is not None:
-        fig.add_trace(go.Scatter(x=[_h(l) for l in layers], y=[sample.get(l, np.nan) for l in layers], mode="lines+markers", name="this sample",
-                                 line=dict(color="black", width=3)))
+        fig.add_trace(go.Scatter(x=[_h(l) for l in layers], y=[sample.get(l, np.nan) for l in layers],
+                                 mode="lines+markers", name="this sample", line=dict(color="black", width=3)))
     # the legend sits between the title and the plot: room for as many rows as its names need (~700 px wide)
     names = [t.name for t in fig.data if t.showlegend is not False]
     rows = max(1, -(-sum(len(n) * 7 + 60 for n in names) // 700))
@@ -356,18 +364,21 @@ def layer_profile(bands: pd.DataFrame, stat: str, sample: pd.Series | None = Non
 def heatmap(values: pd.DataFrame, title: str, colorscale: str = "RdBu_r", zmid: float | None = 0.5,
             zlabel: str = "AUROC", fmt: str = ".2f") -> go.Figure:
     """Annotated heat map of a (rows × columns) table, e.g. layer × statistic AUROC."""
-    fig = go.Figure(go.Heatmap(z=values.to_numpy(dtype=float), x=[_h(c) for c in values.columns], y=[_h(i) for i in values.index],
-                               colorscale=colorscale, zmid=zmid, colorbar=dict(title=zlabel),
+    fig = go.Figure(go.Heatmap(z=values.to_numpy(dtype=float), x=[_h(c) for c in values.columns],
+                               y=[_h(i) for i in values.index], colorscale=colorscale, zmid=zmid,
+                               colorbar=dict(title=zlabel),
                                texttemplate=f"%{{z:{fmt}}}" if values.size <= 400 else None,
                                hovertemplate="%{y} / %{x}: %{z:.3f}<extra></extra>"))
     # tall maps: column labels on top, readable without scrolling to the bottom of the map
     top = len(values) > 12
-    fig.update_layout(title=_h(title), **{**LAYOUT, "legend": {}, "margin": {**LAYOUT["margin"], "t": 95 if top else 50}},
+    fig.update_layout(title=_h(title),
+                      **{**LAYOUT, "legend": {}, "margin": {**LAYOUT["margin"], "t": 95 if top else 50}},
                       height=max(300, 28 * len(values) + 120), xaxis_side="top" if top else "bottom")
     return fig
 
 
-def severity_curve(table: pd.DataFrame, corruption: str, metric: str = "auroc", methods: list[str] | None = None) -> go.Figure:
+def severity_curve(table: pd.DataFrame, corruption: str, metric: str = "auroc",
+                   methods: list[str] | None = None) -> go.Figure:
     """``metric`` vs corruption severity, one line per method (``methods``: which, default all).
     ``table``: rows (method, severity, metric)."""
     fig = go.Figure()
@@ -375,17 +386,20 @@ def severity_curve(table: pd.DataFrame, corruption: str, metric: str = "auroc", 
     styles = method_styles(methods)
     for m in methods:
         part = table[table["method"] == m].sort_values("severity")
-        fig.add_trace(go.Scatter(x=part["severity"], y=part[metric], mode="lines+markers", name=m, line=_line_style(m, styles),
+        fig.add_trace(go.Scatter(x=part["severity"], y=part[metric], mode="lines+markers", name=m,
+                                 line=_line_style(m, styles),
                                  hovertemplate=f"{m}<br>severity %{{x}}: {metric} %{{y:.3f}}<extra></extra>"))
     fig.update_layout(title=f"{metric.upper()} vs severity: {_h(corruption)}",
-                      xaxis=dict(title="severity", dtick=1), yaxis_title=f"{metric} (clean ID vs corrupted)", **LINES_LAYOUT)
+                      xaxis=dict(title="severity", dtick=1), yaxis_title=f"{metric} (clean ID vs corrupted)",
+                      **LINES_LAYOUT)
     return fig
 
 
 def importance_bars(importances: pd.DataFrame, top: int = 20) -> go.Figure:
     """Horizontal bars of the ``top`` feature importances (columns feature, importance)."""
     part = importances.sort_values("importance", ascending=False).head(top)[::-1]
-    fig = go.Figure(go.Bar(x=part["importance"], y=[_h(f) for f in part["feature"]], orientation="h", marker_color=ID_COLOR))
+    fig = go.Figure(go.Bar(x=part["importance"], y=[_h(f) for f in part["feature"]], orientation="h",
+                           marker_color=ID_COLOR))
     fig.update_layout(title="Feature importance", height=max(300, 22 * len(part) + 100), **LAYOUT)
     return fig
 
@@ -394,9 +408,11 @@ def curves_figure(curves: dict[str, pd.DataFrame], title: str, x: str = "fpr", y
     """Several named curves (e.g. meta-classifier ROC per feature set) on one chart."""
     fig = go.Figure()
     for i, (name, pts) in enumerate(curves.items()):
-        fig.add_trace(go.Scatter(x=pts[x], y=pts[y], mode="lines", name=_h(name), line=dict(color=SERIES_PALETTE[i % len(SERIES_PALETTE)])))
+        fig.add_trace(go.Scatter(x=pts[x], y=pts[y], mode="lines", name=_h(name),
+                                 line=dict(color=SERIES_PALETTE[i % len(SERIES_PALETTE)])))
     if x == "fpr":
-        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False))
+        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"),
+                                 showlegend=False))
     fig.update_layout(title=_h(title), xaxis_title=x.upper(), yaxis_title=y.upper(), **LAYOUT)
     return fig
 
@@ -445,8 +461,9 @@ def model_metric_bars(metrics: pd.DataFrame, metric: str = "auroc", models: list
     for m, model in enumerate(models):
         for row, ood in enumerate(oods, 1):
             part = metrics[(metrics["model"] == model) & (metrics["ood_dataset"] == ood)]
-            fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=_h(model), legendgroup=model, showlegend=row == 1,
-                                 marker_color=SERIES_PALETTE[m % len(SERIES_PALETTE)], **_bar_labels(part[metric]),
+            fig.add_trace(go.Bar(x=part["method"], y=part[metric], name=_h(model), legendgroup=model,
+                                 showlegend=row == 1, marker_color=SERIES_PALETTE[m % len(SERIES_PALETTE)],
+                                 **_bar_labels(part[metric]),
                                  hovertemplate=f"{_h(model)}<br>%{{x}}<br>{metric}=%{{y:.3f}}<extra>{_h(ood)}</extra>"),
                           row=row, col=1)
     fig.update_layout(barmode="group", title=f"{metric.upper()} per method, model and OOD set",

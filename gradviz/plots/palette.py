@@ -55,7 +55,8 @@ def family_of(method: str, families: dict[str, str] | None = None) -> str:
     return dict(_registry()).get(method, "other")
 
 
-def method_styles(methods: list[str] | None = None, families: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+def method_styles(methods: list[str] | None = None,
+                  families: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
     """{method: (colour, dash)} for ``methods`` (default: every registered one), each pair distinct.
 
     A method's place in its family follows the registry order, then the order of ``methods`` for names the

@@ -46,8 +46,9 @@ def _bars(fig: go.Figure, bins: pd.DataFrame, col: int, color: str) -> None:
                          customdata=custom, showlegend=col == 1, marker_line=dict(color="white", width=1),
                          hovertemplate="bin %{x:.3f}<br>accuracy %{y:.3f}<br>mean confidence %{customdata[1]:.3f}"
                                        "<br>%{customdata[0]} images<extra></extra>"), row=1, col=col)
-    fig.add_trace(go.Scatter(x=bins["confidence"], y=bins["accuracy"], mode="markers", name="(mean confidence, accuracy)",
-                             marker=dict(color="black", size=6), showlegend=col == 1), row=1, col=col)
+    fig.add_trace(go.Scatter(x=bins["confidence"], y=bins["accuracy"], mode="markers",
+                             name="(mean confidence, accuracy)", marker=dict(color="black", size=6),
+                             showlegend=col == 1), row=1, col=col)
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", showlegend=col == 1,
                              line=dict(color=RANDOM_COLOR, dash="dash")), row=1, col=col)
     fig.add_trace(go.Bar(x=centre, y=bins["count"], width=width, marker_color=color, opacity=0.6, name="images per bin",
@@ -57,22 +58,26 @@ def _bars(fig: go.Figure, bins: pd.DataFrame, col: int, color: str) -> None:
 
 def reliability_figure(before: pd.DataFrame, after: pd.DataFrame, summary_before: dict, summary_after: dict,
                        temperature: float) -> go.Figure:
-    """Reliability diagrams before and after temperature scaling (bins from gradviz.trust.calibration.reliability_diagram),
-    accuracy bars over the diagonal, the count of images per bin below; ECE/MCE/Brier/NLL in the titles."""
+    """Reliability diagrams before and after temperature scaling (bins from
+    gradviz.trust.calibration.reliability_diagram), accuracy bars over the diagonal, the count of images per bin
+    below; ECE/MCE/Brier/NLL in the titles."""
 
     def title(name: str, s: dict) -> str:
-        return f"{name}<br><sub>ECE {s['ece']:.4f} · MCE {s['mce']:.4f} · Brier {s['brier']:.4f} · NLL {s['nll']:.4f}</sub>"
+        return (f"{name}<br><sub>ECE {s['ece']:.4f} · MCE {s['mce']:.4f} · Brier {s['brier']:.4f} · "
+                f"NLL {s['nll']:.4f}</sub>")
 
     fig = make_subplots(rows=2, cols=2, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.08,
                         subplot_titles=(title("before (T = 1)", summary_before),
-                                        title(f"after temperature scaling (T = {temperature:.3f})", summary_after), "", ""))
+                                        title(f"after temperature scaling (T = {temperature:.3f})", summary_after),
+                                        "", ""))
     _bars(fig, before, 1, "#4c78a8")
     _bars(fig, after, 2, "#f58518")
     fig.update_yaxes(range=[0, 1.02], title_text="accuracy", row=1, col=1)
     fig.update_yaxes(type="log", title_text="images", row=2, col=1)
     fig.update_yaxes(type="log", row=2, col=2)
     fig.update_xaxes(range=[0, 1], title_text="confidence (max softmax probability)", row=2)
-    fig.update_layout(title="Reliability diagram", barmode="overlay", height=560, **{**LAYOUT, "margin": dict(l=50, r=20, t=90, b=45)})
+    fig.update_layout(title="Reliability diagram", barmode="overlay", height=560,
+                      **{**LAYOUT, "margin": dict(l=50, r=20, t=90, b=45)})
     return fig
 
 
@@ -84,7 +89,8 @@ def calibration_severity_figure(table: pd.DataFrame, corruption: str) -> go.Figu
                                    "#4c78a8", None), ("ece", "ECE", "#d62728", "dash")):
         fig.add_trace(go.Scatter(x=table["severity"], y=table[col], name=name, mode="lines+markers",
                                  line=dict(color=color, dash=dash), customdata=table["n"],
-                                 hovertemplate=f"severity %{{x}}<br>{name} %{{y:.3f}}<br>%{{customdata}} images<extra></extra>"))
+                                 hovertemplate=f"severity %{{x}}<br>{name} %{{y:.3f}}<br>%{{customdata}} images"
+                                               "<extra></extra>"))
     fig.update_layout(title=f"Calibration vs severity: {corruption}", xaxis_title="severity (0 = clean)",
                       yaxis_title="share", yaxis_range=[0, 1.02], xaxis=dict(tickmode="linear", dtick=1), **LAYOUT)
     return fig

@@ -126,20 +126,21 @@ def memory_budget_mb(device=None) -> tuple[int, str]:
     scoped = _SESSION.get()
     if device.type == "cuda":
         free = cuda_free_mb(device)
+        memory_mb = settings().memory_mb
         budget = (max(1, int(free * CUDA_SHARE)), f"{CUDA_SHARE:.0%} of the {free:,} MB free on {device}")
-        configured = scoped or ((settings().memory_mb, "GRADVIZ_MEMORY_MB") if settings().memory_mb else None)
+        configured = scoped or ((memory_mb, "GRADVIZ_MEMORY_MB") if memory_mb else None)
         if configured is not None and configured[0] < budget[0]:
             budget = configured
     elif scoped is not None:
         budget = scoped
     else:
-        configured = settings().memory_mb
-        if configured is not None:
-            return configured, "GRADVIZ_MEMORY_MB"
-        free = available_mb()
-        if free is None:
+        memory_mb = settings().memory_mb
+        if memory_mb is not None:
+            return memory_mb, "GRADVIZ_MEMORY_MB"
+        available = available_mb()
+        if available is None:
             return FALLBACK_MB, "default (available memory unknown)"
-        return max(64, int(free * CLI_SHARE)), f"{CLI_SHARE:.0%} of the {free:,} MB available"
+        return max(64, int(available * CLI_SHARE)), f"{CLI_SHARE:.0%} of the {available:,} MB available"
     if scoped is not None:  # a web session: never beyond what the server's passes may use together
         server = server_ledger(device)
         if server.budget_mb < budget[0]:
@@ -362,11 +363,11 @@ def _parameters_on_meta() -> Iterator[None]:
         return original(module, name, param)
 
     with _META_PATCH:
-        nn.Module.register_parameter = register
+        setattr(nn.Module, "register_parameter", register)
         try:
             yield
         finally:
-            nn.Module.register_parameter = original
+            setattr(nn.Module, "register_parameter", original)
 
 
 def _meta_build(arch: str, state: dict | None):

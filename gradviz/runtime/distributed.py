@@ -35,7 +35,8 @@ def _init() -> tuple[int, int, bool]:
     return dist.get_rank(), dist.get_world_size(), created
 
 
-def run_sharded(cfg: RunConfig, store: ResultStore | None = None, progress: Progress | None = None) -> ScoreResult | None:
+def run_sharded(cfg: RunConfig, store: ResultStore | None = None,
+                progress: Progress | None = None) -> ScoreResult | None:
     """Score this rank's shard; rank 0 returns the merged result, other ranks return None."""
     from gradviz.analysis.metrics import metrics_table
 
@@ -46,7 +47,7 @@ def run_sharded(cfg: RunConfig, store: ResultStore | None = None, progress: Prog
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
         model = load_model(cfg.model, cfg.weights, device)
         infos = resolve_methods(cfg.methods)
-        frames = []
+        frames: list[pd.DataFrame] = []
         for role, spec in [("id", cfg.id)] + [("ood", s) for s in cfg.ood]:
             data = load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed)
             idx = np.arange(rank, len(data), world)

@@ -136,7 +136,8 @@ class ResultStore:
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
         full_meta = {**(meta or {}), "schema": SCHEMA, "sha256": _digest(arrays), "code": code_version()}
         buf = io.BytesIO()
-        np.savez(buf, **arrays, **{_META: np.array(json.dumps(full_meta, default=str))})
+        entries: dict[str, Any] = {**arrays, _META: np.array(json.dumps(full_meta, default=str))}  # savez's **kwds
+        np.savez(buf, **entries)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as fh:

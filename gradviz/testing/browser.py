@@ -401,10 +401,10 @@ async def download_race(base_url: str, downloads: int = 30, churners: int = 4, t
             await tab.click()
             await wait_idle(page, timeout)
             reference = await metrics_text(page)
-            stop, runs = asyncio.Event(), []
+            stop, runs = asyncio.Event(), list[int]()
             tasks = [asyncio.create_task(churn(browser, stop, runs)) for _ in range(churners)]
             await asyncio.sleep(15)  # the other sessions are up and rerunning
-            outcomes = Counter()
+            outcomes = Counter[str]()
             for _ in range(downloads):
                 try:
                     text = await metrics_text(page, timeout=30)

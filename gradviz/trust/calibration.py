@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from gradviz.errors import GradvizError
 
-__all__ = ["reliability_diagram", "ece", "mce", "brier_score", "nll", "fit_temperature", "crossfit_temperatures", "softmax",
-           "calibration_summary", "STRATEGIES", "CALIBRATION_KEYS"]
+__all__ = ["reliability_diagram", "ece", "mce", "brier_score", "nll", "fit_temperature", "crossfit_temperatures",
+           "softmax", "calibration_summary", "STRATEGIES", "CALIBRATION_KEYS"]
 
 STRATEGIES = ("uniform", "quantile")
 CALIBRATION_KEYS = ("ece", "mce", "brier", "nll")

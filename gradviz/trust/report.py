@@ -210,8 +210,9 @@ def risk_coverage_frame(rows: pd.DataFrame, method: str) -> pd.DataFrame:
 
 @dataclass
 class Selection:
-    """What accepting about ``coverage`` of the predictions does: the outcome (gradviz.trust.selective.selective_at_coverage),
-    the rejected rows (most uncertain first) and the accepted rows that are wrong (most confident first)."""
+    """What accepting about ``coverage`` of the predictions does: the outcome
+    (gradviz.trust.selective.selective_at_coverage), the rejected rows (most uncertain first) and the accepted rows
+    that are wrong (most confident first)."""
 
     outcome: dict
     rejected: pd.DataFrame
@@ -247,9 +248,9 @@ def reliability_frames(report: TrustReport, shifted: str = "", fit: str = "fit",
 
 
 def calibration_by_severity(scores: pd.DataFrame, n_bins: int = N_BINS, strategy: str = "uniform") -> pd.DataFrame:
-    """Per corruption severity (a sweep of gradviz.analysis.sweeps.severity_scores, 0 = clean): accuracy, mean confidence,
-    ECE and MCE of the model's max-softmax confidence (before temperature scaling), and n. Unlabelled rows are
-    left out."""
+    """Per corruption severity (a sweep of gradviz.analysis.sweeps.severity_scores, 0 = clean): accuracy, mean
+    confidence, ECE and MCE of the model's max-softmax confidence (before temperature scaling), and n. Unlabelled
+    rows are left out."""
     from gradviz.trust.calibration import ece, mce
 
     rows = []

@@ -102,8 +102,9 @@ def render_sidebar() -> RunConfig:
                            format_func=id_set.label)
     fit_set = id_set.fit_spec_for(id_spec) or RunConfig.fit_set
     seed_now = int(st.session_state.get("gv_seed", cur.seed))  # the Seed widget below, as last set
-    if id_set.note_for(id_spec):
-        sb.caption(id_set.note_for(id_spec) + f" Seed {seed_now}.")
+    note = id_set.note_for(id_spec)
+    if note:
+        sb.caption(note + f" Seed {seed_now}.")
     id_set.render(sb, seed_now, lambda: _card_or_none(model))
     ood = sb.multiselect("OOD sets", [o for o in options if o != id_spec],
                          default=[o for o in cur.ood if o in options and o != id_spec], key="gv_ood",
@@ -155,7 +156,8 @@ def render_sidebar() -> RunConfig:
                 whole = isinstance(default, int)  # a whole-number parameter gets a whole-number box
                 value = st.number_input(f"{info.name}: {pname}", value=int(start) if whole else float(start),
                                         step=1 if whole else None, format=None if whole else "%g",
-                                        key=f"gv_p_{info.name}_{pname}", help=f"default {default:g}; {span}".strip("; "))
+                                        key=f"gv_p_{info.name}_{pname}",
+                                        help=f"default {default:g}; {span}".strip("; "))
                 if value != default:
                     params.setdefault(info.name, {})[pname] = value
     sb.caption("Runs locally: your data is not sent anywhere.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hashlib import md5
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -124,9 +125,10 @@ def line_picker(methods: list[str], ranking: dict[str, float] | None, key: str, 
     best = default_lines(pool, ranking)
     # keyed by the families and the default: a new OOD set or filter starts again from its best lines
     picks = st.multiselect(f"Lines (default: the best of each family by {what})", pool, default=best,
-                           key=f"{key}_{md5(repr((shown, best)).encode()).hexdigest()[:8]}", placeholder="Choose methods",
-                           help="Two per family by default; add or remove methods. Click a legend entry to hide a line, "
-                                "double-click to show it alone.")
+                           key=f"{key}_{md5(repr((shown, best)).encode()).hexdigest()[:8]}",
+                           placeholder="Choose methods",
+                           help="Two per family by default; add or remove methods. Click a legend entry to hide a "
+                                "line, double-click to show it alone.")
     return picks or best
 
 
@@ -192,7 +194,8 @@ EAGER_MAX_CELLS = 500_000
 
 
 def _serialise(frame: pd.DataFrame, fmt: str) -> str:
-    return to_csv(frame) if fmt == "csv" else frame.to_json(orient="records", indent=2)  # to_csv: spreadsheet-safe
+    # to_csv: spreadsheet-safe, the text itself when given no path
+    return cast(str, to_csv(frame)) if fmt == "csv" else frame.to_json(orient="records", indent=2)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -211,8 +214,8 @@ def download_table(label: str, frame: pd.DataFrame, file_name: str, key: str, fm
 def download_figure(fig: go.Figure, name: str, key: str) -> None:
     """A button downloading ``fig`` as self-contained HTML (plotly.js inlined)."""
     # deferred: the ~4 MB HTML is built only when clicked, not on every rerun
-    st.download_button(f"⬇ {name}.html", lambda: plots.to_html(fig), file_name=f"{name}.html", mime="text/html", key=key,
-                       on_click="ignore")
+    st.download_button(f"⬇ {name}.html", lambda: plots.to_html(fig), file_name=f"{name}.html", mime="text/html",
+                       key=key, on_click="ignore")
 
 
 def download_results(result, key: str = "dl") -> None:

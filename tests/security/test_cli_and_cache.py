@@ -204,7 +204,8 @@ def test_all_nan_logits_name_the_logits_not_zero_samples():
     model.net.fc.bias.data[0] = float("nan")  # every logit vector now holds a NaN
     result = run(RunConfig(id="mnist", ood=["noise-uniform"], methods=["msp"], limit=12), model=model)
     text = " | ".join(result.warnings)
-    assert "logits are NaN or infinite for 24 sample(s) (mnist#0, mnist#1, mnist#2, mnist#3, mnist#4, … 24 in all)" in text
+    assert ("logits are NaN or infinite for 24 sample(s) (mnist#0, mnist#1, mnist#2, mnist#3, mnist#4, … 24 in all)"
+            in text)
     assert "add images" not in text  # the sets are not empty: their scores are NaN
     assert result.scores["correct"].isna().all()  # no prediction is counted right or wrong
 
@@ -220,7 +221,7 @@ def test_cli_warns_that_the_logits_are_nan(tmp_path, monkeypatch, capsys):
     assert "noise-uniform#" in err
 
 
-# --------------------------------------------------------------------------- the CLI: sizes and numbers are checked first
+# ------------------------------------------------------------------------ the CLI: sizes and numbers are checked first
 
 
 def _one_error_line(capsys) -> str:
@@ -268,7 +269,8 @@ def test_config_numbers_out_of_range_end_in_one_error_line(tmp_path, capsys, mon
     from gradviz.cli import main
 
     _no_work(monkeypatch)
-    assert main(["score", "--config", _config_file(tmp_path, text), "--out", str(tmp_path / "o"), "--cache", "none"]) == 2
+    assert main(["score", "--config", _config_file(tmp_path, text), "--out", str(tmp_path / "o"),
+                 "--cache", "none"]) == 2
     assert phrase in _one_error_line(capsys)
 
 

@@ -33,7 +33,8 @@ def private_tmp(tmp_path, monkeypatch):
 # --- zip ID sets --------------------------------------------------------------------------------------------
 
 def test_many_one_mib_members_at_1000x_are_refused_before_anything_is_written(private_tmp):
-    bomb = zip_bytes({"0/ok.png": png_bytes(1, 8)} | {f"0/{i}.png": b"\0" * 2**20 for i in range(50)})  # 50 MiB from ~60 kB
+    # 50 MiB from ~60 kB
+    bomb = zip_bytes({"0/ok.png": png_bytes(1, 8)} | {f"0/{i}.png": b"\0" * 2**20 for i in range(50)})
     assert len(bomb) < 2**20
     with pytest.raises(DatasetError, match=r"expands [\d,]+× .*zip bomb"):
         load_zip_bytes(bomb, "bomb.zip")
@@ -225,7 +226,8 @@ def test_plots_hold_no_live_html_from_names():
                            "index": list(range(10)), "label": [0] * 10, "prediction": [0] * 10,
                            "msp": np.linspace(0, 1, 10)})
     figures += [plots.score_histogram(scores, "msp"), plots.score_strip(scores, "msp"),
-                plots.roc_figure(scores, ["msp"], name), plots.heatmap(pd.DataFrame([[0.5]], index=[name], columns=[name]), name)]
+                plots.roc_figure(scores, ["msp"], name),
+                plots.heatmap(pd.DataFrame([[0.5]], index=[name], columns=[name]), name)]
     for fig in figures:
         text = _figure_text(fig)
         assert "<a" not in text and "&lt;a href='http://x'&gt;y&lt;/a&gt;" in text, text[:300]
@@ -338,7 +340,8 @@ def silent_hub(monkeypatch):
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # frozen at import: an earlier test may have set it
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # what HF_ENDPOINT sets when the Hub client is imported
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            endpoint + "/{repo_id}/resolve/{revision}/{filename}")
         return hub
 
     yield _start

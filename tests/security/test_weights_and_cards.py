@@ -160,7 +160,8 @@ def test_normalisation_at_the_bounds_keeps_every_input_finite():
 
 @pytest.mark.parametrize("entry, message", [
     ({"dtype": "F32", "shape": [4], "data_offsets": [0, 400]}, "points outside the file"),
-    ({"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}, r"declares the shape \(4,\) \(16 bytes of F32\) but holds 8"),
+    ({"dtype": "F32", "shape": [4], "data_offsets": [0, 8]},
+     r"declares the shape \(4,\) \(16 bytes of F32\) but holds 8"),
     ({"dtype": "Q4", "shape": [4], "data_offsets": [0, 16]}, "unknown dtype"),
     ({"dtype": "F32", "shape": [-1], "data_offsets": [0, 16]}, "declares the shape"),
     ({"dtype": "F32", "shape": [4]}, "exactly dtype, shape and data_offsets"),
@@ -207,7 +208,8 @@ def test_declared_head_is_checked_against_the_architecture_before_any_tensor(mon
 
 def test_weights_file_with_extra_tensors_is_refused_by_name_before_reading(tmp_path, monkeypatch):
     path = tmp_path / "w.safetensors"
-    path.write_bytes(safetensors_of({**MnistResNet().state_dict(), **{f"extra.{i}": torch.zeros(1) for i in range(500)}}))
+    extra = {f"extra.{i}": torch.zeros(1) for i in range(500)}
+    path.write_bytes(safetensors_of({**MnistResNet().state_dict(), **extra}))
     _never_read(monkeypatch)
     with pytest.raises(ModelError, match="500 unexpected key"):
         load_model("mnist-cnn", weights=path)
@@ -251,7 +253,8 @@ def peak_rise(path: Path, how: str, arch: str = "mnist-cnn") -> dict:
     """Load ``path`` (as an upload or as ``--weights``) in a fresh interpreter: the ModelError's message and the
     rise of the peak resident memory (MB) over a baseline taken after a legitimate load."""
     out = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(path), how, arch], capture_output=True, text=True,
-                         timeout=600, cwd=Path(__file__).resolve().parents[2], env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         timeout=600, cwd=Path(__file__).resolve().parents[2],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
