@@ -90,8 +90,8 @@ def test_grad_scores_share_one_engine_pass(monkeypatch):
 
 
 def test_gradient_methods_of_a_batch_share_one_forward():
-    """keep_graph: the logits, every gradient method's backward and ODIN's input gradient all come
-    from ONE hooked forward; only ODIN's perturbed input needs a forward of its own."""
+    """keep_graph: the logits, every gradient method's backward and ODIN's and PRO's input gradients all come
+    from ONE hooked forward; only ODIN's perturbed input and PRO's step need a forward of their own."""
     from gradviz.methods import list_methods
 
     from gradviz.engine.folding import twin_of
@@ -109,9 +109,9 @@ def test_gradient_methods_of_a_batch_share_one_forward():
     finally:
         for handle in handles:
             handle.remove()
-    assert len(runs) == 2  # the shared pass + ODIN's x̃
+    assert len(runs) == 3  # the shared pass + ODIN's x̃ + PRO's x₁
     plain = ModelOutputs.from_model(model, x)
-    for name in ("gaia_z", "gaia_a", "confounding", "odin", "grad_l2", "msp"):
+    for name in ("gaia_z", "gaia_a", "confounding", "odin", "pro", "grad_l2", "msp"):
         _close(run_method(name, batch), run_method(name, plain))
 
 

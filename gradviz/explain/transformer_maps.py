@@ -130,15 +130,19 @@ def _to_image(model: nn.Module, row: torch.Tensor, prefix: int, gh: int, gw: int
     return F.interpolate(grid, size=tuple(model.card.input_size[-2:]), mode="bilinear", align_corners=False)[:, 0]
 
 
+def explained_output(model, forward: Callable | None, x: torch.Tensor, target: torch.Tensor | None):
+    """y (B,): ``forward(x)`` (an uncertainty score) when given, else the ``target`` logit (None: no target)."""
+    if forward is not None:
+        return forward(x)
+    logits = model(x)
+    return logits.gather(1, target[:, None])[:, 0] if target is not None else None
+
+
 def _run(model, forward: Callable | None, x: torch.Tensor, target: torch.Tensor | None, need_grad: bool):
     """(attention list of the LAST forward, y (B,) the explained output or None)."""
     n = len(attention_modules(model))
     with model.lock, capture_attention(model) as store, torch.set_grad_enabled(need_grad):
-        if forward is None:
-            logits = model(x)
-            y = logits.gather(1, target[:, None])[:, 0] if target is not None else None
-        else:
-            y = forward(x)
+        y = explained_output(model, forward, x, target)
     if len(store) < n:
         raise MethodError("the attention layers were not called during the forward pass")
     return store[-n:], y

@@ -34,6 +34,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from gradviz.errors import MethodError
+from gradviz.explain.transformer_maps import explained_output
 
 __all__ = ["READOUT_NOTE", "window_blocks", "is_windowed", "capture_windows", "window_rollout", "window_relevance",
            "default_stage_layer", "stage_gradcam"]
@@ -178,11 +179,7 @@ def _run(model, forward: Callable | None, x: torch.Tensor, target: torch.Tensor 
     _check_mean_readout(model)
     n = len(window_blocks(model))
     with model.lock, capture_windows(model) as records, torch.set_grad_enabled(need_grad):
-        if forward is None:
-            logits = model(x)
-            y = logits.gather(1, target[:, None])[:, 0] if target is not None else None
-        else:
-            y = forward(x)
+        y = explained_output(model, forward, x, target)
     if len(records) < n:
         raise MethodError("the windowed attention layers were not called during the forward pass")
     return records[-n:], y

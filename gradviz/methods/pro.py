@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from gradviz.errors import MethodError
+from gradviz.engine import GradientPass
 from gradviz.engine.losses import top_complement
 from gradviz.methods.registry import ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
@@ -47,12 +48,27 @@ def confidence(logits: torch.Tensor, score: str = "msp") -> torch.Tensor:
 
 
 def pro_iterates(model: GradvizModel, x: torch.Tensor, epsilon: float = 0.003, steps: int = 1,
-                 score: str = "msp") -> tuple[torch.Tensor, torch.Tensor]:
-    """(the iterates x_0..x_K (K+1, B, C, H, W), their confidences g(x_k) (K+1, B)), all detached."""
+                 score: str = "msp", gp: GradientPass | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the iterates x_0..x_K (K+1, B, C, H, W), their confidences g(x_k) (K+1, B)), all detached.
+
+    With ``gp`` (the batch's shared hooked forward of ``x``) the first step's input gradient is one backward on
+    its graph, ∂g/∂z pushed back from the logits, instead of a forward + backward of its own (as ODIN does)."""
     if epsilon < 0 or steps < 0:
         raise MethodError(f"pro: epsilon and steps must be >= 0, got {epsilon}, {steps}")
+    if score not in SCORES:
+        raise MethodError(f"pro: score must be one of {SCORES}, got {score!r}")
     step = epsilon * model.std.to(x.dtype)  # (1, C, 1, 1): ε in normalised units as a pixel step
     xs, confs = [x.detach()], []
+    if gp is not None and steps > 0:
+        z = gp.logits.detach().requires_grad_(True)
+        with torch.enable_grad():
+            g = confidence(z, score)  # (B,)
+            (dz,) = torch.autograd.grad(g.sum(), z)  # ∂g/∂z per sample (B, K)
+        _, grad = gp.output_grads(gp.logits, dz, [], input_grad=True)
+        assert grad is not None  # input_grad=True returns ∂/∂x_in
+        confs.append(g.detach().to(x.dtype))
+        xs.append((xs[-1] - step * grad.to(x.dtype).sign()).detach())
+        steps -= 1
     for _ in range(steps):
         x_in = xs[-1].clone().requires_grad_(True)  # (B, C, H, W)
         with torch.enable_grad():
@@ -91,5 +107,5 @@ def _pro_input_form(batch: ModelOutputs, epsilon: float = 0.003, steps: int = 1,
           bounds={"epsilon": (0.0, 1.0), "steps": (0, 20)}, choices={"score": SCORES})
 def pro(batch: ModelOutputs, epsilon: float = 0.003, steps: int = 1, score: str = "msp") -> torch.Tensor:
     """Negative of the smallest confidence over a few signed-gradient steps that lower it (batched)."""
-    _, confs = pro_iterates(batch.model, batch.x, epsilon, steps, score)
+    _, confs = pro_iterates(batch.model, batch.x, epsilon, steps, score, batch.gradient_pass())
     return -confs.amin(0)
