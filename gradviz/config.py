@@ -23,10 +23,13 @@ from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Iterator, Literal
+from typing import TYPE_CHECKING, Annotated, Iterator, Literal
 
 from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails  # pydantic's own error record (a TypedDict)
 
 from gradviz.errors import GradvizError
 
@@ -109,7 +112,7 @@ class Settings(BaseSettings):
         return f"{ENV_PREFIX}{name.upper()}"
 
 
-def _problem(error: dict) -> str:
+def _problem(error: ErrorDetails) -> str:
     name = str(error["loc"][0]) if error.get("loc") else "?"
     value = error.get("input")
     shown = repr(value if not isinstance(value, str) or len(value) <= 60 else value[:59] + "…")
