@@ -138,6 +138,19 @@ def explained_output(model, forward: Callable | None, x: torch.Tensor, target: t
     return logits.gather(1, target[:, None])[:, 0] if target is not None else None
 
 
+def layer_outputs(model, layer: nn.Module, x: torch.Tensor, target: torch.Tensor | None,
+                  forward: Callable | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(``layer``'s outputs recorded during one forward with gradients, y (B,) the explained output)."""
+    store: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _a, out: store.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        with model.lock, torch.enable_grad():
+            y = explained_output(model, forward, x, target)
+    finally:
+        handle.remove()
+    return store, y
+
+
 def _run(model, forward: Callable | None, x: torch.Tensor, target: torch.Tensor | None, need_grad: bool):
     """(attention list of the LAST forward, y (B,) the explained output or None)."""
     n = len(attention_modules(model))
@@ -219,13 +232,7 @@ def token_gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: t
         raise MethodError("Grad-CAM reads one layer's activations, but this score re-runs the network for each "
                           "sample's parameter gradient (double backprop) — explain it with saliency, "
                           "integrated_gradients or smoothgrad")
-    store: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, _a, out: store.append(out[0] if isinstance(out, tuple) else out))
-    try:
-        with model.lock, torch.enable_grad():
-            y = forward(x) if forward is not None else model(x).gather(1, target[:, None])[:, 0]
-    finally:
-        handle.remove()
+    store, y = layer_outputs(model, layer, x, target, forward)
     tokens = store[-1]
     if tokens.ndim != 3:
         raise MethodError(f"token Grad-CAM needs a layer with (B, tokens, channels) output; got {tuple(tokens.shape)}")

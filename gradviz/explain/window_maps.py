@@ -34,7 +34,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from gradviz.errors import MethodError
-from gradviz.explain.transformer_maps import explained_output
+from gradviz.explain.transformer_maps import explained_output, layer_outputs
 
 __all__ = ["READOUT_NOTE", "window_blocks", "is_windowed", "capture_windows", "window_rollout", "window_relevance",
            "default_stage_layer", "stage_gradcam"]
@@ -264,13 +264,7 @@ def default_stage_layer(model: nn.Module) -> str:
 def stage_gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: torch.Tensor | None,
                   forward: Callable | None = None):
     """(maps (B, H, W), stage map (B, 1, h, w)) of Grad-CAM at ``layer``'s channels-last output (B, h, w, C)."""
-    store: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, _a, out: store.append(out[0] if isinstance(out, tuple) else out))
-    try:
-        with model.lock, torch.enable_grad():
-            y = forward(x) if forward is not None else model(x).gather(1, target[:, None])[:, 0]
-    finally:
-        handle.remove()
+    store, y = layer_outputs(model, layer, x, target, forward)
     if not store or store[-1].ndim != 4:
         shape = tuple(store[-1].shape) if store else "nothing"
         raise MethodError(f"stage Grad-CAM needs a layer with a (B, H, W, C) output; got {shape}")
