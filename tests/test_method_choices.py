@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchvision
 from sklearn.covariance import EmpiricalCovariance
 from torch import nn
 
@@ -172,8 +173,42 @@ def test_grood_layer_mixup_matches_a_hand_written_mix_of_layer2(data):
         want = net.flatten(net.pool(net.layer3(mixed))).mean(0)
     runner = _fit("grood", data, mixup_layer="layer2")
     torch.testing.assert_close(runner.state.ood_prototype_, want, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(runner.state.ood_prototype_, _fit("grood", data).state.ood_prototype_, rtol=1e-2)
+    default = _fit("grood", data).state  # "auto", the paper's layer mixup, picks layer2 on mnist-cnn
+    assert default.mixed_layer_ == "layer2"
+    torch.testing.assert_close(default.ood_prototype_, want, rtol=1e-4, atol=1e-5)
+    input_mix = _fit("grood", data, mixup_layer="input").state
+    assert not torch.allclose(runner.state.ood_prototype_, input_mix.ood_prototype_, rtol=1e-2)
     assert not any(m._forward_hooks for m in model.modules())  # the mixing hook is gone
+
+
+@pytest.mark.parametrize("build, input_size, want", [
+    (lambda: torchvision.models.resnet18(num_classes=3), (3, 32, 32), "layer2"),
+    (lambda: torchvision.models.VisionTransformer(32, 8, 4, 2, 16, 32, num_classes=3), (3, 32, 32),
+     "encoder.layers.encoder_layer_1"),
+    (lambda: torchvision.models.VisionTransformer(32, 8, 5, 2, 16, 32, num_classes=3), (3, 32, 32),
+     "encoder.layers.encoder_layer_2"),
+])
+def test_grood_auto_mixup_layer_is_the_block_before_the_middle(build, input_size, want):
+    from gradviz.methods.grood import auto_mixup_layer
+
+    torch.manual_seed(0)
+    card = ModelCard("m", "m", input_size, (0.5,) * 3, (0.25,) * 3, ["a", "b", "c"])
+    model = GradvizModel(build().eval(), card)
+    assert auto_mixup_layer(model) == want
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_grood_auto_mixup_layer_of_a_plain_sequence_and_of_a_model_without_one():
+    from gradviz.methods.grood import auto_mixup_layer
+
+    torch.manual_seed(0)
+    card = ModelCard("flat", "flat", (1, 8, 8), (0.5,), (0.25,), ["a", "b", "c"])
+    seq = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    assert auto_mixup_layer(GradvizModel(seq, card)) == "2"  # layers 0..4 (the head left out): the middle one
+    model = GradvizModel(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), card)
+    with pytest.raises(MethodError, match="'auto' found no intermediate layer.*'input' or a module name"):
+        get_method("grood").create().fit(model, torch.rand(30, 1, 8, 8), np.arange(30) % 3)
+    assert get_method("grood").create(mixup_layer="input").fit(model, torch.rand(30, 1, 8, 8), np.arange(30) % 3)
 
 
 def test_grood_layer_mixup_refuses_an_unknown_or_reused_module(data):
@@ -202,5 +237,5 @@ def test_metrics_footnote_states_each_setting_against_the_paper():
 
     notes = adaptation_notes(["msp", "mahalanobis", "grood", "vim"], {"vim": {"rule": "benchmark"}})
     assert notes == ["`mahalanobis` covariance = ledoit-wolf (paper: empirical)",
-                     "`grood` mixup_layer = input (paper: an intermediate layer (e.g. layer2))",
+                     "`grood` mixup_layer = auto (as the paper)",
                      "`vim` rule = benchmark (as the paper)"]

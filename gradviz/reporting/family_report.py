@@ -49,9 +49,10 @@ WHY = {
 
 
 # The paper's setting as a value the embedded default (mnist-cnn) runs, where the registry states it in words.
-PAPER_VALUES = {("knn", "k_fraction"): 0.001, ("grood", "mixup_layer"): "layer2"}
-# Choices with no registered paper setting that are measured both ways too: (method, parameter) -> the other value.
-OTHER_SETTINGS = {("gradient_density", "covariance"): "empirical"}
+PAPER_VALUES = {("knn", "k_fraction"): 0.001}
+# Choices measured both ways where the default is not an adaptation (no registered paper setting, or the default
+# is the paper's): (method, parameter) -> the other value.
+OTHER_SETTINGS = {("gradient_density", "covariance"): "empirical", ("grood", "mixup_layer"): "input"}
 
 
 def _fmt_cell(v) -> str:
@@ -249,23 +250,40 @@ def section(metrics: pd.DataFrame, corruption: pd.DataFrame, decomposition: pd.D
 
 
 def adaptations() -> list[dict]:
-    """Every registered adaptation (a parameter whose default is not the paper's setting) and every choice in
-    :data:`OTHER_SETTINGS`: method, parameter, gradviz's default, the paper's setting as registered, and the value
-    run for the other setting (``value``)."""
+    """Every registered choice measured both ways: the paper settings in the registry (an adaptation where the
+    default differs from the paper's) and :data:`OTHER_SETTINGS`. Per row: method, parameter, gradviz's default
+    (``gradviz``), the other setting in words (``other``), whether each is the paper's, and the value run for the
+    other setting (``value``)."""
     rows = []
     for info in list_methods():
         for key, paper in info.paper_settings.items():
-            rows.append({"method": info.name, "parameter": key, "gradviz": info.defaults[key], "paper": paper,
-                         "value": PAPER_VALUES.get((info.name, key), paper)})
+            default = info.defaults[key]
+            if default == paper:  # the default is the paper's: measured against OTHER_SETTINGS' value below
+                continue
+            rows.append({"method": info.name, "parameter": key, "gradviz": default, "other": paper,
+                         "paper": "other", "value": PAPER_VALUES.get((info.name, key), paper)})
     for (name, key), value in OTHER_SETTINGS.items():
-        rows.append({"method": name, "parameter": key, "gradviz": get_method(name).defaults[key],
-                     "paper": f"none stated (other choice: {value})", "value": value})
+        info = get_method(name)
+        default = info.defaults[key]
+        rows.append({"method": name, "parameter": key, "gradviz": default, "other": value,
+                     "paper": "gradviz" if info.paper_settings.get(key) == default else "none stated",
+                     "value": value})
     return rows
+
+
+def _setting_label(row: dict, which: str) -> str:
+    """The words of one setting of a choices row, marked "(paper)" where it is the paper's."""
+    if which == "gradviz":
+        return f"{row['gradviz']} (paper)" if row["paper"] == "gradviz" else str(row["gradviz"])
+    text = str(row["other"])
+    if str(row["value"]) not in text:
+        text = f"{text} (run: {row['value']})"
+    return f"{text} (paper)" if row["paper"] == "other" else text
 
 
 def choices_table(rows: list[dict], default: pd.DataFrame, other: dict[tuple[str, str], pd.DataFrame],
                   ood_sets: list[str]) -> pd.DataFrame:
-    """One row per adaptation: the two settings and the AUROC of each per OOD set.
+    """One row per choice: the default and the other setting, and the AUROC of each per OOD set.
 
     ``default``: metrics (method, ood_dataset, auroc) of a run with every default; ``other``: {(method, parameter):
     metrics of the run with ``value``}."""
@@ -273,12 +291,11 @@ def choices_table(rows: list[dict], default: pd.DataFrame, other: dict[tuple[str
     out = []
     for row in rows:
         o = other[(row["method"], row["parameter"])].set_index(["method", "ood_dataset"])["auroc"]
-        paper = row["paper"] if str(row["value"]) in str(row["paper"]) else f"{row['paper']} (run: {row['value']})"
-        cells = {"method": row["method"], "parameter": row["parameter"], "gradviz setting": str(row["gradviz"]),
-                 "paper setting": paper}
+        cells = {"method": row["method"], "parameter": row["parameter"],
+                 "default": _setting_label(row, "gradviz"), "other setting": _setting_label(row, "other")}
         for ood in ood_sets:
-            cells[f"{ood} AUROC gradviz"] = float(d.loc[(row["method"], ood)])
-            cells[f"{ood} AUROC paper"] = float(o.loc[(row["method"], ood)])
+            cells[f"{ood} AUROC default"] = float(d.loc[(row["method"], ood)])
+            cells[f"{ood} AUROC other"] = float(o.loc[(row["method"], ood)])
         out.append(cells)
     return pd.DataFrame(out)
 
@@ -286,12 +303,13 @@ def choices_table(rows: list[dict], default: pd.DataFrame, other: dict[tuple[str
 def choices_section(table: pd.DataFrame, model: str) -> list[str]:
     """The markdown lines of the choices subsection."""
     return [
-        "### Choices that change results: gradviz's setting and the paper's",
+        "### Choices that change results: the default and the other setting",
         "",
-        f"Each adaptation in the method registry (a parameter whose default is not the paper's or its authors' code's "
-        f"setting; the Learn page, the sidebar and the footnote under every metrics table say which one produced a "
-        f"score), run both ways on `{model}` with the same samples. *paper* = the setting the paper or its code uses; "
-        "where the registry states it in words, *run* gives the value used for the bundled model.",
+        f"Each choice in the method registry that changes scores (the Learn page, the sidebar and the footnote under "
+        f"every metrics table say which setting produced a score), run both ways on `{model}` with the same samples: "
+        "gradviz's default and the other setting. *(paper)* marks the setting the paper or its authors' code uses "
+        "(a default without it is an adaptation); where the registry states it in words, *run* gives the value used "
+        "for the bundled model.",
         "",
         markdown(table),
         "",
