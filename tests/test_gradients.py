@@ -446,6 +446,30 @@ def test_forced_calibration_is_exact_and_remembers_nothing(fresh_calibration):
     assert CALIBRATION.choices() and torch.allclose(a.values, b.values, rtol=1e-9, atol=1e-15)
 
 
+def test_a_batch_of_another_size_is_calibrated_for_itself(monkeypatch, fresh_calibration):
+    """Chunks timed on a batch of one would make a batch of 32 run one sample per chunk: the batch's power-of-two
+    bucket is part of the calibration key, so every layer timed on one image is timed again on 32 (exactly)."""
+    from gradviz.engine.calibrate import Calibration, batch_bucket
+
+    real, timed = Calibration._calibrate, []
+
+    def spy(self, plan, candidates):
+        timed.append((plan.batch, type(plan).__name__, plan.o, plan.k))
+        return real(self, plan, candidates)
+
+    monkeypatch.setattr(Calibration, "_calibrate", spy)
+    model = conv_variants_model()
+    layer_gradient_stats(model, batch((2, 9, 9), 1, seed=14), loss="confounding_softmax", c_kernel="off")
+    one = {t[1:] for t in timed if t[0] == 1}
+    assert one and len(fresh_calibration.choices()) == len(one)
+    x = batch((2, 9, 9), 32, seed=15)
+    res = layer_gradient_stats(model, x, loss="confounding_softmax", c_kernel="off")
+    assert one <= {t[1:] for t in timed if t[0] == 32}  # each timed again for the larger batch
+    assert len(fresh_calibration.choices()) == len(timed)  # its own entries, beside those of the batch of one
+    assert_stats_close(res, reference_stats(model, x, "confounding_softmax"), rtol=1e-5)
+    assert [batch_bucket(n) for n in (1, 2, 3, 24, 32, 33)] == [1, 2, 4, 32, 32, 64]
+
+
 @pytest.mark.slow
 def test_a_small_budget_never_unfolds_the_whole_batch(monkeypatch, fresh_calibration):
     """Where U of a layer does not fit the budget it is unfolded chunk by chunk only (the folded

@@ -7,7 +7,7 @@ import pytest
 
 from gradviz.errors import GradvizError
 from gradviz.runtime import ledger as ledger_mod
-from gradviz.runtime.ledger import Ledger, PassStopped, admit, checkpoint, serving, server_ledger
+from gradviz.runtime.ledger import Ledger, PassStopped, admit, checkpoint, give_back, serving, server_ledger
 
 WAIT = 30  # seconds an event may take before the test fails (never reached when the ledger works)
 
@@ -153,6 +153,17 @@ def test_a_scope_holds_its_largest_plan_until_it_ends(server):
     with pytest.raises(GradvizError, match="more than this server's whole memory budget"):
         with serving():
             admit(1500, "resnet50 at 224²")
+
+
+def test_a_scope_about_to_wait_on_other_work_gives_its_memory_back(server):
+    give_back()  # outside a scope: nothing held, nothing to do
+    with serving():
+        admit(600, "scoring")
+        give_back()  # e.g. before a page waits for the server's warm-up, whose passes may need this memory
+        assert server.in_use_mb == 0
+        admit(100, "the next pass")  # reserves again, only what it plans
+        assert server.in_use_mb == 100
+    assert server.in_use_mb == 0
 
 
 def test_checkpoint_stops_the_work_of_a_gone_session(server):

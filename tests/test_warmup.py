@@ -121,3 +121,58 @@ def test_a_jobs_model_is_traced_before_its_thread_starts(tmp_path, monkeypatch):
     warm = WarmUp([job], ResultStore(tmp_path), load_model=lambda name: model).start()
     warm.threads[0].join(600)
     assert job.error == "" and traced_in == [threading.current_thread().name]
+
+
+# --- the server's memory ledger: a job reserves like a session, and a page waiting for one gives back first ------
+
+TINY = RunConfig(limit=100, ood=["noise-uniform"], methods=["msp", "grad_l2"])
+WAIT = 600  # seconds a thread may take before the test fails (a job here takes seconds)
+
+
+@pytest.fixture
+def server(monkeypatch):
+    from gradviz.runtime import ledger as ledger_mod
+    from gradviz.runtime.ledger import server_ledger
+
+    monkeypatch.setenv("GRADVIZ_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setattr(ledger_mod, "_LEDGERS", {})
+    ledger = server_ledger()
+    ledger.max_wait_s = 30  # a job queued behind memory nobody gives back is refused (and says so) after this
+    return ledger
+
+
+def test_a_warm_jobs_passes_reserve_their_memory_from_the_servers_ledger(server, tmp_path):
+    job = WarmJob(TINY)
+    warm = WarmUp([job], ResultStore(tmp_path)).start()
+    warm.threads[0].join(WAIT)
+    assert job.finished.is_set() and job.error == ""
+    assert 0 < server.peak_mb <= server.budget_mb  # its passes were seen by GRADVIZ_SERVER_MEMORY_MB
+    assert server.in_use_mb == 0 and server.waiting == 0  # and given back when the job ended
+
+
+def test_a_page_waiting_for_a_warm_job_gives_back_its_memory_first(server, tmp_path):
+    """The page's scope holds 999 of the server's 1,000 MB when it starts waiting for the job, whose passes need
+    more than the 1 MB left: were the page to keep its reservation while it waits, the job would queue behind it
+    until the ledger refuses it (``max_wait_s``) and the page would wait that long."""
+    import threading
+
+    from gradviz.runtime.ledger import admit, serving
+
+    job = WarmJob(TINY)
+    warm = WarmUp([job], ResultStore(tmp_path))
+    seen: dict[str, object] = {}
+
+    def page() -> None:
+        with serving():
+            admit(999, "the page's last pass")
+            seen["held"] = server.in_use_mb
+            warm.start()  # the job's first pass arrives while the page holds its memory
+            seen["waited"] = warm.wait_for(TINY, lambda *a: None, poll_s=0.05)
+            seen["after"] = server.in_use_mb
+
+    thread = threading.Thread(target=page, daemon=True)
+    thread.start()
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert seen == {"held": 999, "waited": True, "after": 0}
+    assert job.error == "" and 0 < server.peak_mb <= server.budget_mb

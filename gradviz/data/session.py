@@ -1,4 +1,5 @@
-"""``session:<name>#<digest>``: image sets that live only in one web session (e.g. an uploaded .zip).
+"""``session:<name>#<digest>``: image sets that live only in one web session (an uploaded .zip, or a folder
+on the server decoded for it: :func:`folder_key`, whose name ends in ``/``).
 
 The dashboard keeps a session's own sets in its ``st.session_state`` and registers, once, a
 *resolver* (:func:`set_session_resolver`): a function that returns the sets of the session whose
@@ -16,6 +17,8 @@ less what the sets hold (:func:`held_mb`).
 
 from __future__ import annotations
 
+import hashlib
+import os
 from contextvars import ContextVar
 from typing import Callable, Mapping
 
@@ -33,6 +36,19 @@ def session_spec(name: str, digest: str) -> str:
     """``session_spec("digits.zip", "ab12cd34ef")`` -> ``"session:digits.zip#ab12cd34"``."""
     clean = str(name).replace(":", "_").strip() or "upload"
     return f"{PREFIX}{clean}#{digest[:8]}"
+
+
+def folder_key(folder: str | os.PathLike) -> str:
+    """The session key of a server folder used as an own ID set: ``"mine/#ab12cd34"`` for ``/data/mine`` (its
+    name and ``/``, then a digest of the resolved path, so two folders of one name stay apart)."""
+    path = str(folder)
+    name = os.path.basename(path.rstrip("/")) + "/"
+    return session_spec(name, hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest())[len(PREFIX):]
+
+
+def is_folder_key(key: str) -> bool:
+    """Whether a session key (the part after ``session:``) names a folder's set (:func:`folder_key`)."""
+    return key.rsplit("#", 1)[0].endswith("/")
 
 
 def use_session_sets(sets: Mapping[str, ImageSet] | None) -> None:

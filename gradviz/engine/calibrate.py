@@ -1,12 +1,14 @@
 """Which strategy (and chunk size) forms a dense layer's per-sample gradients fastest.
 
-Timed once per layer signature (shapes, dtype, device, job) on the layer's first chunk, inside
-the first backward that meets it: each candidate (strategy, chunk) runs up to three times (the
-first call of a shape pays set-up costs; the best of the others resists a busy core), charged with
-what its strategy builds once per layer; the cheapest for the whole layer serves every later chunk
-and batch. A plan clearly slower than the best after its warm-up run is not timed a third time, its
-strategy is not tried at other chunk sizes, and a set-up that alone costs more than the best plan
-is skipped (estimated from an eighth of the batch).
+Timed once per layer signature (shapes, dtype, device, job, and the batch rounded up to a power of
+two: :func:`batch_bucket`) on the layer's first chunk, inside the first backward that meets it: each
+candidate (strategy, chunk) runs up to three times (the first call of a shape pays set-up costs; the
+best of the others resists a busy core), charged with what its strategy builds once per layer; the
+cheapest for the whole layer serves every later chunk, and every later batch of the same bucket (its
+chunk capped at that batch). A batch of one and a batch of 32 are timed apart: the chunks that suit
+one image are not those that suit many. A plan clearly slower than the best after its warm-up run
+is not timed a third time, its strategy is not tried at other chunk sizes, and a set-up that alone
+costs more than the best plan is skipped (estimated from an eighth of the batch).
 
 The table is shared by every thread (guarded by a lock). For reproducible runs and tests,
 :meth:`Calibration.forced` fixes the strategy (and chunk size) instead of timing.
@@ -22,11 +24,17 @@ from typing import Callable, Iterator
 from gradviz.engine.reduce import Parts, Totals
 from gradviz.errors import GradvizError
 
-__all__ = ["Calibration", "CALIBRATION", "CALIBRATION_MARGIN"]
+__all__ = ["Calibration", "CALIBRATION", "CALIBRATION_MARGIN", "batch_bucket"]
 
 # A plan that costs this many times the best so far after its warm-up run is not timed again;
 # a strategy at twice that is not tried with other chunk sizes.
 CALIBRATION_MARGIN = 1.3
+
+
+def batch_bucket(batch: int) -> int:
+    """The power of two at or above ``batch`` (1, 2, 4, 8, …): the part of a layer's calibration key that
+    says how many samples its backward holds (``batch_bucket(24) == batch_bucket(32) == 32``)."""
+    return 1 << max(0, int(batch) - 1).bit_length()
 
 
 class Calibration:
@@ -43,7 +51,8 @@ class Calibration:
         if forced is not None:
             return forced
         with self._lock:
-            return self._choice.get(plan.signature())
+            chosen = self._choice.get(plan.signature())
+        return None if chosen is None else (chosen[0], min(chosen[1], plan.batch))
 
     def reset(self) -> None:
         """Forget every choice (they are timed again on the next call)."""

@@ -14,9 +14,11 @@ The web app does not call :meth:`~Ledger.reserve` pass by pass. It runs a sessio
 message and one that says whether the session is gone); every pass planned inside the scope
 (:func:`gradviz.runtime.budget.batch_size_for`) calls :func:`admit`, which reserves the plan's
 bytes for the scope until it ends. A scope holds the largest plan made in it; it never waits while
-holding memory (to grow, it gives back what it holds and queues again), and a nested scope gives
-back its parent's reservation first, so two sessions cannot wait on each other forever. A wait
-longer than ``max_wait_s`` ends in a refusal that states the numbers.
+holding memory (to grow, it gives back what it holds and queues again), a nested scope gives
+back its parent's reservation first, and work that blocks on another thread's passes (a page waiting
+for the server's warm-up, :mod:`gradviz.ui.warmup`) calls :func:`give_back` before it blocks, so no two
+scopes can wait on each other forever. A wait longer than ``max_wait_s`` ends in a refusal that states
+the numbers.
 
 :func:`checkpoint` (called between batches by the progress reports) raises :class:`PassStopped`
 when the scope's session is gone, e.g. its browser tab was closed, so its work stops at the next
@@ -38,7 +40,7 @@ from typing import Callable, Iterator
 from gradviz.errors import GradvizError
 
 __all__ = ["Ledger", "Ticket", "PassStopped", "server_ledger", "server_budget_mb", "serving", "admit",
-           "checkpoint", "SERVER_SHARE", "CUDA_SHARE"]
+           "give_back", "checkpoint", "SERVER_SHARE", "CUDA_SHARE"]
 
 SERVER_SHARE = 0.5  # of MemAvailable when GRADVIZ_SERVER_MEMORY_MB is not set
 CUDA_SHARE = 0.8  # of the GPU memory free when the first pass on that GPU asks
@@ -285,6 +287,16 @@ def admit(mb: float, label: str, device=None) -> None:
     scope.give_back()
     scope.ticket = ledger.acquire(mb, label, notify=scope.notify, should_stop=scope.should_stop)
     scope.ledger = ledger
+
+
+def give_back() -> None:
+    """Release the current :func:`serving` scope's reservation (no-op outside one, or when it holds none).
+
+    Call it before blocking on work of another thread that may need memory (e.g. a page waiting for a warm-up
+    job): a scope never waits while holding memory. The scope's next pass reserves again (:func:`admit`)."""
+    scope = _SCOPE.get()
+    if scope is not None:
+        scope.give_back()
 
 
 def checkpoint() -> None:

@@ -1,12 +1,13 @@
 """Sidebar: your own ID set — a .zip upload or a folder under the allowed roots, split into fit / test parts.
 
 The zip is checked and decoded by :mod:`gradviz.data.zipset` (nothing written outside a
-temporary folder that is removed at once); its images stay in this session
-(:mod:`gradviz.ui.private`), bounded by the session's budget for its own sets
-(:func:`gradviz.data.session.own_set_room`: a random subset that fits, stated in the set's note,
-or a refusal with the numbers); "Forget my own ID sets" gives their memory back. A folder is checked
-against the allowed roots (:func:`gradviz.data.folder.resolve_folder`). Either becomes ``test:…`` (the ID set that is
-scored) and ``fit:…`` (what fitted methods fit on), split by :mod:`gradviz.data.splits`.
+temporary folder that is removed at once); a folder is checked against the allowed roots
+(:func:`gradviz.data.folder.resolve_folder`) and decoded by :func:`gradviz.data.folder.load_folder`.
+Either's images stay in this session (:mod:`gradviz.ui.private`, as ``session:…``), bounded by the
+session's budget for its own sets (:func:`gradviz.data.session.own_set_room`: a random subset that fits,
+stated in the set's note, or a refusal with the numbers), and count in that budget until "Forget my own
+ID sets" gives their memory back. Each becomes ``test:…`` (the ID set that is scored) and ``fit:…`` (what
+fitted methods fit on), split by :mod:`gradviz.data.splits`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import streamlit as st
 
 from gradviz.config import settings
 from gradviz.data.session import PREFIX as SESSION_PREFIX
-from gradviz.data.session import held_mb, own_set_room, session_spec
+from gradviz.data.session import folder_key, held_mb, is_folder_key, own_set_room, session_spec
 from gradviz.data.splits import DEFAULT_FIT_FRACTION, has_labels, split_id_set, split_spec, split_summary
 from gradviz.data.zipset import load_zip_bytes, zip_digest
 from gradviz.errors import GradvizError
@@ -46,10 +47,8 @@ def label(spec: str) -> str:
     """A readable name for an own ID spec in the picker."""
     if spec not in id_notes():
         return spec
-    inner = spec.split(":", 1)[1]
-    if SESSION_PREFIX in inner:
-        return f"{inner.split(SESSION_PREFIX, 1)[1].rsplit('#', 1)[0]} (your .zip, test part)"
-    return f"{inner.split('folder:', 1)[-1]} (your folder, test part)"
+    key = spec.split(SESSION_PREFIX, 1)[-1]
+    return f"{key.rsplit('#', 1)[0]} (your {'folder' if is_folder_key(key) else '.zip'}, test part)"
 
 
 def labelled(spec: str) -> bool:
@@ -110,21 +109,25 @@ def render(container, seed: int, card_of_model) -> None:
                     from gradviz.data.folder import load_folder, resolve_folder
 
                     folder = resolve_folder(path.strip(), settings().allowed_roots)
+                    key = folder_key(folder)
+                    room, bound = own_set_room(session_sets(), replacing=key)
                     with st.spinner("Reading the folder…"):
-                        whole = load_folder(folder, settings().allowed_roots, seed=seed)
-                    whole.spec = f"folder:{folder}"
-                    _add(whole, whole.spec, str(folder), fraction, seed, card_of_model())
+                        whole = load_folder(folder, settings().allowed_roots, seed=seed, max_bytes=room,
+                                            bytes_setting=bound)
+                    session_sets()[key] = whole
+                    _add(whole, SESSION_PREFIX + key, str(folder), fraction, seed, card_of_model())
                     st.rerun()
         except GradvizError as exc:
             st.error(md_text(exc))
 
 
 def _offer_forget(container) -> None:
-    """A button that drops this session's own (zip) ID sets and their notes: their memory is given back."""
+    """A button that drops this session's own ID sets (zips and folders) and their notes: their memory is given
+    back."""
     held = session_sets()
     clicked = container.button(f"Forget my own ID sets ({len(held)}, {held_mb(held):,} MB)", key="gv_id_forget",
-                               help="Uploaded ID sets stay in this session's memory and count in its budget until "
-                                    "forgotten.")
+                               help="Own ID sets (a .zip or a folder) stay in this session's memory and count in its "
+                                    "budget until forgotten.")
     if not clicked:
         return
     gone = {k for k in id_notes() if SESSION_PREFIX in k}

@@ -5,7 +5,7 @@ Session-state keys:
 | key             | holds                                                                    |
 |-----------------|--------------------------------------------------------------------------|
 | ``gv_models``   | {``upload:<file>#<digest>``: GradvizModel} weights this session uploaded |
-| ``gv_id_sets``  | {``<name>#<digest>``: ImageSet} native images of this session's zip sets |
+| ``gv_id_sets``  | {``<name>#<digest>``: ImageSet} native images of its zip and folder sets |
 | ``gv_id_notes`` | {ID spec: text} how each own ID set was split, shown on the pages        |
 
 ``st.cache_resource`` hands one object to every session, so none of these go through it:
@@ -69,4 +69,5 @@ def check_owned(cfg) -> None:
         if mentions_session(spec):
             name = spec[spec.index(SESSION_PREFIX) + len(SESSION_PREFIX):]
             if name not in session_sets():
-                raise DatasetError(f"{spec} is not among this session's uploads; upload the .zip again")
+                raise DatasetError(f"{spec} is not among this session's own ID sets; add it again (upload the "
+                                   ".zip or name the folder)")

@@ -10,7 +10,11 @@ thread's progress with an estimate, instead of computing the same numbers a seco
 
 The threads plan their passes for a web session's memory budget and fit on what a session fits on (the
 fitted methods of the bundled models are shipped with them: :mod:`gradviz.methods.prefit`), so their results
-are exactly the ones a session would compute. A failure is logged and leaves the pages to compute as usual.
+are exactly the ones a session would compute. Each job runs in its own :func:`gradviz.runtime.ledger.serving`
+scope: its passes reserve their memory from the server's budget (``GRADVIZ_SERVER_MEMORY_MB``) like a
+session's, and a page that waits for a job first gives back what its own scope holds
+(:func:`gradviz.runtime.ledger.give_back`), so the job never queues for memory the waiting page holds. A
+failure is logged and leaves the pages to compute as usual.
 """
 
 from __future__ import annotations
@@ -134,6 +138,7 @@ class WarmUp:
         from gradviz.data import load_dataset
         from gradviz.errors import GradvizError
         from gradviz.runtime.budget import session_budget
+        from gradviz.runtime.ledger import serving
         from gradviz.runtime.progress import Eta
         from gradviz.scoring import layer_table, run
 
@@ -148,7 +153,8 @@ class WarmUp:
             job.fraction, job.text = min(1.0, done / max(total, 1)), f"{job.cfg.model}, {eta.text(done, total, label)}"
 
         try:
-            with session_budget():  # the budget, and so the batches and fit limit, of a web session
+            # a web session's budget (its batches and fit limit), its passes' memory reserved from the server's
+            with session_budget(), serving():
                 run(job.cfg, progress=progress, store=self.store, model=model, allowed_roots=self.allowed_roots)
                 job.scored.set()
                 if job.layers:
@@ -176,10 +182,15 @@ class WarmUp:
     def wait_for(self, cfg: RunConfig, show: Callable[[float, str], None], poll_s: float = 0.25,
                  layers: bool = False) -> bool:
         """Block until the job ``cfg`` reads from has its scores (with ``layers``: its layer table) in the store,
-        calling ``show(fraction, text)`` meanwhile; False at once when there is none."""
+        calling ``show(fraction, text)`` meanwhile; False at once when there is none. The caller's
+        :func:`~gradviz.runtime.ledger.serving` scope gives back its reservation before it waits: the job may
+        need that memory."""
+        from gradviz.runtime.ledger import give_back
+
         job = self.pending(cfg, layers)
         if job is None:
             return False
+        give_back()  # never wait while holding memory
         while not (job.finished if layers else job.scored).wait(poll_s):
             show(job.fraction, f"started with the server: {job.text}")
         return True

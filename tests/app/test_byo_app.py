@@ -221,6 +221,8 @@ def test_compare_models_page_scores_two_models_side_by_side(open_page):
 
 
 def test_folder_under_the_allowed_roots_as_the_id_set(open_page, tmp_path, monkeypatch):
+    from gradviz.data.session import folder_key
+
     root = tmp_path / "data"
     for c in range(2):
         (root / "mine" / str(c)).mkdir(parents=True)
@@ -239,7 +241,10 @@ def test_folder_under_the_allowed_roots_as_the_id_set(open_page, tmp_path, monke
     at.button(key="gv_id_add_folder").click().run()
     assert not at.exception, at.exception
     cfg = at.session_state["gv_config"]
-    assert cfg.id == f"test:folder:{(root / 'mine').resolve()}" and cfg.fit_set == "fit:" + cfg.id[len("test:"):]
+    key = folder_key((root / "mine").resolve())  # decoded once, held by this session like an uploaded .zip
+    assert cfg.id == f"test:session:{key}" and cfg.fit_set == "fit:" + cfg.id[len("test:"):]
+    assert key.startswith("mine/#") and [len(d) for d in at.session_state["gv_id_sets"].values()] == [8]
+    assert "mine/ (your folder, test part)" in at.selectbox(key="gv_id").options
     assert "8 images in 2 classes; 4 (50%) fit" in texts(at.sidebar.caption)
 
 

@@ -61,6 +61,32 @@ def test_an_own_id_set_is_bounded_by_the_session_budget(open_page, monkeypatch):
     assert "50% of this session's 2 MB (GRADVIZ_SESSION_MEMORY_MB) for its own ID sets" in note
 
 
+def test_a_server_folder_as_the_id_set_is_bounded_and_held_like_a_zip(open_page, monkeypatch, tmp_path):
+    from gradviz.data.session import folder_key
+
+    root = tmp_path / "data"
+    for c in range(2):
+        (root / "big" / str(c)).mkdir(parents=True)
+        for i in range(15):
+            (root / "big" / str(c) / f"{i}.png").write_bytes(_rgb_png(8 * i + c))
+    monkeypatch.setenv("GRADVIZ_ALLOWED_ROOTS", str(root))
+    monkeypatch.setenv("GRADVIZ_SESSION_MEMORY_MB", "2")  # as above: room for 21 of the 30 images
+    at = open_page("pages/learn.py", RunConfig(limit=30, ood=["letters"], methods=["msp"]))
+    at.run()
+    at.toggle(key="gv_id_on").set_value(True).run()
+    at.radio(key="gv_id_source").set_value("a folder on the server").run()
+    at.text_input(key="gv_id_folder").input("big").run()
+    at.button(key="gv_id_add_folder").click().run()
+    assert not at.exception, at.exception
+    held = at.session_state["gv_id_sets"]
+    assert list(held) == [folder_key((root / "big").resolve())] and [len(d) for d in held.values()] == [21]
+    assert at.session_state["gv_config"].id == f"test:session:{next(iter(held))}"  # what the passes read
+    note = " ".join(c.value for c in at.sidebar.caption)
+    assert "only 21 of 30 image files loaded (random subset, seed 0)" in note
+    assert "50% of this session's 2 MB (GRADVIZ_SESSION_MEMORY_MB) for its own ID sets" in note
+    assert at.button(key="gv_id_forget").label == "Forget my own ID sets (1, 1 MB)"  # in the session's budget
+
+
 def test_forgetting_the_own_id_sets_gives_their_memory_back(open_page):
     import numpy as np
     import torch

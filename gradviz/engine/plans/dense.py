@@ -215,9 +215,13 @@ class DensePlan(Plan):
         return out
 
     def signature(self) -> tuple:
-        """The calibration key: everything the relative speed of the strategies depends on."""
+        """The calibration key: everything the relative speed of the strategies depends on, the batch as its
+        power-of-two bucket (:func:`gradviz.engine.calibrate.batch_bucket`)."""
+        from gradviz.engine.calibrate import batch_bucket
+
         return (type(self).__name__, self.groups, self.o, self.k, self.positions, self.bias,
-                self.dtype, str(self.device), self.job.stats is None, self.fused is not None, self.job.budget)
+                self.dtype, str(self.device), self.job.stats is None, self.fused is not None, self.job.budget,
+                batch_bucket(self.batch))
 
     @property
     def chunk_count(self) -> int:
