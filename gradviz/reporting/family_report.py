@@ -33,7 +33,8 @@ WHY = {
     "gradorth": "its output factor is GradNorm's, and the bundled model's noise has large features inside the ID "
                 "subspace",
     "lowdim_grad": "a Mahalanobis distance of the head's energy gradient in 16 principal directions",
-    "grood": "nearest neighbours of a gradient w.r.t. a synthetic OOD prototype (input mixup, no OOD data)",
+    "grood": "nearest neighbours of a gradient w.r.t. a synthetic OOD prototype (an intermediate layer mixed, no OOD "
+             "data)",
     "gradient_density": "a Gaussian on the per-layer log gradient norms: too-small gradients (overconfident noise) "
                         "count as atypical, so it does not reverse on noise",
     "knn": "distance to the 50th nearest normalised training feature",
