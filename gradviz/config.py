@@ -6,7 +6,8 @@ Each default is stated once, in :class:`Settings`; the README's table of setting
 naming the variable, never a silent fallback to the default.
 
 ``memory_mb`` is the memory budget every pass plans its batch for (gradviz.runtime.budget); unset, the
-command line takes half of the memory available when a pass starts. The web app plans each
+command line takes half of the memory available when a pass starts, at most 2,048 MB for a pass on the CPU
+(larger batches are no faster there). The web app plans each
 session's passes for ``session_memory_mb`` instead (less what the session's own ID sets hold), all
 sessions' passes together for ``server_memory_mb`` (gradviz.runtime.ledger), and refuses models of more than
 ``max_params_web`` parameters (counted before they are built) and cards wider than ``max_side_web``.

@@ -83,7 +83,12 @@ def test_unknown_pass_kind_and_bad_upper_bound_are_errors(resnets):
 def test_budget_sources(monkeypatch):
     monkeypatch.delenv("GRADVIZ_MEMORY_MB", raising=False)
     mb, source = budget.memory_budget_mb()
-    assert "available" in source and 64 <= mb <= (budget.available_mb() or 10**9)
+    assert "available" in source and 64 <= mb <= min(budget.available_mb() or 10**9, budget.CPU_DEFAULT_MB)
+    monkeypatch.setattr(budget, "available_mb", lambda: 64_000)  # a large machine: the CPU default bounds it
+    assert budget.memory_budget_mb() == (2048, budget.memory_budget_mb()[1])
+    assert "CPU default" in budget.memory_budget_mb()[1] and "GRADVIZ_MEMORY_MB" in budget.memory_budget_mb()[1]
+    monkeypatch.setattr(budget, "available_mb", lambda: 1_000)  # a small one: half of what it has
+    assert budget.memory_budget_mb() == (500, "50% of the 1,000 MB available")
     monkeypatch.setenv("GRADVIZ_MEMORY_MB", "777")
     assert budget.memory_budget_mb() == (777, "GRADVIZ_MEMORY_MB")
     monkeypatch.setenv("GRADVIZ_SESSION_MEMORY_MB", "333")
