@@ -158,6 +158,14 @@ def test_unreadable_config_files_are_one_error_line(tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("error: config file")
 
 
+def test_a_method_named_twice_is_scored_once(tmp_path):
+    out = tmp_path / "o"
+    assert main(["score", "--ood", "noise-uniform", "--methods", "msp,energy,msp", "--limit", "5", "--out", str(out),
+                 "--cache", "none"]) == 0
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 10 and [c for c in scores.columns if c in ("msp", "energy")] == ["msp", "energy"]
+
+
 @pytest.mark.slow
 def test_flags_beside_a_config_override_it(tmp_path, capsys):
     cfg = _write(tmp_path, '{"id": "mnist", "ood": ["letters"], "methods": ["energy", "gradnorm"], "limit": 20}')

@@ -376,7 +376,8 @@ def get_method(name: str) -> MethodInfo:
 
 
 def resolve_methods(names: str | list[str] | None) -> list[MethodInfo]:
-    """``"all"``/None -> every method; otherwise a comma string or list of names (validated)."""
+    """``"all"``/None -> every method; otherwise a comma string or list of names (validated; a name given twice
+    counts once, in its first place)."""
     _ensure_registered()
     if names is None or names == "all" or names == ["all"]:
         return list_methods()
@@ -384,7 +385,7 @@ def resolve_methods(names: str | list[str] | None) -> list[MethodInfo]:
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not names:
         raise MethodError("no method chosen")
-    return [get_method(n) for n in names]
+    return [get_method(n) for n in dict.fromkeys(names)]
 
 
 def run_method(name: str, batch: ModelOutputs, **params) -> torch.Tensor:
