@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     memory_mb: PositiveInt | None = None  # None: a share of the available memory (gradviz.runtime.budget)
     session_memory_mb: PositiveInt = 2048
     server_memory_mb: PositiveInt | None = None  # None: a share of the available memory (gradviz.runtime.ledger)
+    session_cpu_s: PositiveInt = 600  # CPU seconds a web session's work may take in any 15 minutes
     max_params_web: PositiveInt = 100_000_000
     max_side_web: PositiveInt = 384
     torch_threads: int = Field(default=0, ge=0)  # torch threads of the web server; 0 = see server_torch_threads

@@ -285,3 +285,65 @@ def test_own_id_sets_are_taken_from_the_sessions_budget():
     assert contextvars.copy_context().run(planned, 0) == (2048, "this session's budget (GRADVIZ_SESSION_MEMORY_MB)")
     mb, source = contextvars.copy_context().run(planned, 700)
     assert mb == 1348 and "less 700 MB of its own ID sets" in source
+
+
+# --- CPU time: a session's budget over a sliding window ----------------------------------------------------
+
+def test_cpu_account_counts_the_window_and_says_when_to_go_on():
+    now = [0.0]
+    account = ledger_mod.CpuAccount(8, window_s=900, clock=lambda: now[0])
+    account.charge(5)
+    now[0] = 100.0
+    account.charge(5)
+    assert account.used_s() == 10
+    with pytest.raises(ledger_mod.CpuBudgetExceeded, match=r"took 10 s of CPU time in the last 15 minutes, more "
+                                                           r"than its 8 s \(GRADVIZ_SESSION_CPU_S\).*about 13 min"):
+        account.check()
+    now[0] = 900.0  # the first charge has left the window
+    assert account.used_s() == 5
+    account.check()
+
+
+def test_nested_scopes_charge_the_sessions_cpu_time_once(monkeypatch):
+    cpu = [0.0]
+    monkeypatch.setattr(ledger_mod.time, "thread_time", lambda: cpu[0])
+    account = ledger_mod.CpuAccount(100)
+    with serving(cpu=account):
+        cpu[0] = 2.0
+        with serving():  # inherits the account
+            cpu[0] = 5.0
+        cpu[0] = 6.0
+    assert account.used_s() == 6.0
+
+
+def test_a_session_over_its_cpu_budget_stops_between_batches_and_is_refused_until_the_window_passes(
+        server, monkeypatch):
+    import torch
+
+    from gradviz.scoring import score_images
+
+    model, runners = _scorer(["msp"])
+    seen = _real_forwards(model)
+    cpu, now = [0.0], [0.0]
+    real_forward = model.forward
+
+    def forward(x, *args, **kwargs):  # every real forward of the model costs one CPU second (not the planner's)
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        cpu[0] += 0.0 if isinstance(x, FakeTensor) else 1.0
+        return real_forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    monkeypatch.setattr(ledger_mod.time, "thread_time", lambda: cpu[0])
+    account = ledger_mod.CpuAccount(2.5, clock=lambda: now[0])
+    with serving(cpu=account), pytest.raises(ledger_mod.CpuBudgetExceeded, match="GRADVIZ_SESSION_CPU_S"):
+        score_images(model, torch.rand(64, 1, 28, 28), runners, batch_size=8)
+    assert len(seen) == 3  # three batches took the 2.5 s; the fourth never started
+    assert server.in_use_mb == 0
+    with pytest.raises(ledger_mod.CpuBudgetExceeded, match="Try again in about 15 min"):
+        with serving(cpu=account):
+            pass  # refused at once: nothing runs
+    now[0] = ledger_mod.CPU_WINDOW_S + 1
+    with serving(cpu=account):
+        score_images(model, torch.rand(8, 1, 28, 28), runners, batch_size=8)
+    assert len(seen) == 4

@@ -22,8 +22,14 @@ the numbers.
 
 :func:`checkpoint` (called between batches by the progress reports) raises :class:`PassStopped`
 when the scope's session is gone, e.g. its browser tab was closed, so its work stops at the next
-batch instead of running on for minutes. Outside any scope (the command line) all of this is a
-no-op.
+batch instead of running on for minutes.
+
+CPU time is a budget too: a scope given a :class:`CpuAccount` (the web app gives each browser session
+one, ``GRADVIZ_SESSION_CPU_S`` seconds in any :data:`CPU_WINDOW_S`) charges it the CPU time its thread
+spent (``time.thread_time``: the web server runs torch with one thread, in the session's own) at every
+checkpoint, and stops the work with :class:`CpuBudgetExceeded` once the window holds more than the
+budget, so that one heavy session cannot keep a core from the others for long; the message says when the
+session may go on. Outside any scope (the command line) all of this is a no-op.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ CUDA_SHARE = 0.8  # of the GPU memory free when the first pass on that GPU asks
 FALLBACK_MB = 4096  # where the available memory cannot be read
 MAX_WAIT_S = 600.0  # a pass waiting longer than this is refused (the server stays busy that long)
 POLL_S = 0.25  # how often a waiting pass checks whether its session is gone
+CPU_WINDOW_S = 900.0  # a session's CPU time is counted over the last 15 minutes
 
 Notify = Callable[[str], None]
 StopCheck = Callable[[], bool]
@@ -54,6 +61,78 @@ StopCheck = Callable[[], bool]
 
 class PassStopped(GradvizError):
     """The session that started a pass is gone (its browser tab was closed): the pass stops."""
+
+
+class CpuBudgetExceeded(GradvizError):
+    """A session's work took more CPU time in the window than its budget: the work stops."""
+
+
+class CpuAccount:
+    """The CPU seconds one session's work took, over a sliding window of ``window_s`` seconds.
+
+    ``clock``: wall-clock seconds (monotonic) at which charges are stamped; tests pass their own."""
+
+    def __init__(self, budget_s: float, source: str = "GRADVIZ_SESSION_CPU_S", *,
+                 window_s: float = CPU_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget_s, self.source, self.window_s, self.clock = float(budget_s), source, float(window_s), clock
+        self._charges: deque[tuple[float, float]] = deque()  # (when, CPU seconds)
+        self._lock = threading.Lock()
+
+    def _prune(self, now: float) -> None:
+        while self._charges and self._charges[0][0] <= now - self.window_s:
+            self._charges.popleft()
+
+    def charge(self, seconds: float) -> None:
+        if seconds > 0:
+            with self._lock:
+                now = self.clock()
+                self._prune(now)
+                self._charges.append((now, float(seconds)))
+
+    def used_s(self) -> float:
+        """CPU seconds charged within the window."""
+        with self._lock:
+            self._prune(self.clock())
+            return sum(s for _, s in self._charges)
+
+    def check(self) -> None:
+        """:class:`CpuBudgetExceeded`, with the numbers and when to go on, if the window holds more than the budget."""
+        with self._lock:
+            now = self.clock()
+            self._prune(now)
+            used = sum(s for _, s in self._charges)
+            if used <= self.budget_s:
+                return
+            # the work may go on once enough of the oldest charges have left the window
+            over, wait = used - self.budget_s, 0.0
+            for when, seconds in self._charges:
+                over -= seconds
+                wait = when + self.window_s - now
+                if over < 0:
+                    break
+        raise CpuBudgetExceeded(
+            f"stopped: this session's work took {used:,.0f} s of CPU time in the last {self.window_s / 60:.0f} "
+            f"minutes, more than its {self.budget_s:,.0f} s ({self.source}), so that other sessions get their share. "
+            f"Try again in about {max(1, round(wait / 60))} min, or with fewer images or methods.")
+
+
+_CPU_ACCOUNTS: dict[str, CpuAccount] = {}
+_CPU_LOCK = threading.Lock()
+
+
+def session_cpu_account(session_id: str) -> CpuAccount:
+    """The CPU account of the browser session ``session_id`` (made on first use, ``GRADVIZ_SESSION_CPU_S``).
+    Accounts idle for a whole window are dropped when many are held."""
+    from gradviz.config import settings
+
+    with _CPU_LOCK:
+        account = _CPU_ACCOUNTS.get(session_id)
+        if account is None:
+            if len(_CPU_ACCOUNTS) > 1000:
+                for key in [k for k, a in _CPU_ACCOUNTS.items() if a.used_s() == 0]:
+                    del _CPU_ACCOUNTS[key]
+            account = _CPU_ACCOUNTS[session_id] = CpuAccount(settings().session_cpu_s)
+        return account
 
 
 def _gb(mb: float) -> str:
@@ -238,8 +317,16 @@ def server_ledger(device=None) -> Ledger:
 class _Scope:
     notify: Notify | None
     should_stop: StopCheck | None
+    cpu: CpuAccount | None = None
+    cpu_mark: float = 0.0  # the thread's CPU time when last charged
     ledger: Ledger | None = None
     ticket: Ticket | None = None
+
+    def charge_cpu(self) -> None:
+        if self.cpu is not None:
+            now = time.thread_time()
+            self.cpu.charge(now - self.cpu_mark)
+            self.cpu_mark = now
 
     def give_back(self) -> None:
         if self.ledger is not None and self.ticket is not None:
@@ -251,24 +338,33 @@ _SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("gradviz_
 
 
 @contextmanager
-def serving(notify: Notify | None = None, should_stop: StopCheck | None = None) -> Iterator[None]:
+def serving(notify: Notify | None = None, should_stop: StopCheck | None = None,
+            cpu: CpuAccount | None = None) -> Iterator[None]:
     """Within the block, passes reserve their planned memory from the server's ledger (:func:`admit`) and
-    stop between batches when ``should_stop()`` says their session is gone (:func:`checkpoint`).
+    stop between batches when ``should_stop()`` says their session is gone, or when ``cpu`` (the session's
+    account) is over its budget (:func:`checkpoint`; an account already over it refuses the block at once).
 
-    Nested: the inner block inherits the callbacks it is not given, and its parent's reservation is
-    given back first (the parent's passes have finished: one thread runs one pass at a time)."""
+    Nested: the inner block inherits the callbacks and the account it is not given, and its parent's
+    reservation is given back first (the parent's passes have finished: one thread runs one pass at a time)."""
     outer = _SCOPE.get()
     if outer is not None:
         outer.give_back()
+        outer.charge_cpu()
         notify = notify or outer.notify
         should_stop = should_stop or outer.should_stop
-    scope = _Scope(notify, should_stop)
+        cpu = cpu or outer.cpu
+    if cpu is not None:
+        cpu.check()
+    scope = _Scope(notify, should_stop, cpu, time.thread_time())
     token = _SCOPE.set(scope)
     try:
         yield
     finally:
         _SCOPE.reset(token)
         scope.give_back()
+        scope.charge_cpu()
+        if outer is not None:
+            outer.cpu_mark = time.thread_time()  # the inner block's CPU time is charged once
 
 
 def admit(mb: float, label: str, device=None) -> None:
@@ -300,10 +396,16 @@ def give_back() -> None:
 
 
 def checkpoint() -> None:
-    """Between batches: :class:`PassStopped` when the current scope's session is gone (no-op otherwise)."""
+    """Between batches: :class:`PassStopped` when the current scope's session is gone, :class:`CpuBudgetExceeded`
+    when its CPU account is over budget (no-op outside a scope)."""
     scope = _SCOPE.get()
-    if scope is not None and scope.should_stop is not None and scope.should_stop():
+    if scope is None:
+        return
+    if scope.should_stop is not None and scope.should_stop():
         raise PassStopped("stopped: the browser tab that started this work was closed")
+    if scope.cpu is not None:
+        scope.charge_cpu()
+        scope.cpu.check()
 
 
 def in_scope() -> bool:

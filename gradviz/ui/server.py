@@ -23,7 +23,7 @@ import torch
 
 from gradviz.config import server_torch_threads
 from gradviz.models.plugins import is_file_spec, server_model_specs
-from gradviz.runtime.ledger import serving
+from gradviz.runtime.ledger import CpuAccount, serving, session_cpu_account
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -93,12 +93,24 @@ def session_gone_check() -> Callable[[], bool] | None:
     return lambda: not server.is_active_session(session_id)
 
 
+def session_cpu() -> CpuAccount | None:
+    """The CPU account of the browser session running this script (``GRADVIZ_SESSION_CPU_S``), or None
+    outside a server."""
+    from streamlit import runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    if ctx is None or not runtime.exists():
+        return None
+    return session_cpu_account(ctx.session_id)
+
+
 @contextmanager
 def session_work() -> Iterator[None]:
     """Run a session's work inside :func:`gradviz.runtime.ledger.serving`: its passes reserve their planned
-    memory from the server's budget (a toast says when they wait) and stop between batches once the
-    session's tab is gone."""
-    with serving(notify=_waiting_notice(), should_stop=session_gone_check()):
+    memory from the server's budget (a toast says when they wait), stop between batches once the session's
+    tab is gone, and stop with a message once the session's CPU time is over its budget."""
+    with serving(notify=_waiting_notice(), should_stop=session_gone_check(), cpu=session_cpu()):
         yield
 
 
