@@ -77,6 +77,26 @@ def test_waiting_passes_run_in_order_of_arrival():
     assert order == ["big", "small"]
 
 
+def test_the_queue_is_bounded_one_more_waiting_pass_is_refused_at_once():
+    ledger = Ledger(1000, "test budget", max_waiting=1)
+    held = ledger.acquire(900, "running")
+    waiting = threading.Event()
+    done: list[str] = []
+
+    def wait_in_line():
+        with ledger.reserve(500, "first in line", notify=lambda text: text and waiting.set()):
+            done.append("first in line")
+
+    thread = _start(wait_in_line)
+    assert waiting.wait(WAIT) and ledger.waiting == 1
+    with pytest.raises(GradvizError, match=r"server is busy \(1 pass waits for memory, 0.9 GB in use of 1 GB\)"):
+        ledger.acquire(10, "one too many")
+    assert ledger.waiting == 1  # the refused pass never joined the queue
+    ledger.release(held)
+    thread.join(WAIT)
+    assert done == ["first in line"] and ledger.in_use_mb == 0
+
+
 def test_a_pass_larger_than_the_server_budget_is_refused_before_it_runs():
     ledger = Ledger(4096, "GRADVIZ_SERVER_MEMORY_MB")
     ran = []

@@ -52,6 +52,7 @@ SERVER_SHARE = 0.5  # of MemAvailable when GRADVIZ_SERVER_MEMORY_MB is not set
 CUDA_SHARE = 0.8  # of the GPU memory free when the first pass on that GPU asks
 FALLBACK_MB = 4096  # where the available memory cannot be read
 MAX_WAIT_S = 600.0  # a pass waiting longer than this is refused (the server stays busy that long)
+MAX_WAITING = 64  # passes that may wait at once; one more is refused at once (the queue is bounded)
 POLL_S = 0.25  # how often a waiting pass checks whether its session is gone
 CPU_WINDOW_S = 900.0  # a session's CPU time is counted over the last 15 minutes
 
@@ -153,10 +154,11 @@ class Ledger:
     """A memory budget shared by threads: passes reserve MiB from it, wait in order when it is taken."""
 
     def __init__(self, budget_mb: float, source: str, *, max_wait_s: float = MAX_WAIT_S, poll_s: float = POLL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_waiting: int = MAX_WAITING, clock: Callable[[], float] = time.monotonic) -> None:
         self.budget_mb = float(budget_mb)
         self.source = source
         self.max_wait_s = float(max_wait_s)
+        self.max_waiting = int(max_waiting)
         self.poll_s = float(poll_s)
         self.clock = clock
         self._cond = threading.Condition()
@@ -208,12 +210,18 @@ class Ledger:
         """Reserve ``mb`` MiB, waiting in order while the budget is taken; call :meth:`release` afterwards.
 
         ``notify(text)`` is told why the pass waits (and ``""`` once it may run); ``should_stop()`` is asked
-        while it waits (True: :class:`PassStopped`). Refused at once when ``mb`` exceeds the whole budget."""
+        while it waits (True: :class:`PassStopped`). Refused at once when ``mb`` exceeds the whole budget, or when
+        it would have to wait behind ``max_waiting`` passes already waiting."""
         self.refuse_if_too_large(mb, label)
         ticket = Ticket(next(self._ids), max(0.0, float(mb)), label)
         deadline = self.clock() + self.max_wait_s
         shown = ""
         with self._cond:
+            if len(self._queue) >= self.max_waiting and (self._queue or self._held):
+                n = len(self._queue)
+                line = f"{n} pass{'es' if n != 1 else ''} wait{'s' if n == 1 else ''} for memory"
+                raise GradvizError(f"'{label}' was refused: the server is busy ({line}, {_gb(self._in_use())} GB in "
+                                   f"use of {_gb(self.budget_mb)} GB). Try again in a minute")
             self._queue.append(ticket)
         try:
             while True:
