@@ -104,6 +104,11 @@ class _HookSink:
             self.pending, self.each = None, None
 
 
+def _no_use(_use: Use) -> None:
+    """The capturer's callback once the forward is over."""
+    return None
+
+
 class GradientPass:
     """A batch's captured forward with its graph kept; per-sample output gradients for any loss.
 
@@ -177,7 +182,12 @@ class GradientPass:
             return out.clone() if own_copy else None
 
         capturer = Capturer(self.refs, self.batch, on_use, clone_inputs)
-        self.logits = self._run(capturer, self.x_in)
+        try:
+            self.logits = self._run(capturer, self.x_in)
+        finally:
+            # on_use holds this pass; what the capturer leaves in the graph must not hold it back, or every batch's
+            # pass (its activations and graph) would wait for Python's cyclic collector instead of going at once
+            capturer.on_use = _no_use
         self.uses: list[Use] = capturer.uses
         self._derived = capturer.derived  # keeps derived tensors (and their graph) alive with the pass
 
