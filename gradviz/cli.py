@@ -224,12 +224,12 @@ def cmd_score(args) -> int:
         if result is None:  # non-zero ranks write nothing
             return 0
     else:
-        result = run(cfg, progress=_tqdm_progress(), store=_store(args),
-                     model=_load_model(cfg.model, cfg.weights, cfg.device))
+        model = _load_model(cfg.model, cfg.weights, cfg.device)
+        result = run(cfg, progress=_tqdm_progress(), store=_store(args), model=model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     to_csv(result.scores, out / "scores.csv")
-    trust = _trust_report(cfg, result, _store(args))
+    trust = _trust_report(cfg, result, _store(args), None if args.shard else model)
     _write_metrics(out, result, trust)
     (out / "config.json").write_text(cfg.to_json())
     rows = [(spec, f, "skipped", why) for spec, items in result.skipped.items() for f, why in items]
@@ -254,9 +254,9 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _trust_report(cfg, result, store):
+def _trust_report(cfg, result, store, model=None):
     """Misclassification metrics of every method and the model's calibration (gradviz.trust.report), or None when the
-    ID set has no labels."""
+    ID set has no labels. ``model``: the one the scores came from (loaded again when not given)."""
     from gradviz.data import load_dataset
     from gradviz.trust.selective import labelled_sets
     from gradviz.trust.report import fit_split, trust_report
@@ -264,7 +264,7 @@ def _trust_report(cfg, result, store):
     scores = result.scores
     if not scores.loc[scores["role"] == "id", "correct"].notna().any():
         return None
-    model = _load_model(cfg.model, cfg.weights, cfg.device)
+    model = model if model is not None else _load_model(cfg.model, cfg.weights, cfg.device)
     specs = [cfg.id, *labelled_sets(scores)]
     datasets = {spec: load_dataset(spec, model.card, limit=cfg.limit, seed=cfg.seed) for spec in specs}
     return trust_report(scores, cfg.method_names(), model, datasets, fit_split(cfg.fit_set, model, cfg.seed),

@@ -62,6 +62,11 @@ def images_digest(images: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def logits_key(model: GradvizModel, digest: str) -> str:
+    """The cache key of a set's logits (:func:`gradviz.trust.report.set_logits`), by its images' digest."""
+    return cache_key(model=model_inputs(model), data=digest, kind="logits")
+
+
 def make_runner(model: GradvizModel, info: MethodInfo, params: dict | None = None,
                 fit_set: str = "mnist:train", seed: int = 0, fit: "FitSet | None" = None) -> MethodRunner:
     """A method with parameters set; fitted methods are fitted on ``fit`` (default: ``fit_set`` drawn with ``seed``,
@@ -195,13 +200,13 @@ def _fitted(model: GradvizModel, runner: MethodRunner, fit: FitSet) -> MethodRun
 
 def score_images(model: GradvizModel, images: torch.Tensor, runners: list[MethodRunner], batch_size: int | None = None,
                  progress: Progress | None = None, label: str = "") -> dict[str, np.ndarray]:
-    """Prediction, confidence and every runner's uncertainty for ``images``, batch by batch (confidence is NaN
-    where the logits are NaN or infinite: the softmax is undefined there).
+    """Prediction, confidence, logits and every runner's uncertainty for ``images``, batch by batch (confidence
+    is NaN where the logits are NaN or infinite: the softmax is undefined there).
 
     The batch is planned for the memory budget (:mod:`gradviz.runtime.budget`); ``batch_size`` is an upper bound."""
     n = int(images.shape[0])
     batch_size = batch_size_for(model, scoring_kind(runners), "scoring", upper=batch_size, n=n)
-    out: dict[str, list] = {"prediction": [], "confidence": [], **{r.info.name: [] for r in runners}}
+    out: dict[str, list] = {"prediction": [], "confidence": [], "logits": [], **{r.info.name: [] for r in runners}}
     total = max(1, -(-n // batch_size))
     keep_graph = needs_graph(runners)  # gradient methods share one hooked forward per batch
     # In the registry's order: a loss's full statistics (grad_*) come before its norms alone (gradient_density),
@@ -216,6 +221,7 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
             batch = ModelOutputs.from_model(model, images[start:start + batch_size], keep_graph=keep_graph)
             out["prediction"].append(batch.prediction.cpu().numpy())
             out["confidence"].append(batch.probs.amax(-1).cpu().numpy())
+            out["logits"].append(batch.logits.detach().float().cpu().numpy())
             for r in ordered:
                 out[r.info.name].append(r.score(batch).numpy())
         if progress:
@@ -257,7 +263,9 @@ def score_dataset(model: GradvizModel, data: ImageSet, role: str, infos: list[Me
     if missing or need_base:
         runners = make_runners(model, missing, params, fit_set, seed, unfitted=unfitted, progress=progress, fit=fit)
         fresh = score_images(model, data.images, runners, batch_size, progress, label=f"scoring {data.spec}")
-        if store is not None:
+        logits = fresh.pop("logits")
+        if store is not None:  # the set's logits too: calibration (gradviz.trust.report) reads them from here
+            store.put(logits_key(model, digest), {"logits": logits}, {"dataset": data.spec, "kind": "logits"})
             store.put(key("_base"), {"prediction": fresh["prediction"], "confidence": fresh["confidence"]},
                       {"dataset": data.spec})
             for r in runners:

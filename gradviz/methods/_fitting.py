@@ -34,6 +34,13 @@ def _images_key(model: GradvizModel, images: torch.Tensor) -> tuple:
     return getattr(model, "digest", id(model)), id(model), h.hexdigest()
 
 
+def remembered_outputs(model: GradvizModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`fit_outputs` of ``images`` if it was computed for this model and is still remembered, else None."""
+    key = _images_key(model, images)
+    with _OUTPUTS_LOCK:
+        return _OUTPUTS.get(key)
+
+
 def fit_outputs(model: GradvizModel, images: torch.Tensor, chunk: int | None = None,
                 name: str = "fitting") -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, K), penultimate features (N, D)) of ``images``, float32 on the CPU, in batches planned

@@ -29,7 +29,7 @@ from gradviz.errors import GradvizError
 from gradviz.models import GradvizModel
 from gradviz.trust.selective import (labelled_sets, misclassification_table, risk_coverage_curve,
                                selective_at_coverage)
-from gradviz.runtime.store import ResultStore, cache_key
+from gradviz.runtime.store import ResultStore
 
 __all__ = ["TrustReport", "TEMPERATURE_FITS", "trust_report", "set_logits", "metrics_with_task", "fit_split",
            "evaluation_rows", "risk_coverage_frame", "Selection", "select_at_coverage", "reliability_frames",
@@ -91,14 +91,19 @@ class TrustReport:
 def set_logits(model: GradvizModel, data: ImageSet, batch_size: int | None = None,
                store: ResultStore | None = None) -> np.ndarray:
     """(N, K) float32 logits of ``data``, one no-grad forward per batch (sized by the memory planner,
-    ``batch_size`` an upper bound), cached in ``store``."""
+    ``batch_size`` an upper bound), cached in ``store``. A set already scored with that store, or just fitted on
+    (the fitting forward is remembered), is not run again."""
+    from gradviz.methods._fitting import remembered_outputs
     from gradviz.runtime.budget import batch_size_for
-    from gradviz.scoring import images_digest, model_inputs
+    from gradviz.scoring import images_digest, logits_key
 
-    key = cache_key(model=model_inputs(model), data=images_digest(data.images), kind="logits")
+    key = logits_key(model, images_digest(data.images))
     hit = store.get(key) if store is not None else None
     if hit is not None:
         return hit[0]["logits"]
+    fitted = remembered_outputs(model, data.images)
+    if fitted is not None:
+        return fitted[0].numpy()
     parts = []
     batch_size = batch_size_for(model, "forward", f"logits of {data.spec}", upper=batch_size, n=max(len(data), 1))
     with torch.no_grad():
