@@ -232,7 +232,8 @@ def test_explaining_a_gradient_score_plans_for_its_second_order_graph(resnets):
                                                      budget_mb=150).value.args[0]
 
 
-def test_a_scored_batch_leaves_no_tensors_for_the_cyclic_collector():
+@pytest.mark.parametrize("name", ["mnist-cnn", "mnist-vit"])
+def test_a_scored_batch_leaves_no_tensors_for_the_cyclic_collector(name):
     """Each batch's graph and activations go when the batch does, by reference counting: a pass left in a
     reference cycle waits for Python's cyclic collector, and a run holds several batches' graphs at once
     (ResNet-50 at 224², batch 3: 256 MB per batch, GBs over a long run)."""
@@ -242,7 +243,7 @@ def test_a_scored_batch_leaves_no_tensors_for_the_cyclic_collector():
     from gradviz.models import load_model
     from gradviz.scoring import make_runners
 
-    model = load_model("mnist-cnn")
+    model = load_model(name)
     runners = make_runners(model, [i for i in resolve_methods("all") if not i.needs_fit], {}, "mnist:train", 0)
     warm = ModelOutputs.from_model(model, torch.rand(3, 1, 28, 28), keep_graph=True)
     for r in runners:  # once per model: the engine's folded twin, its traced code
