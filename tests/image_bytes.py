@@ -1,10 +1,12 @@
-"""Small files built in memory for tests: a flat grey PNG, a zip of named members, a Playground canvas
-drawing and a phone photo of a digit on paper."""
+"""Small files built in memory for tests: a flat grey PNG, a zip of named members, a folder of class
+subfolders, a Playground canvas drawing and a phone photo of a digit on paper."""
 
 from __future__ import annotations
 
 import io
 import zipfile
+from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
@@ -23,6 +25,15 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
+
+
+def class_folder(root: Path, per_class: int, image: Callable[[int, int], bytes], classes: int = 2) -> Path:
+    """``root/<c>/<i>.png`` for ``classes`` classes of ``per_class`` images each, ``image(c, i)`` the PNG bytes."""
+    for c in range(classes):
+        (root / str(c)).mkdir(parents=True)
+        for i in range(per_class):
+            (root / str(c) / f"{i}.png").write_bytes(image(c, i))
+    return root
 
 
 def canvas_png(kind: str) -> bytes:

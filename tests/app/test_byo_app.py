@@ -18,7 +18,7 @@ from gradviz.models.cnn import MnistResNet
 from gradviz.scoring import RunConfig
 from gradviz.testing.apptest import add_zip, gauges, texts
 
-from image_bytes import canvas_png, png_bytes, zip_bytes
+from image_bytes import canvas_png, class_folder, png_bytes, zip_bytes
 
 SMALL = dict(limit=100, ood=["noise-uniform"], methods=["msp", "energy", "gradnorm"])
 
@@ -224,10 +224,7 @@ def test_folder_under_the_allowed_roots_as_the_id_set(open_page, tmp_path, monke
     from gradviz.data.session import folder_key
 
     root = tmp_path / "data"
-    for c in range(2):
-        (root / "mine" / str(c)).mkdir(parents=True)
-        for i in range(4):
-            (root / "mine" / str(c) / f"{i}.png").write_bytes(png_bytes(60 * c + i))
+    class_folder(root / "mine", 4, lambda c, i: png_bytes(60 * c + i))
     (tmp_path / "secret").mkdir()
     monkeypatch.setenv("GRADVIZ_ALLOWED_ROOTS", str(root))
     at = open_page("pages/learn.py", RunConfig(**SMALL))

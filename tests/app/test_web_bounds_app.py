@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gradviz.scoring import RunConfig
+from image_bytes import class_folder
 
 
 @pytest.mark.slow
@@ -65,10 +66,7 @@ def test_a_server_folder_as_the_id_set_is_bounded_and_held_like_a_zip(open_page,
     from gradviz.data.session import folder_key
 
     root = tmp_path / "data"
-    for c in range(2):
-        (root / "big" / str(c)).mkdir(parents=True)
-        for i in range(15):
-            (root / "big" / str(c) / f"{i}.png").write_bytes(_rgb_png(8 * i + c))
+    class_folder(root / "big", 15, lambda c, i: _rgb_png(8 * i + c))
     monkeypatch.setenv("GRADVIZ_ALLOWED_ROOTS", str(root))
     monkeypatch.setenv("GRADVIZ_SESSION_MEMORY_MB", "2")  # as above: room for 21 of the 30 images
     at = open_page("pages/learn.py", RunConfig(limit=30, ood=["letters"], methods=["msp"]))
