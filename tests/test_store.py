@@ -122,4 +122,4 @@ def test_changed_scoring_code_recomputes_instead_of_reading_stale_results(tmp_pa
     run(cfg, store=store, model=model)
     assert calls == [1, 1, 1, 1]  # the same config under new code: computed again, not read stale
     entries = list(tmp_path.glob("*.npz"))
-    assert len(entries) == 2 * 2 * 3  # (base + 2 methods) per set, under each code version
+    assert len(entries) == 2 * 2 * 4  # (base + logits + 2 methods) per set, under each code version

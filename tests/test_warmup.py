@@ -34,7 +34,7 @@ def test_a_warm_job_leaves_what_a_session_reads_in_the_store(tmp_path):
         result = run(SMALL, progress=lambda done, total, label: labels.append(label), store=store)
     assert labels == ["mnist (cached)", "noise-uniform (cached)"]
     assert result.scores[SMALL.method_names()].notna().all().all()
-    assert len(list(tmp_path.glob("*.npz"))) == 2 * 5 + 1  # two sets × (base + 4 methods), one layer table
+    assert len(list(tmp_path.glob("*.npz"))) == 2 * 6 + 1  # two sets × (base + logits + 4 methods), one layer table
     assert not warm.wait_for(SMALL, lambda *a: None) and not warm.wait_for(SMALL, lambda *a: None, layers=True)
 
 
