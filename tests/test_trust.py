@@ -129,25 +129,29 @@ def test_calibration_by_severity_matches_ece_per_severity():
     assert table["ece"].is_monotonic_increasing  # confidence stays ~0.9 while accuracy falls
 
 
-def test_scored_and_fitted_sets_are_not_run_again_for_their_logits(bundled_model, tmp_path, monkeypatch):
+def test_scored_and_fitted_sets_are_not_run_again_for_their_logits(tmp_path, monkeypatch):
     """The scoring pass stores each set's logits in the run's store, and the fit split's are remembered from the
-    fitting forward: calibration then needs no forward of its own."""
+    fitting forward: calibration then needs no forward of its own. (Random weights: no shipped fit, so mahalanobis
+    is fitted here.)"""
     import torch
 
+    from gradviz.models.zoo import random_model
+
+    model = random_model("mnist-cnn")
     store = ResultStore(tmp_path)
     cfg = RunConfig(id="mnist", ood=["letters"], methods=["msp", "mahalanobis"], limit=40)
-    result = run(cfg, model=bundled_model, store=store)
-    fit = fit_split("mnist:train", bundled_model)
-    test = load_dataset("mnist", bundled_model.card, limit=40)
+    result = run(cfg, model=model, store=store)
+    fit = fit_split("mnist:train", model)
+    test = load_dataset("mnist", model.card, limit=40)
     scored = result.scores.loc[result.scores["dataset"] == "mnist", "prediction"].to_numpy()
 
     def no_forward(*_args, **_kwargs):
         raise AssertionError("a forward ran for logits the run already had")
 
-    monkeypatch.setattr(bundled_model, "forward", no_forward)
-    z = set_logits(bundled_model, test, store=store)
+    monkeypatch.setattr(model, "forward", no_forward)
+    z = set_logits(model, test, store=store)
     assert z.shape == (40, 10) and (z.argmax(1) == scored).all()
-    assert set_logits(bundled_model, fit, store=store).shape == (len(fit), 10)  # mahalanobis fitted on it
+    assert set_logits(model, fit, store=store).shape == (len(fit), 10)  # mahalanobis was fitted on it
     monkeypatch.undo()
     with torch.no_grad():
-        np.testing.assert_allclose(z, bundled_model(test.images).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(z, model(test.images).numpy(), rtol=1e-5, atol=1e-5)
