@@ -174,10 +174,11 @@ def layer_mixup_features(model: GradvizModel, name: str, images: torch.Tensor, l
                   r"g(x) = \frac{\partial\, \mathrm{CE}(s, \hat y)}{\partial o} "
                   r"= q_o \frac{h - o}{\lVert h - o\rVert},\; s_j = -\lVert h - \mu_j \rVert",
           family="gradient", backprop=False, link="https://arxiv.org/abs/2312.14427",
-          intuition="Place one prototype per class and one 'OOD prototype' (from synthetic, mixed-up images) in "
-                    "feature space. Ask how the nearest-prototype classifier's loss would change if the OOD "
-                    "prototype moved: ID inputs, anchored at their class, barely care; OOD inputs do. The "
-                    "gradient is compared with those of training images by nearest neighbour.",
+          intuition="Place one prototype per class and one 'OOD prototype' (from synthetic OOD: training images "
+                    "whose intermediate features are mixed with those of the class ranked second) in feature "
+                    "space. Ask how the nearest-prototype classifier's loss would change if the OOD prototype "
+                    "moved: ID inputs, anchored at their class, barely care; OOD inputs do. The gradient is "
+                    "compared with those of training images by nearest neighbour.",
           reading="A gradient w.r.t. a prototype, not w.r.t. network weights: closed form, no backward pass. "
                   "Near 0 = an ID training image had almost the same gradient. Choice (`mixup_layer`): `auto` "
                   "(default, as the paper and OpenOOD) mixes an intermediate layer's output — the block before the "

@@ -75,7 +75,7 @@ def test_runs_differing_only_in_seed_with_a_fit_split_are_not_served_each_others
     assert np.array_equal(second["mahalanobis"], fresh["mahalanobis"])
     assert not np.array_equal(first["mahalanobis"], second["mahalanobis"])  # the fit split did change
     assert np.array_equal(first["msp"], second["msp"])  # unfitted scores are shared across seeds: a hit
-    assert len(list(tmp_path.glob("*.npz"))) == 4  # base + msp once, mahalanobis once per seed
+    assert len(list(tmp_path.glob("*.npz"))) == 5  # base + logits + msp once, mahalanobis once per seed
 
 
 def test_fitted_key_holds_every_input_of_the_fitted_state():
