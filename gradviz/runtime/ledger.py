@@ -45,8 +45,9 @@ from typing import Callable, Iterator
 
 from gradviz.errors import GradvizError
 
-__all__ = ["Ledger", "Ticket", "PassStopped", "server_ledger", "server_budget_mb", "serving", "admit",
-           "give_back", "checkpoint", "SERVER_SHARE", "CUDA_SHARE"]
+__all__ = ["Ledger", "Ticket", "PassStopped", "CpuAccount", "CpuBudgetExceeded", "session_cpu_account",
+           "server_ledger", "server_budget_mb", "serving", "admit", "give_back", "checkpoint", "SERVER_SHARE",
+           "CUDA_SHARE", "CPU_WINDOW_S", "MAX_WAITING"]
 
 SERVER_SHARE = 0.5  # of MemAvailable when GRADVIZ_SERVER_MEMORY_MB is not set
 CUDA_SHARE = 0.8  # of the GPU memory free when the first pass on that GPU asks
@@ -79,29 +80,29 @@ class CpuAccount:
         self._charges: deque[tuple[float, float]] = deque()  # (when, CPU seconds)
         self._lock = threading.Lock()
 
-    def _prune(self, now: float) -> None:
+    def _used_locked(self, now: float) -> float:
+        """CPU seconds within the window ending ``now``, older charges dropped (the caller holds the lock)."""
         while self._charges and self._charges[0][0] <= now - self.window_s:
             self._charges.popleft()
+        return sum(s for _, s in self._charges)
 
     def charge(self, seconds: float) -> None:
         if seconds > 0:
             with self._lock:
                 now = self.clock()
-                self._prune(now)
+                self._used_locked(now)
                 self._charges.append((now, float(seconds)))
 
     def used_s(self) -> float:
         """CPU seconds charged within the window."""
         with self._lock:
-            self._prune(self.clock())
-            return sum(s for _, s in self._charges)
+            return self._used_locked(self.clock())
 
     def check(self) -> None:
         """:class:`CpuBudgetExceeded`, with the numbers and when to go on, if the window holds more than the budget."""
         with self._lock:
             now = self.clock()
-            self._prune(now)
-            used = sum(s for _, s in self._charges)
+            used = self._used_locked(now)
             if used <= self.budget_s:
                 return
             # the work may go on once enough of the oldest charges have left the window

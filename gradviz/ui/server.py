@@ -77,6 +77,15 @@ def _waiting_notice() -> Callable[[str], None]:
     return notify
 
 
+def _session_id() -> str | None:
+    """The id of the browser session running this script (read in the script's thread), or None outside a server."""
+    from streamlit import runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return ctx.session_id if ctx is not None and runtime.exists() else None
+
+
 def session_gone_check() -> Callable[[], bool] | None:
     """A check that says whether the browser session running this script is gone, or None outside a server.
 
@@ -84,25 +93,19 @@ def session_gone_check() -> Callable[[], bool] | None:
     but takes it out of the runtime's *active* sessions at once: ``Runtime.is_active_session`` then answers
     False. The check captures the session id here, in the script's thread, and can be asked from any thread."""
     from streamlit import runtime
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-    ctx = get_script_run_ctx(suppress_warning=True)
-    if ctx is None or not runtime.exists():
+    session_id = _session_id()
+    if session_id is None:
         return None
-    session_id, server = ctx.session_id, runtime.get_instance()
+    server = runtime.get_instance()
     return lambda: not server.is_active_session(session_id)
 
 
 def session_cpu() -> CpuAccount | None:
     """The CPU account of the browser session running this script (``GRADVIZ_SESSION_CPU_S``), or None
     outside a server."""
-    from streamlit import runtime
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    ctx = get_script_run_ctx(suppress_warning=True)
-    if ctx is None or not runtime.exists():
-        return None
-    return session_cpu_account(ctx.session_id)
+    session_id = _session_id()
+    return session_cpu_account(session_id) if session_id is not None else None
 
 
 @contextmanager
