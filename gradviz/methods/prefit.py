@@ -21,6 +21,7 @@ shipped state equals a fresh fit (up to floating-point noise) is checked by ``te
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import inspect
 import json
@@ -74,12 +75,20 @@ class _CodeOnly(ast.NodeTransformer):
         return node
 
 
+# CPython 3.11's AST constructor keeps its recursion depth in shared state: two threads parsing at once (the
+# server's warm-up jobs, one per model) fail with "AST constructor recursion depth mismatch".
+_AST_LOCK = threading.Lock()
+
+
 def code_text(source: str) -> str:
     """The code of Python ``source`` as it counts in the key (:class:`_CodeOnly`), as text."""
-    return ast.dump(_CodeOnly().visit(ast.parse(source)))
+    with _AST_LOCK:
+        return ast.dump(_CodeOnly().visit(ast.parse(source)))
 
 
+@functools.lru_cache(maxsize=None)
 def _code_of(module) -> str:
+    """:func:`code_text` of a module's source, once per process (a module's source does not change under it)."""
     return code_text(inspect.getsource(module))
 
 
