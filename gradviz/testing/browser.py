@@ -214,28 +214,39 @@ async def metrics_text(page, timeout: float = 60.0) -> str:
     return Path(await download.path()).read_text()
 
 
-async def compare_flow(browser, base_url: str, limit: int | None, timeout: float = 300.0) -> dict:
+async def compare_flow(browser, base_url: str, limit: int | None, timeout: float = 300.0,
+                       charts: list[int] | None = None) -> dict:
     """Open the app, go to Compare and read every view's data: the histogram, every sample (strip), the ROC
-    curves, and the metrics table (one chart per view: only the open tab and view are drawn)."""
+    curves, and the metrics table (one chart per view: only the open tab and view are drawn).
+
+    ``charts``: how many charts each of the three views drew in a reference run; each read then waits for that
+    many (a loaded server mounts them seconds apart, so two equal reads 1 s apart can still be a partial page).
+    The counts read are returned as ``charts``."""
+    want = charts or [1, 1, 1]
+    settle = 1 if charts else 3  # a reference run has no counts to wait for: it waits for a longer calm instead
+    wait = min(timeout, 120.0)
     context, page = await open_app(browser, base_url, limit, timeout)
     try:
         await goto_page(page, PAGES["compare"][0])
         await page.get_by_role("tab", name="Score distributions").wait_for(timeout=timeout * 1000)
         await wait_idle(page, timeout)
-        parts = [await stable_fingerprint(page, minimum=1)]
+        parts = [await stable_fingerprint(page, minimum=want[0], timeout=wait, settle=settle)]
         await page.locator('[data-testid="stButtonGroup"] button', has_text="Every sample").first.click()
         await wait_idle(page, timeout)
-        parts.append(await stable_fingerprint(page, minimum=1, differs_from=parts[0]))
+        parts.append(await stable_fingerprint(page, minimum=want[1], differs_from=parts[0],
+                                             timeout=wait, settle=settle))
         await page.get_by_role("tab", name="ROC & precision-recall").click()
         await wait_idle(page, timeout)
-        parts.append(await stable_fingerprint(page, minimum=1, differs_from=parts[1]))
+        parts.append(await stable_fingerprint(page, minimum=want[2], differs_from=parts[1],
+                                             timeout=wait, settle=settle))
         await page.get_by_role("tab", name="Detection metrics & exports").click()
         await wait_idle(page, timeout)
         downloads = [await metrics_text(page) for _ in range(3)]  # while other sessions finish runs (and sweep files)
         if len(set(downloads)) != 1 or not downloads[0].strip():
             raise RuntimeError(f"metrics.csv downloads differ or are empty: {[len(d) for d in downloads]} chars")
+        counts = [len(json.loads(p)) for p in parts]
         parts.append(downloads[0])
-        return {"metrics": "\n".join(parts), "exceptions": await exceptions(page)}
+        return {"metrics": "\n".join(parts), "charts": counts, "exceptions": await exceptions(page)}
     finally:
         await context.close()
 
@@ -252,19 +263,21 @@ async def figures_fingerprint(page) -> str:
                .sort())""")
 
 
-async def stable_fingerprint(page, minimum: int, timeout: float = 60.0, differs_from: str | None = None) -> str:
-    """The figures' fingerprint once at least ``minimum`` charts are drawn and two reads 1 s apart agree
-    (and, with ``differs_from``, once the previous view's charts are gone).
+async def stable_fingerprint(page, minimum: int, timeout: float = 60.0, differs_from: str | None = None,
+                             settle: int = 1) -> str:
+    """The figures' fingerprint once at least ``minimum`` charts are drawn and ``settle`` + 1 reads 1 s apart
+    agree (and, with ``differs_from``, once the previous view's charts are gone).
 
     Streamlit mounts charts one by one after the script run ends: reading once can catch a page
     that is still drawing, which is a harness race, not a difference in results.
     """
     deadline = time.perf_counter() + timeout
-    last = None
+    last, agreed = None, 0
     while True:
         current = await figures_fingerprint(page)
         count = len(json.loads(current))  # charts drawn, read in the same evaluation as their data
-        if current == last and count >= minimum and current != differs_from:
+        agreed = agreed + 1 if current == last else 0
+        if agreed >= settle and count >= minimum and current != differs_from:
             return current
         if time.perf_counter() > deadline:
             return current
@@ -338,7 +351,7 @@ async def run_load(base_url: str, sessions: int = 8, limit: int | None = None, t
                 t = time.perf_counter()
                 try:
                     if i % 2 == 0:
-                        out = await compare_flow(browser, base_url, limit, timeout)
+                        out = await compare_flow(browser, base_url, limit, timeout, charts=reference["charts"])
                         if out["metrics"] != reference["metrics"]:
                             res.mismatches.append(f"session {i}: metrics differ from the single-session run: "
                                                   f"{first_difference(reference['metrics'], out['metrics'])}")
