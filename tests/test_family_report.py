@@ -41,7 +41,8 @@ def test_choices_table_puts_each_setting_s_auroc_in_its_own_column():
                                    "letters AUROC other", "noise-uniform AUROC default", "noise-uniform AUROC other"]
     assert len(table) == len(rows)
     for i, (r, got) in enumerate(zip(rows, table.itertuples(index=False))):
-        assert (got.method, got.parameter) == (r["method"], r["parameter"]) and got[2].startswith(str(r["gradviz"]))
+        assert (got.method, got.parameter) == (r["method"], r["parameter"])
+        assert got[2].startswith(str(r["gradviz"]) if not isinstance(r["gradviz"], float) else f"{r['gradviz']:g}")
         assert got[4] == 0.25 and got[6] == 0.25
         assert got[5] == pytest.approx(0.6 + i / 100) and got[7] == pytest.approx(0.5 + i / 100)
     for r, other in zip(rows, table["other setting"]):  # the value run for the other setting is always shown
@@ -49,6 +50,7 @@ def test_choices_table_puts_each_setting_s_auroc_in_its_own_column():
     by_choice = table.set_index(["method", "parameter"])
     knn = by_choice.loc[("knn", "k_fraction"), "other setting"]
     assert knn.endswith("i.e. 0.001 (paper)")  # already in the registry's words: no "(run: …)" added
+    assert by_choice.loc[("knn", "k_fraction"), "default"] == "0 (off: k = 50 whatever the fit set)"  # not "0.0"
     # the paper's setting is marked on whichever side it is: an adaptation's other setting, GROOD's default
     assert by_choice.loc[("vim", "rule"), "other setting"] == "benchmark (paper)"
     assert by_choice.loc[("grood", "mixup_layer")].tolist()[:2] == ["auto (paper)", "input"]

@@ -51,6 +51,8 @@ WHY = {
 
 # The paper's setting as a value the embedded default (mnist-cnn) runs, where the registry states it in words.
 PAPER_VALUES = {("knn", "k_fraction"): 0.001}
+# A default whose value means "another parameter decides" (a bare "0.0" reads as a share of nothing).
+DEFAULT_WORDS = {("knn", "k_fraction"): "0 (off: k = 50 whatever the fit set)"}
 # Choices measured both ways where the default is not an adaptation (no registered paper setting, or the default
 # is the paper's): (method, parameter) -> the other value.
 OTHER_SETTINGS = {("gradient_density", "covariance"): "empirical", ("grood", "mixup_layer"): "input"}
@@ -275,7 +277,8 @@ def adaptations() -> list[dict]:
 def _setting_label(row: dict, which: str) -> str:
     """The words of one setting of a choices row, marked "(paper)" where it is the paper's."""
     if which == "gradviz":
-        return f"{row['gradviz']} (paper)" if row["paper"] == "gradviz" else str(row["gradviz"])
+        text = DEFAULT_WORDS.get((row["method"], row["parameter"]), str(row["gradviz"]))
+        return f"{text} (paper)" if row["paper"] == "gradviz" else text
     text = str(row["other"])
     if str(row["value"]) not in text:
         text = f"{text} (run: {row['value']})"
