@@ -224,6 +224,7 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
             out["logits"].append(batch.logits.detach().float().cpu().numpy())
             for r in ordered:
                 out[r.info.name].append(r.score(batch).numpy())
+            del batch  # its graph goes now, not while the next batch's forward runs (two graphs at once)
         if progress:
             progress(i + 1, total, label)
     return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}

@@ -265,3 +265,42 @@ def test_a_scored_batch_leaves_no_tensors_for_the_cyclic_collector(name):
         gc.garbage.clear()
         gc.enable()
     assert left == [], f"{len(left)} tensors of the batch were left in reference cycles"
+
+
+@pytest.mark.parametrize("entry", ["score_images", "inspect_images"])
+def test_each_batch_is_gone_before_the_next_batch_s_forward(monkeypatch, entry):
+    """A loop that rebinds its batch keeps the previous batch's graph alive through the next forward: two
+    graphs at the peak (ResNet-50 at 224², grad_l2 at batch 3: 632 MB above the model instead of 480)."""
+    import gc
+    import weakref
+
+    from gradviz.analysis import samples
+    from gradviz import scoring
+    from gradviz.methods.registry import ModelOutputs, resolve_methods
+    from gradviz.models import load_model
+
+    model = load_model("mnist-cnn")
+    runners = scoring.make_runners(model, resolve_methods(["grad_l2", "msp"]), {}, "mnist:train", 0)
+    made: list[weakref.ref] = []
+    alive_at_forward: list[int] = []
+    original = ModelOutputs.from_model
+
+    def from_model(*args, **kwargs):
+        alive_at_forward.append(sum(r() is not None for r in made))
+        out = original(*args, **kwargs)
+        made.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(ModelOutputs, "from_model", staticmethod(from_model))
+    x = torch.rand(9, 1, 28, 28)
+    gc.collect()
+    gc.disable()  # only reference counting frees a batch here
+    try:
+        if entry == "score_images":
+            scoring.score_images(model, x, runners, batch_size=3)
+        else:
+            monkeypatch.setattr("gradviz.runtime.budget.batch_size_for", lambda *a, **k: 3)
+            samples.inspect_images(model, x, runners)
+    finally:
+        gc.enable()
+    assert len(made) == 3 and alive_at_forward == [0, 0, 0], alive_at_forward

@@ -190,6 +190,7 @@ def inspect_images(model: GradvizModel, x: torch.Tensor, runners: list[MethodRun
             probs_parts.append(batch.probs.detach().cpu().numpy())
             for r in runners:
                 raw_parts[r.info.name].append(r.score(batch).numpy().astype(np.float64))  # (b,) each
+            del batch  # its graph goes before the next batch's forward
     probs = np.concatenate(probs_parts)
     raw = {name: np.concatenate(v) for name, v in raw_parts.items()}
     rows = []
