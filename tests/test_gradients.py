@@ -432,7 +432,7 @@ def test_calibration_stops_timing_a_plan_that_is_clearly_slower(monkeypatch, fre
     assert len(sizes) == 3, calls  # every bmm chunk size was timed
     conv = [n for s, n in calls if s == "conv"]
     assert len(conv) == 2 and len(set(conv)) == 1, calls  # warm-up and one run, one chunk size
-    chosen = [p for k, p in CALIBRATION.choices().items() if k[0] == "ConvPlan"]
+    chosen = [p for (signature, _bucket), p in CALIBRATION.choices().items() if signature[0] == "ConvPlan"]
     assert len(chosen) == 1 and chosen[0][0] == "bmm" and chosen[0][1] in sizes
 
 
@@ -468,6 +468,28 @@ def test_a_batch_of_another_size_is_calibrated_for_itself(monkeypatch, fresh_cal
     assert len(fresh_calibration.choices()) == len(timed)  # its own entries, beside those of the batch of one
     assert_stats_close(res, reference_stats(model, x, "confounding_softmax"), rtol=1e-5)
     assert [batch_bucket(n) for n in (1, 2, 3, 24, 32, 33)] == [1, 2, 4, 32, 32, 64]
+
+
+def test_a_smaller_last_batch_takes_the_larger_batch_s_choice(monkeypatch, fresh_calibration):
+    """A run's last, partial batch (1 or 2 images after batches of 3) is not timed again: it takes the choice of
+    the nearest larger bucket already timed, its chunk capped at its size, and stays exact."""
+    from gradviz.engine.calibrate import Calibration
+
+    real, timed = Calibration._calibrate, []
+
+    def spy(self, plan, candidates):
+        timed.append(plan.batch)
+        return real(self, plan, candidates)
+
+    monkeypatch.setattr(Calibration, "_calibrate", spy)
+    model = conv_variants_model()
+    layer_gradient_stats(model, batch((2, 9, 9), 8, seed=16), loss="confounding_softmax", c_kernel="off")
+    assert timed and set(timed) == {8}
+    entries = len(fresh_calibration.choices())
+    x = batch((2, 9, 9), 3, seed=17)
+    res = layer_gradient_stats(model, x, loss="confounding_softmax", c_kernel="off")
+    assert set(timed) == {8} and len(fresh_calibration.choices()) == entries  # nothing timed for the 3
+    assert_stats_close(res, reference_stats(model, x, "confounding_softmax"), rtol=1e-5)
 
 
 @pytest.mark.slow

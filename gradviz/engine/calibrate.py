@@ -6,7 +6,9 @@ candidate (strategy, chunk) runs up to three times (the first call of a shape pa
 best of the others resists a busy core), charged with what its strategy builds once per layer; the
 cheapest for the whole layer serves every later chunk, and every later batch of the same bucket (its
 chunk capped at that batch). A batch of one and a batch of 32 are timed apart: the chunks that suit
-one image are not those that suit many. A plan clearly slower than the best after its warm-up run
+one image are not those that suit many. A smaller batch for which nothing was timed (a run's last, partial
+batch) takes the choice of the nearest larger bucket already timed, its chunk capped: its layers are not
+timed again for the one or two images left. A plan clearly slower than the best after its warm-up run
 is not timed a third time, its strategy is not tried at other chunk sizes, and a set-up that alone
 costs more than the best plan is skipped (estimated from an eighth of the batch).
 
@@ -42,16 +44,25 @@ class Calibration:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._choice: dict[tuple, tuple[str, int]] = {}
+        self._choice: dict[tuple, tuple[str, int]] = {}  # (layer signature, batch bucket) -> (strategy, chunk)
         self._forced: tuple[str, int | None] | None = None
 
+    @staticmethod
+    def _key(plan) -> tuple:
+        return plan.signature(), batch_bucket(plan.batch)
+
     def known(self, plan) -> tuple[str, int] | None:
-        """The plan that will serve ``plan``'s layer, if already decided (forced or calibrated)."""
+        """The plan that will serve ``plan``'s layer, if already decided (forced or calibrated): the choice for
+        its batch's bucket, else (a smaller batch, e.g. a run's last) that of the nearest larger bucket timed."""
         forced = self._forced_plan(plan)
         if forced is not None:
             return forced
+        signature, bucket = self._key(plan)
         with self._lock:
-            chosen = self._choice.get(plan.signature())
+            chosen = self._choice.get((signature, bucket))
+            if chosen is None:
+                larger = [b for s, b in self._choice if s == signature and b > bucket]
+                chosen = self._choice[(signature, min(larger))] if larger else None
         return None if chosen is None else (chosen[0], min(chosen[1], plan.batch))
 
     def reset(self) -> None:
@@ -132,7 +143,7 @@ class Calibration:
             if cost < best_cost:
                 best_cost, best_parts, best = cost, parts, cand
         with self._lock:
-            self._choice[plan.signature()] = best
+            self._choice[self._key(plan)] = best
         return best, best_parts
 
 

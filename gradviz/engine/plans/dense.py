@@ -215,13 +215,10 @@ class DensePlan(Plan):
         return out
 
     def signature(self) -> tuple:
-        """The calibration key: everything the relative speed of the strategies depends on, the batch as its
-        power-of-two bucket (:func:`gradviz.engine.calibrate.batch_bucket`)."""
-        from gradviz.engine.calibrate import batch_bucket
-
+        """The layer's calibration key: everything the relative speed of the strategies depends on but the batch
+        (:class:`gradviz.engine.calibrate.Calibration` adds the batch's power-of-two bucket)."""
         return (type(self).__name__, self.groups, self.o, self.k, self.positions, self.bias,
-                self.dtype, str(self.device), self.job.stats is None, self.fused is not None, self.job.budget,
-                batch_bucket(self.batch))
+                self.dtype, str(self.device), self.job.stats is None, self.fused is not None, self.job.budget)
 
     @property
     def chunk_count(self) -> int:
