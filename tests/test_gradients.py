@@ -407,6 +407,29 @@ def test_output_grads_of_later_layers_stop_at_the_earliest_one_asked_for():
         assert torch.allclose(got_all[u.index], got[late.index(u)], rtol=1e-10, atol=1e-12), u.group
 
 
+@pytest.mark.parametrize("fold", [True, False])
+def test_later_outputs_changed_in_place_stop_the_backward_at_their_inputs(fold):
+    """A stock ResNet changes every BatchNorm output in place (ReLU, the residual ``+=``). Asking for a late
+    stage's uses, those included, still stops the backward at the stage (at the inputs the uses read), and
+    every gradient equals the full backward's: GAIA-A's last two stages cost a part of a backward, not one."""
+    _, model, x = _case("resnet")  # float64, stock ResNet-18
+    gp = GradientPass(model, x, fold_bn=fold)
+    late = [u for u in gp.uses if u.group.startswith("layer4")]
+    assert any(u.modified for u in late) and any(u.op == "batch_norm" for u in late)
+    earlier = [u for u in gp.uses if u.index < min(u.index for u in late) and not u.modified and u.source is None]
+    reached = []
+    for u in earlier:
+        u.out.register_hook(lambda g, name=u.group: reached.append(name))
+    gp.x_in.register_hook(lambda g: reached.append("input"))
+    cot = torch.randn_like(gp.logits)
+    got, _ = gp.output_grads(gp.logits, cot, late)
+    assert reached == []
+    got_all, _ = gp.output_grads(gp.logits, cot, gp.uses)
+    assert set(reached) >= {u.group for u in earlier}
+    for u, g in zip(late, got):
+        assert torch.allclose(g, got_all[u.index], rtol=1e-10, atol=1e-12), u.group
+
+
 def test_calibration_stops_timing_a_plan_that_is_clearly_slower(monkeypatch, fresh_calibration):
     """A plan far slower than the best after its warm-up run gets no third run, and its strategy is
     not tried at the other chunk sizes; the fastest plan is the one kept."""

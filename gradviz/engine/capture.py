@@ -110,6 +110,7 @@ class Use:
     z: torch.Tensor | None = None  # a folded conv's output as produced, kept if small
     spec: dict = field(default_factory=dict)  # the call's arguments by name (ops with a rule)
     live: torch.Tensor | None = None  # the first argument as passed (in the graph): the head's features
+    live_version: int | None = None  # its version at the call, if it is a batch tensor (else None)
     group: str | None = None  # set after the forward: the group whose statistics this use serves
 
     @property
@@ -237,6 +238,8 @@ class Capturer(TorchFunctionMode):
                   out._version if isinstance(out, torch.Tensor) else 0, refs, used, derived, kept,
                   [t._version for t in batch])
         use.live = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if use.live is not None and any(use.live is t for t in batch):
+            use.live_version = use.live._version
         if entry is not None and op == entry.op:
             use.spec = {**named_args(entry, call_args, call_kwargs), **extra}
         elif op == "broadcast":

@@ -148,6 +148,11 @@ class GradientPass:
         # (loss name, layers) -> (parts computed, groups, unscaled partial sums per group, scale): a loss asked
         # for again (another statistic, its L2 norms, the unit-scaled norms) reuses its one backward
         self._reduced: dict[tuple, tuple[frozenset, list[Group], list[Parts], torch.Tensor]] = {}
+        # Losses whose backward also delivers ∂/∂x_in, for a later method that steps the input along the same
+        # direction (PRO-MSP after grad_*): set before the losses run (``ModelOutputs.from_model``). The
+        # backward then runs down to the input (one more input gradient of the stem) instead of stopping above.
+        self.input_grad_losses: set[str] = set()
+        self._input_grads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ---- the forward
 
@@ -318,11 +323,10 @@ class GradientPass:
         if not input_grad and pending and first is not None and first.index not in pending:
             # Only later uses asked for (e.g. GAIA-A's last two stages): differentiate w.r.t. their own
             # outputs, so the backward stops at the earliest of them instead of running down to the stem.
-            serving = [self.uses[i] for i in pending]
-            if all(not u.modified and u.out.requires_grad and u.out is not root for u in serving):
+            stops = [_stop_of(u, root) for u in (self.uses[i] for i in pending)]
+            if all(t is not None for t in stops):
                 with self._sink.collecting(pending, each) as got:
-                    torch.autograd.grad(root, [u.out for u in serving], grad_outputs=grad, retain_graph=True,
-                                        allow_unused=True)
+                    torch.autograd.grad(root, stops, grad_outputs=grad, retain_graph=True, allow_unused=True)
                 results.update(got)
                 # whatever is left does not influence ``root`` (no gradient reached it): zero, no 2nd backward
                 for us in pending.values():
@@ -418,7 +422,10 @@ class GradientPass:
         g = dloss(self.logits.detach())
         scale = g.abs().amax(-1)
         scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
-        results, _ = self.output_grads(self.logits, g / scale[:, None], needed, each=each)
+        take_x = isinstance(loss, str) and loss in self.input_grad_losses and loss not in self._input_grads
+        results, x_grad = self.output_grads(self.logits, g / scale[:, None], needed, input_grad=take_x, each=each)
+        if take_x and x_grad is not None:
+            self._input_grads[loss] = (x_grad, scale)
         by_group: dict[str, Parts | None] = {}
         covered: set[int] = set()
         for use, res in zip(needed, results):
@@ -438,6 +445,12 @@ class GradientPass:
         if progress is not None:
             progress(total, total)
         return groups, out, scale
+
+    def input_grad(self, loss: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(∂(ℓ / s)/∂x_in (B, ...), s (B,)) from the backward that reduced the named ``loss`` on this pass, if one ran
+        with ``loss`` in :attr:`input_grad_losses`; else None. s = max_c |∂ℓ/∂z_c| is the scale the engine
+        backpropagates at (no float32 underflow where the softmax saturates): the gradient is s times the first."""
+        return self._input_grads.get(loss)
 
     def layer_stats(self, loss: str | Callable = "nll_pred", stats: Sequence[str] = STATS,
                     layers: Sequence[str] | None = None, chunk_mib: float | None = None,
@@ -469,6 +482,20 @@ class GradientPass:
         counts = self.uses_per_param()
         sink = Sink(self.batch, job, counts)
         return {u.index: make_plan(u, job, sink, self.batch, counts) for u in self.uses}
+
+
+def _stop_of(use: Use, root: torch.Tensor) -> torch.Tensor | None:
+    """Where a backward serving ``use`` may stop: its output, or — if an op changed the output in place later (a
+    ReLU or a residual ``+=`` after a BatchNorm) — its input as the use read it (the backward then runs through
+    the use, whose tensor hook delivers δ); None if neither is a tensor of the graph at the version used."""
+    if use.out is root:
+        return None
+    if not use.modified and use.out.requires_grad:
+        return use.out
+    live = use.live
+    if live is not None and live.requires_grad and use.live_version is not None and live._version == use.live_version:
+        return live
+    return None
 
 
 def _zeros(batch: int, job: Job) -> Parts:
