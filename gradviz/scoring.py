@@ -26,8 +26,8 @@ from gradviz.data import ImageSet, load_dataset, short_spec
 from gradviz.errors import MethodError
 from gradviz.analysis.metrics import MIN_VALID
 from gradviz.methods.prefit import shipped_state
-from gradviz.methods.registry import (MethodInfo, MethodRunner, ModelOutputs, list_methods, needs_graph,
-                                      resolve_methods)
+from gradviz.methods.registry import (MethodInfo, MethodRunner, ModelOutputs, needs_graph,
+                                      resolve_methods, scoring_order, shared_input_grads)
 from gradviz.models import GradvizModel, load_model
 from gradviz.runtime.ledger import checkpoint
 from gradviz.runtime.progress import reporting
@@ -209,16 +209,16 @@ def score_images(model: GradvizModel, images: torch.Tensor, runners: list[Method
     out: dict[str, list] = {"prediction": [], "confidence": [], "logits": [], **{r.info.name: [] for r in runners}}
     total = max(1, -(-n // batch_size))
     keep_graph = needs_graph(runners)  # gradient methods share one hooked forward per batch
-    # In the registry's order: a loss's full statistics (grad_*) come before its norms alone (gradient_density),
-    # which then read them from the same backward on the batch's pass.
-    rank = {info.name: i for i, info in enumerate(list_methods())}
-    ordered = sorted(runners, key=lambda r: rank.get(r.info.name, len(rank)))
+    # PRO-MSP (and ODIN on two classes) step along −log p_ŷ's input gradient: grad_*'s backward also delivers it
+    input_grads = shared_input_grads(runners, model.card.num_classes)
+    ordered = scoring_order(runners)
     if progress:
         progress(0, total, label)  # the clock of the pass's ETA starts here
     for i, start in enumerate(range(0, n, batch_size)):
         checkpoint()  # a web session whose tab is gone stops here (gradviz.runtime.ledger)
         with model.lock:  # one session's forward+backward passes never interleave with another's hooks
-            batch = ModelOutputs.from_model(model, images[start:start + batch_size], keep_graph=keep_graph)
+            batch = ModelOutputs.from_model(model, images[start:start + batch_size], keep_graph=keep_graph,
+                                              input_grads=input_grads)
             out["prediction"].append(batch.prediction.cpu().numpy())
             out["confidence"].append(batch.probs.amax(-1).cpu().numpy())
             out["logits"].append(batch.logits.detach().float().cpu().numpy())

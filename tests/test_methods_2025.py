@@ -127,3 +127,70 @@ def test_pro_separates_inputs_that_sit_near_a_decision_boundary():
     id_scores, ood_scores = (run_method("pro", ModelOutputs.from_model(model, x), epsilon=0.05, steps=2)
                              for x in (far, near))
     assert auroc(id_scores.numpy(), ood_scores.numpy()) == pytest.approx(1.0)
+
+
+def test_pro_msp_beside_grad_methods_steps_along_their_backward(model64, images, monkeypatch):
+    """PRO-MSP's step is −sign ∇ₓ(−log p_ŷ): scored with grad_* on the batch's shared pass it reads that input
+    gradient off their one backward (no backward of its own) and still equals the float64 per-sample loop."""
+    from gradviz.engine import GradientPass
+    from gradviz.scoring import score_images
+
+    calls, real = [], GradientPass.output_grads
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("input_grad", False))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GradientPass, "output_grads", counted)
+    want = _pro_direct(model64, images, 0.003, 1, "msp")
+    together = score_images(model64, images, [get_method(n).create() for n in ("pro", "grad_l2")])
+    assert calls == [True]  # grad_l2's statistics, with the input gradient kept for PRO
+    calls.clear()
+    alone = score_images(model64, images, [get_method("pro").create()])
+    assert calls == [True]  # PRO's own backward
+    calls.clear()
+    entropy = score_images(model64, images, [get_method(n).create(**p) for n, p in (("pro", {"score": "entropy"}),
+                                                                                   ("grad_l2", {}))])
+    assert len(calls) == 2  # another direction: a backward of its own
+    for got in (together["pro"], alone["pro"]):
+        torch.testing.assert_close(torch.from_numpy(got).double(), want.float().double(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.from_numpy(entropy["pro"]).double(),
+                               _pro_direct(model64, images, 0.003, 1, "entropy").float().double(), rtol=1e-6, atol=1e-7)
+
+
+def _odin_direct(model, x: torch.Tensor, temperature: float, epsilon: float) -> torch.Tensor:
+    """Per sample: its own backward of CE(z/T, ŷ), the signed step, the tempered MSP at x̃."""
+    out = []
+    for xb in x:
+        xb = xb[None].clone().requires_grad_(True)
+        z = model(xb) / temperature
+        (g,) = torch.autograd.grad(-z.log_softmax(-1)[0, z.argmax()], xb)
+        with torch.no_grad():
+            out.append(-(model(xb - epsilon * g.sign()) / temperature).softmax(-1).amax())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("temperature", [1000.0, 1.0])
+def test_odin_on_two_classes_beside_grad_methods_steps_along_their_backward(images, monkeypatch, temperature):
+    """With two classes ODIN's ∂CE/∂z = (softmax(z/T) − e_ŷ)/T and grad_*'s p − e_ŷ are positive multiples of each
+    other: ODIN reads its step's sign off grad_*'s backward and still equals its per-sample float64 loop. With ten
+    classes it keeps a backward of its own."""
+    from gradviz.engine import GradientPass
+    from gradviz.scoring import score_images
+
+    calls, real = [], GradientPass.output_grads
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("input_grad", False))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GradientPass, "output_grads", counted)
+    for classes, backwards in ((2, [True]), (10, [False, True])):
+        model = random_model("mnist-cnn", num_classes=classes, input_size=(1, 28, 28), seed=1).double()
+        calls.clear()
+        got = score_images(model, images, [get_method("odin").create(temperature=temperature, epsilon=0.01),
+                                           get_method("grad_l2").create()])
+        assert calls == backwards, classes
+        want = _odin_direct(model, images, temperature, 0.01)
+        torch.testing.assert_close(torch.from_numpy(got["odin"]).double(), want.float().double(), rtol=1e-6,
+                                   atol=1e-7)

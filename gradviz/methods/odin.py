@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from gradviz.errors import MethodError
 from gradviz.engine import GradientPass
+from gradviz.engine.losses import top_complement
 from gradviz.methods.registry import TEMPERATURE_BOUNDS, ModelOutputs, differentiable, register
 from gradviz.models import GradvizModel
 
@@ -36,7 +37,10 @@ def odin_perturb(model: GradvizModel, x: torch.Tensor, temperature: float = 1000
     """ODIN's perturbed input x̃ = x − ε·sign(∇_x CE(z(x)/T, ŷ)), (B, C, H, W), detached.
 
     With ``gp`` (the batch's shared hooked forward of ``x``) the input gradient is one backward
-    on its graph, ∂CE/∂z = (softmax(z/T) − e_ŷ)/T, instead of a forward + backward of its own.
+    on its graph, ∂CE/∂z = (softmax(z/T) − e_ŷ)/T, instead of a forward + backward of its own. With two
+    classes that vector sums to zero, as p − e_ŷ does, so both are positive multiples of e_o − e_ŷ (o the
+    other class) and their input gradients have the same sign at any T: where grad_*'s backward of
+    −log p_ŷ kept the input gradient on the pass (:meth:`GradientPass.input_grad`), the step is read off it.
     """
     if temperature <= 0:
         raise MethodError(f"odin: temperature must be > 0, got {temperature}")
@@ -44,6 +48,9 @@ def odin_perturb(model: GradvizModel, x: torch.Tensor, temperature: float = 1000
         raise MethodError(f"odin: epsilon must be >= 0, got {epsilon}")
     if gp is not None:
         z = gp.logits.detach()
+        shared = gp.input_grad("nll_pred") if z.shape[-1] == 2 else None
+        if shared is not None and bool((top_complement(z)[2] > 0).all()):  # p_o underflowing to 0 gives no direction
+            return (x.detach() - epsilon * shared[0].to(x.dtype).sign()).detach()
         dz = ((z / temperature).softmax(-1) - F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)) / temperature
         _, grad = gp.output_grads(gp.logits, dz, [], input_grad=True)
         assert grad is not None  # input_grad=True returns ∂/∂x_in
@@ -75,7 +82,8 @@ def _odin_input_form(batch: ModelOutputs, temperature: float = 1000.0, epsilon: 
                     "An output score: the gradient (one batched input gradient) only prepares the input.",
           reading="Scores crowd into a narrow band at T = 1000; what matters is the ordering, read the ROC.",
           expected={"noise-uniform": "lower", "letters": "higher"},
-          bounds={"temperature": TEMPERATURE_BOUNDS, "epsilon": (0.0, 1.0)})
+          bounds={"temperature": TEMPERATURE_BOUNDS, "epsilon": (0.0, 1.0)},
+          input_grad_of=lambda _params, classes: "nll_pred" if classes == 2 else None)
 def odin(batch: ModelOutputs, temperature: float = 1000.0, epsilon: float = 0.0014) -> torch.Tensor:
     """Negative temperature-scaled MSP of the ODIN-perturbed input (one batched input gradient)."""
     x_tilde = odin_perturb(batch.model, batch.x, temperature, epsilon, batch.gradient_pass())

@@ -52,7 +52,9 @@ def pro_iterates(model: GradvizModel, x: torch.Tensor, epsilon: float = 0.003, s
     """(the iterates x_0..x_K (K+1, B, C, H, W), their confidences g(x_k) (K+1, B)), all detached.
 
     With ``gp`` (the batch's shared hooked forward of ``x``) the first step's input gradient is one backward on
-    its graph, ∂g/∂z pushed back from the logits, instead of a forward + backward of its own (as ODIN does)."""
+    its graph, ∂g/∂z pushed back from the logits, instead of a forward + backward of its own (as ODIN does); for
+    ``"msp"`` it is read off the backward of −log p_ŷ that grad_* already ran on the pass, where that kept the
+    input gradient (:meth:`GradientPass.input_grad`)."""
     if epsilon < 0 or steps < 0:
         raise MethodError(f"pro: epsilon and steps must be >= 0, got {epsilon}, {steps}")
     if score not in SCORES:
@@ -60,14 +62,23 @@ def pro_iterates(model: GradvizModel, x: torch.Tensor, epsilon: float = 0.003, s
     step = epsilon * model.std.to(x.dtype)  # (1, C, 1, 1): ε in normalised units as a pixel step
     xs, confs = [x.detach()], []
     if gp is not None and steps > 0:
-        z = gp.logits.detach().requires_grad_(True)
-        with torch.enable_grad():
-            g = confidence(z, score)  # (B,)
-            (dz,) = torch.autograd.grad(g.sum(), z)  # ∂g/∂z per sample (B, K)
-        _, grad = gp.output_grads(gp.logits, dz, [], input_grad=True)
-        assert grad is not None  # input_grad=True returns ∂/∂x_in
+        shared = gp.input_grad("nll_pred") if score == "msp" else None
+        if shared is not None:
+            # ∂p_ŷ/∂z = −p_ŷ·(p − e_ŷ) = −p_ŷ·s·u, with u = (p − e_ŷ)/s the direction the engine backpropagated
+            # for −log p_ŷ (grad_*'s statistics): the input gradient is that backward's times −p_ŷ·s < 0, so its
+            # sign is read off it and PRO needs no backward of its own
+            g = confidence(gp.logits.detach(), score)  # (B,)
+            sign = -shared[0].sign()
+        else:
+            z = gp.logits.detach().requires_grad_(True)
+            with torch.enable_grad():
+                g = confidence(z, score)  # (B,)
+                (dz,) = torch.autograd.grad(g.sum(), z)  # ∂g/∂z per sample (B, K)
+            _, grad = gp.output_grads(gp.logits, dz, [], input_grad=True)
+            assert grad is not None  # input_grad=True returns ∂/∂x_in
+            sign = grad.sign()
         confs.append(g.detach().to(x.dtype))
-        xs.append((xs[-1] - step * grad.to(x.dtype).sign()).detach())
+        xs.append((xs[-1] - step * sign.to(x.dtype)).detach())
         steps -= 1
     for _ in range(steps):
         x_in = xs[-1].clone().requires_grad_(True)  # (B, C, H, W)
@@ -104,7 +115,8 @@ def _pro_input_form(batch: ModelOutputs, epsilon: float = 0.003, steps: int = 1,
           reading="Reads like `msp` shown as −confidence; where the confidence is saturated (p_max ≈ 1) a step of "
                   "0.003 rarely moves it, so the ranking follows MSP's.",
           expected={"noise-uniform": "lower", "letters": "higher"},
-          bounds={"epsilon": (0.0, 1.0), "steps": (0, 20)}, choices={"score": SCORES})
+          bounds={"epsilon": (0.0, 1.0), "steps": (0, 20)}, choices={"score": SCORES},
+          input_grad_of=lambda p, _classes: "nll_pred" if p["score"] == "msp" and p["steps"] > 0 else None)
 def pro(batch: ModelOutputs, epsilon: float = 0.003, steps: int = 1, score: str = "msp") -> torch.Tensor:
     """Negative of the smallest confidence over a few signed-gradient steps that lower it (batched)."""
     _, confs = pro_iterates(batch.model, batch.x, epsilon, steps, score, batch.gradient_pass())

@@ -27,8 +27,9 @@ from gradviz.engine import GradientPass
 from gradviz.models import GradvizModel
 
 __all__ = ["ModelOutputs", "MethodInfo", "register", "get_method", "list_methods", "resolve_methods", "run_method",
-           "needs_graph", "check_param", "adaptation_notes", "TEMPERATURE_BOUNDS", "FAMILIES", "DIRECTIONS",
-           "methods_by_family", "meets_expectation", "differentiable", "not_differentiable", "INPUT_ROUTES"]
+           "needs_graph", "shared_input_grads", "scoring_order", "check_param", "adaptation_notes",
+           "TEMPERATURE_BOUNDS", "FAMILIES", "DIRECTIONS", "methods_by_family",
+           "meets_expectation", "differentiable", "not_differentiable", "INPUT_ROUTES"]
 
 # The three families, in display order, with what a method of each reads.
 FAMILIES: dict[str, str] = {
@@ -66,9 +67,11 @@ class ModelOutputs:
     cache: dict = field(default_factory=dict)
 
     @classmethod
-    def from_model(cls, model: GradvizModel, x: torch.Tensor, keep_graph: bool = False) -> "ModelOutputs":
+    def from_model(cls, model: GradvizModel, x: torch.Tensor, keep_graph: bool = False,
+                   input_grads: set[str] | frozenset[str] = frozenset()) -> "ModelOutputs":
         """The batch's logits and features; ``keep_graph=True`` takes them from the shared hooked
-        forward that gradient methods will reuse (one forward instead of two)."""
+        forward that gradient methods will reuse (one forward instead of two). ``input_grads``: losses whose
+        backward on that pass also keeps the input gradient (:func:`shared_input_grads`)."""
         x = x.to(model.device)
         if keep_graph and x.shape[0] <= _engine.FORWARD_BATCH:
             try:
@@ -76,18 +79,26 @@ class ModelOutputs:
             except GradvizError:  # e.g. no supported layer: methods report their own errors later
                 gp = None
             if gp is not None and gp.features is not None:
+                gp.input_grad_losses = set(input_grads)
                 batch = cls(model, x, gp.logits.detach(), gp.features.detach())
                 batch.cache["gradient_pass"] = gp
                 return batch
         logits, features = model.logits_and_features(x)
-        return cls(model, x, logits, features)
+        batch = cls(model, x, logits, features)
+        batch.cache["input_grads"] = set(input_grads)
+        return batch
 
     def gradient_pass(self) -> "GradientPass | None":
         """The batch's hooked forward with its graph kept (memoised), or None for batches larger
         than one engine sub-batch (methods then run the sub-batched public functions)."""
         if self.x.shape[0] > _engine.FORWARD_BATCH:
             return None
-        return self.memo("gradient_pass", lambda: GradientPass(self.model, self.x))
+        return self.memo("gradient_pass", self._new_pass)
+
+    def _new_pass(self) -> "GradientPass":
+        gp = GradientPass(self.model, self.x)
+        gp.input_grad_losses = set(self.cache.get("input_grads", ()))
+        return gp
 
     @property
     def probs(self) -> torch.Tensor:
@@ -138,6 +149,9 @@ class MethodInfo:
     # and the constant added for display only; ranks, thresholds and AUROCs use the raw score.
     shown_as: str = ""
     shown_offset: float = 0.0
+    # (params, number of classes) -> the engine loss (gradviz.engine.losses) whose input gradient gives the sign
+    # of the method's input step, so that another method's backward of it serves (PRO-MSP: −log p_ŷ); or None
+    input_grad_of: Callable[[dict, int], str | None] | None = None
 
     def shown(self, values):
         """``values`` as charts show them (raw + ``shown_offset``)."""
@@ -217,11 +231,28 @@ def needs_graph(runners: list["MethodRunner"]) -> bool:
     return any(r.info.backprop and r.params.get("layer") != "last" for r in runners)
 
 
+def shared_input_grads(runners: list["MethodRunner"], classes: int) -> set[str]:
+    """The engine losses whose backward should also deliver the input gradient on a batch's shared pass, because
+    a runner steps the input along that loss's direction (:attr:`MethodInfo.input_grad_of`) on a model with
+    ``classes`` outputs. Such runners score after the others (:func:`scoring_order`)."""
+    return {loss for r in runners if r.info.input_grad_of is not None
+            and (loss := r.info.input_grad_of(r.params, classes)) is not None}
+
+
+def scoring_order(runners: list["MethodRunner"]) -> list["MethodRunner"]:
+    """``runners`` in the order they score a batch: the registry's (a loss's full statistics, grad_*, before its
+    norms alone, gradient_density, which read them from the same backward), except that methods which may step
+    along another's input gradient (:attr:`MethodInfo.input_grad_of`) come last, after the backward serving them."""
+    rank = {info.name: i for i, info in enumerate(list_methods())}
+    return sorted(runners, key=lambda r: (r.info.input_grad_of is not None, rank.get(r.info.name, len(rank))))
+
+
 def register(name: str, *, title: str, paper: str, year: int, formula: str, family: str, link: str,
              intuition: str, reading: str = "", expected: dict[str, str] | None = None, summary: str = "",
              backprop: bool | None = None, bounds: dict[str, tuple[float | None, float | None]] | None = None,
              choices: dict[str, tuple] | None = None, paper_settings: dict[str, Any] | None = None,
-             shown_as: str = "", shown_offset: float = 0.0):
+             shown_as: str = "", shown_offset: float = 0.0,
+             input_grad_of: Callable[[dict, int], str | None] | None = None):
     """Decorator adding a method function or fitted class to the registry under ``name``.
 
     ``family``: "output", "feature" or "gradient" (:data:`FAMILIES`). ``link``: the paper's URL.
@@ -237,6 +268,9 @@ def register(name: str, *, title: str, paper: str, year: int, formula: str, fami
     the paper's (or its authors' code's) setting} for parameters whose default is an adaptation; the metrics
     table's footnote (:func:`adaptation_notes`) says which setting produced a score.
     ``shown_as`` / ``shown_offset``: how charts name and shift a score that reads oddly raw (display only).
+    ``input_grad_of``: (params, number of classes) -> the engine loss whose input gradient has the sign of the
+    method's input step, so that another method's backward of that loss can deliver it (:func:`shared_input_grads`),
+    else None.
     """
     if family not in FAMILIES:
         raise MethodError(f"{name}: family must be one of {list(FAMILIES)}, got {family!r}")
@@ -256,7 +290,7 @@ def register(name: str, *, title: str, paper: str, year: int, formula: str, fami
             defaults=defaults, summary=summary or (inspect.getdoc(impl) or "").split("\n")[0],
             backprop=family == "gradient" if backprop is None else backprop,
             link=link, intuition=intuition, reading=reading, expected=dict(expected or {}),
-            shown_as=shown_as, shown_offset=float(shown_offset),
+            shown_as=shown_as, shown_offset=float(shown_offset), input_grad_of=input_grad_of,
             bounds=_checked_bounds(name, bounds or {}, defaults),
             choices=_checked_choices(name, choices or {}, defaults),
             paper_settings=_checked_paper_settings(name, paper_settings or {}, defaults),
