@@ -4,6 +4,7 @@ path (eager and compiled, every strategy, chunking, sub-batches), and leaves the
 from __future__ import annotations
 
 import time
+import weakref
 from functools import lru_cache
 
 import pytest
@@ -428,6 +429,31 @@ def test_later_outputs_changed_in_place_stop_the_backward_at_their_inputs(fold):
     assert set(reached) >= {u.group for u in earlier}
     for u, g in zip(late, got):
         assert torch.allclose(g, got_all[u.index], rtol=1e-10, atol=1e-12), u.group
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_each_layer_s_output_gradient_goes_once_its_layer_is_reduced(monkeypatch, fold):
+    """During the statistics' backward, a layer's plan lets go of its δ (and what it built from it) once its tensor
+    hook is served: when a layer is reduced, no later layer's δ is still alive (a folded BatchNorm shares its
+    convolution's hook, so at most that one), where every δ used to live until the whole backward ended."""
+    _, model, x = _case("resnet")  # float64, stock ResNet-18
+    gp = GradientPass(model, x, fold_bn=fold)
+    real, alive = GradientPass.output_grads, []
+
+    def watched(self, root, grad, uses, input_grad=False, each=None, done=None):
+        seen: list = []
+
+        def watch(use, g):
+            alive.append(sum(r() is not None for r in seen))
+            if use.out is not root:  # the head's δ is the root's gradient itself, handed over without a hook
+                seen.append(weakref.ref(g))
+            return each(use, g)
+
+        return real(self, root, grad, uses, input_grad=input_grad, each=watch, done=done)
+
+    monkeypatch.setattr(GradientPass, "output_grads", watched)
+    assert_stats_close(gp.layer_stats("nll_pred"), _reference("resnet", "nll_pred"), rtol=1e-5)
+    assert len(alive) > 10 and max(alive) <= 1
 
 
 def test_calibration_stops_timing_a_plan_that_is_clearly_slower(monkeypatch, fresh_calibration):

@@ -84,6 +84,7 @@ class _HookSink:
     def __init__(self) -> None:
         self.pending: dict[int, list[Use]] | None = None
         self.each: Callable | None = None
+        self.done: Callable[[list[Use]], None] | None = None
         self.results: dict[int, object] = {}
 
     def hook(self, index: int) -> Callable[[torch.Tensor], None]:
@@ -93,15 +94,18 @@ class _HookSink:
                 for use in pending[index]:  # the output's own use, and a BatchNorm folded into it
                     if use.index not in self.results:
                         self.results[use.index] = self.each(use, grad.detach()) if self.each else grad.detach()
+                if self.done is not None:
+                    self.done(pending[index])
         return store
 
     @contextmanager
-    def collecting(self, pending: dict[int, list[Use]], each: Callable | None) -> Iterator[dict[int, object]]:
-        self.pending, self.each, self.results = pending, each, {}
+    def collecting(self, pending: dict[int, list[Use]], each: Callable | None,
+                   done: Callable[[list[Use]], None] | None = None) -> Iterator[dict[int, object]]:
+        self.pending, self.each, self.done, self.results = pending, each, done, {}
         try:
             yield self.results
         finally:
-            self.pending, self.each = None, None
+            self.pending, self.each, self.done = None, None, None
 
 
 def _no_use(_use: Use) -> None:
@@ -297,7 +301,7 @@ class GradientPass:
 
     def output_grads(self, root: torch.Tensor, grad: torch.Tensor | None, uses: Sequence[Use],
                      input_grad: bool = False, each: Callable[[Use, torch.Tensor], object] | None = None,
-                     ) -> tuple[list, torch.Tensor | None]:
+                     done: Callable[[list[Use]], None] | None = None) -> tuple[list, torch.Tensor | None]:
         """One backward of ``root`` weighted by ``grad`` on the kept graph.
 
         Returns ([``each(u, δ_u)`` — or δ_u itself — for each use], ∂/∂x_in if ``input_grad``).
@@ -305,7 +309,8 @@ class GradientPass:
         value produced, even if an op changed it in place later), and ``each`` runs right there, while
         δ_u is hot in cache; δ_u is not kept. The backward is driven to the first use's output if no op
         changed it in place (else to the input), so it runs through every use once; where only later
-        uses are asked for, it stops at the earliest of them."""
+        uses are asked for, it stops at the earliest of them. ``done(uses)`` runs after ``each`` has served all
+        the uses of one tensor hook."""
         if grad is not None:
             grad = grad.to(root.dtype)
         results: dict[int, object] = {}
@@ -325,7 +330,7 @@ class GradientPass:
             # outputs, so the backward stops at the earliest of them instead of running down to the stem.
             stops = [_stop_of(u, root) for u in (self.uses[i] for i in pending)]
             if all(t is not None for t in stops):
-                with self._sink.collecting(pending, each) as got:
+                with self._sink.collecting(pending, each, done) as got:
                     torch.autograd.grad(root, stops, grad_outputs=grad, retain_graph=True, allow_unused=True)
                 results.update(got)
                 # whatever is left does not influence ``root`` (no gradient reached it): zero, no 2nd backward
@@ -342,7 +347,7 @@ class GradientPass:
             side = [self.uses[i].out for i in pending if not self.uses[i].from_input
                     and self.uses[i].out.requires_grad and self.uses[i].out is not root]
             targets = ([self.x_in] if use_input else [anchor]) + side
-            with self._sink.collecting(pending, each) as got:
+            with self._sink.collecting(pending, each, done) as got:
                 out = torch.autograd.grad(root, targets, grad_outputs=grad, retain_graph=True, allow_unused=True)
             results.update(got)
             x_grad = out[0] if use_input and input_grad else x_grad
@@ -423,7 +428,8 @@ class GradientPass:
         scale = g.abs().amax(-1)
         scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
         take_x = isinstance(loss, str) and loss in self.input_grad_losses and loss not in self._input_grads
-        results, x_grad = self.output_grads(self.logits, g / scale[:, None], needed, input_grad=take_x, each=each)
+        results, x_grad = self.output_grads(self.logits, g / scale[:, None], needed, input_grad=take_x, each=each,
+                                            done=lambda served: [plans[u.index].release() for u in served])
         if take_x and x_grad is not None:
             self._input_grads[loss] = (x_grad, scale)
         by_group: dict[str, Parts | None] = {}

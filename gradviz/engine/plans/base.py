@@ -125,3 +125,15 @@ class Plan:
     def describe(self) -> str:
         """How the per-sample gradients are formed (the coverage report's 'path' column)."""
         return self.kind
+
+    def release(self) -> None:
+        """Drop what the plan computed or was handed for its run (δ, unfolded inputs, bmm operands, a folded
+        BatchNorm's gradients) once every plan of its tensor hook has run: the backward then goes on to earlier
+        layers without every later layer's δ kept alive by its plan."""
+        for name in _RUN_STATE:
+            if name in self.__dict__:
+                setattr(self, name, None)
+
+
+# attributes a plan fills while it runs (set to None by Plan.release)
+_RUN_STATE = ("grad", "_d_all", "_bmm_operands", "_u_all", "_u_rows", "bn_grads")
