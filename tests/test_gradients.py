@@ -379,6 +379,16 @@ def test_backward_stops_at_the_first_layer_output_even_if_an_inplace_op_follows_
     assert reached and torch.allclose(dx, want, atol=1e-10, rtol=1e-8)
 
 
+def _watch_earlier(gp: GradientPass, late: list) -> tuple[list, list[str]]:
+    """(the unchanged uses before ``late``, a list that each backward reaching one of them or the input appends to)."""
+    earlier = [u for u in gp.uses if u.index < min(u.index for u in late) and not u.modified and u.source is None]
+    reached: list[str] = []
+    for u in earlier:
+        u.out.register_hook(lambda g, name=u.group: reached.append(name))
+    gp.x_in.register_hook(lambda g: reached.append("input"))
+    return earlier, reached
+
+
 def test_output_grads_of_later_layers_stop_at_the_earliest_one_asked_for():
     """Asking for the last stage's outputs only (GAIA-A's "auto" rule) runs the backward down to the
     earliest of them, not to the stem: no hook of an earlier use fires, and every gradient asked
@@ -387,11 +397,7 @@ def test_output_grads_of_later_layers_stop_at_the_earliest_one_asked_for():
     gp = GradientPass(model, x)
     late = [u for u in gp.uses if u.group.startswith("layer4") and not u.modified and u.source is None]
     assert len(late) >= 3
-    earlier = [u for u in gp.uses if u.index < min(u.index for u in late) and not u.modified and u.source is None]
-    reached = []
-    for u in earlier:
-        u.out.register_hook(lambda g, name=u.group: reached.append(name))
-    gp.x_in.register_hook(lambda g: reached.append("input"))
+    earlier, reached = _watch_earlier(gp, late)
     cot = torch.randn_like(gp.logits)
     got, _ = gp.output_grads(gp.logits, cot, late)
     assert reached == []
@@ -417,11 +423,7 @@ def test_later_outputs_changed_in_place_stop_the_backward_at_their_inputs(fold):
     gp = GradientPass(model, x, fold_bn=fold)
     late = [u for u in gp.uses if u.group.startswith("layer4")]
     assert any(u.modified for u in late) and any(u.op == "batch_norm" for u in late)
-    earlier = [u for u in gp.uses if u.index < min(u.index for u in late) and not u.modified and u.source is None]
-    reached = []
-    for u in earlier:
-        u.out.register_hook(lambda g, name=u.group: reached.append(name))
-    gp.x_in.register_hook(lambda g: reached.append("input"))
+    earlier, reached = _watch_earlier(gp, late)
     cot = torch.randn_like(gp.logits)
     got, _ = gp.output_grads(gp.logits, cot, late)
     assert reached == []
