@@ -129,11 +129,10 @@ def test_pro_separates_inputs_that_sit_near_a_decision_boundary():
     assert auroc(id_scores.numpy(), ood_scores.numpy()) == pytest.approx(1.0)
 
 
-def test_pro_msp_beside_grad_methods_steps_along_their_backward(model64, images, monkeypatch):
-    """PRO-MSP's step is −sign ∇ₓ(−log p_ŷ): scored with grad_* on the batch's shared pass it reads that input
-    gradient off their one backward (no backward of its own) and still equals the float64 per-sample loop."""
+@pytest.fixture
+def backwards(monkeypatch) -> list[bool]:
+    """Every backward run on a batch's shared pass from now on (whether it asked for the input gradient)."""
     from gradviz.engine import GradientPass
-    from gradviz.scoring import score_images
 
     calls, real = [], GradientPass.output_grads
 
@@ -142,16 +141,24 @@ def test_pro_msp_beside_grad_methods_steps_along_their_backward(model64, images,
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(GradientPass, "output_grads", counted)
+    return calls
+
+
+def test_pro_msp_beside_grad_methods_steps_along_their_backward(model64, images, backwards):
+    """PRO-MSP's step is −sign ∇ₓ(−log p_ŷ): scored with grad_* on the batch's shared pass it reads that input
+    gradient off their one backward (no backward of its own) and still equals the float64 per-sample loop."""
+    from gradviz.scoring import score_images
+
     want = _pro_direct(model64, images, 0.003, 1, "msp")
     together = score_images(model64, images, [get_method(n).create() for n in ("pro", "grad_l2")])
-    assert calls == [True]  # grad_l2's statistics, with the input gradient kept for PRO
-    calls.clear()
+    assert backwards == [True]  # grad_l2's statistics, with the input gradient kept for PRO
+    backwards.clear()
     alone = score_images(model64, images, [get_method("pro").create()])
-    assert calls == [True]  # PRO's own backward
-    calls.clear()
+    assert backwards == [True]  # PRO's own backward
+    backwards.clear()
     entropy = score_images(model64, images, [get_method(n).create(**p) for n, p in (("pro", {"score": "entropy"}),
                                                                                    ("grad_l2", {}))])
-    assert len(calls) == 2  # another direction: a backward of its own
+    assert len(backwards) == 2  # another direction: a backward of its own
     for got in (together["pro"], alone["pro"]):
         torch.testing.assert_close(torch.from_numpy(got).double(), want.float().double(), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(torch.from_numpy(entropy["pro"]).double(),
@@ -171,26 +178,18 @@ def _odin_direct(model, x: torch.Tensor, temperature: float, epsilon: float) -> 
 
 
 @pytest.mark.parametrize("temperature", [1000.0, 1.0])
-def test_odin_on_two_classes_beside_grad_methods_steps_along_their_backward(images, monkeypatch, temperature):
+def test_odin_on_two_classes_beside_grad_methods_steps_along_their_backward(images, backwards, temperature):
     """With two classes ODIN's ∂CE/∂z = (softmax(z/T) − e_ŷ)/T and grad_*'s p − e_ŷ are positive multiples of each
     other: ODIN reads its step's sign off grad_*'s backward and still equals its per-sample float64 loop. With ten
     classes it keeps a backward of its own."""
-    from gradviz.engine import GradientPass
     from gradviz.scoring import score_images
 
-    calls, real = [], GradientPass.output_grads
-
-    def counted(self, *args, **kwargs):
-        calls.append(kwargs.get("input_grad", False))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(GradientPass, "output_grads", counted)
-    for classes, backwards in ((2, [True]), (10, [False, True])):
+    for classes, expected in ((2, [True]), (10, [False, True])):
         model = random_model("mnist-cnn", num_classes=classes, input_size=(1, 28, 28), seed=1).double()
-        calls.clear()
+        backwards.clear()
         got = score_images(model, images, [get_method("odin").create(temperature=temperature, epsilon=0.01),
                                            get_method("grad_l2").create()])
-        assert calls == backwards, classes
+        assert backwards == expected, classes
         want = _odin_direct(model, images, temperature, 0.01)
         torch.testing.assert_close(torch.from_numpy(got["odin"]).double(), want.float().double(), rtol=1e-6,
                                    atol=1e-7)
