@@ -105,6 +105,25 @@ def test_empirical_gradient_density_is_the_maximum_likelihood_gaussian(data):
     np.testing.assert_allclose(runner.score(batch).double().numpy(), want, rtol=1e-4)
 
 
+
+def test_ledoit_wolf_precision_is_scikit_learn_s_and_falls_back_to_its_pseudo_inverse_where_cholesky_would_differ():
+    from scipy.linalg import pinvh
+    from sklearn.covariance import LedoitWolf
+
+    from gradviz.methods._fitting import inverse_pd, precision_of
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 200)) * rng.uniform(0.01, 10.0, 200)  # fewer rows than features, as on ResNets
+    x[:, :5] = 0.0  # dead features
+    x -= x.mean(0)
+    want = LedoitWolf(assume_centered=True).fit(x).precision_
+    np.testing.assert_allclose(precision_of(x, "ledoit-wolf"), want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    # Cholesky succeeds on diag(1, 1e-20) and gives 1e20; pinvh cuts the eigenvalue below D·ε·max: the guard keeps
+    # pinvh's answer there, on a singular matrix (Cholesky fails) and on an indefinite one
+    for a in (np.diag([1.0, 1e-20]), np.ones((3, 3)), np.array([[1.0, 2.0], [2.0, 1.0]])):
+        np.testing.assert_allclose(inverse_pd(a), pinvh(a), atol=1e-12)
+
+
 # ------------------------------------------------------------------ ViM's principal dimension
 
 @pytest.mark.parametrize("d, rule, want", [(64, "auto", 32), (64, "half", 32), (64, "benchmark", 63),
@@ -179,6 +198,28 @@ def test_grood_layer_mixup_matches_a_hand_written_mix_of_layer2(data):
     input_mix = _fit("grood", data, mixup_layer="input").state
     assert not torch.allclose(runner.state.ood_prototype_, input_mix.ood_prototype_, rtol=1e-2)
     assert not any(m._forward_hooks for m in model.modules())  # the mixing hook is gone
+
+
+
+def test_grood_class_means_pass_ends_at_the_mixed_layer(data):
+    """The first of layer mixup's two passes only reads the layer's output: what runs after it runs once per
+    image (the mixed pass), not twice."""
+    from gradviz.methods.grood import layer_mixup_features
+
+    model, images, labels, _ = data
+    rows = {"layer2": 0, "layer3": 0}
+    handles = [getattr(model.net, name).register_forward_hook(
+        lambda _m, _i, out, name=name: rows.__setitem__(name, rows[name] + out.shape[0])) for name in rows]
+    classes = np.unique(labels)
+    try:
+        feats = layer_mixup_features(model, "layer2", images, labels, classes, torch.zeros(len(images), dtype=int),
+                                     0.5, chunk=32)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert feats.shape[0] == len(images)
+    assert rows["layer2"] - rows["layer3"] == len(images)  # (the planner's probe forward runs through both)
+    assert not any(m._forward_hooks for m in model.modules())
 
 
 @pytest.mark.parametrize("build, input_size, want", [

@@ -152,3 +152,28 @@ def test_gradient_density_matches_per_sample_layer_norms_and_gaussian(data):
     want = -multivariate_normal(fit_v.mean(0), lw.covariance_).logpdf(test_v)
     det = get_method("gradient_density").create(fit_samples=40).fit(model, images[:40], labels[:40])
     np.testing.assert_allclose(det.score(batch).numpy(), want, rtol=1e-3, atol=1e-3)
+
+
+def test_gradient_density_fit_reads_the_scale_off_its_gradient_pass_s_forward(data, monkeypatch):
+    """One forward per fit image: the logits that set the norms' scale come from the captured forward the
+    gradient pass runs anyway, not from a second no-grad forward."""
+    import gradviz.methods.gradient_density as gd
+
+    model, images, labels, _ = data
+    seen = {"pass": 0, "no_grad": 0}
+    plain_forward, plain_pass = type(model).forward, gd.GradientPass
+
+    def forward(self, x):
+        if not torch.is_grad_enabled():
+            seen["no_grad"] += int(x.shape[0])
+        return plain_forward(self, x)
+
+    def gradient_pass(net, x, *args, **kwargs):
+        seen["pass"] += int(x.shape[0])
+        return plain_pass(net, x, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", forward)
+    monkeypatch.setattr(gd, "GradientPass", gradient_pass)
+    gd.GradientDensity(fit_samples=30).fit(model, images, labels)
+    assert seen["pass"] == 30
+    assert seen["no_grad"] <= 1  # at most the memory planner's one-image probe (30 more before)

@@ -95,10 +95,33 @@ def precision_of(centred: np.ndarray, covariance: str) -> np.ndarray:
 
     Ledoit-Wolf keeps Σ⁻¹ stable when N is small or some features are dead (constant zero after ReLU);
     the empirical estimate is the maximum-likelihood one (pseudo-inverse precision)."""
-    from sklearn.covariance import EmpiricalCovariance, LedoitWolf
+    from sklearn.covariance import EmpiricalCovariance, ledoit_wolf
 
-    est = LedoitWolf(assume_centered=True) if covariance == "ledoit-wolf" else EmpiricalCovariance(assume_centered=True)
-    return np.asarray(est.fit(centred).precision_, dtype=np.float64)
+    if covariance == "ledoit-wolf":
+        return inverse_pd(ledoit_wolf(centred, assume_centered=True)[0])
+    return np.asarray(EmpiricalCovariance(assume_centered=True).fit(centred).precision_, dtype=np.float64)
+
+
+def inverse_pd(a: np.ndarray) -> np.ndarray:
+    """Σ⁻¹ of a symmetric matrix, by Cholesky where Σ is positive definite and well conditioned, else the
+    pseudo-inverse (scipy's ``pinvh``, what scikit-learn's estimators store as ``precision_``).
+
+    The two agree to rounding wherever Cholesky is taken: it is taken only when ‖Σ‖_F·‖Σ⁻¹‖_F — a bound on the
+    condition number — is below 1/(D·ε), where ``pinvh`` cuts no eigenvalue. For a shrunk 2048 × 2048 covariance
+    (ResNet-50 features) Cholesky takes a tenth of the time of ``pinvh``'s eigendecomposition."""
+    from scipy.linalg import lapack, pinvh
+
+    a = np.asarray(a, dtype=np.float64)
+    n = a.shape[0]
+    factor, info = lapack.dpotrf(a, lower=1)
+    if info == 0:
+        inverse, info = lapack.dpotri(factor, lower=1)
+        if info == 0:
+            upper = np.triu_indices(n, 1)
+            inverse[upper] = inverse.T[upper]  # dpotri fills the lower triangle
+            if np.linalg.norm(a) * np.linalg.norm(inverse) * n * np.finfo(np.float64).eps < 1.0:
+                return inverse
+    return np.asarray(pinvh(a, check_finite=False), dtype=np.float64)
 
 
 def class_gaussians(feats: np.ndarray, labels: np.ndarray,

@@ -40,6 +40,17 @@ def unit_norms(model: GradvizModel, x: torch.Tensor, loss: str) -> torch.Tensor:
     return torch.cat(parts).float()
 
 
+def fit_rows(model: GradvizModel, x: torch.Tensor, loss: str) -> torch.Tensor:
+    """v = log ‖∇θ_l ℓ‖² per layer of images ``x``, (B, L) float64, as :func:`log_layer_norms` reads it off a
+    scored batch: one captured forward and backward per sub-batch, the scale taken from that forward's logits."""
+    parts = []
+    for i in range(0, int(x.shape[0]), FORWARD_BATCH):
+        gp = GradientPass(model, x[i:i + FORWARD_BATCH])
+        norms = gp.unit_sq_l2_norms(loss)[1].float()
+        parts.append(norms.double().cpu().clamp_min(FLOOR).log() + _log_scale(loss, gp.logits))
+    return torch.cat(parts)
+
+
 def _log_scale(loss: str, logits: torch.Tensor) -> torch.Tensor:
     """2·log max_c |∂ℓ/∂z_c| per sample, (B, 1) float64: the scale the norms are taken at, squared."""
     return 2 * LOSSES[loss](logits.detach().double().cpu()).abs().amax(-1, keepdim=True).clamp_min(1e-300).log()
@@ -127,11 +138,7 @@ class GradientDensity:
         parts = []
         for k, i in enumerate(range(0, int(images.shape[0]), step)):
             report(k, total)
-            x = images[i:i + step].to(model.device)
-            with torch.no_grad():
-                logits = model(x)
-            norms = unit_norms(model, x, self.loss)
-            parts.append(norms.double().cpu().clamp_min(FLOOR).log() + _log_scale(self.loss, logits))
+            parts.append(fit_rows(model, images[i:i + step].to(model.device), self.loss))
         report(total, total)
         v = torch.cat(parts).numpy()
         if v.shape[0] < 2:

@@ -35,7 +35,7 @@ the reference set.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -110,10 +110,23 @@ def _module(model: GradvizModel, name: str) -> torch.nn.Module:
     return modules[name]
 
 
-def _hooked_passes(model: GradvizModel, name: str, images: torch.Tensor, chunk: int, hook) -> torch.Tensor:
+class _Reached(Exception):
+    """Raised by a hook to end a forward once the hooked module has run (nothing after it is needed)."""
+
+
+@overload
+def _hooked_passes(model: GradvizModel, name: str, images: torch.Tensor, chunk: int, hook,
+                   stop: Literal[False] = False) -> torch.Tensor: ...
+@overload
+def _hooked_passes(model: GradvizModel, name: str, images: torch.Tensor, chunk: int, hook,
+                   stop: Literal[True]) -> None: ...
+def _hooked_passes(model: GradvizModel, name: str, images: torch.Tensor, chunk: int, hook,
+                   stop: bool = False) -> torch.Tensor | None:
     """Penultimate features (N, D) of ``images`` with ``hook(out, rows)`` replacing ``name``'s output (rows = the
     chunk's indices); the hook is removed afterwards, and a module that does not run exactly once per forward
-    or whose output is not one batch-first tensor is refused."""
+    or whose output is not one batch-first tensor is refused. ``stop``: each forward ends right after ``hook``
+    (the layers after ``name`` do not run) and None is returned — for a pass that only reads the layer's output
+    (the once-per-forward check is then left to a full pass)."""
     module, feats = _module(model, name), []
     state: dict[str, Any] = {"calls": 0, "rows": None}  # forward calls in the chunk, the chunk's indices
 
@@ -121,28 +134,34 @@ def _hooked_passes(model: GradvizModel, name: str, images: torch.Tensor, chunk: 
         state["calls"] += 1
         if not isinstance(out, torch.Tensor) or out.shape[:1] != state["rows"].shape:
             raise MethodError(f"grood: mixup_layer {name!r} must return one tensor with the batch first")
-        return hook(out, state["rows"])
+        out = hook(out, state["rows"])
+        if stop:
+            raise _Reached
+        return out
 
     with model.lock:
         handle = module.register_forward_hook(forward_hook)
         try:
             for start in range(0, int(images.shape[0]), chunk):
                 state["calls"], state["rows"] = 0, torch.arange(start, min(start + chunk, int(images.shape[0])))
-                feats.append(model.logits_and_features(images[state["rows"]].to(model.device))[1].float().cpu())
+                try:
+                    feats.append(model.logits_and_features(images[state["rows"]].to(model.device))[1].float().cpu())
+                except _Reached:
+                    continue
                 if state["calls"] != 1:
                     raise MethodError(f"grood: mixup_layer {name!r} runs {state['calls']} times per forward; "
                                       "name a module that runs once")
         finally:
             handle.remove()
-    return torch.cat(feats).reshape(int(images.shape[0]), -1)
+    return None if stop else torch.cat(feats).reshape(int(images.shape[0]), -1)
 
 
 def layer_mixup_features(model: GradvizModel, name: str, images: torch.Tensor, labels, classes, pick: torch.Tensor,
                          lam: float, chunk: int = 512) -> torch.Tensor:
     """Features (N, D) of ``images`` with module ``name``'s output a mixed as λa + (1 − λ)ā_c, ā_c its mean output
     over the training images of class ``classes[pick]`` (the runner-up class; rows with pick < 0 are left
-    unmixed and should be dropped by the caller). Two forwards of the images: class means, then the mix, in
-    batches planned for the memory budget (``chunk`` is an upper bound)."""
+    unmixed and should be dropped by the caller). Two forwards of the images: up to ``name`` for the class means,
+    then a whole one with the mix, in batches planned for the memory budget (``chunk`` is an upper bound)."""
     from gradviz.runtime.budget import batch_size_for
 
     chunk = batch_size_for(model, "forward", "fitting grood (layer mixup)", upper=max(1, int(chunk)),
@@ -157,7 +176,7 @@ def layer_mixup_features(model: GradvizModel, name: str, images: torch.Tensor, l
             sums[position[c]] = sums.get(position[c], 0) + part
         return out
 
-    _hooked_passes(model, name, images, chunk, accumulate)
+    _hooked_passes(model, name, images, chunk, accumulate, stop=True)  # the layers after `name` are not needed
     counts = torch.bincount(torch.tensor([position[int(c)] for c in label_t.tolist()]), minlength=len(classes))
     means = torch.stack([sums[i] / counts[i] for i in range(len(classes))])  # (C, *layer output)
 
