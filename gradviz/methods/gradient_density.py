@@ -46,14 +46,15 @@ def fit_rows(model: GradvizModel, x: torch.Tensor, loss: str) -> torch.Tensor:
     parts = []
     for i in range(0, int(x.shape[0]), FORWARD_BATCH):
         gp = GradientPass(model, x[i:i + FORWARD_BATCH])
-        norms = gp.unit_sq_l2_norms(loss)[1].float()
-        parts.append(norms.double().cpu().clamp_min(FLOOR).log() + _log_scale(loss, gp.logits))
+        parts.append(_logs(gp.unit_sq_l2_norms(loss)[1].float(), loss, gp.logits))
     return torch.cat(parts)
 
 
-def _log_scale(loss: str, logits: torch.Tensor) -> torch.Tensor:
-    """2·log max_c |∂ℓ/∂z_c| per sample, (B, 1) float64: the scale the norms are taken at, squared."""
-    return 2 * LOSSES[loss](logits.detach().double().cpu()).abs().amax(-1, keepdim=True).clamp_min(1e-300).log()
+def _logs(unit_norms: torch.Tensor, loss: str, logits: torch.Tensor) -> torch.Tensor:
+    """log ‖∇θ_l ℓ‖², (B, L) float64, from the norms at unit scale (float32) and the logits that set the scale:
+    log of the clamped norms plus 2·log max_c |∂ℓ/∂z_c|."""
+    scale = 2 * LOSSES[loss](logits.detach().double().cpu()).abs().amax(-1, keepdim=True).clamp_min(1e-300).log()
+    return unit_norms.detach().double().cpu().clamp_min(FLOOR).log() + scale
 
 
 def log_layer_norms(batch: ModelOutputs, loss: str = "nll_pred") -> torch.Tensor:
@@ -70,7 +71,7 @@ def log_layer_norms(batch: ModelOutputs, loss: str = "nll_pred") -> torch.Tensor
         return gp.unit_sq_l2_norms(loss)[1].float() if gp is not None else unit_norms(batch.model, batch.x, loss)
 
     norms = batch.memo(("layer_sq_l2_unit", loss), compute)
-    return norms.detach().double().cpu().clamp_min(FLOOR).log() + _log_scale(loss, batch.logits)
+    return _logs(norms, loss, batch.logits)
 
 
 class GaussianDensity:
